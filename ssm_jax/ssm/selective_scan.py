@@ -1,0 +1,247 @@
+"""The selective scan (S6) of Mamba, as a pure function of arrays.
+
+Semantics follow mamba_ssm's ``selective_scan_ref``, in this project's (batch, length, channels) layout:
+
+    delta  <- softplus(delta + delta_bias)          (bias and softplus optional)
+    x_t    =  exp(delta_t * A) * x_{t-1} + delta_t * B_t * u_t      state x: (batch, D, N), x_0 = 0
+    y_t    =  <x_t, C_t> + D * u_t
+    out    =  y * silu(z)                           (gate optional)
+
+Implementations, selected by ``impl``:
+
+* ``sequential``  -- ``lax.scan`` over time: the readable reference, O(B*D*N) memory.
+* ``associative`` -- ``lax.associative_scan`` over time: parallel, O(B*L*D*N) memory.
+* ``chunked``     -- associative inside chunks of ``chunk_size`` steps, state carried across chunks by
+                     ``lax.scan`` with rematerialisation: parallel with O(B*chunk*D*N) memory, also in backward.
+* ``pallas``      -- the fused GPU kernel in ``kernels/selective_scan`` (Pallas ``interpret`` mode off GPU).
+* ``auto``        -- ``pallas`` on GPU, ``associative`` elsewhere.
+
+Arithmetic is float32 (float64 when the inputs are float64); the output has the dtype of ``u``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("auto", "sequential", "associative", "chunked", "pallas")
+DEFAULT_CHUNK_SIZE = 64
+
+
+class ScanInputs(NamedTuple):
+    """Validated inputs in canonical form: B and C always grouped as (batch, L, G, N)."""
+
+    u: jax.Array
+    delta: jax.Array
+    A: jax.Array
+    B: jax.Array
+    C: jax.Array
+    D: jax.Array | None
+    z: jax.Array | None
+    delta_bias: jax.Array | None
+
+
+def _expect(name: str, x, shape: tuple) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"selective_scan: `{name}` has shape {tuple(x.shape)}, expected {tuple(shape)}")
+
+
+def _expect_float(name: str, x) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"selective_scan: `{name}` has dtype {x.dtype}, expected a floating dtype")
+
+
+def validate_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> ScanInputs:
+    """Check shapes and dtypes; return the inputs with B and C in grouped form (batch, L, G, N)."""
+    for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        if not hasattr(x, "shape"):
+            raise ValueError(f"selective_scan: `{name}` must be an array, got {type(x).__name__}")
+    if u.ndim != 3:
+        raise ValueError(f"selective_scan: `u` has shape {tuple(u.shape)}, expected (batch, length, dim)")
+    batch, length, dim = u.shape
+    _expect("delta", delta, (batch, length, dim))
+    if A.ndim != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: `A` has shape {tuple(A.shape)}, expected ({dim}, d_state)")
+    d_state = A.shape[1]
+    grouped = []
+    for name, x in (("B", B), ("C", C)):
+        if x.ndim == 3:
+            _expect(name, x, (batch, length, d_state))
+            x = x[:, :, None, :]
+        elif x.ndim == 4:
+            groups = x.shape[2]
+            _expect(name, x, (batch, length, groups, d_state))
+            if groups == 0 or dim % groups:
+                raise ValueError(
+                    f"selective_scan: `{name}` has {groups} groups, expected a divisor of dim={dim}"
+                )
+        else:
+            raise ValueError(
+                f"selective_scan: `{name}` has shape {tuple(x.shape)}, expected ({batch}, {length}, {d_state}) "
+                f"or ({batch}, {length}, groups, {d_state})"
+            )
+        grouped.append(x)
+    B, C = grouped
+    if B.shape[2] != C.shape[2]:
+        raise ValueError(f"selective_scan: `B` has {B.shape[2]} groups but `C` has {C.shape[2]}; expected equal")
+    if D is not None:
+        _expect("D", D, (dim,))
+    if z is not None:
+        _expect("z", z, (batch, length, dim))
+    if delta_bias is not None:
+        _expect("delta_bias", delta_bias, (dim,))
+    for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias)):
+        if x is not None:
+            _expect_float(name, x)
+    return ScanInputs(u, delta, A, B, C, D, z, delta_bias)
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """float32 arithmetic, or float64 when the inputs already are."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def discretize_delta(delta, delta_bias, delta_softplus, dtype):
+    """delta + bias, then softplus if asked, in the compute dtype."""
+    delta = delta.astype(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.astype(dtype)
+    if delta_softplus:
+        delta = jax.nn.softplus(delta)
+    return delta
+
+
+def expand_groups(x, dim: int):
+    """(batch, L, G, N) -> (batch, L, dim, N): channel d reads group d // (dim // G)."""
+    groups = x.shape[2]
+    return jnp.repeat(x, dim // groups, axis=2)
+
+
+def finish_output(y, u, D, z, out_dtype):
+    """Skip connection D*u and SiLU gate, then cast to the output dtype."""
+    dtype = y.dtype
+    if D is not None:
+        y = y + u.astype(dtype) * D.astype(dtype)
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(dtype))
+    return y.astype(out_dtype)
+
+
+def _transition(delta, A, B, u, dim):
+    """Per-step decay exp(delta*A) and input delta*B*u, both (batch, L, D, N)."""
+    decay = jnp.exp(delta[..., None] * A)
+    drive = (delta * u)[..., None] * expand_groups(B, dim)
+    return decay, drive
+
+
+def _combine(left, right):
+    """Compose two affine maps x -> a*x + b (left applied first)."""
+    a_l, b_l = left
+    a_r, b_r = right
+    return a_l * a_r, a_r * b_l + b_r
+
+
+def _scan_sequential(u, delta, A, B, C):
+    dim = u.shape[-1]
+
+    def step(state, inputs):
+        u_t, delta_t, B_t, C_t = inputs  # (batch, D), (batch, D), (batch, G, N), (batch, G, N)
+        decay = jnp.exp(delta_t[..., None] * A)
+        B_t = jnp.repeat(B_t, dim // B_t.shape[1], axis=1)
+        C_t = jnp.repeat(C_t, dim // C_t.shape[1], axis=1)
+        state = decay * state + (delta_t * u_t)[..., None] * B_t
+        return state, jnp.einsum("bdn,bdn->bd", state, C_t)
+
+    state0 = jnp.zeros((u.shape[0], dim, A.shape[1]), u.dtype)
+    xs = tuple(jnp.moveaxis(x, 1, 0) for x in (u, delta, B, C))
+    last, y = jax.lax.scan(step, state0, xs)
+    return jnp.moveaxis(y, 0, 1), last
+
+
+def _scan_associative(u, delta, A, B, C):
+    dim = u.shape[-1]
+    decay, drive = _transition(delta, A, B, u, dim)
+    _, states = jax.lax.associative_scan(_combine, (decay, drive), axis=1)
+    y = jnp.einsum("bldn,bldn->bld", states, expand_groups(C, dim))
+    return y, states[:, -1]
+
+
+def _scan_chunked(u, delta, A, B, C, chunk_size: int):
+    batch, length, dim = u.shape
+    n_chunks = -(-length // chunk_size)
+    pad = n_chunks * chunk_size - length
+    if pad:
+        # delta = 0 makes a step the identity (decay 1, drive 0), so padding leaves the last state exact.
+        u, delta, B, C = (jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) for x in (u, delta, B, C))
+
+    def chunks(x):
+        return jnp.moveaxis(x.reshape((batch, n_chunks, chunk_size) + x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def chunk_step(state, inputs):
+        u_c, delta_c, B_c, C_c = inputs
+        decay, drive = _transition(delta_c, A, B_c, u_c, dim)
+        decay_cum, states = jax.lax.associative_scan(_combine, (decay, drive), axis=1)
+        states = states + decay_cum * state[:, None]
+        y = jnp.einsum("bldn,bldn->bld", states, expand_groups(C_c, dim))
+        return states[:, -1], y
+
+    state0 = jnp.zeros((batch, dim, A.shape[1]), u.dtype)
+    last, y = jax.lax.scan(chunk_step, state0, tuple(chunks(x) for x in (u, delta, B, C)))
+    y = jnp.moveaxis(y, 0, 1).reshape(batch, n_chunks * chunk_size, dim)
+    return y[:, :length], last
+
+
+def _on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def resolve_impl(impl: str) -> str:
+    """Map ``auto`` to a concrete implementation; reject unknown names."""
+    if impl not in IMPLS:
+        raise ValueError(f"selective_scan: unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+    if impl == "auto":
+        return "pallas" if _on_gpu() else "associative"
+    return impl
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, impl="auto", chunk_size=DEFAULT_CHUNK_SIZE):
+    """Selective scan with mamba_ssm ``selective_scan_ref`` semantics, (batch, length, channels) layout.
+
+    Args:
+      u, delta: (batch, L, D) input and time step.
+      A: (D, N) real state matrix (negative for a stable scan).
+      B, C: (batch, L, N), or grouped (batch, L, G, N) with G dividing D.
+      D: optional (D,) skip; z: optional (batch, L, D) SiLU gate; delta_bias: optional (D,).
+      delta_softplus: apply softplus to delta (+ bias).
+      return_last_state: also return the final state (batch, D, N), float32.
+      impl: one of ``IMPLS``; chunk_size: steps per chunk for ``chunked``.
+
+    Returns:
+      y (batch, L, D) in u's dtype, or (y, last_state).
+    """
+    impl = resolve_impl(impl)
+    x = validate_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if impl == "pallas":
+        from kernels.selective_scan import selective_scan_pallas
+
+        return selective_scan_pallas(*x, delta_softplus=delta_softplus, return_last_state=return_last_state,
+                                     interpret=not _on_gpu())
+    if impl == "chunked" and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"selective_scan: `chunk_size` is {chunk_size!r}, expected a positive int")
+    dtype = compute_dtype(x.u.dtype)
+    delta_c = discretize_delta(x.delta, x.delta_bias, delta_softplus, dtype)
+    args = (x.u.astype(dtype), delta_c, x.A.astype(dtype), x.B.astype(dtype), x.C.astype(dtype))
+    if impl == "sequential":
+        y, last = _scan_sequential(*args)
+    elif impl == "associative":
+        y, last = _scan_associative(*args)
+    else:
+        y, last = _scan_chunked(*args, chunk_size=chunk_size)
+    out = finish_output(y, x.u, x.D, x.z, x.u.dtype)
+    return (out, last) if return_last_state else out
+
