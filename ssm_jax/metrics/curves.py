@@ -1,0 +1,91 @@
+"""Ranking metrics of binary scores: ROC and PR curves, AU-ROC, AP, F1-max.
+
+Exact and sorting-based (one sort, O(n log n)): tied scores form one threshold, accepted or rejected as a
+whole, so the results equal scikit-learn's ``roc_auc_score``, ``average_precision_score`` and the maximum F1
+over ``precision_recall_curve`` up to rounding. A sample is predicted positive when its score >= threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cumulative_at_thresholds(scores, weights):
+    """Distinct scores in descending order and, per weight array, its sum over samples scoring >= each.
+
+    One sort serves every weight array (e.g. positives, negatives and AU-PRO region weights of the same pixels).
+    """
+    order = np.argsort(scores)[::-1]
+    ranked = scores[order]
+    ends = np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1)
+    return ranked[ends], [np.cumsum(w[order])[ends] for w in weights]
+
+
+def binary_counts(labels, scores):
+    """(thresholds, true positives, false positives) at each distinct score, descending."""
+    positive = labels.astype(np.int64)
+    thresholds, (tps, fps) = cumulative_at_thresholds(scores, [positive, 1 - positive])
+    return thresholds, tps, fps
+
+
+def auroc_from_counts(tps, fps):
+    """Trapezoid area under the ROC curve through (0, 0) and every threshold."""
+    tpr = np.concatenate([[0.0], tps / tps[-1]])
+    fpr = np.concatenate([[0.0], fps / fps[-1]])
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)
+
+
+def ap_from_counts(tps, fps):
+    """Step-wise average precision: sum over thresholds of (recall increase) x precision."""
+    return float(np.sum(np.diff(tps, prepend=0) * (tps / (tps + fps))) / tps[-1])
+
+
+def f1max_from_counts(tps, fps):
+    """Largest F1 = 2TP / (2TP + FP + FN) over all thresholds."""
+    return float(np.max(2 * tps / (tps + fps + tps[-1])))
+
+
+def check_binary(labels, scores, labels_name="labels", scores_name="scores"):
+    """Validated (bool labels, float scores) of equal shape; labels need both classes, scores must be finite."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores_name} must have the shape of {labels_name} {labels.shape}, got {scores.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"{labels_name} must be binary (0/1 or bool), got values {np.unique(labels)[:10]}")
+    labels = labels.astype(bool)
+    if labels.all() or not labels.any():
+        raise ValueError(f"{labels_name} must contain both classes (0 = normal, 1 = anomalous), got only one")
+    if not np.issubdtype(scores.dtype, np.number) or not np.isfinite(scores).all():
+        raise ValueError(f"{scores_name} must be finite numbers")
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
+    return labels.ravel(), scores.ravel()
+
+
+def roc_curve(labels, scores):
+    """(fpr, tpr, thresholds) starting at (0, 0) with threshold +inf; one point per distinct score."""
+    thresholds, tps, fps = binary_counts(*check_binary(labels, scores))
+    fpr = np.concatenate([[0.0], fps / fps[-1]])
+    tpr = np.concatenate([[0.0], tps / tps[-1]])
+    return fpr, tpr, np.concatenate([[np.inf], thresholds])
+
+
+def precision_recall_curve(labels, scores):
+    """(precision, recall, thresholds) with one point per distinct score, thresholds descending."""
+    thresholds, tps, fps = binary_counts(*check_binary(labels, scores))
+    return tps / (tps + fps), tps / tps[-1], thresholds
+
+
+def auroc(labels, scores):
+    """Area under the ROC curve."""
+    return auroc_from_counts(*binary_counts(*check_binary(labels, scores))[1:])
+
+
+def average_precision(labels, scores):
+    """Average precision (step-wise, no interpolation), as scikit-learn's ``average_precision_score``."""
+    return ap_from_counts(*binary_counts(*check_binary(labels, scores))[1:])
+
+
+def f1_max(labels, scores):
+    """Maximum F1 score over all thresholds."""
+    return f1max_from_counts(*binary_counts(*check_binary(labels, scores))[1:])

@@ -1,0 +1,161 @@
+"""Pictures of evaluation results as PNG files: confusion matrix, ROC/PR curves, anomaly overlays, training curves.
+
+Drawn on matplotlib ``Figure`` objects with the Agg renderer (no pyplot state, no display needed). Sizes are
+fixed in inches at ``DPI``, so a picture's pixel size depends only on what it shows (documented per function).
+Each function creates the parent folder and returns the path written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ssm_jax.metrics.curves import auroc, average_precision, precision_recall_curve, roc_curve
+
+DPI = 100
+
+
+def _save(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _note(ax, text):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
+    ax.set_axis_off()
+
+
+def save_confusion_matrix(confusion, class_names, path, normalize=False):
+    """Confusion matrix (rows true, columns predicted) with per-cell values; ``normalize`` divides each row by
+    its total (recall on the diagonal). Size (4 + K/2) x (3 + K/2) inches for K classes."""
+    confusion = np.asarray(confusion)
+    k = confusion.shape[0]
+    if confusion.shape != (k, k) or k == 0:
+        raise ValueError(f"confusion must be a non-empty square matrix, got shape {confusion.shape}")
+    if len(class_names) != k:
+        raise ValueError(f"class_names must have {k} entries, one per row of confusion, got {len(class_names)}")
+    values = confusion.astype(np.float64)
+    if normalize:
+        totals = values.sum(axis=1, keepdims=True)
+        values = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+    fig = Figure(figsize=(4 + k / 2, 3 + k / 2), dpi=DPI, layout="tight")  # constrained clips the colorbar here
+    ax = fig.add_subplot()
+    top = max(values.max(), 1e-12)
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=top)
+    fig.colorbar(image, ax=ax)
+    ticks = np.arange(k)
+    ax.set_xticks(ticks, [str(name) for name in class_names], rotation=45, ha="right")
+    ax.set_yticks(ticks, [str(name) for name in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        for (i, j), value in np.ndenumerate(values):
+            text = f"{value:.2f}" if normalize else f"{int(confusion[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if value > top / 2 else "black")
+    return _save(fig, path)
+
+
+def save_roc_pr_curves(labels, scores, path):
+    """ROC (left) and precision-recall (right) curves of binary scores, AU-ROC and AP in the legends; a note
+    instead of curves when labels hold one class. Size 10 x 4.5 inches."""
+    labels = np.asarray(labels).ravel()
+    fig = Figure(figsize=(10, 4.5), dpi=DPI, layout="constrained")
+    roc_ax, pr_ax = fig.subplots(1, 2)
+    if np.unique(labels).size < 2:
+        _note(roc_ax, "ROC undefined: labels contain one class")
+        _note(pr_ax, "PR undefined: labels contain one class")
+        return _save(fig, path)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    roc_ax.plot(fpr, tpr, label=f"AU-ROC = {auroc(labels, scores):.4f}")
+    roc_ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    pr_ax.plot(np.append(0, recall), np.append(precision[0], precision), drawstyle="steps-pre",
+               label=f"AP = {average_precision(labels, scores):.4f}")
+    pr_ax.axhline(labels.mean(), color="k", linestyle="--", linewidth=0.8)
+    pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
+    roc_ax.legend(loc="lower right")
+    pr_ax.legend(loc="lower left")
+    return _save(fig, path)
+
+
+def _as_rgb(images):
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must have shape (N, H, W), (N, H, W, 1) or (N, H, W, 3), got {images.shape}")
+    images = images / 255.0 if images.dtype == np.uint8 else np.clip(images.astype(np.float64), 0, 1)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_images=8, alpha=0.5):
+    """One row per image (the first ``max_images``): image | anomaly map over it | ground-truth contour (with
+    masks). Maps share one colour scale. Images NHWC in [0, 1] or uint8; maps and masks (N, H, W).
+    Size 3 inches per panel: (3 x columns) x (3 x rows)."""
+    images = _as_rgb(images)
+    maps = np.asarray(maps, dtype=np.float64)
+    if images.shape[0] == 0:
+        raise ValueError("images is empty")
+    if maps.shape != images.shape[:3]:
+        raise ValueError(f"maps must have shape (N, H, W) = {images.shape[:3]} like images, got {maps.shape}")
+    if masks is not None and np.shape(masks) != maps.shape:
+        raise ValueError(f"masks must have the shape of maps {maps.shape}, got {np.shape(masks)}")
+    if scores is not None and np.shape(scores) != maps.shape[:1]:
+        raise ValueError(f"scores must have shape ({maps.shape[0]},), got {np.shape(scores)}")
+    rows, cols = min(images.shape[0], max_images), 2 if masks is None else 3
+    low, high = maps[:rows].min(), maps[:rows].max()
+    high = high if high > low else low + 1.0
+    fig = Figure(figsize=(3 * cols, 3 * rows), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i in range(rows):
+        axes[i, 0].imshow(images[i])
+        axes[i, 0].set_title(f"image {i}" + ("" if scores is None else f"  score {float(scores[i]):.3g}"))
+        axes[i, 1].imshow(images[i])
+        heat = axes[i, 1].imshow(maps[i], cmap="jet", alpha=alpha, vmin=low, vmax=high)
+        axes[i, 1].set_title("anomaly map")
+        if masks is not None:
+            mask = np.asarray(masks[i]) > 0
+            axes[i, 2].imshow(images[i])
+            if mask.any() and not mask.all():
+                axes[i, 2].contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=1.5)
+            axes[i, 2].set_title("ground truth")
+        for ax in axes[i]:
+            ax.set_axis_off()
+    fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.6, label="anomaly score")
+    return _save(fig, path)
+
+
+def save_training_curves(metrics_jsonl_path, path):
+    """Loss (left) and accuracy (right) against step from a metrics.jsonl log: every numeric key whose name
+    contains "loss" or "acc", each from the lines that have it; "step" is the x axis (line index if absent).
+    Size 5.5 x 4 inches per panel drawn (one panel with a note when neither kind is logged)."""
+    series = {}
+    lines = Path(metrics_jsonl_path).read_text().splitlines()
+    for index, line in enumerate(filter(str.strip, lines)):
+        record = json.loads(line)
+        step = record.get("step", index)
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                series.setdefault(key, ([], []))
+                series[key][0].append(step)
+                series[key][1].append(value)
+    panels = [(kind, [key for key in series if kind in key.lower()]) for kind in ("loss", "acc")]
+    panels = [(kind, keys) for kind, keys in panels if keys]
+    fig = Figure(figsize=(5.5 * max(len(panels), 1), 4), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    if not panels:
+        _note(axes[0], f"no loss or accuracy entries in {Path(metrics_jsonl_path).name}")
+    for ax, (kind, keys) in zip(axes, panels):
+        for key in keys:
+            steps, values = series[key]
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
+        ax.set(xlabel="step", ylabel="loss" if kind == "loss" else "accuracy")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

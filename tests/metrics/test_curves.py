@@ -1,0 +1,69 @@
+"""AU-ROC, AP, F1-max and the ROC curve against scikit-learn on random scores with many ties."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from ssm_jax.metrics import auroc, average_precision, f1_max, precision_recall_curve, roc_curve
+
+CASES = [(0, 20, 0.5, None), (1, 300, 0.1, 5), (2, 1000, 0.7, 20), (3, 5000, 0.02, None), (4, 2, 0.5, None)]
+
+
+def _data(seed, n, positive_rate, levels):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) < positive_rate
+    labels[:2] = [True, False]  # both classes
+    scores = rng.normal(size=n) + labels
+    if levels is not None:  # quantise: heavy ties, also across classes
+        scores = np.round(scores * levels / 4) / levels
+    return labels.astype(int), scores.astype(np.float32)
+
+
+def _sklearn_f1_max(labels, scores):
+    precision, recall, _ = skm.precision_recall_curve(labels, scores)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
+                   where=precision + recall > 0)
+    return f1.max()
+
+
+@pytest.mark.parametrize("seed, n, positive_rate, levels", CASES)
+def test_matches_sklearn(seed, n, positive_rate, levels):
+    labels, scores = _data(seed, n, positive_rate, levels)
+    assert auroc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-9)
+    assert average_precision(labels, scores) == pytest.approx(skm.average_precision_score(labels, scores), abs=1e-9)
+    assert f1_max(labels, scores) == pytest.approx(_sklearn_f1_max(labels, scores), abs=1e-9)
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    ref_fpr, ref_tpr, ref_thresholds = skm.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr, atol=1e-12)
+    np.testing.assert_allclose(tpr, ref_tpr, atol=1e-12)
+    np.testing.assert_array_equal(thresholds[1:], ref_thresholds[1:])
+
+
+def test_precision_recall_curve_points():
+    precision, recall, thresholds = precision_recall_curve([0, 1, 1, 0], [0.1, 0.9, 0.5, 0.5])
+    np.testing.assert_allclose(thresholds, [0.9, 0.5, 0.1])
+    np.testing.assert_allclose(precision, [1.0, 2 / 3, 0.5])
+    np.testing.assert_allclose(recall, [0.5, 1.0, 1.0])
+
+
+def test_known_values():
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert auroc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
+    assert auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5  # all tied
+    assert average_precision([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert average_precision([1, 1, 0], [3, 2, 1]) == 1.0  # integer scores accepted
+    assert f1_max([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "labels, scores, match",
+    [
+        ([1, 1, 1], [0.1, 0.2, 0.3], "both classes"),
+        ([0, 2, 1], [0.1, 0.2, 0.3], "binary"),
+        ([0, 1, 1], [0.1, 0.2], r"scores must have the shape of labels \(3,\)"),
+        ([0, 1, 1], [0.1, np.nan, 0.3], "finite"),
+    ],
+)
+def test_bad_inputs(labels, scores, match):
+    with pytest.raises(ValueError, match=match):
+        auroc(labels, scores)

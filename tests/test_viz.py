@@ -1,0 +1,70 @@
+"""Pictures are written as valid PNGs of the documented sizes, also for degenerate inputs."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssm_jax import viz
+
+
+def _png_size(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+        return image.size
+
+
+@pytest.mark.parametrize("k, normalize", [(1, False), (3, True), (10, False)])
+def test_confusion_matrix(tmp_path, k, normalize):
+    confusion = np.random.default_rng(k).integers(0, 20, (k, k))
+    confusion[-1] = 0  # a class with no samples: normalised row stays 0
+    path = viz.save_confusion_matrix(confusion, [f"class {i}" for i in range(k)], tmp_path / "sub" / "cm.png",
+                                     normalize=normalize)
+    assert _png_size(path) == ((4 + k / 2) * viz.DPI, (3 + k / 2) * viz.DPI)
+
+
+def test_confusion_matrix_checks_names(tmp_path):
+    with pytest.raises(ValueError, match="class_names must have 2 entries"):
+        viz.save_confusion_matrix(np.eye(2), ["a"], tmp_path / "cm.png")
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]])
+def test_roc_pr_curves(tmp_path, labels):
+    path = viz.save_roc_pr_curves(labels, [0.1, 0.9, 0.5, 0.5, 0.3, 0.2], tmp_path / "curves.png")
+    assert _png_size(path) == (1000, 450)
+
+
+@pytest.mark.parametrize("with_masks", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_anomaly_overlays(tmp_path, with_masks, dtype):
+    rng = np.random.default_rng(0)
+    images = rng.random((5, 32, 40, 3))
+    images = (images * 255).astype(np.uint8) if dtype == np.uint8 else images.astype(dtype)
+    maps = rng.random((5, 32, 40))
+    masks = np.zeros((5, 32, 40), dtype=bool) if with_masks else None
+    if with_masks:
+        masks[0, 5:15, 10:20] = True
+        masks[1] = True  # all anomalous: no contour to draw
+    path = viz.save_anomaly_overlays(images, maps, tmp_path / "overlays.png", masks=masks, scores=maps.max((1, 2)),
+                                     max_images=3)
+    assert _png_size(path) == ((3 if with_masks else 2) * 300, 3 * 300)
+
+
+def test_anomaly_overlays_degenerate(tmp_path):
+    images = np.zeros((1, 16, 16, 1), dtype=np.float32)  # grayscale, all-zero maps and masks
+    path = viz.save_anomaly_overlays(images, np.zeros((1, 16, 16)), tmp_path / "o.png", masks=np.zeros((1, 16, 16)))
+    assert _png_size(path) == (900, 300)
+    with pytest.raises(ValueError, match=r"maps must have shape \(N, H, W\) = \(1, 16, 16\)"):
+        viz.save_anomaly_overlays(images, np.zeros((1, 8, 8)), tmp_path / "bad.png")
+
+
+def test_training_curves(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    lines = [{"step": s, "train/loss": 1 / (s + 1), "train/acc": s / 10, "lr": 1e-4} for s in range(10)]
+    lines.append({"step": 10, "eval/acc": 0.8, "eval/loss": 0.3})
+    log.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert _png_size(viz.save_training_curves(log, tmp_path / "curves.png")) == (1100, 400)
+    log.write_text(json.dumps({"step": 0, "lr": 1e-4}) + "\n")  # nothing to plot: a note
+    assert _png_size(viz.save_training_curves(log, tmp_path / "none.png")) == (550, 400)
