@@ -1,0 +1,1 @@
+"""ml-collections configs, one file per (model, dataset); shared defaults live in ``configs.common``."""

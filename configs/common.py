@@ -1,0 +1,50 @@
+"""Defaults shared by every config: the data, optimiser and training sections, and where datasets live.
+
+Every number of a paper's training setup is a field here with the paper's value as default; a config file
+changes only what its model or dataset needs. Configs are locked, so a mistyped ``--config.x.y`` is an error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+
+def default_data_root(dataset: str) -> str:
+    """``$SSM_JAX_DATA/<dataset>`` if SSM_JAX_DATA is set, else ``~/data/<dataset>``."""
+    base = os.environ.get("SSM_JAX_DATA") or os.path.join(os.path.expanduser("~"), "data")
+    return os.path.join(base, dataset)
+
+
+def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -> ml_collections.ConfigDict:
+    """``config.data``: which source, where, how images are prepared; ``source`` holds loader-specific options."""
+    return ml_collections.ConfigDict({
+        "name": name,
+        "root": root,
+        "image_size": image_size,
+        "flips": ("horizontal",),
+        "skip_corrupt": False,
+        "num_workers": 0,
+        "source": dict(source_kwargs),
+    })
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+    """``config.optim``: MemoryMamba's setup (AdamW, lr 2e-5, weight decay 0.01, 5% linear warm-up, linear decay)."""
+    defaults = {"name": "adamw", "lr": 2e-5, "end_lr": 0.0, "weight_decay": 0.01, "b1": 0.9, "b2": 0.999,
+                "eps": 1e-8, "warmup_fraction": 0.05, "decay": "linear", "grad_clip": 0.0}
+    return ml_collections.ConfigDict({**defaults, **overrides})
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    """``config.train``: epochs, global batch size, logging and checkpoint cadence (in steps)."""
+    defaults = {"epochs": 10, "batch_size": 64, "eval_batch_size": 64, "log_every": 10, "checkpoint_every": 200,
+                "max_to_keep": 3, "max_steps": -1}
+    return ml_collections.ConfigDict({**defaults, **overrides})
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Lock the config so unknown keys (typos) raise instead of being silently added."""
+    config.lock()
+    return config

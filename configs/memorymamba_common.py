@@ -1,0 +1,35 @@
+"""MemoryMamba configs: the model section and loss weights of paper 000 (eq. 25), shared by every dataset."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+from ssm_jax.models.memorymamba import memorymamba_model_config
+
+
+def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_size: int = 224,
+                       **source_kwargs) -> ml_collections.ConfigDict:
+    """A full MemoryMamba classification config at the paper's settings (tiny model, 224 px, batch 64)."""
+    config = ml_collections.ConfigDict()
+    config.task = "classification"
+    config.seed = 0
+    config.model = memorymamba_model_config(num_classes)
+    config.model.name = "memorymamba"
+    config.model.preset = None
+    config.model.depths = (2, 2, 9, 2)
+    config.model.dims = (96, 192, 384, 768)
+    config.loss = ml_collections.ConfigDict({"lambda_c": 0.1, "lambda_f": 0.1, "margin": 0.5, "temperature": 0.1})
+    config.data = common.data_config(dataset, root, image_size, **source_kwargs)
+    config.optim = common.optim_config()
+    config.train = common.train_config()
+    return config
+
+
+def apply_size(config: ml_collections.ConfigDict, size: str) -> None:
+    """Model sizes of the paper's tables: tiny / small / base (VMamba v0 depths and widths)."""
+    sizes = {"tiny": ((2, 2, 9, 2), (96, 192, 384, 768)), "small": ((2, 2, 27, 2), (96, 192, 384, 768)),
+             "base": ((2, 2, 27, 2), (128, 256, 512, 1024))}
+    if size not in sizes:
+        raise ValueError(f"unknown model size {size!r}; valid: {', '.join(sizes)}")
+    config.model.depths, config.model.dims = sizes[size]

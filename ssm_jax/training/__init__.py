@@ -1,0 +1,1 @@
+"""Train state, device mesh, checkpoints, the shared loop, and the per-task steps behind train.py / eval.py."""

@@ -1,0 +1,86 @@
+"""Orbax checkpoints under ``<workdir>/checkpoints``: the train state plus a JSON side-car.
+
+The side-car holds the data iterator position and a fingerprint of the model (name and parameter shapes), so a
+rerun resumes exactly where it stopped, and a workdir holding another model's checkpoint is refused with a clear
+error instead of a shape mismatch deep inside orbax.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: another model's, or unreadable."""
+
+
+def model_fingerprint(model_name: str, params) -> dict:
+    """Model name plus a hash of the parameter tree's paths, shapes and dtypes."""
+    shapes = [(jax.tree_util.keystr(path), tuple(x.shape), str(x.dtype))
+              for path, x in jax.tree_util.tree_leaves_with_path(params)]
+    digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+    return {"model": model_name, "params": digest, "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}
+
+
+class Checkpointer:
+    """Save and restore (state, extra) pairs; keeps the newest ``max_to_keep`` steps."""
+
+    def __init__(self, workdir, fingerprint: dict, max_to_keep: int = 3):
+        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.fingerprint = fingerprint
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "extra"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state, extra: dict) -> None:
+        """Save asynchronously-safe: blocks until written, so a crash right after loses nothing saved."""
+        extra = {**extra, "fingerprint": self.fingerprint, "step": int(step)}
+        self._manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                             extra=ocp.args.JsonSave(extra)))
+        self._manager.wait_until_finished()
+
+    def restore(self, state_template, step: int | None = None):
+        """Restore ``step`` (default latest) into the structure and shardings of ``state_template``.
+
+        Returns (state, extra), or None when the workdir has no checkpoint yet.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        where = self.directory / str(step)
+        try:
+            extra = self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
+        except Exception as err:  # orbax raises several types for missing or damaged files
+            raise CheckpointError(self._unreadable(where, step, err)) from err
+        saved = extra.get("fingerprint", {})
+        if saved.get("model") != self.fingerprint["model"] or saved.get("params") != self.fingerprint["params"]:
+            raise CheckpointError(
+                f"{where} holds a checkpoint of model {saved.get('model')!r} ({saved.get('num_params')} parameters), "
+                f"but this run builds {self.fingerprint['model']!r} ({self.fingerprint['num_params']} parameters) "
+                f"with a different parameter tree. Use a new --workdir, or the config that wrote this one "
+                f"(see {self.directory.parent / 'config.json'}).")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        except Exception as err:
+            raise CheckpointError(self._unreadable(where, step, err)) from err
+        return restored["state"], extra
+
+    def _unreadable(self, where: Path, step: int, err: Exception) -> str:
+        others = [s for s in self.all_steps() if s != step]
+        hint = (f"earlier checkpoints: steps {others}; move {where} aside to resume from step {others[-1]}"
+                if others else "no earlier checkpoint exists; use a new --workdir to start over")
+        return f"checkpoint {where} is unreadable (truncated or damaged?): {type(err).__name__}: {err}. {hint}."
+
+    def close(self) -> None:
+        self._manager.close()

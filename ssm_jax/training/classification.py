@@ -1,0 +1,121 @@
+"""Classification task family (MemoryMamba): train state, jitted train/eval steps, evaluation outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ssm_jax import viz
+from ssm_jax.losses import memorymamba_loss
+from ssm_jax.metrics import classification_metrics
+from ssm_jax.training.mesh import batch_sharding, replicate, replicated_sharding, shard_batch
+from ssm_jax.training.state import TrainState
+
+
+def create_state(model, tx, rng, image_size: int, mesh) -> TrainState:
+    """Initialise parameters on one sample image and replicate the state over the mesh."""
+    init_rng, run_rng = jax.random.split(rng)
+    variables = jax.jit(model.init, static_argnames="train")(init_rng, jnp.zeros((1, image_size, image_size, 3)),
+                                                             train=False)
+    params = variables.pop("params")
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=dict(variables), rng=run_rng)
+    return replicate(state, mesh)
+
+
+def make_train_step(loss_config, mesh):
+    """``(state, batch) -> (state, metrics)``, jitted with the batch sharded and the state replicated."""
+
+    def step(state: TrainState, batch):
+        def loss_fn(params):
+            outputs = state.apply_fn({"params": params, **state.model_state}, batch["image"], train=True,
+                                     rngs={"dropout": state.step_rng()})
+            total, parts = memorymamba_loss(outputs, batch["label"], lambda_c=loss_config.lambda_c,
+                                            lambda_f=loss_config.lambda_f, margin=loss_config.margin,
+                                            temperature=loss_config.temperature)
+            return total, (outputs["logits"], parts)
+
+        (loss, (logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads)
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return state, {"loss": loss, "acc": acc, **{f"loss_{k}": v for k, v in parts.items()}}
+
+    replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                   donate_argnums=0)
+
+
+def make_predict_step(mesh):
+    """``(state, images) -> class probabilities``, jitted with images sharded."""
+
+    def predict(state: TrainState, images):
+        outputs = state.apply_fn({"params": state.params, **state.model_state}, images, train=False)
+        return jax.nn.softmax(outputs["logits"], axis=-1)
+
+    return jax.jit(predict, in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
+                   out_shardings=replicated_sharding(mesh))
+
+
+def _pad_to(batch: dict, size: int) -> tuple[dict, int]:
+    """Pad a short final batch to ``size`` rows (repeating row 0) so it still splits over the devices."""
+    n = len(batch["image"])
+    if n == size:
+        return batch, n
+    return {k: np.concatenate([v, np.repeat(v[:1], size - n, 0)]) for k, v in batch.items()}, n
+
+
+def predict_dataset(state, predict_step, batches, batch_size: int, mesh) -> dict:
+    """Run over an evaluation iterator; returns labels, probabilities and source indices (all processes)."""
+    labels, probs, indices = [], [], []
+    for batch in batches:
+        padded, n = _pad_to(batch, batch_size)
+        p = predict_step(state, shard_batch({"image": padded["image"]}, mesh)["image"])
+        probs.append(np.asarray(jax.device_get(p))[:n] if jax.process_count() == 1 else
+                     np.asarray(multihost_utils.process_allgather(p, tiled=True)))
+        labels.append(batch["label"])
+        indices.append(batch["index"])
+    out = {"labels": np.concatenate(labels), "probs": np.concatenate(probs), "indices": np.concatenate(indices)}
+    if jax.process_count() > 1:
+        out["labels"] = np.asarray(multihost_utils.process_allgather(out["labels"], tiled=True))
+        out["indices"] = np.asarray(multihost_utils.process_allgather(out["indices"], tiled=True))
+    return out
+
+
+def write_evaluation(predictions: dict, source, out_dir) -> dict:
+    """Metrics JSON, per-class report, confusion-matrix PNG and per-image predictions CSV under ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(source.class_names)
+    pred = predictions["probs"].argmax(-1)
+    m = classification_metrics(predictions["labels"], pred, len(names))
+    summary = {"acc": m["acc"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+               "num_images": int(len(pred)),
+               "per_class": {name: {k: float(m["per_class"][k][i]) for k in ("precision", "recall", "f1", "support")}
+                             for i, name in enumerate(names)},
+               "confusion": m["confusion"].tolist(), "class_names": names}
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
+    with (out_dir / "predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names])
+        for i, idx in enumerate(predictions["indices"]):
+            row = predictions["probs"][i]
+            writer.writerow([source[int(idx)].path, names[predictions["labels"][i]], names[pred[i]],
+                             f"{row.max():.4f}"] + [f"{p:.4f}" for p in row])
+    return summary
+
+
+def format_report(summary: dict) -> str:
+    """A per-class table for the terminal."""
+    lines = [f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+    for name, r in summary["per_class"].items():
+        lines.append(f"{name:<24}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1']:>10.4f}{int(r['support']):>9}")
+    lines.append(f"{'macro':<24}{summary['precision']:>10.4f}{summary['recall']:>10.4f}{summary['f1']:>10.4f}"
+                 f"{summary['num_images']:>9}")
+    lines.append(f"accuracy {summary['acc']:.4f} on {summary['num_images']} test images")
+    return "\n".join(lines)

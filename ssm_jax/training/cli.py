@@ -1,0 +1,46 @@
+"""What train.py and eval.py share: flag parsing with readable config errors, and clean exits on bad input."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import flags
+
+from ssm_jax.training.checkpoint import CheckpointError
+from ssm_jax.training.loop import NonFiniteLossError
+
+# Errors that mean "fix the input", shown as one message instead of a traceback.
+USER_ERRORS = (FileNotFoundError, ValueError, CheckpointError, NonFiniteLossError)
+
+
+def _unknown_key_message(argv: list[str], err: Exception) -> str | None:
+    """Name the offending ``--config.a.b`` override and the valid keys at its level, if that is what failed."""
+    key = str(err).strip("\"'")
+    for arg in argv:
+        match = re.match(r"--?config\.([\w.]+)", arg)
+        if match and match.group(1).split(".")[-1] == key:
+            return f"unknown config key in {arg.split('=')[0]!r}: there is no field {key!r} at that level"
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing that turns an unknown ``--config.*`` key into a one-line error (exit code 2)."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as err:
+        message = _unknown_key_message(argv, err)
+        if message is None:
+            raise
+        sys.exit(f"error: {message}; see the config file for the valid fields.")
+    except flags.Error as err:
+        sys.exit(f"error: {err}\nusage: {argv[0]} --config=configs/<model>_<dataset>.py --workdir=DIR "
+                 f"[--config.section.key=value ...]")
+
+
+def exit_on_user_error(fn, *args):
+    """Run ``fn``; a bad-input error ends the program with its message and exit code 1, not a traceback."""
+    try:
+        return fn(*args)
+    except USER_ERRORS as err:
+        sys.exit(f"error: {err}")

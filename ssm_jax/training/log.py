@@ -1,0 +1,38 @@
+"""Run outputs: ``config.json`` and ``metrics.jsonl`` in the workdir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_config(workdir, config) -> None:
+    """Record the resolved config (after CLI overrides) beside the run's outputs."""
+    path = Path(workdir) / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+class MetricsLog:
+    """Append-only JSON lines, one per logged step; trimmed on resume to the restored step so lines never repeat."""
+
+    def __init__(self, workdir):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def trim_after(self, step: int) -> None:
+        """Drop lines logged after ``step`` (written by a run that died before its next checkpoint)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, step: int, metrics: dict) -> None:
+        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]

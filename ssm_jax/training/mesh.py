@@ -1,0 +1,58 @@
+"""Data parallelism: a 1-D device mesh with axis ``data``; batches sharded along it, parameters replicated.
+
+The same code runs on one CPU, N virtual CPU devices (``--xla_force_host_platform_device_count=N``), N GPUs, and
+multi-process jobs, where each process feeds its local slice of the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def initialize_distributed() -> None:
+    """Call ``jax.distributed.initialize()`` when started as one process of a multi-process job."""
+    multi = any(int(os.environ.get(k, "1")) > 1 for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
+    if multi or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A mesh over ``devices`` (default: all devices of all processes) with the single axis ``data``."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
+    """The global batch must split evenly over the devices and over the processes."""
+    devices, processes = mesh.devices.size, jax.process_count()
+    if batch_size % devices or batch_size % processes:
+        raise ValueError(f"{what}={batch_size} must be a multiple of the number of devices ({devices}) "
+                         f"and of processes ({processes})")
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Put this process's slice of a batch (dict of NumPy arrays) on the mesh, sharded along ``data``."""
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def replicate(tree, mesh: Mesh):
+    """Place a pytree on every device of the mesh."""
+    return jax.device_put(tree, replicated_sharding(mesh))

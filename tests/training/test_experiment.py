@@ -1,0 +1,149 @@
+"""End-to-end training behaviour: learning, outputs, exact resume, multi-device equality, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from ssm_jax.training import classification, run
+from ssm_jax.training.checkpoint import CheckpointError
+from ssm_jax.training.loop import NonFiniteLossError
+from ssm_jax.training.mesh import make_mesh, shard_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _params(experiment):
+    return jax.tree.map(np.asarray, jax.device_get(experiment.state.params))
+
+
+def test_training_reduces_loss_and_writes_outputs(tiny_config, tmp_path):
+    config = tiny_config(max_steps=24)
+    summary = run.train_and_evaluate(config, tmp_path)
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 25))
+    first, last = np.mean([r["loss"] for r in log[:3]]), np.mean([r["loss"] for r in log[-3:]])
+    assert last < first * 0.8, (first, last)
+    assert summary["acc"] > 1 / 3  # better than chance on brightness-coded classes
+    for name in ("config.json", "training_curves.png", "eval/metrics.json", "eval/confusion.png",
+                 "eval/predictions.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert len((tmp_path / "eval/predictions.csv").read_text().splitlines()) == 1 + summary["num_images"]
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
+    config = tiny_config(max_steps=8, checkpoint_every=3)
+    straight = run.Experiment(config, tmp_path / "straight")
+    straight.train()
+
+    real_make = classification.make_train_step
+
+    def crashing_make(loss_config, mesh):
+        step_fn, calls = real_make(loss_config, mesh), []
+
+        def step(state, batch):
+            calls.append(1)
+            if len(calls) == 5:  # dies during step 5, after the checkpoint at step 3
+                raise KeyboardInterrupt("simulated crash")
+            return step_fn(state, batch)
+
+        return step
+
+    monkeypatch.setattr(classification, "make_train_step", crashing_make)
+    with pytest.raises(KeyboardInterrupt):
+        run.Experiment(config, tmp_path / "resumed").train()
+    monkeypatch.setattr(classification, "make_train_step", real_make)
+    resumed = run.Experiment(config, tmp_path / "resumed")
+    resumed.train()
+
+    for a, b in zip(jax.tree.leaves(_params(straight)), jax.tree.leaves(_params(resumed))):
+        np.testing.assert_array_equal(a, b)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_four_device_step_equals_one_device_step(tiny_config, tmp_path):
+    assert len(jax.devices()) == 4
+    config = tiny_config()
+    experiment = run.Experiment(config, tmp_path)
+    batch = next(iter(experiment.pipeline(experiment.train_source, train=True)))
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = make_mesh(devices)
+        state = classification.create_state(experiment.model, experiment.state.tx, jax.random.PRNGKey(0),
+                                            config.data.image_size, mesh)
+        state, metrics = classification.make_train_step(config.loss, mesh)(state, shard_batch(batch, mesh))
+        results.append((jax.device_get(state.params), jax.device_get(metrics)))
+    (p1, m1), (p4, m4) = results
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    config = tiny_config(max_steps=8, checkpoint_every=3)
+    real_make = classification.make_train_step
+
+    def nan_after_four(loss_config, mesh):
+        step_fn = real_make(loss_config, mesh)
+
+        def step(state, batch):
+            new_state, metrics = step_fn(state, batch)
+            if int(new_state.step) >= 5:
+                metrics = {**metrics, "loss": metrics["loss"] * np.nan}
+            return new_state, metrics
+
+        return step
+
+    monkeypatch.setattr(classification, "make_train_step", nan_after_four)
+    experiment = run.Experiment(config, tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5; .*last good checkpoint is step 3"):
+        experiment.train()
+    assert experiment.checkpointer.all_steps() == [3]
+
+
+def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
+    run.Experiment(tiny_config(max_steps=3), tmp_path).train()
+    other = tiny_config(max_steps=3)
+    with other.unlocked():
+        other.model.dims = (16,)
+    with pytest.raises(CheckpointError, match="holds a checkpoint of model 'memorymamba'.*different parameter tree"):
+        run.Experiment(other, tmp_path).train()
+
+
+def test_truncated_checkpoint_gives_clear_error(tiny_config, tmp_path):
+    config = tiny_config(max_steps=3)
+    run.Experiment(config, tmp_path).train()
+    for f in (tmp_path / "checkpoints" / "3" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"checkpoints/3 is unreadable .*no earlier checkpoint"):
+        run.Experiment(config, tmp_path).train()
+
+
+def test_missing_dataset_names_the_path(tiny_config, tmp_path):
+    config = tiny_config()
+    with config.unlocked():
+        config.data.root = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run.Experiment(config, tmp_path / "run")
+
+
+def test_unknown_source_option_lists_valid_ones(tiny_config, tmp_path):
+    config = tiny_config()
+    with config.unlocked():
+        config.data.source.test_frac = 0.5
+    with pytest.raises(ValueError, match=r"unknown keys \['test_frac'\].*test_fraction"):
+        run.Experiment(config, tmp_path)
+
+
+def test_cli_rejects_unknown_config_key(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "--config=configs/memorymamba_elpv.py:cpu",
+                             f"--workdir={tmp_path}", "--config.optim.learning_rate=1e-3"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "learning_rate" in result.stderr and not (tmp_path / "checkpoints").exists()
