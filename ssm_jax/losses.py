@@ -1,0 +1,82 @@
+"""Training losses, pure jnp: cross-entropy and MemoryMamba's memory losses (eq. 7, 23-25).
+
+All are means over the batch (and positions / blocks where they apply) and computed in float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_EPS = 1e-8
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy; logits (B, K), integer labels (B,) (eq. 7)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1))
+
+
+def _unit(x):
+    """x / |x| along the last axis; zero vectors stay zero with zero (not NaN) gradients."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _EPS ** 2))
+
+
+def memory_contrastive_loss(queries, labels, num_classes: int, margin: float):
+    """Coarse-memory contrastive loss (eq. 23) over the classes present in the batch.
+
+    h_{c,k} is the batch mean of the queries (B, c) of class k. Eq. 23 is written as max(0, delta - cos), which
+    is lowest when different classes are *alike*; the text says delta is "the minimum acceptable distance between
+    classes", so the hinge is on the cosine distance: max(0, delta - (1 - cos(h_k, h_j))). The sum over ordered
+    pairs k != j is averaged over the present pairs, so lambda_c does not scale with the number of classes.
+    A batch with fewer than two classes gives 0.
+    """
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    counts = onehot.sum(axis=0)
+    means = (onehot.T @ queries.astype(jnp.float32)) / jnp.maximum(counts, 1.0)[:, None]
+    unit = _unit(means)
+    distance = 1.0 - unit @ unit.T
+    present = counts > 0
+    pairs = present[:, None] & present[None, :] & ~jnp.eye(num_classes, dtype=bool)
+    hinge = jnp.maximum(0.0, margin - distance)
+    return jnp.sum(jnp.where(pairs, hinge, 0.0)) / jnp.maximum(jnp.sum(pairs), 1)
+
+
+def info_nce_loss(features, memory, temperature: float, similarity: str = "cos"):
+    """InfoNCE between features Z and their memory representations M_hat (eq. 24), in-batch negatives.
+
+    features, memory: (B, ..., C), paired by index. At each position (the axes between batch and channels,
+    none for pooled vectors) the positive for sample b is memory[b] and the negatives are the other samples'
+    memory at that position ("drawn from the memory, not corresponding to Z"); the positive is in the softmax
+    denominator, as usual. sim = cosine ("cos") or dot product ("dot"), divided by ``temperature``.
+    """
+    if features.shape != memory.shape:
+        raise ValueError(f"info_nce_loss: features {features.shape} and memory {memory.shape} differ")
+    if similarity not in ("cos", "dot"):
+        raise ValueError(f"info_nce_loss: unknown similarity {similarity!r}; valid: cos, dot")
+    batch, channels = features.shape[0], features.shape[-1]
+    f = features.astype(jnp.float32).reshape(batch, -1, channels)
+    m = memory.astype(jnp.float32).reshape(batch, -1, channels)
+    if similarity == "cos":
+        f, m = _unit(f), _unit(m)
+    logits = jnp.einsum("bpc,qpc->pbq", f, m) / temperature
+    positive = jnp.diagonal(logits, axis1=1, axis2=2)
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positive)
+
+
+def memorymamba_loss(outputs, labels, lambda_c: float, lambda_f: float, margin: float, temperature: float):
+    """Eq. 25: L = CE + lambda_c * L_contrastive + lambda_f * L_NCE, from MemoryMamba's output dict.
+
+    The memory terms are averaged over the Mem-SSM blocks (each block has its own memories); a term whose
+    memory is disabled (keys absent) is 0. Returns (total, {"cls", "contrastive", "nce", "total"}).
+    """
+    logits = outputs["logits"]
+    cls = cross_entropy(logits, labels)
+    zero = jnp.zeros((), jnp.float32)
+    queries = outputs.get("coarse_queries", ())
+    contrastive = (sum(memory_contrastive_loss(q, labels, logits.shape[-1], margin) for q in queries)
+                   / len(queries)) if queries else zero
+    pairs = list(zip(outputs.get("fine_features", ()), outputs.get("fine_memory", ())))
+    nce = sum(info_nce_loss(z, m, temperature) for z, m in pairs) / len(pairs) if pairs else zero
+    total = cls + lambda_c * contrastive + lambda_f * nce
+    return total, {"cls": cls, "contrastive": contrastive, "nce": nce, "total": total}

@@ -1,0 +1,6 @@
+"""Models composed from ssm_jax.nn and ssm_jax.ssm."""
+
+from ssm_jax.models.memorymamba import (MemoryMamba, build_memorymamba, memorymamba_model_config,
+                                        memorymamba_presets)
+
+__all__ = ["MemoryMamba", "build_memorymamba", "memorymamba_model_config", "memorymamba_presets"]

@@ -1,0 +1,272 @@
+"""MemoryMamba (Wang, Hu & Zhou, 2024): a memory-augmented SS2D classifier for defect recognition.
+
+PatchEmbed (/4) -> stages of Mem-SSM blocks, PatchMerging between stages (spatial /2, channels to the next
+``dims`` entry) -> LayerNorm -> global average pool -> MLP head -> logits (eq. 3-6).
+
+Mem-SSM block (eq. 8-22), for input F (B, H, W, C):
+    Z  = Linear(F)                                             linear_in                      (8)
+    F~ = Conv(Z)                                               memory_conv, depthwise 3x3     (14)
+    coarse: h_c = MLP_c(pool(F~)) in R^c per image; a_c = softmax(h_c); M_c = a_c @ bank_c   (15-18)
+    fine:   h_f = MLP_f(F~) in R^f per position;    a_f = softmax(h_f); M_f = a_f @ bank_f   (15-18)
+    fusion: z = pool(Z), v = pool(M) (identity for the coarse vector), beta = sim(v, z),
+            w = beta * gain * v, F_bar = Z + w_c + w_f broadcast over H, W                  (19-22)
+    S = SS2D(F_bar); N = LayerNorm(S); F' = Linear(F + DropPath(N))                          (11-13)
+
+Choices where the paper is silent or ambiguous (all documented, all switchable by config where it matters):
+  * "Conv" (eq. 14) is one depthwise 3x3 conv shared by both memories; MLP_c / MLP_f are Dense(C)-GELU-Dense.
+  * Coarse = one query per image (from the pooled conv features); fine = one query per spatial position.
+    Memory banks are learnable (size, C) tables, init N(0, 0.02).
+  * Fusion similarity ``similarity``: "cos" (cosine, as is), "l1"/"l2": 1 / (1 + d) with d the mean absolute /
+    root-mean-square difference per channel, so beta is in (0, 1] and 1 for identical vectors.
+  * The fusion has a learnable per-channel ``gain_c`` / ``gain_f`` (init 1, so eq. 22 exactly at init): the
+    paper gives the fusion parameters (Theta_Fusion, eq. 10) without saying where they are.
+  * ``use_fusion=False`` adds the pooled memory vectors unweighted (F_bar = Z + v_c + v_f): the ablation removes
+    the similarity weighting, the memory still reaches the features.
+  * ``linear_out`` (eq. 13) is initialised to the identity so a block starts as F + N (a clean residual path
+    through deep stacks); ``linear_in`` has the default init.
+  * M_hat_f of eq. 24 ("processed through an MLP") is ``fine_proj``(M_f) per position; InfoNCE pairs it with Z.
+  * Stochastic depth (``drop_path_rate``, linear over blocks as in VMamba) is not in the paper: default 0.
+
+Presets follow VMamba v0 (the version the paper compares with): tiny depths (2, 2, 9, 2), dims 96..768;
+small (2, 2, 27, 2), 96..768; base (2, 2, 27, 2), 128..1024; d_state 16, expand 2, 4-direction sweep.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ssm_jax.nn import SS2D, DropPath, Mlp, PatchEmbed, PatchMerging
+
+SIMILARITIES = ("cos", "l1", "l2")
+
+memorymamba_presets = {
+    "tiny": {"depths": (2, 2, 9, 2), "dims": (96, 192, 384, 768)},
+    "small": {"depths": (2, 2, 27, 2), "dims": (96, 192, 384, 768)},
+    "base": {"depths": (2, 2, 27, 2), "dims": (128, 256, 512, 1024)},
+}
+
+MODEL_DEFAULTS = {
+    "preset": "tiny",
+    "depths": None,
+    "dims": None,
+    "patch_size": 4,
+    "d_state": 16,
+    "expand": 2,
+    "dt_rank": "auto",
+    "scan_method": "sweep",
+    "directions": 4,
+    "scan_impl": "auto",
+    "coarse_size": 32,
+    "fine_size": 128,
+    "similarity": "cos",
+    "use_coarse_memory": True,
+    "use_fine_memory": True,
+    "use_fusion": True,
+    "drop_path_rate": 0.0,
+    "dtype": "float32",
+}
+
+
+def similarity(a, b, kind: str, eps: float = 1e-6):
+    """Similarity of (..., C) vectors along the last axis: "cos", or 1/(1+d) for d = mean |a-b| ("l1") / RMS ("l2")."""
+    if kind == "cos":  # squared norms clamped, so a zero vector gives 0 with finite gradients
+        norms = jnp.maximum(jnp.sum(a * a, axis=-1), eps ** 2) * jnp.maximum(jnp.sum(b * b, axis=-1), eps ** 2)
+        return jnp.sum(a * b, axis=-1) * jax.lax.rsqrt(norms)
+    if kind == "l1":
+        return 1.0 / (1.0 + jnp.mean(jnp.abs(a - b), axis=-1))
+    if kind == "l2":
+        return 1.0 / (1.0 + jnp.sqrt(jnp.mean(jnp.square(a - b), axis=-1) + eps ** 2))
+    raise ValueError(f"similarity: unknown kind {kind!r}; valid: {', '.join(SIMILARITIES)}")
+
+
+def _identity_init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.eye(shape[0], shape[1], dtype=dtype)
+
+
+class MemoryReader(nn.Module):
+    """Soft read of a learnable memory bank (eq. 15-18) for inputs of any leading shape.
+
+    x (..., C) -> (query h (..., size), read softmax(h) @ bank (..., C), bank (size, C)).
+    """
+
+    size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        query = Mlp(channels, self.size, dtype=self.dtype, name="query")(x)
+        bank = self.param("bank", nn.initializers.normal(0.02), (self.size, channels))
+        weights = jax.nn.softmax(query.astype(jnp.float32), axis=-1).astype(self.dtype)
+        return query, weights @ bank.astype(self.dtype), bank
+
+
+class MemoryFusion(nn.Module):
+    """Eq. 19-22: Z + sum over memories of sim(v, pool(Z)) * gain * v, broadcast over H, W.
+
+    ``memories`` maps a name ("c", "f") to a pooled memory vector (B, C); each gets a gain ``gain_<name>``.
+    """
+
+    similarity: str = "cos"
+
+    @nn.compact
+    def __call__(self, z, memories: dict):
+        pooled = jnp.mean(z.astype(jnp.float32), axis=(1, 2))
+        for name, v in sorted(memories.items()):
+            gain = self.param(f"gain_{name}", nn.initializers.ones, (z.shape[-1],))
+            beta = similarity(v.astype(jnp.float32), pooled, self.similarity)[:, None]
+            z = z + (beta * gain * v)[:, None, None, :].astype(z.dtype)
+        return z
+
+
+class MemSSMBlock(nn.Module):
+    """One Mem-SSM block (see the module docstring). Returns (F', aux) with the memory quantities the losses use."""
+
+    dim: int
+    d_state: int = 16
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    scan_method: str = "sweep"
+    directions: int = 4
+    scan_impl: str = "auto"
+    coarse_size: int = 32
+    fine_size: int = 128
+    similarity: str = "cos"
+    use_coarse_memory: bool = True
+    use_fine_memory: bool = True
+    use_fusion: bool = True
+    drop_path: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        z = nn.Dense(self.dim, dtype=self.dtype, name="linear_in")(x)
+        aux, memories = {}, {}
+        if self.use_coarse_memory or self.use_fine_memory:
+            conv = nn.Conv(self.dim, (3, 3), padding="SAME", feature_group_count=self.dim, dtype=self.dtype,
+                           name="memory_conv")(z)
+        if self.use_coarse_memory:
+            query, read, bank = MemoryReader(self.coarse_size, self.dtype, name="coarse_memory")(conv.mean((1, 2)))
+            aux.update(coarse_queries=query, coarse_banks=bank)
+            memories["c"] = read
+        if self.use_fine_memory:
+            _, read, bank = MemoryReader(self.fine_size, self.dtype, name="fine_memory")(conv)
+            aux.update(fine_features=z, fine_banks=bank,
+                       fine_memory=Mlp(self.dim, self.dim, dtype=self.dtype, name="fine_proj")(read))
+            memories["f"] = read.mean((1, 2))
+        if self.use_fusion:
+            fused = MemoryFusion(self.similarity, name="fusion")(z, memories)
+        else:
+            fused = z + sum(v[:, None, None, :] for v in memories.values())
+        s = SS2D(self.dim, d_state=self.d_state, expand=self.expand, dt_rank=self.dt_rank,
+                 scan_method=self.scan_method, directions=self.directions, scan_impl=self.scan_impl,
+                 dtype=self.dtype, name="ss2d")(fused)
+        n = nn.LayerNorm(dtype=self.dtype, name="norm")(s)
+        n = DropPath(self.drop_path, name="drop_path")(n, deterministic=not train)
+        out = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_identity_init, name="linear_out")(x + n)
+        return out, aux
+
+
+class MemoryMamba(nn.Module):
+    """MemoryMamba classifier, NHWC images -> dict.
+
+    Output keys (per-block entries are tuples over all blocks, in order; keys of a disabled memory are absent):
+      logits (B, num_classes); features (B, dims[-1]) pooled before the head;
+      coarse_queries (B, coarse_size) and coarse_banks (coarse_size, C_i)    [use_coarse_memory];
+      fine_features Z_i (B, H_i, W_i, C_i), fine_memory M_hat_f (B, H_i, W_i, C_i) and
+      fine_banks (fine_size, C_i)                                             [use_fine_memory].
+    ``train=True`` enables stochastic depth (needs the ``dropout`` RNG when ``drop_path_rate > 0``).
+    """
+
+    num_classes: int
+    depths: Sequence[int] = (2, 2, 9, 2)
+    dims: Sequence[int] = (96, 192, 384, 768)
+    patch_size: int = 4
+    d_state: int = 16
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    scan_method: str = "sweep"
+    directions: int = 4
+    scan_impl: str = "auto"
+    coarse_size: int = 32
+    fine_size: int = 128
+    similarity: str = "cos"
+    use_coarse_memory: bool = True
+    use_fine_memory: bool = True
+    use_fusion: bool = True
+    drop_path_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        if len(self.depths) != len(self.dims):
+            raise ValueError(f"MemoryMamba: depths {tuple(self.depths)} and dims {tuple(self.dims)} differ in length")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"MemoryMamba: unknown similarity {self.similarity!r}; valid: {', '.join(SIMILARITIES)}")
+        x = PatchEmbed(self.dims[0], self.patch_size, dtype=self.dtype, name="patch_embed")(images.astype(self.dtype))
+        total = sum(self.depths)
+        rates = [self.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        block_kwargs = dict(d_state=self.d_state, expand=self.expand, dt_rank=self.dt_rank,
+                            scan_method=self.scan_method, directions=self.directions, scan_impl=self.scan_impl,
+                            coarse_size=self.coarse_size, fine_size=self.fine_size, similarity=self.similarity,
+                            use_coarse_memory=self.use_coarse_memory, use_fine_memory=self.use_fine_memory,
+                            use_fusion=self.use_fusion, dtype=self.dtype)
+        auxes = []
+        for stage, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+            if stage > 0:
+                x = PatchMerging(dim, dtype=self.dtype, name=f"stage{stage}_downsample")(x)
+            for j in range(depth):
+                x, aux = MemSSMBlock(dim, drop_path=rates[len(auxes)], name=f"stage{stage}_block{j}",
+                                     **block_kwargs)(x, train)
+                auxes.append(aux)
+        x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
+        features = x.mean(axis=(1, 2))
+        logits = Mlp(self.dims[-1], self.num_classes, dtype=self.dtype, name="head")(features)
+        out = {"logits": logits.astype(jnp.float32), "features": features}
+        for key in auxes[0] if auxes else ():
+            out[key] = tuple(aux[key] for aux in auxes)
+        return out
+
+
+def memorymamba_model_config(num_classes: int, **overrides) -> ml_collections.ConfigDict:
+    """A ``config.model`` ConfigDict with every field build_memorymamba reads, at its default."""
+    unknown = set(overrides) - set(MODEL_DEFAULTS)
+    if unknown:
+        raise ValueError(f"memorymamba_model_config: unknown fields {sorted(unknown)}")
+    return ml_collections.ConfigDict({"num_classes": num_classes, **MODEL_DEFAULTS, **overrides})
+
+
+def build_memorymamba(config) -> MemoryMamba:
+    """MemoryMamba from ``config.model`` (or a model-level ConfigDict / dict).
+
+    Fields (defaults in MODEL_DEFAULTS): num_classes (required); preset ("tiny" | "small" | "base") giving
+    depths/dims, overridden by non-None ``depths`` / ``dims``; patch_size 4; d_state 16; expand 2;
+    dt_rank "auto"; scan_method "sweep"; directions 4; scan_impl "auto"; coarse_size 32; fine_size 128;
+    similarity "cos" | "l1" | "l2"; use_coarse_memory / use_fine_memory / use_fusion True;
+    drop_path_rate 0.0; dtype "float32" | "bfloat16" (activations; parameters stay float32).
+    """
+    model = config.model if "model" in config else config
+    fields = dict(model.to_dict() if isinstance(model, ml_collections.ConfigDict) else model)
+    unknown = set(fields) - set(MODEL_DEFAULTS) - {"num_classes"}
+    if unknown:
+        raise ValueError(f"build_memorymamba: unknown config.model fields {sorted(unknown)}")
+    if "num_classes" not in fields:
+        raise ValueError("build_memorymamba: config.model.num_classes is required")
+    fields = {**MODEL_DEFAULTS, **fields}
+    preset = fields.pop("preset")
+    if preset is not None and preset not in memorymamba_presets:
+        raise ValueError(f"build_memorymamba: unknown preset {preset!r}; valid: {', '.join(memorymamba_presets)}")
+    for key in ("depths", "dims"):
+        if fields[key] is None:
+            if preset is None:
+                raise ValueError(f"build_memorymamba: set config.model.{key} or config.model.preset")
+            fields[key] = memorymamba_presets[preset][key]
+        fields[key] = tuple(int(v) for v in fields[key])
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+    return MemoryMamba(**fields)

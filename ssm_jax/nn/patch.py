@@ -1,0 +1,41 @@
+"""Patch embedding and patch merging (Swin/VMamba style), NHWC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class PatchEmbed(nn.Module):
+    """(B, H, W, C_in) -> (B, H/p, W/p, embed_dim): non-overlapping p x p conv, then LayerNorm."""
+
+    embed_dim: int
+    patch_size: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        p = self.patch_size
+        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj")(x)
+        return nn.LayerNorm(dtype=self.dtype, name="norm")(x)
+
+
+class PatchMerging(nn.Module):
+    """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim or 2C): concat each 2x2 cell, LayerNorm, Linear.
+
+    Odd sizes are zero-padded at the bottom/right. Concatenation order (0,0), (1,0), (0,1), (1,1) as in Swin,
+    so a converted ``reduction`` weight lines up.
+    """
+
+    out_dim: int | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        _, height, width, channels = x.shape
+        x = jnp.pad(x, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
+        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+        x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
+        return nn.Dense(self.out_dim or 2 * channels, use_bias=False, dtype=self.dtype, name="reduction")(x)

@@ -1,0 +1,83 @@
+"""SS2D: VMamba's 2-D selective-scan block, with configurable scan orders.
+
+Parameter names and shapes follow VMamba's ``SS2D`` state dict so a converter only transposes:
+``in_proj``, ``conv2d``, ``x_proj_weight`` (K, d_inner, dt_rank+2N) [torch: (K, dt_rank+2N, d_inner)],
+``dt_projs_weight`` (K, dt_rank, d_inner) [torch: (K, d_inner, dt_rank)], ``dt_projs_bias`` (K, d_inner),
+``A_logs`` (K*d_inner, N), ``Ds`` (K*d_inner,), ``out_norm``, ``out_proj``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ssm_jax.nn.init import dt_bias_init, s4d_real_log_init, symmetric_uniform
+from ssm_jax.ssm import cross_merge, cross_scan, scan_orders, selective_scan
+
+
+def resolve_dt_rank(dt_rank, d_model: int) -> int:
+    """mamba's ``dt_rank="auto"`` = ceil(d_model / 16); an int is taken as is."""
+    return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+
+
+class SS2D(nn.Module):
+    """(B, H, W, d_model) -> (B, H, W, d_model).
+
+    in_proj -> (x, z); x <- SiLU(depthwise conv(x)); x is read along K scan orders (``scan_method``,
+    ``directions``; the default "sweep" x 4 is VMamba's cross-scan), each direction with its own x_proj/dt_proj/A/D;
+    the K scans run as ONE ``selective_scan`` over K*d_inner channels with B/C in K groups (the layout the fused
+    kernel takes); the K outputs are put back in place and summed; LayerNorm; * SiLU(z); out_proj.
+    Parameters are float32; ``dtype`` is the activation dtype.
+    """
+
+    d_model: int
+    d_state: int = 16
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    d_conv: int = 3
+    scan_method: str = "sweep"
+    directions: int = 4
+    scan_impl: str = "auto"
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        d, k, n = self.expand * self.d_model, self.directions, self.d_state
+        r = resolve_dt_rank(self.dt_rank, self.d_model)
+        self.in_proj = nn.Dense(2 * d, use_bias=False, dtype=self.dtype)
+        self.conv2d = nn.Conv(d, (self.d_conv, self.d_conv), padding="SAME", feature_group_count=d, dtype=self.dtype)
+        self.x_proj_weight = self.param("x_proj_weight", symmetric_uniform(d ** -0.5), (k, d, r + 2 * n))
+        self.dt_projs_weight = self.param("dt_projs_weight", symmetric_uniform(r ** -0.5), (k, r, d))
+        self.dt_projs_bias = self.param("dt_projs_bias", dt_bias_init(self.dt_min, self.dt_max), (k, d))
+        self.A_logs = self.param("A_logs", s4d_real_log_init, (k * d, n))
+        self.Ds = self.param("Ds", nn.initializers.ones, (k * d,))
+        self.out_norm = nn.LayerNorm(dtype=self.dtype)
+        self.out_proj = nn.Dense(self.d_model, use_bias=False, dtype=self.dtype)
+
+    def __call__(self, x):
+        _, height, width, _ = x.shape
+        x, z = jnp.split(self.in_proj(x), 2, axis=-1)
+        x = nn.silu(self.conv2d(x))
+        orders = scan_orders(self.scan_method, height, width, self.directions)
+        y = cross_merge(self.scan(cross_scan(x, orders)), orders, height, width)
+        return self.out_proj(self.out_norm(y) * nn.silu(z))
+
+    def scan(self, xs):
+        """(B, K, L, d_inner) sequences -> (B, K, L, d_inner): direction k with its own parameters, one scan call."""
+        batch, k, length, d = xs.shape
+        r = self.dt_projs_weight.shape[1]
+        x_dbl = jnp.einsum("bkld,kdc->bklc", xs, self.x_proj_weight.astype(xs.dtype))
+        dts, Bs, Cs = jnp.split(x_dbl, [r, r + self.d_state], axis=-1)
+        dts = jnp.einsum("bklr,krd->bkld", dts, self.dt_projs_weight.astype(xs.dtype))
+
+        def channels(t):  # (B, K, L, X) -> (B, L, K*X), channel k*X + x: direction-major
+            return jnp.swapaxes(t, 1, 2).reshape(batch, length, -1)
+
+        y = selective_scan(channels(xs), channels(dts), -jnp.exp(self.A_logs), jnp.swapaxes(Bs, 1, 2),
+                           jnp.swapaxes(Cs, 1, 2), D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1),
+                           delta_softplus=True, impl=self.scan_impl)
+        return jnp.swapaxes(y.reshape(batch, length, k, d), 1, 2)
