@@ -1,0 +1,121 @@
+"""Records, the random-access source every loader returns, and the layout checks they share.
+
+A source holds only paths and labels (cheap to build, picklable for grain workers); pixels are decoded by
+``Source.load`` inside the input pipeline. Every loader validates its layout up front and raises
+``FileNotFoundError``/``ValueError`` naming the path and what was expected there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+
+from ssm_jax.data import images
+
+CLASSIFICATION = "classification"
+ANOMALY = "anomaly"
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One example. Classification: ``label`` indexes ``class_names`` and ``category`` is the class name.
+    Anomaly detection: ``label`` is 0 (good) / 1 (anomalous), ``defect`` the defect type ("good" for
+    normals), ``mask_path`` the pixel mask or None (None for a normal image means an all-zero mask)."""
+
+    path: str
+    label: int
+    category: str = ""
+    defect: str = ""
+    mask_path: str | None = None
+    xyz_path: str | None = None
+
+
+@dataclasses.dataclass
+class Source:
+    """A random-access sequence of records (grain's ``RandomAccessDataSource`` protocol).
+
+    ``task`` is "classification" or "anomaly"; ``class_names`` are the class names (classification) or
+    ``["good", "anomalous"]`` (anomaly). ``load(record, size)`` returns a dict with ``image`` uint8
+    (H, W, 3), ``label`` int and, for anomaly sources, ``mask`` float32 (H, W) and ``has_mask`` bool.
+    """
+
+    records: Sequence[Record]
+    class_names: Sequence[str]
+    task: str = CLASSIFICATION
+    strict: bool = False
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Record:
+        return self.records[index]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
+    def load(self, record: Record, size: int | None = None) -> dict:
+        out = {"label": record.label}
+        if self.task == ANOMALY and record.mask_path is not None:
+            img_size = images.image_size(record.path)
+            mask_size = images.image_size(record.mask_path)
+            if img_size != mask_size:
+                raise ValueError(f"mask {record.mask_path!r} is {mask_size[0]}x{mask_size[1]} but its image "
+                                 f"{record.path!r} is {img_size[0]}x{img_size[1]}; expected the same size")
+        out["image"] = images.load_image(record.path, size, self.strict)
+        if self.task == ANOMALY:
+            h, w = out["image"].shape[:2]
+            has_mask = record.mask_path is not None or record.label == 0
+            mask = images.load_mask(record.mask_path, size) if record.mask_path else np.zeros((h, w), np.float32)
+            out.update(mask=mask, has_mask=has_mask)
+        return out
+
+
+def require_dir(path: str, expected: str) -> str:
+    """Returns ``path`` if it is a directory, else raises naming it and what should be there."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"directory {path!r} not found; expected {expected}")
+    return path
+
+
+def require_file(path: str, expected: str) -> str:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"file {path!r} not found; expected {expected}")
+    return path
+
+
+def list_images(directory: str, extensions: Sequence[str] = images.IMAGE_EXTENSIONS) -> list[str]:
+    """Sorted image files (by extension, case-insensitive) directly inside ``directory``."""
+    exts = tuple(e.lower() for e in extensions)
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                  if f.lower().endswith(exts) and os.path.isfile(os.path.join(directory, f)))
+
+
+def require_images(directory: str, expected: str, extensions: Sequence[str] = images.IMAGE_EXTENSIONS) -> list[str]:
+    """Like ``list_images`` but the directory must exist and hold at least one image."""
+    files = list_images(require_dir(directory, expected), extensions)
+    if not files:
+        raise ValueError(f"directory {directory!r} holds no images ({', '.join(extensions)}); expected {expected}")
+    return files
+
+
+def select_categories(available: Sequence[str], categories, dataset: str, root: str) -> list[str]:
+    """Single-class (a name), several (a list) or multi-class (None: all) category selection."""
+    if categories is None:
+        if not available:
+            raise ValueError(f"no {dataset} categories found under {root!r}")
+        return sorted(available)
+    wanted = [categories] if isinstance(categories, str) else list(categories)
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise FileNotFoundError(f"{dataset} categories {missing} not found under {root!r}; "
+                                f"available: {sorted(available)}")
+    return wanted
+
+
+def check_split(split: str, allowed: Sequence[str]) -> None:
+    if split not in allowed:
+        raise ValueError(f"split {split!r} not supported; expected one of {list(allowed)}")

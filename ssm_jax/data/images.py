@@ -1,0 +1,73 @@
+"""Image and mask decoding with PIL: one colour rule for every dataset, clear errors for bad files.
+
+Colour rule (``strict=False``): grayscale (``L``, ``1``) is replicated to three channels; 16/32-bit
+grayscale (``I;16``, ``I``) is scaled to 8 bits by its type's full range first; palette (``P``) images
+are expanded through their palette; alpha (``RGBA``, ``LA``, ``PA``) is dropped, not composited;
+``CMYK``/``YCbCr`` are converted by PIL. With ``strict=True`` anything not already ``RGB`` raises.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class CorruptImageError(ValueError):
+    """An image file that PIL cannot open or fully decode (unreadable, truncated, not an image)."""
+
+
+def _decode(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot decode image {path!r} (corrupt or truncated?): {e}") from e
+
+
+def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False) -> Image.Image:
+    """Applies the module's colour rule; ``strict`` raises on anything but RGB."""
+    if img.mode == "RGB":
+        return img
+    if strict:
+        raise ValueError(f"image {path!r} has mode {img.mode!r}; expected an RGB image (strict=True)")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        bits = 16 if img.mode.startswith("I;16") else 32
+        arr = np.asarray(img).astype(np.uint64) >> (bits - 8)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load_image(path: str, size: int | None = None, strict: bool = False) -> np.ndarray:
+    """Decodes ``path`` to uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
+    img = to_rgb(_decode(path), path, strict)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) from the header only; raises CorruptImageError when unreadable."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise CorruptImageError(f"cannot read image header of {path!r}: {e}") from e
+
+
+def load_mask(path: str, size: int | None = None) -> np.ndarray:
+    """Decodes a mask to float32 (H, W) in {0, 1}: any non-zero pixel is defective (MVTec 255, VisA 1)."""
+    img = _decode(path)
+    if img.mode not in ("L", "1", "P"):
+        img = img.convert("L")
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.NEAREST)
+    return (np.asarray(img) > 0).astype(np.float32)

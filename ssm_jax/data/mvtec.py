@@ -1,0 +1,64 @@
+"""MVTec AD (Bergmann et al.), 15 categories, unsupervised anomaly detection (MambaAD, SNARM).
+
+Layout::
+
+    root/<category>/train/good/*.png
+    root/<category>/test/good/*.png
+    root/<category>/test/<defect>/<stem>.png
+    root/<category>/ground_truth/<defect>/<stem>_mask.png
+
+Every defective test image must have its mask and every mask its image. ``categories=None`` loads all
+categories into one set (the multi-class setting of MambaAD); a name or list selects single classes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from ssm_jax.data.common import ANOMALY, Record, Source, check_split, list_images, require_dir, require_images, \
+    select_categories
+
+CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
+              "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
+
+
+def _subdirs(path: str) -> list[str]:
+    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+
+
+def _test_records(cat_dir: str, category: str) -> list[Record]:
+    test_dir = require_dir(os.path.join(cat_dir, "test"), "test/<defect>/ folders (MVTec AD layout)")
+    records = []
+    for defect in _subdirs(test_dir):
+        files = require_images(os.path.join(test_dir, defect), f"test images of defect {defect!r}")
+        if defect == "good":
+            records += [Record(p, 0, category, "good") for p in files]
+            continue
+        gt_dir = require_dir(os.path.join(cat_dir, "ground_truth", defect), f"masks of defect {defect!r}")
+        stems = {os.path.splitext(os.path.basename(p))[0]: p for p in files}
+        masks = {os.path.basename(p)[: -len("_mask.png")]: p for p in list_images(gt_dir, ("_mask.png",))}
+        orphans = sorted(set(masks) - set(stems))
+        if orphans:
+            raise FileNotFoundError(f"mask {masks[orphans[0]]!r} has no image; "
+                                    f"expected {os.path.join(test_dir, defect, orphans[0])}.png")
+        for stem, path in sorted(stems.items()):
+            if stem not in masks:
+                raise FileNotFoundError(f"image {path!r} has no mask; expected {os.path.join(gt_dir, stem)}_mask.png")
+            records.append(Record(path, 1, category, defect, mask_path=masks[stem]))
+    return records
+
+
+def mvtec_source(root: str, split: str = "train", *, categories: str | Sequence[str] | None = None,
+                 strict: bool = False) -> Source:
+    check_split(split, ("train", "test"))
+    require_dir(root, "the MVTec AD root with one folder per category")
+    records = []
+    for category in select_categories(_subdirs(root), categories, "MVTec AD", root):
+        cat_dir = os.path.join(root, category)
+        if split == "train":
+            files = require_images(os.path.join(cat_dir, "train", "good"), "normal training images")
+            records += [Record(p, 0, category, "good") for p in files]
+        else:
+            records += _test_records(cat_dir, category)
+    return Source(records, ["good", "anomalous"], task=ANOMALY, strict=strict)

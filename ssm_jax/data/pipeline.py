@@ -1,0 +1,122 @@
+"""grain input pipelines: source -> decode/resize/normalise -> shard -> shuffle -> repeat -> flips -> batch.
+
+``make_pipeline`` returns a ``grain.IterDataset``; ``iter()`` of it is a ``grain.DatasetIterator`` whose
+``get_state()`` / ``set_state()`` save and restore the position, so a resumed run continues at the same
+batch (store the state in the checkpoint). Batches are dicts of numpy arrays:
+
+* ``image`` float32 (B, H, W, 3), NHWC, normalised with the ImageNet mean/std;
+* ``label`` int32 (B,); ``index`` int64 (B,), the example's position in the source (look up
+  ``source[index]`` for category / defect type / path);
+* anomaly sources add ``mask`` float32 (B, H, W, 1) in {0, 1} and ``has_mask`` bool (B,), False for
+  anomalous images without a pixel annotation (their ``mask`` is zeros and must not be scored).
+
+Sharding: process ``shard_index`` of ``shard_count`` (default ``jax.process_index()/process_count()``)
+reads every ``shard_count``-th example; for training every shard gets the same length (the remainder
+is dropped) so all processes run the same number of steps. Training shuffles with ``seed`` and reshuffles
+every epoch, repeating ``num_epochs`` times (None: forever) and dropping the last partial batch;
+evaluation reads each example once in order. ``num_workers > 0`` decodes in that many worker processes
+(``mp_prefetch``; each worker batches every ``num_workers``-th example of the shuffled stream, so the order is
+deterministic for a given seed and worker count but changes with the worker count); otherwise
+``num_threads`` threads prefetch in this process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from ssm_jax.data.common import ANOMALY, Source
+from ssm_jax.data.images import CorruptImageError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+FLIPS = {"horizontal": 1, "vertical": 0}
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) -> float32, ImageNet mean/std."""
+    return (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+@dataclasses.dataclass
+class Decode:
+    """Loads ``source[index]`` at ``image_size``; returns None (skipped) for a corrupt file when
+    ``skip_corrupt``, warning with the path and the running count of skipped files in this process."""
+
+    source: Source
+    image_size: int
+    skip_corrupt: bool = False
+    skipped: int = 0
+
+    def __call__(self, index: int) -> dict | None:
+        try:
+            ex = self.source.load(self.source[index], self.image_size)
+        except CorruptImageError as e:
+            if not self.skip_corrupt:
+                raise
+            self.skipped += 1
+            warnings.warn(f"skip_corrupt: skipped {self.skipped} corrupt image(s) so far; last: {e}", stacklevel=2)
+            return None
+        out = {"image": normalize(ex["image"]), "label": np.int32(ex["label"]), "index": np.int64(index)}
+        if self.source.task == ANOMALY:
+            out["mask"] = ex["mask"][..., None].astype(np.float32)
+            out["has_mask"] = np.bool_(ex["has_mask"])
+        return out
+
+
+@dataclasses.dataclass
+class RandomFlips:
+    """Flips image and mask together, each named axis with probability 1/2."""
+
+    flips: Sequence[str]
+
+    def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
+        for name in self.flips:
+            if rng.random() < 0.5:
+                axis = FLIPS[name]
+                ex = {k: np.flip(v, axis).copy() if k in ("image", "mask") else v for k, v in ex.items()}
+        return ex
+
+
+def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    if shard_index is None or shard_count is None:
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    return shard_index, shard_count
+
+
+def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, train: bool = True, seed: int = 0,
+                  flips: Sequence[str] = (), num_epochs: int | None = None, shard_index: int | None = None,
+                  shard_count: int | None = None, num_workers: int = 0, num_threads: int = 8,
+                  prefetch_buffer_size: int = 64, skip_corrupt: bool = False) -> grain.IterDataset:
+    unknown = [f for f in flips if f not in FLIPS]
+    if unknown:
+        raise ValueError(f"unknown flips {unknown}; expected some of {list(FLIPS)}")
+    index, count = _process_shard(shard_index, shard_count)
+    # Over source indices rather than MapDataset.source(source): the batch then carries each example's index.
+    ds = grain.MapDataset.range(len(source)).map(Decode(source, image_size, skip_corrupt))
+    if train:
+        ds = ds[: len(ds) // count * count]
+    ds = ds[index::count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {index} of {count} of a source with {len(source)} examples is empty")
+    if train:
+        ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    if flips:
+        ds = ds.random_map(RandomFlips(tuple(flips)), seed=seed + 1)
+    ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
+    ids = ids.batch(batch_size, drop_remainder=train)
+    if num_workers > 0:
+        from absl import flags  # grain's workers read absl flags; outside an absl app they are unparsed
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return ids

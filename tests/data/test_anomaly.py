@@ -1,0 +1,119 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssm_jax.data import get_source, load_xyz
+
+from .conftest import PER_CLASS
+
+# (registry name, categories in the replica, train count, test count, anomalous test count) per category
+CASES = [("mvtec", ("bottle", "grid"), PER_CLASS, 3 * PER_CLASS, 2 * PER_CLASS),
+         ("visa", ("candle", "pcb1"), PER_CLASS, 2 * PER_CLASS, PER_CLASS),
+         ("realiad", ("audiojack", "pcb"), PER_CLASS, 2 * PER_CLASS, PER_CLASS),
+         ("mvtec3d", ("bagel", "foam"), PER_CLASS, 2 * PER_CLASS, PER_CLASS)]
+
+
+@pytest.mark.parametrize("name,categories,n_train,n_test,n_bad", CASES)
+def test_replica_counts_masks_and_categories(replica_root, name, categories, n_train, n_test, n_bad):
+    root = os.path.join(replica_root, name)
+    train, test = get_source(name, root, "train"), get_source(name, root, "test")
+    assert len(train) == n_train * len(categories) and set(train.labels) == {0}
+    assert len(test) == n_test * len(categories) and test.labels.sum() == n_bad * len(categories)
+    assert sorted({r.category for r in test}) == sorted(categories)
+    for r in test:
+        assert (r.mask_path is not None) == bool(r.label) and (r.defect == "good") == (not r.label)
+        if r.label:
+            ex = test.load(r)
+            assert ex["mask"].shape == ex["image"].shape[:2] and ex["mask"].sum() > 0 and ex["has_mask"]
+    single = get_source(name, root, "test", categories=categories[0])
+    assert {r.category for r in single} == {categories[0]} and len(single) == n_test
+
+
+def test_mask_stems_match(replica_root):
+    for r in get_source("mvtec", os.path.join(replica_root, "mvtec"), "test"):
+        if r.label:
+            assert os.path.basename(r.mask_path) == os.path.splitext(os.path.basename(r.path))[0] + "_mask.png"
+            assert r.mask_path.split(os.sep)[-2] == r.defect
+
+
+def test_unknown_category(replica_root):
+    with pytest.raises(FileNotFoundError, match="'cable'.*available"):
+        get_source("mvtec", os.path.join(replica_root, "mvtec"), "train", categories="cable")
+
+
+@pytest.mark.parametrize("name", ["mvtec", "visa", "realiad", "mvtec3d"])
+def test_missing_root(tmp_path, name):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        get_source(name, str(tmp_path / "nowhere"), "test")
+
+
+def test_mvtec_image_without_mask_and_mask_without_image(replica):
+    root = replica("mvtec")
+    os.remove(os.path.join(root, "grid", "ground_truth", "crack", "001_mask.png"))
+    with pytest.raises(FileNotFoundError, match=r"test/crack/001.png' has no mask; expected .*001_mask.png"):
+        get_source("mvtec", root, "test")
+    os.remove(os.path.join(root, "grid", "test", "crack", "001.png"))
+    os.remove(os.path.join(root, "grid", "test", "crack", "002.png"))
+    with pytest.raises(FileNotFoundError, match=r"002_mask.png' has no image"):
+        get_source("mvtec", root, "test")
+
+
+def test_mvtec_empty_category(replica):
+    root = replica("mvtec")
+    shutil.rmtree(os.path.join(root, "bottle", "train", "good"))
+    os.makedirs(os.path.join(root, "bottle", "train", "good"))
+    with pytest.raises(ValueError, match=r"bottle/train/good.*no images"):
+        get_source("mvtec", root, "train")
+    assert len(get_source("mvtec", root, "train", categories="grid")) == PER_CLASS
+
+
+def test_mask_size_mismatch(replica):
+    root = replica("mvtec")
+    mask = os.path.join(root, "bottle", "ground_truth", "broken", "000_mask.png")
+    Image.new("L", (7, 7)).save(mask)
+    src = get_source("mvtec", root, "test", categories="bottle")
+    bad = next(r for r in src if r.mask_path == mask)
+    with pytest.raises(ValueError, match="000_mask.png.* is 7x7 but its image .*16x16"):
+        src.load(bad)
+
+
+def test_visa_listed_files_must_exist(replica):
+    root = replica("visa")
+    os.remove(os.path.join(root, "pcb1", "Data", "Masks", "Anomaly", "001.png"))
+    with pytest.raises(FileNotFoundError, match=r"Masks/Anomaly/001.png.*not found for image"):
+        get_source("visa", root, "test")
+    os.remove(os.path.join(root, "pcb1", "Data", "Images", "Anomaly", "001.JPG"))
+    with pytest.raises(FileNotFoundError):
+        get_source("visa", root, "test")
+    os.remove(os.path.join(root, "split_csv", "1cls.csv"))
+    with pytest.raises(FileNotFoundError, match="split_csv/1cls.csv"):
+        get_source("visa", root, "train")
+
+
+def test_realiad_missing_image_names_its_mask(replica):
+    root = replica("realiad")
+    rel = "NG/AK/S0100/pcb_0100_NG_AK_C2_x"
+    os.remove(os.path.join(root, "realiad_1024", "pcb", rel + ".jpg"))
+    with pytest.raises(FileNotFoundError, match=rf"{rel}.jpg.*not found; its mask .*{rel}.png"):
+        get_source("realiad", root, "test")
+    assert len(get_source("realiad", root, "train")) == 2 * PER_CLASS
+
+
+def test_realiad_resolution_folder(replica):
+    root = replica("realiad")
+    os.rename(os.path.join(root, "realiad_1024"), os.path.join(root, "realiad_256"))
+    with pytest.raises(FileNotFoundError, match="realiad_1024"):
+        get_source("realiad", root, "train")
+    assert len(get_source("realiad", root, "train", image_dir="realiad_256")) == 2 * PER_CLASS
+
+
+def test_mvtec3d_xyz_on_request(replica_root):
+    root = os.path.join(replica_root, "mvtec3d")
+    assert all(r.xyz_path is None for r in get_source("mvtec3d", root, "test"))
+    src = get_source("mvtec3d", root, "validation", with_xyz=True)
+    assert len(src) == 2 * PER_CLASS
+    xyz = load_xyz(src[0].xyz_path)
+    assert xyz.shape == (16, 16, 3) and xyz.dtype == np.float32

@@ -1,0 +1,64 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssm_jax.data import CorruptImageError, get_source, load_image, make_pipeline
+
+
+def _save(path, arr, mode):
+    Image.fromarray(arr, mode).save(path)
+    return str(path)
+
+
+def test_grayscale_and_rgba_follow_the_rule(tmp_path):
+    gray = _save(tmp_path / "g.png", np.full((4, 5), 77, np.uint8), "L")
+    rgba = _save(tmp_path / "a.png", np.dstack([np.full((4, 5, 3), 9, np.uint8), np.zeros((4, 5), np.uint8)]), "RGBA")
+    g16 = tmp_path / "g16.png"
+    Image.fromarray(np.full((4, 5), 0x8000, np.uint16)).save(g16)
+    assert load_image(gray).shape == (4, 5, 3) and (load_image(gray) == 77).all()
+    assert (load_image(rgba) == 9).all()  # alpha dropped, not composited
+    assert (load_image(str(g16)) == 128).all()  # 16-bit scaled to 8 bits
+    assert load_image(gray, size=8).shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_strict_rejects_non_rgb(tmp_path, mode):
+    path = _save(tmp_path / "x.png", np.zeros((4, 4) if mode == "L" else (4, 4, 4), np.uint8), mode)
+    with pytest.raises(ValueError, match=rf"x.png' has mode '{mode}'; expected an RGB image"):
+        load_image(path, strict=True)
+
+
+def test_corrupt_and_truncated_files_name_the_path(tmp_path):
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image at all")
+    good = _save(tmp_path / "t.jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8), "RGB")
+    data = open(good, "rb").read()
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    for path in (garbage, truncated):
+        with pytest.raises(CorruptImageError, match=os.path.basename(path)):
+            load_image(str(path))
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_image(str(tmp_path / "missing.png"))
+
+
+def _corrupt_one(root):
+    path = os.path.join(root, "b", "001.png")
+    with open(path, "r+b") as f:
+        f.truncate(60)
+    return path
+
+
+def test_pipeline_raises_or_skips_corrupt(replica):
+    root = replica("folder")
+    path = _corrupt_one(root)
+    src = get_source("folder", root, "all")
+    kw = dict(batch_size=4, image_size=8, train=False, shard_index=0, shard_count=1)
+    with pytest.raises(CorruptImageError, match="b/001.png"):
+        list(make_pipeline(src, **kw))
+    with pytest.warns(UserWarning, match=r"skipped 1 corrupt image\(s\).*b/001.png"):
+        batches = list(make_pipeline(src, skip_corrupt=True, num_threads=1, **kw))
+    assert sum(len(b["label"]) for b in batches) == len(src) - 1
+    assert src.records.index(next(r for r in src if r.path == path)) not in np.concatenate([b["index"] for b in batches])

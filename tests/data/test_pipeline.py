@@ -1,0 +1,107 @@
+import os
+
+import numpy as np
+import pytest
+
+from ssm_jax.data import get_source, make_pipeline
+
+KW = dict(batch_size=4, image_size=8, shard_index=0, shard_count=1, num_threads=2, prefetch_buffer_size=4)
+
+
+def _indices(it, n):
+    return [next(it)["index"].tolist() for _ in range(n)]
+
+
+@pytest.fixture
+def folder(replica_root):
+    return get_source("folder", os.path.join(replica_root, "folder"), "all")  # 9 examples
+
+
+def test_batches_shapes_and_normalisation(replica_root):
+    src = get_source("mvtec", os.path.join(replica_root, "mvtec"), "test")
+    batch = next(iter(make_pipeline(src, **KW)))
+    assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.float32
+    assert batch["mask"].shape == (4, 8, 8, 1) and batch["label"].dtype == np.int32
+    assert -2.2 < batch["image"].min() and batch["image"].max() < 2.7
+    for i, m, y in zip(batch["index"], batch["mask"], batch["label"]):
+        assert (m.sum() > 0) == bool(y) == bool(src[i].label)
+
+
+def test_train_order_is_seeded_and_epochs_reshuffle(folder):
+    a = _indices(iter(make_pipeline(folder, seed=1, **KW)), 6)
+    assert a == _indices(iter(make_pipeline(folder, seed=1, **KW)), 6)
+    assert a != _indices(iter(make_pipeline(folder, seed=2, **KW)), 6)
+    epochs = make_pipeline(folder, seed=1, num_epochs=2, **KW)
+    flat = sum(_indices(iter(epochs), 4), [])
+    assert sorted(flat[:9]) == list(range(9)) and flat[:8] != flat[9:17] and len(list(iter(epochs))) == 4
+
+
+def test_eval_reads_everything_once_in_order(folder):
+    batches = list(make_pipeline(folder, train=False, **KW))
+    assert [len(b["index"]) for b in batches] == [4, 4, 1]
+    assert np.concatenate([b["index"] for b in batches]).tolist() == list(range(9))
+
+
+def test_sharding_splits_the_data(folder):
+    kw = {**KW, "batch_size": 1}
+    seen = [sum(_indices(iter(make_pipeline(folder, train=False, **{**kw, "shard_index": i, "shard_count": 3})), 3), [])
+            for i in range(3)]
+    assert sorted(sum(seen, [])) == list(range(9)) and all(len(s) == 3 for s in seen)
+    train = [set(sum(_indices(iter(make_pipeline(folder, num_epochs=1, **{**kw, "shard_index": i, "shard_count": 2})), 4), []))
+             for i in range(2)]
+    assert not train[0] & train[1] and len(train[0]) == len(train[1]) == 4
+
+
+def test_iterator_state_resumes_at_the_same_batch(folder):
+    it = iter(make_pipeline(folder, seed=5, flips=("horizontal", "vertical"), **KW))
+    _indices(it, 3)
+    state = it.get_state()
+    expected = [next(it) for _ in range(3)]
+    resumed = iter(make_pipeline(folder, seed=5, flips=("horizontal", "vertical"), **KW))
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_flips_move_image_and_mask_together(replica_root):
+    src = get_source("mvtec", os.path.join(replica_root, "mvtec"), "test", categories="bottle")
+    plain = {b: x for x, b in _pairs(make_pipeline(src, train=False, **{**KW, "image_size": 16}))}
+    flipped = list(_pairs(make_pipeline(src, flips=("horizontal",), num_epochs=3, **{**KW, "image_size": 16})))
+    n_flipped = 0
+    for (img, mask), idx in flipped:
+        ref_img, ref_mask = plain[idx]
+        same = np.array_equal(img, ref_img)
+        n_flipped += not same
+        assert np.array_equal(img, ref_img if same else ref_img[:, ::-1])
+        assert np.array_equal(mask, ref_mask if same else ref_mask[:, ::-1])
+    assert 0 < n_flipped < len(flipped)
+
+
+def _pairs(ds):
+    for b in ds:
+        for img, mask, idx in zip(b["image"], b["mask"], b["index"]):
+            yield (img, mask), int(idx)
+
+
+def test_worker_processes_cover_the_data_and_resume(folder):
+    kw = {**KW, "batch_size": 2, "num_workers": 2, "seed": 3}
+    it = iter(make_pipeline(folder, **kw))
+    first = _indices(it, 2)
+    state = it.get_state()
+    rest = _indices(it, 2)
+    assert sorted(sum(first + rest, [])) == sorted(sum(_indices(iter(make_pipeline(folder, **{**kw, "num_workers": 0})), 4), []))
+    resumed = iter(make_pipeline(folder, **kw))
+    resumed.set_state(state)
+    assert _indices(resumed, 2) == rest
+
+
+def test_default_shard_is_this_jax_process(folder):
+    assert len(list(make_pipeline(folder, batch_size=3, train=False))) == 3  # one process: everything
+
+
+def test_bad_arguments(folder):
+    with pytest.raises(ValueError, match="unknown flips"):
+        make_pipeline(folder, batch_size=2, flips=("diagonal",))
+    with pytest.raises(ValueError, match="shard_index"):
+        make_pipeline(folder, batch_size=2, shard_index=3, shard_count=3)
