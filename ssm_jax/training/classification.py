@@ -43,7 +43,7 @@ def make_train_step(loss_config, mesh):
         (loss, (logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         state = state.apply_gradients(grads=grads)
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return state, {"loss": loss, "acc": acc, **{f"loss_{k}": v for k, v in parts.items()}}
+        return state, {"loss": loss, "acc": acc, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}}
 
     replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
     return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
@@ -51,39 +51,45 @@ def make_train_step(loss_config, mesh):
 
 
 def make_predict_step(mesh):
-    """``(state, images) -> class probabilities``, jitted with images sharded."""
+    """``(state, images) -> class probabilities``, jitted with images and outputs sharded along ``data``."""
 
     def predict(state: TrainState, images):
         outputs = state.apply_fn({"params": state.params, **state.model_state}, images, train=False)
         return jax.nn.softmax(outputs["logits"], axis=-1)
 
     return jax.jit(predict, in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
-                   out_shardings=replicated_sharding(mesh))
+                   out_shardings=batch_sharding(mesh))
 
 
-def _pad_to(batch: dict, size: int) -> tuple[dict, int]:
-    """Pad a short final batch to ``size`` rows (repeating row 0) so it still splits over the devices."""
-    n = len(batch["image"])
-    if n == size:
-        return batch, n
-    return {k: np.concatenate([v, np.repeat(v[:1], size - n, 0)]) for k, v in batch.items()}, n
+def _padded(batch: dict | None, size: int, template: dict) -> tuple[dict, np.ndarray]:
+    """A batch of exactly ``size`` rows plus a validity mask; None (this process ran out) gives all-padding."""
+    if batch is None:
+        batch = {k: v[:0] for k, v in template.items()}
+    n = len(batch["label"])
+    padded = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    return padded, np.arange(size) < n
 
 
-def predict_dataset(state, predict_step, batches, batch_size: int, mesh) -> dict:
-    """Run over an evaluation iterator; returns labels, probabilities and source indices (all processes)."""
-    labels, probs, indices = [], [], []
-    for batch in batches:
-        padded, n = _pad_to(batch, batch_size)
-        p = predict_step(state, shard_batch({"image": padded["image"]}, mesh)["image"])
-        probs.append(np.asarray(jax.device_get(p))[:n] if jax.process_count() == 1 else
-                     np.asarray(multihost_utils.process_allgather(p, tiled=True)))
-        labels.append(batch["label"])
-        indices.append(batch["index"])
-    out = {"labels": np.concatenate(labels), "probs": np.concatenate(probs), "indices": np.concatenate(indices)}
-    if jax.process_count() > 1:
-        out["labels"] = np.asarray(multihost_utils.process_allgather(out["labels"], tiled=True))
-        out["indices"] = np.asarray(multihost_utils.process_allgather(out["indices"], tiled=True))
-    return out
+def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh) -> dict:
+    """Class probabilities for every example of an evaluation iterator, gathered from all processes.
+
+    Each process reads its shard of ``num_examples``; all run the same number of steps (a process whose shard
+    is exhausted feeds padding), as every step is a collective. Padding rows are dropped from the result.
+    """
+    per_process = -(-num_examples // jax.process_count())
+    steps = -(-per_process // local_batch)
+    gathered = {"labels": [], "indices": [], "probs": [], "valid": []}
+    template = None
+    for _ in range(steps):
+        batch = next(batches, None)
+        template = template or {k: v for k, v in batch.items() if k in ("image", "label", "index")}
+        padded, valid = _padded(None if batch is None else {k: batch[k] for k in template}, local_batch, template)
+        probs = predict_step(state, shard_batch({"image": padded["image"]}, mesh)["image"])
+        for key, value in (("probs", probs), ("labels", padded["label"]), ("indices", padded["index"]),
+                           ("valid", valid)):
+            gathered[key].append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
+    valid = np.concatenate(gathered.pop("valid"))
+    return {k: np.concatenate(v)[valid] for k, v in gathered.items()}
 
 
 def write_evaluation(predictions: dict, source, out_dir) -> dict:

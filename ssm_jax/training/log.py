@@ -1,13 +1,17 @@
-"""Run outputs: ``config.json`` and ``metrics.jsonl`` in the workdir."""
+"""Run outputs: ``config.json`` and ``metrics.jsonl`` in the workdir, written by process 0 only."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import jax
+
 
 def write_config(workdir, config) -> None:
     """Record the resolved config (after CLI overrides) beside the run's outputs."""
+    if jax.process_index() != 0:
+        return
     path = Path(workdir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
@@ -22,12 +26,14 @@ class MetricsLog:
 
     def trim_after(self, step: int) -> None:
         """Drop lines logged after ``step`` (written by a run that died before its next checkpoint)."""
-        if not self.path.exists():
+        if jax.process_index() != 0 or not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: dict) -> None:
+        if jax.process_index() != 0:
+            return
         record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -13,13 +13,19 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
-_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
 def initialize_distributed() -> None:
-    """Call ``jax.distributed.initialize()`` when started as one process of a multi-process job."""
-    multi = any(int(os.environ.get(k, "1")) > 1 for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
-    if multi or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    """Call ``jax.distributed.initialize()`` when started as one process of a multi-process job.
+
+    SLURM and Open MPI jobs are detected by JAX itself; any other launcher sets ``JAX_COORDINATOR_ADDRESS``
+    (host:port of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+    """
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs = {name: int(os.environ[env]) for name, env in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                                ("process_id", "JAX_PROCESS_ID")) if env in os.environ}
+        jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], **kwargs)
+    elif any(int(os.environ.get(k, "1")) > 1 for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
         jax.distributed.initialize()
 
 

@@ -114,6 +114,12 @@ class Experiment:
         if jax.process_index() == 0:
             viz.save_training_curves(log.path, self.workdir / "training_curves.png")
 
+    def _predict(self, source) -> dict:
+        return classification.predict_dataset(
+            self.state, classification.make_predict_step(self.mesh), iter(self.pipeline(source, train=False)),
+            num_examples=len(source), local_batch=self.config.train.eval_batch_size // jax.process_count(),
+            mesh=self.mesh)
+
     def restore_for_eval(self):
         restored = self.checkpointer.restore(self.state)
         if restored is None:
@@ -124,9 +130,7 @@ class Experiment:
     def evaluate(self) -> dict:
         """Test-split metrics and pictures under ``<workdir>/eval``; prints the per-class report."""
         source = load_source(self.config, "test")
-        predictions = classification.predict_dataset(
-            self.state, classification.make_predict_step(self.mesh), iter(self.pipeline(source, train=False)),
-            self.config.train.eval_batch_size, self.mesh)
+        predictions = self._predict(source)
         summary = {}
         if jax.process_index() == 0:
             summary = classification.write_evaluation(predictions, source, self.workdir / "eval")
@@ -144,9 +148,7 @@ class Experiment:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
         names = list(self.train_source.class_names)
         source = Source([Record(p, 0) for p in paths], names)
-        predictions = classification.predict_dataset(
-            self.state, classification.make_predict_step(self.mesh), iter(self.pipeline(source, train=False)),
-            self.config.train.eval_batch_size, self.mesh)
+        predictions = self._predict(source)
         out = self.workdir / "eval" / f"predict_{folder.name}.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         probs = predictions["probs"]

@@ -1,0 +1,214 @@
+"""Time the selective-scan implementations against each other and against the HBM floor.
+
+    python benchmarks/scan.py            # GPU: full shapes, all impls, each (impl, shape) in its own process
+    python benchmarks/scan.py --small    # CPU default: shrunken shapes, pallas skipped (interpret mode is no timing)
+
+Prints one row per impl x shape: forward and forward+backward time (median of repeats after warm-up), peak
+memory, and for the forward the floor = bytes it must move / copy bandwidth measured in this run, the
+achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the device's peak_bytes_in_use
+on GPU (one process per row, so rows don't see each other's peaks) and the compiled fwd+bwd temp size on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import NamedTuple
+
+# Allocate on demand: on GPU the rows run in child processes, and a parent (or a previous row) holding a
+# preallocated pool would starve them.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssm_jax.ssm import selective_scan  # noqa: E402
+
+IMPLS = ("pallas", "associative", "chunked", "sequential")
+
+
+class Shape(NamedTuple):
+    name: str
+    batch: int
+    length: int
+    dim: int
+    d_state: int
+    directions: int = 1
+
+    @property
+    def rows(self) -> int:
+        """Sequences in the scan: directions are stacked on batch."""
+        return self.batch * self.directions
+
+
+SHAPES = (
+    Shape("vim-s", 32, 3136, 384, 16),
+    Shape("mamba-768", 8, 4096, 768, 16),
+    Shape("8-dir", 64, 1024, 192, 16, 8),
+    Shape("long", 2, 16384, 768, 16),
+    Shape("vmamba-64x64", 8, 64 * 64, 192, 16),
+)
+SMALL_SHAPES = (
+    Shape("vim-s/small", 2, 256, 64, 16),
+    Shape("mamba-768/small", 1, 512, 128, 16),
+    Shape("8-dir/small", 2, 128, 32, 16, 8),
+    Shape("long/small", 1, 2048, 32, 16),
+    Shape("vmamba/small", 1, 16 * 16, 96, 16),
+)
+
+
+def make_inputs(shape: Shape, dtype, seed: int = 0):
+    """A Mamba layer's scan inputs (D, gate z, delta_bias; softplus is on), random and non-zero."""
+    k = jax.random.split(jax.random.PRNGKey(seed), 9)
+    bld = (shape.rows, shape.length, shape.dim)
+    bc = (shape.rows, shape.length, 1, shape.d_state)
+    normal = lambda key, s, scale=1.0: (scale * jax.random.normal(key, s)).astype(dtype)
+    args = (normal(k[0], bld), normal(k[1], bld, 0.5), -jnp.exp(jax.random.normal(k[2], (shape.dim, shape.d_state))),
+            normal(k[3], bc), normal(k[4], bc), jax.random.normal(k[5], (shape.dim,)), normal(k[6], bld),
+            jax.random.normal(k[7], (shape.dim,)))
+    return args, normal(k[8], bld)
+
+
+def forward_bytes(shape: Shape, dtype) -> int:
+    """Fewest bytes the forward moves: u, delta, z, B, C, A, D, delta_bias read once, y written once."""
+    item = jnp.dtype(dtype).itemsize
+    act = shape.rows * shape.length * shape.dim * item
+    bc = shape.rows * shape.length * shape.d_state * item
+    params = shape.dim * shape.d_state * 4 + 2 * shape.dim * 4
+    return 4 * act + 2 * bc + params
+
+
+def median_time(fn, *args, repeats: int) -> float:
+    """Median wall time in seconds of ``fn(*args)`` after two warm-up calls (compilation included there)."""
+    for _ in range(2):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def copy_bandwidth(n_bytes: int, repeats: int) -> float:
+    """Device-to-device bandwidth in bytes/s, read + write counted, from an elementwise pass over n_bytes."""
+    x = jnp.arange(n_bytes // 4, dtype=jnp.float32)
+    step = jax.jit(lambda a: a + 1.0)
+    return 2 * x.nbytes / median_time(step, x, repeats=repeats)
+
+
+def functions(impl: str):
+    def forward(*args):
+        return selective_scan(*args, delta_softplus=True, impl=impl)
+
+    def forward_backward(args, cotangent):
+        y, vjp = jax.vjp(forward, *args)
+        return y, vjp(cotangent)
+
+    return jax.jit(forward), jax.jit(forward_backward)
+
+
+def measure(impl: str, shape: Shape, dtype, repeats: int) -> dict:
+    """Forward and fwd+bwd time (s) and peak memory (bytes, or None) of one impl on one shape."""
+    args, cotangent = make_inputs(shape, dtype)
+    forward, forward_backward = functions(impl)
+    row = {"fwd": median_time(forward, *args, repeats=repeats)}
+    row["fwd_bwd"] = median_time(forward_backward, args, cotangent, repeats=repeats)
+    if jax.default_backend() == "gpu":
+        row["peak"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"]
+    else:
+        analysis = forward_backward.lower(args, cotangent).compile().memory_analysis()
+        row["peak"] = getattr(analysis, "temp_size_in_bytes", None)
+    return row
+
+
+def isolated(job: str, args) -> dict:
+    """Run ``--one job`` (``impl:shape`` or ``bandwidth``) in a fresh process: the device's peak memory is
+    then this job's alone, and the parent holds no device memory."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", job, "--dtype", args.dtype,
+           "--repeats", str(args.repeats)] + (["--small"] if args.small else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": "OOM" if "RESOURCE_EXHAUSTED" in done.stderr else tail[:60]}
+    return json.loads(lines[-1])
+
+
+def fmt_ms(seconds) -> str:
+    return "-" if seconds is None else f"{1e3 * seconds:10.3f}"
+
+
+def fmt_bytes(n) -> str:
+    return "n/a" if n is None else f"{n / 2**20:9.1f} MiB"
+
+
+def print_table(rows, bandwidth: float, dtype) -> None:
+    print(f"\ncopy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s; dtype {jnp.dtype(dtype).name}")
+    header = (f"{'impl':<12} {'shape (rows,L,D,N)':<32} {'fwd ms':>10} {'fwd+bwd ms':>11} {'peak mem':>13} "
+              f"{'floor ms':>9} {'fwd GB/s':>9} {'fwd/floor':>9}")
+    print(header)
+    print("-" * len(header))
+    for impl, shape, row in rows:
+        label = f"{shape.name} ({shape.rows},{shape.length},{shape.dim},{shape.d_state})"
+        floor_bytes = forward_bytes(shape, dtype)
+        floor = floor_bytes / bandwidth
+        if "error" in row:
+            print(f"{impl:<12} {label:<32} {row['error']}")
+            continue
+        print(f"{impl:<12} {label:<32} {fmt_ms(row['fwd'])} {fmt_ms(row['fwd_bwd']):>11} "
+              f"{fmt_bytes(row['peak']):>13} {fmt_ms(floor):>9} {floor_bytes / row['fwd'] / 1e9:9.1f} "
+              f"{row['fwd'] / floor:9.1f}")
+
+
+def main() -> None:
+    on_gpu = jax.default_backend() == "gpu"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=not on_gpu,
+                        help="shrunken shapes (default when no GPU)")
+    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # "impl:shape" or "bandwidth", see isolated()
+    args = parser.parse_args()
+    dtype = jnp.dtype(args.dtype)
+    shapes = {s.name: s for s in (SMALL_SHAPES if args.small else SHAPES)}
+    bandwidth_bytes = 2**30 if on_gpu else 2**26
+    if args.one == "bandwidth":
+        print(json.dumps({"bandwidth": copy_bandwidth(bandwidth_bytes, args.repeats)}))
+        return
+    if args.one:
+        impl, name = args.one.split(":", 1)
+        print(json.dumps(measure(impl, shapes[name], dtype, args.repeats)))
+        return
+    impls = [i for i in args.impls.split(",") if i in IMPLS]
+    if not on_gpu and "pallas" in impls:
+        print("no GPU: skipping pallas (interpret mode is not a timing)")
+        impls.remove("pallas")
+    if on_gpu:
+        result = isolated("bandwidth", args)
+        if "bandwidth" not in result:
+            raise SystemExit(f"copy bandwidth measurement failed: {result['error']}")
+        bandwidth = result["bandwidth"]
+    else:
+        bandwidth = copy_bandwidth(bandwidth_bytes, args.repeats)
+    rows = []
+    for shape in shapes.values():
+        for impl in impls:
+            if on_gpu:
+                row = isolated(f"{impl}:{shape.name}", args)
+            else:
+                row = measure(impl, shape, dtype, args.repeats)
+            rows.append((impl, shape, row))
+            print(f"  measured {impl} on {shape.name}", file=sys.stderr, flush=True)
+    print_table(rows, bandwidth, dtype)
+
+
+if __name__ == "__main__":
+    main()

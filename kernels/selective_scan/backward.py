@@ -1,0 +1,126 @@
+"""Backward kernel: walk the chunks in reverse, recompute each chunk's states from its checkpoint, and
+carry the state adjoint h (block_d, N) on chip.
+
+For step t with decay a_t = exp(delta_t A), state x_t and output gradient g_t (after the gate):
+    h_t      = g_t C_t + a_{t+1} h_{t+1}                (h past the end = d last_state)
+    dC_t     = sum_d g_t x_t            dB_t = sum_d h_t delta_t u_t
+    du_t     = delta_t sum_n h_t B_t + D g_t
+    ddelta_t = u_t sum_n h_t B_t + sum_n h_t x_{t-1} a_t A
+    dA      += h_t x_{t-1} a_t delta_t
+A chunk's states are recomputed into registers (the chunk loop is unrolled), so the backward reads the
+inputs, the checkpoints and dy once and never materialises (batch, L, D, N). dB and dC come out as one
+partial sum per channel block, dA, dD and d delta_bias as one partial per batch row; the caller reduces
+them (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from kernels.selective_scan import common
+from kernels.selective_scan.common import F32, Layout
+
+
+def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
+    r = dict(zip(names, refs))
+    o = dict(zip(out_names, refs[len(names):]))
+    p = common.program(lay)
+    A = common.load_matrix(r["A"], p, lay)
+    skip = common.load_channels(r["D"], p, lay) if "D" in r else None
+    bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
+    tile = jnp.zeros((lay.block_d, lay.state_pad), F32)
+    vec = jnp.zeros((lay.block_d,), F32)
+
+    def chunk(k, carry):
+        h, dA, dskip, dbias = carry
+        c = lay.n_chunks - 1 - k
+        x = common.load_matrix(r["states"], p, lay, index=(p.b, jnp.maximum(c - 1, 0)))
+        x = jnp.where(c > 0, x, 0.0)
+        states = [x]  # states[i] = state before step i of the chunk; states[i + 1] = after it
+        for i in range(lay.chunk):
+            step = common.load_step(r, p, lay, c * lay.chunk + i, bias, delta_softplus)
+            states.append(common.advance(states[-1], step, A))
+        for i in reversed(range(lay.chunk)):
+            t = c * lay.chunk + i
+            valid = t < lay.length
+            step = common.load_step(r, p, lay, t, bias, delta_softplus)
+            C = common.load_group_row(r["C"], p, lay, t, valid)
+            g = common.load_row(r["dy"], p, lay, t, valid)
+            if "z" in r:
+                z = common.load_row(r["z"], p, lay, t, valid)
+                y = jnp.sum(states[i + 1] * C[None, :], axis=1)
+                if skip is not None:
+                    y = y + skip * step.u
+                sig = jax.nn.sigmoid(z)
+                common.store_row(o["dz"], p, lay, t, valid, g * y * sig * (1.0 + z * (1.0 - sig)))
+                g = g * z * sig
+            common.store_block_row(o["dC"], p, lay, t, valid, jnp.sum(g[:, None] * states[i + 1], axis=0))
+            h = h + g[:, None] * C[None, :]
+            decay = jnp.exp(step.delta[:, None] * A)
+            hx = h * states[i] * decay
+            dA = dA + hx * step.delta[:, None]
+            hB = jnp.sum(h * step.B[None, :], axis=1)
+            du = step.delta * hB
+            if skip is not None:
+                du = du + skip * g
+                dskip = dskip + g * step.u
+            common.store_row(o["du"], p, lay, t, valid, du)
+            ddelta = step.u * hB + jnp.sum(hx * A, axis=1)
+            if delta_softplus:
+                ddelta = ddelta * jax.nn.sigmoid(step.delta_pre)
+            ddelta = jnp.where(step.mask, ddelta, 0.0)
+            dbias = dbias + ddelta
+            common.store_row(o["ddelta"], p, lay, t, valid, ddelta)
+            common.store_block_row(o["dB"], p, lay, t, valid,
+                                   jnp.sum(h * (step.delta * step.u)[:, None], axis=0))
+            h = decay * h
+        return h, dA, dskip, dbias
+
+    h0 = common.load_matrix(r["dlast"], p, lay, index=(p.b,)) if "dlast" in r else tile
+    _, dA, dskip, dbias = jax.lax.fori_loop(0, lay.n_chunks, chunk, (h0, tile, vec, vec))
+    common.store_matrix(o["dA"], p, lay, dA, index=(p.b,))
+    at = pl.ds(p.d0, lay.block_d)
+    if "dD" in o:
+        plgpu.store(o["dD"].at[p.b, at], dskip, mask=p.dmask)
+    if "dbias" in o:
+        plgpu.store(o["dbias"].at[p.b, at], dbias, mask=p.dmask)
+
+
+def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool, num_warps: int = 8):
+    """Run the backward kernel.
+
+    ``inputs``: u, delta, A, B, C, [D], [z], [delta_bias], states (batch, n_chunks, D, N) from the forward,
+    dy (batch, L, D), [dlast (batch, D, N)]. Returns a dict of raw gradients: du, ddelta, [dz] shaped like
+    their inputs; dA (batch, D, N), [dD], [dbias] (batch, D) and dB, dC (batch, L, n_blocks, N), float32
+    partial sums for the caller to reduce.
+    """
+    u = inputs["u"]
+    bld = (lay.batch, lay.length, lay.dim)
+    partial_bc = jax.ShapeDtypeStruct((lay.batch, lay.length, lay.n_blocks, lay.d_state), F32)
+    shapes = {"du": jax.ShapeDtypeStruct(bld, u.dtype),
+              "ddelta": jax.ShapeDtypeStruct(bld, inputs["delta"].dtype),
+              "dA": jax.ShapeDtypeStruct((lay.batch, lay.dim, lay.d_state), F32),
+              "dB": partial_bc, "dC": partial_bc}
+    if "z" in inputs:
+        shapes["dz"] = jax.ShapeDtypeStruct(bld, inputs["z"].dtype)
+    if "D" in inputs:
+        shapes["dD"] = jax.ShapeDtypeStruct((lay.batch, lay.dim), F32)
+    if "delta_bias" in inputs:
+        shapes["dbias"] = jax.ShapeDtypeStruct((lay.batch, lay.dim), F32)
+    names, out_names = tuple(inputs), tuple(shapes)
+    kernel = functools.partial(_kernel, names=names, out_names=out_names, lay=lay,
+                               delta_softplus=delta_softplus)
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=list(shapes.values()),
+        grid=lay.grid,
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps),
+        interpret=interpret,
+        name="selective_scan_bwd",
+    )(*inputs.values())
+    return dict(zip(out_names, outs))

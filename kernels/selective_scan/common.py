@@ -1,0 +1,166 @@
+"""Pieces shared by the forward and backward selective-scan kernels.
+
+Each program owns one (batch row, channel block) pair. Channel blocks never straddle a group of B/C, so a
+program reads one (N,) row of B and of C per time step. Blocks are padded to powers of two (Triton needs
+them) and every load and store is masked: padded channels, padded state lanes and time steps past L are
+exact no-ops of the recurrence (delta = 0 gives decay 1 and drive 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Static problem sizes and block sizes of one kernel launch."""
+
+    batch: int
+    length: int
+    dim: int
+    groups: int
+    d_state: int
+    block_d: int
+    chunk: int
+
+    @property
+    def group_dim(self) -> int:
+        return self.dim // self.groups
+
+    @property
+    def blocks_per_group(self) -> int:
+        return pl.cdiv(self.group_dim, self.block_d)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.groups * self.blocks_per_group
+
+    @property
+    def n_chunks(self) -> int:
+        return pl.cdiv(self.length, self.chunk)
+
+    @property
+    def state_pad(self) -> int:
+        return pl.next_power_of_2(self.d_state)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.batch, self.n_blocks)
+
+
+def make_layout(u, B, d_state: int, block_d: int | None, chunk: int) -> Layout:
+    """Layout for inputs u (batch, L, D) and grouped B (batch, L, G, N); block_d defaults to <= 32 channels."""
+    batch, length, dim = u.shape
+    groups = B.shape[2]
+    if block_d is None:
+        block_d = min(32, pl.next_power_of_2(dim // groups))
+    if block_d < 1 or block_d & (block_d - 1):
+        raise ValueError(f"selective_scan_pallas: block_d={block_d} must be a power of two")
+    if chunk < 1:
+        raise ValueError(f"selective_scan_pallas: chunk={chunk} must be positive")
+    return Layout(batch, length, dim, groups, d_state, block_d, chunk)
+
+
+class Program(NamedTuple):
+    """Where this program sits: batch row, block index, first channel, group, lane masks."""
+
+    b: jax.Array
+    block: jax.Array
+    d0: jax.Array
+    group: jax.Array
+    dmask: jax.Array  # (block_d,) channel inside its group
+    nmask: jax.Array  # (state_pad,) lane inside N
+
+
+def program(lay: Layout) -> Program:
+    b = pl.program_id(0)
+    block = pl.program_id(1)
+    group = block // lay.blocks_per_group
+    local0 = (block % lay.blocks_per_group) * lay.block_d
+    dmask = local0 + jnp.arange(lay.block_d) < lay.group_dim
+    nmask = jnp.arange(lay.state_pad) < lay.d_state
+    return Program(b, block, group * lay.group_dim + local0, group, dmask, nmask)
+
+
+def _load(ref, mask):
+    return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype)).astype(F32)
+
+
+def load_channels(ref, p: Program, lay: Layout):
+    """(block_d,) slice of a per-channel parameter (D,)."""
+    return _load(ref.at[pl.ds(p.d0, lay.block_d)], p.dmask)
+
+
+def _tile(ref, p: Program, lay: Layout, index):
+    index = tuple(jnp.asarray(i, jnp.int32) for i in index)  # interpret mode wants array indices
+    return ref.at[(*index, pl.ds(p.d0, lay.block_d), pl.ds(0, lay.state_pad))]
+
+
+def load_matrix(ref, p: Program, lay: Layout, index=()):
+    """(block_d, state_pad) tile of a (..., D, N) array at leading ``index``."""
+    return _load(_tile(ref, p, lay, index), p.dmask[:, None] & p.nmask[None, :])
+
+
+def store_matrix(ref, p: Program, lay: Layout, value, index=()):
+    plgpu.store(_tile(ref, p, lay, index), value.astype(ref.dtype), mask=p.dmask[:, None] & p.nmask[None, :])
+
+
+def load_row(ref, p: Program, lay: Layout, t, valid):
+    """(block_d,) channels of a (batch, L, D) array at time t."""
+    return _load(ref.at[p.b, t, pl.ds(p.d0, lay.block_d)], p.dmask & valid)
+
+
+def store_row(ref, p: Program, lay: Layout, t, valid, value):
+    plgpu.store(ref.at[p.b, t, pl.ds(p.d0, lay.block_d)], value.astype(ref.dtype), mask=p.dmask & valid)
+
+
+def load_group_row(ref, p: Program, lay: Layout, t, valid):
+    """(state_pad,) row of grouped B or C (batch, L, G, N) at time t for this program's group."""
+    return _load(ref.at[p.b, t, p.group, pl.ds(0, lay.state_pad)], p.nmask & valid)
+
+
+def store_block_row(ref, p: Program, lay: Layout, t, valid, value):
+    """(state_pad,) per-block partial of dB or dC into (batch, L, n_blocks, N)."""
+    plgpu.store(ref.at[p.b, t, p.block, pl.ds(0, lay.state_pad)], value, mask=p.nmask & valid)
+
+
+def softplus(x):
+    """log(1 + e^x) without overflow, from ops the Triton lowering has."""
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+class Step(NamedTuple):
+    """Inputs of one time step, float32: u, delta after bias/softplus (0 on masked lanes), and the
+    pre-softplus delta (for its derivative), B row, and the validity mask of the channel lanes."""
+
+    u: jax.Array
+    delta: jax.Array
+    delta_pre: jax.Array
+    B: jax.Array
+    mask: jax.Array
+
+
+def load_step(refs: dict, p: Program, lay: Layout, t, bias, delta_softplus: bool) -> Step:
+    """Load u, delta and B at time t and discretise delta; steps past L come back as identity steps."""
+    valid = t < lay.length
+    mask = p.dmask & valid
+    u = load_row(refs["u"], p, lay, t, valid)
+    delta_pre = load_row(refs["delta"], p, lay, t, valid)
+    if bias is not None:
+        delta_pre = delta_pre + bias
+    delta = softplus(delta_pre) if delta_softplus else delta_pre
+    delta = jnp.where(mask, delta, 0.0)
+    return Step(u, delta, delta_pre, load_group_row(refs["B"], p, lay, t, valid), mask)
+
+
+def advance(x, step: Step, A):
+    """One step of the recurrence: x <- exp(delta*A) * x + delta*u*B."""
+    return jnp.exp(step.delta[:, None] * A) * x + (step.delta * step.u)[:, None] * step.B[None, :]

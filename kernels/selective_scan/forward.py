@@ -1,0 +1,78 @@
+"""Forward kernel: y = scan(u, delta, A, B, C) * gate, the state held on chip for the whole sequence.
+
+Grid (batch, channel blocks). Each program walks L in chunks of ``chunk`` steps with ``lax.fori_loop``;
+the steps of a chunk are unrolled so their loads are independent of the recurrence and can be issued
+early. The (batch, L, D, N) state is never written: depending on ``save`` the kernel stores nothing, the
+last state, or the state at the end of every chunk (the checkpoints the backward kernel restarts from).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from kernels.selective_scan import common
+from kernels.selective_scan.common import F32, Layout
+
+SAVE_MODES = ("none", "last", "chunks")
+
+
+def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
+    r = dict(zip(names, refs))
+    y_ref = refs[len(names)]
+    p = common.program(lay)
+    A = common.load_matrix(r["A"], p, lay)
+    skip = common.load_channels(r["D"], p, lay) if "D" in r else None
+    bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
+
+    def chunk(c, x):
+        for i in range(lay.chunk):
+            t = c * lay.chunk + i
+            valid = t < lay.length
+            step = common.load_step(r, p, lay, t, bias, delta_softplus)
+            x = common.advance(x, step, A)
+            y = jnp.sum(x * common.load_group_row(r["C"], p, lay, t, valid)[None, :], axis=1)
+            if skip is not None:
+                y = y + skip * step.u
+            if "z" in r:
+                z = common.load_row(r["z"], p, lay, t, valid)
+                y = y * z * jax.nn.sigmoid(z)
+            common.store_row(y_ref, p, lay, t, valid, y)
+        if save == "chunks":
+            common.store_matrix(refs[-1], p, lay, x, index=(p.b, c))
+        return x
+
+    x = jax.lax.fori_loop(0, lay.n_chunks, chunk, jnp.zeros((lay.block_d, lay.state_pad), F32))
+    if save == "last":
+        common.store_matrix(refs[-1], p, lay, x, index=(p.b, 0))
+
+
+def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, interpret: bool,
+            num_warps: int = 4):
+    """Run the forward kernel on ``inputs`` (name -> array; D, z, delta_bias may be absent).
+
+    Returns y (batch, L, D) in u's dtype, and for save != "none" also the saved states
+    (batch, 1 or n_chunks, D, N) float32.
+    """
+    if save not in SAVE_MODES:
+        raise ValueError(f"save={save!r}, expected one of {SAVE_MODES}")
+    u = inputs["u"]
+    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
+    if save != "none":
+        n_saved = lay.n_chunks if save == "chunks" else 1
+        out_shape.append(jax.ShapeDtypeStruct((lay.batch, n_saved, lay.dim, lay.d_state), F32))
+    names = tuple(inputs)
+    kernel = functools.partial(_kernel, names=names, lay=lay, delta_softplus=delta_softplus, save=save)
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=lay.grid,
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps),
+        interpret=interpret,
+        name="selective_scan_fwd",
+    )(*inputs.values())
+    return outs[0] if save == "none" else tuple(outs)
