@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
 from ssm_jax import viz
 from ssm_jax.losses import memorymamba_loss
@@ -80,7 +81,7 @@ def predict_dataset(state, predict_step, batches, *, num_examples: int, local_ba
     steps = -(-per_process // local_batch)
     gathered = {"labels": [], "indices": [], "probs": [], "valid": []}
     template = None
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="eval", unit="batch", disable=jax.process_index() != 0, leave=False):
         batch = next(batches, None)
         template = template or {k: v for k, v in batch.items() if k in ("image", "label", "index")}
         padded, valid = _padded(None if batch is None else {k: batch[k] for k in template}, local_batch, template)
