@@ -2,6 +2,7 @@
 
     python benchmarks/scan.py            # GPU: full shapes, all impls, each (impl, shape) in its own process
     python benchmarks/scan.py --small    # CPU default: shrunken shapes, pallas skipped (interpret mode is no timing)
+    python benchmarks/scan.py --no-small --shapes vmamba-64x64 --repeats 3   # one full-size shape on CPU
 
 Prints one row per impl x shape: forward and forward+backward time (median of repeats after warm-up), peak
 memory, and for the forward the floor = bytes it must move / copy bandwidth measured in this run, the
@@ -173,12 +174,18 @@ def main() -> None:
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=not on_gpu,
                         help="shrunken shapes (default when no GPU)")
     parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    parser.add_argument("--shapes", help="comma-separated subset of the shape names (default: all)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # "impl:shape" or "bandwidth", see isolated()
     args = parser.parse_args()
     dtype = jnp.dtype(args.dtype)
     shapes = {s.name: s for s in (SMALL_SHAPES if args.small else SHAPES)}
+    if args.shapes:
+        unknown = sorted(set(args.shapes.split(",")) - set(shapes))
+        if unknown:
+            raise SystemExit(f"unknown shapes {unknown}; valid: {', '.join(shapes)}")
+        shapes = {name: shapes[name] for name in args.shapes.split(",")}
     bandwidth_bytes = 2**30 if on_gpu else 2**26
     if args.one == "bandwidth":
         print(json.dumps({"bandwidth": copy_bandwidth(bandwidth_bytes, args.repeats)}))

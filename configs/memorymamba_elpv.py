@@ -29,7 +29,6 @@ def get_config(variant: str = "gpu"):
         config.data.image_size = 64
         config.model.depths, config.model.dims = (1, 1, 2), (24, 48, 96)
         config.model.coarse_size, config.model.fine_size = 16, 32
-        config.model.scan_impl = "sequential"  # lax.scan is the fastest scan on a 2-core CPU (benchmarks/scan.py)
         config.optim.lr = 2e-3
         config.train.epochs = 10
         config.train.batch_size = config.train.eval_batch_size = 32

@@ -100,9 +100,9 @@ def test_jit_and_vmap():
     assert rel_err(vmapped[1], y_ref) < 1e-5
 
 
-def test_auto_is_associative_on_cpu():
+def test_auto_is_sequential_on_cpu():
     args = _inputs(CASES[0])
-    assert np.array_equal(selective_scan(**args), selective_scan(**args, impl="associative"))
+    assert np.array_equal(selective_scan(**args), selective_scan(**args, impl="sequential"))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,72 @@
+"""Correctness of the Pallas scan at benchmark sizes, to run on the GPU before any timing is quoted.
+
+    python benchmarks/check_pallas.py            # GPU: every shape of benchmarks/scan.py, forward and gradients
+    python benchmarks/check_pallas.py --small    # CPU (interpret mode): the shrunken shapes
+
+For each shape, on fresh random inputs: every output and gradient must be finite; the forward is compared
+with the ``chunked`` scan (||diff|| / ||ref||, pass under 1e-5 in float32, 1e-2 with ``--dtype bfloat16``) and
+every input's gradient with ``chunked``'s (pass under 1e-4, or 1e-2 in bf16).
+Prints a table and exits non-zero if any row fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.scan import SHAPES, SMALL_SHAPES, make_inputs  # noqa: E402
+from ssm_jax.ssm import selective_scan  # noqa: E402
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def rel(x, ref) -> float:
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def check(shape, dtype, seed: int) -> dict:
+    args, cotangent = make_inputs(shape, dtype, seed)
+
+    def run(impl):
+        fn = lambda *a: selective_scan(*a, delta_softplus=True, impl=impl)
+        y, vjp = jax.vjp(fn, *args)
+        return y, vjp(cotangent)
+
+    y, grads = jax.jit(lambda: run("pallas"))()
+    y_ref, grads_ref = jax.jit(lambda: run("chunked"))()
+    finite = bool(jnp.all(jnp.isfinite(y))) and all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+    return {"fwd": rel(y, y_ref), "grads": {n: rel(g, r) for n, g, r in zip(NAMES, grads, grads_ref)},
+            "finite": finite}
+
+
+def main() -> None:
+    on_gpu = jax.default_backend() == "gpu"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=not on_gpu)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    dtype = jnp.dtype(args.dtype)
+    fwd_tol, grad_tol = (1e-5, 1e-4) if dtype == jnp.float32 else (1e-2, 1e-2)
+    print(f"{'shape (rows,L,D,N)':<36}{'fwd rel err':>13}{'worst grad':>20}{'finite':>9}  result")
+    failed = False
+    for shape in SMALL_SHAPES if args.small else SHAPES:
+        r = check(shape, dtype, args.seed)
+        worst = max(r["grads"], key=r["grads"].get)
+        ok = r["finite"] and r["fwd"] < fwd_tol and r["grads"][worst] < grad_tol
+        failed |= not ok
+        label = f"{shape.name} ({shape.rows},{shape.length},{shape.dim},{shape.d_state})"
+        print(f"{label:<36}{r['fwd']:>13.2e}{worst + ' ' + format(r['grads'][worst], '.2e'):>20}"
+              f"{str(r['finite']):>9}  {'pass' if ok else 'FAIL'}", flush=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
