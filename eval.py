@@ -4,25 +4,13 @@
     python eval.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv --predict_dir=~/new_cells
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
-from ssm_jax.training.cli import exit_on_user_error, parse_flags
-from ssm_jax.training.mesh import initialize_distributed
+from ssm_jax.training import cli
 from ssm_jax.training.run import Experiment
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory (holds checkpoints/).")
+_CONFIG, _WORKDIR = cli.define_run_flags("The training run's directory (holds checkpoints/).")
 _PREDICT_DIR = flags.DEFINE_string("predict_dir", None, "Predict every image under this folder instead of evaluating.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
-    initialize_distributed()
-    exit_on_user_error(evaluate, _CONFIG.value, _WORKDIR.value, _PREDICT_DIR.value)
 
 
 def evaluate(config, workdir, predict_dir):
@@ -34,5 +22,9 @@ def evaluate(config, workdir, predict_dir):
         experiment.evaluate()
 
 
+def main(argv):
+    cli.run(argv, evaluate, _CONFIG.value, _WORKDIR.value, _PREDICT_DIR.value)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

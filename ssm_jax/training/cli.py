@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import sys
 
-from absl import flags
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 from ssm_jax.training.checkpoint import CheckpointError
 from ssm_jax.training.loop import NonFiniteLossError
+from ssm_jax.training.mesh import initialize_distributed
 
 # Errors that mean "fix the input", shown as one message instead of a traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, CheckpointError, NonFiniteLossError)
@@ -38,8 +40,21 @@ def parse_flags(argv: list[str]) -> list[str]:
                  f"[--config.section.key=value ...]")
 
 
-def exit_on_user_error(fn, *args):
-    """Run ``fn``; a bad-input error ends the program with its message and exit code 1, not a traceback."""
+def define_run_flags(workdir_help: str):
+    """The required ``--config`` (locked, overridable with ``--config.a.b=v``) and ``--workdir`` flags."""
+    config = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
+    workdir = flags.DEFINE_string("workdir", None, workdir_help)
+    flags.mark_flags_as_required(["config", "workdir"])
+    return config, workdir
+
+
+def run(argv: list[str], fn, *args):
+    """Body of a CLI ``main``: quiet logging, join a multi-process job, run ``fn``; bad input exits with code 1
+    and its message instead of a traceback."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
+    initialize_distributed()
     try:
         return fn(*args)
     except USER_ERRORS as err:
