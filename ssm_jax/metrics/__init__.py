@@ -1,12 +1,13 @@
 """Evaluation metrics: classification (accuracy, macro P/R/F1, confusion) and anomaly detection (AU-ROC, AP,
 F1-max, AU-PRO, mAD), in plain NumPy."""
 
-from ssm_jax.metrics.anomaly import anomaly_metrics, aupro
+from ssm_jax.metrics.anomaly import anomaly_metrics, anomaly_metrics_by_category, aupro
 from ssm_jax.metrics.classification import classification_metrics
 from ssm_jax.metrics.curves import auroc, average_precision, f1_max, precision_recall_curve, roc_curve
 
 __all__ = [
     "anomaly_metrics",
+    "anomaly_metrics_by_category",
     "aupro",
     "auroc",
     "average_precision",

@@ -9,7 +9,7 @@ Parameter names and shapes follow VMamba's ``SS2D`` state dict so a converter on
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -30,7 +30,9 @@ class SS2D(nn.Module):
     ``directions``; the default "sweep" x 4 is VMamba's cross-scan), each direction with its own x_proj/dt_proj/A/D;
     the K scans run as ONE ``selective_scan`` over K*d_inner channels with B/C in K groups (the layout the fused
     kernel takes); the K outputs are put back in place and summed; LayerNorm; * SiLU(z); out_proj.
-    Parameters are float32; ``dtype`` is the activation dtype.
+    Parameters are float32; ``dtype`` is the activation dtype. ``out_norm`` uses torch's LayerNorm epsilon (1e-5),
+    as VMamba and MambaAD do, so converted weights give the same outputs; ``dense_init`` initialises in/out_proj
+    (MambaAD uses a truncated normal with std 0.02).
     """
 
     d_model: int
@@ -43,20 +45,21 @@ class SS2D(nn.Module):
     scan_impl: str = "auto"
     dt_min: float = 1e-3
     dt_max: float = 0.1
+    dense_init: Callable = nn.linear.default_kernel_init
     dtype: Any = jnp.float32
 
     def setup(self):
-        d, k, n = self.expand * self.d_model, self.directions, self.d_state
+        d, k, n = int(self.expand * self.d_model), self.directions, self.d_state
         r = resolve_dt_rank(self.dt_rank, self.d_model)
-        self.in_proj = nn.Dense(2 * d, use_bias=False, dtype=self.dtype)
+        self.in_proj = nn.Dense(2 * d, use_bias=False, kernel_init=self.dense_init, dtype=self.dtype)
         self.conv2d = nn.Conv(d, (self.d_conv, self.d_conv), padding="SAME", feature_group_count=d, dtype=self.dtype)
         self.x_proj_weight = self.param("x_proj_weight", symmetric_uniform(d ** -0.5), (k, d, r + 2 * n))
         self.dt_projs_weight = self.param("dt_projs_weight", symmetric_uniform(r ** -0.5), (k, r, d))
         self.dt_projs_bias = self.param("dt_projs_bias", dt_bias_init(self.dt_min, self.dt_max), (k, d))
         self.A_logs = self.param("A_logs", s4d_real_log_init, (k * d, n))
         self.Ds = self.param("Ds", nn.initializers.ones, (k * d,))
-        self.out_norm = nn.LayerNorm(dtype=self.dtype)
-        self.out_proj = nn.Dense(self.d_model, use_bias=False, dtype=self.dtype)
+        self.out_norm = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)
+        self.out_proj = nn.Dense(self.d_model, use_bias=False, kernel_init=self.dense_init, dtype=self.dtype)
 
     def __call__(self, x):
         _, height, width, _ = x.shape

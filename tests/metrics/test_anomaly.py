@@ -1,11 +1,17 @@
-"""anomaly_metrics against scikit-learn (image and pixel level) and AU-PRO against a slow threshold loop."""
+"""anomaly_metrics(_by_category) against scikit-learn (image and pixel level) and AU-PRO against a brute-force
+threshold loop. Tolerance: 1e-9 absolute (float64 sums in different orders), 1e-12 for hand-computed areas."""
+
+import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
-from skimage.measure import label as connected_components
+from scipy import ndimage
 from sklearn import metrics as skm
 
-from ssm_jax.metrics import anomaly_metrics, aupro
+from ssm_jax.metrics import anomaly_metrics, anomaly_metrics_by_category, aupro
+
+KEYS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "p_aupro")
 
 
 def _sklearn_f1_max(labels, scores):
@@ -16,11 +22,11 @@ def _sklearn_f1_max(labels, scores):
 
 
 def _slow_aupro(masks, maps, limit=0.3):
-    """Every unique score as a threshold; regions per image (8-connected, skimage); trapezoids up to limit."""
+    """Every unique score as a threshold; regions per image (8-connected, scipy.ndimage); trapezoids up to limit."""
     regions = []
     for i, mask in enumerate(masks):
-        components = connected_components(mask, connectivity=2)
-        regions += [(i, components == k) for k in range(1, components.max() + 1)]
+        components, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [(i, components == k) for k in range(1, count + 1)]
     normal = ~masks
     points = [(0.0, 0.0)]
     for threshold in np.unique(maps)[::-1]:
@@ -69,7 +75,7 @@ def test_matches_sklearn_and_slow_aupro(seed, levels):
         "p_aupro": _slow_aupro(masks, maps),
     }
     expected["mad"] = np.mean(list(expected.values()))
-    assert result.keys() == expected.keys()
+    assert result.keys() == expected.keys() and tuple(expected)[:7] == KEYS
     for key, value in expected.items():
         assert result[key] == pytest.approx(value, abs=1e-9), key
         assert 0.0 <= result[key] <= 1.0 and isinstance(result[key], float)
@@ -128,3 +134,117 @@ def test_aupro_regions_are_8_connected_and_per_image():
 def test_bad_inputs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         anomaly_metrics(**kwargs)
+
+
+def _expected(labels, scores, masks=None, maps=None):
+    """scikit-learn and brute-force values of the seven metrics (pixel ones when masks are given) and mad."""
+    out = {"i_auroc": skm.roc_auc_score(labels, scores), "i_ap": skm.average_precision_score(labels, scores),
+           "i_f1max": _sklearn_f1_max(labels, scores)}
+    if masks is not None:
+        out.update(p_auroc=skm.roc_auc_score(masks.ravel(), maps.ravel()),
+                   p_ap=skm.average_precision_score(masks.ravel(), maps.ravel()),
+                   p_f1max=_sklearn_f1_max(masks.ravel(), maps.ravel()), p_aupro=_slow_aupro(masks, maps))
+        out["mad"] = np.mean([out[k] for k in KEYS])
+    return out
+
+
+def _assert_close(result, expected):
+    assert result.keys() == expected.keys()
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+
+
+def _categories_case():
+    """Three categories with ties; in 'b' two anomalous images lack a pixel annotation (masks zero, has_mask False)."""
+    parts = [_random_case(seed, n=n, levels=levels) for seed, n, levels in ((10, 6, 8), (11, 8, None), (12, 4, 20))]
+    labels, scores, masks, maps = (np.concatenate(x) for x in zip(*parts))
+    categories = np.repeat(["a", "b", "c"], [6, 8, 4])
+    has_mask = np.ones(labels.size, bool)
+    unannotated = [6 + 5, 6 + 7]  # normal images of 'b' made anomalous without a mask
+    labels[unannotated] = 1
+    has_mask[unannotated] = False
+    maps[unannotated] += 5.0  # would dominate the pixel metrics if they were scored
+    return categories, labels, scores, masks, maps, has_mask
+
+
+def test_by_category_matches_sklearn_per_category():
+    categories, labels, scores, masks, maps, has_mask = _categories_case()
+    out = anomaly_metrics_by_category(categories, labels, scores, masks, maps, has_mask)
+    assert list(out["per_category"]) == ["a", "b", "c"]
+    for name in "abc":
+        rows = categories == name
+        kept = rows & has_mask
+        expected = _expected(labels[rows], scores[rows])
+        expected.update({k: v for k, v in _expected(labels[kept], scores[kept], masks[kept], maps[kept]).items()
+                         if k.startswith("p_") or k == "mad"})
+        expected["mad"] = np.mean([expected[k] for k in KEYS])
+        _assert_close(out["per_category"][name], expected)
+    means = {k: np.mean([out["per_category"][c][k] for c in "abc"]) for k in KEYS}
+    _assert_close(out["mean"], {**means, "mad": np.mean(list(means.values()))})
+
+
+def test_by_category_single_class_and_no_pixel_annotation():
+    categories, labels, scores, masks, maps, has_mask = _categories_case()
+    only_normal = categories == "c"
+    labels[only_normal], masks[only_normal] = 0, False
+    with pytest.warns(UserWarning, match="category 'c'.*all normal.*NaN"):
+        out = anomaly_metrics_by_category(categories, labels, scores, masks, maps, has_mask)
+    c = out["per_category"]["c"]
+    assert set(c) == {"i_auroc", "i_ap", "i_f1max"} and all(np.isnan(v) for v in c.values())  # no anomalous pixel
+    for key in KEYS:  # the mean is over the categories where a metric is a number
+        assert out["mean"][key] == pytest.approx(np.mean([out["per_category"][n][key] for n in "ab"]), abs=1e-12)
+    assert out["mean"]["mad"] == pytest.approx(np.mean([out["mean"][k] for k in KEYS]), abs=1e-12)
+
+
+def test_by_category_image_only_and_all_anomalous():
+    categories = np.array(["x", "x", "x", "y", "y"])
+    with pytest.warns(UserWarning, match="category 'y'.*all anomalous"):
+        out = anomaly_metrics_by_category(categories, [0, 1, 1, 1, 1], [0.1, 0.8, 0.4, 0.3, 0.2])
+    assert out["per_category"]["x"] == anomaly_metrics([0, 1, 1], [0.1, 0.8, 0.4])
+    assert out["mean"] == out["per_category"]["x"]  # 'y' is NaN, left out; no pixel metrics, no mad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = anomaly_metrics_by_category(["x"] * 3, [0, 1, 1], [0.1, 0.8, 0.4], np.zeros((3, 4, 4)),
+                                          np.zeros((3, 4, 4)))  # masks given but empty (ELPV): image metrics only
+    assert set(out["mean"]) == {"i_auroc", "i_ap", "i_f1max"}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(categories=["a", "b"], labels=[0, 1, 1], scores=[0.1, 0.2, 0.3]), r"categories must have shape \(N,\)"),
+    (dict(categories=list("aab"), labels=[0, 1, 1], scores=[0.1, 0.2, 0.3], masks=np.zeros((3, 2, 2))), "together"),
+    (dict(categories=list("aab"), labels=[0, 1, 1], scores=[0.1, 0.2, 0.3], masks=np.zeros((3, 2, 2)),
+          maps=np.zeros((3, 2, 2)), has_mask=[True, False]), "has_mask must be booleans"),
+    (dict(categories=list("aab"), labels=[0, 1, 1], scores=[0.1, 0.2, 0.3], masks=255 * np.eye(2)[None].repeat(3, 0),
+          maps=np.zeros((3, 2, 2))), "masks must be binary"),
+])
+def test_by_category_bad_inputs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        anomaly_metrics_by_category(**kwargs)
+
+
+@pytest.mark.parametrize("where", ["top", "bottom", "everywhere"])
+def test_ties_at_the_extremes(where):
+    """Anomalous pixels sharing the map's maximum / minimum with normal ones: the reduced thresholds stay exact."""
+    labels, scores, masks, maps = _random_case(7, levels=4)
+    if where == "top":
+        maps[masks] = maps.max()
+    elif where == "bottom":
+        maps[masks] = maps.min()
+    else:
+        maps[:] = np.where(masks, 0.5, maps.round())
+    expected = _expected(labels, scores, masks, maps)
+    _assert_close(anomaly_metrics(labels, scores, masks, maps), expected)
+
+
+def test_pixel_memory_is_linear_and_small():
+    """No pixels x thresholds arrays: peak extra memory under 20 bytes per pixel for float32 maps."""
+    rng = np.random.default_rng(0)
+    masks = np.zeros((40, 128, 128), bool)
+    masks[::2, 30:60, 40:90] = True
+    maps = rng.random(masks.shape, dtype=np.float32) + masks.astype(np.float32)
+    labels, scores = masks.any(axis=(1, 2)).astype(int), maps.max(axis=(1, 2))
+    tracemalloc.start()
+    anomaly_metrics(labels, scores, masks, maps)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * masks.size

@@ -1,0 +1,153 @@
+"""Official MambaAD checkpoints (lewandofskee/MambaAD on ADer) -> ``ssm_jax.models.mambaad.MambaAD`` variables.
+
+The official model is ``MAMBAAD(net_t = timm ResNet features 1-3, mff_oce = MFF_OCE, net_s = MambaUPNet)``; its
+state dict keys map onto ours by the table below. The architecture (encoder arch, decoder dims and depths, state
+size, expansion, directions, conv-branch kernels) is read from the checkpoint's shapes, and the scan order from
+the index buffers the official code stores (``...scans.index_flat``), which must equal ours for the method found.
+
+The released Real-IAD weight has 3x3 and 5x5 conv branches and a bare 7x7 conv that the forward cannot use
+(lewandofskee/MambaAD#31); it loads as ``local_kernels=(3, 5)`` with the bare conv left out, and a warning says so.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ssm_jax.convert.common import TRANSFORMS, Rule, batchnorm_rules, convert_state_dict
+from ssm_jax.convert.resnet import RESNET_RULES
+from ssm_jax.models.mambaad import build_mambaad, mambaad_model_config
+from ssm_jax.models.resnet import RESNET_ARCHS
+from ssm_jax.ssm import METHODS, scan_orders
+
+TRANSFORMS.setdefault("swap_last2", lambda w: np.swapaxes(w, -1, -2))
+
+
+def _nested(torch_prefix: str, scope: str, rules: list[Rule]) -> list[Rule]:
+    """``rules`` for a sub-network: torch keys under ``torch_prefix``, Flax leaves under ``scope``."""
+    return [Rule(torch_prefix + r.pattern, r.target.replace("params/", f"params/{scope}/", 1)
+                 .replace("batch_stats/", f"batch_stats/{scope}/", 1), r.transform) for r in rules]
+
+
+_ENCODER = _nested(r"net_t\.", "encoder", RESNET_RULES)
+_BOTTLENECK = _nested(r"mff_oce\.", "bottleneck", [
+    Rule(r"conv(1|2|21|31|f)\.weight", "params/conv{1}/kernel", "conv"),
+    Rule(r"conv(21|31|f)\.bias", "params/conv{1}/bias"),
+    *batchnorm_rules(r"bn(1|2|21|31|f)", "bn{1}"),
+    Rule(r"bn_layer\.(\d+)\.conv(\d)\.weight", "params/bn_layer_{1}/conv{2}/kernel", "conv"),
+    *batchnorm_rules(r"bn_layer\.(\d+)\.bn(\d)", "bn_layer_{1}/bn{2}"),
+    Rule(r"bn_layer\.(\d+)\.downsample\.0\.weight", "params/bn_layer_{1}/downsample_conv/kernel", "conv"),
+    *batchnorm_rules(r"bn_layer\.(\d+)\.downsample\.1", "bn_layer_{1}/downsample_bn"),
+])
+
+_STAGE = r"net_s\.layers_up\.(\d+)"
+_MODULE = _STAGE + r"\.blocks\.(\d+)"
+_SSM = _MODULE + r"\.smm_blocks\.(\d+)"
+_DEC = "params/decoder/layers_up_{1}"
+_HSS = _DEC + "_blocks_{2}/smm_blocks_{3}"
+_WRAP = {"b": "conv_in", "a": "conv_out"}
+
+_DECODER = [
+    Rule(_STAGE + r"\.upsample\.expand\.weight", _DEC + "_upsample/expand/kernel", "linear"),
+    Rule(_STAGE + r"\.upsample\.norm\.weight", _DEC + "_upsample/norm/scale"),
+    Rule(_STAGE + r"\.upsample\.norm\.bias", _DEC + "_upsample/norm/bias"),
+    Rule(_SSM + r"\.ln_1\.weight", _HSS + "/ln_1/scale"),
+    Rule(_SSM + r"\.ln_1\.bias", _HSS + "/ln_1/bias"),
+    Rule(_SSM + r"\.self_attention\.(in_proj|out_proj)\.weight", _HSS + "/self_attention/{4}/kernel", "linear"),
+    Rule(_SSM + r"\.self_attention\.conv2d\.weight", _HSS + "/self_attention/conv2d/kernel", "conv"),
+    Rule(_SSM + r"\.self_attention\.conv2d\.bias", _HSS + "/self_attention/conv2d/bias"),
+    Rule(_SSM + r"\.self_attention\.(x_proj_weight|dt_projs_weight)", _HSS + "/self_attention/{4}", "swap_last2"),
+    Rule(_SSM + r"\.self_attention\.(dt_projs_bias|A_logs|Ds)", _HSS + "/self_attention/{4}"),
+    Rule(_SSM + r"\.self_attention\.out_norm\.weight", _HSS + "/self_attention/out_norm/scale"),
+    Rule(_SSM + r"\.self_attention\.out_norm\.bias", _HSS + "/self_attention/out_norm/bias"),
+    Rule(_MODULE + r"\.conv1b(\d)\.0\.weight", _DEC + "_blocks_{2}/branch{3}/conv_in/kernel", "conv"),
+    Rule(_MODULE + r"\.conv1b(\d)\.0\.bias", _DEC + "_blocks_{2}/branch{3}/conv_in/bias"),
+    Rule(_MODULE + r"\.conv1a(\d)\.0\.weight", _DEC + "_blocks_{2}/branch{3}/conv_out/kernel", "conv"),
+    Rule(_MODULE + r"\.conv1a(\d)\.0\.bias", _DEC + "_blocks_{2}/branch{3}/conv_out/bias"),
+    Rule(_MODULE + r"\.conv(\d)\d\.0\.weight", _DEC + "_blocks_{2}/branch{3}/conv_dw/kernel", "conv"),
+    Rule(_MODULE + r"\.finalconv11\.weight", _DEC + "_blocks_{2}/finalconv11/kernel", "conv"),
+    Rule(_MODULE + r"\.finalconv11\.bias", _DEC + "_blocks_{2}/finalconv11/bias"),
+]
+
+MAMBAAD_RULES = _ENCODER + _BOTTLENECK + _DECODER
+MAMBAAD_IGNORE = [r".*num_batches_tracked", r".*\.scans\.index_flat(_inv)?"]
+
+
+def _encoder_arch(state) -> str:
+    """The ResNet arch whose stage 1-3 block counts and block kind match ``net_t.*``."""
+    blocks = Counter(m.groups() for k in state if (m := re.match(r"net_t\.layer(\d)\.(\d+)\.", k)))
+    counts = tuple(len({j for (s, j) in blocks if s == str(stage)}) for stage in (1, 2, 3))
+    bottleneck = "net_t.layer1.0.conv3.weight" in state
+    width = state["net_t.layer1.0.conv1.weight"].shape[0] if bottleneck else 64
+    for arch, (kind, layers, width_per_group) in RESNET_ARCHS.items():
+        if (kind == "bottleneck") == bottleneck and tuple(layers[:3]) == counts and \
+                (not bottleneck or width == width_per_group):
+            return arch
+    raise ValueError(f"the encoder net_t.* (blocks per stage {counts}, "
+                     f"{'bottleneck' if bottleneck else 'basic'}) matches none of {sorted(RESNET_ARCHS)}")
+
+
+def _decoder_layout(state) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(dims, depths) of net_s: per stage, the LSS modules and HSS blocks per module found in the keys."""
+    blocks = {tuple(map(int, m.groups())) for k in state if (m := re.match(_SSM + r"\.", k))}
+    stages = sorted({s for s, _, _ in blocks})
+    if stages != list(range(len(stages))) or not stages:
+        raise ValueError(f"net_s.layers_up.* has stages {stages}; expected 0, 1, 2, 3")
+    depths = tuple(len({(j, i) for s, j, i in blocks if s == stage}) for stage in stages)
+    dims = tuple(state[f"net_s.layers_up.{s}.blocks.0.smm_blocks.0.ln_1.weight"].shape[0] for s in stages)
+    return dims, depths
+
+
+def _local_kernels(state) -> tuple[int, ...]:
+    """Kernels of the wrapped conv branches (conv1b{k} -> conv{k}{k} -> conv1a{k}); warns about bare convs."""
+    prefix = "net_s.layers_up.0.blocks.0."
+    wrapped = sorted({int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"conv1b(\d)\.", k))})
+    bare = sorted({int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"conv(\d)\1\.", k))}
+                  - set(wrapped))
+    if bare:
+        warnings.warn(f"the checkpoint has bare {', '.join(f'{k}x{k}' for k in bare)} depthwise convs without the "
+                      f"1x1 wrappers the forward needs (as in the released Real-IAD weight, lewandofskee/MambaAD#31); "
+                      f"they are left out and the model uses the wrapped branches {wrapped}", stacklevel=3)
+    return tuple(wrapped)
+
+
+def _scan_method(state, directions: int) -> str:
+    """The ``ssm_jax.ssm`` method whose first-direction order equals the checkpoint's stored index buffer."""
+    key = next((k for k in state if k.endswith("self_attention.scans.index_flat")), None)
+    if key is None:
+        warnings.warn("the checkpoint stores no scan-order buffers; assuming the paper's 'hilbert' order", stacklevel=3)
+        return "hilbert"
+    stored = np.asarray(state[key]).reshape(-1)
+    side = int(round(np.sqrt(stored.size)))
+    for method in METHODS:
+        if side * side == stored.size and np.array_equal(scan_orders(method, side, side, directions)[0], stored):
+            return method
+    raise ValueError(f"the scan order stored in {key} ({side}x{side}) equals none of ssm_jax's methods "
+                     f"{list(METHODS)}; converted weights would scan in another order")
+
+
+def convert_mambaad(state: dict[str, np.ndarray]) -> tuple[ml_collections.ConfigDict, dict]:
+    """(config.model, variables) for ``build_mambaad`` from an official MambaAD state dict."""
+    if not any(k.startswith("net_s.") for k in state):
+        raise ValueError("not a MambaAD state dict: no net_s.* (decoder) keys; expected the official checkpoint "
+                         "(its {'net': ...} dict) or its state_dict")
+    dims, depths = _decoder_layout(state)
+    ssm = "net_s.layers_up.0.blocks.0.smm_blocks.0.self_attention."
+    d_inner, d_state = state[ssm + "A_logs"].shape[0] // state[ssm + "x_proj_weight"].shape[0], \
+        state[ssm + "A_logs"].shape[1]
+    directions = state[ssm + "x_proj_weight"].shape[0]
+    config = mambaad_model_config(encoder=_encoder_arch(state), decoder_dims=dims, decoder_depths=depths,
+                                  d_state=int(d_state), ssm_ratio=d_inner / dims[0], directions=int(directions),
+                                  scan_method=_scan_method(state, int(directions)),
+                                  local_kernels=_local_kernels(state))
+    model = build_mambaad(config)
+    template = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    bare = [rf"net_s\..*\.conv({k}){k}\..*" for k in range(2, 10) if k not in config.local_kernels]
+    variables = convert_state_dict(state, MAMBAAD_RULES, template, ignore=MAMBAAD_IGNORE + bare)
+    return config, variables

@@ -1,0 +1,173 @@
+"""Pack a dataset, resized, into one zip small enough to ship to a remote machine.
+
+``python -m ssm_jax.data.pack --dataset NAME [--root DIR] --size S --out FILE.zip [--verify]`` writes a
+stored (uncompressed) zip whose top level is a copy of the dataset's root: the images and masks that the
+loader's records reference (all splits) plus the metadata files under the root (``.csv``, ``.json``,
+``.txt``, copied as they are). Unzipped (``unpack``), the folder is a root the same loader reads, giving the
+same records (relative paths, labels, categories, defects).
+
+Each image is stored as the pipeline would decode it at ``S`` (``images.load_image``: colour rule, then PIL
+bilinear), so reading the packed copy at ``S`` gives the same uint8 pixels; images whose channels are equal
+are stored as grayscale (the pipeline replicates them back). Masks are stored as the pipeline's binary mask
+at ``S`` (nearest), 0/255. Contents are PNG, but file names keep their extension (loaders find files by
+name, PIL decodes by content). MVTec 3D-AD point maps (``xyz``) are not packed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ssm_jax.data import elpv, get_source, images
+
+SPLITS = {
+    "elpv": ("all",), "elpv_ad": ("train", "test"), "folder": ("all",), "neu": ("all",), "gc10": ("all",),
+    "mt": ("all",), "aluminum": ("all",), "mvtec": ("train", "test"), "visa": ("train", "test"),
+    "realiad": ("train", "test"), "mvtec3d": ("train", "validation", "test"),
+}
+METADATA_EXTENSIONS = (".csv", ".json", ".txt")
+MIN_SIZE = 8
+_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same dataset packs to the same bytes
+
+
+def default_root(dataset: str, root: str | None) -> str:
+    """``root``, or the installed package's folder for elpv/elpv_ad; raises when there is none."""
+    if root is None:
+        if dataset not in ("elpv", "elpv_ad"):
+            raise ValueError(f"dataset {dataset!r} needs --root (the folder the loader reads)")
+        root = elpv.package_root()
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"root directory {root!r} not found")
+    return root
+
+
+def dataset_files(dataset: str, root: str) -> tuple[list[str], list[str], list[str]]:
+    """(images, masks, metadata files) of ``dataset`` under ``root``, as sorted paths relative to ``root``."""
+    _check_dataset(dataset)
+    image_files, mask_files = set(), set()
+    for split in SPLITS[dataset]:
+        for record in get_source(dataset, root, split):
+            image_files.add(_relative(record.path, root))
+            if record.mask_path is not None:
+                mask_files.add(_relative(record.mask_path, root))
+    metadata = [os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files
+                if f.lower().endswith(METADATA_EXTENSIONS)]
+    return sorted(image_files), sorted(mask_files - image_files), sorted(metadata)
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in SPLITS:
+        raise ValueError(f"unknown dataset {dataset!r} (or one without files, like synthetic); "
+                         f"expected one of {sorted(SPLITS)}")
+
+
+def _relative(path: str, root: str) -> str:
+    rel = os.path.relpath(path, root)
+    if rel.startswith(os.pardir):
+        raise ValueError(f"file {path!r} is outside the root {root!r}; cannot pack it")
+    return rel
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def packed_image(path: str, size: int) -> bytes:
+    """PNG of ``images.load_image(path, size)``; (H, W) grayscale when its three channels are equal."""
+    rgb = images.load_image(path, size)
+    gray = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()
+    return _png(rgb[..., 0] if gray else rgb)
+
+
+def packed_mask(path: str, size: int) -> bytes:
+    """PNG of ``images.load_mask(path, size)`` as 0/255 grayscale."""
+    return _png((images.load_mask(path, size) > 0).astype(np.uint8) * 255)
+
+
+def _write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    zf.writestr(zipfile.ZipInfo(name.replace(os.sep, "/"), date_time=_DATE), data, zipfile.ZIP_STORED)
+
+
+def pack(dataset: str, root: str | None, size: int, out: str, progress: bool = True) -> int:
+    """Writes the packed zip to ``out``; returns the number of files in it."""
+    if size < MIN_SIZE:
+        raise ValueError(f"--size {size} is too small; expected at least {MIN_SIZE}")
+    _check_dataset(dataset)
+    root = default_root(dataset, root)
+    image_files, mask_files, metadata = dataset_files(dataset, root)
+    jobs = [(f, packed_image) for f in image_files] + [(f, packed_mask) for f in mask_files]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    try:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+            for rel in metadata:
+                with open(os.path.join(root, rel), "rb") as f:
+                    _write(zf, rel, f.read())
+            for rel, encode in tqdm(jobs, desc=f"pack {dataset} @ {size}", unit="file", disable=not progress):
+                _write(zf, rel, encode(os.path.join(root, rel), size))
+    except BaseException:
+        os.remove(out)  # no half-written zip that looks like a dataset
+        raise
+    return len(jobs) + len(metadata)
+
+
+def unpack(zip_path: str, dest: str) -> str:
+    """Extracts a packed zip into ``dest`` and returns ``dest``, the root to give the loader."""
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(dest)
+    return dest
+
+
+def verify(dataset: str, root: str | None, zip_path: str) -> dict[str, int]:
+    """Unpacks into a temporary folder and checks each split has the same records; returns the counts."""
+    root = default_root(dataset, root)
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        packed_root = unpack(zip_path, tmp)
+        for split in SPLITS[dataset]:
+            original = [_key(r, root) for r in get_source(dataset, root, split)]
+            packed = [_key(r, packed_root) for r in get_source(dataset, packed_root, split)]
+            if packed != original:
+                raise ValueError(f"packed {split!r} split differs: {len(packed)} records, "
+                                 f"expected {len(original)} as in {root!r}")
+            counts[split] = len(packed)
+    return counts
+
+
+def _key(record, root: str) -> tuple:
+    mask = None if record.mask_path is None else os.path.relpath(record.mask_path, root)
+    return os.path.relpath(record.path, root), record.label, record.category, record.defect, mask
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ssm_jax.data.pack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, help=f"one of {sorted(SPLITS)}")
+    parser.add_argument("--root", default=None, help="dataset root (default for elpv: the installed package)")
+    parser.add_argument("--size", type=int, required=True, help="side S of the stored S x S images")
+    parser.add_argument("--out", required=True, help="zip file to write")
+    parser.add_argument("--verify", action="store_true", help="reload the packed copy and compare records")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        n = pack(args.dataset, args.root, args.size, args.out)
+        mib = os.path.getsize(args.out) / 2**20
+        print(f"wrote {args.out}: {n} files, {mib:.1f} MiB in {time.perf_counter() - start:.0f} s")
+        if args.verify:
+            counts = verify(args.dataset, args.root, args.out)
+            print("verified: " + ", ".join(f"{split} {n} records" for split, n in counts.items()))
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The generic conversion machinery on tiny hand-made state dicts: rules, transforms, checks, loading."""
+
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax.core import freeze
+
+from ssm_jax.convert import TRANSFORMS, ConversionError, Rule, convert_state_dict, load_state_dict
+
+TEMPLATE = freeze({
+    "params": {"blocks_0": {"proj": {"kernel": jax.ShapeDtypeStruct((3, 2), np.float32)},
+                            "conv": {"kernel": jax.ShapeDtypeStruct((5, 4, 6), np.float32)}}},
+    "state": {"step": jax.ShapeDtypeStruct((), np.int32)},
+})
+RULES = [Rule(r"blocks\.(\d+)\.(proj)\.weight", "params/blocks_{1}/{2}/kernel", "linear"),
+         Rule(r"blocks\.(?P<i>\d+)\.conv\.weight", "params/blocks_{i}/conv/kernel", "conv"),
+         Rule(r".*\.weight", "params/unused/kernel"),  # never reached for the keys above: the first match wins
+         Rule(r"step", "state/step")]
+
+
+def _state():
+    rng = np.random.default_rng(0)
+    return {"blocks.0.proj.weight": rng.standard_normal((2, 3)), "blocks.0.conv.weight": rng.standard_normal((6, 4, 5)),
+            "step": np.array(7, np.int64), "blocks.0.counter": np.zeros(())}
+
+
+def test_rules_transforms_and_dtypes():
+    state = _state()
+    out = convert_state_dict(state, RULES, TEMPLATE, ignore=[r".*counter"])
+    np.testing.assert_allclose(out["params"]["blocks_0"]["proj"]["kernel"], state["blocks.0.proj.weight"].T)
+    np.testing.assert_allclose(out["params"]["blocks_0"]["conv"]["kernel"],
+                               state["blocks.0.conv.weight"].transpose(2, 1, 0))
+    assert out["params"]["blocks_0"]["proj"]["kernel"].dtype == np.float32
+    assert out["state"]["step"].dtype == np.int32 and out["state"]["step"] == 7
+    assert type(out) is dict
+
+
+def test_transforms():
+    w = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    np.testing.assert_array_equal(TRANSFORMS["conv"](w)[1, 2, 0, 1], w[1, 0, 1, 2])  # OIHW -> HWIO
+    assert TRANSFORMS["linear"](np.zeros((2, 3))).shape == (3, 2)
+    with pytest.raises(ValueError, match="2-D"):
+        TRANSFORMS["linear"](np.zeros(3))
+
+
+def test_every_problem_in_one_error():
+    state = _state()
+    del state["step"]
+    state["blocks.0.proj.weight"] = np.zeros((3, 3))
+    state["blocks.0.conv.weight"] = np.zeros(6)  # the transform itself fails: reported, not raised
+    state["head.bias"] = np.zeros(2)
+    with pytest.raises(ConversionError) as info:
+        convert_state_dict(state, RULES, TEMPLATE)
+    message = str(info.value)
+    assert info.value.missing == ["state/step"]
+    assert info.value.unexpected == ["blocks.0.counter", "head.bias"]
+    assert "blocks.0.proj.weight: (3, 3) -> (3, 3), expected (3, 2)" in message
+    assert "blocks.0.conv.weight: (6,) -> conv failed" in message
+
+
+def test_target_outside_the_template_and_duplicates():
+    rules = [Rule(r"a", "params/x"), Rule(r"b", "params/x"), Rule(r"c", "params/y")]
+    template = {"params": {"x": jax.ShapeDtypeStruct((1,), np.float32)}}
+    with pytest.raises(ConversionError) as info:
+        convert_state_dict({"a": np.zeros(1), "b": np.zeros(1), "c": np.zeros(1)}, rules, template)
+    assert info.value.duplicated == ["params/x: a, b"]
+    assert info.value.unexpected == ["c -> params/y (no such Flax leaf)"]
+
+
+def test_long_lists_are_cut():
+    with pytest.raises(ConversionError) as info:
+        convert_state_dict({f"k{i}": np.zeros(1) for i in range(25)}, [], {})
+    message = str(info.value)
+    assert "25 unexpected" in message and "k19" in message and "k20" not in message and "... 5 more" in message
+
+
+def test_unknown_transform():
+    with pytest.raises(ValueError, match="identity"):
+        convert_state_dict({}, [Rule("a", "params/a", "transpose")], {})
+
+
+def test_load_npz_wrapped_and_prefixed(tmp_path):
+    path = tmp_path / "weights.npz"
+    np.savez(path, **{"module.w": np.ones(2, np.float64), "module.n": np.arange(3)})
+    assert set(load_state_dict(path)) == {"w", "n"}
+    assert load_state_dict({"model": {"state_dict": {"module.w": np.ones(2)}}, "epoch": 1}).keys() == {"w"}
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    corrupt = tmp_path / "broken.npz"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="broken.npz"):
+        load_state_dict(corrupt)
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        load_state_dict(tmp_path / "absent.pth")
+    with pytest.raises(ValueError, match="'name'"):
+        load_state_dict({"name": "resnet"})
+
+
+def test_missing_torch_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"anything")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[torch\]"'):
+        load_state_dict(path)

@@ -1,0 +1,185 @@
+"""torch ResNet state dict -> Flax: same stage features as torch, checkpoint loading variants, error reports.
+
+Tolerance: every stage feature within ``max|jax - torch| <= 1e-4 * max|torch|`` (float32 on both sides; the
+measured error is below 1e-6 relative).
+"""
+
+import argparse
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from ssm_jax.convert import ConversionError, from_torch, load_state_dict
+from ssm_jax.convert.resnet import convert_resnet
+from ssm_jax.models import RESNET_ARCHS, build_resnet
+from tests.convert.torch_resnet import TorchResNet
+
+RTOL = 1e-4
+pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Inputs are tiny: more torch threads only spin on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def torch_resnet(arch, num_stages=4, seed=0):
+    """Random weights and random BatchNorm affine parameters and running statistics, in eval mode."""
+    torch.manual_seed(seed)
+    block, layers, width_per_group = RESNET_ARCHS[arch]
+    model = TorchResNet(block, layers, width_per_group, num_stages)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def assert_same_features(model, config, variables, size=64):
+    images = np.random.default_rng(1).standard_normal((2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = [f.numpy().transpose(0, 2, 3, 1) for f in model(torch.from_numpy(images))]
+    flax_model = build_resnet(config.arch, config.out_stages)
+    actual = jax.jit(flax_model.apply)(variables, jnp.asarray(images.transpose(0, 2, 3, 1)))
+    assert len(actual) == len(expected)
+    for stage, (a, e) in enumerate(zip(actual, expected), start=1):
+        assert a.shape == e.shape, stage
+        error, scale = float(np.abs(np.asarray(a) - e).max()), float(np.abs(e).max())
+        assert error <= RTOL * scale, f"stage {stage}: max error {error} > {RTOL} * {scale}"
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    """The torch state dict and its conversion: other ways of passing the same weights must give the same."""
+    state = torch_resnet("resnet18").state_dict()
+    return state, from_torch("resnet18", state)[1]
+
+
+def assert_same_variables(actual, expected):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    jax.tree.map(np.testing.assert_array_equal, actual, expected)
+
+
+@pytest.mark.parametrize("arch, size", [("resnet18", 64), ("resnet34", 64), ("resnet50", 64),
+                                        ("wide_resnet50_2", 32)])
+def test_parity(arch, size):
+    model = torch_resnet(arch)
+    config, variables = from_torch(arch, model.state_dict())
+    assert config.arch == arch and tuple(config.out_stages) == (1, 2, 3, 4)
+    assert set(variables) == {"params", "batch_stats"}
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(variables))
+    assert_same_features(model, config, variables, size)
+
+
+def test_load_from_pth_file(resnet18, tmp_path):
+    state, expected = resnet18
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a tensors-only file loads with weights_only=True, silently
+        assert_same_variables(from_torch("resnet18", path)[1], expected)
+    assert_same_variables(from_torch("resnet18", str(path))[1], expected)
+
+
+def test_load_wrapped_checkpoint_with_objects(resnet18, tmp_path):
+    """A training checkpoint {'net': state_dict, ...} holding a non-tensor object loads with a warning."""
+    state, expected = resnet18
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"net": state, "epoch": 3, "args": argparse.Namespace(lr=1e-3)}, path)
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        assert_same_variables(from_torch("resnet18", path)[1], expected)
+
+
+def test_load_wrapped_dict_and_ddp_prefix(resnet18):
+    state, expected = resnet18
+    assert_same_variables(from_torch("resnet18", {"net": state, "epoch": 3})[1], expected)
+    assert_same_variables(from_torch("resnet18", {"state_dict": state})[1], expected)
+    assert_same_variables(from_torch("resnet18", {f"module.{k}": v for k, v in state.items()})[1], expected)
+
+
+def test_load_npz(resnet18, tmp_path):
+    state, expected = resnet18
+    path = tmp_path / "resnet18.npz"
+    np.savez(path, **{k: v.numpy() for k, v in state.items()})
+    assert_same_variables(from_torch("resnet18", path)[1], expected)
+
+
+def test_load_state_dict_dtypes(resnet18):
+    state = load_state_dict({**resnet18[0], "half": torch.ones(2, dtype=torch.bfloat16)})
+    assert state["conv1.weight"].dtype == np.float32 and state["half"].dtype == np.float32
+    assert np.issubdtype(state["bn1.num_batches_tracked"].dtype, np.integer)
+
+
+def test_encoder_under_prefix(resnet18):
+    """MambaAD's checkpoint keeps a stages-1..3 encoder (no fc) under ``net_t.`` beside other networks."""
+    model = torch_resnet("resnet18", num_stages=3, seed=2)
+    state = {f"net_t.{k}": v.numpy() for k, v in model.state_dict().items()}
+    state.update({f"net_s.{k}": v.numpy() for k, v in resnet18[0].items()})
+    config, variables = convert_resnet(state, "resnet18", out_stages=(1, 2, 3), prefix="net_t.")
+    assert not any(name.startswith("layer4") for name in variables["params"])
+    assert_same_features(model, config, variables)
+
+
+def test_full_state_dict_into_shorter_encoder(resnet18):
+    """Stages that are not built are skipped: a full torchvision state dict converts into a (1, 2, 3) encoder."""
+    state = {k: v.numpy() for k, v in resnet18[0].items()}
+    config, variables = convert_resnet(state, "resnet18", out_stages=(1, 2, 3))
+    assert not any(name.startswith("layer4") for name in variables["params"])
+    np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"],
+                                  state["conv1.weight"].transpose(2, 3, 1, 0))
+
+
+def test_conversion_errors_name_every_key(resnet18):
+    state = dict(resnet18[0])
+    del state["layer1.0.bn1.running_var"]
+    state["layer1.0.extra.weight"] = torch.zeros(3)
+    state["layer1.7.conv1.weight"] = torch.zeros(64, 64, 3, 3)  # a rule matches, but there is no such block
+    state["layer2.0.conv1.weight"] = torch.zeros(128, 32, 3, 3)
+    with pytest.raises(ConversionError) as info:
+        from_torch("resnet18", state)
+    message = str(info.value)
+    assert "layer1_0/bn1/var" in message and info.value.missing == ["batch_stats/layer1_0/bn1/var"]
+    assert "layer1.0.extra.weight" in message and "layer1.7.conv1.weight" in message
+    assert "layer2.0.conv1.weight: (128, 32, 3, 3) -> (3, 3, 32, 128), expected (3, 3, 64, 128)" in message
+
+
+@pytest.mark.parametrize("edit, name", [
+    (lambda state: state.pop("layer3.1.conv2.weight"), "params/layer3_1/conv2/kernel"),  # missing: the Flax leaf
+    (lambda state: state.update({"head.weight": torch.zeros(10, 512)}), "head.weight"),
+    (lambda state: state.update({"bn1.running_mean": torch.zeros(32)}), "bn1.running_mean"),
+], ids=["missing", "extra", "shape"])
+def test_each_problem_alone_raises(resnet18, edit, name):
+    state = dict(resnet18[0])
+    edit(state)
+    with pytest.raises(ConversionError, match=name):
+        from_torch("resnet18", state)
+
+
+def test_long_problem_lists_are_cut():
+    with pytest.raises(ConversionError, match=r"\.\.\. \d+ more") as info:
+        from_torch("resnet18", {})
+    assert len(info.value.missing) > 20 and f"{len(info.value.missing)} missing" in str(info.value)
+
+
+def test_bad_paths_and_kinds(tmp_path):
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        from_torch("resnet18", missing)
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"w": torch.ones(100)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated.pth"):
+        from_torch("resnet18", truncated)
+    with pytest.raises(ValueError, match="wide_resnet50_2"):
+        from_torch("resnet101", {})

@@ -1,0 +1,126 @@
+"""Packing: the unpacked zip is a root the same loader reads, with the same records and, at the packed size,
+the same decoded uint8 pixels and binary masks; metadata copied byte for byte; one-line CLI errors."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssm_jax.data import elpv, get_source, pack, replicas
+from ssm_jax.data.images import load_image
+
+SIZE = 12  # replicas are 16 x 16: every image is resized
+
+
+def _records(source, root):
+    return [pack._key(r, root) for r in source]
+
+
+def _check_same(dataset, root, packed_root, size):
+    """Same records per split and, decoded at ``size``, identical images and masks."""
+    for split in pack.SPLITS[dataset]:
+        original, packed = get_source(dataset, root, split), get_source(dataset, packed_root, split)
+        assert len(original) > 0 and _records(packed, packed_root) == _records(original, root)
+        for a, b in zip(original, packed):
+            ex_a, ex_b = original.load(a, size), packed.load(b, size)
+            np.testing.assert_array_equal(ex_b["image"], ex_a["image"])
+            assert ex_b["image"].shape == (size, size, 3) and packed.load(b)["image"].shape == (size, size, 3)
+            if "mask" in ex_a:
+                np.testing.assert_array_equal(ex_b["mask"], ex_a["mask"])
+                assert ex_b["has_mask"] == ex_a["has_mask"]
+
+
+@pytest.mark.parametrize("dataset", ["mvtec", "visa", "realiad", "mvtec3d", "mt", "neu", "gc10", "folder"])
+def test_replica_round_trip(dataset, replica_root, tmp_path):
+    root = os.path.join(replica_root, dataset)
+    out = str(tmp_path / "packed.zip")
+    n = pack.pack(dataset, root, SIZE, out, progress=False)
+    with zipfile.ZipFile(out) as zf:
+        infos = zf.infolist()
+        assert len(infos) == n and all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+    packed_root = pack.unpack(out, str(tmp_path / "unpacked"))
+    assert packed_root == str(tmp_path / "unpacked")
+    _check_same(dataset, root, packed_root, SIZE)
+    assert pack.verify(dataset, root, out) == {s: len(get_source(dataset, root, s)) for s in pack.SPLITS[dataset]}
+    for r in get_source(dataset, packed_root, pack.SPLITS[dataset][-1]):
+        if r.mask_path is not None:
+            with Image.open(r.mask_path) as m:
+                assert m.mode == "L" and m.size == (SIZE, SIZE) and set(np.unique(np.asarray(m))) <= {0, 255}
+
+
+def test_modes_and_metadata(replica_root, tmp_path):
+    out = str(tmp_path / "visa.zip")
+    root = os.path.join(replica_root, "visa")
+    pack.pack("visa", root, SIZE, out, progress=False)
+    packed_root = pack.unpack(out, str(tmp_path / "visa"))
+    csv = os.path.join("split_csv", "1cls.csv")
+    with open(os.path.join(root, csv), "rb") as a, open(os.path.join(packed_root, csv), "rb") as b:
+        assert a.read() == b.read()
+    image = get_source("visa", packed_root, "test")[0].path
+    assert image.endswith(".JPG")  # name kept, content PNG, colour kept
+    with Image.open(image) as img:
+        assert img.format == "PNG" and img.mode == "RGB"
+    gc10 = str(tmp_path / "gc10.zip")
+    pack.pack("gc10", os.path.join(replica_root, "gc10"), SIZE, gc10, progress=False)
+    with zipfile.ZipFile(gc10) as zf, Image.open(zf.open(zf.namelist()[0])) as img:
+        assert img.mode == "L"  # grayscale stays grayscale
+
+
+def test_elpv_default_root(tmp_path, monkeypatch, capsys):
+    """elpv without --root packs the package folder (here a small replica of its labels.csv + images/)."""
+    root = replicas.write_replica("elpv", str(tmp_path / "src"), per_class=2)
+    monkeypatch.setattr(elpv, "package_root", lambda: root)
+    out = str(tmp_path / "elpv.zip")
+    pack.main(["--dataset", "elpv", "--size", "10", "--out", out, "--verify"])
+    printed = capsys.readouterr().out
+    assert "MiB" in printed and "verified: all 16 records" in printed
+    packed_root = pack.unpack(out, str(tmp_path / "unpacked"))
+    assert sorted(os.listdir(packed_root)) == ["images", "labels.csv"]
+    for dataset in ("elpv", "elpv_ad"):
+        _check_same(dataset, root, packed_root, 10)
+    with Image.open(os.path.join(packed_root, "images", "cell0001.png")) as img:
+        assert img.mode == "L" and img.size == (10, 10)
+    again = str(tmp_path / "again.zip")
+    pack.pack("elpv", None, 10, again, progress=False)
+    with open(out, "rb") as a, open(again, "rb") as b:
+        assert a.read() == b.read()  # deterministic bytes
+
+
+def test_packed_image_matches_pipeline_for_other_modes(tmp_path):
+    """16-bit grayscale, palette and RGBA files: the packed PNG decodes to the pipeline's pixels."""
+    rng = np.random.default_rng(0)
+    cases = {"i16": Image.fromarray(rng.integers(0, 65535, (20, 20)).astype(np.uint16)),
+             "p": Image.fromarray(rng.integers(0, 255, (20, 20, 3)).astype(np.uint8)).convert("P"),
+             "rgba": Image.fromarray(rng.integers(0, 255, (20, 20, 4)).astype(np.uint8))}
+    for name, img in cases.items():
+        path, packed = str(tmp_path / f"{name}.png"), str(tmp_path / f"packed_{name}.png")
+        img.save(path)
+        with open(packed, "wb") as f:
+            f.write(pack.packed_image(path, 9))
+        np.testing.assert_array_equal(load_image(packed, 9), load_image(path, 9))
+        np.testing.assert_array_equal(load_image(packed), load_image(path, 9))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--dataset", "nope", "--size", "16"], "unknown dataset 'nope'"),
+    (["--dataset", "mvtec", "--size", "16"], "needs --root"),
+    (["--dataset", "mvtec", "--root", "/no/such/dir", "--size", "16"], "'/no/such/dir' not found"),
+    (["--dataset", "elpv", "--size", "4"], "--size 4 is too small"),
+])
+def test_cli_errors(argv, message, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        pack.main(argv + ["--out", str(tmp_path / "x.zip")])
+    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+    assert not os.path.exists(tmp_path / "x.zip")
+
+
+def test_corrupt_image_leaves_no_zip(replica, tmp_path):
+    root = replica("mvtec")
+    with open(os.path.join(root, "bottle", "train", "good", "000.png"), "wb") as f:
+        f.write(b"not a png")
+    out = tmp_path / "x.zip"
+    with pytest.raises(SystemExit, match="cannot decode image"):
+        pack.main(["--dataset", "mvtec", "--root", root, "--size", "8", "--out", str(out)])
+    assert not out.exists()

@@ -1,0 +1,91 @@
+"""MambaAD: shapes per stage, parameter count, frozen encoder gradients, scan-order switch, layout errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssm_jax.models.mambaad import (anomaly_map_from_features, build_mambaad, drop_path_rates, lss_layout,
+                                    mambaad_model_config)
+
+TINY = dict(encoder="resnet18", decoder_dims=(64, 256, 128, 64), decoder_depths=(2, 2, 2, 2), scan_impl="sequential")
+
+
+def _count(tree):
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def test_default_model_shapes_and_size_at_256px():
+    model = build_mambaad(mambaad_model_config())
+    x = jax.ShapeDtypeStruct((2, 256, 256, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    out = jax.eval_shape(model.apply, variables, x)
+    for name in ("encoder", "decoder"):
+        assert [f.shape for f in out[name]] == [(2, 64, 64, 64), (2, 32, 32, 128), (2, 16, 16, 256)]
+    total = _count(variables["params"]) / 1e6
+    assert 25.0 < total < 26.5  # the paper's Table: 25.7 M
+    assert sorted(variables["batch_stats"]) == ["bottleneck", "encoder"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_mambaad(mambaad_model_config(**TINY))
+    images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), images)
+    return model, variables, images
+
+
+def test_gradients_reach_the_decoder_and_bottleneck_not_the_encoder(tiny):
+    model, variables, images = tiny
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"],
+                             rngs={"dropout": jax.random.key(2)})
+        return sum(jnp.mean((e - d) ** 2) for e, d in zip(out["encoder"], out["decoder"]))
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    norm = {k: float(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(v))) for k, v in grads.items()}
+    assert norm["encoder"] == 0.0
+    assert norm["decoder"] > 0.0 and norm["bottleneck"] > 0.0
+
+
+def test_scan_order_changes_outputs_not_shapes(tiny):
+    _, variables, images = tiny
+    outs = {m: jax.jit(build_mambaad(mambaad_model_config(**TINY, scan_method=m)).apply)(variables, images)["decoder"]
+            for m in ("hilbert", "sweep")}
+    for a, b in zip(outs["hilbert"], outs["sweep"]):
+        assert a.shape == b.shape
+        assert float(jnp.abs(a - b).max()) > 1e-4
+
+
+def test_anomaly_map_is_zero_for_perfect_reconstruction_and_positive_otherwise():
+    feats = [jax.random.normal(jax.random.key(i), (2, s, s, 8)) for i, s in enumerate((16, 8, 4))]
+    maps_fn = jax.jit(anomaly_map_from_features, static_argnums=2)
+    maps, scores = maps_fn(feats, feats, (64, 64))
+    assert maps.shape == (2, 64, 64) and scores.shape == (2,)
+    np.testing.assert_allclose(maps, 0.0, atol=1e-6)
+    corrupted = [f.at[0, : f.shape[1] // 4, : f.shape[2] // 4].multiply(-1.0) for f in feats]
+    maps, scores = maps_fn(feats, corrupted, (64, 64))
+    assert scores[0] > 0.05 and float(scores[1]) < 1e-6
+    assert np.unravel_index(int(jnp.argmax(maps[0])), (64, 64))[0] < 32  # the top-left quarter was corrupted
+
+
+def test_lss_layout_and_drop_path_rates_follow_the_official_grouping():
+    assert [lss_layout(d) for d in (3, 4, 6, 2, 9)] == [(1, 3), (2, 2), (2, 3), (1, 2), (3, 3)]
+    with pytest.raises(ValueError, match="depth 5 is not divisible by 3 or 2"):
+        lss_layout(5)
+    rates = drop_path_rates((3, 4, 6, 3), 0.2)
+    flat = np.linspace(0, 0.2, 16)[::-1]
+    assert rates == [[flat[0]], [flat[3], flat[4]], [flat[7], flat[8]], [flat[13]]]
+
+
+def test_bad_inputs_are_named():
+    model = build_mambaad(mambaad_model_config(**TINY))
+    with pytest.raises(ValueError, match="divisible by 32; got 48x48"):
+        jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 48, 48, 3), jnp.float32))
+    wrong = build_mambaad(mambaad_model_config(**{**TINY, "decoder_dims": (64, 32, 16, 8)}))
+    with pytest.raises(ValueError, match="decoder_dims"):
+        jax.eval_shape(wrong.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    with pytest.raises(ValueError, match="unknown MambaAD encoder 'vgg16'"):
+        jax.eval_shape(build_mambaad(mambaad_model_config(encoder="vgg16")).init, jax.random.key(0),
+                       jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
