@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def default_data_root(dataset: str) -> str:
@@ -21,7 +22,7 @@ def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -
     """``config.data``: which source, where, how images are prepared; ``source`` holds loader-specific options."""
     return ml_collections.ConfigDict({
         "name": name,
-        "root": root,
+        "root": config_dict.placeholder(str) if root is None else root,  # None: the loader's default; overridable
         "image_size": image_size,
         "flips": ("horizontal",),
         "skip_corrupt": False,
@@ -31,9 +32,14 @@ def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
-    """``config.optim``: MemoryMamba's setup (AdamW, lr 2e-5, weight decay 0.01, 5% linear warm-up, linear decay)."""
+    """``config.optim``: MemoryMamba's setup (AdamW, lr 2e-5, weight decay 0.01, 5% linear warm-up, linear decay).
+
+    ``decay`` is linear | cosine | constant | step; ``step_fraction`` / ``step_factor`` are read by "step" only
+    (lr x step_factor from step_fraction of the run on; MambaAD: x0.1 at 80%).
+    """
     defaults = {"name": "adamw", "lr": 2e-5, "end_lr": 0.0, "weight_decay": 0.01, "b1": 0.9, "b2": 0.999,
-                "eps": 1e-8, "warmup_fraction": 0.05, "decay": "linear", "grad_clip": 0.0}
+                "eps": 1e-8, "warmup_fraction": 0.05, "decay": "linear", "step_fraction": 0.8, "step_factor": 0.1,
+                "grad_clip": 0.0}
     return ml_collections.ConfigDict({**defaults, **overrides})
 
 

@@ -1,4 +1,4 @@
-"""Training losses, pure jnp: cross-entropy and MemoryMamba's memory losses (eq. 7, 23-25).
+"""Training losses, pure jnp: cross-entropy, MemoryMamba's memory losses (eq. 7, 23-25) and MambaAD's feature MSE.
 
 All are means over the batch (and positions / blocks where they apply) and computed in float32.
 """
@@ -80,3 +80,20 @@ def memorymamba_loss(outputs, labels, lambda_c: float, lambda_f: float, margin: 
     nce = sum(info_nce_loss(z, m, temperature) for z, m in pairs) / len(pairs) if pairs else zero
     total = cls + lambda_c * contrastive + lambda_f * nce
     return total, {"cls": cls, "contrastive": contrastive, "nce": nce, "total": total}
+
+
+def feature_mse_loss(encoder, decoder, weight: float = 5.0):
+    """MambaAD's reconstruction loss: sum over scales of ``weight * mean((e - d) ** 2)``.
+
+    encoder, decoder: sequences of feature maps paired by scale (any matching shapes). This is the official
+    MambaAD/ADer ``L2Loss`` (lam 5.0 per scale); its training logs call it "cos", but it is the MSE.
+    """
+    if len(encoder) != len(decoder) or not encoder:
+        raise ValueError(f"feature_mse_loss: {len(encoder)} encoder and {len(decoder)} decoder scales; "
+                         f"expected the same non-zero number")
+    total = jnp.zeros((), jnp.float32)
+    for e, d in zip(encoder, decoder):
+        if e.shape != d.shape:
+            raise ValueError(f"feature_mse_loss: encoder feature {e.shape} and decoder feature {d.shape} differ")
+        total = total + weight * jnp.mean(jnp.square(e.astype(jnp.float32) - d.astype(jnp.float32)))
+    return total

@@ -17,7 +17,7 @@ CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs
 
 def test_there_are_configs():
     assert {"memorymamba_elpv", "memorymamba_neu", "memorymamba_gc10", "memorymamba_mt",
-            "memorymamba_aluminum"} <= set(CONFIGS)
+            "memorymamba_aluminum", "mambaad_mvtec", "mambaad_visa", "mambaad_realiad", "mambaad_elpv"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -29,10 +29,13 @@ def test_config_is_locked_and_consistent(name):
     params = inspect.signature(SOURCES[config.data.name]).parameters
     assert set(config.data.source) <= set(params)
     assert config.data.root is None or "data" in config.data.root or "SSM_JAX_DATA" in config.data.root
+    _check_model(config, 64 if name.endswith("elpv") or config.task == "anomaly" else config.data.image_size)
+
+
+def _check_model(config, size):
     model = build_model(config)
-    size = 64 if name.endswith("elpv") else config.data.image_size
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))))
-    assert shapes["params"]["head"]
+    assert shapes["params"]["head" if config.task == "classification" else "decoder"]
 
 
 def test_paper_training_defaults():
@@ -51,3 +54,32 @@ def test_data_root_follows_environment(monkeypatch):
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="unknown variant 'tpu'.*gpu, cpu"):
         importlib.import_module("configs.memorymamba_elpv").get_config("tpu")
+
+
+def test_mambaad_paper_training_defaults():
+    config = importlib.import_module("configs.mambaad_mvtec").get_config()
+    optim = config.optim
+    assert (config.task, optim.name, optim.lr, optim.b1, optim.b2, optim.weight_decay, optim.warmup_fraction,
+            optim.decay, optim.step_fraction, optim.step_factor) == ("anomaly", "adamw", 0.005, 0.9, 0.999, 1e-4, 0.0,
+                                                                     "step", 0.8, 0.1)
+    assert (config.train.batch_size, config.data.image_size, tuple(config.data.flips), config.loss.weight,
+            config.eval.sigma) == (16, 256, (), 5.0, 4.0)
+    assert (config.model.encoder, tuple(config.model.decoder_depths), config.model.scan_method,
+            config.model.directions) == ("resnet34", (3, 4, 6, 3), "hilbert", 8)
+    assert config.data.source.categories is None  # multi-class: every category
+
+
+@pytest.mark.parametrize("variant", ["defects", "synthetic", "defects_cpu", "synthetic_cpu"])
+def test_mambaad_elpv_variants(variant):
+    config = importlib.import_module("configs.mambaad_elpv").get_config(variant)
+    assert config.data.name == ("elpv_ad" if variant.startswith("defects") else "synthetic")
+    assert config.data.image_size == (64 if variant.endswith("_cpu") else 256)
+    assert config.optim.lr == pytest.approx(0.005 * config.train.batch_size / 16)
+    params = inspect.signature(SOURCES[config.data.name]).parameters
+    assert set(config.data.source) <= set(params)
+    _check_model(config, config.data.image_size if variant.endswith("_cpu") else 64)
+
+
+def test_unknown_mambaad_variant_is_named():
+    with pytest.raises(ValueError, match="unknown variant 'cpu'.*defects, synthetic, defects_cpu, synthetic_cpu"):
+        importlib.import_module("configs.mambaad_elpv").get_config("cpu")

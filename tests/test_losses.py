@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssm_jax.losses import cross_entropy, info_nce_loss, memory_contrastive_loss, memorymamba_loss
+from ssm_jax.losses import cross_entropy, feature_mse_loss, info_nce_loss, memory_contrastive_loss, memorymamba_loss
 
 RTOL = 1e-5
 
@@ -116,3 +116,18 @@ def test_contrastive_grads_finite_with_zero_queries():
     q = jnp.zeros((4, 3)).at[0].set(1.0)
     g = jax.grad(memory_contrastive_loss)(q, jnp.array([0, 1, 1, 2]), 3, 0.5)
     assert bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_feature_mse_loss():
+    rng = _rng()
+    shapes = [(2, 8, 8, 4), (2, 4, 4, 6), (2, 2, 2, 8)]
+    enc = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    dec = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    expected = sum(5.0 * np.mean((e.astype(np.float64) - d) ** 2) for e, d in zip(enc, dec))
+    got = jax.jit(feature_mse_loss)([jnp.asarray(e) for e in enc], [jnp.asarray(d, jnp.bfloat16) for d in dec])
+    assert got.dtype == jnp.float32
+    bf16 = [np.asarray(jnp.asarray(d, jnp.bfloat16), np.float64) for d in dec]
+    np.testing.assert_allclose(got, sum(5.0 * np.mean((e - d) ** 2) for e, d in zip(enc, bf16)), rtol=RTOL)
+    np.testing.assert_allclose(feature_mse_loss(enc, dec, weight=1.0), expected / 5.0, rtol=RTOL)
+    with pytest.raises(ValueError, match="differ"):
+        feature_mse_loss(enc, dec[::-1])

@@ -9,13 +9,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
-from tqdm.auto import tqdm
 
 from ssm_jax import viz
 from ssm_jax.losses import memorymamba_loss
 from ssm_jax.metrics import classification_metrics
-from ssm_jax.training.mesh import batch_sharding, replicate, replicated_sharding, shard_batch
+from ssm_jax.training.gather import gather_predictions
+from ssm_jax.training.mesh import batch_sharding, replicate, replicated_sharding
 from ssm_jax.training.state import TrainState
 
 
@@ -52,45 +51,20 @@ def make_train_step(loss_config, mesh):
 
 
 def make_predict_step(mesh):
-    """``(state, images) -> class probabilities``, jitted with images and outputs sharded along ``data``."""
+    """``(state, images) -> {"probs": class probabilities}``, jitted with images and outputs sharded along ``data``."""
 
     def predict(state: TrainState, images):
         outputs = state.apply_fn({"params": state.params, **state.model_state}, images, train=False)
-        return jax.nn.softmax(outputs["logits"], axis=-1)
+        return {"probs": jax.nn.softmax(outputs["logits"], axis=-1)}
 
     return jax.jit(predict, in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
                    out_shardings=batch_sharding(mesh))
 
 
-def _padded(batch: dict | None, size: int, template: dict) -> tuple[dict, np.ndarray]:
-    """A batch of exactly ``size`` rows plus a validity mask; None (this process ran out) gives all-padding."""
-    if batch is None:
-        batch = {k: v[:0] for k, v in template.items()}
-    n = len(batch["label"])
-    padded = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
-    return padded, np.arange(size) < n
-
-
 def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh) -> dict:
-    """Class probabilities for every example of an evaluation iterator, gathered from all processes.
-
-    Each process reads its shard of ``num_examples``; all run the same number of steps (a process whose shard
-    is exhausted feeds padding), as every step is a collective. Padding rows are dropped from the result.
-    """
-    per_process = -(-num_examples // jax.process_count())
-    steps = -(-per_process // local_batch)
-    gathered = {"labels": [], "indices": [], "probs": [], "valid": []}
-    template = None
-    for _ in tqdm(range(steps), desc="eval", unit="batch", disable=jax.process_index() != 0, leave=False):
-        batch = next(batches, None)
-        template = template or {k: v for k, v in batch.items() if k in ("image", "label", "index")}
-        padded, valid = _padded(None if batch is None else {k: batch[k] for k in template}, local_batch, template)
-        probs = predict_step(state, shard_batch({"image": padded["image"]}, mesh)["image"])
-        for key, value in (("probs", probs), ("labels", padded["label"]), ("indices", padded["index"]),
-                           ("valid", valid)):
-            gathered[key].append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
-    valid = np.concatenate(gathered.pop("valid"))
-    return {k: np.concatenate(v)[valid] for k, v in gathered.items()}
+    """Class probabilities ``probs``, ``labels`` and source ``indices`` of every example, from all processes."""
+    return gather_predictions(state, predict_step, batches, num_examples=num_examples, local_batch=local_batch,
+                              mesh=mesh, keep=lambda batch: {"labels": batch["label"], "indices": batch["index"]})
 
 
 def write_evaluation(predictions: dict, source, out_dir) -> dict:
@@ -115,6 +89,20 @@ def write_evaluation(predictions: dict, source, out_dir) -> dict:
             writer.writerow([source[int(idx)].path, names[predictions["labels"][i]], names[pred[i]],
                              f"{row.max():.4f}"] + [f"{p:.4f}" for p in row])
     return summary
+
+
+def write_folder_predictions(predictions: dict, source, out_dir, name: str) -> Path:
+    """``predict_<name>.csv``: predicted class, confidence and every class probability per image, in path order."""
+    out = Path(out_dir) / f"predict_{name}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = list(source.class_names)
+    lines = ["path,prediction,confidence," + ",".join(f"p_{n}" for n in names)]
+    for r in np.argsort(predictions["indices"], kind="stable"):
+        row = predictions["probs"][r]
+        lines.append(f"{source[int(predictions['indices'][r])].path},{names[int(np.argmax(row))]},{row.max():.4f},"
+                     + ",".join(f"{p:.4f}" for p in row))
+    out.write_text("\n".join(lines) + "\n")
+    return out
 
 
 def format_report(summary: dict) -> str:

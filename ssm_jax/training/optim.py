@@ -1,17 +1,21 @@
-"""Optimizers from ``config.optim``: AdamW with linear warm-up then linear (or cosine) decay, as the papers use."""
+"""Optimizers from ``config.optim``: AdamW with linear warm-up then linear, cosine or step decay, as the papers use;
+optionally with frozen parameter subtrees."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import optax
-from flax import traverse_util
 
 # Parameters that are never weight-decayed: SSM dynamics (A_logs, Ds), biases, norm scales.
 _NO_DECAY_NAMES = ("A_log", "A_logs", "D", "Ds", "bias", "scale")
 
 
 def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 over ``warmup_fraction`` of the steps, then linear or cosine decay to ``end_lr``."""
+    """Linear warm-up from 0 over ``warmup_fraction`` of the steps, then linear or cosine decay to ``end_lr``,
+    a constant rate, or a step: ``lr * step_factor`` from step ``round(step_fraction * total_steps)`` on
+    (MambaAD: x0.1 at 80% of training)."""
     warmup = int(round(optim.warmup_fraction * total_steps))
     decay_steps = max(total_steps - warmup, 1)
     if optim.decay == "linear":
@@ -20,21 +24,39 @@ def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
         decay = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.end_lr / optim.lr if optim.lr else 0.0)
     elif optim.decay == "constant":
         decay = optax.constant_schedule(optim.lr)
+    elif optim.decay == "step":
+        drop = max(int(round(optim.step_fraction * total_steps)) - warmup, 0)  # counted from the warm-up's end
+        decay = optax.piecewise_constant_schedule(optim.lr, {drop: optim.step_factor})
     else:
-        raise ValueError(f"config.optim.decay={optim.decay!r}; valid: linear, cosine, constant")
+        raise ValueError(f"config.optim.decay={optim.decay!r}; valid: linear, cosine, constant, step")
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), decay], [warmup])
 
 
 def weight_decay_mask(params):
-    """True for parameters that get weight decay: matrices and kernels, not biases, norms or SSM dynamics."""
-    flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({k: k[-1] not in _NO_DECAY_NAMES and v.ndim > 1 for k, v in flat.items()})
+    """True for parameters that get weight decay: matrices and kernels, not biases, norms or SSM dynamics.
+
+    A tree map, so subtrees another transform masked out (optax's empty ``MaskedNode``) pass through unchanged.
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: getattr(path[-1], "key", None) not in _NO_DECAY_NAMES and x.ndim > 1, params)
 
 
-def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
-    """The optimizer named by ``config.optim.name`` (adamw or adam), with optional global-norm clipping."""
+def frozen_labels(params, frozen: Sequence[str]):
+    """"frozen" for every leaf under a top-level key in ``frozen``, "train" elsewhere; unknown keys are an error."""
+    unknown = sorted(set(frozen) - set(params))
+    if unknown:
+        raise ValueError(f"frozen parameter subtrees {unknown} not in the model; top-level keys: {sorted(params)}")
+    return {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v) for k, v in params.items()}
+
+
+def make_optimizer(optim, total_steps: int, frozen: Sequence[str] = ()) -> optax.GradientTransformation:
+    """The optimizer named by ``config.optim.name`` (adamw or adam), with optional global-norm clipping.
+
+    Top-level parameter subtrees named in ``frozen`` (e.g. a pretrained encoder) get zero updates: no gradient
+    step and no weight decay, and no optimizer state; clipping sees only the trained parameters.
+    """
     schedule = learning_rate_schedule(optim, total_steps)
     if optim.name == "adamw":
         tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
@@ -45,6 +67,9 @@ def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
         raise ValueError(f"config.optim.name={optim.name!r}; valid: adamw, adam")
     if optim.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
+    if frozen:
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                   lambda params: frozen_labels(params, tuple(frozen)))
     return tx
 
 

@@ -2,27 +2,72 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import jax
 import ml_collections
-import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.data import SOURCES, get_source, make_pipeline
 from ssm_jax.data.common import Record, Source
 from ssm_jax.data.images import IMAGE_EXTENSIONS
+from ssm_jax.models.mambaad import build_mambaad
 from ssm_jax.models.memorymamba import build_memorymamba
-from ssm_jax.training import classification
+from ssm_jax.training import classification, reconstruction
 from ssm_jax.training.checkpoint import Checkpointer, model_fingerprint
 from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
 from ssm_jax.training.optim import count_params, make_optimizer
 
-TASKS = ("classification",)
+MODELS = {"memorymamba": build_memorymamba, "mambaad": build_mambaad}
+
+
+def _no_kwargs(config) -> dict:
+    return {}
+
+
+def _no_check(config, train_source) -> None:
+    pass
+
+
+def _check_num_classes(config, train_source) -> None:
+    if config.model.num_classes != len(train_source.class_names):
+        raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset {config.data.name!r} "
+                         f"has {len(train_source.class_names)} classes {list(train_source.class_names)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A task family as the Experiment sees it: a module with the same seven functions (create_state,
+    make_train_step, make_predict_step, predict_dataset, write_evaluation, write_folder_predictions,
+    format_report), looked up at call time, plus what differs: its models, frozen parameters, extra arguments
+    taken from the config, and a check of the config against the training set."""
+
+    module: ModuleType
+    models: tuple[str, ...]
+    outputs: str
+    frozen: tuple[str, ...] = ()
+    check: Callable[[ml_collections.ConfigDict, Source], None] = _no_check
+    state_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
+    predict_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
+    output_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
+
+
+TASKS = {
+    "classification": Family(classification, ("memorymamba",), "metrics.json, confusion.png, predictions.csv",
+                             check=_check_num_classes),
+    "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
+                      frozen=reconstruction.FROZEN,
+                      state_kwargs=lambda config: {"encoder_weights": config.model.encoder_weights},
+                      predict_kwargs=lambda config: {"sigma": config.eval.sigma},
+                      output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays}),
+}
 
 
 def _say(msg: str) -> None:
@@ -50,10 +95,21 @@ def load_source(config, split: str) -> Source:
 
 def build_model(config):
     """The model named by ``config.model.name`` (its other fields are the model's own)."""
+    if config.model.name not in MODELS:
+        raise ValueError(f"config.model.name={config.model.name!r}; valid: {', '.join(MODELS)}")
     fields = {k: v for k, v in config.model.items() if k != "name"}
-    if config.model.name == "memorymamba":
-        return build_memorymamba(ml_collections.ConfigDict(fields))
-    raise ValueError(f"config.model.name={config.model.name!r}; valid: memorymamba")
+    return MODELS[config.model.name](ml_collections.ConfigDict(fields))
+
+
+def _check_task(config, family: Family, train_source: Source) -> None:
+    """The model and the dataset must suit ``config.task``, and the family's own check must pass."""
+    if config.model.name not in family.models:
+        raise ValueError(f"config.model.name={config.model.name!r} does not fit config.task={config.task!r}; "
+                         f"valid: {', '.join(family.models)}")
+    if train_source.task != config.task:
+        raise ValueError(f"config.task={config.task!r} but dataset {config.data.name!r} is a {train_source.task} "
+                         f"dataset")
+    family.check(config, train_source)
 
 
 class Experiment:
@@ -66,10 +122,9 @@ class Experiment:
         self.mesh = make_mesh()
         check_batch_size(config.train.batch_size, self.mesh)
         check_batch_size(config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
+        self.family = TASKS[config.task]
         self.train_source = load_source(config, "train")
-        if config.model.num_classes != len(self.train_source.class_names):
-            raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset {config.data.name!r} "
-                             f"has {len(self.train_source.class_names)} classes {list(self.train_source.class_names)}")
+        _check_task(config, self.family, self.train_source)
         steps_per_epoch = len(self.train_source) // config.train.batch_size
         if steps_per_epoch == 0:
             raise ValueError(f"the training set has {len(self.train_source)} images, fewer than one batch of "
@@ -78,9 +133,10 @@ class Experiment:
         if config.train.max_steps > 0:
             self.total_steps = min(self.total_steps, config.train.max_steps)
         self.model = build_model(config)
-        tx = make_optimizer(config.optim, self.total_steps)
-        self.state = classification.create_state(self.model, tx, jax.random.PRNGKey(config.seed),
-                                                 config.data.image_size, self.mesh)
+        tx = make_optimizer(config.optim, self.total_steps, frozen=self.family.frozen)
+        self.state = self.family.module.create_state(self.model, tx, jax.random.PRNGKey(config.seed),
+                                                     config.data.image_size, self.mesh,
+                                                     **self.family.state_kwargs(config))
         self.checkpointer = Checkpointer(self.workdir, model_fingerprint(config.model.name, self.state.params),
                                          config.train.max_to_keep)
 
@@ -103,11 +159,13 @@ class Experiment:
             batches.set_state(extra["data"])
             log.trim_after(extra["step"])
             _say(f"resuming from step {extra['step']} of {self.total_steps} ({self.checkpointer.directory})")
-        _say(f"{config.model.name}: {count_params(self.state.params):,} parameters; {len(self.train_source)} training "
-             f"images; {self.total_steps} steps of batch {config.train.batch_size} on {self.mesh.devices.size} "
+        frozen = count_params({k: v for k, v in self.state.params.items() if k in self.family.frozen})
+        _say(f"{config.model.name}: {count_params(self.state.params):,} parameters"
+             f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "
+             f"{self.total_steps} steps of batch {config.train.batch_size} on {self.mesh.devices.size} "
              f"{jax.devices()[0].platform} device(s)")
         self.state = train_loop(
-            self.state, classification.make_train_step(config.loss, self.mesh), batches, mesh=self.mesh,
+            self.state, self.family.module.make_train_step(config.loss, self.mesh), batches, mesh=self.mesh,
             total_steps=self.total_steps, checkpointer=self.checkpointer, log=log,
             log_every=config.train.log_every, checkpoint_every=config.train.checkpoint_every,
             images_per_step=config.train.batch_size)
@@ -115,10 +173,11 @@ class Experiment:
             viz.save_training_curves(log.path, self.workdir / "training_curves.png")
 
     def _predict(self, source) -> dict:
-        return classification.predict_dataset(
-            self.state, classification.make_predict_step(self.mesh), iter(self.pipeline(source, train=False)),
-            num_examples=len(source), local_batch=self.config.train.eval_batch_size // jax.process_count(),
-            mesh=self.mesh)
+        module = self.family.module
+        return module.predict_dataset(
+            self.state, module.make_predict_step(self.mesh, **self.family.predict_kwargs(self.config)),
+            iter(self.pipeline(source, train=False)), num_examples=len(source),
+            local_batch=self.config.train.eval_batch_size // jax.process_count(), mesh=self.mesh)
 
     def restore_for_eval(self):
         restored = self.checkpointer.restore(self.state)
@@ -128,36 +187,34 @@ class Experiment:
         self.state = restored[0]
 
     def evaluate(self) -> dict:
-        """Test-split metrics and pictures under ``<workdir>/eval``; prints the per-class report."""
+        """Test-split metrics and pictures under ``<workdir>/eval``; prints the per-class / per-category report."""
         source = load_source(self.config, "test")
         predictions = self._predict(source)
         summary = {}
         if jax.process_index() == 0:
-            summary = classification.write_evaluation(predictions, source, self.workdir / "eval")
-            _say(classification.format_report(summary))
-            _say(f"wrote {self.workdir / 'eval'} (metrics.json, confusion.png, predictions.csv)")
+            module = self.family.module
+            summary = module.write_evaluation(predictions, source, self.workdir / "eval",
+                                              **self.family.output_kwargs(self.config))
+            _say(module.format_report(summary))
+            _say(f"wrote {self.workdir / 'eval'} ({self.family.outputs})")
         return summary
 
     def predict_folder(self, folder) -> Path:
-        """Class probabilities for every image in ``folder`` (recursively) -> ``<workdir>/eval/predict_<name>.csv``."""
+        """Predictions for every image in ``folder`` (recursively) -> ``<workdir>/eval/predict_<name>.csv``: class
+        probabilities (classification) or anomaly scores plus the top-scoring overlays (anomaly detection)."""
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"--predict_dir {folder} is not a directory of images")
         paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
-        names = list(self.train_source.class_names)
-        source = Source([Record(p, 0) for p in paths], names)
+        source = Source([Record(p, 0) for p in paths], self.train_source.class_names, task=self.train_source.task)
         predictions = self._predict(source)
-        out = self.workdir / "eval" / f"predict_{folder.name}.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probs = predictions["probs"]
-        lines = ["path,prediction,confidence," + ",".join(f"p_{n}" for n in names)]
-        for idx, row in zip(predictions["indices"], probs):
-            lines.append(f"{paths[int(idx)]},{names[int(np.argmax(row))]},{row.max():.4f},"
-                         + ",".join(f"{p:.4f}" for p in row))
-        out.write_text("\n".join(lines) + "\n")
-        _say(f"predicted {len(paths)} images -> {out}")
+        out = None
+        if jax.process_index() == 0:
+            out = self.family.module.write_folder_predictions(predictions, source, self.workdir / "eval", folder.name,
+                                                              **self.family.output_kwargs(self.config))
+            _say(f"predicted {len(paths)} images -> {out}")
         return out
 
 

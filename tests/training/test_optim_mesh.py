@@ -19,8 +19,8 @@ def test_linear_warmup_then_linear_decay():
 def test_cosine_and_unknown_decay():
     schedule = learning_rate_schedule(optim_config(lr=1.0, warmup_fraction=0.0, decay="cosine"), total_steps=10)
     np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10)], [1.0, 0.5, 0.0], atol=1e-6)
-    with pytest.raises(ValueError, match="config.optim.decay='step'; valid: linear, cosine, constant"):
-        learning_rate_schedule(optim_config(decay="step"), 10)
+    with pytest.raises(ValueError, match="decay='exponential'; valid: linear, cosine, constant, step"):
+        learning_rate_schedule(optim_config(decay="exponential"), 10)
 
 
 def test_weight_decay_skips_biases_norms_and_ssm_dynamics():
@@ -50,3 +50,29 @@ def test_batch_size_must_split_over_devices():
     check_batch_size(8, mesh)
     with pytest.raises(ValueError, match=r"train.batch_size=6 must be a multiple of the number of devices \(4\)"):
         check_batch_size(6, mesh)
+
+
+@pytest.mark.parametrize("warmup_fraction", [0.0, 0.2])
+def test_step_decay_drops_at_fraction_of_training(warmup_fraction):
+    optim = optim_config(lr=0.01, warmup_fraction=warmup_fraction, decay="step", step_fraction=0.8, step_factor=0.1)
+    schedule = learning_rate_schedule(optim, total_steps=10)
+    got = [float(schedule(s)) for s in range(10)]
+    warmup = [0.01 * s / 2 for s in range(2)] if warmup_fraction else []
+    expected = warmup + [0.01] * (8 - len(warmup)) + [0.001] * 2  # x0.1 from step round(0.8 * 10) = 8 on
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_frozen_subtree_gets_no_update_and_no_state():
+    tx = make_optimizer(optim_config(lr=0.1, warmup_fraction=0.0, decay="constant", weight_decay=0.5, grad_clip=1.0),
+                        10, frozen=("encoder",))
+    params = {"encoder": {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)},
+              "decoder": {"kernel": np.ones((2, 2), np.float32)}}
+    state = tx.init(params)
+    updates, _ = tx.update(jax.tree.map(np.ones_like, params), state, params)
+    np.testing.assert_array_equal(updates["encoder"]["kernel"], 0.0)  # neither a step nor weight decay
+    np.testing.assert_array_equal(updates["encoder"]["bias"], 0.0)
+    assert np.all(np.asarray(updates["decoder"]["kernel"]) < 0)
+    shapes = [x.shape for x in jax.tree.leaves(state)]
+    assert shapes.count((2, 2)) == 2 and (2,) not in shapes  # Adam moments for the decoder only
+    with pytest.raises(ValueError, match=r"frozen parameter subtrees \['backbone'\] not in the model"):
+        make_optimizer(optim_config(), 10, frozen=("backbone",)).init(params)

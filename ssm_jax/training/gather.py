@@ -1,0 +1,49 @@
+"""Prediction over a sharded evaluation set, shared by the task families.
+
+Each process reads its shard of the examples; all run the same number of steps (a process whose shard is
+exhausted feeds padding), as every step is a collective; every process gets every prediction, padding dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
+
+from ssm_jax.training.mesh import shard_batch
+
+
+def _padded(batch: dict | None, size: int, template: dict) -> tuple[dict, np.ndarray]:
+    """A batch of exactly ``size`` rows plus a validity mask; None (this process ran out) gives all-padding."""
+    if batch is None:
+        batch = {k: v[:0] for k, v in template.items()}
+    n = len(batch["image"])
+    padded = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    return padded, np.arange(size) < n
+
+
+def gather_predictions(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,
+                       keep: Callable[[dict], dict]) -> dict:
+    """``predict_step(state, images) -> dict of arrays`` over every example of an evaluation iterator.
+
+    Returns the step's outputs plus ``keep(batch)`` (host arrays taken from each input batch, e.g. labels and
+    source indices), each concatenated over all batches of all processes in one order, padding rows dropped.
+    """
+    per_process = -(-num_examples // jax.process_count())
+    steps = -(-per_process // local_batch)
+    gathered, valid_rows = {}, []
+    template = None
+    for _ in tqdm(range(steps), desc="eval", unit="batch", disable=jax.process_index() != 0, leave=False):
+        batch = next(batches, None)
+        host = None if batch is None else {"image": batch["image"], **keep(batch)}
+        template = template or host
+        padded, valid = _padded(host, local_batch, template)
+        outputs = predict_step(state, shard_batch({"image": padded.pop("image")}, mesh)["image"])
+        for key, value in {**outputs, **padded}.items():
+            gathered.setdefault(key, []).append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
+        valid_rows.append(np.asarray(multihost_utils.process_allgather(valid, tiled=True)))
+    valid = np.concatenate(valid_rows)
+    return {k: np.concatenate(v)[valid] for k, v in gathered.items()}

@@ -1,0 +1,241 @@
+"""Reconstruction-based anomaly detection (MambaAD): train state with a frozen pretrained encoder, jitted
+train/predict steps, and the evaluation outputs (per-category metrics, Markdown table, scores, curves, overlays)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from ssm_jax import viz
+from ssm_jax.convert import from_torch
+from ssm_jax.losses import feature_mse_loss
+from ssm_jax.metrics import anomaly_metrics_by_category
+from ssm_jax.models.mambaad import anomaly_map_from_features
+from ssm_jax.training.gather import gather_predictions
+from ssm_jax.training.mesh import batch_sharding, replicate, replicated_sharding
+from ssm_jax.training.state import TrainState
+
+# Top-level parameter subtrees the optimizer leaves alone: the pretrained encoder.
+FROZEN = ("encoder",)
+# metrics.md / report columns: (key, header), in MambaAD's Table 1 order.
+COLUMNS = (("i_auroc", "I-AUROC"), ("i_ap", "I-AP"), ("i_f1max", "I-F1max"), ("p_auroc", "P-AUROC"),
+           ("p_ap", "P-AP"), ("p_f1max", "P-F1max"), ("p_aupro", "P-AUPRO"), ("mad", "mAD"))
+
+
+def _matching(own: dict, loaded: dict, where: str) -> dict:
+    """``loaded`` restricted to the keys of ``own`` (extra stages of a full backbone dropped), shapes checked."""
+    own_flat, loaded_flat = flatten_dict(own), flatten_dict(loaded)
+    missing = ["/".join(k) for k in own_flat if k not in loaded_flat]
+    if missing:
+        raise ValueError(f"{where} lacks encoder entries {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    wrong = [f"{'/'.join(k)} {tuple(loaded_flat[k].shape)} != {tuple(v.shape)}" for k, v in own_flat.items()
+             if tuple(loaded_flat[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise ValueError(f"{where} has encoder entries of the wrong shape: {wrong[:5]}")
+    return unflatten_dict({k: jnp.asarray(loaded_flat[k], v.dtype) for k, v in own_flat.items()})
+
+
+def read_encoder_weights(arch: str, path: str) -> dict:
+    """Flax variables (params, batch_stats) of a torchvision/timm ``arch`` checkpoint at ``path``."""
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.model.encoder_weights={path!r}: no such file; expected a torchvision/timm "
+                                f"{arch} state_dict (.pth/.pt or .npz)")
+    return from_torch(arch, path)[1]
+
+
+def with_encoder(variables: dict, encoder: dict, where: str) -> dict:
+    """``variables`` with the encoder's params and batch_stats taken from ``encoder`` (converted variables of a
+    backbone); a full backbone's extra entries (layer4, fc) are dropped: only the model encoder's own keys are kept."""
+    out = {collection: dict(tree) for collection, tree in variables.items()}
+    for collection in ("params", "batch_stats"):
+        out[collection]["encoder"] = _matching(variables[collection]["encoder"], encoder[collection],
+                                               f"{where} ({collection})")
+    return out
+
+
+def _warn_random_encoder(arch: str) -> None:
+    if jax.process_index() == 0:
+        print(f"warning: config.model.encoder_weights is empty, so the frozen {arch} encoder keeps its random "
+              f"initialisation and the detector will be weak. Pass ImageNet weights from torchvision, e.g. "
+              f"torch.save(torchvision.models.{arch}(weights='DEFAULT').state_dict(), '{arch}.pth') and "
+              f"--config.model.encoder_weights={arch}.pth", file=sys.stderr, flush=True)
+
+
+def create_state(model, tx, rng, image_size: int, mesh, encoder_weights: str = "") -> TrainState:
+    """Initialise on one image, put the pretrained encoder in (``encoder_weights``, a torchvision/timm checkpoint of
+    ``model.encoder``, read first so a bad path fails fast; a warning without it), replicate over the mesh."""
+    encoder = read_encoder_weights(model.encoder, encoder_weights) if encoder_weights else None
+    init_rng, run_rng = jax.random.split(rng)
+    variables = jax.jit(model.init, static_argnames="train")(init_rng, jnp.zeros((1, image_size, image_size, 3)),
+                                                             train=False)
+    if encoder is None:
+        _warn_random_encoder(model.encoder)
+    else:
+        variables = with_encoder(variables, encoder, f"{model.encoder} checkpoint {encoder_weights}")
+    params = variables.pop("params")
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=dict(variables), rng=run_rng)
+    return replicate(state, mesh)
+
+
+def make_train_step(loss_config, mesh):
+    """``(state, batch) -> (state, {"loss"})``: feature MSE, batch statistics updated, jitted and sharded."""
+
+    def step(state: TrainState, batch):
+        def loss_fn(params):
+            outputs, updates = state.apply_fn({"params": params, **state.model_state}, batch["image"], train=True,
+                                              rngs={"dropout": state.step_rng()}, mutable=["batch_stats"])
+            return feature_mse_loss(outputs["encoder"], outputs["decoder"], loss_config.weight), updates
+
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads, model_state={**state.model_state, **updates})
+        return state, {"loss": loss}
+
+    replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                   donate_argnums=0)
+
+
+def make_predict_step(mesh, sigma: float):
+    """``(state, images) -> {"maps" (B, H, W) float16, "scores" (B,)}`` at the input size; maps are float16 to halve
+    what is gathered and kept on the host (scores come from the float32 maps)."""
+
+    def predict(state: TrainState, images):
+        outputs = state.apply_fn({"params": state.params, **state.model_state}, images, train=False)
+        maps, scores = anomaly_map_from_features(outputs["encoder"], outputs["decoder"], images.shape[1:3], sigma)
+        return {"maps": maps.astype(jnp.float16), "scores": scores}
+
+    return jax.jit(predict, in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
+                   out_shardings=batch_sharding(mesh))
+
+
+def _host_fields(batch: dict) -> dict:
+    return {"labels": batch["label"], "indices": batch["index"], "masks": batch["mask"][..., 0] > 0.5,
+            "has_mask": batch["has_mask"]}
+
+
+def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh) -> dict:
+    """``maps``, ``scores``, ``labels``, ``masks`` (bool), ``has_mask`` and source ``indices`` of every example."""
+    return gather_predictions(state, predict_step, batches, num_examples=num_examples, local_batch=local_batch,
+                              mesh=mesh, keep=_host_fields)
+
+
+def overlay_rows(labels, categories, per_category: int) -> dict[str, np.ndarray]:
+    """Rows drawn for each category's overlay picture: up to half anomalous (first), the rest normal, each group
+    evenly spaced in row order (so defect types spread out, and the same rows every run)."""
+    labels, categories = np.asarray(labels), np.asarray(categories)
+    chosen = {}
+    for category in sorted(set(categories.tolist())):
+        bad = np.flatnonzero((categories == category) & (labels == 1))
+        good = np.flatnonzero((categories == category) & (labels == 0))
+        n_bad = min(len(bad), per_category // 2)
+        n_good = min(len(good), per_category - n_bad)
+        chosen[category] = np.concatenate([_spread(bad, n_bad), _spread(good, n_good)])
+    return chosen
+
+
+def _spread(rows: np.ndarray, n: int) -> np.ndarray:
+    """``n`` (at most ``len(rows)``) of ``rows``, evenly spaced from the first to the last."""
+    return rows[np.linspace(0, len(rows) - 1, n).round().astype(int)]
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name) or "all"
+
+
+def save_overlays(source, predictions: dict, rows, path, with_masks: bool) -> Path:
+    """Anomaly-map overlays of prediction ``rows``, images reloaded from ``source`` at the maps' size (uint8)."""
+    size = predictions["maps"].shape[1]
+    images = np.stack([source.load(source[int(predictions["indices"][r])], size)["image"] for r in rows])
+    masks = predictions["masks"][rows] if with_masks else None
+    return viz.save_anomaly_overlays(images, predictions["maps"][rows].astype(np.float32), path, masks=masks,
+                                     scores=predictions["scores"][rows], max_images=len(rows))
+
+
+def _percent(metrics: dict, key: str) -> str:
+    """A metric in percent, "–" where it is absent (no pixel annotations) or undefined (NaN: one class only)."""
+    value = metrics.get(key)
+    return "–" if value is None or np.isnan(value) else f"{100 * value:.1f}"
+
+
+def _json_safe(tree):
+    """NaN (an undefined metric) -> None, so metrics.json is valid JSON (null)."""
+    if isinstance(tree, dict):
+        return {k: _json_safe(v) for k, v in tree.items()}
+    return None if isinstance(tree, float) and np.isnan(tree) else tree
+
+
+def metrics_table(summary: dict) -> str:
+    """A Markdown table like MambaAD's Table 1: a row per category and the mean, metrics in percent."""
+    lines = ["| category | " + " | ".join(header for _, header in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    rows = [*summary["per_category"].items(), ("**mean**", summary["mean"])]
+    lines += [f"| {name} | " + " | ".join(_percent(m, key) for key, _ in COLUMNS) + " |" for name, m in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16) -> dict:
+    """Under ``out_dir``: metrics.json (per category and mean), metrics.md, scores.csv, roc_pr.png and
+    overlays/<category>.png with ``num_overlays`` test images per category (anomalous ones first, then normal ones,
+    on one colour scale). Returns the metrics summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(predictions["indices"], kind="stable")  # source order, whatever the process count
+    if np.any(order != np.arange(len(order))):  # (one process reads in order: no copy of the maps)
+        predictions = {k: v[order] for k, v in predictions.items()}
+    records = [source[int(i)] for i in predictions["indices"]]
+    categories = [r.category or "all" for r in records]
+    labels, scores, has_mask = predictions["labels"], predictions["scores"], predictions["has_mask"]
+    pixel = bool(np.any(has_mask & (labels == 1)))  # some anomalous image is annotated
+    metrics = anomaly_metrics_by_category(categories, labels, scores, masks=predictions["masks"] if pixel else None,
+                                          maps=predictions["maps"] if pixel else None,
+                                          has_mask=has_mask if pixel else None)
+    summary = {**metrics, "num_images": int(len(labels)), "num_anomalous": int(labels.sum())}
+    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    (out_dir / "metrics.md").write_text(metrics_table(summary))
+    with (out_dir / "scores.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "category", "defect", "label", "score"])
+        for record, category, label, score in zip(records, categories, labels, scores):
+            writer.writerow([record.path, category, record.defect, int(label), f"{score:.6g}"])
+    viz.save_roc_pr_curves(labels, scores, out_dir / "roc_pr.png")
+    annotated = {c for c, bad, m in zip(categories, labels, has_mask) if bad and m}
+    for category, rows in overlay_rows(labels, categories, num_overlays).items():
+        if len(rows):
+            save_overlays(source, predictions, rows, out_dir / "overlays" / f"{_file_name(category)}.png",
+                          with_masks=category in annotated)
+    return summary
+
+
+def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_overlays: int = 16) -> Path:
+    """``predict_<name>.csv`` (path, score) in path order and ``predict_<name>.png``, overlays of the
+    ``num_overlays`` highest-scoring images; returns the CSV's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(predictions["indices"], kind="stable")
+    out = out_dir / f"predict_{name}.csv"
+    lines = ["path,score"] + [f"{source[int(predictions['indices'][r])].path},{predictions['scores'][r]:.6g}"
+                              for r in order]
+    out.write_text("\n".join(lines) + "\n")
+    top = np.argsort(-predictions["scores"], kind="stable")[:num_overlays]
+    save_overlays(source, predictions, top, out_dir / f"predict_{name}.png", with_masks=False)
+    return out
+
+
+def format_report(summary: dict) -> str:
+    """A per-category table for the terminal, metrics in percent ("–": no pixel annotations)."""
+    width = max(12, *(len(name) + 2 for name in summary["per_category"]))
+    lines = [f"{'category':<{width}}" + "".join(f"{header:>9}" for _, header in COLUMNS)]
+    rows = [*summary["per_category"].items(), ("mean", summary["mean"])]
+    lines += [f"{name:<{width}}" + "".join(f"{_percent(m, key):>9}" for key, _ in COLUMNS) for name, m in rows]
+    lines.append(f"{summary['num_images']} test images ({summary['num_anomalous']} anomalous)")
+    return "\n".join(lines)

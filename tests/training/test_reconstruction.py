@@ -1,0 +1,229 @@
+"""Reconstruction AD (MambaAD) end to end on a tiny model and synthetic ELPV defects at 64 px: learning, the frozen
+encoder, exact resume, evaluation outputs, folder prediction, pretrained encoder loading and bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+from PIL import Image
+
+from configs.common import finalize
+from configs.mambaad_common import mambaad_config, set_batch_size
+from ssm_jax.data import Record, Source, synthetic_source
+from ssm_jax.data.common import ANOMALY
+from ssm_jax.training import reconstruction, run
+from ssm_jax.training.mesh import make_mesh
+from ssm_jax.training.optim import make_optimizer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_once(tmp_path_factory):
+    """Every Experiment here builds the same tiny model: a persistent compilation cache makes XLA compile each
+    step once (compiling the Mamba decoder dominates these tests on CPU)."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    compilation_cache.reset_cache()
+    for name, value in zip(names, (str(tmp_path_factory.mktemp("xla_cache")), 0.0, 0)):
+        jax.config.update(name, value)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
+def make_tiny_config(**train):
+    """MambaAD with a ResNet18 encoder and a 2-2-2-2 decoder (2 scan directions) on 64 px synthetic ELPV defects."""
+    config = mambaad_config("synthetic", None, epochs=100, image_size=64, bases=("elpv",), num_train=16, num_test=8,
+                            anomaly_fraction=0.5, seed=0)
+    config.model.update(encoder="resnet18", decoder_dims=(64, 256, 128, 64), decoder_depths=(2, 2, 2, 2), d_state=4,
+                        ssm_ratio=1.0, directions=2, scan_impl="sequential")
+    set_batch_size(config, 8)
+    config.eval.num_overlays = 4
+    config.train.update(log_every=1, checkpoint_every=3, max_steps=6)
+    config.train.update(train)
+    return finalize(config)
+
+
+def _params(state):
+    return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(initial params, experiment after 6 steps and evaluation, its summary)."""
+    workdir = tmp_path_factory.mktemp("straight")
+    experiment = run.Experiment(make_tiny_config(), workdir)
+    initial = _params(experiment.state)
+    experiment.train()
+    return initial, experiment, experiment.evaluate()
+
+
+def test_training_lowers_loss_and_writes_outputs(trained):
+    _, experiment, summary = trained
+    workdir = experiment.workdir
+    log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
+    assert np.mean([r["loss"] for r in log[-2:]]) < 0.8 * np.mean([r["loss"] for r in log[:2]]), log
+    for name in ("config.json", "training_curves.png", "eval/metrics.json", "eval/metrics.md", "eval/scores.csv",
+                 "eval/roc_pr.png", "eval/overlays/elpv.png"):
+        assert (workdir / name).is_file(), name
+    metrics = json.loads((workdir / "eval/metrics.json").read_text())
+    assert set(metrics["per_category"]) == {"elpv"} and metrics["num_images"] == 8
+    assert set(metrics["mean"]) == {"i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "p_aupro", "mad"}
+    assert metrics["mean"] == pytest.approx(summary["mean"])
+    table = (workdir / "eval/metrics.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| elpv |") and "–" not in table[2]
+    with (workdir / "eval/scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {r["label"] for r in rows} == {"0", "1"}
+    assert all(np.isfinite(float(r["score"])) for r in rows)
+
+
+def test_encoder_is_frozen_and_decoder_trained(trained):
+    initial, experiment, _ = trained
+    final = _params(experiment.state)
+    for a, b in zip(jax.tree.leaves(initial["encoder"]), jax.tree.leaves(final["encoder"])):
+        np.testing.assert_array_equal(a, b)
+    for part in ("bottleneck", "decoder"):
+        changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(initial[part]),
+                                                             jax.tree.leaves(final[part]))]
+        assert np.mean(changed) > 0.9, part
+    stats = jax.device_get(experiment.state.model_state["batch_stats"])
+    assert not np.allclose(stats["bottleneck"]["bn1"]["mean"], 0.0)  # trained batch statistics were kept
+
+
+def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypatch):
+    _, straight, _ = trained
+    config = make_tiny_config()
+    real_make = reconstruction.make_train_step
+
+    def crashing_make(loss_config, mesh):
+        step_fn, calls = real_make(loss_config, mesh), []
+
+        def step(state, batch):
+            calls.append(1)
+            if len(calls) == 5:  # dies during step 5, after the checkpoint at step 3
+                raise KeyboardInterrupt("simulated crash")
+            return step_fn(state, batch)
+
+        return step
+
+    monkeypatch.setattr(reconstruction, "make_train_step", crashing_make)
+    with pytest.raises(KeyboardInterrupt):
+        run.Experiment(config, tmp_path).train()
+    monkeypatch.setattr(reconstruction, "make_train_step", real_make)
+    resumed = run.Experiment(config, tmp_path)
+    resumed.train()
+    for a, b in zip(jax.tree.leaves(_params(straight.state)), jax.tree.leaves(_params(resumed.state))):
+        np.testing.assert_array_equal(a, b)
+    stats = [jax.device_get(e.state.model_state) for e in (straight, resumed)]
+    for a, b in zip(jax.tree.leaves(stats[0]), jax.tree.leaves(stats[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_predict_folder_writes_scores_and_overlays(trained, tmp_path):
+    _, experiment, _ = trained
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    source = synthetic_source(None, "test", bases=("elpv",), num_test=3, seed=1)
+    for i in range(3):
+        Image.fromarray(source.load(source[i], 64)["image"]).save(folder / f"cell{i}.png")
+    out = experiment.predict_folder(folder)
+    lines = out.read_text().splitlines()
+    assert out.name == "predict_cells.csv" and lines[0] == "path,score" and len(lines) == 4
+    assert lines[1].startswith(str(folder / "cell0.png"))
+    assert (out.parent / "predict_cells.png").is_file()
+
+
+def test_pretrained_encoder_is_loaded_without_layer4(tmp_path):
+    torch = pytest.importorskip("torch")
+    from ssm_jax.convert import from_torch
+    from tests.convert.torch_resnet import TorchResNet
+
+    torch.manual_seed(0)
+    net = TorchResNet("basic", (2, 2, 2, 2))  # a full torchvision-style ResNet18, layer4 and fc included
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+    path = tmp_path / "resnet18.pth"
+    torch.save(net.state_dict(), path)
+    config = make_tiny_config()
+    tx = make_optimizer(config.optim, 10, frozen=reconstruction.FROZEN)
+    state = reconstruction.create_state(run.build_model(config), tx, jax.random.PRNGKey(0), 64, make_mesh(),
+                                        encoder_weights=str(path))
+    _, expected = from_torch("resnet18", str(path))
+    params, stats = _params(state)["encoder"], jax.device_get(state.model_state["batch_stats"]["encoder"])
+    assert "layer4_0" in expected["params"] and "layer4_0" not in params
+    np.testing.assert_array_equal(params["layer3_1"]["conv2"]["kernel"],
+                                  expected["params"]["layer3_1"]["conv2"]["kernel"])
+    np.testing.assert_array_equal(stats["bn1"]["mean"], expected["batch_stats"]["bn1"]["mean"])
+
+
+def test_missing_encoder_weights_is_a_one_line_error(tmp_path):
+    missing = tmp_path / "nowhere" / "resnet34.pth"
+    result = subprocess.run([sys.executable, "train.py", "--config=configs/mambaad_elpv.py:synthetic_cpu",
+                             f"--workdir={tmp_path / 'run'}", f"--config.model.encoder_weights={missing}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: config.model.encoder_weights=") and str(missing) in last
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _fake_predictions(source, size=32, seed=0):
+    """Predictions for every example of ``source``: anomalous images score higher, maps peak on their masks."""
+    rng = np.random.default_rng(seed)
+    n = len(source)
+    indices = np.arange(n)[::-1].copy()  # rows need not be in source order (several processes)
+    labels = source.labels[indices]
+    masks = np.zeros((n, size, size), bool)
+    masks[labels == 1, 8:16, 8:16] = True
+    maps = (rng.random((n, size, size)) + 2 * masks).astype(np.float16)
+    return {"maps": maps, "scores": maps.reshape(n, -1).max(1).astype(np.float32) + labels, "labels": labels,
+            "masks": masks, "has_mask": np.ones(n, bool), "indices": indices}
+
+
+def test_evaluation_outputs_from_synthetic_predictions(tmp_path):
+    cells = synthetic_source(None, "test", bases=("elpv",), num_test=6, seed=0)
+    paths = [r.path for r in cells.records]
+    labels = [0, 1, 0, 1, 0, 1]
+    records = [Record(p, y, category, "crack" if y else "good", mask_path=None)
+               for p, y, category in zip(paths, labels, ["mono"] * 3 + ["poly"] * 3)]
+    source = Source(records, ["good", "anomalous"], task=ANOMALY)
+    predictions = _fake_predictions(source)
+    predictions["has_mask"] = predictions["labels"] == 0  # poly and mono anomalies unannotated: image metrics only
+    predictions["has_mask"][predictions["indices"] == 1] = True  # ... except mono's defect
+    summary = reconstruction.write_evaluation(dict(predictions), source, tmp_path, num_overlays=2)
+    assert summary["per_category"]["mono"]["p_auroc"] == pytest.approx(1.0)
+    assert "p_auroc" not in summary["per_category"]["poly"]
+    table = (tmp_path / "metrics.md").read_text().splitlines()
+    assert table[0] == ("| category | I-AUROC | I-AP | I-F1max | P-AUROC | P-AP | P-F1max | P-AUPRO | mAD |")
+    assert table[2].startswith("| mono | 100.0 | 100.0 | 100.0 | 100.0 |")
+    assert table[3] == "| poly | 100.0 | 100.0 | 100.0 | – | – | – | – | – |"
+    assert table[4].startswith("| **mean** | 100.0 |")
+    with (tmp_path / "scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == paths and [r["category"] for r in rows] == ["mono"] * 3 + ["poly"] * 3
+    assert [r["defect"] for r in rows][:2] == ["good", "crack"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["per_category"]["poly"]["i_auroc"] == 1.0
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["mono.png", "poly.png"]
+    assert (tmp_path / "roc_pr.png").is_file()
+    report = reconstruction.format_report(summary)
+    assert "poly" in report and "6 test images (3 anomalous)" in report
+
+
+def test_overlay_rows_mix_anomalous_and_normal_deterministically():
+    labels = np.array([1, 0, 1, 1, 0, 0, 0, 1, 0, 0])
+    categories = np.array(["a"] * 8 + ["b"] * 2)
+    rows = reconstruction.overlay_rows(labels, categories, per_category=4)
+    np.testing.assert_array_equal(rows["a"], [0, 7, 1, 6])  # 2 anomalous (spread), then 2 normal (spread)
+    np.testing.assert_array_equal(rows["b"], [8, 9])  # no anomalous images: normals fill the quota
