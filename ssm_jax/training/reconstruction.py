@@ -118,7 +118,8 @@ def make_predict_step(mesh, sigma: float):
                    out_shardings=batch_sharding(mesh))
 
 
-def _host_fields(batch: dict) -> dict:
+def host_fields(batch: dict) -> dict:
+    """The host-side fields an AD evaluation keeps from each input batch."""
     return {"labels": batch["label"], "indices": batch["index"], "masks": batch["mask"][..., 0] > 0.5,
             "has_mask": batch["has_mask"]}
 
@@ -126,7 +127,7 @@ def _host_fields(batch: dict) -> dict:
 def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh) -> dict:
     """``maps``, ``scores``, ``labels``, ``masks`` (bool), ``has_mask`` and source ``indices`` of every example."""
     return gather_predictions(state, predict_step, batches, num_examples=num_examples, local_batch=local_batch,
-                              mesh=mesh, keep=_host_fields)
+                              mesh=mesh, keep=host_fields)
 
 
 def overlay_rows(labels, categories, per_category: int) -> dict[str, np.ndarray]:
