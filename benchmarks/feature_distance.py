@@ -50,6 +50,7 @@ def run(config, workdir):
     state = reconstruction.create_state(model, make_optimizer(config.optim, 1, frozen=reconstruction.FROZEN),
                                         jax.random.PRNGKey(config.seed), config.data.image_size, mesh,
                                         encoder_weights=config.model.encoder_weights)
+    reconstruction.warn_if_random_encoder(config)
     encoder = build_resnet(config.model.encoder, (1, 2, 3))
     variables = {"params": state.params["encoder"], "batch_stats": state.model_state["batch_stats"]["encoder"]}
     features = jax.jit(lambda v, images: encoder.apply(v, images))

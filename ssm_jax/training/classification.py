@@ -14,18 +14,14 @@ from ssm_jax import viz
 from ssm_jax.losses import memorymamba_loss
 from ssm_jax.metrics import classification_metrics
 from ssm_jax.training.gather import gather_predictions
-from ssm_jax.training.mesh import batch_sharding, replicate, replicated_sharding
+from ssm_jax.training.mesh import batch_sharding, replicated_sharding
+from ssm_jax.training import state as state_lib
 from ssm_jax.training.state import TrainState
 
 
 def create_state(model, tx, rng, image_size: int, mesh) -> TrainState:
     """Initialise parameters on one sample image and replicate the state over the mesh."""
-    init_rng, run_rng = jax.random.split(rng)
-    variables = jax.jit(model.init, static_argnames="train")(init_rng, jnp.zeros((1, image_size, image_size, 3)),
-                                                             train=False)
-    params = variables.pop("params")
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=dict(variables), rng=run_rng)
-    return replicate(state, mesh)
+    return state_lib.create_state(model, tx, rng, image_size, mesh)
 
 
 def make_train_step(loss_config, mesh):

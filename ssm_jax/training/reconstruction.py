@@ -21,7 +21,8 @@ from ssm_jax.losses import feature_mse_loss
 from ssm_jax.metrics import anomaly_metrics_by_category
 from ssm_jax.models.mambaad import anomaly_map_from_features
 from ssm_jax.training.gather import gather_predictions
-from ssm_jax.training.mesh import batch_sharding, replicate, replicated_sharding
+from ssm_jax.training.mesh import batch_sharding, replicated_sharding
+from ssm_jax.training import state as state_lib
 from ssm_jax.training.state import TrainState
 
 # Top-level parameter subtrees the optimizer leaves alone: the pretrained encoder.
@@ -63,7 +64,12 @@ def with_encoder(variables: dict, encoder: dict, where: str) -> dict:
     return out
 
 
-def _warn_random_encoder(arch: str) -> None:
+def warn_if_random_encoder(config) -> None:
+    """Said once when training starts from scratch without ``config.model.encoder_weights`` (not on resume, not
+    when a converted checkpoint is evaluated: those hold their encoder)."""
+    if config.model.encoder_weights:
+        return
+    arch = config.model.encoder
     if jax.process_index() == 0:
         print(f"warning: config.model.encoder_weights is empty, so the frozen {arch} encoder keeps its random "
               f"initialisation and the detector will be weak. Pass ImageNet weights from torchvision, e.g. "
@@ -73,18 +79,12 @@ def _warn_random_encoder(arch: str) -> None:
 
 def create_state(model, tx, rng, image_size: int, mesh, encoder_weights: str = "") -> TrainState:
     """Initialise on one image, put the pretrained encoder in (``encoder_weights``, a torchvision/timm checkpoint of
-    ``model.encoder``, read first so a bad path fails fast; a warning without it), replicate over the mesh."""
+    ``model.encoder``, read first so a bad path fails fast), replicate over the mesh."""
     encoder = read_encoder_weights(model.encoder, encoder_weights) if encoder_weights else None
-    init_rng, run_rng = jax.random.split(rng)
-    variables = jax.jit(model.init, static_argnames="train")(init_rng, jnp.zeros((1, image_size, image_size, 3)),
-                                                             train=False)
     if encoder is None:
-        _warn_random_encoder(model.encoder)
-    else:
-        variables = with_encoder(variables, encoder, f"{model.encoder} checkpoint {encoder_weights}")
-    params = variables.pop("params")
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=dict(variables), rng=run_rng)
-    return replicate(state, mesh)
+        return state_lib.create_state(model, tx, rng, image_size, mesh)
+    where = f"{model.encoder} checkpoint {encoder_weights}"
+    return state_lib.create_state(model, tx, rng, image_size, mesh, lambda v: with_encoder(v, encoder, where))
 
 
 def make_train_step(loss_config, mesh):

@@ -57,6 +57,7 @@ class Family:
     state_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
     predict_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
     output_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
+    on_fresh_start: Callable[[ml_collections.ConfigDict], None] = lambda config: None
 
 
 TASKS = {
@@ -66,7 +67,8 @@ TASKS = {
                       frozen=reconstruction.FROZEN,
                       state_kwargs=lambda config: {"encoder_weights": config.model.encoder_weights},
                       predict_kwargs=lambda config: {"sigma": config.eval.sigma},
-                      output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays}),
+                      output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays},
+                      on_fresh_start=reconstruction.warn_if_random_encoder),
 }
 
 
@@ -159,6 +161,8 @@ class Experiment:
             batches.set_state(extra["data"])
             log.trim_after(extra["step"])
             _say(f"resuming from step {extra['step']} of {self.total_steps} ({self.checkpointer.directory})")
+        else:
+            self.family.on_fresh_start(config)
         frozen = count_params({k: v for k, v in self.state.params.items() if k in self.family.frozen})
         _say(f"{config.model.name}: {count_params(self.state.params):,} parameters"
              f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "

@@ -10,7 +10,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from PIL import Image
 
 from configs.common import finalize
@@ -22,22 +21,6 @@ from ssm_jax.training.mesh import make_mesh
 from ssm_jax.training.optim import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_once(tmp_path_factory):
-    """Every Experiment here builds the same tiny model: a persistent compilation cache makes XLA compile each
-    step once (compiling the Mamba decoder dominates these tests on CPU)."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {name: getattr(jax.config, name) for name in names}
-    compilation_cache.reset_cache()
-    for name, value in zip(names, (str(tmp_path_factory.mktemp("xla_cache")), 0.0, 0)):
-        jax.config.update(name, value)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
 
 
 def make_tiny_config(**train):
@@ -101,7 +84,7 @@ def test_encoder_is_frozen_and_decoder_trained(trained):
     assert not np.allclose(stats["bottleneck"]["bn1"]["mean"], 0.0)  # trained batch statistics were kept
 
 
-def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypatch):
+def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypatch, capsys):
     _, straight, _ = trained
     config = make_tiny_config()
     real_make = reconstruction.make_train_step
@@ -120,9 +103,11 @@ def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypa
     monkeypatch.setattr(reconstruction, "make_train_step", crashing_make)
     with pytest.raises(KeyboardInterrupt):
         run.Experiment(config, tmp_path).train()
+    assert "encoder_weights is empty" in capsys.readouterr().err  # a fresh start with a random encoder says so
     monkeypatch.setattr(reconstruction, "make_train_step", real_make)
     resumed = run.Experiment(config, tmp_path)
     resumed.train()
+    assert "encoder_weights is empty" not in capsys.readouterr().err  # the resumed run holds its encoder
     for a, b in zip(jax.tree.leaves(_params(straight.state)), jax.tree.leaves(_params(resumed.state))):
         np.testing.assert_array_equal(a, b)
     stats = [jax.device_get(e.state.model_state) for e in (straight, resumed)]
