@@ -13,6 +13,7 @@ from ssm_jax.training import classification, run
 from ssm_jax.training.checkpoint import CheckpointError
 from ssm_jax.training.loop import NonFiniteLossError
 from ssm_jax.training.mesh import make_mesh, shard_batch
+from tests.training.crash import crash_during_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,23 +41,10 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_config, tmp_path, monk
     straight = run.Experiment(config, tmp_path / "straight")
     straight.train()
 
-    real_make = classification.make_train_step
-
-    def crashing_make(loss_config, mesh):
-        step_fn, calls = real_make(loss_config, mesh), []
-
-        def step(state, batch):
-            calls.append(1)
-            if len(calls) == 5:  # dies during step 5, after the checkpoint at step 3
-                raise KeyboardInterrupt("simulated crash")
-            return step_fn(state, batch)
-
-        return step
-
-    monkeypatch.setattr(classification, "make_train_step", crashing_make)
+    crash_during_step(monkeypatch, classification)  # dies during step 5, after the checkpoint at step 3
     with pytest.raises(KeyboardInterrupt):
         run.Experiment(config, tmp_path / "resumed").train()
-    monkeypatch.setattr(classification, "make_train_step", real_make)
+    monkeypatch.undo()
     resumed = run.Experiment(config, tmp_path / "resumed")
     resumed.train()
 

@@ -19,6 +19,7 @@ from ssm_jax.data.common import ANOMALY
 from ssm_jax.training import reconstruction, run
 from ssm_jax.training.mesh import make_mesh
 from ssm_jax.training.optim import make_optimizer
+from tests.training.crash import crash_during_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,24 +88,11 @@ def test_encoder_is_frozen_and_decoder_trained(trained):
 def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypatch, capsys):
     _, straight, _ = trained
     config = make_tiny_config()
-    real_make = reconstruction.make_train_step
-
-    def crashing_make(loss_config, mesh):
-        step_fn, calls = real_make(loss_config, mesh), []
-
-        def step(state, batch):
-            calls.append(1)
-            if len(calls) == 5:  # dies during step 5, after the checkpoint at step 3
-                raise KeyboardInterrupt("simulated crash")
-            return step_fn(state, batch)
-
-        return step
-
-    monkeypatch.setattr(reconstruction, "make_train_step", crashing_make)
+    crash_during_step(monkeypatch, reconstruction)  # dies during step 5, after the checkpoint at step 3
     with pytest.raises(KeyboardInterrupt):
         run.Experiment(config, tmp_path).train()
     assert "encoder_weights is empty" in capsys.readouterr().err  # a fresh start with a random encoder says so
-    monkeypatch.setattr(reconstruction, "make_train_step", real_make)
+    monkeypatch.undo()
     resumed = run.Experiment(config, tmp_path)
     resumed.train()
     assert "encoder_weights is empty" not in capsys.readouterr().err  # the resumed run holds its encoder
