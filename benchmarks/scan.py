@@ -3,11 +3,15 @@
     python benchmarks/scan.py            # GPU: full shapes, all impls, each (impl, shape) in its own process
     python benchmarks/scan.py --small    # CPU default: shrunken shapes, pallas skipped (interpret mode is no timing)
     python benchmarks/scan.py --no-small --shapes vmamba-64x64 --repeats 3   # one full-size shape on CPU
+    python benchmarks/scan.py --impls pallas --peer peer/mamba_ssm   # GPU: and mamba_ssm's CUDA kernel beside it
 
 Prints one row per impl x shape: forward and forward+backward time (median of repeats after warm-up), peak
 memory, and for the forward the floor = bytes it must move / copy bandwidth measured in this run, the
 achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the device's peak_bytes_in_use
 on GPU (one process per row, so rows don't see each other's peaks) and the compiled fwd+bwd temp size on CPU.
+The copy bandwidth is that of a plain device-to-device copy. With ``--peer DIR`` (a copy of
+``../shared/peer/mamba_ssm``; it builds mamba_ssm's CUDA kernel, about 2 minutes) the same call then times
+mamba_ssm on the same shapes and dtype and adds the ratios ours / mamba_ssm (below 1: ours is faster).
 """
 
 from __future__ import annotations
@@ -98,10 +102,22 @@ def median_time(fn, *args, repeats: int) -> float:
 
 
 def copy_bandwidth(n_bytes: int, repeats: int) -> float:
-    """Device-to-device bandwidth in bytes/s, read + write counted, from an elementwise pass over n_bytes."""
+    """Device-to-device copy bandwidth in bytes/s, read + write counted."""
     x = jnp.arange(n_bytes // 4, dtype=jnp.float32)
-    step = jax.jit(lambda a: a + 1.0)
+    step = jax.jit(lambda a: jnp.copy(a))
     return 2 * x.nbytes / median_time(step, x, repeats=repeats)
+
+
+def peer_times(peer_dir: str, dtype) -> dict:
+    """{shape name: (fwd s, fwd+bwd s)} of mamba_ssm's kernel, from its bench.py run in a child process."""
+    out = os.environ.get("OUT") or "/tmp"
+    cmd = [sys.executable, os.path.join(peer_dir, "bench.py"), "--dtypes", jnp.dtype(dtype).name]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OUT": out})
+    path = os.path.join(out, "mamba_ssm_scan.json")
+    if done.returncode or not os.path.exists(path):
+        raise SystemExit(f"--peer: {' '.join(cmd)} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    with open(path) as f:
+        return {r["shape"]: (r["fwd_ms"] / 1e3, r["fwd_bwd_ms"] / 1e3) for r in json.load(f)}
 
 
 def functions(impl: str):
@@ -150,6 +166,18 @@ def fmt_bytes(n) -> str:
     return "n/a" if n is None else f"{n / 2**20:9.1f} MiB"
 
 
+def print_peer_ratios(rows, peer: dict) -> None:
+    print("\nours / mamba_ssm (same GPU, same call; below 1 means ours is faster)")
+    print(f"{'impl':<12} {'shape':<16} {'peer fwd ms':>12} {'peer f+b ms':>12} {'fwd ratio':>10} {'f+b ratio':>10}")
+    for impl, shape, row in rows:
+        name = shape.name.split("/")[0]
+        if "error" in row or name not in peer:
+            continue
+        fwd, fwd_bwd = peer[name]
+        print(f"{impl:<12} {name:<16} {1e3 * fwd:12.3f} {1e3 * fwd_bwd:12.3f} {row['fwd'] / fwd:10.2f} "
+              f"{row['fwd_bwd'] / fwd_bwd:10.2f}")
+
+
 def print_table(rows, bandwidth: float, dtype) -> None:
     print(f"\ncopy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s; dtype {jnp.dtype(dtype).name}")
     header = (f"{'impl':<12} {'shape (rows,L,D,N)':<32} {'fwd ms':>10} {'fwd+bwd ms':>11} {'peak mem':>13} "
@@ -177,8 +205,11 @@ def main() -> None:
     parser.add_argument("--shapes", help="comma-separated subset of the shape names (default: all)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--peer", metavar="DIR", help="also time mamba_ssm from this copy of shared/peer/mamba_ssm")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # "impl:shape" or "bandwidth", see isolated()
     args = parser.parse_args()
+    if args.peer and not on_gpu:
+        raise SystemExit("--peer needs a GPU (mamba_ssm's kernel is CUDA)")
     dtype = jnp.dtype(args.dtype)
     shapes = {s.name: s for s in (SMALL_SHAPES if args.small else SHAPES)}
     if args.shapes:
@@ -215,6 +246,8 @@ def main() -> None:
             rows.append((impl, shape, row))
             print(f"  measured {impl} on {shape.name}", file=sys.stderr, flush=True)
     print_table(rows, bandwidth, dtype)
+    if args.peer:
+        print_peer_ratios(rows, peer_times(args.peer, dtype))
 
 
 if __name__ == "__main__":

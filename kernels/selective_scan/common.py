@@ -30,6 +30,7 @@ class Layout:
     d_state: int
     block_d: int
     chunk: int
+    time_last: bool = False  # tiled designs: tiles held as (block_d, chunk) instead of (chunk, block_d)
 
     @property
     def group_dim(self) -> int:
@@ -56,7 +57,7 @@ class Layout:
         return (self.batch, self.n_blocks)
 
 
-def make_layout(u, B, d_state: int, block_d: int | None, chunk: int) -> Layout:
+def make_layout(u, B, d_state: int, block_d: int | None, chunk: int, time_last: bool = False) -> Layout:
     """Layout for inputs u (batch, L, D) and grouped B (batch, L, G, N); block_d defaults to <= 32 channels."""
     batch, length, dim = u.shape
     groups = B.shape[2]
@@ -66,7 +67,7 @@ def make_layout(u, B, d_state: int, block_d: int | None, chunk: int) -> Layout:
         raise ValueError(f"selective_scan_pallas: block_d={block_d} must be a power of two")
     if chunk < 1:
         raise ValueError(f"selective_scan_pallas: chunk={chunk} must be positive")
-    return Layout(batch, length, dim, groups, d_state, block_d, chunk)
+    return Layout(batch, length, dim, groups, d_state, block_d, chunk, time_last)
 
 
 class Program(NamedTuple):

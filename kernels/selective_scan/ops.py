@@ -1,8 +1,12 @@
 """``selective_scan_pallas``: the forward and backward kernels joined by ``jax.custom_vjp``.
 
-Under differentiation the forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the
-residual; the backward restarts each chunk from it. Without differentiation nothing but y (and the last
-state, when asked) is written.
+Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one inside each program;
+``tiled`` and ``tiled_t`` scan ``chunk``-step time tiles in parallel inside each program (tiles held time-major
+or channel-major). ``auto`` takes ``tiled`` when the serial grid would leave the GPU's SMs idle (fewer than
+``SERIAL_MIN_PROGRAMS`` programs), else ``serial``: the faster one for forward+backward on all five benchmark
+shapes measured on an H100. Under differentiation the forward stores the state
+every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
+Without differentiation nothing but y (and the last state, when asked) is written.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels.selective_scan.backward import backward
+from kernels.selective_scan import backward, forward, tiled_backward, tiled_forward
 from kernels.selective_scan.common import make_layout
-from kernels.selective_scan.forward import forward
 
-DEFAULT_CHUNK = 16
+# design -> (forward, backward, default chunk, default block_d cap, forward warps, backward warps, time_last)
+DESIGNS = {
+    "tiled": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, False),
+    "tiled_t": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, True),
+    "serial": (forward.forward, backward.backward, 16, 32, 4, 8, False),
+}
 
 
 def _inputs(u, delta, A, B, C, D, z, delta_bias) -> dict:
@@ -30,29 +38,58 @@ def _reduced(grads: dict, key: str, like):
     return None if like is None else grads[key].sum(0).astype(like.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12))
-def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, block_d, chunk):
-    lay = make_layout(u, B, A.shape[1], block_d, chunk)
+SERIAL_MIN_PROGRAMS = 128
+
+
+def choose_design(batch: int, dim: int, groups: int) -> str:
+    """``serial`` when its (batch, channel blocks) grid has at least SERIAL_MIN_PROGRAMS programs, else ``tiled``."""
+    cap = DESIGNS["serial"][3]
+    blocks = groups * -(-(dim // groups) // cap)
+    return "serial" if batch * blocks >= SERIAL_MIN_PROGRAMS else "tiled"
+
+
+def _design(design: str, u, B, A, block_d, chunk, num_warps):
+    """(forward, backward, layout, forward warps, backward warps) of a design for these inputs."""
+    if design == "auto":
+        design = choose_design(u.shape[0], u.shape[2], B.shape[2])
+    if design not in DESIGNS:
+        raise ValueError(f"selective_scan_pallas: design={design!r}, expected auto or one of {sorted(DESIGNS)}")
+    fwd, bwd, default_chunk, cap, fwd_warps, bwd_warps, time_last = DESIGNS[design]
+    if block_d is None:
+        block_d = min(cap, 1 << max(0, (u.shape[2] // B.shape[2] - 1).bit_length()))
+    lay = make_layout(u, B, A.shape[1], block_d, default_chunk if chunk is None else chunk, time_last)
+    if design != "serial" and lay.chunk & (lay.chunk - 1):
+        raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the tiled design")
+    if num_warps is not None:
+        fwd_warps, bwd_warps = num_warps
+    return fwd, bwd, lay, fwd_warps, bwd_warps
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12, 13, 14))
+def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, design, block_d,
+          chunk, num_warps):
+    forward, _, lay, warps, _ = _design(design, u, B, A, block_d, chunk, num_warps)
     out = forward(_inputs(u, delta, A, B, C, D, z, delta_bias), lay, delta_softplus=delta_softplus,
-                  save="last" if return_last_state else "none", interpret=interpret)
+                  save="last" if return_last_state else "none", interpret=interpret, num_warps=warps)
     if return_last_state:
         y, states = out
         return y, states[:, 0]
     return out
 
 
-def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, block_d,
-              chunk):
-    lay = make_layout(u, B, A.shape[1], block_d, chunk)
+def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, design,
+              block_d, chunk, num_warps):
+    forward, _, lay, warps, _ = _design(design, u, B, A, block_d, chunk, num_warps)
     y, states = forward(_inputs(u, delta, A, B, C, D, z, delta_bias), lay, delta_softplus=delta_softplus,
-                        save="chunks", interpret=interpret)
+                        save="chunks", interpret=interpret, num_warps=warps)
     out = (y, states[:, -1]) if return_last_state else y
     return out, (u, delta, A, B, C, D, z, delta_bias, states)
 
 
-def _scan_bwd(delta_softplus, return_last_state, interpret, block_d, chunk, residuals, cotangent):
+def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chunk, num_warps, residuals,
+              cotangent):
     u, delta, A, B, C, D, z, delta_bias, states = residuals
-    lay = make_layout(u, B, A.shape[1], block_d, chunk)
+    _, backward, lay, _, warps = _design(design, u, B, A, block_d, chunk, num_warps)
     inputs = _inputs(u, delta, A, B, C, D, z, delta_bias)
     inputs["states"] = states
     if return_last_state:
@@ -60,7 +97,7 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, block_d, chunk, resi
         inputs["dy"], inputs["dlast"] = dy.astype(u.dtype), dlast.astype(jnp.float32)
     else:
         inputs["dy"] = cotangent.astype(u.dtype)
-    g = backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret)
+    g = backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps)
 
     def per_group(partial):  # (batch, L, G * blocks_per_group, N) -> (batch, L, G, N)
         shape = (lay.batch, lay.length, lay.groups, lay.blocks_per_group, lay.d_state)
@@ -75,8 +112,9 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool,
-                          return_last_state: bool, interpret: bool, block_d: int | None = None,
-                          chunk: int = DEFAULT_CHUNK):
+                          return_last_state: bool, interpret: bool, design: str = "auto",
+                          block_d: int | None = None, chunk: int | None = None,
+                          num_warps: tuple[int, int] | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -84,11 +122,15 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         z: (batch, L, D) or None.
       delta_softplus, return_last_state: as in ``selective_scan``.
       interpret: run the kernels in Pallas interpret mode (CPU, for tests).
-      block_d: channels per program (power of two; default min(32, channels per group rounded up)).
-      chunk: time steps per checkpoint / unrolled loop body.
+      design: "serial" (one step after another), "tiled"/"tiled_t" (parallel scans over time tiles) or
+        "auto" (``choose_design``).
+      block_d: channels per program (power of two; default the design's cap, 16 tiled / 32 serial, or the
+        channels per group rounded up to a power of two when fewer).
+      chunk: time steps per tile and checkpoint (default 64 tiled, 16 serial; a power of two for tiled).
+      num_warps: (forward, backward) warps per program (default: the design's).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
     """
     return _scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state),
-                 bool(interpret), block_d, int(chunk))
+                 bool(interpret), design, block_d, chunk, None if num_warps is None else tuple(num_warps))

@@ -11,6 +11,7 @@ from ssm_jax.ssm import selective_scan as ssm_scan
 from tests.ssm.reference import rel_err as norm_rel_err
 from tests.ssm.reference import selective_scan_numpy
 
+DESIGNS = ("tiled", "tiled_t", "serial")
 ALL_OPTIONS = dict(D=True, z=True, delta_bias=True, delta_softplus=True, return_last_state=True)
 
 
@@ -56,10 +57,11 @@ FORWARD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("design", DESIGNS)
 @pytest.mark.parametrize("shape,opts,blocks", FORWARD_CASES)
-def test_forward_matches_float64_reference(shape, opts, blocks):
+def test_forward_matches_float64_reference(shape, opts, blocks, design):
     x = make_inputs(0, *shape, **opts)
-    out = run_pallas(x, opts, **blocks)
+    out = run_pallas(x, opts, design=design, **blocks)
     y_ref, last_ref = selective_scan_numpy(**x, delta_softplus=opts.get("delta_softplus", False))
     if opts.get("return_last_state"):
         out, last = out
@@ -69,9 +71,10 @@ def test_forward_matches_float64_reference(shape, opts, blocks):
     assert rel_err(out, y_ref) < 1e-5
 
 
-def test_bfloat16_inputs():
+@pytest.mark.parametrize("design", DESIGNS)
+def test_bfloat16_inputs(design):
     x = make_inputs(1, 2, 13, 8, 2, 4, dtype=jnp.bfloat16, **ALL_OPTIONS)
-    y, last = run_pallas(x, ALL_OPTIONS, block_d=4, chunk=4)
+    y, last = run_pallas(x, ALL_OPTIONS, design=design, block_d=4, chunk=4)
     y_ref, last_ref = selective_scan_numpy(**x, delta_softplus=True)
     assert y.dtype == jnp.bfloat16 and last.dtype == jnp.float32
     assert rel_err(y, y_ref) < 1e-2
@@ -85,8 +88,9 @@ GRAD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("design", DESIGNS)
 @pytest.mark.parametrize("shape,opts,blocks", GRAD_CASES)
-def test_gradients_match_sequential_scan(shape, opts, blocks):
+def test_gradients_match_sequential_scan(shape, opts, blocks, design):
     x = make_inputs(2, *shape, **opts)
     names = [k for k, v in x.items() if v is not None]
     key_y, key_s = jax.random.split(jax.random.PRNGKey(3))
@@ -98,7 +102,7 @@ def test_gradients_match_sequential_scan(shape, opts, blocks):
         kw = dict(x, **dict(zip(names, arrays)))
         if impl == "pallas":
             out = selective_scan_pallas(**kw, delta_softplus=softplus, return_last_state=last, interpret=True,
-                                        **blocks)
+                                        design=design, **blocks)
         else:
             out = ssm_scan(**kw, delta_softplus=softplus, return_last_state=last, impl="sequential")
         y, s = out if last else (out, None)
@@ -122,7 +126,8 @@ def test_dispatch_through_selective_scan():
     assert rel_err(y, y_ref) < 1e-5
 
 
-def test_lowers_to_triton():
+@pytest.mark.parametrize("design", DESIGNS)
+def test_lowers_to_triton(design):
     """Forward and backward lower through Pallas' Triton path (no GPU needed to lower for CUDA)."""
     spec = lambda shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype)
     batch, length, dim, groups, d_state = 2, 40, 96, 1, 16
@@ -131,7 +136,8 @@ def test_lowers_to_triton():
             spec((dim,), jnp.float32), spec((batch, length, dim)), spec((dim,), jnp.float32))
 
     def loss(*a):
-        y, last = selective_scan_pallas(*a, delta_softplus=True, return_last_state=True, interpret=False)
+        y, last = selective_scan_pallas(*a, delta_softplus=True, return_last_state=True, interpret=False,
+                                        design=design)
         return jnp.sum(y.astype(jnp.float32)) + jnp.sum(last)
 
     text = jax.jit(jax.grad(loss, tuple(range(8)))).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
@@ -142,3 +148,19 @@ def test_rejects_block_d_not_power_of_two():
     x = make_inputs(5, 1, 4, 6, 1, 4)
     with pytest.raises(ValueError, match="power of two"):
         run_pallas(x, {}, block_d=3)
+
+
+@pytest.mark.parametrize("design,chunk", [("serial", 0), ("tiled", 12), ("nope", 4)])
+def test_rejects_bad_design_or_chunk(design, chunk):
+    x = make_inputs(5, 1, 4, 4, 1, 4)
+    with pytest.raises(ValueError, match="chunk|design"):
+        run_pallas(x, {}, design=design, chunk=chunk)
+
+
+def test_auto_design_follows_the_serial_grid_size():
+    """serial where its grid fills the GPU (the measured winner there), tiled where it would not."""
+    from kernels.selective_scan.ops import choose_design
+    assert choose_design(32, 384, 1) == "serial"   # vim-s: 384 programs
+    assert choose_design(512, 192, 1) == "serial"  # 8-dir
+    assert choose_design(2, 768, 1) == "tiled"     # long: 48 programs
+    assert choose_design(8, 192, 1) == "tiled"     # vmamba-64x64

@@ -1,0 +1,118 @@
+"""Time Pallas kernel designs and block sizes on the scan benchmark shapes, with a correctness check.
+
+    python benchmarks/scan_tune.py --configs tiled:16:64:4:4,serial:32:16:4:8 --dtypes float32,bfloat16 \
+        --check --json $OUT/tune.jsonl --budget 400
+
+A config is ``design:block_d:chunk:forward_warps:backward_warps``. For each config x shape x dtype it prints
+forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
+dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
+input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the
+remaining rows are skipped and said so. GPU only (interpret mode is not a timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.check_pallas import NAMES, rel  # noqa: E402
+from benchmarks.scan import SHAPES, make_inputs  # noqa: E402
+from kernels.selective_scan import selective_scan_pallas  # noqa: E402
+from ssm_jax.ssm import selective_scan  # noqa: E402
+from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
+
+
+def parse_config(text: str) -> dict:
+    design, block_d, chunk, fwd_warps, bwd_warps = text.split(":")
+    return dict(design=design, block_d=int(block_d), chunk=int(chunk), num_warps=(int(fwd_warps), int(bwd_warps)))
+
+
+def kernel_fns(config: dict):
+    def forward(*args):
+        x = validate_inputs(*args)
+        return selective_scan_pallas(*x, delta_softplus=True, return_last_state=False, interpret=False, **config)
+
+    def forward_backward(args, cotangent):
+        y, vjp = jax.vjp(forward, *args)
+        return y, vjp(cotangent)
+
+    return jax.jit(forward), jax.jit(forward_backward)
+
+
+def batched_ms(fn, *args, calls: int) -> float:
+    """Median over 3 batches of ``calls`` back-to-back calls, per call, in ms (after one warm-up call)."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        out = [fn(*args) for _ in range(calls)]
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / calls)
+    return 1e3 * float(np.median(times))
+
+
+def check(forward_backward, args, cotangent) -> dict:
+    """Relative errors of y and the worst gradient against the ``chunked`` scan."""
+    def reference(args, cotangent):
+        y, vjp = jax.vjp(lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked"), *args)
+        return y, vjp(cotangent)
+
+    y, grads = forward_backward(args, cotangent)
+    y_ref, grads_ref = jax.jit(reference)(args, cotangent)
+    errors = {n: rel(g, r) for n, g, r in zip(NAMES, grads, grads_ref)}
+    worst = max(errors, key=errors.get)
+    finite = bool(jnp.isfinite(y).all()) and all(bool(jnp.isfinite(g).all()) for g in grads)
+    return {"fwd_err": rel(y, y_ref), "worst_grad": worst, "grad_err": errors[worst], "finite": finite}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="tiled:16:64:4:4")
+    parser.add_argument("--shapes", help="comma-separated shape names (default: all of benchmarks/scan.py)")
+    parser.add_argument("--dtypes", default="float32")
+    parser.add_argument("--check", action="store_true", help="compare with the chunked scan (float32 rows)")
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; later rows are skipped")
+    parser.add_argument("--json", help="append one JSON line per row to this file")
+    args = parser.parse_args()
+    if jax.default_backend() != "gpu":
+        raise SystemExit("scan_tune.py times GPU kernels; no GPU here (CPU tests use interpret mode)")
+    shapes = [s for s in SHAPES if not args.shapes or s.name in args.shapes.split(",")]
+    start = time.perf_counter()
+    print(f"{'config':<22}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
+    for text in args.configs.split(","):
+        config = parse_config(text)
+        forward, forward_backward = kernel_fns(config)
+        for dtype in args.dtypes.split(","):
+            for shape in shapes:
+                if time.perf_counter() - start > args.budget:
+                    print(f"{text:<22}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
+                    continue
+                row = {"config": text, "shape": shape.name, "dtype": dtype}
+                try:
+                    inputs, cotangent = make_inputs(shape, jnp.dtype(dtype))
+                    row["fwd_ms"] = batched_ms(forward, *inputs, calls=args.calls)
+                    row["fwd_bwd_ms"] = batched_ms(forward_backward, inputs, cotangent, calls=args.calls)
+                    if args.check and dtype == "float32":
+                        row.update(check(forward_backward, inputs, cotangent))
+                except Exception as e:  # a config that fails to compile or run is a result too
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                note = row.get("error") or (f"y {row['fwd_err']:.1e}, {row['worst_grad']} {row['grad_err']:.1e}"
+                                            if "fwd_err" in row else "")
+                times = (f"{row['fwd_ms']:9.3f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row else " " * 21)
+                print(f"{text:<22}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
