@@ -44,9 +44,14 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
-    """``config.train``: epochs, global batch size, logging and checkpoint cadence (in steps)."""
+    """``config.train``: epochs, global batch size, logging and checkpoint cadence (in steps).
+
+    ``grad_accum_steps`` = k splits each global batch into k micro-batches computed one after another inside the
+    train step, with one optimizer update: the memory of batch / k, the result of batch (see the README). A step
+    still consumes ``batch_size`` images, so epochs, step counts and the learning-rate schedule keep their meaning.
+    """
     defaults = {"epochs": 10, "batch_size": 64, "eval_batch_size": 64, "log_every": 10, "checkpoint_every": 200,
-                "max_to_keep": 3, "max_steps": -1}
+                "max_to_keep": 3, "max_steps": -1, "grad_accum_steps": 1}
     return ml_collections.ConfigDict({**defaults, **overrides})
 
 

@@ -1,4 +1,5 @@
-"""Training losses, pure jnp: cross-entropy, MemoryMamba's memory losses (eq. 7, 23-25) and MambaAD's feature MSE.
+"""Training losses, pure jnp: cross-entropy, MemoryMamba's memory losses (eq. 7, 23-25), MambaAD's feature MSE and
+the binary focal loss SNARM's heads are trained with.
 
 All are means over the batch (and positions / blocks where they apply) and computed in float32.
 """
@@ -97,3 +98,18 @@ def feature_mse_loss(encoder, decoder, weight: float = 5.0):
             raise ValueError(f"feature_mse_loss: encoder feature {e.shape} and decoder feature {d.shape} differ")
         total = total + weight * jnp.mean(jnp.square(e.astype(jnp.float32) - d.astype(jnp.float32)))
     return total
+
+
+def binary_focal_loss(logits, targets, gamma: float = 2.0, alpha: float = -1.0):
+    """Mean binary focal loss (Lin et al. 2017) of ``logits`` against ``targets`` in [0, 1], same shape:
+    ``-a_t (1 - p_t)^gamma log p_t`` with p_t = t p + (1 - t)(1 - p), a_t = t alpha + (1 - t)(1 - alpha), or 1 when
+    ``alpha`` < 0; gamma 0 and alpha < 0 give the binary cross-entropy. Stable for large |logits| (log-sigmoid)."""
+    if logits.shape != targets.shape:
+        raise ValueError(f"binary_focal_loss: logits {logits.shape} and targets {targets.shape} differ")
+    z, t = logits.astype(jnp.float32), targets.astype(jnp.float32)
+    ce = t * jax.nn.softplus(-z) + (1 - t) * jax.nn.softplus(z)
+    p = jax.nn.sigmoid(z)
+    loss = ce * (1 - (t * p + (1 - t) * (1 - p))) ** gamma
+    if alpha >= 0:
+        loss = loss * (t * alpha + (1 - t) * (1 - alpha))
+    return jnp.mean(loss)

@@ -17,7 +17,8 @@ CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs
 
 def test_there_are_configs():
     assert {"memorymamba_elpv", "memorymamba_neu", "memorymamba_gc10", "memorymamba_mt",
-            "memorymamba_aluminum", "mambaad_mvtec", "mambaad_visa", "mambaad_realiad", "mambaad_elpv"} <= set(CONFIGS)
+            "memorymamba_aluminum", "mambaad_mvtec", "mambaad_visa", "mambaad_realiad", "mambaad_elpv", "snarm_mvtec",
+            "snarm_visa", "snarm_mvtec3d", "snarm_elpv"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -83,3 +84,26 @@ def test_mambaad_elpv_variants(variant):
 def test_unknown_mambaad_variant_is_named():
     with pytest.raises(ValueError, match="unknown variant 'cpu'.*defects, synthetic, defects_cpu, synthetic_cpu"):
         importlib.import_module("configs.mambaad_elpv").get_config("cpu")
+
+
+def test_snarm_official_settings():
+    config = importlib.import_module("configs.snarm_mvtec").get_config()
+    model = config.model
+    assert (config.task, model.num_neighbours, model.self_ratio, model.residual_encoding, tuple(model.atrous_rates),
+            model.directions, model.scan_method, model.depth, model.embed_dim, model.d_state) == (
+        "residual", 3, 0.75, "abs_square", (3, 6, 12, 24), 4, "sweep", 2, 128, 4)
+    assert (config.optim.name, config.optim.lr, config.train.max_steps, config.bank.max_patches,
+            config.eval.sigma, config.eval.score_pool, config.eval.score_stride) == (
+        "adamw", 1e-3, 40_000, 1_000_000, 4.0, 16, 2)
+    assert config.data.source.categories is None  # multi-class: one bank and one model for every category
+
+
+@pytest.mark.parametrize("variant", ["defects", "synthetic", "defects_cpu", "synthetic_cpu"])
+def test_snarm_elpv_variants(variant):
+    config = importlib.import_module("configs.snarm_elpv").get_config(variant)
+    assert config.data.name == ("elpv_ad" if variant.startswith("defects") else "synthetic")
+    assert config.data.image_size == (64 if variant.endswith("_cpu") else 256)
+    assert set(config.data.source) <= set(inspect.signature(SOURCES[config.data.name]).parameters)
+    _check_model(config, 64)
+    with pytest.raises(ValueError, match="unknown variant 'cpu'.*defects, synthetic, defects_cpu, synthetic_cpu"):
+        importlib.import_module("configs.snarm_elpv").get_config("cpu")

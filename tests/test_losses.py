@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssm_jax.losses import cross_entropy, feature_mse_loss, info_nce_loss, memory_contrastive_loss, memorymamba_loss
+from ssm_jax.losses import (binary_focal_loss, cross_entropy, feature_mse_loss, info_nce_loss, memory_contrastive_loss,
+                            memorymamba_loss)
 
 RTOL = 1e-5
 
@@ -131,3 +132,21 @@ def test_feature_mse_loss():
     np.testing.assert_allclose(feature_mse_loss(enc, dec, weight=1.0), expected / 5.0, rtol=RTOL)
     with pytest.raises(ValueError, match="differ"):
         feature_mse_loss(enc, dec[::-1])
+
+
+@pytest.mark.parametrize("gamma,alpha", [(0.0, -1.0), (2.0, -1.0), (2.0, 0.25), (1.5, 0.7)])
+def test_binary_focal_loss_matches_reference(gamma, alpha):
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((4, 9)) * 4
+    t = np.concatenate([rng.integers(0, 2, (4, 6)), rng.random((4, 3))], axis=1)  # hard and soft targets
+    p = 1 / (1 + np.exp(-z))
+    pt = t * p + (1 - t) * (1 - p)
+    ce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    weight = 1.0 if alpha < 0 else t * alpha + (1 - t) * (1 - alpha)
+    expected = np.mean(weight * (1 - pt) ** gamma * ce)
+    ours = binary_focal_loss(jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32), gamma, alpha)
+    np.testing.assert_allclose(float(ours), expected, rtol=RTOL)
+    grad = jax.grad(binary_focal_loss)(jnp.asarray([50.0, -50.0, 0.0]), jnp.asarray([0.0, 1.0, 1.0]), gamma, alpha)
+    assert np.all(np.isfinite(np.asarray(grad)))  # stable far in the tails
+    with pytest.raises(ValueError, match="logits .* and targets .* differ"):
+        binary_focal_loss(jnp.zeros(3), jnp.zeros(4))

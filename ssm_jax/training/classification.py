@@ -13,6 +13,7 @@ import numpy as np
 from ssm_jax import viz
 from ssm_jax.losses import memorymamba_loss
 from ssm_jax.metrics import classification_metrics
+from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.gather import gather_predictions
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding
 from ssm_jax.training import state as state_lib
@@ -24,23 +25,36 @@ def create_state(model, tx, rng, image_size: int, mesh) -> TrainState:
     return state_lib.create_state(model, tx, rng, image_size, mesh)
 
 
-def make_train_step(loss_config, mesh):
-    """``(state, batch) -> (state, metrics)``, jitted with the batch sharded and the state replicated."""
+def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
+    """``(state, batch) -> (state, metrics)``, jitted with the batch sharded and the state replicated.
 
-    def step(state: TrainState, batch):
+    With ``grad_accum_steps`` = k > 1 the batch is taken as k micro-batches in turn (``training.accumulate``) and
+    their mean gradient makes one optimizer update. Cross-entropy is a mean over images, so then the step equals
+    the big-batch step. The memory losses are batch statistics (eq. 23: class means of the coarse queries; eq. 24:
+    the other images as negatives), and each micro-batch computes them over its own batch / k images (as each GPU of a
+    PyTorch DDP job does over its local batch); with ``lambda_c`` or ``lambda_f`` > 0 the gradient is then the mean
+    of the micro-batches' gradients, close to but not equal to the big-batch one. Metrics are micro-batch means.
+    """
+
+    def grads_and_metrics(state: TrainState, batch, rng):
         def loss_fn(params):
             outputs = state.apply_fn({"params": params, **state.model_state}, batch["image"], train=True,
-                                     rngs={"dropout": state.step_rng()})
+                                     rngs={"dropout": rng})
             total, parts = memorymamba_loss(outputs, batch["label"], lambda_c=loss_config.lambda_c,
                                             lambda_f=loss_config.lambda_f, margin=loss_config.margin,
                                             temperature=loss_config.temperature)
             return total, (outputs["logits"], parts)
 
         (loss, (logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        state = state.apply_gradients(grads=grads)
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return state, {"loss": loss, "acc": acc, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}}
+        return grads, {"loss": loss, "acc": acc, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}}
 
+    def step(state: TrainState, batch):
+        grads, metrics = mean_over_micro_batches(lambda micro, rng: grads_and_metrics(state, micro, rng), batch,
+                                                 state.step_rng(), grad_accum_steps, mesh)
+        return state.apply_gradients(grads=grads), metrics
+
+    check_grad_accum_steps(grad_accum_steps)
     replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
     return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)

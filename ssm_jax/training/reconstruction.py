@@ -20,6 +20,7 @@ from ssm_jax.convert import from_torch
 from ssm_jax.losses import feature_mse_loss
 from ssm_jax.metrics import anomaly_metrics_by_category
 from ssm_jax.models.mambaad import anomaly_map_from_features
+from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.gather import gather_predictions
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding
 from ssm_jax.training import state as state_lib
@@ -87,19 +88,40 @@ def create_state(model, tx, rng, image_size: int, mesh, encoder_weights: str = "
     return state_lib.create_state(model, tx, rng, image_size, mesh, lambda v: with_encoder(v, encoder, where))
 
 
-def make_train_step(loss_config, mesh):
-    """``(state, batch) -> (state, {"loss"})``: feature MSE, batch statistics updated, jitted and sharded."""
+def _trained_only(collection: dict) -> dict:
+    """A model-state collection without the frozen subtrees (the encoder runs in inference mode: its batch
+    statistics never change)."""
+    return {k: v for k, v in collection.items() if k not in FROZEN}
 
-    def step(state: TrainState, batch):
+
+def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
+    """``(state, batch) -> (state, {"loss"})``: feature MSE, batch statistics updated, jitted and sharded.
+
+    With ``grad_accum_steps`` = k > 1 the batch is taken as k micro-batches in turn (``training.accumulate``): one
+    optimizer update with their mean gradient, and the bottleneck's running batch statistics set to the mean of
+    the k micro-batches' updates (one moving-average step per optimizer step, as without accumulation). The loss
+    is a mean over images, but the bottleneck's BatchNorm normalises over the batch it sees, here batch / k
+    images (as each GPU of a PyTorch DDP job normalises over its local batch), so the gradient is the mean of the
+    micro-batches' gradients rather than exactly the big batch's.
+    """
+
+    def grads_and_updates(state: TrainState, batch, rng):
         def loss_fn(params):
             outputs, updates = state.apply_fn({"params": params, **state.model_state}, batch["image"], train=True,
-                                              rngs={"dropout": state.step_rng()}, mutable=["batch_stats"])
+                                              rngs={"dropout": rng}, mutable=["batch_stats"])
             return feature_mse_loss(outputs["encoder"], outputs["decoder"], loss_config.weight), updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        state = state.apply_gradients(grads=grads, model_state={**state.model_state, **updates})
-        return state, {"loss": loss}
+        return grads, {"loss": loss}, {name: _trained_only(tree) for name, tree in updates.items()}
 
+    def step(state: TrainState, batch):
+        grads, metrics, updates = mean_over_micro_batches(
+            lambda micro, rng: grads_and_updates(state, micro, rng), batch, state.step_rng(), grad_accum_steps, mesh)
+        model_state = {**state.model_state,
+                       **{name: {**state.model_state[name], **tree} for name, tree in updates.items()}}
+        return state.apply_gradients(grads=grads, model_state=model_state), metrics
+
+    check_grad_accum_steps(grad_accum_steps)
     replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
     return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)

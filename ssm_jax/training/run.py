@@ -18,14 +18,16 @@ from ssm_jax.data.common import Record, Source
 from ssm_jax.data.images import IMAGE_EXTENSIONS
 from ssm_jax.models.mambaad import build_mambaad
 from ssm_jax.models.memorymamba import build_memorymamba
-from ssm_jax.training import classification, reconstruction
+from ssm_jax.models.snarm import build_snarm
+from ssm_jax.training import classification, reconstruction, residual
+from ssm_jax.training.accumulate import check_grad_accum
 from ssm_jax.training.checkpoint import Checkpointer, model_fingerprint
 from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
 from ssm_jax.training.optim import count_params, make_optimizer
 
-MODELS = {"memorymamba": build_memorymamba, "mambaad": build_mambaad}
+MODELS = {"memorymamba": build_memorymamba, "mambaad": build_mambaad, "snarm": build_snarm}
 
 
 def _no_kwargs(config) -> dict:
@@ -47,7 +49,8 @@ class Family:
     """A task family as the Experiment sees it: a module with the same seven functions (create_state,
     make_train_step, make_predict_step, predict_dataset, write_evaluation, write_folder_predictions,
     format_report), looked up at call time, plus what differs: its models, frozen parameters, extra arguments
-    taken from the config, and a check of the config against the training set."""
+    taken from the config, and a check of the config against the training set. ``data_task`` is the task of the
+    datasets it trains on, when that is not its own name (SNARM's "residual" family reads "anomaly" datasets)."""
 
     module: ModuleType
     models: tuple[str, ...]
@@ -58,6 +61,7 @@ class Family:
     predict_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
     output_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
     on_fresh_start: Callable[[ml_collections.ConfigDict], None] = lambda config: None
+    data_task: str = ""
 
 
 TASKS = {
@@ -69,6 +73,13 @@ TASKS = {
                       predict_kwargs=lambda config: {"sigma": config.eval.sigma},
                       output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays},
                       on_fresh_start=reconstruction.warn_if_random_encoder),
+    "residual": Family(residual, ("snarm",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
+                       frozen=residual.FROZEN, data_task="anomaly",
+                       state_kwargs=lambda config: residual.state_kwargs(config, load_source(config, "train")),
+                       predict_kwargs=lambda config: {"sigma": config.eval.sigma, "score_pool": config.eval.score_pool,
+                                                      "score_stride": config.eval.score_stride},
+                       output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays},
+                       on_fresh_start=residual.warn_if_random_encoder),
 }
 
 
@@ -108,9 +119,9 @@ def _check_task(config, family: Family, train_source: Source) -> None:
     if config.model.name not in family.models:
         raise ValueError(f"config.model.name={config.model.name!r} does not fit config.task={config.task!r}; "
                          f"valid: {', '.join(family.models)}")
-    if train_source.task != config.task:
-        raise ValueError(f"config.task={config.task!r} but dataset {config.data.name!r} is a {train_source.task} "
-                         f"dataset")
+    if train_source.task != (family.data_task or config.task):
+        raise ValueError(f"config.task={config.task!r} trains on {family.data_task or config.task} datasets but "
+                         f"{config.data.name!r} is a {train_source.task} dataset")
     family.check(config, train_source)
 
 
@@ -123,6 +134,7 @@ class Experiment:
         self.config, self.workdir = config, Path(workdir)
         self.mesh = make_mesh()
         check_batch_size(config.train.batch_size, self.mesh)
+        check_grad_accum(config.train.batch_size, config.train.grad_accum_steps, self.mesh)
         check_batch_size(config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
         self.family = TASKS[config.task]
         self.train_source = load_source(config, "train")
@@ -167,9 +179,10 @@ class Experiment:
         _say(f"{config.model.name}: {count_params(self.state.params):,} parameters"
              f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "
              f"{self.total_steps} steps of batch {config.train.batch_size} on {self.mesh.devices.size} "
-             f"{jax.devices()[0].platform} device(s)")
+             f"{jax.devices()[0].platform} device(s), {config.train.grad_accum_steps} micro-batch(es) per step")
+        train_step = self.family.module.make_train_step(config.loss, self.mesh, config.train.grad_accum_steps)
         self.state = train_loop(
-            self.state, self.family.module.make_train_step(config.loss, self.mesh), batches, mesh=self.mesh,
+            self.state, train_step, batches, mesh=self.mesh,
             total_steps=self.total_steps, checkpointer=self.checkpointer, log=log,
             log_every=config.train.log_every, checkpoint_every=config.train.checkpoint_every,
             images_per_step=config.train.batch_size)

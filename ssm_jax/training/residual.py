@@ -1,0 +1,248 @@
+"""Residual anomaly detection (SNARM): the bank of normal patches, the jitted train step on synthetic defects, and
+the same predictions and evaluation outputs as MambaAD (``write_evaluation``, metrics, tables and overlays are
+``ssm_jax.training.reconstruction``'s).
+
+The bank is built when the state is created, from the training split (normal images only), on the device in
+batches: pass 1 runs the frozen encoder and keeps only each patch's random projection (``bank.projection_dim``
+dims), so the greedy k-center coreset (``ssm_jax.models.patch_bank``) sees O(patches x projection_dim) floats;
+pass 2 runs the encoder again and keeps the chosen patches' full features. Before both, at most
+``bank.max_patches`` patches are kept by a seeded uniform draw (the official code caps at 1,000,000). The bank holds
+``max(1, int(kept * bank.coreset_ratio))`` rows and lives in the state's variable collection ``bank`` (features and
+each row's training-image index), so checkpoints, resume and ``eval.py`` carry it; a new Experiment rebuilds it
+before restoring (the same bank for the same data, encoder and seed), which costs one extra pass over the training
+images at evaluation.
+
+Training (``config.loss``; choices, as the paper's training recipe was not available here: see
+``ssm_jax.models.snarm``): every step pastes synthetic defects into a share ``defects.fraction`` of the batch on the
+device (``ssm_jax.data.pasted_defects``), searches the bank leaving each image's own patches out
+(``exclude_own_image``: the training images are in the bank, test images are not, so without it training residuals
+of normal patches would be near zero), and minimises the mean over heads of the binary focal loss of each head's
+upsampled logits against the defect mask, plus ``selector_weight`` x the selector's cross-entropy against the mask's
+share of each feature cell (the selector only steers the reference choice, which is not differentiable, so it needs
+its own target).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssm_jax.data import make_pipeline
+from ssm_jax.data.pasted_defects import paste_defects
+from ssm_jax.losses import binary_focal_loss
+from ssm_jax.models.patch_bank import greedy_coreset, random_projection
+from ssm_jax.models.snarm import SNARM, anomaly_map_from_logits
+from ssm_jax.nn.resample import upsample_bilinear_align_corners
+from ssm_jax.training import state as state_lib
+from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
+from ssm_jax.training.mesh import batch_sharding, replicated_sharding
+from ssm_jax.training.reconstruction import (FROZEN, format_report, predict_dataset, read_encoder_weights,
+                                             warn_if_random_encoder, with_encoder, write_evaluation,
+                                             write_folder_predictions)
+from ssm_jax.training.state import TrainState
+
+# The task-family functions (run.Family); evaluation and its outputs are MambaAD's.
+__all__ = ["FROZEN", "create_state", "make_train_step", "make_predict_step", "predict_dataset", "write_evaluation",
+           "write_folder_predictions", "format_report", "warn_if_random_encoder", "state_kwargs", "build_bank",
+           "bank_layout", "snarm_loss"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BankLayout:
+    """How many patches the training images give and how many the bank keeps."""
+
+    num_images: int
+    grid: tuple[int, int]      # feature map (h, w); each image gives h * w patches
+    channels: int
+    kept: np.ndarray | None    # sorted global patch rows kept before the coreset (None: all)
+    size: int                  # bank rows
+
+    @property
+    def rows_per_image(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_kept(self) -> int:
+        return self.num_images * self.rows_per_image if self.kept is None else len(self.kept)
+
+
+def bank_layout(model: SNARM, image_size: int, num_images: int, bank, seed: int = 0) -> BankLayout:
+    """Sizes from the model's feature map at ``image_size`` and ``config.bank`` (coreset_ratio, max_patches)."""
+    if not 0 < bank.coreset_ratio <= 1:
+        raise ValueError(f"config.bank.coreset_ratio={bank.coreset_ratio} must lie in (0, 1]")
+    if num_images < 1:
+        raise ValueError("the bank needs at least one normal training image; the training split is empty")
+    shape = jax.eval_shape(lambda key, x: model.init_with_output(key, x, method=SNARM.patch_features)[0],
+                           jax.random.key(0), jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+    _, h, w, channels = shape.shape
+    total = num_images * h * w
+    kept = None
+    if bank.max_patches and total > bank.max_patches:
+        kept = np.sort(np.random.default_rng(seed).choice(total, bank.max_patches, replace=False))
+    layout = BankLayout(num_images, (h, w), channels, kept, 0)
+    return dataclasses.replace(layout, size=max(1, int(layout.num_kept * bank.coreset_ratio)))
+
+
+def _batch_rows(batch, layout: BankLayout) -> tuple[np.ndarray, np.ndarray]:
+    """(global rows of a batch's patches, positions within the batch of those kept before the coreset)."""
+    rows = (np.asarray(batch["index"], np.int64)[:, None] * layout.rows_per_image
+            + np.arange(layout.rows_per_image)).reshape(-1)
+    if layout.kept is None:
+        return rows, np.arange(len(rows))
+    pos = np.minimum(np.searchsorted(layout.kept, rows), len(layout.kept) - 1)
+    return rows, np.flatnonzero(layout.kept[pos] == rows)
+
+
+def build_bank(features_fn, batches, layout: BankLayout, projection_dim: int | None = 128, seed: int = 0):
+    """(features (size, C) float32, image_index (size,) int32, rows (size,)): the coreset of the training patches.
+
+    ``features_fn(images) -> (B, h, w, C)`` on the device; ``batches()`` returns a fresh iterator over the normal
+    training images (dicts with ``image`` and the source ``index``). Rows are in greedy selection order; ``rows``
+    are global patch indices (image index x h*w + position).
+    """
+    if layout.size < layout.num_kept:
+        project = jax.jit(lambda f: random_projection(f.reshape(-1, f.shape[-1]), projection_dim, seed)
+                          if projection_dim and projection_dim < f.shape[-1] else f.reshape(-1, f.shape[-1]))
+        projected, order = [], []
+        for batch in batches():
+            rows, pos = _batch_rows(batch, layout)
+            projected.append(np.asarray(project(features_fn(jnp.asarray(batch["image"]))))[pos])
+            order.append(rows[pos])
+        order = np.concatenate(order)
+        if len(order) != layout.num_kept:
+            raise ValueError(f"the training batches gave {len(order)} of the {layout.num_kept} patches the bank "
+                             f"draws from; they must cover every training image once")
+        projected = np.concatenate(projected)[np.argsort(order, kind="stable")]
+        chosen = np.arange(layout.num_kept) if layout.kept is None else layout.kept
+        chosen = chosen[np.asarray(greedy_coreset(projected, layout.size, seed, projection_dim=None))]
+    else:
+        chosen = np.arange(layout.num_kept) if layout.kept is None else layout.kept
+    slot = np.argsort(chosen, kind="stable")
+    sorted_rows = chosen[slot]
+    bank = np.zeros((layout.size, layout.channels), np.float32)
+    filled = np.zeros(layout.size, bool)
+    for batch in batches():
+        rows = _batch_rows(batch, layout)[0]
+        where = np.minimum(np.searchsorted(sorted_rows, rows), layout.size - 1)
+        hit = np.flatnonzero(sorted_rows[where] == rows)
+        if len(hit):
+            flat = np.asarray(features_fn(jnp.asarray(batch["image"]))).reshape(-1, layout.channels)
+            bank[slot[where[hit]]] = flat[hit]
+            filled[slot[where[hit]]] = True
+    if not filled.all():
+        raise ValueError(f"{int((~filled).sum())} bank rows were not produced by the training batches; the batches "
+                         f"must cover every training image once (source indices 0..{layout.num_images - 1})")
+    return jnp.asarray(bank), jnp.asarray(chosen // layout.rows_per_image, jnp.int32), chosen
+
+
+def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weights: str = "", bank_source=None,
+                 bank=None, batch_size: int = 32, num_workers: int = 0, skip_corrupt: bool = False,
+                 seed: int = 0) -> TrainState:
+    """Initialise, put the pretrained encoder in (``encoder_weights``), build the bank from ``bank_source`` (the
+    normal training images) with ``bank`` (``config.bank``), replicate over the mesh."""
+    encoder = read_encoder_weights(model.encoder, encoder_weights) if encoder_weights else None
+    layout = bank_layout(model, image_size, len(bank_source), bank, seed)
+    model = model.clone(bank_size=layout.size)
+
+    def batches():
+        return iter(make_pipeline(bank_source, batch_size=batch_size, image_size=image_size, train=False, seed=seed,
+                                  shard_index=0, shard_count=1, num_workers=num_workers, skip_corrupt=skip_corrupt))
+
+    def prepare(variables):
+        if encoder is not None:
+            variables = with_encoder(variables, encoder, f"{model.encoder} checkpoint {encoder_weights}")
+        features = jax.jit(lambda images: model.apply(variables, images, method=SNARM.patch_features))
+        start = time.perf_counter()
+        rows, image_index, _ = build_bank(features, batches, layout, bank.projection_dim, seed)
+        if jax.process_index() == 0:
+            print(f"bank: {layout.size:,} of {layout.num_kept:,} patches ({layout.num_images} normal images, "
+                  f"{layout.grid[0]}x{layout.grid[1]} each, {layout.channels} channels, "
+                  f"{rows.nbytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s", flush=True)
+        return {**variables, "bank": {"features": rows, "image_index": image_index}}
+
+    return state_lib.create_state(model, tx, rng, image_size, mesh, prepare)
+
+
+def state_kwargs(config, train_source) -> dict:
+    """``create_state``'s keyword arguments from a config and its training split."""
+    return {"encoder_weights": config.model.encoder_weights, "bank_source": train_source, "bank": config.bank,
+            "batch_size": config.train.eval_batch_size, "num_workers": config.data.num_workers,
+            "skip_corrupt": config.data.skip_corrupt, "seed": config.seed}
+
+
+def cell_shares(masks: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """(B, H, W) masks -> (B, h, w): the anomalous share of each feature cell (H, W multiples of h, w)."""
+    b, height, width = masks.shape
+    h, w = grid
+    if height % h or width % w:
+        raise ValueError(f"image {height}x{width} is not a multiple of the feature grid {h}x{w}")
+    return masks.reshape(b, h, height // h, w, width // w).mean(axis=(2, 4))
+
+
+def snarm_loss(outputs: dict, masks: jax.Array, loss_config) -> tuple[jax.Array, dict]:
+    """(total, parts): mean over heads of the focal loss of each head's upsampled logits against ``masks``
+    (B, H, W), plus ``selector_weight`` x the selector's cross-entropy against each cell's anomalous share."""
+    logits = outputs["logits"]
+    up = upsample_bilinear_align_corners(jnp.moveaxis(logits, 1, -1), masks.shape[1:3])
+    heads = binary_focal_loss(up, jnp.broadcast_to(masks[..., None], up.shape), loss_config.focal_gamma,
+                              loss_config.focal_alpha)
+    selector = binary_focal_loss(outputs["selector"], cell_shares(masks, logits.shape[2:]), 0.0, -1.0)
+    total = heads + loss_config.selector_weight * selector
+    return total, {"heads": heads, "selector": selector}
+
+
+def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
+    """``(state, batch) -> (state, {"loss", "heads", "selector"})``: synthetic defects pasted into the batch, the
+    SNARM loss, batch statistics updated; jitted and sharded.
+
+    With ``grad_accum_steps`` = k > 1 the batch is taken as k micro-batches in turn (``training.accumulate``), each
+    with its own defects and dropout, and their mean gradient makes one optimizer update; the heads' running batch
+    statistics become the mean of the micro-batches' updates (their BatchNorm normalises over batch / k images).
+    """
+    defects = loss_config.defects
+
+    def grads_and_updates(state: TrainState, batch, rng):
+        images, masks, _ = paste_defects(batch["image"], jax.random.fold_in(rng, 0), defects.fraction,
+                                         tuple(defects.area), tuple(defects.opacity))
+        groups = batch["index"] if loss_config.exclude_own_image else None
+
+        def loss_fn(params):
+            outputs, updates = state.apply_fn({"params": params, **state.model_state}, images, train=True,
+                                              query_groups=groups, rngs={"dropout": jax.random.fold_in(rng, 1)},
+                                              mutable=["batch_stats"])
+            loss, parts = snarm_loss(outputs, masks, loss_config)
+            return loss, (updates, parts)
+
+        (loss, (updates, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        trained = {name: {k: v for k, v in tree.items() if k not in FROZEN} for name, tree in updates.items()}
+        return grads, {"loss": loss, **parts}, trained
+
+    def step(state: TrainState, batch):
+        micro_batch = {"image": batch["image"], "index": batch["index"]}
+        grads, metrics, updates = mean_over_micro_batches(
+            lambda micro, rng: grads_and_updates(state, micro, rng), micro_batch, state.step_rng(),
+            grad_accum_steps, mesh)
+        model_state = {**state.model_state,
+                       **{name: {**state.model_state[name], **tree} for name, tree in updates.items()}}
+        return state.apply_gradients(grads=grads, model_state=model_state), metrics
+
+    check_grad_accum_steps(grad_accum_steps)
+    replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                   donate_argnums=0)
+
+
+def make_predict_step(mesh, sigma: float, score_pool: int = 16, score_stride: int = 2):
+    """``(state, images) -> {"maps" (B, H, W) float16, "scores" (B,)}``, as MambaAD's (scores from float32 maps)."""
+
+    def predict(state: TrainState, images):
+        outputs = state.apply_fn({"params": state.params, **state.model_state}, images, train=False)
+        maps, scores = anomaly_map_from_logits(outputs["logits"], images.shape[1:3], sigma, score_pool, score_stride)
+        return {"maps": maps.astype(jnp.float16), "scores": scores}
+
+    return jax.jit(predict, in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
+                   out_shardings=batch_sharding(mesh))
