@@ -197,6 +197,7 @@ def test_accumulation_needs_micro_batches_that_split_over_the_devices():
         classification.make_train_step(None, mesh, 1.5)
 
 
+@pytest.mark.slow  # two end-to-end Experiment runs
 def test_experiment_checks_and_uses_grad_accum_steps(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"train.batch_size=8 must be a multiple of train.grad_accum_steps \(4\)"):
         run.Experiment(tiny_config(grad_accum_steps=4), tmp_path / "bad")

@@ -143,6 +143,7 @@ def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypa
         np.testing.assert_array_equal(a, b)  # batch statistics and the bank
 
 
+@pytest.mark.slow  # a second compile of the full train step
 def test_gradient_accumulation_step(trained):
     _, experiment, _ = trained
     state = jax.tree.map(jnp.copy, experiment.state)  # the step donates its input state

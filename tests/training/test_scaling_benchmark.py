@@ -31,6 +31,7 @@ def measured(tmp_path_factory):
     return result.stdout, [json.loads(line) for line in out.read_text().splitlines()]
 
 
+@pytest.mark.slow  # runs the benchmark in a subprocess: minutes on 2 cores
 def test_rows_cover_the_available_device_counts(measured):
     stdout, rows = measured
     assert "# skipped [4]: this host has 2 device(s)" in stdout
@@ -41,6 +42,7 @@ def test_rows_cover_the_available_device_counts(measured):
         assert r["step_ms"] > 0 and r["pipeline_step_ms"] > 0
 
 
+@pytest.mark.slow  # runs the benchmark in a subprocess: minutes on 2 cores
 def test_efficiency_and_input_share_follow_their_definitions(measured):
     _, rows = measured
     one = rows[0]
@@ -52,6 +54,7 @@ def test_efficiency_and_input_share_follow_their_definitions(measured):
     assert one["efficiency"] == 1.0
 
 
+@pytest.mark.slow  # runs the benchmark in a subprocess: minutes on 2 cores
 def test_table_prints_one_line_per_row(measured):
     stdout, rows = measured
     lines = stdout.splitlines()
