@@ -5,6 +5,8 @@
 ``elpv`` reads the packaged ELPV cells (300x300 grayscale PNG); ``jpeg`` writes ``--num-images`` 512x512
 RGB JPEG crops of scikit-image textures to a temporary class-per-folder tree first. Workers 0 means
 decoding in this process with ``--threads`` threads; per-core rates divide by max(1, workers).
+"decoding" times batches with the decoded-image cache off (every epoch decodes again); "cached" times batches
+after one whole epoch with the cache on (what later epochs of a training run cost when the images fit in memory).
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ def jpeg_tree(directory: str, num_images: int) -> str:
     return directory
 
 
-def measure(source, workers: int, args) -> float:
+def measure(source, workers: int, args, cached: bool) -> float:
     ds = make_pipeline(source, batch_size=args.batch_size, image_size=args.image_size, train=True, seed=0,
-                       shard_index=0, shard_count=1, num_workers=workers, num_threads=args.threads)
+                       shard_index=0, shard_count=1, num_workers=workers, num_threads=args.threads,
+                       cache_bytes=1 << 40 if cached else 0)
     it = iter(ds)
-    for _ in range(args.warmup):
+    epoch = -(-len(source) // args.batch_size)
+    for _ in range(epoch + args.warmup if cached else args.warmup):
         next(it)
     start = time.perf_counter()
     for _ in range(args.batches):
@@ -61,10 +65,11 @@ def main() -> None:
                   else get_source("folder", jpeg_tree(tmp, args.num_images), "all"))
         print(f"source={args.source} ({len(source)} images)  size={args.image_size}  batch={args.batch_size}  "
               f"cpus={os.cpu_count()}")
-        print(f"{'workers':>7} {'threads':>7} {'images/s':>10} {'images/s/core':>14}")
+        print(f"{'workers':>7} {'threads':>7} {'decoding images/s':>18} {'per core':>9} {'cached images/s':>16}")
         for workers in (int(w) for w in args.workers.split(",")):
-            rate = measure(source, workers, args)
-            print(f"{workers:>7} {args.threads if workers == 0 else '-':>7} {rate:>10.1f} {rate / max(1, workers):>14.1f}")
+            rate, cached = measure(source, workers, args, False), measure(source, workers, args, True)
+            print(f"{workers:>7} {args.threads if workers == 0 else '-':>7} {rate:>18.1f} "
+                  f"{rate / max(1, workers):>9.1f} {cached:>16.1f}", flush=True)
 
 
 if __name__ == "__main__":

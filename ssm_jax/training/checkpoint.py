@@ -42,11 +42,17 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, state, extra: dict) -> None:
-        """Save asynchronously-safe: blocks until written, so a crash right after loses nothing saved."""
+    def save(self, step: int, state, extra: dict, wait: bool = True) -> None:
+        """With ``wait``, block until written, so a crash right after loses nothing saved. Without, only copy
+        ``state`` (the caller may then donate its buffers) and write it in the background until
+        ``wait_until_finished`` or the next save; an interrupted write leaves the previous checkpoint the latest."""
         extra = {**extra, "fingerprint": self.fingerprint, "step": int(step)}
         self._manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                              extra=ocp.args.JsonSave(extra)))
+        if wait:
+            self.wait_until_finished()
+
+    def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
 
     def restore(self, state_template, step: int | None = None):

@@ -2,6 +2,29 @@
 
 A task supplies ``train_step(state, batch) -> (state, metrics)`` and a batch iterator with
 ``get_state()``/``set_state()``; the loop owns resuming, logging and saving, so every task resumes the same way.
+
+One step stays queued: step n is dispatched, then the loop waits for step n - 1 to finish and fetches the batch of
+step n + 1 while step n computes. Checkpoints are written in the background while the next steps run; the last
+one, and one still being written when the loop stops (error, Ctrl-C), is waited for. Each logged line also says
+where the time went since the last one (``LoopClock``): ``data_wait_s`` (seconds blocked on the input pipeline),
+``max_pause_s`` (the longest time between two finished steps, checkpoints included), ``images_per_s`` (without
+the first step) and, on the first line of a run, ``compile_s`` (the first step: tracing, compiling, running it).
+
+Issue 13: the ``:cpu`` ELPV quick start took ~19 minutes on 2 cores, in bursts of ~10 fast steps and a ~13 s pause
+at each metrics flush. Profiled on this project's 2-core machine on 2026-11-23, shared with other jobs (so CPU
+seconds per step are quoted, which their load stretches far less than wall time):
+* The pause was no stall: steps are dispatched asynchronously, the loop queued a whole ``log_every`` interval of
+  them in under a second, and ``device_get`` at the flush waited for all ten (1.1-1.3 s each). With one step
+  queued the bar, images/s and pauses are real, and nothing is lost: the next batch is still fetched during a step.
+* The step was nearly all of the time and ran on ONE core (process CPU / wall = 1.0 with both cores free; two XLA
+  CPU devices did not change that), mostly the sequential selective scan's backward: 1.9 s of CPU per batch of 32.
+  The ``:cpu`` variant now has d_state 1 and expand 1: 0.39 s, same accuracy (``configs/memorymamba_elpv.py``;
+  ``python -m benchmarks.quickstart --step-time 10`` with and without ``--config.model.d_state=16
+  --config.model.expand=2``).
+* Each checkpoint (every 100 steps) paused the loop 1.5-2 s while orbax wrote it; in the background, the longest
+  pause between steps over a whole run fell from 2.1-3.7 s to 1.2-2.0 s (the runs' ``max_pause_s``, machine loaded).
+* Input: decoding and resizing the 300 px PNGs cost ~0.1 s of CPU per batch, every epoch; now once, then cached,
+  and batches are made ahead in a thread: data wait over a run fell from 19 s to 6 s (``ssm_jax.data.pipeline``).
 """
 
 from __future__ import annotations
@@ -23,7 +46,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class PendingMetrics:
-    """Per-step metrics kept on device until a flush, so the loop does not wait on every step."""
+    """Per-step metrics kept until a flush, then fetched, checked and averaged together."""
 
     def __init__(self):
         self._steps: list[tuple[int, dict]] = []
@@ -48,36 +71,96 @@ class PendingMetrics:
         return {k: sum(float(m[k]) for _, m in fetched) / len(fetched) for k in fetched[0][1]}
 
 
+class LoopClock:
+    """Where the loop's wall time goes: the first step (compile), waits for batches, the longest pause between two
+    finished steps, and images/s over the other steps. ``interval()`` returns the figures since its last call, as
+    ``metrics.jsonl`` fields, and starts a new interval."""
+
+    def __init__(self, images_per_step: int, now: Callable[[], float] = time.perf_counter):
+        self.images_per_step, self.now = images_per_step, now
+        self._compile_s: float | None = None
+        self._data_wait_s = self._max_pause_s = 0.0
+        self._last_finished: float | None = None
+        self._since, self._steps = now(), 0
+
+    def waited_for_data(self, seconds: float) -> None:
+        self._data_wait_s += seconds
+
+    def step_finished(self) -> None:
+        now = self.now()
+        if self._last_finished is not None:
+            self._max_pause_s = max(self._max_pause_s, now - self._last_finished)
+        self._last_finished = now
+        self._steps += 1
+
+    def compiled(self, seconds: float) -> None:
+        """The first step took ``seconds`` from dispatch to result; images/s counts from here on."""
+        self._compile_s = seconds
+        self._since, self._steps = self.now(), 0
+
+    def interval(self) -> dict:
+        now = self.now()
+        out = {"data_wait_s": self._data_wait_s, "max_pause_s": self._max_pause_s}
+        if self._compile_s is not None:
+            out["compile_s"] = self._compile_s
+        if self._steps:
+            out["images_per_s"] = self._steps * self.images_per_step / max(now - self._since, 1e-9)
+        self._compile_s, self._data_wait_s, self._max_pause_s = None, 0.0, 0.0
+        self._since, self._steps = now, 0
+        return out
+
+
 def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_steps: int, checkpointer: Checkpointer,
                log: MetricsLog, log_every: int, checkpoint_every: int, images_per_step: int,
-               on_log: Callable[[int, dict], None] | None = None):
+               on_log: Callable[[int, dict], None] | None = None, now: Callable[[], float] = time.perf_counter):
     """Run ``train_step`` from ``state.step`` to ``total_steps``; returns the final state.
 
     Checkpoints every ``checkpoint_every`` steps and at the end, each after checking all losses since the last
-    one are finite, so a saved state is never a diverged one.
+    one are finite, so a saved state is never a diverged one; ``now`` is the clock of the logged timings.
     """
     start = int(jax.device_get(state.step))
+    clock = LoopClock(images_per_step, now)
     pending = PendingMetrics()
     last_saved = checkpointer.latest_step()
     bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
-    tick, tick_step = time.perf_counter(), start
-    for step in range(start, total_steps):
-        state, metrics = train_step(state, shard_batch(next(batches), mesh))
-        pending.add(step, metrics)
-        done = step + 1
+    running = None  # metrics of the dispatched step not yet known to be finished
+
+    def finish(metrics) -> None:
+        jax.block_until_ready(metrics)
+        clock.step_finished()
         bar.update(1)
-        if done % log_every == 0 or done == total_steps or done % checkpoint_every == 0:
-            means = pending.flush(last_saved, checkpointer.directory)
-            now = time.perf_counter()
-            means["images_per_s"] = (done - tick_step) * images_per_step / max(now - tick, 1e-9)
-            tick, tick_step = now, done
-            log.write(done, means)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k in ("loss", "acc", "images_per_s")})
-            if on_log is not None:
-                on_log(done, means)
-        if done % checkpoint_every == 0 or done == total_steps:
-            checkpointer.save(done, state, {"data": batches.get_state()})
-            last_saved = done
+
+    try:
+        for step in range(start, total_steps):
+            before = now()
+            batch = shard_batch(next(batches), mesh)
+            dispatched = now()
+            clock.waited_for_data(dispatched - before)
+            state, metrics = train_step(state, batch)
+            pending.add(step, metrics)
+            if step == start:  # compiles: timed alone
+                finish(metrics)
+                clock.compiled(now() - dispatched)
+            else:
+                if running is not None:
+                    finish(running)
+                running = metrics
+            done = step + 1
+            if done % log_every == 0 or done == total_steps or done % checkpoint_every == 0:
+                if running is not None:
+                    finish(running)
+                    running = None
+                means = {**pending.flush(last_saved, checkpointer.directory), **clock.interval()}
+                log.write(done, means)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k in ("loss", "acc", "images_per_s")})
+                if on_log is not None:
+                    on_log(done, means)
+            if done % checkpoint_every == 0 or done == total_steps:
+                # Written in the background while the next steps run; the last one is waited for.
+                checkpointer.save(done, state, {"data": batches.get_state()}, wait=done == total_steps)
+                last_saved = done
+    finally:  # also on an error or Ctrl-C: the checkpoint being written completes, so a rerun resumes from it
+        checkpointer.wait_until_finished()
     bar.close()
     return state

@@ -1,0 +1,186 @@
+"""The training loop's schedule (one step queued, flushes wait for every step) and its time accounting."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssm_jax.training import run
+from ssm_jax.training.checkpoint import Checkpointer
+from ssm_jax.training.log import MetricsLog
+from ssm_jax.training.loop import LoopClock, train_loop
+from ssm_jax.training.mesh import make_mesh
+
+BATCH = 4
+
+
+class Scripted:
+    """A fake world for the loop: every event is recorded in ``events``; a virtual clock advances by ``fetch_s``
+    per batch fetched and, when a step is waited for, by ``compile_s`` (first step) or ``step_s`` (the others)."""
+
+    def __init__(self, fetch_s=0.25, compile_s=5.0, step_s=1.0):
+        self.events, self.t = [], 0.0
+        self.fetch_s, self.compile_s, self.step_s = fetch_s, compile_s, step_s
+        self.fetched = 0
+
+    def now(self):
+        return self.t
+
+    # the batch iterator
+    def __next__(self):
+        self.events.append(f"fetch {self.fetched}")
+        self.fetched += 1
+        self.t += self.fetch_s
+        return {"image": np.zeros((BATCH, 2), np.float32)}
+
+    def get_state(self):
+        return {"fetched": self.fetched}
+
+    # the step: its metrics are "futures" that cost time when waited for
+    def train_step(self, state, batch):
+        step = state.step
+        self.events.append(f"dispatch {step}")
+        return State(step + 1), {"loss": Future(self, step)}
+
+    # the checkpointer
+    directory = "ckpt"
+
+    def latest_step(self):
+        return None
+
+    def save(self, step, state, extra, wait=True):
+        self.events.append(f"save {step} {extra['data']['fetched']}{' and wait' if wait else ''}")
+
+    def wait_until_finished(self):
+        self.events.append("saved")
+
+
+class Future:
+    def __init__(self, world, step):
+        self.world, self.step, self.done = world, step, False
+
+    def block_until_ready(self):
+        if not self.done:
+            self.world.events.append(f"wait {self.step}")
+            self.world.t += self.world.compile_s if self.step == 0 else self.world.step_s
+            self.done = True
+        return self
+
+    def __float__(self):
+        assert self.done, f"step {self.step} read before it was waited for"
+        return 0.5
+
+
+class State:
+    def __init__(self, step):
+        self.step = step
+
+
+def _run(world, tmp_path, total_steps=7, log_every=3, checkpoint_every=100):
+    logged = []
+    train_loop(State(0), world.train_step, world, mesh=make_mesh(), total_steps=total_steps, checkpointer=world,
+               log=MetricsLog(tmp_path), log_every=log_every, checkpoint_every=checkpoint_every,
+               images_per_step=BATCH, on_log=lambda step, means: world.events.append(f"log {step}") or logged.append(
+                   means), now=world.now)
+    return logged
+
+
+def test_one_step_stays_queued_and_flushes_wait_for_every_step(tmp_path):
+    world = Scripted()
+    _run(world, tmp_path)
+    assert world.events == [
+        "fetch 0", "dispatch 0", "wait 0",  # the first step (compile) alone
+        "fetch 1", "dispatch 1",
+        "fetch 2", "dispatch 2", "wait 1", "wait 2", "log 3",  # step 2 queued behind 1; the flush waits for both
+        "fetch 3", "dispatch 3",
+        "fetch 4", "dispatch 4", "wait 3",  # the batch of step 4 was fetched while step 3 ran
+        "fetch 5", "dispatch 5", "wait 4", "wait 5", "log 6",
+        "fetch 6", "dispatch 6", "wait 6", "log 7", "save 7 7 and wait",  # the data position saved is step 7's
+        "saved",
+    ]
+
+
+def test_checkpoints_are_written_while_the_next_steps_run(tmp_path):
+    world = Scripted()
+    _run(world, tmp_path, total_steps=5, log_every=10, checkpoint_every=2)
+    assert world.events == [
+        "fetch 0", "dispatch 0", "wait 0",
+        "fetch 1", "dispatch 1", "wait 1", "log 2", "save 2 2",  # a checkpoint is checked (log) then saved
+        "fetch 2", "dispatch 2",
+        "fetch 3", "dispatch 3", "wait 2", "wait 3", "log 4", "save 4 4",
+        "fetch 4", "dispatch 4", "wait 4", "log 5", "save 5 5 and wait", "saved",
+    ]
+
+
+def test_an_interrupted_run_waits_for_its_checkpoint(tmp_path):
+    world = Scripted()
+
+    def crash_at_step_3(state, batch):
+        if state.step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return Scripted.train_step(world, state, batch)
+
+    world.train_step = crash_at_step_3
+    with pytest.raises(KeyboardInterrupt):
+        _run(world, tmp_path, total_steps=6, log_every=10, checkpoint_every=2)
+    assert world.events[-5:] == ["save 2 2", "fetch 2", "dispatch 2", "fetch 3", "saved"]
+
+
+def test_a_background_save_keeps_the_state_it_was_given(tmp_path):
+    checkpointer = Checkpointer(tmp_path, {"model": "m", "params": "p", "num_params": 0})
+    state = {"w": jnp.arange(100_000, dtype=jnp.float32), "b": jnp.ones((64, 64))}
+    expected = jax.tree.map(np.array, state)
+    checkpointer.save(1, state, {"data": {}}, wait=False)
+    overwritten = jax.jit(lambda s: jax.tree.map(lambda x: -x, s), donate_argnums=0)(state)
+    jax.block_until_ready(overwritten)
+    checkpointer.wait_until_finished()
+    restored, extra = checkpointer.restore(jax.tree.map(jnp.zeros_like, overwritten))
+    assert extra["step"] == 1
+    for key in expected:
+        np.testing.assert_array_equal(np.asarray(restored[key]), expected[key])
+
+
+def test_logged_timings_split_compile_data_wait_and_pauses(tmp_path):
+    world = Scripted(fetch_s=0.25, compile_s=5.0, step_s=1.0)
+    first, second, last = _run(world, tmp_path)
+    # steps 1-3: fetch 0 -> 0.25, compile to 5.25; fetch 1, 2 -> 5.75; waits -> finished at 6.75 and 7.75
+    assert first["compile_s"] == pytest.approx(5.0)
+    assert first["data_wait_s"] == pytest.approx(0.75)
+    assert first["max_pause_s"] == pytest.approx(1.5)  # 5.25 -> 6.75
+    assert first["images_per_s"] == pytest.approx(2 * BATCH / (7.75 - 5.25))  # without the compiling step
+    # steps 4-6: finished at 9.25 (after fetches 3, 4), 10.5 and 11.5
+    assert "compile_s" not in second
+    assert second["data_wait_s"] == pytest.approx(0.75)
+    assert second["max_pause_s"] == pytest.approx(1.5)  # 7.75 -> 9.25
+    assert second["images_per_s"] == pytest.approx(3 * BATCH / (11.5 - 7.75))
+    assert last["max_pause_s"] == pytest.approx(1.25) and last["data_wait_s"] == pytest.approx(0.25)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [3, 6, 7] and lines[0]["compile_s"] == pytest.approx(5.0)
+
+
+def test_loop_clock_intervals_reset():
+    t = [0.0]
+    clock = LoopClock(images_per_step=8, now=lambda: t[0])
+    t[0] = 3.0
+    clock.step_finished()
+    clock.compiled(3.0)
+    for now, data in ((4.0, 0.1), (5.0, 0.2), (8.0, 0.0), (8.5, 0.3)):
+        t[0] = now
+        clock.waited_for_data(data)
+        clock.step_finished()
+    assert clock.interval() == pytest.approx({"compile_s": 3.0, "data_wait_s": 0.6, "max_pause_s": 3.0,
+                                              "images_per_s": 4 * 8 / 5.5})
+    t[0] = 10.0
+    clock.step_finished()
+    assert clock.interval() == pytest.approx({"data_wait_s": 0.0, "max_pause_s": 1.5, "images_per_s": 8 / 1.5})
+    assert clock.interval() == {"data_wait_s": 0.0, "max_pause_s": 0.0}  # no step finished: no rate
+
+
+def test_a_real_run_logs_its_timings(tiny_config, tmp_path):
+    run.Experiment(tiny_config(max_steps=4, log_every=2, checkpoint_every=4), tmp_path).train()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]
+    assert lines[0]["compile_s"] > 0 and "compile_s" not in lines[1]
+    assert all(line["data_wait_s"] >= 0 and line["max_pause_s"] > 0 and line["images_per_s"] > 0 for line in lines)
