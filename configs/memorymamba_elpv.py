@@ -5,9 +5,9 @@ Variants (``--config=configs/memorymamba_elpv.py:<variant>``):
   cpu            a small model at 64 px that trains and evaluates in under 10 minutes on 2 CPU cores; an honest
                  but lower-accuracy baseline for machines without an accelerator. Its SS2D blocks have d_state 1
                  (as VMamba's v2 configs) and expand 1: on CPU the train step is mostly the sequential scan's
-                 backward, on one core, and this makes it 5x cheaper than d_state 16 / expand 2 (0.39 s vs 1.9 s
-                 of CPU per batch of 32) at the same test accuracy, 70.07 +- 0.58 % vs 69.36 +- 1.37 % over seeds
-                 0-2 (issue 13: ``ssm_jax/training/loop.py``; ``python -m benchmarks.quickstart`` times it).
+                 backward, and this makes it 3.8x faster than d_state 16 / expand 2 (0.28 s vs 1.04 s per batch
+                 of 32 on 2 cores, ``python -m benchmarks.quickstart --step-time 10``) at the same test accuracy,
+                 70.07 +- 0.58 % vs 69.36 +- 1.37 % over seeds 0-2 (issue 13, ``ssm_jax/training/loop.py``).
 
 The split is stratified by (class, mono/poly) and seeded: 75% train / 25% test (``config.data.source``).
 Trained from scratch, so the learning rate is higher and training longer than the paper's fine-tuning

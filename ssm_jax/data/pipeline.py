@@ -19,8 +19,8 @@ evaluation reads each example once in order. ``num_workers > 0`` decodes in that
 deterministic for a given seed and worker count but changes with the worker count); otherwise
 ``num_threads`` threads prefetch examples in this process and one more thread assembles the next
 ``prefetch_batches`` batches, so ``next()`` returns at once while the train step runs: without it, batching 32
-cached 64 px images took the training loop's thread 10-40 ms a step, 17 s of waiting over the ``:cpu`` ELPV run
-(its ``data_wait_s``), 6 s with it.
+cached 64 px images took the training loop's thread 10-40 ms a step, 17-19 s of waiting over the ``:cpu`` ELPV
+run (its ``data_wait_s``), 4-6 s with it.
 
 Caching: a training pipeline that reads its data more than once keeps every decoded, resized image (uint8, and
 masks as bool) in memory after its first read when they fit in ``cache_bytes`` per process (workers each hold their

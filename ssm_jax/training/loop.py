@@ -11,20 +11,21 @@ where the time went since the last one (``LoopClock``): ``data_wait_s`` (seconds
 the first step) and, on the first line of a run, ``compile_s`` (the first step: tracing, compiling, running it).
 
 Issue 13: the ``:cpu`` ELPV quick start took ~19 minutes on 2 cores, in bursts of ~10 fast steps and a ~13 s pause
-at each metrics flush. Profiled on this project's 2-core machine on 2026-11-23, shared with other jobs (so CPU
-seconds per step are quoted, which their load stretches far less than wall time):
+at each metrics flush. Profiled on this project's 2-core machine on 2026-11-23 (step times taken while it was
+quiet; it is shared, and other jobs' load doubled them at times):
 * The pause was no stall: steps are dispatched asynchronously, the loop queued a whole ``log_every`` interval of
   them in under a second, and ``device_get`` at the flush waited for all ten (1.1-1.3 s each). With one step
   queued the bar, images/s and pauses are real, and nothing is lost: the next batch is still fetched during a step.
-* The step was nearly all of the time and ran on ONE core (process CPU / wall = 1.0 with both cores free; two XLA
-  CPU devices did not change that), mostly the sequential selective scan's backward: 1.9 s of CPU per batch of 32.
-  The ``:cpu`` variant now has d_state 1 and expand 1: 0.39 s, same accuracy (``configs/memorymamba_elpv.py``;
-  ``python -m benchmarks.quickstart --step-time 10`` with and without ``--config.model.d_state=16
-  --config.model.expand=2``).
-* Each checkpoint (every 100 steps) paused the loop 1.5-2 s while orbax wrote it; in the background, the longest
-  pause between steps over a whole run fell from 2.1-3.7 s to 1.2-2.0 s (the runs' ``max_pause_s``, machine loaded).
-* Input: decoding and resizing the 300 px PNGs cost ~0.1 s of CPU per batch, every epoch; now once, then cached,
-  and batches are made ahead in a thread: data wait over a run fell from 19 s to 6 s (``ssm_jax.data.pipeline``).
+* The step was nearly all of the time: 1.04 s per batch of 32 (1.79 s of CPU over the two cores), mostly the
+  sequential selective scan's backward (8x its forward). The ``:cpu`` variant now has d_state 1 and expand 1:
+  0.28 s (0.40 s of CPU) at the same accuracy (``configs/memorymamba_elpv.py``; ``python -m benchmarks.quickstart
+  --step-time 10``, with ``--config.model.d_state=16 --config.model.expand=2`` for the old one).
+* Each checkpoint (every 100 steps) blocked the loop 1.5-2 s while orbax wrote it, so the pauses around them
+  reached 2.1-3.7 s (``max_pause_s``, machine loaded). Written in the background, no pause between two steps
+  exceeded 1.5 s in three whole runs (``python -m benchmarks.quickstart``).
+* Input: decoding and resizing the 300 px PNGs cost ~0.1 s of CPU per batch, every epoch; now done once and
+  cached, and batches are made ahead in a thread, so the loop waited 4-5 s for data in a whole run instead of
+  17-19 s (``ssm_jax.data.pipeline``).
 """
 
 from __future__ import annotations
