@@ -6,7 +6,8 @@ or channel-major). ``auto`` takes ``tiled`` when the serial grid would leave the
 ``SERIAL_MIN_PROGRAMS`` programs), else ``serial``: the faster one for forward+backward on all five benchmark
 shapes measured on an H100. Under differentiation the forward stores the state
 every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
-Without differentiation nothing but y (and the last state, when asked) is written.
+Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
+device scans its own batch rows (``per_device``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 
 from kernels.selective_scan import backward, forward, tiled_backward, tiled_forward
 from kernels.selective_scan.common import make_layout
+from kernels.selective_scan.per_device import per_device
 
 # design -> (forward, backward, default chunk, default block_d cap, forward warps, backward warps, time_last)
 DESIGNS = {
@@ -65,12 +67,32 @@ def _design(design: str, u, B, A, block_d, chunk, num_warps):
     return fwd, bwd, lay, fwd_warps, bwd_warps
 
 
+REPLICATED = frozenset({"A", "D", "delta_bias"})
+
+
+def _forward(inputs: dict, design, block_d, chunk, num_warps, delta_softplus, save, interpret):
+    """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
+    forward, _, lay, warps, _ = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps)
+    return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
+
+
+def _backward(inputs: dict, design, block_d, chunk, num_warps, delta_softplus, interpret):
+    """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
+    _, backward, lay, _, warps = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps)
+    g = backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps)
+    shape = (lay.batch, lay.length, lay.groups, lay.blocks_per_group, lay.d_state)
+    for key in ("dB", "dC"):  # (batch, L, G * blocks_per_group, N) -> (batch, L, G, N)
+        g[key] = g[key].reshape(shape).sum(axis=3)
+    return g
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12, 13, 14))
 def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, design, block_d,
           chunk, num_warps):
-    forward, _, lay, warps, _ = _design(design, u, B, A, block_d, chunk, num_warps)
-    out = forward(_inputs(u, delta, A, B, C, D, z, delta_bias), lay, delta_softplus=delta_softplus,
-                  save="last" if return_last_state else "none", interpret=interpret, num_warps=warps)
+    save = "last" if return_last_state else "none"
+    out = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk, num_warps=num_warps,
+                                       delta_softplus=delta_softplus, save=save, interpret=interpret),
+                     _inputs(u, delta, A, B, C, D, z, delta_bias), REPLICATED)
     if return_last_state:
         y, states = out
         return y, states[:, 0]
@@ -79,9 +101,10 @@ def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
 
 def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, design,
               block_d, chunk, num_warps):
-    forward, _, lay, warps, _ = _design(design, u, B, A, block_d, chunk, num_warps)
-    y, states = forward(_inputs(u, delta, A, B, C, D, z, delta_bias), lay, delta_softplus=delta_softplus,
-                        save="chunks", interpret=interpret, num_warps=warps)
+    y, states = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk,
+                                             num_warps=num_warps, delta_softplus=delta_softplus, save="chunks",
+                                             interpret=interpret),
+                           _inputs(u, delta, A, B, C, D, z, delta_bias), REPLICATED)
     out = (y, states[:, -1]) if return_last_state else y
     return out, (u, delta, A, B, C, D, z, delta_bias, states)
 
@@ -89,7 +112,6 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_s
 def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chunk, num_warps, residuals,
               cotangent):
     u, delta, A, B, C, D, z, delta_bias, states = residuals
-    _, backward, lay, _, warps = _design(design, u, B, A, block_d, chunk, num_warps)
     inputs = _inputs(u, delta, A, B, C, D, z, delta_bias)
     inputs["states"] = states
     if return_last_state:
@@ -97,15 +119,10 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chu
         inputs["dy"], inputs["dlast"] = dy.astype(u.dtype), dlast.astype(jnp.float32)
     else:
         inputs["dy"] = cotangent.astype(u.dtype)
-    g = backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps)
-
-    def per_group(partial):  # (batch, L, G * blocks_per_group, N) -> (batch, L, G, N)
-        shape = (lay.batch, lay.length, lay.groups, lay.blocks_per_group, lay.d_state)
-        return partial.reshape(shape).sum(axis=3)
-
-    return (g["du"], g["ddelta"], _reduced(g, "dA", A), per_group(g["dB"]).astype(B.dtype),
-            per_group(g["dC"]).astype(C.dtype), _reduced(g, "dD", D), g.get("dz"),
-            _reduced(g, "dbias", delta_bias))
+    g = per_device(functools.partial(_backward, design=design, block_d=block_d, chunk=chunk, num_warps=num_warps,
+                                     delta_softplus=delta_softplus, interpret=interpret), inputs, REPLICATED)
+    return (g["du"], g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
+            _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias))
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)

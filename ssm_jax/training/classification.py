@@ -15,7 +15,7 @@ from ssm_jax.losses import memorymamba_loss
 from ssm_jax.metrics import classification_metrics
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.gather import gather_predictions
-from ssm_jax.training.mesh import batch_sharding, replicated_sharding
+from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
 from ssm_jax.training import state as state_lib
 from ssm_jax.training.state import TrainState
 
@@ -56,7 +56,7 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
 
     check_grad_accum_steps(grad_accum_steps)
     replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+    return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)
 
 
@@ -67,7 +67,7 @@ def make_predict_step(mesh):
         outputs = state.apply_fn({"params": state.params, **state.model_state}, images, train=False)
         return {"probs": jax.nn.softmax(outputs["logits"], axis=-1)}
 
-    return jax.jit(predict, in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
+    return jax.jit(traced_on(mesh, predict), in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
                    out_shardings=batch_sharding(mesh))
 
 

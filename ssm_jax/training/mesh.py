@@ -6,6 +6,7 @@ multi-process jobs, where each process feeds its local slice of the global batch
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -33,6 +34,21 @@ def make_mesh(devices=None) -> Mesh:
     """A mesh over ``devices`` (default: all devices of all processes) with the single axis ``data``."""
     devices = jax.devices() if devices is None else list(devices)
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def traced_on(mesh: Mesh, fn):
+    """``fn`` traced with ``mesh`` as the context (abstract) mesh, for ``jax.jit``.
+
+    Kernels that XLA's partitioner cannot split, the Pallas selective scan, read it to run on each device's own
+    batch rows instead of the gathered batch (``kernels/selective_scan/per_device.py``).
+    """
+
+    @functools.wraps(fn)
+    def on_mesh(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return on_mesh
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -22,7 +22,7 @@ from ssm_jax.metrics import anomaly_metrics_by_category
 from ssm_jax.models.mambaad import anomaly_map_from_features
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.gather import gather_predictions
-from ssm_jax.training.mesh import batch_sharding, replicated_sharding
+from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
 from ssm_jax.training import state as state_lib
 from ssm_jax.training.state import TrainState
 
@@ -123,7 +123,7 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
 
     check_grad_accum_steps(grad_accum_steps)
     replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+    return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)
 
 
@@ -136,7 +136,7 @@ def make_predict_step(mesh, sigma: float):
         maps, scores = anomaly_map_from_features(outputs["encoder"], outputs["decoder"], images.shape[1:3], sigma)
         return {"maps": maps.astype(jnp.float16), "scores": scores}
 
-    return jax.jit(predict, in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
+    return jax.jit(traced_on(mesh, predict), in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
                    out_shardings=batch_sharding(mesh))
 
 

@@ -39,7 +39,7 @@ from ssm_jax.models.snarm import SNARM, anomaly_map_from_logits
 from ssm_jax.nn.resample import upsample_bilinear_align_corners
 from ssm_jax.training import state as state_lib
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
-from ssm_jax.training.mesh import batch_sharding, replicated_sharding
+from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
 from ssm_jax.training.reconstruction import (FROZEN, format_report, predict_dataset, read_encoder_weights,
                                              warn_if_random_encoder, with_encoder, write_evaluation,
                                              write_folder_predictions)
@@ -232,7 +232,7 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
 
     check_grad_accum_steps(grad_accum_steps)
     replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+    return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)
 
 
@@ -244,5 +244,5 @@ def make_predict_step(mesh, sigma: float, score_pool: int = 16, score_stride: in
         maps, scores = anomaly_map_from_logits(outputs["logits"], images.shape[1:3], sigma, score_pool, score_stride)
         return {"maps": maps.astype(jnp.float16), "scores": scores}
 
-    return jax.jit(predict, in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
+    return jax.jit(traced_on(mesh, predict), in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
                    out_shardings=batch_sharding(mesh))
