@@ -108,8 +108,12 @@ def binary_focal_loss(logits, targets, gamma: float = 2.0, alpha: float = -1.0):
         raise ValueError(f"binary_focal_loss: logits {logits.shape} and targets {targets.shape} differ")
     z, t = logits.astype(jnp.float32), targets.astype(jnp.float32)
     ce = t * jax.nn.softplus(-z) + (1 - t) * jax.nn.softplus(z)
-    p = jax.nn.sigmoid(z)
-    loss = ce * (1 - (t * p + (1 - t) * (1 - p))) ** gamma
+    loss = ce
+    if gamma:
+        # 1 - p_t without cancellation, floored: the gradient of x ** gamma at x = 0 is NaN for gamma < 1 (and
+        # 0 * x ** -1 at gamma 0, hence the skip), and a saturated sigmoid gives exactly 0.
+        miss = jnp.maximum(t * jax.nn.sigmoid(-z) + (1 - t) * jax.nn.sigmoid(z), 1e-30)
+        loss = ce * miss ** gamma
     if alpha >= 0:
         loss = loss * (t * alpha + (1 - t) * (1 - alpha))
     return jnp.mean(loss)
