@@ -49,7 +49,7 @@ _PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", None, "Images per d
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per device count.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (after compilation).")
 _PIPELINE = flags.DEFINE_boolean("pipeline", False, "Also time steps fed by the config's input pipeline.")
-_JSON = flags.DEFINE_string("json", None, "Append one JSON object per device count to this file.")
+_JSON = flags.DEFINE_string("json", None, "Append one JSON object per device count to this file, as each is measured.")
 
 
 def device_counts(requested: list[str], available: int) -> list[int]:
@@ -145,6 +145,9 @@ def run(config, counts: list[int], per_device_batch: int, pipeline: bool) -> lis
         rows.append(measure(config, model, count, per_device_batch, source))
         add_efficiency(rows)
         print(format_row(rows[-1]), flush=True)
+        if _JSON.value:  # row by row, so a run cut short (a device call's time limit) keeps what it measured
+            with open(_JSON.value, "a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
@@ -159,12 +162,9 @@ def main(argv):
         skipped = sorted({int(c) for c in _DEVICES.value} - set(counts))
         if skipped:
             print(f"# skipped {skipped}: this host has {jax.device_count()} device(s)")
-        rows = run(config, counts, _PER_DEVICE_BATCH.value or config.train.batch_size, _PIPELINE.value)
+        run(config, counts, _PER_DEVICE_BATCH.value or config.train.batch_size, _PIPELINE.value)
     except cli.USER_ERRORS as err:
         sys.exit(f"error: {err}")
-    if _JSON.value:
-        with open(_JSON.value, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 if __name__ == "__main__":
