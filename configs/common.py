@@ -19,12 +19,18 @@ def default_data_root(dataset: str) -> str:
 
 
 def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -> ml_collections.ConfigDict:
-    """``config.data``: which source, where, how images are prepared; ``source`` holds loader-specific options."""
+    """``config.data``: which source, where, how images are prepared; ``source`` holds loader-specific options.
+
+    Training augmentations (``ssm_jax.data.augment``): ``flips``; ``rot90``, random multiples of 90 degrees;
+    ``affine`` = (max_degrees, max_scale, max_translate), a small random rotation, scale and shift (zeros: off).
+    """
     return ml_collections.ConfigDict({
         "name": name,
         "root": config_dict.placeholder(str) if root is None else root,  # None: the loader's default; overridable
         "image_size": image_size,
         "flips": ("horizontal",),
+        "rot90": False,
+        "affine": (0.0, 0.0, 0.0),
         "skip_corrupt": False,
         "num_workers": 0,
         "source": dict(source_kwargs),

@@ -12,10 +12,22 @@ import jax.numpy as jnp
 _EPS = 1e-8
 
 
-def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy; logits (B, K), integer labels (B,) (eq. 7)."""
+def cross_entropy(logits, labels, label_smoothing: float = 0.0, class_weights=None):
+    """Mean softmax cross-entropy; logits (B, K), integer labels (B,) (eq. 7).
+
+    ``label_smoothing`` = e takes the target (1 - e) one-hot + e / K. ``class_weights`` (K,) multiplies each
+    image's term by the weight of its class; the mean stays over images (not over the batch's summed weights, as
+    PyTorch's weighted mean does), so micro-batch means still average to the batch mean (gradient accumulation) and
+    weights whose mean over the training images is 1 (``"balanced"``) keep the loss scale.
+    """
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1))
+    labels = labels.astype(jnp.int32)
+    loss = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+    if label_smoothing:
+        loss = (1 - label_smoothing) * loss - label_smoothing * jnp.mean(logp, axis=-1)
+    if class_weights is not None:
+        loss = loss * jnp.asarray(class_weights, jnp.float32)[labels]
+    return jnp.mean(loss)
 
 
 def _unit(x):
@@ -65,14 +77,16 @@ def info_nce_loss(features, memory, temperature: float, similarity: str = "cos")
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positive)
 
 
-def memorymamba_loss(outputs, labels, lambda_c: float, lambda_f: float, margin: float, temperature: float):
+def memorymamba_loss(outputs, labels, lambda_c: float, lambda_f: float, margin: float, temperature: float,
+                     label_smoothing: float = 0.0, class_weights=None):
     """Eq. 25: L = CE + lambda_c * L_contrastive + lambda_f * L_NCE, from MemoryMamba's output dict.
 
     The memory terms are averaged over the Mem-SSM blocks (each block has its own memories); a term whose
-    memory is disabled (keys absent) is 0. Returns (total, {"cls", "contrastive", "nce", "total"}).
+    memory is disabled (keys absent) is 0. ``label_smoothing`` and ``class_weights`` apply to CE only (see
+    ``cross_entropy``). Returns (total, {"cls", "contrastive", "nce", "total"}).
     """
     logits = outputs["logits"]
-    cls = cross_entropy(logits, labels)
+    cls = cross_entropy(logits, labels, label_smoothing, class_weights)
     zero = jnp.zeros((), jnp.float32)
     queries = outputs.get("coarse_queries", ())
     contrastive = (sum(memory_contrastive_loss(q, labels, logits.shape[-1], margin) for q in queries)

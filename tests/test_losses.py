@@ -16,9 +16,17 @@ def _np_log_softmax(x, axis=-1):
     return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
 
 
-def ref_cross_entropy(logits, labels):
+def ref_cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None):
+    """-sum_k q_k log p_k with q = (1 - e) one-hot + e / K, times the label's weight, averaged over images."""
     logp = _np_log_softmax(np.asarray(logits, np.float64))
-    return -np.mean([logp[i, y] for i, y in enumerate(labels)])
+    k = logp.shape[1]
+    weights = np.ones(k) if class_weights is None else np.asarray(class_weights, np.float64)
+    terms = []
+    for i, y in enumerate(labels):
+        target = np.full(k, label_smoothing / k)
+        target[y] += 1 - label_smoothing
+        terms.append(-weights[y] * np.dot(target, logp[i]))
+    return np.mean(terms)
 
 
 def ref_contrastive(queries, labels, num_classes, margin):
@@ -57,6 +65,18 @@ def test_cross_entropy():
     logits, labels = rng.standard_normal((6, 4)).astype(np.float32), rng.integers(0, 4, 6)
     np.testing.assert_allclose(cross_entropy(jnp.asarray(logits), jnp.asarray(labels)),
                                ref_cross_entropy(logits, labels), rtol=RTOL)
+
+
+@pytest.mark.parametrize("label_smoothing, class_weights", [(0.1, None), (0.0, [0.5, 2.0, 6.0, 1.0]),
+                                                             (0.2, [0.5, 2.0, 6.0, 1.0])])
+def test_cross_entropy_smoothed_and_weighted(label_smoothing, class_weights):
+    rng = _rng()
+    logits, labels = (3 * rng.standard_normal((8, 4))).astype(np.float32), np.array([0, 1, 2, 3, 0, 0, 2, 1])
+    got = cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing,
+                        None if class_weights is None else np.asarray(class_weights, np.float32))
+    want = ref_cross_entropy(logits, labels, label_smoothing, class_weights)
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+    assert abs(want - ref_cross_entropy(logits, labels)) > 1e-2  # the options change the loss
 
 
 @pytest.mark.parametrize("labels", [[0, 2, 2, 3, 0, 3, 1, 0], [1, 1, 4, 4, 4, 1, 1, 1], [2] * 8])
@@ -106,6 +126,12 @@ def test_memorymamba_loss_and_grads():
     grads = jax.jit(jax.grad(lambda o: fn(o)[0]))(jax.tree.map(jnp.asarray, outputs))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["coarse_queries"][0]).sum()) > 0 and float(jnp.abs(grads["fine_memory"][1]).sum()) > 0
+
+    smoothed, smoothed_parts = memorymamba_loss(outputs, jnp.asarray(labels), lam_c, lam_f, margin, tau, 0.1,
+                                                np.array([1.0, 2.0, 3.0, 0.5], np.float32))
+    smoothed_cls = ref_cross_entropy(outputs["logits"], labels, 0.1, [1.0, 2.0, 3.0, 0.5])
+    np.testing.assert_allclose(smoothed_parts["cls"], smoothed_cls, rtol=RTOL)  # the options reach the CE term only
+    np.testing.assert_allclose(smoothed, smoothed_cls + lam_c * con + lam_f * nce, rtol=RTOL)
 
     ablated = {"logits": outputs["logits"]}  # memories switched off: their terms are 0
     total, parts = memorymamba_loss(ablated, jnp.asarray(labels), lam_c, lam_f, margin, tau)

@@ -1,4 +1,4 @@
-"""grain input pipelines: source -> decode/resize/normalise -> shard -> shuffle -> repeat -> flips -> batch.
+"""grain input pipelines: source -> decode/resize/normalise -> shard -> shuffle -> repeat -> augment -> batch.
 
 ``make_pipeline`` returns a ``grain.IterDataset``; ``iter()`` of it is a ``grain.DatasetIterator`` whose
 ``get_state()`` / ``set_state()`` save and restore the position, so a resumed run continues at the same
@@ -14,7 +14,9 @@ Sharding: process ``shard_index`` of ``shard_count`` (default ``jax.process_inde
 reads every ``shard_count``-th example; for training every shard gets the same length (the remainder
 is dropped) so all processes run the same number of steps. Training shuffles with ``seed`` and reshuffles
 every epoch, repeating ``num_epochs`` times (None: forever) and dropping the last partial batch;
-evaluation reads each example once in order. ``num_workers > 0`` decodes in that many worker processes
+evaluation reads each example once in order. Augmentations (``ssm_jax.data.augment``) run in a fixed order,
+each only when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine),
+so turning one on leaves the others' draws as they were. ``num_workers > 0`` decodes in that many worker processes
 (``mp_prefetch``; each worker batches every ``num_workers``-th example of the shuffled stream, so the order is
 deterministic for a given seed and worker count but changes with the worker count); otherwise
 ``num_threads`` threads prefetch examples in this process and one more thread assembles the next
@@ -40,12 +42,12 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from ssm_jax.data.augment import FLIPS, RandomAffine, RandomFlips, RandomRot90, check_affine
 from ssm_jax.data.common import ANOMALY, Source
 from ssm_jax.data.images import CorruptImageError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-FLIPS = {"horizontal": 1, "vertical": 0}
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -103,20 +105,6 @@ class Decode:
         return out
 
 
-@dataclasses.dataclass
-class RandomFlips:
-    """Flips image and mask together, each named axis with probability 1/2."""
-
-    flips: Sequence[str]
-
-    def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
-        for name in self.flips:
-            if rng.random() < 0.5:
-                axis = FLIPS[name]
-                ex = {k: np.flip(v, axis).copy() if k in ("image", "mask") else v for k, v in ex.items()}
-        return ex
-
-
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     if shard_index is None or shard_count is None:
         import jax
@@ -128,15 +116,20 @@ def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
 
 
 def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, train: bool = True, seed: int = 0,
-                  flips: Sequence[str] = (), num_epochs: int | None = None, shard_index: int | None = None,
+                  flips: Sequence[str] = (), rot90: bool = False, affine: Sequence[float] = (0.0, 0.0, 0.0),
+                  num_epochs: int | None = None, shard_index: int | None = None,
                   shard_count: int | None = None, num_workers: int = 0, num_threads: int = 8,
                   prefetch_buffer_size: int = 64, skip_corrupt: bool = False,
                   cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch_batches: int = 2) -> grain.IterDataset:
     """The pipeline of the module docstring; ``cache_bytes`` (0: never) bounds the decoded-image cache and
-    ``prefetch_batches`` (0: none) the batches made ahead in a background thread."""
+    ``prefetch_batches`` (0: none) the batches made ahead in a background thread. ``rot90`` rotates by a random
+    multiple of 90 degrees and ``affine`` = (max_degrees, max_scale, max_translate) warps slightly (zeros: off)."""
     unknown = [f for f in flips if f not in FLIPS]
     if unknown:
         raise ValueError(f"unknown flips {unknown}; expected some of {list(FLIPS)}")
+    if not isinstance(rot90, (bool, np.bool_)):
+        raise ValueError(f"rot90={rot90!r}; expected True or False")
+    affine = check_affine(affine)
     for name, value in (("cache_bytes", cache_bytes), ("prefetch_batches", prefetch_batches)):
         if value < 0:
             raise ValueError(f"{name}={value}; expected >= 0 (0 turns it off)")
@@ -154,6 +147,10 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
         ds = ds.shuffle(seed=seed).repeat(num_epochs)
     if flips:
         ds = ds.random_map(RandomFlips(tuple(flips)), seed=seed + 1)
+    if rot90:
+        ds = ds.random_map(RandomRot90(), seed=seed + 2)
+    if any(affine):
+        ds = ds.random_map(RandomAffine(*affine), seed=seed + 3)
     ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
     ids = ids.batch(batch_size, drop_remainder=train)
     if num_workers > 0:

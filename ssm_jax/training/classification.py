@@ -1,4 +1,4 @@
-"""Classification task family (MemoryMamba): train state, jitted train/eval steps, evaluation outputs."""
+"""Classification task family (MemoryMamba): train state, class weights, jitted train/eval steps, evaluation outputs."""
 
 from __future__ import annotations
 
@@ -25,8 +25,39 @@ def create_state(model, tx, rng, image_size: int, mesh) -> TrainState:
     return state_lib.create_state(model, tx, rng, image_size, mesh)
 
 
-def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
+def resolve_class_weights(spec, labels, num_classes: int) -> np.ndarray | None:
+    """Cross-entropy class weights (K,) from ``config.loss.class_weights``: None for "none"; for "balanced"
+    N / (K n_k) from the training labels (scikit-learn's "balanced": the mean weight over the training images is 1);
+    else explicit positive weights, a sequence or a string "w0,w1,..." (what a ``--config`` override gives)."""
+    if isinstance(spec, str) and spec in ("none", "balanced"):
+        if spec == "none":
+            return None
+        counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
+        if len(counts) != num_classes or counts.min() == 0:
+            raise ValueError(f"loss.class_weights='balanced' needs every one of the {num_classes} classes in the "
+                             f"training split; its class counts are {counts.tolist()}")
+        return (counts.sum() / (num_classes * counts)).astype(np.float32)
+    try:
+        weights = np.array([float(w) for w in (spec.strip("()[] ").split(",") if isinstance(spec, str) else spec)])
+    except (TypeError, ValueError):
+        weights = None
+    if weights is None or weights.shape != (num_classes,) or not np.all(np.isfinite(weights) & (weights > 0)):
+        raise ValueError(f"loss.class_weights={spec!r}; expected 'none', 'balanced' or {num_classes} positive "
+                         f"weights such as '{','.join(['1.0'] * num_classes)}'")
+    return weights.astype(np.float32)
+
+
+def step_kwargs(config, train_source) -> dict:
+    """``make_train_step``'s arguments that depend on the training set: the class weights."""
+    weights = resolve_class_weights(config.loss.class_weights, train_source.labels, config.model.num_classes)
+    return {"class_weights": weights}
+
+
+def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights: np.ndarray | None = None):
     """``(state, batch) -> (state, metrics)``, jitted with the batch sharded and the state replicated.
+
+    ``loss_config.label_smoothing`` and ``class_weights`` (K,) (``resolve_class_weights``; None: unweighted) shape
+    the cross-entropy term.
 
     With ``grad_accum_steps`` = k > 1 the batch is taken as k micro-batches in turn (``training.accumulate``) and
     their mean gradient makes one optimizer update. Cross-entropy is a mean over images, so then the step equals
@@ -42,7 +73,9 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
                                      rngs={"dropout": rng})
             total, parts = memorymamba_loss(outputs, batch["label"], lambda_c=loss_config.lambda_c,
                                             lambda_f=loss_config.lambda_f, margin=loss_config.margin,
-                                            temperature=loss_config.temperature)
+                                            temperature=loss_config.temperature,
+                                            label_smoothing=loss_config.label_smoothing,
+                                            class_weights=class_weights)
             return total, (outputs["logits"], parts)
 
         (loss, (logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -55,6 +88,8 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
         return state.apply_gradients(grads=grads), metrics
 
     check_grad_accum_steps(grad_accum_steps)
+    if not 0 <= loss_config.label_smoothing < 1:
+        raise ValueError(f"loss.label_smoothing={loss_config.label_smoothing}; expected a value in [0, 1) (0: off)")
     replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
     return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)

@@ -38,6 +38,10 @@ def _no_check(config, train_source) -> None:
     pass
 
 
+def _no_step_kwargs(config, train_source) -> dict:
+    return {}
+
+
 def _check_num_classes(config, train_source) -> None:
     if config.model.num_classes != len(train_source.class_names):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset {config.data.name!r} "
@@ -49,8 +53,9 @@ class Family:
     """A task family as the Experiment sees it: a module with the same seven functions (create_state,
     make_train_step, make_predict_step, predict_dataset, write_evaluation, write_folder_predictions,
     format_report), looked up at call time, plus what differs: its models, frozen parameters, extra arguments
-    taken from the config, and a check of the config against the training set. ``data_task`` is the task of the
-    datasets it trains on, when that is not its own name (SNARM's "residual" family reads "anomaly" datasets)."""
+    taken from the config (make_train_step's ``step_kwargs`` also from the training set, e.g. class weights), and
+    a check of the config against the training set. ``data_task`` is the task of the datasets it trains on, when
+    that is not its own name (SNARM's "residual" family reads "anomaly" datasets)."""
 
     module: ModuleType
     models: tuple[str, ...]
@@ -59,6 +64,7 @@ class Family:
     check: Callable[[ml_collections.ConfigDict, Source], None] = _no_check
     state_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
     predict_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
+    step_kwargs: Callable[[ml_collections.ConfigDict, Source], dict] = _no_step_kwargs
     output_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
     on_fresh_start: Callable[[ml_collections.ConfigDict], None] = lambda config: None
     data_task: str = ""
@@ -66,7 +72,7 @@ class Family:
 
 TASKS = {
     "classification": Family(classification, ("memorymamba",), "metrics.json, confusion.png, predictions.csv",
-                             check=_check_num_classes),
+                             check=_check_num_classes, step_kwargs=classification.step_kwargs),
     "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                       frozen=reconstruction.FROZEN,
                       state_kwargs=lambda config: {"encoder_weights": config.model.encoder_weights},
@@ -158,7 +164,8 @@ class Experiment:
         data, per_process = self.config.data, jax.process_count()
         batch = (self.config.train.batch_size if train else self.config.train.eval_batch_size) // per_process
         return make_pipeline(source, batch_size=batch, image_size=data.image_size, train=train, seed=self.config.seed,
-                             flips=tuple(data.flips) if train else (), num_workers=data.num_workers,
+                             flips=tuple(data.flips) if train else (), rot90=train and data.rot90,
+                             affine=tuple(data.affine) if train else (0.0, 0.0, 0.0), num_workers=data.num_workers,
                              skip_corrupt=data.skip_corrupt)
 
     def train(self):
@@ -180,7 +187,8 @@ class Experiment:
              f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "
              f"{self.total_steps} steps of batch {config.train.batch_size} on {self.mesh.devices.size} "
              f"{jax.devices()[0].platform} device(s), {config.train.grad_accum_steps} micro-batch(es) per step")
-        train_step = self.family.module.make_train_step(config.loss, self.mesh, config.train.grad_accum_steps)
+        train_step = self.family.module.make_train_step(config.loss, self.mesh, config.train.grad_accum_steps,
+                                                        **self.family.step_kwargs(config, self.train_source))
         self.state = train_loop(
             self.state, train_step, batches, mesh=self.mesh,
             total_steps=self.total_steps, checkpointer=self.checkpointer, log=log,

@@ -53,11 +53,12 @@ def test_sharding_splits_the_data(folder):
 
 
 def test_iterator_state_resumes_at_the_same_batch(folder):
-    it = iter(make_pipeline(folder, seed=5, flips=("horizontal", "vertical"), **KW))
+    augment = dict(flips=("horizontal", "vertical"), rot90=True, affine=(10.0, 0.1, 0.1))
+    it = iter(make_pipeline(folder, seed=5, **augment, **KW))
     _indices(it, 3)
     state = it.get_state()
     expected = [next(it) for _ in range(3)]
-    resumed = iter(make_pipeline(folder, seed=5, flips=("horizontal", "vertical"), **KW))
+    resumed = iter(make_pipeline(folder, seed=5, **augment, **KW))
     resumed.set_state(state)
     for want in expected:
         got = next(resumed)
@@ -76,6 +77,28 @@ def test_flips_move_image_and_mask_together(replica_root):
         assert np.array_equal(img, ref_img if same else ref_img[:, ::-1])
         assert np.array_equal(mask, ref_mask if same else ref_mask[:, ::-1])
     assert 0 < n_flipped < len(flipped)
+
+
+def test_rot90_and_affine_preserve_labels_order_and_other_draws(replica_root):
+    src = get_source("mvtec", os.path.join(replica_root, "mvtec"), "test", categories="bottle")
+    kw = {**KW, "image_size": 16, "flips": ("horizontal",), "num_epochs": 2, "seed": 3}
+    flipped = list(make_pipeline(src, **kw))
+    rotated = list(make_pipeline(src, rot90=True, **kw))
+    warped = list(make_pipeline(src, affine=(8.0, 0.1, 0.1), **kw))
+    ks = set()
+    for a, r, w in zip(flipped, rotated, warped):
+        for key in ("index", "label", "has_mask"):
+            assert np.array_equal(a[key], r[key]) and np.array_equal(a[key], w[key]), key
+        for key in ("image", "mask"):
+            assert a[key].shape == r[key].shape == w[key].shape and a[key].dtype == r[key].dtype == w[key].dtype
+        for img, mask, r_img, r_mask in zip(a["image"], a["mask"], r["image"], r["mask"]):
+            k = next(k for k in range(4) if np.array_equal(r_img, np.rot90(img, k)))  # the same flip, then rot90
+            assert np.array_equal(r_mask, np.rot90(mask, k))
+            ks.add(k)
+        assert set(np.unique(w["mask"])) <= {0.0, 1.0} and not np.array_equal(w["image"], a["image"])
+    assert ks == {0, 1, 2, 3}
+    again = list(make_pipeline(src, affine=(8.0, 0.1, 0.1), **kw))
+    assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(warped, again))  # same seed, same batches
 
 
 def _pairs(ds):
@@ -103,5 +126,9 @@ def test_default_shard_is_this_jax_process(folder):
 def test_bad_arguments(folder):
     with pytest.raises(ValueError, match="unknown flips"):
         make_pipeline(folder, batch_size=2, flips=("diagonal",))
+    with pytest.raises(ValueError, match="rot90='yes'"):
+        make_pipeline(folder, batch_size=2, rot90="yes")
+    with pytest.raises(ValueError, match=r"affine=\(1, 2\)"):
+        make_pipeline(folder, batch_size=2, affine=(1, 2))
     with pytest.raises(ValueError, match="shard_index"):
         make_pipeline(folder, batch_size=2, shard_index=3, shard_count=3)

@@ -6,8 +6,8 @@ def crash_during_step(monkeypatch, family_module, step: int = 5) -> None:
     (counted from the run's start); ``monkeypatch.undo()`` restores the real one."""
     real_make = family_module.make_train_step
 
-    def crashing_make(loss_config, mesh, *args):
-        step_fn, calls = real_make(loss_config, mesh, *args), []
+    def crashing_make(loss_config, mesh, *args, **kwargs):
+        step_fn, calls = real_make(loss_config, mesh, *args, **kwargs), []
 
         def crashing_step(state, batch):
             calls.append(1)

@@ -76,8 +76,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, mo
     config = tiny_config(max_steps=8, checkpoint_every=3)
     real_make = classification.make_train_step
 
-    def nan_after_four(loss_config, mesh, *args):
-        step_fn = real_make(loss_config, mesh, *args)
+    def nan_after_four(loss_config, mesh, *args, **kwargs):
+        step_fn = real_make(loss_config, mesh, *args, **kwargs)
 
         def step(state, batch):
             new_state, metrics = step_fn(state, batch)

@@ -46,13 +46,14 @@ def gradient_recorder() -> optax.GradientTransformation:
                                         lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
 
 
-def _one_step(family, model, loss_config, image_size, batch, devices: int, accum: int, prepare=lambda v: v):
+def _one_step(family, model, loss_config, image_size, batch, devices: int, accum: int, prepare=lambda v: v,
+              **step_kwargs):
     """(gradient, model state after, metrics, compiled temporary bytes) of one train step on the first ``devices``
     devices, from the initial variables as ``prepare`` leaves them."""
     mesh = make_mesh(jax.devices()[:devices])
     state = state_lib.create_state(model, gradient_recorder(), jax.random.PRNGKey(0), image_size, mesh, prepare)
     batch = shard_batch(batch, mesh)
-    step = family.make_train_step(loss_config, mesh, accum).lower(state, batch).compile()
+    step = family.make_train_step(loss_config, mesh, accum, **step_kwargs).lower(state, batch).compile()
     state, metrics = step(state, batch)
     temp = step.memory_analysis().temp_size_in_bytes
     return _host(state.opt_state), _host(state.model_state), _host(metrics), temp
@@ -101,6 +102,21 @@ def test_classification_accumulation_equals_big_batch_step(classifier, devices, 
     # Activations are those of one micro-batch: XLA's temporary buffers shrink to about 1/k (measured on CPU: 0.52
     # for k = 2, 0.28 for k = 4); the allowance covers buffers that do not grow with the batch.
     assert temp < (1 / accum + 0.25) * big_temp, (temp, big_temp)
+
+
+def test_weighted_smoothed_cross_entropy_accumulates_exactly(classifier):
+    """Class weights and label smoothing keep the cross-entropy a mean of per-image terms, so accumulating
+    micro-batches still gives the big-batch step."""
+    model, plain_loss, _, image_size = classifier
+    loss = plain_loss.copy_and_resolve_references()
+    loss.label_smoothing = 0.1
+    weights = np.array([0.5, 2.0, 1.5], np.float32)
+    batch = _batch(16, image_size)
+    expected, _, expected_metrics, _ = _one_step(classification, model, loss, image_size, batch, 1, 1,
+                                                 class_weights=weights)
+    grads, _, metrics, _ = _one_step(classification, model, loss, image_size, batch, 1, 2, class_weights=weights)
+    _assert_trees_close(grads, expected, "gradient")
+    np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"], rtol=RTOL)
 
 
 def test_memory_losses_are_computed_per_micro_batch(classifier):

@@ -1,0 +1,64 @@
+"""The classification family's loss options: class weights from the training labels, label smoothing, bad values
+named, and the wiring from the config through the Experiment to the train step and the pipeline."""
+
+import numpy as np
+import pytest
+
+from ssm_jax.training import classification, run
+from ssm_jax.training.mesh import make_mesh
+
+
+def test_balanced_weights_are_inverse_class_frequency():
+    labels = [0, 0, 0, 1, 2, 2, 0, 2]  # counts 4, 1, 3 of N = 8: N / (K n_k) = 8/12, 8/3, 8/9
+    weights = classification.resolve_class_weights("balanced", labels, 3)
+    np.testing.assert_allclose(weights, [2 / 3, 8 / 3, 8 / 9], rtol=1e-6)
+    assert weights.dtype == np.float32
+    np.testing.assert_allclose(np.mean(weights[labels]), 1.0, rtol=1e-6)  # mean weight over the images is 1
+
+
+def test_none_and_explicit_weights():
+    assert classification.resolve_class_weights("none", [0, 1], 2) is None
+    for spec in ("1,2.5,3", "(1, 2.5, 3)", (1, 2.5, 3)):
+        np.testing.assert_array_equal(classification.resolve_class_weights(spec, [0], 3), [1.0, 2.5, 3.0])
+
+
+@pytest.mark.parametrize("spec, labels", [("balance", [0, 1, 2]), ("1,2", [0, 1, 2]), ("1,-2,3", [0, 1, 2]),
+                                          ("1,x,3", [0, 1, 2]), ("balanced", [0, 0, 2])])
+def test_bad_class_weights_are_named(spec, labels):
+    with pytest.raises(ValueError, match=r"loss\.class_weights="):
+        classification.resolve_class_weights(spec, labels, 3)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_bad_label_smoothing_is_named(tiny_config, value):
+    loss = tiny_config().loss.copy_and_resolve_references()
+    loss.label_smoothing = value
+    with pytest.raises(ValueError, match=r"loss\.label_smoothing="):
+        classification.make_train_step(loss, make_mesh())
+
+
+def test_experiment_passes_training_set_weights_and_augmentations(tiny_config, tmp_path, monkeypatch):
+    config = tiny_config(max_steps=2)
+    with config.unlocked():
+        config.loss.class_weights, config.loss.label_smoothing = "balanced", 0.1
+        config.data.rot90, config.data.affine = True, (5.0, 0.05, 0.05)
+    real_make, real_pipeline, seen, pipelines = classification.make_train_step, run.make_pipeline, {}, []
+
+    def recording_make(loss_config, mesh, *args, **kwargs):
+        seen.update(kwargs)
+        return real_make(loss_config, mesh, *args, **kwargs)
+
+    def recording_pipeline(source, **kwargs):
+        pipelines.append(kwargs)
+        return real_pipeline(source, **kwargs)
+
+    monkeypatch.setattr(classification, "make_train_step", recording_make)
+    monkeypatch.setattr(run, "make_pipeline", recording_pipeline)
+    experiment = run.Experiment(config, tmp_path)
+    experiment.train()
+    labels = experiment.train_source.labels
+    np.testing.assert_allclose(seen["class_weights"], len(labels) / (3 * np.bincount(labels)), rtol=1e-6)
+    experiment.evaluate()
+    (train,), (test,) = ([p for p in pipelines if p["train"] is flag] for flag in (True, False))
+    assert (train["rot90"], train["affine"]) == (True, (5.0, 0.05, 0.05))
+    assert (test["rot90"], test["affine"]) == (False, (0.0, 0.0, 0.0))  # augmentations in training only
