@@ -100,7 +100,7 @@ def measure(config, model, count: int, per_device_batch: int, source=None) -> di
     global_batch = count * per_device_batch
     state = family.module.create_state(model, make_optimizer(config.optim, 1000, frozen=family.frozen),
                                        jax.random.PRNGKey(config.seed), config.data.image_size, mesh,
-                                       **family.state_kwargs(config))
+                                       **family.state_kwargs(config, False))
     batches = None
     if source is not None:
         batches = iter(make_pipeline(source, batch_size=global_batch, image_size=config.data.image_size, train=True,

@@ -141,9 +141,13 @@ def build_bank(features_fn, batches, layout: BankLayout, projection_dim: int | N
 
 def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weights: str = "", bank_source=None,
                  bank=None, batch_size: int = 32, num_workers: int = 0, skip_corrupt: bool = False,
-                 seed: int = 0) -> TrainState:
+                 seed: int = 0, bank_from_checkpoint: bool = False) -> TrainState:
     """Initialise, put the pretrained encoder in (``encoder_weights``), build the bank from ``bank_source`` (the
-    normal training images) with ``bank`` (``config.bank``), replicate over the mesh."""
+    normal training images) with ``bank`` (``config.bank``), replicate over the mesh.
+
+    With ``bank_from_checkpoint`` the bank is left as zeros of its shape, for a state that a checkpoint restore
+    fills (a resumed run, ``eval.py``): building it costs two encoder passes over the training set (about 65 s at
+    full size on a GPU) that the restore would overwrite."""
     encoder = read_encoder_weights(model.encoder, encoder_weights) if encoder_weights else None
     layout = bank_layout(model, image_size, len(bank_source), bank, seed)
     model = model.clone(bank_size=layout.size)
@@ -155,6 +159,9 @@ def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weight
     def prepare(variables):
         if encoder is not None:
             variables = with_encoder(variables, encoder, f"{model.encoder} checkpoint {encoder_weights}")
+        if bank_from_checkpoint:
+            return {**variables, "bank": {"features": jnp.zeros((layout.size, layout.channels), jnp.float32),
+                                          "image_index": jnp.zeros((layout.size,), jnp.int32)}}
         features = jax.jit(lambda images: model.apply(variables, images, method=SNARM.patch_features))
         start = time.perf_counter()
         rows, image_index, _ = build_bank(features, batches, layout, bank.projection_dim, seed)
@@ -167,11 +174,12 @@ def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weight
     return state_lib.create_state(model, tx, rng, image_size, mesh, prepare)
 
 
-def state_kwargs(config, train_source) -> dict:
-    """``create_state``'s keyword arguments from a config and its training split."""
+def state_kwargs(config, train_source, resuming: bool = False) -> dict:
+    """``create_state``'s keyword arguments from a config and its training split; ``resuming``: a checkpoint will
+    be restored into the state, bank included, so the bank is not built."""
     return {"encoder_weights": config.model.encoder_weights, "bank_source": train_source, "bank": config.bank,
             "batch_size": config.train.eval_batch_size, "num_workers": config.data.num_workers,
-            "skip_corrupt": config.data.skip_corrupt, "seed": config.seed}
+            "skip_corrupt": config.data.skip_corrupt, "seed": config.seed, "bank_from_checkpoint": resuming}
 
 
 def cell_shares(masks: jax.Array, grid: tuple[int, int]) -> jax.Array:

@@ -42,6 +42,10 @@ def _no_step_kwargs(config, train_source) -> dict:
     return {}
 
 
+def _no_state_kwargs(config, resuming: bool) -> dict:
+    return {}
+
+
 def _check_num_classes(config, train_source) -> None:
     if config.model.num_classes != len(train_source.class_names):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset {config.data.name!r} "
@@ -53,7 +57,8 @@ class Family:
     """A task family as the Experiment sees it: a module with the same seven functions (create_state,
     make_train_step, make_predict_step, predict_dataset, write_evaluation, write_folder_predictions,
     format_report), looked up at call time, plus what differs: its models, frozen parameters, extra arguments
-    taken from the config (make_train_step's ``step_kwargs`` also from the training set, e.g. class weights), and
+    taken from the config (``state_kwargs`` also from whether a checkpoint will be restored over the new state;
+    make_train_step's ``step_kwargs`` also from the training set, e.g. class weights), and
     a check of the config against the training set. ``data_task`` is the task of the datasets it trains on, when
     that is not its own name (SNARM's "residual" family reads "anomaly" datasets)."""
 
@@ -62,7 +67,7 @@ class Family:
     outputs: str
     frozen: tuple[str, ...] = ()
     check: Callable[[ml_collections.ConfigDict, Source], None] = _no_check
-    state_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
+    state_kwargs: Callable[[ml_collections.ConfigDict, bool], dict] = _no_state_kwargs
     predict_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
     step_kwargs: Callable[[ml_collections.ConfigDict, Source], dict] = _no_step_kwargs
     output_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
@@ -75,13 +80,14 @@ TASKS = {
                              check=_check_num_classes, step_kwargs=classification.step_kwargs),
     "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                       frozen=reconstruction.FROZEN,
-                      state_kwargs=lambda config: {"encoder_weights": config.model.encoder_weights},
+                      state_kwargs=lambda config, resuming: {"encoder_weights": config.model.encoder_weights},
                       predict_kwargs=lambda config: {"sigma": config.eval.sigma},
                       output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays},
                       on_fresh_start=reconstruction.warn_if_random_encoder),
     "residual": Family(residual, ("snarm",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                        frozen=residual.FROZEN, data_task="anomaly",
-                       state_kwargs=lambda config: residual.state_kwargs(config, load_source(config, "train")),
+                       state_kwargs=lambda config, resuming: residual.state_kwargs(config, load_source(config, "train"),
+                                                                             resuming),
                        predict_kwargs=lambda config: {"sigma": config.eval.sigma, "score_pool": config.eval.score_pool,
                                                       "score_stride": config.eval.score_stride},
                        output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays},
@@ -154,9 +160,11 @@ class Experiment:
             self.total_steps = min(self.total_steps, config.train.max_steps)
         self.model = build_model(config)
         tx = make_optimizer(config.optim, self.total_steps, frozen=self.family.frozen)
+        # Whether a checkpoint will be restored over the new state: then the state only needs the right shapes.
+        resuming = Checkpointer(self.workdir, {}, config.train.max_to_keep).latest_step() is not None
         self.state = self.family.module.create_state(self.model, tx, jax.random.PRNGKey(config.seed),
                                                      config.data.image_size, self.mesh,
-                                                     **self.family.state_kwargs(config))
+                                                     **self.family.state_kwargs(config, resuming))
         self.checkpointer = Checkpointer(self.workdir, model_fingerprint(config.model.name, self.state.params),
                                          config.train.max_to_keep)
 

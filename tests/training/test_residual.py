@@ -143,6 +143,23 @@ def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypa
         np.testing.assert_array_equal(a, b)  # batch statistics and the bank
 
 
+def test_bank_is_built_on_a_fresh_start_only(trained, tmp_path, monkeypatch):
+    """A workdir with a checkpoint (resume, eval.py) takes the saved bank without building one first; the
+    evaluation after the restore gives the trained run's metrics."""
+    _, straight, summary = trained
+    calls, build = [], residual.build_bank
+    monkeypatch.setattr(residual, "build_bank", lambda *args, **kwargs: calls.append(1) or build(*args, **kwargs))
+    run.Experiment(straight.config, tmp_path)
+    assert len(calls) == 1
+    restored = run.Experiment(straight.config, straight.workdir)
+    assert len(calls) == 1
+    restored.restore_for_eval()
+    for a, b in zip(jax.tree.leaves(_host(straight.state.model_state)),
+                    jax.tree.leaves(_host(restored.state.model_state))):
+        np.testing.assert_array_equal(a, b)
+    assert restored.evaluate()["mean"] == pytest.approx(summary["mean"], rel=1e-6)
+
+
 @pytest.mark.slow  # a second compile of the full train step
 def test_gradient_accumulation_step(trained):
     _, experiment, _ = trained
