@@ -27,6 +27,16 @@ def model_fingerprint(model_name: str, params) -> dict:
     return {"model": model_name, "params": digest, "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}
 
 
+def has_checkpoint(workdir) -> bool:
+    """Whether ``<workdir>/checkpoints`` holds a finished checkpoint; creates nothing."""
+    directory = Path(workdir).absolute() / "checkpoints"
+    if not directory.is_dir():
+        return False
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                                    item_names=("state", "extra"))
+    return manager.latest_step() is not None
+
+
 class Checkpointer:
     """Save and restore (state, extra) pairs; keeps the newest ``max_to_keep`` steps."""
 

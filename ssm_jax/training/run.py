@@ -21,7 +21,7 @@ from ssm_jax.models.memorymamba import build_memorymamba
 from ssm_jax.models.snarm import build_snarm
 from ssm_jax.training import classification, reconstruction, residual
 from ssm_jax.training.accumulate import check_grad_accum
-from ssm_jax.training.checkpoint import Checkpointer, model_fingerprint
+from ssm_jax.training.checkpoint import Checkpointer, has_checkpoint, model_fingerprint
 from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
@@ -161,7 +161,7 @@ class Experiment:
         self.model = build_model(config)
         tx = make_optimizer(config.optim, self.total_steps, frozen=self.family.frozen)
         # Whether a checkpoint will be restored over the new state: then the state only needs the right shapes.
-        resuming = Checkpointer(self.workdir, {}, config.train.max_to_keep).latest_step() is not None
+        resuming = has_checkpoint(self.workdir)
         self.state = self.family.module.create_state(self.model, tx, jax.random.PRNGKey(config.seed),
                                                      config.data.image_size, self.mesh,
                                                      **self.family.state_kwargs(config, resuming))

@@ -64,6 +64,7 @@ def expected(checkpoint):
     return from_torch("mambaad", str(checkpoint))[1]
 
 
+@pytest.mark.slow  # trains nothing but compiles and evaluates MambaAD end to end in a subprocess
 def test_eval_restores_the_converted_weights(converted, expected):
     workdir, command = converted
     assert "--config.model.encoder=resnet18" in command and "--config.model.decoder_dims='(512, 256, 128, 64)'" in \

@@ -94,6 +94,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, mo
     assert experiment.checkpointer.all_steps() == [3]
 
 
+@pytest.mark.slow  # trains one model, then builds a second
 def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
     run.Experiment(tiny_config(max_steps=3), tmp_path).train()
     other = tiny_config(max_steps=3)

@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import portpicker
+import pytest
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 
 
+@pytest.mark.slow  # two processes, each compiling and training
 def test_two_process_training_agrees_and_evaluates_every_image(folder_root, tmp_path):
     port = portpicker.pick_unused_port()
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(port), folder_root, str(tmp_path)],

@@ -2,6 +2,7 @@
 inside the step (``traced_on``) and the gradient equals the 1-device step's."""
 
 import jax
+import pytest
 
 from ssm_jax.training import classification, run
 from ssm_jax.training import state as state_lib
@@ -10,6 +11,7 @@ from tests.training.conftest import make_tiny_config
 from tests.training.test_grad_accum import _assert_trees_close, _batch, _one_step, gradient_recorder
 
 
+@pytest.mark.slow  # interpret-mode Pallas inside two compiled train steps; tests/kernels/test_per_device.py is the fast check
 def test_pallas_step_on_four_devices_matches_one(folder_root):
     config = make_tiny_config(folder_root)
     with config.unlocked():
