@@ -81,6 +81,7 @@ def test_eval_restores_the_converted_weights(converted, expected):
     assert (workdir / "eval/metrics.json").is_file() and summary["num_images"] == 8
 
 
+@pytest.mark.slow  # compiles MambaAD end to end in a subprocess
 def test_train_on_the_converted_workdir_trains_no_step(converted, expected):
     workdir, command = converted
     experiment = run.Experiment(_eval_config(command, workdir), workdir)

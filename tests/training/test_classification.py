@@ -37,6 +37,7 @@ def test_bad_label_smoothing_is_named(tiny_config, value):
         classification.make_train_step(loss, make_mesh())
 
 
+@pytest.mark.slow  # an end-to-end Experiment run
 def test_experiment_passes_training_set_weights_and_augmentations(tiny_config, tmp_path, monkeypatch):
     config = tiny_config(max_steps=2)
     with config.unlocked():

@@ -87,8 +87,8 @@ def classifier(folder_root):
     return run.build_model(config), plain, config.loss, config.data.image_size
 
 
-@pytest.mark.parametrize("devices, accum", [(1, 2), (4, 4)], ids=["1 device, 2 micro-batches",
-                                                                  "4 devices, 4 micro-batches of 1 per device"])
+@pytest.mark.parametrize("devices, accum", [pytest.param(1, 2, marks=pytest.mark.slow), (4, 4)],
+                         ids=["1 device, 2 micro-batches", "4 devices, 4 micro-batches of 1 per device"])
 def test_classification_accumulation_equals_big_batch_step(classifier, devices, accum):
     model, plain_loss, _, image_size = classifier
     batch = _batch(16, image_size)
