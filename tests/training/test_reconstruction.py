@@ -104,6 +104,7 @@ def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypa
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # a fourth MambaAD model built for folder prediction
 def test_predict_folder_writes_scores_and_overlays(trained, tmp_path):
     _, experiment, _ = trained
     folder = tmp_path / "cells"
