@@ -25,7 +25,14 @@ Choices where the paper is silent or ambiguous (all documented, all switchable b
   * ``linear_out`` (eq. 13) is initialised to the identity so a block starts as F + N (a clean residual path
     through deep stacks); ``linear_in`` has the default init.
   * M_hat_f of eq. 24 ("processed through an MLP") is ``fine_proj``(M_f) per position; InfoNCE pairs it with Z.
-  * Stochastic depth (``drop_path_rate``, linear over blocks as in VMamba) is not in the paper: default 0.
+  * Stochastic depth (``drop_path_rate``, linear over blocks as in VMamba) is not in the paper: default 0. Each
+    model call draws one ``dropout`` key and splits it over all blocks, so both block layouts drop the same samples.
+
+Block layouts: by default each block is its own module ``stage{s}_block{j}`` (the layout of existing checkpoints).
+``scan_blocks=True`` makes each stage one ``nn.scan`` over its blocks, ``stage{s}_blocks`` with parameters stacked
+on a leading axis, so a stage compiles once instead of once per block (the 27-block stages of small/base).
+``stack_blocks`` / ``unstack_blocks`` convert parameters between the two. ``remat="block"`` recomputes each
+block's activations in the backward pass (less memory, about one more forward of compute).
 
 Presets follow VMamba v0 (the version the paper compares with): tiny depths (2, 2, 9, 2), dims 96..768;
 small (2, 2, 27, 2), 96..768; base (2, 2, 27, 2), 128..1024; d_state 16, expand 2, 4-direction sweep.
@@ -33,6 +40,7 @@ small (2, 2, 27, 2), 96..768; base (2, 2, 27, 2), 128..1024; d_state 16, expand 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -40,9 +48,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssm_jax.nn import SS2D, DropPath, Mlp, PatchEmbed, PatchMerging
+from ssm_jax.nn import SS2D, Mlp, PatchEmbed, PatchMerging
 
 SIMILARITIES = ("cos", "l1", "l2")
+REMAT = ("none", "block")
 
 memorymamba_presets = {
     "tiny": {"depths": (2, 2, 9, 2), "dims": (96, 192, 384, 768)},
@@ -68,6 +77,8 @@ MODEL_DEFAULTS = {
     "use_fine_memory": True,
     "use_fusion": True,
     "drop_path_rate": 0.0,
+    "scan_blocks": False,
+    "remat": "none",
     "dtype": "float32",
 }
 
@@ -82,6 +93,15 @@ def similarity(a, b, kind: str, eps: float = 1e-6):
     if kind == "l2":
         return 1.0 / (1.0 + jnp.sqrt(jnp.mean(jnp.square(a - b), axis=-1) + eps ** 2))
     raise ValueError(f"similarity: unknown kind {kind!r}; valid: {', '.join(SIMILARITIES)}")
+
+
+def drop_path(x, rate, key):
+    """Stochastic depth with a possibly traced ``rate``: zero each sample with probability rate, scale the rest.
+
+    The rate may be a scanned input (one per block), so there is no Python branch on its value; rate 0 keeps x.
+    """
+    keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
 def _identity_init(key, shape, dtype=jnp.float32):
@@ -126,7 +146,10 @@ class MemoryFusion(nn.Module):
 
 
 class MemSSMBlock(nn.Module):
-    """One Mem-SSM block (see the module docstring). Returns (F', aux) with the memory quantities the losses use."""
+    """One Mem-SSM block (see the module docstring): (F, drop) -> (F', aux), aux the memory quantities of the losses.
+
+    ``drop`` is None (no stochastic depth) or (rate, dropout key); the call signature is nn.scan's (carry, xs).
+    """
 
     dim: int
     d_state: int = 16
@@ -141,11 +164,10 @@ class MemSSMBlock(nn.Module):
     use_coarse_memory: bool = True
     use_fine_memory: bool = True
     use_fusion: bool = True
-    drop_path: float = 0.0
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, drop=None):
         z = nn.Dense(self.dim, dtype=self.dtype, name="linear_in")(x)
         aux, memories = {}, {}
         if self.use_coarse_memory or self.use_fine_memory:
@@ -168,7 +190,8 @@ class MemSSMBlock(nn.Module):
                  scan_method=self.scan_method, directions=self.directions, scan_impl=self.scan_impl,
                  dtype=self.dtype, name="ss2d")(fused)
         n = nn.LayerNorm(dtype=self.dtype, name="norm")(s)
-        n = DropPath(self.drop_path, name="drop_path")(n, deterministic=not train)
+        if drop is not None:
+            n = drop_path(n, *drop)
         out = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_identity_init, name="linear_out")(x + n)
         return out, aux
 
@@ -182,6 +205,7 @@ class MemoryMamba(nn.Module):
       fine_features Z_i (B, H_i, W_i, C_i), fine_memory M_hat_f (B, H_i, W_i, C_i) and
       fine_banks (fine_size, C_i)                                             [use_fine_memory].
     ``train=True`` enables stochastic depth (needs the ``dropout`` RNG when ``drop_path_rate > 0``).
+    ``scan_blocks`` / ``remat``: block layout and rematerialisation (module docstring); outputs do not depend on them.
     """
 
     num_classes: int
@@ -201,6 +225,8 @@ class MemoryMamba(nn.Module):
     use_fine_memory: bool = True
     use_fusion: bool = True
     drop_path_rate: float = 0.0
+    scan_blocks: bool = False
+    remat: str = "none"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -209,22 +235,41 @@ class MemoryMamba(nn.Module):
             raise ValueError(f"MemoryMamba: depths {tuple(self.depths)} and dims {tuple(self.dims)} differ in length")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"MemoryMamba: unknown similarity {self.similarity!r}; valid: {', '.join(SIMILARITIES)}")
+        if not isinstance(self.scan_blocks, bool):
+            raise ValueError(f"MemoryMamba: scan_blocks must be True or False, got {self.scan_blocks!r}")
+        if self.remat not in REMAT:
+            raise ValueError(f"MemoryMamba: unknown remat {self.remat!r}; valid: {', '.join(REMAT)}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"MemoryMamba: drop_path_rate={self.drop_path_rate}; expected a value in [0, 1)")
         x = PatchEmbed(self.dims[0], self.patch_size, dtype=self.dtype, name="patch_embed")(images.astype(self.dtype))
         total = sum(self.depths)
-        rates = [self.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        drops = None  # per block (rate, key), sliced per stage; the same in both layouts
+        if train and self.drop_path_rate > 0:
+            drops = (jnp.asarray([self.drop_path_rate * i / max(total - 1, 1) for i in range(total)], jnp.float32),
+                     jax.random.split(self.make_rng("dropout"), total))
         block_kwargs = dict(d_state=self.d_state, expand=self.expand, dt_rank=self.dt_rank,
                             scan_method=self.scan_method, directions=self.directions, scan_impl=self.scan_impl,
                             coarse_size=self.coarse_size, fine_size=self.fine_size, similarity=self.similarity,
                             use_coarse_memory=self.use_coarse_memory, use_fine_memory=self.use_fine_memory,
                             use_fusion=self.use_fusion, dtype=self.dtype)
+        block = MemSSMBlock
+        if self.remat == "block":  # CSE prevention is only needed outside a scan (jax.checkpoint docs)
+            block = nn.remat(block, prevent_cse=not self.scan_blocks)
         auxes = []
         for stage, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if stage > 0:
                 x = PatchMerging(dim, dtype=self.dtype, name=f"stage{stage}_downsample")(x)
-            for j in range(depth):
-                x, aux = MemSSMBlock(dim, drop_path=rates[len(auxes)], name=f"stage{stage}_block{j}",
-                                     **block_kwargs)(x, train)
-                auxes.append(aux)
+            first = len(auxes)
+            stage_drops = None if drops is None else jax.tree.map(lambda a: a[first:first + depth], drops)
+            if self.scan_blocks:
+                stacked = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=depth)
+                x, ys = stacked(dim, name=f"stage{stage}_blocks", **block_kwargs)(x, stage_drops)
+                auxes.extend({key: v[j] for key, v in ys.items()} for j in range(depth))
+            else:
+                for j in range(depth):
+                    drop = None if stage_drops is None else jax.tree.map(lambda a: a[j], stage_drops)
+                    x, aux = block(dim, name=f"stage{stage}_block{j}", **block_kwargs)(x, drop)
+                    auxes.append(aux)
         x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
         features = x.mean(axis=(1, 2))
         logits = Mlp(self.dims[-1], self.num_classes, dtype=self.dtype, name="head")(features)
@@ -249,7 +294,10 @@ def build_memorymamba(config) -> MemoryMamba:
     depths/dims, overridden by non-None ``depths`` / ``dims``; patch_size 4; d_state 16; expand 2;
     dt_rank "auto"; scan_method "sweep"; directions 4; scan_impl "auto"; coarse_size 32; fine_size 128;
     similarity "cos" | "l1" | "l2"; use_coarse_memory / use_fine_memory / use_fusion True;
-    drop_path_rate 0.0; dtype "float32" | "bfloat16" (activations; parameters stay float32).
+    drop_path_rate 0.0 (in [0, 1)); scan_blocks False (True: each stage one nn.scan over its blocks, parameters
+    ``stage{s}_blocks`` stacked on a leading axis, compiled once per stage; ``stack_blocks`` / ``unstack_blocks``
+    convert parameters of the default per-block layout); remat "none" | "block" (recompute each block's
+    activations in the backward pass); dtype "float32" | "bfloat16" (activations; parameters stay float32).
     """
     model = config.model if "model" in config else config
     fields = dict(model.to_dict() if isinstance(model, ml_collections.ConfigDict) else model)
@@ -270,3 +318,40 @@ def build_memorymamba(config) -> MemoryMamba:
         fields[key] = tuple(int(v) for v in fields[key])
     fields["dtype"] = jnp.dtype(fields["dtype"])
     return MemoryMamba(**fields)
+
+
+_BLOCK = re.compile(r"(stage\d+)_block(\d+)")
+_BLOCKS = re.compile(r"(stage\d+)_blocks")
+
+
+def stack_blocks(params) -> dict:
+    """Parameters of the per-block layout (``stage{s}_block{j}``) -> the ``scan_blocks`` layout (``stage{s}_blocks``,
+    leaves stacked over j on a new leading axis); other entries are kept. Exact (no arithmetic)."""
+    out, stages = {}, {}
+    for name, value in params.items():
+        match = _BLOCK.fullmatch(name)
+        if match:
+            stages.setdefault(match[1], {})[int(match[2])] = value
+        else:
+            out[name] = value
+    for stage, blocks in stages.items():
+        if sorted(blocks) != list(range(len(blocks))):
+            raise ValueError(f"stack_blocks: {stage} has blocks {sorted(blocks)}; expected 0..{len(blocks) - 1}")
+        out[f"{stage}_blocks"] = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(blocks[j] for j in sorted(blocks)))
+    return out
+
+
+def unstack_blocks(params) -> dict:
+    """Inverse of ``stack_blocks``: ``stage{s}_blocks`` (leading axis = block) -> ``stage{s}_block{j}``. Exact."""
+    out = {}
+    for name, value in params.items():
+        match = _BLOCKS.fullmatch(name)
+        if not match:
+            out[name] = value
+            continue
+        depth = {leaf.shape[0] for leaf in jax.tree.leaves(value)}
+        if len(depth) != 1:
+            raise ValueError(f"unstack_blocks: {name} leaves have different leading sizes {sorted(depth)}")
+        for j in range(depth.pop()):
+            out[f"{match[1]}_block{j}"] = jax.tree.map(lambda leaf: leaf[j], value)
+    return out
