@@ -8,9 +8,8 @@ dims), so the greedy k-center coreset (``ssm_jax.models.patch_bank``) sees O(pat
 pass 2 runs the encoder again and keeps the chosen patches' full features. Before both, at most
 ``bank.max_patches`` patches are kept by a seeded uniform draw (the official code caps at 1,000,000). The bank holds
 ``max(1, int(kept * bank.coreset_ratio))`` rows and lives in the state's variable collection ``bank`` (features and
-each row's training-image index), so checkpoints, resume and ``eval.py`` carry it; a new Experiment rebuilds it
-before restoring (the same bank for the same data, encoder and seed), which costs one extra pass over the training
-images at evaluation.
+each row's training-image index), so checkpoints, resume and ``eval.py`` carry it: a resumed run or ``eval.py``
+restores it from the checkpoint instead of building it (``create_state(bank_from_checkpoint=True)``).
 
 Training (``config.loss``; choices, as the paper's training recipe was not available here: see
 ``ssm_jax.models.snarm``): every step pastes synthetic defects into a share ``defects.fraction`` of the batch on the
