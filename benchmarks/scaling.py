@@ -107,12 +107,14 @@ def measure(config, model, count: int, per_device_batch: int, source=None) -> di
                                      seed=config.seed, flips=tuple(config.data.flips),
                                      num_workers=config.data.num_workers, skip_corrupt=config.data.skip_corrupt))
     fixed = shard_batch(next(batches) if batches else random_batch(config, global_batch), mesh)
+    start = time.perf_counter()
     step = family.module.make_train_step(config.loss, mesh, accum).lower(state, fixed).compile()
+    compile_s = time.perf_counter() - start
     state, seconds = mean_step_seconds(step, state, lambda: fixed, _STEPS.value, _WARMUP.value)
     row = {"model": config.model.name, "device": jax.devices()[0].device_kind, "devices": count,
            "image_size": config.data.image_size, "per_device_batch": per_device_batch, "global_batch": global_batch,
            "grad_accum_steps": accum, "step_ms": seconds * 1e3, "images_per_s": global_batch / seconds,
-           "memory": peak_memory(step)}
+           "memory": peak_memory(step), "compile_s": compile_s}
     if batches is not None:
         _, fed = mean_step_seconds(step, state, lambda: shard_batch(next(batches), mesh), _STEPS.value, _WARMUP.value)
         row.update(pipeline_step_ms=fed * 1e3, pipeline_share=max(0.0, 1.0 - seconds / fed))
@@ -124,7 +126,7 @@ def format_row(r: dict) -> str:
             f"{r['efficiency']:>8.3f}")
     if "pipeline_step_ms" in r:
         line += f"{r['pipeline_step_ms']:>14.1f}{100 * r['pipeline_share']:>9.1f}%"
-    return line + f"  {r['memory']}"
+    return line + f"  {r['memory']}  compiled in {r['compile_s']:.0f} s"
 
 
 def run(config, counts: list[int], per_device_batch: int, pipeline: bool) -> list[dict]:
