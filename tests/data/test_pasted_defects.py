@@ -8,6 +8,9 @@ import pytest
 
 from ssm_jax.data.pasted_defects import paste_defects, smooth_noise
 
+# Compiled once per shape and setting (eager dispatch of the many small ops took ~35 s a test on 2 cores).
+_paste = jax.jit(paste_defects, static_argnames=("fraction", "area", "opacity", "grids"))
+
 
 def _constant_batch(b=6, size=32):
     """Image i is constant i + 1 in every channel, so pasted content is recognisable by its value."""
@@ -33,23 +36,23 @@ def test_every_image_defective_with_fraction_one():
 
 def test_fraction_zero_changes_nothing_and_key_decides():
     images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
-    out, masks, labels = paste_defects(images, jax.random.key(2), fraction=0.0)
+    out, masks, labels = _paste(images, jax.random.key(2), fraction=0.0)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(images))
     assert not np.any(np.asarray(masks)) and not np.any(np.asarray(labels))
-    a = paste_defects(images, jax.random.key(3))
-    b = paste_defects(images, jax.random.key(3))
-    c = paste_defects(images, jax.random.key(4))
+    a = _paste(images, jax.random.key(3))
+    b = _paste(images, jax.random.key(3))
+    c = _paste(images, jax.random.key(4))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert not np.array_equal(np.asarray(a[1]), np.asarray(c[1]))
-    half = [int(paste_defects(images, jax.random.key(k))[2].sum()) for k in range(20)]
+    half = [int(_paste(images, jax.random.key(k))[2].sum()) for k in range(20)]
     assert 0.3 < np.mean(half) / 8 < 0.7  # fraction 0.5 by default
 
 
 def test_non_square_images_and_smooth_noise():
-    out, masks, labels = paste_defects(jax.random.normal(jax.random.key(5), (2, 16, 24, 3)), jax.random.key(6), 1.0)
+    out, masks, labels = _paste(jax.random.normal(jax.random.key(5), (2, 16, 24, 3)), jax.random.key(6), 1.0)
     assert out.shape == (2, 16, 24, 3) and masks.shape == (2, 16, 24) and np.all(np.asarray(masks).sum((1, 2)) > 0)
-    noise = np.asarray(smooth_noise(jax.random.key(7), 4, 32, 32, grids=(2,)))
+    noise = np.asarray(jax.jit(smooth_noise, static_argnums=(1, 2, 3, 4))(jax.random.key(7), 4, 32, 32, (2,)))
     assert noise.shape == (4, 32, 32)
     assert np.abs(np.diff(noise, axis=1)).max() < 0.25  # a 3 x 3 grid upsampled to 32 x 32 is smooth
 

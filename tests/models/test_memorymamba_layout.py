@@ -63,6 +63,7 @@ def _assert_trees_close(actual, expected):
     jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **TOL), actual, expected)
 
 
+@pytest.mark.slow  # 33 s on 2 cores (two compiles of the model's gradient); CI's default run is near its limit
 def test_scanned_equals_unrolled_eval_train_and_gradients(params):
     ref_train, ref_grads, ref_eval = _run(params, scan_blocks=False, with_eval=True)
     train_out, grads, eval_out = _run(params, scan_blocks=True, with_eval=True)
@@ -80,7 +81,7 @@ def test_scanned_equals_unrolled_eval_train_and_gradients(params):
 @pytest.mark.slow  # 22 s on 2 cores; the layout equivalence above stays in the default run
 @pytest.mark.parametrize("scan_blocks", [False, True])
 def test_remat_gives_identical_outputs_and_gradients(params, scan_blocks):
-    reference = _run(params, scan_blocks, with_eval=True)[:2]  # the compiled function of the test above
+    reference = _run(params, scan_blocks, with_eval=True)[:2]  # compiled by the test above when run together
     for ref, got in zip(reference, _run(params, scan_blocks, remat="block")):
         _assert_trees_close(got, ref)
 
