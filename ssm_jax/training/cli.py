@@ -11,9 +11,12 @@ from ml_collections import config_flags
 from ssm_jax.training.checkpoint import CheckpointError
 from ssm_jax.training.loop import NonFiniteLossError
 from ssm_jax.training.mesh import initialize_distributed
+from ssm_jax.training.preemption import Preempted
 
 # Errors that mean "fix the input", shown as one message instead of a traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, CheckpointError, NonFiniteLossError)
+# Exit status of a run stopped by SIGTERM after checkpointing (128 + 15, the shell's convention for SIGTERM).
+PREEMPTED_EXIT_CODE = 143
 
 
 def _unknown_key_message(argv: list[str], err: Exception) -> str | None:
@@ -50,7 +53,7 @@ def define_run_flags(workdir_help: str):
 
 def run(argv: list[str], fn, *args):
     """Body of a CLI ``main``: quiet logging, join a multi-process job, run ``fn``; bad input exits with code 1
-    and its message instead of a traceback."""
+    and its message instead of a traceback; a run stopped by SIGTERM (checkpointed) exits with code 143."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
@@ -59,3 +62,6 @@ def run(argv: list[str], fn, *args):
         return fn(*args)
     except USER_ERRORS as err:
         sys.exit(f"error: {err}")
+    except Preempted as err:
+        print(err, file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT_CODE)

@@ -5,7 +5,9 @@ A task supplies ``train_step(state, batch) -> (state, metrics)`` and a batch ite
 
 One step stays queued: step n is dispatched, then the loop waits for step n - 1 to finish and fetches the batch of
 step n + 1 while step n computes. Checkpoints are written in the background while the next steps run; the last
-one, and one still being written when the loop stops (error, Ctrl-C), is waited for. Each logged line also says
+one, and one still being written when the loop stops (error, Ctrl-C), is waited for. Asked to stop (SIGTERM: a
+cluster's preemption or time limit, ``timeout``), the loop checkpoints the step it is on and raises ``Preempted``
+(``ssm_jax.training.preemption``), so the same command resumes there. Each logged line also says
 where the time went since the last one (``LoopClock``): ``data_wait_s`` (seconds blocked on the input pipeline),
 ``max_pause_s`` (the longest time between two finished steps, checkpoints included), ``images_per_s`` (without
 the first step) and, on the first line of a run, ``compile_s`` (the first step: tracing, compiling, running it).
@@ -40,6 +42,7 @@ from tqdm.auto import tqdm
 from ssm_jax.training.checkpoint import Checkpointer
 from ssm_jax.training.log import MetricsLog
 from ssm_jax.training.mesh import shard_batch
+from ssm_jax.training.preemption import Preempted, StopRequest
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -133,34 +136,40 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
         bar.update(1)
 
     try:
-        for step in range(start, total_steps):
-            before = now()
-            batch = shard_batch(next(batches), mesh)
-            dispatched = now()
-            clock.waited_for_data(dispatched - before)
-            state, metrics = train_step(state, batch)
-            pending.add(step, metrics)
-            if step == start:  # compiles: timed alone
-                finish(metrics)
-                clock.compiled(now() - dispatched)
-            else:
-                if running is not None:
-                    finish(running)
-                running = metrics
-            done = step + 1
-            if done % log_every == 0 or done == total_steps or done % checkpoint_every == 0:
-                if running is not None:
-                    finish(running)
-                    running = None
-                means = {**pending.flush(last_saved, checkpointer.directory), **clock.interval()}
-                log.write(done, means)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k in ("loss", "acc", "images_per_s")})
-                if on_log is not None:
-                    on_log(done, means)
-            if done % checkpoint_every == 0 or done == total_steps:
-                # Written in the background while the next steps run; the last one is waited for.
-                checkpointer.save(done, state, {"data": batches.get_state()}, wait=done == total_steps)
-                last_saved = done
+        with StopRequest() as stop:
+            for step in range(start, total_steps):
+                before = now()
+                batch = shard_batch(next(batches), mesh)
+                dispatched = now()
+                clock.waited_for_data(dispatched - before)
+                state, metrics = train_step(state, batch)
+                pending.add(step, metrics)
+                if step == start:  # compiles: timed alone
+                    finish(metrics)
+                    clock.compiled(now() - dispatched)
+                else:
+                    if running is not None:
+                        finish(running)
+                    running = metrics
+                done = step + 1
+                stopping = stop.requested(done) and done < total_steps
+                save = done % checkpoint_every == 0 or done == total_steps or stopping
+                if done % log_every == 0 or save:
+                    if running is not None:
+                        finish(running)
+                        running = None
+                    means = {**pending.flush(last_saved, checkpointer.directory), **clock.interval()}
+                    log.write(done, means)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k in ("loss", "acc", "images_per_s")})
+                    if on_log is not None:
+                        on_log(done, means)
+                if save:
+                    # Written in the background while the next steps run; the last one is waited for.
+                    checkpointer.save(done, state, {"data": batches.get_state()}, wait=done == total_steps or stopping)
+                    last_saved = done
+                if stopping:
+                    bar.close()
+                    raise Preempted(done, checkpointer.directory)
     finally:  # also on an error or Ctrl-C: the checkpoint being written completes, so a rerun resumes from it
         checkpointer.wait_until_finished()
     bar.close()

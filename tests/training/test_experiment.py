@@ -1,6 +1,7 @@
 """End-to-end training behaviour: learning, outputs, exact resume, multi-device equality, and bad input."""
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from ssm_jax.training import classification, run
 from ssm_jax.training.checkpoint import CheckpointError
 from ssm_jax.training.loop import NonFiniteLossError
 from ssm_jax.training.mesh import make_mesh, shard_batch
+from ssm_jax.training.preemption import Preempted
 from tests.training.crash import crash_during_step
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +38,7 @@ def test_training_reduces_loss_and_writes_outputs(tiny_config, tmp_path):
     assert len((tmp_path / "eval/predictions.csv").read_text().splitlines()) == 1 + summary["num_images"]
 
 
-def test_resume_after_interrupt_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
+def test_resume_after_crash_and_sigterm_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
     config = tiny_config(max_steps=8, checkpoint_every=3)
     straight = run.Experiment(config, tmp_path / "straight")
     straight.train()
@@ -45,6 +47,12 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_config, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         run.Experiment(config, tmp_path / "resumed").train()
     monkeypatch.undo()
+    crash_during_step(monkeypatch, classification, step=2, sigterm=True)  # resumed at 3: SIGTERM during step 5
+    with pytest.raises(Preempted) as stopped:
+        run.Experiment(config, tmp_path / "resumed").train()
+    monkeypatch.undo()
+    assert stopped.value.step == 5 and sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["3", "5"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the loop's handler is gone
     resumed = run.Experiment(config, tmp_path / "resumed")
     resumed.train()
 

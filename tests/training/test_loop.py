@@ -1,6 +1,8 @@
 """The training loop's schedule (one step queued, flushes wait for every step) and its time accounting."""
 
 import json
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ from ssm_jax.training import run
 from ssm_jax.training.checkpoint import Checkpointer
 from ssm_jax.training.log import MetricsLog
 from ssm_jax.training.loop import LoopClock, train_loop
+from ssm_jax.training.preemption import Preempted
 from ssm_jax.training.mesh import make_mesh
 
 BATCH = 4
@@ -126,6 +129,23 @@ def test_an_interrupted_run_waits_for_its_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _run(world, tmp_path, total_steps=6, log_every=10, checkpoint_every=2)
     assert world.events[-5:] == ["save 2 2", "fetch 2", "dispatch 2", "fetch 3", "saved"]
+
+
+def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
+    world = Scripted()
+
+    def sigterm_at_step_3(state, batch):
+        if state.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled: the step still runs
+        return Scripted.train_step(world, state, batch)
+
+    world.train_step = sigterm_at_step_3
+    with pytest.raises(Preempted, match="after step 4; its checkpoint is in ckpt") as stopped:
+        _run(world, tmp_path, total_steps=10, log_every=10, checkpoint_every=100)
+    assert stopped.value.step == 4
+    assert world.events[world.events.index("dispatch 3"):] == ["dispatch 3", "wait 2", "wait 3", "log 4",
+                                                                "save 4 4 and wait", "saved"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
 
 
 def test_a_background_save_keeps_the_state_it_was_given(tmp_path):
