@@ -10,7 +10,9 @@ For step t with decay a_t = exp(delta_t A), state x_t and output gradient g_t (a
 A chunk's states are recomputed into registers (the chunk loop is unrolled), so the backward reads the
 inputs, the checkpoints and dy once and never materialises (batch, L, D, N). dB and dC come out as one
 partial sum per channel block, dA, dD and d delta_bias as one partial per batch row; the caller reduces
-them (deterministic, no atomics).
+them (deterministic, no atomics). With a segmented layout (the ``split`` design) each program walks one
+segment, starting from the state adjoint ``h_in`` (batch, n_segments, D, N) entering it from the later
+segments, and writes its dA, dD, d delta_bias partials at row b * n_segments + segment.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
 
     def chunk(k, carry):
         h, dA, dskip, dbias = carry
-        c = lay.n_chunks - 1 - k
+        c = p.c0 + lay.program_chunks - 1 - k
         x = common.load_matrix(r["states"], p, lay, index=(p.b, jnp.maximum(c - 1, 0)))
         x = jnp.where(c > 0, x, 0.0)
         states = [x]  # states[i] = state before step i of the chunk; states[i + 1] = after it
@@ -81,37 +83,43 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
             h = decay * h
         return h, dA, dskip, dbias
 
-    h0 = common.load_matrix(r["dlast"], p, lay, index=(p.b,)) if "dlast" in r else tile
-    _, dA, dskip, dbias = jax.lax.fori_loop(0, lay.n_chunks, chunk, (h0, tile, vec, vec))
-    common.store_matrix(o["dA"], p, lay, dA, index=(p.b,))
+    if "h_in" in r:
+        h0 = common.load_matrix(r["h_in"], p, lay, index=(p.b, p.seg))
+    else:
+        h0 = common.load_matrix(r["dlast"], p, lay, index=(p.b,)) if "dlast" in r else tile
+    _, dA, dskip, dbias = jax.lax.fori_loop(0, lay.program_chunks, chunk, (h0, tile, vec, vec))
+    row = p.b * lay.n_segments + p.seg
+    common.store_matrix(o["dA"], p, lay, dA, index=(row,))
     at = pl.ds(p.d0, lay.block_d)
     if "dD" in o:
-        plgpu.store(o["dD"].at[p.b, at], dskip, mask=p.dmask)
+        plgpu.store(o["dD"].at[row, at], dskip, mask=p.dmask)
     if "dbias" in o:
-        plgpu.store(o["dbias"].at[p.b, at], dbias, mask=p.dmask)
+        plgpu.store(o["dbias"].at[row, at], dbias, mask=p.dmask)
 
 
 def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool, num_warps: int = 8):
     """Run the backward kernel.
 
     ``inputs``: u, delta, A, B, C, [D], [z], [delta_bias], states (batch, n_chunks, D, N) from the forward,
-    dy (batch, L, D), [dlast (batch, D, N)]. Returns a dict of raw gradients: du, ddelta, [dz] shaped like
-    their inputs; dA (batch, D, N), [dD], [dbias] (batch, D) and dB, dC (batch, L, n_blocks, N), float32
-    partial sums for the caller to reduce.
+    dy (batch, L, D), [dlast (batch, D, N)] or, with a segmented layout, h_in (batch, n_segments, D, N).
+    Returns a dict of raw gradients: du, ddelta, [dz] shaped like their inputs; dA (rows, D, N), [dD],
+    [dbias] (rows, D) with rows = batch * n_segments, and dB, dC (batch, L, n_blocks, N), float32 partial
+    sums for the caller to reduce.
     """
     u = inputs["u"]
     bld = (lay.batch, lay.length, lay.dim)
+    rows = lay.batch * lay.n_segments
     partial_bc = jax.ShapeDtypeStruct((lay.batch, lay.length, lay.n_blocks, lay.d_state), F32)
     shapes = {"du": jax.ShapeDtypeStruct(bld, u.dtype),
               "ddelta": jax.ShapeDtypeStruct(bld, inputs["delta"].dtype),
-              "dA": jax.ShapeDtypeStruct((lay.batch, lay.dim, lay.d_state), F32),
+              "dA": jax.ShapeDtypeStruct((rows, lay.dim, lay.d_state), F32),
               "dB": partial_bc, "dC": partial_bc}
     if "z" in inputs:
         shapes["dz"] = jax.ShapeDtypeStruct(bld, inputs["z"].dtype)
     if "D" in inputs:
-        shapes["dD"] = jax.ShapeDtypeStruct((lay.batch, lay.dim), F32)
+        shapes["dD"] = jax.ShapeDtypeStruct((rows, lay.dim), F32)
     if "delta_bias" in inputs:
-        shapes["dbias"] = jax.ShapeDtypeStruct((lay.batch, lay.dim), F32)
+        shapes["dbias"] = jax.ShapeDtypeStruct((rows, lay.dim), F32)
     names, out_names = tuple(inputs), tuple(shapes)
     kernel = functools.partial(_kernel, names=names, out_names=out_names, lay=lay,
                                delta_softplus=delta_softplus)

@@ -4,6 +4,9 @@ Each program owns one (batch row, channel block) pair. Channel blocks never stra
 program reads one (N,) row of B and of C per time step. Blocks are padded to powers of two (Triton needs
 them) and every load and store is masked: padded channels, padded state lanes and time steps past L are
 exact no-ops of the recurrence (delta = 0 gives decay 1 and drive 0).
+
+With ``Layout.segment`` set (the ``split`` design) the grid has a third axis: program (b, block, s) walks only
+segment s, ``segment`` steps (a whole number of chunks) starting at step s * segment.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Layout:
     block_d: int
     chunk: int
     time_last: bool = False  # tiled designs: tiles held as (block_d, chunk) instead of (chunk, block_d)
+    segment: int = 0  # split design: steps per program, a multiple of chunk; 0: one program walks all L
 
     @property
     def group_dim(self) -> int:
@@ -45,16 +49,26 @@ class Layout:
         return self.groups * self.blocks_per_group
 
     @property
+    def n_segments(self) -> int:
+        return pl.cdiv(self.length, self.segment) if self.segment else 1
+
+    @property
+    def program_chunks(self) -> int:
+        """Chunks one program walks."""
+        return self.segment // self.chunk if self.segment else pl.cdiv(self.length, self.chunk)
+
+    @property
     def n_chunks(self) -> int:
-        return pl.cdiv(self.length, self.chunk)
+        """Chunks over the whole (segment-padded) sequence: the number of checkpoints."""
+        return self.n_segments * self.program_chunks
 
     @property
     def state_pad(self) -> int:
         return pl.next_power_of_2(self.d_state)
 
     @property
-    def grid(self) -> tuple[int, int]:
-        return (self.batch, self.n_blocks)
+    def grid(self) -> tuple[int, ...]:
+        return (self.batch, self.n_blocks, self.n_segments) if self.segment else (self.batch, self.n_blocks)
 
 
 def make_layout(u, B, d_state: int, block_d: int | None, chunk: int, time_last: bool = False) -> Layout:
@@ -71,7 +85,7 @@ def make_layout(u, B, d_state: int, block_d: int | None, chunk: int, time_last: 
 
 
 class Program(NamedTuple):
-    """Where this program sits: batch row, block index, first channel, group, lane masks."""
+    """Where this program sits: batch row, block index, first channel, group, lane masks, segment."""
 
     b: jax.Array
     block: jax.Array
@@ -79,6 +93,8 @@ class Program(NamedTuple):
     group: jax.Array
     dmask: jax.Array  # (block_d,) channel inside its group
     nmask: jax.Array  # (state_pad,) lane inside N
+    seg: jax.Array | int  # segment (0 without segments)
+    c0: jax.Array | int  # index of the segment's first chunk in the whole sequence
 
 
 def program(lay: Layout) -> Program:
@@ -88,7 +104,8 @@ def program(lay: Layout) -> Program:
     local0 = (block % lay.blocks_per_group) * lay.block_d
     dmask = local0 + jnp.arange(lay.block_d) < lay.group_dim
     nmask = jnp.arange(lay.state_pad) < lay.d_state
-    return Program(b, block, group * lay.group_dim + local0, group, dmask, nmask)
+    seg = pl.program_id(2) if lay.segment else 0
+    return Program(b, block, group * lay.group_dim + local0, group, dmask, nmask, seg, seg * lay.program_chunks)
 
 
 def _load(ref, mask):
@@ -149,16 +166,22 @@ class Step(NamedTuple):
     mask: jax.Array
 
 
-def load_step(refs: dict, p: Program, lay: Layout, t, bias, delta_softplus: bool) -> Step:
-    """Load u, delta and B at time t and discretise delta; steps past L come back as identity steps."""
+def load_delta(refs: dict, p: Program, lay: Layout, t, bias, delta_softplus: bool):
+    """(delta after bias/softplus, 0 on masked lanes; delta before softplus; lane mask) at time t."""
     valid = t < lay.length
     mask = p.dmask & valid
-    u = load_row(refs["u"], p, lay, t, valid)
     delta_pre = load_row(refs["delta"], p, lay, t, valid)
     if bias is not None:
         delta_pre = delta_pre + bias
     delta = softplus(delta_pre) if delta_softplus else delta_pre
-    delta = jnp.where(mask, delta, 0.0)
+    return jnp.where(mask, delta, 0.0), delta_pre, mask
+
+
+def load_step(refs: dict, p: Program, lay: Layout, t, bias, delta_softplus: bool) -> Step:
+    """Load u, delta and B at time t and discretise delta; steps past L come back as identity steps."""
+    valid = t < lay.length
+    delta, delta_pre, mask = load_delta(refs, p, lay, t, bias, delta_softplus)
+    u = load_row(refs["u"], p, lay, t, valid)
     return Step(u, delta, delta_pre, load_group_row(refs["B"], p, lay, t, valid), mask)
 
 

@@ -4,6 +4,8 @@ Grid (batch, channel blocks). Each program walks L in chunks of ``chunk`` steps 
 the steps of a chunk are unrolled so their loads are independent of the recurrence and can be issued
 early. The (batch, L, D, N) state is never written: depending on ``save`` the kernel stores nothing, the
 last state, or the state at the end of every chunk (the checkpoints the backward kernel restarts from).
+With a segmented layout (the ``split`` design) each program walks one segment, starting from the state
+``h_in`` (batch, n_segments, D, N) given for it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
     def chunk(c, x):
+        c = p.c0 + c
         for i in range(lay.chunk):
             t = c * lay.chunk + i
             valid = t < lay.length
@@ -46,20 +49,25 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
             common.store_matrix(refs[-1], p, lay, x, index=(p.b, c))
         return x
 
-    x = jax.lax.fori_loop(0, lay.n_chunks, chunk, jnp.zeros((lay.block_d, lay.state_pad), F32))
+    if "h_in" in r:
+        x = common.load_matrix(r["h_in"], p, lay, index=(p.b, p.seg))
+    else:
+        x = jnp.zeros((lay.block_d, lay.state_pad), F32)
+    x = jax.lax.fori_loop(0, lay.program_chunks, chunk, x)
     if save == "last":
         common.store_matrix(refs[-1], p, lay, x, index=(p.b, 0))
 
 
 def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, interpret: bool,
             num_warps: int = 4):
-    """Run the forward kernel on ``inputs`` (name -> array; D, z, delta_bias may be absent).
+    """Run the forward kernel on ``inputs`` (name -> array; D, z, delta_bias may be absent; h_in only with a
+    segmented layout).
 
     Returns y (batch, L, D) in u's dtype, and for save != "none" also the saved states
-    (batch, 1 or n_chunks, D, N) float32.
+    (batch, 1 or n_chunks, D, N) float32 ("last" only without segments: segments end in other programs).
     """
-    if save not in SAVE_MODES:
-        raise ValueError(f"save={save!r}, expected one of {SAVE_MODES}")
+    if save not in SAVE_MODES or (save == "last" and lay.segment):
+        raise ValueError(f"save={save!r}, expected one of {SAVE_MODES} (not last with segments)")
     u = inputs["u"]
     out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
     if save != "none":

@@ -2,10 +2,12 @@
 
 Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one inside each program;
 ``tiled`` and ``tiled_t`` scan ``chunk``-step time tiles in parallel inside each program (tiles held time-major
-or channel-major). ``auto`` takes ``tiled`` when the serial grid would leave the GPU's SMs idle (fewer than
+or channel-major); ``split`` cuts the sequence into ``chunk``-step segments walked by separate programs
+(``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; not yet
+measured). ``auto`` takes ``tiled`` when the serial grid would leave the GPU's SMs idle (fewer than
 ``SERIAL_MIN_PROGRAMS`` programs), else ``serial``: the faster one for forward+backward on all five benchmark
-shapes measured on an H100. Under differentiation the forward stores the state
-every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
+shapes measured on an H100. Under differentiation the forward stores the state every ``chunk`` steps
+(batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``).
 """
@@ -17,7 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels.selective_scan import backward, forward, tiled_backward, tiled_forward
+from kernels.selective_scan import backward, forward, split, tiled_backward, tiled_forward
 from kernels.selective_scan.common import make_layout
 from kernels.selective_scan.per_device import per_device
 
@@ -26,6 +28,7 @@ DESIGNS = {
     "tiled": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, False),
     "tiled_t": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, True),
     "serial": (forward.forward, backward.backward, 16, 32, 4, 8, False),
+    "split": (split.forward, split.backward, 256, 32, 4, 8, False),  # chunk: steps per segment
 }
 
 
@@ -61,7 +64,9 @@ def _design(design: str, u, B, A, block_d, chunk, num_warps):
         block_d = min(cap, 1 << max(0, (u.shape[2] // B.shape[2] - 1).bit_length()))
     lay = make_layout(u, B, A.shape[1], block_d, default_chunk if chunk is None else chunk, time_last)
     if design != "serial" and lay.chunk & (lay.chunk - 1):
-        raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the tiled design")
+        raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the {design} design")
+    if design == "split":
+        lay = split.layout(lay)
     if num_warps is not None:
         fwd_warps, bwd_warps = num_warps
     return fwd, bwd, lay, fwd_warps, bwd_warps
@@ -139,11 +144,13 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         z: (batch, L, D) or None.
       delta_softplus, return_last_state: as in ``selective_scan``.
       interpret: run the kernels in Pallas interpret mode (CPU, for tests).
-      design: "serial" (one step after another), "tiled"/"tiled_t" (parallel scans over time tiles) or
-        "auto" (``choose_design``).
+      design: "serial" (one step after another), "tiled"/"tiled_t" (parallel scans over time tiles),
+        "split" (serial walks over segments of the sequence, chained by a scan over segments) or "auto"
+        (``choose_design``).
       block_d: channels per program (power of two; default the design's cap, 16 tiled / 32 serial, or the
         channels per group rounded up to a power of two when fewer).
-      chunk: time steps per tile and checkpoint (default 64 tiled, 16 serial; a power of two for tiled).
+      chunk: time steps per tile and checkpoint (default 64 tiled, 16 serial; a power of two for tiled);
+        for split, time steps per segment (a power of two, default 256; checkpoints every min(16, chunk)).
       num_warps: (forward, backward) warps per program (default: the design's).
 
     Returns:

@@ -126,9 +126,10 @@ def test_dispatch_through_selective_scan():
     assert rel_err(y, y_ref) < 1e-5
 
 
-@pytest.mark.parametrize("design", DESIGNS)
+@pytest.mark.parametrize("design", (*DESIGNS, "split"))
 def test_lowers_to_triton(design):
-    """Forward and backward lower through Pallas' Triton path (no GPU needed to lower for CUDA)."""
+    """Forward and backward lower through Pallas' Triton path (no GPU needed to lower for CUDA); ``split``
+    (tested for values in test_split.py) with three segments."""
     spec = lambda shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype)
     batch, length, dim, groups, d_state = 2, 40, 96, 1, 16
     args = (spec((batch, length, dim)), spec((batch, length, dim)), spec((dim, d_state), jnp.float32),
@@ -137,11 +138,11 @@ def test_lowers_to_triton(design):
 
     def loss(*a):
         y, last = selective_scan_pallas(*a, delta_softplus=True, return_last_state=True, interpret=False,
-                                        design=design)
+                                        design=design, chunk=16 if design == "split" else None)
         return jnp.sum(y.astype(jnp.float32)) + jnp.sum(last)
 
     text = jax.jit(jax.grad(loss, tuple(range(8)))).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("triton") >= 2
+    assert text.count("triton") >= (4 if design == "split" else 2)  # split: two segment-summary kernels more
 
 
 def test_rejects_block_d_not_power_of_two():
@@ -150,7 +151,7 @@ def test_rejects_block_d_not_power_of_two():
         run_pallas(x, {}, block_d=3)
 
 
-@pytest.mark.parametrize("design,chunk", [("serial", 0), ("tiled", 12), ("nope", 4)])
+@pytest.mark.parametrize("design,chunk", [("serial", 0), ("tiled", 12), ("split", 24), ("nope", 4)])
 def test_rejects_bad_design_or_chunk(design, chunk):
     x = make_inputs(5, 1, 4, 4, 1, 4)
     with pytest.raises(ValueError, match="chunk|design"):

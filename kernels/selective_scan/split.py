@@ -1,0 +1,76 @@
+"""``split`` design: the sequence cut into segments, each walked by its own programs, so that a small
+(batch, channel blocks) grid still fills the GPU (grid (batch, channel blocks, segments)).
+
+Forward, in three passes: (1) ``summaries.states`` gives each segment's end state from zero and its decay;
+(2) plain JAX chains them by an associative scan over the segments ((batch, n_segments, D, N), small) into the
+state entering every segment; (3) the serial forward kernel walks each segment again from that state and
+writes y (and the checkpoints, which come out identical to the serial design's). The backward mirrors it:
+(1) ``summaries.adjoints`` walks each segment in reverse from a zero adjoint, (2) a reverse associative scan
+gives the state adjoint entering each segment from the later ones (d last_state entering the last), (3) the
+serial backward kernel runs per segment from it. Cost: the forward does about twice the work of one serial
+pass; the backward adds a pass that reads delta, C, z and dy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from kernels.selective_scan import backward as serial_backward
+from kernels.selective_scan import forward as serial_forward
+from kernels.selective_scan import summaries
+from kernels.selective_scan.common import Layout
+
+UNROLL = 16  # steps unrolled per chunk (and between checkpoints) inside a segment: the serial default
+
+
+def layout(lay: Layout) -> Layout:
+    """Segments of ``lay.chunk`` steps (a power of two; capped at L rounded up to one), each walked in chunks
+    of up to UNROLL steps."""
+    segment = min(lay.chunk, pl.next_power_of_2(lay.length))
+    return dataclasses.replace(lay, chunk=min(UNROLL, segment), segment=segment)
+
+
+def _compose(first, second):
+    """The affine map x -> a x + b of ``first`` followed by that of ``second``."""
+    (a1, b1), (a2, b2) = first, second
+    return a1 * a2, a2 * b1 + b2
+
+
+def _chain(decay, total, *, reverse: bool):
+    """What leaves each segment when every segment s maps x -> decay[s] x + total[s] and zero enters the
+    first (the last, when ``reverse``); segments on axis 1."""
+    return jax.lax.associative_scan(_compose, (decay, total), reverse=reverse, axis=1)[1]
+
+
+def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, interpret: bool, num_warps: int = 4):
+    """Same contract as ``forward.forward`` for a segmented layout (``layout``)."""
+    kw = dict(delta_softplus=delta_softplus, interpret=interpret, num_warps=num_warps)
+    total, dsum = summaries.states(inputs, lay, **kw)
+    ends = _chain(jnp.exp(dsum[..., None] * inputs["A"]), total, reverse=False)
+    h_in = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
+    out = serial_forward.forward(dict(inputs, h_in=h_in), lay, save="chunks" if save == "chunks" else "none", **kw)
+    return (out, ends[:, -1:]) if save == "last" else out
+
+
+def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool, num_warps: int = 8):
+    """Same contract as ``backward.backward`` (dA, dD, dbias per batch row) for a segmented layout."""
+    kw = dict(delta_softplus=delta_softplus, interpret=interpret, num_warps=num_warps)
+    inputs = dict(inputs)
+    dlast = inputs.pop("dlast", None)
+    total, dsum = summaries.adjoints(inputs, lay, **kw)
+    decay = jnp.exp(dsum[..., None] * inputs["A"])
+    if dlast is None:
+        dlast = jnp.zeros_like(total[:, -1])
+    else:
+        total = total.at[:, -1].add(decay[:, -1] * dlast)
+    starts = _chain(decay, total, reverse=True)
+    h_in = jnp.concatenate([starts[:, 1:], dlast[:, None]], axis=1)
+    g = serial_backward.backward(dict(inputs, h_in=h_in), lay, **kw)
+    for key in ("dA", "dD", "dbias"):
+        if key in g:
+            g[key] = g[key].reshape(lay.batch, lay.n_segments, *g[key].shape[1:]).sum(axis=1)
+    return g

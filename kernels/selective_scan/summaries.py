@@ -1,0 +1,101 @@
+"""Segment summaries for the ``split`` design: what one segment does to a state or a state adjoint passing
+through it, computed from zero by one program per (batch row, channel block, segment).
+
+A segment maps the state entering it, x, to a x + s, where a = exp(A sum_t delta_t) (the product of its step
+decays) and s is the state it reaches from zero; the state adjoint leaving it backwards, h, likewise goes to
+a h + r, where r is the adjoint it gathers from zero (h <- a_t (h + g_t C_t), walking the steps in reverse).
+Both kernels write (s or r, sum_t delta_t); ``split`` chains the segments with these affine maps.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from kernels.selective_scan import common
+from kernels.selective_scan.common import F32, Layout
+
+
+def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
+    """s: the segment's recurrence from a zero state."""
+    r = dict(zip(names, refs))
+    p = common.program(lay)
+    A = common.load_matrix(r["A"], p, lay)
+    bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
+
+    def chunk(c, carry):
+        x, dsum = carry
+        for i in range(lay.chunk):
+            step = common.load_step(r, p, lay, (p.c0 + c) * lay.chunk + i, bias, delta_softplus)
+            x, dsum = common.advance(x, step, A), dsum + step.delta
+        return x, dsum
+
+    init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))
+    _store(refs[len(names):], p, lay, *jax.lax.fori_loop(0, lay.program_chunks, chunk, init))
+
+
+def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
+    """r: the segment's state adjoint, walking its steps in reverse from a zero adjoint."""
+    r = dict(zip(names, refs))
+    p = common.program(lay)
+    A = common.load_matrix(r["A"], p, lay)
+    bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
+
+    def chunk(k, carry):
+        h, dsum = carry
+        c = p.c0 + lay.program_chunks - 1 - k
+        for i in reversed(range(lay.chunk)):
+            t = c * lay.chunk + i
+            valid = t < lay.length
+            delta, _, _ = common.load_delta(r, p, lay, t, bias, delta_softplus)
+            g = common.load_row(r["dy"], p, lay, t, valid)
+            if "z" in r:
+                z = common.load_row(r["z"], p, lay, t, valid)
+                g = g * z * jax.nn.sigmoid(z)
+            C = common.load_group_row(r["C"], p, lay, t, valid)
+            h = jnp.exp(delta[:, None] * A) * (h + g[:, None] * C[None, :])
+            dsum = dsum + delta
+        return h, dsum
+
+    init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))
+    _store(refs[len(names):], p, lay, *jax.lax.fori_loop(0, lay.program_chunks, chunk, init))
+
+
+def _store(outs, p, lay: Layout, total, dsum):
+    """This program's summary into (batch, n_segments, D, N) and its sum of delta into (batch, n_segments, D)."""
+    total_ref, dsum_ref = outs
+    common.store_matrix(total_ref, p, lay, total, index=(p.b, p.seg))
+    plgpu.store(dsum_ref.at[p.b, p.seg, pl.ds(p.d0, lay.block_d)], dsum, mask=p.dmask)
+
+
+def _summarise(kernel, inputs: dict, lay: Layout, keys, *, delta_softplus: bool, interpret: bool, num_warps: int,
+               name: str):
+    """Launch a summary kernel on the grid of a segmented layout, passing it only the inputs in ``keys``."""
+    inputs = {k: inputs[k] for k in keys if k in inputs}
+    names = tuple(inputs)
+    shapes = [jax.ShapeDtypeStruct((lay.batch, lay.n_segments, lay.dim, lay.d_state), F32),
+              jax.ShapeDtypeStruct((lay.batch, lay.n_segments, lay.dim), F32)]
+    return pl.pallas_call(
+        functools.partial(kernel, names=names, lay=lay, delta_softplus=delta_softplus),
+        out_shape=shapes,
+        grid=lay.grid,
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps),
+        interpret=interpret,
+        name=name,
+    )(*inputs.values())
+
+
+def states(inputs: dict, lay: Layout, **kw):
+    """(s (batch, n_segments, D, N), sum of delta (batch, n_segments, D)), float32, for a segmented layout."""
+    return _summarise(_state_kernel, inputs, lay, ("u", "delta", "A", "B", "delta_bias"),
+                      name="selective_scan_split_states", **kw)
+
+
+def adjoints(inputs: dict, lay: Layout, **kw):
+    """(r (batch, n_segments, D, N), sum of delta (batch, n_segments, D)), float32; ``inputs`` need dy."""
+    return _summarise(_adjoint_kernel, inputs, lay, ("delta", "A", "C", "z", "delta_bias", "dy"),
+                      name="selective_scan_split_adjoints", **kw)
