@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.timing import median_step_seconds  # noqa: E402
 from configs.memorymamba_common import apply_size, memorymamba_config  # noqa: E402
 from ssm_jax.training import classification  # noqa: E402
 from ssm_jax.training.mesh import make_mesh, shard_batch  # noqa: E402
@@ -35,31 +34,34 @@ def peak_memory(compiled) -> str:
     return f"{analysis.temp_size_in_bytes / 2**30:.2f} GiB (compiled temp)" if analysis else "n/a"
 
 
+def time_train_step(config, batch_size: int, steps: int, warmup: int = 1, devices=None) -> dict:
+    """train.py's jitted classification train step for ``config`` (forward, the eq. 25 loss, backward, AdamW) on
+    one batch of random images already on ``devices`` (default: all): parameter count, median step seconds after
+    ``warmup`` steps, images/s and peak memory."""
+    mesh = make_mesh(devices)
+    model = build_model(config)
+    size = config.data.image_size
+    state = classification.create_state(model, make_optimizer(config.optim, 1000), jax.random.PRNGKey(0), size, mesh)
+    params = count_params(state.params)  # before the steps: the train step donates its state
+    rng = np.random.default_rng(0)
+    batch = shard_batch({"image": rng.standard_normal((batch_size, size, size, 3), dtype=np.float32),
+                         "label": rng.integers(0, config.model.num_classes, batch_size).astype(np.int32)}, mesh)
+    compiled = classification.make_train_step(config.loss, mesh).lower(state, batch).compile()
+    held = {"state": state, "metrics": None}
+
+    def step():
+        held["state"], held["metrics"] = compiled(held["state"], batch)
+
+    seconds = median_step_seconds(step, lambda: jax.block_until_ready(held["metrics"]), steps, warmup)
+    return {"params": params, "step_s": seconds, "images_per_s": batch_size / seconds,
+            "memory": peak_memory(compiled)}
+
+
 def measure(size: str, args) -> dict:
     config = memorymamba_config("elpv", 4, None, image_size=args.image_size)
     apply_size(config, size)
     config.model.scan_impl, config.model.dtype = args.scan_impl, args.dtype
-    mesh = make_mesh()
-    model = build_model(config)
-    state = classification.create_state(model, make_optimizer(config.optim, 1000), jax.random.PRNGKey(0),
-                                        args.image_size, mesh)
-    rng = np.random.default_rng(0)
-    batch = shard_batch({"image": rng.standard_normal((args.batch_size, args.image_size, args.image_size, 3),
-                                                      dtype=np.float32),
-                         "label": rng.integers(0, 4, args.batch_size).astype(np.int32)}, mesh)
-    step = classification.make_train_step(config.loss, mesh)
-    compiled = step.lower(state, batch).compile()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"size": size, "params": count_params(state.params), "step_s": median,
-            "images_per_s": args.batch_size / median, "memory": peak_memory(compiled)}
+    return {"size": size, **time_train_step(config, args.batch_size, args.steps)}
 
 
 def main():
