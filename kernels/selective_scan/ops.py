@@ -3,10 +3,9 @@
 Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one inside each program;
 ``tiled`` and ``tiled_t`` scan ``chunk``-step time tiles in parallel inside each program (tiles held time-major
 or channel-major); ``split`` cuts the sequence into ``chunk``-step segments walked by separate programs
-(``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; not yet
-measured). ``auto`` takes ``tiled`` when the serial grid would leave the GPU's SMs idle (fewer than
-``SERIAL_MIN_PROGRAMS`` programs), else ``serial``: the faster one for forward+backward on all five benchmark
-shapes measured on an H100. Under differentiation the forward stores the state every ``chunk`` steps
+(``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; a sequence of
+one segment runs the serial kernels alone). ``auto`` is ``split`` with 16 channels and 2 warps per program:
+the fastest Pallas design measured for forward and forward+backward on the benchmark shapes (NOTES.md). Under differentiation the forward stores the state every ``chunk`` steps
 (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``).
@@ -28,7 +27,7 @@ DESIGNS = {
     "tiled": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, False),
     "tiled_t": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, True),
     "serial": (forward.forward, backward.backward, 16, 32, 4, 8, False),
-    "split": (split.forward, split.backward, 256, 32, 4, 8, False),  # chunk: steps per segment
+    "split": (split.forward, split.backward, 256, 16, 2, 2, False),  # chunk: steps per segment
 }
 
 
@@ -43,20 +42,13 @@ def _reduced(grads: dict, key: str, like):
     return None if like is None else grads[key].sum(0).astype(like.dtype)
 
 
-SERIAL_MIN_PROGRAMS = 128
-
-
-def choose_design(batch: int, dim: int, groups: int) -> str:
-    """``serial`` when its (batch, channel blocks) grid has at least SERIAL_MIN_PROGRAMS programs, else ``tiled``."""
-    cap = DESIGNS["serial"][3]
-    blocks = groups * -(-(dim // groups) // cap)
-    return "serial" if batch * blocks >= SERIAL_MIN_PROGRAMS else "tiled"
+AUTO_DESIGN = "split"
 
 
 def _design(design: str, u, B, A, block_d, chunk, num_warps):
     """(forward, backward, layout, forward warps, backward warps) of a design for these inputs."""
     if design == "auto":
-        design = choose_design(u.shape[0], u.shape[2], B.shape[2])
+        design = AUTO_DESIGN
     if design not in DESIGNS:
         raise ValueError(f"selective_scan_pallas: design={design!r}, expected auto or one of {sorted(DESIGNS)}")
     fwd, bwd, default_chunk, cap, fwd_warps, bwd_warps, time_last = DESIGNS[design]
@@ -146,8 +138,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       interpret: run the kernels in Pallas interpret mode (CPU, for tests).
       design: "serial" (one step after another), "tiled"/"tiled_t" (parallel scans over time tiles),
         "split" (serial walks over segments of the sequence, chained by a scan over segments) or "auto"
-        (``choose_design``).
-      block_d: channels per program (power of two; default the design's cap, 16 tiled / 32 serial, or the
+        (``AUTO_DESIGN``).
+      block_d: channels per program (power of two; default the design's cap, 16 tiled and split / 32 serial, or the
         channels per group rounded up to a power of two when fewer).
       chunk: time steps per tile and checkpoint (default 64 tiled, 16 serial; a power of two for tiled);
         for split, time steps per segment (a power of two, default 256; checkpoints every min(16, chunk)).

@@ -29,9 +29,13 @@ UNROLL = 16  # steps unrolled per chunk (and between checkpoints) inside a segme
 
 def layout(lay: Layout) -> Layout:
     """Segments of ``lay.chunk`` steps (a power of two; capped at L rounded up to one), each walked in chunks
-    of up to UNROLL steps."""
+    of up to UNROLL steps. A sequence that fits in one segment gets the plain serial layout: with nothing to
+    chain, the summary pass would be wasted work."""
     segment = min(lay.chunk, pl.next_power_of_2(lay.length))
-    return dataclasses.replace(lay, chunk=min(UNROLL, segment), segment=segment)
+    chunk = min(UNROLL, segment)
+    if segment >= lay.length:
+        return dataclasses.replace(lay, chunk=chunk)
+    return dataclasses.replace(lay, chunk=chunk, segment=segment)
 
 
 def _compose(first, second):
@@ -47,8 +51,10 @@ def _chain(decay, total, *, reverse: bool):
 
 
 def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, interpret: bool, num_warps: int = 4):
-    """Same contract as ``forward.forward`` for a segmented layout (``layout``)."""
+    """Same contract as ``forward.forward`` for a layout made by ``layout``."""
     kw = dict(delta_softplus=delta_softplus, interpret=interpret, num_warps=num_warps)
+    if not lay.segment:
+        return serial_forward.forward(inputs, lay, save=save, **kw)
     total, dsum = summaries.states(inputs, lay, **kw)
     ends = _chain(jnp.exp(dsum[..., None] * inputs["A"]), total, reverse=False)
     h_in = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
@@ -57,8 +63,10 @@ def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, inter
 
 
 def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool, num_warps: int = 8):
-    """Same contract as ``backward.backward`` (dA, dD, dbias per batch row) for a segmented layout."""
+    """Same contract as ``backward.backward`` (dA, dD, dbias per batch row) for a layout made by ``layout``."""
     kw = dict(delta_softplus=delta_softplus, interpret=interpret, num_warps=num_warps)
+    if not lay.segment:
+        return serial_backward.backward(inputs, lay, **kw)
     inputs = dict(inputs)
     dlast = inputs.pop("dlast", None)
     total, dsum = summaries.adjoints(inputs, lay, **kw)

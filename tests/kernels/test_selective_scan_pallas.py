@@ -158,10 +158,14 @@ def test_rejects_bad_design_or_chunk(design, chunk):
         run_pallas(x, {}, design=design, chunk=chunk)
 
 
-def test_auto_design_follows_the_serial_grid_size():
-    """serial where its grid fills the GPU (the measured winner there), tiled where it would not."""
-    from kernels.selective_scan.ops import choose_design
-    assert choose_design(32, 384, 1) == "serial"   # vim-s: 384 programs
-    assert choose_design(512, 192, 1) == "serial"  # 8-dir
-    assert choose_design(2, 768, 1) == "tiled"     # long: 48 programs
-    assert choose_design(8, 192, 1) == "tiled"     # vmamba-64x64
+def test_auto_design_is_split_with_its_measured_blocks():
+    """auto: split, 16 channels and 2 warps a program, 256-step segments; a short sequence (a 7x7 stage) gets
+    the serial layout, one program per (row, channel block)."""
+    from kernels.selective_scan import split
+    from kernels.selective_scan.ops import _design
+    A = jnp.zeros((384, 16))
+    for length, segment, grid in ((3136, 256, (32, 24, 13)), (49, 0, (32, 24))):
+        u, B = jnp.zeros((32, length, 384)), jnp.zeros((32, length, 1, 16))
+        fwd, bwd, lay, fwd_warps, bwd_warps = _design("auto", u, B, A, None, None, None)
+        assert (fwd, bwd) == (split.forward, split.backward)
+        assert (lay.block_d, lay.segment, lay.grid, fwd_warps, bwd_warps) == (16, segment, grid, 2, 2)

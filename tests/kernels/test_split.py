@@ -1,6 +1,6 @@
 """The ``split`` design (sequence cut into segments walked by separate programs, ``kernels/selective_scan/split.py``)
 in interpret mode: y and the last state against the float64 NumPy recurrence (relative error 1e-5), every
-gradient against the sequential scan's (1e-4), with several segments and L not a multiple of the segment.
+gradient against the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one segment (the serial kernels alone).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import jax
@@ -18,6 +18,7 @@ from tests.ssm.reference import selective_scan_numpy
 CASES = [
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=2), id="all-options-groups-6-segments-odd-L"),
     pytest.param((1, 6, 2, 1, 2), {}, dict(chunk=2), id="plain-3-segments"),
+    pytest.param((1, 5, 2, 1, 2), ALL_OPTIONS, dict(chunk=8), id="all-options-one-segment-serial-path"),
 ]
 
 
@@ -65,12 +66,13 @@ def test_gradients_match_sequential_scan(shape, opts, blocks):
 
 
 def test_layout_segments():
-    """chunk is the segment length (capped at L rounded up to a power of two), walked 16 steps at a time."""
+    """chunk is the segment length (capped at L rounded up to a power of two), walked 16 steps at a time;
+    a sequence of one segment gets the serial layout."""
     def split(length, chunk):
         return layout(Layout(batch=2, length=length, dim=768, groups=1, d_state=16, block_d=32, chunk=chunk))
     long = split(16384, 256)
     assert (long.segment, long.chunk, long.n_segments, long.program_chunks, long.grid) == (256, 16, 64, 16, (2, 24, 64))
     odd = split(11, 4)
     assert (odd.segment, odd.chunk, odd.n_segments, odd.n_chunks) == (4, 4, 3, 3)
-    short = split(11, 256)
-    assert (short.segment, short.chunk, short.n_segments, short.n_chunks) == (16, 16, 1, 1)
+    short = split(11, 256)  # one segment: the serial layout, no summaries
+    assert (short.segment, short.chunk, short.n_segments, short.n_chunks, short.grid) == (0, 16, 1, 1, (2, 24))
