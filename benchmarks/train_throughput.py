@@ -4,7 +4,8 @@
     python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --sizes tiny --scan-impl sequential
 
 Times the full train step (forward, the eq. 25 loss, backward, AdamW update) on random images after a
-warm-up step, median of ``--steps``; peak memory is the device's ``peak_bytes_in_use`` where the backend
+warm-up step, median of ``--steps``; compile is the seconds to lower and compile the step (Pallas kernels
+included); peak memory is the device's ``peak_bytes_in_use`` where the backend
 reports it (GPU), else the compiled step's temporary buffer size. Prints a table.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -36,8 +38,8 @@ def peak_memory(compiled) -> str:
 
 def time_train_step(config, batch_size: int, steps: int, warmup: int = 1, devices=None) -> dict:
     """train.py's jitted classification train step for ``config`` (forward, the eq. 25 loss, backward, AdamW) on
-    one batch of random images already on ``devices`` (default: all): parameter count, median step seconds after
-    ``warmup`` steps, images/s and peak memory."""
+    one batch of random images already on ``devices`` (default: all): parameter count, compile seconds, median step
+    seconds after ``warmup`` steps, images/s and peak memory."""
     mesh = make_mesh(devices)
     model = build_model(config)
     size = config.data.image_size
@@ -46,14 +48,16 @@ def time_train_step(config, batch_size: int, steps: int, warmup: int = 1, device
     rng = np.random.default_rng(0)
     batch = shard_batch({"image": rng.standard_normal((batch_size, size, size, 3), dtype=np.float32),
                          "label": rng.integers(0, config.model.num_classes, batch_size).astype(np.int32)}, mesh)
+    start = time.perf_counter()
     compiled = classification.make_train_step(config.loss, mesh).lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
     held = {"state": state, "metrics": None}
 
     def step():
         held["state"], held["metrics"] = compiled(held["state"], batch)
 
     seconds = median_step_seconds(step, lambda: jax.block_until_ready(held["metrics"]), steps, warmup)
-    return {"params": params, "step_s": seconds, "images_per_s": batch_size / seconds,
+    return {"params": params, "compile_s": compile_s, "step_s": seconds, "images_per_s": batch_size / seconds,
             "memory": peak_memory(compiled)}
 
 
@@ -76,11 +80,11 @@ def main():
     device = jax.devices()[0]
     print(f"# {len(jax.devices())} x {device.device_kind} ({device.platform}); {args.image_size} px, global batch "
           f"{args.batch_size}, scan {args.scan_impl}, activations {args.dtype}, median of {args.steps} steps")
-    print(f"{'size':<7}{'params':>12}{'step (s)':>11}{'images/s':>11}  peak memory")
+    print(f"{'size':<7}{'params':>12}{'compile (s)':>13}{'step (s)':>11}{'images/s':>11}  peak memory", flush=True)
     for size in args.sizes:
         r = measure(size, args)
-        print(f"{r['size']:<7}{r['params']:>12,}{r['step_s']:>11.3f}{r['images_per_s']:>11.1f}  {r['memory']}",
-              flush=True)
+        print(f"{r['size']:<7}{r['params']:>12,}{r['compile_s']:>13.1f}{r['step_s']:>11.3f}{r['images_per_s']:>11.1f}"
+              f"  {r['memory']}", flush=True)
 
 
 if __name__ == "__main__":
