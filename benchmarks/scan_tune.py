@@ -3,7 +3,8 @@
     python benchmarks/scan_tune.py --configs tiled:16:64:4:4,serial:32:16:4:8 --dtypes float32,bfloat16 \
         --check --json $OUT/tune.jsonl --budget 400
 
-A config is ``design:block_d:chunk:forward_warps:backward_warps``. For each config x shape x dtype it prints
+A config is ``design:block_d:chunk:forward_warps:backward_warps[:unroll]`` (unroll: split only, the steps between
+checkpoints inside a segment). For each config x shape x dtype it prints
 forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
 dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
 input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the
@@ -31,8 +32,9 @@ from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
 
 
 def parse_config(text: str) -> dict:
-    design, block_d, chunk, fwd_warps, bwd_warps = text.split(":")
-    return dict(design=design, block_d=int(block_d), chunk=int(chunk), num_warps=(int(fwd_warps), int(bwd_warps)))
+    design, block_d, chunk, fwd_warps, bwd_warps, *unroll = text.split(":")
+    config = dict(design=design, block_d=int(block_d), chunk=int(chunk), num_warps=(int(fwd_warps), int(bwd_warps)))
+    return dict(config, unroll=int(unroll[0])) if unroll else config
 
 
 def kernel_fns(config: dict):

@@ -45,7 +45,7 @@ def _reduced(grads: dict, key: str, like):
 AUTO_DESIGN = "split"
 
 
-def _design(design: str, u, B, A, block_d, chunk, num_warps):
+def _design(design: str, u, B, A, block_d, chunk, num_warps, unroll=None):
     """(forward, backward, layout, forward warps, backward warps) of a design for these inputs."""
     if design == "auto":
         design = AUTO_DESIGN
@@ -58,7 +58,9 @@ def _design(design: str, u, B, A, block_d, chunk, num_warps):
     if design != "serial" and lay.chunk & (lay.chunk - 1):
         raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the {design} design")
     if design == "split":
-        lay = split.layout(lay)
+        lay = split.layout(lay, split.UNROLL if unroll is None else unroll)
+    elif unroll is not None:
+        raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
     if num_warps is not None:
         fwd_warps, bwd_warps = num_warps
     return fwd, bwd, lay, fwd_warps, bwd_warps
@@ -67,15 +69,17 @@ def _design(design: str, u, B, A, block_d, chunk, num_warps):
 REPLICATED = frozenset({"A", "D", "delta_bias"})
 
 
-def _forward(inputs: dict, design, block_d, chunk, num_warps, delta_softplus, save, interpret):
+def _forward(inputs: dict, design, block_d, chunk, num_warps, unroll, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
-    forward, _, lay, warps, _ = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps)
+    forward, _, lay, warps, _ = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps,
+                                        unroll)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
-def _backward(inputs: dict, design, block_d, chunk, num_warps, delta_softplus, interpret):
+def _backward(inputs: dict, design, block_d, chunk, num_warps, unroll, delta_softplus, interpret):
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
-    _, backward, lay, _, warps = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps)
+    _, backward, lay, _, warps = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps,
+                                         unroll)
     g = backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps)
     shape = (lay.batch, lay.length, lay.groups, lay.blocks_per_group, lay.d_state)
     for key in ("dB", "dC"):  # (batch, L, G * blocks_per_group, N) -> (batch, L, G, N)
@@ -83,12 +87,12 @@ def _backward(inputs: dict, design, block_d, chunk, num_warps, delta_softplus, i
     return g
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12, 13, 14))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12, 13, 14, 15))
 def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, design, block_d,
-          chunk, num_warps):
+          chunk, num_warps, unroll):
     save = "last" if return_last_state else "none"
     out = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk, num_warps=num_warps,
-                                       delta_softplus=delta_softplus, save=save, interpret=interpret),
+                                       unroll=unroll, delta_softplus=delta_softplus, save=save, interpret=interpret),
                      _inputs(u, delta, A, B, C, D, z, delta_bias), REPLICATED)
     if return_last_state:
         y, states = out
@@ -97,16 +101,17 @@ def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
 
 
 def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, design,
-              block_d, chunk, num_warps):
+              block_d, chunk, num_warps, unroll):
     y, states = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk,
-                                             num_warps=num_warps, delta_softplus=delta_softplus, save="chunks",
+                                             num_warps=num_warps, unroll=unroll, delta_softplus=delta_softplus,
+                                             save="chunks",
                                              interpret=interpret),
                            _inputs(u, delta, A, B, C, D, z, delta_bias), REPLICATED)
     out = (y, states[:, -1]) if return_last_state else y
     return out, (u, delta, A, B, C, D, z, delta_bias, states)
 
 
-def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chunk, num_warps, residuals,
+def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chunk, num_warps, unroll, residuals,
               cotangent):
     u, delta, A, B, C, D, z, delta_bias, states = residuals
     inputs = _inputs(u, delta, A, B, C, D, z, delta_bias)
@@ -117,7 +122,8 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chu
     else:
         inputs["dy"] = cotangent.astype(u.dtype)
     g = per_device(functools.partial(_backward, design=design, block_d=block_d, chunk=chunk, num_warps=num_warps,
-                                     delta_softplus=delta_softplus, interpret=interpret), inputs, REPLICATED)
+                                     unroll=unroll, delta_softplus=delta_softplus, interpret=interpret), inputs,
+                   REPLICATED)
     return (g["du"], g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
             _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias))
 
@@ -128,7 +134,7 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool,
                           return_last_state: bool, interpret: bool, design: str = "auto",
                           block_d: int | None = None, chunk: int | None = None,
-                          num_warps: tuple[int, int] | None = None):
+                          num_warps: tuple[int, int] | None = None, unroll: int | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -144,9 +150,11 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       chunk: time steps per tile and checkpoint (default 64 tiled, 16 serial; a power of two for tiled);
         for split, time steps per segment (a power of two, default 256; checkpoints every min(16, chunk)).
       num_warps: (forward, backward) warps per program (default: the design's).
+      unroll: split only: steps per unrolled chunk and between checkpoints inside a segment (a power of two,
+        default 16); fewer steps hold fewer state tiles in the backward's registers and save more checkpoints.
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
     """
     return _scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state),
-                 bool(interpret), design, block_d, chunk, None if num_warps is None else tuple(num_warps))
+                 bool(interpret), design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll)

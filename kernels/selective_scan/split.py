@@ -24,15 +24,18 @@ from kernels.selective_scan import forward as serial_forward
 from kernels.selective_scan import summaries
 from kernels.selective_scan.common import Layout
 
-UNROLL = 16  # steps unrolled per chunk (and between checkpoints) inside a segment: the serial default
+UNROLL = 16  # default steps unrolled per chunk (and between checkpoints) inside a segment: the serial default
 
 
-def layout(lay: Layout) -> Layout:
+def layout(lay: Layout, unroll: int = UNROLL) -> Layout:
     """Segments of ``lay.chunk`` steps (a power of two; capped at L rounded up to one), each walked in chunks
-    of up to UNROLL steps. A sequence that fits in one segment gets the plain serial layout: with nothing to
-    chain, the summary pass would be wasted work."""
+    of up to ``unroll`` steps (a power of two: the backward holds unroll + 1 state tiles in registers, and the
+    forward saves a checkpoint every unroll steps). A sequence that fits in one segment gets the plain serial
+    layout: with nothing to chain, the summary pass would be wasted work."""
+    if unroll < 1 or unroll & (unroll - 1):
+        raise ValueError(f"selective_scan_pallas: unroll={unroll} must be a power of two")
     segment = min(lay.chunk, pl.next_power_of_2(lay.length))
-    chunk = min(UNROLL, segment)
+    chunk = min(unroll, segment)
     if segment >= lay.length:
         return dataclasses.replace(lay, chunk=chunk)
     return dataclasses.replace(lay, chunk=chunk, segment=segment)

@@ -158,6 +158,12 @@ def test_rejects_bad_design_or_chunk(design, chunk):
         run_pallas(x, {}, design=design, chunk=chunk)
 
 
+def test_unroll_belongs_to_the_split_design():
+    x = make_inputs(5, 1, 4, 4, 1, 4)
+    with pytest.raises(ValueError, match="unroll is a setting of the split design"):
+        run_pallas(x, {}, design="serial", unroll=4)
+
+
 def test_auto_design_is_split_with_its_measured_blocks():
     """auto: split, 16 channels and 2 warps a program, 256-step segments; a short sequence (a 7x7 stage) gets
     the serial layout, one program per (row, channel block)."""

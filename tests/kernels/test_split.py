@@ -19,6 +19,7 @@ CASES = [
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=2), id="all-options-groups-6-segments-odd-L"),
     pytest.param((1, 6, 2, 1, 2), {}, dict(chunk=2), id="plain-3-segments"),
     pytest.param((1, 5, 2, 1, 2), ALL_OPTIONS, dict(chunk=8), id="all-options-one-segment-serial-path"),
+    pytest.param((1, 11, 4, 1, 3), ALL_OPTIONS, dict(chunk=4, unroll=2), id="all-options-checkpoint-every-2-steps"),
 ]
 
 
@@ -74,5 +75,8 @@ def test_layout_segments():
     assert (long.segment, long.chunk, long.n_segments, long.program_chunks, long.grid) == (256, 16, 64, 16, (2, 24, 64))
     odd = split(11, 4)
     assert (odd.segment, odd.chunk, odd.n_segments, odd.n_chunks) == (4, 4, 3, 3)
+    assert layout(Layout(batch=1, length=64, dim=8, groups=1, d_state=4, block_d=8, chunk=32), unroll=8).chunk == 8
+    with pytest.raises(ValueError, match="unroll=3 must be a power of two"):
+        layout(Layout(batch=1, length=64, dim=8, groups=1, d_state=4, block_d=8, chunk=32), unroll=3)
     short = split(11, 256)  # one segment: the serial layout, no summaries
     assert (short.segment, short.chunk, short.n_segments, short.n_chunks, short.grid) == (0, 16, 1, 1, (2, 24))

@@ -1,0 +1,139 @@
+"""Registers, spills and barriers of the Pallas scan kernels for an H100/H200 (sm_90), with no GPU: the kernels are
+lowered to Triton IR for CUDA, compiled by the ``triton`` package and assembled by its ``ptxas -v``.
+
+    pip install triton        # not a project dependency; needed for the compile step only
+    python benchmarks/kernel_resources.py --configs split:16:256:2:2,split:16:256:2:2:8 --shape mamba-768
+
+Configs are those of ``benchmarks/scan_tune.py``. Occupancy follows from the registers: an SM has 65,536, so a
+program of w warps at r registers a thread leaves room for 65536 // (32 w r) programs (at most 64 warps). This
+compile is the ``triton`` package's, not XLA's, so the counts are close to, not the same as, what the GPU runs;
+use it to compare configs, and time the winner with ``scan_tune.py`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.scan import SHAPES, make_inputs  # noqa: E402
+from benchmarks.scan_tune import parse_config  # noqa: E402
+from kernels.selective_scan import selective_scan_pallas  # noqa: E402
+from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
+
+SM_REGISTERS, SM_WARPS = 65536, 64
+
+
+@contextlib.contextmanager
+def captured_kernels():
+    """Yield a list that fills with (name, num_warps, Triton IR text) for every Pallas kernel lowered for a GPU
+    inside the block. Hooks JAX's private Triton lowering (the warps are its caller's local ``num_warps``); fails
+    with a clear message where that has moved."""
+    try:
+        from jax._src.pallas.triton import lowering
+        original = lowering.lower_jaxpr_to_triton_module
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"kernel_resources.py: JAX {jax.__version__} has no Pallas Triton lowering where expected "
+                         f"(jax._src.pallas.triton.lowering.lower_jaxpr_to_triton_module): {e}") from e
+    kernels = []
+
+    def lower(*args, **kwargs):
+        num_warps = sys._getframe(1).f_locals.get("num_warps")
+        if num_warps is None:
+            raise SystemExit(f"kernel_resources.py: JAX {jax.__version__}'s Pallas lowering no longer has a local "
+                             "num_warps where this script reads it")
+        result = original(*args, **kwargs)
+        text = result.module.operation.get_asm(enable_debug_info=False)
+        kernels.append((re.search(r"module @(\w+)", text).group(1), num_warps, text))
+        return result
+
+    lowering.lower_jaxpr_to_triton_module = lower
+    try:
+        yield kernels
+    finally:
+        lowering.lower_jaxpr_to_triton_module = original
+
+
+def lowered_kernels(config: dict, shape) -> list:
+    """(name, num_warps, Triton IR) of the forward and backward kernels of one config on one benchmark shape."""
+    args, cotangent = jax.eval_shape(lambda: make_inputs(shape, jnp.float32))
+
+    def forward(*a):
+        return selective_scan_pallas(*validate_inputs(*a), delta_softplus=True, return_last_state=False,
+                                     interpret=False, **config)
+
+    def forward_backward(a, ct):
+        y, vjp = jax.vjp(forward, *a)
+        return y, vjp(ct)
+
+    with captured_kernels() as kernels:
+        jax.jit(forward_backward).trace(args, cotangent).lower(lowering_platforms=("cuda",))
+    return kernels
+
+
+def parse_ptxas(text: str) -> dict:
+    """Registers, spill bytes, stack frame and barriers from ``ptxas -v`` output."""
+    def number(pattern):
+        found = re.search(pattern, text)
+        return int(found.group(1)) if found else 0
+    return {"registers": number(r"Used (\d+) registers"), "spill_stores": number(r"(\d+) bytes spill stores"),
+            "spill_loads": number(r"(\d+) bytes spill loads"), "stack": number(r"(\d+) bytes stack frame"),
+            "barriers": number(r"used (\d+) barriers")}
+
+
+def programs_per_sm(registers: int, num_warps: int) -> int:
+    """Resident programs an SM can hold, by registers (allocated per warp in units of 256) and by warps."""
+    per_warp = -(-registers * 32 // 256) * 256
+    return min(SM_REGISTERS // (per_warp * num_warps), SM_WARPS // num_warps)
+
+
+def compile_resources(text: str, num_warps: int, workdir: str) -> dict:
+    """Compile Triton IR for sm_90 with the ``triton`` package and read ``ptxas -v``."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+    except ImportError as e:
+        raise SystemExit("kernel_resources.py needs the triton package to compile (pip install triton)") from e
+    path = os.path.join(workdir, "kernel.ttir")
+    with open(path, "w") as f:
+        f.write(text)
+    compiled = triton.compile(path, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    with open(path + ".ptx", "w") as f:
+        f.write(compiled.asm["ptx"])
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    ptxas = next((os.path.join(bin_dir, n) for n in ("ptxas-blackwell", "ptxas")
+                  if os.path.exists(os.path.join(bin_dir, n))), "ptxas")
+    done = subprocess.run([ptxas, "-arch=sm_90a", "-v", path + ".ptx", "-o", os.devnull], capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise RuntimeError(f"{ptxas} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return parse_ptxas(done.stdout + done.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="split:16:256:2:2")
+    parser.add_argument("--shape", default="mamba-768", choices=[s.name for s in SHAPES])
+    args = parser.parse_args()
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    shape = next(s for s in SHAPES if s.name == args.shape)
+    print(f"{'config':<22}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}", flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        for text in args.configs.split(","):
+            for name, num_warps, ir in lowered_kernels(parse_config(text), shape):
+                r = compile_resources(ir, num_warps, workdir)
+                print(f"{text:<22}{name:<32}{num_warps:>6}{r['registers']:>6}"
+                      f"{r['spill_stores']:>8}/{r['spill_loads']:<6}{programs_per_sm(r['registers'], num_warps):>13}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""benchmarks/kernel_resources.py without triton: the kernels it captures from the CUDA lowering, its reading of
+``ptxas -v`` and the occupancy it derives from registers."""
+
+from benchmarks.kernel_resources import lowered_kernels, parse_ptxas, programs_per_sm
+from benchmarks.scan import SHAPES
+from benchmarks.scan_tune import parse_config
+
+PTXAS = """ptxas info    : Compiling entry function 'selective_scan_bwd' for 'sm_90a'
+ptxas info    : Function properties for selective_scan_bwd
+    8 bytes stack frame, 800 bytes spill stores, 836 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers"""
+
+
+def test_captures_each_kernel_with_its_warps():
+    """split lowers four kernels for forward+backward: summaries and walks, forward warps then backward warps."""
+    shape = next(s for s in SHAPES if s.name == "mamba-768")
+    kernels = lowered_kernels(parse_config("split:16:256:2:4:8"), shape)
+    assert [(name, warps) for name, warps, _ in kernels] == [
+        ("selective_scan_split_states", 2), ("selective_scan_fwd", 2),
+        ("selective_scan_split_adjoints", 4), ("selective_scan_bwd", 4)]
+    assert all(text.lstrip().startswith(f"module @{name}") and "tt.func" in text for name, _, text in kernels)
+
+
+def test_reads_ptxas_and_derives_occupancy():
+    assert parse_ptxas(PTXAS) == {"registers": 255, "spill_stores": 800, "spill_loads": 836, "stack": 8,
+                                  "barriers": 1}
+    assert programs_per_sm(255, 2) == 4     # 256 regs x 64 threads = 16,384 of 65,536
+    assert programs_per_sm(164, 2) == 6     # rounded up to 168 a thread: 10,752 a program
+    assert programs_per_sm(40, 2) == 25
+    assert programs_per_sm(16, 1) == 64     # the 64-warp limit, not registers
