@@ -31,7 +31,7 @@ from kernels.selective_scan.common import F32, Layout
 def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
     r = dict(zip(names, refs))
     o = dict(zip(out_names, refs[len(names):]))
-    p = common.program(lay)
+    p = common.program(lay, r.get("order"))
     A = common.load_matrix(r["A"], p, lay)
     skip = common.load_channels(r["D"], p, lay) if "D" in r else None
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None

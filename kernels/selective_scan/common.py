@@ -7,6 +7,11 @@ exact no-ops of the recurrence (delta = 0 gives decay 1 and drive 0).
 
 With ``Layout.segment`` set (the ``split`` design) the grid has a third axis: program (b, block, s) walks only
 segment s, ``segment`` steps (a whole number of chunks) starting at step s * segment.
+
+With an ``order`` input (G, L) int32 the programs of group g visit the sequence in the order order[g]: step t
+reads and writes sequence position order[g, t] of every per-step array (u, delta, z, B, C, dy, y and the
+gradients), so a 2-D map scanned in K directions (one group each) needs no gathered copy (SS2D's cross-scan and
+cross-merge). Only the positions move: steps, chunks, segments and checkpoints stay in visiting order.
 """
 
 from __future__ import annotations
@@ -95,9 +100,10 @@ class Program(NamedTuple):
     nmask: jax.Array  # (state_pad,) lane inside N
     seg: jax.Array | int  # segment (0 without segments)
     c0: jax.Array | int  # index of the segment's first chunk in the whole sequence
+    order: object = None  # (G, L) int32 ref: the sequence positions each group visits (None: 0, 1, ..., L - 1)
 
 
-def program(lay: Layout) -> Program:
+def program(lay: Layout, order=None) -> Program:
     b = pl.program_id(0)
     block = pl.program_id(1)
     group = block // lay.blocks_per_group
@@ -105,7 +111,16 @@ def program(lay: Layout) -> Program:
     dmask = local0 + jnp.arange(lay.block_d) < lay.group_dim
     nmask = jnp.arange(lay.state_pad) < lay.d_state
     seg = pl.program_id(2) if lay.segment else 0
-    return Program(b, block, group * lay.group_dim + local0, group, dmask, nmask, seg, seg * lay.program_chunks)
+    return Program(b, block, group * lay.group_dim + local0, group, dmask, nmask, seg, seg * lay.program_chunks,
+                   order)
+
+
+def position(p: Program, lay: Layout, t):
+    """Sequence position of step t: t, or order[group, t] (steps past L read position L - 1, masked)."""
+    if p.order is None:
+        return t
+    step = jnp.asarray(jnp.minimum(t, lay.length - 1), jnp.int32)
+    return plgpu.load(p.order.at[jnp.asarray(p.group, jnp.int32), step])
 
 
 def _load(ref, mask):
@@ -132,22 +147,23 @@ def store_matrix(ref, p: Program, lay: Layout, value, index=()):
 
 
 def load_row(ref, p: Program, lay: Layout, t, valid):
-    """(block_d,) channels of a (batch, L, D) array at time t."""
-    return _load(ref.at[p.b, t, pl.ds(p.d0, lay.block_d)], p.dmask & valid)
+    """(block_d,) channels of a (batch, L, D) array at step t."""
+    return _load(ref.at[p.b, position(p, lay, t), pl.ds(p.d0, lay.block_d)], p.dmask & valid)
 
 
 def store_row(ref, p: Program, lay: Layout, t, valid, value):
-    plgpu.store(ref.at[p.b, t, pl.ds(p.d0, lay.block_d)], value.astype(ref.dtype), mask=p.dmask & valid)
+    plgpu.store(ref.at[p.b, position(p, lay, t), pl.ds(p.d0, lay.block_d)], value.astype(ref.dtype),
+                mask=p.dmask & valid)
 
 
 def load_group_row(ref, p: Program, lay: Layout, t, valid):
-    """(state_pad,) row of grouped B or C (batch, L, G, N) at time t for this program's group."""
-    return _load(ref.at[p.b, t, p.group, pl.ds(0, lay.state_pad)], p.nmask & valid)
+    """(state_pad,) row of grouped B or C (batch, L, G, N) at step t for this program's group."""
+    return _load(ref.at[p.b, position(p, lay, t), p.group, pl.ds(0, lay.state_pad)], p.nmask & valid)
 
 
 def store_block_row(ref, p: Program, lay: Layout, t, valid, value):
     """(state_pad,) per-block partial of dB or dC into (batch, L, n_blocks, N)."""
-    plgpu.store(ref.at[p.b, t, p.block, pl.ds(0, lay.state_pad)], value, mask=p.nmask & valid)
+    plgpu.store(ref.at[p.b, position(p, lay, t), p.block, pl.ds(0, lay.state_pad)], value, mask=p.nmask & valid)
 
 
 def softplus(x):

@@ -26,7 +26,7 @@ SAVE_MODES = ("none", "last", "chunks")
 def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
     r = dict(zip(names, refs))
     y_ref = refs[len(names)]
-    p = common.program(lay)
+    p = common.program(lay, r.get("order"))
     A = common.load_matrix(r["A"], p, lay)
     skip = common.load_channels(r["D"], p, lay) if "D" in r else None
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None

@@ -31,9 +31,9 @@ DESIGNS = {
 }
 
 
-def _inputs(u, delta, A, B, C, D, z, delta_bias) -> dict:
+def _inputs(u, delta, A, B, C, D, z, delta_bias, order) -> dict:
     """Name -> array, dropping absent optionals; A in float32 (it enters every exponent)."""
-    named = dict(u=u, delta=delta, A=A.astype(jnp.float32), B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    named = dict(u=u, delta=delta, A=A.astype(jnp.float32), B=B, C=C, D=D, z=z, delta_bias=delta_bias, order=order)
     return {k: v for k, v in named.items() if v is not None}
 
 
@@ -45,7 +45,7 @@ def _reduced(grads: dict, key: str, like):
 AUTO_DESIGN = "split"
 
 
-def _design(design: str, u, B, A, block_d, chunk, num_warps, unroll=None):
+def _design(design: str, u, B, A, block_d, chunk, num_warps, unroll=None, ordered=False):
     """(forward, backward, layout, forward warps, backward warps) of a design for these inputs."""
     if design == "auto":
         design = AUTO_DESIGN
@@ -61,25 +61,27 @@ def _design(design: str, u, B, A, block_d, chunk, num_warps, unroll=None):
         lay = split.layout(lay, split.UNROLL if unroll is None else unroll)
     elif unroll is not None:
         raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
+    if ordered and design.startswith("tiled"):
+        raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if num_warps is not None:
         fwd_warps, bwd_warps = num_warps
     return fwd, bwd, lay, fwd_warps, bwd_warps
 
 
-REPLICATED = frozenset({"A", "D", "delta_bias"})
+REPLICATED = frozenset({"A", "D", "delta_bias", "order"})
 
 
 def _forward(inputs: dict, design, block_d, chunk, num_warps, unroll, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
     forward, _, lay, warps, _ = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps,
-                                        unroll)
+                                        unroll, "order" in inputs)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
 def _backward(inputs: dict, design, block_d, chunk, num_warps, unroll, delta_softplus, interpret):
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
     _, backward, lay, _, warps = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps,
-                                         unroll)
+                                         unroll, "order" in inputs)
     g = backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps)
     shape = (lay.batch, lay.length, lay.groups, lay.blocks_per_group, lay.d_state)
     for key in ("dB", "dC"):  # (batch, L, G * blocks_per_group, N) -> (batch, L, G, N)
@@ -87,34 +89,34 @@ def _backward(inputs: dict, design, block_d, chunk, num_warps, unroll, delta_sof
     return g
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12, 13, 14, 15))
-def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, design, block_d,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13, 14, 15, 16))
+def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, design, block_d,
           chunk, num_warps, unroll):
     save = "last" if return_last_state else "none"
     out = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk, num_warps=num_warps,
                                        unroll=unroll, delta_softplus=delta_softplus, save=save, interpret=interpret),
-                     _inputs(u, delta, A, B, C, D, z, delta_bias), REPLICATED)
+                     _inputs(u, delta, A, B, C, D, z, delta_bias, order), REPLICATED)
     if return_last_state:
         y, states = out
         return y, states[:, 0]
     return out
 
 
-def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, interpret, design,
+def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, design,
               block_d, chunk, num_warps, unroll):
     y, states = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk,
                                              num_warps=num_warps, unroll=unroll, delta_softplus=delta_softplus,
                                              save="chunks",
                                              interpret=interpret),
-                           _inputs(u, delta, A, B, C, D, z, delta_bias), REPLICATED)
+                           _inputs(u, delta, A, B, C, D, z, delta_bias, order), REPLICATED)
     out = (y, states[:, -1]) if return_last_state else y
-    return out, (u, delta, A, B, C, D, z, delta_bias, states)
+    return out, (u, delta, A, B, C, D, z, delta_bias, order, states)
 
 
 def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chunk, num_warps, unroll, residuals,
               cotangent):
-    u, delta, A, B, C, D, z, delta_bias, states = residuals
-    inputs = _inputs(u, delta, A, B, C, D, z, delta_bias)
+    u, delta, A, B, C, D, z, delta_bias, order, states = residuals
+    inputs = _inputs(u, delta, A, B, C, D, z, delta_bias, order)
     inputs["states"] = states
     if return_last_state:
         dy, dlast = cotangent
@@ -125,7 +127,7 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chu
                                      unroll=unroll, delta_softplus=delta_softplus, interpret=interpret), inputs,
                    REPLICATED)
     return (g["du"], g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
-            _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias))
+            _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias), None)
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -134,7 +136,7 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool,
                           return_last_state: bool, interpret: bool, design: str = "auto",
                           block_d: int | None = None, chunk: int | None = None,
-                          num_warps: tuple[int, int] | None = None, unroll: int | None = None):
+                          num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -152,9 +154,18 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       num_warps: (forward, backward) warps per program (default: the design's).
       unroll: split only: steps per unrolled chunk and between checkpoints inside a segment (a power of two,
         default 16); fewer steps hold fewer state tiles in the backward's registers and save more checkpoints.
+      order: None, or (G, L) integers, each row a permutation of 0..L-1: group g's channels visit the sequence
+        in the order order[g] (step t reads and writes position order[g, t]; y comes back at the positions),
+        for a 2-D map scanned along K orders without gathered copies. serial and split designs only.
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
     """
-    return _scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state),
+    if order is not None:
+        order = jnp.asarray(order)
+        if order.shape != (B.shape[2], u.shape[1]) or not jnp.issubdtype(order.dtype, jnp.integer):
+            raise ValueError(f"selective_scan_pallas: order has shape {order.shape} and dtype {order.dtype}, "
+                             f"expected integers of shape (groups, L) = {(B.shape[2], u.shape[1])}")
+        order = order.astype(jnp.int32)
+    return _scan(u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
                  bool(interpret), design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll)

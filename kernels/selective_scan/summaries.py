@@ -23,7 +23,7 @@ from kernels.selective_scan.common import F32, Layout
 def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     """s: the segment's recurrence from a zero state."""
     r = dict(zip(names, refs))
-    p = common.program(lay)
+    p = common.program(lay, r.get("order"))
     A = common.load_matrix(r["A"], p, lay)
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
@@ -41,7 +41,7 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
 def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     """r: the segment's state adjoint, walking its steps in reverse from a zero adjoint."""
     r = dict(zip(names, refs))
-    p = common.program(lay)
+    p = common.program(lay, r.get("order"))
     A = common.load_matrix(r["A"], p, lay)
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
@@ -91,11 +91,11 @@ def _summarise(kernel, inputs: dict, lay: Layout, keys, *, delta_softplus: bool,
 
 def states(inputs: dict, lay: Layout, **kw):
     """(s (batch, n_segments, D, N), sum of delta (batch, n_segments, D)), float32, for a segmented layout."""
-    return _summarise(_state_kernel, inputs, lay, ("u", "delta", "A", "B", "delta_bias"),
+    return _summarise(_state_kernel, inputs, lay, ("u", "delta", "A", "B", "delta_bias", "order"),
                       name="selective_scan_split_states", **kw)
 
 
 def adjoints(inputs: dict, lay: Layout, **kw):
     """(r (batch, n_segments, D, N), sum of delta (batch, n_segments, D)), float32; ``inputs`` need dy."""
-    return _summarise(_adjoint_kernel, inputs, lay, ("delta", "A", "C", "z", "delta_bias", "dy"),
+    return _summarise(_adjoint_kernel, inputs, lay, ("delta", "A", "C", "z", "delta_bias", "dy", "order"),
                       name="selective_scan_split_adjoints", **kw)
