@@ -13,7 +13,9 @@ the layer hands over (``ssm_jax.nn.ss2d``):
   (B, L, K * d_inner) channels;
 * ``scan``: ``selective_scan`` over those channels with B and C in K groups, D, delta_bias, softplus (``--scan_impl``);
 * ``gathers out``: the (B, L, K * d_inner) output back to K sequences, put in place and summed (``cross_merge``);
-* ``layer``: the whole SS2D (projections, depthwise conv, the three parts above, LayerNorm, gate, out projection).
+* ``layer``: the whole SS2D (projections, depthwise conv, the three parts above, LayerNorm, gate, out projection);
+* ``layer, fused``: the same layer with ``fused_directions=True`` (the map kept in raster layout, each direction
+  scanned in place through the kernel's ``order`` input: no gathers), the candidate to make the default.
 
 Forward+backward is the forward and the vector-Jacobian product for all float inputs. Each time is the median of
 ``--steps`` waited calls after ``--warmup`` (``benchmarks.timing``).
@@ -35,7 +37,7 @@ from benchmarks.timing import median_step_seconds  # noqa: E402
 from ssm_jax.nn.ss2d import SS2D  # noqa: E402
 from ssm_jax.ssm import cross_merge, cross_scan, scan_orders, selective_scan  # noqa: E402
 
-PARTS = ("gathers in", "scan", "gathers out", "layer")
+PARTS = ("gathers in", "scan", "gathers out", "layer", "layer, fused")
 
 
 class Shape(NamedTuple):
@@ -90,11 +92,13 @@ def part_functions(shape: Shape, scan_impl: str):
                    jax.random.normal(keys[5], (shape.batch, length, k, n)),
                    jax.random.normal(keys[6], (shape.batch, length, k, n)), jnp.ones((k * d,)),
                    jax.random.normal(keys[7], (k * d,)))
+    fused_module = layer_module.clone(fused_directions=True)
     return {
         "gathers in": (gathers_in, (jax.random.normal(keys[2], (shape.batch, size, size, d)),)),
         "scan": (scan, scan_inputs),
         "gathers out": (gathers_out, (jax.random.normal(keys[3], bl),)),
         "layer": (lambda p, x: layer_module.apply(p, x), (params, image)),
+        "layer, fused": (lambda p, x: fused_module.apply(p, x), (params, image)),
     }
 
 
@@ -115,7 +119,7 @@ def measure(fn, args, steps: int, warmup: int) -> dict:
 
 def run(shapes, scan_impl: str, steps: int, warmup: int, json_path: str | None) -> list[dict]:
     """Measure every part of every shape, printing a row as each finishes; returns the rows."""
-    print(f"{'shape':<22}{'part':<13}{'fwd ms':>9}{'f+b ms':>9}{'f+b share':>11}", flush=True)
+    print(f"{'shape':<22}{'part':<14}{'fwd ms':>9}{'f+b ms':>9}{'f+b share':>11}", flush=True)
     rows = []
     for shape in shapes:
         times = {part: measure(fn, args, steps, warmup) for part, (fn, args) in part_functions(shape, scan_impl).items()}
@@ -125,13 +129,14 @@ def run(shapes, scan_impl: str, steps: int, warmup: int, json_path: str | None) 
                    "size": shape.size, "d_model": shape.d_model, "directions": shape.directions, **times[part],
                    "share_of_layer_fwd_bwd": times[part]["fwd_bwd_s"] / layer}
             rows.append(row)
-            print(f"{shape.name:<22}{part:<13}{1e3 * row['fwd_s']:9.3f}{1e3 * row['fwd_bwd_s']:9.3f}"
+            print(f"{shape.name:<22}{part:<14}{1e3 * row['fwd_s']:9.3f}{1e3 * row['fwd_bwd_s']:9.3f}"
                   f"{row['share_of_layer_fwd_bwd']:11.2f}", flush=True)
             if json_path:
                 with open(json_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
         gathers = times["gathers in"]["fwd_bwd_s"] + times["gathers out"]["fwd_bwd_s"]
-        print(f"{shape.name:<22}gathers / scan, f+b: {gathers / times['scan']['fwd_bwd_s']:.2f}", flush=True)
+        print(f"{shape.name:<22}gathers / scan, f+b: {gathers / times['scan']['fwd_bwd_s']:.2f}; fused / gathered "
+              f"layer, f+b: {times['layer, fused']['fwd_bwd_s'] / layer:.2f}", flush=True)
     return rows
 
 

@@ -30,6 +30,10 @@ class SS2D(nn.Module):
     ``directions``; the default "sweep" x 4 is VMamba's cross-scan), each direction with its own x_proj/dt_proj/A/D;
     the K scans run as ONE ``selective_scan`` over K*d_inner channels with B/C in K groups (the layout the fused
     kernel takes); the K outputs are put back in place and summed; LayerNorm; * SiLU(z); out_proj.
+    With ``fused_directions`` the map stays in raster layout: the K directions are scanned where the map lies
+    (``selective_scan(order=)``; the Pallas kernel visits each direction's positions in place) and summed, with
+    no gathered copies in or out; same outputs and parameters. Off by default until measured on a GPU
+    (``benchmarks/ss2d_parts.py``).
     Parameters are float32; ``dtype`` is the activation dtype. ``out_norm`` uses torch's LayerNorm epsilon (1e-5),
     as VMamba and MambaAD do, so converted weights give the same outputs; ``dense_init`` initialises in/out_proj
     (MambaAD uses a truncated normal with std 0.02).
@@ -47,6 +51,7 @@ class SS2D(nn.Module):
     dt_max: float = 0.1
     dense_init: Callable = nn.linear.default_kernel_init
     dtype: Any = jnp.float32
+    fused_directions: bool = False
 
     def setup(self):
         d, k, n = int(self.expand * self.d_model), self.directions, self.d_state
@@ -66,7 +71,10 @@ class SS2D(nn.Module):
         x, z = jnp.split(self.in_proj(x), 2, axis=-1)
         x = nn.silu(self.conv2d(x))
         orders = scan_orders(self.scan_method, height, width, self.directions)
-        y = cross_merge(self.scan(cross_scan(x, orders)), orders, height, width)
+        if self.fused_directions:
+            y = self.scan_in_place(x.reshape(x.shape[0], height * width, -1), orders).reshape(x.shape)
+        else:
+            y = cross_merge(self.scan(cross_scan(x, orders)), orders, height, width)
         return self.out_proj(self.out_norm(y) * nn.silu(z))
 
     def scan(self, xs):
@@ -84,3 +92,16 @@ class SS2D(nn.Module):
                            jnp.swapaxes(Cs, 1, 2), D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1),
                            delta_softplus=True, impl=self.scan_impl)
         return jnp.swapaxes(y.reshape(batch, length, k, d), 1, 2)
+
+    def scan_in_place(self, x, orders):
+        """(B, L, d_inner) map in raster order -> (B, L, d_inner): each direction k projected and scanned in the
+        order orders[k] where the map lies, the K outputs summed."""
+        batch, length, d = x.shape
+        k, r = orders.shape[0], self.dt_projs_weight.shape[1]
+        x_dbl = jnp.einsum("bld,kdc->blkc", x, self.x_proj_weight.astype(x.dtype))
+        dts, Bs, Cs = jnp.split(x_dbl, [r, r + self.d_state], axis=-1)
+        dts = jnp.einsum("blkr,krd->blkd", dts, self.dt_projs_weight.astype(x.dtype)).reshape(batch, length, k * d)
+        u = jnp.broadcast_to(x[:, :, None, :], (batch, length, k, d)).reshape(batch, length, k * d)
+        y = selective_scan(u, dts, -jnp.exp(self.A_logs), Bs, Cs, D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1),
+                           delta_softplus=True, impl=self.scan_impl, order=orders)
+        return y.reshape(batch, length, k, d).sum(axis=2)

@@ -17,6 +17,10 @@ Implementations, selected by ``impl``:
 * ``auto``        -- ``pallas`` on GPU, ``sequential`` on CPU (2-6x faster there than ``associative`` forward and
                      backward, with less memory: ``benchmarks/scan.py --small``), ``associative`` on TPU.
 
+With ``order`` (G, L), the channels of group g (and B, C of group g) are scanned in the order order[g] and y comes
+back at the positions: a 2-D map scanned in K directions at once, one group each, as SS2D does. The Pallas kernel
+visits the positions in place; the other implementations gather each group into its order and put y back.
+
 Arithmetic is float32 (float64 when the inputs are float64); the output has the dtype of ``u``.
 """
 
@@ -212,8 +216,22 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
+def _check_order(order, groups: int, length: int) -> jax.Array:
+    order = jnp.asarray(order)
+    if order.shape != (groups, length) or not jnp.issubdtype(order.dtype, jnp.integer):
+        raise ValueError(f"selective_scan: `order` has shape {order.shape} and dtype {order.dtype}, expected "
+                         f"integers of shape (groups, L) = {(groups, length)}")
+    return order
+
+
+def _in_order(x, order, groups: int):
+    """(batch, L, G * k) or (batch, L, G, k) with group g's rows taken in the order order[g]."""
+    grouped = x.reshape(*x.shape[:2], groups, -1)
+    return grouped[:, order.T, jnp.arange(groups)[None, :]].reshape(x.shape)
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, impl="auto", chunk_size=DEFAULT_CHUNK_SIZE):
+                   return_last_state=False, impl="auto", chunk_size=DEFAULT_CHUNK_SIZE, order=None):
     """Selective scan with mamba_ssm ``selective_scan_ref`` semantics, (batch, length, channels) layout.
 
     Args:
@@ -224,17 +242,25 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
       delta_softplus: apply softplus to delta (+ bias).
       return_last_state: also return the final state (batch, D, N), float32.
       impl: one of ``IMPLS``; chunk_size: steps per chunk for ``chunked``.
+      order: optional (G, L) integers, each row a permutation of 0..L-1: group g is scanned in the order
+        order[g] (module docstring).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state).
     """
     impl = resolve_impl(impl)
     x = validate_inputs(u, delta, A, B, C, D, z, delta_bias)
+    groups = x.B.shape[2]
+    if order is not None:
+        order = _check_order(order, groups, x.u.shape[1])
     if impl == "pallas":
         from kernels.selective_scan import selective_scan_pallas
 
         return selective_scan_pallas(*x, delta_softplus=delta_softplus, return_last_state=return_last_state,
-                                     interpret=not _on_gpu())
+                                     interpret=not _on_gpu(), order=order)
+    if order is not None:
+        x = x._replace(**{k: _in_order(getattr(x, k), order, groups) for k in ("u", "delta", "B", "C", "z")
+                          if getattr(x, k) is not None})
     if impl == "chunked" and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"selective_scan: `chunk_size` is {chunk_size!r}, expected a positive int")
     dtype = compute_dtype(x.u.dtype)
@@ -247,5 +273,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     else:
         y, last = _scan_chunked(*args, chunk_size=chunk_size)
     out = finish_output(y, x.u, x.D, x.z, x.u.dtype)
+    if order is not None:
+        out = _in_order(out, jnp.argsort(order, axis=1), groups)
     return (out, last) if return_last_state else out
 
