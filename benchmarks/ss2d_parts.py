@@ -122,7 +122,8 @@ def run(shapes, scan_impl: str, steps: int, warmup: int, json_path: str | None) 
     print(f"{'shape':<22}{'part':<14}{'fwd ms':>9}{'f+b ms':>9}{'f+b share':>11}", flush=True)
     rows = []
     for shape in shapes:
-        times = {part: measure(fn, args, steps, warmup) for part, (fn, args) in part_functions(shape, scan_impl).items()}
+        parts = part_functions(shape, scan_impl)
+        times = {part: measure(fn, args, steps, warmup) for part, (fn, args) in parts.items()}
         layer = times["layer"]["fwd_bwd_s"]
         for part in PARTS:
             row = {"shape": shape.name, "part": part, "scan_impl": scan_impl, "batch": shape.batch,

@@ -5,8 +5,9 @@ Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one
 or channel-major); ``split`` cuts the sequence into ``chunk``-step segments walked by separate programs
 (``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; a sequence of
 one segment runs the serial kernels alone). ``auto`` is ``split`` with 16 channels and 2 warps per program:
-the fastest Pallas design measured for forward and forward+backward on the benchmark shapes (NOTES.md). Under differentiation the forward stores the state every ``chunk`` steps
-(batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
+the fastest Pallas design measured for forward and forward+backward on the benchmark shapes (NOTES.md). Under
+differentiation the forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the
+backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``).
 """
@@ -106,8 +107,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return
               block_d, chunk, num_warps, unroll):
     y, states = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk,
                                              num_warps=num_warps, unroll=unroll, delta_softplus=delta_softplus,
-                                             save="chunks",
-                                             interpret=interpret),
+                                             save="chunks", interpret=interpret),
                            _inputs(u, delta, A, B, C, D, z, delta_bias, order), REPLICATED)
     out = (y, states[:, -1]) if return_last_state else y
     return out, (u, delta, A, B, C, D, z, delta_bias, order, states)

@@ -52,7 +52,7 @@ def test_order_matches_gathered_reference(impl):
 
 def test_order_shape_and_dtype_are_checked():
     x = inputs()
-    with pytest.raises(ValueError, match=r"`order` has shape \(3, 8\).*expected integers of shape \(groups, L\) = \(3, 9\)"):
+    with pytest.raises(ValueError, match=r"`order` has shape \(3, 8\).*of shape \(groups, L\) = \(3, 9\)"):
         selective_scan(**x, order=ORDER[:, :8])
     with pytest.raises(ValueError, match="dtype float32"):
         selective_scan(**x, order=ORDER.astype(np.float32))
