@@ -43,25 +43,24 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
         c = p.c0 + lay.program_chunks - 1 - k
         x = common.load_matrix(r["states"], p, lay, index=(p.b, jnp.maximum(c - 1, 0)))
         x = jnp.where(c > 0, x, 0.0)
+        heres = [common.at(p, lay, c * lay.chunk + i) for i in range(lay.chunk)]
         states = [x]  # states[i] = state before step i of the chunk; states[i + 1] = after it
-        for i in range(lay.chunk):
-            step = common.load_step(r, p, lay, c * lay.chunk + i, bias, delta_softplus)
-            states.append(common.advance(states[-1], step, A))
+        for here in heres:
+            states.append(common.advance(states[-1], common.load_step(r, p, lay, here, bias, delta_softplus), A))
         for i in reversed(range(lay.chunk)):
-            t = c * lay.chunk + i
-            valid = t < lay.length
-            step = common.load_step(r, p, lay, t, bias, delta_softplus)
-            C = common.load_group_row(r["C"], p, lay, t, valid)
-            g = common.load_row(r["dy"], p, lay, t, valid)
+            here = heres[i]
+            step = common.load_step(r, p, lay, here, bias, delta_softplus)
+            C = common.load_group_row(r["C"], p, lay, here)
+            g = common.load_row(r["dy"], p, lay, here)
             if "z" in r:
-                z = common.load_row(r["z"], p, lay, t, valid)
+                z = common.load_row(r["z"], p, lay, here)
                 y = jnp.sum(states[i + 1] * C[None, :], axis=1)
                 if skip is not None:
                     y = y + skip * step.u
                 sig = jax.nn.sigmoid(z)
-                common.store_row(o["dz"], p, lay, t, valid, g * y * sig * (1.0 + z * (1.0 - sig)))
+                common.store_row(o["dz"], p, lay, here, g * y * sig * (1.0 + z * (1.0 - sig)))
                 g = g * z * sig
-            common.store_block_row(o["dC"], p, lay, t, valid, jnp.sum(g[:, None] * states[i + 1], axis=0))
+            common.store_block_row(o["dC"], p, lay, here, jnp.sum(g[:, None] * states[i + 1], axis=0))
             h = h + g[:, None] * C[None, :]
             decay = jnp.exp(step.delta[:, None] * A)
             hx = h * states[i] * decay
@@ -71,14 +70,14 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
             if skip is not None:
                 du = du + skip * g
                 dskip = dskip + g * step.u
-            common.store_row(o["du"], p, lay, t, valid, du)
+            common.store_row(o["du"], p, lay, here, du)
             ddelta = step.u * hB + jnp.sum(hx * A, axis=1)
             if delta_softplus:
                 ddelta = ddelta * jax.nn.sigmoid(step.delta_pre)
             ddelta = jnp.where(step.mask, ddelta, 0.0)
             dbias = dbias + ddelta
-            common.store_row(o["ddelta"], p, lay, t, valid, ddelta)
-            common.store_block_row(o["dB"], p, lay, t, valid,
+            common.store_row(o["ddelta"], p, lay, here, ddelta)
+            common.store_block_row(o["dB"], p, lay, here,
                                    jnp.sum(h * (step.delta * step.u)[:, None], axis=0))
             h = decay * h
         return h, dA, dskip, dbias

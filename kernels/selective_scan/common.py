@@ -115,12 +115,20 @@ def program(lay: Layout, order=None) -> Program:
                    order)
 
 
-def position(p: Program, lay: Layout, t):
-    """Sequence position of step t: t, or order[group, t] (steps past L read position L - 1, masked)."""
+class At(NamedTuple):
+    """Where step t reads and writes: its sequence position, and whether t < L."""
+
+    pos: jax.Array | int
+    valid: jax.Array
+
+
+def at(p: Program, lay: Layout, t) -> At:
+    """Step t's position, t or order[group, t] (steps past L read position L - 1, masked): computed once per step
+    and handed to every row load and store of that step."""
     if p.order is None:
-        return t
+        return At(t, t < lay.length)
     step = jnp.asarray(jnp.minimum(t, lay.length - 1), jnp.int32)
-    return plgpu.load(p.order.at[jnp.asarray(p.group, jnp.int32), step])
+    return At(plgpu.load(p.order.at[jnp.asarray(p.group, jnp.int32), step]), t < lay.length)
 
 
 def _load(ref, mask):
@@ -146,24 +154,23 @@ def store_matrix(ref, p: Program, lay: Layout, value, index=()):
     plgpu.store(_tile(ref, p, lay, index), value.astype(ref.dtype), mask=p.dmask[:, None] & p.nmask[None, :])
 
 
-def load_row(ref, p: Program, lay: Layout, t, valid):
-    """(block_d,) channels of a (batch, L, D) array at step t."""
-    return _load(ref.at[p.b, position(p, lay, t), pl.ds(p.d0, lay.block_d)], p.dmask & valid)
+def load_row(ref, p: Program, lay: Layout, here: At):
+    """(block_d,) channels of a (batch, L, D) array at a step."""
+    return _load(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], p.dmask & here.valid)
 
 
-def store_row(ref, p: Program, lay: Layout, t, valid, value):
-    plgpu.store(ref.at[p.b, position(p, lay, t), pl.ds(p.d0, lay.block_d)], value.astype(ref.dtype),
-                mask=p.dmask & valid)
+def store_row(ref, p: Program, lay: Layout, here: At, value):
+    plgpu.store(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], value.astype(ref.dtype), mask=p.dmask & here.valid)
 
 
-def load_group_row(ref, p: Program, lay: Layout, t, valid):
-    """(state_pad,) row of grouped B or C (batch, L, G, N) at step t for this program's group."""
-    return _load(ref.at[p.b, position(p, lay, t), p.group, pl.ds(0, lay.state_pad)], p.nmask & valid)
+def load_group_row(ref, p: Program, lay: Layout, here: At):
+    """(state_pad,) row of grouped B or C (batch, L, G, N) at a step, for this program's group."""
+    return _load(ref.at[p.b, here.pos, p.group, pl.ds(0, lay.state_pad)], p.nmask & here.valid)
 
 
-def store_block_row(ref, p: Program, lay: Layout, t, valid, value):
+def store_block_row(ref, p: Program, lay: Layout, here: At, value):
     """(state_pad,) per-block partial of dB or dC into (batch, L, n_blocks, N)."""
-    plgpu.store(ref.at[p.b, position(p, lay, t), p.block, pl.ds(0, lay.state_pad)], value, mask=p.nmask & valid)
+    plgpu.store(ref.at[p.b, here.pos, p.block, pl.ds(0, lay.state_pad)], value, mask=p.nmask & here.valid)
 
 
 def softplus(x):
@@ -182,23 +189,21 @@ class Step(NamedTuple):
     mask: jax.Array
 
 
-def load_delta(refs: dict, p: Program, lay: Layout, t, bias, delta_softplus: bool):
-    """(delta after bias/softplus, 0 on masked lanes; delta before softplus; lane mask) at time t."""
-    valid = t < lay.length
-    mask = p.dmask & valid
-    delta_pre = load_row(refs["delta"], p, lay, t, valid)
+def load_delta(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplus: bool):
+    """(delta after bias/softplus, 0 on masked lanes; delta before softplus; lane mask) at a step."""
+    mask = p.dmask & here.valid
+    delta_pre = load_row(refs["delta"], p, lay, here)
     if bias is not None:
         delta_pre = delta_pre + bias
     delta = softplus(delta_pre) if delta_softplus else delta_pre
     return jnp.where(mask, delta, 0.0), delta_pre, mask
 
 
-def load_step(refs: dict, p: Program, lay: Layout, t, bias, delta_softplus: bool) -> Step:
-    """Load u, delta and B at time t and discretise delta; steps past L come back as identity steps."""
-    valid = t < lay.length
-    delta, delta_pre, mask = load_delta(refs, p, lay, t, bias, delta_softplus)
-    u = load_row(refs["u"], p, lay, t, valid)
-    return Step(u, delta, delta_pre, load_group_row(refs["B"], p, lay, t, valid), mask)
+def load_step(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplus: bool) -> Step:
+    """Load u, delta and B at a step and discretise delta; steps past L come back as identity steps."""
+    delta, delta_pre, mask = load_delta(refs, p, lay, here, bias, delta_softplus)
+    u = load_row(refs["u"], p, lay, here)
+    return Step(u, delta, delta_pre, load_group_row(refs["B"], p, lay, here), mask)
 
 
 def advance(x, step: Step, A):

@@ -34,17 +34,16 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
     def chunk(c, x):
         c = p.c0 + c
         for i in range(lay.chunk):
-            t = c * lay.chunk + i
-            valid = t < lay.length
-            step = common.load_step(r, p, lay, t, bias, delta_softplus)
+            here = common.at(p, lay, c * lay.chunk + i)
+            step = common.load_step(r, p, lay, here, bias, delta_softplus)
             x = common.advance(x, step, A)
-            y = jnp.sum(x * common.load_group_row(r["C"], p, lay, t, valid)[None, :], axis=1)
+            y = jnp.sum(x * common.load_group_row(r["C"], p, lay, here)[None, :], axis=1)
             if skip is not None:
                 y = y + skip * step.u
             if "z" in r:
-                z = common.load_row(r["z"], p, lay, t, valid)
+                z = common.load_row(r["z"], p, lay, here)
                 y = y * z * jax.nn.sigmoid(z)
-            common.store_row(y_ref, p, lay, t, valid, y)
+            common.store_row(y_ref, p, lay, here, y)
         if save == "chunks":
             common.store_matrix(refs[-1], p, lay, x, index=(p.b, c))
         return x

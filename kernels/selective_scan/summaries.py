@@ -30,7 +30,7 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     def chunk(c, carry):
         x, dsum = carry
         for i in range(lay.chunk):
-            step = common.load_step(r, p, lay, (p.c0 + c) * lay.chunk + i, bias, delta_softplus)
+            step = common.load_step(r, p, lay, common.at(p, lay, (p.c0 + c) * lay.chunk + i), bias, delta_softplus)
             x, dsum = common.advance(x, step, A), dsum + step.delta
         return x, dsum
 
@@ -49,14 +49,13 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
         h, dsum = carry
         c = p.c0 + lay.program_chunks - 1 - k
         for i in reversed(range(lay.chunk)):
-            t = c * lay.chunk + i
-            valid = t < lay.length
-            delta, _, _ = common.load_delta(r, p, lay, t, bias, delta_softplus)
-            g = common.load_row(r["dy"], p, lay, t, valid)
+            here = common.at(p, lay, c * lay.chunk + i)
+            delta, _, _ = common.load_delta(r, p, lay, here, bias, delta_softplus)
+            g = common.load_row(r["dy"], p, lay, here)
             if "z" in r:
-                z = common.load_row(r["z"], p, lay, t, valid)
+                z = common.load_row(r["z"], p, lay, here)
                 g = g * z * jax.nn.sigmoid(z)
-            C = common.load_group_row(r["C"], p, lay, t, valid)
+            C = common.load_group_row(r["C"], p, lay, here)
             h = jnp.exp(delta[:, None] * A) * (h + g[:, None] * C[None, :])
             dsum = dsum + delta
         return h, dsum
