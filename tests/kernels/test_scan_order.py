@@ -1,5 +1,6 @@
 """The kernels' ``order`` input (each group visits the sequence in its own order, as SS2D's directions do) against
-the same scan on explicitly gathered copies, scattered back: values (1e-5) and every gradient (1e-4), for the
+the sequential scan's gathered copies put back in place (``selective_scan(order=)``, itself checked against the
+float64 NumPy recurrence): values (1e-5) and every gradient (1e-4), for the
 serial design and for split with several segments, in interpret mode."""
 
 import jax
@@ -21,26 +22,9 @@ def orders(groups: int, length: int) -> np.ndarray:
 
 
 def gathered_scan(x: dict, order: np.ndarray, last: bool):
-    """Reference: gather each group's channels and B/C rows into visiting order, scan, put y back in place."""
-    groups = order.shape[0]
-    group_dim = x["u"].shape[2] // groups
-    inverse = np.argsort(order, axis=1)
-
-    def visit(a, per_group_axis):  # (batch, L, ...) -> each group's slice taken along order[g]
-        parts = [jnp.take(jnp.take(a, np.arange(g * group_dim, (g + 1) * group_dim), axis=2) if per_group_axis == 2
-                          else a[:, :, g:g + 1], order[g], axis=1) for g in range(groups)]
-        return jnp.concatenate(parts, axis=2)
-
-    y = {k: v for k, v in x.items()}
-    for key in ("u", "delta", "z"):
-        if x.get(key) is not None:
-            y[key] = visit(x[key], 2)
-    y["B"], y["C"] = visit(x["B"], 3), visit(x["C"], 3)
-    out = ssm_scan(**y, delta_softplus=True, return_last_state=last, impl="sequential")
-    seq = out[0] if last else out
-    placed = jnp.concatenate([jnp.take(seq[:, :, g * group_dim:(g + 1) * group_dim], inverse[g], axis=1)
-                              for g in range(groups)], axis=2)
-    return (placed, out[1]) if last else placed
+    """Reference: the sequential scan with the same order, which gathers each group into its order and puts y
+    back (checked against the float64 NumPy recurrence in tests/ssm/test_selective_scan_order.py)."""
+    return ssm_scan(**x, delta_softplus=True, return_last_state=last, impl="sequential", order=order)
 
 
 @pytest.mark.parametrize("blocks", [dict(design="serial", block_d=2, chunk=4),
