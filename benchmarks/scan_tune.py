@@ -4,11 +4,13 @@
         --check --json $OUT/tune.jsonl --budget 400
 
 A config is ``design:block_d:chunk:forward_warps:backward_warps[:unroll]`` (unroll: split only, the steps between
-checkpoints inside a segment). For each config x shape x dtype it prints
+checkpoints inside a segment; left out, the grid-size default of ``split.layout``). For each config x shape x dtype it prints
 forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
 dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
 input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the
-remaining rows are skipped and said so. GPU only (interpret mode is not a timing).
+remaining rows are skipped and said so. Before the first row the GPU runs ``--warmup_s`` seconds of matrix
+products, so the first row is not timed on a GPU still raising its clocks (on 2026-11-30 the first row of a call
+ran up to 1.5x slower than the same config in a later position). GPU only (interpret mode is not a timing).
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def kernel_fns(config: dict):
     return jax.jit(forward), jax.jit(forward_backward)
 
 
+def warm_up(seconds: float) -> None:
+    """Keep the GPU busy with matrix products for ``seconds``."""
+    x = jnp.full((4096, 4096), 1e-3, jnp.float32)
+    product = jax.jit(lambda a: a @ a)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        jax.block_until_ready(product(x))
+
+
 def batched_ms(fn, *args, calls: int) -> float:
     """Median over 3 batches of ``calls`` back-to-back calls, per call, in ms (after one warm-up call)."""
     jax.block_until_ready(fn(*args))
@@ -84,10 +95,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; later rows are skipped")
     parser.add_argument("--json", help="append one JSON line per row to this file")
+    parser.add_argument("--warmup_s", type=float, default=3.0, help="seconds of GPU work before the first row")
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
         raise SystemExit("scan_tune.py times GPU kernels; no GPU here (CPU tests use interpret mode)")
     shapes = [s for s in SHAPES if not args.shapes or s.name in args.shapes.split(",")]
+    warm_up(args.warmup_s)
     start = time.perf_counter()
     print(f"{'config':<22}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
     for text in args.configs.split(","):

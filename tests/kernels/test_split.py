@@ -5,6 +5,7 @@ Jitted, so each case compiles once (interpret mode's cost is compiling the kerne
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from kernels.selective_scan import selective_scan_pallas
@@ -70,7 +71,8 @@ def test_layout_segments():
     """chunk is the segment length (capped at L rounded up to a power of two), walked 16 steps at a time;
     a sequence of one segment gets the serial layout."""
     def split(length, chunk):
-        return layout(Layout(batch=2, length=length, dim=768, groups=1, d_state=16, block_d=32, chunk=chunk))
+        return layout(Layout(batch=2, length=length, dim=768, groups=1, d_state=16, block_d=32, chunk=chunk),
+                      unroll=16)
     long = split(16384, 256)
     assert (long.segment, long.chunk, long.n_segments, long.program_chunks, long.grid) == (256, 16, 64, 16, (2, 24, 64))
     odd = split(11, 4)
@@ -80,3 +82,19 @@ def test_layout_segments():
         layout(Layout(batch=1, length=64, dim=8, groups=1, d_state=4, block_d=8, chunk=32), unroll=3)
     short = split(11, 256)  # one segment: the serial layout, no summaries
     assert (short.segment, short.chunk, short.n_segments, short.n_chunks, short.grid) == (0, 16, 1, 1, (2, 24))
+
+
+@pytest.mark.parametrize("rows, length, dim, programs, unroll", [
+    (32, 3136, 384, 9984, 16),  # vim-s
+    (8, 4096, 768, 6144, 4),  # mamba-768
+    (512, 1024, 192, 24576, 16),  # 8-dir (64 images x 8 directions)
+    (2, 16384, 768, 6144, 4),  # long
+    (8, 4096, 192, 1536, 4),  # vmamba-64x64
+    (8, 200, 768, 384, 16),  # one segment: the serial layout keeps 16
+])
+def test_default_unroll_follows_the_grid(rows, length, dim, programs, unroll):
+    """Without ``unroll`` the segmented layout checkpoints every 4 steps on grids of at most 8,192 programs and
+    every 16 above, the choice measured on the benchmark shapes (NOTES.md)."""
+    lay = layout(Layout(batch=rows, length=length, dim=dim, groups=1, d_state=16, block_d=16, chunk=256))
+    assert int(np.prod(lay.grid)) == programs
+    assert lay.chunk == unroll
