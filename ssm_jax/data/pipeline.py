@@ -17,8 +17,9 @@ every epoch, repeating ``num_epochs`` times (None: forever) and dropping the las
 evaluation reads each example once in order. Augmentations (``ssm_jax.data.augment``) run in a fixed order,
 each only when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine),
 so turning one on leaves the others' draws as they were. ``num_workers > 0`` decodes in that many worker processes
-(``mp_prefetch``; each worker batches every ``num_workers``-th example of the shuffled stream, so the order is
-deterministic for a given seed and worker count but changes with the worker count); otherwise
+(``mp_prefetch``; in training each worker batches every ``num_workers``-th example of the shuffled stream, so the
+order is deterministic for a given seed and worker count but changes with the worker count; in evaluation the
+workers decode single examples and this process batches them in order, as without workers); otherwise
 ``num_threads`` threads prefetch examples in this process and one more thread assembles the next
 ``prefetch_batches`` batches, so ``next()`` returns at once while the train step runs: without it, batching 32
 cached 64 px images took the training loop's thread 10-40 ms a step, 17-19 s of waiting over the ``:cpu`` ELPV
@@ -152,13 +153,18 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     if any(affine):
         ds = ds.random_map(RandomAffine(*affine), seed=seed + 3)
     ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
-    ids = ids.batch(batch_size, drop_remainder=train)
     if num_workers > 0:
         from absl import flags  # grain's workers read absl flags; outside an absl app they are unparsed
 
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    elif prefetch_batches > 0:  # its iterator's state counts the batches handed out, not those made ahead
+        workers = grain.MultiprocessingOptions(num_workers=num_workers)
+        if train:  # each worker batches its own every num_workers-th example
+            return ids.batch(batch_size, drop_remainder=True).mp_prefetch(workers)
+        # Evaluation: the workers decode, this process batches, so every batch but the last is full and in order
+        # (per-worker batches would each end short: the evaluation loop counts full batches).
+        return ids.mp_prefetch(workers).batch(batch_size, drop_remainder=False)
+    ids = ids.batch(batch_size, drop_remainder=train)
+    if prefetch_batches > 0:  # its iterator's state counts the batches handed out, not those made ahead
         ids = grain.experimental.ThreadPrefetchIterDataset(ids, prefetch_buffer_size=prefetch_batches)
     return ids

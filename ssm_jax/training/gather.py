@@ -45,5 +45,9 @@ def gather_predictions(state, predict_step, batches, *, num_examples: int, local
         for key, value in {**outputs, **padded}.items():
             gathered.setdefault(key, []).append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
         valid_rows.append(np.asarray(multihost_utils.process_allgather(valid, tiled=True)))
+    if next(batches, None) is not None:
+        raise RuntimeError(f"gather_predictions: the evaluation input still had batches after {steps} steps of "
+                           f"{local_batch} for {num_examples} examples; expected full batches of {local_batch} "
+                           "(only the last may be short), else examples would go unscored")
     valid = np.concatenate(valid_rows)
     return {k: np.concatenate(v)[valid] for k, v in gathered.items()}

@@ -132,3 +132,11 @@ def test_bad_arguments(folder):
         make_pipeline(folder, batch_size=2, affine=(1, 2))
     with pytest.raises(ValueError, match="shard_index"):
         make_pipeline(folder, batch_size=2, shard_index=3, shard_count=3)
+
+
+def test_eval_with_worker_processes_gives_full_batches_in_order(folder):
+    """Workers decode, the main process batches: the same batches as without workers (an evaluation loop that
+    counts full batches would otherwise miss examples)."""
+    batches = list(make_pipeline(folder, train=False, **{**KW, "num_workers": 2}))
+    assert [len(b["index"]) for b in batches] == [4, 4, 1]
+    assert np.concatenate([b["index"] for b in batches]).tolist() == list(range(9))
