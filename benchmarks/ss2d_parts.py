@@ -13,9 +13,10 @@ the layer hands over (``ssm_jax.nn.ss2d``):
   (B, L, K * d_inner) channels;
 * ``scan``: ``selective_scan`` over those channels with B and C in K groups, D, delta_bias, softplus (``--scan_impl``);
 * ``gathers out``: the (B, L, K * d_inner) output back to K sequences, put in place and summed (``cross_merge``);
-* ``layer``: the whole SS2D (projections, depthwise conv, the three parts above, LayerNorm, gate, out projection);
-* ``layer, fused``: the same layer with ``fused_directions=True`` (the map kept in raster layout, each direction
-  scanned in place through the kernel's ``order`` input: no gathers), the candidate to make the default.
+* ``layer``: the whole SS2D with ``fused_directions=False`` (projections, depthwise conv, the three parts above,
+  LayerNorm, gate, out projection);
+* ``layer, fused``: the same layer with ``fused_directions=True``, the default since 2026-11-30 (the map kept in
+  raster layout, each direction scanned in place through the kernel's ``order`` input: no gathers).
 
 Forward+backward is the forward and the vector-Jacobian product for all float inputs. Each time is the median of
 ``--steps`` waited calls after ``--warmup`` (``benchmarks.timing``).
@@ -82,7 +83,7 @@ def part_functions(shape: Shape, scan_impl: str):
         return cross_merge(jnp.swapaxes(y.reshape(shape.batch, length, k, d), 1, 2), orders, size, size)
 
     layer_module = SS2D(shape.d_model, d_state=n, expand=shape.expand, scan_method=shape.scan_method,
-                        directions=k, scan_impl=scan_impl)
+                        directions=k, scan_impl=scan_impl, fused_directions=False)
     image = jax.random.normal(keys[0], (shape.batch, size, size, shape.d_model))
     params = layer_module.init(keys[1], image)
 

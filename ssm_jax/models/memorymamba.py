@@ -70,6 +70,7 @@ MODEL_DEFAULTS = {
     "scan_method": "sweep",
     "directions": 4,
     "scan_impl": "auto",
+    "fused_directions": True,
     "coarse_size": 32,
     "fine_size": 128,
     "similarity": "cos",
@@ -158,6 +159,7 @@ class MemSSMBlock(nn.Module):
     scan_method: str = "sweep"
     directions: int = 4
     scan_impl: str = "auto"
+    fused_directions: bool = True
     coarse_size: int = 32
     fine_size: int = 128
     similarity: str = "cos"
@@ -188,7 +190,7 @@ class MemSSMBlock(nn.Module):
             fused = z + sum(v[:, None, None, :] for v in memories.values())
         s = SS2D(self.dim, d_state=self.d_state, expand=self.expand, dt_rank=self.dt_rank,
                  scan_method=self.scan_method, directions=self.directions, scan_impl=self.scan_impl,
-                 dtype=self.dtype, name="ss2d")(fused)
+                 fused_directions=self.fused_directions, dtype=self.dtype, name="ss2d")(fused)
         n = nn.LayerNorm(dtype=self.dtype, name="norm")(s)
         if drop is not None:
             n = drop_path(n, *drop)
@@ -218,6 +220,7 @@ class MemoryMamba(nn.Module):
     scan_method: str = "sweep"
     directions: int = 4
     scan_impl: str = "auto"
+    fused_directions: bool = True
     coarse_size: int = 32
     fine_size: int = 128
     similarity: str = "cos"
@@ -249,7 +252,7 @@ class MemoryMamba(nn.Module):
                      jax.random.split(self.make_rng("dropout"), total))
         block_kwargs = dict(d_state=self.d_state, expand=self.expand, dt_rank=self.dt_rank,
                             scan_method=self.scan_method, directions=self.directions, scan_impl=self.scan_impl,
-                            coarse_size=self.coarse_size, fine_size=self.fine_size, similarity=self.similarity,
+                            fused_directions=self.fused_directions, coarse_size=self.coarse_size, fine_size=self.fine_size, similarity=self.similarity,
                             use_coarse_memory=self.use_coarse_memory, use_fine_memory=self.use_fine_memory,
                             use_fusion=self.use_fusion, dtype=self.dtype)
         block = MemSSMBlock
@@ -292,7 +295,8 @@ def build_memorymamba(config) -> MemoryMamba:
 
     Fields (defaults in MODEL_DEFAULTS): num_classes (required); preset ("tiny" | "small" | "base") giving
     depths/dims, overridden by non-None ``depths`` / ``dims``; patch_size 4; d_state 16; expand 2;
-    dt_rank "auto"; scan_method "sweep"; directions 4; scan_impl "auto"; coarse_size 32; fine_size 128;
+    dt_rank "auto"; scan_method "sweep"; directions 4; scan_impl "auto"; fused_directions True (each direction
+    scanned in place, no gathered copies: ``SS2D``); coarse_size 32; fine_size 128;
     similarity "cos" | "l1" | "l2"; use_coarse_memory / use_fine_memory / use_fusion True;
     drop_path_rate 0.0 (in [0, 1)); scan_blocks False (True: each stage one nn.scan over its blocks, parameters
     ``stage{s}_blocks`` stacked on a leading axis, compiled once per stage; ``stack_blocks`` / ``unstack_blocks``

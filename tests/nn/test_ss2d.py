@@ -62,7 +62,8 @@ def test_fused_directions_equal_gathered_directions(method, directions, impl):
     """The raster-layout path (each direction scanned in place; ``pallas``: the kernel's order input, in
     interpret mode) gives the gathered path's outputs and gradients (gathered with the sequential scan)."""
     x = _inputs()
-    gathered = SS2D(D_MODEL, d_state=4, scan_method=method, directions=directions, scan_impl="sequential")
+    gathered = SS2D(D_MODEL, d_state=4, scan_method=method, directions=directions, scan_impl="sequential",
+                    fused_directions=False)
     fused = gathered.clone(fused_directions=True, scan_impl=impl)
     variables = jax.jit(gathered.init)(_key(4), x)
 
