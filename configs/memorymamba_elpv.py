@@ -20,11 +20,11 @@ by inverse class frequency of the training split (``--config.loss.class_weights=
 for p = 0, 1/3, 2/3, 1 with 1131, 221, 79, 537 training images) was the first default and is now off: measured on
 one H200, seed 0, it cost 20 points of accuracy for a few points of macro F1 (memory on: 49.8 % accuracy, 39.7 %
 macro F1 after 60 epochs weighted; 69.3 % and 35.8 % after 40 epochs unweighted; README, Results). Neither run
-fits the training set (training accuracy 0.48 and 0.70 over the last 60 steps): the next thing to measure is the learning
-rate. The ablations, each one override of the recipe (3 seeds each, S in 0 1 2; compare test accuracy, macro F1
-and the per-class recall in ``<workdir>/eval/metrics.json``). The warp is numpy in the input pipeline, 6-9 ms per 224 px image on a
-core of the shared 2-core CPU machine (2026-11); if ``data_wait_s`` in ``metrics.jsonl`` grows, add
-``--config.data.num_workers=N``.
+fits the training set (training accuracy 0.48 and 0.70 over the last 60 steps); at 64 px on the CPU the
+learning rate (1e-4 to 2e-3) did not change that. The ablations, each one override of the recipe (3 seeds each,
+S in 0 1 2; compare test accuracy, macro F1 and the per-class recall in ``<workdir>/eval/metrics.json``). The warp
+is numpy in the input pipeline, 6-9 ms per 224 px image on a core of the shared 2-core CPU machine (2026-11); with
+``--config.data.num_workers=12`` on the GPU host the data wait was 6-7 s in a 5-minute run.
 
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_recipe_s$S --config.seed=$S
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_no_flips_s$S --config.seed=$S \
