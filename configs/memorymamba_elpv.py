@@ -23,8 +23,9 @@ macro F1 after 60 epochs weighted; 69.3 % and 35.8 % after 40 epochs unweighted;
 fits the training set (training accuracy 0.48 and 0.70 over the last 60 steps); at 64 px on the CPU the
 learning rate (1e-4 to 2e-3) did not change that. The ablations, each one override of the recipe (3 seeds each,
 S in 0 1 2; compare test accuracy, macro F1 and the per-class recall in ``<workdir>/eval/metrics.json``). The warp
-is numpy in the input pipeline, 6-9 ms per 224 px image on a core of the shared 2-core CPU machine (2026-11); with
-``--config.data.num_workers=12`` on the GPU host the data wait was 6-7 s in a 5-minute run.
+is numpy in the input pipeline, 6-9 ms per 224 px image on a core of the shared 2-core CPU machine (2026-11), so
+the ``gpu`` variant decodes and augments in 8 worker processes (``config.data.num_workers``; with 12 on the GPU host
+the data wait was 6-7 s in a 5-minute run).
 
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_recipe_s$S --config.seed=$S
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_no_flips_s$S --config.seed=$S \
@@ -54,6 +55,7 @@ def get_config(variant: str = "gpu"):
         config.data.rot90 = True
         config.data.affine = (3.0, 0.05, 0.02)
         config.loss.label_smoothing = 0.1
+        config.data.num_workers = 8
     config.optim.lr = 5e-4
     config.optim.weight_decay = 0.05
     config.optim.grad_clip = 1.0
