@@ -252,7 +252,8 @@ class MemoryMamba(nn.Module):
                      jax.random.split(self.make_rng("dropout"), total))
         block_kwargs = dict(d_state=self.d_state, expand=self.expand, dt_rank=self.dt_rank,
                             scan_method=self.scan_method, directions=self.directions, scan_impl=self.scan_impl,
-                            fused_directions=self.fused_directions, coarse_size=self.coarse_size, fine_size=self.fine_size, similarity=self.similarity,
+                            fused_directions=self.fused_directions, coarse_size=self.coarse_size,
+                            fine_size=self.fine_size, similarity=self.similarity,
                             use_coarse_memory=self.use_coarse_memory, use_fine_memory=self.use_fine_memory,
                             use_fusion=self.use_fusion, dtype=self.dtype)
         block = MemSSMBlock
