@@ -4,8 +4,8 @@
         --check --json $OUT/tune.jsonl --budget 400
 
 A config is ``design:block_d:chunk:forward_warps:backward_warps[:unroll]`` (unroll: split only, the steps between
-checkpoints inside a segment; left out, the grid-size default of ``split.layout``). For each config x shape x dtype it prints
-forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
+checkpoints inside a segment; left out, the grid-size default of ``split.layout``). For each config x shape x dtype
+it prints forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
 dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
 input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the
 remaining rows are skipped and said so. Before the first row the GPU runs ``--warmup_s`` seconds of matrix
