@@ -56,7 +56,7 @@ def mambaad_model_config(**overrides) -> ml_collections.ConfigDict:
         "name": "mambaad", "encoder": "resnet34", "encoder_weights": "",
         "decoder_dims": (512, 256, 128, 64), "decoder_depths": (3, 4, 6, 3), "d_state": 16, "ssm_ratio": 2.0,
         "drop_path": 0.2, "scan_method": "hilbert", "directions": 8, "scan_impl": "auto", "local_kernels": (5, 7),
-        "dtype": "float32",
+        "fused_directions": True, "dtype": "float32",
     }
     return ml_collections.ConfigDict({**defaults, **overrides})
 
@@ -71,7 +71,7 @@ def build_mambaad(config) -> "MambaAD":
                    decoder_depths=tuple(config.decoder_depths), d_state=config.d_state, ssm_ratio=config.ssm_ratio,
                    drop_path=config.drop_path, scan_method=config.scan_method, directions=config.directions,
                    scan_impl=config.scan_impl, local_kernels=tuple(config.get("local_kernels", (5, 7))),
-                   dtype=_dtype(config.dtype))
+                   dtype=_dtype(config.dtype), fused_directions=bool(config.get("fused_directions", True)))
 
 
 def _conv_bn_relu(x, features, kernel, stride, use_bias, name, train, dtype):
@@ -141,13 +141,14 @@ class HSSBlock(nn.Module):
     directions: int
     scan_impl: str
     dtype: Any = jnp.float32
+    fused_directions: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="ln_1")(x)
         y = SS2D(x.shape[-1], d_state=self.d_state, expand=self.ssm_ratio, scan_method=self.scan_method,
                  directions=self.directions, scan_impl=self.scan_impl, dense_init=_trunc_normal_02,
-                 dtype=self.dtype, name="self_attention")(y)
+                 dtype=self.dtype, fused_directions=self.fused_directions, name="self_attention")(y)
         return x + DropPath(self.drop_path, name="drop_path")(y, deterministic=not train)
 
 
@@ -166,13 +167,14 @@ class LSSModule(nn.Module):
     scan_impl: str
     local_kernels: Sequence[int] = (5, 7)
     dtype: Any = jnp.float32
+    fused_directions: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         ssm = x
         for i in range(self.depth):
             ssm = HSSBlock(self.d_state, self.ssm_ratio, self.drop_path, self.scan_method, self.directions,
-                           self.scan_impl, self.dtype, name=f"smm_blocks_{i}")(ssm, train)
+                           self.scan_impl, self.dtype, self.fused_directions, name=f"smm_blocks_{i}")(ssm, train)
         local = [ConvBranch(k, self.dtype, name=f"branch{k}")(x) for k in self.local_kernels]
         fused = nn.Conv(x.shape[-1], (1, 1), kernel_init=conv_init, dtype=self.dtype, name="finalconv11")(
             jnp.concatenate([ssm, *local], axis=-1))
@@ -223,6 +225,7 @@ class MambaDecoder(nn.Module):
     scan_impl: str = "auto"
     local_kernels: Sequence[int] = (5, 7)
     dtype: Any = jnp.float32
+    fused_directions: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -234,7 +237,7 @@ class MambaDecoder(nn.Module):
             _, per_module = lss_layout(depth)
             for j, rate in enumerate(rates):
                 x = LSSModule(per_module, self.d_state, self.ssm_ratio, rate, self.scan_method, self.directions,
-                              self.scan_impl, tuple(self.local_kernels), self.dtype,
+                              self.scan_impl, tuple(self.local_kernels), self.dtype, self.fused_directions,
                               name=f"layers_up_{i}_blocks_{j}")(x, train)
             if i > 0:
                 outputs.insert(0, x)
@@ -260,6 +263,7 @@ class MambaAD(nn.Module):
     scan_impl: str = "auto"
     local_kernels: Sequence[int] = (5, 7)
     dtype: Any = jnp.float32
+    fused_directions: bool = True
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -276,7 +280,7 @@ class MambaAD(nn.Module):
         x = MFFBottleneck(self.decoder_dims[0], dtype=self.dtype, name="bottleneck")(feats, train)
         decoded = MambaDecoder(self.decoder_dims, self.decoder_depths, self.d_state, self.ssm_ratio, self.drop_path,
                                self.scan_method, self.directions, self.scan_impl, tuple(self.local_kernels),
-                               self.dtype, name="decoder")(x, train)
+                               self.dtype, self.fused_directions, name="decoder")(x, train)
         for e, d in zip(feats, decoded):
             if e.shape[-1] != d.shape[-1]:
                 raise ValueError(f"decoder output has {d.shape[-1]} channels but the {self.encoder} feature it "

@@ -114,3 +114,13 @@ def test_build_presets_and_errors():
         build_memorymamba({"preset": "tiny"})
     with pytest.raises(ValueError, match="unknown preset"):
         build_memorymamba({"num_classes": 3, "preset": "huge"})
+
+
+def test_fused_directions_field_keeps_outputs(params):
+    """``fused_directions`` (default True: directions scanned in place) and False (gathered) give the same logits
+    through different computations (the field reaches the SS2D layers)."""
+    models = {f: _model(fused_directions=f) for f in (True, False)}
+    logits = {f: jax.jit(m.apply)({"params": params}, IMAGES)["logits"] for f, m in models.items()}
+    np.testing.assert_allclose(logits[True], logits[False], rtol=1e-5, atol=1e-5)
+    jaxprs = {f: str(jax.make_jaxpr(m.apply)({"params": params}, IMAGES)) for f, m in models.items()}
+    assert jaxprs[True] != jaxprs[False]
