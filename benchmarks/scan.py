@@ -5,9 +5,9 @@
     python benchmarks/scan.py --no-small --shapes vmamba-64x64 --repeats 3   # one full-size shape on CPU
     python benchmarks/scan.py --impls pallas --peer peer/mamba_ssm   # GPU: and mamba_ssm's CUDA kernel beside it
 
-Prints one row per impl x shape: forward and forward+backward time (median of repeats after warm-up), peak
-memory, and for the forward the floor = bytes it must move / copy bandwidth measured in this run, the
-achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the device's peak_bytes_in_use
+Prints one row per impl x shape: forward and forward+backward time (median of repeats after warm-up calls, at
+least ``WARMUP_S`` seconds of them on GPU), peak memory, and for the forward the floor = bytes it must move / copy
+bandwidth measured in this run, the achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the device's peak_bytes_in_use
 on GPU (one process per row, so rows don't see each other's peaks) and the compiled fwd+bwd temp size on CPU.
 The copy bandwidth is that of a plain device-to-device copy. With ``--peer DIR`` (a copy of
 ``../shared/peer/mamba_ssm``; it builds mamba_ssm's CUDA kernel, about 2 minutes) the same call then times
@@ -36,6 +36,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
 IMPLS = ("pallas", "associative", "chunked", "sequential")
+# Seconds of warm-up calls per timing on GPU: each row runs in a fresh process, and on 2026-11-30 the first timing
+# of a process ran up to 1.5x slow (kernels/selective_scan/NOTES.md).
+WARMUP_S = 2.0
 
 
 class Shape(NamedTuple):
@@ -89,10 +92,13 @@ def forward_bytes(shape: Shape, dtype) -> int:
     return 4 * act + 2 * bc + params
 
 
-def median_time(fn, *args, repeats: int) -> float:
-    """Median wall time in seconds of ``fn(*args)`` after two warm-up calls (compilation included there)."""
-    for _ in range(2):
+def median_time(fn, *args, repeats: int, warmup_s: float = 0.0) -> float:
+    """Median wall time in seconds of ``fn(*args)`` after warm-up calls (compilation included there): two, and
+    more until ``warmup_s`` seconds have passed, so the GPU is at its working clocks when timing starts."""
+    start, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() - start < warmup_s:
         jax.block_until_ready(fn(*args))
+        calls += 1
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -135,9 +141,11 @@ def measure(impl: str, shape: Shape, dtype, repeats: int) -> dict:
     """Forward and fwd+bwd time (s) and peak memory (bytes, or None) of one impl on one shape."""
     args, cotangent = make_inputs(shape, dtype)
     forward, forward_backward = functions(impl)
-    row = {"fwd": median_time(forward, *args, repeats=repeats)}
-    row["fwd_bwd"] = median_time(forward_backward, args, cotangent, repeats=repeats)
-    if jax.default_backend() == "gpu":
+    on_gpu = jax.default_backend() == "gpu"
+    warmup_s = WARMUP_S if on_gpu else 0.0
+    row = {"fwd": median_time(forward, *args, repeats=repeats, warmup_s=warmup_s)}
+    row["fwd_bwd"] = median_time(forward_backward, args, cotangent, repeats=repeats, warmup_s=warmup_s)
+    if on_gpu:
         row["peak"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"]
     else:
         analysis = forward_backward.lower(args, cotangent).compile().memory_analysis()
