@@ -12,17 +12,24 @@ import jax.numpy as jnp
 _EPS = 1e-8
 
 
-def cross_entropy(logits, labels, label_smoothing: float = 0.0, class_weights=None):
+def cross_entropy(logits, labels, label_smoothing: float = 0.0, class_weights=None, ordinal: float = 0.0):
     """Mean softmax cross-entropy; logits (B, K), integer labels (B,) (eq. 7).
 
-    ``label_smoothing`` = e takes the target (1 - e) one-hot + e / K. ``class_weights`` (K,) multiplies each
+    ``ordinal`` = s > 0 replaces the one-hot target by soft ordinal labels for ordered classes (SORD, Diaz and
+    Marathe, CVPR 2019): target_k proportional to exp(-s (k - y)^2), so a neighbouring class costs less than a far one
+    (ELPV's defect probabilities 0 < 1/3 < 2/3 < 1). ``label_smoothing`` = e then takes the target
+    (1 - e) target + e / K. ``class_weights`` (K,) multiplies each
     image's term by the weight of its class; the mean stays over images (not over the batch's summed weights, as
     PyTorch's weighted mean does), so micro-batch means still average to the batch mean (gradient accumulation) and
     weights whose mean over the training images is 1 (``"balanced"``) keep the loss scale.
     """
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     labels = labels.astype(jnp.int32)
-    loss = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+    if ordinal:
+        distance = jnp.arange(logp.shape[-1])[None, :] - labels[:, None]
+        loss = -jnp.sum(jax.nn.softmax(-ordinal * distance.astype(jnp.float32) ** 2, axis=-1) * logp, axis=-1)
+    else:
+        loss = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
     if label_smoothing:
         loss = (1 - label_smoothing) * loss - label_smoothing * jnp.mean(logp, axis=-1)
     if class_weights is not None:
@@ -78,15 +85,15 @@ def info_nce_loss(features, memory, temperature: float, similarity: str = "cos")
 
 
 def memorymamba_loss(outputs, labels, lambda_c: float, lambda_f: float, margin: float, temperature: float,
-                     label_smoothing: float = 0.0, class_weights=None):
+                     label_smoothing: float = 0.0, class_weights=None, ordinal: float = 0.0):
     """Eq. 25: L = CE + lambda_c * L_contrastive + lambda_f * L_NCE, from MemoryMamba's output dict.
 
     The memory terms are averaged over the Mem-SSM blocks (each block has its own memories); a term whose
-    memory is disabled (keys absent) is 0. ``label_smoothing`` and ``class_weights`` apply to CE only (see
-    ``cross_entropy``). Returns (total, {"cls", "contrastive", "nce", "total"}).
+    memory is disabled (keys absent) is 0. ``label_smoothing``, ``class_weights`` and ``ordinal`` apply to CE only
+    (see ``cross_entropy``). Returns (total, {"cls", "contrastive", "nce", "total"}).
     """
     logits = outputs["logits"]
-    cls = cross_entropy(logits, labels, label_smoothing, class_weights)
+    cls = cross_entropy(logits, labels, label_smoothing, class_weights, ordinal)
     zero = jnp.zeros((), jnp.float32)
     queries = outputs.get("coarse_queries", ())
     contrastive = (sum(memory_contrastive_loss(q, labels, logits.shape[-1], margin) for q in queries)

@@ -16,15 +16,20 @@ def _np_log_softmax(x, axis=-1):
     return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
 
 
-def ref_cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None):
-    """-sum_k q_k log p_k with q = (1 - e) one-hot + e / K, times the label's weight, averaged over images."""
+def ref_cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None, ordinal=0.0):
+    """-sum_k q_k log p_k with q = (1 - e) t + e / K, t the one-hot target (or, with ordinal s > 0, t_k =
+    exp(-s (k - y)^2) / sum_j exp(-s (j - y)^2)), times the label's weight, averaged over images."""
     logp = _np_log_softmax(np.asarray(logits, np.float64))
     k = logp.shape[1]
     weights = np.ones(k) if class_weights is None else np.asarray(class_weights, np.float64)
     terms = []
     for i, y in enumerate(labels):
-        target = np.full(k, label_smoothing / k)
-        target[y] += 1 - label_smoothing
+        if ordinal:
+            t = np.exp(-ordinal * (np.arange(k) - y) ** 2.0)
+            t /= t.sum()
+        else:
+            t = np.eye(k)[y]
+        target = (1 - label_smoothing) * t + label_smoothing / k
         terms.append(-weights[y] * np.dot(target, logp[i]))
     return np.mean(terms)
 
@@ -77,6 +82,22 @@ def test_cross_entropy_smoothed_and_weighted(label_smoothing, class_weights):
     want = ref_cross_entropy(logits, labels, label_smoothing, class_weights)
     np.testing.assert_allclose(got, want, rtol=RTOL)
     assert abs(want - ref_cross_entropy(logits, labels)) > 1e-2  # the options change the loss
+
+
+@pytest.mark.parametrize("ordinal, label_smoothing, class_weights", [(1.0, 0.0, None),
+                                                                     (0.5, 0.1, [0.5, 2.0, 6.0, 1.0])])
+def test_cross_entropy_ordinal_soft_labels(ordinal, label_smoothing, class_weights):
+    rng = _rng()
+    logits, labels = (3 * rng.standard_normal((8, 4))).astype(np.float32), np.array([0, 1, 2, 3, 0, 0, 2, 1])
+    got = cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing,
+                        None if class_weights is None else np.asarray(class_weights, np.float32), ordinal)
+    want = ref_cross_entropy(logits, labels, label_smoothing, class_weights, ordinal)
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+    assert abs(want - ref_cross_entropy(logits, labels, label_smoothing, class_weights)) > 1e-2
+    # A neighbouring wrong class costs less than a far one: logits confident in class 1 or in class 3 for label 0.
+    near, far = (cross_entropy(jnp.asarray([[0.0, 8.0, 0.0, 0.0]] if c == 1 else [[0.0, 0.0, 0.0, 8.0]]),
+                               jnp.asarray([0]), ordinal=ordinal) for c in (1, 3))
+    assert near < far
 
 
 @pytest.mark.parametrize("labels", [[0, 2, 2, 3, 0, 3, 1, 0], [1, 1, 4, 4, 4, 1, 1, 1], [2] * 8])

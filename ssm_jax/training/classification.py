@@ -56,8 +56,8 @@ def step_kwargs(config, train_source) -> dict:
 def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights: np.ndarray | None = None):
     """``(state, batch) -> (state, metrics)``, jitted with the batch sharded and the state replicated.
 
-    ``loss_config.label_smoothing`` and ``class_weights`` (K,) (``resolve_class_weights``; None: unweighted) shape
-    the cross-entropy term.
+    ``loss_config.label_smoothing``, ``loss_config.ordinal`` (soft ordinal labels, ``losses.cross_entropy``) and
+    ``class_weights`` (K,) (``resolve_class_weights``; None: unweighted) shape the cross-entropy term.
 
     With ``grad_accum_steps`` = k > 1 the batch is taken as k micro-batches in turn (``training.accumulate``) and
     their mean gradient makes one optimizer update. Cross-entropy is a mean over images, so then the step equals
@@ -75,7 +75,7 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
                                             lambda_f=loss_config.lambda_f, margin=loss_config.margin,
                                             temperature=loss_config.temperature,
                                             label_smoothing=loss_config.label_smoothing,
-                                            class_weights=class_weights)
+                                            class_weights=class_weights, ordinal=loss_config.ordinal)
             return total, (outputs["logits"], parts)
 
         (loss, (logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -90,6 +90,9 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
     check_grad_accum_steps(grad_accum_steps)
     if not 0 <= loss_config.label_smoothing < 1:
         raise ValueError(f"loss.label_smoothing={loss_config.label_smoothing}; expected a value in [0, 1) (0: off)")
+    if not loss_config.ordinal >= 0:
+        raise ValueError(f"loss.ordinal={loss_config.ordinal}; expected a value >= 0 (0: off; soft ordinal labels "
+                         f"exp(-ordinal (k - y)^2) otherwise)")
     replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
     return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)

@@ -37,6 +37,13 @@ def test_bad_label_smoothing_is_named(tiny_config, value):
         classification.make_train_step(loss, make_mesh())
 
 
+def test_bad_ordinal_is_named(tiny_config):
+    loss = tiny_config().loss.copy_and_resolve_references()
+    loss.ordinal = -1.0
+    with pytest.raises(ValueError, match=r"loss\.ordinal=-1.0; expected a value >= 0"):
+        classification.make_train_step(loss, make_mesh())
+
+
 @pytest.mark.slow  # an end-to-end Experiment run
 def test_experiment_passes_training_set_weights_and_augmentations(tiny_config, tmp_path, monkeypatch):
     config = tiny_config(max_steps=2)
