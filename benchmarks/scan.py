@@ -5,10 +5,11 @@
     python benchmarks/scan.py --no-small --shapes vmamba-64x64 --repeats 3   # one full-size shape on CPU
     python benchmarks/scan.py --impls pallas --peer peer/mamba_ssm   # GPU: and mamba_ssm's CUDA kernel beside it
 
-Prints one row per impl x shape: forward and forward+backward time (median of repeats after warm-up calls, at
-least ``WARMUP_S`` seconds of them on GPU), peak memory, and for the forward the floor = bytes it must move / copy
-bandwidth measured in this run, the achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the device's peak_bytes_in_use
-on GPU (one process per row, so rows don't see each other's peaks) and the compiled fwd+bwd temp size on CPU.
+Prints one row per impl x shape: forward and forward+backward time (median of repeats after warm-up calls, at least
+``WARMUP_S`` seconds of them on GPU), peak memory, and for the forward the floor = bytes it must move / copy
+bandwidth measured in this run, the achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the
+device's peak_bytes_in_use on GPU (one process per row, so rows don't see each other's peaks) and the compiled
+fwd+bwd temp size on CPU.
 The copy bandwidth is that of a plain device-to-device copy. With ``--peer DIR`` (a copy of
 ``../shared/peer/mamba_ssm``; it builds mamba_ssm's CUDA kernel, about 2 minutes) the same call then times
 mamba_ssm on the same shapes and dtype and adds the ratios ours / mamba_ssm (below 1: ours is faster).
@@ -92,13 +93,18 @@ def forward_bytes(shape: Shape, dtype) -> int:
     return 4 * act + 2 * bc + params
 
 
-def median_time(fn, *args, repeats: int, warmup_s: float = 0.0) -> float:
-    """Median wall time in seconds of ``fn(*args)`` after warm-up calls (compilation included there): two, and
-    more until ``warmup_s`` seconds have passed, so the GPU is at its working clocks when timing starts."""
-    start, calls = time.perf_counter(), 0
-    while calls < 2 or time.perf_counter() - start < warmup_s:
+def warm_up(fn, *args, calls: int, seconds: float) -> None:
+    """Call ``fn(*args)`` at least ``calls`` times (compilation in the first) and until ``seconds`` have passed, so
+    the GPU is at its working clocks when timing starts."""
+    start, done = time.perf_counter(), 0
+    while done < calls or time.perf_counter() - start < seconds:
         jax.block_until_ready(fn(*args))
-        calls += 1
+        done += 1
+
+
+def median_time(fn, *args, repeats: int, warmup_s: float = 0.0) -> float:
+    """Median wall time in seconds of ``fn(*args)`` after ``warm_up`` (two calls, and ``warmup_s`` seconds)."""
+    warm_up(fn, *args, calls=2, seconds=warmup_s)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -8,9 +8,9 @@ checkpoints inside a segment; left out, the grid-size default of ``split.layout`
 it prints forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
 dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
 input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the
-remaining rows are skipped and said so. Before the first row the GPU runs ``--warmup_s`` seconds of matrix
-products, so the first row is not timed on a GPU still raising its clocks (on 2026-11-30 the first row of a call
-ran up to 1.5x slower than the same config in a later position). GPU only (interpret mode is not a timing).
+remaining rows are skipped and said so. Each timing first calls its function for ``--warmup_s`` seconds
+(``benchmarks.scan.warm_up``), so no row is timed on a GPU still raising its clocks (on 2026-11-30 the first row of
+a call ran up to 1.5x slower than the same config in a later position). GPU only (interpret mode is not a timing).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import NAMES, rel  # noqa: E402
-from benchmarks.scan import SHAPES, make_inputs  # noqa: E402
+from benchmarks.scan import SHAPES, make_inputs, warm_up  # noqa: E402
 from kernels.selective_scan import selective_scan_pallas  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
 from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
@@ -51,18 +51,10 @@ def kernel_fns(config: dict):
     return jax.jit(forward), jax.jit(forward_backward)
 
 
-def warm_up(seconds: float) -> None:
-    """Keep the GPU busy with matrix products for ``seconds``."""
-    x = jnp.full((4096, 4096), 1e-3, jnp.float32)
-    product = jax.jit(lambda a: a @ a)
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        jax.block_until_ready(product(x))
-
-
-def batched_ms(fn, *args, calls: int) -> float:
-    """Median over 3 batches of ``calls`` back-to-back calls, per call, in ms (after one warm-up call)."""
-    jax.block_until_ready(fn(*args))
+def batched_ms(fn, *args, calls: int, warmup_s: float) -> float:
+    """Median over 3 batches of ``calls`` back-to-back calls, per call, in ms (after ``warmup_s`` seconds of
+    warm-up calls)."""
+    warm_up(fn, *args, calls=1, seconds=warmup_s)
     times = []
     for _ in range(3):
         start = time.perf_counter()
@@ -95,12 +87,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; later rows are skipped")
     parser.add_argument("--json", help="append one JSON line per row to this file")
-    parser.add_argument("--warmup_s", type=float, default=3.0, help="seconds of GPU work before the first row")
+    parser.add_argument("--warmup_s", type=float, default=1.0, help="seconds of warm-up calls before each timing")
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
         raise SystemExit("scan_tune.py times GPU kernels; no GPU here (CPU tests use interpret mode)")
     shapes = [s for s in SHAPES if not args.shapes or s.name in args.shapes.split(",")]
-    warm_up(args.warmup_s)
     start = time.perf_counter()
     print(f"{'config':<22}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
     for text in args.configs.split(","):
@@ -114,8 +105,9 @@ def main() -> None:
                 row = {"config": text, "shape": shape.name, "dtype": dtype}
                 try:
                     inputs, cotangent = make_inputs(shape, jnp.dtype(dtype))
-                    row["fwd_ms"] = batched_ms(forward, *inputs, calls=args.calls)
-                    row["fwd_bwd_ms"] = batched_ms(forward_backward, inputs, cotangent, calls=args.calls)
+                    row["fwd_ms"] = batched_ms(forward, *inputs, calls=args.calls, warmup_s=args.warmup_s)
+                    row["fwd_bwd_ms"] = batched_ms(forward_backward, inputs, cotangent, calls=args.calls,
+                                                   warmup_s=args.warmup_s)
                     if args.check and dtype == "float32":
                         row.update(check(forward_backward, inputs, cotangent))
                 except Exception as e:  # a config that fails to compile or run is a result too
