@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -181,36 +182,39 @@ class Experiment:
         config = self.config
         write_config(self.workdir, config)
         log = MetricsLog(self.workdir)
-        batches = iter(self.pipeline(self.train_source, train=True))
-        restored = self.checkpointer.restore(self.state)
-        if restored is not None:
-            self.state, extra = restored
-            batches.set_state(extra["data"])
-            log.trim_after(extra["step"])
-            _say(f"resuming from step {extra['step']} of {self.total_steps} ({self.checkpointer.directory})")
-        else:
-            self.family.on_fresh_start(config)
-        frozen = count_params({k: v for k, v in self.state.params.items() if k in self.family.frozen})
-        _say(f"{config.model.name}: {count_params(self.state.params):,} parameters"
-             f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "
-             f"{self.total_steps} steps of batch {config.train.batch_size} on {self.mesh.devices.size} "
-             f"{jax.devices()[0].platform} device(s), {config.train.grad_accum_steps} micro-batch(es) per step")
-        train_step = self.family.module.make_train_step(config.loss, self.mesh, config.train.grad_accum_steps,
-                                                        **self.family.step_kwargs(config, self.train_source))
-        self.state = train_loop(
-            self.state, train_step, batches, mesh=self.mesh,
-            total_steps=self.total_steps, checkpointer=self.checkpointer, log=log,
-            log_every=config.train.log_every, checkpoint_every=config.train.checkpoint_every,
-            images_per_step=config.train.batch_size)
+        # closing: stops the data workers and frees the shared-memory batches they made ahead, on every way out
+        # (finished, SIGTERM, error); otherwise they outlive training and Python warns of leaked shared memory.
+        with contextlib.closing(iter(self.pipeline(self.train_source, train=True))) as batches:
+            restored = self.checkpointer.restore(self.state)
+            if restored is not None:
+                self.state, extra = restored
+                batches.set_state(extra["data"])
+                log.trim_after(extra["step"])
+                _say(f"resuming from step {extra['step']} of {self.total_steps} ({self.checkpointer.directory})")
+            else:
+                self.family.on_fresh_start(config)
+            frozen = count_params({k: v for k, v in self.state.params.items() if k in self.family.frozen})
+            _say(f"{config.model.name}: {count_params(self.state.params):,} parameters"
+                 f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "
+                 f"{self.total_steps} steps of batch {config.train.batch_size} on {self.mesh.devices.size} "
+                 f"{jax.devices()[0].platform} device(s), {config.train.grad_accum_steps} micro-batch(es) per step")
+            train_step = self.family.module.make_train_step(config.loss, self.mesh, config.train.grad_accum_steps,
+                                                            **self.family.step_kwargs(config, self.train_source))
+            self.state = train_loop(
+                self.state, train_step, batches, mesh=self.mesh,
+                total_steps=self.total_steps, checkpointer=self.checkpointer, log=log,
+                log_every=config.train.log_every, checkpoint_every=config.train.checkpoint_every,
+                images_per_step=config.train.batch_size)
         if jax.process_index() == 0:
             viz.save_training_curves(log.path, self.workdir / "training_curves.png")
 
     def _predict(self, source) -> dict:
         module = self.family.module
-        return module.predict_dataset(
-            self.state, module.make_predict_step(self.mesh, **self.family.predict_kwargs(self.config)),
-            iter(self.pipeline(source, train=False)), num_examples=len(source),
-            local_batch=self.config.train.eval_batch_size // jax.process_count(), mesh=self.mesh)
+        with contextlib.closing(iter(self.pipeline(source, train=False))) as batches:
+            return module.predict_dataset(
+                self.state, module.make_predict_step(self.mesh, **self.family.predict_kwargs(self.config)),
+                batches, num_examples=len(source),
+                local_batch=self.config.train.eval_batch_size // jax.process_count(), mesh=self.mesh)
 
     def restore_for_eval(self):
         restored = self.checkpointer.restore(self.state)

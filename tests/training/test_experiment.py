@@ -1,6 +1,7 @@
 """End-to-end training behaviour: learning, outputs, exact resume, multi-device equality, and bad input."""
 
 import json
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -60,6 +61,54 @@ def test_resume_after_crash_and_sigterm_equals_uninterrupted(tiny_config, tmp_pa
         np.testing.assert_array_equal(a, b)
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+
+
+class _Tracked:
+    """An iterator that records whether it was closed, forwarding everything else to the pipeline's iterator."""
+
+    def __init__(self, iterator):
+        self.iterator, self.closed = iterator, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.iterator)
+
+    def __getattr__(self, name):
+        return getattr(self.iterator, name)
+
+    def close(self):
+        self.closed = True
+        self.iterator.close()
+
+
+def test_data_workers_are_stopped_however_training_ends(tiny_config, tmp_path, monkeypatch):
+    """Training (finished or stopped by SIGTERM) and evaluation close their pipelines: the data worker processes
+    end, rather than outliving training (and leaving shared-memory batches for Python to warn about at exit)."""
+    config = tiny_config(max_steps=6, checkpoint_every=3)
+    config.data.num_workers = 2
+    made, real_make_pipeline = [], run.make_pipeline
+
+    class Pipeline:
+        def __init__(self, *args, **kwargs):
+            self.dataset = real_make_pipeline(*args, **kwargs)
+
+        def __iter__(self):
+            made.append(_Tracked(iter(self.dataset)))
+            return made[-1]
+
+    monkeypatch.setattr(run, "make_pipeline", Pipeline)
+    real_make_train_step = classification.make_train_step
+    crash_during_step(monkeypatch, classification, step=2, sigterm=True)
+    with pytest.raises(Preempted):
+        run.Experiment(config, tmp_path).train()
+    monkeypatch.setattr(classification, "make_train_step", real_make_train_step)
+    experiment = run.Experiment(config, tmp_path)
+    experiment.train()
+    experiment.evaluate()
+    assert len(made) == 3 and all(it.closed for it in made)
+    assert not multiprocessing.active_children()
 
 
 def test_four_device_step_equals_one_device_step(tiny_config, tmp_path):
