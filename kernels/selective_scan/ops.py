@@ -84,11 +84,14 @@ def _backward(inputs: dict, design, block_d, chunk, num_warps, unroll, delta_sof
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
     _, backward, lay, _, warps = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps,
                                          unroll, "order" in inputs)
-    g = backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps)
+    return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
+
+
+def sum_blocks(grads: dict, lay) -> dict:
+    """dB and dC from the kernels' per-channel-block partials: (batch, L, G * blocks_per_group, N) -> (batch, L,
+    G, N)."""
     shape = (lay.batch, lay.length, lay.groups, lay.blocks_per_group, lay.d_state)
-    for key in ("dB", "dC"):  # (batch, L, G * blocks_per_group, N) -> (batch, L, G, N)
-        g[key] = g[key].reshape(shape).sum(axis=3)
-    return g
+    return {**grads, **{key: grads[key].reshape(shape).sum(axis=3) for key in ("dB", "dC")}}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13, 14, 15, 16))

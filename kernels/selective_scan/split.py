@@ -62,14 +62,40 @@ def _chain(decay, total, *, reverse: bool):
     return jax.lax.associative_scan(_compose, (decay, total), reverse=reverse, axis=1)[1]
 
 
+def entering_states(inputs: dict, total, dsum):
+    """Forward pass (2): from each segment's end state from zero (``total``) and sum of delta (``dsum``), the
+    state entering every segment (h_in) and the state leaving every segment (ends), (batch, n_segments, D, N)."""
+    ends = _chain(jnp.exp(dsum[..., None] * inputs["A"]), total, reverse=False)
+    return jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1), ends
+
+
+def entering_adjoints(inputs: dict, total, dsum, dlast):
+    """Backward pass (2): from each segment's adjoint from zero (``total``) and sum of delta, the state adjoint
+    entering every segment from the later ones (d last_state, or zeros when None, entering the last)."""
+    decay = jnp.exp(dsum[..., None] * inputs["A"])
+    if dlast is None:
+        dlast = jnp.zeros_like(total[:, -1])
+    else:
+        total = total.at[:, -1].add(decay[:, -1] * dlast)
+    starts = _chain(decay, total, reverse=True)
+    return jnp.concatenate([starts[:, 1:], dlast[:, None]], axis=1)
+
+
+def sum_segments(grads: dict, lay: Layout) -> dict:
+    """The backward kernel's per-(row, segment) dA, dD, d delta_bias summed over segments, per batch row."""
+    grads = dict(grads)
+    for key in ("dA", "dD", "dbias"):
+        if key in grads:
+            grads[key] = grads[key].reshape(lay.batch, lay.n_segments, *grads[key].shape[1:]).sum(axis=1)
+    return grads
+
+
 def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, interpret: bool, num_warps: int = 4):
     """Same contract as ``forward.forward`` for a layout made by ``layout``."""
     kw = dict(delta_softplus=delta_softplus, interpret=interpret, num_warps=num_warps)
     if not lay.segment:
         return serial_forward.forward(inputs, lay, save=save, **kw)
-    total, dsum = summaries.states(inputs, lay, **kw)
-    ends = _chain(jnp.exp(dsum[..., None] * inputs["A"]), total, reverse=False)
-    h_in = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
+    h_in, ends = entering_states(inputs, *summaries.states(inputs, lay, **kw))
     out = serial_forward.forward(dict(inputs, h_in=h_in), lay, save="chunks" if save == "chunks" else "none", **kw)
     return (out, ends[:, -1:]) if save == "last" else out
 
@@ -81,16 +107,5 @@ def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool
         return serial_backward.backward(inputs, lay, **kw)
     inputs = dict(inputs)
     dlast = inputs.pop("dlast", None)
-    total, dsum = summaries.adjoints(inputs, lay, **kw)
-    decay = jnp.exp(dsum[..., None] * inputs["A"])
-    if dlast is None:
-        dlast = jnp.zeros_like(total[:, -1])
-    else:
-        total = total.at[:, -1].add(decay[:, -1] * dlast)
-    starts = _chain(decay, total, reverse=True)
-    h_in = jnp.concatenate([starts[:, 1:], dlast[:, None]], axis=1)
-    g = serial_backward.backward(dict(inputs, h_in=h_in), lay, **kw)
-    for key in ("dA", "dD", "dbias"):
-        if key in g:
-            g[key] = g[key].reshape(lay.batch, lay.n_segments, *g[key].shape[1:]).sum(axis=1)
-    return g
+    h_in = entering_adjoints(inputs, *summaries.adjoints(inputs, lay, **kw), dlast)
+    return sum_segments(serial_backward.backward(dict(inputs, h_in=h_in), lay, **kw), lay)

@@ -1,0 +1,150 @@
+"""Where the Pallas selective scan's time goes: the passes of its ``split`` design (what ``impl="auto"`` runs on GPU)
+timed one by one, beside the whole forward+backward, on the shapes of ``benchmarks/scan.py``.
+
+    python benchmarks/scan_parts.py --json=$OUT/scan_parts.jsonl   # GPU: the full shapes
+    python benchmarks/scan_parts.py --small                        # CPU: interpret mode (a check, not a timing)
+
+Parts (``kernels/selective_scan/split.py``), each jitted alone on what the part before it hands over, in the order
+a training step runs them:
+
+* forward: ``summaries`` (each segment walked from a zero state: its end state and sum of delta), ``chain`` (the
+  associative scan over segments: the state entering each), ``walk`` (the serial forward kernel per segment from
+  that state: y and the checkpoints);
+* backward: ``adjoint summaries``, ``adjoint chain``, ``backward walk`` (the serial backward kernel per segment),
+  ``reductions`` (dA, dD, d delta_bias summed over segments and rows; dB, dC over channel blocks).
+
+``whole`` is the forward and the vector-Jacobian product of ``selective_scan(impl="pallas")``: the parts should
+add up to about it (they are launched separately, so a little more). Times are medians of ``--repeats`` waited
+calls after warm-up calls (``benchmarks.scan.median_time``; 2 s of them on GPU). Sequences of one segment (L <= 256)
+have no summary passes and are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.scan import SHAPES, SMALL_SHAPES, WARMUP_S, Shape, make_inputs, median_time  # noqa: E402
+from kernels.selective_scan import backward, forward, ops, split, summaries  # noqa: E402
+from ssm_jax.ssm import selective_scan  # noqa: E402
+
+FORWARD_PARTS = ("summaries", "chain", "walk")
+BACKWARD_PARTS = ("adjoint summaries", "adjoint chain", "backward walk", "reductions")
+PARTS = (*FORWARD_PARTS, *BACKWARD_PARTS, "whole")
+SEGMENT = ops.DESIGNS["split"][2]  # steps per segment of the auto design
+
+
+def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
+    """{part: (function, arguments)}: each part's arguments are what the parts before it return on this shape's
+    inputs, so every part is timed on real intermediate values. Also "outputs": (y, gradients) of the parts
+    composed, for checking against the whole scan."""
+    args, cotangent = make_inputs(shape, dtype)
+    u, delta, A, B, C, D, z, delta_bias = args
+    _, _, lay, fwd_warps, bwd_warps = ops._design("auto", u, B, A, None, None, None)
+    if not lay.segment:
+        raise ValueError(f"{shape.name}: L = {shape.length} is one segment; the split design has no summary passes")
+    inputs = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
+    fwd_kw = dict(delta_softplus=True, interpret=interpret, num_warps=fwd_warps)
+    bwd_kw = dict(delta_softplus=True, interpret=interpret, num_warps=bwd_warps)
+
+    def state_summaries(inputs):
+        return summaries.states(inputs, lay, **fwd_kw)
+
+    def chain(inputs, total, dsum):
+        return split.entering_states(inputs, total, dsum)[0]
+
+    def walk(inputs, h_in):
+        return forward.forward(dict(inputs, h_in=h_in), lay, save="chunks", **fwd_kw)
+
+    def adjoint_summaries(inputs):
+        return summaries.adjoints(inputs, lay, **bwd_kw)
+
+    def adjoint_chain(inputs, total, dsum):
+        return split.entering_adjoints(inputs, total, dsum, None)
+
+    def backward_walk(inputs, h_in):
+        return backward.backward(dict(inputs, h_in=h_in), lay, **bwd_kw)
+
+    def reductions(grads):
+        grads = ops.sum_blocks(split.sum_segments(grads, lay), lay)
+        return {k: v.sum(0) if k in ("dA", "dD", "dbias") else v for k, v in grads.items()}
+
+    def whole(args, cotangent):
+        y, vjp = jax.vjp(lambda *a: selective_scan(*a, delta_softplus=True, impl="pallas"), *args)
+        return y, vjp(cotangent)
+
+    total, dsum = jax.jit(state_summaries)(inputs)
+    h_in = jax.jit(chain)(inputs, total, dsum)
+    y, states = jax.jit(walk)(inputs, h_in)
+    bwd_inputs = dict(inputs, states=states, dy=cotangent.astype(u.dtype))
+    adjoint_total, adjoint_dsum = jax.jit(adjoint_summaries)(bwd_inputs)
+    h_adjoint = jax.jit(adjoint_chain)(bwd_inputs, adjoint_total, adjoint_dsum)
+    grads = jax.jit(backward_walk)(bwd_inputs, h_adjoint)
+    return {
+        "summaries": (state_summaries, (inputs,)),
+        "chain": (chain, (inputs, total, dsum)),
+        "walk": (walk, (inputs, h_in)),
+        "adjoint summaries": (adjoint_summaries, (bwd_inputs,)),
+        "adjoint chain": (adjoint_chain, (bwd_inputs, adjoint_total, adjoint_dsum)),
+        "backward walk": (backward_walk, (bwd_inputs, h_adjoint)),
+        "reductions": (reductions, (grads,)),
+        "whole": (whole, (args, cotangent)),
+        "outputs": (y, jax.jit(reductions)(grads)),
+    }
+
+
+def run(shapes, dtype, repeats: int, json_path: str | None) -> list[dict]:
+    """Time every part of every shape, printing a row as each finishes; returns the rows."""
+    warmup_s = WARMUP_S if jax.default_backend() == "gpu" else 0.0
+    interpret = jax.default_backend() != "gpu"
+    print(f"{'shape':<18}{'part':<20}{'ms':>9}{'share':>8}", flush=True)
+    rows = []
+    for shape in shapes:
+        functions = part_functions(shape, dtype, interpret)
+        times = {part: median_time(jax.jit(functions[part][0]), *functions[part][1], repeats=repeats,
+                                   warmup_s=warmup_s) for part in PARTS}
+        for part in PARTS:
+            row = {"shape": shape.name, "part": part, "dtype": jnp.dtype(dtype).name, "seconds": times[part],
+                   "share_of_whole": times[part] / times["whole"]}
+            rows.append(row)
+            print(f"{shape.name:<18}{part:<20}{1e3 * row['seconds']:9.3f}{row['share_of_whole']:8.2f}", flush=True)
+            if json_path:
+                with open(json_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        forward_s = sum(times[p] for p in FORWARD_PARTS)
+        backward_s = sum(times[p] for p in BACKWARD_PARTS)
+        print(f"{shape.name:<18}parts: forward {1e3 * forward_s:.3f} ms + backward {1e3 * backward_s:.3f} ms = "
+              f"{(forward_s + backward_s) / times['whole']:.2f} of the whole", flush=True)
+    return rows
+
+
+def main() -> None:
+    on_gpu = jax.default_backend() == "gpu"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=not on_gpu,
+                        help="shrunken shapes in interpret mode (default when no GPU)")
+    parser.add_argument("--shapes", help="comma-separated shape names (default: all with more than one segment)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", help="append one JSON line per row to this file")
+    args = parser.parse_args()
+    shapes = [s for s in (SMALL_SHAPES if args.small else SHAPES) if s.length > SEGMENT]
+    if args.shapes:
+        names = args.shapes.split(",")
+        unknown = sorted(set(names) - {s.name for s in shapes})
+        if unknown:
+            raise SystemExit(f"unknown shapes {unknown}; valid: {', '.join(s.name for s in shapes)}")
+        shapes = [s for s in shapes if s.name in names]
+    print(f"# {jax.devices()[0].device_kind} ({jax.default_backend()}), {args.dtype}, Pallas split design, "
+          f"median of {args.repeats}", flush=True)
+    run(shapes, jnp.dtype(args.dtype), args.repeats, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""benchmarks/scan_parts.py on CPU (interpret mode): its parts, composed, are the whole Pallas scan, values and
+gradients, so the GPU timings are of the passes the scan really runs; a run writes one row per part."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks.scan import Shape
+from benchmarks.scan_parts import PARTS, part_functions, run
+
+TWO_SEGMENTS = Shape("two segments", 1, 512, 16, 4)  # the split design's segments are 256 steps
+ORDER = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")  # selective_scan's float inputs
+
+
+def test_parts_compose_to_the_whole_scan():
+    parts = part_functions(TWO_SEGMENTS, jnp.float32, interpret=True)
+    y, grads = parts["outputs"]
+    whole, whole_args = parts["whole"]
+    y_whole, grads_whole = whole(*whole_args)
+    np.testing.assert_allclose(y, y_whole, rtol=1e-5, atol=1e-5)
+    for name, expected in zip(ORDER, grads_whole):
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-4, atol=1e-4, err_msg=name)
+    total, dsum = parts["chain"][1][1:]
+    assert total.shape == (1, 2, 16, 4) and dsum.shape == (1, 2, 16)  # two segments of 256 steps
+
+
+def test_run_writes_a_row_per_part(tmp_path):
+    path = tmp_path / "parts.jsonl"
+    rows = run([TWO_SEGMENTS], jnp.float32, repeats=1, json_path=str(path))
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["part"] for r in written] == list(PARTS) and written == rows
+    assert all(r["seconds"] > 0 for r in rows) and rows[-1]["share_of_whole"] == 1.0
+
+
+def test_one_segment_sequence_is_refused():
+    with pytest.raises(ValueError, match="L = 256 is one segment"):
+        part_functions(Shape("one segment", 1, 256, 16, 4), jnp.float32, interpret=True)
