@@ -34,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.rows import select_shapes  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
 IMPLS = ("pallas", "associative", "chunked", "sequential")
@@ -225,12 +226,7 @@ def main() -> None:
     if args.peer and not on_gpu:
         raise SystemExit("--peer needs a GPU (mamba_ssm's kernel is CUDA)")
     dtype = jnp.dtype(args.dtype)
-    shapes = {s.name: s for s in (SMALL_SHAPES if args.small else SHAPES)}
-    if args.shapes:
-        unknown = sorted(set(args.shapes.split(",")) - set(shapes))
-        if unknown:
-            raise SystemExit(f"unknown shapes {unknown}; valid: {', '.join(shapes)}")
-        shapes = {name: shapes[name] for name in args.shapes.split(",")}
+    shapes = {s.name: s for s in select_shapes(SMALL_SHAPES if args.small else SHAPES, args.shapes)}
     bandwidth_bytes = 2**30 if on_gpu else 2**26
     if args.one == "bandwidth":
         print(json.dumps({"bandwidth": copy_bandwidth(bandwidth_bytes, args.repeats)}))

@@ -22,7 +22,6 @@ have no summary passes and are refused.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
 from benchmarks.scan import SHAPES, SMALL_SHAPES, WARMUP_S, Shape, make_inputs, median_time  # noqa: E402
 from kernels.selective_scan import backward, forward, ops, split, summaries  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
@@ -114,9 +114,7 @@ def run(shapes, dtype, repeats: int, json_path: str | None) -> list[dict]:
                    "share_of_whole": times[part] / times["whole"]}
             rows.append(row)
             print(f"{shape.name:<18}{part:<20}{1e3 * row['seconds']:9.3f}{row['share_of_whole']:8.2f}", flush=True)
-            if json_path:
-                with open(json_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            append_jsonl(json_path, row)
         forward_s = sum(times[p] for p in FORWARD_PARTS)
         backward_s = sum(times[p] for p in BACKWARD_PARTS)
         print(f"{shape.name:<18}parts: forward {1e3 * forward_s:.3f} ms + backward {1e3 * backward_s:.3f} ms = "
@@ -134,13 +132,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", help="append one JSON line per row to this file")
     args = parser.parse_args()
-    shapes = [s for s in (SMALL_SHAPES if args.small else SHAPES) if s.length > SEGMENT]
-    if args.shapes:
-        names = args.shapes.split(",")
-        unknown = sorted(set(names) - {s.name for s in shapes})
-        if unknown:
-            raise SystemExit(f"unknown shapes {unknown}; valid: {', '.join(s.name for s in shapes)}")
-        shapes = [s for s in shapes if s.name in names]
+    shapes = select_shapes([s for s in (SMALL_SHAPES if args.small else SHAPES) if s.length > SEGMENT], args.shapes)
     print(f"# {jax.devices()[0].device_kind} ({jax.default_backend()}), {args.dtype}, Pallas split design, "
           f"median of {args.repeats}", flush=True)
     run(shapes, jnp.dtype(args.dtype), args.repeats, args.json)

@@ -16,7 +16,6 @@ a call ran up to 1.5x slower than the same config in a later position). GPU only
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import NAMES, rel  # noqa: E402
+from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
 from benchmarks.scan import SHAPES, make_inputs, warm_up  # noqa: E402
 from kernels.selective_scan import selective_scan_pallas  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
@@ -91,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
         raise SystemExit("scan_tune.py times GPU kernels; no GPU here (CPU tests use interpret mode)")
-    shapes = [s for s in SHAPES if not args.shapes or s.name in args.shapes.split(",")]
+    shapes = select_shapes(SHAPES, args.shapes)
     start = time.perf_counter()
     print(f"{'config':<22}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
     for text in args.configs.split(","):
@@ -116,9 +116,7 @@ def main() -> None:
                                             if "fwd_err" in row else "")
                 times = (f"{row['fwd_ms']:9.3f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row else " " * 21)
                 print(f"{text:<22}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                append_jsonl(args.json, row)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Forward+backward is the forward and the vector-Jacobian product for all float in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import NamedTuple
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
 from benchmarks.timing import median_step_seconds  # noqa: E402
 from ssm_jax.nn.ss2d import SS2D  # noqa: E402
 from ssm_jax.ssm import cross_merge, cross_scan, scan_orders, selective_scan  # noqa: E402
@@ -133,9 +133,7 @@ def run(shapes, scan_impl: str, steps: int, warmup: int, json_path: str | None) 
             rows.append(row)
             print(f"{shape.name:<22}{part:<14}{1e3 * row['fwd_s']:9.3f}{1e3 * row['fwd_bwd_s']:9.3f}"
                   f"{row['share_of_layer_fwd_bwd']:11.2f}", flush=True)
-            if json_path:
-                with open(json_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            append_jsonl(json_path, row)
         gathers = times["gathers in"]["fwd_bwd_s"] + times["gathers out"]["fwd_bwd_s"]
         print(f"{shape.name:<22}gathers / scan, f+b: {gathers / times['scan']['fwd_bwd_s']:.2f}; fused / gathered "
               f"layer, f+b: {times['layer, fused']['fwd_bwd_s'] / layer:.2f}", flush=True)
@@ -153,13 +151,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", help="append one JSON line per row to this file")
     args = parser.parse_args()
-    shapes = SMALL_SHAPES if args.small else SHAPES
-    if args.shapes:
-        names = args.shapes.split(",")
-        unknown = sorted(set(names) - {s.name for s in shapes})
-        if unknown:
-            raise SystemExit(f"unknown shapes {unknown}; valid: {', '.join(s.name for s in shapes)}")
-        shapes = [s for s in shapes if s.name in names]
+    shapes = select_shapes(SMALL_SHAPES if args.small else SHAPES, args.shapes)
     print(f"# {jax.devices()[0].device_kind} ({jax.default_backend()}), float32, scan {args.scan_impl}, "
           f"median of {args.steps} after {args.warmup}", flush=True)
     run(shapes, args.scan_impl, args.steps, args.warmup, args.json)
