@@ -117,6 +117,7 @@ def measure(config, model, count: int, per_device_batch: int, source=None) -> di
            "memory": peak_memory(step), "compile_s": compile_s}
     if batches is not None:
         _, fed = mean_step_seconds(step, state, lambda: shard_batch(next(batches), mesh), _STEPS.value, _WARMUP.value)
+        batches.close()  # its data workers would otherwise run on beside the next device count's
         row.update(pipeline_step_ms=fed * 1e3, pipeline_share=max(0.0, 1.0 - seconds / fed))
     return row
 
