@@ -5,7 +5,9 @@ lowered to Triton IR for CUDA, compiled by the ``triton`` package and assembled 
     python benchmarks/kernel_resources.py --configs split:16:256:2:2,split:16:256:2:2:8 --shape mamba-768
 
 Configs are those of ``benchmarks/scan_tune.py``. Occupancy follows from the registers: an SM has 65,536, so a
-program of w warps at r registers a thread leaves room for 65536 // (32 w r) programs (at most 64 warps). This
+program of w warps at r registers a thread leaves room for 65536 // (32 w r) programs (at most 64 warps). Also
+counted in the PTX, statically: block barriers (``bar.sync``) and warp shuffles; a chunk's steps are unrolled into
+straight-line code, so a count divided by the unroll is about the count per time step. This
 compile is the ``triton`` package's, not XLA's, so the counts are close to, not the same as, what the GPU runs;
 use it to compare configs, and time the winner with ``scan_tune.py`` on a GPU.
 """
@@ -89,6 +91,14 @@ def parse_ptxas(text: str) -> dict:
             "barriers": number(r"used (\d+) barriers")}
 
 
+def count_ptx(ptx: str) -> dict:
+    """Static counts in a kernel's PTX of what costs latency between threads: block barriers (``bar.sync``, each
+    a shared-memory exchange across warps: a reduction or a layout change) and warp shuffles (``shfl.sync``). The
+    unrolled body of a chunk is straight-line code, so a count / the unroll is per time step."""
+    return {"bar_sync": len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)),
+            "shfl": len(re.findall(r"\bshfl\.sync\b", ptx))}
+
+
 def programs_per_sm(registers: int, num_warps: int) -> int:
     """Resident programs an SM can hold, by registers (allocated per warp in units of 256) and by warps."""
     per_warp = -(-registers * 32 // 256) * 256
@@ -115,7 +125,7 @@ def compile_resources(text: str, num_warps: int, workdir: str) -> dict:
                           text=True)
     if done.returncode:
         raise RuntimeError(f"{ptxas} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return parse_ptxas(done.stdout + done.stderr)
+    return {**parse_ptxas(done.stdout + done.stderr), **count_ptx(compiled.asm["ptx"])}
 
 
 def main() -> None:
@@ -125,14 +135,15 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     shape = next(s for s in SHAPES if s.name == args.shape)
-    print(f"{'config':<22}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}", flush=True)
+    print(f"{'config':<22}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
+          f"{'bar.sync':>10}{'shfl':>6}", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for text in args.configs.split(","):
             for name, num_warps, ir in lowered_kernels(parse_config(text), shape):
                 r = compile_resources(ir, num_warps, workdir)
                 print(f"{text:<22}{name:<32}{num_warps:>6}{r['registers']:>6}"
-                      f"{r['spill_stores']:>8}/{r['spill_loads']:<6}{programs_per_sm(r['registers'], num_warps):>13}",
-                      flush=True)
+                      f"{r['spill_stores']:>8}/{r['spill_loads']:<6}{programs_per_sm(r['registers'], num_warps):>13}"
+                      f"{r['bar_sync']:>10}{r['shfl']:>6}", flush=True)
 
 
 if __name__ == "__main__":

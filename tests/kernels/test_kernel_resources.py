@@ -1,7 +1,7 @@
 """benchmarks/kernel_resources.py without triton: the kernels it captures from the CUDA lowering, its reading of
 ``ptxas -v`` and the occupancy it derives from registers."""
 
-from benchmarks.kernel_resources import lowered_kernels, parse_ptxas, programs_per_sm
+from benchmarks.kernel_resources import count_ptx, lowered_kernels, parse_ptxas, programs_per_sm
 from benchmarks.scan import SHAPES
 from benchmarks.scan_tune import parse_config
 
@@ -28,3 +28,16 @@ def test_reads_ptxas_and_derives_occupancy():
     assert programs_per_sm(164, 2) == 6     # rounded up to 168 a thread: 10,752 a program
     assert programs_per_sm(40, 2) == 25
     assert programs_per_sm(16, 1) == 64     # the 64-warp limit, not registers
+
+
+def test_counts_barriers_and_shuffles_in_ptx():
+    ptx = """
+    shfl.sync.bfly.b32 %r1, %r2, 16, 31, -1;
+    bar.sync 0;
+    st.shared.f32 [%r3], %f1;
+    barrier.sync 1;
+    shfl.sync.bfly.b32 %r4, %r5, 8, 31, -1;
+    shfl.sync.idx.b32 %r6, %r7, 0, 31, -1;
+    // bar.synchronise is not an instruction
+    """
+    assert count_ptx(ptx) == {"bar_sync": 2, "shfl": 3}
