@@ -16,12 +16,12 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0, class_weights=No
     """Mean softmax cross-entropy; logits (B, K), integer labels (B,) (eq. 7).
 
     ``ordinal`` = s > 0 replaces the one-hot target by soft ordinal labels for ordered classes (SORD, Diaz and
-    Marathe, CVPR 2019): target_k proportional to exp(-s (k - y)^2), so a neighbouring class costs less than a far one
-    (ELPV's defect probabilities 0 < 1/3 < 2/3 < 1). ``label_smoothing`` = e then takes the target
-    (1 - e) target + e / K. ``class_weights`` (K,) multiplies each
-    image's term by the weight of its class; the mean stays over images (not over the batch's summed weights, as
-    PyTorch's weighted mean does), so micro-batch means still average to the batch mean (gradient accumulation) and
-    weights whose mean over the training images is 1 (``"balanced"``) keep the loss scale.
+    Marathe, CVPR 2019): target_k proportional to exp(-s (k - y)^2), so a neighbouring class costs less than a far
+    one (ELPV's defect probabilities 0 < 1/3 < 2/3 < 1). ``label_smoothing`` = e then takes the target (1 - e)
+    target + e / K. ``class_weights`` (K,) multiplies each image's term by the weight of its class; the mean stays
+    over images (not over the batch's summed weights, as PyTorch's weighted mean does), so micro-batch means still
+    average to the batch mean (gradient accumulation) and weights whose mean over the training images is 1
+    (``"balanced"``) keep the loss scale.
     """
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     labels = labels.astype(jnp.int32)
