@@ -4,9 +4,9 @@ Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one
 ``tiled`` and ``tiled_t`` scan ``chunk``-step time tiles in parallel inside each program (tiles held time-major
 or channel-major); ``split`` cuts the sequence into ``chunk``-step segments walked by separate programs
 (``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; a sequence of
-one segment runs the serial kernels alone). ``auto`` is ``split`` with 16 channels and 2 warps per program,
-checkpointing every 4 steps on small grids and every 16 on large ones: the fastest Pallas design measured for
-forward and forward+backward on the benchmark shapes (NOTES.md). Under
+one segment runs the serial kernels alone). ``auto`` is ``split`` with 16 channels and one warp per program,
+128-step segments and a checkpoint every 4 steps: the fastest Pallas design measured for forward+backward on the
+benchmark shapes (NOTES.md). Under
 differentiation the forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the
 backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
@@ -29,7 +29,7 @@ DESIGNS = {
     "tiled": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, False),
     "tiled_t": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, True),
     "serial": (forward.forward, backward.backward, 16, 32, 4, 8, False),
-    "split": (split.forward, split.backward, 256, 16, 2, 2, False),  # chunk: steps per segment
+    "split": (split.forward, split.backward, 128, 16, 1, 1, False),  # chunk: steps per segment
 }
 
 
@@ -154,11 +154,11 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       block_d: channels per program (power of two; default the design's cap, 16 tiled and split / 32 serial, or the
         channels per group rounded up to a power of two when fewer).
       chunk: time steps per tile and checkpoint (default 64 tiled, 16 serial; a power of two for tiled);
-        for split, time steps per segment (a power of two, default 256).
+        for split, time steps per segment (a power of two, default 128).
       num_warps: (forward, backward) warps per program (default: the design's).
       unroll: split only: steps per unrolled chunk and between checkpoints inside a segment (a power of two;
-        default 4 on grids of at most 8,192 programs, else 16, as measured: ``split.layout``); fewer steps hold
-        fewer state tiles in the backward's registers and save more checkpoints.
+        default 4, as measured: ``split.UNROLL``); fewer steps hold fewer state tiles in the backward's registers
+        and save more checkpoints.
       order: None, or (G, L) integers, each row a permutation of 0..L-1: group g's channels visit the sequence
         in the order order[g] (step t reads and writes position order[g, t]; y comes back at the positions),
         for a 2-D map scanned along K orders without gathered copies. serial and split designs only.

@@ -24,30 +24,23 @@ from kernels.selective_scan import forward as serial_forward
 from kernels.selective_scan import summaries
 from kernels.selective_scan.common import Layout
 
-UNROLL = 16  # steps unrolled per chunk (and between checkpoints) inside a segment: the serial default
-# On small grids the backward is short of resident programs: 4 steps between checkpoints take its registers from
-# 255 to 127 (8 programs an SM instead of 4) and won on the three benchmark shapes of at most 6,144 programs,
-# lost on the two of 9,984 and more (NOTES.md, "unroll"). The threshold sits between the measured grids.
-SMALL_GRID_UNROLL = 4
-SMALL_GRID_PROGRAMS = 8192
+# Steps unrolled per chunk (and between checkpoints) inside a segment. With the one-warp kernels, 4 beat 8 and 16 in
+# forward+backward on all five benchmark shapes (registers 204 instead of 255, no spills; NOTES.md, "one warp").
+UNROLL = 4
 
 
 def layout(lay: Layout, unroll: int | None = None) -> Layout:
     """Segments of ``lay.chunk`` steps (a power of two; capped at L rounded up to one), each walked in chunks
     of up to ``unroll`` steps (a power of two: the backward holds unroll + 1 state tiles in registers, and the
-    forward saves a checkpoint every unroll steps; None: SMALL_GRID_UNROLL on a grid of at most
-    SMALL_GRID_PROGRAMS programs, else UNROLL). A sequence that fits in one segment gets the plain serial
-    layout (UNROLL steps by default): with nothing to chain, the summary pass would be wasted work."""
+    forward saves a checkpoint every unroll steps; None: UNROLL). A sequence that fits in one segment gets the
+    plain serial layout: with nothing to chain, the summary pass would be wasted work."""
     if unroll is not None and (unroll < 1 or unroll & (unroll - 1)):
         raise ValueError(f"selective_scan_pallas: unroll={unroll} must be a power of two")
     segment = min(lay.chunk, pl.next_power_of_2(lay.length))
+    chunk = min(UNROLL if unroll is None else unroll, segment)
     if segment >= lay.length:
-        return dataclasses.replace(lay, chunk=min(UNROLL if unroll is None else unroll, segment))
-    segmented = dataclasses.replace(lay, chunk=segment, segment=segment)
-    if unroll is None:
-        programs = segmented.batch * segmented.n_blocks * segmented.n_segments
-        unroll = SMALL_GRID_UNROLL if programs <= SMALL_GRID_PROGRAMS else UNROLL
-    return dataclasses.replace(segmented, chunk=min(unroll, segment))
+        return dataclasses.replace(lay, chunk=chunk)
+    return dataclasses.replace(lay, chunk=chunk, segment=segment)
 
 
 def _compose(first, second):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from benchmarks.scan import Shape
-from benchmarks.scan_parts import PARTS, part_functions, run
+from benchmarks.scan_parts import PARTS, SEGMENT, part_functions, run
 
-TWO_SEGMENTS = Shape("two segments", 1, 512, 16, 4)  # the split design's segments are 256 steps
+TWO_SEGMENTS = Shape("two segments", 1, 2 * SEGMENT, 16, 4)
 ORDER = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")  # selective_scan's float inputs
 
 
@@ -23,7 +23,7 @@ def test_parts_compose_to_the_whole_scan():
     for name, expected in zip(ORDER, grads_whole):
         np.testing.assert_allclose(grads[name], expected, rtol=1e-4, atol=1e-4, err_msg=name)
     total, dsum = parts["chain"][1][1:]
-    assert total.shape == (1, 2, 16, 4) and dsum.shape == (1, 2, 16)  # two segments of 256 steps
+    assert total.shape == (1, 2, 16, 4) and dsum.shape == (1, 2, 16)
 
 
 def test_run_writes_a_row_per_part(tmp_path):
@@ -35,5 +35,5 @@ def test_run_writes_a_row_per_part(tmp_path):
 
 
 def test_one_segment_sequence_is_refused():
-    with pytest.raises(ValueError, match="L = 256 is one segment"):
-        part_functions(Shape("one segment", 1, 256, 16, 4), jnp.float32, interpret=True)
+    with pytest.raises(ValueError, match=f"L = {SEGMENT} is one segment"):
+        part_functions(Shape("one segment", 1, SEGMENT, 16, 4), jnp.float32, interpret=True)

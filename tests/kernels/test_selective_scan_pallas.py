@@ -165,13 +165,13 @@ def test_unroll_belongs_to_the_split_design():
 
 
 def test_auto_design_is_split_with_its_measured_blocks():
-    """auto: split, 16 channels and 2 warps a program, 256-step segments; a short sequence (a 7x7 stage) gets
+    """auto: split, 16 channels and one warp a program, 128-step segments; a short sequence (a 7x7 stage) gets
     the serial layout, one program per (row, channel block)."""
     from kernels.selective_scan import split
     from kernels.selective_scan.ops import _design
     A = jnp.zeros((384, 16))
-    for length, segment, grid in ((3136, 256, (32, 24, 13)), (49, 0, (32, 24))):
+    for length, segment, grid in ((3136, 128, (32, 24, 25)), (49, 0, (32, 24))):
         u, B = jnp.zeros((32, length, 384)), jnp.zeros((32, length, 1, 16))
         fwd, bwd, lay, fwd_warps, bwd_warps = _design("auto", u, B, A, None, None, None)
         assert (fwd, bwd) == (split.forward, split.backward)
-        assert (lay.block_d, lay.segment, lay.grid, fwd_warps, bwd_warps) == (16, segment, grid, 2, 2)
+        assert (lay.block_d, lay.segment, lay.grid, fwd_warps, bwd_warps) == (16, segment, grid, 1, 1)
