@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.scan import SHAPES, make_inputs  # noqa: E402
+from benchmarks.scan import MODEL_SHAPES, SHAPES, make_inputs  # noqa: E402
 from benchmarks.scan_tune import parse_config  # noqa: E402
 from kernels.selective_scan import selective_scan_pallas  # noqa: E402
 from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
@@ -67,10 +67,11 @@ def captured_kernels():
 def lowered_kernels(config: dict, shape) -> list:
     """(name, num_warps, Triton IR) of the forward and backward kernels of one config on one benchmark shape."""
     args, cotangent = jax.eval_shape(lambda: make_inputs(shape, jnp.float32))
+    order = shape.order()
 
     def forward(*a):
         return selective_scan_pallas(*validate_inputs(*a), delta_softplus=True, return_last_state=False,
-                                     interpret=False, **config)
+                                     interpret=False, order=order, **config)
 
     def forward_backward(a, ct):
         y, vjp = jax.vjp(forward, *a)
@@ -131,10 +132,10 @@ def compile_resources(text: str, num_warps: int, workdir: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="split:16:256:2:2")
-    parser.add_argument("--shape", default="mamba-768", choices=[s.name for s in SHAPES])
+    parser.add_argument("--shape", default="mamba-768", choices=[s.name for s in SHAPES + MODEL_SHAPES])
     args = parser.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    shape = next(s for s in SHAPES if s.name == args.shape)
+    shape = next(s for s in SHAPES + MODEL_SHAPES if s.name == args.shape)
     print(f"{'config':<22}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
           f"{'bar.sync':>10}{'shfl':>6}", flush=True)
     with tempfile.TemporaryDirectory() as workdir:

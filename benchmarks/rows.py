@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 
-def select_shapes(shapes, names: str | None) -> list:
-    """The shapes (objects with a ``name``) named in the comma-separated ``names``, in their order; all when None.
-    Exits naming the unknown ones and the valid names."""
+def select_shapes(shapes, names: str | None, default=None) -> list:
+    """The shapes (objects with a ``name``) named in the comma-separated ``names``, in their order; when None,
+    ``default`` (all of ``shapes`` when that is None too). Exits naming the unknown ones and the valid names."""
     if not names:
-        return list(shapes)
+        return list(shapes if default is None else default)
     by_name = {s.name: s for s in shapes}
     wanted = names.split(",")
     unknown = sorted(set(wanted) - set(by_name))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,7 +36,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.rows import select_shapes  # noqa: E402
-from ssm_jax.ssm import selective_scan  # noqa: E402
+from ssm_jax.ssm import scan_orders, selective_scan  # noqa: E402
 
 IMPLS = ("pallas", "associative", "chunked", "sequential")
 # Seconds of warm-up calls per timing on GPU: each row runs in a fresh process, and on 2026-11-30 the first timing
@@ -50,11 +51,24 @@ class Shape(NamedTuple):
     dim: int
     d_state: int
     directions: int = 1
+    in_place: int = 0  # K > 0: a square map of `length` positions scanned in place along K "sweep" orders, as
+    # SS2D runs with fused directions: `dim` holds the K directions' channels, B/C come in K groups, no gate z
 
     @property
     def rows(self) -> int:
         """Sequences in the scan: directions are stacked on batch."""
         return self.batch * self.directions
+
+    @property
+    def groups(self) -> int:
+        return self.in_place or 1
+
+    def order(self):
+        """(K, L) scan orders of an in-place shape (``selective_scan(order=)``), else None."""
+        if not self.in_place:
+            return None
+        side = math.isqrt(self.length)
+        return jnp.asarray(scan_orders("sweep", side, side, self.in_place))
 
 
 SHAPES = (
@@ -64,6 +78,14 @@ SHAPES = (
     Shape("long", 2, 16384, 768, 16),
     Shape("vmamba-64x64", 8, 64 * 64, 192, 16),
 )
+# The scans of MemoryMamba-tiny's four stages at 224 px, batch 64 (d_inner 192..1536 x 4 directions, in place):
+# what its training step runs, beside the generic shapes above.
+MODEL_SHAPES = (
+    Shape("mm-tiny-56", 64, 56 * 56, 4 * 192, 16, in_place=4),
+    Shape("mm-tiny-28", 64, 28 * 28, 4 * 384, 16, in_place=4),
+    Shape("mm-tiny-14", 64, 14 * 14, 4 * 768, 16, in_place=4),
+    Shape("mm-tiny-7", 64, 7 * 7, 4 * 1536, 16, in_place=4),
+)
 SMALL_SHAPES = (
     Shape("vim-s/small", 2, 256, 64, 16),
     Shape("mamba-768/small", 1, 512, 128, 16),
@@ -71,27 +93,28 @@ SMALL_SHAPES = (
     Shape("long/small", 1, 2048, 32, 16),
     Shape("vmamba/small", 1, 16 * 16, 96, 16),
 )
+SMALL_MODEL_SHAPES = (Shape("mm-tiny/small", 1, 8 * 8, 4 * 16, 16, in_place=4),)
 
 
 def make_inputs(shape: Shape, dtype, seed: int = 0):
-    """A Mamba layer's scan inputs (D, gate z, delta_bias; softplus is on), random and non-zero."""
+    """A Mamba layer's scan inputs (D, gate z unless in place, delta_bias; softplus is on), random and non-zero."""
     k = jax.random.split(jax.random.PRNGKey(seed), 9)
     bld = (shape.rows, shape.length, shape.dim)
-    bc = (shape.rows, shape.length, 1, shape.d_state)
+    bc = (shape.rows, shape.length, shape.groups, shape.d_state)
     normal = lambda key, s, scale=1.0: (scale * jax.random.normal(key, s)).astype(dtype)
     args = (normal(k[0], bld), normal(k[1], bld, 0.5), -jnp.exp(jax.random.normal(k[2], (shape.dim, shape.d_state))),
-            normal(k[3], bc), normal(k[4], bc), jax.random.normal(k[5], (shape.dim,)), normal(k[6], bld),
-            jax.random.normal(k[7], (shape.dim,)))
+            normal(k[3], bc), normal(k[4], bc), jax.random.normal(k[5], (shape.dim,)),
+            None if shape.in_place else normal(k[6], bld), jax.random.normal(k[7], (shape.dim,)))
     return args, normal(k[8], bld)
 
 
 def forward_bytes(shape: Shape, dtype) -> int:
-    """Fewest bytes the forward moves: u, delta, z, B, C, A, D, delta_bias read once, y written once."""
+    """Fewest bytes the forward moves: u, delta, z (when gated), B, C, A, D, delta_bias read once, y written once."""
     item = jnp.dtype(dtype).itemsize
     act = shape.rows * shape.length * shape.dim * item
-    bc = shape.rows * shape.length * shape.d_state * item
+    bc = shape.rows * shape.length * shape.groups * shape.d_state * item
     params = shape.dim * shape.d_state * 4 + 2 * shape.dim * 4
-    return 4 * act + 2 * bc + params
+    return (3 if shape.in_place else 4) * act + 2 * bc + params
 
 
 def warm_up(fn, *args, calls: int, seconds: float) -> None:
@@ -133,9 +156,9 @@ def peer_times(peer_dir: str, dtype) -> dict:
         return {r["shape"]: (r["fwd_ms"] / 1e3, r["fwd_bwd_ms"] / 1e3) for r in json.load(f)}
 
 
-def functions(impl: str):
+def functions(impl: str, order=None):
     def forward(*args):
-        return selective_scan(*args, delta_softplus=True, impl=impl)
+        return selective_scan(*args, delta_softplus=True, impl=impl, order=order)
 
     def forward_backward(args, cotangent):
         y, vjp = jax.vjp(forward, *args)
@@ -147,7 +170,7 @@ def functions(impl: str):
 def measure(impl: str, shape: Shape, dtype, repeats: int) -> dict:
     """Forward and fwd+bwd time (s) and peak memory (bytes, or None) of one impl on one shape."""
     args, cotangent = make_inputs(shape, dtype)
-    forward, forward_backward = functions(impl)
+    forward, forward_backward = functions(impl, shape.order())
     on_gpu = jax.default_backend() == "gpu"
     warmup_s = WARMUP_S if on_gpu else 0.0
     row = {"fwd": median_time(forward, *args, repeats=repeats, warmup_s=warmup_s)}
@@ -217,7 +240,8 @@ def main() -> None:
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=not on_gpu,
                         help="shrunken shapes (default when no GPU)")
     parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
-    parser.add_argument("--shapes", help="comma-separated subset of the shape names (default: all)")
+    parser.add_argument("--shapes", help="comma-separated shape names (default: the five generic ones; the "
+                        "model's stages are " + ",".join(s.name for s in MODEL_SHAPES) + ")")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--peer", metavar="DIR", help="also time mamba_ssm from this copy of shared/peer/mamba_ssm")
@@ -226,7 +250,8 @@ def main() -> None:
     if args.peer and not on_gpu:
         raise SystemExit("--peer needs a GPU (mamba_ssm's kernel is CUDA)")
     dtype = jnp.dtype(args.dtype)
-    shapes = {s.name: s for s in select_shapes(SMALL_SHAPES if args.small else SHAPES, args.shapes)}
+    generic, model = (SMALL_SHAPES, SMALL_MODEL_SHAPES) if args.small else (SHAPES, MODEL_SHAPES)
+    shapes = {s.name: s for s in select_shapes(generic + model, args.shapes, default=generic)}
     bandwidth_bytes = 2**30 if on_gpu else 2**26
     if args.one == "bandwidth":
         print(json.dumps({"bandwidth": copy_bandwidth(bandwidth_bytes, args.repeats)}))

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import NAMES, rel  # noqa: E402
 from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
-from benchmarks.scan import SHAPES, make_inputs, warm_up  # noqa: E402
+from benchmarks.scan import MODEL_SHAPES, SHAPES, make_inputs, warm_up  # noqa: E402
 from kernels.selective_scan import selective_scan_pallas  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
 from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
@@ -39,10 +39,11 @@ def parse_config(text: str) -> dict:
     return dict(config, unroll=int(unroll[0])) if unroll else config
 
 
-def kernel_fns(config: dict):
+def kernel_fns(config: dict, order=None):
     def forward(*args):
         x = validate_inputs(*args)
-        return selective_scan_pallas(*x, delta_softplus=True, return_last_state=False, interpret=False, **config)
+        return selective_scan_pallas(*x, delta_softplus=True, return_last_state=False, interpret=False, order=order,
+                                     **config)
 
     def forward_backward(args, cotangent):
         y, vjp = jax.vjp(forward, *args)
@@ -64,24 +65,26 @@ def batched_ms(fn, *args, calls: int, warmup_s: float) -> float:
     return 1e3 * float(np.median(times))
 
 
-def check(forward_backward, args, cotangent) -> dict:
-    """Relative errors of y and the worst gradient against the ``chunked`` scan."""
+def check(forward_backward, args, cotangent, order=None) -> dict:
+    """Relative errors of y and the worst gradient against the ``chunked`` scan (absent inputs skipped)."""
     def reference(args, cotangent):
-        y, vjp = jax.vjp(lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked"), *args)
+        y, vjp = jax.vjp(lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked", order=order), *args)
         return y, vjp(cotangent)
 
     y, grads = forward_backward(args, cotangent)
     y_ref, grads_ref = jax.jit(reference)(args, cotangent)
-    errors = {n: rel(g, r) for n, g, r in zip(NAMES, grads, grads_ref)}
+    present = [(n, g, r) for n, g, r in zip(NAMES, grads, grads_ref) if g is not None]
+    errors = {n: rel(g, r) for n, g, r in present}
     worst = max(errors, key=errors.get)
-    finite = bool(jnp.isfinite(y).all()) and all(bool(jnp.isfinite(g).all()) for g in grads)
+    finite = bool(jnp.isfinite(y).all()) and all(bool(jnp.isfinite(g).all()) for _, g, _ in present)
     return {"fwd_err": rel(y, y_ref), "worst_grad": worst, "grad_err": errors[worst], "finite": finite}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="tiled:16:64:4:4")
-    parser.add_argument("--shapes", help="comma-separated shape names (default: all of benchmarks/scan.py)")
+    parser.add_argument("--shapes", help="comma-separated shape names (default: the five generic ones of "
+                        "benchmarks/scan.py; its MODEL_SHAPES by name)")
     parser.add_argument("--dtypes", default="float32")
     parser.add_argument("--check", action="store_true", help="compare with the chunked scan (float32 rows)")
     parser.add_argument("--calls", type=int, default=10)
@@ -91,14 +94,14 @@ def main() -> None:
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
         raise SystemExit("scan_tune.py times GPU kernels; no GPU here (CPU tests use interpret mode)")
-    shapes = select_shapes(SHAPES, args.shapes)
+    shapes = select_shapes(SHAPES + MODEL_SHAPES, args.shapes, default=SHAPES)
     start = time.perf_counter()
     print(f"{'config':<22}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
     for text in args.configs.split(","):
         config = parse_config(text)
-        forward, forward_backward = kernel_fns(config)
         for dtype in args.dtypes.split(","):
             for shape in shapes:
+                forward, forward_backward = kernel_fns(config, shape.order())
                 if time.perf_counter() - start > args.budget:
                     print(f"{text:<22}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
                     continue
@@ -109,7 +112,7 @@ def main() -> None:
                     row["fwd_bwd_ms"] = batched_ms(forward_backward, inputs, cotangent, calls=args.calls,
                                                    warmup_s=args.warmup_s)
                     if args.check and dtype == "float32":
-                        row.update(check(forward_backward, inputs, cotangent))
+                        row.update(check(forward_backward, inputs, cotangent, shape.order()))
                 except Exception as e:  # a config that fails to compile or run is a result too
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
                 note = row.get("error") or (f"y {row['fwd_err']:.1e}, {row['worst_grad']} {row['grad_err']:.1e}"

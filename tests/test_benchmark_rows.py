@@ -17,6 +17,8 @@ SHAPES = (Shape("a"), Shape("b"), Shape("c"))
 
 def test_select_shapes_keeps_the_asked_order():
     assert select_shapes(SHAPES, None) == list(SHAPES)
+    assert select_shapes(SHAPES, None, default=SHAPES[1:]) == list(SHAPES[1:])
+    assert [s.name for s in select_shapes(SHAPES, "a", default=SHAPES[1:])] == ["a"]  # any shape by name
     assert [s.name for s in select_shapes(SHAPES, "c,a")] == ["c", "a"]
 
 

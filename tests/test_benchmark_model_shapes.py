@@ -1,0 +1,49 @@
+"""benchmarks/scan.py's model shapes: they are the scans MemoryMamba-tiny runs (so a timing of them is a timing of the
+model's stages), and the in-place inputs they build run through the scan with the orders SS2D uses."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.scan import MODEL_SHAPES, SMALL_MODEL_SHAPES, Shape, forward_bytes, make_inputs, measure
+from ssm_jax.models.memorymamba import memorymamba_presets
+from ssm_jax.ssm import scan_orders, selective_scan
+
+
+def test_model_shapes_are_memorymamba_tinys_stages_at_224_px():
+    tiny = memorymamba_presets["tiny"]
+    side, expected = 224 // 4, []
+    for dim in tiny["dims"]:
+        expected.append((64, side * side, 4 * 2 * dim, 4))  # batch 64, K=4 directions of d_inner = 2 x dim
+        side //= 2
+    assert [(s.batch, s.length, s.dim, s.in_place) for s in MODEL_SHAPES] == expected
+
+
+def test_in_place_inputs_have_grouped_b_c_no_gate_and_sweep_orders():
+    shape = SMALL_MODEL_SHAPES[0]
+    (u, delta, A, B, C, D, z, bias), cotangent = make_inputs(shape, jnp.float32)
+    assert B.shape == C.shape == (shape.rows, shape.length, 4, shape.d_state) and z is None
+    np.testing.assert_array_equal(shape.order(), scan_orders("sweep", 8, 8, 4))
+    assert Shape("plain", 1, 64, 8, 4).order() is None
+    gated = Shape("gated", shape.batch, shape.length, shape.dim, shape.d_state)  # z read, B/C in one group
+    act = shape.rows * shape.length * shape.dim * 4
+    extra_groups = 2 * shape.rows * shape.length * 3 * shape.d_state * 4  # B and C of 3 more groups
+    assert forward_bytes(gated, jnp.float32) - forward_bytes(shape, jnp.float32) == act - extra_groups
+
+
+def test_in_place_shape_measures_on_cpu_and_matches_the_gathered_scan():
+    shape = SMALL_MODEL_SHAPES[0]
+    row = measure("chunked", shape, jnp.float32, repeats=1)
+    assert row["fwd"] > 0 and row["fwd_bwd"] > 0
+    args, _ = make_inputs(shape, jnp.float32)
+    in_place = selective_scan(*args, delta_softplus=True, impl="sequential", order=shape.order())
+    u, delta, A, B, C, D, z, bias = args
+    order = np.asarray(shape.order())
+    k, d = 4, shape.dim // 4
+    ys = []
+    for g in range(k):  # each direction gathered into its own scan, outputs put back in raster order
+        take = lambda t: t[:, order[g]]
+        y = selective_scan(take(u[..., g * d:(g + 1) * d]), take(delta[..., g * d:(g + 1) * d]), A[g * d:(g + 1) * d],
+                           take(B[:, :, g]), take(C[:, :, g]), D[g * d:(g + 1) * d], None, bias[g * d:(g + 1) * d],
+                           delta_softplus=True, impl="sequential")
+        ys.append(np.asarray(y)[:, np.argsort(order[g])])
+    np.testing.assert_allclose(in_place, np.concatenate(ys, axis=-1), rtol=1e-5, atol=1e-5)
