@@ -5,9 +5,10 @@ lowered to Triton IR for CUDA, compiled by the ``triton`` package and assembled 
     python benchmarks/kernel_resources.py --configs split:16:256:2:2,split:16:256:2:2:8 --shape mamba-768
 
 Configs are those of ``benchmarks/scan_tune.py``. Occupancy follows from the registers: an SM has 65,536, so a
-program of w warps at r registers a thread leaves room for 65536 // (32 w r) programs (at most 64 warps). Also
-counted in the PTX, statically: block barriers (``bar.sync``) and warp shuffles; a chunk's steps are unrolled into
-straight-line code, so a count divided by the unroll is about the count per time step. This
+program of w warps at r registers a thread leaves room for 65536 // (32 w r) programs (at most 64 warps and 32
+programs). Also counted in the PTX, statically: instructions, ``ex2`` (the exponentials), block barriers
+(``bar.sync``) and warp shuffles; a chunk's steps are unrolled into straight-line code, so a count divided by the
+unroll is about the count per time step. This
 compile is the ``triton`` package's, not XLA's, so the counts are close to, not the same as, what the GPU runs;
 use it to compare configs, and time the winner with ``scan_tune.py`` on a GPU.
 """
@@ -31,7 +32,7 @@ from benchmarks.scan_tune import parse_config  # noqa: E402
 from kernels.selective_scan import selective_scan_pallas  # noqa: E402
 from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
 
-SM_REGISTERS, SM_WARPS = 65536, 64
+SM_REGISTERS, SM_WARPS, SM_BLOCKS = 65536, 64, 32  # sm_90: per SM
 
 
 @contextlib.contextmanager
@@ -93,17 +94,20 @@ def parse_ptxas(text: str) -> dict:
 
 
 def count_ptx(ptx: str) -> dict:
-    """Static counts in a kernel's PTX of what costs latency between threads: block barriers (``bar.sync``, each
-    a shared-memory exchange across warps: a reduction or a layout change) and warp shuffles (``shfl.sync``). The
-    unrolled body of a chunk is straight-line code, so a count / the unroll is per time step."""
-    return {"bar_sync": len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)),
+    """Static counts in a kernel's PTX: instructions (what an SM must issue), exponentials (``ex2``, the special
+    function unit), and what costs latency between threads: block barriers (``bar.sync``, each a shared-memory
+    exchange across warps: a reduction or a layout change) and warp shuffles (``shfl.sync``). The unrolled body
+    of a chunk is straight-line code, so a count / the unroll is per time step."""
+    return {"instructions": len(re.findall(r"^\s*(?:@!?%\w+\s+)?[a-z][\w.]*[^;\n]*;", ptx, re.M)),
+            "ex2": len(re.findall(r"\bex2\.", ptx)),
+            "bar_sync": len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)),
             "shfl": len(re.findall(r"\bshfl\.sync\b", ptx))}
 
 
 def programs_per_sm(registers: int, num_warps: int) -> int:
     """Resident programs an SM can hold, by registers (allocated per warp in units of 256) and by warps."""
     per_warp = -(-registers * 32 // 256) * 256
-    return min(SM_REGISTERS // (per_warp * num_warps), SM_WARPS // num_warps)
+    return min(SM_REGISTERS // (per_warp * num_warps), SM_WARPS // num_warps, SM_BLOCKS)
 
 
 def compile_resources(text: str, num_warps: int, workdir: str) -> dict:
@@ -137,14 +141,14 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     shape = next(s for s in SHAPES + MODEL_SHAPES if s.name == args.shape)
     print(f"{'config':<22}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
-          f"{'bar.sync':>10}{'shfl':>6}", flush=True)
+          f"{'instrs':>8}{'ex2':>6}{'bar.sync':>10}{'shfl':>6}", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for text in args.configs.split(","):
             for name, num_warps, ir in lowered_kernels(parse_config(text), shape):
                 r = compile_resources(ir, num_warps, workdir)
                 print(f"{text:<22}{name:<32}{num_warps:>6}{r['registers']:>6}"
                       f"{r['spill_stores']:>8}/{r['spill_loads']:<6}{programs_per_sm(r['registers'], num_warps):>13}"
-                      f"{r['bar_sync']:>10}{r['shfl']:>6}", flush=True)
+                      f"{r['instructions']:>8}{r['ex2']:>6}{r['bar_sync']:>10}{r['shfl']:>6}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     python benchmarks/scan_tune.py --configs tiled:16:64:4:4,serial:32:16:4:8 --dtypes float32,bfloat16 \
         --check --json $OUT/tune.jsonl --budget 400
 
-A config is ``design:block_d:chunk:forward_warps:backward_warps[:unroll]`` (unroll: split only, the steps between
-checkpoints inside a segment; left out, the grid-size default of ``split.layout``). For each config x shape x dtype
+A config is ``design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist]]`` (unroll: split only, the steps
+between checkpoints inside a segment, 0 or left out for the default ``split.UNROLL``; hoist: 1 to issue a chunk's
+loads before its stores, ``hoist_loads``). For each config x shape x dtype
 it prints forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
 dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
 input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the
@@ -34,9 +35,17 @@ from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
 
 
 def parse_config(text: str) -> dict:
-    design, block_d, chunk, fwd_warps, bwd_warps, *unroll = text.split(":")
+    """``design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist]]`` -> selective_scan_pallas keywords
+    (unroll 0 or left out: the design's default; hoist 1: ``hoist_loads``)."""
+    design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
+    if len(rest) > 2:
+        raise SystemExit(f"config {text!r}: expected design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist]]")
     config = dict(design=design, block_d=int(block_d), chunk=int(chunk), num_warps=(int(fwd_warps), int(bwd_warps)))
-    return dict(config, unroll=int(unroll[0])) if unroll else config
+    if rest and int(rest[0]):
+        config["unroll"] = int(rest[0])
+    if len(rest) == 2:
+        config["hoist_loads"] = bool(int(rest[1]))
+    return config
 
 
 def kernel_fns(config: dict, order=None):

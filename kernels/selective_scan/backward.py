@@ -32,11 +32,17 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
     r = dict(zip(names, refs))
     o = dict(zip(out_names, refs[len(names):]))
     p = common.program(lay, r.get("order"))
-    A = common.load_matrix(r["A"], p, lay)
+    rates = common.load_rates(r["A"], p, lay)
     skip = common.load_channels(r["D"], p, lay) if "D" in r else None
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
     tile = jnp.zeros((lay.block_d, lay.state_pad), F32)
     vec = jnp.zeros((lay.block_d,), F32)
+
+    def load(here):
+        """A step's inputs: (u, delta, B), its C row, dy, and z (None without a gate)."""
+        z = common.load_row(r["z"], p, lay, here) if "z" in r else None
+        return (common.load_step(r, p, lay, here, bias, delta_softplus), common.load_group_row(r["C"], p, lay, here),
+                common.load_row(r["dy"], p, lay, here), z)
 
     def chunk(k, carry):
         h, dA, dskip, dbias = carry
@@ -44,16 +50,17 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
         x = common.load_matrix(r["states"], p, lay, index=(p.b, jnp.maximum(c - 1, 0)))
         x = jnp.where(c > 0, x, 0.0)
         heres = [common.at(p, lay, c * lay.chunk + i) for i in range(lay.chunk)]
+        # Hoisted: every input of the chunk loaded once, before the first store, and held through both walks.
+        # Otherwise (fewer registers) the reverse walk loads its step again, between the previous step's stores.
+        hoisted = [load(here) for here in heres] if lay.hoist_loads else None
         states = [x]  # states[i] = state before step i of the chunk; states[i + 1] = after it
-        for here in heres:
-            states.append(common.advance(states[-1], common.load_step(r, p, lay, here, bias, delta_softplus), A))
+        for i, here in enumerate(heres):
+            step = hoisted[i][0] if hoisted else common.load_step(r, p, lay, here, bias, delta_softplus)
+            states.append(common.advance(states[-1], step, rates))
         for i in reversed(range(lay.chunk)):
             here = heres[i]
-            step = common.load_step(r, p, lay, here, bias, delta_softplus)
-            C = common.load_group_row(r["C"], p, lay, here)
-            g = common.load_row(r["dy"], p, lay, here)
-            if "z" in r:
-                z = common.load_row(r["z"], p, lay, here)
+            step, C, g, z = hoisted[i] if hoisted else load(here)
+            if z is not None:
                 y = jnp.sum(states[i + 1] * C[None, :], axis=1)
                 if skip is not None:
                     y = y + skip * step.u
@@ -62,7 +69,7 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
                 g = g * z * sig
             common.store_block_row(o["dC"], p, lay, here, jnp.sum(g[:, None] * states[i + 1], axis=0))
             h = h + g[:, None] * C[None, :]
-            decay = jnp.exp(step.delta[:, None] * A)
+            decay = common.decay(step.delta, rates)
             hx = h * states[i] * decay
             dA = dA + hx * step.delta[:, None]
             hB = jnp.sum(h * step.B[None, :], axis=1)
@@ -71,7 +78,7 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
                 du = du + skip * g
                 dskip = dskip + g * step.u
             common.store_row(o["du"], p, lay, here, du)
-            ddelta = step.u * hB + jnp.sum(hx * A, axis=1)
+            ddelta = step.u * hB + jnp.sum(hx * rates, axis=1) / common.LOG2E  # sum_n h x a A
             if delta_softplus:
                 ddelta = ddelta * jax.nn.sigmoid(step.delta_pre)
             ddelta = jnp.where(step.mask, ddelta, 0.0)

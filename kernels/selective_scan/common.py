@@ -40,6 +40,10 @@ class Layout:
     chunk: int
     time_last: bool = False  # tiled designs: tiles held as (block_d, chunk) instead of (chunk, block_d)
     segment: int = 0  # split design: steps per program, a multiple of chunk; 0: one program walks all L
+    # serial and split kernels: load a chunk's inputs for all its steps before the first store. Triton cannot move
+    # a load above a store that may alias it, so interleaved, each step waits out its loads' latency; hoisted,
+    # the chunk waits once, for more registers (its steps' inputs held at once).
+    hoist_loads: bool = False
 
     @property
     def group_dim(self) -> int:
@@ -206,6 +210,20 @@ def load_step(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplu
     return Step(u, delta, delta_pre, load_group_row(refs["B"], p, lay, here), mask)
 
 
-def advance(x, step: Step, A):
-    """One step of the recurrence: x <- exp(delta*A) * x + delta*u*B."""
-    return jnp.exp(step.delta[:, None] * A) * x + (step.delta * step.u)[:, None] * step.B[None, :]
+LOG2E = 1.4426950408889634
+
+
+def load_rates(ref, p: Program, lay: Layout):
+    """A log2(e), the (block_d, state_pad) tile the decays are computed from: exp(delta A) = exp2(delta A log2 e)
+    is one ``ex2.approx`` instruction on the GPU, where ``exp`` lowers to libdevice's exact expf (about nine)."""
+    return load_matrix(ref, p, lay) * LOG2E
+
+
+def decay(delta, rates):
+    """exp(delta A) per (channel, state) for a step's (block_d,) delta, from ``load_rates``' tile."""
+    return jnp.exp2(delta[:, None] * rates)
+
+
+def advance(x, step: Step, rates):
+    """One step of the recurrence: x <- exp(delta*A) * x + delta*u*B (``rates`` from ``load_rates``)."""
+    return decay(step.delta, rates) * x + (step.delta * step.u)[:, None] * step.B[None, :]

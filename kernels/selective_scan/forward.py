@@ -27,21 +27,26 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
     r = dict(zip(names, refs))
     y_ref = refs[len(names)]
     p = common.program(lay, r.get("order"))
-    A = common.load_matrix(r["A"], p, lay)
+    rates = common.load_rates(r["A"], p, lay)
     skip = common.load_channels(r["D"], p, lay) if "D" in r else None
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
+    def load(here):
+        """A step's inputs: (u, delta, B), its C row, and z (None without a gate)."""
+        z = common.load_row(r["z"], p, lay, here) if "z" in r else None
+        return common.load_step(r, p, lay, here, bias, delta_softplus), common.load_group_row(r["C"], p, lay, here), z
+
     def chunk(c, x):
         c = p.c0 + c
-        for i in range(lay.chunk):
-            here = common.at(p, lay, c * lay.chunk + i)
-            step = common.load_step(r, p, lay, here, bias, delta_softplus)
-            x = common.advance(x, step, A)
-            y = jnp.sum(x * common.load_group_row(r["C"], p, lay, here)[None, :], axis=1)
+        heres = [common.at(p, lay, c * lay.chunk + i) for i in range(lay.chunk)]
+        hoisted = [load(here) for here in heres] if lay.hoist_loads else None
+        for i, here in enumerate(heres):
+            step, C, z = hoisted[i] if hoisted else load(here)
+            x = common.advance(x, step, rates)
+            y = jnp.sum(x * C[None, :], axis=1)
             if skip is not None:
                 y = y + skip * step.u
-            if "z" in r:
-                z = common.load_row(r["z"], p, lay, here)
+            if z is not None:
                 y = y * z * jax.nn.sigmoid(z)
             common.store_row(y_ref, p, lay, here, y)
         if save == "chunks":

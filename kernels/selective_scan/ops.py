@@ -15,6 +15,7 @@ device scans its own batch rows (``per_device``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -47,7 +48,7 @@ def _reduced(grads: dict, key: str, like):
 AUTO_DESIGN = "split"
 
 
-def _design(design: str, u, B, A, block_d, chunk, num_warps, unroll=None, ordered=False):
+def _design(design: str, u, B, A, block_d, chunk, num_warps, unroll=None, ordered=False, hoist_loads=None):
     """(forward, backward, layout, forward warps, backward warps) of a design for these inputs."""
     if design == "auto":
         design = AUTO_DESIGN
@@ -63,6 +64,11 @@ def _design(design: str, u, B, A, block_d, chunk, num_warps, unroll=None, ordere
         lay = split.layout(lay, unroll)
     elif unroll is not None:
         raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
+    if hoist_loads is not None:
+        if design.startswith("tiled"):
+            raise ValueError(f"selective_scan_pallas: hoist_loads is a setting of the serial and split designs, "
+                             f"not of {design}")
+        lay = dataclasses.replace(lay, hoist_loads=bool(hoist_loads))
     if ordered and design.startswith("tiled"):
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if num_warps is not None:
@@ -73,17 +79,17 @@ def _design(design: str, u, B, A, block_d, chunk, num_warps, unroll=None, ordere
 REPLICATED = frozenset({"A", "D", "delta_bias", "order"})
 
 
-def _forward(inputs: dict, design, block_d, chunk, num_warps, unroll, delta_softplus, save, interpret):
+def _forward(inputs: dict, design, block_d, chunk, num_warps, unroll, hoist_loads, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
     forward, _, lay, warps, _ = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps,
-                                        unroll, "order" in inputs)
+                                        unroll, "order" in inputs, hoist_loads)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
-def _backward(inputs: dict, design, block_d, chunk, num_warps, unroll, delta_softplus, interpret):
+def _backward(inputs: dict, design, block_d, chunk, num_warps, unroll, hoist_loads, delta_softplus, interpret):
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
     _, backward, lay, _, warps = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps,
-                                         unroll, "order" in inputs)
+                                         unroll, "order" in inputs, hoist_loads)
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
 
 
@@ -94,12 +100,13 @@ def sum_blocks(grads: dict, lay) -> dict:
     return {**grads, **{key: grads[key].reshape(shape).sum(axis=3) for key in ("dB", "dC")}}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13, 14, 15, 16))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13, 14, 15, 16, 17))
 def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, design, block_d,
-          chunk, num_warps, unroll):
+          chunk, num_warps, unroll, hoist_loads):
     save = "last" if return_last_state else "none"
     out = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk, num_warps=num_warps,
-                                       unroll=unroll, delta_softplus=delta_softplus, save=save, interpret=interpret),
+                                       unroll=unroll, hoist_loads=hoist_loads, delta_softplus=delta_softplus,
+                                       save=save, interpret=interpret),
                      _inputs(u, delta, A, B, C, D, z, delta_bias, order), REPLICATED)
     if return_last_state:
         y, states = out
@@ -108,17 +115,17 @@ def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_las
 
 
 def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, design,
-              block_d, chunk, num_warps, unroll):
+              block_d, chunk, num_warps, unroll, hoist_loads):
     y, states = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk,
-                                             num_warps=num_warps, unroll=unroll, delta_softplus=delta_softplus,
-                                             save="chunks", interpret=interpret),
+                                             num_warps=num_warps, unroll=unroll, hoist_loads=hoist_loads,
+                                             delta_softplus=delta_softplus, save="chunks", interpret=interpret),
                            _inputs(u, delta, A, B, C, D, z, delta_bias, order), REPLICATED)
     out = (y, states[:, -1]) if return_last_state else y
     return out, (u, delta, A, B, C, D, z, delta_bias, order, states)
 
 
-def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chunk, num_warps, unroll, residuals,
-              cotangent):
+def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chunk, num_warps, unroll, hoist_loads,
+              residuals, cotangent):
     u, delta, A, B, C, D, z, delta_bias, order, states = residuals
     inputs = _inputs(u, delta, A, B, C, D, z, delta_bias, order)
     inputs["states"] = states
@@ -128,8 +135,8 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chu
     else:
         inputs["dy"] = cotangent.astype(u.dtype)
     g = per_device(functools.partial(_backward, design=design, block_d=block_d, chunk=chunk, num_warps=num_warps,
-                                     unroll=unroll, delta_softplus=delta_softplus, interpret=interpret), inputs,
-                   REPLICATED)
+                                     unroll=unroll, hoist_loads=hoist_loads, delta_softplus=delta_softplus,
+                                     interpret=interpret), inputs, REPLICATED)
     return (g["du"], g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
             _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias), None)
 
@@ -140,7 +147,8 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool,
                           return_last_state: bool, interpret: bool, design: str = "auto",
                           block_d: int | None = None, chunk: int | None = None,
-                          num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None):
+                          num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
+                          hoist_loads: bool | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -162,6 +170,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       order: None, or (G, L) integers, each row a permutation of 0..L-1: group g's channels visit the sequence
         in the order order[g] (step t reads and writes position order[g, t]; y comes back at the positions),
         for a 2-D map scanned along K orders without gathered copies. serial and split designs only.
+      hoist_loads: serial and split only: issue every load of a chunk before its first store (more registers,
+        one memory latency a chunk instead of one a step; default False, ``common.Layout``).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -173,4 +183,5 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                              f"expected integers of shape (groups, L) = {(B.shape[2], u.shape[1])}")
         order = order.astype(jnp.int32)
     return _scan(u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
-                 bool(interpret), design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll)
+                 bool(interpret), design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll,
+                 hoist_loads)

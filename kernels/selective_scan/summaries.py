@@ -24,14 +24,14 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     """s: the segment's recurrence from a zero state."""
     r = dict(zip(names, refs))
     p = common.program(lay, r.get("order"))
-    A = common.load_matrix(r["A"], p, lay)
+    rates = common.load_rates(r["A"], p, lay)
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
     def chunk(c, carry):
         x, dsum = carry
         for i in range(lay.chunk):
             step = common.load_step(r, p, lay, common.at(p, lay, (p.c0 + c) * lay.chunk + i), bias, delta_softplus)
-            x, dsum = common.advance(x, step, A), dsum + step.delta
+            x, dsum = common.advance(x, step, rates), dsum + step.delta
         return x, dsum
 
     init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))
@@ -42,7 +42,7 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     """r: the segment's state adjoint, walking its steps in reverse from a zero adjoint."""
     r = dict(zip(names, refs))
     p = common.program(lay, r.get("order"))
-    A = common.load_matrix(r["A"], p, lay)
+    rates = common.load_rates(r["A"], p, lay)
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
     def chunk(k, carry):
@@ -56,7 +56,7 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
                 z = common.load_row(r["z"], p, lay, here)
                 g = g * z * jax.nn.sigmoid(z)
             C = common.load_group_row(r["C"], p, lay, here)
-            h = jnp.exp(delta[:, None] * A) * (h + g[:, None] * C[None, :])
+            h = common.decay(delta, rates) * (h + g[:, None] * C[None, :])
             dsum = dsum + delta
         return h, dsum
 

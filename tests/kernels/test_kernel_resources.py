@@ -27,17 +27,21 @@ def test_reads_ptxas_and_derives_occupancy():
     assert programs_per_sm(255, 2) == 4     # 256 regs x 64 threads = 16,384 of 65,536
     assert programs_per_sm(164, 2) == 6     # rounded up to 168 a thread: 10,752 a program
     assert programs_per_sm(40, 2) == 25
-    assert programs_per_sm(16, 1) == 64     # the 64-warp limit, not registers
+    assert programs_per_sm(16, 1) == 32     # the 32-program limit, not registers or warps
+    assert programs_per_sm(16, 4) == 16     # the 64-warp limit
 
 
 def test_counts_barriers_and_shuffles_in_ptx():
     ptx = """
+    .reg .f32 %f<4>;
     shfl.sync.bfly.b32 %r1, %r2, 16, 31, -1;
     bar.sync 0;
+$L__BB0_1:
     st.shared.f32 [%r3], %f1;
     barrier.sync 1;
+    @%p1 ex2.approx.ftz.f32 %r8, %r9;
     shfl.sync.bfly.b32 %r4, %r5, 8, 31, -1;
     shfl.sync.idx.b32 %r6, %r7, 0, 31, -1;
     // bar.synchronise is not an instruction
     """
-    assert count_ptx(ptx) == {"bar_sync": 2, "shfl": 3}
+    assert count_ptx(ptx) == {"instructions": 7, "ex2": 1, "bar_sync": 2, "shfl": 3}

@@ -164,6 +164,12 @@ def test_unroll_belongs_to_the_split_design():
         run_pallas(x, {}, design="serial", unroll=4)
 
 
+def test_hoisted_loads_belong_to_the_serial_and_split_designs():
+    x = make_inputs(5, 1, 4, 4, 1, 4)
+    with pytest.raises(ValueError, match="hoist_loads is a setting of the serial and split designs, not of tiled"):
+        run_pallas(x, {}, design="tiled", hoist_loads=True)
+
+
 def test_auto_design_is_split_with_its_measured_blocks():
     """auto: split, 16 channels and one warp a program, 128-step segments; a short sequence (a 7x7 stage) gets
     the serial layout, one program per (row, channel block)."""

@@ -1,6 +1,7 @@
 """The ``split`` design (sequence cut into segments walked by separate programs, ``kernels/selective_scan/split.py``)
 in interpret mode: y and the last state against the float64 NumPy recurrence (relative error 1e-5), every
-gradient against the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one segment (the serial kernels alone).
+gradient against the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one
+segment (the serial kernels alone), with loads interleaved with the stores or hoisted (``hoist_loads``).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import jax
@@ -21,6 +22,9 @@ CASES = [
     pytest.param((1, 6, 2, 1, 2), {}, dict(chunk=2), id="plain-3-segments"),
     pytest.param((1, 5, 2, 1, 2), ALL_OPTIONS, dict(chunk=8), id="all-options-one-segment-serial-path"),
     pytest.param((1, 11, 4, 1, 3), ALL_OPTIONS, dict(chunk=4, unroll=2), id="all-options-checkpoint-every-2-steps"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, unroll=2, hoist_loads=True),
+                 id="all-options-loads-hoisted"),
+    pytest.param((1, 5, 2, 1, 2), ALL_OPTIONS, dict(chunk=8, hoist_loads=True), id="one-segment-loads-hoisted"),
 ]
 
 

@@ -1,0 +1,18 @@
+"""benchmarks/scan_tune.py configs: each field becomes the selective_scan_pallas keyword it names."""
+
+import pytest
+
+from benchmarks.scan_tune import parse_config
+
+
+def test_config_fields_map_to_kernel_keywords():
+    assert parse_config("split:16:128:1:1") == dict(design="split", block_d=16, chunk=128, num_warps=(1, 1))
+    assert parse_config("split:16:128:1:2:8")["unroll"] == 8
+    hoisted = parse_config("split:8:64:1:1:0:1")
+    assert "unroll" not in hoisted and hoisted["hoist_loads"] is True
+    assert parse_config("serial:32:16:4:8:0:0")["hoist_loads"] is False
+
+
+def test_too_many_fields_are_refused():
+    with pytest.raises(SystemExit, match="expected design:block_d"):
+        parse_config("split:16:128:1:1:4:1:9")
