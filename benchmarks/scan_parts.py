@@ -7,16 +7,18 @@ timed one by one, beside the whole forward+backward, on the shapes of ``benchmar
 Parts (``kernels/selective_scan/split.py``), each jitted alone on what the part before it hands over, in the order
 a training step runs them:
 
-* forward: ``summaries`` (each segment walked from a zero state: its end state and sum of delta), ``chain`` (the
+* forward: ``discretise`` (softplus(delta + bias) in XLA, before the kernels; ``ops.Tuning.delta_in_kernel``),
+  ``summaries`` (each segment walked from a zero state: its end state and sum of delta), ``chain`` (the
   associative scan over segments: the state entering each), ``walk`` (the serial forward kernel per segment from
   that state: y and the checkpoints);
 * backward: ``adjoint summaries``, ``adjoint chain``, ``backward walk`` (the serial backward kernel per segment),
-  ``reductions`` (dA, dD, d delta_bias summed over segments and rows; dB, dC over channel blocks).
+  ``reductions`` (dA, dD, d delta_bias summed over segments and rows; dB, dC over channel blocks; ddelta and
+  d delta_bias through the discretisation).
 
 ``whole`` is the forward and the vector-Jacobian product of ``selective_scan(impl="pallas")``: the parts should
 add up to about it (they are launched separately, so a little more). Times are medians of ``--repeats`` waited
-calls after warm-up calls (``benchmarks.scan.median_time``; 2 s of them on GPU). Sequences of one segment (L <= 256)
-have no summary passes and are refused.
+calls after warm-up calls (``benchmarks.scan.median_time``; 2 s of them on GPU). Sequences of one segment (L at most
+``SEGMENT``) have no summary passes and are refused.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from benchmarks.scan import SHAPES, SMALL_SHAPES, WARMUP_S, Shape, make_inputs, 
 from kernels.selective_scan import backward, forward, ops, split, summaries  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
-FORWARD_PARTS = ("summaries", "chain", "walk")
+FORWARD_PARTS = ("discretise", "summaries", "chain", "walk")
 BACKWARD_PARTS = ("adjoint summaries", "adjoint chain", "backward walk", "reductions")
 PARTS = (*FORWARD_PARTS, *BACKWARD_PARTS, "whole")
 SEGMENT = ops.DESIGNS["split"][2]  # steps per segment of the auto design
@@ -46,12 +48,17 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     composed, for checking against the whole scan."""
     args, cotangent = make_inputs(shape, dtype)
     u, delta, A, B, C, D, z, delta_bias = args
-    _, _, lay, fwd_warps, bwd_warps = ops._design("auto", u, B, A, None, None, None)
+    tuning = ops.Tuning()
+    _, _, lay, fwd_warps, bwd_warps = ops._design(tuning, u, B, A)
     if not lay.segment:
         raise ValueError(f"{shape.name}: L = {shape.length} is one segment; the split design has no summary passes")
-    inputs = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
-    fwd_kw = dict(delta_softplus=True, interpret=interpret, num_warps=fwd_warps)
-    bwd_kw = dict(delta_softplus=True, interpret=interpret, num_warps=bwd_warps)
+    given = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
+    softplus = ops._kernel_inputs(given, True, tuning)[1]  # False when delta is discretised before the kernels
+    fwd_kw = dict(delta_softplus=softplus, interpret=interpret, num_warps=fwd_warps)
+    bwd_kw = dict(delta_softplus=softplus, interpret=interpret, num_warps=bwd_warps)
+
+    def discretise(given):
+        return ops._kernel_inputs(given, True, tuning)[0]
 
     def state_summaries(inputs):
         return summaries.states(inputs, lay, **fwd_kw)
@@ -71,14 +78,17 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     def backward_walk(inputs, h_in):
         return backward.backward(dict(inputs, h_in=h_in), lay, **bwd_kw)
 
-    def reductions(grads):
+    def reductions(grads, given):
         grads = ops.sum_blocks(split.sum_segments(grads, lay), lay)
+        if not tuning.delta_in_kernel:
+            grads = ops._outer_delta_grads(grads, given, True)
         return {k: v.sum(0) if k in ("dA", "dD", "dbias") else v for k, v in grads.items()}
 
     def whole(args, cotangent):
         y, vjp = jax.vjp(lambda *a: selective_scan(*a, delta_softplus=True, impl="pallas"), *args)
         return y, vjp(cotangent)
 
+    inputs = jax.jit(discretise)(given)
     total, dsum = jax.jit(state_summaries)(inputs)
     h_in = jax.jit(chain)(inputs, total, dsum)
     y, states = jax.jit(walk)(inputs, h_in)
@@ -87,15 +97,16 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     h_adjoint = jax.jit(adjoint_chain)(bwd_inputs, adjoint_total, adjoint_dsum)
     grads = jax.jit(backward_walk)(bwd_inputs, h_adjoint)
     return {
+        "discretise": (discretise, (given,)),
         "summaries": (state_summaries, (inputs,)),
         "chain": (chain, (inputs, total, dsum)),
         "walk": (walk, (inputs, h_in)),
         "adjoint summaries": (adjoint_summaries, (bwd_inputs,)),
         "adjoint chain": (adjoint_chain, (bwd_inputs, adjoint_total, adjoint_dsum)),
         "backward walk": (backward_walk, (bwd_inputs, h_adjoint)),
-        "reductions": (reductions, (grads,)),
+        "reductions": (reductions, (grads, given)),
         "whole": (whole, (args, cotangent)),
-        "outputs": (y, jax.jit(reductions)(grads)),
+        "outputs": (y, jax.jit(reductions)(grads, given)),
     }
 
 

@@ -11,8 +11,10 @@ def test_config_fields_map_to_kernel_keywords():
     hoisted = parse_config("split:8:64:1:1:0:1")
     assert "unroll" not in hoisted and hoisted["hoist_loads"] is True
     assert parse_config("serial:32:16:4:8:0:0")["hoist_loads"] is False
+    outside = parse_config("split:16:128:1:1:4:0:1")
+    assert outside["delta_in_kernel"] is False and outside["hoist_loads"] is False and outside["unroll"] == 4
 
 
 def test_too_many_fields_are_refused():
     with pytest.raises(SystemExit, match="expected design:block_d"):
-        parse_config("split:16:128:1:1:4:1:9")
+        parse_config("split:16:128:1:1:4:1:1:9")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,49 +49,86 @@ def _reduced(grads: dict, key: str, like):
 AUTO_DESIGN = "split"
 
 
-def _design(design: str, u, B, A, block_d, chunk, num_warps, unroll=None, ordered=False, hoist_loads=None):
+class Tuning(NamedTuple):
+    """How the kernels run, hashable (a static argument of the custom VJP); None takes the design's default."""
+
+    design: str = "auto"
+    block_d: int | None = None
+    chunk: int | None = None
+    num_warps: tuple[int, int] | None = None
+    unroll: int | None = None
+    hoist_loads: bool | None = None
+    # False: softplus(delta + bias) once in XLA, in float32, not in every kernel pass. libdevice's log1pf and expf
+    # were most of the summary kernels' instructions (1010 -> 357 a 4-step chunk, forward 1101 -> 639, backward
+    # 2563 -> 1660; ``benchmarks/kernel_resources.py``, NOTES.md), for a few elementwise passes over delta.
+    delta_in_kernel: bool = False
+
+
+def _design(tuning: Tuning, u, B, A, ordered=False):
     """(forward, backward, layout, forward warps, backward warps) of a design for these inputs."""
-    if design == "auto":
-        design = AUTO_DESIGN
+    design = AUTO_DESIGN if tuning.design == "auto" else tuning.design
     if design not in DESIGNS:
         raise ValueError(f"selective_scan_pallas: design={design!r}, expected auto or one of {sorted(DESIGNS)}")
     fwd, bwd, default_chunk, cap, fwd_warps, bwd_warps, time_last = DESIGNS[design]
+    block_d = tuning.block_d
     if block_d is None:
         block_d = min(cap, 1 << max(0, (u.shape[2] // B.shape[2] - 1).bit_length()))
-    lay = make_layout(u, B, A.shape[1], block_d, default_chunk if chunk is None else chunk, time_last)
+    lay = make_layout(u, B, A.shape[1], block_d, default_chunk if tuning.chunk is None else tuning.chunk, time_last)
     if design != "serial" and lay.chunk & (lay.chunk - 1):
         raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the {design} design")
     if design == "split":
-        lay = split.layout(lay, unroll)
-    elif unroll is not None:
+        lay = split.layout(lay, tuning.unroll)
+    elif tuning.unroll is not None:
         raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
-    if hoist_loads is not None:
+    if tuning.hoist_loads is not None:
         if design.startswith("tiled"):
             raise ValueError(f"selective_scan_pallas: hoist_loads is a setting of the serial and split designs, "
                              f"not of {design}")
-        lay = dataclasses.replace(lay, hoist_loads=bool(hoist_loads))
+        lay = dataclasses.replace(lay, hoist_loads=bool(tuning.hoist_loads))
     if ordered and design.startswith("tiled"):
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
-    if num_warps is not None:
-        fwd_warps, bwd_warps = num_warps
+    if tuning.num_warps is not None:
+        fwd_warps, bwd_warps = tuning.num_warps
     return fwd, bwd, lay, fwd_warps, bwd_warps
 
 
 REPLICATED = frozenset({"A", "D", "delta_bias", "order"})
 
 
-def _forward(inputs: dict, design, block_d, chunk, num_warps, unroll, hoist_loads, delta_softplus, save, interpret):
+def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
-    forward, _, lay, warps, _ = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps,
-                                        unroll, "order" in inputs, hoist_loads)
+    forward, _, lay, warps, _ = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
-def _backward(inputs: dict, design, block_d, chunk, num_warps, unroll, hoist_loads, delta_softplus, interpret):
+def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
-    _, backward, lay, _, warps = _design(design, inputs["u"], inputs["B"], inputs["A"], block_d, chunk, num_warps,
-                                         unroll, "order" in inputs, hoist_loads)
+    _, backward, lay, _, warps = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs)
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
+
+
+def _pre_softplus(inputs: dict):
+    """delta + bias in float32."""
+    pre = inputs["delta"].astype(jnp.float32)
+    return pre + inputs["delta_bias"].astype(jnp.float32) if "delta_bias" in inputs else pre
+
+
+def _kernel_inputs(inputs: dict, delta_softplus: bool, tuning: Tuning):
+    """(what the kernels read, whether they apply softplus): with ``delta_in_kernel`` off, delta arrives
+    discretised (softplus(delta + bias), float32) and the kernels skip bias and softplus in every pass."""
+    if tuning.delta_in_kernel:
+        return inputs, delta_softplus
+    pre = _pre_softplus(inputs)
+    kernel = {k: v for k, v in inputs.items() if k != "delta_bias"}
+    kernel["delta"] = jax.nn.softplus(pre) if delta_softplus else pre
+    return kernel, False
+
+
+def _outer_delta_grads(grads: dict, inputs: dict, delta_softplus: bool) -> dict:
+    """ddelta and d delta_bias (per batch row, as the kernels give it) through a discretisation done outside the
+    kernels, whose ddelta is with respect to the discretised delta."""
+    d = grads["ddelta"] * jax.nn.sigmoid(_pre_softplus(inputs)) if delta_softplus else grads["ddelta"]
+    return {**grads, "ddelta": d.astype(inputs["delta"].dtype), "dbias": d.sum(axis=1)}
 
 
 def sum_blocks(grads: dict, lay) -> dict:
@@ -100,43 +138,40 @@ def sum_blocks(grads: dict, lay) -> dict:
     return {**grads, **{key: grads[key].reshape(shape).sum(axis=3) for key in ("dB", "dC")}}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13, 14, 15, 16, 17))
-def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, design, block_d,
-          chunk, num_warps, unroll, hoist_loads):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
+def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning):
     save = "last" if return_last_state else "none"
-    out = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk, num_warps=num_warps,
-                                       unroll=unroll, hoist_loads=hoist_loads, delta_softplus=delta_softplus,
-                                       save=save, interpret=interpret),
-                     _inputs(u, delta, A, B, C, D, z, delta_bias, order), REPLICATED)
+    inputs, softplus = _kernel_inputs(_inputs(u, delta, A, B, C, D, z, delta_bias, order), delta_softplus, tuning)
+    out = per_device(functools.partial(_forward, tuning=tuning, delta_softplus=softplus, save=save,
+                                       interpret=interpret), inputs, REPLICATED)
     if return_last_state:
         y, states = out
         return y, states[:, 0]
     return out
 
 
-def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, design,
-              block_d, chunk, num_warps, unroll, hoist_loads):
-    y, states = per_device(functools.partial(_forward, design=design, block_d=block_d, chunk=chunk,
-                                             num_warps=num_warps, unroll=unroll, hoist_loads=hoist_loads,
-                                             delta_softplus=delta_softplus, save="chunks", interpret=interpret),
-                           _inputs(u, delta, A, B, C, D, z, delta_bias, order), REPLICATED)
+def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning):
+    inputs, softplus = _kernel_inputs(_inputs(u, delta, A, B, C, D, z, delta_bias, order), delta_softplus, tuning)
+    y, states = per_device(functools.partial(_forward, tuning=tuning, delta_softplus=softplus, save="chunks",
+                                             interpret=interpret), inputs, REPLICATED)
     out = (y, states[:, -1]) if return_last_state else y
     return out, (u, delta, A, B, C, D, z, delta_bias, order, states)
 
 
-def _scan_bwd(delta_softplus, return_last_state, interpret, design, block_d, chunk, num_warps, unroll, hoist_loads,
-              residuals, cotangent):
+def _scan_bwd(delta_softplus, return_last_state, interpret, tuning, residuals, cotangent):
     u, delta, A, B, C, D, z, delta_bias, order, states = residuals
-    inputs = _inputs(u, delta, A, B, C, D, z, delta_bias, order)
+    given = _inputs(u, delta, A, B, C, D, z, delta_bias, order)
+    inputs, softplus = _kernel_inputs(given, delta_softplus, tuning)
     inputs["states"] = states
     if return_last_state:
         dy, dlast = cotangent
         inputs["dy"], inputs["dlast"] = dy.astype(u.dtype), dlast.astype(jnp.float32)
     else:
         inputs["dy"] = cotangent.astype(u.dtype)
-    g = per_device(functools.partial(_backward, design=design, block_d=block_d, chunk=chunk, num_warps=num_warps,
-                                     unroll=unroll, hoist_loads=hoist_loads, delta_softplus=delta_softplus,
-                                     interpret=interpret), inputs, REPLICATED)
+    g = per_device(functools.partial(_backward, tuning=tuning, delta_softplus=softplus, interpret=interpret), inputs,
+                   REPLICATED)
+    if not tuning.delta_in_kernel:
+        g = _outer_delta_grads(g, given, delta_softplus)
     return (g["du"], g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
             _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias), None)
 
@@ -148,7 +183,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           return_last_state: bool, interpret: bool, design: str = "auto",
                           block_d: int | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
-                          hoist_loads: bool | None = None):
+                          hoist_loads: bool | None = None, delta_in_kernel: bool = False):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -172,6 +207,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         for a 2-D map scanned along K orders without gathered copies. serial and split designs only.
       hoist_loads: serial and split only: issue every load of a chunk before its first store (more registers,
         one memory latency a chunk instead of one a step; default False, ``common.Layout``).
+      delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False (default) computes
+        softplus(delta + bias) once, in float32, before the kernels (and its gradient after them).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -182,6 +219,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
             raise ValueError(f"selective_scan_pallas: order has shape {order.shape} and dtype {order.dtype}, "
                              f"expected integers of shape (groups, L) = {(B.shape[2], u.shape[1])}")
         order = order.astype(jnp.int32)
+    tuning = Tuning(design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
+                    bool(delta_in_kernel))
     return _scan(u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
-                 bool(interpret), design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll,
-                 hoist_loads)
+                 bool(interpret), tuning)

@@ -85,6 +85,8 @@ GRAD_CASES = [
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4), id="all-options-groups-odd-L"),
     pytest.param((1, 8, 6, 3, 4), dict(z=True, delta_softplus=True), dict(block_d=4, chunk=4),
                  id="gate-only-group-smaller-than-block"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
+                 id="all-options-delta-discretised-in-kernel"),
 ]
 
 
@@ -174,10 +176,10 @@ def test_auto_design_is_split_with_its_measured_blocks():
     """auto: split, 16 channels and one warp a program, 128-step segments; a short sequence (a 7x7 stage) gets
     the serial layout, one program per (row, channel block)."""
     from kernels.selective_scan import split
-    from kernels.selective_scan.ops import _design
+    from kernels.selective_scan.ops import Tuning, _design
     A = jnp.zeros((384, 16))
     for length, segment, grid in ((3136, 128, (32, 24, 25)), (49, 0, (32, 24))):
         u, B = jnp.zeros((32, length, 384)), jnp.zeros((32, length, 1, 16))
-        fwd, bwd, lay, fwd_warps, bwd_warps = _design("auto", u, B, A, None, None, None)
+        fwd, bwd, lay, fwd_warps, bwd_warps = _design(Tuning(), u, B, A)
         assert (fwd, bwd) == (split.forward, split.backward)
         assert (lay.block_d, lay.segment, lay.grid, fwd_warps, bwd_warps) == (16, segment, grid, 1, 1)

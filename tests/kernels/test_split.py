@@ -1,7 +1,8 @@
 """The ``split`` design (sequence cut into segments walked by separate programs, ``kernels/selective_scan/split.py``)
 in interpret mode: y and the last state against the float64 NumPy recurrence (relative error 1e-5), every
 gradient against the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one
-segment (the serial kernels alone), with loads interleaved with the stores or hoisted (``hoist_loads``).
+segment (the serial kernels alone), with loads interleaved with the stores or hoisted (``hoist_loads``), and with
+delta discretised once outside the kernels (the default) or in each of them (``delta_in_kernel=True``).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import jax
@@ -25,6 +26,8 @@ CASES = [
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, unroll=2, hoist_loads=True),
                  id="all-options-loads-hoisted"),
     pytest.param((1, 5, 2, 1, 2), ALL_OPTIONS, dict(chunk=8, hoist_loads=True), id="one-segment-loads-hoisted"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
+                 id="all-options-delta-discretised-in-kernel"),
 ]
 
 
@@ -102,3 +105,21 @@ def test_default_unroll_is_four_steps_on_every_grid(rows, length, dim, programs)
     lay = layout(Layout(batch=rows, length=length, dim=dim, groups=1, d_state=16, block_d=16, chunk=256))
     assert int(np.prod(lay.grid)) == programs
     assert lay.chunk == 4
+
+
+def test_bfloat16_gradients_keep_the_inputs_dtypes():
+    """bf16 activations (delta discretised outside the kernels in float32): every gradient in its input's dtype,
+    and within bf16 rounding (3e-2) of the float32 sequential scan's gradient of the same values."""
+    opts = dict(D=True, z=True, delta_bias=True, delta_softplus=True)
+    x = make_inputs(1, 2, 13, 8, 2, 4, dtype=jnp.bfloat16, **opts)
+    names = [k for k, v in x.items() if v is not None]
+    w = jax.random.normal(jax.random.PRNGKey(5), x["u"].shape)
+
+    def grads(impl, x):
+        return jax.jit(jax.grad(lambda x: jnp.sum(scan(impl, x, opts, dict(chunk=4)).astype(jnp.float32) * w)))(x)
+
+    got = grads("split", x)
+    want = grads("sequential", jax.tree.map(lambda a: a.astype(jnp.float32), x))
+    for name in names:
+        assert got[name].dtype == x[name].dtype, name
+        assert rel_err(got[name].astype(jnp.float32), want[name]) < 3e-2, name
