@@ -64,7 +64,7 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
                 y = jnp.sum(states[i + 1] * C[None, :], axis=1)
                 if skip is not None:
                     y = y + skip * step.u
-                sig = jax.nn.sigmoid(z)
+                sig = common.sigmoid(z)
                 common.store_row(o["dz"], p, lay, here, g * y * sig * (1.0 + z * (1.0 - sig)))
                 g = g * z * sig
             common.store_block_row(o["dC"], p, lay, here, jnp.sum(g[:, None] * states[i + 1], axis=0))
@@ -80,7 +80,7 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
             common.store_row(o["du"], p, lay, here, du)
             ddelta = step.u * hB + jnp.sum(hx * rates, axis=1) / common.LOG2E  # sum_n h x a A
             if delta_softplus:
-                ddelta = ddelta * jax.nn.sigmoid(step.delta_pre)
+                ddelta = ddelta * common.sigmoid(step.delta_pre)
             ddelta = jnp.where(step.mask, ddelta, 0.0)
             dbias = dbias + ddelta
             common.store_row(o["ddelta"], p, lay, here, ddelta)

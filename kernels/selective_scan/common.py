@@ -219,6 +219,11 @@ def load_rates(ref, p: Program, lay: Layout):
     return load_matrix(ref, p, lay) * LOG2E
 
 
+def sigmoid(x):
+    """1 / (1 + e^-x) through ``exp2`` (one ``ex2.approx``; ``jax.nn.sigmoid`` lowers to libdevice's expf)."""
+    return 1.0 / (1.0 + jnp.exp2(-LOG2E * x))
+
+
 def decay(delta, rates):
     """exp(delta A) per (channel, state) for a step's (block_d,) delta, from ``load_rates``' tile."""
     return jnp.exp2(delta[:, None] * rates)

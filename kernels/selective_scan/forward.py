@@ -47,7 +47,7 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
             if skip is not None:
                 y = y + skip * step.u
             if z is not None:
-                y = y * z * jax.nn.sigmoid(z)
+                y = y * z * common.sigmoid(z)
             common.store_row(y_ref, p, lay, here, y)
         if save == "chunks":
             common.store_matrix(refs[-1], p, lay, x, index=(p.b, c))

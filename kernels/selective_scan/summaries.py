@@ -54,7 +54,7 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
             g = common.load_row(r["dy"], p, lay, here)
             if "z" in r:
                 z = common.load_row(r["z"], p, lay, here)
-                g = g * z * jax.nn.sigmoid(z)
+                g = g * z * common.sigmoid(z)
             C = common.load_group_row(r["C"], p, lay, here)
             h = common.decay(delta, rates) * (h + g[:, None] * C[None, :])
             dsum = dsum + delta
