@@ -51,8 +51,9 @@ class Shape(NamedTuple):
     dim: int
     d_state: int
     directions: int = 1
-    in_place: int = 0  # K > 0: a square map of `length` positions scanned in place along K "sweep" orders, as
+    in_place: int = 0  # K > 0: a square map of `length` positions scanned in place along K `method` orders, as
     # SS2D runs with fused directions: `dim` holds the K directions' channels, B/C come in K groups, no gate z
+    method: str = "sweep"
 
     @property
     def rows(self) -> int:
@@ -68,7 +69,7 @@ class Shape(NamedTuple):
         if not self.in_place:
             return None
         side = math.isqrt(self.length)
-        return jnp.asarray(scan_orders("sweep", side, side, self.in_place))
+        return jnp.asarray(scan_orders(self.method, side, side, self.in_place))
 
 
 SHAPES = (
@@ -78,13 +79,18 @@ SHAPES = (
     Shape("long", 2, 16384, 768, 16),
     Shape("vmamba-64x64", 8, 64 * 64, 192, 16),
 )
-# The scans of MemoryMamba-tiny's four stages at 224 px, batch 64 (d_inner 192..1536 x 4 directions, in place):
-# what its training step runs, beside the generic shapes above.
+# What the models' training steps scan, beside the generic shapes above, all in place: MemoryMamba-tiny's four stages
+# at 224 px, batch 64 (d_inner 192..1536 x 4 sweep directions), and MambaAD's four decoder stages at 256 px, batch 16
+# (d_inner 128..1024 x 8 Hilbert directions).
 MODEL_SHAPES = (
     Shape("mm-tiny-56", 64, 56 * 56, 4 * 192, 16, in_place=4),
     Shape("mm-tiny-28", 64, 28 * 28, 4 * 384, 16, in_place=4),
     Shape("mm-tiny-14", 64, 14 * 14, 4 * 768, 16, in_place=4),
     Shape("mm-tiny-7", 64, 7 * 7, 4 * 1536, 16, in_place=4),
+    Shape("ad-64", 16, 64 * 64, 8 * 128, 16, in_place=8, method="hilbert"),
+    Shape("ad-32", 16, 32 * 32, 8 * 256, 16, in_place=8, method="hilbert"),
+    Shape("ad-16", 16, 16 * 16, 8 * 512, 16, in_place=8, method="hilbert"),
+    Shape("ad-8", 16, 8 * 8, 8 * 1024, 16, in_place=8, method="hilbert"),
 )
 SMALL_SHAPES = (
     Shape("vim-s/small", 2, 256, 64, 16),

@@ -1,10 +1,11 @@
-"""benchmarks/scan.py's model shapes: they are the scans MemoryMamba-tiny runs (so a timing of them is a timing of the
-model's stages), and the in-place inputs they build run through the scan with the orders SS2D uses."""
+"""benchmarks/scan.py's model shapes: they are the scans MemoryMamba-tiny and MambaAD run (so a timing of them is a
+timing of the models' stages), and the in-place inputs they build run through the scan with the orders SS2D uses."""
 
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.scan import MODEL_SHAPES, SMALL_MODEL_SHAPES, Shape, forward_bytes, make_inputs, measure
+from ssm_jax.models.mambaad import mambaad_model_config
 from ssm_jax.models.memorymamba import memorymamba_presets
 from ssm_jax.ssm import scan_orders, selective_scan
 
@@ -15,7 +16,18 @@ def test_model_shapes_are_memorymamba_tinys_stages_at_224_px():
     for dim in tiny["dims"]:
         expected.append((64, side * side, 4 * 2 * dim, 4))  # batch 64, K=4 directions of d_inner = 2 x dim
         side //= 2
-    assert [(s.batch, s.length, s.dim, s.in_place) for s in MODEL_SHAPES] == expected
+    mm = [(s.batch, s.length, s.dim, s.in_place, s.method) for s in MODEL_SHAPES if s.name.startswith("mm-")]
+    assert mm == [(*e, "sweep") for e in expected]
+
+
+def test_model_shapes_are_mambaads_decoder_stages_at_256_px():
+    ad = mambaad_model_config()
+    side, expected = 256 // 32, []  # the decoder starts at H/32 and doubles the side each stage
+    for dim in ad.decoder_dims:
+        expected.append((16, side * side, ad.directions * int(ad.ssm_ratio * dim), ad.directions, ad.scan_method))
+        side *= 2
+    got = [(s.batch, s.length, s.dim, s.in_place, s.method) for s in MODEL_SHAPES if s.name.startswith("ad-")]
+    assert sorted(got) == sorted(expected)
 
 
 def test_in_place_inputs_have_grouped_b_c_no_gate_and_sweep_orders():
