@@ -2,21 +2,28 @@
 
     python benchmarks/train_throughput.py                         # GPU: 224 px, tiny/small/base, batch 64
     python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --sizes tiny --scan-impl sequential
+    python benchmarks/train_throughput.py --sizes tiny --scan-impl none   # the step without its recurrence
 
 Times the full train step (forward, the eq. 25 loss, backward, AdamW update) on random images after a
 warm-up step, median of ``--steps``; compile is the seconds to lower and compile the step (Pallas kernels
 included); peak memory is the device's ``peak_bytes_in_use`` where the backend
 reports it (GPU), else the compiled step's temporary buffer size. Prints a table.
+
+``--scan-impl none`` swaps the selective scan for ``scanless``, an elementwise stand-in with the same inputs and
+output shape, so the step keeps every other layer: against the real step, the share of the step the scan takes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from unittest import mock
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,11 +68,39 @@ def time_train_step(config, batch_size: int, steps: int, warmup: int = 1, device
             "memory": peak_memory(compiled)}
 
 
+SCAN_USERS = ("ssm_jax.nn.ss2d.selective_scan", "ssm_jax.nn.mamba.selective_scan")
+
+
+def scanless(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, **_):
+    """y from u, delta, B, C (and D, z) in one elementwise expression, with no recurrence: the scan's inputs keep
+    their producers and gradients, so a step with it is the step without the scan. B and C enter through their
+    mean over states (and groups), which also spares part of their producers' backward: the scan's share measured
+    with it is an upper bound."""
+    bc = jnp.mean(B * C, axis=tuple(range(2, B.ndim)))[..., None] + jnp.mean(A)
+    dt = delta + delta_bias if delta_bias is not None else delta
+    y = u * (jax.nn.softplus(dt) if delta_softplus else dt) + bc.astype(u.dtype)
+    if D is not None:
+        y = y + D * u
+    return (y * jax.nn.silu(z) if z is not None else y).astype(u.dtype)
+
+
+def scan_patched(scan_impl: str):
+    """The scan as ``scan_impl`` asks: ``none`` swaps in ``scanless`` where the layers call the scan."""
+    if scan_impl != "none":
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for target in SCAN_USERS:
+        stack.enter_context(mock.patch(target, scanless))
+    return stack
+
+
 def measure(size: str, args) -> dict:
     config = memorymamba_config("elpv", 4, None, image_size=args.image_size)
     apply_size(config, size)
-    config.model.scan_impl, config.model.dtype = args.scan_impl, args.dtype
-    return {"size": size, **time_train_step(config, args.batch_size, args.steps)}
+    config.model.scan_impl = "auto" if args.scan_impl == "none" else args.scan_impl
+    config.model.dtype = args.dtype
+    with scan_patched(args.scan_impl):
+        return {"size": size, **time_train_step(config, args.batch_size, args.steps)}
 
 
 def main():
@@ -74,7 +109,7 @@ def main():
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--scan-impl", default="auto")
+    parser.add_argument("--scan-impl", default="auto", help="a selective_scan impl, or none (see above)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     device = jax.devices()[0]
