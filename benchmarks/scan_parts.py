@@ -53,7 +53,8 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     if not lay.segment:
         raise ValueError(f"{shape.name}: L = {shape.length} is one segment; the split design has no summary passes")
     given = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
-    softplus = ops._kernel_inputs(given, True, tuning)[1]  # False when delta is discretised before the kernels
+    outside = ops._discretised_outside(given, True, tuning)  # delta discretised before the kernels
+    softplus = not outside
     fwd_kw = dict(delta_softplus=softplus, interpret=interpret, num_warps=fwd_warps)
     bwd_kw = dict(delta_softplus=softplus, interpret=interpret, num_warps=bwd_warps)
 
@@ -78,10 +79,10 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     def backward_walk(inputs, h_in):
         return backward.backward(dict(inputs, h_in=h_in), lay, **bwd_kw)
 
-    def reductions(grads, given):
+    def reductions(grads, given, discretised):
         grads = ops.sum_blocks(split.sum_segments(grads, lay), lay)
-        if not tuning.delta_in_kernel:
-            grads = ops._outer_delta_grads(grads, given, True)
+        if outside:
+            grads = ops._outer_delta_grads(grads, given, discretised, True)
         return {k: v.sum(0) if k in ("dA", "dD", "dbias") else v for k, v in grads.items()}
 
     def whole(args, cotangent):
@@ -104,9 +105,9 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
         "adjoint summaries": (adjoint_summaries, (bwd_inputs,)),
         "adjoint chain": (adjoint_chain, (bwd_inputs, adjoint_total, adjoint_dsum)),
         "backward walk": (backward_walk, (bwd_inputs, h_adjoint)),
-        "reductions": (reductions, (grads, given)),
+        "reductions": (reductions, (grads, given, inputs["delta"])),
         "whole": (whole, (args, cotangent)),
-        "outputs": (y, jax.jit(reductions)(grads, given)),
+        "outputs": (y, jax.jit(reductions)(grads, given, inputs["delta"])),
     }
 
 

@@ -108,28 +108,34 @@ def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
 
 
-def _pre_softplus(inputs: dict):
-    """delta + bias in float32."""
-    pre = inputs["delta"].astype(jnp.float32)
-    return pre + inputs["delta_bias"].astype(jnp.float32) if "delta_bias" in inputs else pre
+def _discretised_outside(inputs: dict, delta_softplus: bool, tuning: Tuning) -> bool:
+    """Whether delta reaches the kernels discretised: unless ``delta_in_kernel``, when there is a bias or a
+    softplus to apply."""
+    return not tuning.delta_in_kernel and (delta_softplus or "delta_bias" in inputs)
 
 
 def _kernel_inputs(inputs: dict, delta_softplus: bool, tuning: Tuning):
-    """(what the kernels read, whether they apply softplus): with ``delta_in_kernel`` off, delta arrives
-    discretised (softplus(delta + bias), float32) and the kernels skip bias and softplus in every pass."""
-    if tuning.delta_in_kernel:
+    """(what the kernels read, whether they apply softplus): discretised outside, delta arrives as
+    softplus(delta + bias) in float32 and the kernels skip bias and softplus in every pass."""
+    if not _discretised_outside(inputs, delta_softplus, tuning):
         return inputs, delta_softplus
-    pre = _pre_softplus(inputs)
+    pre = inputs["delta"].astype(jnp.float32)
+    if "delta_bias" in inputs:
+        pre = pre + inputs["delta_bias"].astype(jnp.float32)
     kernel = {k: v for k, v in inputs.items() if k != "delta_bias"}
     kernel["delta"] = jax.nn.softplus(pre) if delta_softplus else pre
     return kernel, False
 
 
-def _outer_delta_grads(grads: dict, inputs: dict, delta_softplus: bool) -> dict:
-    """ddelta and d delta_bias (per batch row, as the kernels give it) through a discretisation done outside the
-    kernels, whose ddelta is with respect to the discretised delta."""
-    d = grads["ddelta"] * jax.nn.sigmoid(_pre_softplus(inputs)) if delta_softplus else grads["ddelta"]
-    return {**grads, "ddelta": d.astype(inputs["delta"].dtype), "dbias": d.sum(axis=1)}
+def _outer_delta_grads(grads: dict, given: dict, discretised, delta_softplus: bool) -> dict:
+    """ddelta (in delta's dtype) and d delta_bias (per batch row, as the kernels give it) through a discretisation
+    done outside the kernels, from their ddelta with respect to the ``discretised`` delta. softplus' derivative
+    is sigmoid(x) = 1 - exp(-softplus(x)), so x itself is not needed again."""
+    d = grads["ddelta"] * -jnp.expm1(-discretised) if delta_softplus else grads["ddelta"]
+    out = {**grads, "ddelta": d.astype(given["delta"].dtype)}
+    if "delta_bias" in given:
+        out["dbias"] = d.sum(axis=1)
+    return out
 
 
 def sum_blocks(grads: dict, lay) -> dict:
@@ -171,8 +177,8 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, tuning, residuals, c
         inputs["dy"] = cotangent.astype(u.dtype)
     g = per_device(functools.partial(_backward, tuning=tuning, delta_softplus=softplus, interpret=interpret), inputs,
                    REPLICATED)
-    if not tuning.delta_in_kernel:
-        g = _outer_delta_grads(g, given, delta_softplus)
+    if _discretised_outside(given, delta_softplus, tuning):
+        g = _outer_delta_grads(g, given, inputs["delta"], delta_softplus)
     return (g["du"], g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
             _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias), None)
 

@@ -28,6 +28,7 @@ CASES = [
     pytest.param((1, 5, 2, 1, 2), ALL_OPTIONS, dict(chunk=8, hoist_loads=True), id="one-segment-loads-hoisted"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
                  id="all-options-delta-discretised-in-kernel"),
+    pytest.param((1, 11, 4, 1, 3), dict(D=True, delta_bias=True), dict(chunk=4), id="bias-without-softplus"),
 ]
 
 
