@@ -17,8 +17,9 @@ a training step runs them:
 
 ``whole`` is the forward and the vector-Jacobian product of ``selective_scan(impl="pallas")``: the parts should
 add up to about it (they are launched separately, so a little more). Times are medians of ``--repeats`` waited
-calls after warm-up calls (``benchmarks.scan.median_time``; 2 s of them on GPU). Sequences of one segment (L at most
-``SEGMENT``) have no summary passes and are refused.
+calls after warm-up calls (``benchmarks.scan.median_time``; 2 s of them on GPU). Shapes the auto design walks in one
+segment (L at most ``SEGMENT``, or a grid already full: ``split.default_segment``) have no summary passes and are
+refused.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ssm_jax.ssm import selective_scan  # noqa: E402
 FORWARD_PARTS = ("discretise", "summaries", "chain", "walk")
 BACKWARD_PARTS = ("adjoint summaries", "adjoint chain", "backward walk", "reductions")
 PARTS = (*FORWARD_PARTS, *BACKWARD_PARTS, "whole")
-SEGMENT = ops.DESIGNS["split"][2]  # steps per segment of the auto design
+SEGMENT = split.SEGMENT  # steps per segment of the auto design on a grid short of programs
 
 
 def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
@@ -50,8 +51,10 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     u, delta, A, B, C, D, z, delta_bias = args
     tuning = ops.Tuning()
     _, _, lay, fwd_warps, bwd_warps = ops._design(tuning, u, B, A)
+    bwd_lay = ops._design(tuning, u, B, A, direction="backward")[2]
     if not lay.segment:
-        raise ValueError(f"{shape.name}: L = {shape.length} is one segment; the split design has no summary passes")
+        raise ValueError(f"{shape.name}: L = {shape.length} is one segment for the auto design; it has no summary "
+                         f"passes")
     given = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
     outside = ops._discretised_outside(given, True, tuning)  # delta discretised before the kernels
     softplus = not outside
@@ -71,13 +74,13 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
         return forward.forward(dict(inputs, h_in=h_in), lay, save="chunks", **fwd_kw)
 
     def adjoint_summaries(inputs):
-        return summaries.adjoints(inputs, lay, **bwd_kw)
+        return summaries.adjoints(inputs, bwd_lay, **bwd_kw)
 
     def adjoint_chain(inputs, total, dsum):
         return split.entering_adjoints(inputs, total, dsum, None)
 
     def backward_walk(inputs, h_in):
-        return backward.backward(dict(inputs, h_in=h_in), lay, **bwd_kw)
+        return backward.backward(dict(inputs, h_in=h_in), bwd_lay, **bwd_kw)
 
     def reductions(grads, given, discretised):
         grads = ops.sum_blocks(split.sum_segments(grads, lay), lay)
@@ -134,17 +137,25 @@ def run(shapes, dtype, repeats: int, json_path: str | None) -> list[dict]:
     return rows
 
 
+def segmented(shape: Shape) -> bool:
+    """Whether the auto design cuts this shape's sequence into segments (only then are there parts to time)."""
+    u = jax.ShapeDtypeStruct((shape.rows, shape.length, shape.dim), jnp.float32)
+    B = jax.ShapeDtypeStruct((shape.rows, shape.length, shape.groups, shape.d_state), jnp.float32)
+    A = jax.ShapeDtypeStruct((shape.dim, shape.d_state), jnp.float32)
+    return bool(ops._design(ops.Tuning(), u, B, A)[2].segment)
+
+
 def main() -> None:
     on_gpu = jax.default_backend() == "gpu"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=not on_gpu,
                         help="shrunken shapes in interpret mode (default when no GPU)")
-    parser.add_argument("--shapes", help="comma-separated shape names (default: all with more than one segment)")
+    parser.add_argument("--shapes", help="comma-separated shape names (default: all the auto design segments)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", help="append one JSON line per row to this file")
     args = parser.parse_args()
-    shapes = select_shapes([s for s in (SMALL_SHAPES if args.small else SHAPES) if s.length > SEGMENT], args.shapes)
+    shapes = select_shapes([s for s in (SMALL_SHAPES if args.small else SHAPES) if segmented(s)], args.shapes)
     print(f"# {jax.devices()[0].device_kind} ({jax.default_backend()}), {args.dtype}, Pallas split design, "
           f"median of {args.repeats}", flush=True)
     run(shapes, jnp.dtype(args.dtype), args.repeats, args.json)

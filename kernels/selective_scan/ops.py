@@ -5,8 +5,8 @@ Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one
 or channel-major); ``split`` cuts the sequence into ``chunk``-step segments walked by separate programs
 (``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; a sequence of
 one segment runs the serial kernels alone). ``auto`` is ``split`` with 16 channels and one warp per program,
-128-step segments and a checkpoint every 4 steps: the fastest Pallas design measured for forward+backward on the
-benchmark shapes (NOTES.md). Under
+128-step segments (one segment when the grid is already full), a checkpoint every 4 steps and the forward's loads
+hoisted: the fastest Pallas design measured for forward+backward on the benchmark shapes (NOTES.md). Under
 differentiation the forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the
 backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
@@ -32,7 +32,7 @@ DESIGNS = {
     "tiled": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, False),
     "tiled_t": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, True),
     "serial": (forward.forward, backward.backward, 16, 32, 4, 8, False),
-    "split": (split.forward, split.backward, 128, 16, 1, 1, False),  # chunk: steps per segment
+    "split": (split.forward, split.backward, split.SEGMENT, 16, 1, 1, False),  # chunk: steps per segment
 }
 
 
@@ -48,6 +48,9 @@ def _reduced(grads: dict, key: str, like):
 
 
 AUTO_DESIGN = "split"
+# ``hoist_loads`` left as None, by kernel: hoisted, the forward walk was 6-18 % faster on four of the five benchmark
+# shapes and the backward walk slower on all five (registers 168 -> 254; one H200, NOTES.md, "Session 10").
+HOIST_BY_DEFAULT = {"forward": True, "backward": False}
 
 
 class Tuning(NamedTuple):
@@ -65,8 +68,9 @@ class Tuning(NamedTuple):
     delta_in_kernel: bool = False
 
 
-def _design(tuning: Tuning, u, B, A, ordered=False):
-    """(forward, backward, layout, forward warps, backward warps) of a design for these inputs."""
+def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
+    """(forward, backward, layout, forward warps, backward warps) of a design for these inputs; the layout is the
+    ``direction`` kernel's ("forward" or "backward": they differ in ``hoist_loads`` by default)."""
     design = AUTO_DESIGN if tuning.design == "auto" else tuning.design
     if design not in DESIGNS:
         raise ValueError(f"selective_scan_pallas: design={design!r}, expected auto or one of {sorted(DESIGNS)}")
@@ -78,14 +82,17 @@ def _design(tuning: Tuning, u, B, A, ordered=False):
     if design != "serial" and lay.chunk & (lay.chunk - 1):
         raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the {design} design")
     if design == "split":
+        if tuning.chunk is None:
+            lay = dataclasses.replace(lay, chunk=split.default_segment(lay))
         lay = split.layout(lay, tuning.unroll)
     elif tuning.unroll is not None:
         raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
-    if tuning.hoist_loads is not None:
-        if design.startswith("tiled"):
-            raise ValueError(f"selective_scan_pallas: hoist_loads is a setting of the serial and split designs, "
-                             f"not of {design}")
-        lay = dataclasses.replace(lay, hoist_loads=bool(tuning.hoist_loads))
+    if tuning.hoist_loads is not None and design.startswith("tiled"):
+        raise ValueError(f"selective_scan_pallas: hoist_loads is a setting of the serial and split designs, "
+                         f"not of {design}")
+    if not design.startswith("tiled"):
+        hoist = HOIST_BY_DEFAULT[direction] if tuning.hoist_loads is None else bool(tuning.hoist_loads)
+        lay = dataclasses.replace(lay, hoist_loads=hoist)
     if ordered and design.startswith("tiled"):
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if tuning.num_warps is not None:
@@ -104,7 +111,8 @@ def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
 
 def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
-    _, backward, lay, _, warps = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs)
+    _, backward, lay, _, warps = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs,
+                                         direction="backward")
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
 
 
@@ -204,7 +212,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       block_d: channels per program (power of two; default the design's cap, 16 tiled and split / 32 serial, or the
         channels per group rounded up to a power of two when fewer).
       chunk: time steps per tile and checkpoint (default 64 tiled, 16 serial; a power of two for tiled);
-        for split, time steps per segment (a power of two, default 128).
+        for split, time steps per segment (a power of two; default 128, or the whole sequence when the batch rows x
+        channel blocks per device already number ``split.FULL_GRID``).
       num_warps: (forward, backward) warps per program (default: the design's).
       unroll: split only: steps per unrolled chunk and between checkpoints inside a segment (a power of two;
         default 4, as measured: ``split.UNROLL``); fewer steps hold fewer state tiles in the backward's registers
@@ -213,7 +222,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         in the order order[g] (step t reads and writes position order[g, t]; y comes back at the positions),
         for a 2-D map scanned along K orders without gathered copies. serial and split designs only.
       hoist_loads: serial and split only: issue every load of a chunk before its first store (more registers,
-        one memory latency a chunk instead of one a step; default False, ``common.Layout``).
+        one memory latency a chunk instead of one a step); None (default): in the forward kernels only, as
+        measured (``HOIST_BY_DEFAULT``).
       delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False (default) computes
         softplus(delta + bias) once, in float32, before the kernels (and its gradient after them).
 

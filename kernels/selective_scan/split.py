@@ -27,6 +27,19 @@ from kernels.selective_scan.common import Layout
 # Steps unrolled per chunk (and between checkpoints) inside a segment. With the one-warp kernels, 4 beat 8 and 16 in
 # forward+backward on all five benchmark shapes (registers 204 instead of 255, no spills; NOTES.md, "one warp").
 UNROLL = 4
+# Steps per segment when the grid needs segments: 128 beat 256 on four of the five benchmark shapes (NOTES.md).
+SEGMENT = 128
+# Segments pay only when the (batch, channel blocks) grid alone leaves the GPU short of programs. From this many up,
+# one segment (no summary pass, one read of the inputs) was the fastest on every model shape measured: mm-tiny-56
+# (3,072 programs) forward+backward 10.4 ms against 12.9 at 256-step segments, mm-tiny-14 and ad-16 (4,096 and
+# more) 2.5 and 1.2 against 3.8 and 1.6 at 128 (one H200, NOTES.md, "Segment length by grid").
+FULL_GRID = 2048
+
+
+def default_segment(lay: Layout) -> int:
+    """Steps per segment when none is asked: the whole sequence once the grid alone has ``FULL_GRID`` programs
+    (batch rows x channel blocks, per device), else ``SEGMENT``."""
+    return pl.next_power_of_2(lay.length) if lay.batch * lay.n_blocks >= FULL_GRID else SEGMENT
 
 
 def layout(lay: Layout, unroll: int | None = None) -> Layout:

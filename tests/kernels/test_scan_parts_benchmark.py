@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks.scan import Shape
-from benchmarks.scan_parts import PARTS, SEGMENT, part_functions, run
+from benchmarks.scan import SHAPES
+from benchmarks.scan_parts import PARTS, SEGMENT, part_functions, run, segmented
 
 TWO_SEGMENTS = Shape("two segments", 1, 2 * SEGMENT, 16, 4)
 ORDER = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")  # selective_scan's float inputs
@@ -37,3 +38,9 @@ def test_run_writes_a_row_per_part(tmp_path):
 def test_one_segment_sequence_is_refused():
     with pytest.raises(ValueError, match=f"L = {SEGMENT} is one segment"):
         part_functions(Shape("one segment", 1, SEGMENT, 16, 4), jnp.float32, interpret=True)
+
+
+def test_only_segmented_shapes_have_parts():
+    """The 8-dir grid (512 rows x 12 channel blocks) is full, so auto walks it in one segment; the others not."""
+    assert {s.name: segmented(s) for s in SHAPES} == {
+        "vim-s": True, "mamba-768": True, "8-dir": False, "long": True, "vmamba-64x64": True}

@@ -173,13 +173,20 @@ def test_hoisted_loads_belong_to_the_serial_and_split_designs():
 
 
 def test_auto_design_is_split_with_its_measured_blocks():
-    """auto: split, 16 channels and one warp a program, 128-step segments; a short sequence (a 7x7 stage) gets
-    the serial layout, one program per (row, channel block)."""
+    """auto: split, 16 channels and one warp a program, 128-step segments while the (rows, channel blocks) grid has
+    fewer than split.FULL_GRID programs; a short sequence (a 7x7 stage) or a full grid (MemoryMamba-tiny's first
+    stage at batch 64: 64 x 48 programs) gets the serial layout, one program per (row, channel block). Loads are
+    hoisted in the forward kernel only."""
     from kernels.selective_scan import split
     from kernels.selective_scan.ops import Tuning, _design
-    A = jnp.zeros((384, 16))
-    for length, segment, grid in ((3136, 128, (32, 24, 25)), (49, 0, (32, 24))):
-        u, B = jnp.zeros((32, length, 384)), jnp.zeros((32, length, 1, 16))
+    for rows, length, dim, segment, grid in ((32, 3136, 384, 128, (32, 24, 25)), (32, 49, 384, 0, (32, 24)),
+                                             (64, 3136, 768, 0, (64, 48)), (42, 3136, 768, 128, (42, 48, 25))):
+        u, B, A = jnp.zeros((rows, length, dim)), jnp.zeros((rows, length, 1, 16)), jnp.zeros((dim, 16))
         fwd, bwd, lay, fwd_warps, bwd_warps = _design(Tuning(), u, B, A)
         assert (fwd, bwd) == (split.forward, split.backward)
         assert (lay.block_d, lay.segment, lay.grid, fwd_warps, bwd_warps) == (16, segment, grid, 1, 1)
+        assert lay.hoist_loads and not _design(Tuning(), u, B, A, direction="backward")[2].hoist_loads
+    assert _design(Tuning(chunk=256), u, B, A)[2].segment == 256  # an explicit segment length is kept
+    for hoist in (False, True):
+        assert {_design(Tuning(hoist_loads=hoist), u, B, A, direction=d)[2].hoist_loads
+                for d in ("forward", "backward")} == {hoist}
