@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py                         # GPU: 224 px, tiny/small/base, batch 64
     python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --sizes tiny --scan-impl sequential
     python benchmarks/train_throughput.py --sizes tiny --scan-impl none   # the step without its recurrence
+    python benchmarks/train_throughput.py --sizes tiny --memory off       # the backbone alone (VMamba-like)
 
 Times the full train step (forward, the eq. 25 loss, backward, AdamW update) on random images after a
 warm-up step, median of ``--steps``; compile is the seconds to lower and compile the step (Pallas kernels
@@ -11,6 +12,8 @@ reports it (GPU), else the compiled step's temporary buffer size. Prints a table
 
 ``--scan-impl none`` swaps the selective scan for ``scanless``, an elementwise stand-in with the same inputs and
 output shape, so the step keeps every other layer: against the real step, the share of the step the scan takes.
+``--memory off`` drops the coarse and fine memories and the fusion (the paper's ablation row); with both, the three
+runs split the step into scan, memory modules and the rest.
 """
 
 from __future__ import annotations
@@ -94,11 +97,19 @@ def scan_patched(scan_impl: str):
     return stack
 
 
-def measure(size: str, args) -> dict:
+def bench_config(size: str, args):
+    """The MemoryMamba config a row times: ``size``, and the image size, scan, dtype and memory of ``args``."""
     config = memorymamba_config("elpv", 4, None, image_size=args.image_size)
     apply_size(config, size)
     config.model.scan_impl = "auto" if args.scan_impl == "none" else args.scan_impl
     config.model.dtype = args.dtype
+    memory = args.memory == "on"
+    config.model.use_coarse_memory = config.model.use_fine_memory = config.model.use_fusion = memory
+    return config
+
+
+def measure(size: str, args) -> dict:
+    config = bench_config(size, args)
     with scan_patched(args.scan_impl):
         return {"size": size, **time_train_step(config, args.batch_size, args.steps)}
 
@@ -111,10 +122,12 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--scan-impl", default="auto", help="a selective_scan impl, or none (see above)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--memory", default="on", choices=["on", "off"], help="MemoryMamba's memory modules")
     args = parser.parse_args()
     device = jax.devices()[0]
     print(f"# {len(jax.devices())} x {device.device_kind} ({device.platform}); {args.image_size} px, global batch "
-          f"{args.batch_size}, scan {args.scan_impl}, activations {args.dtype}, median of {args.steps} steps")
+          f"{args.batch_size}, scan {args.scan_impl}, memory {args.memory}, activations {args.dtype}, median of "
+          f"{args.steps} steps")
     print(f"{'size':<7}{'params':>12}{'compile (s)':>13}{'step (s)':>11}{'images/s':>11}  peak memory", flush=True)
     for size in args.sizes:
         r = measure(size, args)

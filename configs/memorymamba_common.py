@@ -27,6 +27,9 @@ def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_s
     config.data = common.data_config(dataset, root, image_size, **source_kwargs)
     config.optim = common.optim_config()
     config.train = common.train_config()
+    # tta: test-time augmentation at evaluation, probabilities averaged over "flips" (4 views) or "d4" (8: the 90-degree
+    # rotations and mirrors; square images) of each image; "none" by default. Results go to <workdir>/eval_tta_<mode>.
+    config.eval = ml_collections.ConfigDict({"tta": "none"})
     return config
 
 

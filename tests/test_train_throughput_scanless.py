@@ -7,7 +7,7 @@ import numpy as np
 
 import ssm_jax.nn.mamba
 import ssm_jax.nn.ss2d
-from benchmarks.train_throughput import scan_patched, scanless
+from benchmarks.train_throughput import bench_config, scan_patched, scanless
 from ssm_jax.ssm import selective_scan
 
 
@@ -30,3 +30,13 @@ def test_none_swaps_the_scan_only_inside_its_context():
     assert ssm_jax.nn.ss2d.selective_scan is selective_scan and ssm_jax.nn.mamba.selective_scan is selective_scan
     with scan_patched("pallas"):
         assert ssm_jax.nn.ss2d.selective_scan is selective_scan
+
+
+def test_memory_off_drops_the_three_memory_modules_only():
+    from types import SimpleNamespace
+    rows = {m: bench_config("tiny", SimpleNamespace(image_size=224, scan_impl="none", dtype="bfloat16", memory=m))
+            for m in ("on", "off")}
+    flags = ("use_coarse_memory", "use_fine_memory", "use_fusion")
+    assert [rows["on"].model[f] for f in flags] == [True] * 3 and [rows["off"].model[f] for f in flags] == [False] * 3
+    assert rows["off"].model.depths == (2, 2, 9, 2) and rows["off"].model.scan_impl == "auto"
+    assert rows["off"].model.dtype == "bfloat16"

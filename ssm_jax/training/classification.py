@@ -14,9 +14,11 @@ from ssm_jax import viz
 from ssm_jax.losses import memorymamba_loss
 from ssm_jax.metrics import classification_metrics
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
+from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
 from ssm_jax.training import state as state_lib
+from ssm_jax.training import tta as tta_lib
 from ssm_jax.training.state import TrainState
 
 
@@ -45,6 +47,12 @@ def resolve_class_weights(spec, labels, num_classes: int) -> np.ndarray | None:
         raise ValueError(f"loss.class_weights={spec!r}; expected 'none', 'balanced' or {num_classes} positive "
                          f"weights such as '{','.join(['1.0'] * num_classes)}'")
     return weights.astype(np.float32)
+
+
+def eval_dir_name(config) -> str:
+    """Where evaluation writes under the workdir: ``eval``, or ``eval_tta_<mode>`` with test-time augmentation, so
+    a run evaluated both ways keeps both."""
+    return "eval" if config.eval.tta == "none" else f"eval_tta_{config.eval.tta}"
 
 
 def step_kwargs(config, train_source) -> dict:
@@ -98,12 +106,16 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
                    donate_argnums=0)
 
 
-def make_predict_step(mesh):
-    """``(state, images) -> {"probs": class probabilities}``, jitted with images and outputs sharded along ``data``."""
+def make_predict_step(mesh, tta: str = "none"):
+    """``(state, images) -> {"probs": class probabilities}``, jitted with images and outputs sharded along ``data``;
+    with ``tta`` other than "none", the probabilities averaged over its views of each image (``training.tta``)."""
+    tta_lib.check_mode(tta)
 
     def predict(state: TrainState, images):
-        outputs = state.apply_fn({"params": state.params, **state.model_state}, images, train=False)
-        return {"probs": jax.nn.softmax(outputs["logits"], axis=-1)}
+        def logits(view):
+            return state.apply_fn({"params": eval_params(state), **state.model_state}, view, train=False)["logits"]
+
+        return {"probs": tta_lib.mean_probs(logits, images, tta)}
 
     return jax.jit(traced_on(mesh, predict), in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
                    out_shardings=batch_sharding(mesh))
@@ -115,15 +127,16 @@ def predict_dataset(state, predict_step, batches, *, num_examples: int, local_ba
                               mesh=mesh, keep=lambda batch: {"labels": batch["label"], "indices": batch["index"]})
 
 
-def write_evaluation(predictions: dict, source, out_dir) -> dict:
-    """Metrics JSON, per-class report, confusion-matrix PNG and per-image predictions CSV under ``out_dir``."""
+def write_evaluation(predictions: dict, source, out_dir, tta: str = "none") -> dict:
+    """Metrics JSON (with the ``tta`` it was predicted with), per-class report, confusion-matrix PNG and per-image
+    predictions CSV under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
     pred = predictions["probs"].argmax(-1)
     m = classification_metrics(predictions["labels"], pred, len(names))
     summary = {"acc": m["acc"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-               "num_images": int(len(pred)),
+               "num_images": int(len(pred)), "tta": tta,
                "per_class": {name: {k: float(m["per_class"][k][i]) for k in ("precision", "recall", "f1", "support")}
                              for i, name in enumerate(names)},
                "confusion": m["confusion"].tolist(), "class_names": names}

@@ -21,6 +21,7 @@ from ssm_jax.losses import feature_mse_loss
 from ssm_jax.metrics import anomaly_metrics_by_category
 from ssm_jax.models.mambaad import anomaly_map_from_features
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
+from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
 from ssm_jax.training import state as state_lib
@@ -132,7 +133,7 @@ def make_predict_step(mesh, sigma: float):
     what is gathered and kept on the host (scores come from the float32 maps)."""
 
     def predict(state: TrainState, images):
-        outputs = state.apply_fn({"params": state.params, **state.model_state}, images, train=False)
+        outputs = state.apply_fn({"params": eval_params(state), **state.model_state}, images, train=False)
         maps, scores = anomaly_map_from_features(outputs["encoder"], outputs["decoder"], images.shape[1:3], sigma)
         return {"maps": maps.astype(jnp.float16), "scores": scores}
 

@@ -38,6 +38,7 @@ from ssm_jax.models.snarm import SNARM, anomaly_map_from_logits
 from ssm_jax.nn.resample import upsample_bilinear_align_corners
 from ssm_jax.training import state as state_lib
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
+from ssm_jax.training.ema import eval_params
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
 from ssm_jax.training.reconstruction import (FROZEN, format_report, predict_dataset, read_encoder_weights,
                                              warn_if_random_encoder, with_encoder, write_evaluation,
@@ -247,7 +248,7 @@ def make_predict_step(mesh, sigma: float, score_pool: int = 16, score_stride: in
     """``(state, images) -> {"maps" (B, H, W) float16, "scores" (B,)}``, as MambaAD's (scores from float32 maps)."""
 
     def predict(state: TrainState, images):
-        outputs = state.apply_fn({"params": state.params, **state.model_state}, images, train=False)
+        outputs = state.apply_fn({"params": eval_params(state), **state.model_state}, images, train=False)
         maps, scores = anomaly_map_from_logits(outputs["logits"], images.shape[1:3], sigma, score_pool, score_stride)
         return {"maps": maps.astype(jnp.float16), "scores": scores}
 

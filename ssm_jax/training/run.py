@@ -72,13 +72,18 @@ class Family:
     predict_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
     step_kwargs: Callable[[ml_collections.ConfigDict, Source], dict] = _no_step_kwargs
     output_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
+    summary_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs  # write_evaluation's alone
+    eval_dir: Callable[[ml_collections.ConfigDict], str] = lambda config: "eval"
     on_fresh_start: Callable[[ml_collections.ConfigDict], None] = lambda config: None
     data_task: str = ""
 
 
 TASKS = {
     "classification": Family(classification, ("memorymamba",), "metrics.json, confusion.png, predictions.csv",
-                             check=_check_num_classes, step_kwargs=classification.step_kwargs),
+                             check=_check_num_classes, step_kwargs=classification.step_kwargs,
+                             predict_kwargs=lambda config: {"tta": config.eval.tta},
+                             summary_kwargs=lambda config: {"tta": config.eval.tta},
+                             eval_dir=classification.eval_dir_name),
     "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                       frozen=reconstruction.FROZEN,
                       state_kwargs=lambda config, resuming: {"encoder_weights": config.model.encoder_weights},
@@ -229,15 +234,20 @@ class Experiment:
         predictions = self._predict(source)
         summary = {}
         if jax.process_index() == 0:
-            module = self.family.module
-            summary = module.write_evaluation(predictions, source, self.workdir / "eval",
-                                              **self.family.output_kwargs(self.config))
+            module, out_dir = self.family.module, self.eval_dir
+            summary = module.write_evaluation(predictions, source, out_dir, **self.family.output_kwargs(self.config),
+                                              **self.family.summary_kwargs(self.config))
             _say(module.format_report(summary))
-            _say(f"wrote {self.workdir / 'eval'} ({self.family.outputs})")
+            _say(f"wrote {out_dir} ({self.family.outputs})")
         return summary
 
+    @property
+    def eval_dir(self) -> Path:
+        """``<workdir>/eval`` (``eval_tta_<mode>`` for a classifier evaluated with test-time augmentation)."""
+        return self.workdir / self.family.eval_dir(self.config)
+
     def predict_folder(self, folder) -> Path:
-        """Predictions for every image in ``folder`` (recursively) -> ``<workdir>/eval/predict_<name>.csv``: class
+        """Predictions for every image in ``folder`` (recursively) -> ``<eval_dir>/predict_<name>.csv``: class
         probabilities (classification) or anomaly scores plus the top-scoring overlays (anomaly detection)."""
         folder = Path(folder).expanduser()
         if not folder.is_dir():
@@ -249,7 +259,7 @@ class Experiment:
         predictions = self._predict(source)
         out = None
         if jax.process_index() == 0:
-            out = self.family.module.write_folder_predictions(predictions, source, self.workdir / "eval", folder.name,
+            out = self.family.module.write_folder_predictions(predictions, source, self.eval_dir, folder.name,
                                                               **self.family.output_kwargs(self.config))
             _say(f"predicted {len(paths)} images -> {out}")
         return out
