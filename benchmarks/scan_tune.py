@@ -3,10 +3,11 @@
     python benchmarks/scan_tune.py --configs tiled:16:64:4:4,serial:32:16:4:8 --dtypes float32,bfloat16 \
         --check --json $OUT/tune.jsonl --budget 400
 
-A config is ``design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside]]]`` (unroll: split only,
-the steps between checkpoints inside a segment, 0 or left out for the default ``split.UNROLL``; hoist: 1 to issue a
-chunk's loads before its stores, ``hoist_loads``; outside: 1 to discretise delta once outside the kernels,
-``delta_in_kernel=False``). For each config x shape x dtype
+A config is ``design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch]]]]`` (unroll:
+split only, the steps between checkpoints inside a segment, 0 or left out for the default ``split.UNROLL``; hoist: 1
+to issue a chunk's loads before its stores in both kernels, 0 in neither, left out or empty for the default, the
+forward only; outside: 1 to discretise delta once outside the kernels, ``delta_in_kernel=False``; prefetch: 1 to load an
+in-place shape's positions a chunk ahead, ``prefetch_order``). For each config x shape x dtype
 it prints forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
 dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
 input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the
@@ -35,22 +36,28 @@ from ssm_jax.ssm import selective_scan  # noqa: E402
 from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
 
 
-FIELDS = "design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside]]]"
+FIELDS = "design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch]]]]"
 
 
 def parse_config(text: str) -> dict:
-    """A config (``FIELDS``) -> selective_scan_pallas keywords (unroll 0 or left out: the design's default; hoist 1:
-    ``hoist_loads``; outside 1: delta discretised outside the kernels, ``delta_in_kernel=False``)."""
+    """A config (``FIELDS``) -> selective_scan_pallas keywords. An optional field left empty (``split:16:128:1:1:4::1``)
+    or out takes the default; chunk and unroll 0 too (split: the segment length ``split.default_segment`` picks). hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta
+    discretised outside the kernels, ``delta_in_kernel=False``; prefetch 1: ``prefetch_order``."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
-    if len(rest) > 3:
+    if len(rest) > 4:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")
-    config = dict(design=design, block_d=int(block_d), chunk=int(chunk), num_warps=(int(fwd_warps), int(bwd_warps)))
-    if rest and int(rest[0]):
-        config["unroll"] = int(rest[0])
-    if len(rest) >= 2:
-        config["hoist_loads"] = bool(int(rest[1]))
-    if len(rest) == 3:
-        config["delta_in_kernel"] = not int(rest[2])
+    config = dict(design=design, block_d=int(block_d), num_warps=(int(fwd_warps), int(bwd_warps)))
+    if chunk and int(chunk):
+        config["chunk"] = int(chunk)
+    unroll, hoist, outside, prefetch = (int(v) if v else None for v in rest + [""] * (4 - len(rest)))
+    if unroll:
+        config["unroll"] = unroll
+    if hoist is not None:
+        config["hoist_loads"] = bool(hoist)
+    if outside is not None:
+        config["delta_in_kernel"] = not outside
+    if prefetch is not None:
+        config["prefetch_order"] = bool(prefetch)
     return config
 
 

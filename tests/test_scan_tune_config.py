@@ -13,8 +13,13 @@ def test_config_fields_map_to_kernel_keywords():
     assert parse_config("serial:32:16:4:8:0:0")["hoist_loads"] is False
     outside = parse_config("split:16:128:1:1:4:0:1")
     assert outside["delta_in_kernel"] is False and outside["hoist_loads"] is False and outside["unroll"] == 4
+    assert "prefetch_order" not in outside
+    assert parse_config("split:16:128:1:1:4:0:1:1")["prefetch_order"] is True
+    default_hoist = parse_config("split:16:128:1:1:4::1:1")  # an empty field takes the default
+    assert "hoist_loads" not in default_hoist and default_hoist["prefetch_order"] is True
+    assert "chunk" not in parse_config("split:16:0:1:1:4")  # the design's own segment length
 
 
 def test_too_many_fields_are_refused():
     with pytest.raises(SystemExit, match="expected design:block_d"):
-        parse_config("split:16:128:1:1:4:1:1:9")
+        parse_config("split:16:128:1:1:4:1:1:1:9")

@@ -44,12 +44,10 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
         return (common.load_step(r, p, lay, here, bias, delta_softplus), common.load_group_row(r["C"], p, lay, here),
                 common.load_row(r["dy"], p, lay, here), z)
 
-    def chunk(k, carry):
+    def chunk(c, heres, carry):
         h, dA, dskip, dbias = carry
-        c = p.c0 + lay.program_chunks - 1 - k
         x = common.load_matrix(r["states"], p, lay, index=(p.b, jnp.maximum(c - 1, 0)))
         x = jnp.where(c > 0, x, 0.0)
-        heres = [common.at(p, lay, c * lay.chunk + i) for i in range(lay.chunk)]
         # Hoisted: every input of the chunk loaded once, before the first store, and held through both walks.
         # Otherwise (fewer registers) the reverse walk loads its step again, between the previous step's stores.
         hoisted = [load(here) for here in heres] if lay.hoist_loads else None
@@ -93,7 +91,7 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
         h0 = common.load_matrix(r["h_in"], p, lay, index=(p.b, p.seg))
     else:
         h0 = common.load_matrix(r["dlast"], p, lay, index=(p.b,)) if "dlast" in r else tile
-    _, dA, dskip, dbias = jax.lax.fori_loop(0, lay.program_chunks, chunk, (h0, tile, vec, vec))
+    _, dA, dskip, dbias = common.walk(p, lay, chunk, (h0, tile, vec, vec), reverse=True)
     row = p.b * lay.n_segments + p.seg
     common.store_matrix(o["dA"], p, lay, dA, index=(row,))
     at = pl.ds(p.d0, lay.block_d)

@@ -45,6 +45,9 @@ class Layout:
     # a load above a store that may alias it, so interleaved, each step waits out its loads' latency; hoisted,
     # the chunk waits once, for more registers (its steps' inputs held at once).
     hoist_loads: bool = False
+    # serial and split kernels with an ``order``: load the next chunk's positions before this chunk's work and carry
+    # them, so a chunk's row loads need not first wait for its position loads.
+    prefetch_order: bool = False
 
     @property
     def group_dim(self) -> int:
@@ -134,6 +137,32 @@ def at(p: Program, lay: Layout, t) -> At:
         return At(t, t < lay.length)
     step = jnp.asarray(jnp.minimum(t, lay.length - 1), jnp.int32)
     return At(plgpu.load(p.order.at[jnp.asarray(p.group, jnp.int32), step]), t < lay.length)
+
+
+def walk(p: Program, lay: Layout, body, init, reverse: bool = False):
+    """``fori_loop`` over this program's chunks: ``body(c, heres, carry) -> carry`` with c the chunk's index in the
+    whole sequence (the last first when ``reverse``) and heres the ``At`` of its steps. With an order and
+    ``lay.prefetch_order``, the next chunk's positions are loaded before ``body`` runs and carried into it."""
+    n = lay.program_chunks
+
+    def index(k):
+        return p.c0 + (n - 1 - k if reverse else k)
+
+    def steps(c):
+        return [at(p, lay, c * lay.chunk + i) for i in range(lay.chunk)]
+
+    if p.order is None or not lay.prefetch_order:
+        return jax.lax.fori_loop(0, n, lambda k, carry: body(index(k), steps(index(k)), carry), init)
+
+    def chunk(k, state):
+        carry, positions = state
+        c = index(k)
+        upcoming = tuple(here.pos for here in steps(index(jnp.minimum(k + 1, n - 1))))
+        heres = [At(pos, c * lay.chunk + i < lay.length) for i, pos in enumerate(positions)]
+        return body(c, heres, carry), upcoming
+
+    first = tuple(here.pos for here in steps(index(0)))
+    return jax.lax.fori_loop(0, n, chunk, (init, first))[0]
 
 
 def _load(ref, mask):

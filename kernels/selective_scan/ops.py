@@ -66,6 +66,8 @@ class Tuning(NamedTuple):
     # were most of the summary kernels' instructions (1010 -> 357 a 4-step chunk, forward 1101 -> 639, backward
     # 2563 -> 1660; ``benchmarks/kernel_resources.py``, NOTES.md), for a few elementwise passes over delta.
     delta_in_kernel: bool = False
+    # With an ``order``: each chunk's positions loaded one chunk ahead (``common.walk``). Not yet timed, so off.
+    prefetch_order: bool = False
 
 
 def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
@@ -87,12 +89,13 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
         lay = split.layout(lay, tuning.unroll)
     elif tuning.unroll is not None:
         raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
-    if tuning.hoist_loads is not None and design.startswith("tiled"):
-        raise ValueError(f"selective_scan_pallas: hoist_loads is a setting of the serial and split designs, "
-                         f"not of {design}")
+    for name, asked in (("hoist_loads", tuning.hoist_loads is not None), ("prefetch_order", tuning.prefetch_order)):
+        if asked and design.startswith("tiled"):
+            raise ValueError(f"selective_scan_pallas: {name} is a setting of the serial and split designs, "
+                             f"not of {design}")
     if not design.startswith("tiled"):
         hoist = HOIST_BY_DEFAULT[direction] if tuning.hoist_loads is None else bool(tuning.hoist_loads)
-        lay = dataclasses.replace(lay, hoist_loads=hoist)
+        lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=bool(tuning.prefetch_order))
     if ordered and design.startswith("tiled"):
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if tuning.num_warps is not None:
@@ -198,7 +201,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           return_last_state: bool, interpret: bool, design: str = "auto",
                           block_d: int | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
-                          hoist_loads: bool | None = None, delta_in_kernel: bool = False):
+                          hoist_loads: bool | None = None, delta_in_kernel: bool = False,
+                          prefetch_order: bool = False):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -226,6 +230,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         measured (``HOIST_BY_DEFAULT``).
       delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False (default) computes
         softplus(delta + bias) once, in float32, before the kernels (and its gradient after them).
+      prefetch_order: serial and split only, with ``order``: load each chunk's positions one chunk ahead, so its
+        row loads do not wait on them (default False, until timed).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -237,6 +243,6 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                              f"expected integers of shape (groups, L) = {(B.shape[2], u.shape[1])}")
         order = order.astype(jnp.int32)
     tuning = Tuning(design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
-                    bool(delta_in_kernel))
+                    bool(delta_in_kernel), bool(prefetch_order))
     return _scan(u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
                  bool(interpret), tuning)

@@ -27,15 +27,15 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     rates = common.load_rates(r["A"], p, lay)
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
-    def chunk(c, carry):
+    def chunk(c, heres, carry):
         x, dsum = carry
-        for i in range(lay.chunk):
-            step = common.load_step(r, p, lay, common.at(p, lay, (p.c0 + c) * lay.chunk + i), bias, delta_softplus)
+        for here in heres:
+            step = common.load_step(r, p, lay, here, bias, delta_softplus)
             x, dsum = common.advance(x, step, rates), dsum + step.delta
         return x, dsum
 
     init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))
-    _store(refs[len(names):], p, lay, *jax.lax.fori_loop(0, lay.program_chunks, chunk, init))
+    _store(refs[len(names):], p, lay, *common.walk(p, lay, chunk, init))
 
 
 def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
@@ -45,11 +45,9 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     rates = common.load_rates(r["A"], p, lay)
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
-    def chunk(k, carry):
+    def chunk(c, heres, carry):
         h, dsum = carry
-        c = p.c0 + lay.program_chunks - 1 - k
-        for i in reversed(range(lay.chunk)):
-            here = common.at(p, lay, c * lay.chunk + i)
+        for here in reversed(heres):
             delta, _, _ = common.load_delta(r, p, lay, here, bias, delta_softplus)
             g = common.load_row(r["dy"], p, lay, here)
             if "z" in r:
@@ -61,7 +59,7 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
         return h, dsum
 
     init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))
-    _store(refs[len(names):], p, lay, *jax.lax.fori_loop(0, lay.program_chunks, chunk, init))
+    _store(refs[len(names):], p, lay, *common.walk(p, lay, chunk, init, reverse=True))
 
 
 def _store(outs, p, lay: Layout, total, dsum):

@@ -1,7 +1,8 @@
 """The kernels' ``order`` input (each group visits the sequence in its own order, as SS2D's directions do) against
 the sequential scan's gathered copies put back in place (``selective_scan(order=)``, itself checked against the
 float64 NumPy recurrence): values (1e-5) and every gradient (1e-4), for the
-serial design and for split with several segments, in interpret mode."""
+serial design and for split with several segments, with positions loaded in their chunk or one chunk ahead
+(``prefetch_order``), in interpret mode."""
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,12 @@ def gathered_scan(x: dict, order: np.ndarray, last: bool):
 
 
 @pytest.mark.parametrize("blocks", [dict(design="serial", block_d=2, chunk=4),
-                                    dict(design="split", block_d=2, chunk=4, unroll=2)], ids=["serial", "split"])
+                                    dict(design="split", block_d=2, chunk=4, unroll=2),
+                                    dict(design="serial", block_d=2, chunk=4, prefetch_order=True),
+                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True),
+                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True,
+                                         hoist_loads=True)],
+                         ids=["serial", "split", "serial-prefetched", "split-prefetched", "split-prefetched-hoisted"])
 def test_order_matches_gathered_scan_values_and_gradients(blocks):
     x = make_inputs(5, *SHAPE, **ALL_OPTIONS)
     order = orders(SHAPE[3], SHAPE[1])
@@ -67,11 +73,13 @@ def test_order_is_checked():
         selective_scan_pallas(**x, **kw, design="tiled", order=orders(3, 11))
 
 
-def test_order_changes_the_result_and_lowers_for_cuda():
-    """The order is honoured (without it the scan differs), and the ordered split kernels lower through Triton."""
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_order_changes_the_result_and_lowers_for_cuda(prefetch):
+    """The order is honoured (without it the scan differs), and the ordered split kernels lower through Triton,
+    with the positions loaded in their chunk or one ahead."""
     x = make_inputs(5, *SHAPE, **ALL_OPTIONS)
     order = orders(SHAPE[3], SHAPE[1])
-    kw = dict(delta_softplus=True, return_last_state=False, design="split", chunk=4)
+    kw = dict(delta_softplus=True, return_last_state=False, design="split", chunk=4, prefetch_order=prefetch)
     y_ref = gathered_scan(x, order, last=False)
     assert rel_err(selective_scan_pallas(**x, **kw, interpret=True), y_ref) > 0.1
 

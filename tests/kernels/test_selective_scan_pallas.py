@@ -170,6 +170,8 @@ def test_hoisted_loads_belong_to_the_serial_and_split_designs():
     x = make_inputs(5, 1, 4, 4, 1, 4)
     with pytest.raises(ValueError, match="hoist_loads is a setting of the serial and split designs, not of tiled"):
         run_pallas(x, {}, design="tiled", hoist_loads=True)
+    with pytest.raises(ValueError, match="prefetch_order is a setting of the serial and split designs, not of tiled"):
+        run_pallas(x, {}, design="tiled_t", prefetch_order=True)
 
 
 def test_auto_design_is_split_with_its_measured_blocks():
