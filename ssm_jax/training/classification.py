@@ -49,6 +49,23 @@ def resolve_class_weights(spec, labels, num_classes: int) -> np.ndarray | None:
     return weights.astype(np.float32)
 
 
+def predict_kwargs(config) -> dict:
+    """``make_predict_step``'s arguments from the config: the test-time augmentation, with a warning when its views
+    include transforms the training never applied (then they are new inputs to the model, not augmentations)."""
+    tta, data = config.eval.tta, config.data
+    flips, rot90 = set(data.flips), bool(data.rot90)
+    mirrors_seen = bool(flips) if rot90 else {"horizontal", "vertical"} <= flips  # with rotations one mirror gives all
+    unseen = []
+    if tta in ("flips", "d4") and not mirrors_seen:
+        unseen.append(f"mirrors (config.data.flips={tuple(data.flips)})")
+    if tta == "d4" and not rot90:
+        unseen.append("90-degree rotations (config.data.rot90=False)")
+    if unseen and jax.process_index() == 0:
+        print(f"warning: config.eval.tta={tta!r} averages over {' and '.join(unseen)}, which training did not "
+              f"apply; the views are new inputs to the model, not augmentations it learned", flush=True)
+    return {"tta": tta}
+
+
 def eval_dir_name(config) -> str:
     """Where evaluation writes under the workdir: ``eval``, or ``eval_tta_<mode>`` with test-time augmentation, so
     a run evaluated both ways keeps both."""

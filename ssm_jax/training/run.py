@@ -81,7 +81,7 @@ class Family:
 TASKS = {
     "classification": Family(classification, ("memorymamba",), "metrics.json, confusion.png, predictions.csv",
                              check=_check_num_classes, step_kwargs=classification.step_kwargs,
-                             predict_kwargs=lambda config: {"tta": config.eval.tta},
+                             predict_kwargs=classification.predict_kwargs,
                              summary_kwargs=lambda config: {"tta": config.eval.tta},
                              eval_dir=classification.eval_dir_name),
     "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",

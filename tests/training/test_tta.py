@@ -75,3 +75,14 @@ def test_evaluation_with_tta_writes_beside_the_plain_one(tiny_config, tmp_path):
     assert written["tta"] == "d4" and written["num_images"] == plain["num_images"] == summary["num_images"]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["tta"] == "none"
     assert (tmp_path / "eval_tta_d4" / "confusion.png").is_file()
+
+
+@pytest.mark.parametrize("flips, rot90, tta, warned", [
+    (("horizontal", "vertical"), False, "flips", None), (("horizontal", "vertical"), False, "d4", "90-degree rotations"),
+    (("horizontal",), True, "d4", None), (("horizontal",), False, "flips", "mirrors"), ((), True, "d4", "mirrors"),
+    ((), False, "none", None)])
+def test_views_training_never_applied_are_warned(flips, rot90, tta, warned, capsys):
+    config = ConfigDict({"eval": {"tta": tta}, "data": {"flips": flips, "rot90": rot90}})
+    assert classification.predict_kwargs(config) == {"tta": tta}
+    out = capsys.readouterr().out
+    assert (warned in out and "training did not apply" in out) if warned else out == ""
