@@ -50,6 +50,8 @@ the data wait was 6-7 s in a 5-minute run).
                                           # reached 0.90 against 74.7 % test, so regularisation is next
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_ema_s$S --config.seed=$S \
       --config.optim.ema_decay=0.998      # evaluate the parameters' moving average
+  python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_mix_s$S --config.seed=$S \
+      --config.loss.mixup_alpha=0.8 --config.loss.cutmix_alpha=1.0   # DeiT/VMamba's mixing, one of the two a step
 
 and, on any trained run, test-time augmentation over the dihedral group (``eval_tta_d4/`` beside ``eval/``):
 

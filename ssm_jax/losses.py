@@ -85,15 +85,22 @@ def info_nce_loss(features, memory, temperature: float, similarity: str = "cos")
 
 
 def memorymamba_loss(outputs, labels, lambda_c: float, lambda_f: float, margin: float, temperature: float,
-                     label_smoothing: float = 0.0, class_weights=None, ordinal: float = 0.0):
+                     label_smoothing: float = 0.0, class_weights=None, ordinal: float = 0.0, ce_mix=None):
     """Eq. 25: L = CE + lambda_c * L_contrastive + lambda_f * L_NCE, from MemoryMamba's output dict.
 
     The memory terms are averaged over the Mem-SSM blocks (each block has its own memories); a term whose
     memory is disabled (keys absent) is 0. ``label_smoothing``, ``class_weights`` and ``ordinal`` apply to CE only
-    (see ``cross_entropy``). Returns (total, {"cls", "contrastive", "nce", "total"}).
+    (see ``cross_entropy``). ``ce_mix`` = (labels_a, labels_b, lam), for mixed images (mixup, CutMix), makes CE
+    lam CE(labels_a) + (1 - lam) CE(labels_b), while ``labels`` (one class per image) feed the memory terms.
+    Returns (total, {"cls", "contrastive", "nce", "total"}).
     """
     logits = outputs["logits"]
-    cls = cross_entropy(logits, labels, label_smoothing, class_weights, ordinal)
+    if ce_mix is None:
+        cls = cross_entropy(logits, labels, label_smoothing, class_weights, ordinal)
+    else:
+        labels_a, labels_b, lam = ce_mix
+        cls = (lam * cross_entropy(logits, labels_a, label_smoothing, class_weights, ordinal)
+               + (1 - lam) * cross_entropy(logits, labels_b, label_smoothing, class_weights, ordinal))
     zero = jnp.zeros((), jnp.float32)
     queries = outputs.get("coarse_queries", ())
     contrastive = (sum(memory_contrastive_loss(q, labels, logits.shape[-1], margin) for q in queries)

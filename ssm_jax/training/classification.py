@@ -18,8 +18,12 @@ from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
 from ssm_jax.training import state as state_lib
+from ssm_jax.training import mixing as mixing_lib
 from ssm_jax.training import tta as tta_lib
 from ssm_jax.training.state import TrainState
+
+
+MIXING_STREAM = 1  # fold_in index of the mixing draws within a step's key
 
 
 def create_state(model, tx, rng, image_size: int, mesh) -> TrainState:
@@ -82,7 +86,9 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
     """``(state, batch) -> (state, metrics)``, jitted with the batch sharded and the state replicated.
 
     ``loss_config.label_smoothing``, ``loss_config.ordinal`` (soft ordinal labels, ``losses.cross_entropy``) and
-    ``class_weights`` (K,) (``resolve_class_weights``; None: unweighted) shape the cross-entropy term.
+    ``class_weights`` (K,) (``resolve_class_weights``; None: unweighted) shape the cross-entropy term;
+    ``loss_config.mixup_alpha`` / ``cutmix_alpha`` > 0 mix the images and that term's labels (``training.mixing``;
+    the memory terms and the logged accuracy take each image's dominant label).
 
     With ``grad_accum_steps`` = k > 1 the batch is taken as k micro-batches in turn (``training.accumulate``) and
     their mean gradient makes one optimizer update. Cross-entropy is a mean over images, so then the step equals
@@ -93,18 +99,25 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
     """
 
     def grads_and_metrics(state: TrainState, batch, rng):
+        images, labels, ce_mix = batch["image"], batch["label"], None
+        if mixing:  # its own stream: dropout draws what it drew before mixing existed
+            mixed = mixing_lib.mix_batch(jax.random.fold_in(rng, MIXING_STREAM), images, labels,
+                                         loss_config.mixup_alpha, loss_config.cutmix_alpha)
+            images, ce_mix = mixed.images, (labels, mixed.partner, mixed.lam)
+            labels = mixing_lib.dominant_labels(labels, mixed)
+
         def loss_fn(params):
-            outputs = state.apply_fn({"params": params, **state.model_state}, batch["image"], train=True,
+            outputs = state.apply_fn({"params": params, **state.model_state}, images, train=True,
                                      rngs={"dropout": rng})
-            total, parts = memorymamba_loss(outputs, batch["label"], lambda_c=loss_config.lambda_c,
+            total, parts = memorymamba_loss(outputs, labels, lambda_c=loss_config.lambda_c,
                                             lambda_f=loss_config.lambda_f, margin=loss_config.margin,
                                             temperature=loss_config.temperature,
                                             label_smoothing=loss_config.label_smoothing,
-                                            class_weights=class_weights, ordinal=loss_config.ordinal)
+                                            class_weights=class_weights, ordinal=loss_config.ordinal, ce_mix=ce_mix)
             return total, (outputs["logits"], parts)
 
         (loss, (logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        acc = jnp.mean(jnp.argmax(logits, -1) == labels)
         return grads, {"loss": loss, "acc": acc, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}}
 
     def step(state: TrainState, batch):
@@ -113,6 +126,8 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
         return state.apply_gradients(grads=grads), metrics
 
     check_grad_accum_steps(grad_accum_steps)
+    mixing_lib.check_alphas(loss_config.mixup_alpha, loss_config.cutmix_alpha)
+    mixing = loss_config.mixup_alpha > 0 or loss_config.cutmix_alpha > 0
     if not 0 <= loss_config.label_smoothing < 1:
         raise ValueError(f"loss.label_smoothing={loss_config.label_smoothing}; expected a value in [0, 1) (0: off)")
     if not loss_config.ordinal >= 0:
