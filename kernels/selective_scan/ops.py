@@ -48,8 +48,9 @@ def _reduced(grads: dict, key: str, like):
 
 
 AUTO_DESIGN = "split"
-# ``hoist_loads`` left as None, by kernel: hoisted, the forward walk was 6-18 % faster on four of the five benchmark
-# shapes and the backward walk slower on all five (registers 168 -> 254; one H200, NOTES.md, "Session 10").
+# ``hoist_loads`` left as None, by kernel: hoisted in both, the forward was 7-18 % faster on the four benchmark shapes
+# timed cleanly and forward+backward 3-38 % slower on all four, the backward's registers 168 -> 254 on vim-s (one
+# H200, NOTES.md, "Session 10").
 HOIST_BY_DEFAULT = {"forward": True, "backward": False}
 
 
