@@ -1,8 +1,9 @@
 """Mixup and CutMix for classification training (``config.loss.mixup_alpha``, ``config.loss.cutmix_alpha``): each
-step blends every image with its partner in the reversed batch, by a weight lam ~ Beta(alpha, alpha) over the whole
+step blends every image with its partner, its neighbour in the batch (images 0 and 1, 2 and 3, ...), by a weight lam ~ Beta(alpha, alpha) over the whole
 image (mixup, Zhang et al. 2018) or as a pasted box of area 1 - lam (CutMix, Yun et al. 2019), and the loss mixes
 the two labels' terms by the same lam. With both alphas set, each step picks one of the two at even odds, as the
 VMamba/DeiT recipes do. Drawn from the step's key on device, so a resumed run mixes exactly as an uninterrupted one.
+Partners are neighbours, not the batch reversed, so that with an even batch per device no image crosses devices.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 
 class Mixed(NamedTuple):
     images: jax.Array  # (B, H, W, C) the blended images
-    partner: jax.Array  # (B,) int32: the label of each image's partner (the batch reversed)
+    partner: jax.Array  # (B,) int32: the label of each image's partner (``swap_pairs``)
     lam: jax.Array  # () float32: the share of each image's own label in its target
 
 
@@ -24,6 +25,16 @@ def check_alphas(mixup_alpha: float, cutmix_alpha: float) -> None:
         if not alpha >= 0:
             raise ValueError(f"config.loss.{name}={alpha}; expected a value >= 0 (0: off; 0.8 mixup and 1.0 "
                              f"CutMix in the DeiT/VMamba recipes)")
+
+
+def swap_pairs(x):
+    """``x`` with neighbours (0, 1), (2, 3), ... swapped along axis 0; an odd last one stays (mixed with itself). A
+    reshape within the batch axis, so a batch sharded over devices in even shards is swapped without moving data
+    between devices (reversing the batch would send every shard to another device, every step)."""
+    b = x.shape[0]
+    even = b - b % 2
+    swapped = x[:even].reshape(even // 2, 2, *x.shape[1:])[:, ::-1].reshape(even, *x.shape[1:])
+    return swapped if even == b else jnp.concatenate([swapped, x[even:]])
 
 
 def cut_box_mask(key, height: int, width: int, lam):
@@ -42,9 +53,9 @@ def cut_box_mask(key, height: int, width: int, lam):
 
 
 def mix_batch(key, images, labels, mixup_alpha: float, cutmix_alpha: float) -> Mixed:
-    """The batch mixed as the alphas ask (at least one > 0). Each image i is blended with image B - 1 - i."""
+    """The batch mixed as the alphas ask (at least one > 0), each image with its ``swap_pairs`` partner."""
     choice_key, lam_key, box_key = jax.random.split(key, 3)
-    partner_images, partner = images[::-1], labels[::-1].astype(jnp.int32)
+    partner_images, partner = swap_pairs(images), swap_pairs(labels).astype(jnp.int32)
 
     def mixup():
         lam = jax.random.beta(lam_key, mixup_alpha, mixup_alpha)

@@ -8,11 +8,30 @@ import pytest
 from ssm_jax.losses import memorymamba_loss
 from ssm_jax.training import classification
 from ssm_jax.training.mesh import make_mesh, shard_batch
-from ssm_jax.training.mixing import check_alphas, cut_box_mask, dominant_labels, mix_batch
+from ssm_jax.training.mixing import check_alphas, cut_box_mask, dominant_labels, mix_batch, swap_pairs
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.normal(size=(6, 12, 10, 3)).astype(np.float32)
 LABELS = np.array([0, 1, 2, 3, 1, 0], np.int32)
+PARTNER = np.array([1, 0, 3, 2, 5, 4])  # each image's partner: its neighbour
+
+
+def test_swap_pairs_swaps_neighbours_and_keeps_an_odd_last():
+    np.testing.assert_array_equal(swap_pairs(np.arange(6)), PARTNER)
+    np.testing.assert_array_equal(swap_pairs(np.arange(5)), [1, 0, 3, 2, 4])
+    np.testing.assert_array_equal(swap_pairs(IMAGES), IMAGES[PARTNER])
+
+
+def test_partners_stay_on_their_device():
+    """On a batch sharded over 4 devices, 2 images each, mixing compiles to no cross-device transfer."""
+    from jax.sharding import NamedSharding, PartitionSpec
+    mesh = make_mesh()
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    images = jax.device_put(np.concatenate([IMAGES, IMAGES[:2]]), sharding)
+    labels = jax.device_put(np.concatenate([LABELS, LABELS[:2]]), sharding)
+    mix = jax.jit(lambda x, y: mix_batch(jax.random.PRNGKey(0), x, y, 0.8, 1.0)[:2], in_shardings=sharding)
+    hlo = mix.lower(images, labels).compile().as_text()
+    assert not [op for op in ("collective-permute", "all-to-all", "all-gather") if op in hlo]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -29,19 +48,19 @@ def test_cut_box_is_one_rectangle_and_lam_is_what_it_leaves(seed, lam):
     assert mask.sum() <= round(12 * np.sqrt(1 - lam)) * round(10 * np.sqrt(1 - lam)) + 1e-6  # clipped, never larger
 
 
-def test_mixup_blends_each_image_with_its_reversed_partner():
+def test_mixup_blends_each_image_with_its_partner():
     mixed = mix_batch(jax.random.PRNGKey(1), IMAGES, LABELS, mixup_alpha=0.8, cutmix_alpha=0.0)
     lam = float(mixed.lam)
     assert 0 < lam < 1
-    np.testing.assert_allclose(mixed.images, lam * IMAGES + (1 - lam) * IMAGES[::-1], rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(mixed.partner, LABELS[::-1])
-    np.testing.assert_array_equal(dominant_labels(LABELS, mixed), LABELS if lam >= 0.5 else LABELS[::-1])
+    np.testing.assert_allclose(mixed.images, lam * IMAGES + (1 - lam) * IMAGES[PARTNER], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(mixed.partner, LABELS[PARTNER])
+    np.testing.assert_array_equal(dominant_labels(LABELS, mixed), LABELS if lam >= 0.5 else LABELS[PARTNER])
 
 
 def test_cutmix_pastes_the_partners_box():
     mixed = mix_batch(jax.random.PRNGKey(2), IMAGES, LABELS, mixup_alpha=0.0, cutmix_alpha=1.0)
     got = np.asarray(mixed.images)
-    from_partner = np.all(got == IMAGES[::-1], axis=(0, 3))
+    from_partner = np.all(got == IMAGES[PARTNER], axis=(0, 3))
     from_self = np.all(got == IMAGES, axis=(0, 3))
     assert np.all(from_partner | from_self)  # every pixel is one image's or the other's, untouched
     np.testing.assert_allclose(float(mixed.lam), 1 - from_partner.mean(), rtol=1e-6)
@@ -51,7 +70,7 @@ def test_both_alphas_choose_one_per_step():
     kinds = set()
     for seed in range(16):
         got = np.asarray(mix_batch(jax.random.PRNGKey(seed), IMAGES, LABELS, 0.8, 1.0).images)
-        kinds.add("cutmix" if np.all((got == IMAGES) | (got == IMAGES[::-1])) else "mixup")
+        kinds.add("cutmix" if np.all((got == IMAGES) | (got == IMAGES[PARTNER])) else "mixup")
     assert kinds == {"cutmix", "mixup"}
 
 
