@@ -41,8 +41,9 @@ FIELDS = "design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outs
 
 def parse_config(text: str) -> dict:
     """A config (``FIELDS``) -> selective_scan_pallas keywords. An optional field left empty (``split:16:128:1:1:4::1``)
-    or out takes the default; chunk and unroll 0 too (split: the segment length ``split.default_segment`` picks). hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta
-    discretised outside the kernels, ``delta_in_kernel=False``; prefetch 1: ``prefetch_order``."""
+    or out takes the default; chunk and unroll 0 too (split: the segment length ``split.default_segment`` picks).
+    hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta discretised outside the kernels,
+    ``delta_in_kernel=False``; prefetch 1 / 0: ``prefetch_order`` on / off."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
     if len(rest) > 4:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")

@@ -5,10 +5,10 @@ Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one
 or channel-major); ``split`` cuts the sequence into ``chunk``-step segments walked by separate programs
 (``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; a sequence of
 one segment runs the serial kernels alone). ``auto`` is ``split`` with 16 channels and one warp per program,
-128-step segments (one segment when the grid is already full), a checkpoint every 4 steps and the forward's loads
-hoisted: the fastest Pallas design measured for forward+backward on the benchmark shapes (NOTES.md). Under
-differentiation the forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the
-backward restarts each chunk from it.
+128-step segments (one segment when the grid is already full), a checkpoint every 4 steps, the forward's loads
+hoisted and an ``order``'s positions loaded a chunk ahead: the fastest Pallas design measured for forward+backward
+on the benchmark shapes (NOTES.md). Under differentiation the forward stores the state every ``chunk`` steps
+(batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``). delta reaches the kernels discretised, softplus(delta + bias) in
 float32 computed once in XLA (``Tuning.delta_in_kernel``), so no kernel pass spends its steps on it.
@@ -52,6 +52,10 @@ AUTO_DESIGN = "split"
 # timed cleanly and forward+backward 3-38 % slower on all four, the backward's registers 168 -> 254 on vim-s (one
 # H200, NOTES.md, "Session 10").
 HOIST_BY_DEFAULT = {"forward": True, "backward": False}
+# Positions a chunk ahead (serial and split, with an ``order``): forward 13-25 % and forward+backward 6-9 % faster on
+# MemoryMamba's three in-place stage scans and ad-32, within 2 % on ad-64 (fp32; bf16 forward+backward 1-6 %
+# faster; one H200, NOTES.md, "Session 11").
+PREFETCH_ORDER = True
 
 
 class Tuning(NamedTuple):
@@ -67,8 +71,8 @@ class Tuning(NamedTuple):
     # were most of the summary kernels' instructions (1010 -> 357 a 4-step chunk, forward 1101 -> 639, backward
     # 2563 -> 1660; ``benchmarks/kernel_resources.py``, NOTES.md), for a few elementwise passes over delta.
     delta_in_kernel: bool = False
-    # With an ``order``: each chunk's positions loaded one chunk ahead (``common.walk``). Not yet timed, so off.
-    prefetch_order: bool = False
+    # With an ``order``: each chunk's positions loaded one chunk ahead (``common.walk``); None: ``PREFETCH_ORDER``.
+    prefetch_order: bool | None = None
 
 
 def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
@@ -90,13 +94,15 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
         lay = split.layout(lay, tuning.unroll)
     elif tuning.unroll is not None:
         raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
-    for name, asked in (("hoist_loads", tuning.hoist_loads is not None), ("prefetch_order", tuning.prefetch_order)):
+    for name, asked in (("hoist_loads", tuning.hoist_loads is not None),
+                        ("prefetch_order", tuning.prefetch_order is not None)):
         if asked and design.startswith("tiled"):
             raise ValueError(f"selective_scan_pallas: {name} is a setting of the serial and split designs, "
                              f"not of {design}")
     if not design.startswith("tiled"):
         hoist = HOIST_BY_DEFAULT[direction] if tuning.hoist_loads is None else bool(tuning.hoist_loads)
-        lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=bool(tuning.prefetch_order))
+        prefetch = PREFETCH_ORDER if tuning.prefetch_order is None else bool(tuning.prefetch_order)
+        lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch)
     if ordered and design.startswith("tiled"):
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if tuning.num_warps is not None:
@@ -203,7 +209,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           block_d: int | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
                           hoist_loads: bool | None = None, delta_in_kernel: bool = False,
-                          prefetch_order: bool = False):
+                          prefetch_order: bool | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -232,7 +238,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False (default) computes
         softplus(delta + bias) once, in float32, before the kernels (and its gradient after them).
       prefetch_order: serial and split only, with ``order``: load each chunk's positions one chunk ahead, so its
-        row loads do not wait on them (default False, until timed).
+        row loads do not wait on them (None, the default: on, ``PREFETCH_ORDER``; True on a tiled design is refused).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -244,6 +250,6 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                              f"expected integers of shape (groups, L) = {(B.shape[2], u.shape[1])}")
         order = order.astype(jnp.int32)
     tuning = Tuning(design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
-                    bool(delta_in_kernel), bool(prefetch_order))
+                    bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order))
     return _scan(u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
                  bool(interpret), tuning)

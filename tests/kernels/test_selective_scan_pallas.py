@@ -178,7 +178,7 @@ def test_auto_design_is_split_with_its_measured_blocks():
     """auto: split, 16 channels and one warp a program, 128-step segments while the (rows, channel blocks) grid has
     fewer than split.FULL_GRID programs; a short sequence (a 7x7 stage) or a full grid (MemoryMamba-tiny's first
     stage at batch 64: 64 x 48 programs) gets the serial layout, one program per (row, channel block). Loads are
-    hoisted in the forward kernel only."""
+    hoisted in the forward kernel only; an order's positions are loaded a chunk ahead unless asked not to."""
     from kernels.selective_scan import split
     from kernels.selective_scan.ops import Tuning, _design
     for rows, length, dim, segment, grid in ((32, 3136, 384, 128, (32, 24, 25)), (32, 49, 384, 0, (32, 24)),
@@ -192,3 +192,7 @@ def test_auto_design_is_split_with_its_measured_blocks():
     for hoist in (False, True):
         assert {_design(Tuning(hoist_loads=hoist), u, B, A, direction=d)[2].hoist_loads
                 for d in ("forward", "backward")} == {hoist}
+    assert _design(Tuning(), u, B, A, ordered=True)[2].prefetch_order
+    assert not _design(Tuning(prefetch_order=False), u, B, A, ordered=True)[2].prefetch_order
+    tiled = _design(Tuning(design="tiled"), u, B, A)[2]  # the default is no request: tiled designs take it silently
+    assert not tiled.prefetch_order
