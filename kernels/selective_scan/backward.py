@@ -44,12 +44,13 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
         return (common.load_step(r, p, lay, here, bias, delta_softplus), common.load_group_row(r["C"], p, lay, here),
                 common.load_row(r["dy"], p, lay, here), z)
 
-    def chunk(c, heres, carry):
+    def chunk(c, heres, carry, _):
         h, dA, dskip, dbias = carry
         x = common.load_matrix(r["states"], p, lay, index=(p.b, jnp.maximum(c - 1, 0)))
         x = jnp.where(c > 0, x, 0.0)
         # Hoisted: every input of the chunk loaded once, before the first store, and held through both walks.
         # Otherwise (fewer registers) the reverse walk loads its step again, between the previous step's stores.
+        # Never a chunk ahead (``prefetch_rows``): this kernel already holds the chunk's states.
         hoisted = [load(here) for here in heres] if lay.hoist_loads else None
         states = [x]  # states[i] = state before step i of the chunk; states[i + 1] = after it
         for i, here in enumerate(heres):

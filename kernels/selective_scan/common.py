@@ -48,6 +48,10 @@ class Layout:
     # serial and split kernels with an ``order``: load the next chunk's positions before this chunk's work and carry
     # them, so a chunk's row loads need not first wait for its position loads.
     prefetch_order: bool = False
+    # forward and segment-summary kernels: load the next chunk's rows (and positions) before this chunk's work and
+    # carry them, so a chunk's loads are in flight while the previous chunk computes (software pipelining, one chunk
+    # deep), for a second chunk's inputs held in registers. The backward kernel, which holds a chunk's states, not.
+    prefetch_rows: bool = False
 
     @property
     def group_dim(self) -> int:
@@ -134,16 +138,19 @@ def at(p: Program, lay: Layout, t) -> At:
     """Step t's position, t or order[group, t] (steps past L read position L - 1, masked): computed once per step
     and handed to every row load and store of that step."""
     if p.order is None:
-        return At(t, t < lay.length)
+        return At(jnp.asarray(t, jnp.int32), t < lay.length)  # an array: interpret mode wants array indices
     step = jnp.asarray(jnp.minimum(t, lay.length - 1), jnp.int32)
     return At(plgpu.load(p.order.at[jnp.asarray(p.group, jnp.int32), step]), t < lay.length)
 
 
-def walk(p: Program, lay: Layout, body, init, reverse: bool = False):
-    """``fori_loop`` over this program's chunks: ``body(c, heres, carry) -> carry`` with c the chunk's index in the
-    whole sequence (the last first when ``reverse``) and heres the ``At`` of its steps. With an order and
-    ``lay.prefetch_order``, the next chunk's positions are loaded before ``body`` runs and carried into it."""
+def walk(p: Program, lay: Layout, body, init, reverse: bool = False, load=None):
+    """``fori_loop`` over this program's chunks: ``body(c, heres, carry, loaded) -> carry`` with c the chunk's index
+    in the whole sequence (the last first when ``reverse``), heres the ``At`` of its steps and loaded None, or with
+    ``lay.prefetch_rows`` and a ``load(here)`` given, ``load`` of every step of the chunk, issued one chunk earlier.
+    With an order and ``lay.prefetch_order`` (or rows prefetched), the next chunk's positions are loaded before
+    ``body`` runs and carried into it."""
     n = lay.program_chunks
+    rows = load is not None and lay.prefetch_rows
 
     def index(k):
         return p.c0 + (n - 1 - k if reverse else k)
@@ -151,18 +158,22 @@ def walk(p: Program, lay: Layout, body, init, reverse: bool = False):
     def steps(c):
         return [at(p, lay, c * lay.chunk + i) for i in range(lay.chunk)]
 
-    if p.order is None or not lay.prefetch_order:
-        return jax.lax.fori_loop(0, n, lambda k, carry: body(index(k), steps(index(k)), carry), init)
+    if not rows and (p.order is None or not lay.prefetch_order):
+        return jax.lax.fori_loop(0, n, lambda k, carry: body(index(k), steps(index(k)), carry, None), init)
+
+    def ahead(k):
+        """What chunk k's iteration receives: its steps' positions and, with rows prefetched, their loads."""
+        heres = steps(index(k))
+        return tuple(here.pos for here in heres), (tuple(load(here) for here in heres) if rows else None)
 
     def chunk(k, state):
-        carry, positions = state
+        carry, (positions, loaded) = state
         c = index(k)
-        upcoming = tuple(here.pos for here in steps(index(jnp.minimum(k + 1, n - 1))))
+        upcoming = ahead(jnp.minimum(k + 1, n - 1))  # issued before this chunk's work; the last reloads itself
         heres = [At(pos, c * lay.chunk + i < lay.length) for i, pos in enumerate(positions)]
-        return body(c, heres, carry), upcoming
+        return body(c, heres, carry, loaded), upcoming
 
-    first = tuple(here.pos for here in steps(index(0)))
-    return jax.lax.fori_loop(0, n, chunk, (init, first))[0]
+    return jax.lax.fori_loop(0, n, chunk, (init, ahead(0)))[0]
 
 
 def _load(ref, mask):

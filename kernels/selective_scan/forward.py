@@ -36,8 +36,8 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
         z = common.load_row(r["z"], p, lay, here) if "z" in r else None
         return common.load_step(r, p, lay, here, bias, delta_softplus), common.load_group_row(r["C"], p, lay, here), z
 
-    def chunk(c, heres, x):
-        hoisted = [load(here) for here in heres] if lay.hoist_loads else None
+    def chunk(c, heres, x, loaded):
+        hoisted = loaded or ([load(here) for here in heres] if lay.hoist_loads else None)
         for i, here in enumerate(heres):
             step, C, z = hoisted[i] if hoisted else load(here)
             x = common.advance(x, step, rates)
@@ -55,7 +55,7 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
         x = common.load_matrix(r["h_in"], p, lay, index=(p.b, p.seg))
     else:
         x = jnp.zeros((lay.block_d, lay.state_pad), F32)
-    x = common.walk(p, lay, chunk, x)
+    x = common.walk(p, lay, chunk, x, load=load)
     if save == "last":
         common.store_matrix(refs[-1], p, lay, x, index=(p.b, 0))
 

@@ -73,6 +73,8 @@ class Tuning(NamedTuple):
     delta_in_kernel: bool = False
     # With an ``order``: each chunk's positions loaded one chunk ahead (``common.walk``); None: ``PREFETCH_ORDER``.
     prefetch_order: bool | None = None
+    # Every load of a chunk issued one chunk ahead (``common.walk``): untimed, so off.
+    prefetch_rows: bool = False
 
 
 def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
@@ -95,14 +97,16 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
     elif tuning.unroll is not None:
         raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
     for name, asked in (("hoist_loads", tuning.hoist_loads is not None),
-                        ("prefetch_order", tuning.prefetch_order is not None)):
+                        ("prefetch_order", tuning.prefetch_order is not None),
+                        ("prefetch_rows", tuning.prefetch_rows)):
         if asked and design.startswith("tiled"):
             raise ValueError(f"selective_scan_pallas: {name} is a setting of the serial and split designs, "
                              f"not of {design}")
     if not design.startswith("tiled"):
         hoist = HOIST_BY_DEFAULT[direction] if tuning.hoist_loads is None else bool(tuning.hoist_loads)
         prefetch = PREFETCH_ORDER if tuning.prefetch_order is None else bool(tuning.prefetch_order)
-        lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch)
+        lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch,
+                                  prefetch_rows=bool(tuning.prefetch_rows))
     if ordered and design.startswith("tiled"):
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if tuning.num_warps is not None:
@@ -209,7 +213,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           block_d: int | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
                           hoist_loads: bool | None = None, delta_in_kernel: bool = False,
-                          prefetch_order: bool | None = None):
+                          prefetch_order: bool | None = None, prefetch_rows: bool = False):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -239,6 +243,9 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         softplus(delta + bias) once, in float32, before the kernels (and its gradient after them).
       prefetch_order: serial and split only, with ``order``: load each chunk's positions one chunk ahead, so its
         row loads do not wait on them (None, the default: on, ``PREFETCH_ORDER``; True on a tiled design is refused).
+      prefetch_rows: serial and split only: the forward and segment-summary kernels issue each chunk's loads (rows
+        and positions) one chunk ahead and hold them through the chunk before, so their latency overlaps its work
+        (more registers; the backward kernel is left as it is; default False, untimed).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -250,6 +257,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                              f"expected integers of shape (groups, L) = {(B.shape[2], u.shape[1])}")
         order = order.astype(jnp.int32)
     tuning = Tuning(design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
-                    bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order))
+                    bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order),
+                    bool(prefetch_rows))
     return _scan(u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
                  bool(interpret), tuning)

@@ -27,15 +27,18 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     rates = common.load_rates(r["A"], p, lay)
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
-    def chunk(c, heres, carry):
+    def load(here):
+        return common.load_step(r, p, lay, here, bias, delta_softplus)
+
+    def chunk(c, heres, carry, loaded):
         x, dsum = carry
-        for here in heres:
-            step = common.load_step(r, p, lay, here, bias, delta_softplus)
+        for i, here in enumerate(heres):
+            step = loaded[i] if loaded else load(here)
             x, dsum = common.advance(x, step, rates), dsum + step.delta
         return x, dsum
 
     init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))
-    _store(refs[len(names):], p, lay, *common.walk(p, lay, chunk, init))
+    _store(refs[len(names):], p, lay, *common.walk(p, lay, chunk, init, load=load))
 
 
 def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
@@ -45,21 +48,25 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     rates = common.load_rates(r["A"], p, lay)
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
-    def chunk(c, heres, carry):
+    def load(here):
+        """A step's discretised delta, its output gradient after the gate, and its C row."""
+        delta, _, _ = common.load_delta(r, p, lay, here, bias, delta_softplus)
+        g = common.load_row(r["dy"], p, lay, here)
+        if "z" in r:
+            z = common.load_row(r["z"], p, lay, here)
+            g = g * z * common.sigmoid(z)
+        return delta, g, common.load_group_row(r["C"], p, lay, here)
+
+    def chunk(c, heres, carry, loaded):
         h, dsum = carry
-        for here in reversed(heres):
-            delta, _, _ = common.load_delta(r, p, lay, here, bias, delta_softplus)
-            g = common.load_row(r["dy"], p, lay, here)
-            if "z" in r:
-                z = common.load_row(r["z"], p, lay, here)
-                g = g * z * common.sigmoid(z)
-            C = common.load_group_row(r["C"], p, lay, here)
+        for i in reversed(range(len(heres))):
+            delta, g, C = loaded[i] if loaded else load(heres[i])
             h = common.decay(delta, rates) * (h + g[:, None] * C[None, :])
             dsum = dsum + delta
         return h, dsum
 
     init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))
-    _store(refs[len(names):], p, lay, *common.walk(p, lay, chunk, init, reverse=True))
+    _store(refs[len(names):], p, lay, *common.walk(p, lay, chunk, init, reverse=True, load=load))
 
 
 def _store(outs, p, lay: Layout, total, dsum):

@@ -2,7 +2,7 @@
 the sequential scan's gathered copies put back in place (``selective_scan(order=)``, itself checked against the
 float64 NumPy recurrence): values (1e-5) and every gradient (1e-4), for the
 serial design and for split with several segments, with positions loaded in their chunk or one chunk ahead
-(``prefetch_order``), in interpret mode."""
+(``prefetch_order``) or every load one chunk ahead (``prefetch_rows``), in interpret mode."""
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,11 @@ def gathered_scan(x: dict, order: np.ndarray, last: bool):
                                     dict(design="serial", block_d=2, chunk=4, prefetch_order=True),
                                     dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True),
                                     dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True,
-                                         hoist_loads=True)],
-                         ids=["serial", "split", "serial-prefetched", "split-prefetched", "split-prefetched-hoisted"])
+                                         hoist_loads=True),
+                                    dict(design="serial", block_d=2, chunk=4, prefetch_rows=True),
+                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=True)],
+                         ids=["serial", "split", "serial-prefetched", "split-prefetched", "split-prefetched-hoisted",
+                              "serial-rows-ahead", "split-rows-ahead"])
 def test_order_matches_gathered_scan_values_and_gradients(blocks):
     x = make_inputs(5, *SHAPE, **ALL_OPTIONS)
     order = orders(SHAPE[3], SHAPE[1])
@@ -73,13 +76,14 @@ def test_order_is_checked():
         selective_scan_pallas(**x, **kw, design="tiled", order=orders(3, 11))
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("prefetch", [dict(prefetch_order=False), dict(prefetch_order=True),
+                                      dict(prefetch_rows=True)], ids=["in-chunk", "positions-ahead", "rows-ahead"])
 def test_order_changes_the_result_and_lowers_for_cuda(prefetch):
     """The order is honoured (without it the scan differs), and the ordered split kernels lower through Triton,
-    with the positions loaded in their chunk or one ahead."""
+    with the positions loaded in their chunk or one ahead, or every load one ahead."""
     x = make_inputs(5, *SHAPE, **ALL_OPTIONS)
     order = orders(SHAPE[3], SHAPE[1])
-    kw = dict(delta_softplus=True, return_last_state=False, design="split", chunk=4, prefetch_order=prefetch)
+    kw = dict(delta_softplus=True, return_last_state=False, design="split", chunk=4, **prefetch)
     y_ref = gathered_scan(x, order, last=False)
     assert rel_err(selective_scan_pallas(**x, **kw, interpret=True), y_ref) > 0.1
 

@@ -172,6 +172,8 @@ def test_hoisted_loads_belong_to_the_serial_and_split_designs():
         run_pallas(x, {}, design="tiled", hoist_loads=True)
     with pytest.raises(ValueError, match="prefetch_order is a setting of the serial and split designs, not of tiled"):
         run_pallas(x, {}, design="tiled_t", prefetch_order=True)
+    with pytest.raises(ValueError, match="prefetch_rows is a setting of the serial and split designs, not of tiled"):
+        run_pallas(x, {}, design="tiled", prefetch_rows=True)
 
 
 def test_auto_design_is_split_with_its_measured_blocks():
