@@ -20,8 +20,9 @@ def test_config_fields_map_to_kernel_keywords():
     assert "chunk" not in parse_config("split:16:0:1:1:4")  # the design's own segment length
     rows = parse_config("split:16:0:1:1:4::::1")
     assert rows["prefetch_rows"] is True and "prefetch_order" not in rows
+    assert parse_config("split:16:0:1:1:4:::::0")["gate_in_kernel"] is False
 
 
 def test_too_many_fields_are_refused():
     with pytest.raises(SystemExit, match="expected design:block_d"):
-        parse_config("split:16:128:1:1:4:1:1:1:1:9")
+        parse_config("split:16:128:1:1:4:1:1:1:1:1:9")

@@ -213,7 +213,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           block_d: int | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
                           hoist_loads: bool | None = None, delta_in_kernel: bool = False,
-                          prefetch_order: bool | None = None, prefetch_rows: bool = False):
+                          prefetch_order: bool | None = None, prefetch_rows: bool = False,
+                          gate_in_kernel: bool = True):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -246,6 +247,9 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       prefetch_rows: serial and split only: the forward and segment-summary kernels issue each chunk's loads (rows
         and positions) one chunk ahead and hold them through the chunk before, so their latency overlaps its work
         (more registers; the backward kernel is left as it is; default False, untimed).
+      gate_in_kernel: True (default) applies the gate y * silu(z) inside the kernels; False runs them without z and
+        gates their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
+        recomputed y and the dz store, for two elementwise passes over y (untimed).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -259,5 +263,17 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
     tuning = Tuning(design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
                     bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order),
                     bool(prefetch_rows))
-    return _scan(u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
-                 bool(interpret), tuning)
+    gate_outside = z is not None and not gate_in_kernel
+    out = _scan(u, delta, A, B, C, D, None if gate_outside else z, delta_bias, order, bool(delta_softplus),
+                bool(return_last_state), bool(interpret), tuning)
+    if not gate_outside:
+        return out
+    y, last = out if return_last_state else (out, None)
+    y = gate(y, z)
+    return (y, last) if return_last_state else y
+
+
+def gate(y, z):
+    """y * silu(z) in float32, returned in y's dtype: the gate applied outside the kernels."""
+    z = z.astype(jnp.float32)
+    return (y.astype(jnp.float32) * z * jax.nn.sigmoid(z)).astype(y.dtype)

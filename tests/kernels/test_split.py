@@ -2,7 +2,7 @@
 in interpret mode: y and the last state against the float64 NumPy recurrence (relative error 1e-5), every
 gradient against the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one
 segment (the serial kernels alone), with loads interleaved with the stores, hoisted (``hoist_loads``) or issued a
-chunk ahead (``prefetch_rows``), and with
+chunk ahead (``prefetch_rows``), the gate in the kernels or after them (``gate_in_kernel=False``), and with
 delta discretised once outside the kernels (the default) or in each of them (``delta_in_kernel=True``).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
@@ -31,6 +31,8 @@ CASES = [
                  id="all-options-loads-a-chunk-ahead"),
     pytest.param((1, 11, 4, 1, 3), ALL_OPTIONS, dict(chunk=16, unroll=4, prefetch_rows=True),
                  id="one-segment-loads-a-chunk-ahead"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, gate_in_kernel=False),
+                 id="all-options-gate-outside-the-kernels"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
                  id="all-options-delta-discretised-in-kernel"),
     pytest.param((1, 11, 4, 1, 3), dict(D=True, delta_bias=True), dict(chunk=4), id="bias-without-softplus"),
@@ -113,16 +115,18 @@ def test_default_unroll_is_four_steps_on_every_grid(rows, length, dim, programs)
     assert lay.chunk == 4
 
 
-def test_bfloat16_gradients_keep_the_inputs_dtypes():
+@pytest.mark.parametrize("gate_in_kernel", [True, False], ids=["gate-in-kernel", "gate-outside"])
+def test_bfloat16_gradients_keep_the_inputs_dtypes(gate_in_kernel):
     """bf16 activations (delta discretised outside the kernels in float32): every gradient in its input's dtype,
     and within bf16 rounding (3e-2) of the float32 sequential scan's gradient of the same values."""
     opts = dict(D=True, z=True, delta_bias=True, delta_softplus=True)
     x = make_inputs(1, 2, 13, 8, 2, 4, dtype=jnp.bfloat16, **opts)
     names = [k for k, v in x.items() if v is not None]
     w = jax.random.normal(jax.random.PRNGKey(5), x["u"].shape)
+    blocks = dict(chunk=4, gate_in_kernel=gate_in_kernel)
 
     def grads(impl, x):
-        return jax.jit(jax.grad(lambda x: jnp.sum(scan(impl, x, opts, dict(chunk=4)).astype(jnp.float32) * w)))(x)
+        return jax.jit(jax.grad(lambda x: jnp.sum(scan(impl, x, opts, blocks).astype(jnp.float32) * w)))(x)
 
     got = grads("split", x)
     want = grads("sequential", jax.tree.map(lambda a: a.astype(jnp.float32), x))
