@@ -140,13 +140,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     shape = next(s for s in SHAPES + MODEL_SHAPES if s.name == args.shape)
-    print(f"{'config':<22}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
+    print(f"{'config':<27}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
           f"{'instrs':>8}{'ex2':>6}{'bar.sync':>10}{'shfl':>6}", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for text in args.configs.split(","):
             for name, num_warps, ir in lowered_kernels(parse_config(text), shape):
                 r = compile_resources(ir, num_warps, workdir)
-                print(f"{text:<22}{name:<32}{num_warps:>6}{r['registers']:>6}"
+                print(f"{text:<27}{name:<32}{num_warps:>6}{r['registers']:>6}"
                       f"{r['spill_stores']:>8}/{r['spill_loads']:<6}{programs_per_sm(r['registers'], num_warps):>13}"
                       f"{r['instructions']:>8}{r['ex2']:>6}{r['bar_sync']:>10}{r['shfl']:>6}", flush=True)
 

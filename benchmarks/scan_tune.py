@@ -3,11 +3,13 @@
     python benchmarks/scan_tune.py --configs tiled:16:64:4:4,serial:32:16:4:8 --dtypes float32,bfloat16 \
         --check --json $OUT/tune.jsonl --budget 400
 
-A config is ``design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch]]]]`` (unroll:
-split only, the steps between checkpoints inside a segment, 0 or left out for the default ``split.UNROLL``; hoist: 1
-to issue a chunk's loads before its stores in both kernels, 0 in neither, left out or empty for the default, the
-forward only; outside: 1 to discretise delta once outside the kernels, ``delta_in_kernel=False``; prefetch: 1 to load an
-in-place shape's positions a chunk ahead, ``prefetch_order``). For each config x shape x dtype
+A config is ``FIELDS`` below (unroll: split only, the steps between checkpoints inside a segment, 0 or left out for
+the default ``split.UNROLL``; hoist: 1 to issue a chunk's loads before its stores in every kernel, 0 in none, left
+out or empty for the default, the forward direction only; outside: 1 to discretise delta once outside the kernels,
+``delta_in_kernel=False``; prefetch: 1 / 0 to load an in-place shape's positions a chunk ahead or not,
+``prefetch_order``; rows: 1 for every forward-direction and summary load a chunk ahead, ``prefetch_rows``; gate: 0
+to gate y outside the kernels, ``gate_in_kernel=False``). For each dtype x shape x config (configs innermost, so a
+spent budget cuts shapes, not configs, and configs compared on a shape run minutes apart at most)
 it prints forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
 dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
 input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the
@@ -124,14 +126,14 @@ def main() -> None:
         raise SystemExit("scan_tune.py times GPU kernels; no GPU here (CPU tests use interpret mode)")
     shapes = select_shapes(SHAPES + MODEL_SHAPES, args.shapes, default=SHAPES)
     start = time.perf_counter()
-    print(f"{'config':<22}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
-    for text in args.configs.split(","):
-        config = parse_config(text)
-        for dtype in args.dtypes.split(","):
-            for shape in shapes:
+    print(f"{'config':<27}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
+    configs = [(text, parse_config(text)) for text in args.configs.split(",")]
+    for dtype in args.dtypes.split(","):
+        for shape in shapes:
+            for text, config in configs:
                 forward, forward_backward = kernel_fns(config, shape.order())
                 if time.perf_counter() - start > args.budget:
-                    print(f"{text:<22}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
+                    print(f"{text:<27}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
                     continue
                 row = {"config": text, "shape": shape.name, "dtype": dtype}
                 try:
@@ -146,7 +148,7 @@ def main() -> None:
                 note = row.get("error") or (f"y {row['fwd_err']:.1e}, {row['worst_grad']} {row['grad_err']:.1e}"
                                             if "fwd_err" in row else "")
                 times = (f"{row['fwd_ms']:9.3f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row else " " * 21)
-                print(f"{text:<22}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)
+                print(f"{text:<27}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)
                 append_jsonl(args.json, row)
 
 
