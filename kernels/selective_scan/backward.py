@@ -49,16 +49,24 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
         x = common.load_matrix(r["states"], p, lay, index=(p.b, jnp.maximum(c - 1, 0)))
         x = jnp.where(c > 0, x, 0.0)
         # Hoisted: every input of the chunk loaded once, before the first store, and held through both walks.
-        # Otherwise (fewer registers) the reverse walk loads its step again, between the previous step's stores.
-        # Never a chunk ahead (``prefetch_rows``): this kernel already holds the chunk's states.
+        # Otherwise (fewer registers) the reverse walk loads its step again, between the previous step's stores:
+        # with ``prefetch_rows`` one step ahead (the next step's loads issued before this step's work and stores,
+        # two steps' inputs held, not the chunk's), else in the step itself, so that each step waits out its loads.
         hoisted = [load(here) for here in heres] if lay.hoist_loads else None
         states = [x]  # states[i] = state before step i of the chunk; states[i + 1] = after it
         for i, here in enumerate(heres):
             step = hoisted[i][0] if hoisted else common.load_step(r, p, lay, here, bias, delta_softplus)
             states.append(common.advance(states[-1], step, rates))
+        ahead = lay.prefetch_rows and not hoisted
+        upcoming = load(heres[-1]) if ahead else None
         for i in reversed(range(lay.chunk)):
             here = heres[i]
-            step, C, g, z = hoisted[i] if hoisted else load(here)
+            if hoisted:
+                step, C, g, z = hoisted[i]
+            elif ahead:
+                (step, C, g, z), upcoming = upcoming, (load(heres[i - 1]) if i else None)
+            else:
+                step, C, g, z = load(here)
             if z is not None:
                 y = jnp.sum(states[i + 1] * C[None, :], axis=1)
                 if skip is not None:

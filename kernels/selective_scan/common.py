@@ -50,7 +50,8 @@ class Layout:
     prefetch_order: bool = False
     # forward and segment-summary kernels: load the next chunk's rows (and positions) before this chunk's work and
     # carry them, so a chunk's loads are in flight while the previous chunk computes (software pipelining, one chunk
-    # deep), for a second chunk's inputs held in registers. The backward kernel, which holds a chunk's states, not.
+    # deep), for a second chunk's inputs held in registers. The backward kernel, which holds a chunk's states, one
+    # step deep inside its reverse walk.
     prefetch_rows: bool = False
 
     @property

@@ -245,8 +245,9 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       prefetch_order: serial and split only, with ``order``: load each chunk's positions one chunk ahead, so its
         row loads do not wait on them (None, the default: on, ``PREFETCH_ORDER``; True on a tiled design is refused).
       prefetch_rows: serial and split only: the forward and segment-summary kernels issue each chunk's loads (rows
-        and positions) one chunk ahead and hold them through the chunk before, so their latency overlaps its work
-        (more registers; the backward kernel is left as it is; default False, untimed).
+        and positions) one chunk ahead and hold them through the chunk before, so their latency overlaps its work;
+        the backward kernel's reverse walk issues each step's loads one step ahead, before the stores of the step
+        after it (more registers; default False, untimed).
       gate_in_kernel: True (default) applies the gate y * silu(z) inside the kernels; False runs them without z and
         gates their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
         recomputed y and the dz store, for two elementwise passes over y (untimed).
