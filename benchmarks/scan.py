@@ -4,6 +4,7 @@
     python benchmarks/scan.py --small    # CPU default: shrunken shapes, pallas skipped (interpret mode is no timing)
     python benchmarks/scan.py --no-small --shapes vmamba-64x64 --repeats 3   # one full-size shape on CPU
     python benchmarks/scan.py --impls pallas --peer peer/mamba_ssm   # GPU: and mamba_ssm's CUDA kernel beside it
+    python benchmarks/scan.py --impls pallas --pallas-configs split:16:0:1:1:4::::1 --peer peer/mamba_ssm
 
 Prints one row per impl x shape: forward and forward+backward time (median of repeats after warm-up calls, at least
 ``WARMUP_S`` seconds of them on GPU), peak memory, and for the forward the floor = bytes it must move / copy
@@ -13,6 +14,8 @@ fwd+bwd temp size on CPU.
 The copy bandwidth is that of a plain device-to-device copy. With ``--peer DIR`` (a copy of
 ``../shared/peer/mamba_ssm``; it builds mamba_ssm's CUDA kernel, about 2 minutes) the same call then times
 mamba_ssm on the same shapes and dtype and adds the ratios ours / mamba_ssm (below 1: ours is faster).
+``--pallas-configs`` adds a row per shape for each Pallas kernel config given (``benchmarks/scan_tune.py``'s
+format), labelled ``pallas:<config>``, so candidate defaults get their ratios in the same call as the default.
 """
 
 from __future__ import annotations
@@ -163,8 +166,19 @@ def peer_times(peer_dir: str, dtype) -> dict:
 
 
 def functions(impl: str, order=None):
-    def forward(*args):
-        return selective_scan(*args, delta_softplus=True, impl=impl, order=order)
+    """Jitted forward and forward+backward of an impl, or of ``pallas:<config>`` (a scan_tune config)."""
+    if impl.startswith("pallas:"):
+        from benchmarks.scan_tune import parse_config  # scan_tune imports this module
+        from kernels.selective_scan import selective_scan_pallas
+        from ssm_jax.ssm.selective_scan import validate_inputs
+        tuning = parse_config(impl.split(":", 1)[1])
+
+        def forward(*args):
+            return selective_scan_pallas(*validate_inputs(*args), delta_softplus=True, return_last_state=False,
+                                         interpret=False, order=order, **tuning)
+    else:
+        def forward(*args):
+            return selective_scan(*args, delta_softplus=True, impl=impl, order=order)
 
     def forward_backward(args, cotangent):
         y, vjp = jax.vjp(forward, *args)
@@ -190,7 +204,7 @@ def measure(impl: str, shape: Shape, dtype, repeats: int) -> dict:
 
 
 def isolated(job: str, args) -> dict:
-    """Run ``--one job`` (``impl:shape`` or ``bandwidth``) in a fresh process: the device's peak memory is
+    """Run ``--one job`` (``impl@shape`` or ``bandwidth``) in a fresh process: the device's peak memory is
     then this job's alone, and the parent holds no device memory."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one", job, "--dtype", args.dtype,
            "--repeats", str(args.repeats)] + (["--small"] if args.small else [])
@@ -212,19 +226,27 @@ def fmt_bytes(n) -> str:
 
 def print_peer_ratios(rows, peer: dict) -> None:
     print("\nours / mamba_ssm (same GPU, same call; below 1 means ours is faster)")
-    print(f"{'impl':<12} {'shape':<16} {'peer fwd ms':>12} {'peer f+b ms':>12} {'fwd ratio':>10} {'f+b ratio':>10}")
+    width = impl_width(rows)
+    print(f"{'impl':<{width}} {'shape':<16} {'peer fwd ms':>12} {'peer f+b ms':>12} {'fwd ratio':>10} "
+          f"{'f+b ratio':>10}")
     for impl, shape, row in rows:
         name = shape.name.split("/")[0]
         if "error" in row or name not in peer:
             continue
         fwd, fwd_bwd = peer[name]
-        print(f"{impl:<12} {name:<16} {1e3 * fwd:12.3f} {1e3 * fwd_bwd:12.3f} {row['fwd'] / fwd:10.2f} "
+        print(f"{impl:<{width}} {name:<16} {1e3 * fwd:12.3f} {1e3 * fwd_bwd:12.3f} {row['fwd'] / fwd:10.2f} "
               f"{row['fwd_bwd'] / fwd_bwd:10.2f}")
+
+
+def impl_width(rows) -> int:
+    """Width of the impl column: 12, or the longest ``pallas:<config>`` label."""
+    return max([12] + [len(impl) for impl, _, _ in rows])
 
 
 def print_table(rows, bandwidth: float, dtype) -> None:
     print(f"\ncopy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s; dtype {jnp.dtype(dtype).name}")
-    header = (f"{'impl':<12} {'shape (rows,L,D,N)':<32} {'fwd ms':>10} {'fwd+bwd ms':>11} {'peak mem':>13} "
+    width = impl_width(rows)
+    header = (f"{'impl':<{width}} {'shape (rows,L,D,N)':<32} {'fwd ms':>10} {'fwd+bwd ms':>11} {'peak mem':>13} "
               f"{'floor ms':>9} {'fwd GB/s':>9} {'fwd/floor':>9}")
     print(header)
     print("-" * len(header))
@@ -233,9 +255,9 @@ def print_table(rows, bandwidth: float, dtype) -> None:
         floor_bytes = forward_bytes(shape, dtype)
         floor = floor_bytes / bandwidth
         if "error" in row:
-            print(f"{impl:<12} {label:<32} {row['error']}")
+            print(f"{impl:<{width}} {label:<32} {row['error']}")
             continue
-        print(f"{impl:<12} {label:<32} {fmt_ms(row['fwd'])} {fmt_ms(row['fwd_bwd']):>11} "
+        print(f"{impl:<{width}} {label:<32} {fmt_ms(row['fwd'])} {fmt_ms(row['fwd_bwd']):>11} "
               f"{fmt_bytes(row['peak']):>13} {fmt_ms(floor):>9} {floor_bytes / row['fwd'] / 1e9:9.1f} "
               f"{row['fwd'] / floor:9.1f}")
 
@@ -251,7 +273,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--peer", metavar="DIR", help="also time mamba_ssm from this copy of shared/peer/mamba_ssm")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # "impl:shape" or "bandwidth", see isolated()
+    parser.add_argument("--pallas-configs", default="", metavar="CONFIGS",
+                        help="comma-separated Pallas kernel configs (scan_tune.py's format) timed as extra impls")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # "impl@shape" or "bandwidth", see isolated()
     args = parser.parse_args()
     if args.peer and not on_gpu:
         raise SystemExit("--peer needs a GPU (mamba_ssm's kernel is CUDA)")
@@ -263,13 +287,14 @@ def main() -> None:
         print(json.dumps({"bandwidth": copy_bandwidth(bandwidth_bytes, args.repeats)}))
         return
     if args.one:
-        impl, name = args.one.split(":", 1)
+        impl, name = args.one.rsplit("@", 1)
         print(json.dumps(measure(impl, shapes[name], dtype, args.repeats)))
         return
     impls = [i for i in args.impls.split(",") if i in IMPLS]
-    if not on_gpu and "pallas" in impls:
+    impls += [f"pallas:{config}" for config in args.pallas_configs.split(",") if config]
+    if not on_gpu and any(i.startswith("pallas") for i in impls):
         print("no GPU: skipping pallas (interpret mode is not a timing)")
-        impls.remove("pallas")
+        impls = [i for i in impls if not i.startswith("pallas")]
     if on_gpu:
         result = isolated("bandwidth", args)
         if "bandwidth" not in result:
@@ -281,7 +306,7 @@ def main() -> None:
     for shape in shapes.values():
         for impl in impls:
             if on_gpu:
-                row = isolated(f"{impl}:{shape.name}", args)
+                row = isolated(f"{impl}@{shape.name}", args)
             else:
                 row = measure(impl, shape, dtype, args.repeats)
             rows.append((impl, shape, row))

@@ -4,7 +4,7 @@ timing of the models' stages), and the in-place inputs they build run through th
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.scan import MODEL_SHAPES, SMALL_MODEL_SHAPES, Shape, forward_bytes, make_inputs, measure
+from benchmarks.scan import MODEL_SHAPES, SMALL_MODEL_SHAPES, Shape, forward_bytes, functions, make_inputs, measure
 from ssm_jax.models.mambaad import mambaad_model_config
 from ssm_jax.models.memorymamba import memorymamba_presets
 from ssm_jax.ssm import scan_orders, selective_scan
@@ -59,3 +59,21 @@ def test_in_place_shape_measures_on_cpu_and_matches_the_gathered_scan():
                            delta_softplus=True, impl="sequential")
         ys.append(np.asarray(y)[:, np.argsort(order[g])])
     np.testing.assert_allclose(in_place, np.concatenate(ys, axis=-1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_pallas_config_row_runs_that_kernel_config():
+    """``--pallas-configs``: an impl ``pallas:<config>`` lowers the Pallas kernels with that config's settings (here
+    the gate outside the kernels: its products in XLA) for CUDA, on a gated shape
+    and an in-place one, without a GPU."""
+    gated = Shape("gated", 1, 64, 32, 4)
+    args, _ = make_inputs(gated, jnp.float32)
+
+    def lowered(impl, shape, args):
+        forward, _ = functions(impl, shape.order())
+        return forward.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+    default, outside = (lowered(f"pallas:split:16:0:1:1:4{gate}", gated, args) for gate in ("", ":::::0"))
+    assert "triton" in default and "triton" in outside
+    assert "stablehlo.multiply" not in default and "stablehlo.multiply" in outside  # y * z * sigmoid(z)
+    shape = SMALL_MODEL_SHAPES[0]
+    assert "triton" in lowered("pallas:split:16:0:1:1:4::::1", shape, make_inputs(shape, jnp.float32)[0])
