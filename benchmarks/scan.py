@@ -168,17 +168,11 @@ def peer_times(peer_dir: str, dtype) -> dict:
 def functions(impl: str, order=None):
     """Jitted forward and forward+backward of an impl, or of ``pallas:<config>`` (a scan_tune config)."""
     if impl.startswith("pallas:"):
-        from benchmarks.scan_tune import parse_config  # scan_tune imports this module
-        from kernels.selective_scan import selective_scan_pallas
-        from ssm_jax.ssm.selective_scan import validate_inputs
-        tuning = parse_config(impl.split(":", 1)[1])
+        from benchmarks.scan_tune import kernel_fns, parse_config  # scan_tune imports this module
+        return kernel_fns(parse_config(impl.split(":", 1)[1]), order)
 
-        def forward(*args):
-            return selective_scan_pallas(*validate_inputs(*args), delta_softplus=True, return_last_state=False,
-                                         interpret=False, order=order, **tuning)
-    else:
-        def forward(*args):
-            return selective_scan(*args, delta_softplus=True, impl=impl, order=order)
+    def forward(*args):
+        return selective_scan(*args, delta_softplus=True, impl=impl, order=order)
 
     def forward_backward(args, cotangent):
         y, vjp = jax.vjp(forward, *args)

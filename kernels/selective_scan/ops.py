@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from kernels.selective_scan import backward, forward, split, tiled_backward, tiled_forward
 from kernels.selective_scan.common import make_layout
 from kernels.selective_scan.per_device import per_device
+from ssm_jax.ssm.selective_scan import discretize_delta, finish_output
 
 # design -> (forward, backward, default chunk, default block_d cap, forward warps, backward warps, time_last)
 DESIGNS = {
@@ -141,11 +142,8 @@ def _kernel_inputs(inputs: dict, delta_softplus: bool, tuning: Tuning):
     softplus(delta + bias) in float32 and the kernels skip bias and softplus in every pass."""
     if not _discretised_outside(inputs, delta_softplus, tuning):
         return inputs, delta_softplus
-    pre = inputs["delta"].astype(jnp.float32)
-    if "delta_bias" in inputs:
-        pre = pre + inputs["delta_bias"].astype(jnp.float32)
     kernel = {k: v for k, v in inputs.items() if k != "delta_bias"}
-    kernel["delta"] = jax.nn.softplus(pre) if delta_softplus else pre
+    kernel["delta"] = discretize_delta(inputs["delta"], inputs.get("delta_bias"), delta_softplus, jnp.float32)
     return kernel, False
 
 
@@ -270,11 +268,5 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
     if not gate_outside:
         return out
     y, last = out if return_last_state else (out, None)
-    y = gate(y, z)
+    y = finish_output(y.astype(jnp.float32), None, None, z, y.dtype)  # y * silu(z) in float32
     return (y, last) if return_last_state else y
-
-
-def gate(y, z):
-    """y * silu(z) in float32, returned in y's dtype: the gate applied outside the kernels."""
-    z = z.astype(jnp.float32)
-    return (y.astype(jnp.float32) * z * jax.nn.sigmoid(z)).astype(y.dtype)
