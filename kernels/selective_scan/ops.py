@@ -57,6 +57,15 @@ HOIST_BY_DEFAULT = {"forward": True, "backward": False}
 # MemoryMamba's three in-place stage scans and ad-32, within 2 % on ad-64 (fp32; bf16 forward+backward 1-6 %
 # faster; one H200, NOTES.md, "Session 11").
 PREFETCH_ORDER = True
+# Every load a chunk ahead (``prefetch_rows`` left as None): with the gate outside, forward+backward 7-28 % faster
+# than session 11's defaults on all five generic shapes in fp32 and bf16 (ours / mamba_ssm in the same call, e.g.
+# vmamba-64x64 1.48 -> 1.07, 8-dir 0.47 -> 0.38), and 7-15 % on the in-place ad-64, ad-32 and mm-tiny-28 scans
+# (one H200, NOTES.md, "Session 12").
+PREFETCH_ROWS = True
+# The gate y * silu(z) in XLA after the kernels (``gate_in_kernel`` left as None): the backward kernel loses z's
+# loads, the sigmoid, the recomputed y and the dz store (and its register spill on vmamba-64x64); forward+backward
+# 2-24 % faster on the five generic shapes, fp32 and bf16, for up to 6.5 % more peak memory (NOTES.md, "Session 12").
+GATE_IN_KERNEL = False
 
 
 class Tuning(NamedTuple):
@@ -74,8 +83,8 @@ class Tuning(NamedTuple):
     delta_in_kernel: bool = False
     # With an ``order``: each chunk's positions loaded one chunk ahead (``common.walk``); None: ``PREFETCH_ORDER``.
     prefetch_order: bool | None = None
-    # Every load of a chunk issued one chunk ahead (``common.walk``): untimed, so off.
-    prefetch_rows: bool = False
+    # Every load of a chunk issued one chunk ahead (``common.walk``); None: ``PREFETCH_ROWS``.
+    prefetch_rows: bool | None = None
 
 
 def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
@@ -99,15 +108,15 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
         raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
     for name, asked in (("hoist_loads", tuning.hoist_loads is not None),
                         ("prefetch_order", tuning.prefetch_order is not None),
-                        ("prefetch_rows", tuning.prefetch_rows)):
+                        ("prefetch_rows", bool(tuning.prefetch_rows))):
         if asked and design.startswith("tiled"):
             raise ValueError(f"selective_scan_pallas: {name} is a setting of the serial and split designs, "
                              f"not of {design}")
     if not design.startswith("tiled"):
         hoist = HOIST_BY_DEFAULT[direction] if tuning.hoist_loads is None else bool(tuning.hoist_loads)
         prefetch = PREFETCH_ORDER if tuning.prefetch_order is None else bool(tuning.prefetch_order)
-        lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch,
-                                  prefetch_rows=bool(tuning.prefetch_rows))
+        rows = PREFETCH_ROWS if tuning.prefetch_rows is None else bool(tuning.prefetch_rows)
+        lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch, prefetch_rows=rows)
     if ordered and design.startswith("tiled"):
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if tuning.num_warps is not None:
@@ -211,8 +220,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           block_d: int | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
                           hoist_loads: bool | None = None, delta_in_kernel: bool = False,
-                          prefetch_order: bool | None = None, prefetch_rows: bool = False,
-                          gate_in_kernel: bool = True):
+                          prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
+                          gate_in_kernel: bool | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -245,10 +254,11 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       prefetch_rows: serial and split only: the forward and segment-summary kernels issue each chunk's loads (rows
         and positions) one chunk ahead and hold them through the chunk before, so their latency overlaps its work;
         the backward kernel's reverse walk issues each step's loads one step ahead, before the stores of the step
-        after it (more registers; default False, untimed).
-      gate_in_kernel: True (default) applies the gate y * silu(z) inside the kernels; False runs them without z and
-        gates their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
-        recomputed y and the dz store, for two elementwise passes over y (untimed).
+        after it (more registers; None, the default: on, ``PREFETCH_ROWS``; True on a tiled design is refused).
+      gate_in_kernel: True applies the gate y * silu(z) inside the kernels; False runs them without z and gates
+        their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
+        recomputed y and the dz store, for two elementwise passes over y (None, the default: ``GATE_IN_KERNEL``,
+        outside).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -261,8 +271,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         order = order.astype(jnp.int32)
     tuning = Tuning(design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
                     bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order),
-                    bool(prefetch_rows))
-    gate_outside = z is not None and not gate_in_kernel
+                    None if prefetch_rows is None else bool(prefetch_rows))
+    gate_outside = z is not None and not (GATE_IN_KERNEL if gate_in_kernel is None else gate_in_kernel)
     out = _scan(u, delta, A, B, C, D, None if gate_outside else z, delta_bias, order, bool(delta_softplus),
                 bool(return_last_state), bool(interpret), tuning)
     if not gate_outside:

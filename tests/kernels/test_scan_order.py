@@ -28,12 +28,13 @@ def gathered_scan(x: dict, order: np.ndarray, last: bool):
     return ssm_scan(**x, delta_softplus=True, return_last_state=last, impl="sequential", order=order)
 
 
-@pytest.mark.parametrize("blocks", [dict(design="serial", block_d=2, chunk=4),
-                                    dict(design="split", block_d=2, chunk=4, unroll=2),
-                                    dict(design="serial", block_d=2, chunk=4, prefetch_order=True),
-                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True),
+@pytest.mark.parametrize("blocks", [dict(design="serial", block_d=2, chunk=4, prefetch_rows=False),
+                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=False),
+                                    dict(design="serial", block_d=2, chunk=4, prefetch_order=True, prefetch_rows=False),
                                     dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True,
-                                         hoist_loads=True),
+                                         prefetch_rows=False),
+                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True,
+                                         hoist_loads=True, prefetch_rows=False),
                                     dict(design="serial", block_d=2, chunk=4, prefetch_rows=True),
                                     dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=True)],
                          ids=["serial", "split", "serial-prefetched", "split-prefetched", "split-prefetched-hoisted",
@@ -76,8 +77,9 @@ def test_order_is_checked():
         selective_scan_pallas(**x, **kw, design="tiled", order=orders(3, 11))
 
 
-@pytest.mark.parametrize("prefetch", [dict(prefetch_order=False), dict(prefetch_order=True),
-                                      dict(prefetch_rows=True)], ids=["in-chunk", "positions-ahead", "rows-ahead"])
+@pytest.mark.parametrize("prefetch", [dict(prefetch_order=False, prefetch_rows=False),
+                                      dict(prefetch_order=True, prefetch_rows=False), dict(prefetch_rows=True)],
+                         ids=["in-chunk", "positions-ahead", "rows-ahead"])
 def test_order_changes_the_result_and_lowers_for_cuda(prefetch):
     """The order is honoured (without it the scan differs), and the ordered split kernels lower through Triton,
     with the positions loaded in their chunk or one ahead, or every load one ahead."""

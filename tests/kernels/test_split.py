@@ -1,9 +1,9 @@
 """The ``split`` design (sequence cut into segments walked by separate programs, ``kernels/selective_scan/split.py``)
 in interpret mode: y and the last state against the float64 NumPy recurrence (relative error 1e-5), every
 gradient against the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one
-segment (the serial kernels alone), with loads interleaved with the stores, hoisted (``hoist_loads``) or issued a
-chunk ahead (``prefetch_rows``), the gate in the kernels or after them (``gate_in_kernel=False``), and with
-delta discretised once outside the kernels (the default) or in each of them (``delta_in_kernel=True``).
+segment (the serial kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default), in their
+chunk, or hoisted (``hoist_loads``), the gate after the kernels (the default) or in them (``gate_in_kernel=True``),
+and with delta discretised once outside the kernels (the default) or in each of them (``delta_in_kernel=True``).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import jax
@@ -27,12 +27,12 @@ CASES = [
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, unroll=2, hoist_loads=True),
                  id="all-options-loads-hoisted"),
     pytest.param((1, 5, 2, 1, 2), ALL_OPTIONS, dict(chunk=8, hoist_loads=True), id="one-segment-loads-hoisted"),
-    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, unroll=2, prefetch_rows=True),
-                 id="all-options-loads-a-chunk-ahead"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, unroll=2, prefetch_rows=False),
+                 id="all-options-loads-in-their-chunk"),
     pytest.param((1, 11, 4, 1, 3), ALL_OPTIONS, dict(chunk=16, unroll=4, prefetch_rows=True),
                  id="one-segment-loads-a-chunk-ahead"),
-    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, gate_in_kernel=False),
-                 id="all-options-gate-outside-the-kernels"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, gate_in_kernel=True),
+                 id="all-options-gate-in-the-kernels"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
                  id="all-options-delta-discretised-in-kernel"),
     pytest.param((1, 11, 4, 1, 3), dict(D=True, delta_bias=True), dict(chunk=4), id="bias-without-softplus"),
