@@ -127,9 +127,12 @@ def forward_bytes(shape: Shape, dtype) -> int:
 
 
 def warm_up(fn, *args, calls: int, seconds: float) -> None:
-    """Call ``fn(*args)`` at least ``calls`` times (compilation in the first) and until ``seconds`` have passed, so
-    the GPU is at its working clocks when timing starts."""
-    start, done = time.perf_counter(), 0
+    """Call ``fn(*args)`` at least ``calls`` times and for ``seconds`` after the first call, so the GPU is at its
+    working clocks when timing starts. The seconds count from the end of the first call, which compiles: counted
+    from its start, a long compile used them up while the GPU idled (session 12: the first config timed on
+    mamba-768, vmamba-64x64 and mm-tiny-56 ran its forward+backward 3-4x slower than the same config later)."""
+    jax.block_until_ready(fn(*args))
+    start, done = time.perf_counter(), 1
     while done < calls or time.perf_counter() - start < seconds:
         jax.block_until_ready(fn(*args))
         done += 1
