@@ -72,8 +72,8 @@ def test_a_pallas_config_row_runs_that_kernel_config():
         forward, _ = functions(impl, shape.order())
         return forward.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
-    default, outside = (lowered(f"pallas:split:16:0:1:1:4{gate}", gated, args) for gate in ("", ":::::0"))
-    assert "triton" in default and "triton" in outside
-    assert "stablehlo.multiply" not in default and "stablehlo.multiply" in outside  # y * z * sigmoid(z)
+    inside, outside = (lowered(f"pallas:split:16:0:1:1:4:::::{gate}", gated, args) for gate in (1, 0))
+    assert "triton" in inside and "triton" in outside
+    assert "stablehlo.multiply" not in inside and "stablehlo.multiply" in outside  # y * z * sigmoid(z)
     shape = SMALL_MODEL_SHAPES[0]
     assert "triton" in lowered("pallas:split:16:0:1:1:4::::1", shape, make_inputs(shape, jnp.float32)[0])
