@@ -258,7 +258,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       gate_in_kernel: True applies the gate y * silu(z) inside the kernels; False runs them without z and gates
         their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
         recomputed y and the dz store, for two elementwise passes over y (None, the default: ``GATE_IN_KERNEL``,
-        outside).
+        outside). With bfloat16 inputs y is rounded to bfloat16 before the gate as well as after it.
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
