@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.scan import MODEL_SHAPES, SHAPES, make_inputs  # noqa: E402
-from benchmarks.scan_tune import parse_config  # noqa: E402
+from benchmarks.kernel_configs import parse_config  # noqa: E402
 from kernels.selective_scan import selective_scan_pallas  # noqa: E402
 from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.kernel_configs import kernel_fns, parse_config  # noqa: E402
 from benchmarks.rows import select_shapes  # noqa: E402
 from ssm_jax.ssm import scan_orders, selective_scan  # noqa: E402
 
@@ -171,7 +172,6 @@ def peer_times(peer_dir: str, dtype) -> dict:
 def functions(impl: str, order=None):
     """Jitted forward and forward+backward of an impl, or of ``pallas:<config>`` (a scan_tune config)."""
     if impl.startswith("pallas:"):
-        from benchmarks.scan_tune import kernel_fns, parse_config  # scan_tune imports this module
         return kernel_fns(parse_config(impl.split(":", 1)[1]), order)
 
     def forward(*args):

@@ -3,17 +3,17 @@
     python benchmarks/scan_tune.py --configs tiled:16:64:4:4,serial:32:16:4:8 --dtypes float32,bfloat16 \
         --check --json $OUT/tune.jsonl --budget 400
 
-A config is ``FIELDS`` below (unroll: split only, the steps between checkpoints inside a segment, 0 or left out for
-the default ``split.UNROLL``; hoist: 1 to issue a chunk's loads before its stores in every kernel, 0 in none, left
-out or empty for the default, the forward direction only; outside: 1 to discretise delta once outside the kernels,
-``delta_in_kernel=False``; prefetch: 1 / 0 to load an in-place shape's positions a chunk ahead or not,
-``prefetch_order``; rows: 1 for every forward-direction and summary load a chunk ahead, ``prefetch_rows``; gate: 0
-to gate y outside the kernels, ``gate_in_kernel=False``). For each dtype x shape x config (configs innermost, so a
-spent budget cuts shapes, not configs, and configs compared on a shape run minutes apart at most)
-it prints forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so host
-dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
-input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the
-remaining rows are skipped and said so. Each timing first calls its function for ``--warmup_s`` seconds
+A config is ``benchmarks.kernel_configs.FIELDS`` (unroll: split only, the steps between checkpoints inside a
+segment, 0 or left out for the default ``split.UNROLL``; hoist: 1 to issue a chunk's loads before its stores in
+every kernel, 0 in none, left out or empty for the default, the forward direction only; outside: 1 to discretise
+delta once outside the kernels, ``delta_in_kernel=False``; prefetch: 1 / 0 to load an in-place shape's positions a
+chunk ahead or not, ``prefetch_order``; rows: 1 for every forward-direction and summary load a chunk ahead,
+``prefetch_rows``; gate: 0 to gate y outside the kernels, ``gate_in_kernel=False``). For each dtype x shape x config
+(configs innermost, so a spent budget cuts shapes, not configs, and configs compared on a shape run minutes apart at
+most) it prints forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so
+host dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
+input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the remaining
+rows are skipped and said so. Each timing first calls its function for ``--warmup_s`` seconds
 (``benchmarks.scan.warm_up``), so no row is timed on a GPU still raising its clocks (on 2026-11-30 the first row of
 a call ran up to 1.5x slower than the same config in a later position). GPU only (interpret mode is not a timing).
 """
@@ -31,55 +31,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import NAMES, rel  # noqa: E402
+from benchmarks.kernel_configs import kernel_fns, parse_config  # noqa: E402
 from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
 from benchmarks.scan import MODEL_SHAPES, SHAPES, make_inputs, warm_up  # noqa: E402
-from kernels.selective_scan import selective_scan_pallas  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
-from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
-
-
-FIELDS = "design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch[:rows[:gate]]]]]]"
-
-
-def parse_config(text: str) -> dict:
-    """A config (``FIELDS``) -> selective_scan_pallas keywords. An optional field left empty (``split:16:128:1:1:4::1``)
-    or out takes the default; chunk and unroll 0 too (split: the segment length ``split.default_segment`` picks).
-    hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta discretised outside the kernels,
-    ``delta_in_kernel=False``; prefetch 1 / 0: ``prefetch_order`` on / off; rows 1: ``prefetch_rows``; gate 0: the
-    gate applied outside the kernels (``gate_in_kernel=False``)."""
-    design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
-    if len(rest) > 6:
-        raise SystemExit(f"config {text!r}: expected {FIELDS}")
-    config = dict(design=design, block_d=int(block_d), num_warps=(int(fwd_warps), int(bwd_warps)))
-    if chunk and int(chunk):
-        config["chunk"] = int(chunk)
-    unroll, hoist, outside, prefetch, rows, gate = (int(v) if v else None for v in rest + [""] * (6 - len(rest)))
-    if unroll:
-        config["unroll"] = unroll
-    if hoist is not None:
-        config["hoist_loads"] = bool(hoist)
-    if outside is not None:
-        config["delta_in_kernel"] = not outside
-    if prefetch is not None:
-        config["prefetch_order"] = bool(prefetch)
-    if rows is not None:
-        config["prefetch_rows"] = bool(rows)
-    if gate is not None:
-        config["gate_in_kernel"] = bool(gate)
-    return config
-
-
-def kernel_fns(config: dict, order=None):
-    def forward(*args):
-        x = validate_inputs(*args)
-        return selective_scan_pallas(*x, delta_softplus=True, return_last_state=False, interpret=False, order=order,
-                                     **config)
-
-    def forward_backward(args, cotangent):
-        y, vjp = jax.vjp(forward, *args)
-        return y, vjp(cotangent)
-
-    return jax.jit(forward), jax.jit(forward_backward)
 
 
 def batched_ms(fn, *args, calls: int, warmup_s: float) -> float:

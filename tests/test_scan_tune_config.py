@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.scan_tune import parse_config
+from benchmarks.kernel_configs import parse_config
 
 
 def test_config_fields_map_to_kernel_keywords():

@@ -1,9 +1,10 @@
-"""Mixup and CutMix for classification training (``config.loss.mixup_alpha``, ``config.loss.cutmix_alpha``): each
-step blends every image with its partner, its neighbour in the batch (images 0 and 1, 2 and 3, ...), by a weight lam ~ Beta(alpha, alpha) over the whole
-image (mixup, Zhang et al. 2018) or as a pasted box of area 1 - lam (CutMix, Yun et al. 2019), and the loss mixes
-the two labels' terms by the same lam. With both alphas set, each step picks one of the two at even odds, as the
-VMamba/DeiT recipes do. Drawn from the step's key on device, so a resumed run mixes exactly as an uninterrupted one.
-Partners are neighbours, not the batch reversed, so that with an even batch per device no image crosses devices.
+"""Mixup and CutMix for classification training (``config.loss.mixup_alpha``, ``config.loss.cutmix_alpha``): each step
+blends every image with its partner, its neighbour in the batch (images 0 and 1, 2 and 3, ...), by a weight lam ~
+Beta(alpha, alpha) over the whole image (mixup, Zhang et al. 2018) or as a pasted box of area 1 - lam (CutMix, Yun
+et al. 2019), and the loss mixes the two labels' terms by the same lam. With both alphas set, each step picks one of
+the two at even odds, as the VMamba/DeiT recipes do. Drawn from the step's key on device, so a resumed run mixes
+exactly as an uninterrupted one. Partners are neighbours, not the batch reversed, so that with an even batch per
+device no image crosses devices.
 """
 
 from __future__ import annotations

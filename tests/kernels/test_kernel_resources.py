@@ -3,7 +3,7 @@
 
 from benchmarks.kernel_resources import count_ptx, lowered_kernels, parse_ptxas, programs_per_sm
 from benchmarks.scan import SHAPES
-from benchmarks.scan_tune import parse_config
+from benchmarks.kernel_configs import parse_config
 
 PTXAS = """ptxas info    : Compiling entry function 'selective_scan_bwd' for 'sm_90a'
 ptxas info    : Function properties for selective_scan_bwd

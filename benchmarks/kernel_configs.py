@@ -1,0 +1,53 @@
+"""Pallas kernel configs as the scan benchmarks write them (``FIELDS``), and the jitted functions one runs: shared by
+``scan_tune.py``, ``scan.py --pallas-configs`` and ``kernel_resources.py``."""
+
+from __future__ import annotations
+
+import jax
+
+from kernels.selective_scan import selective_scan_pallas
+from ssm_jax.ssm.selective_scan import validate_inputs
+
+
+FIELDS = "design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch[:rows[:gate]]]]]]"
+
+
+def parse_config(text: str) -> dict:
+    """A config (``FIELDS``) -> selective_scan_pallas keywords. An optional field left empty (``split:16:128:1:1:4::1``)
+    or out takes the default; chunk and unroll 0 too (split: the segment length ``split.default_segment`` picks).
+    hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta discretised outside the kernels,
+    ``delta_in_kernel=False``; prefetch 1 / 0: ``prefetch_order`` on / off; rows 1: ``prefetch_rows``; gate 0: the
+    gate applied outside the kernels (``gate_in_kernel=False``)."""
+    design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
+    if len(rest) > 6:
+        raise SystemExit(f"config {text!r}: expected {FIELDS}")
+    config = dict(design=design, block_d=int(block_d), num_warps=(int(fwd_warps), int(bwd_warps)))
+    if chunk and int(chunk):
+        config["chunk"] = int(chunk)
+    unroll, hoist, outside, prefetch, rows, gate = (int(v) if v else None for v in rest + [""] * (6 - len(rest)))
+    if unroll:
+        config["unroll"] = unroll
+    if hoist is not None:
+        config["hoist_loads"] = bool(hoist)
+    if outside is not None:
+        config["delta_in_kernel"] = not outside
+    if prefetch is not None:
+        config["prefetch_order"] = bool(prefetch)
+    if rows is not None:
+        config["prefetch_rows"] = bool(rows)
+    if gate is not None:
+        config["gate_in_kernel"] = bool(gate)
+    return config
+
+
+def kernel_fns(config: dict, order=None):
+    def forward(*args):
+        x = validate_inputs(*args)
+        return selective_scan_pallas(*x, delta_softplus=True, return_last_state=False, interpret=False, order=order,
+                                     **config)
+
+    def forward_backward(args, cotangent):
+        y, vjp = jax.vjp(forward, *args)
+        return y, vjp(cotangent)
+
+    return jax.jit(forward), jax.jit(forward_backward)
