@@ -24,9 +24,9 @@ p = 0, 1/3, 2/3, 1 with 1131, 221, 79, 537 training images) cost 20 points of ac
 F1 at lr 5e-4, so it is off. At 2e-4 the model does not fit its training set in 40 epochs (training accuracy 0.80
 over the last 60 steps); 80 epochs gave 74.0 +- 1.0 % (seeds 0, 1; training accuracy 0.90-0.92), and stochastic
 depth, 256 px and test-time augmentation each moved a run by about a point at most (README, Results). Removing
-the flips, the rotations, the warp or the smoothing (below; one or two seeds each so far) moved test accuracy by
--1.4 to +0.6 points, within the seed spread; the rotations are what let ``tta=d4`` add 1-2 points instead of
-costing 3-4 (README, "Recipe ablations at full size"), so the recipe keeps all four.
+the flips, the rotations, the warp or the smoothing (below; three seeds each) moved mean test accuracy by -0.1 to
++0.5 points, within the seed spread; the rotations are what let ``tta=d4`` add 1-2 points instead of costing about
+3 (README, "Recipe ablations at full size"), so the recipe keeps all four.
 
 The ablations, each one override of the recipe (3 seeds each, S in 0 1 2; compare test accuracy, macro F1 and
 the per-class recall in ``<workdir>/eval/metrics.json``, e.g. with ``python -m ssm_jax.metrics.over_runs``). The
