@@ -6,14 +6,17 @@
     python benchmarks/scan.py --impls pallas --peer peer/mamba_ssm   # GPU: and mamba_ssm's CUDA kernel beside it
     python benchmarks/scan.py --impls pallas --pallas-configs split:16:0:1:1:4::::1 --peer peer/mamba_ssm
 
-Prints one row per impl x shape: forward and forward+backward time (median of repeats after warm-up calls, at least
-``WARMUP_S`` seconds of them on GPU), peak memory, and for the forward the floor = bytes it must move / copy
-bandwidth measured in this run, the achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the
-device's peak_bytes_in_use on GPU (one process per row, so rows don't see each other's peaks) and the compiled
-fwd+bwd temp size on CPU.
+Prints one row per impl x shape: forward and forward+backward time, one call at a time (median of repeats after
+warm-up calls, at least ``WARMUP_S`` seconds of them on GPU; each call pays the host's dispatch latency) and back
+to back (``b2b``: per call, median of repeats of ``BATCH_CALLS`` calls issued without waiting, the device's own rate
+as in training), peak memory, and for the back-to-back forward the floor = bytes it must move / copy bandwidth
+measured in this run, the achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the device's
+peak_bytes_in_use on GPU before the back-to-back batches (one process per row, so rows don't see each other's peaks)
+and the compiled fwd+bwd temp size on CPU.
 The copy bandwidth is that of a plain device-to-device copy. With ``--peer DIR`` (a copy of
 ``../shared/peer/mamba_ssm``; it builds mamba_ssm's CUDA kernel, about 2 minutes) the same call then times
-mamba_ssm on the same shapes and dtype and adds the ratios ours / mamba_ssm (below 1: ours is faster).
+mamba_ssm on the same shapes and dtype both ways with the same host clock (``benchmarks/mamba_ssm_times.py``) and
+adds the ratios ours / mamba_ssm (below 1: ours is faster).
 ``--pallas-configs`` adds a row per shape for each Pallas kernel config given (``benchmarks/scan_tune.py``'s
 format), labelled ``pallas:<config>``, so candidate defaults get their ratios in the same call as the default.
 """
@@ -46,6 +49,8 @@ IMPLS = ("pallas", "associative", "chunked", "sequential")
 # Seconds of warm-up calls per timing on GPU: each row runs in a fresh process, and on 2026-11-30 the first timing
 # of a process ran up to 1.5x slow (kernels/selective_scan/NOTES.md).
 WARMUP_S = 2.0
+# Calls per back-to-back batch (``batched_time``).
+BATCH_CALLS = 10
 
 
 class Shape(NamedTuple):
@@ -150,6 +155,18 @@ def median_time(fn, *args, repeats: int, warmup_s: float = 0.0) -> float:
     return float(np.median(times))
 
 
+def batched_time(fn, *args, calls: int, repeats: int) -> float:
+    """Median over ``repeats`` batches of the per-call wall time in seconds of ``calls`` calls of ``fn(*args)``
+    issued back to back and waited for once: the device's own rate while the host keeps ahead, as in training
+    (``median_time`` pays the dispatch latency on every call). Call after ``warm_up``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready([fn(*args) for _ in range(calls)])
+        times.append((time.perf_counter() - start) / calls)
+    return float(np.median(times))
+
+
 def copy_bandwidth(n_bytes: int, repeats: int) -> float:
     """Device-to-device copy bandwidth in bytes/s, read + write counted."""
     x = jnp.arange(n_bytes // 4, dtype=jnp.float32)
@@ -157,16 +174,18 @@ def copy_bandwidth(n_bytes: int, repeats: int) -> float:
     return 2 * x.nbytes / median_time(step, x, repeats=repeats)
 
 
-def peer_times(peer_dir: str, dtype) -> dict:
-    """{shape name: (fwd s, fwd+bwd s)} of mamba_ssm's kernel, from its bench.py run in a child process."""
-    out = os.environ.get("OUT") or "/tmp"
-    cmd = [sys.executable, os.path.join(peer_dir, "bench.py"), "--dtypes", jnp.dtype(dtype).name]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OUT": out})
-    path = os.path.join(out, "mamba_ssm_scan.json")
-    if done.returncode or not os.path.exists(path):
+def peer_times(peer_dir: str, dtype, repeats: int) -> dict:
+    """{shape name: row} of mamba_ssm's kernel timed as ours is (``benchmarks/mamba_ssm_times.py``, a child
+    process): ``fwd``/``fwd_bwd`` one call each (``median_time``), ``*_batched`` back to back (``batched_time``)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mamba_ssm_times.py")
+    cmd = [sys.executable, script, "--peer", peer_dir, "--dtype", jnp.dtype(dtype).name, "--repeats", str(repeats),
+           "--calls", str(BATCH_CALLS), "--warmup_s", str(WARMUP_S)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not rows:
         raise SystemExit(f"--peer: {' '.join(cmd)} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    with open(path) as f:
-        return {r["shape"]: (r["fwd_ms"] / 1e3, r["fwd_bwd_ms"] / 1e3) for r in json.load(f)}
+    return {r["shape"]: {"fwd": r["fwd_single"], "fwd_bwd": r["fwd_bwd_single"], "fwd_batched": r["fwd_batched"],
+                         "fwd_bwd_batched": r["fwd_bwd_batched"]} for r in rows}
 
 
 def functions(impl: str, order=None):
@@ -192,11 +211,13 @@ def measure(impl: str, shape: Shape, dtype, repeats: int) -> dict:
     warmup_s = WARMUP_S if on_gpu else 0.0
     row = {"fwd": median_time(forward, *args, repeats=repeats, warmup_s=warmup_s)}
     row["fwd_bwd"] = median_time(forward_backward, args, cotangent, repeats=repeats, warmup_s=warmup_s)
-    if on_gpu:
+    if on_gpu:  # read before the back-to-back batches, which hold BATCH_CALLS outputs at once
         row["peak"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"]
     else:
         analysis = forward_backward.lower(args, cotangent).compile().memory_analysis()
         row["peak"] = getattr(analysis, "temp_size_in_bytes", None)
+    row["fwd_batched"] = batched_time(forward, *args, calls=BATCH_CALLS, repeats=repeats)
+    row["fwd_bwd_batched"] = batched_time(forward_backward, args, cotangent, calls=BATCH_CALLS, repeats=repeats)
     return row
 
 
@@ -222,17 +243,20 @@ def fmt_bytes(n) -> str:
 
 
 def print_peer_ratios(rows, peer: dict) -> None:
-    print("\nours / mamba_ssm (same GPU, same call; below 1 means ours is faster)")
+    print("\nours / mamba_ssm (same GPU, same call, timed alike; below 1 means ours is faster): one call at a time, "
+          "then back to back")
     width = impl_width(rows)
     print(f"{'impl':<{width}} {'shape':<16} {'peer fwd ms':>12} {'peer f+b ms':>12} {'fwd ratio':>10} "
-          f"{'f+b ratio':>10}")
+          f"{'f+b ratio':>10} {'b2b peer fwd':>13} {'b2b peer f+b':>13} {'b2b fwd':>8} {'b2b f+b':>8}")
     for impl, shape, row in rows:
         name = shape.name.split("/")[0]
         if "error" in row or name not in peer:
             continue
-        fwd, fwd_bwd = peer[name]
-        print(f"{impl:<{width}} {name:<16} {1e3 * fwd:12.3f} {1e3 * fwd_bwd:12.3f} {row['fwd'] / fwd:10.2f} "
-              f"{row['fwd_bwd'] / fwd_bwd:10.2f}")
+        theirs = peer[name]
+        ratio = lambda key: row[key] / theirs[key]
+        print(f"{impl:<{width}} {name:<16} {fmt_ms(theirs['fwd']):>12} {fmt_ms(theirs['fwd_bwd']):>12} "
+              f"{ratio('fwd'):10.2f} {ratio('fwd_bwd'):10.2f} {fmt_ms(theirs['fwd_batched']):>13} "
+              f"{fmt_ms(theirs['fwd_bwd_batched']):>13} {ratio('fwd_batched'):8.2f} {ratio('fwd_bwd_batched'):8.2f}")
 
 
 def impl_width(rows) -> int:
@@ -243,8 +267,8 @@ def impl_width(rows) -> int:
 def print_table(rows, bandwidth: float, dtype) -> None:
     print(f"\ncopy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s; dtype {jnp.dtype(dtype).name}")
     width = impl_width(rows)
-    header = (f"{'impl':<{width}} {'shape (rows,L,D,N)':<32} {'fwd ms':>10} {'fwd+bwd ms':>11} {'peak mem':>13} "
-              f"{'floor ms':>9} {'fwd GB/s':>9} {'fwd/floor':>9}")
+    header = (f"{'impl':<{width}} {'shape (rows,L,D,N)':<32} {'fwd ms':>10} {'fwd+bwd ms':>11} {'b2b fwd':>10} "
+              f"{'b2b f+b':>10} {'peak mem':>13} {'floor ms':>9} {'fwd GB/s':>9} {'fwd/floor':>9}")
     print(header)
     print("-" * len(header))
     for impl, shape, row in rows:
@@ -254,9 +278,10 @@ def print_table(rows, bandwidth: float, dtype) -> None:
         if "error" in row:
             print(f"{impl:<{width}} {label:<32} {row['error']}")
             continue
-        print(f"{impl:<{width}} {label:<32} {fmt_ms(row['fwd'])} {fmt_ms(row['fwd_bwd']):>11} "
-              f"{fmt_bytes(row['peak']):>13} {fmt_ms(floor):>9} {floor_bytes / row['fwd'] / 1e9:9.1f} "
-              f"{row['fwd'] / floor:9.1f}")
+        fwd = row["fwd_batched"]
+        print(f"{impl:<{width}} {label:<32} {fmt_ms(row['fwd'])} {fmt_ms(row['fwd_bwd']):>11} {fmt_ms(fwd)} "
+              f"{fmt_ms(row['fwd_bwd_batched'])} {fmt_bytes(row['peak']):>13} {fmt_ms(floor):>9} "
+              f"{floor_bytes / fwd / 1e9:9.1f} {fwd / floor:9.1f}")
 
 
 def main() -> None:
@@ -310,7 +335,7 @@ def main() -> None:
             print(f"  measured {impl} on {shape.name}", file=sys.stderr, flush=True)
     print_table(rows, bandwidth, dtype)
     if args.peer:
-        print_peer_ratios(rows, peer_times(args.peer, dtype))
+        print_peer_ratios(rows, peer_times(args.peer, dtype, args.repeats))
 
 
 if __name__ == "__main__":

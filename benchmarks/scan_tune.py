@@ -4,18 +4,20 @@
         --check --json $OUT/tune.jsonl --budget 400
 
 A config is ``benchmarks.kernel_configs.FIELDS`` (unroll: split only, the steps between checkpoints inside a
-segment, 0 or left out for the default ``split.UNROLL``; hoist: 1 to issue a chunk's loads before its stores in
-every kernel, 0 in none, left out or empty for the default, the forward direction only; outside: 1 to discretise
-delta once outside the kernels, ``delta_in_kernel=False``; prefetch: 1 / 0 to load an in-place shape's positions a
-chunk ahead or not, ``prefetch_order``; rows: 1 for every forward-direction and summary load a chunk ahead,
-``prefetch_rows``; gate: 0 to gate y outside the kernels, ``gate_in_kernel=False``). For each dtype x shape x config
-(configs innermost, so a spent budget cuts shapes, not configs, and configs compared on a shape run minutes apart at
-most) it prints forward and forward+backward milliseconds (median of 3 batches of ``--calls`` back-to-back calls, so
-host dispatch overlaps the GPU work as in training) and, with ``--check``, the relative error of y and the worst
-input gradient against the ``chunked`` scan. Rows print as they finish; when the time budget is spent the remaining
-rows are skipped and said so. Each timing first calls its function for ``--warmup_s`` seconds
-(``benchmarks.scan.warm_up``), so no row is timed on a GPU still raising its clocks (on 2026-11-30 the first row of
-a call ran up to 1.5x slower than the same config in a later position). GPU only (interpret mode is not a timing).
+segment, 0 or left out for the default by layout, ``split.layout``; hoist: 1 to issue a chunk's loads before its
+stores in every kernel, 0 in none, left out or empty for the default, the forward direction only; outside: 1 to
+discretise delta once outside the kernels, ``delta_in_kernel=False``; prefetch: 1 / 0 to load an in-place shape's
+positions a chunk ahead or not, ``prefetch_order``; rows: 1 for every forward-direction and summary load a chunk
+ahead, ``prefetch_rows``; gate: 0 to gate y outside the kernels, ``gate_in_kernel=False``). For each dtype x shape
+it compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.scan.warm_up``), then times them
+in ``--rounds`` interleaved rounds, each round one batch of ``--calls`` back-to-back calls per config (so host
+dispatch overlaps the GPU work as in training), and prints per config the median over rounds of the forward and
+forward+backward milliseconds and, with ``--check``, the relative error of y and the worst input gradient against
+the ``chunked`` scan. Interleaving puts a slow spell of the GPU or the host (another process on the machine) into
+one round of every config instead of into every batch of one: timed one config after another, the first config of
+a shape ran forward+backward up to 4x slower than the same config timed last (sessions 12 and 13, NOTES.md). Rows
+print as each shape finishes; when the time budget is spent the remaining shapes are skipped and said so. GPU only
+(interpret mode is not a timing).
 """
 
 from __future__ import annotations
@@ -37,17 +39,16 @@ from benchmarks.scan import MODEL_SHAPES, SHAPES, make_inputs, warm_up  # noqa: 
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
 
-def batched_ms(fn, *args, calls: int, warmup_s: float) -> float:
-    """Median over 3 batches of ``calls`` back-to-back calls, per call, in ms (after ``warmup_s`` seconds of
-    warm-up calls)."""
-    warm_up(fn, *args, calls=1, seconds=warmup_s)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        out = [fn(*args) for _ in range(calls)]
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / calls)
-    return 1e3 * float(np.median(times))
+def interleaved_ms(fns, args, calls: int, rounds: int) -> list[float]:
+    """Per function of ``fns`` (each called as ``fn(*args)``), the median over ``rounds`` of the per-call time in ms
+    of a batch of ``calls`` back-to-back calls; every round times each function once, in order."""
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            jax.block_until_ready([fn(*args) for _ in range(calls)])
+            spent.append((time.perf_counter() - start) / calls)
+    return [1e3 * float(np.median(spent)) for spent in times]
 
 
 def check(forward_backward, args, cotangent, order=None) -> dict:
@@ -65,6 +66,31 @@ def check(forward_backward, args, cotangent, order=None) -> dict:
     return {"fwd_err": rel(y, y_ref), "worst_grad": worst, "grad_err": errors[worst], "finite": finite}
 
 
+def measure_shape(shape, dtype, configs, args) -> list[dict]:
+    """One row per config on one shape and dtype: its times, its check, or the error it failed with."""
+    inputs, cotangent = make_inputs(shape, jnp.dtype(dtype))
+    rows, timed = [], []
+    for text, config in configs:
+        row = {"config": text, "shape": shape.name, "dtype": dtype}
+        forward, forward_backward = kernel_fns(config, shape.order())
+        try:
+            warm_up(forward, *inputs, calls=1, seconds=args.warmup_s)
+            warm_up(forward_backward, inputs, cotangent, calls=1, seconds=args.warmup_s)
+            if args.check and dtype == "float32":
+                row.update(check(forward_backward, inputs, cotangent, shape.order()))
+            timed.append((row, forward, forward_backward))
+        except Exception as e:  # a config that fails to compile or run is a result too
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        rows.append(row)
+    if timed:
+        fwd = interleaved_ms([f for _, f, _ in timed], inputs, calls=args.calls, rounds=args.rounds)
+        fwd_bwd = interleaved_ms([fb for _, _, fb in timed], (inputs, cotangent), calls=args.calls,
+                                 rounds=args.rounds)
+        for (row, _, _), f, fb in zip(timed, fwd, fwd_bwd):
+            row.update(fwd_ms=f, fwd_bwd_ms=fb)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="tiled:16:64:4:4")
@@ -73,8 +99,9 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32")
     parser.add_argument("--check", action="store_true", help="compare with the chunked scan (float32 rows)")
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; later rows are skipped")
+    parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; later shapes are skipped")
     parser.add_argument("--json", help="append one JSON line per row to this file")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds; the median is kept")
     parser.add_argument("--warmup_s", type=float, default=1.0, help="seconds of warm-up calls before each timing")
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
@@ -85,25 +112,14 @@ def main() -> None:
     configs = [(text, parse_config(text)) for text in args.configs.split(",")]
     for dtype in args.dtypes.split(","):
         for shape in shapes:
-            for text, config in configs:
-                forward, forward_backward = kernel_fns(config, shape.order())
-                if time.perf_counter() - start > args.budget:
-                    print(f"{text:<27}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
-                    continue
-                row = {"config": text, "shape": shape.name, "dtype": dtype}
-                try:
-                    inputs, cotangent = make_inputs(shape, jnp.dtype(dtype))
-                    row["fwd_ms"] = batched_ms(forward, *inputs, calls=args.calls, warmup_s=args.warmup_s)
-                    row["fwd_bwd_ms"] = batched_ms(forward_backward, inputs, cotangent, calls=args.calls,
-                                                   warmup_s=args.warmup_s)
-                    if args.check and dtype == "float32":
-                        row.update(check(forward_backward, inputs, cotangent, shape.order()))
-                except Exception as e:  # a config that fails to compile or run is a result too
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            if time.perf_counter() - start > args.budget:
+                print(f"{'(all configs)':<27}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
+                continue
+            for row in measure_shape(shape, dtype, configs, args):
                 note = row.get("error") or (f"y {row['fwd_err']:.1e}, {row['worst_grad']} {row['grad_err']:.1e}"
                                             if "fwd_err" in row else "")
-                times = (f"{row['fwd_ms']:9.3f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row else " " * 21)
-                print(f"{text:<27}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)
+                times = f"{row['fwd_ms']:9.3f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row else " " * 21
+                print(f"{row['config']:<27}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)
                 append_jsonl(args.json, row)
 
 
