@@ -5,10 +5,11 @@ Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one
 or channel-major); ``split`` cuts the sequence into ``chunk``-step segments walked by separate programs
 (``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; a sequence of
 one segment runs the serial kernels alone). ``auto`` is ``split`` with 16 channels and one warp per program,
-128-step segments (one segment when the grid is already full), a checkpoint every 4 steps, the forward's loads
-hoisted and an ``order``'s positions loaded a chunk ahead: the fastest Pallas design measured for forward+backward
-on the benchmark shapes (NOTES.md). Under differentiation the forward stores the state every ``chunk`` steps
-(batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
+128-step segments (one segment when the grid is already full), a checkpoint every 2 steps inside segments (every 4
+in a single one), the forward's loads hoisted and every load issued a chunk ahead, the gate after the kernels: the
+fastest Pallas design measured for forward+backward on the benchmark shapes (NOTES.md). Under differentiation the
+forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each
+chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``). delta reaches the kernels discretised, softplus(delta + bias) in
 float32 computed once in XLA (``Tuning.delta_in_kernel``), so no kernel pass spends its steps on it.
@@ -239,8 +240,9 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         channel blocks per device already number ``split.FULL_GRID``).
       num_warps: (forward, backward) warps per program (default: the design's).
       unroll: split only: steps per unrolled chunk and between checkpoints inside a segment (a power of two;
-        default 4, as measured: ``split.UNROLL``); fewer steps hold fewer state tiles in the backward's registers
-        and save more checkpoints.
+        default as measured: 2 when the sequence is cut into segments, ``split.UNROLL_SEGMENTED``, else 4,
+        ``split.UNROLL``); fewer steps hold fewer state tiles in the backward's registers and save more checkpoints
+        (more memory).
       order: None, or (G, L) integers, each row a permutation of 0..L-1: group g's channels visit the sequence
         in the order order[g] (step t reads and writes position order[g, t]; y comes back at the positions),
         for a 2-D map scanned along K orders without gathered copies. serial and split designs only.

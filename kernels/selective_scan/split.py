@@ -24,9 +24,15 @@ from kernels.selective_scan import forward as serial_forward
 from kernels.selective_scan import summaries
 from kernels.selective_scan.common import Layout
 
-# Steps unrolled per chunk (and between checkpoints) inside a segment. With the one-warp kernels, 4 beat 8 and 16 in
-# forward+backward on all five benchmark shapes (registers 204 instead of 255, no spills; NOTES.md, "one warp").
+# Steps unrolled per chunk (and between checkpoints) when the sequence is one segment. With the one-warp kernels, 4
+# beat 8 and 16 in forward+backward on all five benchmark shapes (registers 204 instead of 255, no spills; NOTES.md,
+# "one warp"); against 2 it was within 3 % on 8-dir and mm-tiny-28 and 7 % faster on mm-tiny-56 (NOTES.md,
+# "Session 13").
 UNROLL = 4
+# The same when the sequence is cut into segments (the small grids): 2 took 3-17 % off forward+backward on all five
+# such shapes measured (vim-s, mamba-768, long, vmamba-64x64, ad-64), fp32 and bf16, for the saved states of twice
+# as many checkpoints (the scan's peak memory up 8-31 %, on grids whose activations are small; NOTES.md, "Session 13").
+UNROLL_SEGMENTED = 2
 # Steps per segment when the grid needs segments: 128 beat 256 on four of the five benchmark shapes (NOTES.md).
 SEGMENT = 128
 # Segments pay only when the (batch, channel blocks) grid alone leaves the GPU short of programs. From this many up,
@@ -45,12 +51,15 @@ def default_segment(lay: Layout) -> int:
 def layout(lay: Layout, unroll: int | None = None) -> Layout:
     """Segments of ``lay.chunk`` steps (a power of two; capped at L rounded up to one), each walked in chunks
     of up to ``unroll`` steps (a power of two: the backward holds unroll + 1 state tiles in registers, and the
-    forward saves a checkpoint every unroll steps; None: UNROLL). A sequence that fits in one segment gets the
-    plain serial layout: with nothing to chain, the summary pass would be wasted work."""
+    forward saves a checkpoint every unroll steps; None: UNROLL_SEGMENTED with segments, else UNROLL). A sequence
+    that fits in one segment gets the plain serial layout: with nothing to chain, the summary pass would be wasted
+    work."""
     if unroll is not None and (unroll < 1 or unroll & (unroll - 1)):
         raise ValueError(f"selective_scan_pallas: unroll={unroll} must be a power of two")
     segment = min(lay.chunk, pl.next_power_of_2(lay.length))
-    chunk = min(UNROLL if unroll is None else unroll, segment)
+    if unroll is None:
+        unroll = UNROLL if segment >= lay.length else UNROLL_SEGMENTED
+    chunk = min(unroll, segment)
     if segment >= lay.length:
         return dataclasses.replace(lay, chunk=chunk)
     return dataclasses.replace(lay, chunk=chunk, segment=segment)

@@ -6,6 +6,8 @@ chunk, or hoisted (``hoist_loads``), the gate after the kernels (the default) or
 and with delta discretised once outside the kernels (the default) or in each of them (``delta_in_kernel=True``).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 
 from kernels.selective_scan import selective_scan_pallas
 from kernels.selective_scan.common import Layout
-from kernels.selective_scan.split import layout
+from kernels.selective_scan.split import default_segment, layout
 from ssm_jax.ssm import selective_scan as ssm_scan
 from tests.kernels.test_selective_scan_pallas import ALL_OPTIONS, make_inputs, rel_err
 from tests.ssm.reference import selective_scan_numpy
@@ -99,20 +101,24 @@ def test_layout_segments():
     assert (short.segment, short.chunk, short.n_segments, short.n_chunks, short.grid) == (0, 16, 1, 1, (2, 24))
 
 
-@pytest.mark.parametrize("rows, length, dim, programs", [
-    (32, 3136, 384, 9984),  # vim-s
-    (8, 4096, 768, 6144),  # mamba-768
-    (512, 1024, 192, 24576),  # 8-dir (64 images x 8 directions)
-    (2, 16384, 768, 6144),  # long
-    (8, 4096, 192, 1536),  # vmamba-64x64
-    (8, 200, 768, 384),  # one segment: the serial layout
+@pytest.mark.parametrize("rows, length, dim, programs, unroll", [
+    (32, 3136, 384, 19200, 2),  # vim-s: 768 (row, block) programs x 25 segments of 128 steps
+    (8, 4096, 768, 12288, 2),  # mamba-768
+    (512, 1024, 192, 6144, 4),  # 8-dir (64 images x 8 directions): a full grid, one segment
+    (2, 16384, 768, 12288, 2),  # long
+    (8, 4096, 192, 3072, 2),  # vmamba-64x64
+    (64, 3136, 768, 3072, 4),  # mm-tiny-56 (in place, 4 groups): a full grid, one segment
+    (16, 4096, 1024, 32768, 2),  # ad-64 (in place, 8 groups)
+    (8, 100, 768, 384, 4),  # a short sequence: one segment
 ])
-def test_default_unroll_is_four_steps_on_every_grid(rows, length, dim, programs):
-    """Without ``unroll`` every layout checkpoints every 4 steps, the one-warp kernels' best on all five benchmark
-    shapes (NOTES.md); the grid is unchanged by it."""
-    lay = layout(Layout(batch=rows, length=length, dim=dim, groups=1, d_state=16, block_d=16, chunk=256))
+def test_default_unroll_is_two_steps_with_segments_four_without(rows, length, dim, programs, unroll):
+    """The layout ``auto`` picks (``default_segment``, no ``unroll``): a sequence cut into segments checkpoints
+    every 2 steps and one of a single segment every 4, each the faster forward+backward where measured (NOTES.md,
+    "Session 13"); the grid is unchanged by it."""
+    lay = Layout(batch=rows, length=length, dim=dim, groups=1, d_state=16, block_d=16, chunk=1)
+    lay = layout(dataclasses.replace(lay, chunk=default_segment(lay)))
     assert int(np.prod(lay.grid)) == programs
-    assert lay.chunk == 4
+    assert lay.chunk == unroll
 
 
 @pytest.mark.parametrize("gate_in_kernel", [True, False], ids=["gate-in-kernel", "gate-outside"])
