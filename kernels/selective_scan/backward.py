@@ -88,7 +88,8 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
             ddelta = step.u * hB + jnp.sum(hx * rates, axis=1) / common.LOG2E  # sum_n h x a A
             if delta_softplus:
                 ddelta = ddelta * common.sigmoid(step.delta_pre)
-            ddelta = jnp.where(step.mask, ddelta, 0.0)
+            if step.mask is not None:
+                ddelta = jnp.where(step.mask, ddelta, 0.0)
             dbias = dbias + ddelta
             common.store_row(o["ddelta"], p, lay, here, ddelta)
             common.store_block_row(o["dB"], p, lay, here,
@@ -103,11 +104,10 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
     _, dA, dskip, dbias = common.walk(p, lay, chunk, (h0, tile, vec, vec), reverse=True)
     row = p.b * lay.n_segments + p.seg
     common.store_matrix(o["dA"], p, lay, dA, index=(row,))
-    at = pl.ds(p.d0, lay.block_d)
     if "dD" in o:
-        plgpu.store(o["dD"].at[row, at], dskip, mask=p.dmask)
+        common.store_channels(o["dD"], p, lay, dskip, index=(row,))
     if "dbias" in o:
-        plgpu.store(o["dbias"].at[row, at], dbias, mask=p.dmask)
+        common.store_channels(o["dbias"], p, lay, dbias, index=(row,))
 
 
 def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool, num_warps: int = 8):

@@ -2,8 +2,10 @@
 
 Each program owns one (batch row, channel block) pair. Channel blocks never straddle a group of B/C, so a
 program reads one (N,) row of B and of C per time step. Blocks are padded to powers of two (Triton needs
-them) and every load and store is masked: padded channels, padded state lanes and time steps past L are
-exact no-ops of the recurrence (delta = 0 gives decay 1 and drive 0).
+them) and loads and stores are masked where padding exists: padded channels, padded state lanes and time steps
+past L are exact no-ops of the recurrence (delta = 0 gives decay 1 and drive 0). Where a layout has none of a
+kind (``Layout.even_channels``, ``even_state``, ``even_steps``, known when the kernel is traced), the serial and
+split kernels' loads and stores drop that mask: no predicate, no zero default, fewer instructions a step.
 
 With ``Layout.segment`` set (the ``split`` design) the grid has a third axis: program (b, block, s) walks only
 segment s, ``segment`` steps (a whole number of chunks) starting at step s * segment.
@@ -83,6 +85,22 @@ class Layout:
     @property
     def state_pad(self) -> int:
         return pl.next_power_of_2(self.d_state)
+
+    @property
+    def even_channels(self) -> bool:
+        """Every block's channels lie inside its group: no channel mask needed."""
+        return self.group_dim % self.block_d == 0
+
+    @property
+    def even_state(self) -> bool:
+        """N is a power of two: no state-lane mask needed."""
+        return self.d_state == self.state_pad
+
+    @property
+    def even_steps(self) -> bool:
+        """The walked steps (whole chunks, or whole segments) end exactly at L: no step is past it."""
+        walked = self.n_segments * self.segment if self.segment else self.program_chunks * self.chunk
+        return walked == self.length
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -178,12 +196,47 @@ def walk(p: Program, lay: Layout, body, init, reverse: bool = False, load=None):
 
 
 def _load(ref, mask):
+    if mask is None:
+        return plgpu.load(ref).astype(F32)
     return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype)).astype(F32)
+
+
+def _conjunction(shape, *masks):
+    """The masks that are not None and-ed and broadcast to ``shape``; None when all are None (nothing to mask)."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    mask = present[0]
+    for m in present[1:]:
+        mask = mask & m
+    return jnp.broadcast_to(mask, shape)
+
+
+def channel_mask(p: Program, lay: Layout):
+    """(block_d,) channels inside their group, or None when all are (``Layout.even_channels``)."""
+    return None if lay.even_channels else p.dmask
+
+
+def _row_mask(p: Program, lay: Layout, here: At):
+    return _conjunction((lay.block_d,), channel_mask(p, lay), None if lay.even_steps else here.valid)
+
+
+def _matrix_mask(p: Program, lay: Layout):
+    rows = channel_mask(p, lay)
+    lanes = None if lay.even_state else p.nmask
+    return _conjunction((lay.block_d, lay.state_pad), None if rows is None else rows[:, None],
+                        None if lanes is None else lanes[None, :])
 
 
 def load_channels(ref, p: Program, lay: Layout):
     """(block_d,) slice of a per-channel parameter (D,)."""
-    return _load(ref.at[pl.ds(p.d0, lay.block_d)], p.dmask)
+    return _load(ref.at[pl.ds(p.d0, lay.block_d)], channel_mask(p, lay))
+
+
+def store_channels(ref, p: Program, lay: Layout, value, index=()):
+    """(block_d,) per-channel values into (..., D) at leading ``index``."""
+    index = tuple(jnp.asarray(i, jnp.int32) for i in index)  # interpret mode wants array indices
+    plgpu.store(ref.at[(*index, pl.ds(p.d0, lay.block_d))], value.astype(ref.dtype), mask=channel_mask(p, lay))
 
 
 def _tile(ref, p: Program, lay: Layout, index):
@@ -193,30 +246,36 @@ def _tile(ref, p: Program, lay: Layout, index):
 
 def load_matrix(ref, p: Program, lay: Layout, index=()):
     """(block_d, state_pad) tile of a (..., D, N) array at leading ``index``."""
-    return _load(_tile(ref, p, lay, index), p.dmask[:, None] & p.nmask[None, :])
+    return _load(_tile(ref, p, lay, index), _matrix_mask(p, lay))
 
 
 def store_matrix(ref, p: Program, lay: Layout, value, index=()):
-    plgpu.store(_tile(ref, p, lay, index), value.astype(ref.dtype), mask=p.dmask[:, None] & p.nmask[None, :])
+    plgpu.store(_tile(ref, p, lay, index), value.astype(ref.dtype), mask=_matrix_mask(p, lay))
 
 
 def load_row(ref, p: Program, lay: Layout, here: At):
     """(block_d,) channels of a (batch, L, D) array at a step."""
-    return _load(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], p.dmask & here.valid)
+    return _load(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], _row_mask(p, lay, here))
 
 
 def store_row(ref, p: Program, lay: Layout, here: At, value):
-    plgpu.store(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], value.astype(ref.dtype), mask=p.dmask & here.valid)
+    plgpu.store(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], value.astype(ref.dtype),
+                mask=_row_mask(p, lay, here))
+
+
+def _lane_mask(p: Program, lay: Layout, here: At):
+    return _conjunction((lay.state_pad,), None if lay.even_state else p.nmask,
+                        None if lay.even_steps else here.valid)
 
 
 def load_group_row(ref, p: Program, lay: Layout, here: At):
     """(state_pad,) row of grouped B or C (batch, L, G, N) at a step, for this program's group."""
-    return _load(ref.at[p.b, here.pos, p.group, pl.ds(0, lay.state_pad)], p.nmask & here.valid)
+    return _load(ref.at[p.b, here.pos, p.group, pl.ds(0, lay.state_pad)], _lane_mask(p, lay, here))
 
 
 def store_block_row(ref, p: Program, lay: Layout, here: At, value):
     """(state_pad,) per-block partial of dB or dC into (batch, L, n_blocks, N)."""
-    plgpu.store(ref.at[p.b, here.pos, p.block, pl.ds(0, lay.state_pad)], value, mask=p.nmask & here.valid)
+    plgpu.store(ref.at[p.b, here.pos, p.block, pl.ds(0, lay.state_pad)], value, mask=_lane_mask(p, lay, here))
 
 
 def softplus(x):
@@ -226,7 +285,7 @@ def softplus(x):
 
 class Step(NamedTuple):
     """Inputs of one time step, float32: u, delta after bias/softplus (0 on masked lanes), and the
-    pre-softplus delta (for its derivative), B row, and the validity mask of the channel lanes."""
+    pre-softplus delta (for its derivative), B row, and the validity mask of the channel lanes (None: all valid)."""
 
     u: jax.Array
     delta: jax.Array
@@ -236,13 +295,13 @@ class Step(NamedTuple):
 
 
 def load_delta(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplus: bool):
-    """(delta after bias/softplus, 0 on masked lanes; delta before softplus; lane mask) at a step."""
-    mask = p.dmask & here.valid
+    """(delta after bias/softplus, 0 on masked lanes; delta before softplus; lane mask or None) at a step."""
+    mask = _row_mask(p, lay, here)
     delta_pre = load_row(refs["delta"], p, lay, here)
     if bias is not None:
         delta_pre = delta_pre + bias
     delta = softplus(delta_pre) if delta_softplus else delta_pre
-    return jnp.where(mask, delta, 0.0), delta_pre, mask
+    return (delta if mask is None else jnp.where(mask, delta, 0.0)), delta_pre, mask
 
 
 def load_step(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplus: bool) -> Step:

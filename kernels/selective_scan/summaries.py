@@ -73,7 +73,7 @@ def _store(outs, p, lay: Layout, total, dsum):
     """This program's summary into (batch, n_segments, D, N) and its sum of delta into (batch, n_segments, D)."""
     total_ref, dsum_ref = outs
     common.store_matrix(total_ref, p, lay, total, index=(p.b, p.seg))
-    plgpu.store(dsum_ref.at[p.b, p.seg, pl.ds(p.d0, lay.block_d)], dsum, mask=p.dmask)
+    common.store_channels(dsum_ref, p, lay, dsum, index=(p.b, p.seg))
 
 
 def _summarise(kernel, inputs: dict, lay: Layout, keys, *, delta_softplus: bool, interpret: bool, num_warps: int,

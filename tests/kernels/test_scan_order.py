@@ -14,6 +14,7 @@ from ssm_jax.ssm import selective_scan as ssm_scan
 from tests.kernels.test_selective_scan_pallas import ALL_OPTIONS, make_inputs, rel_err
 
 SHAPE = (2, 11, 6, 3, 4)  # batch, L, D, G (each group its own order), N
+EVEN_SHAPE = (2, 16, 6, 3, 4)  # the same with L = 16: no step past L in 4-step segments or chunks
 
 
 def orders(groups: int, length: int) -> np.ndarray:
@@ -40,11 +41,24 @@ def gathered_scan(x: dict, order: np.ndarray, last: bool):
                          ids=["serial", "split", "serial-prefetched", "split-prefetched", "split-prefetched-hoisted",
                               "serial-rows-ahead", "split-rows-ahead"])
 def test_order_matches_gathered_scan_values_and_gradients(blocks):
-    x = make_inputs(5, *SHAPE, **ALL_OPTIONS)
-    order = orders(SHAPE[3], SHAPE[1])
+    check_order(SHAPE, blocks)
+
+
+@pytest.mark.parametrize("blocks", [dict(design="serial", block_d=2, chunk=4),
+                                    dict(design="split", block_d=2, chunk=4, unroll=2)], ids=["serial", "split"])
+def test_order_on_an_even_layout_matches_gathered_scan(blocks):
+    """L a whole number of segments and chunks, whole channel blocks, N a power of two: the kernels run without
+    any load or store mask (``Layout.even_*``)."""
+    check_order(EVEN_SHAPE, blocks)
+
+
+def check_order(shape, blocks):
+    """y, the last state and every gradient of the in-place scan against the gathered sequential scan."""
+    x = make_inputs(5, *shape, **ALL_OPTIONS)
+    order = orders(shape[3], shape[1])
     names = [k for k, v in x.items() if v is not None]
     w_y = jax.random.normal(jax.random.PRNGKey(1), x["u"].shape)
-    w_s = jax.random.normal(jax.random.PRNGKey(2), (SHAPE[0], SHAPE[2], SHAPE[4]))
+    w_s = jax.random.normal(jax.random.PRNGKey(2), (shape[0], shape[2], shape[4]))
 
     def outputs(impl, *arrays):
         kw = dict(x, **dict(zip(names, arrays)))

@@ -38,6 +38,8 @@ CASES = [
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
                  id="all-options-delta-discretised-in-kernel"),
     pytest.param((1, 11, 4, 1, 3), dict(D=True, delta_bias=True), dict(chunk=4), id="bias-without-softplus"),
+    pytest.param((2, 16, 8, 2, 4), ALL_OPTIONS, dict(block_d=2, chunk=4, unroll=2), id="all-options-even-no-masks"),
+    pytest.param((1, 8, 4, 1, 4), ALL_OPTIONS, dict(chunk=8), id="one-segment-even-no-masks"),
 ]
 
 
@@ -99,6 +101,25 @@ def test_layout_segments():
         layout(Layout(batch=1, length=64, dim=8, groups=1, d_state=4, block_d=8, chunk=32), unroll=3)
     short = split(11, 256)  # one segment: the serial layout, no summaries
     assert (short.segment, short.chunk, short.n_segments, short.n_chunks, short.grid) == (0, 16, 1, 1, (2, 24))
+
+
+def test_even_layouts_are_recognised():
+    """The ``even-no-masks`` cases above run without masks, the odd ones with every kind; the benchmark shapes
+    vmamba-64x64 (4,096 steps, 32 segments) and mm-tiny-56 (one segment of whole chunks) need none, vim-s (3,136
+    steps in 128-step segments) keeps the step mask."""
+    def flags(lay):
+        return lay.even_channels, lay.even_state, lay.even_steps
+
+    assert flags(layout(Layout(2, 16, 8, 2, 4, block_d=2, chunk=4), unroll=2)) == (True, True, True)
+    assert flags(layout(Layout(1, 8, 4, 1, 4, block_d=4, chunk=8))) == (True, True, True)
+    assert flags(layout(Layout(2, 11, 6, 2, 5, block_d=2, chunk=2))) == (False, False, False)
+    def auto(rows, length, dim, groups):
+        lay = Layout(rows, length, dim, groups, 16, block_d=16, chunk=1)
+        return layout(dataclasses.replace(lay, chunk=default_segment(lay)))
+
+    assert flags(auto(8, 4096, 192, 1)) == (True, True, True)
+    assert flags(auto(64, 3136, 768, 4)) == (True, True, True)
+    assert flags(auto(32, 3136, 384, 1)) == (True, True, False)
 
 
 @pytest.mark.parametrize("rows, length, dim, programs, unroll", [
