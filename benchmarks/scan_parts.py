@@ -16,8 +16,10 @@ a training step runs them:
   d delta_bias through the discretisation).
 
 ``whole`` is the forward and the vector-Jacobian product of ``selective_scan(impl="pallas")``: the parts should
-add up to about it (they are launched separately, so a little more). Times are medians of ``--repeats`` waited
-calls after warm-up calls (``benchmarks.scan.median_time``; 2 s of them on GPU). Shapes the auto design walks in one
+add up to about it (they are launched separately, so a little more). ``ms`` is the median of ``--repeats`` waited
+calls after warm-up calls (``benchmarks.scan.median_time``; 2 s of them on GPU), which pays the host's dispatch
+latency on every call; ``b2b ms`` the per-call time of calls issued back to back (``benchmarks.scan.batched_time``),
+the device's own time, from which the shares are taken (a sub-millisecond part is mostly latency in ``ms``). Shapes the auto design walks in one
 segment (L at most ``SEGMENT``, or a grid already full: ``split.default_segment``) have no summary passes and are
 refused.
 """
@@ -33,7 +35,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
-from benchmarks.scan import SHAPES, SMALL_SHAPES, WARMUP_S, Shape, make_inputs, median_time  # noqa: E402
+from benchmarks.scan import (BATCH_CALLS, SHAPES, SMALL_SHAPES, WARMUP_S, Shape, batched_time,  # noqa: E402
+                             make_inputs, median_time)
 from kernels.selective_scan import backward, forward, ops, split, summaries  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
@@ -114,26 +117,31 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     }
 
 
-def run(shapes, dtype, repeats: int, json_path: str | None) -> list[dict]:
-    """Time every part of every shape, printing a row as each finishes; returns the rows."""
+def run(shapes, dtype, repeats: int, json_path: str | None, calls: int = BATCH_CALLS) -> list[dict]:
+    """Time every part of every shape (``calls`` a back-to-back batch), printing a row as each finishes; returns
+    the rows."""
     warmup_s = WARMUP_S if jax.default_backend() == "gpu" else 0.0
     interpret = jax.default_backend() != "gpu"
-    print(f"{'shape':<18}{'part':<20}{'ms':>9}{'share':>8}", flush=True)
+    print(f"{'shape':<18}{'part':<20}{'ms':>9}{'b2b ms':>9}{'share':>8}", flush=True)
     rows = []
     for shape in shapes:
         functions = part_functions(shape, dtype, interpret)
-        times = {part: median_time(jax.jit(functions[part][0]), *functions[part][1], repeats=repeats,
-                                   warmup_s=warmup_s) for part in PARTS}
+        times, b2b = {}, {}
+        for part in PARTS:
+            fn, args = jax.jit(functions[part][0]), functions[part][1]
+            times[part] = median_time(fn, *args, repeats=repeats, warmup_s=warmup_s)
+            b2b[part] = batched_time(fn, *args, calls=calls, repeats=repeats)
         for part in PARTS:
             row = {"shape": shape.name, "part": part, "dtype": jnp.dtype(dtype).name, "seconds": times[part],
-                   "share_of_whole": times[part] / times["whole"]}
+                   "batched_seconds": b2b[part], "share_of_whole": b2b[part] / b2b["whole"]}
             rows.append(row)
-            print(f"{shape.name:<18}{part:<20}{1e3 * row['seconds']:9.3f}{row['share_of_whole']:8.2f}", flush=True)
+            print(f"{shape.name:<18}{part:<20}{1e3 * row['seconds']:9.3f}{1e3 * b2b[part]:9.3f}"
+                  f"{row['share_of_whole']:8.2f}", flush=True)
             append_jsonl(json_path, row)
-        forward_s = sum(times[p] for p in FORWARD_PARTS)
-        backward_s = sum(times[p] for p in BACKWARD_PARTS)
-        print(f"{shape.name:<18}parts: forward {1e3 * forward_s:.3f} ms + backward {1e3 * backward_s:.3f} ms = "
-              f"{(forward_s + backward_s) / times['whole']:.2f} of the whole", flush=True)
+        forward_s = sum(b2b[p] for p in FORWARD_PARTS)
+        backward_s = sum(b2b[p] for p in BACKWARD_PARTS)
+        print(f"{shape.name:<18}parts back to back: forward {1e3 * forward_s:.3f} ms + backward "
+              f"{1e3 * backward_s:.3f} ms = {(forward_s + backward_s) / b2b['whole']:.2f} of the whole", flush=True)
     return rows
 
 

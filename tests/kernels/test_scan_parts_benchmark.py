@@ -29,10 +29,10 @@ def test_parts_compose_to_the_whole_scan():
 
 def test_run_writes_a_row_per_part(tmp_path):
     path = tmp_path / "parts.jsonl"
-    rows = run([TWO_SEGMENTS], jnp.float32, repeats=1, json_path=str(path))
+    rows = run([TWO_SEGMENTS], jnp.float32, repeats=1, json_path=str(path), calls=2)
     written = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["part"] for r in written] == list(PARTS) and written == rows
-    assert all(r["seconds"] > 0 for r in rows) and rows[-1]["share_of_whole"] == 1.0
+    assert all(r["seconds"] > 0 and r["batched_seconds"] > 0 for r in rows) and rows[-1]["share_of_whole"] == 1.0
 
 
 def test_one_segment_sequence_is_refused():
