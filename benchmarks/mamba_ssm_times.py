@@ -2,16 +2,17 @@
 
     python benchmarks/mamba_ssm_times.py --peer peer/mamba_ssm --dtype bfloat16   # GPU: one JSON line per shape
 
-``scan.py --peer`` runs it in a child process, so torch and JAX never share one. ``--peer`` is a copy of
-``../shared/peer/mamba_ssm``: its ``build.py`` builds (or loads) the CUDA extension and its ``mamba_ssm`` package holds
-``selective_scan_fn``; none of it is part of this project. Inputs are those of ``scan.make_inputs`` in mamba_ssm's
+``scan.py --peer`` runs it in a child process, so mamba_ssm never shares a GPU process with JAX (this script imports JAX
+for the shape table only and touches no JAX device). ``--peer`` is a copy of ``../shared/peer/mamba_ssm``: its
+``build.py`` builds (or loads) the CUDA extension and its ``mamba_ssm`` package holds ``selective_scan_fn``; none of it
+is part of this project. Inputs are drawn as ``scan.make_inputs`` draws ours (same shapes and scales), in mamba_ssm's
 layout (u, delta, z as (rows, D, L); B, C as (rows, 1, N, L); D, z, delta_bias and softplus on). Per shape, for the
-forward and the forward+backward (``torch.autograd.grad`` of all eight inputs), after ``--warmup_s`` seconds of
-calls: ``single`` is the median host wall time of one call from a synchronised start to its synchronised end, launch
-latency included, as ``scan.median_time`` times ours; ``batched`` is the median per-call time of ``--calls`` calls
-issued back to back and synchronised once, as ``scan.batched_time`` times ours: the GPU's own rate while the host
-keeps ahead, as in training. (The peer's ``bench.py`` times one call between CUDA events, which leaves out the
-launch latency that a host wall clock, all JAX offers, cannot.)
+forward and the forward+backward (``torch.autograd.grad`` of all eight inputs), after ``--warmup_s`` seconds of calls:
+``single`` is the median host wall time of one call from a synchronised start to its synchronised end, launch latency
+included, as ``scan.median_time`` times ours; ``batched`` is the median per-call time of ``--calls`` calls issued back
+to back and synchronised once, as ``scan.batched_time`` times ours: the GPU's own rate while the host keeps ahead, as in
+training. (The peer's ``bench.py`` times one call between CUDA events, which leaves out the launch latency that the host
+wall clock ours is timed by includes.)
 """
 
 from __future__ import annotations
