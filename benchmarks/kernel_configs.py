@@ -41,6 +41,7 @@ def parse_config(text: str) -> dict:
 
 
 def kernel_fns(config: dict, order=None):
+    """Jitted forward and forward+backward of the Pallas scan with a config's keywords (softplus on, on a GPU)."""
     def forward(*args):
         x = validate_inputs(*args)
         return selective_scan_pallas(*x, delta_softplus=True, return_last_state=False, interpret=False, order=order,

@@ -19,9 +19,9 @@ a training step runs them:
 add up to about it (they are launched separately, so a little more). ``ms`` is the median of ``--repeats`` waited
 calls after warm-up calls (``benchmarks.scan.median_time``; 2 s of them on GPU), which pays the host's dispatch
 latency on every call; ``b2b ms`` the per-call time of calls issued back to back (``benchmarks.scan.batched_time``),
-the device's own time, from which the shares are taken (a sub-millisecond part is mostly latency in ``ms``). Shapes the auto design walks in one
-segment (L at most ``SEGMENT``, or a grid already full: ``split.default_segment``) have no summary passes and are
-refused.
+the device's own time, from which the shares are taken (a sub-millisecond part is mostly latency in ``ms``). Shapes
+the auto design walks in one segment (L at most ``SEGMENT``, or a grid already full: ``split.default_segment``) have
+no summary passes and are refused.
 """
 
 from __future__ import annotations

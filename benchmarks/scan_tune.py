@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import NAMES, rel  # noqa: E402
 from benchmarks.kernel_configs import kernel_fns, parse_config  # noqa: E402
 from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
-from benchmarks.scan import MODEL_SHAPES, SHAPES, make_inputs, warm_up  # noqa: E402
+from benchmarks.scan import MODEL_SHAPES, SHAPES, batched_time, make_inputs, warm_up  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
 
@@ -45,9 +45,7 @@ def interleaved_ms(fns, args, calls: int, rounds: int) -> list[float]:
     times = [[] for _ in fns]
     for _ in range(rounds):
         for fn, spent in zip(fns, times):
-            start = time.perf_counter()
-            jax.block_until_ready([fn(*args) for _ in range(calls)])
-            spent.append((time.perf_counter() - start) / calls)
+            spent.append(batched_time(fn, *args, calls=calls, repeats=1))
     return [1e3 * float(np.median(spent)) for spent in times]
 
 

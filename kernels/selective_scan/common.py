@@ -212,17 +212,17 @@ def _conjunction(shape, *masks):
     return jnp.broadcast_to(mask, shape)
 
 
-def channel_mask(p: Program, lay: Layout):
+def _channel_mask(p: Program, lay: Layout):
     """(block_d,) channels inside their group, or None when all are (``Layout.even_channels``)."""
     return None if lay.even_channels else p.dmask
 
 
 def _row_mask(p: Program, lay: Layout, here: At):
-    return _conjunction((lay.block_d,), channel_mask(p, lay), None if lay.even_steps else here.valid)
+    return _conjunction((lay.block_d,), _channel_mask(p, lay), None if lay.even_steps else here.valid)
 
 
 def _matrix_mask(p: Program, lay: Layout):
-    rows = channel_mask(p, lay)
+    rows = _channel_mask(p, lay)
     lanes = None if lay.even_state else p.nmask
     return _conjunction((lay.block_d, lay.state_pad), None if rows is None else rows[:, None],
                         None if lanes is None else lanes[None, :])
@@ -230,13 +230,13 @@ def _matrix_mask(p: Program, lay: Layout):
 
 def load_channels(ref, p: Program, lay: Layout):
     """(block_d,) slice of a per-channel parameter (D,)."""
-    return _load(ref.at[pl.ds(p.d0, lay.block_d)], channel_mask(p, lay))
+    return _load(ref.at[pl.ds(p.d0, lay.block_d)], _channel_mask(p, lay))
 
 
 def store_channels(ref, p: Program, lay: Layout, value, index=()):
     """(block_d,) per-channel values into (..., D) at leading ``index``."""
     index = tuple(jnp.asarray(i, jnp.int32) for i in index)  # interpret mode wants array indices
-    plgpu.store(ref.at[(*index, pl.ds(p.d0, lay.block_d))], value.astype(ref.dtype), mask=channel_mask(p, lay))
+    plgpu.store(ref.at[(*index, pl.ds(p.d0, lay.block_d))], value.astype(ref.dtype), mask=_channel_mask(p, lay))
 
 
 def _tile(ref, p: Program, lay: Layout, index):

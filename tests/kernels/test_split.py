@@ -113,13 +113,15 @@ def test_even_layouts_are_recognised():
     assert flags(layout(Layout(2, 16, 8, 2, 4, block_d=2, chunk=4), unroll=2)) == (True, True, True)
     assert flags(layout(Layout(1, 8, 4, 1, 4, block_d=4, chunk=8))) == (True, True, True)
     assert flags(layout(Layout(2, 11, 6, 2, 5, block_d=2, chunk=2))) == (False, False, False)
-    def auto(rows, length, dim, groups):
-        lay = Layout(rows, length, dim, groups, 16, block_d=16, chunk=1)
-        return layout(dataclasses.replace(lay, chunk=default_segment(lay)))
+    assert flags(auto_layout(8, 4096, 192, groups=1)) == (True, True, True)
+    assert flags(auto_layout(64, 3136, 768, groups=4)) == (True, True, True)
+    assert flags(auto_layout(32, 3136, 384, groups=1)) == (True, True, False)
 
-    assert flags(auto(8, 4096, 192, 1)) == (True, True, True)
-    assert flags(auto(64, 3136, 768, 4)) == (True, True, True)
-    assert flags(auto(32, 3136, 384, 1)) == (True, True, False)
+
+def auto_layout(rows: int, length: int, dim: int, groups: int = 1) -> Layout:
+    """The layout ``auto`` picks for 16-channel blocks and N = 16: ``default_segment``, no ``unroll``."""
+    lay = Layout(rows, length, dim, groups, 16, block_d=16, chunk=1)
+    return layout(dataclasses.replace(lay, chunk=default_segment(lay)))
 
 
 @pytest.mark.parametrize("rows, length, dim, programs, unroll", [
@@ -136,8 +138,7 @@ def test_default_unroll_is_two_steps_with_segments_four_without(rows, length, di
     """The layout ``auto`` picks (``default_segment``, no ``unroll``): a sequence cut into segments checkpoints
     every 2 steps and one of a single segment every 4, each the faster forward+backward where measured (NOTES.md,
     "Session 13"); the grid is unchanged by it."""
-    lay = Layout(batch=rows, length=length, dim=dim, groups=1, d_state=16, block_d=16, chunk=1)
-    lay = layout(dataclasses.replace(lay, chunk=default_segment(lay)))
+    lay = auto_layout(rows, length, dim)
     assert int(np.prod(lay.grid)) == programs
     assert lay.chunk == unroll
 
