@@ -2,6 +2,7 @@
 
     python benchmarks/check_pallas.py            # GPU: every shape of benchmarks/scan.py, forward and gradients
     python benchmarks/check_pallas.py --small    # CPU (interpret mode): the shrunken shapes
+    python benchmarks/check_pallas.py --shapes 8-dir,long   # a subset
 
 For each shape, on fresh random inputs: every output and gradient must be finite; the forward is compared
 with the ``chunked`` scan (||diff|| / ||ref||, pass under 1e-5 in float32, 1e-2 with ``--dtype bfloat16``) and
@@ -52,12 +53,20 @@ def main() -> None:
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=not on_gpu)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shapes", help="comma-separated shape names (default: all)")
     args = parser.parse_args()
+    shapes = SMALL_SHAPES if args.small else SHAPES
+    if args.shapes:
+        known = {s.name: s for s in shapes}
+        unknown = sorted(set(args.shapes.split(",")) - set(known))
+        if unknown:
+            parser.error(f"--shapes: unknown {unknown}, expected names among {sorted(known)}")
+        shapes = [known[name] for name in args.shapes.split(",")]
     dtype = jnp.dtype(args.dtype)
     fwd_tol, grad_tol = (1e-5, 1e-4) if dtype == jnp.float32 else (1e-2, 1e-2)
     print(f"{'shape (rows,L,D,N)':<36}{'fwd rel err':>13}{'worst grad':>20}{'finite':>9}  result")
     failed = False
-    for shape in SMALL_SHAPES if args.small else SHAPES:
+    for shape in shapes:
         r = check(shape, dtype, args.seed)
         worst = max(r["grads"], key=r["grads"].get)
         ok = r["finite"] and r["fwd"] < fwd_tol and r["grads"][worst] < grad_tol

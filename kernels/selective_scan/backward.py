@@ -56,7 +56,7 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
         states = [x]  # states[i] = state before step i of the chunk; states[i + 1] = after it
         for i, here in enumerate(heres):
             step = hoisted[i][0] if hoisted else common.load_step(r, p, lay, here, bias, delta_softplus)
-            states.append(common.advance(states[-1], step, rates))
+            states.append(common.advance(lay, states[-1], step, rates))
         ahead = lay.prefetch_rows and not hoisted
         upcoming = load(heres[-1]) if ahead else None
         for i in reversed(range(lay.chunk)):
@@ -71,23 +71,23 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
                 y = jnp.sum(states[i + 1] * C[None, :], axis=1)
                 if skip is not None:
                     y = y + skip * step.u
-                sig = common.sigmoid(z)
+                sig = common.sigmoid(lay, z)
                 common.store_row(o["dz"], p, lay, here, g * y * sig * (1.0 + z * (1.0 - sig)))
                 g = g * z * sig
             common.store_block_row(o["dC"], p, lay, here, jnp.sum(g[:, None] * states[i + 1], axis=0))
-            h = h + g[:, None] * C[None, :]
-            decay = common.decay(step.delta, rates)
+            h = common.fma(lay, g[:, None], C[None, :], h)
+            decay = common.decay(lay, step.delta, rates)
             hx = h * states[i] * decay
-            dA = dA + hx * step.delta[:, None]
+            dA = common.fma(lay, hx, step.delta[:, None], dA)
             hB = jnp.sum(h * step.B[None, :], axis=1)
             du = step.delta * hB
             if skip is not None:
-                du = du + skip * g
-                dskip = dskip + g * step.u
+                du = common.fma(lay, skip, g, du)
+                dskip = common.fma(lay, g, step.u, dskip)
             common.store_row(o["du"], p, lay, here, du)
             ddelta = step.u * hB + jnp.sum(hx * rates, axis=1) / common.LOG2E  # sum_n h x a A
             if delta_softplus:
-                ddelta = ddelta * common.sigmoid(step.delta_pre)
+                ddelta = ddelta * common.sigmoid(lay, step.delta_pre)
             if step.mask is not None:
                 ddelta = jnp.where(step.mask, ddelta, 0.0)
             dbias = dbias + ddelta

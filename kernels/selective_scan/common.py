@@ -55,6 +55,11 @@ class Layout:
     # deep), for a second chunk's inputs held in registers. The backward kernel, which holds a chunk's states, one
     # step deep inside its reverse walk.
     prefetch_rows: bool = False
+    # Compiled for an NVIDIA GPU (not interpreted): exp2 and multiply-adds as single PTX instructions (``ex2``,
+    # ``fma``). XLA compiles Pallas' Triton kernels with floating-point contraction off and denormals kept, so
+    # plain jnp gives a multiply and an add, and exp2 four instructions (a range check and two predicated
+    # multiplies around the ex2): 16 + 32 of the forward kernel's 293 instructions a 2-step chunk on vmamba-64x64.
+    ptx: bool = False
 
     @property
     def group_dim(self) -> int:
@@ -311,22 +316,44 @@ def load_step(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplu
     return Step(u, delta, delta_pre, load_group_row(refs["B"], p, lay, here), mask)
 
 
+def _instruction(lay: Layout, ptx: str, fallback, *args):
+    """``fallback(*args)``, or with ``lay.ptx`` the same as one float32 PTX instruction per element (its
+    operands broadcast to one shape), which interpret mode cannot run."""
+    if not lay.ptx:
+        return fallback(*args)
+    shape = jnp.broadcast_shapes(*(jnp.shape(a) for a in args))
+    operands = [jnp.broadcast_to(jnp.asarray(a, F32), shape) for a in args]
+    out, = plgpu.elementwise_inline_asm(ptx, args=operands, constraints=",".join(["=f"] + ["f"] * len(operands)),
+                                        pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct(shape, F32)])
+    return out
+
+
+def exp2(lay: Layout, x):
+    """2^x; on the GPU ``ex2.approx.ftz`` alone (a result below 2^-126 flushes to 0, a decay that small is 0)."""
+    return _instruction(lay, "ex2.approx.ftz.f32 $0, $1;", jnp.exp2, x)
+
+
+def fma(lay: Layout, a, b, c):
+    """a * b + c, on the GPU one fused multiply-add (one rounding)."""
+    return _instruction(lay, "fma.rn.f32 $0, $1, $2, $3;", lambda a, b, c: a * b + c, a, b, c)
+
+
 def load_rates(ref, p: Program, lay: Layout):
     """A log2(e), the (block_d, state_pad) tile the decays are computed from: exp(delta A) = exp2(delta A log2 e)
     is one ``ex2.approx`` instruction on the GPU, where ``exp`` lowers to libdevice's exact expf (about nine)."""
     return load_matrix(ref, p, lay) * LOG2E
 
 
-def sigmoid(x):
+def sigmoid(lay: Layout, x):
     """1 / (1 + e^-x) through ``exp2`` (one ``ex2.approx``; ``jax.nn.sigmoid`` lowers to libdevice's expf)."""
-    return 1.0 / (1.0 + jnp.exp2(-LOG2E * x))
+    return 1.0 / (1.0 + exp2(lay, -LOG2E * x))
 
 
-def decay(delta, rates):
+def decay(lay: Layout, delta, rates):
     """exp(delta A) per (channel, state) for a step's (block_d,) delta, from ``load_rates``' tile."""
-    return jnp.exp2(delta[:, None] * rates)
+    return exp2(lay, delta[:, None] * rates)
 
 
-def advance(x, step: Step, rates):
+def advance(lay: Layout, x, step: Step, rates):
     """One step of the recurrence: x <- exp(delta*A) * x + delta*u*B (``rates`` from ``load_rates``)."""
-    return decay(step.delta, rates) * x + (step.delta * step.u)[:, None] * step.B[None, :]
+    return fma(lay, decay(lay, step.delta, rates), x, (step.delta * step.u)[:, None] * step.B[None, :])

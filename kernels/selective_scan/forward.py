@@ -40,12 +40,12 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
         hoisted = loaded or ([load(here) for here in heres] if lay.hoist_loads else None)
         for i, here in enumerate(heres):
             step, C, z = hoisted[i] if hoisted else load(here)
-            x = common.advance(x, step, rates)
+            x = common.advance(lay, x, step, rates)
             y = jnp.sum(x * C[None, :], axis=1)
             if skip is not None:
-                y = y + skip * step.u
+                y = common.fma(lay, skip, step.u, y)
             if z is not None:
-                y = y * z * common.sigmoid(z)
+                y = y * z * common.sigmoid(lay, z)
             common.store_row(y_ref, p, lay, here, y)
         if save == "chunks":
             common.store_matrix(refs[-1], p, lay, x, index=(p.b, c))

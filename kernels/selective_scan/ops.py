@@ -12,7 +12,8 @@ forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the re
 chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``). delta reaches the kernels discretised, softplus(delta + bias) in
-float32 computed once in XLA (``Tuning.delta_in_kernel``), so no kernel pass spends its steps on it.
+float32 computed once in XLA (``Tuning.delta_in_kernel``), so no kernel pass spends its steps on it. Compiled for an
+NVIDIA GPU, the kernels write their exponentials and multiply-adds as single PTX instructions (``Layout.ptx``).
 """
 
 from __future__ import annotations
@@ -128,9 +129,15 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
 REPLICATED = frozenset({"A", "D", "delta_bias", "order"})
 
 
+def _ptx(interpret: bool) -> bool:
+    """Whether the kernels may use inline PTX (``Layout.ptx``): compiled, not interpreted, and not for ROCm."""
+    return not interpret and "rocm" not in jax.devices()[0].client.platform_version.lower()
+
+
 def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
     forward, _, lay, warps, _ = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs)
+    lay = dataclasses.replace(lay, ptx=_ptx(interpret))
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
@@ -138,6 +145,7 @@ def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
     _, backward, lay, _, warps = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs,
                                          direction="backward")
+    lay = dataclasses.replace(lay, ptx=_ptx(interpret))
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
 
 

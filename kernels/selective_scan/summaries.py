@@ -34,7 +34,7 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
         x, dsum = carry
         for i, here in enumerate(heres):
             step = loaded[i] if loaded else load(here)
-            x, dsum = common.advance(x, step, rates), dsum + step.delta
+            x, dsum = common.advance(lay, x, step, rates), dsum + step.delta
         return x, dsum
 
     init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))
@@ -54,14 +54,14 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
         g = common.load_row(r["dy"], p, lay, here)
         if "z" in r:
             z = common.load_row(r["z"], p, lay, here)
-            g = g * z * common.sigmoid(z)
+            g = g * z * common.sigmoid(lay, z)
         return delta, g, common.load_group_row(r["C"], p, lay, here)
 
     def chunk(c, heres, carry, loaded):
         h, dsum = carry
         for i in reversed(range(len(heres))):
             delta, g, C = loaded[i] if loaded else load(heres[i])
-            h = common.decay(delta, rates) * (h + g[:, None] * C[None, :])
+            h = common.decay(lay, delta, rates) * common.fma(lay, g[:, None], C[None, :], h)
             dsum = dsum + delta
         return h, dsum
 

@@ -4,6 +4,7 @@
 from benchmarks.kernel_resources import count_ptx, lowered_kernels, parse_ptxas, programs_per_sm
 from benchmarks.scan import SHAPES
 from benchmarks.kernel_configs import parse_config
+from kernels.selective_scan import ops
 
 PTXAS = """ptxas info    : Compiling entry function 'selective_scan_bwd' for 'sm_90a'
 ptxas info    : Function properties for selective_scan_bwd
@@ -45,3 +46,14 @@ $L__BB0_1:
     // bar.synchronise is not an instruction
     """
     assert count_ptx(ptx) == {"instructions": 7, "ex2": 1, "bar_sync": 2, "shfl": 3}
+
+
+def test_compiled_kernels_take_exp2_and_multiply_adds_as_single_ptx_instructions():
+    """XLA compiles Triton kernels with contraction off and denormals kept (``Layout.ptx``): every split kernel
+    lowered for CUDA carries its exponentials as ``ex2.approx.ftz`` and its recurrence as ``fma``, with no
+    libdevice exp2 left; interpret mode (no PTX) keeps the plain jnp ops."""
+    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
+    for name, _, text in lowered_kernels(parse_config("split:16:0:1:1:2"), shape):
+        assert "ex2.approx.ftz.f32" in text and "fma.rn.f32" in text, name
+        assert "exp2" not in text.replace("ex2.approx.ftz.f32", ""), name
+    assert not ops._ptx(interpret=True)
