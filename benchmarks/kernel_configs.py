@@ -9,7 +9,8 @@ from kernels.selective_scan import selective_scan_pallas
 from ssm_jax.ssm.selective_scan import validate_inputs
 
 
-FIELDS = "design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch[:rows[:gate]]]]]]"
+FIELDS = ("design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch[:rows[:gate"
+          "[:chain]]]]]]]")
 
 
 def parse_config(text: str) -> dict:
@@ -17,14 +18,16 @@ def parse_config(text: str) -> dict:
     or out takes the default; chunk and unroll 0 too (split: the segment length ``split.default_segment`` picks).
     hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta discretised outside the kernels,
     ``delta_in_kernel=False``; prefetch 1 / 0: ``prefetch_order`` on / off; rows 1: ``prefetch_rows``; gate 0: the
-    gate applied outside the kernels (``gate_in_kernel=False``)."""
+    gate applied outside the kernels (``gate_in_kernel=False``); chain 1: the split design's chain over segments as one
+    kernel (``chain_in_kernel=True``)."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
-    if len(rest) > 6:
+    if len(rest) > 7:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")
     config = dict(design=design, block_d=int(block_d), num_warps=(int(fwd_warps), int(bwd_warps)))
     if chunk and int(chunk):
         config["chunk"] = int(chunk)
-    unroll, hoist, outside, prefetch, rows, gate = (int(v) if v else None for v in rest + [""] * (6 - len(rest)))
+    unroll, hoist, outside, prefetch, rows, gate, chained = (int(v) if v else None
+                                                             for v in rest + [""] * (7 - len(rest)))
     if unroll:
         config["unroll"] = unroll
     if hoist is not None:
@@ -37,6 +40,8 @@ def parse_config(text: str) -> dict:
         config["prefetch_rows"] = bool(rows)
     if gate is not None:
         config["gate_in_kernel"] = bool(gate)
+    if chained is not None:
+        config["chain_in_kernel"] = bool(chained)
     return config
 
 

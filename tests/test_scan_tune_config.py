@@ -21,8 +21,9 @@ def test_config_fields_map_to_kernel_keywords():
     rows = parse_config("split:16:0:1:1:4::::1")
     assert rows["prefetch_rows"] is True and "prefetch_order" not in rows
     assert parse_config("split:16:0:1:1:4:::::0")["gate_in_kernel"] is False
+    assert parse_config("split:16:0:1:1:2::::::1")["chain_in_kernel"] is True
 
 
 def test_too_many_fields_are_refused():
     with pytest.raises(SystemExit, match="expected design:block_d"):
-        parse_config("split:16:128:1:1:4:1:1:1:1:1:9")
+        parse_config("split:16:128:1:1:4:1:1:1:1:1:1:9")

@@ -55,6 +55,8 @@ class Layout:
     # deep), for a second chunk's inputs held in registers. The backward kernel, which holds a chunk's states, one
     # step deep inside its reverse walk.
     prefetch_rows: bool = False
+    # split design: the chain over segments as one kernel (``chain.py``), not XLA's associative scan.
+    chain_kernel: bool = False
     # Compiled for an NVIDIA GPU (not interpreted): exp2 and multiply-adds as single PTX instructions (``ex2``,
     # ``fma``). XLA compiles Pallas' Triton kernels with floating-point contraction off and denormals kept, so
     # plain jnp gives a multiply and an add, and exp2 four instructions (a range check and two predicated
@@ -233,9 +235,10 @@ def _matrix_mask(p: Program, lay: Layout):
                         None if lanes is None else lanes[None, :])
 
 
-def load_channels(ref, p: Program, lay: Layout):
-    """(block_d,) slice of a per-channel parameter (D,)."""
-    return _load(ref.at[pl.ds(p.d0, lay.block_d)], _channel_mask(p, lay))
+def load_channels(ref, p: Program, lay: Layout, index=()):
+    """(block_d,) slice of a per-channel array (..., D) at leading ``index`` (a parameter (D,) without one)."""
+    index = tuple(jnp.asarray(i, jnp.int32) for i in index)  # interpret mode wants array indices
+    return _load(ref.at[(*index, pl.ds(p.d0, lay.block_d))], _channel_mask(p, lay))
 
 
 def store_channels(ref, p: Program, lay: Layout, value, index=()):
@@ -254,8 +257,12 @@ def load_matrix(ref, p: Program, lay: Layout, index=()):
     return _load(_tile(ref, p, lay, index), _matrix_mask(p, lay))
 
 
-def store_matrix(ref, p: Program, lay: Layout, value, index=()):
-    plgpu.store(_tile(ref, p, lay, index), value.astype(ref.dtype), mask=_matrix_mask(p, lay))
+def store_matrix(ref, p: Program, lay: Layout, value, index=(), when=None):
+    """Store a (block_d, state_pad) tile at leading ``index``, and only ``when`` (a scalar condition) is true."""
+    mask = _matrix_mask(p, lay)
+    if when is not None:
+        mask = _conjunction((lay.block_d, lay.state_pad), mask, when)
+    plgpu.store(_tile(ref, p, lay, index), value.astype(ref.dtype), mask=mask)
 
 
 def load_row(ref, p: Program, lay: Layout, here: At):

@@ -68,6 +68,10 @@ PREFETCH_ROWS = True
 # loads, the sigmoid, the recomputed y and the dz store (and its register spill on vmamba-64x64); forward+backward
 # 2-24 % faster on the five generic shapes, fp32 and bf16, for up to 6.5 % more peak memory (NOTES.md, "Session 12").
 GATE_IN_KERNEL = False
+# The split design's chain over segments in XLA (``chain_in_kernel`` left as None). The one-kernel chain
+# (``chain.py``) replaces XLA's several small fusions (23 us of a 232 us forward on vmamba-64x64, ncu, NOTES.md
+# "Session 14") with one launch; untimed so far, so it is an option until measured.
+CHAIN_IN_KERNEL = False
 
 
 class Tuning(NamedTuple):
@@ -87,6 +91,8 @@ class Tuning(NamedTuple):
     prefetch_order: bool | None = None
     # Every load of a chunk issued one chunk ahead (``common.walk``); None: ``PREFETCH_ROWS``.
     prefetch_rows: bool | None = None
+    # split: the chain over segments as one kernel (``chain.py``); None: ``CHAIN_IN_KERNEL``.
+    chain_in_kernel: bool | None = None
 
 
 def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
@@ -119,6 +125,11 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
         prefetch = PREFETCH_ORDER if tuning.prefetch_order is None else bool(tuning.prefetch_order)
         rows = PREFETCH_ROWS if tuning.prefetch_rows is None else bool(tuning.prefetch_rows)
         lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch, prefetch_rows=rows)
+    if tuning.chain_in_kernel is not None and design != "split":
+        raise ValueError(f"selective_scan_pallas: chain_in_kernel is a setting of the split design, not of {design}")
+    if design == "split":
+        chained = CHAIN_IN_KERNEL if tuning.chain_in_kernel is None else bool(tuning.chain_in_kernel)
+        lay = dataclasses.replace(lay, chain_kernel=chained)
     if ordered and design.startswith("tiled"):
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if tuning.num_warps is not None:
@@ -230,7 +241,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
                           hoist_loads: bool | None = None, delta_in_kernel: bool = False,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
-                          gate_in_kernel: bool | None = None):
+                          gate_in_kernel: bool | None = None, chain_in_kernel: bool | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -269,6 +280,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
         recomputed y and the dz store, for two elementwise passes over y (None, the default: ``GATE_IN_KERNEL``,
         outside). With bfloat16 inputs y is rounded to bfloat16 before the gate as well as after it.
+      chain_in_kernel: split only: chain the segment summaries into the state entering each segment with one kernel
+        (``chain.py``) instead of XLA's associative scan over segments (None, the default: ``CHAIN_IN_KERNEL``).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -281,7 +294,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         order = order.astype(jnp.int32)
     tuning = Tuning(design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
                     bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order),
-                    None if prefetch_rows is None else bool(prefetch_rows))
+                    None if prefetch_rows is None else bool(prefetch_rows),
+                    None if chain_in_kernel is None else bool(chain_in_kernel))
     gate_outside = z is not None and not (GATE_IN_KERNEL if gate_in_kernel is None else gate_in_kernel)
     out = _scan(u, delta, A, B, C, D, None if gate_outside else z, delta_bias, order, bool(delta_softplus),
                 bool(return_last_state), bool(interpret), tuning)

@@ -3,7 +3,7 @@
 
 Forward, in three passes: (1) ``summaries.states`` gives each segment's end state from zero and its decay;
 (2) plain JAX chains them by an associative scan over the segments ((batch, n_segments, D, N), small) into the
-state entering every segment; (3) the serial forward kernel walks each segment again from that state and
+state entering every segment (or, with ``Layout.chain_kernel``, one kernel walks the segments: ``chain.py``); (3) the serial forward kernel walks each segment again from that state and
 writes y (and the checkpoints, which come out identical to the serial design's). The backward mirrors it:
 (1) ``summaries.adjoints`` walks each segment in reverse from a zero adjoint, (2) a reverse associative scan
 gives the state adjoint entering each segment from the later ones (d last_state entering the last), (3) the
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from kernels.selective_scan import backward as serial_backward
+from kernels.selective_scan import chain
 from kernels.selective_scan import forward as serial_forward
 from kernels.selective_scan import summaries
 from kernels.selective_scan.common import Layout
@@ -110,9 +111,14 @@ def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, inter
     kw = dict(delta_softplus=delta_softplus, interpret=interpret, num_warps=num_warps)
     if not lay.segment:
         return serial_forward.forward(inputs, lay, save=save, **kw)
-    h_in, ends = entering_states(inputs, *summaries.states(inputs, lay, **kw))
+    total, dsum = summaries.states(inputs, lay, **kw)
+    if lay.chain_kernel:
+        h_in, last = chain.chain(total, dsum, inputs["A"], lay, reverse=False, interpret=interpret)
+    else:
+        h_in, ends = entering_states(inputs, total, dsum)
+        last = ends[:, -1]
     out = serial_forward.forward(dict(inputs, h_in=h_in), lay, save="chunks" if save == "chunks" else "none", **kw)
-    return (out, ends[:, -1:]) if save == "last" else out
+    return (out, last[:, None]) if save == "last" else out
 
 
 def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool, num_warps: int = 8):
@@ -122,5 +128,9 @@ def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool
         return serial_backward.backward(inputs, lay, **kw)
     inputs = dict(inputs)
     dlast = inputs.pop("dlast", None)
-    h_in = entering_adjoints(inputs, *summaries.adjoints(inputs, lay, **kw), dlast)
+    total, dsum = summaries.adjoints(inputs, lay, **kw)
+    if lay.chain_kernel:
+        h_in, _ = chain.chain(total, dsum, inputs["A"], lay, reverse=True, start=dlast, interpret=interpret)
+    else:
+        h_in = entering_adjoints(inputs, total, dsum, dlast)
     return sum_segments(serial_backward.backward(dict(inputs, h_in=h_in), lay, **kw), lay)

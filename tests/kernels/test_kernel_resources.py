@@ -20,6 +20,10 @@ def test_captures_each_kernel_with_its_warps():
         ("selective_scan_split_states", 2), ("selective_scan_fwd", 2),
         ("selective_scan_split_adjoints", 4), ("selective_scan_bwd", 4)]
     assert all(text.lstrip().startswith(f"module @{name}") and "tt.func" in text for name, _, text in kernels)
+    chained = lowered_kernels(parse_config("split:16:256:2:4:8::::::1"), shape)  # the chain as one kernel
+    assert [name for name, _, _ in chained] == [
+        "selective_scan_split_states", "selective_scan_split_chain", "selective_scan_fwd",
+        "selective_scan_split_adjoints", "selective_scan_split_chain", "selective_scan_bwd"]
 
 
 def test_reads_ptxas_and_derives_occupancy():

@@ -166,6 +166,12 @@ def test_unroll_belongs_to_the_split_design():
         run_pallas(x, {}, design="serial", unroll=4)
 
 
+def test_chain_kernel_belongs_to_the_split_design():
+    x = make_inputs(5, 1, 4, 4, 1, 4)
+    with pytest.raises(ValueError, match="chain_in_kernel is a setting of the split design"):
+        run_pallas(x, {}, design="tiled", chain_in_kernel=True)
+
+
 def test_hoisted_loads_belong_to_the_serial_and_split_designs():
     x = make_inputs(5, 1, 4, 4, 1, 4)
     with pytest.raises(ValueError, match="hoist_loads is a setting of the serial and split designs, not of tiled"):
