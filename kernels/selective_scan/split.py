@@ -27,8 +27,9 @@ from kernels.selective_scan.common import Layout
 
 # Steps unrolled per chunk (and between checkpoints) when the sequence is one segment. With the one-warp kernels, 4
 # beat 8 and 16 in forward+backward on all five benchmark shapes (registers 204 instead of 255, no spills; NOTES.md,
-# "one warp"); against 2 it was within 3 % on 8-dir and mm-tiny-28 and 7 % faster on mm-tiny-56 (NOTES.md,
-# "Session 13").
+# "one warp"); against 2, timed interleaved, it was 5 % faster on mm-tiny-56 and within 3 % on 8-dir, mm-tiny-28 and
+# mm-tiny-14, and 2 was 7-17 % faster on MambaAD's ad-32 and ad-16; MemoryMamba-tiny's training step ran at the same
+# speed with either, with 40 % more device memory at 2 (NOTES.md, "Session 14").
 UNROLL = 4
 # The same when the sequence is cut into segments (the small grids): 2 took 3-17 % off forward+backward on all five
 # such shapes measured (vim-s, mamba-768, long, vmamba-64x64, ad-64), fp32 and bf16, for the saved states of twice
