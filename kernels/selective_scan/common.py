@@ -60,7 +60,7 @@ class Layout:
     # Compiled for an NVIDIA GPU (not interpreted): exp2 and multiply-adds as single PTX instructions (``ex2``,
     # ``fma``). XLA compiles Pallas' Triton kernels with floating-point contraction off and denormals kept, so
     # plain jnp gives a multiply and an add, and exp2 four instructions (a range check and two predicated
-    # multiplies around the ex2): 16 + 32 of the forward kernel's 293 instructions a 2-step chunk on vmamba-64x64.
+    # multiplies around the ex2): 16 and 48 of the forward kernel's 293 a 2-step chunk (vmamba-64x64, bf16, ncu).
     ptx: bool = False
 
     @property

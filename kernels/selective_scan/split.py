@@ -3,8 +3,9 @@
 
 Forward, in three passes: (1) ``summaries.states`` gives each segment's end state from zero and its decay;
 (2) plain JAX chains them by an associative scan over the segments ((batch, n_segments, D, N), small) into the
-state entering every segment (or, with ``Layout.chain_kernel``, one kernel walks the segments: ``chain.py``); (3) the serial forward kernel walks each segment again from that state and
-writes y (and the checkpoints, which come out identical to the serial design's). The backward mirrors it:
+state entering every segment (or, with ``Layout.chain_kernel``, one kernel walks the segments: ``chain.py``);
+(3) the serial forward kernel walks each segment again from that state and writes y (and the checkpoints, which
+come out identical to the serial design's). The backward mirrors it:
 (1) ``summaries.adjoints`` walks each segment in reverse from a zero adjoint, (2) a reverse associative scan
 gives the state adjoint entering each segment from the later ones (d last_state entering the last), (3) the
 serial backward kernel runs per segment from it. Cost: the forward does about twice the work of one serial
