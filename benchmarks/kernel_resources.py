@@ -8,7 +8,8 @@ Configs are those of ``benchmarks/scan_tune.py``. Occupancy follows from the reg
 program of w warps at r registers a thread leaves room for 65536 // (32 w r) programs (at most 64 warps and 32
 programs). Also counted in the PTX, statically: instructions, ``ex2`` (the exponentials), block barriers
 (``bar.sync``) and warp shuffles; a chunk's steps are unrolled into straight-line code, so a count divided by the
-unroll is about the count per time step. This
+unroll is about the count per time step. From the SASS (``nvdisasm``): the instructions of the kernel's main loop
+(the walk over chunks: divided by the unroll, what a time step issues) and the opcodes it issues most. This
 compile is the ``triton`` package's, not XLA's (run with floating-point contraction off, as XLA's is; XLA also keeps
 denormals, which the kernels' inline ``ex2.approx.ftz`` sidesteps), so the counts are close to, not the same as,
 what the GPU runs; use it to compare configs, and time the winner with ``scan_tune.py`` on a GPU.
@@ -23,6 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +107,32 @@ def count_ptx(ptx: str) -> dict:
             "shfl": len(re.findall(r"\bshfl\.sync\b", ptx))}
 
 
+SASS_LINE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[^;]*;")
+SASS_LABEL = re.compile(r"^(\.L_x_\d+):")
+SASS_BRANCH = re.compile(r"\bBRA\b.*`\((\.L_x_\d+)\)")
+
+
+def main_loop(sass: str) -> Counter:
+    """Opcodes (predication and modifiers dropped) of the longest loop in ``nvdisasm`` output: the instructions from
+    a label to a later branch back to it. In these kernels that is the walk over chunks, so its count divided by
+    the unroll is what one time step issues. Empty when the kernel has no loop."""
+    ops, labels, best = [], {}, Counter()
+    for line in sass.splitlines():
+        label = SASS_LABEL.match(line)
+        if label:
+            labels[label.group(1)] = len(ops)
+            continue
+        instruction = SASS_LINE.match(line)
+        if not instruction:
+            continue
+        ops.append(instruction.group(1))
+        branch = SASS_BRANCH.search(line)
+        if branch and branch.group(1) in labels:
+            body = Counter(ops[labels[branch.group(1)]:])
+            best = max(best, body, key=lambda c: c.total())
+    return best
+
+
 def programs_per_sm(registers: int, num_warps: int) -> int:
     """Resident programs an SM can hold, by registers (allocated per warp in units of 256) and by warps."""
     per_warp = -(-registers * 32 // 256) * 256
@@ -127,11 +155,16 @@ def compile_resources(text: str, num_warps: int, workdir: str) -> dict:
     bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     ptxas = next((os.path.join(bin_dir, n) for n in ("ptxas-blackwell", "ptxas")
                   if os.path.exists(os.path.join(bin_dir, n))), "ptxas")
-    done = subprocess.run([ptxas, "-arch=sm_90a", "-v", path + ".ptx", "-o", os.devnull], capture_output=True,
+    done = subprocess.run([ptxas, "-arch=sm_90a", "-v", path + ".ptx", "-o", path + ".cubin"], capture_output=True,
                           text=True)
     if done.returncode:
         raise RuntimeError(f"{ptxas} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return {**parse_ptxas(done.stdout + done.stderr), **count_ptx(compiled.asm["ptx"])}
+    nvdisasm = os.path.join(bin_dir, "nvdisasm")
+    sass = subprocess.run([nvdisasm if os.path.exists(nvdisasm) else "nvdisasm", path + ".cubin"],
+                          capture_output=True, text=True)
+    if sass.returncode:
+        raise RuntimeError(f"nvdisasm failed: {(sass.stderr.strip().splitlines() or ['?'])[-1]}")
+    return {**parse_ptxas(done.stdout + done.stderr), **count_ptx(compiled.asm["ptx"]), "loop": main_loop(sass.stdout)}
 
 
 def main() -> None:
@@ -142,14 +175,16 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "0")  # as XLA compiles Pallas' Triton kernels (Layout.ptx)
     shape = next(s for s in SHAPES + MODEL_SHAPES if s.name == args.shape)
     print(f"{'config':<27}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
-          f"{'instrs':>8}{'ex2':>6}{'bar.sync':>10}{'shfl':>6}", flush=True)
+          f"{'instrs':>8}{'ex2':>6}{'bar.sync':>10}{'shfl':>6}{'loop':>6}  loop's most issued SASS", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for text in args.configs.split(","):
             for name, num_warps, ir in lowered_kernels(parse_config(text), shape):
                 r = compile_resources(ir, num_warps, workdir)
                 print(f"{text:<27}{name:<32}{num_warps:>6}{r['registers']:>6}"
                       f"{r['spill_stores']:>8}/{r['spill_loads']:<6}{programs_per_sm(r['registers'], num_warps):>13}"
-                      f"{r['instructions']:>8}{r['ex2']:>6}{r['bar_sync']:>10}{r['shfl']:>6}", flush=True)
+                      f"{r['instructions']:>8}{r['ex2']:>6}{r['bar_sync']:>10}{r['shfl']:>6}"
+                      f"{r['loop'].total():>6}  {' '.join(f'{op} {n}' for op, n in r['loop'].most_common(6))}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """benchmarks/kernel_resources.py without triton: the kernels it captures from the CUDA lowering, its reading of
 ``ptxas -v`` and the occupancy it derives from registers."""
 
-from benchmarks.kernel_resources import count_ptx, lowered_kernels, parse_ptxas, programs_per_sm
+from benchmarks.kernel_resources import count_ptx, lowered_kernels, main_loop, parse_ptxas, programs_per_sm
 from benchmarks.scan import SHAPES
 from benchmarks.kernel_configs import parse_config
 from kernels.selective_scan import ops
@@ -61,3 +61,28 @@ def test_compiled_kernels_take_exp2_and_multiply_adds_as_single_ptx_instructions
         assert "ex2.approx.ftz.f32" in text and "fma.rn.f32" in text, name
         assert "exp2" not in text.replace("ex2.approx.ftz.f32", ""), name
     assert not ops._ptx(interpret=True)
+
+
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   FMUL R2, R3, R4 ;
+        /*0020*/                   MUFU.EX2 R2, R2 ;
+.L_x_1:
+        /*0030*/              @!P5 FMUL R2, R2, R2 ;
+        /*0040*/                   FFMA R5, R2, R5, R6 ;
+        /*0050*/               @P0 BRA `(.L_x_1) ;
+        /*0060*/                   LDG.E R3, desc[UR4][R8.64] ;
+        /*0070*/               @P1 BRA `(.L_x_0) ;
+        /*0080*/                   BRA `(.L_x_2);
+.L_x_2:
+        /*0090*/                   EXIT ;
+"""
+
+
+def test_main_loop_is_the_longest_branch_back_with_its_opcodes():
+    """The loop from .L_x_0 (7 instructions, the inner one nested in it) wins over the inner loop (3) and the
+    forward branch to .L_x_2 (not a loop); predicates and modifiers are dropped."""
+    assert main_loop(SASS) == {"FMUL": 2, "MUFU": 1, "FFMA": 1, "BRA": 2, "LDG": 1}
+    assert main_loop(SASS.replace("`(.L_x_0)", "`(.L_x_2)")) == {"FMUL": 1, "FFMA": 1, "BRA": 1}
+    assert main_loop("") == {}
