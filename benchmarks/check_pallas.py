@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.rows import select_shapes  # noqa: E402
 from benchmarks.scan import SHAPES, SMALL_SHAPES, make_inputs  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
@@ -55,13 +56,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shapes", help="comma-separated shape names (default: all)")
     args = parser.parse_args()
-    shapes = SMALL_SHAPES if args.small else SHAPES
-    if args.shapes:
-        known = {s.name: s for s in shapes}
-        unknown = sorted(set(args.shapes.split(",")) - set(known))
-        if unknown:
-            parser.error(f"--shapes: unknown {unknown}, expected names among {sorted(known)}")
-        shapes = [known[name] for name in args.shapes.split(",")]
+    shapes = select_shapes(SMALL_SHAPES if args.small else SHAPES, args.shapes)
     dtype = jnp.dtype(args.dtype)
     fwd_tol, grad_tol = (1e-5, 1e-4) if dtype == jnp.float32 else (1e-2, 1e-2)
     print(f"{'shape (rows,L,D,N)':<36}{'fwd rel err':>13}{'worst grad':>20}{'finite':>9}  result")

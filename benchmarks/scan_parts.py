@@ -53,8 +53,8 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     args, cotangent = make_inputs(shape, dtype)
     u, delta, A, B, C, D, z, delta_bias = args
     tuning = ops.Tuning()
-    _, _, lay, fwd_warps, bwd_warps = ops._design(tuning, u, B, A)
-    bwd_lay = ops._design(tuning, u, B, A, direction="backward")[2]
+    _, _, lay, fwd_warps, bwd_warps = ops._design(tuning, u, B, A, interpret=interpret)
+    bwd_lay = ops._design(tuning, u, B, A, direction="backward", interpret=interpret)[2]
     if not lay.segment:
         raise ValueError(f"{shape.name}: L = {shape.length} is one segment for the auto design; it has no summary "
                          f"passes")

@@ -95,9 +95,15 @@ class Tuning(NamedTuple):
     chain_in_kernel: bool | None = None
 
 
-def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
+def _ptx(interpret: bool) -> bool:
+    """Whether the kernels may use inline PTX (``Layout.ptx``): compiled, not interpreted, and not for ROCm."""
+    return not interpret and "rocm" not in jax.devices()[0].client.platform_version.lower()
+
+
+def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward", interpret=True):
     """(forward, backward, layout, forward warps, backward warps) of a design for these inputs; the layout is the
-    ``direction`` kernel's ("forward" or "backward": they differ in ``hoist_loads`` by default)."""
+    ``direction`` kernel's ("forward" or "backward": they differ in ``hoist_loads`` by default), with inline PTX
+    unless ``interpret`` (``_ptx``)."""
     design = AUTO_DESIGN if tuning.design == "auto" else tuning.design
     if design not in DESIGNS:
         raise ValueError(f"selective_scan_pallas: design={design!r}, expected auto or one of {sorted(DESIGNS)}")
@@ -134,29 +140,23 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward"):
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if tuning.num_warps is not None:
         fwd_warps, bwd_warps = tuning.num_warps
-    return fwd, bwd, lay, fwd_warps, bwd_warps
+    return fwd, bwd, dataclasses.replace(lay, ptx=_ptx(interpret)), fwd_warps, bwd_warps
 
 
 REPLICATED = frozenset({"A", "D", "delta_bias", "order"})
 
 
-def _ptx(interpret: bool) -> bool:
-    """Whether the kernels may use inline PTX (``Layout.ptx``): compiled, not interpreted, and not for ROCm."""
-    return not interpret and "rocm" not in jax.devices()[0].client.platform_version.lower()
-
-
 def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
-    forward, _, lay, warps, _ = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs)
-    lay = dataclasses.replace(lay, ptx=_ptx(interpret))
+    forward, _, lay, warps, _ = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs,
+                                        interpret=interpret)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
 def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
     _, backward, lay, _, warps = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs,
-                                         direction="backward")
-    lay = dataclasses.replace(lay, ptx=_ptx(interpret))
+                                         direction="backward", interpret=interpret)
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
 
 
