@@ -16,6 +16,7 @@ FIELDS = ("design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:out
 def parse_config(text: str) -> dict:
     """A config (``FIELDS``) -> selective_scan_pallas keywords. An optional field left empty (``split:16:128:1:1:4::1``)
     or out takes the default; chunk and unroll 0 too (split: the segment length ``split.default_segment`` picks).
+    block_d is one width for both directions or ``forward/backward`` (``32/16``).
     hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta discretised outside the kernels,
     ``delta_in_kernel=False``; prefetch 1 / 0: ``prefetch_order`` on / off; rows 1: ``prefetch_rows``; gate 0: the
     gate applied outside the kernels (``gate_in_kernel=False``); chain 1: the split design's chain over segments as one
@@ -23,7 +24,9 @@ def parse_config(text: str) -> dict:
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
     if len(rest) > 7:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")
-    config = dict(design=design, block_d=int(block_d), num_warps=(int(fwd_warps), int(bwd_warps)))
+    blocks = tuple(int(b) for b in block_d.split("/"))
+    config = dict(design=design, block_d=blocks if len(blocks) > 1 else blocks[0],
+                  num_warps=(int(fwd_warps), int(bwd_warps)))
     if chunk and int(chunk):
         config["chunk"] = int(chunk)
     unroll, hoist, outside, prefetch, rows, gate, chained = (int(v) if v else None

@@ -9,7 +9,8 @@ a training step runs them:
 
 * forward: ``discretise`` (softplus(delta + bias) in XLA, before the kernels; ``ops.Tuning.delta_in_kernel``),
   ``summaries`` (each segment walked from a zero state: its end state and sum of delta), ``chain`` (the
-  associative scan over segments: the state entering each), ``walk`` (the serial forward kernel per segment from
+  chain over segments, one kernel or XLA's associative scan as ``ops.CHAIN_IN_KERNEL`` says: the state entering
+  each), ``walk`` (the serial forward kernel per segment from
   that state: y and the checkpoints);
 * backward: ``adjoint summaries``, ``adjoint chain``, ``backward walk`` (the serial backward kernel per segment),
   ``reductions`` (dA, dD, d delta_bias summed over segments and rows; dB, dC over channel blocks; ddelta and
@@ -38,6 +39,7 @@ from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
 from benchmarks.scan import (BATCH_CALLS, SHAPES, SMALL_SHAPES, WARMUP_S, Shape, batched_time,  # noqa: E402
                              make_inputs, median_time)
 from kernels.selective_scan import backward, forward, ops, split, summaries  # noqa: E402
+from kernels.selective_scan import chain as chain_kernel  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
 FORWARD_PARTS = ("discretise", "summaries", "chain", "walk")
@@ -71,6 +73,8 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
         return summaries.states(inputs, lay, **fwd_kw)
 
     def chain(inputs, total, dsum):
+        if lay.chain_kernel:
+            return chain_kernel.chain(total, dsum, inputs["A"], lay, reverse=False, interpret=interpret)[0]
         return split.entering_states(inputs, total, dsum)[0]
 
     def walk(inputs, h_in):
@@ -80,13 +84,15 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
         return summaries.adjoints(inputs, bwd_lay, **bwd_kw)
 
     def adjoint_chain(inputs, total, dsum):
+        if bwd_lay.chain_kernel:
+            return chain_kernel.chain(total, dsum, inputs["A"], bwd_lay, reverse=True, interpret=interpret)[0]
         return split.entering_adjoints(inputs, total, dsum, None)
 
     def backward_walk(inputs, h_in):
         return backward.backward(dict(inputs, h_in=h_in), bwd_lay, **bwd_kw)
 
     def reductions(grads, given, discretised):
-        grads = ops.sum_blocks(split.sum_segments(grads, lay), lay)
+        grads = ops.sum_blocks(split.sum_segments(grads, bwd_lay), bwd_lay)
         if outside:
             grads = ops._outer_delta_grads(grads, given, discretised, True)
         return {k: v.sum(0) if k in ("dA", "dD", "dbias") else v for k, v in grads.items()}

@@ -22,6 +22,7 @@ def test_config_fields_map_to_kernel_keywords():
     assert rows["prefetch_rows"] is True and "prefetch_order" not in rows
     assert parse_config("split:16:0:1:1:4:::::0")["gate_in_kernel"] is False
     assert parse_config("split:16:0:1:1:2::::::1")["chain_in_kernel"] is True
+    assert parse_config("split:32/16:0:1:1:2")["block_d"] == (32, 16)  # forward/backward
 
 
 def test_too_many_fields_are_refused():

@@ -23,6 +23,9 @@ from kernels.selective_scan.common import F32, Layout
 
 # Segments whose summaries are loaded together, a group ahead of the one being chained.
 UNROLL = 8
+# Channels per program at most, whatever the walk kernels take: the chain walks every segment of a row, so wider
+# blocks mean fewer, longer programs.
+BLOCK_D = 16
 
 
 def _kernel(*refs, names, lay: Layout, reverse: bool, unroll: int):
@@ -66,6 +69,7 @@ def chain(total, dsum, A, lay: Layout, *, reverse: bool, start=None, interpret: 
     zero (or ``start`` (batch, D, N)) enters the first (the last, when ``reverse``), and the state leaving the
     last (the first); ``total`` and ``dsum`` are the summary kernel's outputs for a segmented layout."""
     inputs = {"total": total, "dsum": dsum, "A": A, **({} if start is None else {"start": start})}
+    lay = dataclasses.replace(lay, block_d=min(lay.block_d, BLOCK_D))
     unroll = min(UNROLL, pl.next_power_of_2(lay.n_segments))
     return pl.pallas_call(
         functools.partial(_kernel, names=tuple(inputs), lay=lay, reverse=reverse, unroll=unroll),

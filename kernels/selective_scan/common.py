@@ -114,14 +114,20 @@ class Layout:
         return (self.batch, self.n_blocks, self.n_segments) if self.segment else (self.batch, self.n_blocks)
 
 
+def check_block_d(block_d: int) -> int:
+    """block_d itself, once it is a power of two (Triton's blocks are)."""
+    if block_d < 1 or block_d & (block_d - 1):
+        raise ValueError(f"selective_scan_pallas: block_d={block_d} must be a power of two")
+    return block_d
+
+
 def make_layout(u, B, d_state: int, block_d: int | None, chunk: int, time_last: bool = False) -> Layout:
     """Layout for inputs u (batch, L, D) and grouped B (batch, L, G, N); block_d defaults to <= 32 channels."""
     batch, length, dim = u.shape
     groups = B.shape[2]
     if block_d is None:
         block_d = min(32, pl.next_power_of_2(dim // groups))
-    if block_d < 1 or block_d & (block_d - 1):
-        raise ValueError(f"selective_scan_pallas: block_d={block_d} must be a power of two")
+    check_block_d(block_d)
     if chunk < 1:
         raise ValueError(f"selective_scan_pallas: chunk={chunk} must be positive")
     return Layout(batch, length, dim, groups, d_state, block_d, chunk, time_last)

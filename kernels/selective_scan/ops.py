@@ -4,9 +4,11 @@ Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one
 ``tiled`` and ``tiled_t`` scan ``chunk``-step time tiles in parallel inside each program (tiles held time-major
 or channel-major); ``split`` cuts the sequence into ``chunk``-step segments walked by separate programs
 (``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; a sequence of
-one segment runs the serial kernels alone). ``auto`` is ``split`` with 16 channels and one warp per program,
+one segment runs the serial kernels alone). ``auto`` is ``split`` with one warp per program, 16 channels a backward
+program and 32 a forward one (16 when that would leave the forward's grid short, ``split.WIDE_FORWARD_GRID``),
 128-step segments (one segment when the grid is already full), a checkpoint every 2 steps inside segments (every 4
-in a single one), the forward's loads hoisted and every load issued a chunk ahead, the gate after the kernels: the
+in a single one), the chain over segments as one kernel, the forward's loads hoisted and every load issued a chunk
+ahead, the gate after the kernels: the
 fastest Pallas design measured for forward+backward on the benchmark shapes (NOTES.md). Under differentiation the
 forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each
 chunk from it.
@@ -20,22 +22,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from kernels.selective_scan import backward, forward, split, tiled_backward, tiled_forward
-from kernels.selective_scan.common import make_layout
+from kernels.selective_scan.common import check_block_d, make_layout
 from kernels.selective_scan.per_device import per_device
 from ssm_jax.ssm.selective_scan import discretize_delta, finish_output
 
-# design -> (forward, backward, default chunk, default block_d cap, forward warps, backward warps, time_last)
+# design -> (forward, backward, default chunk, default (forward, backward) block_d caps, forward warps, backward
+# warps, time_last)
 DESIGNS = {
-    "tiled": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, False),
-    "tiled_t": (tiled_forward.forward, tiled_backward.backward, 64, 16, 4, 4, True),
-    "serial": (forward.forward, backward.backward, 16, 32, 4, 8, False),
-    "split": (split.forward, split.backward, split.SEGMENT, 16, 1, 1, False),  # chunk: steps per segment
+    "tiled": (tiled_forward.forward, tiled_backward.backward, 64, (16, 16), 4, 4, False),
+    "tiled_t": (tiled_forward.forward, tiled_backward.backward, 64, (16, 16), 4, 4, True),
+    "serial": (forward.forward, backward.backward, 16, (32, 32), 4, 8, False),
+    "split": (split.forward, split.backward, split.SEGMENT, (split.WIDE_FORWARD, 16), 1, 1, False),  # chunk: segment
 }
 
 
@@ -68,17 +72,18 @@ PREFETCH_ROWS = True
 # loads, the sigmoid, the recomputed y and the dz store (and its register spill on vmamba-64x64); forward+backward
 # 2-24 % faster on the five generic shapes, fp32 and bf16, for up to 6.5 % more peak memory (NOTES.md, "Session 12").
 GATE_IN_KERNEL = False
-# The split design's chain over segments in XLA (``chain_in_kernel`` left as None). The one-kernel chain
-# (``chain.py``) replaces XLA's several small fusions (23 us of a 232 us forward on vmamba-64x64, ncu, NOTES.md
-# "Session 14") with one launch; untimed so far, so it is an option until measured.
-CHAIN_IN_KERNEL = False
+# The split design's chain over segments as one kernel (``chain.py``; ``chain_in_kernel`` left as None), not XLA's
+# associative scan over segments (five small fusions, 23 us of a 232 us forward on vmamba-64x64, ncu): interleaved on
+# vmamba-64x64, mamba-768, long and vim-s, forward 3-6 % and forward+backward 2-3 % faster, fp32 and bf16 (one H200,
+# NOTES.md, "Session 15").
+CHAIN_IN_KERNEL = True
 
 
 class Tuning(NamedTuple):
     """How the kernels run, hashable (a static argument of the custom VJP); None takes the design's default."""
 
     design: str = "auto"
-    block_d: int | None = None
+    block_d: tuple[int | None, int | None] = (None, None)  # (forward, backward)
     chunk: int | None = None
     num_warps: tuple[int, int] | None = None
     unroll: int | None = None
@@ -107,11 +112,13 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward", interpr
     design = AUTO_DESIGN if tuning.design == "auto" else tuning.design
     if design not in DESIGNS:
         raise ValueError(f"selective_scan_pallas: design={design!r}, expected auto or one of {sorted(DESIGNS)}")
-    fwd, bwd, default_chunk, cap, fwd_warps, bwd_warps, time_last = DESIGNS[design]
-    block_d = tuning.block_d
-    if block_d is None:
-        block_d = min(cap, 1 << max(0, (u.shape[2] // B.shape[2] - 1).bit_length()))
-    lay = make_layout(u, B, A.shape[1], block_d, default_chunk if tuning.chunk is None else tuning.chunk, time_last)
+    fwd, bwd, default_chunk, caps, fwd_warps, bwd_warps, time_last = DESIGNS[design]
+    per_group = 1 << max(0, (u.shape[2] // B.shape[2] - 1).bit_length())
+    fwd_block, bwd_block = (min(cap, per_group) if asked is None else asked
+                            for asked, cap in zip(tuning.block_d, caps))
+    # The backward's channel blocks fix the segments (``split.default_segment`` counts programs) and so the
+    # checkpoints both directions share; the forward kernels then take their own block width.
+    lay = make_layout(u, B, A.shape[1], bwd_block, default_chunk if tuning.chunk is None else tuning.chunk, time_last)
     if design != "serial" and lay.chunk & (lay.chunk - 1):
         raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the {design} design")
     if design == "split":
@@ -140,6 +147,10 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward", interpr
         raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if tuning.num_warps is not None:
         fwd_warps, bwd_warps = tuning.num_warps
+    if direction == "forward":
+        wide = dataclasses.replace(lay, block_d=check_block_d(fwd_block))
+        if tuning.block_d[0] is not None or math.prod(wide.grid) >= split.WIDE_FORWARD_GRID:
+            lay = wide
     return fwd, bwd, dataclasses.replace(lay, ptx=_ptx(interpret)), fwd_warps, bwd_warps
 
 
@@ -237,7 +248,7 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool,
                           return_last_state: bool, interpret: bool, design: str = "auto",
-                          block_d: int | None = None, chunk: int | None = None,
+                          block_d: int | tuple[int | None, int | None] | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
                           hoist_loads: bool | None = None, delta_in_kernel: bool = False,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
@@ -252,8 +263,10 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       design: "serial" (one step after another), "tiled"/"tiled_t" (parallel scans over time tiles),
         "split" (serial walks over segments of the sequence, chained by a scan over segments) or "auto"
         (``AUTO_DESIGN``).
-      block_d: channels per program (power of two; default the design's cap, 16 tiled and split / 32 serial, or the
-        channels per group rounded up to a power of two when fewer).
+      block_d: channels per program (power of two), or a (forward, backward) pair, either None for its default: the
+        design's cap (16 tiled, 32 serial; split 16 backward and ``split.WIDE_FORWARD`` forward, or 16 when the
+        forward's grid would fall below ``split.WIDE_FORWARD_GRID`` programs), or the channels per group rounded up
+        to a power of two when fewer.
       chunk: time steps per tile and checkpoint (default 64 tiled, 16 serial; a power of two for tiled);
         for split, time steps per segment (a power of two; default 128, or the whole sequence when the batch rows x
         channel blocks per device already number ``split.FULL_GRID``).
@@ -292,7 +305,10 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
             raise ValueError(f"selective_scan_pallas: order has shape {order.shape} and dtype {order.dtype}, "
                              f"expected integers of shape (groups, L) = {(B.shape[2], u.shape[1])}")
         order = order.astype(jnp.int32)
-    tuning = Tuning(design, block_d, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
+    blocks = tuple(block_d) if isinstance(block_d, (tuple, list)) else (block_d, block_d)
+    if len(blocks) != 2:
+        raise ValueError(f"selective_scan_pallas: block_d={block_d!r}, expected an int or a (forward, backward) pair")
+    tuning = Tuning(design, blocks, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
                     bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order),
                     None if prefetch_rows is None else bool(prefetch_rows),
                     None if chain_in_kernel is None else bool(chain_in_kernel))

@@ -43,6 +43,14 @@ SEGMENT = 128
 # (3,072 programs) forward+backward 10.4 ms against 12.9 at 256-step segments, mm-tiny-14 and ad-16 (4,096 and
 # more) 2.5 and 1.2 against 3.8 and 1.6 at 128 (one H200, NOTES.md, "Segment length by grid").
 FULL_GRID = 2048
+# The forward kernels' channels per program by default, when that leaves their grid at least WIDE_FORWARD_GRID
+# programs (else the backward's 16). 32 channels in a one-warp program take 25-33 % fewer instructions per (step,
+# channel, state) (SASS, NOTES.md "Session 14"); back to back, forward 7-19 % and forward+backward 1-4 % faster on
+# the five benchmark shapes, bf16 and fp32 (but 8-dir fp32's forward, even), and interleaved 8-16 % (forward) on
+# mm-tiny-56 (1,536 programs) and ad-64, even on mm-tiny-28, but 23 % slower on ad-32, left 1,024 programs (one H200,
+# NOTES.md, "Session 15"). The segments and checkpoints stay the backward's, which both directions share.
+WIDE_FORWARD = 32
+WIDE_FORWARD_GRID = 1536
 
 
 def default_segment(lay: Layout) -> int:

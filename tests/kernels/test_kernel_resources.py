@@ -13,17 +13,17 @@ ptxas info    : Used 255 registers, used 1 barriers"""
 
 
 def test_captures_each_kernel_with_its_warps():
-    """split lowers four kernels for forward+backward: summaries and walks, forward warps then backward warps."""
+    """split lowers six kernels for forward+backward: summaries, the chain (one warp) and walks, forward warps then
+    backward warps; four with the chain left to XLA."""
     shape = next(s for s in SHAPES if s.name == "mamba-768")
     kernels = lowered_kernels(parse_config("split:16:256:2:4:8"), shape)
     assert [(name, warps) for name, warps, _ in kernels] == [
-        ("selective_scan_split_states", 2), ("selective_scan_fwd", 2),
-        ("selective_scan_split_adjoints", 4), ("selective_scan_bwd", 4)]
+        ("selective_scan_split_states", 2), ("selective_scan_split_chain", 1), ("selective_scan_fwd", 2),
+        ("selective_scan_split_adjoints", 4), ("selective_scan_split_chain", 1), ("selective_scan_bwd", 4)]
     assert all(text.lstrip().startswith(f"module @{name}") and "tt.func" in text for name, _, text in kernels)
-    chained = lowered_kernels(parse_config("split:16:256:2:4:8::::::1"), shape)  # the chain as one kernel
-    assert [name for name, _, _ in chained] == [
-        "selective_scan_split_states", "selective_scan_split_chain", "selective_scan_fwd",
-        "selective_scan_split_adjoints", "selective_scan_split_chain", "selective_scan_bwd"]
+    unchained = lowered_kernels(parse_config("split:16:256:2:4:8::::::0"), shape)  # the chain in XLA
+    assert [name for name, _, _ in unchained] == [
+        "selective_scan_split_states", "selective_scan_fwd", "selective_scan_split_adjoints", "selective_scan_bwd"]
 
 
 def test_reads_ptxas_and_derives_occupancy():

@@ -10,13 +10,24 @@ import pytest
 from benchmarks.scan import Shape
 from benchmarks.scan import SHAPES
 from benchmarks.scan_parts import PARTS, SEGMENT, part_functions, run, segmented
+from kernels.selective_scan import ops, split
 
 TWO_SEGMENTS = Shape("two segments", 1, 2 * SEGMENT, 16, 4)
 ORDER = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")  # selective_scan's float inputs
 
 
-def test_parts_compose_to_the_whole_scan():
-    parts = part_functions(TWO_SEGMENTS, jnp.float32, interpret=True)
+@pytest.mark.parametrize("wide_forward", [False, True])
+def test_parts_compose_to_the_whole_scan(wide_forward, monkeypatch):
+    """Also with the forward's channel blocks wider than the backward's (as on the GPU's larger grids), where the
+    reductions must take the backward's blocks."""
+    shape = TWO_SEGMENTS
+    if wide_forward:
+        monkeypatch.setattr(split, "WIDE_FORWARD_GRID", 1)
+        shape = Shape("two segments, 32 channels", 1, 2 * SEGMENT, 32, 4)
+        assert [ops._design(ops.Tuning(), *(jnp.zeros(s) for s in ((1, 2 * SEGMENT, 32), (1, 2 * SEGMENT, 1, 4),
+                                                                    (32, 4))), direction=d)[2].block_d
+                for d in ("forward", "backward")] == [32, 16]
+    parts = part_functions(shape, jnp.float32, interpret=True)
     y, grads = parts["outputs"]
     whole, whole_args = parts["whole"]
     y_whole, grads_whole = whole(*whole_args)
@@ -24,7 +35,7 @@ def test_parts_compose_to_the_whole_scan():
     for name, expected in zip(ORDER, grads_whole):
         np.testing.assert_allclose(grads[name], expected, rtol=1e-4, atol=1e-4, err_msg=name)
     total, dsum = parts["chain"][1][1:]
-    assert total.shape == (1, 2, 16, 4) and dsum.shape == (1, 2, 16)
+    assert total.shape == (1, 2, shape.dim, 4) and dsum.shape == (1, 2, shape.dim)
 
 
 def test_run_writes_a_row_per_part(tmp_path):

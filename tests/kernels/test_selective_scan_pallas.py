@@ -149,8 +149,11 @@ def test_lowers_to_triton(design):
 
 def test_rejects_block_d_not_power_of_two():
     x = make_inputs(5, 1, 4, 6, 1, 4)
-    with pytest.raises(ValueError, match="power of two"):
-        run_pallas(x, {}, block_d=3)
+    for block_d in (3, (4, 3), (3, None)):
+        with pytest.raises(ValueError, match="power of two"):
+            run_pallas(x, {}, block_d=block_d)
+    with pytest.raises(ValueError, match="pair"):
+        run_pallas(x, {}, block_d=(4, 4, 4))
 
 
 @pytest.mark.parametrize("design,chunk", [("serial", 0), ("tiled", 12), ("split", 24), ("nope", 4)])
@@ -183,24 +186,35 @@ def test_hoisted_loads_belong_to_the_serial_and_split_designs():
 
 
 def test_auto_design_is_split_with_its_measured_blocks():
-    """auto: split, 16 channels and one warp a program, 128-step segments while the (rows, channel blocks) grid has
-    fewer than split.FULL_GRID programs; a short sequence (a 7x7 stage) or a full grid (MemoryMamba-tiny's first
-    stage at batch 64: 64 x 48 programs) gets the serial layout, one program per (row, channel block). Loads are
-    hoisted in the forward kernel only; an order's positions are loaded a chunk ahead unless asked not to."""
+    """auto: split, one warp a program, 16 channels a backward program, 128-step segments while its (rows, channel
+    blocks) grid has fewer than split.FULL_GRID programs; a short sequence (a 7x7 stage) or a full grid
+    (MemoryMamba-tiny's first stage at batch 64: 64 x 48 programs) gets the serial layout, one program per (row,
+    channel block). The forward takes 32 channels, with the same segments and checkpoints, unless that leaves it
+    fewer than split.WIDE_FORWARD_GRID programs (the 7x7 stage, and ad-32's 16 x 64). Loads are hoisted in the
+    forward kernel only; an order's positions are loaded a chunk ahead unless asked not to."""
     from kernels.selective_scan import split
     from kernels.selective_scan.ops import Tuning, _design
-    for rows, length, dim, segment, grid in ((32, 3136, 384, 128, (32, 24, 25)), (32, 49, 384, 0, (32, 24)),
-                                             (64, 3136, 768, 0, (64, 48)), (42, 3136, 768, 128, (42, 48, 25))):
+    for rows, length, dim, segment, grid, forward_block in (
+            (32, 3136, 384, 128, (32, 24, 25), 32), (32, 49, 384, 0, (32, 24), 16), (64, 3136, 768, 0, (64, 48), 32),
+            (42, 3136, 768, 128, (42, 48, 25), 32), (16, 1024, 2048, 0, (16, 128), 16)):
         u, B, A = jnp.zeros((rows, length, dim)), jnp.zeros((rows, length, 1, 16)), jnp.zeros((dim, 16))
-        fwd, bwd, lay, fwd_warps, bwd_warps = _design(Tuning(), u, B, A)
+        fwd, bwd, lay, fwd_warps, bwd_warps = _design(Tuning(), u, B, A, direction="backward")
         assert (fwd, bwd) == (split.forward, split.backward)
         assert (lay.block_d, lay.segment, lay.grid, fwd_warps, bwd_warps) == (16, segment, grid, 1, 1)
-        assert lay.hoist_loads and not _design(Tuning(), u, B, A, direction="backward")[2].hoist_loads
+        forward = _design(Tuning(), u, B, A)[2]
+        assert (forward.block_d, forward.segment, forward.chunk) == (forward_block, lay.segment, lay.chunk)
+        assert forward.hoist_loads and not lay.hoist_loads and forward.chain_kernel
     assert _design(Tuning(chunk=256), u, B, A)[2].segment == 256  # an explicit segment length is kept
     for hoist in (False, True):
         assert {_design(Tuning(hoist_loads=hoist), u, B, A, direction=d)[2].hoist_loads
                 for d in ("forward", "backward")} == {hoist}
     assert _design(Tuning(), u, B, A, ordered=True)[2].prefetch_order
     assert not _design(Tuning(prefetch_order=False), u, B, A, ordered=True)[2].prefetch_order
+    # A forward block of its own changes neither the segments nor the checkpoints, which both directions share.
+    u, B, A = jnp.zeros((42, 3136, 768)), jnp.zeros((42, 3136, 1, 16)), jnp.zeros((768, 16))
+    fwd_lay, bwd_lay = (_design(Tuning(block_d=(64, None)), u, B, A, direction=d)[2] for d in ("forward", "backward"))
+    assert _design(Tuning(block_d=(8, None)), u[:4, :49], B[:4, :49], A)[2].block_d == 8  # asked: kept
+    assert (fwd_lay.block_d, bwd_lay.block_d) == (64, 16)
+    assert (fwd_lay.segment, fwd_lay.chunk) == (bwd_lay.segment, bwd_lay.chunk) == (128, 2)
     tiled = _design(Tuning(design="tiled"), u, B, A)[2]  # the default is no request: tiled designs take it silently
     assert not tiled.prefetch_order
