@@ -87,6 +87,7 @@ GRAD_CASES = [
                  id="gate-only-group-smaller-than-block"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
                  id="all-options-delta-discretised-in-kernel"),
+    pytest.param((2, 11, 8, 2, 5), ALL_OPTIONS, dict(block_d=(4, 2), chunk=4), id="forward-blocks-wider"),
 ]
 
 
