@@ -56,9 +56,13 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     ``grad_accum_steps`` = k splits each global batch into k micro-batches computed one after another inside the
     train step, with one optimizer update: the memory of batch / k, the result of batch (see the README). A step
     still consumes ``batch_size`` images, so epochs, step counts and the learning-rate schedule keep their meaning.
+
+    ``init_from`` (classification and pretraining runs): the workdir of another run whose matching parameters start
+    this one, e.g. a masked-image pretraining run; top-level parameter names in ``init_exclude`` stay fresh
+    (``ssm_jax/training/init_from.py``).
     """
     defaults = {"epochs": 10, "batch_size": 64, "eval_batch_size": 64, "log_every": 10, "checkpoint_every": 200,
-                "max_to_keep": 3, "max_steps": -1, "grad_accum_steps": 1}
+                "max_to_keep": 3, "max_steps": -1, "grad_accum_steps": 1, "init_from": "", "init_exclude": ("head",)}
     return ml_collections.ConfigDict({**defaults, **overrides})
 
 

@@ -3,6 +3,10 @@ r"""MemoryMamba on ELPV (real solar-cell EL images, 4 defect-probability classes
 Variants (``--config=configs/memorymamba_elpv.py:<variant>``):
   gpu (default)  the tiny model at 224 px, batch 64, 40 epochs, with the recipe below: the full-size run for a GPU
                  (about 2.5 minutes of training on one H200 at 575 images/s, plus compilation and evaluation).
+  mim            masked-image pretraining of the ``gpu`` variant's network on ELPV's training images, labels unread
+                 (``config.task = "pretraining"``, SimMIM: 60 % of the 32 px patches hidden, mean absolute error on
+                 them; 100 epochs), whose workdir then starts the classifier (below, "Pretrained on its own images").
+  mim_cpu        the same for the ``cpu`` variant's network (64 px, 16 px patches hidden).
   cpu            a small model at 64 px that trains and evaluates in under 10 minutes on 2 CPU cores; an honest
                  but lower-accuracy baseline for machines without an accelerator. Its SS2D blocks have d_state 1
                  (as VMamba's v2 configs) and expand 1: on CPU the train step is mostly the sequential scan's
@@ -57,20 +61,32 @@ the data wait was 6-7 s in a 5-minute run).
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_mix_s$S --config.seed=$S \
       --config.loss.mixup_alpha=0.8 --config.loss.cutmix_alpha=1.0   # DeiT/VMamba's mixing, one of the two a step
 
+Pretrained on its own images (no pretrained weights exist offline; the published 88.42 % is an ImageNet-pretrained
+CNN): masked-image pretraining on the training split's images, then the recipe from its backbone (the head starts
+fresh, ``config.train.init_exclude``):
+
+  python train.py --config=configs/memorymamba_elpv.py:mim --workdir=runs/elpv_mim
+  python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_from_mim_s$S --config.seed=$S \
+      --config.train.init_from=runs/elpv_mim
+
 and, on any trained run, test-time augmentation over the dihedral group (``eval_tta_d4/`` beside ``eval/``):
 
   python eval.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_recipe_s$S --config.eval.tta=d4
 """
 
+import ml_collections
+
 from configs import common
 from configs.memorymamba_common import memorymamba_config
 
-VARIANTS = ("gpu", "cpu")
+VARIANTS = ("gpu", "cpu", "mim", "mim_cpu")
 
 
 def get_config(variant: str = "gpu"):
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} of memorymamba_elpv; valid: {', '.join(VARIANTS)}")
+    if variant.startswith("mim"):
+        return _pretraining(get_config("cpu" if variant == "mim_cpu" else "gpu"))
     config = memorymamba_config("elpv", 4, None, image_size=224, test_fraction=0.25, seed=0)
     config.data.flips = ("horizontal", "vertical")
     if variant == "gpu":
@@ -91,4 +107,18 @@ def get_config(variant: str = "gpu"):
         config.train.epochs = 10
         config.train.batch_size = config.train.eval_batch_size = 32
         config.train.checkpoint_every = 100
+    return common.finalize(config)
+
+
+def _pretraining(classifier):
+    """Masked-image pretraining (SimMIM's recipe: AdamW, weight decay 0.05, 10 % warm-up, cosine decay) of the
+    classifier config's network on the same images and augmentation, so its backbone starts that classifier."""
+    config = ml_collections.ConfigDict(classifier.to_dict())
+    config.task = "pretraining"
+    config.loss = ml_collections.ConfigDict({"mask_ratio": 0.6, "mask_patch": 16 if config.data.image_size <= 64
+                                             else 32})
+    config.optim.weight_decay = 0.05  # the learning rate stays the classifier's, tuned at this batch size
+    config.optim.warmup_fraction, config.optim.decay = 0.1, "cosine"
+    config.train.epochs = 100 if config.data.image_size > 64 else 20
+    del config["eval"]
     return common.finalize(config)

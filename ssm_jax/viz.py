@@ -1,4 +1,5 @@
-"""Pictures of evaluation results as PNG files: confusion matrix, ROC/PR curves, anomaly overlays, training curves.
+"""Pictures of evaluation results as PNG files: confusion matrix, ROC/PR curves, anomaly overlays, masked-image
+reconstructions, training curves.
 
 Drawn on matplotlib ``Figure`` objects with the Agg renderer (no pyplot state, no display needed). Sizes are
 fixed in inches at ``DPI``, so a picture's pixel size depends only on what it shows (documented per function).
@@ -128,6 +129,32 @@ def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_image
         for ax in axes[i]:
             ax.set_axis_off()
     fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.6, label="anomaly score")
+    return _save(fig, path)
+
+
+def save_masked_reconstructions(images, masks, reconstructions, path, errors=None, max_images=8):
+    """One row per image (the first ``max_images``): image | the hidden patches greyed | the reconstruction pasted
+    into the hidden patches (the visible pixels kept). Images and reconstructions NHWC in [0, 1] or uint8, masks
+    (N, H, W) in [0, 1] (1: hidden); ``errors`` (N,) titles the last panel. Size 3 inches per panel."""
+    images, reconstructions = _as_rgb(images), _as_rgb(reconstructions)
+    hidden = np.clip(np.asarray(masks, np.float64), 0, 1)
+    if images.shape[0] == 0:
+        raise ValueError("images is empty")
+    if reconstructions.shape != images.shape or hidden.shape != images.shape[:3]:
+        raise ValueError(f"reconstructions {reconstructions.shape} and masks {hidden.shape} must match images "
+                         f"{images.shape} (masks without the channel axis)")
+    rows = min(images.shape[0], max_images)
+    fig = Figure(figsize=(9, 3 * rows), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, 3, squeeze=False)
+    for i in range(rows):
+        h = hidden[i][..., None]
+        panels = (images[i], images[i] * (1 - h) + 0.5 * h, images[i] * (1 - h) + reconstructions[i] * h)
+        titles = (f"image {i}", "hidden patches",
+                  "filled in" + ("" if errors is None else f"  L1 {float(errors[i]):.3f}"))
+        for ax, panel, title in zip(axes[i], panels, titles):
+            ax.imshow(panel)
+            ax.set_title(title)
+            ax.set_axis_off()
     return _save(fig, path)
 
 

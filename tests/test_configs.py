@@ -53,8 +53,28 @@ def test_data_root_follows_environment(monkeypatch):
 
 
 def test_unknown_variant_is_named():
-    with pytest.raises(ValueError, match="unknown variant 'tpu'.*gpu, cpu"):
+    with pytest.raises(ValueError, match="unknown variant 'tpu'.*gpu, cpu, mim, mim_cpu"):
         importlib.import_module("configs.memorymamba_elpv").get_config("tpu")
+
+
+@pytest.mark.parametrize("variant,classifier", [("mim", "gpu"), ("mim_cpu", "cpu")])
+def test_memorymamba_elpv_pretraining_variants(variant, classifier):
+    """Masked-image pretraining of exactly the classifier variant's network, so its backbone can start it."""
+    from ssm_jax.models.masked_image import MaskedImageModel
+    module = importlib.import_module("configs.memorymamba_elpv")
+    config, target = module.get_config(variant), module.get_config(classifier)
+    assert config.task == "pretraining" and 0 < config.loss.mask_ratio < 1 and "eval" not in config
+    assert config.model == target.model and config.data == target.data and config.optim.lr == target.optim.lr
+    with pytest.raises(AttributeError):
+        config.loss.mask_ratios = 0.5
+    size = config.data.image_size
+    model = MaskedImageModel(build_model(config), config.loss.mask_patch)
+    if variant == "mim":
+        size = 64  # the network at 224 px compiles slowly on CPU; the mask patch still divides it
+        assert config.data.image_size % config.loss.mask_patch == 0
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))))
+    stride = 32 if variant == "mim" else 16  # four stages (patch 4, three merges) or three
+    assert shapes["params"]["decoder"]["kernel"].shape[-1] == stride * stride * 3
 
 
 def test_mambaad_paper_training_defaults():

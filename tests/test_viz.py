@@ -60,6 +60,18 @@ def test_anomaly_overlays_degenerate(tmp_path):
         viz.save_anomaly_overlays(images, np.zeros((1, 8, 8)), tmp_path / "bad.png")
 
 
+def test_masked_reconstructions(tmp_path):
+    rng = np.random.default_rng(1)
+    images, reconstructions = rng.random((2, 5, 16, 16, 3))
+    masks = np.zeros((5, 16, 16))
+    masks[:, :8] = 1
+    path = viz.save_masked_reconstructions(images, masks, reconstructions, tmp_path / "r.png", errors=rng.random(5),
+                                           max_images=4)
+    assert _png_size(path) == (900, 4 * 300)
+    with pytest.raises(ValueError, match="must match images"):
+        viz.save_masked_reconstructions(images, masks[:, :8], reconstructions, tmp_path / "bad.png")
+
+
 def test_training_curves(tmp_path):
     log = tmp_path / "metrics.jsonl"
     lines = [{"step": s, "train/loss": 1 / (s + 1), "train/acc": s / 10, "lr": 1e-4} for s in range(10)]

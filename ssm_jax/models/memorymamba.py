@@ -206,7 +206,11 @@ class MemoryMamba(nn.Module):
       coarse_queries (B, coarse_size) and coarse_banks (coarse_size, C_i)    [use_coarse_memory];
       fine_features Z_i (B, H_i, W_i, C_i), fine_memory M_hat_f (B, H_i, W_i, C_i) and
       fine_banks (fine_size, C_i)                                             [use_fine_memory].
-    ``train=True`` enables stochastic depth (needs the ``dropout`` RNG when ``drop_path_rate > 0``).
+      feature_map (B, H / 32, W / 32, dims[-1]) the normed last stage, before pooling (what masked-image
+        pretraining decodes, ``models.masked_image``).
+    ``train=True`` enables stochastic depth (needs the ``dropout`` RNG when ``drop_path_rate > 0``). ``token_mask``
+    (B, H / patch_size, W / patch_size) bool replaces the embedded patches where True by a learned ``mask_token``
+    (masked-image pretraining; the parameter exists only in models initialised with a mask).
     ``scan_blocks`` / ``remat``: block layout and rematerialisation (module docstring); outputs do not depend on them.
     """
 
@@ -233,7 +237,7 @@ class MemoryMamba(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images, train: bool = False):
+    def __call__(self, images, train: bool = False, token_mask=None):
         if len(self.depths) != len(self.dims):
             raise ValueError(f"MemoryMamba: depths {tuple(self.depths)} and dims {tuple(self.dims)} differ in length")
         if self.similarity not in SIMILARITIES:
@@ -245,6 +249,12 @@ class MemoryMamba(nn.Module):
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"MemoryMamba: drop_path_rate={self.drop_path_rate}; expected a value in [0, 1)")
         x = PatchEmbed(self.dims[0], self.patch_size, dtype=self.dtype, name="patch_embed")(images.astype(self.dtype))
+        if token_mask is not None:
+            if token_mask.shape != x.shape[:3]:
+                raise ValueError(f"MemoryMamba: token_mask has shape {token_mask.shape}, expected the patch grid "
+                                 f"{x.shape[:3]}")
+            token = self.param("mask_token", nn.initializers.normal(0.02), (self.dims[0],))
+            x = jnp.where(token_mask[..., None], token.astype(x.dtype), x)
         total = sum(self.depths)
         drops = None  # per block (rate, key), sliced per stage; the same in both layouts
         if train and self.drop_path_rate > 0:
@@ -277,7 +287,7 @@ class MemoryMamba(nn.Module):
         x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
         features = x.mean(axis=(1, 2))
         logits = Mlp(self.dims[-1], self.num_classes, dtype=self.dtype, name="head")(features)
-        out = {"logits": logits.astype(jnp.float32), "features": features}
+        out = {"logits": logits.astype(jnp.float32), "features": features, "feature_map": x}
         for key in auxes[0] if auxes else ():
             out[key] = tuple(aux[key] for aux in auxes)
         return out

@@ -17,6 +17,7 @@ from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
+from ssm_jax.training import init_from as init_lib
 from ssm_jax.training import state as state_lib
 from ssm_jax.training import mixing as mixing_lib
 from ssm_jax.training import tta as tta_lib
@@ -26,9 +27,11 @@ from ssm_jax.training.state import TrainState
 MIXING_STREAM = 1  # fold_in index of the mixing draws within a step's key
 
 
-def create_state(model, tx, rng, image_size: int, mesh) -> TrainState:
-    """Initialise parameters on one sample image and replicate the state over the mesh."""
-    return state_lib.create_state(model, tx, rng, image_size, mesh)
+def create_state(model, tx, rng, image_size: int, mesh, init_from: str = "", init_exclude=("head",)) -> TrainState:
+    """Initialise parameters on one sample image (then from run ``init_from``'s matching ones, when given:
+    ``training.init_from``) and replicate the state over the mesh."""
+    prepare = (lambda v: init_lib.load_into(v, init_from, init_exclude)) if init_from else (lambda v: v)
+    return state_lib.create_state(model, tx, rng, image_size, mesh, prepare=prepare)
 
 
 def resolve_class_weights(spec, labels, num_classes: int) -> np.ndarray | None:

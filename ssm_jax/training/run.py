@@ -20,7 +20,7 @@ from ssm_jax.data.images import IMAGE_EXTENSIONS
 from ssm_jax.models.mambaad import build_mambaad
 from ssm_jax.models.memorymamba import build_memorymamba
 from ssm_jax.models.snarm import build_snarm
-from ssm_jax.training import classification, reconstruction, residual
+from ssm_jax.training import classification, pretraining, reconstruction, residual
 from ssm_jax.training.accumulate import check_grad_accum
 from ssm_jax.training.checkpoint import Checkpointer, has_checkpoint, model_fingerprint
 from ssm_jax.training.log import MetricsLog, write_config
@@ -47,6 +47,11 @@ def _no_state_kwargs(config, resuming: bool) -> dict:
     return {}
 
 
+def _init_kwargs(config, resuming: bool) -> dict:
+    """``create_state``'s start from another run (``config.train.init_from``), on a fresh start only."""
+    return {"init_from": "" if resuming else config.train.init_from, "init_exclude": tuple(config.train.init_exclude)}
+
+
 def _check_num_classes(config, train_source) -> None:
     if config.model.num_classes != len(train_source.class_names):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset {config.data.name!r} "
@@ -61,7 +66,8 @@ class Family:
     taken from the config (``state_kwargs`` also from whether a checkpoint will be restored over the new state;
     make_train_step's ``step_kwargs`` also from the training set, e.g. class weights), and
     a check of the config against the training set. ``data_task`` is the task of the datasets it trains on, when
-    that is not its own name (SNARM's "residual" family reads "anomaly" datasets)."""
+    that is not its own name (SNARM's "residual" family reads "anomaly" datasets; "any": every dataset, labels
+    unread, as masked-image pretraining)."""
 
     module: ModuleType
     models: tuple[str, ...]
@@ -76,11 +82,13 @@ class Family:
     eval_dir: Callable[[ml_collections.ConfigDict], str] = lambda config: "eval"
     on_fresh_start: Callable[[ml_collections.ConfigDict], None] = lambda config: None
     data_task: str = ""
+    init_from: bool = False  # whether create_state takes config.train.init_from
 
 
 TASKS = {
     "classification": Family(classification, ("memorymamba",), "metrics.json, confusion.png, predictions.csv",
                              check=_check_num_classes, step_kwargs=classification.step_kwargs,
+                             state_kwargs=_init_kwargs, init_from=True,
                              predict_kwargs=classification.predict_kwargs,
                              summary_kwargs=lambda config: {"tta": config.eval.tta},
                              eval_dir=classification.eval_dir_name),
@@ -98,6 +106,10 @@ TASKS = {
                                                       "score_stride": config.eval.score_stride},
                        output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays},
                        on_fresh_start=residual.warn_if_random_encoder),
+    "pretraining": Family(pretraining, ("memorymamba",), "metrics.json, reconstructions.png", data_task="any",
+                          state_kwargs=lambda config, resuming: {"mask_patch": config.loss.mask_patch,
+                                                                 **_init_kwargs(config, resuming)},
+                          predict_kwargs=lambda config: {"loss_config": config.loss}, init_from=True),
 }
 
 
@@ -137,7 +149,7 @@ def _check_task(config, family: Family, train_source: Source) -> None:
     if config.model.name not in family.models:
         raise ValueError(f"config.model.name={config.model.name!r} does not fit config.task={config.task!r}; "
                          f"valid: {', '.join(family.models)}")
-    if train_source.task != (family.data_task or config.task):
+    if family.data_task != "any" and train_source.task != (family.data_task or config.task):
         raise ValueError(f"config.task={config.task!r} trains on {family.data_task or config.task} datasets but "
                          f"{config.data.name!r} is a {train_source.task} dataset")
     family.check(config, train_source)
@@ -155,6 +167,9 @@ class Experiment:
         check_grad_accum(config.train.batch_size, config.train.grad_accum_steps, self.mesh)
         check_batch_size(config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
         self.family = TASKS[config.task]
+        if config.train.get("init_from") and not self.family.init_from:
+            raise ValueError(f"config.train.init_from is a setting of classification and pretraining runs, not of "
+                             f"config.task={config.task!r}")
         self.train_source = load_source(config, "train")
         _check_task(config, self.family, self.train_source)
         steps_per_epoch = len(self.train_source) // config.train.batch_size

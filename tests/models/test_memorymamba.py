@@ -33,7 +33,7 @@ def test_output_shapes():
     variables = jax.eval_shape(m.init, KEY, IMAGES)
     out = _shapes(jax.eval_shape(lambda v: m.apply(v, IMAGES, train=False), variables))
     assert out == {
-        "logits": (2, 5), "features": (2, 32),
+        "logits": (2, 5), "features": (2, 32), "feature_map": (2, 4, 4, 32),
         "coarse_queries": ((2, 8), (2, 8)), "coarse_banks": ((8, 16), (8, 32)),
         "fine_features": ((2, 8, 8, 16), (2, 4, 4, 32)), "fine_memory": ((2, 8, 8, 16), (2, 4, 4, 32)),
         "fine_banks": ((6, 16), (6, 32)),

@@ -1,0 +1,82 @@
+"""Start a run from another run's parameters (``config.train.init_from = <its workdir>``): fine-tuning a classifier
+from a masked-image pretraining run (``training.pretraining``), or from a model trained on another dataset.
+
+Every parameter of the new model whose path and shape match one in the other run's latest checkpoint is copied; a
+pretraining run's parameters are found under its ``backbone``. Parameters under a top-level name in ``exclude``
+(default the classifier ``head``, whose classes differ between datasets) keep their fresh initialisation, as do the
+ones the other run lacks. The copy happens once, when a run starts from scratch; a resumed run restores its own
+checkpoint instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+WRAPPERS = ("backbone",)  # a pretraining model's name for the network it trains
+
+
+def read_params(workdir) -> dict:
+    """The parameters in ``<workdir>/checkpoints``' latest step, as saved; a clear error when there are none."""
+    directory = Path(workdir).expanduser().absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"config.train.init_from={str(workdir)!r}: no checkpoints folder at {directory}; "
+                                f"expected the --workdir of a finished or running training run")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                                    item_names=("state", "extra"))
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"config.train.init_from={str(workdir)!r}: {directory} holds no finished checkpoint")
+    try:
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    except Exception as err:  # orbax raises several types for missing or damaged files
+        raise ValueError(f"config.train.init_from={str(workdir)!r}: checkpoint {directory / str(step)} is "
+                         f"unreadable: {type(err).__name__}: {err}") from err
+    params = state.get("params") if isinstance(state, dict) else None
+    if not isinstance(params, dict):
+        raise ValueError(f"config.train.init_from={str(workdir)!r}: checkpoint {directory / str(step)} has no "
+                         f"parameters")
+    return params
+
+
+def copy_matching(params: dict, source: dict, exclude=("head",)) -> tuple[dict, dict]:
+    """(``params`` with every entry matched in ``source`` replaced, report). Paths match as they are or under one of
+    ``WRAPPERS`` in ``source``; shapes must agree. The report counts copied, excluded, missing and mismatched
+    tensors (the latter three as path lists)."""
+    own, theirs = flatten_dict(params, sep="/"), flatten_dict(source, sep="/")
+    out, report = dict(own), {"copied": 0, "excluded": [], "missing": [], "mismatched": []}
+    for path, value in own.items():
+        if path.split("/")[0] in exclude:
+            report["excluded"].append(path)
+            continue
+        found = next((theirs[p] for p in (path, *(f"{w}/{path}" for w in WRAPPERS)) if p in theirs), None)
+        if found is None:
+            report["missing"].append(path)
+        elif tuple(found.shape) != tuple(value.shape):
+            report["mismatched"].append(f"{path} {tuple(found.shape)} != {tuple(value.shape)}")
+        else:
+            out[path] = jnp.asarray(found, value.dtype)
+            report["copied"] += 1
+    return unflatten_dict(out, sep="/"), report
+
+
+def load_into(variables: dict, workdir, exclude=("head",)) -> dict:
+    """``variables`` with their ``params`` taken from run ``workdir`` where they match (``copy_matching``); says what
+    was copied, and refuses a checkpoint that shares no parameter with this model."""
+    params, report = copy_matching(variables["params"], read_params(workdir), tuple(exclude))
+    if report["copied"] == 0:
+        raise ValueError(f"config.train.init_from={str(workdir)!r}: none of this model's parameters is in that run's "
+                         f"checkpoint with the same path and shape (e.g. {(report['missing'] + report['mismatched'])[:3]}); "
+                         f"was it trained with another model or preset?")
+    if jax.process_index() == 0:
+        total = report["copied"] + sum(len(report[k]) for k in ("excluded", "missing", "mismatched"))
+        left = report["missing"] + report["mismatched"]
+        print(f"init_from {workdir}: copied {report['copied']} of {total} parameter tensors; kept fresh: "
+              f"{len(report['excluded'])} excluded ({', '.join(exclude)}), {len(left)} not in the checkpoint or of "
+              f"another shape{': ' + ', '.join(left[:5]) if left else ''}{' ...' if len(left) > 5 else ''}",
+              flush=True)
+    return {**variables, "params": params}

@@ -1,0 +1,111 @@
+"""Masked-image pretraining end to end on the replica dataset: the masked-pixel error falls, the outputs are
+written, a resumed run equals an uninterrupted one, and a classifier starts from the pretrained backbone
+(``config.train.init_from``) with its head fresh; bad ``init_from`` input gets clear errors."""
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+
+from configs.common import finalize
+from ssm_jax.training import pretraining, run
+from ssm_jax.training.init_from import copy_matching, read_params
+from tests.training.conftest import make_tiny_config
+from tests.training.crash import crash_during_step
+
+
+def pretraining_config(data_root, **train):
+    config = ml_collections.ConfigDict(make_tiny_config(data_root, **train).to_dict())
+    config.task = "pretraining"
+    config.loss = ml_collections.ConfigDict({"mask_ratio": 0.5, "mask_patch": 8})
+    del config["eval"]
+    return finalize(config)
+
+
+def _flat(tree):
+    return {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(tree), sep="/").items()}
+
+
+@pytest.fixture(scope="module")
+def pretrained(folder_root, tmp_path_factory):
+    """A 24-step pretraining run's workdir and evaluation summary."""
+    workdir = tmp_path_factory.mktemp("mim")
+    return workdir, run.train_and_evaluate(pretraining_config(folder_root, max_steps=24), workdir)
+
+
+def test_pretraining_learns_and_writes_its_outputs(pretrained):
+    workdir, summary = pretrained
+    log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    first, last = np.mean([r["loss"] for r in log[:3]]), np.mean([r["loss"] for r in log[-3:]])
+    assert last < first * 0.8, (first, last)
+    for name in ("eval/metrics.json", "eval/reconstructions.png", "training_curves.png"):
+        assert (workdir / name).is_file(), name
+    assert 0 < summary["masked_l1"] < first and summary["num_images"] == len(summary["per_image"])
+
+
+def test_eval_of_a_folder_writes_each_images_error(pretrained, folder_root):
+    workdir, _ = pretrained
+    experiment = run.Experiment(pretraining_config(folder_root, max_steps=24), workdir)
+    experiment.restore_for_eval()
+    folder = next(p for p in sorted(Path(folder_root).iterdir()) if p.is_dir())
+    out = experiment.predict_folder(folder)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path,masked_l1" and len(lines) == 1 + len(list(folder.iterdir()))
+    assert all(float(line.split(",")[1]) > 0 for line in lines[1:]) and out.with_suffix(".png").is_file()
+
+
+def test_resumed_pretraining_equals_uninterrupted(folder_root, tmp_path, monkeypatch):
+    """Killed during step 5 (after the checkpoint at step 3) and run again: the same parameters, the same masks."""
+    config = pretraining_config(folder_root, max_steps=6, checkpoint_every=3)
+    straight = run.Experiment(config, tmp_path / "straight")
+    straight.train()
+    crash_during_step(monkeypatch, pretraining)
+    with pytest.raises(KeyboardInterrupt):
+        run.Experiment(config, tmp_path / "resumed").train()
+    monkeypatch.undo()
+    resumed = run.Experiment(config, tmp_path / "resumed")
+    resumed.train()
+    a, b = _flat(straight.state.params), _flat(resumed.state.params)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_classifier_starts_from_the_pretrained_backbone_with_a_fresh_head(pretrained, folder_root, tmp_path):
+    workdir, _ = pretrained
+    backbone = _flat(read_params(workdir)["backbone"])
+    fresh = _flat(run.Experiment(make_tiny_config(folder_root), tmp_path / "fresh").state.params)
+    started = _flat(run.Experiment(make_tiny_config(folder_root, init_from=str(workdir)), tmp_path / "ft").state.params)
+    assert started.keys() == fresh.keys() and "mask_token" not in started
+    moved = 0
+    for name, value in started.items():
+        if name.startswith("head/"):
+            np.testing.assert_array_equal(value, fresh[name])
+        else:
+            np.testing.assert_array_equal(value, backbone[name])
+            moved += not np.array_equal(value, fresh[name])
+    # Pretraining moved most of them (the few that only the classification losses use, as the fine memory's
+    # projection for InfoNCE, keep their initial values there too).
+    assert moved > 0.8 * sum(not n.startswith("head/") for n in started), moved
+
+
+def test_copy_matching_reports_what_it_left():
+    params = {"a": {"w": np.zeros((2, 3))}, "b": np.zeros(4), "head": {"w": np.zeros((3, 2))}}
+    source = {"backbone": {"a": {"w": np.ones((2, 3))}, "b": np.ones(5), "head": {"w": np.ones((3, 2))}}}
+    out, report = copy_matching(params, source)
+    np.testing.assert_array_equal(out["a"]["w"], np.ones((2, 3)))
+    np.testing.assert_array_equal(out["b"], np.zeros(4))
+    np.testing.assert_array_equal(out["head"]["w"], np.zeros((3, 2)))
+    assert report == {"copied": 1, "excluded": ["head/w"], "missing": [], "mismatched": ["b (5,) != (4,)"]}
+
+
+def test_bad_init_from_is_named(folder_root, tmp_path, pretrained):
+    with pytest.raises(FileNotFoundError, match="no checkpoints folder"):
+        run.Experiment(make_tiny_config(folder_root, init_from=str(tmp_path / "nowhere")), tmp_path / "a")
+    other = make_tiny_config(folder_root, init_from=str(pretrained[0]))
+    other = ml_collections.ConfigDict(other.to_dict())
+    other.model.dims, other.model.coarse_size, other.model.fine_size = (12,), 6, 10  # every tensor of another shape
+    with pytest.raises(ValueError, match="none of this model's parameters"):
+        run.Experiment(finalize(other), tmp_path / "b")
