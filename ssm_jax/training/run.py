@@ -167,7 +167,7 @@ class Experiment:
         check_grad_accum(config.train.batch_size, config.train.grad_accum_steps, self.mesh)
         check_batch_size(config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
         self.family = TASKS[config.task]
-        if config.train.get("init_from") and not self.family.init_from:
+        if config.train.init_from and not self.family.init_from:
             raise ValueError(f"config.train.init_from is a setting of classification and pretraining runs, not of "
                              f"config.task={config.task!r}")
         self.train_source = load_source(config, "train")
