@@ -69,9 +69,10 @@ def load_into(variables: dict, workdir, exclude=("head",)) -> dict:
     was copied, and refuses a checkpoint that shares no parameter with this model."""
     params, report = copy_matching(variables["params"], read_params(workdir), tuple(exclude))
     if report["copied"] == 0:
+        examples = (report["missing"] + report["mismatched"])[:3]
         raise ValueError(f"config.train.init_from={str(workdir)!r}: none of this model's parameters is in that run's "
-                         f"checkpoint with the same path and shape (e.g. {(report['missing'] + report['mismatched'])[:3]}); "
-                         f"was it trained with another model or preset?")
+                         f"checkpoint with the same path and shape (e.g. {examples}); was it trained with another "
+                         f"model or preset?")
     if jax.process_index() == 0:
         total = report["copied"] + sum(len(report[k]) for k in ("excluded", "missing", "mismatched"))
         left = report["missing"] + report["mismatched"]

@@ -68,7 +68,8 @@ def test_scanned_equals_unrolled_eval_train_and_gradients(params):
     ref_train, ref_grads, ref_eval = _run(params, scan_blocks=False, with_eval=True)
     train_out, grads, eval_out = _run(params, scan_blocks=True, with_eval=True)
     assert set(eval_out) == set(ref_eval) >= {"logits", "coarse_queries", "fine_features", "fine_memory"}
-    assert all(len(eval_out[k]) == 4 for k in eval_out if k not in ("logits", "features", "feature_map"))  # tuples over blocks
+    per_block = [k for k in eval_out if k not in ("logits", "features", "feature_map")]
+    assert all(len(eval_out[k]) == 4 for k in per_block)  # tuples over blocks
     _assert_trees_close(eval_out, ref_eval)
     _assert_trees_close(train_out, ref_train)
     _assert_trees_close(grads, ref_grads)
