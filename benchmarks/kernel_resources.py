@@ -68,9 +68,10 @@ def captured_kernels():
         lowering.lower_jaxpr_to_triton_module = original
 
 
-def lowered_kernels(config: dict, shape) -> list:
-    """(name, num_warps, Triton IR) of the forward and backward kernels of one config on one benchmark shape."""
-    args, cotangent = jax.eval_shape(lambda: make_inputs(shape, jnp.float32))
+def lowered_kernels(config: dict, shape, dtype=jnp.float32) -> list:
+    """(name, num_warps, Triton IR) of the forward and backward kernels of one config on one benchmark shape, with
+    inputs of ``dtype`` (the state stays float32)."""
+    args, cotangent = jax.eval_shape(lambda: make_inputs(shape, dtype))
     order = shape.order()
 
     def forward(*a):
@@ -139,8 +140,9 @@ def programs_per_sm(registers: int, num_warps: int) -> int:
     return min(SM_REGISTERS // (per_warp * num_warps), SM_WARPS // num_warps, SM_BLOCKS)
 
 
-def compile_resources(text: str, num_warps: int, workdir: str) -> dict:
-    """Compile Triton IR for sm_90 with the ``triton`` package and read ``ptxas -v``."""
+def compile_resources(text: str, num_warps: int, workdir: str, sass_to: str | None = None) -> dict:
+    """Compile Triton IR for sm_90 with the ``triton`` package and read ``ptxas -v``; ``sass_to``, a file path,
+    keeps the kernel's SASS for reading."""
     try:
         import triton
         from triton.backends.compiler import GPUTarget
@@ -164,6 +166,9 @@ def compile_resources(text: str, num_warps: int, workdir: str) -> dict:
                           capture_output=True, text=True)
     if sass.returncode:
         raise RuntimeError(f"nvdisasm failed: {(sass.stderr.strip().splitlines() or ['?'])[-1]}")
+    if sass_to:
+        with open(sass_to, "w") as f:
+            f.write(sass.stdout)
     return {**parse_ptxas(done.stdout + done.stderr), **count_ptx(compiled.asm["ptx"]), "loop": main_loop(sass.stdout)}
 
 
@@ -171,6 +176,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="split:16:256:2:2")
     parser.add_argument("--shape", default="mamba-768", choices=[s.name for s in SHAPES + MODEL_SHAPES])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the inputs' dtype (u, delta, B, C, z, y); the state is float32 either way")
+    parser.add_argument("--sass-dir", help="write each kernel's SASS here, as <config>_<kernel>.sass")
     args = parser.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "0")  # as XLA compiles Pallas' Triton kernels (Layout.ptx)
     shape = next(s for s in SHAPES + MODEL_SHAPES if s.name == args.shape)
@@ -178,8 +186,12 @@ def main() -> None:
           f"{'instrs':>8}{'ex2':>6}{'bar.sync':>10}{'shfl':>6}{'loop':>6}  loop's most issued SASS", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for text in args.configs.split(","):
-            for name, num_warps, ir in lowered_kernels(parse_config(text), shape):
-                r = compile_resources(ir, num_warps, workdir)
+            for name, num_warps, ir in lowered_kernels(parse_config(text), shape, jnp.dtype(args.dtype)):
+                sass_to = None
+                if args.sass_dir:
+                    os.makedirs(args.sass_dir, exist_ok=True)
+                    sass_to = os.path.join(args.sass_dir, re.sub(r"[^\w.-]", "_", f"{text}_{name}") + ".sass")
+                r = compile_resources(ir, num_warps, workdir, sass_to)
                 print(f"{text:<27}{name:<32}{num_warps:>6}{r['registers']:>6}"
                       f"{r['spill_stores']:>8}/{r['spill_loads']:<6}{programs_per_sm(r['registers'], num_warps):>13}"
                       f"{r['instructions']:>8}{r['ex2']:>6}{r['bar_sync']:>10}{r['shfl']:>6}"

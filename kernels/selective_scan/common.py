@@ -28,6 +28,7 @@ from jax.experimental.pallas import triton as plgpu
 
 F32 = jnp.float32
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x log2 e): the GPU's exponential instruction is base 2
+LN2 = 0.6931471805599453  # log(x) = log2(x) ln 2, likewise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,9 +297,18 @@ def store_block_row(ref, p: Program, lay: Layout, here: At, value):
     plgpu.store(ref.at[p.b, here.pos, p.block, pl.ds(0, lay.state_pad)], value, mask=_lane_mask(p, lay, here))
 
 
-def softplus(x):
-    """log(1 + e^x) without overflow, from ops the Triton lowering has."""
-    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+def softplus(lay: Layout, x):
+    """log(1 + e^x) = max(x, 0) + log1p(t), t = e^-|x| in (0, 1], without overflow. With ``lay.ptx`` from two
+    special-function instructions (``ex2.approx``, ``lg2.approx``) where libdevice's log1pf and expf cost about 50
+    (``kernel_resources.py``); log1p(t) for t < 1/16 as its series to t^5, since 1 + t loses t's low bits. Relative
+    error up to about 1e-6, most of it the float32 rounding of |x| log2 e (jnp's log1p(exp) formula: 2e-7);
+    interpret mode runs the same formula in jnp."""
+    t = exp2(lay, -LOG2E * jnp.abs(x))
+    series = jnp.full_like(t, 1 / 5)
+    for k in (-1 / 4, 1 / 3, -1 / 2, 1.0):  # Horner: log1p(t) / t = 1 - t/2 + t^2/3 - t^3/4 + t^4/5
+        series = fma(lay, series, t, k)
+    log1p = jnp.where(t < 1 / 16, series * t, LN2 * log2(lay, 1.0 + t))
+    return jnp.maximum(x, 0.0) + log1p
 
 
 class Step(NamedTuple):
@@ -318,7 +328,7 @@ def load_delta(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softpl
     delta_pre = load_row(refs["delta"], p, lay, here)
     if bias is not None:
         delta_pre = delta_pre + bias
-    delta = softplus(delta_pre) if delta_softplus else delta_pre
+    delta = softplus(lay, delta_pre) if delta_softplus else delta_pre
     return (delta if mask is None else jnp.where(mask, delta, 0.0)), delta_pre, mask
 
 
@@ -346,6 +356,11 @@ def exp2(lay: Layout, x):
     return _instruction(lay, "ex2.approx.ftz.f32 $0, $1;", jnp.exp2, x)
 
 
+def log2(lay: Layout, x):
+    """log2(x) for x > 0; on the GPU ``lg2.approx.ftz`` alone."""
+    return _instruction(lay, "lg2.approx.ftz.f32 $0, $1;", jnp.log2, x)
+
+
 def fma(lay: Layout, a, b, c):
     """a * b + c, on the GPU one fused multiply-add (one rounding)."""
     return _instruction(lay, "fma.rn.f32 $0, $1, $2, $3;", lambda a, b, c: a * b + c, a, b, c)
@@ -357,9 +372,16 @@ def load_rates(ref, p: Program, lay: Layout):
     return load_matrix(ref, p, lay) * LOG2E
 
 
+def reciprocal(lay: Layout, x):
+    """1 / x; on the GPU ``rcp.approx.ftz`` alone (at most 1 ulp off) where a division is a correctly rounded
+    ``div.rn`` of about ten instructions."""
+    return _instruction(lay, "rcp.approx.ftz.f32 $0, $1;", lambda v: 1.0 / v, x)
+
+
 def sigmoid(lay: Layout, x):
-    """1 / (1 + e^-x) through ``exp2`` (one ``ex2.approx``; ``jax.nn.sigmoid`` lowers to libdevice's expf)."""
-    return 1.0 / (1.0 + exp2(lay, -LOG2E * x))
+    """1 / (1 + e^-x) through ``exp2`` and ``reciprocal`` (two special-function instructions; ``jax.nn.sigmoid``
+    lowers to libdevice's expf and a division)."""
+    return reciprocal(lay, 1.0 + exp2(lay, -LOG2E * x))
 
 
 def decay(lay: Layout, delta, rates):

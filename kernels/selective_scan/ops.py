@@ -89,7 +89,9 @@ class Tuning(NamedTuple):
     hoist_loads: bool | None = None
     # False: softplus(delta + bias) once in XLA, in float32, not in every kernel pass. libdevice's log1pf and expf
     # were most of the summary kernels' instructions (1010 -> 357 a 4-step chunk, forward 1101 -> 639, backward
-    # 2563 -> 1660; ``benchmarks/kernel_resources.py``, NOTES.md), for a few elementwise passes over delta.
+    # 2563 -> 1660; ``benchmarks/kernel_resources.py``, NOTES.md), for a few elementwise passes over delta. In the
+    # kernels softplus now takes ``lg2.approx`` (``common.softplus``), which costs 7-16 % more forward instructions
+    # (bf16 vmamba-64x64, NOTES.md "Session 16"): untimed, so the XLA pass stays the default.
     delta_in_kernel: bool = False
     # With an ``order``: each chunk's positions loaded one chunk ahead (``common.walk``); None: ``PREFETCH_ORDER``.
     prefetch_order: bool | None = None

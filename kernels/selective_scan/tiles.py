@@ -107,7 +107,7 @@ def store_channels(ref, p: Program, lay: Layout, value, lead=(), column: int | N
 def discretise(delta_raw, bias, delta_softplus: bool, mask, lay: Layout):
     """(delta after bias and softplus, zero where masked; delta before softplus) for a tile."""
     pre = delta_raw if bias is None else delta_raw + per_channel(bias, lay)
-    delta = softplus(pre) if delta_softplus else pre
+    delta = softplus(lay, pre) if delta_softplus else pre
     return jnp.where(mask, delta, 0.0), pre
 
 

@@ -1,6 +1,8 @@
 """benchmarks/kernel_resources.py without triton: the kernels it captures from the CUDA lowering, its reading of
 ``ptxas -v`` and the occupancy it derives from registers."""
 
+import jax.numpy as jnp
+
 from benchmarks.kernel_resources import count_ptx, lowered_kernels, main_loop, parse_ptxas, programs_per_sm
 from benchmarks.scan import SHAPES
 from benchmarks.kernel_configs import parse_config
@@ -86,3 +88,17 @@ def test_main_loop_is_the_longest_branch_back_with_its_opcodes():
     assert main_loop(SASS) == {"FMUL": 2, "MUFU": 1, "FFMA": 1, "BRA": 2, "LDG": 1}
     assert main_loop(SASS.replace("`(.L_x_0)", "`(.L_x_2)")) == {"FMUL": 1, "FFMA": 1, "BRA": 1}
     assert main_loop("") == {}
+
+
+def test_softplus_and_gate_in_the_kernels_compile_to_special_function_instructions():
+    """With delta discretised and the gate applied in the kernels (bfloat16 inputs), the softplus takes
+    ``lg2.approx`` and the sigmoids ``rcp.approx``, with no libdevice logarithm left in any kernel."""
+    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
+    kernels = dict((name, text) for name, _, text in
+                   lowered_kernels(parse_config("split:16:0:1:1:2::0:::1"), shape, jnp.bfloat16))
+    assert all("bf16" in kernels[k] for k in ("selective_scan_split_states", "selective_scan_fwd"))
+    for name in ("selective_scan_split_states", "selective_scan_fwd", "selective_scan_split_adjoints",
+                 "selective_scan_bwd"):
+        assert "lg2.approx.ftz.f32" in kernels[name] and "math.log" not in kernels[name], name
+    for name in ("selective_scan_fwd", "selective_scan_split_adjoints", "selective_scan_bwd"):
+        assert "rcp.approx.ftz.f32" in kernels[name], name
