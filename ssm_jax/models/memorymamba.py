@@ -27,6 +27,9 @@ Choices where the paper is silent or ambiguous (all documented, all switchable b
   * M_hat_f of eq. 24 ("processed through an MLP") is ``fine_proj``(M_f) per position; InfoNCE pairs it with Z.
   * Stochastic depth (``drop_path_rate``, linear over blocks as in VMamba) is not in the paper: default 0. Each
     model call draws one ``dropout`` key and splits it over all blocks, so both block layouts drop the same samples.
+  * ``stem="conv"`` / ``downsample="conv"`` (not in the paper; defaults "patch" / "merge", the paper's): VMamba v2's
+    overlapping convolutions in place of the 4 x 4 patchify and the 2 x 2 merging (``nn.ConvStem``,
+    ``nn.ConvDownsample``), for small training sets, where early convolutions are known to help.
 
 Block layouts: by default each block is its own module ``stage{s}_block{j}`` (the layout of existing checkpoints).
 ``scan_blocks=True`` makes each stage one ``nn.scan`` over its blocks, ``stage{s}_blocks`` with parameters stacked
@@ -48,10 +51,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssm_jax.nn import SS2D, Mlp, PatchEmbed, PatchMerging
+from ssm_jax.nn import SS2D, ConvDownsample, ConvStem, Mlp, PatchEmbed, PatchMerging
 
 SIMILARITIES = ("cos", "l1", "l2")
 REMAT = ("none", "block")
+STEMS = ("patch", "conv")  # the paper's 4 x 4 patchify, or VMamba v2's two overlapping 3 x 3 stride-2 convolutions
+DOWNSAMPLES = ("merge", "conv")  # Swin's 2 x 2 patch merging, or VMamba's 3 x 3 stride-2 convolution
 
 memorymamba_presets = {
     "tiny": {"depths": (2, 2, 9, 2), "dims": (96, 192, 384, 768)},
@@ -64,6 +69,8 @@ MODEL_DEFAULTS = {
     "depths": None,
     "dims": None,
     "patch_size": 4,
+    "stem": "patch",
+    "downsample": "merge",
     "d_state": 16,
     "expand": 2,
     "dt_rank": "auto",
@@ -218,6 +225,8 @@ class MemoryMamba(nn.Module):
     depths: Sequence[int] = (2, 2, 9, 2)
     dims: Sequence[int] = (96, 192, 384, 768)
     patch_size: int = 4
+    stem: str = "patch"
+    downsample: str = "merge"
     d_state: int = 16
     expand: int = 2
     dt_rank: int | str = "auto"
@@ -248,7 +257,17 @@ class MemoryMamba(nn.Module):
             raise ValueError(f"MemoryMamba: unknown remat {self.remat!r}; valid: {', '.join(REMAT)}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"MemoryMamba: drop_path_rate={self.drop_path_rate}; expected a value in [0, 1)")
-        x = PatchEmbed(self.dims[0], self.patch_size, dtype=self.dtype, name="patch_embed")(images.astype(self.dtype))
+        if self.stem not in STEMS:
+            raise ValueError(f"MemoryMamba: unknown stem {self.stem!r}; valid: {', '.join(STEMS)}")
+        if self.downsample not in DOWNSAMPLES:
+            raise ValueError(f"MemoryMamba: unknown downsample {self.downsample!r}; valid: {', '.join(DOWNSAMPLES)}")
+        if self.stem == "conv" and self.patch_size != 4:
+            raise ValueError(f"MemoryMamba: stem 'conv' embeds 4 x 4 patches, got patch_size {self.patch_size}")
+        images = images.astype(self.dtype)
+        if self.stem == "conv":
+            x = ConvStem(self.dims[0], dtype=self.dtype, name="patch_embed")(images)
+        else:
+            x = PatchEmbed(self.dims[0], self.patch_size, dtype=self.dtype, name="patch_embed")(images)
         if token_mask is not None:
             if token_mask.shape != x.shape[:3]:
                 raise ValueError(f"MemoryMamba: token_mask has shape {token_mask.shape}, expected the patch grid "
@@ -272,7 +291,8 @@ class MemoryMamba(nn.Module):
         auxes = []
         for stage, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if stage > 0:
-                x = PatchMerging(dim, dtype=self.dtype, name=f"stage{stage}_downsample")(x)
+                down = ConvDownsample if self.downsample == "conv" else PatchMerging
+                x = down(dim, dtype=self.dtype, name=f"stage{stage}_downsample")(x)
             first = len(auxes)
             stage_drops = None if drops is None else jax.tree.map(lambda a: a[first:first + depth], drops)
             if self.scan_blocks:
@@ -305,7 +325,8 @@ def build_memorymamba(config) -> MemoryMamba:
     """MemoryMamba from ``config.model`` (or a model-level ConfigDict / dict).
 
     Fields (defaults in MODEL_DEFAULTS): num_classes (required); preset ("tiny" | "small" | "base") giving
-    depths/dims, overridden by non-None ``depths`` / ``dims``; patch_size 4; d_state 16; expand 2;
+    depths/dims, overridden by non-None ``depths`` / ``dims``; patch_size 4; stem "patch" | "conv" (``STEMS``);
+    downsample "merge" | "conv" between stages (``DOWNSAMPLES``); d_state 16; expand 2;
     dt_rank "auto"; scan_method "sweep"; directions 4; scan_impl "auto"; fused_directions True (each direction
     scanned in place, no gathered copies: ``SS2D``); coarse_size 32; fine_size 128;
     similarity "cos" | "l1" | "l2"; use_coarse_memory / use_fine_memory / use_fusion True;

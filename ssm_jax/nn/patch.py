@@ -22,6 +22,41 @@ class PatchEmbed(nn.Module):
         return nn.LayerNorm(dtype=self.dtype, name="norm")(x)
 
 
+class ConvStem(nn.Module):
+    """(B, H, W, C_in) -> (B, H/4, W/4, embed_dim) by two overlapping 3 x 3 stride-2 convolutions, as VMamba's v2
+    patch embedding: conv to embed_dim/2, LayerNorm, GELU (exact, as torch's), conv to embed_dim, LayerNorm.
+
+    Early convolutions instead of one patchify step are what small-data vision models are known to train better
+    with; ``PatchEmbed`` is the paper's. Odd sizes round up, as with padding 1 in PyTorch.
+    """
+
+    embed_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        half = self.embed_dim // 2
+        x = nn.Conv(half, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype, name="conv1")(x)
+        x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name="norm1")(x), approximate=False)
+        x = nn.Conv(self.embed_dim, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                    name="conv2")(x)
+        return nn.LayerNorm(dtype=self.dtype, name="norm2")(x)
+
+
+class ConvDownsample(nn.Module):
+    """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim): a 3 x 3 stride-2 convolution, then LayerNorm, as
+    VMamba's v3 downsampling (the overlapping alternative to ``PatchMerging``)."""
+
+    out_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(self.out_dim, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                    name="conv")(x)
+        return nn.LayerNorm(dtype=self.dtype, name="norm")(x)
+
+
 class PatchMerging(nn.Module):
     """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim or 2C): concat each 2x2 cell, LayerNorm, Linear.
 

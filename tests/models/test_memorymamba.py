@@ -124,3 +124,22 @@ def test_fused_directions_field_keeps_outputs(params):
     np.testing.assert_allclose(logits[True], logits[False], rtol=1e-5, atol=1e-5)
     jaxprs = {f: str(jax.make_jaxpr(m.apply)({"params": params}, IMAGES)) for f, m in models.items()}
     assert jaxprs[True] != jaxprs[False]
+
+
+def test_convolutional_stem_and_downsampling():
+    """``stem="conv"`` / ``downsample="conv"`` swap the patchify and the merging for VMamba v2's convolutions: the
+    same token grids and outputs, the modules' own parameters, and a clear error for an unknown name."""
+    m = _model(stem="conv", downsample="conv")
+    variables = jax.eval_shape(m.init, KEY, IMAGES)
+    params = _shapes(variables["params"])
+    assert params["patch_embed"]["conv1"]["kernel"] == (3, 3, 3, 8) and params["patch_embed"]["conv2"]["kernel"] == (
+        3, 3, 8, 16)
+    assert params["stage1_downsample"]["conv"]["kernel"] == (3, 3, 16, 32)
+    out = _shapes(jax.eval_shape(lambda v: m.apply(v, IMAGES), variables))
+    assert out["fine_features"] == ((2, 8, 8, 16), (2, 4, 4, 32)) and out["logits"] == (2, 5)
+    with pytest.raises(ValueError, match="unknown stem 'convolution'; valid: patch, conv"):
+        _model(stem="convolution").init(KEY, IMAGES)
+    with pytest.raises(ValueError, match="unknown downsample 'pool'"):
+        _model(downsample="pool").init(KEY, IMAGES)
+    with pytest.raises(ValueError, match="patch_size 8"):
+        _model(stem="conv", patch_size=8).init(KEY, IMAGES)

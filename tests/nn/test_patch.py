@@ -1,10 +1,12 @@
-"""PatchEmbed / PatchMerging shapes and the 2x2 concatenation order; DropPath."""
+"""PatchEmbed / PatchMerging shapes and the 2x2 concatenation order; the convolutional stem and downsampling
+against PyTorch; DropPath."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import torch
 
-from ssm_jax.nn import DropPath, PatchEmbed, PatchMerging
+from ssm_jax.nn import ConvDownsample, ConvStem, DropPath, PatchEmbed, PatchMerging
 
 KEY = jax.random.key(0, impl="rbg")
 
@@ -36,3 +38,51 @@ def test_drop_path():
     assert m.apply({}, x, deterministic=True) is x
     y = jax.jit(lambda x: m.apply({}, x, deterministic=False, rngs={"dropout": KEY}))(x)
     assert set(np.unique(np.asarray(y))) <= {0.0, 2.0} and 0 < int((y[:, 0] == 0).sum()) < 64
+
+
+def test_conv_stem_and_downsample_shapes():
+    y, p = _shapes(ConvStem(8), jnp.ones((2, 17, 12, 3)))
+    assert y == (2, 5, 3, 8) and p["conv1"]["kernel"] == (3, 3, 3, 4) and p["conv2"]["kernel"] == (3, 3, 4, 8)
+    y, p = _shapes(ConvDownsample(6), jnp.ones((2, 5, 7, 4)))
+    assert y == (2, 3, 4, 6) and p["conv"]["kernel"] == (3, 3, 4, 6) and "norm" in p
+
+
+def test_conv_stem_and_downsample_match_torch():
+    """Against the same layers in PyTorch (VMamba v2's stem and v3 downsampling: Conv2d k3 s2 p1, LayerNorm,
+    exact GELU) with the weights copied (OIHW -> HWIO), float32, on odd and even sizes."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 19, 16)).astype(np.float32)  # NCHW
+
+    def conv(c_in, c_out):
+        layer = torch.nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(rng.standard_normal(layer.weight.shape).astype(np.float32) * 0.3))
+            layer.bias.copy_(torch.from_numpy(rng.standard_normal(layer.bias.shape).astype(np.float32)))
+        return layer
+
+    def norm(c):
+        layer = torch.nn.LayerNorm(c, eps=1e-6)  # flax's default epsilon
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(1 + 0.1 * rng.standard_normal(c).astype(np.float32)))
+            layer.bias.copy_(torch.from_numpy(0.1 * rng.standard_normal(c).astype(np.float32)))
+        return layer
+
+    def flax_conv(layer):
+        return {"kernel": jnp.asarray(layer.weight.detach().numpy().transpose(2, 3, 1, 0)),
+                "bias": jnp.asarray(layer.bias.detach().numpy())}
+
+    def flax_norm(layer):
+        return {"scale": jnp.asarray(layer.weight.detach().numpy()), "bias": jnp.asarray(layer.bias.detach().numpy())}
+
+    c1, n1, c2, n2, c3, n3 = conv(3, 4), norm(4), conv(4, 8), norm(8), conv(8, 6), norm(6)
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        t = n1(c1(t).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        t = n2(c2(torch.nn.functional.gelu(t)).permute(0, 2, 3, 1))
+        stem_ref = t.numpy()
+        down_ref = n3(c3(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)).numpy()
+    stem = {"conv1": flax_conv(c1), "norm1": flax_norm(n1), "conv2": flax_conv(c2), "norm2": flax_norm(n2)}
+    got = ConvStem(8).apply({"params": stem}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(got, stem_ref, rtol=1e-4, atol=1e-4)
+    down = ConvDownsample(6).apply({"params": {"conv": flax_conv(c3), "norm": flax_norm(n3)}}, got)
+    np.testing.assert_allclose(down, down_ref, rtol=1e-4, atol=1e-4)
