@@ -10,7 +10,7 @@ from ssm_jax.ssm.selective_scan import validate_inputs
 
 
 FIELDS = ("design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch[:rows[:gate"
-          "[:chain]]]]]]]")
+          "[:chain[:major]]]]]]]]")
 
 
 def parse_config(text: str) -> dict:
@@ -20,17 +20,18 @@ def parse_config(text: str) -> dict:
     hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta discretised outside the kernels,
     ``delta_in_kernel=False``; prefetch 1 / 0: ``prefetch_order`` on / off; rows 1: ``prefetch_rows``; gate 0: the
     gate applied outside the kernels (``gate_in_kernel=False``); chain 1: the split design's chain over segments as one
-    kernel (``chain_in_kernel=True``)."""
+    kernel (``chain_in_kernel=True``); major 1: the forward without checkpoints with the state transposed
+    (``state_major=True``)."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
-    if len(rest) > 7:
+    if len(rest) > 8:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")
     blocks = tuple(int(b) for b in block_d.split("/"))
     config = dict(design=design, block_d=blocks if len(blocks) > 1 else blocks[0],
                   num_warps=(int(fwd_warps), int(bwd_warps)))
     if chunk and int(chunk):
         config["chunk"] = int(chunk)
-    unroll, hoist, outside, prefetch, rows, gate, chained = (int(v) if v else None
-                                                             for v in rest + [""] * (7 - len(rest)))
+    unroll, hoist, outside, prefetch, rows, gate, chained, major = (int(v) if v else None
+                                                                    for v in rest + [""] * (8 - len(rest)))
     if unroll:
         config["unroll"] = unroll
     if hoist is not None:
@@ -45,6 +46,8 @@ def parse_config(text: str) -> dict:
         config["gate_in_kernel"] = bool(gate)
     if chained is not None:
         config["chain_in_kernel"] = bool(chained)
+    if major is not None:
+        config["state_major"] = bool(major)
     return config
 
 

@@ -68,9 +68,10 @@ def captured_kernels():
         lowering.lower_jaxpr_to_triton_module = original
 
 
-def lowered_kernels(config: dict, shape, dtype=jnp.float32) -> list:
+def lowered_kernels(config: dict, shape, dtype=jnp.float32, forward_only: bool = False) -> list:
     """(name, num_warps, Triton IR) of the forward and backward kernels of one config on one benchmark shape, with
-    inputs of ``dtype`` (the state stays float32)."""
+    inputs of ``dtype`` (the state stays float32); ``forward_only``: the forward of inference (no gradient, so
+    no checkpoints) alone."""
     args, cotangent = jax.eval_shape(lambda: make_inputs(shape, dtype))
     order = shape.order()
 
@@ -83,7 +84,8 @@ def lowered_kernels(config: dict, shape, dtype=jnp.float32) -> list:
         return y, vjp(ct)
 
     with captured_kernels() as kernels:
-        jax.jit(forward_backward).trace(args, cotangent).lower(lowering_platforms=("cuda",))
+        traced = jax.jit(forward).trace(*args) if forward_only else jax.jit(forward_backward).trace(args, cotangent)
+        traced.lower(lowering_platforms=("cuda",))
     return kernels
 
 
@@ -179,6 +181,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="the inputs' dtype (u, delta, B, C, z, y); the state is float32 either way")
     parser.add_argument("--sass-dir", help="write each kernel's SASS here, as <config>_<kernel>.sass")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="the forward of inference alone (no gradient: no checkpoints, no backward kernels)")
     args = parser.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "0")  # as XLA compiles Pallas' Triton kernels (Layout.ptx)
     shape = next(s for s in SHAPES + MODEL_SHAPES if s.name == args.shape)
@@ -186,7 +190,8 @@ def main() -> None:
           f"{'instrs':>8}{'ex2':>6}{'bar.sync':>10}{'shfl':>6}{'loop':>6}  loop's most issued SASS", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for text in args.configs.split(","):
-            for name, num_warps, ir in lowered_kernels(parse_config(text), shape, jnp.dtype(args.dtype)):
+            for name, num_warps, ir in lowered_kernels(parse_config(text), shape, jnp.dtype(args.dtype),
+                                                       args.forward_only):
                 sass_to = None
                 if args.sass_dir:
                     os.makedirs(args.sass_dir, exist_ok=True)

@@ -23,8 +23,9 @@ def test_config_fields_map_to_kernel_keywords():
     assert parse_config("split:16:0:1:1:4:::::0")["gate_in_kernel"] is False
     assert parse_config("split:16:0:1:1:2::::::1")["chain_in_kernel"] is True
     assert parse_config("split:32/16:0:1:1:2")["block_d"] == (32, 16)  # forward/backward
+    assert parse_config("split:32/16:0:1:1::::::::1")["state_major"] is True
 
 
 def test_too_many_fields_are_refused():
     with pytest.raises(SystemExit, match="expected design:block_d"):
-        parse_config("split:16:128:1:1:4:1:1:1:1:1:1:9")
+        parse_config("split:16:128:1:1:4:1:1:1:1:1:1:1:9")

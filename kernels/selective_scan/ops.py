@@ -76,6 +76,11 @@ GATE_IN_KERNEL = False
 # vmamba-64x64, mamba-768, long and vim-s, forward 3-6 % and forward+backward 2-3 % faster, fp32 and bf16 (one H200,
 # NOTES.md, "Session 15").
 CHAIN_IN_KERNEL = True
+# The forward kernels with the state transposed, one channel a thread (``Layout.state_major``; ``state_major`` left
+# as None): the segment-state kernel always, the walk where it saves no state (inference); B and C read in float32.
+# bf16 vmamba-64x64: 9 % and 23 % fewer loop instructions, and none of their barriers or shuffles (NOTES.md,
+# "Session 16"). Untimed, so off.
+STATE_MAJOR = False
 
 
 class Tuning(NamedTuple):
@@ -99,6 +104,9 @@ class Tuning(NamedTuple):
     prefetch_rows: bool | None = None
     # split: the chain over segments as one kernel (``chain.py``); None: ``CHAIN_IN_KERNEL``.
     chain_in_kernel: bool | None = None
+    # serial and split: the forward kernels hold the state transposed where they store no 2-D tile
+    # (``Layout.state_major``); None: ``STATE_MAJOR``.
+    state_major: bool | None = None
 
 
 def _ptx(interpret: bool) -> bool:
@@ -139,6 +147,9 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward", interpr
         prefetch = PREFETCH_ORDER if tuning.prefetch_order is None else bool(tuning.prefetch_order)
         rows = PREFETCH_ROWS if tuning.prefetch_rows is None else bool(tuning.prefetch_rows)
         lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch, prefetch_rows=rows)
+    if tuning.state_major is not None and design.startswith("tiled"):
+        raise ValueError(f"selective_scan_pallas: state_major is a setting of the serial and split designs, "
+                         f"not of {design}")
     if tuning.chain_in_kernel is not None and design != "split":
         raise ValueError(f"selective_scan_pallas: chain_in_kernel is a setting of the split design, not of {design}")
     if design == "split":
@@ -162,6 +173,8 @@ def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
     forward, _, lay, warps, _ = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs,
                                         interpret=interpret)
+    if forward is not tiled_forward.forward and (STATE_MAJOR if tuning.state_major is None else tuning.state_major):
+        lay = dataclasses.replace(lay, state_major=True)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
@@ -253,7 +266,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
                           hoist_loads: bool | None = None, delta_in_kernel: bool = False,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
-                          gate_in_kernel: bool | None = None, chain_in_kernel: bool | None = None):
+                          gate_in_kernel: bool | None = None, chain_in_kernel: bool | None = None,
+                          state_major: bool | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -296,6 +310,9 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         outside). With bfloat16 inputs y is rounded to bfloat16 before the gate as well as after it.
       chain_in_kernel: split only: chain the segment summaries into the state entering each segment with one kernel
         (``chain.py``) instead of XLA's associative scan over segments (None, the default: ``CHAIN_IN_KERNEL``).
+      state_major: serial and split only: the segment-state kernel, and the forward walk where it saves no state (no
+        gradient taken), hold the state transposed, one channel a thread, and read B and C in float32
+        (``Layout.state_major``; None, the default: ``STATE_MAJOR``, off).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -312,7 +329,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
     tuning = Tuning(design, blocks, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
                     bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order),
                     None if prefetch_rows is None else bool(prefetch_rows),
-                    None if chain_in_kernel is None else bool(chain_in_kernel))
+                    None if chain_in_kernel is None else bool(chain_in_kernel),
+                    None if state_major is None else bool(state_major))
     gate_outside = z is not None and not (GATE_IN_KERNEL if gate_in_kernel is None else gate_in_kernel)
     out = _scan(u, delta, A, B, C, D, None if gate_outside else z, delta_bias, order, bool(delta_softplus),
                 bool(return_last_state), bool(interpret), tuning)

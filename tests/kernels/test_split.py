@@ -4,8 +4,9 @@ gradient against the sequential scan's (1e-4), with several segments, L not a mu
 segment (the serial kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default), in their
 chunk, or hoisted (``hoist_loads``), the gate after the kernels (the default) or in them (``gate_in_kernel=True``),
 and with delta discretised once outside the kernels (the default) or in each of them (``delta_in_kernel=True``),
-the chain over segments as one kernel (the default) or in XLA (``chain_in_kernel=False``), and the forward kernels
-with channel blocks of their own (``block_d=(forward, backward)``).
+the chain over segments as one kernel (the default) or in XLA (``chain_in_kernel=False``), the forward kernels
+with channel blocks of their own (``block_d=(forward, backward)``), and the forward without checkpoints holding the
+state transposed (``state_major=True``; the differentiated forward, which saves checkpoints, keeps its layout).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import dataclasses
@@ -46,6 +47,10 @@ CASES = [
     pytest.param((1, 11, 8, 1, 3), ALL_OPTIONS, dict(block_d=(2, 8), chunk=16), id="one-segment-narrower-forward"),
     pytest.param((2, 16, 8, 2, 4), ALL_OPTIONS, dict(block_d=2, chunk=4, unroll=2), id="all-options-even-no-masks"),
     pytest.param((1, 8, 4, 1, 4), ALL_OPTIONS, dict(chunk=8), id="one-segment-even-no-masks"),
+    pytest.param((2, 11, 12, 2, 5), ALL_OPTIONS, dict(block_d=(4, 2), chunk=2, state_major=True),
+                 id="all-options-state-major-forward"),
+    pytest.param((1, 11, 4, 1, 3), {**ALL_OPTIONS, "return_last_state": False}, dict(chunk=16, state_major=True),
+                 id="one-segment-state-major-forward"),
 ]
 
 
