@@ -20,8 +20,8 @@ def parse_config(text: str) -> dict:
     hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta discretised outside the kernels,
     ``delta_in_kernel=False``; prefetch 1 / 0: ``prefetch_order`` on / off; rows 1: ``prefetch_rows``; gate 0: the
     gate applied outside the kernels (``gate_in_kernel=False``); chain 1: the split design's chain over segments as one
-    kernel (``chain_in_kernel=True``); major 1: the forward without checkpoints with the state transposed
-    (``state_major=True``)."""
+    kernel (``chain_in_kernel=True``); major 1: the forward kernels hold the state transposed where they store no
+    2-D tile (``state_major=True``)."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
     if len(rest) > 8:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")
