@@ -150,6 +150,9 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward", interpr
     if tuning.state_major is not None and design.startswith("tiled"):
         raise ValueError(f"selective_scan_pallas: state_major is a setting of the serial and split designs, "
                          f"not of {design}")
+    if direction == "forward" and not design.startswith("tiled"):
+        lay = dataclasses.replace(lay, state_major=STATE_MAJOR if tuning.state_major is None
+                                  else bool(tuning.state_major))
     if tuning.chain_in_kernel is not None and design != "split":
         raise ValueError(f"selective_scan_pallas: chain_in_kernel is a setting of the split design, not of {design}")
     if design == "split":
@@ -173,8 +176,6 @@ def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
     forward, _, lay, warps, _ = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs,
                                         interpret=interpret)
-    if forward is not tiled_forward.forward and (STATE_MAJOR if tuning.state_major is None else tuning.state_major):
-        lay = dataclasses.replace(lay, state_major=True)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 

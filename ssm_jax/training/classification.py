@@ -30,8 +30,8 @@ MIXING_STREAM = 1  # fold_in index of the mixing draws within a step's key
 def create_state(model, tx, rng, image_size: int, mesh, init_from: str = "", init_exclude=("head",)) -> TrainState:
     """Initialise parameters on one sample image (then from run ``init_from``'s matching ones, when given:
     ``training.init_from``) and replicate the state over the mesh."""
-    prepare = (lambda v: init_lib.load_into(v, init_from, init_exclude)) if init_from else (lambda v: v)
-    return state_lib.create_state(model, tx, rng, image_size, mesh, prepare=prepare)
+    return state_lib.create_state(model, tx, rng, image_size, mesh,
+                                  prepare=init_lib.preparer(init_from, init_exclude))
 
 
 def resolve_class_weights(spec, labels, num_classes: int) -> np.ndarray | None:

@@ -81,3 +81,11 @@ def load_into(variables: dict, workdir, exclude=("head",)) -> dict:
               f"another shape{': ' + ', '.join(left[:5]) if left else ''}{' ...' if len(left) > 5 else ''}",
               flush=True)
     return {**variables, "params": params}
+
+
+def preparer(workdir: str, exclude=("head",)):
+    """What ``state.create_state`` applies to fresh variables: ``load_into`` from run ``workdir``, or nothing when
+    ``workdir`` is empty."""
+    if not workdir:
+        return lambda variables: variables
+    return lambda variables: load_into(variables, workdir, exclude)

@@ -45,8 +45,8 @@ def create_state(model, tx, rng, image_size: int, mesh, mask_patch: int = 32, in
                  init_exclude=("head",)) -> TrainState:
     """The backbone wrapped with the pixel decoder, initialised on one image (then from run ``init_from``'s matching
     parameters, when given: a longer pretraining from a shorter one) and replicated over the mesh."""
-    prepare = (lambda v: init_lib.load_into(v, init_from, init_exclude)) if init_from else (lambda v: v)
-    return state_lib.create_state(MaskedImageModel(model, mask_patch), tx, rng, image_size, mesh, prepare=prepare)
+    return state_lib.create_state(MaskedImageModel(model, mask_patch), tx, rng, image_size, mesh,
+                                  prepare=init_lib.preparer(init_from, init_exclude))
 
 
 def _masks(key, images, loss_config):

@@ -168,7 +168,8 @@ class Experiment:
         check_batch_size(config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
         self.family = TASKS[config.task]
         if config.train.init_from and not self.family.init_from:
-            raise ValueError(f"config.train.init_from is a setting of classification and pretraining runs, not of "
+            takers = " and ".join(name for name, family in TASKS.items() if family.init_from)
+            raise ValueError(f"config.train.init_from is a setting of {takers} runs, not of "
                              f"config.task={config.task!r}")
         self.train_source = load_source(config, "train")
         _check_task(config, self.family, self.train_source)
