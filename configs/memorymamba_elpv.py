@@ -77,6 +77,8 @@ and, on any trained run, test-time augmentation over the dihedral group (``eval_
   python eval.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_recipe_s$S --config.eval.tta=d4
 """
 
+import copy
+
 import ml_collections
 
 from configs import common
@@ -116,12 +118,13 @@ def get_config(variant: str = "gpu"):
 def _pretraining(classifier):
     """Masked-image pretraining (SimMIM's recipe: AdamW, weight decay 0.05, 10 % warm-up, cosine decay) of the
     classifier config's network on the same images and augmentation, so its backbone starts that classifier."""
-    config = ml_collections.ConfigDict(classifier.to_dict())
-    config.task = "pretraining"
-    config.loss = ml_collections.ConfigDict({"mask_ratio": 0.6, "mask_patch": 16 if config.data.image_size <= 64
-                                             else 32})
-    config.optim.weight_decay = 0.05  # the learning rate stays the classifier's, tuned at this batch size
-    config.optim.warmup_fraction, config.optim.decay = 0.1, "cosine"
-    config.train.epochs = 100 if config.data.image_size > 64 else 20
-    del config["eval"]
-    return common.finalize(config)
+    config = copy.deepcopy(classifier)  # keeps the placeholder fields (data.root) overridable from the command line
+    with config.unlocked():
+        config.task = "pretraining"
+        config.loss = ml_collections.ConfigDict({"mask_ratio": 0.6, "mask_patch": 16 if config.data.image_size <= 64
+                                                 else 32})
+        config.optim.weight_decay = 0.05  # the learning rate stays the classifier's, tuned at this batch size
+        config.optim.warmup_fraction, config.optim.decay = 0.1, "cosine"
+        config.train.epochs = 100 if config.data.image_size > 64 else 20
+        del config["eval"]
+    return config
