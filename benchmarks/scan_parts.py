@@ -61,13 +61,13 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
         raise ValueError(f"{shape.name}: L = {shape.length} is one segment for the auto design; it has no summary "
                          f"passes")
     given = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
-    outside = ops._discretised_outside(given, True, tuning)  # delta discretised before the kernels
+    outside = ops._discretised_outside(given, True, tuning, "forward")  # delta discretised before the kernels
     softplus = not outside
     fwd_kw = dict(delta_softplus=softplus, interpret=interpret, num_warps=fwd_warps)
     bwd_kw = dict(delta_softplus=softplus, interpret=interpret, num_warps=bwd_warps)
 
     def discretise(given):
-        return ops._kernel_inputs(given, True, tuning)[0]
+        return ops._kernel_inputs(given, True, tuning, "forward")[0]
 
     def state_summaries(inputs):
         return summaries.states(inputs, lay, **fwd_kw)

@@ -96,8 +96,9 @@ class Tuning(NamedTuple):
     # were most of the summary kernels' instructions (1010 -> 357 a 4-step chunk, forward 1101 -> 639, backward
     # 2563 -> 1660; ``benchmarks/kernel_resources.py``, NOTES.md), for a few elementwise passes over delta. In the
     # kernels softplus now takes ``lg2.approx`` (``common.softplus``), which costs 7-16 % more forward instructions
-    # (bf16 vmamba-64x64, NOTES.md "Session 16"): untimed, so the XLA pass stays the default.
-    delta_in_kernel: bool = False
+    # (bf16 vmamba-64x64, NOTES.md "Session 16"): untimed, so the XLA pass stays the default. "forward": in the
+    # forward kernels only (no XLA pass before them); the backward, whose kernel paid 15-41 % more, keeps the pass.
+    delta_in_kernel: bool | str = False
     # With an ``order``: each chunk's positions loaded one chunk ahead (``common.walk``); None: ``PREFETCH_ORDER``.
     prefetch_order: bool | None = None
     # Every load of a chunk issued one chunk ahead (``common.walk``); None: ``PREFETCH_ROWS``.
@@ -186,16 +187,17 @@ def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
 
 
-def _discretised_outside(inputs: dict, delta_softplus: bool, tuning: Tuning) -> bool:
-    """Whether delta reaches the kernels discretised: unless ``delta_in_kernel``, when there is a bias or a
-    softplus to apply."""
-    return not tuning.delta_in_kernel and (delta_softplus or "delta_bias" in inputs)
+def _discretised_outside(inputs: dict, delta_softplus: bool, tuning: Tuning, direction: str) -> bool:
+    """Whether delta reaches the ``direction`` ("forward" or "backward") kernels discretised: when there is a bias
+    or a softplus to apply, unless ``delta_in_kernel`` is True or names this direction."""
+    inside = tuning.delta_in_kernel is True or tuning.delta_in_kernel == direction
+    return not inside and (delta_softplus or "delta_bias" in inputs)
 
 
-def _kernel_inputs(inputs: dict, delta_softplus: bool, tuning: Tuning):
-    """(what the kernels read, whether they apply softplus): discretised outside, delta arrives as
+def _kernel_inputs(inputs: dict, delta_softplus: bool, tuning: Tuning, direction: str):
+    """(what the ``direction`` kernels read, whether they apply softplus): discretised outside, delta arrives as
     softplus(delta + bias) in float32 and the kernels skip bias and softplus in every pass."""
-    if not _discretised_outside(inputs, delta_softplus, tuning):
+    if not _discretised_outside(inputs, delta_softplus, tuning, direction):
         return inputs, delta_softplus
     kernel = {k: v for k, v in inputs.items() if k != "delta_bias"}
     kernel["delta"] = discretize_delta(inputs["delta"], inputs.get("delta_bias"), delta_softplus, jnp.float32)
@@ -223,7 +225,8 @@ def sum_blocks(grads: dict, lay) -> dict:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
 def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning):
     save = "last" if return_last_state else "none"
-    inputs, softplus = _kernel_inputs(_inputs(u, delta, A, B, C, D, z, delta_bias, order), delta_softplus, tuning)
+    inputs, softplus = _kernel_inputs(_inputs(u, delta, A, B, C, D, z, delta_bias, order), delta_softplus, tuning,
+                                      "forward")
     out = per_device(functools.partial(_forward, tuning=tuning, delta_softplus=softplus, save=save,
                                        interpret=interpret), inputs, REPLICATED)
     if return_last_state:
@@ -233,7 +236,8 @@ def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_las
 
 
 def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning):
-    inputs, softplus = _kernel_inputs(_inputs(u, delta, A, B, C, D, z, delta_bias, order), delta_softplus, tuning)
+    inputs, softplus = _kernel_inputs(_inputs(u, delta, A, B, C, D, z, delta_bias, order), delta_softplus, tuning,
+                                      "forward")
     y, states = per_device(functools.partial(_forward, tuning=tuning, delta_softplus=softplus, save="chunks",
                                              interpret=interpret), inputs, REPLICATED)
     out = (y, states[:, -1]) if return_last_state else y
@@ -243,7 +247,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return
 def _scan_bwd(delta_softplus, return_last_state, interpret, tuning, residuals, cotangent):
     u, delta, A, B, C, D, z, delta_bias, order, states = residuals
     given = _inputs(u, delta, A, B, C, D, z, delta_bias, order)
-    inputs, softplus = _kernel_inputs(given, delta_softplus, tuning)
+    inputs, softplus = _kernel_inputs(given, delta_softplus, tuning, "backward")
     inputs["states"] = states
     if return_last_state:
         dy, dlast = cotangent
@@ -252,7 +256,7 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, tuning, residuals, c
         inputs["dy"] = cotangent.astype(u.dtype)
     g = per_device(functools.partial(_backward, tuning=tuning, delta_softplus=softplus, interpret=interpret), inputs,
                    REPLICATED)
-    if _discretised_outside(given, delta_softplus, tuning):
+    if _discretised_outside(given, delta_softplus, tuning, "backward"):
         g = _outer_delta_grads(g, given, inputs["delta"], delta_softplus)
     return (g["du"], g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
             _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias), None)
@@ -265,7 +269,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           return_last_state: bool, interpret: bool, design: str = "auto",
                           block_d: int | tuple[int | None, int | None] | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
-                          hoist_loads: bool | None = None, delta_in_kernel: bool = False,
+                          hoist_loads: bool | None = None, delta_in_kernel: bool | str = False,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
                           gate_in_kernel: bool | None = None, chain_in_kernel: bool | None = None,
                           state_major: bool | None = None):
@@ -298,7 +302,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         one memory latency a chunk instead of one a step); None (default): in the forward kernels only, as
         measured (``HOIST_BY_DEFAULT``).
       delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False (default) computes
-        softplus(delta + bias) once, in float32, before the kernels (and its gradient after them).
+        softplus(delta + bias) once, in float32, before the kernels (and its gradient after them); "forward" inside
+        the forward kernels, and as False for the backward kernel.
       prefetch_order: serial and split only, with ``order``: load each chunk's positions one chunk ahead, so its
         row loads do not wait on them (None, the default: on, ``PREFETCH_ORDER``; True on a tiled design is refused).
       prefetch_rows: serial and split only: the forward and segment-summary kernels issue each chunk's loads (rows
@@ -327,8 +332,11 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
     blocks = tuple(block_d) if isinstance(block_d, (tuple, list)) else (block_d, block_d)
     if len(blocks) != 2:
         raise ValueError(f"selective_scan_pallas: block_d={block_d!r}, expected an int or a (forward, backward) pair")
+    if delta_in_kernel not in (False, True, "forward"):
+        raise ValueError(f"selective_scan_pallas: delta_in_kernel={delta_in_kernel!r}, expected False, True or "
+                         f"'forward'")
     tuning = Tuning(design, blocks, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
-                    bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order),
+                    delta_in_kernel if delta_in_kernel == "forward" else bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order),
                     None if prefetch_rows is None else bool(prefetch_rows),
                     None if chain_in_kernel is None else bool(chain_in_kernel),
                     None if state_major is None else bool(state_major))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.selective_scan import selective_scan_pallas
+from kernels.selective_scan import ops, selective_scan_pallas
 from ssm_jax.ssm import selective_scan as ssm_scan
 from tests.ssm.reference import rel_err as norm_rel_err
 from tests.ssm.reference import selective_scan_numpy
@@ -162,6 +162,24 @@ def test_rejects_bad_design_or_chunk(design, chunk):
     x = make_inputs(5, 1, 4, 4, 1, 4)
     with pytest.raises(ValueError, match="chunk|design"):
         run_pallas(x, {}, design=design, chunk=chunk)
+
+
+def test_rejects_unknown_delta_in_kernel():
+    x = make_inputs(5, 1, 4, 4, 1, 4)
+    with pytest.raises(ValueError, match="delta_in_kernel='backward', expected False, True or 'forward'"):
+        run_pallas(x, {}, delta_in_kernel="backward")
+
+
+def test_delta_in_forward_kernels_only():
+    """"forward": the forward kernels read delta as given and apply softplus; the backward's read it discretised
+    in float32 outside, as by default."""
+    x = make_inputs(5, 1, 4, 4, 1, 4, dtype=jnp.bfloat16, **ALL_OPTIONS)
+    given = ops._inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], None)
+    tuning = ops.Tuning(delta_in_kernel="forward")
+    forward, softplus = ops._kernel_inputs(given, True, tuning, "forward")
+    assert softplus and forward["delta"].dtype == jnp.bfloat16 and "delta_bias" in forward
+    backward, softplus = ops._kernel_inputs(given, True, tuning, "backward")
+    assert not softplus and backward["delta"].dtype == jnp.float32 and "delta_bias" not in backward
 
 
 def test_unroll_belongs_to_the_split_design():

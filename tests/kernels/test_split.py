@@ -3,7 +3,8 @@ in interpret mode: y and the last state against the float64 NumPy recurrence (re
 gradient against the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one
 segment (the serial kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default), in their
 chunk, or hoisted (``hoist_loads``), the gate after the kernels (the default) or in them (``gate_in_kernel=True``),
-and with delta discretised once outside the kernels (the default) or in each of them (``delta_in_kernel=True``),
+and with delta discretised once outside the kernels (the default), in each of them (``delta_in_kernel=True``) or in
+the forward kernels only (``"forward"``),
 the chain over segments as one kernel (the default) or in XLA (``chain_in_kernel=False``), the forward kernels
 with channel blocks of their own (``block_d=(forward, backward)``), and the forward without checkpoints holding the
 state transposed (``state_major=True``; the differentiated forward, which saves checkpoints, keeps its layout).
@@ -40,6 +41,8 @@ CASES = [
                  id="all-options-gate-in-the-kernels"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
                  id="all-options-delta-discretised-in-kernel"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel="forward"),
+                 id="all-options-delta-discretised-in-forward-kernels"),
     pytest.param((1, 11, 4, 1, 3), dict(D=True, delta_bias=True), dict(chunk=4), id="bias-without-softplus"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=2, chain_in_kernel=False),
                  id="all-options-xla-chain-6-segments"),
