@@ -7,6 +7,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from ssm_jax.data import SOURCES
 from ssm_jax.training.run import build_model
@@ -141,9 +143,6 @@ def _config_args():
 def test_every_variant_takes_command_line_overrides(name, variant):
     """``--config.data.root`` (a placeholder field when the loader has a default root) and the usual overrides
     work on every variant, as ``train.py`` parses them; the ``:mim`` variant once lost its placeholder in a copy."""
-    from absl import flags
-    from ml_collections import config_flags
-
     path = str(Path(__file__).resolve().parents[1] / "configs" / f"{name}.py") + (f":{variant}" if variant else "")
     argv = ["train.py", f"--config={path}", "--config.data.root=/datasets/mine", "--config.seed=3",
             "--config.train.epochs=2", "--config.optim.lr=0.001"]
