@@ -6,10 +6,10 @@
 A config is ``benchmarks.kernel_configs.FIELDS`` (unroll: split only, the steps between checkpoints inside a
 segment, 0 or left out for the default by layout, ``split.layout``; hoist: 1 to issue a chunk's loads before its
 stores in every kernel, 0 in none, left out or empty for the default, the forward direction only; outside: 1 to
-discretise delta once outside the kernels, ``delta_in_kernel=False``, 0 in each kernel, 2 in the forward kernels only; prefetch: 1 / 0 to load an in-place shape's
-positions a chunk ahead or not, ``prefetch_order``; rows: 1 for every forward-direction and summary load a chunk
-ahead, ``prefetch_rows``; gate: 0 to gate y outside the kernels, ``gate_in_kernel=False``). For each dtype x shape
-it compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.scan.warm_up``), then times them
+discretise delta once outside the kernels, ``delta_in_kernel=False``, 0 in each kernel, 2 in the forward kernels
+only; prefetch: 1 / 0 to load an in-place shape's positions a chunk ahead or not, ``prefetch_order``; rows: 1 for
+every forward-direction and summary load a chunk ahead, ``prefetch_rows``; gate: 0 to gate y outside the kernels,
+``gate_in_kernel=False``). For each dtype x shape it compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.scan.warm_up``), then times them
 in ``--rounds`` interleaved rounds, each round one batch of ``--calls`` back-to-back calls per config (so host
 dispatch overlaps the GPU work as in training), and prints per config the median over rounds of the forward and
 forward+backward milliseconds and, with ``--check``, the relative error of y and the worst input gradient against

@@ -336,7 +336,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         raise ValueError(f"selective_scan_pallas: delta_in_kernel={delta_in_kernel!r}, expected False, True or "
                          f"'forward'")
     tuning = Tuning(design, blocks, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
-                    delta_in_kernel if delta_in_kernel == "forward" else bool(delta_in_kernel), None if prefetch_order is None else bool(prefetch_order),
+                    delta_in_kernel if delta_in_kernel == "forward" else bool(delta_in_kernel),
+                    None if prefetch_order is None else bool(prefetch_order),
                     None if prefetch_rows is None else bool(prefetch_rows),
                     None if chain_in_kernel is None else bool(chain_in_kernel),
                     None if state_major is None else bool(state_major))
