@@ -7,7 +7,9 @@ timed one by one, beside the whole forward+backward, on the shapes of ``benchmar
 Parts (``kernels/selective_scan/split.py``), each jitted alone on what the part before it hands over, in the order
 a training step runs them:
 
-* forward: ``discretise`` (softplus(delta + bias) in XLA, before the kernels; ``ops.Tuning.delta_in_kernel``),
+* forward: ``discretise`` (softplus(delta + bias) in XLA, before the kernels, as the default does for float32
+  inputs; with 16-bit ones the default's forward kernels discretise it themselves, ``ops.DELTA_IN_KERNEL_BY_ITEMSIZE``,
+  so there the parts time the float32 path in bf16 and ``whole`` the default),
   ``summaries`` (each segment walked from a zero state: its end state and sum of delta), ``chain`` (the
   chain over segments, one kernel or XLA's associative scan as ``ops.CHAIN_IN_KERNEL`` says: the state entering
   each), ``walk`` (the serial forward kernel per segment from
@@ -54,7 +56,7 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     composed, for checking against the whole scan."""
     args, cotangent = make_inputs(shape, dtype)
     u, delta, A, B, C, D, z, delta_bias = args
-    tuning = ops.Tuning()
+    tuning = ops.Tuning(delta_in_kernel=False)
     _, _, lay, fwd_warps, bwd_warps = ops._design(tuning, u, B, A, interpret=interpret)
     bwd_lay = ops._design(tuning, u, B, A, direction="backward", interpret=interpret)[2]
     if not lay.segment:

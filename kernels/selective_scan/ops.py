@@ -12,8 +12,9 @@ ahead, the gate after the kernels: the fastest Pallas design measured for forwar
 (NOTES.md). Under differentiation the forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the
 residual; the backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
-device scans its own batch rows (``per_device``). delta reaches the kernels discretised, softplus(delta + bias) in
-float32 computed once in XLA (``Tuning.delta_in_kernel``), so no kernel pass spends its steps on it. Compiled for an
+device scans its own batch rows (``per_device``). delta reaches the backward kernel discretised, softplus(delta + bias)
+in float32 computed once in XLA, and the forward kernels too for float32 inputs; with 16-bit inputs the forward
+kernels discretise it themselves (``DELTA_IN_KERNEL_BY_ITEMSIZE``), as measured. Compiled for an
 NVIDIA GPU, the kernels write their exponentials and multiply-adds as single PTX instructions (``Layout.ptx``).
 """
 
@@ -79,8 +80,15 @@ CHAIN_IN_KERNEL = True
 # The forward kernels with the state transposed, one channel a thread (``Layout.state_major``; ``state_major`` left
 # as None): the segment-state kernel always, the walk where it saves no state (inference); B and C read in float32.
 # bf16 vmamba-64x64: 9 % and 23 % fewer loop instructions, and none of their barriers or shuffles (NOTES.md,
-# "Session 16"). Untimed, so off.
+# "Session 16"), yet interleaved the forward was 1-12 % slower on vmamba-64x64, mamba-768, long and vim-s, fp32 and
+# bf16 (one H200, NOTES.md, "Session 17"), so off.
 STATE_MAJOR = False
+# Where delta is discretised when ``delta_in_kernel`` is left as None, by the bytes of an element of u. 16-bit
+# inputs: in the forward kernels ("forward"), which read delta as given, where the XLA pass read it in 16 bits and
+# wrote it in 32 for both forward kernels to read; interleaved in bf16 on vmamba-64x64, mamba-768, long and vim-s,
+# forward 6-9 % faster and forward+backward within 0.5 %. float32: outside (False); there "forward" made
+# forward+backward 2-5 % slower on all four and the forward -4 % to +4 % (one H200, NOTES.md, "Session 18").
+DELTA_IN_KERNEL_BY_ITEMSIZE = {2: "forward", 4: False}
 
 
 class Tuning(NamedTuple):
@@ -96,8 +104,9 @@ class Tuning(NamedTuple):
     # were most of the summary kernels' instructions (1010 -> 357 a 4-step chunk, forward 1101 -> 639, backward
     # 2563 -> 1660; ``benchmarks/kernel_resources.py``, NOTES.md), for a few elementwise passes over delta. In the
     # kernels softplus now takes ``lg2.approx`` (``common.softplus``), which costs 7-16 % more forward instructions
-    # (bf16 vmamba-64x64, NOTES.md "Session 16"): untimed, so the XLA pass stays the default. "forward": in the
-    # forward kernels only (no XLA pass before them); the backward, whose kernel paid 15-41 % more, keeps the pass.
+    # (bf16 vmamba-64x64, NOTES.md "Session 16"). "forward": in the forward kernels only (no XLA pass before them);
+    # the backward, whose kernel paid 15-41 % more, keeps the pass. ``selective_scan_pallas`` resolves its None by
+    # dtype (``DELTA_IN_KERNEL_BY_ITEMSIZE``).
     delta_in_kernel: bool | str = False
     # With an ``order``: each chunk's positions loaded one chunk ahead (``common.walk``); None: ``PREFETCH_ORDER``.
     prefetch_order: bool | None = None
@@ -108,6 +117,12 @@ class Tuning(NamedTuple):
     # serial and split: the forward kernels hold the state transposed where they store no 2-D tile
     # (``Layout.state_major``); None: ``STATE_MAJOR``.
     state_major: bool | None = None
+
+
+def default_delta_in_kernel(dtype) -> bool | str:
+    """Where delta is discretised for inputs of this dtype when the caller does not say: the measured choice
+    ``DELTA_IN_KERNEL_BY_ITEMSIZE``, outside the kernels for any other size."""
+    return DELTA_IN_KERNEL_BY_ITEMSIZE.get(jnp.dtype(dtype).itemsize, False)
 
 
 def _ptx(interpret: bool) -> bool:
@@ -269,7 +284,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           return_last_state: bool, interpret: bool, design: str = "auto",
                           block_d: int | tuple[int | None, int | None] | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
-                          hoist_loads: bool | None = None, delta_in_kernel: bool | str = False,
+                          hoist_loads: bool | None = None, delta_in_kernel: bool | str | None = None,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
                           gate_in_kernel: bool | None = None, chain_in_kernel: bool | None = None,
                           state_major: bool | None = None):
@@ -301,9 +316,10 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       hoist_loads: serial and split only: issue every load of a chunk before its first store (more registers,
         one memory latency a chunk instead of one a step); None (default): in the forward kernels only, as
         measured (``HOIST_BY_DEFAULT``).
-      delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False (default) computes
+      delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False computes
         softplus(delta + bias) once, in float32, before the kernels (and its gradient after them); "forward" inside
-        the forward kernels, and as False for the backward kernel.
+        the forward kernels, and as False for the backward kernel; None (the default) "forward" for 16-bit inputs
+        and False for float32 (``DELTA_IN_KERNEL_BY_ITEMSIZE``).
       prefetch_order: serial and split only, with ``order``: load each chunk's positions one chunk ahead, so its
         row loads do not wait on them (None, the default: on, ``PREFETCH_ORDER``; True on a tiled design is refused).
       prefetch_rows: serial and split only: the forward and segment-summary kernels issue each chunk's loads (rows
@@ -332,9 +348,11 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
     blocks = tuple(block_d) if isinstance(block_d, (tuple, list)) else (block_d, block_d)
     if len(blocks) != 2:
         raise ValueError(f"selective_scan_pallas: block_d={block_d!r}, expected an int or a (forward, backward) pair")
+    if delta_in_kernel is None:
+        delta_in_kernel = default_delta_in_kernel(u.dtype)
     if delta_in_kernel not in (False, True, "forward"):
-        raise ValueError(f"selective_scan_pallas: delta_in_kernel={delta_in_kernel!r}, expected False, True or "
-                         f"'forward'")
+        raise ValueError(f"selective_scan_pallas: delta_in_kernel={delta_in_kernel!r}, expected None, False, True "
+                         f"or 'forward'")
     tuning = Tuning(design, blocks, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
                     delta_in_kernel if delta_in_kernel == "forward" else bool(delta_in_kernel),
                     None if prefetch_order is None else bool(prefetch_order),

@@ -166,8 +166,15 @@ def test_rejects_bad_design_or_chunk(design, chunk):
 
 def test_rejects_unknown_delta_in_kernel():
     x = make_inputs(5, 1, 4, 4, 1, 4)
-    with pytest.raises(ValueError, match="delta_in_kernel='backward', expected False, True or 'forward'"):
+    with pytest.raises(ValueError, match="delta_in_kernel='backward', expected None, False, True or 'forward'"):
         run_pallas(x, {}, delta_in_kernel="backward")
+
+
+@pytest.mark.parametrize("dtype,expected", [(jnp.bfloat16, "forward"), (jnp.float16, "forward"),
+                                            (jnp.float32, False)])
+def test_default_delta_in_kernel_follows_the_dtype(dtype, expected):
+    """Left as None: 16-bit inputs discretise delta in the forward kernels, float32 ones outside (as measured)."""
+    assert ops.default_delta_in_kernel(dtype) == expected
 
 
 def test_delta_in_forward_kernels_only():
