@@ -25,6 +25,7 @@ def test_gathers_out_undoes_gathers_in_for_every_direction(shape):
     np.testing.assert_allclose(fused(params, image), layer(params, image), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # every SS2D part compiled and timed: in the slow run, keeping CI's run short
 def test_run_writes_a_row_per_part(tmp_path):
     path = tmp_path / "parts.jsonl"
     rows = run(SMALL_SHAPES[:1], "chunked", steps=1, warmup=0, json_path=str(path))

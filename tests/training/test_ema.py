@@ -59,6 +59,7 @@ def test_bad_decay_is_named(decay):
         make_optimizer(optim_config(ema_decay=decay), 10)
 
 
+@pytest.mark.slow  # a training run, then its predictions compiled: in the slow run, keeping CI's run short
 def test_evaluation_uses_the_average(folder_root, tmp_path):
     from tests.training.conftest import make_tiny_config
     config = make_tiny_config(folder_root, max_steps=4)

@@ -102,6 +102,7 @@ def test_bad_alpha_is_named(field, tiny_config):
         classification.make_train_step(loss, make_mesh())
 
 
+@pytest.mark.slow  # three train steps compiled: in the slow run, keeping CI's run short
 def test_train_step_with_mixing_is_deterministic_and_changes_the_loss(tiny_config, tmp_path):
     from ssm_jax.training import run
     config = tiny_config()

@@ -37,6 +37,7 @@ def pretrained(folder_root, tmp_path_factory):
     return workdir, run.train_and_evaluate(pretraining_config(folder_root, max_steps=24), workdir)
 
 
+@pytest.mark.slow  # on a pretraining run (the fixture): in the slow run, keeping CI's run short
 def test_pretraining_learns_and_writes_its_outputs(pretrained):
     workdir, summary = pretrained
     log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -47,6 +48,7 @@ def test_pretraining_learns_and_writes_its_outputs(pretrained):
     assert 0 < summary["masked_l1"] < first and summary["num_images"] == len(summary["per_image"])
 
 
+@pytest.mark.slow  # on a pretraining run (the fixture): in the slow run, keeping CI's run short
 def test_eval_of_a_folder_writes_each_images_error(pretrained, folder_root):
     workdir, _ = pretrained
     experiment = run.Experiment(pretraining_config(folder_root, max_steps=24), workdir)
@@ -73,6 +75,7 @@ def test_resumed_pretraining_equals_uninterrupted(folder_root, tmp_path, monkeyp
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # on a pretraining run (the fixture): in the slow run, keeping CI's run short
 def test_classifier_starts_from_the_pretrained_backbone_with_a_fresh_head(pretrained, folder_root, tmp_path):
     workdir, _ = pretrained
     backbone = _flat(read_params(workdir)["backbone"])
@@ -101,6 +104,7 @@ def test_copy_matching_reports_what_it_left():
     assert report == {"copied": 1, "excluded": ["head/w"], "missing": [], "mismatched": ["b (5,) != (4,)"]}
 
 
+@pytest.mark.slow  # on a pretraining run (the fixture): in the slow run, keeping CI's run short
 def test_bad_init_from_is_named(folder_root, tmp_path, pretrained):
     with pytest.raises(FileNotFoundError, match="no checkpoints folder"):
         run.Experiment(make_tiny_config(folder_root, init_from=str(tmp_path / "nowhere")), tmp_path / "a")

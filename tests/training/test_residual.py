@@ -99,6 +99,7 @@ def trained(tmp_path_factory):
     return initial, experiment, experiment.evaluate()
 
 
+@pytest.mark.slow  # SNARM trained end to end (the fixture): in the slow run, keeping CI's run short
 def test_training_lowers_loss_and_writes_outputs(trained):
     _, experiment, summary = trained
     workdir = experiment.workdir
@@ -114,6 +115,7 @@ def test_training_lowers_loss_and_writes_outputs(trained):
     assert set(metrics["mean"]) == {"i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "p_aupro", "mad"}
 
 
+@pytest.mark.slow  # SNARM trained end to end (the fixture): in the slow run, keeping CI's run short
 def test_encoder_frozen_heads_trained_bank_in_state(trained):
     initial, experiment, _ = trained
     final = _host(experiment.state.params)
@@ -127,6 +129,7 @@ def test_encoder_frozen_heads_trained_bank_in_state(trained):
     assert set(np.unique(bank["image_index"])) <= set(range(16)) and np.any(bank["features"])
 
 
+@pytest.mark.slow  # SNARM trained end to end (the fixture): in the slow run, keeping CI's run short
 def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypatch):
     _, straight, _ = trained
     config = make_tiny_config()
@@ -143,6 +146,7 @@ def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypa
         np.testing.assert_array_equal(a, b)  # batch statistics and the bank
 
 
+@pytest.mark.slow  # SNARM trained end to end (the fixture): in the slow run, keeping CI's run short
 def test_bank_is_built_on_a_fresh_start_only(trained, tmp_path, monkeypatch):
     """A workdir with a checkpoint (resume, eval.py) takes the saved bank without building one first; the
     evaluation after the restore gives the trained run's metrics."""
