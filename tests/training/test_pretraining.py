@@ -104,14 +104,18 @@ def test_copy_matching_reports_what_it_left():
     assert report == {"copied": 1, "excluded": ["head/w"], "missing": [], "mismatched": ["b (5,) != (4,)"]}
 
 
-@pytest.mark.slow  # on a pretraining run (the fixture): in the slow run, keeping CI's run short
-def test_bad_init_from_is_named(folder_root, tmp_path, pretrained):
+def test_bad_init_from_is_named(folder_root, tmp_path):
+    """A missing workdir, and a task that does not take init_from (refused before the path is read)."""
     with pytest.raises(FileNotFoundError, match="no checkpoints folder"):
         run.Experiment(make_tiny_config(folder_root, init_from=str(tmp_path / "nowhere")), tmp_path / "a")
-    anomaly = ml_collections.ConfigDict(make_tiny_config(folder_root, init_from=str(pretrained[0])).to_dict())
+    anomaly = ml_collections.ConfigDict(make_tiny_config(folder_root, init_from=str(tmp_path / "nowhere")).to_dict())
     anomaly.task = "anomaly"
     with pytest.raises(ValueError, match="init_from is a setting of classification and pretraining runs"):
         run.Experiment(finalize(anomaly), tmp_path / "c")
+
+
+@pytest.mark.slow  # on a pretraining run (the fixture): in the slow run, keeping CI's run short
+def test_init_from_a_model_of_other_shapes_is_named(folder_root, tmp_path, pretrained):
     other = make_tiny_config(folder_root, init_from=str(pretrained[0]))
     other = ml_collections.ConfigDict(other.to_dict())
     other.model.dims, other.model.coarse_size, other.model.fine_size = (12,), 6, 10  # every tensor of another shape

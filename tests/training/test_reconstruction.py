@@ -85,7 +85,7 @@ def test_encoder_is_frozen_and_decoder_trained(trained):
     assert not np.allclose(stats["bottleneck"]["bn1"]["mean"], 0.0)  # trained batch statistics were kept
 
 
-@pytest.mark.slow  # a third MambaAD training run (the classification and SNARM resume tests stay in the default run)
+@pytest.mark.slow  # a third MambaAD training run (the classification and pretraining resume tests run by default)
 def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypatch, capsys):
     _, straight, _ = trained
     config = make_tiny_config()
