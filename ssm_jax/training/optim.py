@@ -9,6 +9,7 @@ import jax
 import optax
 
 from ssm_jax.training.ema import check_decay, param_ema
+from ssm_jax.training.layer_decay import check_layer_decay, scale_by_layer
 
 # Parameters that are never weight-decayed: SSM dynamics (A_logs, Ds), biases, norm scales.
 _NO_DECAY_NAMES = ("A_log", "A_logs", "D", "Ds", "bias", "scale")
@@ -58,10 +59,12 @@ def make_optimizer(optim, total_steps: int, frozen: Sequence[str] = ()) -> optax
 
     Top-level parameter subtrees named in ``frozen`` (e.g. a pretrained encoder) get zero updates: no gradient
     step and no weight decay, and no optimizer state; clipping sees only the trained parameters. With
-    ``ema_decay`` > 0 the optimizer also tracks the parameters' moving average, which evaluation then uses
-    (``training.ema``).
+    ``layer_decay`` < 1 each block's updates shrink with its distance from the head (``training.layer_decay``:
+    fine-tuning a pretrained backbone). With ``ema_decay`` > 0 the optimizer also tracks the parameters' moving
+    average, which evaluation then uses (``training.ema``).
     """
     check_decay(optim.ema_decay)
+    check_layer_decay(optim.layer_decay)
     schedule = learning_rate_schedule(optim, total_steps)
     if optim.name == "adamw":
         tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
@@ -75,6 +78,8 @@ def make_optimizer(optim, total_steps: int, frozen: Sequence[str] = ()) -> optax
     if frozen:
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                    lambda params: frozen_labels(params, tuple(frozen)))
+    if optim.layer_decay < 1.0:
+        tx = optax.chain(tx, scale_by_layer(optim.layer_decay))
     if optim.ema_decay > 0:
         tx = optax.chain(tx, param_ema(optim.ema_decay))
     return tx
