@@ -44,7 +44,8 @@ def test_updates_are_the_plain_optimizers_times_decay_to_the_distance_from_the_h
     params = stack_blocks(_params()) if stacked else _params()
     grads = jax.tree.map(lambda p: np.cos(p).astype(np.float32), params)
     base = optim_config(lr=1e-2, warmup_fraction=0.0, decay="constant", weight_decay=0.05, grad_clip=1.0)
-    plain, decayed = make_optimizer(base, 10), make_optimizer(optim_config(**{**base.to_dict(), "layer_decay": 0.7}), 10)
+    plain = make_optimizer(base, 10)
+    decayed = make_optimizer(optim_config(**{**base.to_dict(), "layer_decay": 0.7}), 10)
     want = jax.jit(lambda: plain.update(grads, plain.init(params), params)[0])()  # jitted: eager dispatch is slow
     got = jax.jit(lambda: decayed.update(grads, decayed.init(params), params)[0])()
     distance = {"patch_embed": 5, "stage0_block0": 4, "stage1_downsample": 4, "stage1_block0": 3, "stage1_block1": 2,
