@@ -1,5 +1,6 @@
 """``python -m ssm_jax.metrics.over_runs``: mean and sample standard deviation over runs against ``statistics``, key
-patterns, and runs that cannot be compared (other test sets, missing metrics, missing files) refused by name."""
+patterns, Welch's comparison against scipy, and runs that cannot be compared (other test sets, missing metrics,
+missing files) refused by name."""
 
 import json
 import statistics
@@ -70,3 +71,36 @@ def test_command_line_prints_the_table(tmp_path, capsys):
         over_runs.main([*runs, "--keys", "auroc"])
     with pytest.raises(SystemExit, match="error: .*nope: not found"):
         over_runs.main([*runs, str(tmp_path / "nope")])
+
+
+@pytest.mark.parametrize("t", [0.0, 0.4, 1.0, 2.5, 6.0, 30.0])
+@pytest.mark.parametrize("df", [1.0, 1.6, 3.9, 4.0, 40.0])
+def test_student_t_tail_against_scipy(t, df):
+    from scipy import stats  # the independent reference; scipy comes with the test extra's scikit-learn
+    assert over_runs.student_t_sf2(t, df) == pytest.approx(2 * stats.t.sf(t, df), abs=1e-9)
+    assert over_runs.student_t_sf2(-t, df) == over_runs.student_t_sf2(t, df)
+
+
+def test_welch_against_scipy_and_degenerate_spreads():
+    from scipy import stats
+    a, b = [0.759, 0.753, 0.736], [0.735, 0.729, 0.715, 0.72]
+    got, want = over_runs.welch(a, b), stats.ttest_ind(a, b, equal_var=False)
+    assert got["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert got["t"] == pytest.approx(want.statistic, rel=1e-12)
+    assert got["df"] == pytest.approx(want.df, rel=1e-12)
+    assert got["p"] == pytest.approx(want.pvalue, abs=1e-9)
+    flat = over_runs.welch([0.7, 0.7], [0.6, 0.6])
+    assert flat["diff"] == pytest.approx(0.1) and np.isnan(flat["t"]) and np.isnan(flat["p"])
+    with pytest.raises(ValueError, match="at least two runs a side, got 1 and 2"):
+        over_runs.welch([0.7], [0.6, 0.5])
+
+
+def test_command_line_compares_against_a_baseline(tmp_path, capsys):
+    runs = [str(_classification_run(tmp_path, f"new{i}", a, (0.9, 0.1))) for i, a in enumerate((0.76, 0.75, 0.74))]
+    base = [str(_classification_run(tmp_path, f"old{i}", a, (0.9, 0.1))) for i, a in enumerate((0.73, 0.72, 0.71))]
+    over_runs.main([*runs, "--against", *base, "--keys", "acc"])
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row == "| acc | 75.0 ± 1.0 | 72.0 ± 1.0 | +3.0 | 3.67 (4.0) | 0.021 |"  # t = 0.03 / sqrt(2 * 1e-4 / 3)
+    other = str(_classification_run(tmp_path, "other", 0.7, (0.9, 0.1), num_images=602))
+    with pytest.raises(SystemExit, match="disagree on num_images"):
+        over_runs.main([*runs, "--against", *base[:2], other])
