@@ -92,9 +92,9 @@ class Checkpointer:
             if "tree structures do not match" in str(err):  # orbax's words for a state of another shape
                 raise CheckpointError(
                     f"{where} holds a train state of another structure than this run builds (the optimizer's state "
-                    f"differs: settings such as optim.ema_decay, optim.grad_clip or optim.name changed since it was "
-                    f"written). Resume with the config that wrote it (see {self.directory.parent / 'config.json'}), "
-                    f"or use a new --workdir.") from err
+                    f"differs: settings such as optim.ema_decay, optim.layer_decay, optim.grad_clip or optim.name "
+                    f"changed since it was written). Resume with the config that wrote it (see "
+                    f"{self.directory.parent / 'config.json'}), or use a new --workdir.") from err
             raise CheckpointError(self._unreadable(where, step, err)) from err
         return restored["state"], extra
 
