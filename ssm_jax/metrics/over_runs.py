@@ -74,12 +74,13 @@ def summarize(runs: list, keys: list[str] | None = None) -> list[dict]:
     missing = {p: m for p, m in missing.items() if m}
     if missing:
         raise ValueError(f"over_runs: metrics missing from some runs: {missing}")
-    rows = []
-    for key in names:
-        values = [float(f[key]) for f in flat]
-        rows.append({"key": key, "mean": statistics.fmean(values),
-                     "sd": statistics.stdev(values) if len(values) > 1 else None, "values": values})
-    return rows
+    return [{"key": key, **spread([float(f[key]) for f in flat])} for key in names]
+
+
+def spread(values: list[float]) -> dict:
+    """{mean, sd, values}; sd (sample) is None for one value."""
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "values": values}
 
 
 def student_t_sf2(t: float, df: float) -> float:
@@ -112,14 +113,12 @@ def welch(a: list[float], b: list[float]) -> dict:
 
 
 def compare(runs: list, baseline: list, keys: list[str] | None = None) -> list[dict]:
-    """``summarize`` rows of ``runs``, each with ``base`` (the baseline's row) and ``test`` (``welch`` of the two);
-    both groups must have been scored on the same data."""
-    summarize([*runs, *baseline], keys)  # the counts must agree across both groups
-    base = {row["key"]: row for row in summarize(baseline, keys)}
-    rows = summarize(runs, keys)
-    for row in rows:
-        row["base"] = base[row["key"]]
-        row["test"] = welch(row["values"], row["base"]["values"])
+    """``summarize`` rows of ``runs``, each with ``base`` (the baseline's ``spread``) and ``test`` (``welch`` of the
+    two); read as one set of runs, so both groups must have been scored on the same data."""
+    rows = []
+    for row in summarize([*runs, *baseline], keys):
+        new, old = row["values"][:len(runs)], row["values"][len(runs):]
+        rows.append({"key": row["key"], **spread(new), "base": spread(old), "test": welch(new, old)})
     return rows
 
 

@@ -356,8 +356,9 @@ def build_memorymamba(config) -> MemoryMamba:
     return MemoryMamba(**fields)
 
 
-_BLOCK = re.compile(r"(stage\d+)_block(\d+)")
+_BLOCK = re.compile(r"(stage(\d+))_block(\d+)")
 _BLOCKS = re.compile(r"(stage\d+)_blocks")
+_DOWNSAMPLE = re.compile(r"stage(\d+)_downsample")
 
 
 def stack_blocks(params) -> dict:
@@ -367,7 +368,7 @@ def stack_blocks(params) -> dict:
     for name, value in params.items():
         match = _BLOCK.fullmatch(name)
         if match:
-            stages.setdefault(match[1], {})[int(match[2])] = value
+            stages.setdefault(match[1], {})[int(match[3])] = value
         else:
             out[name] = value
     for stage, blocks in stages.items():
@@ -391,3 +392,30 @@ def unstack_blocks(params) -> dict:
         for j in range(depth.pop()):
             out[f"{match[1]}_block{j}"] = jax.tree.map(lambda leaf: leaf[j], value)
     return out
+
+
+def layer_ids(params) -> tuple[dict[str, int], int]:
+    """(each top-level entry of per-block-layout parameters -> its layer, the number of blocks n), counted as SimMIM
+    counts Swin's layers: the patch embedding (and a mask token) 0, the blocks 1..n in order over the stages, a
+    stage's downsampling the layer of the block before it, the final norm and the head n + 1. What
+    layer-wise learning-rate decay scales by (``training.layer_decay``); ``unstack_blocks`` gives this layout."""
+    depths: dict[int, int] = {}
+    for name in params:
+        if match := _BLOCK.fullmatch(name):
+            depths[int(match[2])] = max(depths.get(int(match[2]), 0), int(match[3]) + 1)
+    first = {stage: 1 + sum(d for s, d in depths.items() if s < stage) for stage in depths}
+    total = sum(depths.values())
+    ids = {}
+    for name in params:
+        if name in ("patch_embed", "mask_token"):
+            ids[name] = 0
+        elif name in ("norm", "head"):
+            ids[name] = total + 1
+        elif match := _BLOCK.fullmatch(name):
+            ids[name] = first[int(match[2])] + int(match[3])
+        elif (match := _DOWNSAMPLE.fullmatch(name)) and int(match[1]) in first:
+            ids[name] = first[int(match[1])] - 1
+        else:
+            raise ValueError(f"layer_ids: no layer for the parameters {name!r}; MemoryMamba's are patch_embed, "
+                             f"mask_token, stage<s>_block<j>, stage<s>_blocks, stage<s>_downsample, norm and head")
+    return ids, total

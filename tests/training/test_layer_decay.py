@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs.common import optim_config
-from ssm_jax.models.memorymamba import build_memorymamba, stack_blocks
-from ssm_jax.training.layer_decay import layer_ids, layer_scales
+from ssm_jax.models.memorymamba import build_memorymamba, layer_ids, stack_blocks
+from ssm_jax.training.layer_decay import layer_scales
 from ssm_jax.training.optim import make_optimizer
 
 MODEL = dict(num_classes=3, depths=(1, 2, 1), dims=(8, 16, 16), d_state=1, expand=1, coarse_size=4, fine_size=4)
