@@ -31,7 +31,9 @@ def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_s
     config.train = common.train_config()
     # tta: test-time augmentation at evaluation, probabilities averaged over "flips" (4 views) or "d4" (8: the 90-degree
     # rotations and mirrors; square images) of each image; "none" by default. Results go to <workdir>/eval_tta_<mode>.
-    config.eval = ml_collections.ConfigDict({"tta": "none"})
+    # binary_from > 0 also reports the two-group task of ordered classes, classes binary_from.. as positive (ELPV: 2,
+    # defect probability >= 0.5 is defective), beside the per-class metrics; 0: off.
+    config.eval = ml_collections.ConfigDict({"tta": "none", "binary_from": 0})
     return config
 
 

@@ -151,3 +151,10 @@ def test_every_variant_takes_command_line_overrides(name, variant):
     values(argv)
     config = values.config
     assert (config.data.root, config.seed, config.train.epochs, config.optim.lr) == ("/datasets/mine", 3, 2, 0.001)
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu"])
+def test_elpv_classifier_also_reports_defective_as_p_at_least_one_half(variant):
+    from ssm_jax.data.elpv import CLASS_NAMES
+    config = importlib.import_module("configs.memorymamba_elpv").get_config(variant)
+    assert CLASS_NAMES[config.eval.binary_from:] == ("p2_3", "p1")

@@ -2,7 +2,7 @@
 F1-max, AU-PRO, mAD), in plain NumPy."""
 
 from ssm_jax.metrics.anomaly import anomaly_metrics, anomaly_metrics_by_category, aupro
-from ssm_jax.metrics.classification import classification_metrics
+from ssm_jax.metrics.classification import binary_metrics, classification_metrics
 from ssm_jax.metrics.curves import auroc, average_precision, f1_max, precision_recall_curve, roc_curve
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "aupro",
     "auroc",
     "average_precision",
+    "binary_metrics",
     "classification_metrics",
     "f1_max",
     "precision_recall_curve",

@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, macro precision / recall / F1, confusion matrix, per-class scores.
+"""Classification metrics: accuracy, macro precision / recall / F1, confusion matrix, per-class scores, and the
+two-group view of ordered classes (``binary_metrics``: e.g. ELPV's defect probabilities as functional / defective).
 
 Undefined ratios (0 / 0) count as 0, as scikit-learn's default ``zero_division``. Macro averages run over the
 classes that occur in ``labels`` or ``predictions`` -- scikit-learn's default ``labels=None`` -- so a class absent
@@ -59,3 +60,19 @@ def classification_metrics(labels, predictions, num_classes):
         "confusion": confusion,
         "per_class": {"precision": precision, "recall": recall, "f1": f1, "support": support},
     }
+
+
+def binary_metrics(labels, predictions, num_classes, positive_from):
+    """Classes ``positive_from`` .. num_classes-1 as one positive group and the rest as negative: accuracy and the
+    positive group's precision, recall and F1 when labels and predictions are merged into the two groups. For
+    ordered classes (ELPV's defect probabilities 0, 1/3, 2/3, 1: ``positive_from=2`` is "p >= 0.5 is defective"),
+    so a 4-class model is comparable with papers that report the 2-class task; also ``num_positive`` true ones."""
+    if not 1 <= positive_from < num_classes:
+        raise ValueError(f"positive_from must lie in [1, num_classes) = [1, {num_classes}) so that both groups have "
+                         f"a class, got {positive_from}")
+    labels = _check_classes(labels, "labels", num_classes)
+    predictions = _check_classes(predictions, "predictions", num_classes)
+    groups = [(values >= positive_from).astype(np.int64) for values in (labels, predictions)]
+    m = classification_metrics(*groups, 2)
+    return {"acc": m["acc"], **{k: float(m["per_class"][k][1]) for k in ("precision", "recall", "f1")},
+            "num_positive": int(m["per_class"]["support"][1])}

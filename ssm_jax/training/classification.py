@@ -12,7 +12,7 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import memorymamba_loss
-from ssm_jax.metrics import classification_metrics
+from ssm_jax.metrics import binary_metrics, classification_metrics
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
@@ -162,9 +162,10 @@ def predict_dataset(state, predict_step, batches, *, num_examples: int, local_ba
                               mesh=mesh, keep=lambda batch: {"labels": batch["label"], "indices": batch["index"]})
 
 
-def write_evaluation(predictions: dict, source, out_dir, tta: str = "none") -> dict:
-    """Metrics JSON (with the ``tta`` it was predicted with), per-class report, confusion-matrix PNG and per-image
-    predictions CSV under ``out_dir``."""
+def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0) -> dict:
+    """Metrics JSON (with the ``tta`` it was predicted with; with ``binary_from`` > 0 also ``binary``, classes from
+    that one on as the positive group: ``metrics.binary_metrics``), per-class report, confusion-matrix PNG and
+    per-image predictions CSV under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
@@ -175,6 +176,9 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none") -> d
                "per_class": {name: {k: float(m["per_class"][k][i]) for k in ("precision", "recall", "f1", "support")}
                              for i, name in enumerate(names)},
                "confusion": m["confusion"].tolist(), "class_names": names}
+    if binary_from:
+        summary["binary"] = {"positive": names[binary_from:],
+                             **binary_metrics(predictions["labels"], pred, len(names), binary_from)}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
     with (out_dir / "predictions.csv").open("w", newline="") as f:
@@ -209,4 +213,8 @@ def format_report(summary: dict) -> str:
     lines.append(f"{'macro':<24}{summary['precision']:>10.4f}{summary['recall']:>10.4f}{summary['f1']:>10.4f}"
                  f"{summary['num_images']:>9}")
     lines.append(f"accuracy {summary['acc']:.4f} on {summary['num_images']} test images")
+    if "binary" in summary:
+        b = summary["binary"]
+        lines.append(f"2 groups, positive = {', '.join(b['positive'])} ({b['num_positive']} images): accuracy "
+                     f"{b['acc']:.4f}, precision {b['precision']:.4f}, recall {b['recall']:.4f}, f1 {b['f1']:.4f}")
     return "\n".join(lines)

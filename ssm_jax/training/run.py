@@ -52,10 +52,15 @@ def _init_kwargs(config, resuming: bool) -> dict:
     return {"init_from": "" if resuming else config.train.init_from, "init_exclude": tuple(config.train.init_exclude)}
 
 
-def _check_num_classes(config, train_source) -> None:
-    if config.model.num_classes != len(train_source.class_names):
+def _check_classes(config, train_source) -> None:
+    """The classifier's class count and its binary report's first positive class against the dataset's classes."""
+    names = list(train_source.class_names)
+    if config.model.num_classes != len(names):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset {config.data.name!r} "
-                         f"has {len(train_source.class_names)} classes {list(train_source.class_names)}")
+                         f"has {len(names)} classes {names}")
+    if not 0 <= config.eval.binary_from < len(names):
+        raise ValueError(f"config.eval.binary_from={config.eval.binary_from} must be 0 (off) or the index of the first "
+                         f"positive class, 1..{len(names) - 1}, of {names}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +92,11 @@ class Family:
 
 TASKS = {
     "classification": Family(classification, ("memorymamba",), "metrics.json, confusion.png, predictions.csv",
-                             check=_check_num_classes, step_kwargs=classification.step_kwargs,
+                             check=_check_classes, step_kwargs=classification.step_kwargs,
                              state_kwargs=_init_kwargs, init_from=True,
                              predict_kwargs=classification.predict_kwargs,
-                             summary_kwargs=lambda config: {"tta": config.eval.tta},
+                             summary_kwargs=lambda config: {"tta": config.eval.tta,
+                                                            "binary_from": config.eval.binary_from},
                              eval_dir=classification.eval_dir_name),
     "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                       frozen=reconstruction.FROZEN,

@@ -1,10 +1,10 @@
-"""classification_metrics against scikit-learn, including classes absent from labels and predictions."""
+"""classification_metrics and binary_metrics against scikit-learn, including classes absent from both sides."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from ssm_jax.metrics import classification_metrics
+from ssm_jax.metrics import binary_metrics, classification_metrics
 
 
 @pytest.mark.parametrize("seed, n, k, used", [(0, 50, 4, 4), (1, 200, 7, 5), (2, 5, 6, 3), (3, 1, 3, 3)])
@@ -55,3 +55,28 @@ def test_class_never_predicted_counts_zero():
 def test_bad_inputs(labels, predictions, k, match):
     with pytest.raises(ValueError, match=match):
         classification_metrics(labels, predictions, k)
+
+
+@pytest.mark.parametrize("seed, n, k, positive_from", [(0, 80, 4, 2), (1, 200, 4, 1), (2, 30, 6, 5), (3, 7, 2, 1)])
+def test_binary_groups_match_sklearn_on_merged_labels(seed, n, k, positive_from):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    predictions = np.where(rng.random(n) < 0.6, labels, rng.integers(0, k, n))
+    result = binary_metrics(labels, predictions, k, positive_from)
+    truth, guess = labels >= positive_from, predictions >= positive_from
+    assert result["acc"] == pytest.approx(accuracy_score(truth, guess), abs=1e-12)
+    p, r, f, s = precision_recall_fscore_support(truth, guess, labels=[True], average=None, zero_division=0)
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx((p[0], r[0], f[0]), abs=1e-12)
+    assert result["num_positive"] == s[0]
+
+
+def test_binary_counts_confusions_within_a_group_as_right():
+    # ELPV-like: 0 and 1/3 functional, 2/3 and 1 defective; 1/3 called 0 and 1 called 2/3 are right in two groups
+    result = binary_metrics([1, 3, 0, 2], [0, 2, 3, 1], num_classes=4, positive_from=2)
+    assert result["acc"] == 0.5 and result["precision"] == result["recall"] == 0.5 and result["num_positive"] == 2
+
+
+@pytest.mark.parametrize("positive_from", [0, 4, -1])
+def test_binary_needs_a_class_in_each_group(positive_from):
+    with pytest.raises(ValueError, match=r"positive_from must lie in \[1, num_classes\)"):
+        binary_metrics([0, 1], [0, 1], 4, positive_from)

@@ -1,9 +1,13 @@
 """The classification family's loss options: class weights from the training labels, label smoothing, bad values
-named, and the wiring from the config through the Experiment to the train step and the pipeline."""
+named, the wiring from the config through the Experiment to the train step and the pipeline, and the evaluation's
+two-group report of ordered classes."""
+
+import json
 
 import numpy as np
 import pytest
 
+from ssm_jax.data import Record, Source
 from ssm_jax.training import classification, run
 from ssm_jax.training.mesh import make_mesh
 
@@ -70,3 +74,31 @@ def test_experiment_passes_training_set_weights_and_augmentations(tiny_config, t
     (train,), (test,) = ([p for p in pipelines if p["train"] is flag] for flag in (True, False))
     assert (train["rot90"], train["affine"]) == (True, (5.0, 0.05, 0.05))
     assert (test["rot90"], test["affine"]) == (False, (0.0, 0.0, 0.0))  # augmentations in training only
+
+
+def test_evaluation_reports_two_groups_of_ordered_classes(tmp_path):
+    names = ("p0", "p1_3", "p2_3", "p1")
+    labels = np.array([0, 1, 2, 3, 3, 0, 1, 2])
+    probs = np.eye(4)[[0, 0, 3, 2, 1, 2, 1, 2]] * 0.7 + 0.075  # predicted 0 0 3 2 1 2 1 2
+    source = Source([Record(f"cell{i}.png", int(y)) for i, y in enumerate(labels)], names)
+    predictions = {"probs": probs, "labels": labels, "indices": np.arange(8)}
+    summary = classification.write_evaluation(predictions, source, tmp_path, binary_from=2)
+    # groups (0, 1) and (2, 3): true 0 0 1 1 1 0 0 1, predicted 0 0 1 1 0 1 0 1
+    assert summary["binary"] == {"positive": ["p2_3", "p1"], "acc": 0.75, "precision": 0.75, "recall": 0.75,
+                                 "f1": 0.75, "num_positive": 4}
+    assert summary["acc"] == 0.375  # the four-class accuracy is untouched
+    assert json.loads((tmp_path / "metrics.json").read_text())["binary"] == summary["binary"]
+    assert "2 groups, positive = p2_3, p1 (4 images): accuracy 0.7500" in classification.format_report(summary)
+    plain = classification.write_evaluation(predictions, source, tmp_path / "plain")
+    assert "binary" not in plain and "2 groups" not in classification.format_report(plain)
+
+
+@pytest.mark.parametrize("value", [3, -1])
+def test_binary_from_outside_the_classes_is_named_before_training(tiny_config, tmp_path, value):
+    config = tiny_config()
+    with config.unlocked():
+        config.eval.binary_from = value
+    message = r"config\.eval\.binary_from=-?\d must be 0 \(off\) or .* 1\.\.2, of \['a', 'b', 'c'\]"
+    with pytest.raises(ValueError, match=message):
+        run.Experiment(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
