@@ -75,11 +75,11 @@ fresh, ``config.train.init_exclude``):
 
 At full size (one H200, 2026-12-01; 7.5 minutes of pretraining) this gave 74.9 +- 1.2 % test accuracy and 50.6 +-
 1.7 % macro F1 over seeds 0-2, against 72.6 +- 1.0 % and 48.7 +- 1.9 % from scratch: the largest gain so far,
-Welch's p = 0.064 with three seeds a side (README, "Masked-image pretraining at full size"). At 64 px
-(``:mim_cpu`` then ``:cpu``) it did not help; with the convolutional stem in both pretraining and fine-tuning, 74.1
-+- 0.9 % (p = 0.41 against the patchify stem's 74.9). Fine-tuning with layer-wise learning-rate decay (BEiT's and
-SimMIM's; at 64 px +0.4 points of accuracy and +2.7 of macro F1, within the seed spread; not yet measured at full
-size):
+Welch's p = 0.064 with three seeds a side (README, "Masked-image pretraining at full size"). With the convolutional
+stem in both pretraining and fine-tuning it gave 74.1 +- 0.9 % (p = 0.41 against the patchify stem's 74.9), so the
+two do not add up. At 64 px (``:mim_cpu`` then ``:cpu``) pretraining did not help. Fine-tuning with layer-wise
+learning-rate decay (BEiT's and SimMIM's; at 64 px +0.4 points of accuracy and +2.7 of macro F1, within the seed
+spread; not yet measured at full size):
 
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_from_mim_ld_s$S --config.seed=$S \
       --config.train.init_from=runs/elpv_mim --config.optim.layer_decay=0.75
@@ -106,7 +106,7 @@ def get_config(variant: str = "gpu"):
         return _pretraining(get_config("cpu" if variant == "mim_cpu" else "gpu"))
     config = memorymamba_config("elpv", 4, None, image_size=224, test_fraction=0.25, seed=0)
     config.data.flips = ("horizontal", "vertical")
-    config.eval.binary_from = 2  # also functional (p 0, 1/3) / defective (p 2/3, 1), the papers' 2-class task
+    config.eval.binary_from = 2  # also functional (p 0, 1/3) / defective (p 2/3, 1): the 2-class task of many papers
     if variant == "gpu":
         config.data.rot90 = True
         config.data.affine = (3.0, 0.05, 0.02)
