@@ -8,7 +8,8 @@
 
 Each argument is a workdir (its ``eval/metrics.json`` is read, as ``train.py`` and ``eval.py`` write it) or a
 ``metrics.json`` itself. Fractions are printed in percent. Counts (``num_images``, ``support``, ...) must agree
-across the runs: runs scored on different test sets are not comparable, so a mismatch is an error that names them.
+across the runs that have them: runs scored on different test sets are not comparable, so a mismatch is an error that
+names them.
 
 ``--against`` compares with a baseline's runs (at least two a side): the difference of the means, Welch's t (the
 unequal-variance two-sample t statistic), its Welch-Satterthwaite degrees of freedom and the two-sided p-value, so
@@ -66,7 +67,9 @@ def summarize(runs: list, keys: list[str] | None = None) -> list[dict]:
     paths = [metrics_path(r) for r in runs]
     flat = [flatten(json.loads(p.read_text())) for p in paths]
     for key in sorted({k for f in flat for k in f if is_count(k)}):
-        seen = {str(p): f.get(key) for p, f in zip(paths, flat)}
+        # A count some runs lack (a metrics.json written before that entry existed) is not a disagreement; the
+        # metrics beside it, if asked for, are refused below as missing.
+        seen = {str(p): f[key] for p, f in zip(paths, flat) if key in f}
         if len(set(seen.values())) > 1:
             raise ValueError(f"over_runs: the runs disagree on {key}: {seen}; they were scored on different data")
     names = [k for k in flat[0] if not is_count(k) and (keys is None or any(fnmatch.fnmatch(k, p) for p in keys))]

@@ -62,6 +62,20 @@ def test_runs_that_cannot_be_compared_are_refused(tmp_path):
         over_runs.summarize([a, c])
 
 
+def test_entry_added_later_compares_on_the_keys_all_runs_have(tmp_path):
+    """A run evaluated after a new entry (``binary``, with its count) was added beside one evaluated before it: the
+    shared metrics compare; the new entry's are refused as missing, not as other test data."""
+    old = _classification_run(tmp_path, "old", 0.70, (0.9, 0.1))
+    new = _classification_run(tmp_path, "new", 0.74, (0.9, 0.2))
+    metrics = json.loads((new / "eval" / "metrics.json").read_text())
+    metrics["binary"] = {"acc": 0.8, "num_positive": 205}
+    (new / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    rows = over_runs.summarize([new, old], ["acc", "per_class.p1.recall"])
+    assert [r["values"] for r in rows] == [[0.74, 0.70], [0.2, 0.1]]
+    with pytest.raises(ValueError, match=r"missing from some runs: .*old.*binary\.acc"):
+        over_runs.summarize([new, old], ["binary.*"])
+
+
 def test_command_line_prints_the_table(tmp_path, capsys):
     runs = [str(_classification_run(tmp_path, f"s{i}", 0.7, (0.9, 0.1))) for i in range(2)]
     over_runs.main([*runs, "--keys", "acc"])
