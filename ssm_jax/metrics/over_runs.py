@@ -5,8 +5,11 @@
     python -m ssm_jax.metrics.over_runs runs/elpv_s* --keys acc,f1,"per_class.*.recall"
 
     python -m ssm_jax.metrics.over_runs runs/ft_s* --against runs/elpv_s* --keys acc,f1   # is the change real?
+    python -m ssm_jax.metrics.over_runs runs/elpv_s* --eval eval_tta_d4   # the runs evaluated over 8 views
+    python -m ssm_jax.metrics.over_runs runs/elpv_s* --eval eval_tta_d4 --against runs/elpv_s*/eval/metrics.json
 
-Each argument is a workdir (its ``eval/metrics.json`` is read, as ``train.py`` and ``eval.py`` write it) or a
+Each argument is a workdir (its ``eval/metrics.json`` is read, as ``train.py`` and ``eval.py`` write it; ``--eval``
+names another of its evaluations, e.g. ``eval_tta_d4``, which ``--against`` runs use too unless given as files) or a
 ``metrics.json`` itself. Fractions are printed in percent. Counts (``num_images``, ``support``, ...) must agree
 across the runs that have them: runs scored on different test sets are not comparable, so a mismatch is an error that
 names them.
@@ -28,14 +31,14 @@ from pathlib import Path
 import numpy as np
 
 
-def metrics_path(run: str | Path) -> Path:
-    """The metrics.json of a workdir (``<run>/eval/metrics.json``) or the file itself."""
+def metrics_path(run: str | Path, evaluation: str = "eval") -> Path:
+    """The metrics.json of a workdir's ``evaluation`` folder (``<run>/eval/metrics.json``) or the file itself."""
     path = Path(run)
     if path.is_dir():
-        path = path / "eval" / "metrics.json"
+        path = path / evaluation / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; expected a workdir holding eval/metrics.json (written by "
-                                f"train.py or eval.py) or a metrics.json file")
+        raise FileNotFoundError(f"{path}: not found; expected a workdir holding {evaluation}/metrics.json (written "
+                                f"by train.py or eval.py) or a metrics.json file")
     return path
 
 
@@ -59,12 +62,13 @@ def is_count(key: str) -> bool:
     return last.startswith("num_") or last == "support"
 
 
-def summarize(runs: list, keys: list[str] | None = None) -> list[dict]:
-    """Rows of {key, mean, sd, values} (fractions, not percent) over ``runs`` for the keys matching ``keys``
-    (fnmatch patterns; None: all); sd is None for one run. Raises if the runs' counts differ."""
+def summarize(runs: list, keys: list[str] | None = None, evaluation: str = "eval") -> list[dict]:
+    """Rows of {key, mean, sd, values} (fractions, not percent) over ``runs`` (workdirs, read in their
+    ``evaluation`` folder, or metrics.json files) for the keys matching ``keys`` (fnmatch patterns; None: all); sd is
+    None for one run. Raises if the runs' counts differ."""
     if not runs:
         raise ValueError("over_runs: no runs given")
-    paths = [metrics_path(r) for r in runs]
+    paths = [metrics_path(r, evaluation) for r in runs]
     flat = [flatten(json.loads(p.read_text())) for p in paths]
     for key in sorted({k for f in flat for k in f if is_count(k)}):
         # A count some runs lack (a metrics.json written before that entry existed) is not a disagreement; the
@@ -115,11 +119,11 @@ def welch(a: list[float], b: list[float]) -> dict:
     return {"diff": diff, "t": t, "df": df, "p": student_t_sf2(t, df)}
 
 
-def compare(runs: list, baseline: list, keys: list[str] | None = None) -> list[dict]:
+def compare(runs: list, baseline: list, keys: list[str] | None = None, evaluation: str = "eval") -> list[dict]:
     """``summarize`` rows of ``runs``, each with ``base`` (the baseline's ``spread``) and ``test`` (``welch`` of the
     two); read as one set of runs, so both groups must have been scored on the same data."""
     rows = []
-    for row in summarize([*runs, *baseline], keys):
+    for row in summarize([*runs, *baseline], keys, evaluation):
         new, old = row["values"][:len(runs)], row["values"][len(runs):]
         rows.append({"key": row["key"], **spread(new), "base": spread(old), "test": welch(new, old)})
     return rows
@@ -154,12 +158,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="workdirs or metrics.json files")
     parser.add_argument("--keys", help="comma-separated patterns of dotted metric keys (default: all)")
+    parser.add_argument("--eval", default="eval", metavar="FOLDER", help="the evaluation folder read in each "
+                        "workdir (default: eval; eval.py --config.eval.tta=d4 writes eval_tta_d4)")
     parser.add_argument("--against", nargs="+", metavar="RUN", help="a baseline's runs: print the difference, "
                         "Welch's t and its p-value instead of the per-run columns")
     args = parser.parse_args(argv)
     keys = args.keys.split(",") if args.keys else None
     try:
-        rows = compare(args.runs, args.against, keys) if args.against else summarize(args.runs, keys)
+        rows = (compare(args.runs, args.against, keys, args.eval) if args.against
+                else summarize(args.runs, keys, args.eval))
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
     if not rows:

@@ -87,6 +87,26 @@ def test_command_line_prints_the_table(tmp_path, capsys):
         over_runs.main([*runs, str(tmp_path / "nope")])
 
 
+def test_another_evaluation_folder(tmp_path, capsys):
+    """``--eval eval_tta_d4`` reads that folder of each workdir (and of workdir baselines); files are read as given,
+    so the same runs' plain evaluation is a baseline for what the views add."""
+    runs = []
+    for i, (plain, d4) in enumerate([(0.70, 0.72), (0.71, 0.74), (0.69, 0.73)]):
+        run = _classification_run(tmp_path, f"s{i}", plain, (0.9, 0.1))
+        metrics = json.loads((run / "eval" / "metrics.json").read_text())
+        (run / "eval_tta_d4").mkdir()
+        (run / "eval_tta_d4" / "metrics.json").write_text(json.dumps({**metrics, "acc": d4}))
+        runs.append(run)
+    rows = over_runs.summarize(runs, ["acc"], evaluation="eval_tta_d4")
+    assert rows[0]["values"] == [0.72, 0.74, 0.73]
+    plain = [str(r / "eval" / "metrics.json") for r in runs]
+    over_runs.main([*map(str, runs), "--eval", "eval_tta_d4", "--keys", "acc", "--against", *plain])
+    line = capsys.readouterr().out.splitlines()[2]
+    assert line.startswith("| acc | 73.0 ± 1.0 | 70.0 ± 1.0 | +3.0 |"), line
+    with pytest.raises(FileNotFoundError, match="holding eval_flips/metrics.json"):
+        over_runs.summarize(runs, evaluation="eval_flips")
+
+
 @pytest.mark.parametrize("t", [0.0, 0.4, 1.0, 2.5, 6.0, 30.0])
 @pytest.mark.parametrize("df", [1.0, 1.6, 3.9, 4.0, 40.0])
 def test_student_t_tail_against_scipy(t, df):
