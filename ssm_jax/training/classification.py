@@ -12,7 +12,7 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import memorymamba_loss
-from ssm_jax.metrics import binary_metrics, classification_metrics
+from ssm_jax.metrics import auroc, average_precision, binary_metrics, classification_metrics
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
@@ -164,8 +164,9 @@ def predict_dataset(state, predict_step, batches, *, num_examples: int, local_ba
 
 def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0) -> dict:
     """Metrics JSON (with the ``tta`` it was predicted with; with ``binary_from`` > 0 also ``binary``, classes from
-    that one on as the positive group: ``metrics.binary_metrics``), per-class report, confusion-matrix PNG and
-    per-image predictions CSV under ``out_dir``."""
+    that one on as the positive group: ``metrics.binary_metrics``, and AU-ROC and AP of the positive group's summed
+    probability, drawn in ``binary_roc_pr.png``), per-class report, confusion-matrix PNG and per-image predictions
+    CSV under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
@@ -178,7 +179,8 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
                "confusion": m["confusion"].tolist(), "class_names": names}
     if binary_from:
         summary["binary"] = {"positive": names[binary_from:],
-                             **binary_metrics(predictions["labels"], pred, len(names), binary_from)}
+                             **binary_metrics(predictions["labels"], pred, len(names), binary_from),
+                             **_binary_ranking(predictions, binary_from, out_dir / "binary_roc_pr.png")}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
     with (out_dir / "predictions.csv").open("w", newline="") as f:
@@ -189,6 +191,17 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
             writer.writerow([source[int(idx)].path, names[predictions["labels"][i]], names[pred[i]],
                              f"{row.max():.4f}"] + [f"{p:.4f}" for p in row])
     return summary
+
+
+def _binary_ranking(predictions: dict, binary_from: int, curves_path) -> dict:
+    """How well the positive group's summed probability ranks its images above the rest, at every threshold rather
+    than argmax's: {auroc, ap}, None when the test labels hold one group; the ROC and PR curves to ``curves_path``."""
+    positive = (np.asarray(predictions["labels"]) >= binary_from).astype(np.int64)
+    score = np.asarray(predictions["probs"], np.float64)[:, binary_from:].sum(-1)
+    viz.save_roc_pr_curves(positive, score, curves_path)
+    if np.unique(positive).size < 2:
+        return {"auroc": None, "ap": None}
+    return {"auroc": auroc(positive, score), "ap": average_precision(positive, score)}
 
 
 def write_folder_predictions(predictions: dict, source, out_dir, name: str) -> Path:
@@ -215,6 +228,8 @@ def format_report(summary: dict) -> str:
     lines.append(f"accuracy {summary['acc']:.4f} on {summary['num_images']} test images")
     if "binary" in summary:
         b = summary["binary"]
+        ranking = "" if b["auroc"] is None else f"; AU-ROC {b['auroc']:.4f}, AP {b['ap']:.4f}"
         lines.append(f"2 groups, positive = {', '.join(b['positive'])} ({b['num_positive']} images): accuracy "
-                     f"{b['acc']:.4f}, precision {b['precision']:.4f}, recall {b['recall']:.4f}, f1 {b['f1']:.4f}")
+                     f"{b['acc']:.4f}, precision {b['precision']:.4f}, recall {b['recall']:.4f}, f1 {b['f1']:.4f}"
+                     f"{ranking}")
     return "\n".join(lines)

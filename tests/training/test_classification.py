@@ -84,13 +84,39 @@ def test_evaluation_reports_two_groups_of_ordered_classes(tmp_path):
     predictions = {"probs": probs, "labels": labels, "indices": np.arange(8)}
     summary = classification.write_evaluation(predictions, source, tmp_path, binary_from=2)
     # groups (0, 1) and (2, 3): true 0 0 1 1 1 0 0 1, predicted 0 0 1 1 0 1 0 1
-    assert summary["binary"] == {"positive": ["p2_3", "p1"], "acc": 0.75, "precision": 0.75, "recall": 0.75,
-                                 "f1": 0.75, "num_positive": 4}
+    grouped = {k: v for k, v in summary["binary"].items() if k not in ("auroc", "ap")}  # the ranking: test below
+    assert grouped == {"positive": ["p2_3", "p1"], "acc": 0.75, "precision": 0.75, "recall": 0.75, "f1": 0.75,
+                       "num_positive": 4}
     assert summary["acc"] == 0.375  # the four-class accuracy is untouched
     assert json.loads((tmp_path / "metrics.json").read_text())["binary"] == summary["binary"]
     assert "2 groups, positive = p2_3, p1 (4 images): accuracy 0.7500" in classification.format_report(summary)
     plain = classification.write_evaluation(predictions, source, tmp_path / "plain")
     assert "binary" not in plain and "2 groups" not in classification.format_report(plain)
+    assert not (tmp_path / "plain" / "binary_roc_pr.png").exists()
+
+
+def test_two_groups_ranked_by_the_positive_probability_against_sklearn(tmp_path):
+    """AU-ROC and AP of p(class >= binary_from) summed over the positive classes, against scikit-learn on random
+    probabilities; the curves are drawn; one group in the test labels leaves both undefined (None), not an error."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 60)
+    probs = rng.dirichlet(np.ones(4), 60) + np.eye(4)[labels] * rng.uniform(0, 1, (60, 1))
+    probs /= probs.sum(-1, keepdims=True)
+    source = Source([Record(f"cell{i}.png", int(y)) for i, y in enumerate(labels)], ("p0", "p1_3", "p2_3", "p1"))
+    predictions = {"probs": probs, "labels": labels, "indices": np.arange(60)}
+    binary = classification.write_evaluation(predictions, source, tmp_path, binary_from=2)["binary"]
+    positive, score = labels >= 2, probs[:, 2:].sum(-1)
+    assert binary["auroc"] == pytest.approx(roc_auc_score(positive, score), abs=1e-12)
+    assert binary["ap"] == pytest.approx(average_precision_score(positive, score), abs=1e-12)
+    assert (tmp_path / "binary_roc_pr.png").stat().st_size > 0
+    report = classification.format_report(classification.write_evaluation(predictions, source, tmp_path, binary_from=2))
+    assert f"AU-ROC {binary['auroc']:.4f}, AP {binary['ap']:.4f}" in report
+    one_group = {**predictions, "labels": np.zeros(60, np.int64)}
+    binary = classification.write_evaluation(one_group, source, tmp_path / "one", binary_from=2)["binary"]
+    assert (binary["auroc"], binary["ap"]) == (None, None)
+    assert "AU-ROC" not in classification.format_report(
+        classification.write_evaluation(one_group, source, tmp_path / "one", binary_from=2))
 
 
 @pytest.mark.parametrize("value", [3, -1])
