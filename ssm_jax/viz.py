@@ -61,11 +61,13 @@ def save_confusion_matrix(confusion, class_names, path, normalize=False):
     return _save(fig, path)
 
 
-def save_roc_pr_curves(labels, scores, path):
-    """ROC (left) and precision-recall (right) curves of binary scores, AU-ROC and AP in the legends; a note
-    instead of curves when labels hold one class. Size 10 x 4.5 inches."""
+def save_roc_pr_curves(labels, scores, path, title=None):
+    """ROC (left) and precision-recall (right) curves of binary scores, AU-ROC and AP in the legends, ``title``
+    (what is positive) above both; a note instead of curves when labels hold one class. Size 10 x 4.5 inches."""
     labels = np.asarray(labels).ravel()
     fig = Figure(figsize=(10, 4.5), dpi=DPI, layout="constrained")
+    if title:
+        fig.suptitle(title)
     roc_ax, pr_ax = fig.subplots(1, 2)
     if np.unique(labels).size < 2:
         _note(roc_ax, "ROC undefined: labels contain one class")

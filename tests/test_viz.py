@@ -36,6 +36,15 @@ def test_roc_pr_curves(tmp_path, labels):
     assert _png_size(path) == (1000, 450)
 
 
+def test_roc_pr_curves_title_is_drawn(tmp_path):
+    from PIL import Image
+    args = [0, 1, 1, 0], [0.1, 0.9, 0.5, 0.3]
+    plain = np.asarray(Image.open(viz.save_roc_pr_curves(*args, tmp_path / "plain.png")).convert("L"))
+    titled = np.asarray(Image.open(viz.save_roc_pr_curves(*args, tmp_path / "t.png", title="defective")).convert("L"))
+    centre_top = np.s_[:25, 440:560]  # between the two panels' own titles
+    assert plain.shape == titled.shape and (titled[centre_top] < 128).any() and not (plain[centre_top] < 128).any()
+
+
 @pytest.mark.parametrize("with_masks", [False, True])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_anomaly_overlays(tmp_path, with_masks, dtype):

@@ -180,7 +180,7 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
     if binary_from:
         summary["binary"] = {"positive": names[binary_from:],
                              **binary_metrics(predictions["labels"], pred, len(names), binary_from),
-                             **_binary_ranking(predictions, binary_from, out_dir / "binary_roc_pr.png")}
+                             **_binary_ranking(predictions, names, binary_from, out_dir / "binary_roc_pr.png")}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
     with (out_dir / "predictions.csv").open("w", newline="") as f:
@@ -193,12 +193,13 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
     return summary
 
 
-def _binary_ranking(predictions: dict, binary_from: int, curves_path) -> dict:
+def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_path) -> dict:
     """How well the positive group's summed probability ranks its images above the rest, at every threshold rather
     than argmax's: {auroc, ap}, None when the test labels hold one group; the ROC and PR curves to ``curves_path``."""
     positive = (np.asarray(predictions["labels"]) >= binary_from).astype(np.int64)
     score = np.asarray(predictions["probs"], np.float64)[:, binary_from:].sum(-1)
-    viz.save_roc_pr_curves(positive, score, curves_path)
+    viz.save_roc_pr_curves(positive, score, curves_path, title=f"{' + '.join(names[binary_from:])} against "
+                           f"{' + '.join(names[:binary_from])}, scored by p({' + '.join(names[binary_from:])})")
     if np.unique(positive).size < 2:
         return {"auroc": None, "ap": None}
     return {"auroc": auroc(positive, score), "ap": average_precision(positive, score)}
