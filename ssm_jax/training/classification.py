@@ -198,8 +198,8 @@ def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_pat
     than argmax's: {auroc, ap}, None when the test labels hold one group; the ROC and PR curves to ``curves_path``."""
     positive = (np.asarray(predictions["labels"]) >= binary_from).astype(np.int64)
     score = np.asarray(predictions["probs"], np.float64)[:, binary_from:].sum(-1)
-    viz.save_roc_pr_curves(positive, score, curves_path, title=f"{' + '.join(names[binary_from:])} against "
-                           f"{' + '.join(names[:binary_from])}, scored by p({' + '.join(names[binary_from:])})")
+    group, rest = " + ".join(names[binary_from:]), " + ".join(names[:binary_from])
+    viz.save_roc_pr_curves(positive, score, curves_path, title=f"{group} against {rest}, scored by p({group})")
     if np.unique(positive).size < 2:
         return {"auroc": None, "ap": None}
     return {"auroc": auroc(positive, score), "ap": average_precision(positive, score)}
