@@ -1,5 +1,5 @@
-"""Pictures of evaluation results as PNG files: confusion matrix, ROC/PR curves, anomaly overlays, masked-image
-reconstructions, training curves.
+"""Pictures of evaluation results as PNG files: confusion matrix, ROC/PR curves, a titled image grid (a
+classifier's mistakes), anomaly overlays, masked-image reconstructions, training curves.
 
 Drawn on matplotlib ``Figure`` objects with the Agg renderer (no pyplot state, no display needed). Sizes are
 fixed in inches at ``DPI``, so a picture's pixel size depends only on what it shows (documented per function).
@@ -84,6 +84,23 @@ def save_roc_pr_curves(labels, scores, path, title=None):
     pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
     roc_ax.legend(loc="lower right")
     pr_ax.legend(loc="lower left")
+    return _save(fig, path)
+
+
+def save_image_grid(images, titles, path, columns=4):
+    """Images (each (H, W, 3) uint8, any sizes) in rows of ``columns``, each under its title. Size 2.6 x 2.9 inches
+    per image, ``columns`` wide (fewer when there are fewer images)."""
+    if not images or len(images) != len(titles):
+        raise ValueError(f"need one title per image and at least one image, got {len(images)} images and "
+                         f"{len(titles)} titles")
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    fig = Figure(figsize=(2.6 * columns, 2.9 * rows), dpi=DPI, layout="constrained")
+    for ax in fig.subplots(rows, columns, squeeze=False).ravel():
+        ax.set_axis_off()
+    for ax, image, title in zip(fig.axes, images, titles):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=8)
     return _save(fig, path)
 
 

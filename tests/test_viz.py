@@ -45,6 +45,15 @@ def test_roc_pr_curves_title_is_drawn(tmp_path):
     assert plain.shape == titled.shape and (titled[centre_top] < 128).any() and not (plain[centre_top] < 128).any()
 
 
+def test_image_grid(tmp_path):
+    images = [np.zeros((8, 8, 3), np.uint8), np.full((6, 9, 3), 200, np.uint8), np.zeros((8, 8, 3), np.uint8)]
+    path = viz.save_image_grid(images, ["a", "b", "c"], tmp_path / "grid.png", columns=2)
+    assert _png_size(path) == (2 * 2.6 * viz.DPI, 2 * 2.9 * viz.DPI)
+    assert _png_size(viz.save_image_grid(images[:1], ["a"], tmp_path / "one.png")) == (2.6 * viz.DPI, 2.9 * viz.DPI)
+    with pytest.raises(ValueError, match="one title per image"):
+        viz.save_image_grid(images, ["a"], tmp_path / "bad.png")
+
+
 @pytest.mark.parametrize("with_masks", [False, True])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_anomaly_overlays(tmp_path, with_masks, dtype):

@@ -162,11 +162,14 @@ def predict_dataset(state, predict_step, batches, *, num_examples: int, local_ba
                               mesh=mesh, keep=lambda batch: {"labels": batch["label"], "indices": batch["index"]})
 
 
+MISTAKES_SHOWN = 16  # images in mistakes.png
+
+
 def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0) -> dict:
     """Metrics JSON (with the ``tta`` it was predicted with; with ``binary_from`` > 0 also ``binary``, classes from
     that one on as the positive group: ``metrics.binary_metrics``, and AU-ROC and AP of the positive group's summed
-    probability, drawn in ``binary_roc_pr.png``), per-class report, confusion-matrix PNG and per-image predictions
-    CSV under ``out_dir``."""
+    probability, drawn in ``binary_roc_pr.png``), per-class report, confusion-matrix PNG, the most confident
+    mistakes' images (``mistakes.png``) and per-image predictions CSV under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
@@ -183,6 +186,7 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
                              **_binary_ranking(predictions, names, binary_from, out_dir / "binary_roc_pr.png")}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
+    _save_mistakes(predictions, source, pred, out_dir / "mistakes.png")
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names])
@@ -191,6 +195,26 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
             writer.writerow([source[int(idx)].path, names[predictions["labels"][i]], names[pred[i]],
                              f"{row.max():.4f}"] + [f"{p:.4f}" for p in row])
     return summary
+
+
+def most_confident_mistakes(probs, labels, count: int) -> np.ndarray:
+    """Positions of the wrongly predicted examples, the most confident first (ties: by position), at most
+    ``count``: the errors most worth looking at, since the model was surest of them."""
+    pred = np.asarray(probs).argmax(-1)
+    wrong = np.flatnonzero(pred != np.asarray(labels))
+    return wrong[np.argsort(-np.asarray(probs)[wrong, pred[wrong]], kind="stable")][:count]
+
+
+def _save_mistakes(predictions: dict, source, pred, path, count: int = MISTAKES_SHOWN):
+    """The ``count`` most confident mistakes' images, titled file name, true -> predicted class and confidence;
+    nothing when every prediction is right."""
+    mistakes = most_confident_mistakes(predictions["probs"], predictions["labels"], count)
+    if not mistakes.size:
+        return
+    names, records = list(source.class_names), [source[int(predictions["indices"][i])] for i in mistakes]
+    titles = [f"{Path(r.path).name}\n{names[predictions['labels'][i]]} -> {names[pred[i]]} "
+              f"({predictions['probs'][i].max():.2f})" for r, i in zip(records, mistakes)]
+    viz.save_image_grid([source.load(r)["image"] for r in records], titles, path)
 
 
 def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_path) -> dict:

@@ -92,7 +92,8 @@ class Family:
 
 TASKS = {
     "classification": Family(classification, ("memorymamba",),
-                             "metrics.json, confusion.png, predictions.csv, binary_roc_pr.png with eval.binary_from",
+                             "metrics.json, confusion.png, mistakes.png, predictions.csv, binary_roc_pr.png with "
+                             "eval.binary_from",
                              check=_check_classes, step_kwargs=classification.step_kwargs,
                              state_kwargs=_init_kwargs, init_from=True,
                              predict_kwargs=classification.predict_kwargs,

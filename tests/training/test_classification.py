@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ssm_jax.data import Record, Source
 from ssm_jax.training import classification, run
@@ -76,11 +77,18 @@ def test_experiment_passes_training_set_weights_and_augmentations(tiny_config, t
     assert (test["rot90"], test["affine"]) == (False, (0.0, 0.0, 0.0))  # augmentations in training only
 
 
+def _cells(folder, labels, names=("p0", "p1_3", "p2_3", "p1")):
+    """A Source of small gray PNG files, image i filled with the value 10 * i (mod 250), labelled ``labels``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(len(labels)):
+        Image.fromarray(np.full((12, 10), 10 * i % 250, np.uint8)).save(folder / f"cell{i}.png")
+    return Source([Record(str(folder / f"cell{i}.png"), int(y)) for i, y in enumerate(labels)], names)
+
+
 def test_evaluation_reports_two_groups_of_ordered_classes(tmp_path):
-    names = ("p0", "p1_3", "p2_3", "p1")
     labels = np.array([0, 1, 2, 3, 3, 0, 1, 2])
     probs = np.eye(4)[[0, 0, 3, 2, 1, 2, 1, 2]] * 0.7 + 0.075  # predicted 0 0 3 2 1 2 1 2
-    source = Source([Record(f"cell{i}.png", int(y)) for i, y in enumerate(labels)], names)
+    source = _cells(tmp_path / "cells", labels)
     predictions = {"probs": probs, "labels": labels, "indices": np.arange(8)}
     summary = classification.write_evaluation(predictions, source, tmp_path, binary_from=2)
     # groups (0, 1) and (2, 3): true 0 0 1 1 1 0 0 1, predicted 0 0 1 1 0 1 0 1
@@ -103,7 +111,7 @@ def test_two_groups_ranked_by_the_positive_probability_against_sklearn(tmp_path)
     labels = rng.integers(0, 4, 60)
     probs = rng.dirichlet(np.ones(4), 60) + np.eye(4)[labels] * rng.uniform(0, 1, (60, 1))
     probs /= probs.sum(-1, keepdims=True)
-    source = Source([Record(f"cell{i}.png", int(y)) for i, y in enumerate(labels)], ("p0", "p1_3", "p2_3", "p1"))
+    source = _cells(tmp_path / "cells", labels)
     predictions = {"probs": probs, "labels": labels, "indices": np.arange(60)}
     binary = classification.write_evaluation(predictions, source, tmp_path, binary_from=2)["binary"]
     positive, score = labels >= 2, probs[:, 2:].sum(-1)
@@ -117,6 +125,41 @@ def test_two_groups_ranked_by_the_positive_probability_against_sklearn(tmp_path)
     assert (binary["auroc"], binary["ap"]) == (None, None)
     assert "AU-ROC" not in classification.format_report(
         classification.write_evaluation(one_group, source, tmp_path / "one", binary_from=2))
+
+
+def test_most_confident_mistakes_first():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.95, 0.05], [0.3, 0.7]])
+    labels = np.array([1, 1, 1, 0, 0, 0])  # wrong: 0 (0.9), 2 (0.6), 3 (0.7), 5 (0.7)
+    assert classification.most_confident_mistakes(probs, labels, 16).tolist() == [0, 3, 5, 2]
+    assert classification.most_confident_mistakes(probs, labels, 2).tolist() == [0, 3]
+    assert classification.most_confident_mistakes(probs, np.argmax(probs, -1), 16).size == 0
+
+
+def test_mistakes_picture_shows_the_wrong_images_under_their_labels(tmp_path, monkeypatch):
+    """mistakes.png holds the images of the most confident mistakes, read from the source, titled name, true ->
+    predicted class and confidence; a run with no mistake writes none."""
+    labels = np.array([0, 1, 2, 3, 3, 0])
+    probs = np.eye(4)[[0, 3, 2, 0, 3, 1]] * 0.6 + 0.1  # wrong: 1 (p1_3 -> p1), 3 (p1 -> p0), 5 (p0 -> p1_3)
+    probs[3] = [0.85, 0.05, 0.05, 0.05]
+    source = _cells(tmp_path / "cells", labels)
+    drawn = {}
+    real_grid = classification.viz.save_image_grid
+
+    def recording_grid(images, titles, path, **kwargs):
+        drawn.update(images=images, titles=titles)
+        return real_grid(images, titles, path, **kwargs)
+
+    monkeypatch.setattr(classification.viz, "save_image_grid", recording_grid)
+    predictions = {"probs": probs, "labels": labels, "indices": np.arange(6)}
+    classification.write_evaluation(predictions, source, tmp_path / "eval")
+    assert drawn["titles"] == ["cell3.png\np1 -> p0 (0.85)", "cell1.png\np1_3 -> p1 (0.70)",
+                               "cell5.png\np0 -> p1_3 (0.70)"]
+    assert [int(img[0, 0, 0]) for img in drawn["images"]] == [30, 10, 50]
+    assert all(img.shape == (12, 10, 3) for img in drawn["images"])
+    assert (tmp_path / "eval" / "mistakes.png").stat().st_size > 0
+    right = {**predictions, "labels": probs.argmax(-1)}
+    classification.write_evaluation(right, source, tmp_path / "right")
+    assert not (tmp_path / "right" / "mistakes.png").exists()
 
 
 @pytest.mark.parametrize("value", [3, -1])
