@@ -186,7 +186,7 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
                              **_binary_ranking(predictions, names, binary_from, out_dir / "binary_roc_pr.png")}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
-    _save_mistakes(predictions, source, pred, out_dir / "mistakes.png")
+    _save_mistakes(predictions, source, out_dir / "mistakes.png")
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names])
@@ -205,15 +205,16 @@ def most_confident_mistakes(probs, labels, count: int) -> np.ndarray:
     return wrong[np.argsort(-np.asarray(probs)[wrong, pred[wrong]], kind="stable")][:count]
 
 
-def _save_mistakes(predictions: dict, source, pred, path, count: int = MISTAKES_SHOWN):
+def _save_mistakes(predictions: dict, source, path, count: int = MISTAKES_SHOWN):
     """The ``count`` most confident mistakes' images, titled file name, true -> predicted class and confidence;
     nothing when every prediction is right."""
     mistakes = most_confident_mistakes(predictions["probs"], predictions["labels"], count)
     if not mistakes.size:
         return
-    names, records = list(source.class_names), [source[int(predictions["indices"][i])] for i in mistakes]
-    titles = [f"{Path(r.path).name}\n{names[predictions['labels'][i]]} -> {names[pred[i]]} "
-              f"({predictions['probs'][i].max():.2f})" for r, i in zip(records, mistakes)]
+    names, probs = list(source.class_names), predictions["probs"]
+    records = [source[int(predictions["indices"][i])] for i in mistakes]
+    titles = [f"{Path(r.path).name}\n{names[predictions['labels'][i]]} -> {names[probs[i].argmax()]} "
+              f"({probs[i].max():.2f})" for r, i in zip(records, mistakes)]
     viz.save_image_grid([source.load(r)["image"] for r in records], titles, path)
 
 

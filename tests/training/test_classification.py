@@ -113,18 +113,16 @@ def test_two_groups_ranked_by_the_positive_probability_against_sklearn(tmp_path)
     probs /= probs.sum(-1, keepdims=True)
     source = _cells(tmp_path / "cells", labels)
     predictions = {"probs": probs, "labels": labels, "indices": np.arange(60)}
-    binary = classification.write_evaluation(predictions, source, tmp_path, binary_from=2)["binary"]
-    positive, score = labels >= 2, probs[:, 2:].sum(-1)
+    summary = classification.write_evaluation(predictions, source, tmp_path, binary_from=2)
+    binary, positive, score = summary["binary"], labels >= 2, probs[:, 2:].sum(-1)
     assert binary["auroc"] == pytest.approx(roc_auc_score(positive, score), abs=1e-12)
     assert binary["ap"] == pytest.approx(average_precision_score(positive, score), abs=1e-12)
     assert (tmp_path / "binary_roc_pr.png").stat().st_size > 0
-    report = classification.format_report(classification.write_evaluation(predictions, source, tmp_path, binary_from=2))
-    assert f"AU-ROC {binary['auroc']:.4f}, AP {binary['ap']:.4f}" in report
+    assert f"AU-ROC {binary['auroc']:.4f}, AP {binary['ap']:.4f}" in classification.format_report(summary)
     one_group = {**predictions, "labels": np.zeros(60, np.int64)}
-    binary = classification.write_evaluation(one_group, source, tmp_path / "one", binary_from=2)["binary"]
-    assert (binary["auroc"], binary["ap"]) == (None, None)
-    assert "AU-ROC" not in classification.format_report(
-        classification.write_evaluation(one_group, source, tmp_path / "one", binary_from=2))
+    summary = classification.write_evaluation(one_group, source, tmp_path / "one", binary_from=2)
+    assert (summary["binary"]["auroc"], summary["binary"]["ap"]) == (None, None)
+    assert "AU-ROC" not in classification.format_report(summary)
 
 
 def test_most_confident_mistakes_first():
