@@ -1,4 +1,5 @@
-"""Classification task family (MemoryMamba): train state, class weights, jitted train/eval steps, evaluation outputs."""
+"""Classification task family (MemoryMamba, the ResNet baseline): train state, class weights, jitted train/eval
+steps, evaluation outputs."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
+from ssm_jax.training.pretrained_encoder import read_encoder_weights, with_encoder
 from ssm_jax.training import init_from as init_lib
 from ssm_jax.training import state as state_lib
 from ssm_jax.training import mixing as mixing_lib
@@ -27,11 +29,18 @@ from ssm_jax.training.state import TrainState
 MIXING_STREAM = 1  # fold_in index of the mixing draws within a step's key
 
 
-def create_state(model, tx, rng, image_size: int, mesh, init_from: str = "", init_exclude=("head",)) -> TrainState:
-    """Initialise parameters on one sample image (then from run ``init_from``'s matching ones, when given:
-    ``training.init_from``) and replicate the state over the mesh."""
+def create_state(model, tx, rng, image_size: int, mesh, init_from: str = "", init_exclude=("head",),
+                 encoder_weights: str = "") -> TrainState:
+    """Initialise parameters on one sample image, then put in a torchvision/timm checkpoint of the model's ResNet
+    backbone (``encoder_weights``: the ResNet classifier's ``encoder``; read first, so a bad path fails fast) and/or
+    the matching parameters of run ``init_from`` (``training.init_from``), and replicate the state over the mesh."""
+    from_run = init_lib.preparer(init_from, init_exclude)
+    if not encoder_weights:
+        return state_lib.create_state(model, tx, rng, image_size, mesh, prepare=from_run)
+    encoder = read_encoder_weights(model.arch, encoder_weights)
+    where = f"{model.arch} checkpoint {encoder_weights}"
     return state_lib.create_state(model, tx, rng, image_size, mesh,
-                                  prepare=init_lib.preparer(init_from, init_exclude))
+                                  prepare=lambda variables: from_run(with_encoder(variables, encoder, where)))
 
 
 def resolve_class_weights(spec, labels, num_classes: int) -> np.ndarray | None:
@@ -99,6 +108,10 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
     the other images as negatives), and each micro-batch computes them over its own batch / k images (as each GPU of a
     PyTorch DDP job does over its local batch); with ``lambda_c`` or ``lambda_f`` > 0 the gradient is then the mean
     of the micro-batches' gradients, close to but not equal to the big-batch one. Metrics are micro-batch means.
+
+    A model with batch normalisation (the ResNet classifier) normalises over the batch it sees and updates its
+    running statistics each step; with accumulation they move by the mean of the micro-batches' updates, one
+    moving-average step per optimizer step.
     """
 
     def grads_and_metrics(state: TrainState, batch, rng):
@@ -110,23 +123,28 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
             labels = mixing_lib.dominant_labels(labels, mixed)
 
         def loss_fn(params):
-            outputs = state.apply_fn({"params": params, **state.model_state}, images, train=True,
-                                     rngs={"dropout": rng})
+            variables = {"params": params, **state.model_state}
+            if "batch_stats" in state.model_state:
+                outputs, updates = state.apply_fn(variables, images, train=True, rngs={"dropout": rng},
+                                                  mutable=["batch_stats"])
+            else:
+                outputs, updates = state.apply_fn(variables, images, train=True, rngs={"dropout": rng}), {}
             total, parts = memorymamba_loss(outputs, labels, lambda_c=loss_config.lambda_c,
                                             lambda_f=loss_config.lambda_f, margin=loss_config.margin,
                                             temperature=loss_config.temperature,
                                             label_smoothing=loss_config.label_smoothing,
                                             class_weights=class_weights, ordinal=loss_config.ordinal, ce_mix=ce_mix)
-            return total, (outputs["logits"], parts)
+            return total, (outputs["logits"], parts, updates)
 
-        (loss, (logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-        return grads, {"loss": loss, "acc": acc, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}}
+        return grads, {"loss": loss, "acc": acc, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}}, updates
 
     def step(state: TrainState, batch):
-        grads, metrics = mean_over_micro_batches(lambda micro, rng: grads_and_metrics(state, micro, rng), batch,
-                                                 state.step_rng(), grad_accum_steps, mesh)
-        return state.apply_gradients(grads=grads), metrics
+        grads, metrics, updates = mean_over_micro_batches(
+            lambda micro, rng: grads_and_metrics(state, micro, rng), batch, state.step_rng(), grad_accum_steps, mesh)
+        state = state.apply_gradients(grads=grads)
+        return state.replace(model_state={**state.model_state, **updates}), metrics
 
     check_grad_accum_steps(grad_accum_steps)
     mixing_lib.check_alphas(loss_config.mixup_alpha, loss_config.cutmix_alpha)

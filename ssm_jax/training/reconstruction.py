@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -13,10 +12,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ssm_jax import viz
-from ssm_jax.convert import from_torch
 from ssm_jax.losses import feature_mse_loss
 from ssm_jax.metrics import anomaly_metrics_by_category
 from ssm_jax.models.mambaad import anomaly_map_from_features
@@ -24,6 +21,7 @@ from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
+from ssm_jax.training.pretrained_encoder import read_encoder_weights, with_encoder
 from ssm_jax.training import state as state_lib
 from ssm_jax.training.state import TrainState
 
@@ -32,38 +30,6 @@ FROZEN = ("encoder",)
 # metrics.md / report columns: (key, header), in MambaAD's Table 1 order.
 COLUMNS = (("i_auroc", "I-AUROC"), ("i_ap", "I-AP"), ("i_f1max", "I-F1max"), ("p_auroc", "P-AUROC"),
            ("p_ap", "P-AP"), ("p_f1max", "P-F1max"), ("p_aupro", "P-AUPRO"), ("mad", "mAD"))
-
-
-def _matching(own: dict, loaded: dict, where: str) -> dict:
-    """``loaded`` restricted to the keys of ``own`` (extra stages of a full backbone dropped), shapes checked."""
-    own_flat, loaded_flat = flatten_dict(own), flatten_dict(loaded)
-    missing = ["/".join(k) for k in own_flat if k not in loaded_flat]
-    if missing:
-        raise ValueError(f"{where} lacks encoder entries {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    wrong = [f"{'/'.join(k)} {tuple(loaded_flat[k].shape)} != {tuple(v.shape)}" for k, v in own_flat.items()
-             if tuple(loaded_flat[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise ValueError(f"{where} has encoder entries of the wrong shape: {wrong[:5]}")
-    return unflatten_dict({k: jnp.asarray(loaded_flat[k], v.dtype) for k, v in own_flat.items()})
-
-
-def read_encoder_weights(arch: str, path: str) -> dict:
-    """Flax variables (params, batch_stats) of a torchvision/timm ``arch`` checkpoint at ``path``."""
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.model.encoder_weights={path!r}: no such file; expected a torchvision/timm "
-                                f"{arch} state_dict (.pth/.pt or .npz)")
-    return from_torch(arch, path)[1]
-
-
-def with_encoder(variables: dict, encoder: dict, where: str) -> dict:
-    """``variables`` with the encoder's params and batch_stats taken from ``encoder`` (converted variables of a
-    backbone); a full backbone's extra entries (layer4, fc) are dropped: only the model encoder's own keys are kept."""
-    out = {collection: dict(tree) for collection, tree in variables.items()}
-    for collection in ("params", "batch_stats"):
-        out[collection]["encoder"] = _matching(variables[collection]["encoder"], encoder[collection],
-                                               f"{where} ({collection})")
-    return out
 
 
 def warn_if_random_encoder(config) -> None:

@@ -40,9 +40,9 @@ from ssm_jax.training import state as state_lib
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
-from ssm_jax.training.reconstruction import (FROZEN, format_report, predict_dataset, read_encoder_weights,
-                                             warn_if_random_encoder, with_encoder, write_evaluation,
-                                             write_folder_predictions)
+from ssm_jax.training.pretrained_encoder import read_encoder_weights, with_encoder
+from ssm_jax.training.reconstruction import (FROZEN, format_report, predict_dataset, warn_if_random_encoder,
+                                             write_evaluation, write_folder_predictions)
 from ssm_jax.training.state import TrainState
 
 # The task-family functions (run.Family); evaluation and its outputs are MambaAD's.

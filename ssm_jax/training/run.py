@@ -19,6 +19,7 @@ from ssm_jax.data.common import Record, Source
 from ssm_jax.data.images import IMAGE_EXTENSIONS
 from ssm_jax.models.mambaad import build_mambaad
 from ssm_jax.models.memorymamba import build_memorymamba
+from ssm_jax.models.resnet_classifier import build_resnet_classifier
 from ssm_jax.models.snarm import build_snarm
 from ssm_jax.training import classification, pretraining, reconstruction, residual
 from ssm_jax.training.accumulate import check_grad_accum
@@ -28,7 +29,8 @@ from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
 from ssm_jax.training.optim import count_params, make_optimizer
 
-MODELS = {"memorymamba": build_memorymamba, "mambaad": build_mambaad, "snarm": build_snarm}
+MODELS = {"memorymamba": build_memorymamba, "resnet": build_resnet_classifier, "mambaad": build_mambaad,
+          "snarm": build_snarm}
 
 
 def _no_kwargs(config) -> dict:
@@ -50,6 +52,13 @@ def _no_state_kwargs(config, resuming: bool) -> dict:
 def _init_kwargs(config, resuming: bool) -> dict:
     """``create_state``'s start from another run (``config.train.init_from``), on a fresh start only."""
     return {"init_from": "" if resuming else config.train.init_from, "init_exclude": tuple(config.train.init_exclude)}
+
+
+def _classifier_kwargs(config, resuming: bool) -> dict:
+    """``_init_kwargs`` plus the ResNet classifier's pretrained backbone (``config.model.encoder_weights``), on a
+    fresh start only: a resumed run restores its own."""
+    weights = config.model.get("encoder_weights", "")
+    return {**_init_kwargs(config, resuming), "encoder_weights": "" if resuming else weights}
 
 
 def _check_classes(config, train_source) -> None:
@@ -91,11 +100,11 @@ class Family:
 
 
 TASKS = {
-    "classification": Family(classification, ("memorymamba",),
+    "classification": Family(classification, ("memorymamba", "resnet"),
                              "metrics.json, confusion.png, mistakes.png, predictions.csv, binary_roc_pr.png with "
                              "eval.binary_from",
                              check=_check_classes, step_kwargs=classification.step_kwargs,
-                             state_kwargs=_init_kwargs, init_from=True,
+                             state_kwargs=_classifier_kwargs, init_from=True,
                              predict_kwargs=classification.predict_kwargs,
                              summary_kwargs=lambda config: {"tta": config.eval.tta,
                                                             "binary_from": config.eval.binary_from},

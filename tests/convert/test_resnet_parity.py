@@ -10,12 +10,16 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
 from ssm_jax.convert import ConversionError, from_torch, load_state_dict
 from ssm_jax.convert.resnet import convert_resnet
 from ssm_jax.models import RESNET_ARCHS, build_resnet
+from ssm_jax.models.resnet_classifier import build_resnet_classifier, resnet_model_config
+from ssm_jax.training import classification
+from ssm_jax.training.mesh import make_mesh
 from tests.convert.torch_resnet import TorchResNet
 
 RTOL = 1e-4
@@ -183,3 +187,24 @@ def test_bad_paths_and_kinds(tmp_path):
         from_torch("resnet18", truncated)
     with pytest.raises(ValueError, match="wide_resnet50_2"):
         from_torch("resnet101", {})
+
+
+def test_classifier_backbone_from_a_checkpoint_gives_torch_logits(tmp_path):
+    """``config.model.encoder_weights`` puts a torchvision checkpoint into the ResNet classifier's backbone (its 1000-
+    class ``fc`` stays out: the head starts fresh); with torch's ``fc`` copied into the head as well, the classifier's
+    logits are torch's ``fc(mean-pooled layer4)``."""
+    model = torch_resnet("resnet18")
+    path = tmp_path / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    classifier = build_resnet_classifier(resnet_model_config(10, arch="resnet18"))
+    state = classification.create_state(classifier, optax.sgd(0.0), jax.random.PRNGKey(0), 64, make_mesh(),
+                                        encoder_weights=str(path))
+    fc = {"kernel": model.fc.weight.detach().numpy().T, "bias": model.fc.bias.detach().numpy()}
+    assert not np.allclose(np.asarray(state.params["head"]["kernel"]), fc["kernel"])
+    images = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.fc(model(torch.from_numpy(images))[-1].mean(dim=(2, 3))).numpy()
+    variables = {"params": {**state.params, "head": fc}, **state.model_state}
+    logits = jax.jit(classifier.apply)(variables, jnp.asarray(images.transpose(0, 2, 3, 1)))["logits"]
+    error, scale = float(np.abs(np.asarray(logits) - expected).max()), float(np.abs(expected).max())
+    assert error <= RTOL * scale, f"max error {error} > {RTOL} * {scale}"

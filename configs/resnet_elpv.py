@@ -1,0 +1,35 @@
+r"""A ResNet classifier on ELPV with MemoryMamba's recipe: the convolutional baseline on the same split and evaluation.
+
+Variants (``--config=configs/resnet_elpv.py:<variant>``) are ``memorymamba_elpv``'s classifier variants with the
+network swapped and nothing else changed (data, augmentation, optimiser, schedule, label smoothing, evaluation):
+  gpu (default)  ResNet-34 at 224 px, batch 64, 40 epochs: what a CNN from scratch gets where MemoryMamba-tiny
+                 gets its figures (README, Results), and the published CNNs' architecture family.
+  cpu            ResNet-18 at 64 px, 10 epochs: ``memorymamba_elpv:cpu``'s setting.
+
+From scratch by default. With a torchvision ImageNet checkpoint of the same architecture the backbone starts
+pretrained (the head starts fresh), as the published 88.42 % (VGG-19) and 90.1 % (ResNet-152) did:
+
+  python train.py --config=configs/resnet_elpv.py --workdir=runs/resnet34_elpv_s$S --config.seed=$S
+  python train.py --config=configs/resnet_elpv.py --workdir=runs/resnet34_in1k_elpv \
+      --config.model.encoder_weights=resnet34.pth
+  python eval.py --config=configs/resnet_elpv.py --workdir=runs/resnet34_elpv_s$S --config.eval.tta=d4
+
+where ``resnet34.pth`` is ``torch.save(torchvision.models.resnet34(weights="DEFAULT").state_dict(), "resnet34.pth")``
+made on a machine that can download it (none ships offline here). ``--config.model.arch`` takes resnet18, resnet34,
+resnet50 or wide_resnet50_2. The memory losses of the recipe have nothing to act on here and add 0.
+"""
+
+from configs import common, memorymamba_elpv
+from ssm_jax.models.resnet_classifier import resnet_model_config
+
+ARCHS = {"gpu": "resnet34", "cpu": "resnet18"}
+
+
+def get_config(variant: str = "gpu"):
+    if variant not in ARCHS:
+        raise ValueError(f"unknown variant {variant!r} of resnet_elpv; valid: {', '.join(ARCHS)}")
+    config = memorymamba_elpv.get_config(variant)
+    with config.unlocked():
+        config.model = resnet_model_config(config.model.num_classes, arch=ARCHS[variant])
+        config.model.name = "resnet"
+    return common.finalize(config)

@@ -1,0 +1,58 @@
+"""A ResNet image classifier (torchvision's layout: the backbone, global average pooling, one linear layer).
+
+The convolutional baseline for the classification datasets: trained with the same data, recipe and evaluation as
+MemoryMamba, from scratch or from a torchvision ImageNet checkpoint of its backbone (``config.model.encoder_weights``,
+converted by ``ssm_jax.convert``), so a run says what a CNN gets where a paper quotes one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from ssm_jax.models.resnet import RESNET_ARCHS, build_resnet
+
+MODEL_DEFAULTS = {"arch": "resnet34", "encoder_weights": "", "dtype": "float32"}
+
+
+class ResNetClassifier(nn.Module):
+    """(B, H, W, 3) -> {"logits": (B, num_classes) float32}. The backbone is ``encoder`` (the AD models' name for
+    a ResNet, so one weight loader serves both) and the linear layer ``head`` (left out by ``train.init_from``)."""
+
+    arch: str
+    num_classes: int
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.encoder = build_resnet(self.arch, out_stages=(len(RESNET_ARCHS[self.arch][1]),), dtype=self.dtype)
+        self.head = nn.Dense(self.num_classes)
+
+    def __call__(self, x, train: bool = False) -> dict:
+        (features,) = self.encoder(x.astype(self.dtype), train)
+        pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
+        return {"logits": self.head(pooled).astype(jnp.float32)}
+
+
+def resnet_model_config(num_classes: int, **overrides) -> ml_collections.ConfigDict:
+    """A ``config.model`` ConfigDict with every field ``build_resnet_classifier`` reads, at its default."""
+    unknown = set(overrides) - set(MODEL_DEFAULTS)
+    if unknown:
+        raise ValueError(f"resnet_model_config: unknown fields {sorted(unknown)}")
+    return ml_collections.ConfigDict({"num_classes": num_classes, **MODEL_DEFAULTS, **overrides})
+
+
+def build_resnet_classifier(config) -> ResNetClassifier:
+    """The classifier from a ``config.model``-style mapping: arch (``RESNET_ARCHS``), num_classes, dtype
+    ("float32" | "bfloat16" activations; parameters stay float32). ``encoder_weights`` is read by the train state."""
+    fields = dict(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
+    unknown = set(fields) - set(MODEL_DEFAULTS) - {"num_classes"}
+    if unknown:
+        raise ValueError(f"build_resnet_classifier: unknown config.model fields {sorted(unknown)}; valid: "
+                         f"{sorted({'num_classes', *MODEL_DEFAULTS})}")
+    fields = {**MODEL_DEFAULTS, **fields}
+    if fields["arch"] not in RESNET_ARCHS:
+        raise ValueError(f"config.model.arch={fields['arch']!r}; valid: {', '.join(RESNET_ARCHS)}")
+    return ResNetClassifier(fields["arch"], int(fields["num_classes"]), jnp.dtype(fields["dtype"]))

@@ -1,0 +1,44 @@
+"""A pretrained ResNet put into a model's ``encoder``: read a torchvision/timm checkpoint (``config.model.
+encoder_weights``) and copy its variables over the freshly initialised ones. Used by the AD models' frozen encoders
+and by the ResNet classifier's trainable backbone."""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from ssm_jax.convert import from_torch
+
+
+def _matching(own: dict, loaded: dict, where: str) -> dict:
+    """``loaded`` restricted to the keys of ``own`` (extra stages of a full backbone dropped), shapes checked."""
+    own_flat, loaded_flat = flatten_dict(own), flatten_dict(loaded)
+    missing = ["/".join(k) for k in own_flat if k not in loaded_flat]
+    if missing:
+        raise ValueError(f"{where} lacks encoder entries {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    wrong = [f"{'/'.join(k)} {tuple(loaded_flat[k].shape)} != {tuple(v.shape)}" for k, v in own_flat.items()
+             if tuple(loaded_flat[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise ValueError(f"{where} has encoder entries of the wrong shape: {wrong[:5]}")
+    return unflatten_dict({k: jnp.asarray(loaded_flat[k], v.dtype) for k, v in own_flat.items()})
+
+
+def read_encoder_weights(arch: str, path: str) -> dict:
+    """Flax variables (params, batch_stats) of a torchvision/timm ``arch`` checkpoint at ``path``."""
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.model.encoder_weights={path!r}: no such file; expected a torchvision/timm "
+                                f"{arch} state_dict (.pth/.pt or .npz)")
+    return from_torch(arch, path)[1]
+
+
+def with_encoder(variables: dict, encoder: dict, where: str) -> dict:
+    """``variables`` with the encoder's params and batch_stats taken from ``encoder`` (converted variables of a
+    backbone); a full backbone's extra entries (layer4, fc) are dropped: only the model encoder's own keys are kept."""
+    out = {collection: dict(tree) for collection, tree in variables.items()}
+    for collection in ("params", "batch_stats"):
+        out[collection]["encoder"] = _matching(variables[collection]["encoder"], encoder[collection],
+                                               f"{where} ({collection})")
+    return out
