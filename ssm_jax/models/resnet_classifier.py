@@ -27,7 +27,7 @@ class ResNetClassifier(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        self.encoder = build_resnet(self.arch, out_stages=(len(RESNET_ARCHS[self.arch][1]),), dtype=self.dtype)
+        self.encoder = build_resnet(self.arch, out_stages=(4,), dtype=self.dtype)  # layer4, stride 32
         self.head = nn.Dense(self.num_classes)
 
     def __call__(self, x, train: bool = False) -> dict:

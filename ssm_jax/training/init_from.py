@@ -1,8 +1,9 @@
 """Start a run from another run's parameters (``config.train.init_from = <its workdir>``): fine-tuning a classifier
 from a masked-image pretraining run (``training.pretraining``), or from a model trained on another dataset.
 
-Every parameter of the new model whose path and shape match one in the other run's latest checkpoint is copied; a
-pretraining run's parameters are found under its ``backbone``. Parameters under a top-level name in ``exclude``
+Every parameter of the new model whose path and shape match one in the other run's latest checkpoint is copied, and
+so are the running statistics of batch-norm layers (the ResNet classifier's); a pretraining run's parameters are
+found under its ``backbone``. Parameters under a top-level name in ``exclude``
 (default the classifier ``head``, whose classes differ between datasets) keep their fresh initialisation, as do the
 ones the other run lacks. The copy happens once, when a run starts from scratch; a resumed run restores its own
 checkpoint instead.
@@ -20,8 +21,9 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 WRAPPERS = ("backbone",)  # a pretraining model's name for the network it trains
 
 
-def read_params(workdir) -> dict:
-    """The parameters in ``<workdir>/checkpoints``' latest step, as saved; a clear error when there are none."""
+def read_variables(workdir) -> dict:
+    """The variables in ``<workdir>/checkpoints``' latest step, as saved: ``params`` and the model's other
+    collections (e.g. ``batch_stats``); a clear error when there are none."""
     directory = Path(workdir).expanduser().absolute() / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"config.train.init_from={str(workdir)!r}: no checkpoints folder at {directory}; "
@@ -40,7 +42,12 @@ def read_params(workdir) -> dict:
     if not isinstance(params, dict):
         raise ValueError(f"config.train.init_from={str(workdir)!r}: checkpoint {directory / str(step)} has no "
                          f"parameters")
-    return params
+    return {**(state.get("model_state") or {}), "params": params}
+
+
+def read_params(workdir) -> dict:
+    """The parameters in ``<workdir>/checkpoints``' latest step (``read_variables``)."""
+    return read_variables(workdir)["params"]
 
 
 def copy_matching(params: dict, source: dict, exclude=("head",)) -> tuple[dict, dict]:
@@ -65,9 +72,11 @@ def copy_matching(params: dict, source: dict, exclude=("head",)) -> tuple[dict, 
 
 
 def load_into(variables: dict, workdir, exclude=("head",)) -> dict:
-    """``variables`` with their ``params`` taken from run ``workdir`` where they match (``copy_matching``); says what
-    was copied, and refuses a checkpoint that shares no parameter with this model."""
-    params, report = copy_matching(variables["params"], read_params(workdir), tuple(exclude))
+    """``variables`` with their ``params`` taken from run ``workdir`` where they match (``copy_matching``), and their
+    other collections (batch-norm running statistics) likewise, so each copied layer keeps the statistics it was
+    trained with; says what was copied, and refuses a checkpoint that shares no parameter with this model."""
+    source = read_variables(workdir)
+    params, report = copy_matching(variables["params"], source["params"], tuple(exclude))
     if report["copied"] == 0:
         examples = (report["missing"] + report["mismatched"])[:3]
         raise ValueError(f"config.train.init_from={str(workdir)!r}: none of this model's parameters is in that run's "
@@ -80,7 +89,9 @@ def load_into(variables: dict, workdir, exclude=("head",)) -> dict:
               f"{len(report['excluded'])} excluded ({', '.join(exclude)}), {len(left)} not in the checkpoint or of "
               f"another shape{': ' + ', '.join(left[:5]) if left else ''}{' ...' if len(left) > 5 else ''}",
               flush=True)
-    return {**variables, "params": params}
+    others = {name: copy_matching(tree, source.get(name, {}), tuple(exclude))[0]
+              for name, tree in variables.items() if name != "params"}
+    return {**variables, **others, "params": params}
 
 
 def preparer(workdir: str, exclude=("head",)):

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 from PIL import Image
 
 from ssm_jax.data import Record, Source
-from ssm_jax.models.resnet_classifier import build_resnet_classifier, resnet_model_config
+from ssm_jax.models.resnet_classifier import resnet_model_config
 from ssm_jax.training import classification, run
 from ssm_jax.training.mesh import make_mesh
 from tests.training.crash import crash_during_step
@@ -176,37 +177,53 @@ def test_binary_from_outside_the_classes_is_named_before_training(tiny_config, t
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_resnet_step_trains_and_updates_batch_statistics(tiny_config):
-    """The ResNet classifier's BatchNorm normalises over the batch and moves its running statistics by momentum 0.9
-    towards the batch's (checked on the first layer against a plain convolution of the images), while the step
-    also trains the parameters."""
-    model, mesh = build_resnet_classifier(resnet_model_config(3, arch="resnet18")), make_mesh()
-    state = classification.create_state(model, optax.adamw(1e-3), jax.random.PRNGKey(0), 32, mesh)
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.standard_normal((4, 32, 32, 3), dtype=np.float32), "label": np.array([0, 1, 2, 0], np.int32)}
-    kernel = np.array(state.params["encoder"]["conv1"]["kernel"])
-    head = np.array(state.params["head"]["kernel"])
-    new_state, metrics = classification.make_train_step(tiny_config().loss, mesh)(state, batch)
-    conv1 = jax.lax.conv_general_dilated(jnp.asarray(batch["image"], jnp.float32), jnp.asarray(kernel), (2, 2),
-                                         ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    conv1 = np.asarray(conv1, np.float64)
-    stats = jax.device_get(new_state.model_state["batch_stats"]["encoder"]["bn1"])
-    np.testing.assert_allclose(stats["mean"], 0.1 * conv1.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * conv1.var(axis=(0, 1, 2)), rtol=1e-4)
+class _BatchNormClassifier(nn.Module):
+    """conv 3x3 -> BatchNorm -> ReLU -> mean pool -> dense: the smallest classifier with running statistics."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Conv(8, (3, 3), padding="VALID")(x))
+        return {"logits": nn.Dense(3)(jnp.mean(nn.relu(x), axis=(1, 2)))}
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_step_moves_batch_statistics_towards_the_batch(tiny_config, accum):
+    """A model with BatchNorm (the ResNet classifier) normalises over the batch and moves its running statistics by
+    momentum 0.9 towards the batch's, checked against a plain convolution of the images; with 2 micro-batches, by
+    the mean of the two micro-batches' moves. The step also trains the parameters."""
+    mesh, rng = make_mesh(), np.random.default_rng(0)
+    state = classification.create_state(_BatchNormClassifier(), optax.adamw(1e-3), jax.random.PRNGKey(0), 8, mesh)
+    batch = {"image": rng.standard_normal((8, 8, 8, 3), dtype=np.float32), "label": np.arange(8, dtype=np.int32) % 3}
+    kernel, head = (np.array(state.params[name]["kernel"]) for name in ("Conv_0", "Dense_0"))
+    conv = jax.lax.conv_general_dilated(jnp.asarray(batch["image"]), jnp.asarray(kernel), (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = np.asarray(conv, np.float64) + np.asarray(state.params["Conv_0"]["bias"], np.float64)
+    micro = [conv[i::accum] for i in range(accum)]  # training.accumulate's micro-batches: rows i, i + k, ...
+    new_state, metrics = classification.make_train_step(tiny_config().loss, mesh, accum)(state, batch)
+    stats = jax.device_get(new_state.model_state["batch_stats"]["BatchNorm_0"])
+    np.testing.assert_allclose(stats["mean"], np.mean([0.1 * m.mean(axis=(0, 1, 2)) for m in micro], axis=0),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stats["var"], np.mean([0.9 + 0.1 * m.var(axis=(0, 1, 2)) for m in micro], axis=0),
+                               rtol=1e-5)
     assert np.isfinite(float(metrics["loss"]))
-    assert not np.allclose(np.asarray(new_state.params["head"]["kernel"]), head)
+    assert not np.allclose(np.asarray(new_state.params["Dense_0"]["kernel"]), head)
 
 
 @pytest.mark.slow  # end-to-end ResNet-18 training on CPU
 def test_resnet_classifier_trains_evaluates_and_resumes_with_its_batch_statistics(tiny_config, tmp_path,
                                                                                    monkeypatch):
     """A run of the ResNet baseline through the Experiment: a crash after the step-2 checkpoint and a rerun end with
-    the uninterrupted run's parameters and running statistics, and evaluation writes the family's outputs."""
-    config = tiny_config(max_steps=4, checkpoint_every=2)
-    with config.unlocked():
-        config.model = resnet_model_config(3, arch="resnet18")
-        config.model.name = "resnet"
-        config.data.image_size = 32
+    the uninterrupted run's parameters and running statistics, evaluation writes the family's outputs, and a run
+    started from it (``init_from``) takes its backbone with the running statistics."""
+    def resnet_config(**train):
+        config = tiny_config(max_steps=4, checkpoint_every=2, **train)
+        with config.unlocked():
+            config.model = resnet_model_config(3, arch="resnet18")
+            config.model.name = "resnet"
+            config.data.image_size = 32
+        return config
+
+    config = resnet_config()
     straight = run.Experiment(config, tmp_path / "straight")
     straight.train()
     crash_during_step(monkeypatch, classification, step=3)
@@ -222,3 +239,9 @@ def test_resnet_classifier_trains_evaluates_and_resumes_with_its_batch_statistic
     assert "batch_stats" in resumed.state.model_state
     summary = resumed.evaluate()
     assert 0 <= summary["acc"] <= 1 and (tmp_path / "resumed/eval/confusion.png").is_file()
+    # Started from the run with init_from: the backbone comes with its running statistics, the head fresh.
+    started = run.Experiment(resnet_config(init_from=str(tmp_path / "straight")), tmp_path / "ft").state
+    trained = jax.device_get(straight.state)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(started.model_state), trained.model_state)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(started.params["encoder"]), trained.params["encoder"])
+    assert not np.allclose(np.asarray(started.params["head"]["kernel"]), trained.params["head"]["kernel"])
