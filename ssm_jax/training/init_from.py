@@ -3,10 +3,9 @@ from a masked-image pretraining run (``training.pretraining``), or from a model 
 
 Every parameter of the new model whose path and shape match one in the other run's latest checkpoint is copied, and
 so are the running statistics of batch-norm layers (the ResNet classifier's); a pretraining run's parameters are
-found under its ``backbone``. Parameters under a top-level name in ``exclude``
-(default the classifier ``head``, whose classes differ between datasets) keep their fresh initialisation, as do the
-ones the other run lacks. The copy happens once, when a run starts from scratch; a resumed run restores its own
-checkpoint instead.
+found under its ``backbone``. Parameters under a top-level name in ``exclude`` (default the classifier ``head``, whose
+classes differ between datasets) keep their fresh initialisation, as do the ones the other run lacks. The copy
+happens once, when a run starts from scratch; a resumed run restores its own checkpoint instead.
 """
 
 from __future__ import annotations
