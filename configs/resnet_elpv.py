@@ -4,7 +4,9 @@ Variants (``--config=configs/resnet_elpv.py:<variant>``) are ``memorymamba_elpv`
 network swapped and nothing else changed (data, augmentation, optimiser, schedule, label smoothing, evaluation):
   gpu (default)  ResNet-34 at 224 px, batch 64, 40 epochs: what a CNN from scratch gets where MemoryMamba-tiny
                  gets its figures (README, Results), and the published CNNs' architecture family.
-  cpu            ResNet-18 at 64 px, 10 epochs: ``memorymamba_elpv:cpu``'s setting.
+  cpu            ResNet-18 at 64 px, 10 epochs: ``memorymamba_elpv:cpu``'s setting. Slow on a CPU: 2.2-2.4 s a step of
+                 32 images on this project's 2-core machine (2026-12-01, the first 33 of 610 steps; the progress
+                 bar's estimate for the run was 22-23 minutes), where MemoryMamba's ``:cpu`` step takes 0.28 s.
 
 Measured (one H200, 2026-12-01, seeds 0-2, README "A ResNet-34 from scratch"): 72.8 +- 0.1 % test accuracy and
 48.8 +- 3.5 % macro F1 from scratch, where MemoryMamba-tiny gets 72.6 +- 1.0 % and 48.7 +- 1.9 %; lr 1e-3 gives 72.0 %.
