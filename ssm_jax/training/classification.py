@@ -123,12 +123,9 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
             labels = mixing_lib.dominant_labels(labels, mixed)
 
         def loss_fn(params):
-            variables = {"params": params, **state.model_state}
-            if "batch_stats" in state.model_state:
-                outputs, updates = state.apply_fn(variables, images, train=True, rngs={"dropout": rng},
-                                                  mutable=["batch_stats"])
-            else:
-                outputs, updates = state.apply_fn(variables, images, train=True, rngs={"dropout": rng}), {}
+            # updates: new running statistics of a model with batch norm; empty for MemoryMamba
+            outputs, updates = state.apply_fn({"params": params, **state.model_state}, images, train=True,
+                                              rngs={"dropout": rng}, mutable=["batch_stats"])
             total, parts = memorymamba_loss(outputs, labels, lambda_c=loss_config.lambda_c,
                                             lambda_f=loss_config.lambda_f, margin=loss_config.margin,
                                             temperature=loss_config.temperature,
