@@ -1,6 +1,6 @@
 """Time Pallas kernel designs and block sizes on the scan benchmark shapes, with a correctness check.
 
-    python benchmarks/scan_tune.py --configs tiled:16:64:4:4,serial:32:16:4:8 --dtypes float32,bfloat16 \
+    python benchmarks/scan_tune.py --configs split:32/16:0:1:1,serial:32:16:4:8 --dtypes float32,bfloat16 \
         --check --json $OUT/tune.jsonl --budget 400
 
 A config is ``benchmarks.kernel_configs.FIELDS`` (unroll: split only, the steps between checkpoints inside a
@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import NAMES, rel  # noqa: E402
-from benchmarks.kernel_configs import kernel_fns, parse_config  # noqa: E402
+from benchmarks.kernel_configs import FIELDS, kernel_fns, parse_config  # noqa: E402
 from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
 from benchmarks.scan import MODEL_SHAPES, SHAPES, batched_time, make_inputs, warm_up  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
@@ -91,7 +91,8 @@ def measure_shape(shape, dtype, configs, args) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="tiled:16:64:4:4")
+    parser.add_argument("--configs", default="split:32/16:0:1:1",
+                        help=f"comma-separated configs, each {FIELDS} (default: the auto design's)")
     parser.add_argument("--shapes", help="comma-separated shape names (default: the five generic ones of "
                         "benchmarks/scan.py; its MODEL_SHAPES by name)")
     parser.add_argument("--dtypes", default="float32")

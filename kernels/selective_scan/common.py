@@ -42,7 +42,6 @@ class Layout:
     d_state: int
     block_d: int
     chunk: int
-    time_last: bool = False  # tiled designs: tiles held as (block_d, chunk) instead of (chunk, block_d)
     segment: int = 0  # split design: steps per program, a multiple of chunk; 0: one program walks all L
     # serial and split kernels: load a chunk's inputs for all its steps before the first store. Triton cannot move
     # a load above a store that may alias it, so interleaved, each step waits out its loads' latency; hoisted,
@@ -131,7 +130,7 @@ def check_block_d(block_d: int) -> int:
     return block_d
 
 
-def make_layout(u, B, d_state: int, block_d: int | None, chunk: int, time_last: bool = False) -> Layout:
+def make_layout(u, B, d_state: int, block_d: int | None, chunk: int) -> Layout:
     """Layout for inputs u (batch, L, D) and grouped B (batch, L, G, N); block_d defaults to <= 32 channels."""
     batch, length, dim = u.shape
     groups = B.shape[2]
@@ -140,7 +139,7 @@ def make_layout(u, B, d_state: int, block_d: int | None, chunk: int, time_last: 
     check_block_d(block_d)
     if chunk < 1:
         raise ValueError(f"selective_scan_pallas: chunk={chunk} must be positive")
-    return Layout(batch, length, dim, groups, d_state, block_d, chunk, time_last)
+    return Layout(batch, length, dim, groups, d_state, block_d, chunk)
 
 
 class Program(NamedTuple):

@@ -1,10 +1,9 @@
 """``selective_scan_pallas``: the forward and backward kernels joined by ``jax.custom_vjp``.
 
-Designs (NOTES.md has their measurements): ``serial`` walks the steps one by one inside each program;
-``tiled`` and ``tiled_t`` scan ``chunk``-step time tiles in parallel inside each program (tiles held time-major
-or channel-major); ``split`` cuts the sequence into ``chunk``-step segments walked by separate programs
-(``split.py``: segment summaries, a short scan over them, then the serial kernels per segment; a sequence of
-one segment runs the serial kernels alone). ``auto`` is ``split`` with one warp per program, 16 channels a backward
+Designs (NOTES.md has their measurements, and those of the parallel-in-time tile designs, measured slower and
+removed): ``serial`` walks the steps one by one inside each program; ``split`` cuts the sequence into
+``chunk``-step segments walked by separate programs (``split.py``: segment summaries, a short scan over them, then
+the serial kernels per segment; a sequence of one segment runs the serial kernels alone). ``auto`` is ``split`` with one warp per program, 16 channels a backward
 program and 32 a forward one (16 when that would leave the forward's grid short, ``split.WIDE_FORWARD_GRID``),
 128-step segments (one segment when the grid is already full), a checkpoint every 2 steps inside segments (every 4
 in a single one), the chain over segments as one kernel, the forward's loads hoisted and every load issued a chunk
@@ -28,18 +27,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kernels.selective_scan import backward, forward, split, tiled_backward, tiled_forward
+from kernels.selective_scan import backward, forward, split
 from kernels.selective_scan.common import check_block_d, make_layout
 from kernels.selective_scan.per_device import per_device
 from ssm_jax.ssm.selective_scan import discretize_delta, finish_output
 
 # design -> (forward, backward, default chunk, default (forward, backward) block_d caps, forward warps, backward
-# warps, time_last)
+# warps)
 DESIGNS = {
-    "tiled": (tiled_forward.forward, tiled_backward.backward, 64, (16, 16), 4, 4, False),
-    "tiled_t": (tiled_forward.forward, tiled_backward.backward, 64, (16, 16), 4, 4, True),
-    "serial": (forward.forward, backward.backward, 16, (32, 32), 4, 8, False),
-    "split": (split.forward, split.backward, split.SEGMENT, (split.WIDE_FORWARD, 16), 1, 1, False),  # chunk: segment
+    "serial": (forward.forward, backward.backward, 16, (32, 32), 4, 8),
+    "split": (split.forward, split.backward, split.SEGMENT, (split.WIDE_FORWARD, 16), 1, 1),  # chunk: segment
 }
 
 
@@ -130,20 +127,20 @@ def _ptx(interpret: bool) -> bool:
     return not interpret and "rocm" not in jax.devices()[0].client.platform_version.lower()
 
 
-def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward", interpret=True):
+def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
     """(forward, backward, layout, forward warps, backward warps) of a design for these inputs; the layout is the
     ``direction`` kernel's ("forward" or "backward": they differ in ``hoist_loads`` by default), with inline PTX
     unless ``interpret`` (``_ptx``)."""
     design = AUTO_DESIGN if tuning.design == "auto" else tuning.design
     if design not in DESIGNS:
         raise ValueError(f"selective_scan_pallas: design={design!r}, expected auto or one of {sorted(DESIGNS)}")
-    fwd, bwd, default_chunk, caps, fwd_warps, bwd_warps, time_last = DESIGNS[design]
+    fwd, bwd, default_chunk, caps, fwd_warps, bwd_warps = DESIGNS[design]
     per_group = 1 << max(0, (u.shape[2] // B.shape[2] - 1).bit_length())
     fwd_block, bwd_block = (min(cap, per_group) if asked is None else asked
                             for asked, cap in zip(tuning.block_d, caps))
     # The backward's channel blocks fix the segments (``split.default_segment`` counts programs) and so the
     # checkpoints both directions share; the forward kernels then take their own block width.
-    lay = make_layout(u, B, A.shape[1], bwd_block, default_chunk if tuning.chunk is None else tuning.chunk, time_last)
+    lay = make_layout(u, B, A.shape[1], bwd_block, default_chunk if tuning.chunk is None else tuning.chunk)
     if design != "serial" and lay.chunk & (lay.chunk - 1):
         raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the {design} design")
     if design == "split":
@@ -152,21 +149,11 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward", interpr
         lay = split.layout(lay, tuning.unroll)
     elif tuning.unroll is not None:
         raise ValueError(f"selective_scan_pallas: unroll is a setting of the split design, not of {design}")
-    for name, asked in (("hoist_loads", tuning.hoist_loads is not None),
-                        ("prefetch_order", tuning.prefetch_order is not None),
-                        ("prefetch_rows", bool(tuning.prefetch_rows))):
-        if asked and design.startswith("tiled"):
-            raise ValueError(f"selective_scan_pallas: {name} is a setting of the serial and split designs, "
-                             f"not of {design}")
-    if not design.startswith("tiled"):
-        hoist = HOIST_BY_DEFAULT[direction] if tuning.hoist_loads is None else bool(tuning.hoist_loads)
-        prefetch = PREFETCH_ORDER if tuning.prefetch_order is None else bool(tuning.prefetch_order)
-        rows = PREFETCH_ROWS if tuning.prefetch_rows is None else bool(tuning.prefetch_rows)
-        lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch, prefetch_rows=rows)
-    if tuning.state_major is not None and design.startswith("tiled"):
-        raise ValueError(f"selective_scan_pallas: state_major is a setting of the serial and split designs, "
-                         f"not of {design}")
-    if direction == "forward" and not design.startswith("tiled"):
+    hoist = HOIST_BY_DEFAULT[direction] if tuning.hoist_loads is None else bool(tuning.hoist_loads)
+    prefetch = PREFETCH_ORDER if tuning.prefetch_order is None else bool(tuning.prefetch_order)
+    rows = PREFETCH_ROWS if tuning.prefetch_rows is None else bool(tuning.prefetch_rows)
+    lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch, prefetch_rows=rows)
+    if direction == "forward":
         lay = dataclasses.replace(lay, state_major=STATE_MAJOR if tuning.state_major is None
                                   else bool(tuning.state_major))
     if tuning.chain_in_kernel is not None and design != "split":
@@ -174,8 +161,6 @@ def _design(tuning: Tuning, u, B, A, ordered=False, direction="forward", interpr
     if design == "split":
         chained = CHAIN_IN_KERNEL if tuning.chain_in_kernel is None else bool(tuning.chain_in_kernel)
         lay = dataclasses.replace(lay, chain_kernel=chained)
-    if ordered and design.startswith("tiled"):
-        raise ValueError(f"selective_scan_pallas: order is supported by the serial and split designs, not {design}")
     if tuning.num_warps is not None:
         fwd_warps, bwd_warps = tuning.num_warps
     if direction == "forward":
@@ -190,15 +175,14 @@ REPLICATED = frozenset({"A", "D", "delta_bias", "order"})
 
 def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
-    forward, _, lay, warps, _ = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs,
-                                        interpret=interpret)
+    forward, _, lay, warps, _ = _design(tuning, inputs["u"], inputs["B"], inputs["A"], interpret=interpret)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
 def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
-    _, backward, lay, _, warps = _design(tuning, inputs["u"], inputs["B"], inputs["A"], "order" in inputs,
-                                         direction="backward", interpret=interpret)
+    _, backward, lay, _, warps = _design(tuning, inputs["u"], inputs["B"], inputs["A"], direction="backward",
+                                         interpret=interpret)
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
 
 
@@ -295,16 +279,15 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         z: (batch, L, D) or None.
       delta_softplus, return_last_state: as in ``selective_scan``.
       interpret: run the kernels in Pallas interpret mode (CPU, for tests).
-      design: "serial" (one step after another), "tiled"/"tiled_t" (parallel scans over time tiles),
-        "split" (serial walks over segments of the sequence, chained by a scan over segments) or "auto"
-        (``AUTO_DESIGN``).
+      design: "serial" (one step after another), "split" (serial walks over segments of the sequence, chained
+        by a scan over segments) or "auto" (``AUTO_DESIGN``).
       block_d: channels per program (power of two), or a (forward, backward) pair, either None for its default: the
-        design's cap (16 tiled, 32 serial; split 16 backward and ``split.WIDE_FORWARD`` forward, or 16 when the
-        forward's grid would fall below ``split.WIDE_FORWARD_GRID`` programs), or the channels per group rounded up
-        to a power of two when fewer.
-      chunk: time steps per tile and checkpoint (default 64 tiled, 16 serial; a power of two for tiled);
-        for split, time steps per segment (a power of two; default 128, or the whole sequence when the batch rows x
-        channel blocks per device already number ``split.FULL_GRID``).
+        design's cap (32 serial; split 16 backward and ``split.WIDE_FORWARD`` forward, or 16 when the forward's grid
+        would fall below ``split.WIDE_FORWARD_GRID`` programs), or the channels per group rounded up to a power of
+        two when fewer.
+      chunk: serial, time steps per checkpoint (default 16); split, time steps per segment (a power of two;
+        default 128, or the whole sequence when the batch rows x channel blocks per device already number
+        ``split.FULL_GRID``).
       num_warps: (forward, backward) warps per program (default: the design's).
       unroll: split only: steps per unrolled chunk and between checkpoints inside a segment (a power of two;
         default as measured: 2 when the sequence is cut into segments, ``split.UNROLL_SEGMENTED``, else 4,
@@ -312,27 +295,26 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         (more memory).
       order: None, or (G, L) integers, each row a permutation of 0..L-1: group g's channels visit the sequence
         in the order order[g] (step t reads and writes position order[g, t]; y comes back at the positions),
-        for a 2-D map scanned along K orders without gathered copies. serial and split designs only.
-      hoist_loads: serial and split only: issue every load of a chunk before its first store (more registers,
-        one memory latency a chunk instead of one a step); None (default): in the forward kernels only, as
-        measured (``HOIST_BY_DEFAULT``).
+        for a 2-D map scanned along K orders without gathered copies.
+      hoist_loads: issue every load of a chunk before its first store (more registers, one memory latency a chunk
+        instead of one a step); None (default): in the forward kernels only, as measured (``HOIST_BY_DEFAULT``).
       delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False computes
         softplus(delta + bias) once, in float32, before the kernels (and its gradient after them); "forward" inside
         the forward kernels, and as False for the backward kernel; None (the default) "forward" for 16-bit inputs
         and False for float32 (``DELTA_IN_KERNEL_BY_ITEMSIZE``).
-      prefetch_order: serial and split only, with ``order``: load each chunk's positions one chunk ahead, so its
-        row loads do not wait on them (None, the default: on, ``PREFETCH_ORDER``; True on a tiled design is refused).
-      prefetch_rows: serial and split only: the forward and segment-summary kernels issue each chunk's loads (rows
+      prefetch_order: with ``order``: load each chunk's positions one chunk ahead, so its
+        row loads do not wait on them (None, the default: on, ``PREFETCH_ORDER``).
+      prefetch_rows: the forward and segment-summary kernels issue each chunk's loads (rows
         and positions) one chunk ahead and hold them through the chunk before, so their latency overlaps its work;
         the backward kernel's reverse walk issues each step's loads one step ahead, before the stores of the step
-        after it (more registers; None, the default: on, ``PREFETCH_ROWS``; True on a tiled design is refused).
+        after it (more registers; None, the default: on, ``PREFETCH_ROWS``).
       gate_in_kernel: True applies the gate y * silu(z) inside the kernels; False runs them without z and gates
         their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
         recomputed y and the dz store, for two elementwise passes over y (None, the default: ``GATE_IN_KERNEL``,
         outside). With bfloat16 inputs y is rounded to bfloat16 before the gate as well as after it.
       chain_in_kernel: split only: chain the segment summaries into the state entering each segment with one kernel
         (``chain.py``) instead of XLA's associative scan over segments (None, the default: ``CHAIN_IN_KERNEL``).
-      state_major: serial and split only: the segment-state kernel, and the forward walk where it saves no state (no
+      state_major: the segment-state kernel, and the forward walk where it saves no state (no
         gradient taken), hold the state transposed, one channel a thread, and read B and C in float32
         (``Layout.state_major``; None, the default: ``STATE_MAJOR``, off).
 

@@ -88,8 +88,6 @@ def test_order_is_checked():
     kw = dict(delta_softplus=False, return_last_state=False, interpret=True)
     with pytest.raises(ValueError, match=r"expected integers of shape \(groups, L\) = \(3, 11\)"):
         selective_scan_pallas(**x, **kw, order=orders(2, 11))
-    with pytest.raises(ValueError, match="not tiled"):
-        selective_scan_pallas(**x, **kw, design="tiled", order=orders(3, 11))
 
 
 @pytest.mark.parametrize("prefetch", [dict(prefetch_order=False, prefetch_rows=False),

@@ -1,5 +1,6 @@
-"""The Pallas selective scan (interpret mode on CPU) against the float64 NumPy recurrence and, for gradients,
-against the pure-JAX sequential scan. Shapes are small: interpret mode runs the kernel body as XLA ops."""
+"""The Pallas selective scan's serial design (interpret mode on CPU) against the float64 NumPy recurrence and, for
+gradients, against the pure-JAX sequential scan (the split design: test_split.py). Shapes are small: interpret mode
+runs the kernel body as XLA ops."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,6 @@ from ssm_jax.ssm import selective_scan as ssm_scan
 from tests.ssm.reference import rel_err as norm_rel_err
 from tests.ssm.reference import selective_scan_numpy
 
-DESIGNS = ("tiled", "tiled_t", "serial")
 ALL_OPTIONS = dict(D=True, z=True, delta_bias=True, delta_softplus=True, return_last_state=True)
 
 
@@ -57,11 +57,10 @@ FORWARD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("design", DESIGNS)
 @pytest.mark.parametrize("shape,opts,blocks", FORWARD_CASES)
-def test_forward_matches_float64_reference(shape, opts, blocks, design):
+def test_forward_matches_float64_reference(shape, opts, blocks):
     x = make_inputs(0, *shape, **opts)
-    out = run_pallas(x, opts, design=design, **blocks)
+    out = run_pallas(x, opts, design="serial", **blocks)
     y_ref, last_ref = selective_scan_numpy(**x, delta_softplus=opts.get("delta_softplus", False))
     if opts.get("return_last_state"):
         out, last = out
@@ -71,10 +70,9 @@ def test_forward_matches_float64_reference(shape, opts, blocks, design):
     assert rel_err(out, y_ref) < 1e-5
 
 
-@pytest.mark.parametrize("design", DESIGNS)
-def test_bfloat16_inputs(design):
+def test_bfloat16_inputs():
     x = make_inputs(1, 2, 13, 8, 2, 4, dtype=jnp.bfloat16, **ALL_OPTIONS)
-    y, last = run_pallas(x, ALL_OPTIONS, design=design, block_d=4, chunk=4)
+    y, last = run_pallas(x, ALL_OPTIONS, design="serial", block_d=4, chunk=4)
     y_ref, last_ref = selective_scan_numpy(**x, delta_softplus=True)
     assert y.dtype == jnp.bfloat16 and last.dtype == jnp.float32
     assert rel_err(y, y_ref) < 1e-2
@@ -91,9 +89,8 @@ GRAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("design", DESIGNS)
 @pytest.mark.parametrize("shape,opts,blocks", GRAD_CASES)
-def test_gradients_match_sequential_scan(shape, opts, blocks, design):
+def test_gradients_match_sequential_scan(shape, opts, blocks):
     x = make_inputs(2, *shape, **opts)
     names = [k for k, v in x.items() if v is not None]
     key_y, key_s = jax.random.split(jax.random.PRNGKey(3))
@@ -105,7 +102,7 @@ def test_gradients_match_sequential_scan(shape, opts, blocks, design):
         kw = dict(x, **dict(zip(names, arrays)))
         if impl == "pallas":
             out = selective_scan_pallas(**kw, delta_softplus=softplus, return_last_state=last, interpret=True,
-                                        design=design, **blocks)
+                                        design="serial", **blocks)
         else:
             out = ssm_scan(**kw, delta_softplus=softplus, return_last_state=last, impl="sequential")
         y, s = out if last else (out, None)
@@ -129,7 +126,7 @@ def test_dispatch_through_selective_scan():
     assert rel_err(y, y_ref) < 1e-5
 
 
-@pytest.mark.parametrize("design", (*DESIGNS, "split"))
+@pytest.mark.parametrize("design", ("serial", "split"))
 def test_lowers_to_triton(design):
     """Forward and backward lower through Pallas' Triton path (no GPU needed to lower for CUDA); ``split``
     (tested for values in test_split.py) with three segments."""
@@ -157,7 +154,7 @@ def test_rejects_block_d_not_power_of_two():
         run_pallas(x, {}, block_d=(4, 4, 4))
 
 
-@pytest.mark.parametrize("design,chunk", [("serial", 0), ("tiled", 12), ("split", 24), ("nope", 4)])
+@pytest.mark.parametrize("design,chunk", [("serial", 0), ("split", 24), ("nope", 4), ("tiled", 64)])
 def test_rejects_bad_design_or_chunk(design, chunk):
     x = make_inputs(5, 1, 4, 4, 1, 4)
     with pytest.raises(ValueError, match="chunk|design"):
@@ -208,26 +205,10 @@ def test_state_major_forward_on_the_serial_design(dtype, tol):
     assert rel_err(y, y_ref) < tol and rel_err(last, last_ref) < tol
 
 
-def test_state_major_belongs_to_the_serial_and_split_designs():
-    x = make_inputs(5, 1, 4, 4, 1, 4)
-    with pytest.raises(ValueError, match="state_major is a setting of the serial and split designs, not of tiled"):
-        run_pallas(x, {}, design="tiled", state_major=True)
-
-
 def test_chain_kernel_belongs_to_the_split_design():
     x = make_inputs(5, 1, 4, 4, 1, 4)
     with pytest.raises(ValueError, match="chain_in_kernel is a setting of the split design"):
-        run_pallas(x, {}, design="tiled", chain_in_kernel=True)
-
-
-def test_hoisted_loads_belong_to_the_serial_and_split_designs():
-    x = make_inputs(5, 1, 4, 4, 1, 4)
-    with pytest.raises(ValueError, match="hoist_loads is a setting of the serial and split designs, not of tiled"):
-        run_pallas(x, {}, design="tiled", hoist_loads=True)
-    with pytest.raises(ValueError, match="prefetch_order is a setting of the serial and split designs, not of tiled"):
-        run_pallas(x, {}, design="tiled_t", prefetch_order=True)
-    with pytest.raises(ValueError, match="prefetch_rows is a setting of the serial and split designs, not of tiled"):
-        run_pallas(x, {}, design="tiled", prefetch_rows=True)
+        run_pallas(x, {}, design="serial", chain_in_kernel=True)
 
 
 def test_auto_design_is_split_with_its_measured_blocks():
@@ -253,13 +234,11 @@ def test_auto_design_is_split_with_its_measured_blocks():
     for hoist in (False, True):
         assert {_design(Tuning(hoist_loads=hoist), u, B, A, direction=d)[2].hoist_loads
                 for d in ("forward", "backward")} == {hoist}
-    assert _design(Tuning(), u, B, A, ordered=True)[2].prefetch_order
-    assert not _design(Tuning(prefetch_order=False), u, B, A, ordered=True)[2].prefetch_order
+    assert _design(Tuning(), u, B, A)[2].prefetch_order
+    assert not _design(Tuning(prefetch_order=False), u, B, A)[2].prefetch_order
     # A forward block of its own changes neither the segments nor the checkpoints, which both directions share.
     u, B, A = jnp.zeros((42, 3136, 768)), jnp.zeros((42, 3136, 1, 16)), jnp.zeros((768, 16))
     fwd_lay, bwd_lay = (_design(Tuning(block_d=(64, None)), u, B, A, direction=d)[2] for d in ("forward", "backward"))
     assert _design(Tuning(block_d=(8, None)), u[:4, :49], B[:4, :49], A)[2].block_d == 8  # asked: kept
     assert (fwd_lay.block_d, bwd_lay.block_d) == (64, 16)
     assert (fwd_lay.segment, fwd_lay.chunk) == (bwd_lay.segment, bwd_lay.chunk) == (128, 2)
-    tiled = _design(Tuning(design="tiled"), u, B, A)[2]  # the default is no request: tiled designs take it silently
-    assert not tiled.prefetch_order
