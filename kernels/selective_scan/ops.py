@@ -3,12 +3,12 @@
 Designs (NOTES.md has their measurements, and those of the parallel-in-time tile designs, measured slower and
 removed): ``serial`` walks the steps one by one inside each program; ``split`` cuts the sequence into
 ``chunk``-step segments walked by separate programs (``split.py``: segment summaries, a short scan over them, then
-the serial kernels per segment; a sequence of one segment runs the serial kernels alone). ``auto`` is ``split`` with one warp per program, 16 channels a backward
-program and 32 a forward one (16 when that would leave the forward's grid short, ``split.WIDE_FORWARD_GRID``),
-128-step segments (one segment when the grid is already full), a checkpoint every 2 steps inside segments (every 4
-in a single one), the chain over segments as one kernel, the forward's loads hoisted and every load issued a chunk
-ahead, the gate after the kernels: the fastest Pallas design measured for forward+backward on the benchmark shapes
-(NOTES.md). Under differentiation the forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the
+the serial kernels per segment; a sequence of one segment runs the serial kernels alone). ``auto`` is ``split``
+with one warp per program, 16 channels a backward program and 32 a forward one (16 when that would leave the
+forward's grid short, ``split.WIDE_FORWARD_GRID``), 128-step segments (one segment when the grid is already full), a
+checkpoint every 2 steps inside segments (every 4 in a single one), the chain over segments as one kernel, the
+forward's loads hoisted and every load issued a chunk ahead, the gate after the kernels: the fastest Pallas design
+measured for forward+backward on the benchmark shapes (NOTES.md). Under differentiation the forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the
 residual; the backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``). delta reaches the backward kernel discretised, softplus(delta + bias)
