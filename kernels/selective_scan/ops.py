@@ -8,8 +8,8 @@ with one warp per program, 16 channels a backward program and 32 a forward one (
 forward's grid short, ``split.WIDE_FORWARD_GRID``), 128-step segments (one segment when the grid is already full), a
 checkpoint every 2 steps inside segments (every 4 in a single one), the chain over segments as one kernel, the
 forward's loads hoisted and every load issued a chunk ahead, the gate after the kernels: the fastest Pallas design
-measured for forward+backward on the benchmark shapes (NOTES.md). Under differentiation the forward stores the state every ``chunk`` steps (batch, n_chunks, D, N) as the
-residual; the backward restarts each chunk from it.
+measured for forward+backward on the benchmark shapes (NOTES.md). Under differentiation the forward stores the
+state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``). delta reaches the backward kernel discretised, softplus(delta + bias)
 in float32 computed once in XLA, and the forward kernels too for float32 inputs; with 16-bit inputs the forward
