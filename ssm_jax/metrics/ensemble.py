@@ -41,8 +41,12 @@ def read_predictions(path: Path) -> dict:
         rows = sorted(reader, key=lambda r: r["path"])
     if not classes or not rows or not {"path", "label"} <= set(rows[0]):
         raise ValueError(f"{path}: expected a header path,label,...,p_<class>... and one row per image")
+    try:
+        probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: a probability column holds a non-number or is missing ({e})") from e
     return {"paths": [r["path"] for r in rows], "labels": [r["label"] for r in rows], "classes": classes,
-            "probs": np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])}
+            "probs": probs}
 
 
 def ensemble(runs: list, evaluation: str = "eval") -> dict:

@@ -91,6 +91,13 @@ def test_missing_predictions_name_what_was_expected(tmp_path, capsys):
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 4, 6)
     run = write_run(tmp_path / "s0", random_probs(rng, 6), labels)
+    broken = write_run(tmp_path / "broken", random_probs(rng, 6), labels)
+    csv_path = broken / "eval" / "predictions.csv"
+    lines = csv_path.read_text().splitlines()
+    lines[1] = ",".join(lines[1].split(",")[:-1] + ["n/a"])  # the first image's last probability
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match=r"broken/eval/predictions.csv: a probability column holds a non-number"):
+        ensemble.main([str(broken)])
     ensemble.main([str(run)])
     out = capsys.readouterr().out
     assert f"| {run} |" in out and "ensemble of 1: ACC" in out
