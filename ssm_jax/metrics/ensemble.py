@@ -20,17 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ssm_jax.metrics.classification import classification_metrics
-
-
-def predictions_path(run: str | Path, evaluation: str = "eval") -> Path:
-    """The predictions.csv of a workdir's ``evaluation`` folder, or the file itself."""
-    path = Path(run)
-    if path.is_dir():
-        path = path / evaluation / "predictions.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; expected a workdir holding {evaluation}/predictions.csv (written "
-                                f"by train.py or eval.py for a classifier) or a predictions.csv file")
-    return path
+from ssm_jax.metrics.over_runs import evaluation_file
 
 
 def read_predictions(path: Path) -> dict:
@@ -53,7 +43,8 @@ def ensemble(runs: list, evaluation: str = "eval") -> dict:
     """{accuracies (each run's), metrics (``classification_metrics`` of the mean probabilities), classes}."""
     if not runs:
         raise ValueError("ensemble: no runs given")
-    read = [read_predictions(predictions_path(r, evaluation)) for r in runs]
+    read = [read_predictions(evaluation_file(r, evaluation, "predictions.csv", "train.py or eval.py for a classifier"))
+            for r in runs]
     first = read[0]
     for run, other in zip(runs[1:], read[1:]):
         for key in ("classes", "paths", "labels"):

@@ -31,15 +31,21 @@ from pathlib import Path
 import numpy as np
 
 
-def metrics_path(run: str | Path, evaluation: str = "eval") -> Path:
-    """The metrics.json of a workdir's ``evaluation`` folder (``<run>/eval/metrics.json``) or the file itself."""
+def evaluation_file(run: str | Path, evaluation: str, name: str, writer: str = "train.py or eval.py") -> Path:
+    """The file ``name`` of a workdir's ``evaluation`` folder (``<run>/eval/<name>``), or ``run`` itself when it is
+    a file; a missing one names what was expected and what writes it."""
     path = Path(run)
     if path.is_dir():
-        path = path / evaluation / "metrics.json"
+        path = path / evaluation / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; expected a workdir holding {evaluation}/metrics.json (written "
-                                f"by train.py or eval.py) or a metrics.json file")
+        raise FileNotFoundError(f"{path}: not found; expected a workdir holding {evaluation}/{name} (written by "
+                                f"{writer}) or a {name} file")
     return path
+
+
+def metrics_path(run: str | Path, evaluation: str = "eval") -> Path:
+    """The metrics.json of a workdir's ``evaluation`` folder (``<run>/eval/metrics.json``) or the file itself."""
+    return evaluation_file(run, evaluation, "metrics.json")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, float | int]:
