@@ -141,9 +141,9 @@ def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
     # The backward's channel blocks fix the segments (``split.default_segment`` counts programs) and so the
     # checkpoints both directions share; the forward kernels then take their own block width.
     lay = make_layout(u, B, A.shape[1], bwd_block, default_chunk if tuning.chunk is None else tuning.chunk)
-    if design != "serial" and lay.chunk & (lay.chunk - 1):
-        raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the {design} design")
     if design == "split":
+        if lay.chunk & (lay.chunk - 1):
+            raise ValueError(f"selective_scan_pallas: chunk={lay.chunk} must be a power of two for the split design")
         if tuning.chunk is None:
             lay = dataclasses.replace(lay, chunk=split.default_segment(lay))
         lay = split.layout(lay, tuning.unroll)
@@ -302,21 +302,21 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         softplus(delta + bias) once, in float32, before the kernels (and its gradient after them); "forward" inside
         the forward kernels, and as False for the backward kernel; None (the default) "forward" for 16-bit inputs
         and False for float32 (``DELTA_IN_KERNEL_BY_ITEMSIZE``).
-      prefetch_order: with ``order``: load each chunk's positions one chunk ahead, so its
-        row loads do not wait on them (None, the default: on, ``PREFETCH_ORDER``).
-      prefetch_rows: the forward and segment-summary kernels issue each chunk's loads (rows
-        and positions) one chunk ahead and hold them through the chunk before, so their latency overlaps its work;
-        the backward kernel's reverse walk issues each step's loads one step ahead, before the stores of the step
-        after it (more registers; None, the default: on, ``PREFETCH_ROWS``).
+      prefetch_order: with ``order``: load each chunk's positions one chunk ahead, so its row loads do not wait on
+        them (None, the default: on, ``PREFETCH_ORDER``).
+      prefetch_rows: the forward and segment-summary kernels issue each chunk's loads (rows and positions) one chunk
+        ahead and hold them through the chunk before, so their latency overlaps its work; the backward kernel's
+        reverse walk issues each step's loads one step ahead, before the stores of the step after it (more
+        registers; None, the default: on, ``PREFETCH_ROWS``).
       gate_in_kernel: True applies the gate y * silu(z) inside the kernels; False runs them without z and gates
         their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
         recomputed y and the dz store, for two elementwise passes over y (None, the default: ``GATE_IN_KERNEL``,
         outside). With bfloat16 inputs y is rounded to bfloat16 before the gate as well as after it.
       chain_in_kernel: split only: chain the segment summaries into the state entering each segment with one kernel
         (``chain.py``) instead of XLA's associative scan over segments (None, the default: ``CHAIN_IN_KERNEL``).
-      state_major: the segment-state kernel, and the forward walk where it saves no state (no
-        gradient taken), hold the state transposed, one channel a thread, and read B and C in float32
-        (``Layout.state_major``; None, the default: ``STATE_MAJOR``, off).
+      state_major: the segment-state kernel, and the forward walk where it saves no state (no gradient taken), hold
+        the state transposed, one channel a thread, and read B and C in float32 (``Layout.state_major``; None, the
+        default: ``STATE_MAJOR``, off).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).

@@ -44,11 +44,6 @@ def read_variables(workdir) -> dict:
     return {**(state.get("model_state") or {}), "params": params}
 
 
-def read_params(workdir) -> dict:
-    """The parameters in ``<workdir>/checkpoints``' latest step (``read_variables``)."""
-    return read_variables(workdir)["params"]
-
-
 def copy_matching(params: dict, source: dict, exclude=("head",)) -> tuple[dict, dict]:
     """(``params`` with every entry matched in ``source`` replaced, report). Paths match as they are or under one of
     ``WRAPPERS`` in ``source``; shapes must agree. The report counts copied, excluded, missing and mismatched

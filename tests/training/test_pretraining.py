@@ -13,7 +13,7 @@ from flax.traverse_util import flatten_dict
 
 from configs.common import finalize
 from ssm_jax.training import pretraining, run
-from ssm_jax.training.init_from import copy_matching, read_params
+from ssm_jax.training.init_from import copy_matching, read_variables
 from tests.training.conftest import make_tiny_config
 from tests.training.crash import crash_during_step
 
@@ -78,7 +78,7 @@ def test_resumed_pretraining_equals_uninterrupted(folder_root, tmp_path, monkeyp
 @pytest.mark.slow  # on a pretraining run (the fixture): in the slow run, keeping CI's run short
 def test_classifier_starts_from_the_pretrained_backbone_with_a_fresh_head(pretrained, folder_root, tmp_path):
     workdir, _ = pretrained
-    backbone = _flat(read_params(workdir)["backbone"])
+    backbone = _flat(read_variables(workdir)["params"]["backbone"])
     fresh = _flat(run.Experiment(make_tiny_config(folder_root), tmp_path / "fresh").state.params)
     started = _flat(run.Experiment(make_tiny_config(folder_root, init_from=str(workdir)), tmp_path / "ft").state.params)
     assert started.keys() == fresh.keys() and "mask_token" not in started
