@@ -24,6 +24,7 @@ its own target).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -162,7 +163,9 @@ def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weight
         if bank_from_checkpoint:
             return {**variables, "bank": {"features": jnp.zeros((layout.size, layout.channels), jnp.float32),
                                           "image_index": jnp.zeros((layout.size,), jnp.int32)}}
-        features = jax.jit(lambda images: model.apply(variables, images, method=SNARM.patch_features))
+        # The variables go in as an argument: closed over, the encoder's weights were compiled in as constants
+        # (wide_resnet50_2's features at 64 px, on the CPU: 2.4 s to compile against 1.8 s).
+        features = functools.partial(jax.jit(functools.partial(model.apply, method=SNARM.patch_features)), variables)
         start = time.perf_counter()
         rows, image_index, _ = build_bank(features, batches, layout, bank.projection_dim, seed)
         if jax.process_index() == 0:
