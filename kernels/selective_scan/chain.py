@@ -31,6 +31,18 @@ BLOCK_D = 16
 WALK_UNROLL = 4
 
 
+def _summary(total_ref, dsum_ref, p: common.Program, lay: Layout, s):
+    """Segment s's summary for this program's channels: (state reached from zero (block_d, N), sum of delta)."""
+    return (common.load_matrix(total_ref, p, lay, index=(p.b, s)),
+            common.load_channels(dsum_ref, p, lay, index=(p.b, s)))
+
+
+def _through(lay: Layout, h, summary, rates):
+    """The state leaving a segment that ``h`` enters: exp(A sum delta) h + total."""
+    total, dsum = summary
+    return common.fma(lay, common.decay(lay, dsum, rates), h, total)
+
+
 def _kernel(*refs, names, lay: Layout, reverse: bool, unroll: int):
     r = dict(zip(names, refs))
     entering_ref, leaving_ref = refs[len(names):]
@@ -49,15 +61,14 @@ def _kernel(*refs, names, lay: Layout, reverse: bool, unroll: int):
         return out
 
     def load(k):
-        return tuple((common.load_matrix(r["total"], p, lay, index=(p.b, s)),
-                      common.load_channels(r["dsum"], p, lay, index=(p.b, s))) for s, _ in segments(k))
+        return tuple(_summary(r["total"], r["dsum"], p, lay, s) for s, _ in segments(k))
 
     def group(k, carry):
         h, loaded = carry
         upcoming = load(jnp.minimum(k + 1, groups - 1))  # issued before this group's work; the last reloads itself
-        for (s, valid), (total, dsum) in zip(segments(k), loaded):
+        for (s, valid), summary in zip(segments(k), loaded):
             common.store_matrix(entering_ref, p, lay, h, index=(p.b, s), when=valid)
-            stepped = common.fma(lay, common.decay(lay, dsum, rates), h, total)
+            stepped = _through(lay, h, summary, rates)
             h = stepped if valid is None else jnp.where(valid, stepped, h)
         return h, upcoming
 
@@ -74,11 +85,10 @@ def entering_in_walk(total_ref, dsum_ref, p: common.Program, lay: Layout, rates)
     between the summaries and the walk; ``WALK_UNROLL`` summaries are loaded at a time."""
     def group(k, h):
         first = k * WALK_UNROLL
-        loaded = [(common.load_matrix(total_ref, p, lay, index=(p.b, s)),
-                   common.load_channels(dsum_ref, p, lay, index=(p.b, s)))
-                  for s in (jnp.minimum(first + i, lay.n_segments - 1) for i in range(WALK_UNROLL))]
-        for i, (total, dsum) in enumerate(loaded):
-            h = jnp.where(first + i < p.seg, common.fma(lay, common.decay(lay, dsum, rates), h, total), h)
+        loaded = [_summary(total_ref, dsum_ref, p, lay, jnp.minimum(first + i, lay.n_segments - 1))
+                  for i in range(WALK_UNROLL)]
+        for i, summary in enumerate(loaded):
+            h = jnp.where(first + i < p.seg, _through(lay, h, summary, rates), h)
         return h
 
     groups = (p.seg + WALK_UNROLL - 1) // WALK_UNROLL
