@@ -21,9 +21,8 @@ def parse_config(text: str) -> dict:
     ``delta_in_kernel=False``, 0: in each kernel (True), 2: in the forward kernels only ("forward"), left out: by
     dtype (``ops.DELTA_IN_KERNEL_BY_ITEMSIZE``); prefetch 1 / 0: ``prefetch_order`` on / off; rows 1:
     ``prefetch_rows``; gate 0: the gate applied outside the kernels (``gate_in_kernel=False``); chain 1: the split
-    design's chain over segments as one kernel (``chain_in_kernel=True``), 2: folded by each forward walk program
-    (``"walk"``), 0: in XLA; major 1: the forward kernels hold the state transposed where they store no 2-D tile
-    (``state_major=True``)."""
+    design's chain over segments as one kernel (``chain_in_kernel=True``); major 1: the forward kernels hold the
+    state transposed where they store no 2-D tile (``state_major=True``)."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
     if len(rest) > 8:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")
@@ -49,9 +48,7 @@ def parse_config(text: str) -> dict:
     if gate is not None:
         config["gate_in_kernel"] = bool(gate)
     if chained is not None:
-        if chained not in (0, 1, 2):
-            raise SystemExit(f"config {text!r}: chain is 0, 1 or 2, not {chained}")
-        config["chain_in_kernel"] = "walk" if chained == 2 else bool(chained)
+        config["chain_in_kernel"] = bool(chained)
     if major is not None:
         config["state_major"] = bool(major)
     return config

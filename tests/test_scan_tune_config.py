@@ -22,18 +22,15 @@ def test_config_fields_map_to_kernel_keywords():
     assert rows["prefetch_rows"] is True and "prefetch_order" not in rows
     assert parse_config("split:16:0:1:1:4:::::0")["gate_in_kernel"] is False
     assert parse_config("split:16:0:1:1:2::::::1")["chain_in_kernel"] is True
-    assert parse_config("split:16:0:1:1:2::::::2")["chain_in_kernel"] == "walk"
     assert parse_config("split:32/16:0:1:1:2")["block_d"] == (32, 16)  # forward/backward
     assert parse_config("split:32/16:0:1:1::::::::1")["state_major"] is True
     assert parse_config("split:32/16:0:1:1:::0")["delta_in_kernel"] is True
     assert parse_config("split:32/16:0:1:1:::2")["delta_in_kernel"] == "forward"
 
 
-def test_outside_and_chain_field_values_are_checked():
+def test_outside_field_values_are_checked():
     with pytest.raises(SystemExit, match="outside is 0, 1 or 2, not 3"):
         parse_config("split:32/16:0:1:1:::3")
-    with pytest.raises(SystemExit, match="chain is 0, 1 or 2, not 3"):
-        parse_config("split:32/16:0:1:1:::::::3")
 
 
 def test_too_many_fields_are_refused():

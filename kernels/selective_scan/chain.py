@@ -5,8 +5,7 @@ row, channel block) walks the segments in order (or in reverse, for the state ad
 each and the state leaving the last. This is ``split.entering_states`` / ``split.entering_adjoints`` in one launch,
 where XLA's associative scan over the segment axis takes several small fusions (five on vmamba-64x64: 23 us of a
 232 us forward on an H200, ncu, NOTES.md "Session 14"). The walk is serial in the segments, so their loads are issued
-``UNROLL`` segments at a time, one group ahead of the work. ``entering_in_walk`` is the same fold done by each forward
-walk program for itself (``Layout.chain_in_walk``).
+``UNROLL`` segments at a time, one group ahead of the work.
 """
 
 from __future__ import annotations
@@ -27,20 +26,6 @@ UNROLL = 8
 # Channels per program at most, whatever the walk kernels take: the chain walks every segment of a row, so wider
 # blocks mean fewer, longer programs.
 BLOCK_D = 16
-# Summaries loaded together by ``entering_in_walk``: each is a (block_d, N) tile held in registers until folded.
-WALK_UNROLL = 4
-
-
-def _summary(total_ref, dsum_ref, p: common.Program, lay: Layout, s):
-    """Segment s's summary for this program's channels: (state reached from zero (block_d, N), sum of delta)."""
-    return (common.load_matrix(total_ref, p, lay, index=(p.b, s)),
-            common.load_channels(dsum_ref, p, lay, index=(p.b, s)))
-
-
-def _through(lay: Layout, h, summary, rates):
-    """The state leaving a segment that ``h`` enters: exp(A sum delta) h + total."""
-    total, dsum = summary
-    return common.fma(lay, common.decay(lay, dsum, rates), h, total)
 
 
 def _kernel(*refs, names, lay: Layout, reverse: bool, unroll: int):
@@ -61,14 +46,15 @@ def _kernel(*refs, names, lay: Layout, reverse: bool, unroll: int):
         return out
 
     def load(k):
-        return tuple(_summary(r["total"], r["dsum"], p, lay, s) for s, _ in segments(k))
+        return tuple((common.load_matrix(r["total"], p, lay, index=(p.b, s)),
+                      common.load_channels(r["dsum"], p, lay, index=(p.b, s))) for s, _ in segments(k))
 
     def group(k, carry):
         h, loaded = carry
         upcoming = load(jnp.minimum(k + 1, groups - 1))  # issued before this group's work; the last reloads itself
-        for (s, valid), summary in zip(segments(k), loaded):
+        for (s, valid), (total, dsum) in zip(segments(k), loaded):
             common.store_matrix(entering_ref, p, lay, h, index=(p.b, s), when=valid)
-            stepped = _through(lay, h, summary, rates)
+            stepped = common.fma(lay, common.decay(lay, dsum, rates), h, total)
             h = stepped if valid is None else jnp.where(valid, stepped, h)
         return h, upcoming
 
@@ -76,23 +62,6 @@ def _kernel(*refs, names, lay: Layout, reverse: bool, unroll: int):
         jnp.zeros((lay.block_d, lay.state_pad), F32)
     h, _ = jax.lax.fori_loop(0, groups, group, (h, load(0)))
     common.store_matrix(leaving_ref, p, lay, h, index=(p.b,))
-
-
-def entering_in_walk(total_ref, dsum_ref, p: common.Program, lay: Layout, rates):
-    """Inside a forward walk program (``Layout.chain_in_walk``): the state entering its segment, the summaries of the
-    segments before it folded in order from zero. Each program repeats its predecessors' folds (segment s folds s
-    summaries, so a row's programs do n (n - 1) / 2 where the chain kernel does n), in exchange for no kernel
-    between the summaries and the walk; ``WALK_UNROLL`` summaries are loaded at a time."""
-    def group(k, h):
-        first = k * WALK_UNROLL
-        loaded = [_summary(total_ref, dsum_ref, p, lay, jnp.minimum(first + i, lay.n_segments - 1))
-                  for i in range(WALK_UNROLL)]
-        for i, summary in enumerate(loaded):
-            h = jnp.where(first + i < p.seg, _through(lay, h, summary, rates), h)
-        return h
-
-    groups = (p.seg + WALK_UNROLL - 1) // WALK_UNROLL
-    return jax.lax.fori_loop(0, groups, group, jnp.zeros((lay.block_d, lay.state_pad), F32))
 
 
 def chain(total, dsum, A, lay: Layout, *, reverse: bool, start=None, interpret: bool, num_warps: int = 1):

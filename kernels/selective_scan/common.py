@@ -57,9 +57,6 @@ class Layout:
     prefetch_rows: bool = False
     # split design: the chain over segments as one kernel (``chain.py``), not XLA's associative scan.
     chain_kernel: bool = False
-    # split design, forward walk: each program folds the summaries of the segments before its own into its entering
-    # state (``chain.entering_in_walk``), so the forward needs no chain kernel between the summaries and the walk.
-    chain_in_walk: bool = False
     # Compiled for an NVIDIA GPU (not interpreted): exp2 and multiply-adds as single PTX instructions (``ex2``,
     # ``fma``). XLA compiles Pallas' Triton kernels with floating-point contraction off and denormals kept, so
     # plain jnp gives a multiply and an add, and exp2 four instructions (a range check and two predicated

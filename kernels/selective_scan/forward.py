@@ -5,8 +5,7 @@ the steps of a chunk are unrolled so their loads are independent of the recurren
 early. The (batch, L, D, N) state is never written: depending on ``save`` the kernel stores nothing, the
 last state, or the state at the end of every chunk (the checkpoints the backward kernel restarts from).
 With a segmented layout (the ``split`` design) each program walks one segment, starting from the state
-``h_in`` (batch, n_segments, D, N) given for it, or (``Layout.chain_in_walk``) from the state it folds from the
-segment summaries ``total`` and ``dsum``.
+``h_in`` (batch, n_segments, D, N) given for it.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels.selective_scan import chain, common
+from kernels.selective_scan import common
 from kernels.selective_scan.common import F32, Layout
 
 SAVE_MODES = ("none", "last", "chunks")
@@ -60,9 +59,7 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
             common.store_matrix(refs[-1], p, lay, x, index=(p.b, c))
         return x
 
-    if "total" in r:
-        x = chain.entering_in_walk(r["total"], r["dsum"], p, lay, rates)
-    elif "h_in" in r and by_state:
+    if "h_in" in r and by_state:
         x = common.load_by_state(r["h_in"], p, lay, index=(p.b, p.seg))
     elif "h_in" in r:
         x = common.load_matrix(r["h_in"], p, lay, index=(p.b, p.seg))
@@ -75,8 +72,8 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
 
 def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, interpret: bool,
             num_warps: int = 4):
-    """Run the forward kernel on ``inputs`` (name -> array; D, z, delta_bias may be absent; h_in, or total and dsum,
-    only with a segmented layout).
+    """Run the forward kernel on ``inputs`` (name -> array; D, z, delta_bias may be absent; h_in only with a
+    segmented layout).
 
     Returns y (batch, L, D) in u's dtype, and for save != "none" also the saved states
     (batch, 1 or n_chunks, D, N) float32 ("last" only without segments: segments end in other programs).

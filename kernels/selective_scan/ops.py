@@ -109,9 +109,8 @@ class Tuning(NamedTuple):
     prefetch_order: bool | None = None
     # Every load of a chunk issued one chunk ahead (``common.walk``); None: ``PREFETCH_ROWS``.
     prefetch_rows: bool | None = None
-    # split: the chain over segments as one kernel (``chain.py``); "walk": folded by each forward walk program
-    # itself (``Layout.chain_in_walk``), the backward with the kernel; None: ``CHAIN_IN_KERNEL``.
-    chain_in_kernel: bool | str | None = None
+    # split: the chain over segments as one kernel (``chain.py``); None: ``CHAIN_IN_KERNEL``.
+    chain_in_kernel: bool | None = None
     # serial and split: the forward kernels hold the state transposed where they store no 2-D tile
     # (``Layout.state_major``); None: ``STATE_MAJOR``.
     state_major: bool | None = None
@@ -160,12 +159,8 @@ def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
     if tuning.chain_in_kernel is not None and design != "split":
         raise ValueError(f"selective_scan_pallas: chain_in_kernel is a setting of the split design, not of {design}")
     if design == "split":
-        chained = CHAIN_IN_KERNEL if tuning.chain_in_kernel is None else tuning.chain_in_kernel
-        in_walk = chained == "walk" and direction == "forward"
-        if in_walk and lay.state_major:
-            raise ValueError("selective_scan_pallas: chain_in_kernel='walk' folds the summaries in the forward "
-                             "kernel's own layout, not with state_major=True")
-        lay = dataclasses.replace(lay, chain_kernel=bool(chained), chain_in_walk=in_walk)
+        chained = CHAIN_IN_KERNEL if tuning.chain_in_kernel is None else bool(tuning.chain_in_kernel)
+        lay = dataclasses.replace(lay, chain_kernel=chained)
     if tuning.num_warps is not None:
         fwd_warps, bwd_warps = tuning.num_warps
     if direction == "forward":
@@ -275,7 +270,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
                           hoist_loads: bool | None = None, delta_in_kernel: bool | str | None = None,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
-                          gate_in_kernel: bool | None = None, chain_in_kernel: bool | str | None = None,
+                          gate_in_kernel: bool | None = None, chain_in_kernel: bool | None = None,
                           state_major: bool | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
@@ -318,9 +313,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         recomputed y and the dz store, for two elementwise passes over y (None, the default: ``GATE_IN_KERNEL``,
         outside). With bfloat16 inputs y is rounded to bfloat16 before the gate as well as after it.
       chain_in_kernel: split only: chain the segment summaries into the state entering each segment with one kernel
-        (``chain.py``) instead of XLA's associative scan over segments (None, the default: ``CHAIN_IN_KERNEL``);
-        "walk": each forward walk program folds the summaries before its segment itself, so the forward launches
-        no chain kernel (the backward, and a forward that returns the last state, still do).
+        (``chain.py``) instead of XLA's associative scan over segments (None, the default: ``CHAIN_IN_KERNEL``).
       state_major: the segment-state kernel, and the forward walk where it saves no state (no gradient taken), hold
         the state transposed, one channel a thread, and read B and C in float32 (``Layout.state_major``; None, the
         default: ``STATE_MAJOR``, off).
@@ -339,9 +332,6 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         raise ValueError(f"selective_scan_pallas: block_d={block_d!r}, expected an int or a (forward, backward) pair")
     if delta_in_kernel is None:
         delta_in_kernel = default_delta_in_kernel(u.dtype)
-    if chain_in_kernel not in (None, False, True, "walk"):
-        raise ValueError(f"selective_scan_pallas: chain_in_kernel={chain_in_kernel!r}, expected None, False, True "
-                         f"or 'walk'")
     if delta_in_kernel not in (False, True, "forward"):
         raise ValueError(f"selective_scan_pallas: delta_in_kernel={delta_in_kernel!r}, expected None, False, True "
                          f"or 'forward'")
@@ -349,8 +339,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                     delta_in_kernel if delta_in_kernel == "forward" else bool(delta_in_kernel),
                     None if prefetch_order is None else bool(prefetch_order),
                     None if prefetch_rows is None else bool(prefetch_rows),
-                    None if chain_in_kernel is None else (chain_in_kernel if chain_in_kernel == "walk"
-                                                          else bool(chain_in_kernel)),
+                    None if chain_in_kernel is None else bool(chain_in_kernel),
                     None if state_major is None else bool(state_major))
     gate_outside = z is not None and not (GATE_IN_KERNEL if gate_in_kernel is None else gate_in_kernel)
     out = _scan(u, delta, A, B, C, D, None if gate_outside else z, delta_bias, order, bool(delta_softplus),

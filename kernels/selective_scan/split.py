@@ -3,8 +3,7 @@
 
 Forward, in three passes: (1) ``summaries.states`` gives each segment's end state from zero and its decay;
 (2) plain JAX chains them by an associative scan over the segments ((batch, n_segments, D, N), small) into the
-state entering every segment (or, with ``Layout.chain_kernel``, one kernel walks the segments: ``chain.py``; or,
-with ``Layout.chain_in_walk``, each walk program of pass (3) folds the summaries before its segment itself);
+state entering every segment (or, with ``Layout.chain_kernel``, one kernel walks the segments: ``chain.py``);
 (3) the serial forward kernel walks each segment again from that state and writes y (and the checkpoints, which
 come out identical to the serial design's). The backward mirrors it:
 (1) ``summaries.adjoints`` walks each segment in reverse from a zero adjoint, (2) a reverse associative scan
@@ -123,8 +122,6 @@ def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, inter
     if not lay.segment:
         return serial_forward.forward(inputs, lay, save=save, **kw)
     total, dsum = summaries.states(inputs, lay, **kw)
-    if lay.chain_in_walk and save != "last":  # the walk folds the summaries itself; a last state needs the chain
-        return serial_forward.forward(dict(inputs, total=total, dsum=dsum), lay, save=save, **kw)
     if lay.chain_kernel:
         h_in, last = chain.chain(total, dsum, inputs["A"], lay, reverse=False, interpret=interpret)
     else:

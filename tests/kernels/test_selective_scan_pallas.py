@@ -209,10 +209,6 @@ def test_chain_kernel_belongs_to_the_split_design():
     x = make_inputs(5, 1, 4, 4, 1, 4)
     with pytest.raises(ValueError, match="chain_in_kernel is a setting of the split design"):
         run_pallas(x, {}, design="serial", chain_in_kernel=True)
-    with pytest.raises(ValueError, match="chain_in_kernel='later', expected None, False, True or 'walk'"):
-        run_pallas(x, {}, design="split", chain_in_kernel="later")
-    with pytest.raises(ValueError, match="not with state_major=True"):
-        run_pallas(x, {}, design="split", chunk=2, chain_in_kernel="walk", state_major=True)
 
 
 def test_auto_design_is_split_with_its_measured_blocks():

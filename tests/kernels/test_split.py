@@ -4,11 +4,10 @@ gradient against the sequential scan's (1e-4), with several segments, L not a mu
 segment (the serial kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default), in their
 chunk, or hoisted (``hoist_loads``), the gate after the kernels (the default) or in them (``gate_in_kernel=True``),
 and with delta discretised once outside the kernels (the default), in each of them (``delta_in_kernel=True``) or in
-the forward kernels only (``"forward"``), the chain over segments as one kernel (the default), in XLA
-(``chain_in_kernel=False``) or folded by each forward walk program (``"walk"``; tested without a last state, which
-without gradients takes the chain kernel), the forward kernels with channel blocks of their own (``block_d=(forward,
-backward)``), and the forward without checkpoints holding the state transposed (``state_major=True``; the
-differentiated forward, which saves checkpoints, keeps its layout).
+the forward kernels only (``"forward"``),
+the chain over segments as one kernel (the default) or in XLA (``chain_in_kernel=False``), the forward kernels
+with channel blocks of their own (``block_d=(forward, backward)``), and the forward without checkpoints holding the
+state transposed (``state_major=True``; the differentiated forward, which saves checkpoints, keeps its layout).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import dataclasses
@@ -47,8 +46,6 @@ CASES = [
     pytest.param((1, 11, 4, 1, 3), dict(D=True, delta_bias=True), dict(chunk=4), id="bias-without-softplus"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=2, chain_in_kernel=False),
                  id="all-options-xla-chain-6-segments"),
-    pytest.param((2, 13, 6, 2, 5), {**ALL_OPTIONS, "return_last_state": False},
-                 dict(block_d=2, chunk=2, chain_in_kernel="walk"), id="chain-in-walk-7-segments-groups-odd-L"),
     pytest.param((2, 11, 12, 2, 5), ALL_OPTIONS, dict(block_d=(4, 2), chunk=2), id="all-options-wider-forward-blocks"),
     pytest.param((1, 11, 8, 1, 3), ALL_OPTIONS, dict(block_d=(2, 8), chunk=16), id="one-segment-narrower-forward"),
     pytest.param((2, 16, 8, 2, 4), ALL_OPTIONS, dict(block_d=2, chunk=4, unroll=2), id="all-options-even-no-masks"),
