@@ -20,12 +20,20 @@ PREEMPTED_EXIT_CODE = 143
 
 
 def _unknown_key_message(argv: list[str], err: Exception) -> str | None:
-    """Name the offending ``--config.a.b`` override and the valid keys at its level, if that is what failed."""
-    key = str(err).strip("\"'")
+    """Name the offending ``--config.a.b`` override, and ml_collections' closest valid key if it has one."""
+    # ml_collections' message is the key, quoted, and with a close match a 'Did you mean "x" instead of "y"?' line
+    found = re.search(r"\w+", str(err))
+    if found is None:
+        return None
+    key = found.group(0)
+    suggestion = re.search(r'Did you mean "(\w+)"', str(err))
     for arg in argv:
         match = re.match(r"--?config\.([\w.]+)", arg)
-        if match and match.group(1).split(".")[-1] == key:
-            return f"unknown config key in {arg.split('=')[0]!r}: there is no field {key!r} at that level"
+        path = match.group(1).split(".") if match else []
+        if key in path:
+            hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
+            return (f"unknown config key in {arg.split('=')[0]!r}: there is no field {key!r} at that level{hint}; "
+                    "see the config file for the valid fields")
     return None
 
 
@@ -37,7 +45,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         message = _unknown_key_message(argv, err)
         if message is None:
             raise
-        sys.exit(f"error: {message}; see the config file for the valid fields.")
+        sys.exit(f"error: {message}")
     except flags.Error as err:
         sys.exit(f"error: {err}\nusage: {argv[0]} --config=configs/<model>_<dataset>.py --workdir=DIR "
                  f"[--config.section.key=value ...]")

@@ -1,5 +1,9 @@
 """The CLI wrapper's exits: bad input is one message with code 1, a run stopped by SIGTERM exits with code 143."""
 
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 from ssm_jax.training import cli
@@ -27,3 +31,20 @@ def test_a_stopped_run_exits_with_143_and_says_how_to_resume(capsys):
 def test_other_errors_keep_their_traceback():
     with pytest.raises(RuntimeError, match="bug"):
         cli.run(["train.py"], _raise, RuntimeError("bug"))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.optim.lrr=1e-4", "there is no field 'lrr' at that level (did you mean 'lr'?)"),
+    ("--config.optimm.lr=1e-4", "there is no field 'optimm' at that level (did you mean 'optim'?)"),
+    ("--config.nothing_like_it=1", "there is no field 'nothing_like_it' at that level; see the config file"),
+])
+def test_a_mistyped_config_key_is_one_line_naming_it(override, expected, tmp_path):
+    """Through train.py itself, so the error is the one ml_collections raises while absl parses the flags."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "train.py", "--config=configs/memorymamba_elpv.py:cpu",
+                           f"--workdir={tmp_path}", override], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: unknown config key in {override.split('=')[0]!r}: "), lines
+    assert expected in lines[0]
+    assert not any(tmp_path.iterdir())  # nothing written for a run that never started
