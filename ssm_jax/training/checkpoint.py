@@ -102,7 +102,10 @@ class Checkpointer:
         others = [s for s in self.all_steps() if s != step]
         hint = (f"earlier checkpoints: steps {others}; move {where} aside to resume from step {others[-1]}"
                 if others else "no earlier checkpoint exists; use a new --workdir to start over")
-        return f"checkpoint {where} is unreadable (truncated or damaged?): {type(err).__name__}: {err}. {hint}."
+        reason = str(err).split("See full TensorStore details")[0].strip().splitlines()  # tensorstore appends its spec
+        reason = reason[0].rstrip(".") if reason else ""
+        reason = reason if len(reason) <= 300 else reason[:300] + " ..."
+        return f"checkpoint {where} is unreadable (truncated or damaged?): {type(err).__name__}: {reason}. {hint}."
 
     def close(self) -> None:
         self._manager.close()

@@ -59,12 +59,22 @@ def define_run_flags(workdir_help: str):
     return config, workdir
 
 
+def _drop_closed_loop_callbacks(unraisable) -> None:
+    """``sys.unraisablehook``: when orbax's restore fails on a damaged checkpoint, tensorstore's reads still in
+    flight call back into the asyncio loop it has closed; their "Event loop is closed" errors, dozens of tracebacks
+    around the one-line ``CheckpointError``, say nothing it does not. Anything else goes to the default hook."""
+    err = unraisable.exc_value
+    if not (isinstance(err, RuntimeError) and str(err) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
+
+
 def run(argv: list[str], fn, *args):
     """Body of a CLI ``main``: quiet logging, join a multi-process job, run ``fn``; bad input exits with code 1
     and its message instead of a traceback; a run stopped by SIGTERM (checkpointed) exits with code 143."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
+    sys.unraisablehook = _drop_closed_loop_callbacks
     initialize_distributed()
     try:
         return fn(*args)

@@ -161,14 +161,17 @@ def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
         run.Experiment(other, tmp_path).train()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # reads in flight, see cli.run
 def test_truncated_checkpoint_gives_clear_error(tiny_config, tmp_path):
     config = tiny_config(max_steps=3)
     run.Experiment(config, tmp_path).train()
+    # orbax's data files cut short, its metadata intact: the failure comes from inside tensorstore's reads
     for f in (tmp_path / "checkpoints" / "3" / "state").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0:
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=r"checkpoints/3 is unreadable .*no earlier checkpoint"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 4])
+    with pytest.raises(CheckpointError, match=r"checkpoints/3 is unreadable .*no earlier checkpoint") as err:
         run.Experiment(config, tmp_path).train()
+    assert "\n" not in str(err.value) and len(str(err.value)) < 800  # one line, not tensorstore's spec of the array
 
 
 def test_missing_dataset_names_the_path(tiny_config, tmp_path):
