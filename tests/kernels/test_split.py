@@ -4,10 +4,10 @@ gradient against the sequential scan's (1e-4), with several segments, L not a mu
 segment (the serial kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default), in their
 chunk, or hoisted (``hoist_loads``), the gate after the kernels (the default) or in them (``gate_in_kernel=True``),
 and with delta discretised once outside the kernels (the default), in each of them (``delta_in_kernel=True``) or in
-the forward kernels only (``"forward"``),
-the chain over segments as one kernel (the default) or in XLA (``chain_in_kernel=False``), the forward kernels
-with channel blocks of their own (``block_d=(forward, backward)``), and the forward without checkpoints holding the
-state transposed (``state_major=True``; the differentiated forward, which saves checkpoints, keeps its layout).
+the forward kernels only (``"forward"``), the chain over segments as one kernel (the default) or in XLA
+(``chain_in_kernel=False``), the forward kernels with channel blocks of their own (``block_d=(forward, backward)``),
+and the forward without checkpoints holding the state transposed (``state_major=True``; the differentiated forward,
+which saves checkpoints, keeps its layout).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import dataclasses
