@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--peer", required=True, help="a copy of ../shared/peer/mamba_ssm")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--calls", type=int, default=10, help="calls per back-to-back batch")
+    parser.add_argument("--calls", type=int, default=50, help="calls per back-to-back batch (scan.BATCH_CALLS)")
     parser.add_argument("--warmup_s", type=float, default=2.0)
     args = parser.parse_args()
     if not torch.cuda.is_available():

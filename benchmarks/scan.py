@@ -49,8 +49,11 @@ IMPLS = ("pallas", "associative", "chunked", "sequential")
 # Seconds of warm-up calls per timing on GPU: each row runs in a fresh process, and on 2026-11-30 the first timing
 # of a process ran up to 1.5x slow (kernels/selective_scan/NOTES.md).
 WARMUP_S = 2.0
-# Calls per back-to-back batch (``batched_time``).
-BATCH_CALLS = 10
+# Calls per back-to-back batch (``batched_time``). A batch also pays one dispatch latency and one final wait, which
+# a per-call time spreads over its calls: on one H200 (2026-12-02, bf16 vmamba-64x64 forward, NOTES.md "Session
+# 25") that fixed part was about 111 us for ours (JAX) and 55 us for mamba_ssm (PyTorch), so 10 calls a batch put
+# ours at 130 us a call and 50 calls at 121, against a rate of 119 us from the two; mamba_ssm 124, 120 and 119.
+BATCH_CALLS = 50
 
 
 class Shape(NamedTuple):
@@ -158,11 +161,16 @@ def median_time(fn, *args, repeats: int, warmup_s: float = 0.0) -> float:
 def batched_time(fn, *args, calls: int, repeats: int) -> float:
     """Median over ``repeats`` batches of the per-call wall time in seconds of ``calls`` calls of ``fn(*args)``
     issued back to back and waited for once: the device's own rate while the host keeps ahead, as in training
-    (``median_time`` pays the dispatch latency on every call). Call after ``warm_up``."""
+    (``median_time`` pays the dispatch latency on every call). Each call's output is dropped when the next is
+    issued (freed once computed), so memory stays that of two calls; waiting for the last waits for all, since
+    they run in order. Call after ``warm_up``."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready([fn(*args) for _ in range(calls)])
+        out = None
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
         times.append((time.perf_counter() - start) / calls)
     return float(np.median(times))
 
@@ -211,7 +219,7 @@ def measure(impl: str, shape: Shape, dtype, repeats: int) -> dict:
     warmup_s = WARMUP_S if on_gpu else 0.0
     row = {"fwd": median_time(forward, *args, repeats=repeats, warmup_s=warmup_s)}
     row["fwd_bwd"] = median_time(forward_backward, args, cotangent, repeats=repeats, warmup_s=warmup_s)
-    if on_gpu:  # read before the back-to-back batches, which hold BATCH_CALLS outputs at once
+    if on_gpu:  # read before the back-to-back batches
         row["peak"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"]
     else:
         analysis = forward_backward.lower(args, cotangent).compile().memory_analysis()

@@ -1,0 +1,121 @@
+"""Where a scan call's GPU time goes, kernel by kernel, and what a back-to-back batch adds to it.
+
+    ncu --clock-control none --metrics gpu__time_duration.sum --csv \\
+        python benchmarks/scan_kernel_times.py pallas vmamba-64x64 bfloat16 > ours.csv
+    ncu ... python benchmarks/scan_kernel_times.py peer vmamba-64x64 bfloat16 --peer peer/mamba_ssm > peer.csv
+    python benchmarks/scan_kernel_times.py summary ours.csv          # kernels per call, their sum
+    python benchmarks/scan_kernel_times.py batches vmamba-64x64 bfloat16   # ours, 10 and 50 calls a batch
+
+``pallas`` and ``peer`` run the default Pallas forward (``impl="auto"``'s config, all inputs on) or mamba_ssm's
+forward ``--calls`` times (the first compiles, which costs no GPU time), under Nsight Compute (``--clock-control
+none`` leaves the clocks alone). ``summary`` reads ncu's CSV: per kernel name its launches and GPU time; kernels
+launched exactly ``--calls`` times are the call's own (the inputs' setup launches others; a call's kernel that
+shares its name with a setup kernel, as fp32's gate fusion does, is left out), and their sum is the call's kernel
+time, without the gaps between kernels. ``batches`` times ours as ``scan.batched_time`` does, at 10 and 50 calls
+a batch, and the host's time to queue a call without waiting: a batch pays one dispatch latency and one wait,
+spread over its calls, and the two sizes give the per-call rate without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+UNITS = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+
+
+def summary(path: str, calls: int) -> dict[str, float]:
+    """{kernel name: GPU us a call} for the kernels launched ``calls`` times; prints every kernel seen."""
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(line for line in f if line.startswith('"'))
+                if r.get("Metric Name") == "gpu__time_duration.sum"]
+    times: dict[str, list[float]] = {}
+    for r in rows:
+        value = float(r["Metric Value"].replace(",", "")) * UNITS[r["Metric Unit"]]
+        times.setdefault(r["Kernel Name"], []).append(value)
+    per_call = {name: sum(t) / calls for name, t in times.items() if len(t) == calls}
+    for name, t in times.items():
+        own = f"{per_call[name]:9.2f} us a call" if name in per_call else "   (setup)"
+        print(f"{name[:70]:<70} {len(t):4d} launches, median {statistics.median(t):9.2f} us {own}")
+    print(f"kernels of one call: {sum(per_call.values()):.1f} us")
+    return per_call
+
+
+def run_pallas(shape_name: str, dtype: str, calls: int) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.kernel_configs import kernel_fns, parse_config
+    from benchmarks.scan import SHAPES, make_inputs
+    shape = next(s for s in SHAPES if s.name == shape_name)
+    args, _ = make_inputs(shape, jnp.dtype(dtype))
+    forward, _ = kernel_fns(parse_config("split:32/16:0:1:1"))
+    for _ in range(calls):
+        jax.block_until_ready(forward(*args))
+
+
+def run_peer(shape_name: str, dtype: str, calls: int, peer_dir: str) -> None:
+    import torch
+
+    from benchmarks.mamba_ssm_times import load_peer, peer_inputs
+    from benchmarks.scan import SHAPES
+    shape = next(s for s in SHAPES if s.name == shape_name)
+    scan_fn = load_peer(peer_dir)
+    args, _ = peer_inputs(shape.rows, shape.length, shape.dim, shape.d_state, getattr(torch, dtype), "cuda")
+    with torch.no_grad():
+        for _ in range(calls):
+            scan_fn(*args, delta_softplus=True)
+    torch.cuda.synchronize()
+
+
+def batches(shape_name: str, dtype: str, repeats: int = 7) -> dict[str, float]:
+    """Ours at 10 and 50 calls a batch, the rate solved from the two, and the host's queueing time, in us."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks.kernel_configs import kernel_fns, parse_config
+    from benchmarks.scan import SHAPES, batched_time, make_inputs, warm_up
+    shape = next(s for s in SHAPES if s.name == shape_name)
+    args, _ = make_inputs(shape, jnp.dtype(dtype))
+    forward, _ = kernel_fns(parse_config("split:32/16:0:1:1"))
+    warm_up(forward, *args, calls=3, seconds=1.0)
+    b10, b50 = (batched_time(forward, *args, calls=n, repeats=repeats) * 1e6 for n in (10, 50))
+    queued = []
+    for _ in range(repeats):
+        jax.block_until_ready(forward(*args))
+        start = time.perf_counter()
+        outs = [forward(*args) for _ in range(10)]
+        queued.append((time.perf_counter() - start) / 10 * 1e6)
+        jax.block_until_ready(outs)
+    row = {"batch_10": b10, "batch_50": b50, "rate": (50 * b50 - 10 * b10) / 40,
+           "fixed_per_batch": 10 * (b10 - (50 * b50 - 10 * b10) / 40), "queued": float(np.median(queued))}
+    print(" ".join(f"{k} {v:.1f} us" for k, v in row.items()))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("pallas", "peer", "summary", "batches"))
+    parser.add_argument("what", nargs="+", help="SHAPE DTYPE, or for summary the ncu CSV")
+    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--peer", default="peer/mamba_ssm", help="a copy of ../shared/peer/mamba_ssm")
+    args = parser.parse_args()
+    if args.mode == "summary":
+        summary(args.what[0], args.calls)
+    elif args.mode == "pallas":
+        run_pallas(*args.what, args.calls)
+    elif args.mode == "peer":
+        run_peer(*args.what, args.calls, args.peer)
+    else:
+        batches(*args.what)
+
+
+if __name__ == "__main__":
+    main()
