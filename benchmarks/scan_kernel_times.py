@@ -6,7 +6,7 @@
     python benchmarks/scan_kernel_times.py summary ours.csv          # kernels per call, their sum
     python benchmarks/scan_kernel_times.py batches vmamba-64x64 bfloat16   # ours, 10 and 50 calls a batch
 
-``pallas`` and ``peer`` run the default Pallas forward (``impl="auto"``'s config, all inputs on) or mamba_ssm's
+``pallas`` and ``peer`` run the default Pallas forward (``scan.py``'s ``pallas`` rows, all inputs on) or mamba_ssm's
 forward ``--calls`` times (the first compiles, which costs no GPU time), under Nsight Compute (``--clock-control
 none`` leaves the clocks alone). ``summary`` reads ncu's CSV: per kernel name its launches and GPU time; kernels
 launched exactly ``--calls`` times are the call's own (the inputs' setup launches others; a call's kernel that
@@ -47,15 +47,25 @@ def summary(path: str, calls: int) -> dict[str, float]:
     return per_call
 
 
-def run_pallas(shape_name: str, dtype: str, calls: int) -> None:
-    import jax
+def _shape(name: str):
+    from benchmarks.rows import select_shapes
+    from benchmarks.scan import SHAPES
+    return select_shapes(SHAPES, name)[0]
+
+
+def _ours(shape_name: str, dtype: str):
+    """The jitted default Pallas forward (``scan.py``'s ``pallas`` rows) and its inputs on one shape."""
     import jax.numpy as jnp
 
-    from benchmarks.kernel_configs import kernel_fns, parse_config
-    from benchmarks.scan import SHAPES, make_inputs
-    shape = next(s for s in SHAPES if s.name == shape_name)
+    from benchmarks.scan import functions, make_inputs
+    shape = _shape(shape_name)
     args, _ = make_inputs(shape, jnp.dtype(dtype))
-    forward, _ = kernel_fns(parse_config("split:32/16:0:1:1"))
+    return functions("pallas", shape.order())[0], args
+
+
+def run_pallas(shape_name: str, dtype: str, calls: int) -> None:
+    import jax
+    forward, args = _ours(shape_name, dtype)
     for _ in range(calls):
         jax.block_until_ready(forward(*args))
 
@@ -64,8 +74,7 @@ def run_peer(shape_name: str, dtype: str, calls: int, peer_dir: str) -> None:
     import torch
 
     from benchmarks.mamba_ssm_times import load_peer, peer_inputs
-    from benchmarks.scan import SHAPES
-    shape = next(s for s in SHAPES if s.name == shape_name)
+    shape = _shape(shape_name)
     scan_fn = load_peer(peer_dir)
     args, _ = peer_inputs(shape.rows, shape.length, shape.dim, shape.d_state, getattr(torch, dtype), "cuda")
     with torch.no_grad():
@@ -75,16 +84,13 @@ def run_peer(shape_name: str, dtype: str, calls: int, peer_dir: str) -> None:
 
 
 def batches(shape_name: str, dtype: str, repeats: int = 7) -> dict[str, float]:
-    """Ours at 10 and 50 calls a batch, the rate solved from the two, and the host's queueing time, in us."""
+    """Ours at 10 and 50 calls a batch, the rate and the batch's fixed cost solved from the two (T(n) = fixed + n
+    rate), and the host's time to queue a call without waiting; all in us."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    from benchmarks.kernel_configs import kernel_fns, parse_config
-    from benchmarks.scan import SHAPES, batched_time, make_inputs, warm_up
-    shape = next(s for s in SHAPES if s.name == shape_name)
-    args, _ = make_inputs(shape, jnp.dtype(dtype))
-    forward, _ = kernel_fns(parse_config("split:32/16:0:1:1"))
+    from benchmarks.scan import batched_time, warm_up
+    forward, args = _ours(shape_name, dtype)
     warm_up(forward, *args, calls=3, seconds=1.0)
     b10, b50 = (batched_time(forward, *args, calls=n, repeats=repeats) * 1e6 for n in (10, 50))
     queued = []
@@ -94,8 +100,9 @@ def batches(shape_name: str, dtype: str, repeats: int = 7) -> dict[str, float]:
         outs = [forward(*args) for _ in range(10)]
         queued.append((time.perf_counter() - start) / 10 * 1e6)
         jax.block_until_ready(outs)
-    row = {"batch_10": b10, "batch_50": b50, "rate": (50 * b50 - 10 * b10) / 40,
-           "fixed_per_batch": 10 * (b10 - (50 * b50 - 10 * b10) / 40), "queued": float(np.median(queued))}
+    rate = (50 * b50 - 10 * b10) / 40
+    row = {"batch_10": b10, "batch_50": b50, "rate": rate, "fixed_per_batch": 10 * (b10 - rate),
+           "queued": float(np.median(queued))}
     print(" ".join(f"{k} {v:.1f} us" for k, v in row.items()))
     return row
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -102,8 +103,8 @@ class Checkpointer:
         others = [s for s in self.all_steps() if s != step]
         hint = (f"earlier checkpoints: steps {others}; move {where} aside to resume from step {others[-1]}"
                 if others else "no earlier checkpoint exists; use a new --workdir to start over")
-        reason = str(err).split("See full TensorStore details")[0].strip().splitlines()  # tensorstore appends its spec
-        reason = reason[0].rstrip(".") if reason else ""
+        # the first line, before the spec of the array that tensorstore appends to its errors
+        reason = re.split(r"\n|See full TensorStore details", str(err), maxsplit=1)[0].strip().rstrip(".")
         reason = reason if len(reason) <= 300 else reason[:300] + " ..."
         return f"checkpoint {where} is unreadable (truncated or damaged?): {type(err).__name__}: {reason}. {hint}."
 
