@@ -49,19 +49,21 @@ def interleaved_ms(fns, args, calls: int, rounds: int) -> list[float]:
     return [1e3 * float(np.median(spent)) for spent in times]
 
 
-def check(forward_backward, args, cotangent, order=None) -> dict:
-    """Relative errors of y and the worst gradient against the ``chunked`` scan (absent inputs skipped)."""
+def check(forward, forward_backward, args, cotangent, order=None) -> dict:
+    """Relative errors against the ``chunked`` scan of y, alone and under differentiation (the kernels' paths
+    differ), and of the worst gradient (absent inputs skipped)."""
     def reference(args, cotangent):
         y, vjp = jax.vjp(lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked", order=order), *args)
         return y, vjp(cotangent)
 
     y, grads = forward_backward(args, cotangent)
+    y_alone = forward(*args)
     y_ref, grads_ref = jax.jit(reference)(args, cotangent)
     present = [(n, g, r) for n, g, r in zip(NAMES, grads, grads_ref) if g is not None]
     errors = {n: rel(g, r) for n, g, r in present}
     worst = max(errors, key=errors.get)
-    finite = bool(jnp.isfinite(y).all()) and all(bool(jnp.isfinite(g).all()) for _, g, _ in present)
-    return {"fwd_err": rel(y, y_ref), "worst_grad": worst, "grad_err": errors[worst], "finite": finite}
+    finite = all(bool(jnp.isfinite(a).all()) for a in (y, y_alone, *(g for _, g, _ in present)))
+    return {"fwd_err": rel(y_alone, y_ref), "vjp_fwd_err": rel(y, y_ref), "worst_grad": worst, "grad_err": errors[worst], "finite": finite}
 
 
 def measure_shape(shape, dtype, configs, args) -> list[dict]:
@@ -75,7 +77,7 @@ def measure_shape(shape, dtype, configs, args) -> list[dict]:
             warm_up(forward, *inputs, calls=1, seconds=args.warmup_s)
             warm_up(forward_backward, inputs, cotangent, calls=1, seconds=args.warmup_s)
             if args.check and dtype == "float32":
-                row.update(check(forward_backward, inputs, cotangent, shape.order()))
+                row.update(check(forward, forward_backward, inputs, cotangent, shape.order()))
             timed.append((row, forward, forward_backward))
         except Exception as e:  # a config that fails to compile or run is a result too
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
@@ -115,7 +117,8 @@ def main() -> None:
                 print(f"{'(all configs)':<27}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
                 continue
             for row in measure_shape(shape, dtype, configs, args):
-                note = row.get("error") or (f"y {row['fwd_err']:.1e}, {row['worst_grad']} {row['grad_err']:.1e}"
+                note = row.get("error") or (f"y {row['fwd_err']:.1e} ({row['vjp_fwd_err']:.1e} differentiated), "
+                                            f"{row['worst_grad']} {row['grad_err']:.1e}"
                                             if "fwd_err" in row else "")
                 times = f"{row['fwd_ms']:9.3f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row else " " * 21
                 print(f"{row['config']:<27}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)

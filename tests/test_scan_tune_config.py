@@ -21,6 +21,7 @@ def test_config_fields_map_to_kernel_keywords():
     rows = parse_config("split:16:0:1:1:4::::1")
     assert rows["prefetch_rows"] is True and "prefetch_order" not in rows
     assert parse_config("split:16:0:1:1:4:::::0")["gate_in_kernel"] is False
+    assert parse_config("split:32/16:0:1:1::::::2")["gate_in_kernel"] == "forward"
     assert parse_config("split:16:0:1:1:2::::::1")["chain_in_kernel"] is True
     assert parse_config("split:32/16:0:1:1:2")["block_d"] == (32, 16)  # forward/backward
     assert parse_config("split:32/16:0:1:1::::::::1")["state_major"] is True

@@ -52,5 +52,5 @@ def test_measure_shape_times_checks_and_reports_a_failing_config(monkeypatch):
     ok, broken = measure_shape(SMALL_SHAPES[4], "float32", configs, args)
     assert (ok["config"], ok["shape"], ok["dtype"]) == ("seq", "vmamba/small", "float32")
     assert ok["fwd_ms"] > 0 and ok["fwd_bwd_ms"] > 0
-    assert ok["fwd_err"] < 1e-5 and ok["grad_err"] < 1e-4 and ok["finite"]
+    assert ok["fwd_err"] < 1e-5 and ok["vjp_fwd_err"] < 1e-5 and ok["grad_err"] < 1e-4 and ok["finite"]
     assert broken["error"] == "ValueError: no such design" and "fwd_ms" not in broken

@@ -7,7 +7,8 @@ the serial kernels per segment; a sequence of one segment runs the serial kernel
 with one warp per program, 16 channels a backward program and 32 a forward one (16 when that would leave the
 forward's grid short, ``split.WIDE_FORWARD_GRID``), 128-step segments (one segment when the grid is already full), a
 checkpoint every 2 steps inside segments (every 4 in a single one), the chain over segments as one kernel, the
-forward's loads hoisted and every load issued a chunk ahead, the gate after the kernels: the fastest Pallas design
+forward's loads hoisted and every load issued a chunk ahead, the gate in the forward walk when no gradient is
+taken and after the kernels when one is: the fastest Pallas design
 measured for forward+backward on the benchmark shapes (NOTES.md). Under differentiation the forward stores the
 state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
@@ -65,10 +66,13 @@ PREFETCH_ORDER = True
 # vmamba-64x64 1.48 -> 1.07, 8-dir 0.47 -> 0.38), and 7-15 % on the in-place ad-64, ad-32 and mm-tiny-28 scans
 # (one H200, NOTES.md, "Session 12").
 PREFETCH_ROWS = True
-# The gate y * silu(z) in XLA after the kernels (``gate_in_kernel`` left as None): the backward kernel loses z's
-# loads, the sigmoid, the recomputed y and the dz store (and its register spill on vmamba-64x64); forward+backward
-# 2-24 % faster on the five generic shapes, fp32 and bf16, for up to 6.5 % more peak memory (NOTES.md, "Session 12").
-GATE_IN_KERNEL = False
+# The gate y * silu(z) (``gate_in_kernel`` left as None) in the forward walk when no gradient is taken, and in XLA
+# after the kernels when differentiated. Outside, the backward kernel loses z's loads, the sigmoid, the recomputed y
+# and the dz store (and its register spill on vmamba-64x64): forward+backward 2-24 % faster on the five generic
+# shapes, fp32 and bf16, for up to 6.5 % more peak memory (NOTES.md, "Session 12"). In the walk, the forward alone
+# drops XLA's pass over y and z: interleaved, 1.7-10 % faster in bf16 and 6-15 % in fp32 on all five (one H200,
+# NOTES.md, "Session 26").
+GATE_IN_KERNEL = "forward"
 # The split design's chain over segments as one kernel (``chain.py``; ``chain_in_kernel`` left as None), not XLA's
 # associative scan over segments (five small fusions, 23 us of a 232 us forward on vmamba-64x64, ncu): interleaved on
 # vmamba-64x64, mamba-768, long and vim-s, forward 3-6 % and forward+backward 2-3 % faster, fp32 and bf16 (one H200,
@@ -264,13 +268,46 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, tuning, residuals, c
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
+def _gated_outside(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret,
+                   tuning):
+    """The kernels without z, then y * silu(z) in XLA, in float32 (differentiated by JAX)."""
+    out = _scan(u, delta, A, B, C, D, None, delta_bias, order, delta_softplus, return_last_state, interpret, tuning)
+    y, last = out if return_last_state else (out, None)
+    y = finish_output(y.astype(jnp.float32), None, None, z, y.dtype)
+    return (y, last) if return_last_state else y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
+def _scan_gate_in_forward(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret,
+                          tuning):
+    """``gate_in_kernel="forward"``: the forward walk gates y itself when no gradient is taken (no XLA pass over y
+    and z); differentiated, the kernels run without z and XLA gates (``_gated_outside``), so the backward is the
+    default's."""
+    return _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning)
+
+
+def _scan_gate_in_forward_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state,
+                              interpret, tuning):
+    def gated(u, delta, A, B, C, D, z, delta_bias):
+        return _gated_outside(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state,
+                              interpret, tuning)
+    return jax.vjp(gated, u, delta, A, B, C, D, z, delta_bias)
+
+
+def _scan_gate_in_forward_bwd(delta_softplus, return_last_state, interpret, tuning, vjp, cotangent):
+    return (*vjp(cotangent), None)
+
+
+_scan_gate_in_forward.defvjp(_scan_gate_in_forward_fwd, _scan_gate_in_forward_bwd)
+
+
 def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool,
                           return_last_state: bool, interpret: bool, design: str = "auto",
                           block_d: int | tuple[int | None, int | None] | None = None, chunk: int | None = None,
                           num_warps: tuple[int, int] | None = None, unroll: int | None = None, order=None,
                           hoist_loads: bool | None = None, delta_in_kernel: bool | str | None = None,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
-                          gate_in_kernel: bool | None = None, chain_in_kernel: bool | None = None,
+                          gate_in_kernel: bool | str | None = None, chain_in_kernel: bool | None = None,
                           state_major: bool | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
@@ -310,8 +347,11 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         registers; None, the default: on, ``PREFETCH_ROWS``).
       gate_in_kernel: True applies the gate y * silu(z) inside the kernels; False runs them without z and gates
         their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
-        recomputed y and the dz store, for two elementwise passes over y (None, the default: ``GATE_IN_KERNEL``,
-        outside). With bfloat16 inputs y is rounded to bfloat16 before the gate as well as after it.
+        recomputed y and the dz store, for two elementwise passes over y.
+        With bfloat16 inputs y is rounded to bfloat16 before the gate as well as after it. "forward": in the
+        forward walk when no gradient is taken, outside when differentiated (the backward is False's); with
+        bfloat16 inputs the two differ by y's rounding before the gate. None, the default: ``GATE_IN_KERNEL``,
+        "forward".
       chain_in_kernel: split only: chain the segment summaries into the state entering each segment with one kernel
         (``chain.py``) instead of XLA's associative scan over segments (None, the default: ``CHAIN_IN_KERNEL``).
       state_major: the segment-state kernel, and the forward walk where it saves no state (no gradient taken), hold
@@ -341,11 +381,12 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                     None if prefetch_rows is None else bool(prefetch_rows),
                     None if chain_in_kernel is None else bool(chain_in_kernel),
                     None if state_major is None else bool(state_major))
-    gate_outside = z is not None and not (GATE_IN_KERNEL if gate_in_kernel is None else gate_in_kernel)
-    out = _scan(u, delta, A, B, C, D, None if gate_outside else z, delta_bias, order, bool(delta_softplus),
-                bool(return_last_state), bool(interpret), tuning)
-    if not gate_outside:
-        return out
-    y, last = out if return_last_state else (out, None)
-    y = finish_output(y.astype(jnp.float32), None, None, z, y.dtype)  # y * silu(z) in float32
-    return (y, last) if return_last_state else y
+    gate = GATE_IN_KERNEL if gate_in_kernel is None else gate_in_kernel
+    if gate not in (False, True, "forward"):
+        raise ValueError(f"selective_scan_pallas: gate_in_kernel={gate_in_kernel!r}, expected None, False, True or "
+                         f"'forward'")
+    args = (u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
+            bool(interpret), tuning)
+    if z is None or gate is True:
+        return _scan(*args)
+    return (_scan_gate_in_forward if gate == "forward" else _gated_outside)(*args)

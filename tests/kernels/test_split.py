@@ -2,9 +2,10 @@
 in interpret mode: y and the last state against the float64 NumPy recurrence (relative error 1e-5), every
 gradient against the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one
 segment (the serial kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default), in their
-chunk, or hoisted (``hoist_loads``), the gate after the kernels (the default) or in them (``gate_in_kernel=True``),
-and with delta discretised once outside the kernels (the default), in each of them (``delta_in_kernel=True``) or in
-the forward kernels only (``"forward"``), the chain over segments as one kernel (the default) or in XLA
+chunk, or hoisted (``hoist_loads``), the gate after the kernels, in them (``gate_in_kernel=True``) or in the
+forward walk when no gradient is taken (``"forward"``, the default), and with delta discretised once outside the
+kernels (the default), in each of them (``delta_in_kernel=True``) or in the forward kernels only (``"forward"``),
+the chain over segments as one kernel (the default) or in XLA
 (``chain_in_kernel=False``), the forward kernels with channel blocks of their own (``block_d=(forward, backward)``),
 and the forward without checkpoints holding the state transposed (``state_major=True``; the differentiated forward,
 which saves checkpoints, keeps its layout).
@@ -39,6 +40,8 @@ CASES = [
                  id="one-segment-loads-a-chunk-ahead"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, gate_in_kernel=True),
                  id="all-options-gate-in-the-kernels"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, gate_in_kernel=False),
+                 id="all-options-gate-after-the-kernels"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
                  id="all-options-delta-discretised-in-kernel"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel="forward"),
@@ -157,7 +160,8 @@ def test_default_unroll_is_two_steps_with_segments_four_without(rows, length, di
     assert lay.chunk == unroll
 
 
-@pytest.mark.parametrize("gate_in_kernel", [True, False], ids=["gate-in-kernel", "gate-outside"])
+@pytest.mark.parametrize("gate_in_kernel", [True, False, "forward"],
+                         ids=["gate-in-kernel", "gate-outside", "gate-in-forward-walk"])
 def test_bfloat16_gradients_keep_the_inputs_dtypes(gate_in_kernel):
     """bf16 activations (the bf16 default: delta discretised in the forward kernels, and outside in float32 for the
     backward): every gradient in its input's dtype, and within bf16 rounding (3e-2) of the float32 sequential
@@ -176,3 +180,31 @@ def test_bfloat16_gradients_keep_the_inputs_dtypes(gate_in_kernel):
     for name in names:
         assert got[name].dtype == x[name].dtype, name
         assert rel_err(got[name].astype(jnp.float32), want[name]) < 3e-2, name
+
+
+@pytest.mark.parametrize("gate_in_kernel, gated_by_xla", [(False, (True, True)), (True, (False, False)),
+                                                          ("forward", (False, True))])
+def test_where_the_gate_runs(gate_in_kernel, gated_by_xla):
+    """(forward alone, forward+backward): whether XLA applies silu(z) (a ``logistic`` in the program; the kernels'
+    sigmoid is ``exp2`` and a reciprocal). "forward" gates in the walk only when no gradient is taken."""
+    opts = dict(D=True, z=True, delta_bias=True, delta_softplus=True)
+    x = make_inputs(1, 1, 8, 4, 1, 2, **opts)
+    blocks = dict(chunk=4, gate_in_kernel=gate_in_kernel)
+    forward = str(jax.make_jaxpr(lambda x: scan("split", x, opts, blocks))(x))
+    grad = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(scan("split", x, opts, blocks))))(x))
+    assert ("logistic" in forward, "logistic" in grad) == gated_by_xla
+
+
+def test_bfloat16_forward_alone_rounds_once_after_the_gate():
+    """bf16 inputs with the gate in the forward walk: the forward alone (y rounded once, after the gate) and the
+    differentiated forward (y rounded before the gate as well) are both within bf16 rounding (1e-2) of the float32
+    sequential scan of the same values, and within two bf16 roundings of each other elementwise."""
+    opts = dict(D=True, z=True, delta_bias=True, delta_softplus=True)
+    x = make_inputs(4, 2, 13, 8, 2, 4, dtype=jnp.bfloat16, **opts)
+    blocks = dict(chunk=4, gate_in_kernel="forward")
+    alone = jax.jit(lambda x: scan("split", x, opts, blocks))(x).astype(jnp.float32)
+    differentiated = jax.jit(lambda x: jax.vjp(lambda x: scan("split", x, opts, blocks), x)[0])(x)
+    differentiated = differentiated.astype(jnp.float32)
+    want = scan("sequential", jax.tree.map(lambda a: a.astype(jnp.float32), x), opts, blocks)
+    assert rel_err(alone, want) < 1e-2 and rel_err(differentiated, want) < 1e-2
+    np.testing.assert_allclose(alone, differentiated, rtol=2 * 2.0 ** -8, atol=1e-6)
