@@ -63,7 +63,8 @@ def check(forward, forward_backward, args, cotangent, order=None) -> dict:
     errors = {n: rel(g, r) for n, g, r in present}
     worst = max(errors, key=errors.get)
     finite = all(bool(jnp.isfinite(a).all()) for a in (y, y_alone, *(g for _, g, _ in present)))
-    return {"fwd_err": rel(y_alone, y_ref), "vjp_fwd_err": rel(y, y_ref), "worst_grad": worst, "grad_err": errors[worst], "finite": finite}
+    return {"fwd_err": rel(y_alone, y_ref), "vjp_fwd_err": rel(y, y_ref), "worst_grad": worst,
+            "grad_err": errors[worst], "finite": finite}
 
 
 def measure_shape(shape, dtype, configs, args) -> list[dict]:

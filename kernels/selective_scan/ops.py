@@ -8,8 +8,8 @@ with one warp per program, 16 channels a backward program and 32 a forward one (
 forward's grid short, ``split.WIDE_FORWARD_GRID``), 128-step segments (one segment when the grid is already full), a
 checkpoint every 2 steps inside segments (every 4 in a single one), the chain over segments as one kernel, the
 forward's loads hoisted and every load issued a chunk ahead, the gate in the forward walk when no gradient is
-taken and after the kernels when one is: the fastest Pallas design
-measured for forward+backward on the benchmark shapes (NOTES.md). Under differentiation the forward stores the
+taken and after the kernels when one is: the fastest Pallas design measured for forward+backward, and then for the
+forward alone, on the benchmark shapes (NOTES.md). Under differentiation the forward stores the
 state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``). delta reaches the backward kernel discretised, softplus(delta + bias)
@@ -347,11 +347,10 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         registers; None, the default: on, ``PREFETCH_ROWS``).
       gate_in_kernel: True applies the gate y * silu(z) inside the kernels; False runs them without z and gates
         their y in XLA (differentiated by JAX), which frees the backward kernel of z's loads, its sigmoid, the
-        recomputed y and the dz store, for two elementwise passes over y.
-        With bfloat16 inputs y is rounded to bfloat16 before the gate as well as after it. "forward": in the
-        forward walk when no gradient is taken, outside when differentiated (the backward is False's); with
-        bfloat16 inputs the two differ by y's rounding before the gate. None, the default: ``GATE_IN_KERNEL``,
-        "forward".
+        recomputed y and the dz store, for two elementwise passes over y; with bfloat16 inputs y is rounded to
+        bfloat16 before the gate as well as after it. "forward": in the forward walk when no gradient is taken,
+        outside when differentiated (the backward is False's); with bfloat16 inputs the two differ by y's rounding
+        before the gate. None, the default: ``GATE_IN_KERNEL``, "forward".
       chain_in_kernel: split only: chain the segment summaries into the state entering each segment with one kernel
         (``chain.py``) instead of XLA's associative scan over segments (None, the default: ``CHAIN_IN_KERNEL``).
       state_major: the segment-state kernel, and the forward walk where it saves no state (no gradient taken), hold
@@ -385,6 +384,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
     if gate not in (False, True, "forward"):
         raise ValueError(f"selective_scan_pallas: gate_in_kernel={gate_in_kernel!r}, expected None, False, True or "
                          f"'forward'")
+    gate = gate if gate == "forward" else bool(gate)
     args = (u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
             bool(interpret), tuning)
     if z is None or gate is True:

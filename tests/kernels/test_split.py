@@ -183,10 +183,12 @@ def test_bfloat16_gradients_keep_the_inputs_dtypes(gate_in_kernel):
 
 
 @pytest.mark.parametrize("gate_in_kernel, gated_by_xla", [(False, (True, True)), (True, (False, False)),
-                                                          ("forward", (False, True))])
+                                                          (1, (False, False)), ("forward", (False, True)),
+                                                          (None, (False, True))])
 def test_where_the_gate_runs(gate_in_kernel, gated_by_xla):
     """(forward alone, forward+backward): whether XLA applies silu(z) (a ``logistic`` in the program; the kernels'
-    sigmoid is ``exp2`` and a reciprocal). "forward" gates in the walk only when no gradient is taken."""
+    sigmoid is ``exp2`` and a reciprocal). "forward", the default (None), gates in the walk only when no gradient is
+    taken; 1 means True."""
     opts = dict(D=True, z=True, delta_bias=True, delta_softplus=True)
     x = make_inputs(1, 1, 8, 4, 1, 2, **opts)
     blocks = dict(chunk=4, gate_in_kernel=gate_in_kernel)
@@ -208,3 +210,9 @@ def test_bfloat16_forward_alone_rounds_once_after_the_gate():
     want = scan("sequential", jax.tree.map(lambda a: a.astype(jnp.float32), x), opts, blocks)
     assert rel_err(alone, want) < 1e-2 and rel_err(differentiated, want) < 1e-2
     np.testing.assert_allclose(alone, differentiated, rtol=2 * 2.0 ** -8, atol=1e-6)
+
+
+def test_an_unknown_gate_placement_is_named():
+    x = make_inputs(1, 1, 8, 4, 1, 2, z=True)
+    with pytest.raises(ValueError, match="gate_in_kernel='backward', expected None, False, True or 'forward'"):
+        scan("split", x, {}, dict(gate_in_kernel="backward"))
