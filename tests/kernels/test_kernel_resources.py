@@ -2,10 +2,12 @@
 ``ptxas -v`` and the occupancy it derives from registers."""
 
 import re
+from collections import Counter
 
 import jax.numpy as jnp
 
-from benchmarks.kernel_resources import count_ptx, lowered_kernels, main_loop, parse_ptxas, programs_per_sm
+from benchmarks.kernel_resources import (count_ptx, loop_bounds_us, lowered_kernels, main_loop, parse_ptxas,
+                                         programs_per_sm)
 from benchmarks.scan import SHAPES
 from benchmarks.kernel_configs import parse_config
 from kernels.selective_scan import ops
@@ -21,12 +23,12 @@ def test_captures_each_kernel_with_its_warps():
     backward warps; four with the chain left to XLA."""
     shape = next(s for s in SHAPES if s.name == "mamba-768")
     kernels = lowered_kernels(parse_config("split:16:256:2:4:8"), shape)
-    assert [(name, warps) for name, warps, _ in kernels] == [
+    assert [(name, warps) for name, warps, _, _ in kernels] == [
         ("selective_scan_split_states", 2), ("selective_scan_split_chain", 1), ("selective_scan_fwd", 2),
         ("selective_scan_split_adjoints", 4), ("selective_scan_split_chain", 1), ("selective_scan_bwd", 4)]
-    assert all(text.lstrip().startswith(f"module @{name}") and "tt.func" in text for name, _, text in kernels)
+    assert all(text.lstrip().startswith(f"module @{name}") and "tt.func" in text for name, _, text, _ in kernels)
     unchained = lowered_kernels(parse_config("split:16:256:2:4:8::::::0"), shape)  # the chain in XLA
-    assert [name for name, _, _ in unchained] == [
+    assert [name for name, _, _, _ in unchained] == [
         "selective_scan_split_states", "selective_scan_fwd", "selective_scan_split_adjoints", "selective_scan_bwd"]
 
 
@@ -61,7 +63,7 @@ def test_compiled_kernels_take_exp2_and_multiply_adds_as_single_ptx_instructions
     lowered for CUDA carries its exponentials as ``ex2.approx.ftz`` and its recurrence as ``fma``, with no
     libdevice exp2 left; interpret mode (no PTX) keeps the plain jnp ops."""
     shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
-    for name, _, text in lowered_kernels(parse_config("split:16:0:1:1:2"), shape):
+    for name, _, text, _ in lowered_kernels(parse_config("split:16:0:1:1:2"), shape):
         assert "ex2.approx.ftz.f32" in text and "fma.rn.f32" in text, name
         assert "exp2" not in text.replace("ex2.approx.ftz.f32", ""), name
     assert not ops._ptx(interpret=True)
@@ -96,7 +98,7 @@ def test_softplus_and_gate_in_the_kernels_compile_to_special_function_instructio
     """With delta discretised and the gate applied in the kernels (bfloat16 inputs), the softplus takes
     ``lg2.approx`` and the sigmoids ``rcp.approx``, with no libdevice logarithm left in any kernel."""
     shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
-    kernels = dict((name, text) for name, _, text in
+    kernels = dict((name, text) for name, _, text, _ in
                    lowered_kernels(parse_config("split:16:0:1:1:2::0:::1"), shape, jnp.bfloat16))
     assert all("bf16" in kernels[k] for k in ("selective_scan_split_states", "selective_scan_fwd"))
     for name in ("selective_scan_split_states", "selective_scan_fwd", "selective_scan_split_adjoints",
@@ -111,9 +113,36 @@ def test_state_major_forward_holds_the_state_transposed_without_2d_loads():
     of a (state, channel) tile, and reads A and the entering states a state at a time; the default sums along axis
     1 of (channel, state) tiles loaded whole."""
     shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
-    walks = {cfg: dict((n, t) for n, _, t in lowered_kernels(parse_config(cfg), shape, forward_only=True))
+    walks = {cfg: dict((n, t) for n, _, t, _ in lowered_kernels(parse_config(cfg), shape, forward_only=True))
              for cfg in ("split:32/16:0:1:1", "split:32/16:0:1:1::::::::1")}
     default, major = (walks[c]["selective_scan_fwd"] for c in walks)
     assert set(re.findall(r"tt.reduce.*axis = (\d+)", default)) == {"1"} and "tensor<32x16xf32>" in default
     assert set(re.findall(r"tt.reduce.*axis = (\d+)", major)) == {"0"} and "tensor<32x16xf32>" not in major
     assert "tensor<16x32xf32>" in major
+
+
+def test_each_kernel_comes_with_the_layout_it_was_built_with():
+    """The forward of inference on vmamba-64x64 (8 rows, 4,096 steps, 192 channels): the states kernel and the walk
+    take the forward's 32-channel blocks, 128-step segments and 2-step chunks, so each program runs 64 loop
+    iterations over 8 x 6 x 32 programs."""
+    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
+    kernels = {name: (warps, lay) for name, warps, _, lay in
+               lowered_kernels(parse_config("split:32/16:0:1:1"), shape, forward_only=True)}
+    for name in ("selective_scan_split_states", "selective_scan_fwd"):
+        warps, lay = kernels[name]
+        assert (warps, lay.block_d, lay.segment, lay.chunk, lay.program_chunks) == (1, 32, 128, 2, 64), name
+        assert lay.grid == (8, 6, 32), name
+
+
+def test_loop_bounds_count_issue_and_mufu_clocks_over_every_warp():
+    """One warp-iteration of 100 instructions, 20 of them MUFU, issues in 100 scheduler clocks and holds the MUFU
+    unit 160: over 8 x 6 x 32 programs of one warp, 64 iterations each, spread on 132 x 4 schedulers at 1.98 GHz."""
+    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
+    lay = next(lay for name, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1"), shape, forward_only=True)
+               if name == "selective_scan_fwd")
+    iterations_a_scheduler = 8 * 6 * 32 * 64 / (132 * 4)
+    bounds = loop_bounds_us(Counter(FMUL=80, MUFU=20), lay, num_warps=1)
+    assert abs(bounds["issue"] - iterations_a_scheduler * 100 / 1.98e3) < 1e-9
+    assert abs(bounds["mufu"] - iterations_a_scheduler * 160 / 1.98e3) < 1e-9
+    assert abs(loop_bounds_us(Counter(FMUL=80, MUFU=20), lay, num_warps=2)["issue"] - 2 * bounds["issue"]) < 1e-9
+    assert loop_bounds_us(Counter(), lay, 1) is None and loop_bounds_us(Counter(FMUL=1), None, 1) is None
