@@ -154,8 +154,9 @@ def loop_bounds_us(loop: Counter, lay, num_warps: int) -> dict | None:
     """Lower bounds, in us, on a step-walking kernel's time from its main loop (one chunk of ``lay.chunk`` steps a
     warp): every warp of every program runs ``lay.program_chunks`` iterations, spread evenly over all schedulers, each
     issuing one instruction a clock (``issue``) and holding the MUFU unit 8 clocks a MUFU instruction (``mufu``).
-    Reached only if nothing else stalls; loads, stores and the loop's prologue are not counted. None for a kernel
-    without a layout or whose loop walks segment summaries rather than steps (the chain)."""
+    Reached only if nothing else stalls; loads, stores and the loop's prologue are not counted. None without a
+    layout or a loop. Not for the chain kernel, whose loop walks segment summaries rather than steps (``main`` skips
+    it)."""
     if lay is None or not loop:
         return None
     per_scheduler = math.prod(lay.grid) * num_warps * lay.program_chunks / (SMS * SCHEDULERS)
