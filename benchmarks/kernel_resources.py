@@ -247,5 +247,6 @@ def main() -> None:
                       f"counted), {total / floor:.2f} x the copy floor ({floor:.1f} us at {args.bandwidth:,.0f} GB/s)",
                       flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -9,15 +9,16 @@ stores in every kernel, 0 in none, left out or empty for the default, the forwar
 discretise delta once outside the kernels, ``delta_in_kernel=False``, 0 in each kernel, 2 in the forward kernels
 only; prefetch: 1 / 0 to load an in-place shape's positions a chunk ahead or not, ``prefetch_order``; rows: 1 for
 every forward-direction and summary load a chunk ahead, ``prefetch_rows``; gate: 0 to gate y outside the kernels,
-``gate_in_kernel=False``, 1 in them, 2 in the forward walk when no gradient is taken). For each dtype x shape it compiles every config, warms each up for ``--warmup_s`` seconds
-(``benchmarks.scan.warm_up``), then times them in ``--rounds`` interleaved rounds, each round one batch of
-``--calls`` back-to-back calls per config (so host dispatch overlaps the GPU work as in training), and prints per
-config the median over rounds of the forward and forward+backward milliseconds and, with ``--check``, the relative
-error of y and the worst input gradient against the ``chunked`` scan. Interleaving puts a slow spell of the GPU or
-the host (another process on the machine) into one round of every config instead of into every batch of one: timed
-one config after another, the first config of a shape ran forward+backward up to 4x slower than the same config
-timed last (sessions 12 and 13, NOTES.md). Rows print as each shape finishes; when the time budget is spent the
-remaining shapes are skipped and said so. GPU only (interpret mode is not a timing).
+``gate_in_kernel=False``, 1 in them, 2 in the forward walk when no gradient is taken). For each dtype x shape it
+compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.scan.warm_up``), then times them in
+``--rounds`` interleaved rounds, each round one batch of ``--calls`` back-to-back calls per config (so host dispatch
+overlaps the GPU work as in training), and prints per config the median over rounds of the forward and
+forward+backward milliseconds and, with ``--check``, the relative error of y and the worst input gradient against
+the ``chunked`` scan. Interleaving puts a slow spell of the GPU or the host (another process on the machine) into
+one round of every config instead of into every batch of one: timed one config after another, the first config of a
+shape ran forward+backward up to 4x slower than the same config timed last (sessions 12 and 13, NOTES.md). Rows
+print as each shape finishes; when the time budget is spent the remaining shapes are skipped and said so. GPU only
+(interpret mode is not a timing).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ import re
 from collections import Counter
 
 import jax.numpy as jnp
+import pytest
 
 from benchmarks.kernel_resources import (count_ptx, loop_bounds_us, lowered_kernels, main_loop, parse_ptxas,
                                          programs_per_sm)
@@ -121,25 +122,28 @@ def test_state_major_forward_holds_the_state_transposed_without_2d_loads():
     assert "tensor<16x32xf32>" in major
 
 
-def test_each_kernel_comes_with_the_layout_it_was_built_with():
+@pytest.fixture(scope="module")
+def vmamba_forward():
+    """{name: (warps, Layout)} of the default config's inference forward on vmamba-64x64, lowered once."""
+    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
+    return {name: (warps, lay) for name, warps, _, lay in
+            lowered_kernels(parse_config("split:32/16:0:1:1"), shape, forward_only=True)}
+
+
+def test_each_kernel_comes_with_the_layout_it_was_built_with(vmamba_forward):
     """The forward of inference on vmamba-64x64 (8 rows, 4,096 steps, 192 channels): the states kernel and the walk
     take the forward's 32-channel blocks, 128-step segments and 2-step chunks, so each program runs 64 loop
     iterations over 8 x 6 x 32 programs."""
-    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
-    kernels = {name: (warps, lay) for name, warps, _, lay in
-               lowered_kernels(parse_config("split:32/16:0:1:1"), shape, forward_only=True)}
     for name in ("selective_scan_split_states", "selective_scan_fwd"):
-        warps, lay = kernels[name]
+        warps, lay = vmamba_forward[name]
         assert (warps, lay.block_d, lay.segment, lay.chunk, lay.program_chunks) == (1, 32, 128, 2, 64), name
         assert lay.grid == (8, 6, 32), name
 
 
-def test_loop_bounds_count_issue_and_mufu_clocks_over_every_warp():
+def test_loop_bounds_count_issue_and_mufu_clocks_over_every_warp(vmamba_forward):
     """One warp-iteration of 100 instructions, 20 of them MUFU, issues in 100 scheduler clocks and holds the MUFU
     unit 160: over 8 x 6 x 32 programs of one warp, 64 iterations each, spread on 132 x 4 schedulers at 1.98 GHz."""
-    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
-    lay = next(lay for name, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1"), shape, forward_only=True)
-               if name == "selective_scan_fwd")
+    _, lay = vmamba_forward["selective_scan_fwd"]
     iterations_a_scheduler = 8 * 6 * 32 * 64 / (132 * 4)
     bounds = loop_bounds_us(Counter(FMUL=80, MUFU=20), lay, num_warps=1)
     assert abs(bounds["issue"] - iterations_a_scheduler * 100 / 1.98e3) < 1e-9
