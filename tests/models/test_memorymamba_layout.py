@@ -58,9 +58,9 @@ def _run(params, scan_blocks: bool, remat: str = "none", with_eval: bool = False
     return (train_out, unstack_blocks(grads) if scan_blocks else grads, *eval_out)
 
 
-def _assert_trees_close(actual, expected):
+def _assert_trees_close(actual, expected, tol=TOL):
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **TOL), actual, expected)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **tol), actual, expected)
 
 
 @pytest.mark.slow  # 33 s on 2 cores (two compiles of the model's gradient); CI's default run is near its limit
@@ -81,10 +81,12 @@ def test_scanned_equals_unrolled_eval_train_and_gradients(params):
 
 @pytest.mark.slow  # 22 s on 2 cores; the layout equivalence above stays in the default run
 @pytest.mark.parametrize("scan_blocks", [False, True])
-def test_remat_gives_identical_outputs_and_gradients(params, scan_blocks):
+def test_remat_gives_the_same_outputs_and_gradients(params, scan_blocks):
     reference = _run(params, scan_blocks, with_eval=True)[:2]  # compiled by the test above when run together
+    # float32 roundoff between two programs: with XLA's backend optimisation off (conftest) one gradient element
+    # of 1,024 differed by 3e-6 (relative 5e-5) from the program without remat
     for ref, got in zip(reference, _run(params, scan_blocks, remat="block")):
-        _assert_trees_close(got, ref)
+        _assert_trees_close(got, ref, dict(rtol=1e-4, atol=1e-5))
 
 
 def test_layout_conversion_round_trip_is_exact(params):
