@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -41,15 +40,15 @@ def has_checkpoint(workdir) -> bool:
 
 def _handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     """The state through orbax's tree handler with each jax.Array written by one replica, the extra as JSON.
+    Every other type keeps the handler orbax's global registry has for it.
 
     Unless ``JAX_PLATFORMS`` names a GPU, orbax writes a replicated array in per-replica slices, compiling a slicing
     program per array shape: about 10 s a save of MambaAD-tiny on 4 CPU devices, for nothing, as this data-parallel
     state is small. Checkpoints written either way restore (``tests/training/test_checkpoint.py``).
     """
     types = ocp.type_handlers
-    arrays = types.create_type_handler_registry(
-        *[(t, types.ScalarHandler()) for t in (int, float, bytes, np.number)], (np.ndarray, types.NumpyHandler()),
-        (jax.Array, types.ArrayHandler(use_replica_parallel=False)), (str, types.StringHandler()))
+    orbax_own = [(t, types.get_type_handler(t)) for t in types.supported_types() if t is not jax.Array]
+    arrays = types.create_type_handler_registry(*orbax_own, (jax.Array, types.ArrayHandler(use_replica_parallel=False)))
     state = ocp.PyTreeCheckpointHandler(type_handler_registry=arrays)
     extra = ocp.JsonCheckpointHandler()
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
