@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -68,9 +69,22 @@ def _drop_closed_loop_callbacks(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def out_of_memory_message(err: Exception) -> str:
+    """What ran out (XLA's first line) and the settings that trade memory for something else."""
+    reason = str(err).strip().splitlines()[0].rstrip(".")
+    reason = reason if len(reason) <= 300 else reason[:300] + " ..."
+    return (f"the accelerator ran out of memory ({reason}). The same command resumes from the last checkpoint once "
+            "the step fits: lower --config.train.batch_size, or keep the batch and raise "
+            "--config.train.grad_accum_steps (the same update in smaller pieces), or, where the model's config has "
+            "them, set --config.model.remat=block or --config.model.dtype=bfloat16. Several processes on one GPU: "
+            "JAX takes 75 % of its memory for each, so give each a share with XLA_PYTHON_CLIENT_MEM_FRACTION "
+            "(e.g. 0.3 for three) or set XLA_PYTHON_CLIENT_PREALLOCATE=false")
+
+
 def run(argv: list[str], fn, *args):
     """Body of a CLI ``main``: quiet logging, join a multi-process job, run ``fn``; bad input exits with code 1
-    and its message instead of a traceback; a run stopped by SIGTERM (checkpointed) exits with code 143."""
+    and its message instead of a traceback, as does running out of accelerator memory (with what to change); a
+    run stopped by SIGTERM (checkpointed) exits with code 143."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
@@ -80,6 +94,10 @@ def run(argv: list[str], fn, *args):
         return fn(*args)
     except USER_ERRORS as err:
         sys.exit(f"error: {err}")
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        sys.exit(f"error: {out_of_memory_message(err)}")
     except Preempted as err:
         print(err, file=sys.stderr, flush=True)
         sys.exit(PREEMPTED_EXIT_CODE)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import types
 
+import jax
 import pytest
 
 from ssm_jax.training import cli
@@ -41,9 +42,26 @@ def test_orbax_late_callbacks_into_a_closed_loop_are_dropped_and_nothing_else(mo
     assert isinstance(seen[1].exc_value, ValueError)
 
 
+def _allocate_a_terabyte():
+    jax.numpy.zeros((1 << 40,), jax.numpy.uint8).block_until_ready()
+
+
+def test_running_out_of_device_memory_is_one_message_saying_what_to_change():
+    """A real allocation XLA refuses (on the CPU backend as on a GPU: RESOURCE_EXHAUSTED), not a made-up error."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(["train.py"], _allocate_a_terabyte)
+    message = exit_info.value.code
+    assert message.startswith("error: the accelerator ran out of memory (RESOURCE_EXHAUSTED: ")
+    assert "1099511627776 bytes" in message  # XLA's own words, kept
+    for setting in ("--config.train.batch_size", "--config.train.grad_accum_steps", "XLA_PYTHON_CLIENT_MEM_FRACTION"):
+        assert setting in message
+
+
 def test_other_errors_keep_their_traceback():
     with pytest.raises(RuntimeError, match="bug"):
         cli.run(["train.py"], _raise, RuntimeError("bug"))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        cli.run(["train.py"], _raise, jax.errors.JaxRuntimeError("INTERNAL: a compiler bug"))
 
 
 @pytest.mark.parametrize("override, expected", [
