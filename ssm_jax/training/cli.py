@@ -73,8 +73,8 @@ def out_of_memory_message(err: Exception) -> str:
     """What ran out (XLA's first line) and the settings that trade memory for something else."""
     reason = str(err).strip().splitlines()[0].rstrip(".")
     reason = reason if len(reason) <= 300 else reason[:300] + " ..."
-    return (f"the accelerator ran out of memory ({reason}). The same command resumes from the last checkpoint once "
-            "the step fits: lower --config.train.batch_size, or keep the batch and raise "
+    return (f"the accelerator ran out of memory ({reason}). Checkpoints already written are kept. To fit the step: "
+            "lower --config.train.batch_size, or keep the batch and raise "
             "--config.train.grad_accum_steps (the same update in smaller pieces), or, where the model's config has "
             "them, set --config.model.remat=block or --config.model.dtype=bfloat16. Several processes on one GPU: "
             "JAX takes 75 % of its memory for each, so give each a share with XLA_PYTHON_CLIENT_MEM_FRACTION "
