@@ -10,7 +10,7 @@ from ssm_jax.ssm.selective_scan import validate_inputs
 
 
 FIELDS = ("design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch[:rows[:gate"
-          "[:chain[:major]]]]]]]]")
+          "[:chain[:major[:pair]]]]]]]]]")
 
 
 def parse_config(text: str) -> dict:
@@ -23,17 +23,18 @@ def parse_config(text: str) -> dict:
     ``prefetch_rows``; gate 0: the gate applied outside the kernels (``gate_in_kernel=False``), 1: in them (True),
     2: in the forward walk when no gradient is taken ("forward"); chain 1: the split design's chain over segments as
     one kernel (``chain_in_kernel=True``); major 1: the forward kernels hold the state transposed where they store
-    no 2-D tile (``state_major=True``)."""
+    no 2-D tile (``state_major=True``); pair 1: the walks that load rows ahead take two chunks an iteration
+    (``pair_chunks=True``)."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
-    if len(rest) > 8:
+    if len(rest) > 9:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")
     blocks = tuple(int(b) for b in block_d.split("/"))
     config = dict(design=design, block_d=blocks if len(blocks) > 1 else blocks[0],
                   num_warps=(int(fwd_warps), int(bwd_warps)))
     if chunk and int(chunk):
         config["chunk"] = int(chunk)
-    unroll, hoist, outside, prefetch, rows, gate, chained, major = (int(v) if v else None
-                                                                    for v in rest + [""] * (8 - len(rest)))
+    unroll, hoist, outside, prefetch, rows, gate, chained, major, paired = (int(v) if v else None
+                                                                            for v in rest + [""] * (9 - len(rest)))
     if unroll:
         config["unroll"] = unroll
     if hoist is not None:
@@ -54,6 +55,8 @@ def parse_config(text: str) -> dict:
         config["chain_in_kernel"] = bool(chained)
     if major is not None:
         config["state_major"] = bool(major)
+    if paired is not None:
+        config["pair_chunks"] = bool(paired)
     return config
 
 

@@ -150,16 +150,17 @@ def main_loop(sass: str) -> Counter:
     return best
 
 
-def loop_bounds_us(loop: Counter, lay, num_warps: int) -> dict | None:
-    """Lower bounds, in us, on a step-walking kernel's time from its main loop (one chunk of ``lay.chunk`` steps a
-    warp): every warp of every program runs ``lay.program_chunks`` iterations, spread evenly over all schedulers, each
-    issuing one instruction a clock (``issue``) and holding the MUFU unit 8 clocks a MUFU instruction (``mufu``).
+def loop_bounds_us(loop: Counter, lay, num_warps: int, loop_chunks: int = 1) -> dict | None:
+    """Lower bounds, in us, on a step-walking kernel's time from its main loop (``loop_chunks`` chunks of ``lay.chunk``
+    steps a warp): every warp of every program runs ``lay.program_chunks / loop_chunks`` iterations, spread evenly over
+    all schedulers, each issuing one instruction a clock (``issue``) and holding the MUFU unit 8 clocks a MUFU
+    instruction (``mufu``).
     Reached only if nothing else stalls; loads, stores and the loop's prologue are not counted. None without a
     layout or a loop. Not for the chain kernel, whose loop walks segment summaries rather than steps (``main`` skips
     it)."""
     if lay is None or not loop:
         return None
-    per_scheduler = math.prod(lay.grid) * num_warps * lay.program_chunks / (SMS * SCHEDULERS)
+    per_scheduler = math.prod(lay.grid) * num_warps * lay.program_chunks / loop_chunks / (SMS * SCHEDULERS)
     return {"issue": 1e6 * per_scheduler * loop.total() / CLOCK_HZ,
             "mufu": 1e6 * per_scheduler * MUFU_CLOCKS * loop["MUFU"] / CLOCK_HZ}
 
@@ -218,7 +219,7 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "0")  # as XLA compiles Pallas' Triton kernels (Layout.ptx)
     shape = next(s for s in SHAPES + MODEL_SHAPES if s.name == args.shape)
     dtype = jnp.dtype(args.dtype)
-    print(f"{'config':<27}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
+    print(f"{'config':<27} {'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
           f"{'instrs':>8}{'ex2':>6}{'bar.sync':>10}{'shfl':>6}{'loop':>6}{'issue us':>10}{'MUFU us':>9}"
           "  loop's most issued SASS", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
@@ -230,11 +231,12 @@ def main() -> None:
                     os.makedirs(args.sass_dir, exist_ok=True)
                     sass_to = os.path.join(args.sass_dir, re.sub(r"[^\w.-]", "_", f"{text}_{name}") + ".sass")
                 r = compile_resources(ir, num_warps, workdir, sass_to)
-                bound = None if "chain" in name else loop_bounds_us(r["loop"], lay, num_warps)
+                paired = lay.loop_chunks if lay is not None and name != "selective_scan_bwd" else 1
+                bound = None if "chain" in name else loop_bounds_us(r["loop"], lay, num_warps, paired)
                 if bound:
                     bounds[name] = max(bound.values())
                 bound_cells = f"{bound['issue']:10.1f}{bound['mufu']:9.1f}" if bound else " " * 19
-                print(f"{text:<27}{name:<32}{num_warps:>6}{r['registers']:>6}"
+                print(f"{text:<27} {name:<32}{num_warps:>6}{r['registers']:>6}"
                       f"{r['spill_stores']:>8}/{r['spill_loads']:<6}{programs_per_sm(r['registers'], num_warps):>13}"
                       f"{r['instructions']:>8}{r['ex2']:>6}{r['bar_sync']:>10}{r['shfl']:>6}"
                       f"{r['loop'].total():>6}{bound_cells}  "

@@ -25,6 +25,8 @@ def test_config_fields_map_to_kernel_keywords():
     assert parse_config("split:16:0:1:1:2::::::1")["chain_in_kernel"] is True
     assert parse_config("split:32/16:0:1:1:2")["block_d"] == (32, 16)  # forward/backward
     assert parse_config("split:32/16:0:1:1::::::::1")["state_major"] is True
+    paired = parse_config("split:32/16:0:1:1:::::::::1")
+    assert paired["pair_chunks"] is True and "state_major" not in paired
     assert parse_config("split:32/16:0:1:1:::0")["delta_in_kernel"] is True
     assert parse_config("split:32/16:0:1:1:::2")["delta_in_kernel"] == "forward"
 
@@ -36,4 +38,4 @@ def test_outside_field_values_are_checked():
 
 def test_too_many_fields_are_refused():
     with pytest.raises(SystemExit, match="expected design:block_d"):
-        parse_config("split:16:128:1:1:4:1:1:1:1:1:1:1:9")
+        parse_config("split:16:128:1:1:4:1:1:1:1:1:1:1:1:9")

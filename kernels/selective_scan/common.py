@@ -55,6 +55,11 @@ class Layout:
     # deep), for a second chunk's inputs held in registers. The backward kernel, which holds a chunk's states, one
     # step deep inside its reverse walk.
     prefetch_rows: bool = False
+    # forward and segment-summary kernels with ``prefetch_rows``: the walk takes two chunks an iteration, so the rows
+    # loaded ahead alternate between two sets of registers and the loop's back edge copies none (with one set, a
+    # ``MOV`` per value held: 21 of the fp32 vmamba-64x64 walk's 337 loop instructions a chunk), for a loop body
+    # twice as long. ``loop_chunks`` says how many chunks such a walk's loop takes.
+    pair_chunks: bool = False
     # split design: the chain over segments as one kernel (``chain.py``), not XLA's associative scan.
     chain_kernel: bool = False
     # Compiled for an NVIDIA GPU (not interpreted): exp2 and multiply-adds as single PTX instructions (``ex2``,
@@ -117,6 +122,12 @@ class Layout:
         """The walked steps (whole chunks, or whole segments) end exactly at L: no step is past it."""
         walked = self.n_segments * self.segment if self.segment else self.program_chunks * self.chunk
         return walked == self.length
+
+    @property
+    def loop_chunks(self) -> int:
+        """Chunks an iteration of the walk of a kernel that loads rows ahead (``pair_chunks``); the backward's
+        walk, which loads a step ahead inside its chunk, always takes one."""
+        return 2 if self.pair_chunks and self.prefetch_rows else 1
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -189,7 +200,8 @@ def walk(p: Program, lay: Layout, body, init, reverse: bool = False, load=None):
     in the whole sequence (the last first when ``reverse``), heres the ``At`` of its steps and loaded None, or with
     ``lay.prefetch_rows`` and a ``load(here)`` given, ``load`` of every step of the chunk, issued one chunk earlier.
     With an order and ``lay.prefetch_order`` (or rows prefetched), the next chunk's positions are loaded before
-    ``body`` runs and carried into it."""
+    ``body`` runs and carried into it. With rows prefetched the loop takes ``lay.loop_chunks`` chunks an iteration
+    (an odd last chunk after it)."""
     n = lay.program_chunks
     rows = load is not None and lay.prefetch_rows
 
@@ -214,7 +226,10 @@ def walk(p: Program, lay: Layout, body, init, reverse: bool = False, load=None):
         heres = [At(pos, c * lay.chunk + i < lay.length) for i, pos in enumerate(positions)]
         return body(c, heres, carry, loaded), upcoming
 
-    return jax.lax.fori_loop(0, n, chunk, (init, ahead(0)))[0]
+    if not rows or lay.loop_chunks == 1:
+        return jax.lax.fori_loop(0, n, chunk, (init, ahead(0)))[0]
+    state = jax.lax.fori_loop(0, n // 2, lambda j, s: chunk(2 * j + 1, chunk(2 * j, s)), (init, ahead(0)))
+    return (chunk(n - 1, state) if n % 2 else state)[0]
 
 
 def _load(ref, mask):

@@ -84,6 +84,10 @@ CHAIN_IN_KERNEL = True
 # "Session 16"), yet interleaved the forward was 1-12 % slower on vmamba-64x64, mamba-768, long and vim-s, fp32 and
 # bf16 (one H200, NOTES.md, "Session 17"), so off.
 STATE_MAJOR = False
+# Two chunks an iteration of the forward and summary kernels' walks (``Layout.pair_chunks``; ``pair_chunks`` left as
+# None): no register copies of the rows loaded ahead at the loop's back edge, 6-11 % fewer loop instructions a chunk
+# in fp32 and bf16 on vmamba-64x64 (``kernel_resources.py``, NOTES.md "Session 31"); off until timed on a GPU.
+PAIR_CHUNKS = False
 # Where delta is discretised when ``delta_in_kernel`` is left as None, by the bytes of an element of u. 16-bit
 # inputs: in the forward kernels ("forward"), which read delta as given, where the XLA pass read it in 16 bits and
 # wrote it in 32 for both forward kernels to read; interleaved in bf16 on vmamba-64x64, mamba-768, long and vim-s,
@@ -118,6 +122,8 @@ class Tuning(NamedTuple):
     # serial and split: the forward kernels hold the state transposed where they store no 2-D tile
     # (``Layout.state_major``); None: ``STATE_MAJOR``.
     state_major: bool | None = None
+    # Two chunks an iteration of the walks that load rows ahead (``Layout.pair_chunks``); None: ``PAIR_CHUNKS``.
+    pair_chunks: bool | None = None
 
 
 def default_delta_in_kernel(dtype) -> bool | str:
@@ -156,7 +162,8 @@ def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
     hoist = HOIST_BY_DEFAULT[direction] if tuning.hoist_loads is None else bool(tuning.hoist_loads)
     prefetch = PREFETCH_ORDER if tuning.prefetch_order is None else bool(tuning.prefetch_order)
     rows = PREFETCH_ROWS if tuning.prefetch_rows is None else bool(tuning.prefetch_rows)
-    lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch, prefetch_rows=rows)
+    paired = PAIR_CHUNKS if tuning.pair_chunks is None else bool(tuning.pair_chunks)
+    lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch, prefetch_rows=rows, pair_chunks=paired)
     if direction == "forward":
         lay = dataclasses.replace(lay, state_major=STATE_MAJOR if tuning.state_major is None
                                   else bool(tuning.state_major))
@@ -308,7 +315,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           hoist_loads: bool | None = None, delta_in_kernel: bool | str | None = None,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
                           gate_in_kernel: bool | str | None = None, chain_in_kernel: bool | None = None,
-                          state_major: bool | None = None):
+                          state_major: bool | None = None, pair_chunks: bool | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -356,6 +363,9 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       state_major: the segment-state kernel, and the forward walk where it saves no state (no gradient taken), hold
         the state transposed, one channel a thread, and read B and C in float32 (``Layout.state_major``; None, the
         default: ``STATE_MAJOR``, off).
+      pair_chunks: with ``prefetch_rows``, the forward and segment-summary kernels walk two chunks an iteration, so
+        the rows loaded ahead need no register copies at the loop's back edge (``Layout.pair_chunks``; None, the
+        default: ``PAIR_CHUNKS``, off).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -379,7 +389,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                     None if prefetch_order is None else bool(prefetch_order),
                     None if prefetch_rows is None else bool(prefetch_rows),
                     None if chain_in_kernel is None else bool(chain_in_kernel),
-                    None if state_major is None else bool(state_major))
+                    None if state_major is None else bool(state_major),
+                    None if pair_chunks is None else bool(pair_chunks))
     gate = GATE_IN_KERNEL if gate_in_kernel is None else gate_in_kernel
     if gate not in (False, True, "forward"):
         raise ValueError(f"selective_scan_pallas: gate_in_kernel={gate_in_kernel!r}, expected None, False, True or "

@@ -7,8 +7,9 @@ forward walk when no gradient is taken (``"forward"``, the default), and with de
 kernels (the default), in each of them (``delta_in_kernel=True``) or in the forward kernels only (``"forward"``),
 the chain over segments as one kernel (the default) or in XLA
 (``chain_in_kernel=False``), the forward kernels with channel blocks of their own (``block_d=(forward, backward)``),
-and the forward without checkpoints holding the state transposed (``state_major=True``; the differentiated forward,
-which saves checkpoints, keeps its layout).
+the forward without checkpoints holding the state transposed (``state_major=True``; the differentiated forward,
+which saves checkpoints, keeps its layout), and the walks that load rows ahead taking two chunks an iteration
+(``pair_chunks=True``: 4 chunks a segment; 1, the loop empty and the chunk after it; one segment of 3 chunks).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import dataclasses
@@ -57,6 +58,12 @@ CASES = [
                  id="all-options-state-major-forward"),
     pytest.param((1, 11, 4, 1, 3), {**ALL_OPTIONS, "return_last_state": False}, dict(chunk=16, state_major=True),
                  id="one-segment-state-major-forward"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=8, unroll=2, pair_chunks=True),
+                 id="all-options-two-chunks-an-iteration"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=2, unroll=2, pair_chunks=True),
+                 id="all-options-one-chunk-a-segment-paired"),
+    pytest.param((1, 11, 4, 1, 3), ALL_OPTIONS, dict(chunk=16, unroll=4, pair_chunks=True),
+                 id="one-segment-three-chunks-paired"),
 ]
 
 
