@@ -57,8 +57,8 @@ class Layout:
     prefetch_rows: bool = False
     # forward and segment-summary kernels with ``prefetch_rows``: the walk takes two chunks an iteration, so the rows
     # loaded ahead alternate between two sets of registers and the loop's back edge copies none (with one set, a
-    # ``MOV`` per value held: 21 of the fp32 vmamba-64x64 walk's 337 loop instructions a chunk), for a loop body
-    # twice as long. ``loop_chunks`` says how many chunks such a walk's loop takes.
+    # ``MOV`` per value held; the fp32 vmamba-64x64 walk: 337 -> 300 loop instructions a chunk, NOTES.md "Session
+    # 31"), for a loop body twice as long. ``loop_chunks`` says how many chunks such a walk's loop takes.
     pair_chunks: bool = False
     # split design: the chain over segments as one kernel (``chain.py``), not XLA's associative scan.
     chain_kernel: bool = False
