@@ -9,7 +9,8 @@ the chain over segments as one kernel (the default) or in XLA
 (``chain_in_kernel=False``), the forward kernels with channel blocks of their own (``block_d=(forward, backward)``),
 the forward without checkpoints holding the state transposed (``state_major=True``; the differentiated forward,
 which saves checkpoints, keeps its layout), and the walks that load rows ahead taking two chunks an iteration
-(``pair_chunks=True``: 4 chunks a segment; 1, the loop empty and the chunk after it; one segment of 3 chunks).
+(``pair_chunks=True``: 4 chunks a segment; 1, the loop empty and the chunk after it; one segment of 3 chunks;
+and with ``state_major``).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import dataclasses
@@ -64,6 +65,8 @@ CASES = [
                  id="all-options-one-chunk-a-segment-paired"),
     pytest.param((1, 11, 4, 1, 3), ALL_OPTIONS, dict(chunk=16, unroll=4, pair_chunks=True),
                  id="one-segment-three-chunks-paired"),
+    pytest.param((2, 11, 12, 2, 5), ALL_OPTIONS, dict(block_d=(4, 2), chunk=8, unroll=2, state_major=True,
+                                                      pair_chunks=True), id="all-options-state-major-paired"),
 ]
 
 
