@@ -231,8 +231,8 @@ def main() -> None:
                     os.makedirs(args.sass_dir, exist_ok=True)
                     sass_to = os.path.join(args.sass_dir, re.sub(r"[^\w.-]", "_", f"{text}_{name}") + ".sass")
                 r = compile_resources(ir, num_warps, workdir, sass_to)
-                paired = lay.loop_chunks if lay is not None and name != "selective_scan_bwd" else 1
-                bound = None if "chain" in name else loop_bounds_us(r["loop"], lay, num_warps, paired)
+                chunks_a_loop = lay.loop_chunks if lay is not None and name != "selective_scan_bwd" else 1
+                bound = None if "chain" in name else loop_bounds_us(r["loop"], lay, num_warps, chunks_a_loop)
                 if bound:
                     bounds[name] = max(bound.values())
                 bound_cells = f"{bound['issue']:10.1f}{bound['mufu']:9.1f}" if bound else " " * 19
