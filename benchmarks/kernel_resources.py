@@ -150,17 +150,16 @@ def main_loop(sass: str) -> Counter:
     return best
 
 
-def loop_bounds_us(loop: Counter, lay, num_warps: int, loop_chunks: int = 1) -> dict | None:
-    """Lower bounds, in us, on a step-walking kernel's time from its main loop (``loop_chunks`` chunks of ``lay.chunk``
-    steps a warp): every warp of every program runs ``lay.program_chunks / loop_chunks`` iterations, spread evenly over
-    all schedulers, each issuing one instruction a clock (``issue``) and holding the MUFU unit 8 clocks a MUFU
-    instruction (``mufu``).
-    Reached only if nothing else stalls; loads, stores and the loop's prologue are not counted. None without a
+def loop_bounds_us(loop: Counter, lay, num_warps: int) -> dict | None:
+    """Lower bounds, in us, on a step-walking kernel's time from its main loop (``lay.loop_chunks`` chunks of
+    ``lay.chunk`` steps a warp): every warp of every program runs ``lay.program_chunks / lay.loop_chunks`` iterations,
+    spread evenly over all schedulers, each issuing one instruction a clock (``issue``) and holding the MUFU unit 8
+    clocks a MUFU instruction (``mufu``). Reached only if nothing else stalls; loads, stores and the loop's prologue are not counted. None without a
     layout or a loop. Not for the chain kernel, whose loop walks segment summaries rather than steps (``main`` skips
     it)."""
     if lay is None or not loop:
         return None
-    per_scheduler = math.prod(lay.grid) * num_warps * lay.program_chunks / loop_chunks / (SMS * SCHEDULERS)
+    per_scheduler = math.prod(lay.grid) * num_warps * lay.program_chunks / lay.loop_chunks / (SMS * SCHEDULERS)
     return {"issue": 1e6 * per_scheduler * loop.total() / CLOCK_HZ,
             "mufu": 1e6 * per_scheduler * MUFU_CLOCKS * loop["MUFU"] / CLOCK_HZ}
 
@@ -231,8 +230,7 @@ def main() -> None:
                     os.makedirs(args.sass_dir, exist_ok=True)
                     sass_to = os.path.join(args.sass_dir, re.sub(r"[^\w.-]", "_", f"{text}_{name}") + ".sass")
                 r = compile_resources(ir, num_warps, workdir, sass_to)
-                chunks_a_loop = lay.loop_chunks if lay is not None and name != "selective_scan_bwd" else 1
-                bound = None if "chain" in name else loop_bounds_us(r["loop"], lay, num_warps, chunks_a_loop)
+                bound = None if "chain" in name else loop_bounds_us(r["loop"], lay, num_warps)
                 if bound:
                     bounds[name] = max(bound.values())
                 bound_cells = f"{bound['issue']:10.1f}{bound['mufu']:9.1f}" if bound else " " * 19

@@ -17,6 +17,7 @@ segments, and writes its dA, dD, d delta_bias partials at row b * n_segments + s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -134,6 +135,7 @@ def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool
     if "delta_bias" in inputs:
         shapes["dbias"] = jax.ShapeDtypeStruct((rows, lay.dim), F32)
     names, out_names = tuple(inputs), tuple(shapes)
+    lay = dataclasses.replace(lay, pair_chunks=False)  # its walk loads a step ahead inside the chunk, one chunk a loop
     kernel = functools.partial(_kernel, names=names, out_names=out_names, lay=lay,
                                delta_softplus=delta_softplus)
     outs = pl.pallas_call(

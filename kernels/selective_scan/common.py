@@ -125,8 +125,8 @@ class Layout:
 
     @property
     def loop_chunks(self) -> int:
-        """Chunks an iteration of the walk of a kernel that loads rows ahead (``pair_chunks``); the backward's
-        walk, which loads a step ahead inside its chunk, always takes one."""
+        """Chunks an iteration of this kernel's walk (two with ``pair_chunks``, which the backward kernel, loading a
+        step ahead inside its chunk, turns off)."""
         return 2 if self.pair_chunks and self.prefetch_rows else 1
 
     @property

@@ -1,6 +1,7 @@
 """benchmarks/kernel_resources.py without triton: the kernels it captures from the CUDA lowering, its reading of
 ``ptxas -v`` and the occupancy it derives from registers."""
 
+import dataclasses
 import re
 from collections import Counter
 
@@ -150,7 +151,9 @@ def test_loop_bounds_count_issue_and_mufu_clocks_over_every_warp(vmamba_forward)
     assert abs(bounds["mufu"] - iterations_a_scheduler * 160 / 1.98e3) < 1e-9
     assert abs(loop_bounds_us(Counter(FMUL=80, MUFU=20), lay, num_warps=2)["issue"] - 2 * bounds["issue"]) < 1e-9
     assert loop_bounds_us(Counter(), lay, 1) is None and loop_bounds_us(Counter(FMUL=1), None, 1) is None
-    halved = loop_bounds_us(Counter(FMUL=160, MUFU=40), lay, num_warps=1, loop_chunks=2)  # a loop of two chunks
+    paired = dataclasses.replace(lay, pair_chunks=True)  # a loop of two chunks, half as many iterations
+    assert paired.loop_chunks == 2
+    halved = loop_bounds_us(Counter(FMUL=160, MUFU=40), paired, num_warps=1)
     assert abs(halved["issue"] - bounds["issue"]) < 1e-9 and abs(halved["mufu"] - bounds["mufu"]) < 1e-9
 
 
@@ -160,7 +163,7 @@ def test_paired_chunks_reach_the_forward_and_summary_walks_only():
     shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
     paired = {n: lay for n, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1:::::::::1"), shape)}
     assert paired["selective_scan_fwd"].loop_chunks == 2 and paired["selective_scan_split_states"].loop_chunks == 2
-    assert paired["selective_scan_split_adjoints"].loop_chunks == 2 and paired["selective_scan_bwd"].pair_chunks
+    assert paired["selective_scan_split_adjoints"].loop_chunks == 2 and paired["selective_scan_bwd"].loop_chunks == 1
     default = {n: lay for n, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1"), shape)}
     assert {lay.loop_chunks for lay in default.values() if lay is not None} == {1}
     unloaded = lowered_kernels(parse_config("split:32/16:0:1:1::::0::::1"), shape, forward_only=True)
