@@ -112,19 +112,20 @@ def main() -> None:
         raise SystemExit("scan_tune.py times GPU kernels; no GPU here (CPU tests use interpret mode)")
     shapes = select_shapes(SHAPES + MODEL_SHAPES, args.shapes, default=SHAPES)
     start = time.perf_counter()
-    print(f"{'config':<27}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
     configs = [(text, parse_config(text)) for text in args.configs.split(",")]
+    width = max(len(text) for text, _ in configs) + 2  # long configs still leave a gap before the shape
+    print(f"{'config':<{width}}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
     for dtype in args.dtypes.split(","):
         for shape in shapes:
             if time.perf_counter() - start > args.budget:
-                print(f"{'(all configs)':<27}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
+                print(f"{'(all configs)':<{width}}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
                 continue
             for row in measure_shape(shape, dtype, configs, args):
                 note = row.get("error") or (f"y {row['fwd_err']:.1e} ({row['vjp_fwd_err']:.1e} differentiated), "
                                             f"{row['worst_grad']} {row['grad_err']:.1e}"
                                             if "fwd_err" in row else "")
                 times = f"{row['fwd_ms']:9.3f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row else " " * 21
-                print(f"{row['config']:<27}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)
+                print(f"{row['config']:<{width}}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)
                 append_jsonl(args.json, row)
 
 

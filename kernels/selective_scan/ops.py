@@ -86,8 +86,9 @@ CHAIN_IN_KERNEL = True
 STATE_MAJOR = False
 # Two chunks an iteration of the forward and summary kernels' walks (``Layout.pair_chunks``; ``pair_chunks`` left as
 # None): no register copies of the rows loaded ahead at the loop's back edge, 6-11 % fewer loop instructions a chunk
-# in fp32 and bf16 on vmamba-64x64 (``kernel_resources.py``, NOTES.md "Session 31"); off until timed on a GPU.
-PAIR_CHUNKS = False
+# (``kernel_resources.py``, NOTES.md "Session 31"). Interleaved on vmamba-64x64, mamba-768, vim-s and 8-dir, the
+# forward 1-6 % faster in fp32 and 2-5 % in bf16, forward+backward -3 % to +1 % (one H200, NOTES.md "Session 32").
+PAIR_CHUNKS = True
 # Where delta is discretised when ``delta_in_kernel`` is left as None, by the bytes of an element of u. 16-bit
 # inputs: in the forward kernels ("forward"), which read delta as given, where the XLA pass read it in 16 bits and
 # wrote it in 32 for both forward kernels to read; interleaved in bf16 on vmamba-64x64, mamba-768, long and vim-s,
@@ -365,7 +366,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         default: ``STATE_MAJOR``, off).
       pair_chunks: with ``prefetch_rows``, the forward and segment-summary kernels walk two chunks an iteration, so
         the rows loaded ahead need no register copies at the loop's back edge (``Layout.pair_chunks``; None, the
-        default: ``PAIR_CHUNKS``, off).
+        default: ``PAIR_CHUNKS``, on).
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).

@@ -144,7 +144,7 @@ def test_each_kernel_comes_with_the_layout_it_was_built_with(vmamba_forward):
 def test_loop_bounds_count_issue_and_mufu_clocks_over_every_warp(vmamba_forward):
     """One warp-iteration of 100 instructions, 20 of them MUFU, issues in 100 scheduler clocks and holds the MUFU
     unit 160: over 8 x 6 x 32 programs of one warp, 64 iterations each, spread on 132 x 4 schedulers at 1.98 GHz."""
-    _, lay = vmamba_forward["selective_scan_fwd"]
+    lay = dataclasses.replace(vmamba_forward["selective_scan_fwd"][1], pair_chunks=False)  # one chunk a loop
     iterations_a_scheduler = 8 * 6 * 32 * 64 / (132 * 4)
     bounds = loop_bounds_us(Counter(FMUL=80, MUFU=20), lay, num_warps=1)
     assert abs(bounds["issue"] - iterations_a_scheduler * 100 / 1.98e3) < 1e-9
@@ -159,12 +159,15 @@ def test_loop_bounds_count_issue_and_mufu_clocks_over_every_warp(vmamba_forward)
 
 def test_paired_chunks_reach_the_forward_and_summary_walks_only():
     """``pair_chunks`` (config field pair) takes the forward's two walks to two chunks a loop iteration; the
-    backward's walk, which loads a step ahead inside its chunk, keeps one, and without rows loaded ahead none pairs."""
+    backward's walk, which loads a step ahead inside its chunk, keeps one; without rows loaded ahead, or with pair 0,
+    none pairs, and the default pairs."""
     shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
     paired = {n: lay for n, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1:::::::::1"), shape)}
     assert paired["selective_scan_fwd"].loop_chunks == 2 and paired["selective_scan_split_states"].loop_chunks == 2
     assert paired["selective_scan_split_adjoints"].loop_chunks == 2 and paired["selective_scan_bwd"].loop_chunks == 1
-    default = {n: lay for n, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1"), shape)}
-    assert {lay.loop_chunks for lay in default.values() if lay is not None} == {1}
-    unloaded = lowered_kernels(parse_config("split:32/16:0:1:1::::0::::1"), shape, forward_only=True)
+    unpaired = {n: lay for n, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1:::::::::0"), shape)}
+    assert {lay.loop_chunks for lay in unpaired.values() if lay is not None} == {1}
+    default = {n: lay and lay.loop_chunks for n, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1"), shape)}
+    assert default == {n: lay and lay.loop_chunks for n, lay in paired.items()}  # ops.PAIR_CHUNKS: on
+    unloaded = lowered_kernels(parse_config("split:32/16:0:1:1:::::0::::1"), shape, forward_only=True)
     assert {lay.loop_chunks for _, _, _, lay in unloaded if lay is not None} == {1}

@@ -9,8 +9,8 @@ the chain over segments as one kernel (the default) or in XLA
 (``chain_in_kernel=False``), the forward kernels with channel blocks of their own (``block_d=(forward, backward)``),
 the forward without checkpoints holding the state transposed (``state_major=True``; the differentiated forward,
 which saves checkpoints, keeps its layout), and the walks that load rows ahead taking two chunks an iteration
-(``pair_chunks=True``: 4 chunks a segment; 1, the loop empty and the chunk after it; one segment of 3 chunks;
-and with ``state_major``).
+(``pair_chunks``, the default: 4 chunks a segment; 1, the loop empty and the chunk after it; one segment of 3
+chunks; and with ``state_major``) or one (``pair_chunks=False``).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import dataclasses
@@ -67,6 +67,8 @@ CASES = [
                  id="one-segment-three-chunks-paired"),
     pytest.param((2, 11, 12, 2, 5), ALL_OPTIONS, dict(block_d=(4, 2), chunk=8, unroll=2, state_major=True,
                                                       pair_chunks=True), id="all-options-state-major-paired"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=8, unroll=2, pair_chunks=False),
+                 id="all-options-one-chunk-an-iteration"),
 ]
 
 
