@@ -14,8 +14,9 @@ split chain as one kernel, ``state_major`` and ``pair_chunks``, each 1 / 0). For
 compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.scan.warm_up``), then times them in
 ``--rounds`` interleaved rounds, each round one batch of ``--calls`` back-to-back calls per config (so host dispatch
 overlaps the GPU work as in training), and prints per config the median over rounds of the forward and
-forward+backward milliseconds and, with ``--check``, the relative error of y and the worst input gradient against
-the ``chunked`` scan. Interleaving puts a slow spell of the GPU or the host (another process on the machine) into
+forward+backward milliseconds, the forward over its copy floor (``benchmarks.scan.times_floor``, at the copy
+bandwidth measured once at the start) and, with ``--check``, the relative error of y and the worst input gradient
+against the ``chunked`` scan. Interleaving puts a slow spell of the GPU or the host (another process on the machine) into
 one round of every config instead of into every batch of one: timed one config after another, the first config of a
 shape ran forward+backward up to 4x slower than the same config timed last (sessions 12 and 13, NOTES.md). Rows
 print as each shape finishes; when the time budget is spent the remaining shapes are skipped and said so. GPU only
@@ -37,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import NAMES, rel  # noqa: E402
 from benchmarks.kernel_configs import FIELDS, kernel_fns, parse_config  # noqa: E402
 from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
-from benchmarks.scan import MODEL_SHAPES, SHAPES, batched_time, make_inputs, warm_up  # noqa: E402
+from benchmarks.scan import (MODEL_SHAPES, SHAPES, batched_time, copy_bandwidth, make_inputs,  # noqa: E402
+                             times_floor, warm_up)
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
 
@@ -69,8 +71,9 @@ def check(forward, forward_backward, args, cotangent, order=None) -> dict:
             "grad_err": errors[worst], "finite": finite}
 
 
-def measure_shape(shape, dtype, configs, args) -> list[dict]:
-    """One row per config on one shape and dtype: its times, its check, or the error it failed with."""
+def measure_shape(shape, dtype, configs, args, bandwidth: float) -> list[dict]:
+    """One row per config on one shape and dtype: its times (the forward also over its copy floor at ``bandwidth``
+    bytes/s), its check, or the error it failed with."""
     inputs, cotangent = make_inputs(shape, jnp.dtype(dtype))
     rows, timed = [], []
     for text, config in configs:
@@ -90,7 +93,7 @@ def measure_shape(shape, dtype, configs, args) -> list[dict]:
         fwd_bwd = interleaved_ms([fb for _, _, fb in timed], (inputs, cotangent), calls=args.calls,
                                  rounds=args.rounds)
         for (row, _, _), f, fb in zip(timed, fwd, fwd_bwd):
-            row.update(fwd_ms=f, fwd_bwd_ms=fb)
+            row.update(fwd_ms=f, fwd_bwd_ms=fb, fwd_floor=times_floor(f / 1e3, shape, dtype, bandwidth))
     return rows
 
 
@@ -113,18 +116,22 @@ def main() -> None:
     shapes = select_shapes(SHAPES + MODEL_SHAPES, args.shapes, default=SHAPES)
     start = time.perf_counter()
     configs = [(text, parse_config(text)) for text in args.configs.split(",")]
+    bandwidth = copy_bandwidth(2**30, repeats=max(args.rounds, 3))
+    print(f"copy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s", flush=True)
     width = max(len(text) for text, _ in configs) + 2  # long configs still leave a gap before the shape
-    print(f"{'config':<{width}}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'fwd+bwd ms':>12}  check", flush=True)
+    print(f"{'config':<{width}}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'x floor':>8}{'fwd+bwd ms':>12}  check",
+          flush=True)
     for dtype in args.dtypes.split(","):
         for shape in shapes:
             if time.perf_counter() - start > args.budget:
                 print(f"{'(all configs)':<{width}}{shape.name:<14}{dtype:<10} skipped: time budget spent", flush=True)
                 continue
-            for row in measure_shape(shape, dtype, configs, args):
+            for row in measure_shape(shape, dtype, configs, args, bandwidth):
                 note = row.get("error") or (f"y {row['fwd_err']:.1e} ({row['vjp_fwd_err']:.1e} differentiated), "
                                             f"{row['worst_grad']} {row['grad_err']:.1e}"
                                             if "fwd_err" in row else "")
-                times = f"{row['fwd_ms']:9.3f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row else " " * 21
+                times = (f"{row['fwd_ms']:9.3f}{row['fwd_floor']:8.2f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row
+                         else " " * 29)
                 print(f"{row['config']:<{width}}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)
                 append_jsonl(args.json, row)
 

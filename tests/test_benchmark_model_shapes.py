@@ -4,7 +4,8 @@ timing of the models' stages), and the in-place inputs they build run through th
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.scan import MODEL_SHAPES, SMALL_MODEL_SHAPES, Shape, forward_bytes, functions, make_inputs, measure
+from benchmarks.scan import (MODEL_SHAPES, SHAPES, SMALL_MODEL_SHAPES, Shape, forward_bytes, functions, make_inputs,
+                             measure, times_floor)
 from ssm_jax.models.mambaad import mambaad_model_config
 from ssm_jax.models.memorymamba import memorymamba_presets
 from ssm_jax.ssm import scan_orders, selective_scan
@@ -40,6 +41,16 @@ def test_in_place_inputs_have_grouped_b_c_no_gate_and_sweep_orders():
     act = shape.rows * shape.length * shape.dim * 4
     extra_groups = 2 * shape.rows * shape.length * 3 * shape.d_state * 4  # B and C of 3 more groups
     assert forward_bytes(gated, jnp.float32) - forward_bytes(shape, jnp.float32) == act - extra_groups
+
+
+def test_copy_floor_of_vmamba_64x64_counts_each_tensor_once():
+    """8 rows x 4,096 steps x 192 channels, d_state 16, one group, gated, fp32: u, delta, z read and y written
+    (25,165,824 bytes each), B and C read (2,097,152 each), A, D and delta_bias read (13,824 together)."""
+    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
+    assert forward_bytes(shape, jnp.float32) == 4 * 25_165_824 + 2 * 2_097_152 + 13_824
+    floor_s = 104_871_424 / 3e12  # 34.96 us at 3,000 GB/s
+    assert abs(times_floor(124.2e-6, shape, jnp.float32, 3e12) - 124.2e-6 / floor_s) < 1e-12
+    assert abs(times_floor(124.2e-6, shape, jnp.float32, 3e12) - 3.553) < 1e-3
 
 
 def test_in_place_shape_measures_on_cpu_and_matches_the_gathered_scan():
