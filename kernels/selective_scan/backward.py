@@ -77,8 +77,8 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
                 g = g * z * sig
             common.store_block_row(o["dC"], p, lay, here, jnp.sum(g[:, None] * states[i + 1], axis=0))
             h = common.fma(lay, g[:, None], C[None, :], h)
-            decay = common.decay(lay, step.delta, rates)
-            hx = h * states[i] * decay
+            h_decayed = common.decay(lay, step.delta, rates) * h  # a_t h_t: both hx and the next step's h
+            hx = h_decayed * states[i]
             dA = common.fma(lay, hx, step.delta[:, None], dA)
             hB = jnp.sum(h * step.B[None, :], axis=1)
             du = step.delta * hB
@@ -95,7 +95,7 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
             common.store_row(o["ddelta"], p, lay, here, ddelta)
             common.store_block_row(o["dB"], p, lay, here,
                                    jnp.sum(h * (step.delta * step.u)[:, None], axis=0))
-            h = decay * h
+            h = h_decayed
         return h, dA, dskip, dbias
 
     if "h_in" in r:
