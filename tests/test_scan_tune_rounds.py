@@ -7,7 +7,7 @@ import time
 import jax.numpy as jnp
 
 from benchmarks import scan_tune
-from benchmarks.scan import SMALL_SHAPES, functions
+from benchmarks.scan import SMALL_SHAPES, forward_bytes, functions
 from benchmarks.scan_tune import interleaved_ms, measure_shape
 
 
@@ -38,7 +38,7 @@ def test_a_slow_spell_in_one_round_does_not_set_the_median():
 def test_measure_shape_times_checks_and_reports_a_failing_config(monkeypatch):
     """The wiring on CPU, with the ``sequential`` scan standing in for the GPU kernel and one config that fails:
     each config gets a row in order, the working one its times and its check against ``chunked``, the other its
-    error."""
+    error; the working one also its forward over the copy floor at the bandwidth given."""
     def fake_kernel_fns(config, order=None):
         if config["design"] == "broken":
             def fail(*args):
@@ -49,8 +49,10 @@ def test_measure_shape_times_checks_and_reports_a_failing_config(monkeypatch):
     monkeypatch.setattr(scan_tune, "kernel_fns", fake_kernel_fns)
     args = argparse.Namespace(warmup_s=0.0, check=True, calls=2, rounds=3)
     configs = [("seq", {"design": "sequential"}), ("broken", {"design": "broken"})]
-    ok, broken = measure_shape(SMALL_SHAPES[4], "float32", configs, args)
+    ok, broken = measure_shape(SMALL_SHAPES[4], "float32", configs, args, bandwidth=3e12)
     assert (ok["config"], ok["shape"], ok["dtype"]) == ("seq", "vmamba/small", "float32")
     assert ok["fwd_ms"] > 0 and ok["fwd_bwd_ms"] > 0
+    floor_ms = 1e3 * forward_bytes(SMALL_SHAPES[4], jnp.float32) / 3e12
+    assert abs(ok["fwd_floor"] - ok["fwd_ms"] / floor_ms) < 1e-9 * ok["fwd_floor"]
     assert ok["fwd_err"] < 1e-5 and ok["vjp_fwd_err"] < 1e-5 and ok["grad_err"] < 1e-4 and ok["finite"]
     assert broken["error"] == "ValueError: no such design" and "fwd_ms" not in broken
