@@ -16,11 +16,11 @@ compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.sc
 overlaps the GPU work as in training), and prints per config the median over rounds of the forward and
 forward+backward milliseconds, the forward over its copy floor (``benchmarks.scan.times_floor``, at the copy
 bandwidth measured once at the start) and, with ``--check``, the relative error of y and the worst input gradient
-against the ``chunked`` scan. Interleaving puts a slow spell of the GPU or the host (another process on the machine) into
-one round of every config instead of into every batch of one: timed one config after another, the first config of a
-shape ran forward+backward up to 4x slower than the same config timed last (sessions 12 and 13, NOTES.md). Rows
-print as each shape finishes; when the time budget is spent the remaining shapes are skipped and said so. GPU only
-(interpret mode is not a timing).
+against the ``chunked`` scan. Interleaving puts a slow spell of the GPU or the host (another process on the
+machine) into one round of every config instead of into every batch of one: timed one config after another, the
+first config of a shape ran forward+backward up to 4x slower than the same config timed last (sessions 12 and 13,
+NOTES.md). Rows print as each shape finishes; when the time budget is spent the remaining shapes are skipped and
+said so. GPU only (interpret mode is not a timing).
 """
 
 from __future__ import annotations
