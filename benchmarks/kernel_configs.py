@@ -60,6 +60,11 @@ def parse_config(text: str) -> dict:
     return config
 
 
+def config_width(texts) -> int:
+    """Width of a table's config column: the longest config and two spaces, so none runs into the next column."""
+    return max(len(text) for text in texts) + 2
+
+
 def kernel_fns(config: dict, order=None):
     """Jitted forward and forward+backward of the Pallas scan with a config's keywords (softplus on, on a GPU)."""
     def forward(*args):

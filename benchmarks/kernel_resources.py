@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.scan import MODEL_SHAPES, SHAPES, forward_bytes, make_inputs  # noqa: E402
-from benchmarks.kernel_configs import parse_config  # noqa: E402
+from benchmarks.scan import MODEL_SHAPES, SHAPES, forward_bytes, make_inputs, times_floor  # noqa: E402
+from benchmarks.kernel_configs import config_width, parse_config  # noqa: E402
 from kernels.selective_scan import selective_scan_pallas  # noqa: E402
 from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
 
@@ -154,9 +154,9 @@ def loop_bounds_us(loop: Counter, lay, num_warps: int) -> dict | None:
     """Lower bounds, in us, on a step-walking kernel's time from its main loop (``lay.loop_chunks`` chunks of
     ``lay.chunk`` steps a warp): every warp of every program runs ``lay.program_chunks / lay.loop_chunks`` iterations,
     spread evenly over all schedulers, each issuing one instruction a clock (``issue``) and holding the MUFU unit 8
-    clocks a MUFU instruction (``mufu``). Reached only if nothing else stalls; loads, stores and the loop's prologue are not counted. None without a
-    layout or a loop. Not for the chain kernel, whose loop walks segment summaries rather than steps (``main`` skips
-    it)."""
+    clocks a MUFU instruction (``mufu``). Reached only if nothing else stalls; loads, stores and the loop's prologue
+    are not counted. None without a layout or a loop. Not for the chain kernel, whose loop walks segment summaries
+    rather than steps (``main`` skips it)."""
     if lay is None or not loop:
         return None
     per_scheduler = math.prod(lay.grid) * num_warps * lay.program_chunks / lay.loop_chunks / (SMS * SCHEDULERS)
@@ -218,11 +218,13 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "0")  # as XLA compiles Pallas' Triton kernels (Layout.ptx)
     shape = next(s for s in SHAPES + MODEL_SHAPES if s.name == args.shape)
     dtype = jnp.dtype(args.dtype)
-    print(f"{'config':<27} {'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
+    texts = args.configs.split(",")
+    width = config_width(texts)
+    print(f"{'config':<{width}}{'kernel':<32}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'programs/SM':>13}"
           f"{'instrs':>8}{'ex2':>6}{'bar.sync':>10}{'shfl':>6}{'loop':>6}{'issue us':>10}{'MUFU us':>9}"
           "  loop's most issued SASS", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
-        for text in args.configs.split(","):
+        for text in texts:
             bounds = {}
             for name, num_warps, ir, lay in lowered_kernels(parse_config(text), shape, dtype, args.forward_only):
                 sass_to = None
@@ -234,7 +236,7 @@ def main() -> None:
                 if bound:
                     bounds[name] = max(bound.values())
                 bound_cells = f"{bound['issue']:10.1f}{bound['mufu']:9.1f}" if bound else " " * 19
-                print(f"{text:<27} {name:<32}{num_warps:>6}{r['registers']:>6}"
+                print(f"{text:<{width}}{name:<32}{num_warps:>6}{r['registers']:>6}"
                       f"{r['spill_stores']:>8}/{r['spill_loads']:<6}{programs_per_sm(r['registers'], num_warps):>13}"
                       f"{r['instructions']:>8}{r['ex2']:>6}{r['bar_sync']:>10}{r['shfl']:>6}"
                       f"{r['loop'].total():>6}{bound_cells}  "
@@ -242,9 +244,10 @@ def main() -> None:
             if args.forward_only and bounds:
                 floor = 1e6 * forward_bytes(shape, dtype) / (args.bandwidth * 1e9)
                 total = sum(bounds.values())
+                ratio = times_floor(total * 1e-6, shape, dtype, args.bandwidth * 1e9)
                 print(f"{text}: the forward's step kernels need at least {total:.1f} us "
                       f"({', '.join(f'{n} {b:.1f}' for n, b in bounds.items())}; the chain and XLA's passes not "
-                      f"counted), {total / floor:.2f} x the copy floor ({floor:.1f} us at {args.bandwidth:,.0f} GB/s)",
+                      f"counted), {ratio:.2f} x the copy floor ({floor:.1f} us at {args.bandwidth:,.0f} GB/s)",
                       flush=True)
 
 

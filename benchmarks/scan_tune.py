@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import NAMES, rel  # noqa: E402
-from benchmarks.kernel_configs import FIELDS, kernel_fns, parse_config  # noqa: E402
+from benchmarks.kernel_configs import FIELDS, config_width, kernel_fns, parse_config  # noqa: E402
 from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
 from benchmarks.scan import (MODEL_SHAPES, SHAPES, batched_time, copy_bandwidth, make_inputs,  # noqa: E402
                              times_floor, warm_up)
@@ -118,7 +118,7 @@ def main() -> None:
     configs = [(text, parse_config(text)) for text in args.configs.split(",")]
     bandwidth = copy_bandwidth(2**30, repeats=max(args.rounds, 3))
     print(f"copy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s", flush=True)
-    width = max(len(text) for text, _ in configs) + 2  # long configs still leave a gap before the shape
+    width = config_width(text for text, _ in configs)
     print(f"{'config':<{width}}{'shape':<14}{'dtype':<10}{'fwd ms':>9}{'x floor':>8}{'fwd+bwd ms':>12}  check",
           flush=True)
     for dtype in args.dtypes.split(","):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.kernel_configs import parse_config
+from benchmarks.kernel_configs import config_width, parse_config
 
 
 def test_config_fields_map_to_kernel_keywords():
@@ -39,3 +39,8 @@ def test_outside_field_values_are_checked():
 def test_too_many_fields_are_refused():
     with pytest.raises(SystemExit, match="expected design:block_d"):
         parse_config("split:16:128:1:1:4:1:1:1:1:1:1:1:1:9")
+
+
+def test_config_column_fits_the_longest_config_and_a_gap():
+    configs = ["split:32/16:0:1:1", "split:32/16:0:1:1::::::::1:1"]
+    assert config_width(configs) == len(configs[1]) + 2 == 30
