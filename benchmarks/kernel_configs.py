@@ -18,8 +18,9 @@ def parse_config(text: str) -> dict:
     or out takes the default; chunk and unroll 0 too (split: the segment length ``split.default_segment`` picks).
     block_d is one width for both directions or ``forward/backward`` (``32/16``).
     hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta discretised outside the kernels,
-    ``delta_in_kernel=False``, 0: in each kernel (True), 2: in the forward kernels only ("forward"), left out: by
-    dtype (``ops.DELTA_IN_KERNEL_BY_ITEMSIZE``); prefetch 1 / 0: ``prefetch_order`` on / off; rows 1:
+    ``delta_in_kernel=False``, 0: in each kernel (True), 2: in the forward kernels only ("forward"), 3: in them when
+    no gradient is taken ("inference"), left out: by dtype (``ops.DELTA_IN_KERNEL_BY_ITEMSIZE``); prefetch 1 / 0:
+    ``prefetch_order`` on / off; rows 1:
     ``prefetch_rows``; gate 0: the gate applied outside the kernels (``gate_in_kernel=False``), 1: in them (True),
     2: in the forward walk when no gradient is taken ("forward"); chain 1: the split design's chain over segments as
     one kernel (``chain_in_kernel=True``); major 1: the forward kernels hold the state transposed where they store
@@ -40,9 +41,9 @@ def parse_config(text: str) -> dict:
     if hoist is not None:
         config["hoist_loads"] = bool(hoist)
     if outside is not None:
-        if outside not in (0, 1, 2):
-            raise SystemExit(f"config {text!r}: outside is 0, 1 or 2, not {outside}")
-        config["delta_in_kernel"] = "forward" if outside == 2 else not outside
+        if outside not in (0, 1, 2, 3):
+            raise SystemExit(f"config {text!r}: outside is 0, 1, 2 or 3, not {outside}")
+        config["delta_in_kernel"] = {0: True, 1: False, 2: "forward", 3: "inference"}[outside]
     if prefetch is not None:
         config["prefetch_order"] = bool(prefetch)
     if rows is not None:

@@ -29,11 +29,12 @@ def test_config_fields_map_to_kernel_keywords():
     assert paired["pair_chunks"] is True and "state_major" not in paired
     assert parse_config("split:32/16:0:1:1:::0")["delta_in_kernel"] is True
     assert parse_config("split:32/16:0:1:1:::2")["delta_in_kernel"] == "forward"
+    assert parse_config("split:32/16:0:1:1:::3")["delta_in_kernel"] == "inference"
 
 
 def test_outside_field_values_are_checked():
-    with pytest.raises(SystemExit, match="outside is 0, 1 or 2, not 3"):
-        parse_config("split:32/16:0:1:1:::3")
+    with pytest.raises(SystemExit, match="outside is 0, 1, 2 or 3, not 4"):
+        parse_config("split:32/16:0:1:1:::4")
 
 
 def test_too_many_fields_are_refused():

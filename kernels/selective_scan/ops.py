@@ -13,8 +13,8 @@ forward alone, on the benchmark shapes (NOTES.md). Under differentiation the for
 state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
 Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
 device scans its own batch rows (``per_device``). delta reaches the backward kernel discretised, softplus(delta + bias)
-in float32 computed once in XLA, and the forward kernels too for float32 inputs; with 16-bit inputs the forward
-kernels discretise it themselves (``DELTA_IN_KERNEL_BY_ITEMSIZE``), as measured. Compiled for an
+in float32 computed once in XLA, and the forward kernels too for float32 inputs when a gradient is taken; otherwise
+the forward kernels discretise it themselves (``DELTA_IN_KERNEL_BY_ITEMSIZE``), as measured. Compiled for an
 NVIDIA GPU, the kernels write their exponentials and multiply-adds as single PTX instructions (``Layout.ptx``).
 """
 
@@ -92,9 +92,15 @@ PAIR_CHUNKS = True
 # Where delta is discretised when ``delta_in_kernel`` is left as None, by the bytes of an element of u. 16-bit
 # inputs: in the forward kernels ("forward"), which read delta as given, where the XLA pass read it in 16 bits and
 # wrote it in 32 for both forward kernels to read; interleaved in bf16 on vmamba-64x64, mamba-768, long and vim-s,
-# forward 6-9 % faster and forward+backward within 0.5 %. float32: outside (False); there "forward" made
-# forward+backward 2-5 % slower on all four and the forward -4 % to +4 % (one H200, NOTES.md, "Session 18").
-DELTA_IN_KERNEL_BY_ITEMSIZE = {2: "forward", 4: False}
+# forward 6-9 % faster and forward+backward within 0.5 % (one H200, NOTES.md, "Session 18"). float32: in the
+# forward kernels when no gradient is taken ("inference"), outside when one is: with today's kernels "forward" made
+# the forward alone 3-8 % faster on the same four shapes and forward+backward 1-3 % slower (one H200, NOTES.md,
+# "Session 33"), so each path takes its faster choice.
+DELTA_IN_KERNEL_BY_ITEMSIZE = {2: "forward", 4: "inference"}
+# Which passes discretise delta themselves for each ``delta_in_kernel``: "inference" is the forward taken without a
+# gradient (``_scan``), "forward" and "backward" the two kernels of a differentiated scan (``_scan_fwd``, ``_scan_bwd``).
+DELTA_INSIDE = {True: frozenset({"inference", "forward", "backward"}), False: frozenset(),
+                "forward": frozenset({"inference", "forward"}), "inference": frozenset({"inference"})}
 
 
 class Tuning(NamedTuple):
@@ -111,7 +117,8 @@ class Tuning(NamedTuple):
     # 2563 -> 1660; ``benchmarks/kernel_resources.py``, NOTES.md), for a few elementwise passes over delta. In the
     # kernels softplus now takes ``lg2.approx`` (``common.softplus``), which costs 7-16 % more forward instructions
     # (bf16 vmamba-64x64, NOTES.md "Session 16"). "forward": in the forward kernels only (no XLA pass before them);
-    # the backward, whose kernel paid 15-41 % more, keeps the pass. ``selective_scan_pallas`` resolves its None by
+    # the backward, whose kernel paid 15-41 % more, keeps the pass. "inference": in the forward kernels when no
+    # gradient is taken, outside when one is (``DELTA_INSIDE``). ``selective_scan_pallas`` resolves its None by
     # dtype (``DELTA_IN_KERNEL_BY_ITEMSIZE``).
     delta_in_kernel: bool | str = False
     # With an ``order``: each chunk's positions loaded one chunk ahead (``common.walk``); None: ``PREFETCH_ORDER``.
@@ -199,9 +206,9 @@ def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
 
 
 def _discretised_outside(inputs: dict, delta_softplus: bool, tuning: Tuning, direction: str) -> bool:
-    """Whether delta reaches the ``direction`` ("forward" or "backward") kernels discretised: when there is a bias
-    or a softplus to apply, unless ``delta_in_kernel`` is True or names this direction."""
-    inside = tuning.delta_in_kernel is True or tuning.delta_in_kernel == direction
+    """Whether delta reaches the ``direction`` ("inference", "forward" or "backward", ``DELTA_INSIDE``) kernels
+    discretised: when there is a bias or a softplus to apply, unless ``delta_in_kernel`` puts it in them."""
+    inside = direction in DELTA_INSIDE[tuning.delta_in_kernel]
     return not inside and (delta_softplus or "delta_bias" in inputs)
 
 
@@ -237,7 +244,7 @@ def sum_blocks(grads: dict, lay) -> dict:
 def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning):
     save = "last" if return_last_state else "none"
     inputs, softplus = _kernel_inputs(_inputs(u, delta, A, B, C, D, z, delta_bias, order), delta_softplus, tuning,
-                                      "forward")
+                                      "inference")
     out = per_device(functools.partial(_forward, tuning=tuning, delta_softplus=softplus, save=save,
                                        interpret=interpret), inputs, REPLICATED)
     if return_last_state:
@@ -345,8 +352,10 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         instead of one a step); None (default): in the forward kernels only, as measured (``HOIST_BY_DEFAULT``).
       delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False computes
         softplus(delta + bias) once, in float32, before the kernels (and its gradient after them); "forward" inside
-        the forward kernels, and as False for the backward kernel; None (the default) "forward" for 16-bit inputs
-        and False for float32 (``DELTA_IN_KERNEL_BY_ITEMSIZE``).
+        the forward kernels, and as False for the backward kernel; "inference" inside the forward kernels when no
+        gradient is taken, and as False when one is; None (the default) "forward" for 16-bit inputs and
+        "inference" for float32 (``DELTA_IN_KERNEL_BY_ITEMSIZE``). Discretised in or out of the kernels, y differs
+        by the rounding of softplus (``common.softplus``).
       prefetch_order: with ``order``: load each chunk's positions one chunk ahead, so its row loads do not wait on
         them (None, the default: on, ``PREFETCH_ORDER``).
       prefetch_rows: the forward and segment-summary kernels issue each chunk's loads (rows and positions) one chunk
@@ -382,11 +391,11 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         raise ValueError(f"selective_scan_pallas: block_d={block_d!r}, expected an int or a (forward, backward) pair")
     if delta_in_kernel is None:
         delta_in_kernel = default_delta_in_kernel(u.dtype)
-    if delta_in_kernel not in (False, True, "forward"):
-        raise ValueError(f"selective_scan_pallas: delta_in_kernel={delta_in_kernel!r}, expected None, False, True "
-                         f"or 'forward'")
+    if not isinstance(delta_in_kernel, (bool, str)) or delta_in_kernel not in DELTA_INSIDE:
+        raise ValueError(f"selective_scan_pallas: delta_in_kernel={delta_in_kernel!r}, expected None, False, True, "
+                         f"'forward' or 'inference'")
     tuning = Tuning(design, blocks, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
-                    delta_in_kernel if delta_in_kernel == "forward" else bool(delta_in_kernel),
+                    delta_in_kernel,
                     None if prefetch_order is None else bool(prefetch_order),
                     None if prefetch_rows is None else bool(prefetch_rows),
                     None if chain_in_kernel is None else bool(chain_in_kernel),

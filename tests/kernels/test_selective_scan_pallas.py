@@ -163,27 +163,36 @@ def test_rejects_bad_design_or_chunk(design, chunk):
 
 def test_rejects_unknown_delta_in_kernel():
     x = make_inputs(5, 1, 4, 4, 1, 4)
-    with pytest.raises(ValueError, match="delta_in_kernel='backward', expected None, False, True or 'forward'"):
-        run_pallas(x, {}, delta_in_kernel="backward")
+    for bad in ("backward", 1):
+        with pytest.raises(ValueError, match=f"delta_in_kernel={bad!r}, expected None, False, True, 'forward' or "
+                                             "'inference'"):
+            run_pallas(x, {}, delta_in_kernel=bad)
 
 
 @pytest.mark.parametrize("dtype,expected", [(jnp.bfloat16, "forward"), (jnp.float16, "forward"),
-                                            (jnp.float32, False)])
+                                            (jnp.float32, "inference")])
 def test_default_delta_in_kernel_follows_the_dtype(dtype, expected):
-    """Left as None: 16-bit inputs discretise delta in the forward kernels, float32 ones outside (as measured)."""
+    """Left as None: 16-bit inputs discretise delta in the forward kernels, float32 ones in them only when no
+    gradient is taken (as measured)."""
     assert ops.default_delta_in_kernel(dtype) == expected
 
 
-def test_delta_in_forward_kernels_only():
-    """"forward": the forward kernels read delta as given and apply softplus; the backward's read it discretised
-    in float32 outside, as by default."""
+@pytest.mark.parametrize("setting,inside", [(True, {"inference", "forward", "backward"}), (False, set()),
+                                            ("forward", {"inference", "forward"}), ("inference", {"inference"})])
+def test_which_passes_discretise_delta(setting, inside):
+    """Each pass (the undifferentiated forward, the differentiated forward, the backward) reads delta as given and
+    applies softplus where ``delta_in_kernel`` puts it in the kernels, and softplus(delta + bias) in float32
+    otherwise."""
     x = make_inputs(5, 1, 4, 4, 1, 4, dtype=jnp.bfloat16, **ALL_OPTIONS)
     given = ops._inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], None)
-    tuning = ops.Tuning(delta_in_kernel="forward")
-    forward, softplus = ops._kernel_inputs(given, True, tuning, "forward")
-    assert softplus and forward["delta"].dtype == jnp.bfloat16 and "delta_bias" in forward
-    backward, softplus = ops._kernel_inputs(given, True, tuning, "backward")
-    assert not softplus and backward["delta"].dtype == jnp.float32 and "delta_bias" not in backward
+    for direction in ("inference", "forward", "backward"):
+        kernel, softplus = ops._kernel_inputs(given, True, ops.Tuning(delta_in_kernel=setting), direction)
+        if direction in inside:
+            assert softplus and kernel["delta"] is given["delta"] and "delta_bias" in kernel, direction
+        else:
+            assert not softplus and kernel["delta"].dtype == jnp.float32 and "delta_bias" not in kernel, direction
+            want = jax.nn.softplus(given["delta"].astype(jnp.float32) + given["delta_bias"])
+            np.testing.assert_allclose(kernel["delta"], want, rtol=1e-6)
 
 
 def test_unroll_belongs_to_the_split_design():

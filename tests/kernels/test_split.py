@@ -4,9 +4,9 @@ gradient against the sequential scan's (1e-4), with several segments, L not a mu
 segment (the serial kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default), in their
 chunk, or hoisted (``hoist_loads``), the gate after the kernels, in them (``gate_in_kernel=True``) or in the
 forward walk when no gradient is taken (``"forward"``, the default), and with delta discretised once outside the
-kernels (the default), in each of them (``delta_in_kernel=True``) or in the forward kernels only (``"forward"``),
-the chain over segments as one kernel (the default) or in XLA
-(``chain_in_kernel=False``), the forward kernels with channel blocks of their own (``block_d=(forward, backward)``),
+kernels (``False``), in each of them (``True``), in the forward kernels only (``"forward"``) or in them when no
+gradient is taken (``"inference"``, the default for float32), the chain over segments as one kernel (the default)
+or in XLA (``chain_in_kernel=False``), the forward kernels with channel blocks of their own (``block_d=(forward, backward)``),
 the forward without checkpoints holding the state transposed (``state_major=True``; the differentiated forward,
 which saves checkpoints, keeps its layout), and the walks that load rows ahead taking two chunks an iteration
 (``pair_chunks``, the default: 4 chunks a segment; 1, the loop empty and the chunk after it; one segment of 3
@@ -48,6 +48,8 @@ CASES = [
                  id="all-options-delta-discretised-in-kernel"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel="forward"),
                  id="all-options-delta-discretised-in-forward-kernels"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=False),
+                 id="all-options-delta-discretised-outside"),
     pytest.param((1, 11, 4, 1, 3), dict(D=True, delta_bias=True), dict(chunk=4), id="bias-without-softplus"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=2, chain_in_kernel=False),
                  id="all-options-xla-chain-6-segments"),
