@@ -94,8 +94,8 @@ PAIR_CHUNKS = True
 # wrote it in 32 for both forward kernels to read; interleaved in bf16 on vmamba-64x64, mamba-768, long and vim-s,
 # forward 6-9 % faster and forward+backward within 0.5 % (one H200, NOTES.md, "Session 18"). float32: in the
 # forward kernels when no gradient is taken ("inference"), outside when one is: with today's kernels "forward" made
-# the forward alone 3-8 % faster on the same four shapes and forward+backward 1-3 % slower (one H200, NOTES.md,
-# "Session 33"), so each path takes its faster choice.
+# the forward alone 2-8 % faster on the same four shapes and forward+backward 1-3 % slower (two calls on a lent H200;
+# "inference" took both gains in the second; NOTES.md, "Session 33"), so each path takes its faster choice.
 DELTA_IN_KERNEL_BY_ITEMSIZE = {2: "forward", 4: "inference"}
 # Which passes discretise delta themselves for each ``delta_in_kernel``: "inference" is the forward taken without a
 # gradient (``_scan``), "forward" and "backward" the two kernels of a differentiated scan (``_scan_fwd``, ``_scan_bwd``).
