@@ -4,8 +4,8 @@ timing of the models' stages), and the in-place inputs they build run through th
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.scan import (MODEL_SHAPES, SHAPES, SMALL_MODEL_SHAPES, Shape, forward_bytes, functions, make_inputs,
-                             measure, times_floor)
+from benchmarks.scan import (MODEL_SHAPES, SHAPES, SMALL_MODEL_SHAPES, Shape, floor_target, forward_bytes, functions,
+                             make_inputs, measure, print_peer_ratios, times_floor)
 from ssm_jax.models.mambaad import mambaad_model_config
 from ssm_jax.models.memorymamba import memorymamba_presets
 from ssm_jax.ssm import scan_orders, selective_scan
@@ -51,6 +51,28 @@ def test_copy_floor_of_vmamba_64x64_counts_each_tensor_once():
     floor_s = 104_871_424 / 3e12  # 34.96 us at 3,000 GB/s
     assert abs(times_floor(124.2e-6, shape, jnp.float32, 3e12) - 124.2e-6 / floor_s) < 1e-12
     assert abs(times_floor(124.2e-6, shape, jnp.float32, 3e12) - 3.553) < 1e-3
+
+
+def test_floor_target_needs_ours_within_3x_where_mamba_ssm_is_within_10x():
+    """vmamba-64x64 fp32 at 3,000 GB/s has a 34.96 us floor: 3x is 104.9 us, 10x 349.6 us."""
+    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
+    assert floor_target(104.0e-6, 240e-6, shape, jnp.float32, 3e12) == "met"
+    assert floor_target(106.0e-6, 240e-6, shape, jnp.float32, 3e12) == "missed"
+    assert floor_target(106.0e-6, 350e-6, shape, jnp.float32, 3e12) == "out of scope"
+    assert floor_target(106.0e-6, 240e-6, shape, jnp.float32, 2.9e12) == "met"  # a slower copy lowers the bar
+
+
+def test_peer_table_prints_mamba_ssms_floor_ratio_and_the_target(capsys):
+    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
+    ours = dict(fwd=150e-6, fwd_bwd=600e-6, fwd_batched=120e-6, fwd_bwd_batched=500e-6)
+    peer = {"vmamba-64x64": dict(fwd=300e-6, fwd_bwd=900e-6, fwd_batched=240e-6, fwd_bwd_batched=800e-6)}
+    print_peer_ratios([("pallas", shape, ours), ("chunked", shape, {"error": "x"})], peer, 3e12, jnp.float32)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and "peer/floor" in lines[1] and "3x target" in lines[1]
+    cells = lines[2].split()
+    assert cells[:2] == ["pallas", "vmamba-64x64"]
+    assert cells[-2:] == ["6.9", "missed"]  # 240 us over 34.96 us; 120 us is 3.43x
+    assert [float(c) for c in cells[4:6]] == [0.5, round(600 / 900, 2)]
 
 
 def test_in_place_shape_measures_on_cpu_and_matches_the_gathered_scan():
