@@ -18,14 +18,13 @@ def parse_config(text: str) -> dict:
     or out takes the default; chunk and unroll 0 too (split: the segment length ``split.default_segment`` picks).
     block_d is one width for both directions or ``forward/backward`` (``32/16``).
     hoist 1 / 0: ``hoist_loads`` in both kernels / neither; outside 1: delta discretised outside the kernels,
-    ``delta_in_kernel=False``, 0: in each kernel (True), 2: in the forward kernels only ("forward"), 3: in them when
-    no gradient is taken ("inference"), left out: by dtype (``ops.DELTA_IN_KERNEL_BY_ITEMSIZE``); prefetch 1 / 0:
-    ``prefetch_order`` on / off; rows 1:
-    ``prefetch_rows``; gate 0: the gate applied outside the kernels (``gate_in_kernel=False``), 1: in them (True),
-    2: in the forward walk when no gradient is taken ("forward"); chain 1: the split design's chain over segments as
-    one kernel (``chain_in_kernel=True``); major 1: the forward kernels hold the state transposed where they store
-    no 2-D tile (``state_major=True``); pair 1: the walks that load rows ahead take two chunks an iteration
-    (``pair_chunks=True``)."""
+    ``delta_in_kernel=False``, 0: in each kernel (True), 2: in the forward kernels only ("forward"), 3: in them when no
+    gradient is taken ("inference"), left out: by dtype (``ops.DELTA_IN_KERNEL_BY_ITEMSIZE``); prefetch 1 / 0:
+    ``prefetch_order`` on / off; rows 1: ``prefetch_rows``; gate 0: the gate applied outside the kernels
+    (``gate_in_kernel=False``), 1: in them (True), 2: in the forward walk when no gradient is taken ("forward"); chain
+    1: the split design's chain over segments as one kernel (``chain_in_kernel=True``); major 1: the forward kernels
+    hold the state transposed where they store no 2-D tile (``state_major=True``); pair 1: the walks that load rows
+    ahead take two chunks an iteration (``pair_chunks=True``)."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
     if len(rest) > 9:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")

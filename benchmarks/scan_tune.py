@@ -3,15 +3,14 @@
     python benchmarks/scan_tune.py --configs split:32/16:0:1:1,serial:32:16:4:8 --dtypes float32,bfloat16 \
         --check --json $OUT/tune.jsonl --budget 400
 
-A config is ``benchmarks.kernel_configs.FIELDS`` (unroll: split only, the steps between checkpoints inside a
-segment, 0 or left out for the default by layout, ``split.layout``; hoist: 1 to issue a chunk's loads before its
-stores in every kernel, 0 in none, left out or empty for the default, the forward direction only; outside: 1 to
-discretise delta once outside the kernels, ``delta_in_kernel=False``, 0 in each kernel, 2 in the forward kernels
-only, 3 in them when no gradient is taken; prefetch: 1 / 0 to load an in-place shape's positions a chunk ahead or
-not, ``prefetch_order``; rows: 1 for every forward-direction and summary load a chunk ahead, ``prefetch_rows``;
-gate: 0 to gate y outside the kernels,
-``gate_in_kernel=False``, 1 in them, 2 in the forward walk when no gradient is taken; chain, major and pair: the
-split chain as one kernel, ``state_major`` and ``pair_chunks``, each 1 / 0). For each dtype x shape it
+A config is ``benchmarks.kernel_configs.FIELDS`` (unroll: split only, the steps between checkpoints inside a segment, 0
+or left out for the default by layout, ``split.layout``; hoist: 1 to issue a chunk's loads before its stores in every
+kernel, 0 in none, left out or empty for the default, the forward direction only; outside: 1 to discretise delta once
+outside the kernels, ``delta_in_kernel=False``, 0 in each kernel, 2 in the forward kernels only, 3 in them when no
+gradient is taken; prefetch: 1 / 0 to load an in-place shape's positions a chunk ahead or not, ``prefetch_order``; rows:
+1 for every forward-direction and summary load a chunk ahead, ``prefetch_rows``; gate: 0 to gate y outside the kernels,
+``gate_in_kernel=False``, 1 in them, 2 in the forward walk when no gradient is taken; chain, major and pair: the split
+chain as one kernel, ``state_major`` and ``pair_chunks``, each 1 / 0). For each dtype x shape it
 compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.scan.warm_up``), then times them in
 ``--rounds`` interleaved rounds, each round one batch of ``--calls`` back-to-back calls per config (so host dispatch
 overlaps the GPU work as in training), and prints per config the median over rounds of the forward and

@@ -98,7 +98,8 @@ PAIR_CHUNKS = True
 # "inference" took both gains in the second; NOTES.md, "Session 33"), so each path takes its faster choice.
 DELTA_IN_KERNEL_BY_ITEMSIZE = {2: "forward", 4: "inference"}
 # Which passes discretise delta themselves for each ``delta_in_kernel``: "inference" is the forward taken without a
-# gradient (``_scan``), "forward" and "backward" the two kernels of a differentiated scan (``_scan_fwd``, ``_scan_bwd``).
+# gradient (``_scan``), "forward" and "backward" the two halves of a differentiated scan (``_scan_fwd``,
+# ``_scan_bwd``).
 DELTA_INSIDE = {True: frozenset({"inference", "forward", "backward"}), False: frozenset(),
                 "forward": frozenset({"inference", "forward"}), "inference": frozenset({"inference"})}
 

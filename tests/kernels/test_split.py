@@ -1,16 +1,16 @@
-"""The ``split`` design (sequence cut into segments walked by separate programs, ``kernels/selective_scan/split.py``)
-in interpret mode: y and the last state against the float64 NumPy recurrence (relative error 1e-5), every
-gradient against the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one
-segment (the serial kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default), in their
-chunk, or hoisted (``hoist_loads``), the gate after the kernels, in them (``gate_in_kernel=True``) or in the
-forward walk when no gradient is taken (``"forward"``, the default), and with delta discretised once outside the
-kernels (``False``), in each of them (``True``), in the forward kernels only (``"forward"``) or in them when no
-gradient is taken (``"inference"``, the default for float32), the chain over segments as one kernel (the default)
-or in XLA (``chain_in_kernel=False``), the forward kernels with channel blocks of their own (``block_d=(forward, backward)``),
-the forward without checkpoints holding the state transposed (``state_major=True``; the differentiated forward,
-which saves checkpoints, keeps its layout), and the walks that load rows ahead taking two chunks an iteration
-(``pair_chunks``, the default: 4 chunks a segment; 1, the loop empty and the chunk after it; one segment of 3
-chunks; and with ``state_major``) or one (``pair_chunks=False``).
+"""The ``split`` design (sequence cut into segments walked by separate programs, ``kernels/selective_scan/split.py``) in
+interpret mode: y and the last state against the float64 NumPy recurrence (relative error 1e-5), every gradient against
+the sequential scan's (1e-4), with several segments, L not a multiple of the segment, and one segment (the serial
+kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default), in their chunk, or hoisted
+(``hoist_loads``), the gate after the kernels, in them (``gate_in_kernel=True``) or in the forward walk when no gradient
+is taken (``"forward"``, the default), and with delta discretised once outside the kernels (``False``), in each of them
+(``True``), in the forward kernels only (``"forward"``) or in them when no gradient is taken (``"inference"``, the
+default for float32), the chain over segments as one kernel (the default) or in XLA (``chain_in_kernel=False``), the
+forward kernels with channel blocks of their own (``block_d=(forward, backward)``), the forward without checkpoints
+holding the state transposed (``state_major=True``; the differentiated forward, which saves checkpoints, keeps its
+layout), and the walks that load rows ahead taking two chunks an iteration (``pair_chunks``, the default: 4 chunks a
+segment; 1, the loop empty and the chunk after it; one segment of 3 chunks; and with ``state_major``) or one
+(``pair_chunks=False``).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import dataclasses
