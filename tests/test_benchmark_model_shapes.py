@@ -56,10 +56,13 @@ def test_copy_floor_of_vmamba_64x64_counts_each_tensor_once():
 def test_floor_target_needs_ours_within_3x_where_mamba_ssm_is_within_10x():
     """vmamba-64x64 fp32 at 3,000 GB/s has a 34.96 us floor: 3x is 104.9 us, 10x 349.6 us."""
     shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
-    assert floor_target(104.0e-6, 240e-6, shape, jnp.float32, 3e12) == "met"
-    assert floor_target(106.0e-6, 240e-6, shape, jnp.float32, 3e12) == "missed"
-    assert floor_target(106.0e-6, 350e-6, shape, jnp.float32, 3e12) == "out of scope"
-    assert floor_target(106.0e-6, 240e-6, shape, jnp.float32, 2.9e12) == "met"  # a slower copy lowers the bar
+
+    def target(ours_s, peer_s, bandwidth=3e12):
+        return floor_target(*(times_floor(t, shape, jnp.float32, bandwidth) for t in (ours_s, peer_s)))
+    assert target(104.0e-6, 240e-6) == "met"
+    assert target(106.0e-6, 240e-6) == "missed"
+    assert target(106.0e-6, 350e-6) == "out of scope"
+    assert target(106.0e-6, 240e-6, bandwidth=2.9e12) == "met"  # a slower copy lowers the bar
 
 
 def test_peer_table_prints_mamba_ssms_floor_ratio_and_the_target(capsys):
