@@ -25,7 +25,8 @@ from ssm_jax.models.snarm import snarm_model_config
 STEPS = 40_000
 
 
-def snarm_config(dataset: str, root: str | None, *, image_size: int = 256, **source_kwargs) -> ml_collections.ConfigDict:
+def snarm_config(dataset: str, root: str | None, *, image_size: int = 256,
+                 **source_kwargs) -> ml_collections.ConfigDict:
     """A full SNARM config; ``source_kwargs`` are the dataset loader's options."""
     config = ml_collections.ConfigDict()
     config.task = "residual"

@@ -9,8 +9,8 @@ same records (relative paths, labels, categories, defects).
 Each image is stored as the pipeline would decode it at ``S`` (``images.load_image``: colour rule, then PIL
 bilinear), so reading the packed copy at ``S`` gives the same uint8 pixels; images whose channels are equal
 are stored as grayscale (the pipeline replicates them back). Masks are stored as the pipeline's binary mask
-at ``S`` (nearest), 0/255. Contents are PNG (or lossless WebP, ``--format webp``), but file names keep their extension (loaders find files by
-name, PIL decodes by content). MVTec 3D-AD point maps (``xyz``) are not packed.
+at ``S`` (nearest), 0/255. Contents are PNG (or lossless WebP, ``--format webp``), but file names keep their
+extension (loaders find files by name, PIL decodes by content). MVTec 3D-AD point maps (``xyz``) are not packed.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def _neu(root, rng, per_class, flat=True):
     for k, name in enumerate(neu.CLASS_NAMES):
         for i in range(per_class):
             prefix = prefixes[name].capitalize() if prefixes[name] not in ("ps", "rs") else prefixes[name].upper()
-            path = os.path.join(root, f"{prefix}_{i + 1}.bmp") if flat else os.path.join(root, name, f"{name}_{i + 1}.bmp")
+            path = (os.path.join(root, f"{prefix}_{i + 1}.bmp") if flat
+                    else os.path.join(root, name, f"{name}_{i + 1}.bmp"))
             _image(path, rng, 40 + 30 * k, "L")
 
 
@@ -135,7 +136,8 @@ def _elpv(root, rng, per_class):
 WRITERS = {
     "folder": lambda root, rng, n: _classes(root, rng, ("a", "b", "c"), n, ".png"),
     "aluminum": lambda root, rng, n: _classes(root, rng, ("dirty", "pinhole", "scratch", "dent"), n, ".jpg"),
-    "gc10": lambda root, rng, n: _classes(root, rng, [str(k) for k in range(1, 1 + len(gc10.CLASS_NAMES))], n, ".jpg", "L"),
+    "gc10": lambda root, rng, n: _classes(root, rng, [str(k) for k in range(1, 1 + len(gc10.CLASS_NAMES))], n, ".jpg",
+                                          "L"),
     "neu": _neu, "neu_folders": lambda root, rng, n: _neu(root, rng, n, flat=False),
     "mt": _mt, "mvtec": _mvtec, "visa": _visa, "realiad": _realiad, "mvtec3d": _mvtec3d,
     "elpv": _elpv, "elpv_ad": _elpv,

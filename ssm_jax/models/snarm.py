@@ -144,7 +144,8 @@ class NavigatedBranch(nn.Module):
         logits = []
         for d in range(k):
             y = nn.Conv(e, (kernel, kernel), padding=((pad, pad), (pad, pad)), kernel_dilation=self.rate,
-                        use_bias=False, dtype=self.dtype, name=f"head{d}_conv")(hidden[:, d].reshape(b, height, width, e))
+                        use_bias=False, dtype=self.dtype,
+                        name=f"head{d}_conv")(hidden[:, d].reshape(b, height, width, e))
             y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=_EPS, dtype=self.dtype,
                              name=f"head{d}_bn")(y)
             logits.append(nn.Conv(1, (1, 1), dtype=self.dtype, name=f"head{d}_out")(nn.relu(y))[..., 0])

@@ -1,4 +1,5 @@
-"""Reusable Flax linen layers: S6 mixer, SS2D, patch embed/merge and their convolutional forms, MLP, stochastic depth."""
+"""Reusable Flax linen layers: S6 mixer, SS2D, patch embed/merge and their convolutional forms, MLP, stochastic
+depth."""
 
 from ssm_jax.nn.drop import DropPath
 from ssm_jax.nn.mamba import MambaMixer

@@ -47,7 +47,8 @@ def test_sharding_splits_the_data(folder):
     seen = [sum(_indices(iter(make_pipeline(folder, train=False, **{**kw, "shard_index": i, "shard_count": 3})), 3), [])
             for i in range(3)]
     assert sorted(sum(seen, [])) == list(range(9)) and all(len(s) == 3 for s in seen)
-    train = [set(sum(_indices(iter(make_pipeline(folder, num_epochs=1, **{**kw, "shard_index": i, "shard_count": 2})), 4), []))
+    train = [set(sum(_indices(iter(make_pipeline(folder, num_epochs=1, **{**kw, "shard_index": i, "shard_count": 2})),
+                              4), []))
              for i in range(2)]
     assert not train[0] & train[1] and len(train[0]) == len(train[1]) == 4
 
@@ -113,7 +114,8 @@ def test_worker_processes_cover_the_data_and_resume(folder):
     first = _indices(it, 2)
     state = it.get_state()
     rest = _indices(it, 2)
-    assert sorted(sum(first + rest, [])) == sorted(sum(_indices(iter(make_pipeline(folder, **{**kw, "num_workers": 0})), 4), []))
+    serial = _indices(iter(make_pipeline(folder, **{**kw, "num_workers": 0})), 4)
+    assert sorted(sum(first + rest, [])) == sorted(sum(serial, []))
     resumed = iter(make_pipeline(folder, **kw))
     resumed.set_state(state)
     assert _indices(resumed, 2) == rest

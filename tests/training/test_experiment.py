@@ -52,7 +52,8 @@ def test_resume_after_crash_and_sigterm_equals_uninterrupted(tiny_config, tmp_pa
     with pytest.raises(Preempted) as stopped:
         run.Experiment(config, tmp_path / "resumed").train()
     monkeypatch.undo()
-    assert stopped.value.step == 5 and sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["3", "5"]
+    assert stopped.value.step == 5
+    assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["3", "5"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the loop's handler is gone
     resumed = run.Experiment(config, tmp_path / "resumed")
     resumed.train()

@@ -13,7 +13,8 @@ from ssm_jax.training.optim import learning_rate_schedule, make_optimizer, weigh
 def test_linear_warmup_then_linear_decay():
     schedule = learning_rate_schedule(optim_config(lr=1e-3, warmup_fraction=0.1), total_steps=100)
     expected = [1e-3 * s / 10 for s in range(10)] + [1e-3 * (1 - (s - 10) / 90) for s in range(10, 101)]
-    np.testing.assert_allclose([float(schedule(s)) for s in range(101)], expected, rtol=1e-5, atol=1e-9)  # float32 schedule
+    # the schedule is float32
+    np.testing.assert_allclose([float(schedule(s)) for s in range(101)], expected, rtol=1e-5, atol=1e-9)
 
 
 def test_cosine_and_unknown_decay():

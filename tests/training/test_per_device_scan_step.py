@@ -11,7 +11,8 @@ from tests.training.conftest import make_tiny_config
 from tests.training.test_grad_accum import _assert_trees_close, _batch, _one_step, gradient_recorder
 
 
-@pytest.mark.slow  # interpret-mode Pallas inside two compiled train steps; tests/kernels/test_per_device.py is the fast check
+# interpret-mode Pallas inside two compiled train steps; tests/kernels/test_per_device.py is the fast check
+@pytest.mark.slow
 def test_pallas_step_on_four_devices_matches_one(folder_root):
     config = make_tiny_config(folder_root)
     with config.unlocked():

@@ -78,7 +78,8 @@ def test_evaluation_with_tta_writes_beside_the_plain_one(tiny_config, tmp_path):
 
 
 @pytest.mark.parametrize("flips, rot90, tta, warned", [
-    (("horizontal", "vertical"), False, "flips", None), (("horizontal", "vertical"), False, "d4", "90-degree rotations"),
+    (("horizontal", "vertical"), False, "flips", None),
+    (("horizontal", "vertical"), False, "d4", "90-degree rotations"),
     (("horizontal",), True, "d4", None), (("horizontal",), False, "flips", "mirrors"), ((), True, "d4", "mirrors"),
     ((), False, "none", None)])
 def test_views_training_never_applied_are_warned(flips, rot90, tta, warned, capsys):
