@@ -11,6 +11,8 @@ from ssm_jax.ssm.selective_scan import validate_inputs
 
 FIELDS = ("design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch[:rows[:gate"
           "[:chain[:major[:pair]]]]]]]]]")
+# The ``outside`` field's values -> ``delta_in_kernel``.
+DELTA_IN_KERNEL = {0: True, 1: False, 2: "forward", 3: "inference"}
 
 
 def parse_config(text: str) -> dict:
@@ -40,9 +42,9 @@ def parse_config(text: str) -> dict:
     if hoist is not None:
         config["hoist_loads"] = bool(hoist)
     if outside is not None:
-        if outside not in (0, 1, 2, 3):
-            raise SystemExit(f"config {text!r}: outside is 0, 1, 2 or 3, not {outside}")
-        config["delta_in_kernel"] = {0: True, 1: False, 2: "forward", 3: "inference"}[outside]
+        if outside not in DELTA_IN_KERNEL:
+            raise SystemExit(f"config {text!r}: outside is one of {sorted(DELTA_IN_KERNEL)}, not {outside}")
+        config["delta_in_kernel"] = DELTA_IN_KERNEL[outside]
     if prefetch is not None:
         config["prefetch_order"] = bool(prefetch)
     if rows is not None:

@@ -33,7 +33,7 @@ def test_config_fields_map_to_kernel_keywords():
 
 
 def test_outside_field_values_are_checked():
-    with pytest.raises(SystemExit, match="outside is 0, 1, 2 or 3, not 4"):
+    with pytest.raises(SystemExit, match=r"outside is one of \[0, 1, 2, 3\], not 4"):
         parse_config("split:32/16:0:1:1:::4")
 
 
