@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNITS = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
 
 
-def summary(path: str, calls: int) -> dict[str, float]:
-    """{kernel name: GPU us a call} for the kernels launched ``calls`` times; prints every kernel seen."""
+def kernel_times(path: str) -> dict[str, list[float]]:
+    """{kernel name: GPU us of each launch, in launch order} from ncu's CSV (``--metrics gpu__time_duration.sum``)."""
     with open(path) as f:
         rows = [r for r in csv.DictReader(line for line in f if line.startswith('"'))
                 if r.get("Metric Name") == "gpu__time_duration.sum"]
@@ -39,6 +39,12 @@ def summary(path: str, calls: int) -> dict[str, float]:
     for r in rows:
         value = float(r["Metric Value"].replace(",", "")) * UNITS[r["Metric Unit"]]
         times.setdefault(r["Kernel Name"], []).append(value)
+    return times
+
+
+def summary(path: str, calls: int) -> dict[str, float]:
+    """{kernel name: GPU us a call} for the kernels launched ``calls`` times; prints every kernel seen."""
+    times = kernel_times(path)
     per_call = {name: sum(t) / calls for name, t in times.items() if len(t) == calls}
     for name, t in times.items():
         own = f"{per_call[name]:9.2f} us a call" if name in per_call else "   (setup)"

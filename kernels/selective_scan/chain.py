@@ -64,13 +64,19 @@ def _kernel(*refs, names, lay: Layout, reverse: bool, unroll: int):
     common.store_matrix(leaving_ref, p, lay, h, index=(p.b,))
 
 
-def chain(total, dsum, A, lay: Layout, *, reverse: bool, start=None, interpret: bool, num_warps: int = 1):
+def chain(total, dsum, A, lay: Layout, *, reverse: bool, start=None, interpret: bool, num_warps: int = 1,
+          block_d: int = BLOCK_D, unroll: int = UNROLL, name: str = "selective_scan_split_chain"):
     """(entering (batch, n_segments, D, N), leaving (batch, D, N)), float32: the state entering every segment when
     zero (or ``start`` (batch, D, N)) enters the first (the last, when ``reverse``), and the state leaving the
-    last (the first); ``total`` and ``dsum`` are the summary kernel's outputs for a segmented layout."""
+    last (the first); ``total`` and ``dsum`` are the summary kernel's outputs for a segmented layout. ``block_d``
+    caps the channels a program takes and ``unroll`` sets the segments loaded together (both powers of two;
+    ``benchmarks/chain_tune.py`` times them, each under its own kernel ``name``)."""
+    for keyword, value in (("block_d", block_d), ("unroll", unroll)):
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"selective_scan chain: {keyword}={value} must be a power of two")
     inputs = {"total": total, "dsum": dsum, "A": A, **({} if start is None else {"start": start})}
-    lay = dataclasses.replace(lay, block_d=min(lay.block_d, BLOCK_D))
-    unroll = min(UNROLL, pl.next_power_of_2(lay.n_segments))
+    lay = dataclasses.replace(lay, block_d=min(lay.block_d, block_d))
+    unroll = min(unroll, pl.next_power_of_2(lay.n_segments))
     return pl.pallas_call(
         functools.partial(_kernel, names=tuple(inputs), lay=lay, reverse=reverse, unroll=unroll),
         out_shape=[jax.ShapeDtypeStruct(total.shape, F32),
@@ -78,5 +84,5 @@ def chain(total, dsum, A, lay: Layout, *, reverse: bool, start=None, interpret: 
         grid=(lay.batch, lay.n_blocks),
         compiler_params=plgpu.CompilerParams(num_warps=num_warps),
         interpret=interpret,
-        name="selective_scan_split_chain",
+        name=name,
     )(*inputs.values())
