@@ -8,8 +8,8 @@ and segment groups, on the real segment summaries of the scan benchmark shapes: 
 
 A config is ``block_d/unroll[/warps]``: at most ``block_d`` channels a program (each with all N states), ``unroll``
 segments loaded together a group ahead, ``warps`` a program (1 by default); the first is the reference. Per shape (the
-ones the auto design cuts into segments, ``scan_parts.segmented``), ``run`` chains the forward summaries
-(``scan_parts.part_functions``) forward from zero (``forward``, as the forward pass does) and in reverse from a
+ones of ``scan.py``'s generic and model shapes the auto design cuts into segments, ``scan_parts.segmented``), ``run`` chains the forward summaries
+(``summaries.states`` on ``scan.make_inputs``) forward from zero (``forward``, as the forward pass does) and in reverse from a
 random state (``reverse``, as the backward's adjoint chain does) under every config, prints the worst relative error
 of the entering and leaving states against the first config's, then launches each kernel ``--calls`` times. Each
 (shape, direction, config) kernel carries its own name, ``chain__<shape>__<direction>__<config>``, so ncu's
@@ -33,10 +33,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import rel  # noqa: E402
 from benchmarks.rows import select_shapes  # noqa: E402
-from benchmarks.scan import SHAPES, SMALL_SHAPES  # noqa: E402
+from benchmarks.scan import MODEL_SHAPES, SHAPES, SMALL_SHAPES, make_inputs  # noqa: E402
 from benchmarks.scan_kernel_times import kernel_times  # noqa: E402
-from benchmarks.scan_parts import part_functions, segmented  # noqa: E402
+from benchmarks.scan_parts import segmented  # noqa: E402
 from kernels.selective_scan import chain, ops  # noqa: E402
+from kernels.selective_scan import summaries as summary_kernel  # noqa: E402
 
 DIRECTIONS = ("forward", "reverse")
 
@@ -50,9 +51,13 @@ def parse_config(text: str) -> dict:
     return dict(block_d=block_d, unroll=unroll, num_warps=warps[0] if warps else 1)
 
 
+def _identifier(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", part)
+
+
 def kernel_name(shape: str, direction: str, config: str) -> str:
     """The kernel's name for ncu: ``chain__<shape>__<direction>__<config>``, each part in letters, digits and _."""
-    return "__".join(["chain"] + [re.sub(r"[^A-Za-z0-9]", "_", part) for part in (shape, direction, config)])
+    return "__".join(["chain"] + [_identifier(part) for part in (shape, direction, config)])
 
 
 def chain_fn(lay, config: dict, reverse: bool, name: str, interpret: bool):
@@ -65,12 +70,18 @@ def chain_fn(lay, config: dict, reverse: bool, name: str, interpret: bool):
 
 
 def summaries(shape, interpret: bool):
-    """(forward layout, A, start, total, dsum): the forward summaries of this shape's benchmark inputs, and a random
-    state entering the last segment for the reverse chain."""
-    inputs, total, dsum = part_functions(shape, jnp.float32, interpret)["chain"][1]
-    lay = ops._design(ops.Tuning(), inputs["u"], inputs["B"], inputs["A"], interpret=interpret)[2]
+    """(forward layout, A, start, total, dsum): the forward segment summaries of this shape's benchmark inputs (delta
+    discretised first, as the differentiated float32 default does), and a random state entering the last segment
+    for the reverse chain. Only the summary kernel runs, so that a short lease spends its time on the chains."""
+    (u, delta, A, B, C, D, z, delta_bias), _ = make_inputs(shape, jnp.float32)
+    tuning = ops.Tuning(delta_in_kernel=False)
+    _, _, lay, warps, _ = ops._design(tuning, u, B, A, interpret=interpret)
+    given = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
+    inputs = ops._kernel_inputs(given, True, tuning, "forward")[0]
+    total, dsum = jax.jit(lambda x: summary_kernel.states(x, lay, delta_softplus=False, interpret=interpret,
+                                                          num_warps=warps))(inputs)
     start = jnp.asarray(np.random.default_rng(0).normal(size=(total.shape[0], *total.shape[2:])), jnp.float32)
-    return lay, inputs["A"], start, total, dsum
+    return lay, A, start, total, dsum
 
 
 def run_shape(shape, configs: list[str], calls: int, interpret: bool) -> list[dict]:
@@ -94,8 +105,12 @@ def run_shape(shape, configs: list[str], calls: int, interpret: bool) -> list[di
 
 
 def summary(path: str, shapes, configs: list[str]) -> list[dict]:
-    """Median GPU us of each (shape, direction, config) kernel in ncu's CSV, and its ratio to the first config's."""
+    """Median GPU us of each (shape, direction, config) kernel in ncu's CSV, and its ratio to the first config's;
+    ``shapes`` None: every shape with a kernel in the CSV."""
     times = kernel_times(path)
+    if shapes is None:
+        shapes = [s for s in (*SHAPES, *MODEL_SHAPES, *SMALL_SHAPES)
+                  if any(name.startswith(f"chain__{_identifier(s.name)}__") for name in times)]
     rows = []
     for shape in shapes:
         for direction in DIRECTIONS:
@@ -119,7 +134,8 @@ def main() -> None:
     parser.add_argument("csv", nargs="?", help="summary: ncu's CSV of a run")
     parser.add_argument("--configs", default=f"{chain.BLOCK_D}/{chain.UNROLL},8/16,4/16,4/32,2/32",
                         help="comma-separated block_d/unroll[/warps]; the first is the reference")
-    parser.add_argument("--shapes", help="comma-separated shape names (default: all the auto design segments)")
+    parser.add_argument("--shapes", help="comma-separated shape names (default: run, every benchmark and model shape "
+                        "the auto design segments; summary, every shape in the CSV)")
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=not on_gpu,
                         help="shrunken shapes in interpret mode (default when no GPU)")
     parser.add_argument("--calls", type=int, default=5, help="run: launches of each kernel after the check's")
@@ -127,15 +143,17 @@ def main() -> None:
     configs = args.configs.split(",")
     for text in configs:
         parse_config(text)
-    shapes = select_shapes([s for s in (SMALL_SHAPES if args.small else SHAPES) if segmented(s)], args.shapes)
     if args.mode == "summary":
         if not args.csv:
             raise SystemExit("summary needs the ncu CSV: python benchmarks/chain_tune.py summary chain.csv")
+        shapes = None if args.shapes is None else select_shapes((*SHAPES, *MODEL_SHAPES, *SMALL_SHAPES), args.shapes)
         print(f"{'shape':<16}{'direction':<10}{'config':<10}{'us':>9}{'x first':>9}{'launches':>10}")
         for row in summary(args.csv, shapes, configs):
             print(f"{row['shape']:<16}{row['direction']:<10}{row['config']:<10}{row['us']:9.2f}{row['ratio']:9.2f}"
                   f"{row['launches']:10d}")
         return
+    candidates = SMALL_SHAPES if args.small else (*SHAPES, *MODEL_SHAPES)
+    shapes = select_shapes([s for s in candidates if segmented(s)], args.shapes)
     print(f"# {jax.devices()[0].device_kind} ({jax.default_backend()}), chain kernel, check against {configs[0]}",
           flush=True)
     print(f"{'shape':<16}{'segments':>9}  {'direction':<10}{'config':<10}{'check':>10}", flush=True)

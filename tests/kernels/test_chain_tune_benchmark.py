@@ -31,6 +31,7 @@ def test_summary_reads_each_kernels_launches(tmp_path):
     rows = chain_tune.summary(str(path), [SHAPE], configs)
     assert [(r["us"], r["launches"]) for r in rows] == [(6.0, 1), (2.5, 2), (8.0, 1), (2.0, 1)]
     assert [r["ratio"] for r in rows] == pytest.approx([1.0, 2.5 / 6.0, 1.0, 0.25])
+    assert chain_tune.summary(str(path), None, configs) == rows  # shapes found from the kernels' names
     with pytest.raises(SystemExit, match="no launch of chain__vmamba_small__forward__4_16"):
         chain_tune.summary(str(path), [SHAPE], ["16/8", "4/16"])
 
