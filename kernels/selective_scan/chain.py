@@ -22,10 +22,12 @@ from kernels.selective_scan import common
 from kernels.selective_scan.common import F32, Layout
 
 # Segments whose summaries are loaded together, a group ahead of the one being chained.
-UNROLL = 8
+UNROLL = 32
 # Channels per program at most, whatever the walk kernels take: the chain walks every segment of a row, so wider
-# blocks mean fewer, longer programs.
-BLOCK_D = 16
+# blocks mean fewer, longer programs. Two channels (one (channel, state) a lane at N = 16) with 32 segments a group,
+# against the 16 and 8 of before: GPU time 0.62-0.64x on vmamba-64x64 (96 programs became 768) and 0.48-0.50x on
+# long, forward and reverse (``benchmarks/chain_tune.py`` under ncu, one H200, NOTES.md "Session 35").
+BLOCK_D = 2
 
 
 def _kernel(*refs, names, lay: Layout, reverse: bool, unroll: int):
