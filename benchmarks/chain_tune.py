@@ -7,11 +7,12 @@ and segment groups, on the real segment summaries of the scan benchmark shapes: 
     python benchmarks/chain_tune.py run --small      # CPU: interpret mode, the check only
 
 A config is ``block_d/unroll[/warps]``: at most ``block_d`` channels a program (each with all N states), ``unroll``
-segments loaded together a group ahead, ``warps`` a program (1 by default); the first is the reference. Per shape (the
-ones of ``scan.py``'s generic and model shapes the auto design cuts into segments, ``scan_parts.segmented``), ``run`` chains the forward summaries
-(``summaries.states`` on ``scan.make_inputs``) forward from zero (``forward``, as the forward pass does) and in reverse from a
-random state (``reverse``, as the backward's adjoint chain does) under every config, prints the worst relative error
-of the entering and leaving states against the first config's, then launches each kernel ``--calls`` times. Each
+segments loaded together a group ahead, ``warps`` a program (1 by default); the first is the reference (by default
+the kernel's defaults). Per shape (those of ``scan.py``'s generic and model shapes that the auto design cuts into
+segments, ``scan_parts.segmented``), ``run`` chains the forward summaries (``summaries.states`` on
+``scan.make_inputs``) forward from zero (``forward``, as the forward pass does) and in reverse from a random state
+(``reverse``, as the backward's adjoint chain does) under every config, prints the worst relative error of the
+entering and leaving states against the first config's, then launches each kernel ``--calls`` times. Each
 (shape, direction, config) kernel carries its own name, ``chain__<shape>__<direction>__<config>``, so ncu's
 per-launch GPU time says whose it is; ``summary`` prints their medians and the ratio to the first config. A chain is
 a few microseconds, less than the host takes to dispatch a call, so timing it from the host measures the dispatch
@@ -132,7 +133,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=("run", "summary"))
     parser.add_argument("csv", nargs="?", help="summary: ncu's CSV of a run")
-    parser.add_argument("--configs", default=f"{chain.BLOCK_D}/{chain.UNROLL},8/16,4/16,4/32,2/32",
+    default = f"{chain.BLOCK_D}/{chain.UNROLL}"
+    others = [c for c in ("16/8", "8/16", "4/16", "4/32", "2/16") if c != default]
+    parser.add_argument("--configs", default=",".join([default, *others]),
                         help="comma-separated block_d/unroll[/warps]; the first is the reference")
     parser.add_argument("--shapes", help="comma-separated shape names (default: run, every benchmark and model shape "
                         "the auto design segments; summary, every shape in the CSV)")
@@ -143,9 +146,13 @@ def main() -> None:
     configs = args.configs.split(",")
     for text in configs:
         parse_config(text)
+    if len(set(configs)) < len(configs):
+        raise SystemExit(f"--configs {args.configs}: a config named twice would share its kernels' name")
     if args.mode == "summary":
         if not args.csv:
             raise SystemExit("summary needs the ncu CSV: python benchmarks/chain_tune.py summary chain.csv")
+        if not os.path.isfile(args.csv):
+            raise SystemExit(f"{args.csv}: no such file; expected ncu's CSV of `chain_tune.py run` (see --help)")
         shapes = None if args.shapes is None else select_shapes((*SHAPES, *MODEL_SHAPES, *SMALL_SHAPES), args.shapes)
         print(f"{'shape':<16}{'direction':<10}{'config':<10}{'us':>9}{'x first':>9}{'launches':>10}")
         for row in summary(args.csv, shapes, configs):
