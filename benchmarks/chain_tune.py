@@ -10,7 +10,7 @@ A config is ``block_d/unroll[/warps]``: at most ``block_d`` channels a program (
 segments loaded together a group ahead, ``warps`` a program (1 by default); the first is the reference (by default
 the kernel's defaults). Per shape (those of ``scan.py``'s generic and model shapes that the auto design cuts into
 segments, ``scan_parts.segmented``), ``run`` chains the forward summaries (``summaries.states`` on
-``scan.make_inputs``) forward from zero (``forward``, as the forward pass does) and in reverse from a random state
+``scan_parts.setup``) forward from zero (``forward``, as the forward pass does) and in reverse from a random state
 (``reverse``, as the backward's adjoint chain does) under every config, prints the worst relative error of the
 entering and leaving states against the first config's, then launches each kernel ``--calls`` times. Each
 (shape, direction, config) kernel carries its own name, ``chain__<shape>__<direction>__<config>``, so ncu's
@@ -34,10 +34,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.check_pallas import rel  # noqa: E402
 from benchmarks.rows import select_shapes  # noqa: E402
-from benchmarks.scan import MODEL_SHAPES, SHAPES, SMALL_SHAPES, make_inputs  # noqa: E402
+from benchmarks.scan import MODEL_SHAPES, SHAPES, SMALL_SHAPES  # noqa: E402
 from benchmarks.scan_kernel_times import kernel_times  # noqa: E402
-from benchmarks.scan_parts import segmented  # noqa: E402
-from kernels.selective_scan import chain, ops  # noqa: E402
+from benchmarks.scan_parts import segmented, setup  # noqa: E402
+from kernels.selective_scan import chain  # noqa: E402
 from kernels.selective_scan import summaries as summary_kernel  # noqa: E402
 
 DIRECTIONS = ("forward", "reverse")
@@ -74,15 +74,11 @@ def summaries(shape, interpret: bool):
     """(forward layout, A, start, total, dsum): the forward segment summaries of this shape's benchmark inputs (delta
     discretised first, as the differentiated float32 default does), and a random state entering the last segment
     for the reverse chain. Only the summary kernel runs, so that a short lease spends its time on the chains."""
-    (u, delta, A, B, C, D, z, delta_bias), _ = make_inputs(shape, jnp.float32)
-    tuning = ops.Tuning(delta_in_kernel=False)
-    _, _, lay, warps, _ = ops._design(tuning, u, B, A, interpret=interpret)
-    given = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
-    inputs = ops._kernel_inputs(given, True, tuning, "forward")[0]
-    total, dsum = jax.jit(lambda x: summary_kernel.states(x, lay, delta_softplus=False, interpret=interpret,
-                                                          num_warps=warps))(inputs)
+    prepared = setup(shape, jnp.float32, interpret)
+    inputs = jax.jit(prepared.discretise)(prepared.given)
+    total, dsum = jax.jit(lambda x: summary_kernel.states(x, prepared.lay, **prepared.fwd_kw))(inputs)
     start = jnp.asarray(np.random.default_rng(0).normal(size=(total.shape[0], *total.shape[2:])), jnp.float32)
-    return lay, A, start, total, dsum
+    return prepared.lay, inputs["A"], start, total, dsum
 
 
 def run_shape(shape, configs: list[str], calls: int, interpret: bool) -> list[dict]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,7 @@ from benchmarks.scan import (BATCH_CALLS, SHAPES, SMALL_SHAPES, WARMUP_S, Shape,
                              make_inputs, median_time)
 from kernels.selective_scan import backward, forward, ops, split, summaries  # noqa: E402
 from kernels.selective_scan import chain as chain_kernel  # noqa: E402
+from kernels.selective_scan.common import Layout  # noqa: E402
 from ssm_jax.ssm import selective_scan  # noqa: E402
 
 FORWARD_PARTS = ("discretise", "summaries", "chain", "walk")
@@ -50,10 +52,27 @@ PARTS = (*FORWARD_PARTS, *BACKWARD_PARTS, "whole")
 SEGMENT = split.SEGMENT  # steps per segment of the auto design on a grid short of programs
 
 
-def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
-    """{part: (function, arguments)}: each part's arguments are what the parts before it return on this shape's
-    inputs, so every part is timed on real intermediate values. Also "outputs": (y, gradients) of the parts
-    composed, for checking against the whole scan."""
+class Setup(NamedTuple):
+    """A shape's benchmark inputs with the split design's layouts and kernel keywords, as the differentiated
+    float32 default runs them (delta discretised before the kernels)."""
+
+    args: tuple
+    cotangent: jax.Array
+    tuning: ops.Tuning
+    lay: Layout  # the forward's
+    bwd_lay: Layout
+    given: dict  # the scan's inputs by name
+    outside: bool  # delta discretised before the kernels
+    fwd_kw: dict
+    bwd_kw: dict
+
+    def discretise(self, given: dict) -> dict:
+        """The kernels' inputs: delta discretised in XLA."""
+        return ops._kernel_inputs(given, True, self.tuning, "forward")[0]
+
+
+def setup(shape: Shape, dtype, interpret: bool) -> Setup:
+    """``Setup`` of a shape the auto design cuts into segments (a ValueError for one it does not)."""
     args, cotangent = make_inputs(shape, dtype)
     u, delta, A, B, C, D, z, delta_bias = args
     tuning = ops.Tuning(delta_in_kernel=False)
@@ -63,13 +82,20 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
         raise ValueError(f"{shape.name}: L = {shape.length} is one segment for the auto design; it has no summary "
                          f"passes")
     given = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
-    outside = ops._discretised_outside(given, True, tuning, "forward")  # delta discretised before the kernels
+    outside = ops._discretised_outside(given, True, tuning, "forward")
     softplus = not outside
-    fwd_kw = dict(delta_softplus=softplus, interpret=interpret, num_warps=fwd_warps)
-    bwd_kw = dict(delta_softplus=softplus, interpret=interpret, num_warps=bwd_warps)
+    return Setup(args, cotangent, tuning, lay, bwd_lay, given, outside,
+                 dict(delta_softplus=softplus, interpret=interpret, num_warps=fwd_warps),
+                 dict(delta_softplus=softplus, interpret=interpret, num_warps=bwd_warps))
 
-    def discretise(given):
-        return ops._kernel_inputs(given, True, tuning, "forward")[0]
+
+def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
+    """{part: (function, arguments)}: each part's arguments are what the parts before it return on this shape's
+    inputs, so every part is timed on real intermediate values. Also "outputs": (y, gradients) of the parts
+    composed, for checking against the whole scan."""
+    prepared = setup(shape, dtype, interpret)
+    args, cotangent, _, lay, bwd_lay, given, outside, fwd_kw, bwd_kw = prepared
+    discretise = prepared.discretise
 
     def state_summaries(inputs):
         return summaries.states(inputs, lay, **fwd_kw)
@@ -107,7 +133,7 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     total, dsum = jax.jit(state_summaries)(inputs)
     h_in = jax.jit(chain)(inputs, total, dsum)
     y, states = jax.jit(walk)(inputs, h_in)
-    bwd_inputs = dict(inputs, states=states, dy=cotangent.astype(u.dtype))
+    bwd_inputs = dict(inputs, states=states, dy=cotangent.astype(args[0].dtype))
     adjoint_total, adjoint_dsum = jax.jit(adjoint_summaries)(bwd_inputs)
     h_adjoint = jax.jit(adjoint_chain)(bwd_inputs, adjoint_total, adjoint_dsum)
     grads = jax.jit(backward_walk)(bwd_inputs, h_adjoint)

@@ -73,12 +73,9 @@ def chain(total, dsum, A, lay: Layout, *, reverse: bool, start=None, interpret: 
     last (the first); ``total`` and ``dsum`` are the summary kernel's outputs for a segmented layout. ``block_d``
     caps the channels a program takes and ``unroll`` sets the segments loaded together (both powers of two;
     ``benchmarks/chain_tune.py`` times them, each under its own kernel ``name``)."""
-    for keyword, value in (("block_d", block_d), ("unroll", unroll)):
-        if value < 1 or value & (value - 1):
-            raise ValueError(f"selective_scan chain: {keyword}={value} must be a power of two")
     inputs = {"total": total, "dsum": dsum, "A": A, **({} if start is None else {"start": start})}
-    lay = dataclasses.replace(lay, block_d=min(lay.block_d, block_d))
-    unroll = min(unroll, pl.next_power_of_2(lay.n_segments))
+    lay = dataclasses.replace(lay, block_d=min(lay.block_d, common.check_power_of_two("block_d", block_d)))
+    unroll = min(common.check_power_of_two("unroll", unroll), pl.next_power_of_2(lay.n_segments))
     return pl.pallas_call(
         functools.partial(_kernel, names=tuple(inputs), lay=lay, reverse=reverse, unroll=unroll),
         out_shape=[jax.ShapeDtypeStruct(total.shape, F32),

@@ -134,11 +134,12 @@ class Layout:
         return (self.batch, self.n_blocks, self.n_segments) if self.segment else (self.batch, self.n_blocks)
 
 
-def check_block_d(block_d: int) -> int:
-    """block_d itself, once it is a power of two (Triton's blocks are)."""
-    if block_d < 1 or block_d & (block_d - 1):
-        raise ValueError(f"selective_scan_pallas: block_d={block_d} must be a power of two")
-    return block_d
+def check_power_of_two(keyword: str, value: int) -> int:
+    """value itself, once it is a power of two (Triton's blocks are, and the walks' unrolled chunks and segment
+    groups); else a ValueError naming ``keyword``."""
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"selective_scan_pallas: {keyword}={value} must be a power of two")
+    return value
 
 
 def make_layout(u, B, d_state: int, block_d: int | None, chunk: int) -> Layout:
@@ -147,7 +148,7 @@ def make_layout(u, B, d_state: int, block_d: int | None, chunk: int) -> Layout:
     groups = B.shape[2]
     if block_d is None:
         block_d = min(32, pl.next_power_of_2(dim // groups))
-    check_block_d(block_d)
+    check_power_of_two("block_d", block_d)
     if chunk < 1:
         raise ValueError(f"selective_scan_pallas: chunk={chunk} must be positive")
     return Layout(batch, length, dim, groups, d_state, block_d, chunk)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.selective_scan import backward, forward, split
-from kernels.selective_scan.common import check_block_d, make_layout
+from kernels.selective_scan.common import check_power_of_two, make_layout
 from kernels.selective_scan.per_device import per_device
 from ssm_jax.ssm.selective_scan import discretize_delta, finish_output
 
@@ -184,7 +184,7 @@ def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
     if tuning.num_warps is not None:
         fwd_warps, bwd_warps = tuning.num_warps
     if direction == "forward":
-        wide = dataclasses.replace(lay, block_d=check_block_d(fwd_block))
+        wide = dataclasses.replace(lay, block_d=check_power_of_two("block_d", fwd_block))
         if tuning.block_d[0] is not None or math.prod(wide.grid) >= split.WIDE_FORWARD_GRID:
             lay = wide
     return fwd, bwd, dataclasses.replace(lay, ptx=_ptx(interpret)), fwd_warps, bwd_warps

@@ -24,7 +24,7 @@ from kernels.selective_scan import backward as serial_backward
 from kernels.selective_scan import chain
 from kernels.selective_scan import forward as serial_forward
 from kernels.selective_scan import summaries
-from kernels.selective_scan.common import Layout
+from kernels.selective_scan.common import Layout, check_power_of_two
 
 # Steps unrolled per chunk (and between checkpoints) when the sequence is one segment. With the one-warp kernels, 4
 # beat 8 and 16 in forward+backward on all five benchmark shapes (registers 204 instead of 255, no spills; NOTES.md,
@@ -65,8 +65,8 @@ def layout(lay: Layout, unroll: int | None = None) -> Layout:
     forward saves a checkpoint every unroll steps; None: UNROLL_SEGMENTED with segments, else UNROLL). A sequence
     that fits in one segment gets the plain serial layout: with nothing to chain, the summary pass would be wasted
     work."""
-    if unroll is not None and (unroll < 1 or unroll & (unroll - 1)):
-        raise ValueError(f"selective_scan_pallas: unroll={unroll} must be a power of two")
+    if unroll is not None:
+        check_power_of_two("unroll", unroll)
     segment = min(lay.chunk, pl.next_power_of_2(lay.length))
     if unroll is None:
         unroll = UNROLL if segment >= lay.length else UNROLL_SEGMENTED
