@@ -377,21 +377,45 @@ class Step(NamedTuple):
     mask: jax.Array
 
 
-def load_delta(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplus: bool):
-    """(delta after bias/softplus, 0 on masked lanes; delta before softplus; lane mask or None) at a step."""
+def finish_delta(lay: Layout, p: Program, here: At, delta_pre, bias, delta_softplus: bool):
+    """(delta after bias/softplus, 0 on masked lanes; delta before softplus; lane mask or None) from delta as
+    loaded at a step."""
     mask = _row_mask(p, lay, here)
-    delta_pre = load_row(refs["delta"], p, lay, here)
     if bias is not None:
         delta_pre = delta_pre + bias
     delta = softplus(lay, delta_pre) if delta_softplus else delta_pre
     return (delta if mask is None else jnp.where(mask, delta, 0.0)), delta_pre, mask
 
 
+def load_delta(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplus: bool):
+    """``finish_delta`` of delta loaded at a step: (delta discretised, delta before softplus, lane mask or None)."""
+    return finish_delta(lay, p, here, load_row(refs["delta"], p, lay, here), bias, delta_softplus)
+
+
+class RawStep(NamedTuple):
+    """u, delta and B of a step as loaded, nothing computed from them yet. The walks load a chunk ahead
+    (``common.walk``), and a value first used where it is loaded waits out the load there; so what is loaded ahead
+    stays raw and ``finish_step`` discretises it in the iteration that runs the step."""
+
+    u: jax.Array
+    delta: jax.Array
+    B: jax.Array
+
+
+def load_raw_step(refs: dict, p: Program, lay: Layout, here: At) -> RawStep:
+    return RawStep(load_row(refs["u"], p, lay, here), load_row(refs["delta"], p, lay, here),
+                   load_group_row(refs["B"], p, lay, here))
+
+
+def finish_step(lay: Layout, p: Program, here: At, raw: RawStep, bias, delta_softplus: bool) -> Step:
+    """The ``Step`` of ``raw``: delta discretised (``finish_delta``); steps past L come back as identity steps."""
+    delta, delta_pre, mask = finish_delta(lay, p, here, raw.delta, bias, delta_softplus)
+    return Step(raw.u, delta, delta_pre, raw.B, mask)
+
+
 def load_step(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplus: bool) -> Step:
-    """Load u, delta and B at a step and discretise delta; steps past L come back as identity steps."""
-    delta, delta_pre, mask = load_delta(refs, p, lay, here, bias, delta_softplus)
-    u = load_row(refs["u"], p, lay, here)
-    return Step(u, delta, delta_pre, load_group_row(refs["B"], p, lay, here), mask)
+    """Load u, delta and B at a step and discretise delta (``finish_step``)."""
+    return finish_step(lay, p, here, load_raw_step(refs, p, lay, here), bias, delta_softplus)
 
 
 def _instruction(lay: Layout, ptx: str, fallback, *args):

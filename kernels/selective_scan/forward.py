@@ -36,14 +36,15 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
     def load(here):
-        """A step's inputs: (u, delta, B), its C row, and z (None without a gate)."""
+        """A step's inputs as loaded: (u, delta, B), its C row, and z (None without a gate)."""
         z = common.load_row(r["z"], p, lay, here) if "z" in r else None
-        return common.load_step(r, p, lay, here, bias, delta_softplus), common.load_group_row(r["C"], p, lay, here), z
+        return common.load_raw_step(r, p, lay, here), common.load_group_row(r["C"], p, lay, here), z
 
     def chunk(c, heres, x, loaded):
         hoisted = loaded or ([load(here) for here in heres] if lay.hoist_loads else None)
         for i, here in enumerate(heres):
-            step, C, z = hoisted[i] if hoisted else load(here)
+            raw, C, z = hoisted[i] if hoisted else load(here)
+            step = common.finish_step(lay, p, here, raw, bias, delta_softplus)
             if by_state:
                 x = common.advance_by_state(lay, x, step, rates)
                 y = jnp.sum(x * C[:, None], axis=0)

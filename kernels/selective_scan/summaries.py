@@ -31,12 +31,12 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
     def load(here):
-        return common.load_step(r, p, lay, here, bias, delta_softplus)
+        return common.load_raw_step(r, p, lay, here)
 
     def chunk(c, heres, carry, loaded):
         x, dsum = carry
         for i, here in enumerate(heres):
-            step = loaded[i] if loaded else load(here)
+            step = common.finish_step(lay, p, here, loaded[i] if loaded else load(here), bias, delta_softplus)
             x, dsum = advance(lay, x, step, rates), dsum + step.delta
         return x, dsum
 
@@ -53,18 +53,19 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
     def load(here):
-        """A step's discretised delta, its output gradient after the gate, and its C row."""
-        delta, _, _ = common.load_delta(r, p, lay, here, bias, delta_softplus)
-        g = common.load_row(r["dy"], p, lay, here)
-        if "z" in r:
-            z = common.load_row(r["z"], p, lay, here)
-            g = g * z * common.sigmoid(lay, z)
-        return delta, g, common.load_group_row(r["C"], p, lay, here)
+        """A step's delta, output gradient, z (None without a gate) and C row, as loaded (``common.RawStep``)."""
+        z = common.load_row(r["z"], p, lay, here) if "z" in r else None
+        return (common.load_row(r["delta"], p, lay, here), common.load_row(r["dy"], p, lay, here), z,
+                common.load_group_row(r["C"], p, lay, here))
 
     def chunk(c, heres, carry, loaded):
         h, dsum = carry
         for i in reversed(range(len(heres))):
-            delta, g, C = loaded[i] if loaded else load(heres[i])
+            here = heres[i]
+            delta, g, z, C = loaded[i] if loaded else load(here)
+            delta, _, _ = common.finish_delta(lay, p, here, delta, bias, delta_softplus)
+            if z is not None:
+                g = g * z * common.sigmoid(lay, z)
             h = common.decay(lay, delta, rates) * common.fma(lay, g[:, None], C[None, :], h)
             dsum = dsum + delta
         return h, dsum
