@@ -60,6 +60,9 @@ class Layout:
     # ``MOV`` per value held; the fp32 vmamba-64x64 walk: 337 -> 300 loop instructions a chunk, NOTES.md "Session
     # 31"), for a loop body twice as long. ``loop_chunks`` says how many chunks such a walk's loop takes.
     pair_chunks: bool = False
+    # paired walks: how many chunks ahead each chunk's rows are loaded. 1: two chunks a loop; 2: three chunks a loop,
+    # for a third set of rows held in registers (the segment-state kernel, ``summaries.STATE_DEPTH``).
+    prefetch_depth: int = 1
     # split design: the chain over segments as one kernel (``chain.py``), not XLA's associative scan.
     chain_kernel: bool = False
     # Compiled for an NVIDIA GPU (not interpreted): exp2 and multiply-adds as single PTX instructions (``ex2``,
@@ -125,9 +128,9 @@ class Layout:
 
     @property
     def loop_chunks(self) -> int:
-        """Chunks an iteration of this kernel's walk (two with ``pair_chunks``, which the backward kernel, loading a
-        step ahead inside its chunk, turns off)."""
-        return 2 if self.pair_chunks and self.prefetch_rows else 1
+        """Chunks an iteration of this kernel's walk: with ``pair_chunks`` (which the backward kernel, loading a step
+        ahead inside its chunk, turns off) two, or three when loading two chunks ahead (``prefetch_depth``)."""
+        return self.prefetch_depth + 1 if self.pair_chunks and self.prefetch_rows else 1
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -202,7 +205,7 @@ def walk(p: Program, lay: Layout, body, init, reverse: bool = False, load=None):
     ``lay.prefetch_rows`` and a ``load(here)`` given, ``load`` of every step of the chunk, issued one chunk earlier.
     With an order and ``lay.prefetch_order`` (or rows prefetched), the next chunk's positions are loaded before
     ``body`` runs and carried into it. With rows prefetched the loop takes ``lay.loop_chunks`` chunks an iteration
-    (an odd last chunk after it)."""
+    (the chunks left over after it), issuing each chunk's loads ``lay.prefetch_depth`` chunks ahead."""
     n = lay.program_chunks
     rows = load is not None and lay.prefetch_rows
 
@@ -220,17 +223,45 @@ def walk(p: Program, lay: Layout, body, init, reverse: bool = False, load=None):
         heres = steps(index(k))
         return tuple(here.pos for here in heres), (tuple(load(here) for here in heres) if rows else None)
 
-    def chunk(k, state):
-        carry, (positions, loaded) = state
+    def run(k, carry, received):
+        """Chunk k's body on what ``ahead(k)`` loaded."""
+        positions, loaded = received
         c = index(k)
+        return body(c, [At(pos, c * lay.chunk + i < lay.length) for i, pos in enumerate(positions)], carry, loaded)
+
+    def chunk(k, state):
+        carry, received = state
         upcoming = ahead(jnp.minimum(k + 1, n - 1))  # issued before this chunk's work; the last reloads itself
-        heres = [At(pos, c * lay.chunk + i < lay.length) for i, pos in enumerate(positions)]
-        return body(c, heres, carry, loaded), upcoming
+        return run(k, carry, received), upcoming
 
     if not rows or lay.loop_chunks == 1:
         return jax.lax.fori_loop(0, n, chunk, (init, ahead(0)))[0]
-    state = jax.lax.fori_loop(0, n // 2, lambda j, s: chunk(2 * j + 1, chunk(2 * j, s)), (init, ahead(0)))
-    return (chunk(n - 1, state) if n % 2 else state)[0]
+    if lay.prefetch_depth not in (1, 2):
+        raise ValueError(f"prefetch_depth={lay.prefetch_depth}: the paired walks load 1 or 2 chunks ahead")
+    if lay.prefetch_depth == 1:
+        state = jax.lax.fori_loop(0, n // 2, lambda j, s: chunk(2 * j + 1, chunk(2 * j, s)), (init, ahead(0)))
+        return (chunk(n - 1, state) if n % 2 else state)[0]
+
+    def triple(j, state):
+        """Chunks 3j, 3j + 1 and 3j + 2, each after issuing the loads of the chunk two later: a load is two chunks
+        from its use (one chunk was too short to hide the fp32 states kernel's delta loads, ``ncu`` session 36), and
+        each set of rows loaded ahead takes the registers of the set just used, so the back edge copies none."""
+        carry, (first, second) = state
+        k, last = 3 * j, n - 1
+        third = ahead(jnp.minimum(k + 2, last))
+        carry = run(k, carry, first)
+        first = ahead(jnp.minimum(k + 3, last))
+        carry = run(k + 1, carry, second)
+        second = ahead(jnp.minimum(k + 4, last))
+        return run(k + 2, carry, third), (first, second)
+
+    carry, (first, second) = jax.lax.fori_loop(0, n // 3, triple, (init, (ahead(0), ahead(min(1, n - 1)))))
+    done = 3 * (n // 3)
+    if n - done >= 1:
+        carry = run(done, carry, first)
+    if n - done == 2:
+        carry = run(done + 1, carry, second)
+    return carry
 
 
 def _load(ref, mask):

@@ -9,6 +9,7 @@ Both kernels write (s or r, sum_t delta_t); ``split`` chains the segments with t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -18,6 +19,11 @@ from jax.experimental.pallas import triton as plgpu
 
 from kernels.selective_scan import common
 from kernels.selective_scan.common import F32, Layout
+
+# The segment-state kernel loads each chunk's rows two chunks ahead (``Layout.prefetch_depth``): one chunk ahead, ncu
+# put 15 % of the fp32 vmamba-64x64 states kernel's stall samples on the first use of delta; two ahead, interleaved on
+# one H200, its forward was 4.7 % faster and mamba-768, long and vim-s within 0.3 % (NOTES.md, "Session 36").
+STATE_DEPTH = 2
 
 
 def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
@@ -103,6 +109,7 @@ def states(inputs: dict, lay: Layout, **kw):
     """(s (batch, n_segments, D, N), sum of delta (batch, n_segments, D)), float32, for a segmented layout."""
     if lay.state_major:
         inputs = common.rows_in_float32(inputs, ("B",))
+    lay = dataclasses.replace(lay, prefetch_depth=STATE_DEPTH)
     return _summarise(_state_kernel, inputs, lay, ("u", "delta", "A", "B", "delta_bias", "order"),
                       name="selective_scan_split_states", **kw)
 

@@ -155,15 +155,20 @@ def test_loop_bounds_count_issue_and_mufu_clocks_over_every_warp(vmamba_forward)
     assert paired.loop_chunks == 2
     halved = loop_bounds_us(Counter(FMUL=160, MUFU=40), paired, num_warps=1)
     assert abs(halved["issue"] - bounds["issue"]) < 1e-9 and abs(halved["mufu"] - bounds["mufu"]) < 1e-9
+    deeper = dataclasses.replace(paired, prefetch_depth=2)  # loads two chunks ahead: a loop of three chunks
+    assert deeper.loop_chunks == 3
+    third = loop_bounds_us(Counter(FMUL=240, MUFU=60), deeper, num_warps=1)
+    assert abs(third["issue"] - bounds["issue"]) < 1e-9 and abs(third["mufu"] - bounds["mufu"]) < 1e-9
 
 
 def test_paired_chunks_reach_the_forward_and_summary_walks_only():
-    """``pair_chunks`` (config field pair) takes the forward's two walks to two chunks a loop iteration; the
-    backward's walk, which loads a step ahead inside its chunk, keeps one; without rows loaded ahead, or with pair 0,
-    none pairs, and the default pairs."""
+    """``pair_chunks`` (config field pair) takes the forward walk and the adjoint summaries to two chunks a loop
+    iteration and the segment-state kernel, which loads two chunks ahead, to three; the backward's walk, which loads a
+    step ahead inside its chunk, keeps one; without rows loaded ahead, or with pair 0, none pairs, and the default
+    pairs."""
     shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
     paired = {n: lay for n, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1:::::::::1"), shape)}
-    assert paired["selective_scan_fwd"].loop_chunks == 2 and paired["selective_scan_split_states"].loop_chunks == 2
+    assert paired["selective_scan_fwd"].loop_chunks == 2 and paired["selective_scan_split_states"].loop_chunks == 3
     assert paired["selective_scan_split_adjoints"].loop_chunks == 2 and paired["selective_scan_bwd"].loop_chunks == 1
     unpaired = {n: lay for n, _, _, lay in lowered_kernels(parse_config("split:32/16:0:1:1:::::::::0"), shape)}
     assert {lay.loop_chunks for lay in unpaired.values() if lay is not None} == {1}

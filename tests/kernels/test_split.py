@@ -10,7 +10,8 @@ forward kernels with channel blocks of their own (``block_d=(forward, backward)`
 holding the state transposed (``state_major=True``; the differentiated forward, which saves checkpoints, keeps its
 layout), and the walks that load rows ahead taking two chunks an iteration (``pair_chunks``, the default: 4 chunks a
 segment; 1, the loop empty and the chunk after it; one segment of 3 chunks; and with ``state_major``) or one
-(``pair_chunks=False``).
+(``pair_chunks=False``), where the segment-state kernel loads two chunks ahead, three chunks an iteration (4 chunks a
+segment: one iteration and a chunk after it; 8: two and two after; 2: none and two; 1: none and one).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import dataclasses
@@ -71,6 +72,7 @@ CASES = [
                                                       pair_chunks=True), id="all-options-state-major-paired"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=8, unroll=2, pair_chunks=False),
                  id="all-options-one-chunk-an-iteration"),
+    pytest.param((1, 40, 4, 1, 3), ALL_OPTIONS, dict(chunk=16, unroll=2), id="all-options-eight-chunks-a-segment"),
 ]
 
 
