@@ -6,9 +6,10 @@
     python benchmarks/scan_kernel_times.py summary ours.csv          # kernels per call, their sum
     python benchmarks/scan_kernel_times.py batches vmamba-64x64 bfloat16   # ours, 10 and 50 calls a batch
 
-``pallas`` and ``peer`` run the default Pallas forward (``scan.py``'s ``pallas`` rows, all inputs on) or mamba_ssm's
-forward ``--calls`` times (the first compiles, which costs no GPU time), under Nsight Compute (``--clock-control
-none`` leaves the clocks alone). ``summary`` reads ncu's CSV: per kernel name its launches and GPU time; kernels
+``pallas`` and ``peer`` run the default Pallas forward (``scan.py``'s ``pallas`` rows, all inputs on; with
+``--config`` a ``scan_tune.py`` config instead) or mamba_ssm's forward ``--calls`` times (the first compiles, which
+costs no GPU time), under Nsight Compute (``--clock-control none`` leaves the clocks alone; ``sass_stalls.py`` reads
+where each kernel's warps wait). ``summary`` reads ncu's CSV: per kernel name its launches and GPU time; kernels
 launched exactly ``--calls`` times are the call's own (the inputs' setup launches others; a call's kernel that
 shares its name with a setup kernel, as fp32's gate fusion does, is left out), and their sum is the call's kernel
 time, without the gaps between kernels. ``batches`` times ours as ``scan.batched_time`` does, at 10 and 50 calls
@@ -59,19 +60,20 @@ def _shape(name: str):
     return select_shapes(SHAPES, name)[0]
 
 
-def _ours(shape_name: str, dtype: str):
-    """The jitted default Pallas forward (``scan.py``'s ``pallas`` rows) and its inputs on one shape."""
+def _ours(shape_name: str, dtype: str, config: str = ""):
+    """The jitted Pallas forward and its inputs on one shape: the default (``scan.py``'s ``pallas`` rows), or with a
+    ``scan_tune.py`` config."""
     import jax.numpy as jnp
 
     from benchmarks.scan import functions, make_inputs
     shape = _shape(shape_name)
     args, _ = make_inputs(shape, jnp.dtype(dtype))
-    return functions("pallas", shape.order())[0], args
+    return functions(f"pallas:{config}" if config else "pallas", shape.order())[0], args
 
 
-def run_pallas(shape_name: str, dtype: str, calls: int) -> None:
+def run_pallas(shape_name: str, dtype: str, calls: int, config: str = "") -> None:
     import jax
-    forward, args = _ours(shape_name, dtype)
+    forward, args = _ours(shape_name, dtype, config)
     for _ in range(calls):
         jax.block_until_ready(forward(*args))
 
@@ -119,11 +121,13 @@ def main() -> None:
     parser.add_argument("what", nargs="+", help="SHAPE DTYPE, or for summary the ncu CSV")
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--peer", default="peer/mamba_ssm", help="a copy of ../shared/peer/mamba_ssm")
+    parser.add_argument("--config", default="", help="pallas: a scan_tune.py config in place of the default, e.g. "
+                        "split:32/16:0:1:1::::::::1 (state_major) to profile it")
     args = parser.parse_args()
     if args.mode == "summary":
         summary(args.what[0], args.calls)
     elif args.mode == "pallas":
-        run_pallas(*args.what, args.calls)
+        run_pallas(*args.what, args.calls, args.config)
     elif args.mode == "peer":
         run_peer(*args.what, args.calls, args.peer)
     else:

@@ -1,4 +1,5 @@
-"""``benchmarks/scan_kernel_times.py summary``: the kernels launched once a call, in microseconds, from ncu's CSV."""
+"""``benchmarks/scan_kernel_times.py``: ``summary``, the kernels launched once a call, in microseconds, from ncu's CSV;
+``pallas --config``, which forward it runs."""
 
 import pytest
 
@@ -24,3 +25,15 @@ def test_kernels_of_one_call_and_their_sum(tmp_path, capsys):
     per_call = summary(str(path), calls=3)
     assert per_call == pytest.approx({"walk": 52.0, "gate": 10.0})  # setup_fusion, launched twice, is not the call's
     assert "kernels of one call: 62.0 us" in capsys.readouterr().out
+
+
+def test_pallas_mode_takes_a_scan_tune_config(monkeypatch):
+    """``pallas --config C`` runs ``scan.functions("pallas:C")`` (``scan_tune.py``'s configs); without it, the default."""
+    import benchmarks.scan
+    from benchmarks.scan_kernel_times import _ours
+
+    asked = []
+    monkeypatch.setattr(benchmarks.scan, "functions", lambda impl, order=None: asked.append(impl) or (impl, None))
+    forward, args = _ours("vmamba-64x64", "float32", "split:32/16:0:1:1::::::::1")
+    assert forward == "pallas:split:32/16:0:1:1::::::::1" and args[0].shape == (8, 4096, 192)
+    assert _ours("vmamba-64x64", "float32")[0] == "pallas" and asked == [forward, "pallas"]
