@@ -28,7 +28,8 @@ def test_kernels_of_one_call_and_their_sum(tmp_path, capsys):
 
 
 def test_pallas_mode_takes_a_scan_tune_config(monkeypatch):
-    """``pallas --config C`` runs ``scan.functions("pallas:C")`` (``scan_tune.py``'s configs); without it, the default."""
+    """``pallas --config C`` runs ``scan.functions("pallas:C")`` (``scan_tune.py``'s configs); without it, the
+    default."""
     import benchmarks.scan
     from benchmarks.scan_kernel_times import _ours
 
