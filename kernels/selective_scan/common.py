@@ -418,11 +418,6 @@ def finish_delta(lay: Layout, p: Program, here: At, delta_pre, bias, delta_softp
     return (delta if mask is None else jnp.where(mask, delta, 0.0)), delta_pre, mask
 
 
-def load_delta(refs: dict, p: Program, lay: Layout, here: At, bias, delta_softplus: bool):
-    """``finish_delta`` of delta loaded at a step: (delta discretised, delta before softplus, lane mask or None)."""
-    return finish_delta(lay, p, here, load_row(refs["delta"], p, lay, here), bias, delta_softplus)
-
-
 class RawStep(NamedTuple):
     """u, delta and B of a step as loaded, nothing computed from them yet. The walks load a chunk ahead
     (``common.walk``), and a value first used where it is loaded waits out the load there; so what is loaded ahead
@@ -434,6 +429,7 @@ class RawStep(NamedTuple):
 
 
 def load_raw_step(refs: dict, p: Program, lay: Layout, here: At) -> RawStep:
+    """u, delta and B loaded at a step (``finish_step`` makes the ``Step``)."""
     return RawStep(load_row(refs["u"], p, lay, here), load_row(refs["delta"], p, lay, here),
                    load_group_row(refs["B"], p, lay, here))
 

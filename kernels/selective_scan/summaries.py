@@ -59,7 +59,8 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
     def load(here):
-        """A step's delta, output gradient, z (None without a gate) and C row, as loaded (``common.RawStep``)."""
+        """A step's delta, output gradient, z (None without a gate) and C row as loaded; the step discretises and
+        gates them where it runs (``common.RawStep`` says why)."""
         z = common.load_row(r["z"], p, lay, here) if "z" in r else None
         return (common.load_row(r["delta"], p, lay, here), common.load_row(r["dy"], p, lay, here), z,
                 common.load_group_row(r["C"], p, lay, here))
