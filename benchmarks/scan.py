@@ -13,7 +13,7 @@ as in training), peak memory, and for the back-to-back forward the floor = bytes
 measured in this run, the achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the device's
 peak_bytes_in_use on GPU before the back-to-back batches (one process per row, so rows don't see each other's peaks)
 and the compiled fwd+bwd temp size on CPU.
-The copy bandwidth is that of a plain device-to-device copy. With ``--peer DIR`` (a copy of
+The copy bandwidth is that of a plain device-to-device copy, warmed up and timed back to back like the kernels. With ``--peer DIR`` (a copy of
 ``../shared/peer/mamba_ssm``; it builds mamba_ssm's CUDA kernel, about 2 minutes) the same call then times
 mamba_ssm on the same shapes and dtype both ways with the same host clock (``benchmarks/mamba_ssm_times.py``) and
 adds the ratios ours / mamba_ssm (below 1: ours is faster), mamba_ssm's back-to-back forward over the same floor,
@@ -191,10 +191,13 @@ def batched_time(fn, *args, calls: int, repeats: int) -> float:
 
 
 def copy_bandwidth(n_bytes: int, repeats: int) -> float:
-    """Device-to-device copy bandwidth in bytes/s, read + write counted."""
+    """Device-to-device copy bandwidth in bytes/s, read + write counted, timed as the kernels' back-to-back rows are:
+    after ``warm_up`` (working clocks) and in batches of 10 (``batched_time``). Timed one synchronised copy at a time
+    from a cold start, as until session 36, one day's fresh machines read 2,470-3,088 GB/s."""
     x = jnp.arange(n_bytes // 4, dtype=jnp.float32)
     step = jax.jit(lambda a: jnp.copy(a))
-    return 2 * x.nbytes / median_time(step, x, repeats=repeats)
+    warm_up(step, x, calls=3, seconds=1.0)
+    return 2 * x.nbytes / batched_time(step, x, calls=10, repeats=repeats)
 
 
 def peer_times(peer_dir: str, dtype, repeats: int) -> dict:
