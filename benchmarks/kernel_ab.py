@@ -9,7 +9,7 @@ default forward and forward+backward of both, ``impl="auto"``'s Pallas path as `
 rounds of back-to-back batches (``scan_tune.interleaved_ms``): a slow spell of the machine lands in one round of
 each, where separate calls on separate machines differed by more than the changes measured (NOTES.md, session 36).
 It prints per shape and dtype the two medians, their ratio (below 1: the tree is faster), each forward over the copy
-floor, and the largest difference between the two versions' y and gradients relative to the base's largest value.
+floor, and the largest difference between the two versions' y and gradients (``check_pallas.rel``, a norm ratio).
 Without a GPU it runs the small shapes in interpret mode, one round of one call: a check of the wiring, not a timing.
 """
 
@@ -27,14 +27,14 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from benchmarks.check_pallas import rel  # noqa: E402
+from benchmarks.kernel_configs import kernel_fns  # noqa: E402
 from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
 from benchmarks.scan import SHAPES, SMALL_SHAPES, copy_bandwidth, make_inputs, times_floor, warm_up  # noqa: E402
 from benchmarks.scan_tune import interleaved_ms  # noqa: E402
-from ssm_jax.ssm.selective_scan import validate_inputs  # noqa: E402
 
 PACKAGE = "kernels/selective_scan"
 BASE = "base_kernels"
@@ -76,32 +76,16 @@ def load_base(base_dir: str):
     return importlib.import_module(f"{BASE}.selective_scan.ops")
 
 
-def functions(ops, order, interpret: bool):
-    """Jitted forward and forward+backward of one version's ``selective_scan_pallas`` (softplus on, defaults)."""
-    def forward(*args):
-        return ops.selective_scan_pallas(*validate_inputs(*args), delta_softplus=True, return_last_state=False,
-                                         interpret=interpret, order=order)
-
-    def forward_backward(args, cotangent):
-        y, vjp = jax.vjp(forward, *args)
-        return y, vjp(cotangent)
-
-    return jax.jit(forward), jax.jit(forward_backward)
-
-
 def largest_difference(base, new) -> float:
-    """max |new - base| / max |base| over all leaves, in float64."""
-    worst = 0.0
-    for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(new)):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        worst = max(worst, float(np.max(np.abs(b - a)) / max(np.max(np.abs(a)), 1e-30)))
-    return worst
+    """The largest ``check_pallas.rel`` of ``new`` against ``base`` over their leaves (y, or every gradient)."""
+    return max(rel(b, a) for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(new)))
 
 
 def compare(base_ops, new_ops, shape, dtype, *, rounds: int, calls: int, bandwidth: float, interpret: bool) -> dict:
     """One shape and dtype: both versions checked against each other, then timed interleaved (times in us)."""
     args, cotangent = make_inputs(shape, jnp.dtype(dtype))
-    (base_f, base_fb), (new_f, new_fb) = (functions(ops, shape.order(), interpret) for ops in (base_ops, new_ops))
+    (base_f, base_fb), (new_f, new_fb) = (kernel_fns({}, shape.order(), ops.selective_scan_pallas, interpret)
+                                          for ops in (base_ops, new_ops))
     for fn in (base_f, new_f):
         warm_up(fn, *args, calls=1, seconds=0.0 if interpret else 1.0)
     for fn in (base_fb, new_fb):

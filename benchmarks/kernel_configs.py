@@ -67,12 +67,12 @@ def config_width(texts) -> int:
     return max(len(text) for text in texts) + 2
 
 
-def kernel_fns(config: dict, order=None):
-    """Jitted forward and forward+backward of the Pallas scan with a config's keywords (softplus on, on a GPU)."""
+def kernel_fns(config: dict, order=None, scan=selective_scan_pallas, interpret: bool = False):
+    """Jitted forward and forward+backward of the Pallas scan with a config's keywords (softplus on, on a GPU unless
+    ``interpret``); ``scan``: another version's ``selective_scan_pallas`` (``kernel_ab.py``)."""
     def forward(*args):
         x = validate_inputs(*args)
-        return selective_scan_pallas(*x, delta_softplus=True, return_last_state=False, interpret=False, order=order,
-                                     **config)
+        return scan(*x, delta_softplus=True, return_last_state=False, interpret=interpret, order=order, **config)
 
     def forward_backward(args, cotangent):
         y, vjp = jax.vjp(forward, *args)

@@ -60,8 +60,8 @@ class Layout:
     # ``MOV`` per value held; the fp32 vmamba-64x64 walk: 337 -> 300 loop instructions a chunk, NOTES.md "Session
     # 31"), for a loop body twice as long. ``loop_chunks`` says how many chunks such a walk's loop takes.
     pair_chunks: bool = False
-    # paired walks: how many chunks ahead each chunk's rows are loaded. 1: two chunks a loop; 2: three chunks a loop,
-    # for a third set of rows held in registers (the segment-state kernel, ``summaries.STATE_DEPTH``).
+    # paired walks: how many chunks ahead each chunk's rows are loaded, d + 1 chunks a loop with d + 1 sets of rows
+    # held in registers: 1, or 2 for the segment-state kernel (``summaries.STATE_DEPTH``).
     prefetch_depth: int = 1
     # split design: the chain over segments as one kernel (``chain.py``), not XLA's associative scan.
     chain_kernel: bool = False
@@ -236,31 +236,24 @@ def walk(p: Program, lay: Layout, body, init, reverse: bool = False, load=None):
 
     if not rows or lay.loop_chunks == 1:
         return jax.lax.fori_loop(0, n, chunk, (init, ahead(0)))[0]
-    if lay.prefetch_depth not in (1, 2):
-        raise ValueError(f"prefetch_depth={lay.prefetch_depth}: the paired walks load 1 or 2 chunks ahead")
-    if lay.prefetch_depth == 1:
-        state = jax.lax.fori_loop(0, n // 2, lambda j, s: chunk(2 * j + 1, chunk(2 * j, s)), (init, ahead(0)))
-        return (chunk(n - 1, state) if n % 2 else state)[0]
+    depth, last = lay.prefetch_depth, n - 1
 
-    def triple(j, state):
-        """Chunks 3j, 3j + 1 and 3j + 2, each after issuing the loads of the chunk two later: a load is two chunks
-        from its use (one chunk was too short to hide the fp32 states kernel's delta loads, ``ncu`` session 36), and
-        each set of rows loaded ahead takes the registers of the set just used, so the back edge copies none."""
-        carry, (first, second) = state
-        k, last = 3 * j, n - 1
-        third = ahead(jnp.minimum(k + 2, last))
-        carry = run(k, carry, first)
-        first = ahead(jnp.minimum(k + 3, last))
-        carry = run(k + 1, carry, second)
-        second = ahead(jnp.minimum(k + 4, last))
-        return run(k + 2, carry, third), (first, second)
+    def rotation(j, state):
+        """Chunks k .. k + depth of a loop iteration, each after issuing the loads of the chunk ``depth`` later. Every
+        set of rows loaded ahead takes the registers of the set just used, so the back edge copies none; two chunks
+        ahead (the segment-state kernel) hid the fp32 delta loads that one chunk left waiting (``ncu``, session 36)."""
+        carry, held = state  # the loads of chunks k .. k + depth - 1
+        k, held = (depth + 1) * j, list(held)
+        for i in range(depth + 1):
+            held.append(ahead(jnp.minimum(k + i + depth, last)))
+            carry = run(k + i, carry, held.pop(0))
+        return carry, tuple(held)
 
-    carry, (first, second) = jax.lax.fori_loop(0, n // 3, triple, (init, (ahead(0), ahead(min(1, n - 1)))))
-    done = 3 * (n // 3)
-    if n - done >= 1:
-        carry = run(done, carry, first)
-    if n - done == 2:
-        carry = run(done + 1, carry, second)
+    start = (init, tuple(ahead(min(i, last)) for i in range(depth)))
+    carry, held = jax.lax.fori_loop(0, n // (depth + 1), rotation, start)
+    done = n - n % (depth + 1)
+    for i in range(n % (depth + 1)):
+        carry = run(done + i, carry, held[i])
     return carry
 
 
