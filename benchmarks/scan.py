@@ -17,7 +17,8 @@ The copy bandwidth is that of a plain device-to-device copy, warmed up and timed
 With ``--peer DIR`` (a copy of ``../shared/peer/mamba_ssm``; it builds mamba_ssm's CUDA kernel, about 2 minutes)
 the same call then times mamba_ssm on the same shapes and dtype both ways with the same host clock
 (``benchmarks/mamba_ssm_times.py``) and adds the ratios ours / mamba_ssm (below 1: ours is faster), mamba_ssm's
-back-to-back forward over the same floor, and issue 9's second target per row (``floor_target``: ours within 3x of the floor where mamba_ssm is within 10x).
+back-to-back forward over the same floor, and issue 9's second target per row (``floor_target``: ours within 3x of
+the floor where mamba_ssm is within 10x).
 ``--pallas-configs`` adds a row per shape for each Pallas kernel config given (``benchmarks/scan_tune.py``'s
 format), labelled ``pallas:<config>``, so candidate defaults get their ratios in the same call as the default.
 """
