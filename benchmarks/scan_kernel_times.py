@@ -5,6 +5,10 @@
     ncu ... python benchmarks/scan_kernel_times.py peer vmamba-64x64 bfloat16 --peer peer/mamba_ssm > peer.csv
     python benchmarks/scan_kernel_times.py summary ours.csv          # kernels per call, their sum
     python benchmarks/scan_kernel_times.py batches vmamba-64x64 bfloat16   # ours, 10 and 50 calls a batch
+    ncu --clock-control none --metrics $(python benchmarks/scan_kernel_times.py metric-names) --csv \
+        --kernel-name regex:selective_scan --launch-skip 3 --launch-count 3 \
+        python benchmarks/scan_kernel_times.py pallas vmamba-64x64 float32 --calls 2 > counters.csv
+    python benchmarks/scan_kernel_times.py metrics counters.csv          # a kernel a column
 
 ``pallas`` and ``peer`` run the default Pallas forward (``scan.py``'s ``pallas`` rows, all inputs on; with
 ``--config`` a ``scan_tune.py`` config instead) or mamba_ssm's forward ``--calls`` times (the first compiles, which
@@ -14,7 +18,9 @@ launched exactly ``--calls`` times are the call's own (the inputs' setup launche
 shares its name with a setup kernel, as fp32's gate fusion does, is left out), and their sum is the call's kernel
 time, without the gaps between kernels. ``batches`` times ours as ``scan.batched_time`` does, at 10 and 50 calls
 a batch, and the host's time to queue a call without waiting: a batch pays one dispatch latency and one wait,
-spread over its calls, and the two sizes give the per-call rate without it.
+spread over its calls, and the two sizes give the per-call rate without it. ``metrics`` prints ncu's counters of
+``metric-names`` (``METRICS``: time, registers, warps, issue and pipe use, DRAM, load requests, stall reasons), a
+kernel a column: whether a kernel is bound by its exponentials (the ``xu`` pipe), its issue slots or its loads.
 """
 
 from __future__ import annotations
@@ -28,19 +34,61 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# ncu counters that say what bounds a kernel (session 37's profile, NOTES.md): time, registers, resident warps, issue
+# slots, the special-function (xu: ex2, lg2, rcp), FMA, ALU and load-store pipes, DRAM, global load requests and
+# sectors, and warp cycles per issued instruction by stall reason.
+METRICS = ("gpu__time_duration.sum", "launch__registers_per_thread", "sm__warps_active.avg.per_cycle_active",
+           "sm__issue_active.avg.pct_of_peak_sustained_active",
+           "sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active",
+           "sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active",
+           "sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active",
+           "sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active",
+           "dram__throughput.avg.pct_of_peak_sustained_elapsed", "smsp__inst_executed.sum",
+           "l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum", "l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum",
+           *(f"smsp__average_warps_issue_stalled_{reason}_per_issue_active.ratio"
+             for reason in ("long_scoreboard", "wait", "short_scoreboard", "mio_throttle", "not_selected",
+                            "math_pipe_throttle", "lg_throttle")))
+
 UNITS = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+
+
+def _rows(path: str) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(line for line in f if line.startswith('"')))
 
 
 def kernel_times(path: str) -> dict[str, list[float]]:
     """{kernel name: GPU us of each launch, in launch order} from ncu's CSV (``--metrics gpu__time_duration.sum``)."""
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(line for line in f if line.startswith('"'))
-                if r.get("Metric Name") == "gpu__time_duration.sum"]
+    rows = [r for r in _rows(path) if r.get("Metric Name") == "gpu__time_duration.sum"]
     times: dict[str, list[float]] = {}
     for r in rows:
         value = float(r["Metric Value"].replace(",", "")) * UNITS[r["Metric Unit"]]
         times.setdefault(r["Kernel Name"], []).append(value)
     return times
+
+
+def metric_table(path: str) -> dict[str, dict[str, str]]:
+    """{kernel name: {metric: "value unit"}} from ncu's ``--metrics ... --csv`` output, kernels in launch order; a
+    kernel launched more than once keeps its last launch. Exits naming the file if it holds no metric rows."""
+    table: dict[str, dict[str, str]] = {}
+    for r in _rows(path):
+        if "Metric Name" in r and "Kernel Name" in r:
+            table.setdefault(r["Kernel Name"], {})[r["Metric Name"]] = f'{r["Metric Value"]} {r["Metric Unit"]}'.strip()
+    if not table:
+        raise SystemExit(f"scan_kernel_times.py metrics: {path} holds no ncu metric rows (expected the CSV of "
+                         "ncu --metrics ... --csv)")
+    return table
+
+
+def print_metric_table(table: dict[str, dict[str, str]]) -> None:
+    """One row a metric (in ``METRICS`` order, then any others), one column a kernel."""
+    kernels = list(table)
+    names = [m for m in METRICS if any(m in table[k] for k in kernels)]
+    names += sorted({m for k in kernels for m in table[k]} - set(names))
+    width = max(len(n) for n in names) + 2
+    print(f"{'metric':<{width}}" + "".join(f"{k[-28:]:>30}" for k in kernels))
+    for n in names:
+        print(f"{n:<{width}}" + "".join(f"{table[k].get(n, '-'):>30}" for k in kernels))
 
 
 def summary(path: str, calls: int) -> dict[str, float]:
@@ -117,14 +165,20 @@ def batches(shape_name: str, dtype: str, repeats: int = 7) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("pallas", "peer", "summary", "batches"))
-    parser.add_argument("what", nargs="+", help="SHAPE DTYPE, or for summary the ncu CSV")
+    parser.add_argument("mode", choices=("pallas", "peer", "summary", "batches", "metrics", "metric-names"))
+    parser.add_argument("what", nargs="*", help="SHAPE DTYPE, or for summary and metrics the ncu CSV")
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--peer", default="peer/mamba_ssm", help="a copy of ../shared/peer/mamba_ssm")
     parser.add_argument("--config", default="", help="pallas: a scan_tune.py config in place of the default, e.g. "
                         "split:32/16:0:1:1::::::::1 (state_major) to profile it")
     args = parser.parse_args()
-    if args.mode == "summary":
+    if args.mode == "metric-names":
+        print(",".join(METRICS))
+    elif not args.what:
+        parser.error(f"{args.mode} needs {'the ncu CSV' if args.mode in ('summary', 'metrics') else 'SHAPE DTYPE'}")
+    elif args.mode == "metrics":
+        print_metric_table(metric_table(args.what[0]))
+    elif args.mode == "summary":
         summary(args.what[0], args.calls)
     elif args.mode == "pallas":
         run_pallas(*args.what, args.calls, args.config)
