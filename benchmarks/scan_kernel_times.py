@@ -53,6 +53,9 @@ UNITS = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "mse
 
 
 def _rows(path: str) -> list[dict]:
+    """ncu's CSV rows (its own ``==PROF==`` lines skipped); exits naming a file that is not there."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"scan_kernel_times.py: no ncu CSV at {path} (expected ncu ... --csv output)")
     with open(path) as f:
         return list(csv.DictReader(line for line in f if line.startswith('"')))
 

@@ -68,13 +68,15 @@ def test_metrics_a_kernel_a_column_in_listed_order(tmp_path, capsys):
     assert lines[2].split()[1:] == ["72.57", "%", "-"] and lines[3].split()[1:] == ["-", "7"]
 
 
-def test_metrics_refuses_a_file_without_counters(tmp_path):
+def test_metrics_refuses_a_file_without_counters_or_no_file(tmp_path):
     from benchmarks.scan_kernel_times import metric_table
 
     path = tmp_path / "stalls.txt"
     path.write_text("reasons: long_sb 0.6\n")
     with pytest.raises(SystemExit, match="stalls.txt holds no ncu metric rows"):
         metric_table(str(path))
+    with pytest.raises(SystemExit, match="no ncu CSV at .*missing.csv"):
+        metric_table(str(tmp_path / "missing.csv"))
 
 
 def test_metric_names_is_the_list_for_ncu():
