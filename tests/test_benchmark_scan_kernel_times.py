@@ -42,7 +42,7 @@ def test_pallas_mode_takes_a_scan_tune_config(monkeypatch):
 
 COUNTERS = '''==PROF== Connected to process 668
 "ID","Process ID","Kernel Name","Section Name","Metric Name","Metric Unit","Metric Value"
-"0","668","states","Command line profiler metrics","sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active","%","72.57"
+"0","668","states","Command line metrics","sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active","%","72.57"
 "0","668","states","Command line profiler metrics","gpu__time_duration.sum","nsecond","40,864"
 "1","668","walk","Command line profiler metrics","gpu__time_duration.sum","nsecond","66,656"
 "1","668","walk","Command line profiler metrics","an_unlisted_counter","","7"
