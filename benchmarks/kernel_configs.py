@@ -24,9 +24,10 @@ def parse_config(text: str) -> dict:
     gradient is taken ("inference"), left out: by dtype (``ops.DELTA_IN_KERNEL_BY_ITEMSIZE``); prefetch 1 / 0:
     ``prefetch_order`` on / off; rows 1: ``prefetch_rows``; gate 0: the gate applied outside the kernels
     (``gate_in_kernel=False``), 1: in them (True), 2: in the forward walk when no gradient is taken ("forward"); chain
-    1: the split design's chain over segments as one kernel (``chain_in_kernel=True``); major 1: the forward kernels
-    hold the state transposed where they store no 2-D tile (``state_major=True``); pair 1: the walks that load rows
-    ahead take two chunks an iteration (``pair_chunks=True``)."""
+    1: the split design's chain over segments as one kernel (``chain_in_kernel=True``); major: empty or 0 (it chose
+    ``state_major``, removed in session 37: NOTES.md, "Alternatives tried"; the field keeps its place so that older
+    configs still parse); pair 1: the walks that load rows ahead take two chunks an iteration
+    (``pair_chunks=True``)."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
     if len(rest) > 9:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")
@@ -55,8 +56,9 @@ def parse_config(text: str) -> dict:
         config["gate_in_kernel"] = "forward" if gate == 2 else bool(gate)
     if chained is not None:
         config["chain_in_kernel"] = bool(chained)
-    if major is not None:
-        config["state_major"] = bool(major)
+    if major:
+        raise SystemExit(f"config {text!r}: the major field (state_major) was removed in session 37 (NOTES.md, "
+                         "'Alternatives tried'); leave it empty or 0")
     if paired is not None:
         config["pair_chunks"] = bool(paired)
     return config

@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--peer", default="peer/mamba_ssm", help="a copy of ../shared/peer/mamba_ssm")
     parser.add_argument("--config", default="", help="pallas: a scan_tune.py config in place of the default, e.g. "
-                        "split:32/16:0:1:1::::::::1 (state_major) to profile it")
+                        "split:32/16:0:1:1:::::::::0 (pair_chunks off) to profile it")
     args = parser.parse_args()
     if args.mode == "metric-names":
         print(",".join(METRICS))

@@ -9,11 +9,11 @@ kernel, 0 in none, left out or empty for the default, the forward direction only
 outside the kernels, ``delta_in_kernel=False``, 0 in each kernel, 2 in the forward kernels only, 3 in them when no
 gradient is taken; prefetch: 1 / 0 to load an in-place shape's positions a chunk ahead or not, ``prefetch_order``; rows:
 1 for every forward-direction and summary load a chunk ahead, ``prefetch_rows``; gate: 0 to gate y outside the kernels,
-``gate_in_kernel=False``, 1 in them, 2 in the forward walk when no gradient is taken; chain, major and pair: the split
-chain as one kernel, ``state_major`` and ``pair_chunks``, each 1 / 0). For each dtype x shape it
-compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.scan.warm_up``), then times them in
-``--rounds`` interleaved rounds, each round one batch of ``--calls`` back-to-back calls per config (so host dispatch
-overlaps the GPU work as in training), and prints per config the median over rounds of the forward and
+``gate_in_kernel=False``, 1 in them, 2 in the forward walk when no gradient is taken; chain and pair: the split chain
+as one kernel and ``pair_chunks``, each 1 / 0; major: empty, ``state_major`` having been removed). For each dtype x
+shape it compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.scan.warm_up``), then times
+them in ``--rounds`` interleaved rounds, each round one batch of ``--calls`` back-to-back calls per config (so host
+dispatch overlaps the GPU work as in training), and prints per config the median over rounds of the forward and
 forward+backward milliseconds, the forward over its copy floor (``benchmarks.scan.times_floor``, at the copy
 bandwidth measured once at the start) and, with ``--check``, the relative error of y and the worst input gradient
 against the ``chunked`` scan. Interleaving puts a slow spell of the GPU or the host (another process on the

@@ -24,7 +24,9 @@ def test_config_fields_map_to_kernel_keywords():
     assert parse_config("split:32/16:0:1:1::::::2")["gate_in_kernel"] == "forward"
     assert parse_config("split:16:0:1:1:2::::::1")["chain_in_kernel"] is True
     assert parse_config("split:32/16:0:1:1:2")["block_d"] == (32, 16)  # forward/backward
-    assert parse_config("split:32/16:0:1:1::::::::1")["state_major"] is True
+    with pytest.raises(SystemExit, match="major field .state_major. was removed"):
+        parse_config("split:32/16:0:1:1::::::::1")
+    assert "state_major" not in parse_config("split:32/16:0:1:1::::::::0")
     paired = parse_config("split:32/16:0:1:1:::::::::1")
     assert paired["pair_chunks"] is True and "state_major" not in paired
     assert parse_config("split:32/16:0:1:1:::0")["delta_in_kernel"] is True

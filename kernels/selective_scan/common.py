@@ -70,15 +70,6 @@ class Layout:
     # plain jnp gives a multiply and an add, and exp2 four instructions (a range check and two predicated
     # multiplies around the ex2): 16 and 48 of the forward kernel's 293 a 2-step chunk (vmamba-64x64, bf16, ncu).
     ptx: bool = False
-    # The segment-state kernel, and the forward kernel where it saves no state (save "none"): the state held as
-    # (state_pad, block_d), one channel a thread with all its states in registers, so delta needs no exchange
-    # between threads and y's sum over states stays in the thread (no shuffles, barriers or layout round trips).
-    # Triton takes its layouts from a kernel's 2-D loads and stores, so A, h_in and the segment states are loaded
-    # and stored a state at a time (``load_by_state``, ``store_by_state``); checkpoints, stored every chunk, would
-    # undo it. Each thread reads B's and C's rows whole, so those kernels take them in float32 (``rows_in_float32``).
-    # bf16 vmamba-64x64, loop instructions a 2-step chunk: walk 327 -> 252, states 197 -> 179
-    # (``kernel_resources.py --forward-only``).
-    state_major: bool = False
 
     @property
     def group_dim(self) -> int:
@@ -320,37 +311,6 @@ def store_matrix(ref, p: Program, lay: Layout, value, index=(), when=None):
     plgpu.store(_tile(ref, p, lay, index), value.astype(ref.dtype), mask=mask)
 
 
-def rows_in_float32(inputs: dict, keys=("B", "C")) -> dict:
-    """``inputs`` with B and C (those present of ``keys``) in float32, for a ``Layout.state_major`` kernel: each of
-    its threads reads their whole row and would otherwise unpack every bfloat16 of it."""
-    return {k: v.astype(F32) if k in keys else v for k, v in inputs.items()}
-
-
-def load_by_state(ref, p: Program, lay: Layout, index=()):
-    """(state_pad, block_d) transposed tile of a (..., D, N) array at leading ``index``, one (block_d,) load per
-    state (padded states 0): a 2-D load would set Triton's layout for the whole kernel (``Layout.state_major``)."""
-    index = tuple(jnp.asarray(i, jnp.int32) for i in index)  # interpret mode wants array indices
-    states = jnp.arange(lay.state_pad)[:, None]
-    tile = jnp.zeros((lay.state_pad, lay.block_d), F32)
-    for n in range(lay.d_state):
-        state = jnp.asarray(n, jnp.int32)
-        column = _load(ref.at[(*index, pl.ds(p.d0, lay.block_d), state)], _channel_mask(p, lay))
-        tile = jnp.where(states == n, column[None, :], tile)
-    return tile
-
-
-def store_by_state(ref, p: Program, lay: Layout, value, index=()):
-    """Store a (state_pad, block_d) transposed tile into a (..., D, N) array at leading ``index``, a state at a
-    time; each state's row is picked inside the thread that holds it (the other terms are -0.0, folded away)."""
-    index = tuple(jnp.asarray(i, jnp.int32) for i in index)  # interpret mode wants array indices
-    states = jnp.arange(lay.state_pad)[:, None]
-    for n in range(lay.d_state):
-        row = jnp.sum(jnp.where(states == n, value, -0.0), axis=0)
-        state = jnp.asarray(n, jnp.int32)
-        plgpu.store(ref.at[(*index, pl.ds(p.d0, lay.block_d), state)], row.astype(ref.dtype),
-                    mask=_channel_mask(p, lay))
-
-
 def load_row(ref, p: Program, lay: Layout, here: At):
     """(block_d,) channels of a (batch, L, D) array at a step."""
     return _load(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], _row_mask(p, lay, here))
@@ -491,8 +451,3 @@ def decay(lay: Layout, delta, rates):
 def advance(lay: Layout, x, step: Step, rates):
     """One step of the recurrence: x <- exp(delta*A) * x + delta*u*B (``rates`` from ``load_rates``)."""
     return fma(lay, decay(lay, step.delta, rates), x, (step.delta * step.u)[:, None] * step.B[None, :])
-
-
-def advance_by_state(lay: Layout, x, step: Step, rates):
-    """``advance`` on the transposed (state_pad, block_d) state and rates of ``Layout.state_major``."""
-    return fma(lay, exp2(lay, rates * step.delta[None, :]), x, step.B[:, None] * (step.delta * step.u)[None, :])

@@ -27,11 +27,7 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
     r = dict(zip(names, refs))
     y_ref = refs[len(names)]
     p = common.program(lay, r.get("order"))
-    by_state = lay.state_major and save == "none"  # checkpoints are stored 2-D, every chunk
-    if by_state:
-        rates = common.load_by_state(r["A"], p, lay) * common.LOG2E
-    else:
-        rates = common.load_rates(r["A"], p, lay)
+    rates = common.load_rates(r["A"], p, lay)
     skip = common.load_channels(r["D"], p, lay) if "D" in r else None
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
@@ -45,12 +41,8 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
         for i, here in enumerate(heres):
             raw, C, z = hoisted[i] if hoisted else load(here)
             step = common.finish_step(lay, p, here, raw, bias, delta_softplus)
-            if by_state:
-                x = common.advance_by_state(lay, x, step, rates)
-                y = jnp.sum(x * C[:, None], axis=0)
-            else:
-                x = common.advance(lay, x, step, rates)
-                y = jnp.sum(x * C[None, :], axis=1)
+            x = common.advance(lay, x, step, rates)
+            y = jnp.sum(x * C[None, :], axis=1)
             if skip is not None:
                 y = common.fma(lay, skip, step.u, y)
             if z is not None:
@@ -60,12 +52,10 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
             common.store_matrix(refs[-1], p, lay, x, index=(p.b, c))
         return x
 
-    if "h_in" in r and by_state:
-        x = common.load_by_state(r["h_in"], p, lay, index=(p.b, p.seg))
-    elif "h_in" in r:
+    if "h_in" in r:
         x = common.load_matrix(r["h_in"], p, lay, index=(p.b, p.seg))
     else:
-        x = jnp.zeros((lay.state_pad, lay.block_d) if by_state else (lay.block_d, lay.state_pad), F32)
+        x = jnp.zeros((lay.block_d, lay.state_pad), F32)
     x = common.walk(p, lay, chunk, x, load=load)
     if save == "last":
         common.store_matrix(refs[-1], p, lay, x, index=(p.b, 0))
@@ -86,8 +76,6 @@ def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, inter
     if save != "none":
         n_saved = lay.n_chunks if save == "chunks" else 1
         out_shape.append(jax.ShapeDtypeStruct((lay.batch, n_saved, lay.dim, lay.d_state), F32))
-    if lay.state_major and save == "none":
-        inputs = common.rows_in_float32(inputs)
     names = tuple(inputs)
     kernel = functools.partial(_kernel, names=names, lay=lay, delta_softplus=delta_softplus, save=save)
     outs = pl.pallas_call(

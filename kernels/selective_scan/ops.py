@@ -78,12 +78,6 @@ GATE_IN_KERNEL = "forward"
 # vmamba-64x64, mamba-768, long and vim-s, forward 3-6 % and forward+backward 2-3 % faster, fp32 and bf16 (one H200,
 # NOTES.md, "Session 15").
 CHAIN_IN_KERNEL = True
-# The forward kernels with the state transposed, one channel a thread (``Layout.state_major``; ``state_major`` left
-# as None): the segment-state kernel always, the walk where it saves no state (inference); B and C read in float32.
-# bf16 vmamba-64x64: 9 % and 23 % fewer loop instructions, and none of their barriers or shuffles (NOTES.md,
-# "Session 16"), yet interleaved the forward was 1-12 % slower on vmamba-64x64, mamba-768, long and vim-s, fp32 and
-# bf16 (one H200, NOTES.md, "Session 17"), so off.
-STATE_MAJOR = False
 # Two chunks an iteration of the forward and summary kernels' walks (``Layout.pair_chunks``; ``pair_chunks`` left as
 # None): no register copies of the rows loaded ahead at the loop's back edge, 6-11 % fewer loop instructions a chunk
 # (``kernel_resources.py``, NOTES.md "Session 31"). Interleaved on vmamba-64x64, mamba-768, vim-s and 8-dir, the
@@ -128,9 +122,6 @@ class Tuning(NamedTuple):
     prefetch_rows: bool | None = None
     # split: the chain over segments as one kernel (``chain.py``); None: ``CHAIN_IN_KERNEL``.
     chain_in_kernel: bool | None = None
-    # serial and split: the forward kernels hold the state transposed where they store no 2-D tile
-    # (``Layout.state_major``); None: ``STATE_MAJOR``.
-    state_major: bool | None = None
     # Two chunks an iteration of the walks that load rows ahead (``Layout.pair_chunks``); None: ``PAIR_CHUNKS``.
     pair_chunks: bool | None = None
 
@@ -173,9 +164,6 @@ def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
     rows = PREFETCH_ROWS if tuning.prefetch_rows is None else bool(tuning.prefetch_rows)
     paired = PAIR_CHUNKS if tuning.pair_chunks is None else bool(tuning.pair_chunks)
     lay = dataclasses.replace(lay, hoist_loads=hoist, prefetch_order=prefetch, prefetch_rows=rows, pair_chunks=paired)
-    if direction == "forward":
-        lay = dataclasses.replace(lay, state_major=STATE_MAJOR if tuning.state_major is None
-                                  else bool(tuning.state_major))
     if tuning.chain_in_kernel is not None and design != "split":
         raise ValueError(f"selective_scan_pallas: chain_in_kernel is a setting of the split design, not of {design}")
     if design == "split":
@@ -324,7 +312,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           hoist_loads: bool | None = None, delta_in_kernel: bool | str | None = None,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
                           gate_in_kernel: bool | str | None = None, chain_in_kernel: bool | None = None,
-                          state_major: bool | None = None, pair_chunks: bool | None = None):
+                          pair_chunks: bool | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -371,9 +359,6 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         before the gate. None, the default: ``GATE_IN_KERNEL``, "forward".
       chain_in_kernel: split only: chain the segment summaries into the state entering each segment with one kernel
         (``chain.py``) instead of XLA's associative scan over segments (None, the default: ``CHAIN_IN_KERNEL``).
-      state_major: the segment-state kernel, and the forward walk where it saves no state (no gradient taken), hold
-        the state transposed, one channel a thread, and read B and C in float32 (``Layout.state_major``; None, the
-        default: ``STATE_MAJOR``, off).
       pair_chunks: with ``prefetch_rows``, the forward and segment-summary kernels walk two chunks an iteration, so
         the rows loaded ahead need no register copies at the loop's back edge (``Layout.pair_chunks``; None, the
         default: ``PAIR_CHUNKS``, on).
@@ -400,7 +385,6 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                     None if prefetch_order is None else bool(prefetch_order),
                     None if prefetch_rows is None else bool(prefetch_rows),
                     None if chain_in_kernel is None else bool(chain_in_kernel),
-                    None if state_major is None else bool(state_major),
                     None if pair_chunks is None else bool(pair_chunks))
     gate = GATE_IN_KERNEL if gate_in_kernel is None else gate_in_kernel
     if gate not in (False, True, "forward"):

@@ -30,10 +30,7 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
     """s: the segment's recurrence from a zero state."""
     r = dict(zip(names, refs))
     p = common.program(lay, r.get("order"))
-    if lay.state_major:
-        rates, advance = common.load_by_state(r["A"], p, lay) * common.LOG2E, common.advance_by_state
-    else:
-        rates, advance = common.load_rates(r["A"], p, lay), common.advance
+    rates = common.load_rates(r["A"], p, lay)
     bias = common.load_channels(r["delta_bias"], p, lay) if "delta_bias" in r else None
 
     def load(here):
@@ -43,11 +40,10 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
         x, dsum = carry
         for i, here in enumerate(heres):
             step = common.finish_step(lay, p, here, loaded[i] if loaded else load(here), bias, delta_softplus)
-            x, dsum = advance(lay, x, step, rates), dsum + step.delta
+            x, dsum = common.advance(lay, x, step, rates), dsum + step.delta
         return x, dsum
 
-    shape = (lay.state_pad, lay.block_d) if lay.state_major else (lay.block_d, lay.state_pad)
-    init = (jnp.zeros(shape, F32), jnp.zeros((lay.block_d,), F32))
+    init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))
     _store(refs[len(names):], p, lay, *common.walk(p, lay, chunk, init, load=load))
 
 
@@ -84,8 +80,7 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
 def _store(outs, p, lay: Layout, total, dsum):
     """This program's summary into (batch, n_segments, D, N) and its sum of delta into (batch, n_segments, D)."""
     total_ref, dsum_ref = outs
-    store = common.store_by_state if lay.state_major else common.store_matrix
-    store(total_ref, p, lay, total, index=(p.b, p.seg))
+    common.store_matrix(total_ref, p, lay, total, index=(p.b, p.seg))
     common.store_channels(dsum_ref, p, lay, dsum, index=(p.b, p.seg))
 
 
@@ -108,8 +103,6 @@ def _summarise(kernel, inputs: dict, lay: Layout, keys, *, delta_softplus: bool,
 
 def states(inputs: dict, lay: Layout, **kw):
     """(s (batch, n_segments, D, N), sum of delta (batch, n_segments, D)), float32, for a segmented layout."""
-    if lay.state_major:
-        inputs = common.rows_in_float32(inputs, ("B",))
     lay = dataclasses.replace(lay, prefetch_depth=STATE_DEPTH)
     return _summarise(_state_kernel, inputs, lay, ("u", "delta", "A", "B", "delta_bias", "order"),
                       name="selective_scan_split_states", **kw)

@@ -2,7 +2,6 @@
 ``ptxas -v`` and the occupancy it derives from registers."""
 
 import dataclasses
-import re
 from collections import Counter
 
 import jax.numpy as jnp
@@ -108,19 +107,6 @@ def test_softplus_and_gate_in_the_kernels_compile_to_special_function_instructio
         assert "lg2.approx.ftz.f32" in kernels[name] and "math.log" not in kernels[name], name
     for name in ("selective_scan_fwd", "selective_scan_split_adjoints", "selective_scan_bwd"):
         assert "rcp.approx.ftz.f32" in kernels[name], name
-
-
-def test_state_major_forward_holds_the_state_transposed_without_2d_loads():
-    """``state_major`` (config field major) reaches the inference forward: its walk sums over states along axis 0
-    of a (state, channel) tile, and reads A and the entering states a state at a time; the default sums along axis
-    1 of (channel, state) tiles loaded whole."""
-    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
-    walks = {cfg: dict((n, t) for n, _, t, _ in lowered_kernels(parse_config(cfg), shape, forward_only=True))
-             for cfg in ("split:32/16:0:1:1", "split:32/16:0:1:1::::::::1")}
-    default, major = (walks[c]["selective_scan_fwd"] for c in walks)
-    assert set(re.findall(r"tt.reduce.*axis = (\d+)", default)) == {"1"} and "tensor<32x16xf32>" in default
-    assert set(re.findall(r"tt.reduce.*axis = (\d+)", major)) == {"0"} and "tensor<32x16xf32>" not in major
-    assert "tensor<16x32xf32>" in major
 
 
 @pytest.fixture(scope="module")

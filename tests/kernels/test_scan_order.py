@@ -37,10 +37,9 @@ def gathered_scan(x: dict, order: np.ndarray, last: bool):
                                     dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True,
                                          hoist_loads=True, prefetch_rows=False),
                                     dict(design="serial", block_d=2, chunk=4, prefetch_rows=True),
-                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=True),
-                                    dict(design="split", block_d=2, chunk=4, unroll=2, state_major=True)],
+                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=True)],
                          ids=["serial", "split", "serial-prefetched", "split-prefetched", "split-prefetched-hoisted",
-                              "serial-rows-ahead", "split-rows-ahead", "split-state-major"])
+                              "serial-rows-ahead", "split-rows-ahead"])
 def test_order_matches_gathered_scan_values_and_gradients(blocks):
     check_order(SHAPE, blocks)
 

@@ -201,19 +201,6 @@ def test_unroll_belongs_to_the_split_design():
         run_pallas(x, {}, design="serial", unroll=4)
 
 
-@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)])
-def test_state_major_forward_on_the_serial_design(dtype, tol):
-    """The serial forward without checkpoints with the state transposed (B and C read in float32), and with a last
-    state asked for, which it stores, so that walk keeps the usual layout; both against float64."""
-    x = make_inputs(1, 2, 13, 8, 2, 5, dtype=dtype, **ALL_OPTIONS)
-    y_ref, last_ref = selective_scan_numpy(**x, delta_softplus=True)
-    y = run_pallas(x, {**ALL_OPTIONS, "return_last_state": False}, design="serial", block_d=4, chunk=4,
-                   state_major=True)
-    assert y.dtype == dtype and rel_err(y, y_ref) < tol
-    y, last = run_pallas(x, ALL_OPTIONS, design="serial", block_d=4, chunk=4, state_major=True)
-    assert rel_err(y, y_ref) < tol and rel_err(last, last_ref) < tol
-
-
 def test_chain_kernel_belongs_to_the_split_design():
     x = make_inputs(5, 1, 4, 4, 1, 4)
     with pytest.raises(ValueError, match="chain_in_kernel is a setting of the split design"):

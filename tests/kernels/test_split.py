@@ -6,10 +6,9 @@ kernels alone), with loads issued a chunk ahead (``prefetch_rows``, the default)
 is taken (``"forward"``, the default), and with delta discretised once outside the kernels (``False``), in each of them
 (``True``), in the forward kernels only (``"forward"``) or in them when no gradient is taken (``"inference"``, the
 default for float32), the chain over segments as one kernel (the default) or in XLA (``chain_in_kernel=False``), the
-forward kernels with channel blocks of their own (``block_d=(forward, backward)``), the forward without checkpoints
-holding the state transposed (``state_major=True``; the differentiated forward, which saves checkpoints, keeps its
-layout), and the walks that load rows ahead taking two chunks an iteration (``pair_chunks``, the default: 4 chunks a
-segment; 1, the loop empty and the chunk after it; one segment of 3 chunks; and with ``state_major``) or one
+forward kernels with channel blocks of their own (``block_d=(forward, backward)``), and the walks that load rows ahead
+taking two chunks an iteration (``pair_chunks``, the default: 4 chunks a segment; 1, the loop empty and the chunk after
+it; one segment of 3 chunks) or one
 (``pair_chunks=False``), where the segment-state kernel loads two chunks ahead, three chunks an iteration (4 chunks a
 segment: one iteration and a chunk after it; 8: two and two after; 2: none and two; 1: none and one).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
@@ -58,18 +57,12 @@ CASES = [
     pytest.param((1, 11, 8, 1, 3), ALL_OPTIONS, dict(block_d=(2, 8), chunk=16), id="one-segment-narrower-forward"),
     pytest.param((2, 16, 8, 2, 4), ALL_OPTIONS, dict(block_d=2, chunk=4, unroll=2), id="all-options-even-no-masks"),
     pytest.param((1, 8, 4, 1, 4), ALL_OPTIONS, dict(chunk=8), id="one-segment-even-no-masks"),
-    pytest.param((2, 11, 12, 2, 5), ALL_OPTIONS, dict(block_d=(4, 2), chunk=2, state_major=True),
-                 id="all-options-state-major-forward"),
-    pytest.param((1, 11, 4, 1, 3), {**ALL_OPTIONS, "return_last_state": False}, dict(chunk=16, state_major=True),
-                 id="one-segment-state-major-forward"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=8, unroll=2, pair_chunks=True),
                  id="all-options-two-chunks-an-iteration"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=2, unroll=2, pair_chunks=True),
                  id="all-options-one-chunk-a-segment-paired"),
     pytest.param((1, 11, 4, 1, 3), ALL_OPTIONS, dict(chunk=16, unroll=4, pair_chunks=True),
                  id="one-segment-three-chunks-paired"),
-    pytest.param((2, 11, 12, 2, 5), ALL_OPTIONS, dict(block_d=(4, 2), chunk=8, unroll=2, state_major=True,
-                                                      pair_chunks=True), id="all-options-state-major-paired"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=8, unroll=2, pair_chunks=False),
                  id="all-options-one-chunk-an-iteration"),
     pytest.param((1, 40, 4, 1, 3), ALL_OPTIONS, dict(chunk=16, unroll=2), id="all-options-eight-chunks-a-segment"),
