@@ -19,7 +19,6 @@ def test_calls_back_to_back_and_waits_once_on_the_last_output(monkeypatch):
     assert [w is o for w, o in zip(waited, outputs[3::4])] == [True] * 3  # each batch waits on its last call only
 
 
-
 def test_copy_bandwidth_is_timed_warm_and_back_to_back_like_the_kernels(monkeypatch):
     """The floor's copy is warmed up and timed in batches (``batched_time``), as the back-to-back rows it divides are,
     and counts bytes read and written."""
