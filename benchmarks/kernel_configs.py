@@ -10,7 +10,7 @@ from ssm_jax.ssm.selective_scan import validate_inputs
 
 
 FIELDS = ("design:block_d:chunk:forward_warps:backward_warps[:unroll[:hoist[:outside[:prefetch[:rows[:gate"
-          "[:chain[:major[:pair]]]]]]]]]")
+          "[:chain[:major[:pair[:poly]]]]]]]]]]")
 # The ``outside`` field's values -> ``delta_in_kernel``.
 DELTA_IN_KERNEL = {0: True, 1: False, 2: "forward", 3: "inference"}
 
@@ -27,8 +27,10 @@ def parse_config(text: str) -> dict:
     1: the split design's chain over segments as one kernel (``chain_in_kernel=True``); major: empty or 0 (it chose
     ``state_major``, removed in session 37: NOTES.md, "Alternatives tried"; the field keeps its place so that older
     configs still parse); pair 1: the walks that load rows ahead take two chunks an iteration
-    (``pair_chunks=True``)."""
+    (``pair_chunks=True``); poly: decays of every 8 from the FMA-pipe polynomial, one count or ``states/walk``
+    (``poly_exp``)."""
     design, block_d, chunk, fwd_warps, bwd_warps, *rest = text.split(":")
+    poly = rest.pop(9) if len(rest) > 9 else ""
     if len(rest) > 9:
         raise SystemExit(f"config {text!r}: expected {FIELDS}")
     blocks = tuple(int(b) for b in block_d.split("/"))
@@ -61,6 +63,9 @@ def parse_config(text: str) -> dict:
                          "'Alternatives tried'); leave it empty or 0")
     if paired is not None:
         config["pair_chunks"] = bool(paired)
+    if poly:
+        counts = tuple(int(n) for n in poly.split("/"))
+        config["poly_exp"] = counts if len(counts) > 1 else counts[0]
     return config
 
 

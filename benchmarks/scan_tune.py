@@ -10,7 +10,8 @@ outside the kernels, ``delta_in_kernel=False``, 0 in each kernel, 2 in the forwa
 gradient is taken; prefetch: 1 / 0 to load an in-place shape's positions a chunk ahead or not, ``prefetch_order``; rows:
 1 for every forward-direction and summary load a chunk ahead, ``prefetch_rows``; gate: 0 to gate y outside the kernels,
 ``gate_in_kernel=False``, 1 in them, 2 in the forward walk when no gradient is taken; chain and pair: the split chain
-as one kernel and ``pair_chunks``, each 1 / 0; major: empty, ``state_major`` having been removed). For each dtype x
+as one kernel and ``pair_chunks``, each 1 / 0; major: empty, ``state_major`` having been removed; poly: decays of every
+8 from the FMA-pipe polynomial, one count or ``states/walk``, ``poly_exp``). For each dtype x
 shape it compiles every config, warms each up for ``--warmup_s`` seconds (``benchmarks.scan.warm_up``), then times
 them in ``--rounds`` interleaved rounds, each round one batch of ``--calls`` back-to-back calls per config (so host
 dispatch overlaps the GPU work as in training), and prints per config the median over rounds of the forward and

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
@@ -70,6 +71,11 @@ class Layout:
     # plain jnp gives a multiply and an add, and exp2 four instructions (a range check and two predicated
     # multiplies around the ex2): 16 and 48 of the forward kernel's 293 a 2-step chunk (vmamba-64x64, bf16, ncu).
     ptx: bool = False
+    # Of every ``POLY_PACK`` decays a thread computes, how many the segment-state kernel (``poly_states``) and the
+    # forward walk (``poly_walk``) take from ``exp2_poly`` on the FMA pipe instead of ``ex2.approx`` on the
+    # special-function pipe, which the states kernel keeps 73-78 % busy (ncu, NOTES.md "Sessions 37 and 38"). 0: none.
+    poly_states: int = 0
+    poly_walk: int = 0
 
     @property
     def group_dim(self) -> int:
@@ -415,6 +421,68 @@ def exp2(lay: Layout, x):
     return _instruction(lay, "ex2.approx.ftz.f32 $0, $1;", jnp.exp2, x)
 
 
+# 2^f on [-1/2, 1/2] as a degree-5 polynomial in Horner form, fitted to relative error: evaluated in float32 with
+# fused multiply-adds it is within 1.6e-7 of 2^f (1.3 ulp), as close as ``ex2.approx`` (2^-22, PTX ISA).
+EXP2_POLY = (1.0, 0.6931468844413757, 0.24022237956523895, 0.05550891533493996, 0.009671698324382305,
+             0.0013219078537076712)
+EXP2_POLY_FLOOR = -125.5  # the lowest exponent kept: 2^-125.5 stands in for the 0 that ex2.approx.ftz gives below
+ROUNDER = 12582912.0  # 1.5 * 2^23: x + ROUNDER rounds x to an integer held in the sum's low mantissa bits
+POLY_PACK = 8  # decays per inline-assembly instance in ``mixed_exp2`` (elements a thread holds must be a multiple)
+
+
+def _f32_hex(value: float) -> str:
+    """A float32 constant as PTX writes it exactly (0fXXXXXXXX)."""
+    return "0f" + np.float32(value).view(np.uint32).item().to_bytes(4, "big").hex().upper()
+
+
+def exp2_poly(x):
+    """2^x for x up to 128 (a decay's is <= 0) from multiply-adds alone, in jnp the values ``_exp2_poly_ptx``
+    computes: x clamped to ``EXP2_POLY_FLOOR`` (a NaN too: the step's drive delta u B still carries it), split as
+    k + f with k = round(x) (half to even, as the PTX's ``ROUNDER`` sum rounds; XLA would simplify that sum away),
+    2^f from ``EXP2_POLY``, and k added to the result's exponent bits."""
+    x = jnp.maximum(jnp.asarray(x, F32), EXP2_POLY_FLOOR)
+    k = jnp.round(x)
+    f = x - k
+    p = jnp.full_like(f, EXP2_POLY[-1])
+    for c in EXP2_POLY[-2::-1]:
+        p = p * f + c
+    k_bits = jax.lax.shift_left(k.astype(jnp.int32), jnp.int32(23))
+    return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(p, jnp.int32) + k_bits, F32)
+
+
+def _exp2_poly_ptx(out: str, x: str) -> str:
+    """PTX computing ``out`` = ``exp2_poly(x)`` (operands like "$0"), in the registers ``mixed_exp2``'s block declares.
+    The shift by 23 drops ROUNDER's own bits, leaving round(x) in the exponent field."""
+    c = [_f32_hex(v) for v in EXP2_POLY]
+    lines = [f"max.f32 px, {x}, {_f32_hex(EXP2_POLY_FLOOR)};",
+             f"add.rn.f32 pr, px, {_f32_hex(ROUNDER)};",
+             f"sub.rn.f32 pk, pr, {_f32_hex(ROUNDER)};",
+             "sub.rn.f32 pf, px, pk;",
+             f"fma.rn.f32 pp, pf, {c[5]}, {c[4]};"]
+    lines += [f"fma.rn.f32 pp, pp, pf, {ci};" for ci in reversed(c[:4])]
+    lines += ["mov.b32 pj, pr;", "shl.b32 pj, pj, 23;", "mov.b32 pb, pp;", "add.s32 pb, pb, pj;",
+              f"mov.b32 {out}, pb;"]
+    return " ".join(lines)
+
+
+def mixed_exp2(lay: Layout, x, poly: int):
+    """2^x (x up to 128) with ``poly`` of every ``POLY_PACK`` elements a thread holds from ``exp2_poly`` (FMA pipe) and
+    the rest from ``ex2.approx`` (special-function pipe): one inline-assembly block per ``POLY_PACK`` elements. Which
+    elements share a block is Triton's layout; both are within about 2e-7 of 2^x. Interpret mode runs ``exp2_poly``
+    on every element."""
+    if not poly:
+        return exp2(lay, x)
+    if not lay.ptx:
+        return exp2_poly(x)
+    n = POLY_PACK
+    body = [f"ex2.approx.ftz.f32 ${i}, ${n + i};" for i in range(n - poly)]
+    body += [_exp2_poly_ptx(f"${i}", f"${n + i}") for i in range(n - poly, n)]
+    asm = ("{ .reg .f32 px, pr, pk, pf, pp; .reg .b32 pj, pb; " + " ".join(body) + " }")
+    out, = plgpu.elementwise_inline_asm(asm, args=[jnp.asarray(x, F32)], constraints=",".join(["=f"] * n + ["f"] * n),
+                                        pack=n, result_shape_dtypes=[jax.ShapeDtypeStruct(jnp.shape(x), F32)])
+    return out
+
+
 def log2(lay: Layout, x):
     """log2(x) for x > 0; on the GPU ``lg2.approx.ftz`` alone."""
     return _instruction(lay, "lg2.approx.ftz.f32 $0, $1;", jnp.log2, x)
@@ -443,11 +511,13 @@ def sigmoid(lay: Layout, x):
     return reciprocal(lay, 1.0 + exp2(lay, -LOG2E * x))
 
 
-def decay(lay: Layout, delta, rates):
-    """exp(delta A) per (channel, state) for a step's (block_d,) delta, from ``load_rates``' tile."""
-    return exp2(lay, delta[:, None] * rates)
+def decay(lay: Layout, delta, rates, poly: int = 0):
+    """exp(delta A) per (channel, state) for a step's (block_d,) delta, from ``load_rates``' tile; ``poly`` of every
+    ``POLY_PACK`` from the FMA-pipe polynomial (``mixed_exp2``)."""
+    return mixed_exp2(lay, delta[:, None] * rates, poly)
 
 
-def advance(lay: Layout, x, step: Step, rates):
-    """One step of the recurrence: x <- exp(delta*A) * x + delta*u*B (``rates`` from ``load_rates``)."""
-    return fma(lay, decay(lay, step.delta, rates), x, (step.delta * step.u)[:, None] * step.B[None, :])
+def advance(lay: Layout, x, step: Step, rates, poly: int = 0):
+    """One step of the recurrence: x <- exp(delta*A) * x + delta*u*B (``rates`` from ``load_rates``; ``poly`` as in
+    ``decay``)."""
+    return fma(lay, decay(lay, step.delta, rates, poly), x, (step.delta * step.u)[:, None] * step.B[None, :])

@@ -41,7 +41,7 @@ def _kernel(*refs, names, lay: Layout, delta_softplus: bool, save: str):
         for i, here in enumerate(heres):
             raw, C, z = hoisted[i] if hoisted else load(here)
             step = common.finish_step(lay, p, here, raw, bias, delta_softplus)
-            x = common.advance(lay, x, step, rates)
+            x = common.advance(lay, x, step, rates, lay.poly_walk)
             y = jnp.sum(x * C[None, :], axis=1)
             if skip is not None:
                 y = common.fma(lay, skip, step.u, y)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.selective_scan import backward, forward, split
-from kernels.selective_scan.common import check_power_of_two, make_layout
+from kernels.selective_scan.common import POLY_PACK, check_power_of_two, make_layout
 from kernels.selective_scan.per_device import per_device
 from ssm_jax.ssm.selective_scan import discretize_delta, finish_output
 
@@ -91,6 +91,12 @@ PAIR_CHUNKS = True
 # the forward alone 2-8 % faster on the same four shapes and forward+backward 1-3 % slower (two calls on a lent H200;
 # "inference" took both gains in the second; NOTES.md, "Session 33"), so each path takes its faster choice.
 DELTA_IN_KERNEL_BY_ITEMSIZE = {2: "forward", 4: "inference"}
+# (segment-state kernel, forward walk) decays of every ``common.POLY_PACK`` from the FMA-pipe polynomial when
+# ``poly_exp`` is left as None, by the bytes of an element of u; 0 where a thread's decays do not come in whole
+# packs (``_with_poly_exp``). Interleaved against none on one H200 (NOTES.md, "Session 38"): float32 (1, 1) took the
+# forward 2.3-2.9 % faster on mamba-768, long and mm-tiny-56, within 0.9 % on vim-s, 8-dir and vmamba-64x64; bf16
+# (1, 0) -1.3 % to +0.2 %, where (1, 1) was 0.5-1.6 % slower on four shapes. Forward+backward within 1 % either way.
+POLY_EXP_BY_ITEMSIZE = {2: (1, 0), 4: (1, 1)}
 # Which passes discretise delta themselves for each ``delta_in_kernel``: "inference" is the forward taken without a
 # gradient (``_scan``), "forward" and "backward" the two halves of a differentiated scan (``_scan_fwd``,
 # ``_scan_bwd``).
@@ -124,6 +130,9 @@ class Tuning(NamedTuple):
     chain_in_kernel: bool | None = None
     # Two chunks an iteration of the walks that load rows ahead (``Layout.pair_chunks``); None: ``PAIR_CHUNKS``.
     pair_chunks: bool | None = None
+    # (segment-state kernel, forward walk): decays of every ``common.POLY_PACK`` from the FMA-pipe polynomial
+    # (``Layout.poly_states``, ``poly_walk``); None: ``POLY_EXP_BY_ITEMSIZE``.
+    poly_exp: tuple[int, int] | None = None
 
 
 def default_delta_in_kernel(dtype) -> bool | str:
@@ -175,7 +184,22 @@ def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
         wide = dataclasses.replace(lay, block_d=check_power_of_two("block_d", fwd_block))
         if tuning.block_d[0] is not None or math.prod(wide.grid) >= split.WIDE_FORWARD_GRID:
             lay = wide
+        lay = _with_poly_exp(lay, tuning.poly_exp, u.dtype, fwd_warps, _ptx(interpret))
     return fwd, bwd, dataclasses.replace(lay, ptx=_ptx(interpret)), fwd_warps, bwd_warps
+
+
+def _with_poly_exp(lay, poly_exp: tuple[int, int] | None, dtype, warps: int, ptx: bool):
+    """The forward layout with ``poly_exp`` set. None: compiled (``ptx``), ``POLY_EXP_BY_ITEMSIZE`` where the inline
+    assembly's groups of ``POLY_PACK`` decays divide each thread's, else none; interpreted, none. An explicit request
+    the groups do not divide is refused; interpreted, it takes the polynomial for every decay of those kernels."""
+    packs = not ptx or lay.block_d * lay.state_pad % (32 * warps * POLY_PACK) == 0
+    if poly_exp is None:
+        poly_exp = POLY_EXP_BY_ITEMSIZE.get(jnp.dtype(dtype).itemsize, (0, 0)) if ptx and packs else (0, 0)
+    elif any(poly_exp) and not packs:
+        raise ValueError(f"selective_scan_pallas: poly_exp={poly_exp} needs each thread's decays in groups of "
+                         f"{POLY_PACK}, but block_d={lay.block_d} x {lay.state_pad} states on {warps} warps gives "
+                         f"{lay.block_d * lay.state_pad / (32 * warps):g} a thread")
+    return dataclasses.replace(lay, poly_states=poly_exp[0], poly_walk=poly_exp[1])
 
 
 REPLICATED = frozenset({"A", "D", "delta_bias", "order"})
@@ -312,7 +336,7 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           hoist_loads: bool | None = None, delta_in_kernel: bool | str | None = None,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
                           gate_in_kernel: bool | str | None = None, chain_in_kernel: bool | None = None,
-                          pair_chunks: bool | None = None):
+                          pair_chunks: bool | None = None, poly_exp: int | tuple[int, int] | None = None):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -362,6 +386,11 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       pair_chunks: with ``prefetch_rows``, the forward and segment-summary kernels walk two chunks an iteration, so
         the rows loaded ahead need no register copies at the loop's back edge (``Layout.pair_chunks``; None, the
         default: ``PAIR_CHUNKS``, on).
+      poly_exp: (segment-state kernel, forward walk), or one count for both: of every ``common.POLY_PACK`` decays a
+        thread computes, how many come from a polynomial on the FMA pipe (``common.exp2_poly``, within 1.6e-7 of
+        2^x) rather than ``ex2.approx`` on the special-function pipe; None, the default: on the GPU as measured by
+        dtype (``POLY_EXP_BY_ITEMSIZE``), or none where a thread's decays do not come in whole packs; in interpret
+        mode none. Interpret mode takes the polynomial for every decay of the kernels given a count.
 
     Returns:
       y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
@@ -380,12 +409,16 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
     if not isinstance(delta_in_kernel, (bool, str)) or delta_in_kernel not in DELTA_INSIDE:
         raise ValueError(f"selective_scan_pallas: delta_in_kernel={delta_in_kernel!r}, expected None, False, True, "
                          f"'forward' or 'inference'")
+    poly = None if poly_exp is None else tuple(poly_exp) if isinstance(poly_exp, (tuple, list)) else (poly_exp,) * 2
+    if poly is not None and (len(poly) != 2 or not all(isinstance(n, int) and 0 <= n <= POLY_PACK for n in poly)):
+        raise ValueError(f"selective_scan_pallas: poly_exp={poly_exp!r}, expected an int or a pair of ints in "
+                         f"0..{POLY_PACK}")
     tuning = Tuning(design, blocks, chunk, None if num_warps is None else tuple(num_warps), unroll, hoist_loads,
                     delta_in_kernel,
                     None if prefetch_order is None else bool(prefetch_order),
                     None if prefetch_rows is None else bool(prefetch_rows),
                     None if chain_in_kernel is None else bool(chain_in_kernel),
-                    None if pair_chunks is None else bool(pair_chunks))
+                    None if pair_chunks is None else bool(pair_chunks), poly)
     gate = GATE_IN_KERNEL if gate_in_kernel is None else gate_in_kernel
     if gate not in (False, True, "forward"):
         raise ValueError(f"selective_scan_pallas: gate_in_kernel={gate_in_kernel!r}, expected None, False, True or "

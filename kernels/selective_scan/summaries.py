@@ -40,7 +40,7 @@ def _state_kernel(*refs, names, lay: Layout, delta_softplus: bool):
         x, dsum = carry
         for i, here in enumerate(heres):
             step = common.finish_step(lay, p, here, loaded[i] if loaded else load(here), bias, delta_softplus)
-            x, dsum = common.advance(lay, x, step, rates), dsum + step.delta
+            x, dsum = common.advance(lay, x, step, rates, lay.poly_states), dsum + step.delta
         return x, dsum
 
     init = (jnp.zeros((lay.block_d, lay.state_pad), F32), jnp.zeros((lay.block_d,), F32))

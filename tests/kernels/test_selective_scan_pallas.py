@@ -2,6 +2,8 @@
 gradients, against the pure-JAX sequential scan (the split design: test_split.py). Shapes are small: interpret mode
 runs the kernel body as XLA ops."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,6 +145,32 @@ def test_lowers_to_triton(design):
 
     text = jax.jit(jax.grad(loss, tuple(range(8)))).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("triton") >= (4 if design == "split" else 2)  # split: two segment-summary kernels more
+
+
+def test_polynomial_decays_lower_and_refuse_a_tile_they_cannot_pack():
+    """``poly_exp`` compiled for CUDA: a forward whose threads hold 16 decays each (32 channels x 16 states on one
+    warp) lowers with the inline assembly; one holding 2 (4 x 16) cannot group them by 8: the default falls back to
+    ``ex2`` alone, and an explicit request is refused, naming it."""
+    spec = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype)
+
+    def lowered(dim, block_d, poly_exp=(1, 1)):
+        args = (spec((1, 64, dim)), spec((1, 64, dim)), spec((dim, 16)), spec((1, 64, 1, 16)), spec((1, 64, 1, 16)),
+                None, None, None)
+        fn = functools.partial(selective_scan_pallas, delta_softplus=True, return_last_state=False, interpret=False,
+                               design="split", chunk=16, block_d=(block_d, 16), num_warps=(1, 1), poly_exp=poly_exp)
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+    assert lowered(64, 32).count("triton") >= 2
+    assert lowered(64, 4, poly_exp=None).count("triton") >= 2  # the default falls back to ex2 alone
+    with pytest.raises(ValueError, match=r"poly_exp=\(1, 1\) needs each thread's decays in groups of 8.*gives 2 a"):
+        lowered(64, 4)
+
+
+def test_rejects_bad_poly_exp():
+    x = make_inputs(5, 1, 4, 4, 1, 4)
+    for bad in (9, -1, (1, 2, 3), 1.5):
+        with pytest.raises(ValueError, match="poly_exp=.*expected an int or a pair of ints in 0..8"):
+            run_pallas(x, {}, poly_exp=bad)
 
 
 def test_rejects_block_d_not_power_of_two():

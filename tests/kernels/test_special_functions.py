@@ -30,3 +30,25 @@ def test_sigmoid_and_reciprocal_match_float64():
     assert _relative(common.sigmoid(JNP, jnp.asarray(x)), 1 / (1 + np.exp(-x64))) < 1e-5
     v = np.logspace(-30, 30, 10_001).astype(np.float32)
     assert _relative(common.reciprocal(JNP, jnp.asarray(v)), 1 / v.astype(np.float64)) < 1e-7
+
+
+def test_exp2_polynomial_matches_float64_and_the_ptx_sequence():
+    """The PTX of ``exp2_poly`` (the decays ``poly_exp`` moves to the FMA pipe), emulated in float32 NumPy (rounding
+    by the 1.5 * 2^23 sum, Horner with fused multiply-adds, the integer added to the exponent bits by a shift), is
+    within 2e-7 of 2^x from the floor 2^-125.5 (below it, clamped to it) up to 2^127, the decays' x <= 0 and more;
+    jnp's form, which interpret mode runs, within 2 ulp of it (its multiply-adds may round twice)."""
+    x = np.concatenate([np.linspace(-130, 127, 400_001), -np.logspace(-9, 2, 4001), [0.0, -6.5, -0.5]])
+    x = x.astype(np.float32)
+    clamped = np.maximum(x, np.float32(common.EXP2_POLY_FLOOR))
+    rounded = (clamped + np.float32(common.ROUNDER)).astype(np.float32)
+    f = (clamped - (rounded - np.float32(common.ROUNDER))).astype(np.float32)
+    c = np.asarray(common.EXP2_POLY, np.float32).astype(np.float64)
+    p = np.full_like(f, np.float32(c[-1]))
+    for ci in c[-2::-1]:
+        p = (p.astype(np.float64) * f + ci).astype(np.float32)  # one rounding a step: a fused multiply-add
+    emulated = (p.view(np.int32) + (rounded.view(np.int32) << 23)).view(np.float32)
+    assert _relative(emulated, np.exp2(clamped.astype(np.float64))) < 2e-7
+    got = np.asarray(common.exp2_poly(jnp.asarray(x)))
+    np.testing.assert_array_max_ulp(got, emulated, maxulp=2)
+    ptx = common._exp2_poly_ptx("$0", "$1")
+    assert all(common._f32_hex(v) in ptx for v in (*common.EXP2_POLY[1:], common.ROUNDER, common.EXP2_POLY_FLOOR))

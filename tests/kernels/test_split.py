@@ -10,7 +10,8 @@ forward kernels with channel blocks of their own (``block_d=(forward, backward)`
 taking two chunks an iteration (``pair_chunks``, the default: 4 chunks a segment; 1, the loop empty and the chunk after
 it; one segment of 3 chunks) or one
 (``pair_chunks=False``), where the segment-state kernel loads two chunks ahead, three chunks an iteration (4 chunks a
-segment: one iteration and a chunk after it; 8: two and two after; 2: none and two; 1: none and one).
+segment: one iteration and a chunk after it; 8: two and two after; 2: none and two; 1: none and one), and with the
+decays of the segment-state kernel and the forward walk from the FMA-pipe polynomial (``poly_exp``).
 Jitted, so each case compiles once (interpret mode's cost is compiling the kernel bodies)."""
 
 import dataclasses
@@ -66,6 +67,8 @@ CASES = [
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=8, unroll=2, pair_chunks=False),
                  id="all-options-one-chunk-an-iteration"),
     pytest.param((1, 40, 4, 1, 3), ALL_OPTIONS, dict(chunk=16, unroll=2), id="all-options-eight-chunks-a-segment"),
+    pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, poly_exp=(1, 2)),
+                 id="all-options-polynomial-decays"),
 ]
 
 
