@@ -31,7 +31,7 @@ over the last 60 steps); 80 epochs gave 74.0 +- 1.0 % (seeds 0, 1; training accu
 augmentation each moved a run by about a point at most (README, Results). Removing
 the flips, the rotations, the warp or the smoothing (below; three seeds each) moved mean test accuracy by -0.1 to
 +0.5 points, within the seed spread; the rotations are what let ``tta=d4`` add 1-2 points instead of costing about
-3 (README, "Recipe ablations at full size"), so the recipe keeps all four.
+3 (docs/elpv_experiments.md, "Recipe ablations at full size"), so the recipe keeps all four.
 
 The ablations, each one override of the recipe (3 seeds each, S in 0 1 2; compare test accuracy, macro F1 and
 the per-class recall in ``<workdir>/eval/metrics.json``, e.g. with ``python -m ssm_jax.metrics.over_runs``). The
@@ -80,16 +80,16 @@ fresh, ``config.train.init_exclude``):
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_from_mim_s$S --config.seed=$S \
       --config.train.init_from=runs/elpv_mim
 
-At full size (one H200; about 11 minutes of pretraining with compilation) this gives 76.2 +- 0.4 % test accuracy
-and 52.6 +- 1.3 % macro F1 over seeds 0-2 (2026-12-02 and 12-03), against 72.6 +- 1.0 % and 48.7 +- 1.9 % from
-scratch (Welch's p = 0.018). 100 epochs of pretraining, the default until 2026-12-03 (``--config.train.epochs=100``
-on the ``:mim`` command), gave 74.9 +- 1.2 %: each seed scored lower than after 150, though with three seeds a side
-the difference is not significant (p = 0.21). README, "Masked-image pretraining at full size" and "Longer
-masked-image pretraining". With the convolutional stem in both pretraining and fine-tuning (100 epochs) it gave
-74.1 +- 0.9 % (p = 0.41 against the patchify stem's 74.9), so the two do not add up. At 64 px (``:mim_cpu`` then
-``:cpu``) pretraining did not help. Fine-tuning with layer-wise learning-rate decay (BEiT's and SimMIM's; at 64
-px +0.4 points of accuracy and +2.7 of macro F1, within the seed spread; at full size, after 100 epochs of
-pretraining, 72.5 +- 0.3 %, 2.4 points under the same fine-tuning without it, p = 0.062, so it stays off):
+At full size (one H200; about 11 minutes of pretraining with compilation) this gives 76.2 +- 0.4 % test accuracy and
+52.6 +- 1.3 % macro F1 over seeds 0-2 (2026-12-02 and 12-03), against 72.6 +- 1.0 % and 48.7 +- 1.9 % from scratch
+(Welch's p = 0.018). 100 epochs of pretraining, the default until 2026-12-03 (``--config.train.epochs=100`` on the
+``:mim`` command), gave 74.9 +- 1.2 %: each seed scored lower than after 150, though with three seeds a side the
+difference is not significant (p = 0.21). docs/elpv_experiments.md, "Masked-image pretraining at full size" and "Longer
+masked-image pretraining". With the convolutional stem in both pretraining and fine-tuning (100 epochs) it gave 74.1 +-
+0.9 % (p = 0.41 against the patchify stem's 74.9), so the two do not add up. At 64 px (``:mim_cpu`` then ``:cpu``)
+pretraining did not help. Fine-tuning with layer-wise learning-rate decay (BEiT's and SimMIM's; at 64 px +0.4 points of
+accuracy and +2.7 of macro F1, within the seed spread; at full size, after 100 epochs of pretraining, 72.5 +- 0.3 %, 2.4
+points under the same fine-tuning without it, p = 0.062, so it stays off):
 
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_from_mim_ld_s$S --config.seed=$S \
       --config.train.init_from=runs/elpv_mim --config.optim.layer_decay=0.75
