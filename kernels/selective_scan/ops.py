@@ -95,7 +95,7 @@ DELTA_IN_KERNEL_BY_ITEMSIZE = {2: "forward", 4: "inference"}
 # ``poly_exp`` is left as None, by the bytes of an element of u; 0 where a thread's decays do not come in whole
 # packs (``_with_poly_exp``). Interleaved against none on one H200 (NOTES.md, "Session 38"): float32 (1, 1) took the
 # forward 2.3-2.9 % faster on mamba-768, long and mm-tiny-56, within 0.9 % on vim-s, 8-dir and vmamba-64x64; bf16
-# (1, 0) -1.3 % to +0.2 %, where (1, 1) was 0.5-1.6 % slower on four shapes. Forward+backward within 1 % either way.
+# (1, 0) -1.3 % to +0.2 %, where (1, 1) was 0.5-1.6 % slower on four shapes. Forward+backward within 1.6 % either way.
 POLY_EXP_BY_ITEMSIZE = {2: (1, 0), 4: (1, 1)}
 # Which passes discretise delta themselves for each ``delta_in_kernel``: "inference" is the forward taken without a
 # gradient (``_scan``), "forward" and "backward" the two halves of a differentiated scan (``_scan_fwd``,
