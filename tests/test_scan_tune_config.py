@@ -32,6 +32,9 @@ def test_config_fields_map_to_kernel_keywords():
     assert parse_config("split:32/16:0:1:1:::0")["delta_in_kernel"] is True
     assert parse_config("split:32/16:0:1:1:::2")["delta_in_kernel"] == "forward"
     assert parse_config("split:32/16:0:1:1:::3")["delta_in_kernel"] == "inference"
+    assert parse_config("split:32/16:0:1:1::::::::::1/0")["poly_exp"] == (1, 0)  # (states kernel, walk)
+    assert parse_config("split:32/16:0:1:1::::::::::2")["poly_exp"] == 2  # both
+    assert "poly_exp" not in parse_config("split:32/16:0:1:1:::::::::1:")
 
 
 def test_outside_field_values_are_checked():
@@ -41,7 +44,7 @@ def test_outside_field_values_are_checked():
 
 def test_too_many_fields_are_refused():
     with pytest.raises(SystemExit, match="expected design:block_d"):
-        parse_config("split:16:128:1:1:4:1:1:1:1:1:1:1:1:9")
+        parse_config("split:16:128:1:1:4:1:1:1:1:1:1:0:1:1/0:9")
 
 
 def test_config_column_fits_the_longest_config_and_a_gap():
