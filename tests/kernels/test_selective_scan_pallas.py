@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kernels.selective_scan import ops, selective_scan_pallas
+from kernels.selective_scan.common import Layout
 from ssm_jax.ssm import selective_scan as ssm_scan
 from tests.ssm.reference import rel_err as norm_rel_err
 from tests.ssm.reference import selective_scan_numpy
@@ -166,6 +167,20 @@ def test_polynomial_decays_lower_and_refuse_a_tile_they_cannot_pack():
     assert "ex2.approx.ftz.f32" in default_fallback and polynomial not in default_fallback
     with pytest.raises(ValueError, match=r"poly_exp=\(1, 1\) needs each thread's decays in groups of 8.*gives 2 a"):
         lowered(64, 4)
+
+
+def test_polynomial_share_by_default_follows_the_measured_table():
+    """Left as None, the share is ``ops.POLY_EXP_BY_ITEMSIZE``'s for the inputs' dtype when compiled and the tile
+    packs, and none in interpret mode."""
+    lay = Layout(batch=1, length=64, dim=64, groups=1, d_state=16, block_d=32, chunk=16)
+
+    def share(dtype, ptx):
+        resolved = ops._with_poly_exp(lay, None, dtype, 1, ptx)
+        return resolved.poly_states, resolved.poly_walk
+
+    assert share(jnp.float32, True) == ops.POLY_EXP_BY_ITEMSIZE[4] == (1, 1)
+    assert share(jnp.bfloat16, True) == ops.POLY_EXP_BY_ITEMSIZE[2] == (1, 0)
+    assert share(jnp.float32, False) == (0, 0)
 
 
 def test_rejects_bad_poly_exp():
