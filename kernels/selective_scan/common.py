@@ -431,7 +431,7 @@ POLY_PACK = 8  # decays per inline-assembly instance in ``mixed_exp2`` (elements
 
 
 def _f32_hex(value: float) -> str:
-    """A float32 constant as PTX writes it exactly (0fXXXXXXXX)."""
+    """A float32 constant as PTX writes it exactly: ``0f`` and its eight hex digits (1.0 is ``0f3F800000``)."""
     return "0f" + np.float32(value).view(np.uint32).item().to_bytes(4, "big").hex().upper()
 
 

@@ -192,10 +192,10 @@ def _with_poly_exp(lay, poly_exp: tuple[int, int] | None, dtype, warps: int, ptx
     """The forward layout with ``poly_exp`` set. None: compiled (``ptx``), ``POLY_EXP_BY_ITEMSIZE`` where the inline
     assembly's groups of ``POLY_PACK`` decays divide each thread's, else none; interpreted, none. An explicit request
     the groups do not divide is refused; interpreted, it takes the polynomial for every decay of those kernels."""
-    packs = not ptx or lay.block_d * lay.state_pad % (32 * warps * POLY_PACK) == 0
+    packs = lay.block_d * lay.state_pad % (32 * warps * POLY_PACK) == 0
     if poly_exp is None:
         poly_exp = POLY_EXP_BY_ITEMSIZE.get(jnp.dtype(dtype).itemsize, (0, 0)) if ptx and packs else (0, 0)
-    elif any(poly_exp) and not packs:
+    elif ptx and any(poly_exp) and not packs:
         raise ValueError(f"selective_scan_pallas: poly_exp={poly_exp} needs each thread's decays in groups of "
                          f"{POLY_PACK}, but block_d={lay.block_d} x {lay.state_pad} states on {warps} warps gives "
                          f"{lay.block_d * lay.state_pad / (32 * warps):g} a thread")
