@@ -23,6 +23,8 @@ def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -
 
     Training augmentations (``ssm_jax.data.augment``): ``flips``; ``rot90``, random multiples of 90 degrees;
     ``affine`` = (max_degrees, max_scale, max_translate), a small random rotation, scale and shift (zeros: off).
+    ``class_balance`` in [0, 1] (classification): training draws class c in proportion to n_c ** (1 - class_balance),
+    so 1 shows every class equally often and 0 (off) reads each image once an epoch (``data.pipeline.class_balanced``).
     """
     return ml_collections.ConfigDict({
         "name": name,
@@ -31,6 +33,7 @@ def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -
         "flips": ("horizontal",),
         "rot90": False,
         "affine": (0.0, 0.0, 0.0),
+        "class_balance": 0.0,
         "skip_corrupt": False,
         "num_workers": 0,
         "source": dict(source_kwargs),

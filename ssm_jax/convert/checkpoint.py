@@ -72,7 +72,7 @@ def training_end(config) -> tuple[int, dict]:
     data = config.data
     batches = iter(make_pipeline(source, batch_size=config.train.batch_size, image_size=data.image_size, train=True,
                                  seed=config.seed, flips=tuple(data.flips), num_workers=data.num_workers,
-                                 skip_corrupt=data.skip_corrupt))
+                                 skip_corrupt=data.skip_corrupt, class_balance=data.class_balance))
     state = batches.get_state()
     batches.close()
     return steps, state

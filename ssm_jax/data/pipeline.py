@@ -16,10 +16,13 @@ is dropped) so all processes run the same number of steps. Training shuffles wit
 every epoch, repeating ``num_epochs`` times (None: forever) and dropping the last partial batch;
 evaluation reads each example once in order. Augmentations (``ssm_jax.data.augment``) run in a fixed order,
 each only when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine),
-so turning one on leaves the others' draws as they were. ``num_workers > 0`` decodes in that many worker processes
-(``mp_prefetch``; in training each worker batches every ``num_workers``-th example of the shuffled stream, so the
-order is deterministic for a given seed and worker count but changes with the worker count; in evaluation the
-workers decode single examples and this process batches them in order, as without workers); otherwise
+so turning one on leaves the others' draws as they were. ``class_balance`` > 0 (training only) draws the examples
+from one endless stream per class instead of one shuffled pass over all of them (``class_balanced``), so the rare
+classes of a defect dataset are seen more often; an epoch stays ``len(source)`` examples. ``num_workers > 0``
+decodes in that many worker processes (``mp_prefetch``; in training each worker batches every
+``num_workers``-th example of the shuffled stream, so the order is deterministic for a given seed and worker
+count but changes with the worker count; in evaluation the workers decode single examples and this process
+batches them in order, as without workers); otherwise
 ``num_threads`` threads prefetch examples in this process and one more thread assembles the next
 ``prefetch_batches`` batches, so ``next()`` returns at once while the train step runs: without it, batching 32
 cached 64 px images took the training loop's thread 10-40 ms a step, 17-19 s of waiting over the ``:cpu`` ELPV
@@ -106,6 +109,19 @@ class Decode:
         return out
 
 
+def class_balanced(indices: np.ndarray, labels: np.ndarray, power: float, seed: int) -> grain.MapDataset:
+    """An endless stream of ``indices``: each class's examples shuffled, reshuffled at every pass over that class,
+    and the classes interleaved in shares proportional to n_c ** (1 - ``power``), n_c the class's count. ``power``
+    0 keeps the classes' own shares, 1 draws every class equally often, 0.5 in proportion to sqrt(n_c). The
+    interleave is fixed (``grain.MapDataset.mix``), so every batch holds each class in its share, give or take one;
+    class c's order is seeded with ``seed`` + 4 + c, after the augmentations' seeds."""
+    classes = np.unique(labels)
+    streams = [grain.MapDataset.source(indices[labels == c].tolist()).shuffle(seed=seed + 4 + int(c)).repeat()
+               for c in classes]
+    shares = np.array([np.count_nonzero(labels == c) for c in classes], np.float64) ** (1.0 - power)
+    return grain.MapDataset.mix(streams, weights=(shares / shares.sum()).tolist())
+
+
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     if shard_index is None or shard_count is None:
         import jax
@@ -121,16 +137,24 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
                   num_epochs: int | None = None, shard_index: int | None = None,
                   shard_count: int | None = None, num_workers: int = 0, num_threads: int = 8,
                   prefetch_buffer_size: int = 64, skip_corrupt: bool = False,
-                  cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch_batches: int = 2) -> grain.IterDataset:
+                  cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch_batches: int = 2,
+                  class_balance: float = 0.0) -> grain.IterDataset:
     """The pipeline of the module docstring; ``cache_bytes`` (0: never) bounds the decoded-image cache and
     ``prefetch_batches`` (0: none) the batches made ahead in a background thread. ``rot90`` rotates by a random
-    multiple of 90 degrees and ``affine`` = (max_degrees, max_scale, max_translate) warps slightly (zeros: off)."""
+    multiple of 90 degrees and ``affine`` = (max_degrees, max_scale, max_translate) warps slightly (zeros: off).
+    ``class_balance`` in [0, 1] is ``class_balanced``'s power for training (0: off, one shuffled pass an epoch)."""
     unknown = [f for f in flips if f not in FLIPS]
     if unknown:
         raise ValueError(f"unknown flips {unknown}; expected some of {list(FLIPS)}")
     if not isinstance(rot90, (bool, np.bool_)):
         raise ValueError(f"rot90={rot90!r}; expected True or False")
     affine = check_affine(affine)
+    if not 0.0 <= class_balance <= 1.0:
+        raise ValueError(f"class_balance={class_balance!r}; expected a number in [0, 1] (0: off, 1: every class "
+                         f"drawn equally often)")
+    if class_balance and source.task == ANOMALY:
+        raise ValueError("class_balance > 0 needs a classification source; anomaly training reads normal images "
+                         "only, so there are no classes to balance")
     for name, value in (("cache_bytes", cache_bytes), ("prefetch_batches", prefetch_batches)):
         if value < 0:
             raise ValueError(f"{name}={value}; expected >= 0 (0 turns it off)")
@@ -138,14 +162,18 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     cached_bytes = decoded_bytes(-(-len(source) // count), image_size, source.task) * max(1, num_workers)
     cache = train and num_epochs != 1 and cached_bytes <= cache_bytes  # evaluation reads each image once
     # Over source indices rather than MapDataset.source(source): the batch then carries each example's index.
-    ds = grain.MapDataset.range(len(source)).map(Decode(source, image_size, skip_corrupt, cache))
-    if train:
-        ds = ds[: len(ds) // count * count]
-    ds = ds[index::count]
-    if len(ds) == 0:
+    shard = np.arange(len(source) // count * count if train else len(source))[index::count]
+    if len(shard) == 0:
         raise ValueError(f"shard {index} of {count} of a source with {len(source)} examples is empty")
-    if train:
-        ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    decode = Decode(source, image_size, skip_corrupt, cache)
+    if train and class_balance:
+        ds = class_balanced(shard, source.labels[shard], class_balance, seed).map(decode)
+        if num_epochs is not None:
+            ds = ds[: len(shard) * num_epochs]
+    else:
+        ds = grain.MapDataset.source(shard.tolist()).map(decode)
+        if train:
+            ds = ds.shuffle(seed=seed).repeat(num_epochs)
     if flips:
         ds = ds.random_map(RandomFlips(tuple(flips)), seed=seed + 1)
     if rot90:

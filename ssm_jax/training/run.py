@@ -213,7 +213,7 @@ class Experiment:
         return make_pipeline(source, batch_size=batch, image_size=data.image_size, train=train, seed=self.config.seed,
                              flips=tuple(data.flips) if train else (), rot90=train and data.rot90,
                              affine=tuple(data.affine) if train else (0.0, 0.0, 0.0), num_workers=data.num_workers,
-                             skip_corrupt=data.skip_corrupt)
+                             skip_corrupt=data.skip_corrupt, class_balance=data.class_balance if train else 0.0)
 
     def train(self):
         """Train to ``total_steps``, resuming from the workdir's latest checkpoint when there is one."""

@@ -1,9 +1,11 @@
+import dataclasses
 import os
 
 import numpy as np
 import pytest
 
 from ssm_jax.data import get_source, make_pipeline
+from ssm_jax.data.pipeline import class_balanced
 
 KW = dict(batch_size=4, image_size=8, shard_index=0, shard_count=1, num_threads=2, prefetch_buffer_size=4)
 
@@ -142,3 +144,65 @@ def test_eval_with_worker_processes_gives_full_batches_in_order(folder):
     batches = list(make_pipeline(folder, train=False, **{**KW, "num_workers": 2}))
     assert [len(b["index"]) for b in batches] == [4, 4, 1]
     assert np.concatenate([b["index"] for b in batches]).tolist() == list(range(9))
+
+
+def _shares(power, counts):
+    """The reference: class c's share of the draws, n_c ** (1 - power) normalised, in float64."""
+    weights = np.asarray(counts, np.float64) ** (1.0 - power)
+    return weights / weights.sum()
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_class_balanced_draws_classes_in_their_shares(power):
+    counts = (90, 9, 1)
+    labels = np.repeat(np.arange(3), counts)
+    indices = np.arange(100, 200)  # source positions, not 0..99, so the stream is checked to return them
+    stream = class_balanced(indices, labels, power, seed=7)
+    drawn = np.array([stream[i] for i in range(3000)])
+    seen = np.bincount(labels[drawn - 100], minlength=3) / len(drawn)
+    np.testing.assert_allclose(seen, _shares(power, counts), atol=2e-3)  # a fixed interleave: within a draw or so
+
+
+def test_class_balanced_passes_over_each_class_reshuffled():
+    labels = np.repeat(np.arange(2), (6, 4))
+    stream = class_balanced(np.arange(10), labels, 1.0, seed=0)
+    rare = [i for i in (stream[k] for k in range(40)) if labels[i] == 1]
+    passes = [rare[j:j + 4] for j in range(0, 16, 4)]
+    assert all(sorted(p) == [6, 7, 8, 9] for p in passes)  # every example once a pass
+    assert len({tuple(p) for p in passes}) > 1  # and a new order for a new pass
+    again = class_balanced(np.arange(10), labels, 1.0, seed=0)
+    other = class_balanced(np.arange(10), labels, 1.0, seed=1)
+    assert [again[k] for k in range(40)] == [stream[k] for k in range(40)] != [other[k] for k in range(40)]
+
+
+@pytest.fixture
+def imbalanced(folder):
+    """21 examples: the folder replica's first class 6 times over (18), two of the second, one of the third."""
+    by_class = [[r for r in folder.records if r.label == c] for c in range(3)]
+    return dataclasses.replace(folder, records=by_class[0] * 6 + by_class[1][:2] + by_class[2][:1])
+
+
+def test_class_balance_in_the_pipeline_evens_the_classes_and_resumes(imbalanced):
+    kw = {**KW, "batch_size": 3, "seed": 2, "class_balance": 1.0}
+    labels = imbalanced.labels
+    it = iter(make_pipeline(imbalanced, **kw))
+    drawn = sum(_indices(it, 10), [])
+    assert np.bincount(labels[drawn], minlength=3).tolist() == [10, 10, 10]  # 18 / 2 / 1 in the source
+    state = it.get_state()
+    rest = _indices(it, 3)
+    resumed = iter(make_pipeline(imbalanced, **kw))
+    resumed.set_state(state)
+    assert _indices(resumed, 3) == rest
+    epochs = list(iter(make_pipeline(imbalanced, **{**kw, "num_epochs": 2})))
+    assert len(epochs) == 2 * 21 // 3  # an epoch is still len(source) examples
+    plain = sum(_indices(iter(make_pipeline(imbalanced, **{**kw, "class_balance": 0.0})), 7), [])
+    assert sorted(plain) == list(range(21))  # off: one shuffled pass an epoch, as before
+
+
+def test_class_balance_bad_values(folder, replica_root):
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"class_balance={bad}; expected a number in \[0, 1\]"):
+            make_pipeline(folder, batch_size=2, class_balance=bad)
+    anomaly = get_source("mvtec", os.path.join(replica_root, "mvtec"), "train")
+    with pytest.raises(ValueError, match="class_balance > 0 needs a classification source"):
+        make_pipeline(anomaly, batch_size=2, class_balance=0.5)
