@@ -115,10 +115,10 @@ def class_balanced(indices: np.ndarray, labels: np.ndarray, power: float, seed: 
     0 keeps the classes' own shares, 1 draws every class equally often, 0.5 in proportion to sqrt(n_c). The
     interleave is fixed (``grain.MapDataset.mix``), so every batch holds each class in its share, give or take one;
     class c's order is seeded with ``seed`` + 4 + c, after the augmentations' seeds."""
-    classes = np.unique(labels)
+    classes, counts = np.unique(labels, return_counts=True)
     streams = [grain.MapDataset.source(indices[labels == c].tolist()).shuffle(seed=seed + 4 + int(c)).repeat()
                for c in classes]
-    shares = np.array([np.count_nonzero(labels == c) for c in classes], np.float64) ** (1.0 - power)
+    shares = counts.astype(np.float64) ** (1.0 - power)
     return grain.MapDataset.mix(streams, weights=(shares / shares.sum()).tolist())
 
 
