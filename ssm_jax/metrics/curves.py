@@ -86,6 +86,16 @@ def average_precision(labels, scores):
     return ap_from_counts(*binary_counts(*check_binary(labels, scores))[1:])
 
 
+def recall_at_fpr(labels, scores, max_fpr):
+    """The largest recall (true-positive rate) of a threshold whose false-positive rate is at most ``max_fpr``: the
+    share of defects an inspection catches when it may reject that share of good parts (0 when no threshold above
+    every score qualifies)."""
+    if not 0.0 <= max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be a rate in [0, 1], got {max_fpr}")
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(tpr[np.flatnonzero(fpr <= max_fpr)[-1]])  # fpr and tpr never decrease along the curve
+
+
 def f1_max(labels, scores):
     """Maximum F1 score over all thresholds."""
     return f1max_from_counts(*binary_counts(*check_binary(labels, scores))[1:])

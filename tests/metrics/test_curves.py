@@ -1,10 +1,11 @@
-"""AU-ROC, AP, F1-max and the ROC curve against scikit-learn on random scores with many ties."""
+"""AU-ROC, AP, F1-max, the ROC curve and recall at a false-positive rate against scikit-learn and a brute-force
+float64 count, on random scores with many ties."""
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ssm_jax.metrics import auroc, average_precision, f1_max, precision_recall_curve, roc_curve
+from ssm_jax.metrics import auroc, average_precision, f1_max, precision_recall_curve, recall_at_fpr, roc_curve
 
 CASES = [(0, 20, 0.5, None), (1, 300, 0.1, 5), (2, 1000, 0.7, 20), (3, 5000, 0.02, None), (4, 2, 0.5, None)]
 
@@ -37,6 +38,36 @@ def test_matches_sklearn(seed, n, positive_rate, levels):
     np.testing.assert_allclose(fpr, ref_fpr, atol=1e-12)
     np.testing.assert_allclose(tpr, ref_tpr, atol=1e-12)
     np.testing.assert_array_equal(thresholds[1:], ref_thresholds[1:])
+
+
+def _brute_recall_at_fpr(labels, scores, max_fpr):
+    """Every threshold tried by counting: flag score >= t for each distinct score (and none flagged)."""
+    labels, scores = np.asarray(labels, bool), np.asarray(scores, np.float64)
+    best = 0.0
+    for t in np.unique(scores):
+        flagged = scores >= t
+        if flagged[~labels].mean() <= max_fpr:
+            best = max(best, flagged[labels].mean())
+    return best
+
+
+@pytest.mark.parametrize("seed, n, positive_rate, levels", CASES)
+@pytest.mark.parametrize("max_fpr", [0.0, 0.01, 0.05, 0.1, 0.5, 1.0])
+def test_recall_at_fpr_by_counting_and_sklearn(seed, n, positive_rate, levels, max_fpr):
+    labels, scores = _data(seed, n, positive_rate, levels)
+    got = recall_at_fpr(labels, scores, max_fpr)
+    assert got == pytest.approx(_brute_recall_at_fpr(labels, scores, max_fpr), abs=1e-12)
+    ref_fpr, ref_tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    assert got == pytest.approx(ref_tpr[ref_fpr <= max_fpr].max(), abs=1e-12)
+
+
+def test_recall_at_fpr_known_values_and_bad_rate():
+    labels, scores = [0, 0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.9, 0.8, 0.95]
+    assert recall_at_fpr(labels, scores, 0.0) == 0.5  # only 0.95 is above every negative
+    assert recall_at_fpr(labels, scores, 0.25) == 1.0  # one negative in four (0.9) may be flagged
+    assert recall_at_fpr([0, 1], [0.5, 0.5], 0.5) == 0.0  # the tie cannot be split
+    with pytest.raises(ValueError, match=r"max_fpr must be a rate in \[0, 1\], got 5"):
+        recall_at_fpr(labels, scores, 5)
 
 
 def test_precision_recall_curve_points():
