@@ -241,7 +241,8 @@ def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_pat
     positive = (np.asarray(predictions["labels"]) >= binary_from).astype(np.int64)
     score = np.asarray(predictions["probs"], np.float64)[:, binary_from:].sum(-1)
     group, rest = " + ".join(names[binary_from:]), " + ".join(names[:binary_from])
-    viz.save_roc_pr_curves(positive, score, curves_path, title=f"{group} against {rest}, scored by p({group})")
+    viz.save_roc_pr_curves(positive, score, curves_path, title=f"{group} against {rest}, scored by p({group})",
+                           false_alarm_rates=FALSE_ALARM_RATES)
     rates = [f"{100 * r:g}%" for r in FALSE_ALARM_RATES]
     if np.unique(positive).size < 2:
         return {"auroc": None, "ap": None, "recall_at_fpr": dict.fromkeys(rates)}
