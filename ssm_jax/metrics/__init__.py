@@ -3,7 +3,7 @@ F1-max, AU-PRO, mAD), in plain NumPy."""
 
 from ssm_jax.metrics.anomaly import anomaly_metrics, anomaly_metrics_by_category, aupro
 from ssm_jax.metrics.classification import binary_metrics, classification_metrics
-from ssm_jax.metrics.curves import auroc, average_precision, f1_max, precision_recall_curve, recall_at_fpr, roc_curve
+from ssm_jax.metrics.curves import auroc, average_precision, f1_max, operating_point, precision_recall_curve, roc_curve
 
 __all__ = [
     "anomaly_metrics",
@@ -14,7 +14,7 @@ __all__ = [
     "binary_metrics",
     "classification_metrics",
     "f1_max",
+    "operating_point",
     "precision_recall_curve",
-    "recall_at_fpr",
     "roc_curve",
 ]

@@ -86,14 +86,17 @@ def average_precision(labels, scores):
     return ap_from_counts(*binary_counts(*check_binary(labels, scores))[1:])
 
 
-def recall_at_fpr(labels, scores, max_fpr):
-    """The largest recall (true-positive rate) of a threshold whose false-positive rate is at most ``max_fpr``: the
-    share of defects an inspection catches when it may reject that share of good parts (0 when no threshold above
-    every score qualifies)."""
+def operating_point(labels, scores, max_fpr):
+    """The threshold that catches the most positives while flagging at most ``max_fpr`` of the negatives, as
+    {threshold, recall, fpr} (flag score >= threshold): how an inspection line picks its cut from validation images.
+    threshold is None, with recall and fpr 0, when only flagging nothing qualifies."""
     if not 0.0 <= max_fpr <= 1.0:
         raise ValueError(f"max_fpr must be a rate in [0, 1], got {max_fpr}")
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return float(tpr[np.flatnonzero(fpr <= max_fpr)[-1]])  # fpr and tpr never decrease along the curve
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    within = np.flatnonzero(fpr <= max_fpr)
+    best = within[np.argmax(tpr[within])]  # the first, highest cut of the most recall: the fewest false alarms
+    return {"threshold": None if best == 0 else float(thresholds[best]), "recall": float(tpr[best]),
+            "fpr": float(fpr[best])}
 
 
 def f1_max(labels, scores):

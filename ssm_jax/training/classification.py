@@ -13,7 +13,7 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import memorymamba_loss
-from ssm_jax.metrics import auroc, average_precision, binary_metrics, classification_metrics, recall_at_fpr
+from ssm_jax.metrics import auroc, average_precision, binary_metrics, classification_metrics, operating_point
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
@@ -26,7 +26,7 @@ from ssm_jax.training import tta as tta_lib
 from ssm_jax.training.state import TrainState
 
 
-FALSE_ALARM_RATES = (0.01, 0.05, 0.1)  # the positive group's recall is reported at these rates of the rest flagged
+FALSE_ALARM_RATES = (0.01, 0.05, 0.1)  # operating points reported: at most this share of the rest flagged
 MIXING_STREAM = 1  # fold_in index of the mixing draws within a step's key
 
 
@@ -183,8 +183,8 @@ MISTAKES_SHOWN = 16  # images in mistakes.png
 
 def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0) -> dict:
     """Metrics JSON (with the ``tta`` it was predicted with; with ``binary_from`` > 0 also ``binary``, classes from
-    that one on as the positive group: ``metrics.binary_metrics``, and AU-ROC, AP and recall at ``FALSE_ALARM_RATES``
-    of the positive group's summed probability, drawn in ``binary_roc_pr.png``), per-class report, confusion-matrix
+    that one on as the positive group: ``metrics.binary_metrics``, and AU-ROC, AP and the operating points at
+    ``FALSE_ALARM_RATES`` of the positive group's summed probability, drawn in ``binary_roc_pr.png``), per-class report, confusion-matrix
     PNG, the most confident mistakes' images (``mistakes.png``) and per-image predictions CSV under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -236,8 +236,9 @@ def _save_mistakes(predictions: dict, source, path, count: int = MISTAKES_SHOWN)
 
 def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_path) -> dict:
     """How well the positive group's summed probability ranks its images above the rest, at every threshold rather
-    than argmax's: {auroc, ap, recall_at_fpr: {"5%": the positive group's recall when at most 5 % of the rest is
-    flagged, ...}}, each None when the test labels hold one group; the ROC and PR curves to ``curves_path``."""
+    than argmax's: {auroc, ap, at_false_alarms: {"5%": {threshold, recall, fpr}: the cut on that probability that
+    catches the most of the positive group while flagging at most 5 % of the rest, ...}}, None when the test labels
+    hold one group; the ROC (those points marked) and PR curves to ``curves_path``."""
     positive = (np.asarray(predictions["labels"]) >= binary_from).astype(np.int64)
     score = np.asarray(predictions["probs"], np.float64)[:, binary_from:].sum(-1)
     group, rest = " + ".join(names[binary_from:]), " + ".join(names[:binary_from])
@@ -245,9 +246,9 @@ def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_pat
                            false_alarm_rates=FALSE_ALARM_RATES)
     rates = [f"{100 * r:g}%" for r in FALSE_ALARM_RATES]
     if np.unique(positive).size < 2:
-        return {"auroc": None, "ap": None, "recall_at_fpr": dict.fromkeys(rates)}
+        return {"auroc": None, "ap": None, "at_false_alarms": dict.fromkeys(rates)}
     return {"auroc": auroc(positive, score), "ap": average_precision(positive, score),
-            "recall_at_fpr": {k: recall_at_fpr(positive, score, r) for k, r in zip(rates, FALSE_ALARM_RATES)}}
+            "at_false_alarms": {k: operating_point(positive, score, r) for k, r in zip(rates, FALSE_ALARM_RATES)}}
 
 
 def write_folder_predictions(predictions: dict, source, out_dir, name: str) -> Path:
@@ -274,10 +275,14 @@ def format_report(summary: dict) -> str:
     lines.append(f"accuracy {summary['acc']:.4f} on {summary['num_images']} test images")
     if "binary" in summary:
         b = summary["binary"]
-        ranking = "" if b["auroc"] is None else (
-            f"; AU-ROC {b['auroc']:.4f}, AP {b['ap']:.4f}; recall at " + ", ".join(
-                f"{rate} false alarms {recall:.4f}" for rate, recall in b["recall_at_fpr"].items()))
+        ranking = "" if b["auroc"] is None else f"; AU-ROC {b['auroc']:.4f}, AP {b['ap']:.4f}"
         lines.append(f"2 groups, positive = {', '.join(b['positive'])} ({b['num_positive']} images): accuracy "
                      f"{b['acc']:.4f}, precision {b['precision']:.4f}, recall {b['recall']:.4f}, f1 {b['f1']:.4f}"
                      f"{ranking}")
+        group = " + ".join(b["positive"])
+        for rate, point in b["at_false_alarms"].items():
+            if point is not None:
+                cut = "nothing" if point["threshold"] is None else f"p({group}) >= {point['threshold']:.4f}"
+                lines.append(f"  at most {rate} false alarms: flag {cut}: recall {point['recall']:.4f}, "
+                             f"false alarms {point['fpr']:.4f}")
     return "\n".join(lines)

@@ -1,11 +1,11 @@
-"""AU-ROC, AP, F1-max, the ROC curve and recall at a false-positive rate against scikit-learn and a brute-force
+"""AU-ROC, AP, F1-max, the ROC curve and the operating point at a false-positive rate against scikit-learn and a brute-force
 float64 count, on random scores with many ties."""
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ssm_jax.metrics import auroc, average_precision, f1_max, precision_recall_curve, recall_at_fpr, roc_curve
+from ssm_jax.metrics import auroc, average_precision, f1_max, operating_point, precision_recall_curve, roc_curve
 
 CASES = [(0, 20, 0.5, None), (1, 300, 0.1, 5), (2, 1000, 0.7, 20), (3, 5000, 0.02, None), (4, 2, 0.5, None)]
 
@@ -40,34 +40,41 @@ def test_matches_sklearn(seed, n, positive_rate, levels):
     np.testing.assert_array_equal(thresholds[1:], ref_thresholds[1:])
 
 
-def _brute_recall_at_fpr(labels, scores, max_fpr):
-    """Every threshold tried by counting: flag score >= t for each distinct score (and none flagged)."""
+def _brute_operating_point(labels, scores, max_fpr):
+    """Every distinct score tried as the cut by counting (flag score >= t): the most recall within max_fpr, and of
+    equal recalls the highest cut (the fewest false alarms)."""
     labels, scores = np.asarray(labels, bool), np.asarray(scores, np.float64)
-    best = 0.0
-    for t in np.unique(scores):
+    best = {"threshold": None, "recall": 0.0, "fpr": 0.0}
+    for t in np.unique(scores)[::-1]:  # descending: a tie in recall keeps the higher cut
         flagged = scores >= t
-        if flagged[~labels].mean() <= max_fpr:
-            best = max(best, flagged[labels].mean())
+        fpr, recall = flagged[~labels].mean(), flagged[labels].mean()
+        if fpr <= max_fpr and recall > best["recall"]:
+            best = {"threshold": float(t), "recall": recall, "fpr": fpr}
     return best
 
 
 @pytest.mark.parametrize("seed, n, positive_rate, levels", CASES)
 @pytest.mark.parametrize("max_fpr", [0.0, 0.01, 0.05, 0.1, 0.5, 1.0])
-def test_recall_at_fpr_by_counting_and_sklearn(seed, n, positive_rate, levels, max_fpr):
+def test_operating_point_by_counting_and_sklearn(seed, n, positive_rate, levels, max_fpr):
     labels, scores = _data(seed, n, positive_rate, levels)
-    got = recall_at_fpr(labels, scores, max_fpr)
-    assert got == pytest.approx(_brute_recall_at_fpr(labels, scores, max_fpr), abs=1e-12)
-    ref_fpr, ref_tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
-    assert got == pytest.approx(ref_tpr[ref_fpr <= max_fpr].max(), abs=1e-12)
+    got = operating_point(labels, scores, max_fpr)
+    ref = _brute_operating_point(labels, scores, max_fpr)
+    assert got == pytest.approx(ref, abs=1e-12) if ref["threshold"] is not None else got == ref
+    assert got["recall"] == pytest.approx(_sklearn_recall_within(labels, scores, max_fpr), abs=1e-12)
 
 
-def test_recall_at_fpr_known_values_and_bad_rate():
+def _sklearn_recall_within(labels, scores, max_fpr):
+    fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    return tpr[fpr <= max_fpr].max()
+
+
+def test_operating_point_known_values_and_bad_rate():
     labels, scores = [0, 0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.9, 0.8, 0.95]
-    assert recall_at_fpr(labels, scores, 0.0) == 0.5  # only 0.95 is above every negative
-    assert recall_at_fpr(labels, scores, 0.25) == 1.0  # one negative in four (0.9) may be flagged
-    assert recall_at_fpr([0, 1], [0.5, 0.5], 0.5) == 0.0  # the tie cannot be split
+    assert operating_point(labels, scores, 0.0) == {"threshold": 0.95, "recall": 0.5, "fpr": 0.0}
+    assert operating_point(labels, scores, 0.25) == {"threshold": 0.8, "recall": 1.0, "fpr": 0.25}
+    assert operating_point([0, 1], [0.5, 0.5], 0.5) == {"threshold": None, "recall": 0.0, "fpr": 0.0}  # a tie
     with pytest.raises(ValueError, match=r"max_fpr must be a rate in \[0, 1\], got 5"):
-        recall_at_fpr(labels, scores, 5)
+        operating_point(labels, scores, 5)
 
 
 def test_precision_recall_curve_points():

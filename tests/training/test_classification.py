@@ -98,7 +98,7 @@ def test_evaluation_reports_two_groups_of_ordered_classes(tmp_path):
     predictions = {"probs": probs, "labels": labels, "indices": np.arange(8)}
     summary = classification.write_evaluation(predictions, source, tmp_path, binary_from=2)
     # groups (0, 1) and (2, 3): true 0 0 1 1 1 0 0 1, predicted 0 0 1 1 0 1 0 1
-    ranking = ("auroc", "ap", "recall_at_fpr")  # tested below
+    ranking = ("auroc", "ap", "at_false_alarms")  # tested below
     grouped = {k: v for k, v in summary["binary"].items() if k not in ranking}
     assert grouped == {"positive": ["p2_3", "p1"], "acc": 0.75, "precision": 0.75, "recall": 0.75, "f1": 0.75,
                        "num_positive": 4}
@@ -124,16 +124,22 @@ def test_two_groups_ranked_by_the_positive_probability_against_sklearn(tmp_path)
     binary, positive, score = summary["binary"], labels >= 2, probs[:, 2:].sum(-1)
     assert binary["auroc"] == pytest.approx(roc_auc_score(positive, score), abs=1e-12)
     assert binary["ap"] == pytest.approx(average_precision_score(positive, score), abs=1e-12)
-    fpr, tpr, _ = roc_curve(positive, score, drop_intermediate=False)
+    fpr, tpr, thresholds = roc_curve(positive, score, drop_intermediate=False)
+    report = classification.format_report(summary)
     for rate, key in ((0.01, "1%"), (0.05, "5%"), (0.1, "10%")):
-        assert binary["recall_at_fpr"][key] == pytest.approx(tpr[fpr <= rate].max(), abs=1e-12)
+        within = np.flatnonzero(fpr <= rate)
+        best = within[np.argmax(tpr[within])]  # the highest cut of the most recall
+        point = binary["at_false_alarms"][key]
+        assert point["recall"] == pytest.approx(tpr[best], abs=1e-12)
+        assert point["fpr"] == pytest.approx(fpr[best], abs=1e-12)
+        assert point["threshold"] == (None if best == 0 else pytest.approx(thresholds[best], abs=1e-12))
+        assert f"  at most {key} false alarms: flag " in report
     assert (tmp_path / "binary_roc_pr.png").stat().st_size > 0
-    assert (f"AU-ROC {binary['auroc']:.4f}, AP {binary['ap']:.4f}; recall at 1% false alarms "
-            f"{binary['recall_at_fpr']['1%']:.4f}, 5% false alarms") in classification.format_report(summary)
+    assert f"AU-ROC {binary['auroc']:.4f}, AP {binary['ap']:.4f}" in report
     one_group = {**predictions, "labels": np.zeros(60, np.int64)}
     summary = classification.write_evaluation(one_group, source, tmp_path / "one", binary_from=2)
     assert (summary["binary"]["auroc"], summary["binary"]["ap"]) == (None, None)
-    assert summary["binary"]["recall_at_fpr"] == {"1%": None, "5%": None, "10%": None}
+    assert summary["binary"]["at_false_alarms"] == {"1%": None, "5%": None, "10%": None}
     assert "AU-ROC" not in classification.format_report(summary)
 
 
