@@ -182,10 +182,11 @@ MISTAKES_SHOWN = 16  # images in mistakes.png
 
 
 def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0) -> dict:
-    """Metrics JSON (with the ``tta`` it was predicted with; with ``binary_from`` > 0 also ``binary``, classes from
-    that one on as the positive group: ``metrics.binary_metrics``, and AU-ROC, AP and the operating points at
-    ``FALSE_ALARM_RATES`` of the positive group's summed probability, drawn in ``binary_roc_pr.png``), per-class report, confusion-matrix
-    PNG, the most confident mistakes' images (``mistakes.png``) and per-image predictions CSV under ``out_dir``."""
+    """Metrics JSON (with the ``tta`` it was predicted with; with ``binary_from`` > 0 also ``binary``, classes from that
+    one on as the positive group: ``metrics.binary_metrics``, and AU-ROC, AP and the operating points at
+    ``FALSE_ALARM_RATES`` of the positive group's summed probability, drawn in ``binary_roc_pr.png``), per-class report,
+    confusion-matrix PNG, the most confident mistakes' images (``mistakes.png``) and per-image predictions CSV under
+    ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
