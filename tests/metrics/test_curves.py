@@ -1,5 +1,5 @@
-"""AU-ROC, AP, F1-max, the ROC curve and the operating point at a false-positive rate against scikit-learn and a brute-
-force float64 count, on random scores with many ties."""
+"""AU-ROC, AP, F1-max, the ROC curve and the operating point at a false-positive rate against scikit-learn and a
+brute-force float64 count, on random scores with many ties."""
 
 import numpy as np
 import pytest
