@@ -63,9 +63,9 @@ def save_confusion_matrix(confusion, class_names, path, normalize=False):
 
 def save_roc_pr_curves(labels, scores, path, title=None, false_alarm_rates=()):
     """ROC (left) and precision-recall (right) curves of binary scores, AU-ROC and AP in the legends, ``title`` (what is
-    positive) above both, and on the ROC a labelled dot at each of ``false_alarm_rates`` (the most recall at that false-
-    positive rate or less, ``operating_point``); a note instead of curves when labels hold one class. 10 x 4.5
-    inches."""
+    positive) above both, and on the ROC a labelled dot at each of ``false_alarm_rates`` (the most recall at that
+    false-positive rate or less, ``operating_point``); a note instead of curves when labels hold one class.
+    10 x 4.5 inches."""
     labels = np.asarray(labels).ravel()
     fig = Figure(figsize=(10, 4.5), dpi=DPI, layout="constrained")
     if title:
