@@ -63,8 +63,8 @@ def save_confusion_matrix(confusion, class_names, path, normalize=False):
 
 def save_roc_pr_curves(labels, scores, path, title=None, false_alarm_rates=()):
     """ROC (left) and precision-recall (right) curves of binary scores, AU-ROC and AP in the legends, ``title`` (what is
-    positive) above both, and on the ROC a labelled dot at each of ``false_alarm_rates`` (the most recall at that
-    false-positive rate or less, ``operating_point``); a note instead of curves when labels hold one class.
+    positive) above both, and on the ROC a labelled dot at each of ``false_alarm_rates``, the point of most recall at
+    that false-positive rate or less (``operating_point``); a note instead of curves when labels hold one class.
     10 x 4.5 inches."""
     labels = np.asarray(labels).ravel()
     fig = Figure(figsize=(10, 4.5), dpi=DPI, layout="constrained")
@@ -79,10 +79,10 @@ def save_roc_pr_curves(labels, scores, path, title=None, false_alarm_rates=()):
     roc_ax.plot(fpr, tpr, label=f"AU-ROC = {auroc(labels, scores):.4f}")
     roc_ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     for i, rate in enumerate(false_alarm_rates):
-        recall = operating_point(labels, scores, rate)["recall"]
-        roc_ax.plot(rate, recall, "o", color="C3", markersize=4,
-                    label=None if i else "false-positive rate: recall at most it")
-        roc_ax.annotate(f"{100 * rate:g} %: {100 * recall:.1f} %", (rate, recall), xytext=(6, -10),
+        point = operating_point(labels, scores, rate)
+        xy = point["fpr"], point["recall"]
+        roc_ax.plot(*xy, "o", color="C3", markersize=4, label=None if i else "allowed false-positive rate: recall")
+        roc_ax.annotate(f"{100 * rate:g} %: {100 * point['recall']:.1f} %", xy, xytext=(6, -10),
                         textcoords="offset points", fontsize=8, color="C3")
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
     precision, recall, _ = precision_recall_curve(labels, scores)
