@@ -32,8 +32,11 @@ def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_s
     # tta: test-time augmentation at evaluation, probabilities averaged over "flips" (4 views) or "d4" (8: the 90-degree
     # rotations and mirrors; square images) of each image; "none" by default. Results go to <workdir>/eval_tta_<mode>.
     # binary_from > 0 also reports the two-group task of ordered classes, classes binary_from.. as positive (ELPV: 2,
-    # defect probability >= 0.5 is defective), beside the per-class metrics; 0: off.
-    config.eval = ml_collections.ConfigDict({"tta": "none", "binary_from": 0})
+    # defect probability >= 0.5 is defective), beside the per-class metrics; 0: off. flag_threshold > 0 (with
+    # binary_from) flags an image when that group's summed probability reaches it: a "flagged" column in
+    # predictions.csv and predict_<folder>.csv, and its recall and false alarms on the test split (pick it from the
+    # cuts the evaluation of validation images prints); 0: off.
+    config.eval = ml_collections.ConfigDict({"tta": "none", "binary_from": 0, "flag_threshold": 0.0})
     return config
 
 

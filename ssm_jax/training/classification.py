@@ -181,12 +181,37 @@ def predict_dataset(state, predict_step, batches, *, num_examples: int, local_ba
 MISTAKES_SHOWN = 16  # images in mistakes.png
 
 
-def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0) -> dict:
+def flagged(probs, binary_from: int, threshold: float) -> np.ndarray:
+    """1 where the summed probability of classes ``binary_from``.. reaches ``threshold`` (``eval.flag_threshold``),
+    else 0: the decision of an inspection line that rejects at that cut."""
+    return (np.asarray(probs, np.float64)[:, binary_from:].sum(-1) >= threshold).astype(np.int64)
+
+
+def _flag_rates(predictions: dict, binary_from: int, threshold: float) -> dict:
+    """{threshold, recall, fpr} of flagging at ``threshold``: the positive group's share flagged and the rest's
+    (None for a group the test labels lack)."""
+    flags, positive = flagged(predictions["probs"], binary_from, threshold), predictions["labels"] >= binary_from
+    return {"threshold": threshold, "recall": _share(flags, positive), "fpr": _share(flags, ~positive)}
+
+
+def _share(flags, group):
+    """The share of ``group``'s images flagged; None for an empty group."""
+    return float(flags[group].mean()) if group.any() else None
+
+
+def _flag_column(probs, binary_from: int, threshold: float) -> dict:
+    """{"flagged": 0/1 per image} for the CSVs when flagging is on, else {}."""
+    return {"flagged": flagged(probs, binary_from, threshold)} if threshold else {}
+
+
+def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0,
+                     flag_threshold: float = 0.0) -> dict:
     """Metrics JSON (with the ``tta`` it was predicted with; with ``binary_from`` > 0 also ``binary``, classes from that
     one on as the positive group: ``metrics.binary_metrics``, and AU-ROC, AP and the operating points at
-    ``FALSE_ALARM_RATES`` of the positive group's summed probability, drawn in ``binary_roc_pr.png``), per-class report,
-    confusion-matrix PNG, the most confident mistakes' images (``mistakes.png``) and per-image predictions CSV under
-    ``out_dir``."""
+    ``FALSE_ALARM_RATES`` of the positive group's summed probability, drawn in ``binary_roc_pr.png``; with
+    ``flag_threshold`` > 0 also ``at_flag_threshold``, the rates of flagging at it), per-class report, confusion-matrix
+    PNG, the most confident mistakes' images (``mistakes.png``) and per-image predictions CSV under ``out_dir`` (with
+    a ``flagged`` column when ``flag_threshold`` > 0)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
@@ -201,16 +226,19 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
         summary["binary"] = {"positive": names[binary_from:],
                              **binary_metrics(predictions["labels"], pred, len(names), binary_from),
                              **_binary_ranking(predictions, names, binary_from, out_dir / "binary_roc_pr.png")}
+        if flag_threshold:
+            summary["binary"]["at_flag_threshold"] = _flag_rates(predictions, binary_from, flag_threshold)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
     _save_mistakes(predictions, source, out_dir / "mistakes.png")
+    flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names])
+        writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags))
         for i, idx in enumerate(predictions["indices"]):
             row = predictions["probs"][i]
             writer.writerow([source[int(idx)].path, names[predictions["labels"][i]], names[pred[i]],
-                             f"{row.max():.4f}"] + [f"{p:.4f}" for p in row])
+                             f"{row.max():.4f}"] + [f"{p:.4f}" for p in row] + [v[i] for v in flags.values()])
     return summary
 
 
@@ -252,16 +280,19 @@ def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_pat
             "at_false_alarms": {k: operating_point(positive, score, r) for k, r in zip(rates, FALSE_ALARM_RATES)}}
 
 
-def write_folder_predictions(predictions: dict, source, out_dir, name: str) -> Path:
-    """``predict_<name>.csv``: predicted class, confidence and every class probability per image, in path order."""
+def write_folder_predictions(predictions: dict, source, out_dir, name: str, binary_from: int = 0,
+                             flag_threshold: float = 0.0) -> Path:
+    """``predict_<name>.csv``: predicted class, confidence and every class probability per image, in path order;
+    with ``flag_threshold`` > 0 also ``flagged``, 1 where classes ``binary_from``.. together reach it."""
     out = Path(out_dir) / f"predict_{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
-    lines = ["path,prediction,confidence," + ",".join(f"p_{n}" for n in names)]
+    flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
+    lines = [",".join(["path", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags))]
     for r in np.argsort(predictions["indices"], kind="stable"):
         row = predictions["probs"][r]
-        lines.append(f"{source[int(predictions['indices'][r])].path},{names[int(np.argmax(row))]},{row.max():.4f},"
-                     + ",".join(f"{p:.4f}" for p in row))
+        lines.append(",".join([source[int(predictions["indices"][r])].path, names[int(np.argmax(row))],
+                               f"{row.max():.4f}"] + [f"{p:.4f}" for p in row] + [str(v[r]) for v in flags.values()]))
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -286,4 +317,8 @@ def format_report(summary: dict) -> str:
                 cut = "nothing" if point["threshold"] is None else f"p({group}) >= {point['threshold']:.4f}"
                 lines.append(f"  at most {rate} false alarms: flag {cut}: recall {point['recall']:.4f}, "
                              f"false alarms {point['fpr']:.4f}")
+        if "at_flag_threshold" in b:
+            at = {k: "-" if v is None else f"{v:.4f}" for k, v in b["at_flag_threshold"].items()}
+            lines.append(f"  at eval.flag_threshold: flag p({group}) >= {at['threshold']}: recall {at['recall']}, "
+                         f"false alarms {at['fpr']}")
     return "\n".join(lines)

@@ -70,6 +70,10 @@ def _check_classes(config, train_source) -> None:
     if not 0 <= config.eval.binary_from < len(names):
         raise ValueError(f"config.eval.binary_from={config.eval.binary_from} must be 0 (off) or the index of the first "
                          f"positive class, 1..{len(names) - 1}, of {names}")
+    threshold = config.eval.flag_threshold
+    if not 0.0 <= threshold <= 1.0 or (threshold and not config.eval.binary_from):
+        raise ValueError(f"config.eval.flag_threshold={threshold} must be 0 (off) or a probability in (0, 1] with "
+                         f"config.eval.binary_from naming the group it flags (now {config.eval.binary_from})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +110,9 @@ TASKS = {
                              check=_check_classes, step_kwargs=classification.step_kwargs,
                              state_kwargs=_classifier_kwargs, init_from=True,
                              predict_kwargs=classification.predict_kwargs,
-                             summary_kwargs=lambda config: {"tta": config.eval.tta,
-                                                            "binary_from": config.eval.binary_from},
+                             output_kwargs=lambda config: {"binary_from": config.eval.binary_from,
+                                                           "flag_threshold": config.eval.flag_threshold},
+                             summary_kwargs=lambda config: {"tta": config.eval.tta},
                              eval_dir=classification.eval_dir_name),
     "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                       frozen=reconstruction.FROZEN,

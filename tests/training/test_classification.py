@@ -1,7 +1,8 @@
 """The classification family's loss options: class weights from the training labels, label smoothing, bad values
 named, the wiring from the config through the Experiment to the train step and the pipeline, and the evaluation's
-two-group report of ordered classes."""
+two-group report of ordered classes with its operating points and flagging threshold."""
 
+import csv
 import json
 
 import jax
@@ -176,6 +177,62 @@ def test_mistakes_picture_shows_the_wrong_images_under_their_labels(tmp_path, mo
     right = {**predictions, "labels": probs.argmax(-1)}
     classification.write_evaluation(right, source, tmp_path / "right")
     assert not (tmp_path / "right" / "mistakes.png").exists()
+
+
+def test_flag_threshold_flags_the_group_in_both_csvs_and_scores_its_rates(tmp_path):
+    """eval.flag_threshold: 1 in a ``flagged`` column where p(class >= binary_from) reaches it, in predictions.csv
+    and predict_<name>.csv, and that cut's recall and false alarms counted by hand; off (0), no column."""
+    labels = np.array([0, 1, 2, 3, 3, 0, 1, 2])
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.3, 0.3, 0.2], [0.5, 0.1, 0.2, 0.2], [0.1, 0.1, 0.1, 0.7],
+                      [0.6, 0.2, 0.1, 0.1], [0.3, 0.2, 0.25, 0.25], [0.6, 0.3, 0.05, 0.05], [0.1, 0.1, 0.4, 0.4]])
+    # p(2/3) + p(1) = 0.2 0.5 0.4 0.8 0.2 0.5 0.1 0.8; at 0.45: flagged 0 1 0 1 0 1 0 1
+    source = _cells(tmp_path / "cells", labels)
+    predictions = {"probs": probs, "labels": labels, "indices": np.arange(8)}
+    summary = classification.write_evaluation(predictions, source, tmp_path / "eval", binary_from=2,
+                                              flag_threshold=0.45)
+    # positives (2, 3): images 2, 3, 4, 7 -> flagged 3 and 7; the rest: 0, 1, 5, 6 -> flagged 1 and 5
+    assert summary["binary"]["at_flag_threshold"] == {"threshold": 0.45, "recall": 0.5, "fpr": 0.5}
+    with (tmp_path / "eval" / "predictions.csv").open() as f:
+        assert [int(r["flagged"]) for r in csv.DictReader(f)] == [0, 1, 0, 1, 0, 1, 0, 1]
+    report = classification.format_report(summary)
+    assert "  at eval.flag_threshold: flag p(p2_3 + p1) >= 0.4500: recall 0.5000, false alarms 0.5000" in report
+    out = classification.write_folder_predictions({**predictions, "indices": np.arange(8)[::-1].copy()}, source,
+                                                  tmp_path / "eval", "cells", binary_from=2, flag_threshold=0.45)
+    with out.open() as f:  # written in path order: predictions row r is image indices[r]
+        assert [int(r["flagged"]) for r in csv.DictReader(f)] == [1, 0, 1, 0, 1, 0, 1, 0]
+    plain = classification.write_evaluation(predictions, source, tmp_path / "plain", binary_from=2)
+    assert "at_flag_threshold" not in plain["binary"]
+    assert "at eval.flag_threshold" not in classification.format_report(plain)
+    assert "flagged" not in (tmp_path / "plain" / "predictions.csv").read_text().splitlines()[0]
+
+
+def test_flag_threshold_reaches_evaluation_and_folder_predictions_through_the_experiment(tiny_config, tmp_path):
+    config = tiny_config(max_steps=2)
+    with config.unlocked():
+        config.eval.binary_from, config.eval.flag_threshold = 1, 0.5
+    experiment = run.Experiment(config, tmp_path / "run")
+    experiment.train()
+    summary = experiment.evaluate()
+    assert summary["binary"]["at_flag_threshold"]["threshold"] == 0.5
+    folder = tmp_path / "new"
+    _cells(folder, np.zeros(3, np.int64))
+    with experiment.predict_folder(folder).open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for r in rows:  # probabilities to 4 decimals: the flag follows their sum, away from the cut's rounding
+        group = float(r["p_b"]) + float(r["p_c"])
+        assert abs(group - 0.5) < 2e-4 or int(r["flagged"]) == (group >= 0.5)
+
+
+@pytest.mark.parametrize("threshold, binary_from", [(1.5, 1), (-0.1, 1), (0.5, 0)])
+def test_a_flag_threshold_without_a_group_or_outside_0_1_is_named_before_training(tiny_config, tmp_path, threshold,
+                                                                                   binary_from):
+    config = tiny_config()
+    with config.unlocked():
+        config.eval.flag_threshold, config.eval.binary_from = threshold, binary_from
+    with pytest.raises(ValueError, match=r"config\.eval\.flag_threshold=-?[\d.]+ must be 0 \(off\) or a probability"):
+        run.Experiment(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("value", [3, -1])
