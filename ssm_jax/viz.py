@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ssm_jax.metrics.curves import auroc, average_precision, operating_point, precision_recall_curve, roc_curve
+from ssm_jax.metrics.curves import auroc, average_precision, precision_recall_curve, roc_curve
 
 DPI = 100
 
@@ -61,11 +61,11 @@ def save_confusion_matrix(confusion, class_names, path, normalize=False):
     return _save(fig, path)
 
 
-def save_roc_pr_curves(labels, scores, path, title=None, false_alarm_rates=()):
+def save_roc_pr_curves(labels, scores, path, title=None, operating_points=None):
     """ROC (left) and precision-recall (right) curves of binary scores, AU-ROC and AP in the legends, ``title`` (what is
-    positive) above both, and on the ROC a labelled dot at each of ``false_alarm_rates``, the point of most recall at
-    that false-positive rate or less (``operating_point``); a note instead of curves when labels hold one class.
-    10 x 4.5 inches."""
+    positive) above both, and on the ROC a dot at each of ``operating_points`` ({label: {fpr, recall}}, as
+    ``metrics.operating_point`` gives them) labelled with its label and recall; a note instead of curves when labels
+    hold one class. 10 x 4.5 inches."""
     labels = np.asarray(labels).ravel()
     fig = Figure(figsize=(10, 4.5), dpi=DPI, layout="constrained")
     if title:
@@ -78,12 +78,11 @@ def save_roc_pr_curves(labels, scores, path, title=None, false_alarm_rates=()):
     fpr, tpr, _ = roc_curve(labels, scores)
     roc_ax.plot(fpr, tpr, label=f"AU-ROC = {auroc(labels, scores):.4f}")
     roc_ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
-    for i, rate in enumerate(false_alarm_rates):
-        point = operating_point(labels, scores, rate)
+    for i, (name, point) in enumerate((operating_points or {}).items()):
         xy = point["fpr"], point["recall"]
         roc_ax.plot(*xy, "o", color="C3", markersize=4, label=None if i else "allowed false-positive rate: recall")
-        roc_ax.annotate(f"{100 * rate:g} %: {100 * point['recall']:.1f} %", xy, xytext=(6, -10),
-                        textcoords="offset points", fontsize=8, color="C3")
+        roc_ax.annotate(f"{name}: {100 * point['recall']:.1f} %", xy, xytext=(6, -10), textcoords="offset points",
+                        fontsize=8, color="C3")
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
     precision, recall, _ = precision_recall_curve(labels, scores)
     pr_ax.plot(np.append(0, recall), np.append(precision[0], precision), drawstyle="steps-pre",

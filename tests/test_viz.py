@@ -45,11 +45,12 @@ def test_roc_pr_curves_title_is_drawn(tmp_path):
     assert plain.shape == titled.shape and (titled[centre_top] < 128).any() and not (plain[centre_top] < 128).any()
 
 
-def test_roc_marks_the_false_alarm_rates_in_red(tmp_path):
+def test_roc_marks_the_operating_points_in_red(tmp_path):
     from PIL import Image
     args = [0, 1, 1, 0, 1, 0, 0, 1], [0.1, 0.9, 0.5, 0.3, 0.7, 0.6, 0.2, 0.4]
     plain = np.asarray(Image.open(viz.save_roc_pr_curves(*args, tmp_path / "plain.png")).convert("RGB"), np.int64)
-    marked = np.asarray(Image.open(viz.save_roc_pr_curves(*args, tmp_path / "m.png", false_alarm_rates=(0.25,)))
+    point = {"25%": {"fpr": 0.25, "recall": 0.75}}
+    marked = np.asarray(Image.open(viz.save_roc_pr_curves(*args, tmp_path / "m.png", operating_points=point))
                         .convert("RGB"), np.int64)
     red = lambda im: (im[..., 0] > 150) & (im[..., 1] < 100) & (im[..., 2] < 100)  # matplotlib's C3
     assert not red(plain).any() and red(marked)[:, :500].any() and not red(marked)[:, 500:].any()  # on the ROC alone

@@ -181,27 +181,23 @@ def predict_dataset(state, predict_step, batches, *, num_examples: int, local_ba
 MISTAKES_SHOWN = 16  # images in mistakes.png
 
 
-def flagged(probs, binary_from: int, threshold: float) -> np.ndarray:
-    """1 where the summed probability of classes ``binary_from``.. reaches ``threshold`` (``eval.flag_threshold``),
-    else 0: the decision of an inspection line that rejects at that cut."""
-    return (np.asarray(probs, np.float64)[:, binary_from:].sum(-1) >= threshold).astype(np.int64)
-
-
-def _flag_rates(predictions: dict, binary_from: int, threshold: float) -> dict:
-    """{threshold, recall, fpr} of flagging at ``threshold``: the positive group's share flagged and the rest's
-    (None for a group the test labels lack)."""
-    flags, positive = flagged(predictions["probs"], binary_from, threshold), predictions["labels"] >= binary_from
-    return {"threshold": threshold, "recall": _share(flags, positive), "fpr": _share(flags, ~positive)}
-
-
-def _share(flags, group):
-    """The share of ``group``'s images flagged; None for an empty group."""
-    return float(flags[group].mean()) if group.any() else None
+def _group_probability(probs, binary_from: int) -> np.ndarray:
+    """p(classes ``binary_from``..) per image: the score of the two-group task, ranked and cut below."""
+    return np.asarray(probs, np.float64)[:, binary_from:].sum(-1)
 
 
 def _flag_column(probs, binary_from: int, threshold: float) -> dict:
-    """{"flagged": 0/1 per image} for the CSVs when flagging is on, else {}."""
-    return {"flagged": flagged(probs, binary_from, threshold)} if threshold else {}
+    """{"flagged": 1 where the group's probability reaches ``threshold``, else 0} when flagging is on, else {}."""
+    if not threshold:
+        return {}
+    return {"flagged": (_group_probability(probs, binary_from) >= threshold).astype(np.int64)}
+
+
+def _flag_rates(flags, positive, threshold: float) -> dict:
+    """{threshold, recall, fpr} of flagging at ``threshold``: the positive group's share flagged and the rest's
+    (None for a group the test labels lack)."""
+    share = [float(flags[group].mean()) if group.any() else None for group in (positive, ~positive)]
+    return {"threshold": threshold, "recall": share[0], "fpr": share[1]}
 
 
 def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0,
@@ -226,12 +222,13 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
         summary["binary"] = {"positive": names[binary_from:],
                              **binary_metrics(predictions["labels"], pred, len(names), binary_from),
                              **_binary_ranking(predictions, names, binary_from, out_dir / "binary_roc_pr.png")}
-        if flag_threshold:
-            summary["binary"]["at_flag_threshold"] = _flag_rates(predictions, binary_from, flag_threshold)
+    flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
+    if binary_from and flags:
+        positive = np.asarray(predictions["labels"]) >= binary_from
+        summary["binary"]["at_flag_threshold"] = _flag_rates(flags["flagged"], positive, flag_threshold)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
     _save_mistakes(predictions, source, out_dir / "mistakes.png")
-    flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags))
@@ -269,15 +266,14 @@ def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_pat
     catches the most of the positive group while flagging at most 5 % of the rest, ...}}, None when the test labels
     hold one group; the ROC (those points marked) and PR curves to ``curves_path``."""
     positive = (np.asarray(predictions["labels"]) >= binary_from).astype(np.int64)
-    score = np.asarray(predictions["probs"], np.float64)[:, binary_from:].sum(-1)
+    score = _group_probability(predictions["probs"], binary_from)
     group, rest = " + ".join(names[binary_from:]), " + ".join(names[:binary_from])
+    both = np.unique(positive).size == 2
+    points = {f"{100 * r:g}%": operating_point(positive, score, r) if both else None for r in FALSE_ALARM_RATES}
     viz.save_roc_pr_curves(positive, score, curves_path, title=f"{group} against {rest}, scored by p({group})",
-                           false_alarm_rates=FALSE_ALARM_RATES)
-    rates = [f"{100 * r:g}%" for r in FALSE_ALARM_RATES]
-    if np.unique(positive).size < 2:
-        return {"auroc": None, "ap": None, "at_false_alarms": dict.fromkeys(rates)}
-    return {"auroc": auroc(positive, score), "ap": average_precision(positive, score),
-            "at_false_alarms": {k: operating_point(positive, score, r) for k, r in zip(rates, FALSE_ALARM_RATES)}}
+                           operating_points=points if both else None)
+    return {"auroc": auroc(positive, score) if both else None,
+            "ap": average_precision(positive, score) if both else None, "at_false_alarms": points}
 
 
 def write_folder_predictions(predictions: dict, source, out_dir, name: str, binary_from: int = 0,
