@@ -82,7 +82,10 @@ def summarize(runs: list, keys: list[str] | None = None, evaluation: str = "eval
         seen = {str(p): f[key] for p, f in zip(paths, flat) if key in f}
         if len(set(seen.values())) > 1:
             raise ValueError(f"over_runs: the runs disagree on {key}: {seen}; they were scored on different data")
-    names = [k for k in flat[0] if not is_count(k) and (keys is None or any(fnmatch.fnmatch(k, p) for p in keys))]
+    # Keys from every run, not the first alone: a metric only a later run has is refused below as missing, whatever
+    # the order the runs are given in.
+    every_key = dict.fromkeys(k for f in flat for k in f)
+    names = [k for k in every_key if not is_count(k) and (keys is None or any(fnmatch.fnmatch(k, p) for p in keys))]
     missing = {str(p): [k for k in names if k not in f] for p, f in zip(paths, flat)}
     missing = {p: m for p, m in missing.items() if m}
     if missing:

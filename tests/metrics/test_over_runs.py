@@ -72,8 +72,9 @@ def test_entry_added_later_compares_on_the_keys_all_runs_have(tmp_path):
     (new / "eval" / "metrics.json").write_text(json.dumps(metrics))
     rows = over_runs.summarize([new, old], ["acc", "per_class.p1.recall"])
     assert [r["values"] for r in rows] == [[0.74, 0.70], [0.2, 0.1]]
-    with pytest.raises(ValueError, match=r"missing from some runs: .*old.*binary\.acc"):
-        over_runs.summarize([new, old], ["binary.*"])
+    for order in ([new, old], [old, new]):
+        with pytest.raises(ValueError, match=r"missing from some runs: .*old.*binary\.acc"):
+            over_runs.summarize(order, ["acc", "binary.*"])
 
 
 def test_command_line_prints_the_table(tmp_path, capsys):
