@@ -38,9 +38,12 @@ Class balance (both variants, since 2026-12-04): training draws class c in propo
 epochs and the p = 0 cells 0.87 times. Fine-tuned from ``:mim`` at full size it kept test accuracy (76.1 +- 0.8 %
 against 76.2 +- 0.4 %, Welch's p = 0.81) and raised macro F1 (55.2 +- 1.9 % against 52.6 +- 1.3 %, p = 0.13) and
 the p = 2/3 class's recall (8.6 against 1.2 %); at 64 px from scratch it kept accuracy (71.0 +- 1.2 against 70.4
-+- 1.1 %) and raised macro F1 (50.7 +- 3.0 against 41.3 +- 1.7 %, p = 0.016). Seeds 0-2 each; docs/
-elpv_experiments.md, "Class-balanced sampling". Every other figure in this docstring, and in resnet_elpv's, was
-measured before, with no class balance: add ``--config.data.class_balance=0`` to a command to repeat it.
++- 1.1 %) and raised macro F1 (50.7 +- 3.0 against 41.3 +- 1.7 %, p = 0.016). From scratch at full size it changed
+nothing three seeds can see (72.3 +- 0.8 % and 49.1 +- 1.5 % against 72.6 +- 1.0 % and 48.7 +- 1.9 %; memory off
+72.1 +- 0.4 % and 46.4 +- 0.7 %; 2026-12-04, sessions 41-42). Seeds 0-2 each; docs/elpv_experiments.md,
+"Class-balanced sampling" and "The class-balanced default from scratch". Every other figure in this docstring, and in
+resnet_elpv's, was measured before, with no class balance: add ``--config.data.class_balance=0`` to a command to
+repeat it.
 
 The ablations, each one override of the recipe (3 seeds each, S in 0 1 2; compare test accuracy, macro F1 and
 the per-class recall in ``<workdir>/eval/metrics.json``, e.g. with ``python -m ssm_jax.metrics.over_runs``). The
