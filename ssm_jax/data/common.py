@@ -21,9 +21,11 @@ ANOMALY = "anomaly"
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-    """One example. Classification: ``label`` indexes ``class_names`` and ``category`` is the class name.
-    Anomaly detection: ``label`` is 0 (good) / 1 (anomalous), ``defect`` the defect type ("good" for
-    normals), ``mask_path`` the pixel mask or None (None for a normal image means an all-zero mask)."""
+    """One example. Classification: ``label`` indexes ``class_names``, ``category`` is the class name and
+    ``subset`` ("" for none) a part of the data the evaluation also scores on its own (ELPV: the cell type, mono or
+    poly, as the published results report it). Anomaly detection: ``label`` is 0 (good) / 1 (anomalous), ``defect``
+    the defect type ("good" for normals), ``mask_path`` the pixel mask or None (None for a normal image means an
+    all-zero mask)."""
 
     path: str
     label: int
@@ -31,6 +33,7 @@ class Record:
     defect: str = ""
     mask_path: str | None = None
     xyz_path: str | None = None
+    subset: str = ""
 
 
 @dataclasses.dataclass

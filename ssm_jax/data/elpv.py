@@ -9,7 +9,8 @@ same ``labels.csv`` + ``images/``.
 
 Views:
 * classification (``elpv_source``): probability 0, 1/3, 2/3, 1 -> class 0..3; split 75/25 (``test_fraction``)
-  stratified by class and cell type, seeded.
+  stratified by class and cell type, seeded; each record's ``subset`` is its cell type, so the evaluation also
+  scores mono and poly cells apart.
 * anomaly detection (``elpv_ad_source``): functional cells (p = 0) are normal, p >= 1/3 anomalous (a 1/3
   cell was judged "possibly defective" by the annotators and counts as an anomaly). The normals are split
   by a seeded draw stratified by cell type: train = (1 - test_normal_fraction) of them, test = the held-out
@@ -65,7 +66,7 @@ def elpv_source(root: str | None = None, split: str = "train", *, test_fraction:
                 seed: int = 0, strict: bool = False) -> Source:
     check_split(split, ("train", "test", "all"))
     paths, classes, types = read_labels(root)
-    records = [Record(p, int(c), CLASS_NAMES[c]) for p, c in zip(paths, classes)]
+    records = [Record(p, int(c), CLASS_NAMES[c], subset=str(t)) for p, c, t in zip(paths, classes, types)]
     if split != "all":
         train, test = stratified_split(_strata(classes, types), test_fraction, seed=seed)
         records = [records[i] for i in (train if split == "train" else test)]

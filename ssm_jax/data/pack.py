@@ -153,7 +153,7 @@ def verify(dataset: str, root: str | None, zip_path: str) -> dict[str, int]:
 
 def _key(record, root: str) -> tuple:
     mask = None if record.mask_path is None else os.path.relpath(record.mask_path, root)
-    return os.path.relpath(record.path, root), record.label, record.category, record.defect, mask
+    return os.path.relpath(record.path, root), record.label, record.category, record.defect, mask, record.subset
 
 
 def main(argv: list[str] | None = None) -> None:

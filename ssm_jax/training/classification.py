@@ -205,9 +205,10 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
     """Metrics JSON (with the ``tta`` it was predicted with; with ``binary_from`` > 0 also ``binary``, classes from that
     one on as the positive group: ``metrics.binary_metrics``, and AU-ROC, AP and the operating points at
     ``FALSE_ALARM_RATES`` of the positive group's summed probability, drawn in ``binary_roc_pr.png``; with
-    ``flag_threshold`` > 0 also ``at_flag_threshold``, the rates of flagging at it), per-class report, confusion-matrix
-    PNG, the most confident mistakes' images (``mistakes.png``) and per-image predictions CSV under ``out_dir`` (with
-    a ``flagged`` column when ``flag_threshold`` > 0)."""
+    ``flag_threshold`` > 0 also ``at_flag_threshold``, the rates of flagging at it; when the records name subsets,
+    ``per_subset``), per-class report, confusion-matrix PNG, the most confident mistakes' images (``mistakes.png``)
+    and per-image predictions CSV under ``out_dir`` (with a ``flagged`` column when ``flag_threshold`` > 0 and a
+    ``subset`` column when the records name subsets)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
@@ -222,6 +223,9 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
         summary["binary"] = {"positive": names[binary_from:],
                              **binary_metrics(predictions["labels"], pred, len(names), binary_from),
                              **_binary_ranking(predictions, names, binary_from, out_dir / "binary_roc_pr.png")}
+    subsets = np.array([source[int(i)].subset for i in predictions["indices"]])
+    if subsets.any():
+        summary["per_subset"] = _per_subset(predictions, pred, subsets, names, binary_from)
     flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
     if binary_from and flags:
         positive = np.asarray(predictions["labels"]) >= binary_from
@@ -231,12 +235,33 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
     _save_mistakes(predictions, source, out_dir / "mistakes.png")
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags))
+        extra = {**flags, **({"subset": subsets} if subsets.any() else {})}
+        writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(extra))
         for i, idx in enumerate(predictions["indices"]):
             row = predictions["probs"][i]
             writer.writerow([source[int(idx)].path, names[predictions["labels"][i]], names[pred[i]],
-                             f"{row.max():.4f}"] + [f"{p:.4f}" for p in row] + [v[i] for v in flags.values()])
+                             f"{row.max():.4f}"] + [f"{p:.4f}" for p in row] + [v[i] for v in extra.values()])
     return summary
+
+
+def _per_subset(predictions: dict, pred, subsets, names: list, binary_from: int) -> dict:
+    """{subset: {num_images, acc, f1, recall: {class: recall}, and with ``binary_from`` binary: {acc, auroc}}} for
+    each subset the records name (ELPV's cell types), in sorted order; a class or group a subset lacks scores None."""
+    labels, out = np.asarray(predictions["labels"]), {}
+    for name in sorted(set(subsets) - {""}):
+        keep = subsets == name
+        m = classification_metrics(labels[keep], pred[keep], len(names))
+        support = m["per_class"]["support"]
+        entry = {"num_images": int(keep.sum()), "acc": m["acc"], "f1": m["f1"],
+                 "recall": {n: float(m["per_class"]["recall"][i]) if support[i] else None
+                            for i, n in enumerate(names)}}
+        if binary_from:
+            positive = (labels[keep] >= binary_from).astype(np.int64)
+            score = _group_probability(predictions["probs"][keep], binary_from)
+            entry["binary"] = {"acc": binary_metrics(labels[keep], pred[keep], len(names), binary_from)["acc"],
+                               "auroc": auroc(positive, score) if np.unique(positive).size == 2 else None}
+        out[name] = entry
+    return out
 
 
 def most_confident_mistakes(probs, labels, count: int) -> np.ndarray:
@@ -317,4 +342,12 @@ def format_report(summary: dict) -> str:
             at = {k: "-" if v is None else f"{v:.4f}" for k, v in b["at_flag_threshold"].items()}
             lines.append(f"  at eval.flag_threshold: flag p({group}) >= {at['threshold']}: recall {at['recall']}, "
                          f"false alarms {at['fpr']}")
+    for name, sub in summary.get("per_subset", {}).items():
+        recall = " / ".join("-" if r is None else f"{r:.4f}" for r in sub["recall"].values())
+        two = ""
+        if "binary" in sub:
+            auc = sub["binary"]["auroc"]
+            two = f"; 2 groups {sub['binary']['acc']:.4f}" + ("" if auc is None else f", AU-ROC {auc:.4f}")
+        lines.append(f"subset {name} ({sub['num_images']} images): accuracy {sub['acc']:.4f}, f1 {sub['f1']:.4f}, "
+                     f"recall {recall}{two}")
     return "\n".join(lines)

@@ -20,6 +20,16 @@ def test_classification_split_is_stratified_and_seeded(elpv_labels):
     assert [r.path for r in get_source("elpv", None, "test", seed=1)] != [r.path for r in test]
 
 
+
+def test_classification_records_carry_the_cell_type(elpv_labels):
+    paths, _, types = elpv_labels
+    type_of = dict(zip(paths, types))
+    test = get_source("elpv", None, "test")
+    assert all(r.subset == type_of[r.path] for r in test)
+    mono = sum(r.subset == "mono" for r in test)
+    assert abs(mono / len(test) - np.mean(types == "mono")) < 0.01  # the split is stratified by type too
+
+
 def test_anomaly_view(elpv_labels):
     _, classes, _ = elpv_labels
     train, test = get_source("elpv_ad", None, "train"), get_source("elpv_ad", None, "test")

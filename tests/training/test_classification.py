@@ -144,6 +144,45 @@ def test_two_groups_ranked_by_the_positive_probability_against_sklearn(tmp_path)
     assert "AU-ROC" not in classification.format_report(summary)
 
 
+def test_subsets_are_scored_apart_against_sklearn(tmp_path):
+    """Records naming a subset (ELPV's cell type): ``per_subset`` holds each one's accuracy, macro F1, per-class
+    recall and two-group accuracy and AU-ROC, as scikit-learn computes them on that subset's images alone; the
+    report prints a line each and predictions.csv a ``subset`` column. Without subsets, neither."""
+    from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+    rng = np.random.default_rng(1)
+    labels = np.r_[rng.integers(0, 4, 40), rng.integers(0, 3, 30)]  # "poly" lacks class 3
+    probs = rng.dirichlet(np.ones(4), 70) + np.eye(4)[labels] * rng.uniform(0, 1, (70, 1))
+    probs[40:, 3] = 0.0  # and none is predicted there, so its macro F1 is over the classes present
+    probs /= probs.sum(-1, keepdims=True)
+    subsets = ["mono"] * 40 + ["poly"] * 30
+    cells = _cells(tmp_path / "cells", labels)
+    source = Source([Record(r.path, r.label, subset=t) for r, t in zip(cells.records, subsets)], cells.class_names)
+    order = rng.permutation(70)  # the predictions come in the pipeline's order, not the source's
+    predictions = {"probs": probs[order], "labels": labels[order], "indices": order}
+    summary = classification.write_evaluation(predictions, source, tmp_path / "eval", binary_from=2)
+    assert list(summary["per_subset"]) == ["mono", "poly"]
+    pred = probs.argmax(-1)
+    for name, keep in (("mono", slice(0, 40)), ("poly", slice(40, 70))):
+        sub, y, p = summary["per_subset"][name], labels[keep], pred[keep]
+        present = np.union1d(y, p)
+        assert sub["num_images"] == len(y)
+        assert sub["acc"] == pytest.approx(accuracy_score(y, p), abs=1e-12)
+        assert sub["f1"] == pytest.approx(f1_score(y, p, labels=present, average="macro"), abs=1e-12)
+        recalls = recall_score(y, p, labels=[0, 1, 2, 3], average=None, zero_division=0)
+        assert [sub["recall"][c] for c in cells.class_names] == [
+            pytest.approx(r, abs=1e-12) if c in y else None for c, r in enumerate(recalls)]
+        assert sub["binary"]["acc"] == pytest.approx(accuracy_score(y >= 2, p >= 2), abs=1e-12)
+        assert sub["binary"]["auroc"] == pytest.approx(roc_auc_score(y >= 2, probs[keep, 2:].sum(-1)), abs=1e-12)
+    report = classification.format_report(summary)
+    assert f"subset poly (30 images): accuracy {summary['per_subset']['poly']['acc']:.4f}" in report
+    assert report.splitlines()[-1].split("recall ")[1].split(";")[0].endswith(" / -")  # poly has no p1 cell
+    with (tmp_path / "eval" / "predictions.csv").open() as f:
+        assert {r["path"]: r["subset"] for r in csv.DictReader(f)} == {r.path: r.subset for r in source.records}
+    plain = classification.write_evaluation(predictions, cells, tmp_path / "plain")
+    assert "per_subset" not in plain and "subset" not in classification.format_report(plain)
+    assert "subset" not in (tmp_path / "plain" / "predictions.csv").read_text().splitlines()[0]
+
+
 def test_most_confident_mistakes_first():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.95, 0.05], [0.3, 0.7]])
     labels = np.array([1, 1, 1, 0, 0, 0])  # wrong: 0 (0.9), 2 (0.6), 3 (0.7), 5 (0.7)
