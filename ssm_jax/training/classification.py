@@ -224,7 +224,8 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
                              **binary_metrics(predictions["labels"], pred, len(names), binary_from),
                              **_binary_ranking(predictions, names, binary_from, out_dir / "binary_roc_pr.png")}
     subsets = np.array([source[int(i)].subset for i in predictions["indices"]])
-    if subsets.any():
+    has_subsets = bool((subsets != "").any())
+    if has_subsets:
         summary["per_subset"] = _per_subset(predictions, pred, subsets, names, binary_from)
     flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
     if binary_from and flags:
@@ -235,7 +236,7 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
     _save_mistakes(predictions, source, out_dir / "mistakes.png")
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        extra = {**flags, **({"subset": subsets} if subsets.any() else {})}
+        extra = {**flags, **({"subset": subsets} if has_subsets else {})}
         writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(extra))
         for i, idx in enumerate(predictions["indices"]):
             row = predictions["probs"][i]

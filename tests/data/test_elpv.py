@@ -20,7 +20,6 @@ def test_classification_split_is_stratified_and_seeded(elpv_labels):
     assert [r.path for r in get_source("elpv", None, "test", seed=1)] != [r.path for r in test]
 
 
-
 def test_classification_records_carry_the_cell_type(elpv_labels):
     paths, _, types = elpv_labels
     type_of = dict(zip(paths, types))
