@@ -90,12 +90,21 @@ def eval_dir_name(config) -> str:
 
 
 def step_kwargs(config, train_source) -> dict:
-    """``make_train_step``'s arguments that depend on the training set: the class weights."""
+    """``make_train_step``'s arguments beyond ``config.loss``: the class weights, which depend on the training set,
+    and ``config.optim.sam_rho``."""
     weights = resolve_class_weights(config.loss.class_weights, train_source.labels, config.model.num_classes)
-    return {"class_weights": weights}
+    return {"class_weights": weights, "sam_rho": config.optim.sam_rho}
 
 
-def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights: np.ndarray | None = None):
+def sam_point(params, grads, rho: float):
+    """``params + rho g / |g|`` (global norm over the tree): SAM's worst point within ``rho``, to first order."""
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
+    scale = rho / (norm + 1e-12)
+    return jax.tree.map(lambda p, g: p + (scale * g).astype(p.dtype), params, grads)
+
+
+def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights: np.ndarray | None = None,
+                    sam_rho: float = 0.0):
     """``(state, batch) -> (state, metrics)``, jitted with the batch sharded and the state replicated.
 
     ``loss_config.label_smoothing``, ``loss_config.ordinal`` (soft ordinal labels, ``losses.cross_entropy``) and
@@ -113,6 +122,10 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
     A model with batch normalisation (the ResNet classifier) normalises over the batch it sees and updates its
     running statistics each step; with accumulation they move by the mean of the micro-batches' updates, one
     moving-average step per optimizer step.
+
+    With ``sam_rho`` > 0 (sharpness-aware minimisation) the gradient is taken again at ``sam_point``, on the same images
+    and dropout draws, and that one makes the update (per micro-batch with accumulation); the logged loss and accuracy,
+    and the running statistics, are the first pass's, at the parameters themselves.
     """
 
     def grads_and_metrics(state: TrainState, batch, rng):
@@ -135,6 +148,8 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
             return total, (outputs["logits"], parts, updates)
 
         (loss, (logits, parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if sam_rho > 0:
+            grads = jax.grad(lambda p: loss_fn(p)[0])(sam_point(state.params, grads, sam_rho))
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
         return grads, {"loss": loss, "acc": acc, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}}, updates
 
@@ -146,6 +161,9 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
 
     check_grad_accum_steps(grad_accum_steps)
     mixing_lib.check_alphas(loss_config.mixup_alpha, loss_config.cutmix_alpha)
+    if not sam_rho >= 0:
+        raise ValueError(f"config.optim.sam_rho={sam_rho}; expected a value >= 0 (0: off; the radius of "
+                         f"sharpness-aware minimisation's step otherwise, e.g. 0.05)")
     mixing = loss_config.mixup_alpha > 0 or loss_config.cutmix_alpha > 0
     if not 0 <= loss_config.label_smoothing < 1:
         raise ValueError(f"loss.label_smoothing={loss_config.label_smoothing}; expected a value in [0, 1) (0: off)")

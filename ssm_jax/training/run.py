@@ -193,6 +193,9 @@ class Experiment:
             takers = " and ".join(name for name, family in TASKS.items() if family.init_from)
             raise ValueError(f"config.train.init_from is a setting of {takers} runs, not of "
                              f"config.task={config.task!r}")
+        if config.optim.sam_rho and config.task != "classification":
+            raise ValueError(f"config.optim.sam_rho is a setting of classification runs, not of "
+                             f"config.task={config.task!r}")
         self.train_source = load_source(config, "train")
         _check_task(config, self.family, self.train_source)
         steps_per_epoch = len(self.train_source) // config.train.batch_size
