@@ -88,6 +88,15 @@ def test_elpv_default_root(tmp_path, monkeypatch, capsys):
     pack.pack("elpv", None, 10, again, progress=False)
     with open(out, "rb") as a, open(again, "rb") as b:
         assert a.read() == b.read()  # deterministic bytes
+    swapped = str(tmp_path / "swapped.zip")  # the cell types exchanged: the split's records no longer match
+    with zipfile.ZipFile(out) as src, zipfile.ZipFile(swapped, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "labels.csv":
+                data = data.replace(b"mono", b"tmp").replace(b"poly", b"mono").replace(b"tmp", b"poly")
+            dst.writestr(name, data)
+    with pytest.raises(ValueError, match="packed 'all' split differs"):
+        pack.verify("elpv", root, swapped)
 
 
 def test_packed_image_matches_pipeline_for_other_modes(tmp_path):
