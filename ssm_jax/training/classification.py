@@ -204,6 +204,13 @@ def _group_probability(probs, binary_from: int) -> np.ndarray:
     return np.asarray(probs, np.float64)[:, binary_from:].sum(-1)
 
 
+def _two_groups(labels, probs, binary_from: int):
+    """(positive 0/1 per image, its score ``_group_probability``, whether both groups are present so that a ranking
+    of the score is defined)."""
+    positive = (np.asarray(labels) >= binary_from).astype(np.int64)
+    return positive, _group_probability(probs, binary_from), np.unique(positive).size == 2
+
+
 def _flag_column(probs, binary_from: int, threshold: float) -> dict:
     """{"flagged": 1 where the group's probability reaches ``threshold``, else 0} when flagging is on, else {}."""
     if not threshold:
@@ -275,10 +282,9 @@ def _per_subset(predictions: dict, pred, subsets, names: list, binary_from: int)
                  "recall": {n: float(m["per_class"]["recall"][i]) if support[i] else None
                             for i, n in enumerate(names)}}
         if binary_from:
-            positive = (labels[keep] >= binary_from).astype(np.int64)
-            score = _group_probability(predictions["probs"][keep], binary_from)
+            positive, score, both = _two_groups(labels[keep], predictions["probs"][keep], binary_from)
             entry["binary"] = {"acc": binary_metrics(labels[keep], pred[keep], len(names), binary_from)["acc"],
-                               "auroc": auroc(positive, score) if np.unique(positive).size == 2 else None}
+                               "auroc": auroc(positive, score) if both else None}
         out[name] = entry
     return out
 
@@ -309,10 +315,8 @@ def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_pat
     than argmax's: {auroc, ap, at_false_alarms: {"5%": {threshold, recall, fpr}: the cut on that probability that
     catches the most of the positive group while flagging at most 5 % of the rest, ...}}, None when the test labels
     hold one group; the ROC (those points marked) and PR curves to ``curves_path``."""
-    positive = (np.asarray(predictions["labels"]) >= binary_from).astype(np.int64)
-    score = _group_probability(predictions["probs"], binary_from)
+    positive, score, both = _two_groups(predictions["labels"], predictions["probs"], binary_from)
     group, rest = " + ".join(names[binary_from:]), " + ".join(names[:binary_from])
-    both = np.unique(positive).size == 2
     points = {f"{100 * r:g}%": operating_point(positive, score, r) if both else None for r in FALSE_ALARM_RATES}
     viz.save_roc_pr_curves(positive, score, curves_path, title=f"{group} against {rest}, scored by p({group})",
                            operating_points=points if both else None)

@@ -101,6 +101,7 @@ class Family:
     on_fresh_start: Callable[[ml_collections.ConfigDict], None] = lambda config: None
     data_task: str = ""
     init_from: bool = False  # whether create_state takes config.train.init_from
+    sam: bool = False  # whether make_train_step takes config.optim.sam_rho (through step_kwargs)
 
 
 TASKS = {
@@ -108,7 +109,7 @@ TASKS = {
                              "metrics.json, confusion.png, mistakes.png, predictions.csv, binary_roc_pr.png with "
                              "eval.binary_from",
                              check=_check_classes, step_kwargs=classification.step_kwargs,
-                             state_kwargs=_classifier_kwargs, init_from=True,
+                             state_kwargs=_classifier_kwargs, init_from=True, sam=True,
                              predict_kwargs=classification.predict_kwargs,
                              output_kwargs=lambda config: {"binary_from": config.eval.binary_from,
                                                            "flag_threshold": config.eval.flag_threshold},
@@ -193,9 +194,9 @@ class Experiment:
             takers = " and ".join(name for name, family in TASKS.items() if family.init_from)
             raise ValueError(f"config.train.init_from is a setting of {takers} runs, not of "
                              f"config.task={config.task!r}")
-        if config.optim.sam_rho and config.task != "classification":
-            raise ValueError(f"config.optim.sam_rho is a setting of classification runs, not of "
-                             f"config.task={config.task!r}")
+        if config.optim.sam_rho and not self.family.sam:
+            takers = " and ".join(name for name, family in TASKS.items() if family.sam)
+            raise ValueError(f"config.optim.sam_rho is a setting of {takers} runs, not of config.task={config.task!r}")
         self.train_source = load_source(config, "train")
         _check_task(config, self.family, self.train_source)
         steps_per_epoch = len(self.train_source) // config.train.batch_size
