@@ -12,6 +12,7 @@ Measured (one H200, 2026-12-01, seeds 0-2, docs/elpv_experiments.md, "A ResNet-3
 accuracy and 48.8 +- 3.5 % macro F1 from scratch, where MemoryMamba-tiny gets 72.6 +- 1.0 % and 48.7 +- 1.9 %; lr 1e-3
 gives 72.0 %. At 160 epochs (``--config.train.epochs=160``, 2026-12-02): 74.5 +- 1.0 % and 54.8 +- 1.7 %, where
 MemoryMamba-tiny (seed 0) gets 73.6 %; the longer schedule is not the default, as the recipe is shared with MemoryMamba.
+With sharpness-aware minimisation on that schedule (``--config.optim.sam_rho=0.05``, 2026-12-04): 74.3 +- 0.7 %.
 These runs predate the recipe's class balance (``data.class_balance`` 0.25 since 2026-12-04): add
 ``--config.data.class_balance=0`` to repeat them.
 
