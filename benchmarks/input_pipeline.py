@@ -1,12 +1,14 @@
 """Input-pipeline throughput: images/second decoded + resized + normalised + batched, per worker count.
 
-    python -m benchmarks.input_pipeline --workers 0,1,2 [--source elpv|jpeg] [--image-size 256]
+    python -m benchmarks.input_pipeline --workers 0,1,2 [--source elpv|jpeg] [--image-size 256] [--augment]
 
 ``elpv`` reads the packaged ELPV cells (300x300 grayscale PNG); ``jpeg`` writes ``--num-images`` 512x512
 RGB JPEG crops of scikit-image textures to a temporary class-per-folder tree first. Workers 0 means
 decoding in this process with ``--threads`` threads; per-core rates divide by max(1, workers).
 "decoding" times batches with the decoded-image cache off (every epoch decodes again); "cached" times batches
 after one whole epoch with the cache on (what later epochs of a training run cost when the images fit in memory).
+``--augment`` adds the ELPV ``:gpu`` recipe's training augmentations (both flips, 90-degree rotations and the
+affine warp ``RECIPE_AFFINE``), which run on every read, cached or not.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from ssm_jax.data import get_source, make_pipeline
 from ssm_jax.data.synthetic import TEXTURES, texture, random_view
 
 
+RECIPE_AFFINE = (3.0, 0.05, 0.02)  # configs/memorymamba_elpv.py's gpu variant
+
+
 def jpeg_tree(directory: str, num_images: int) -> str:
     rng = np.random.default_rng(0)
     for i in range(num_images):
@@ -33,10 +38,14 @@ def jpeg_tree(directory: str, num_images: int) -> str:
     return directory
 
 
+def augmentations(on: bool) -> dict:
+    return {"flips": ("horizontal", "vertical"), "rot90": True, "affine": RECIPE_AFFINE} if on else {}
+
+
 def measure(source, workers: int, args, cached: bool) -> float:
     ds = make_pipeline(source, batch_size=args.batch_size, image_size=args.image_size, train=True, seed=0,
                        shard_index=0, shard_count=1, num_workers=workers, num_threads=args.threads,
-                       cache_bytes=1 << 40 if cached else 0)
+                       cache_bytes=1 << 40 if cached else 0, **augmentations(args.augment))
     it = iter(ds)
     epoch = -(-len(source) // args.batch_size)
     for _ in range(epoch + args.warmup if cached else args.warmup):
@@ -59,12 +68,13 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--num-images", type=int, default=256)
+    p.add_argument("--augment", action="store_true", help="add the ELPV gpu recipe's flips, rotations and warp")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         source = (get_source("elpv", None, "all") if args.source == "elpv"
                   else get_source("folder", jpeg_tree(tmp, args.num_images), "all"))
         print(f"source={args.source} ({len(source)} images)  size={args.image_size}  batch={args.batch_size}  "
-              f"cpus={os.cpu_count()}")
+              f"augment={args.augment}  cpus={os.cpu_count()}")
         print(f"{'workers':>7} {'threads':>7} {'decoding images/s':>18} {'per core':>9} {'cached images/s':>16}")
         for workers in (int(w) for w in args.workers.split(",")):
             rate, cached = measure(source, workers, args, False), measure(source, workers, args, True)
