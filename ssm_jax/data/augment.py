@@ -13,6 +13,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 FLIPS = {"horizontal": 1, "vertical": 0}
 _SPATIAL = ("image", "mask")
@@ -66,29 +67,48 @@ def warp_affine(image: np.ndarray, degrees: float, scale: float, shift: tuple[fl
                 nearest: bool = False) -> np.ndarray:
     """``image`` (H, W, C) rotated by ``degrees`` counter-clockwise and scaled by ``scale`` about its centre, then
     shifted by ``shift`` = (rows, columns) pixels; bilinear (``nearest``: nearest-neighbour, for masks), with
-    coordinates outside the image clamped to its edge. Zero rotation and shift at scale 1 return the input."""
-    h, w, _ = image.shape
+    coordinates outside the image clamped to its edge. Zero rotation and shift at scale 1 return the input's values.
+
+    Bilinear output is float32 (uint8 pixels in, their interpolated values out, on the same 0-255 scale), computed
+    by PIL's float-mode affine resampling on a copy padded with its edge pixels just far enough for every source
+    coordinate; an image whose channels are all equal (grayscale stored as RGB, as most defect datasets are) is
+    warped once. Nearest keeps the dtype."""
+    h, w, channels = image.shape
     theta = math.radians(degrees)
     cos, sin = math.cos(theta), math.sin(theta)
     # Output pixel o comes from c + R(theta)^-1 (o - c - shift) / scale, in (row, column) coordinates with rows
     # pointing down, where R(theta) = [[cos, -sin], [sin, cos]] turns counter-clockwise as displayed.
     inverse = np.array([[cos, sin], [-sin, cos]]) / scale
-    rows = (np.arange(h) - (h - 1) / 2 - shift[0])[:, None]
-    cols = (np.arange(w) - (w - 1) / 2 - shift[1])[None, :]
-    y = np.clip(inverse[0, 0] * rows + inverse[0, 1] * cols + (h - 1) / 2, 0, h - 1).ravel()
-    x = np.clip(inverse[1, 0] * rows + inverse[1, 1] * cols + (w - 1) / 2, 0, w - 1).ravel()
-    flat = image.reshape(h * w, -1)
     if nearest:
-        return np.take(flat, np.rint(y).astype(np.int64) * w + np.rint(x).astype(np.int64), axis=0).reshape(image.shape)
-    y0, x0 = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
-    i00 = y0 * w + x0
-    right, down = (x0 < w - 1).astype(np.int64), np.where(y0 < h - 1, w, 0)  # the next pixel, or the edge again
-    fy, fx = (y - y0).astype(image.dtype)[:, None], (x - x0).astype(image.dtype)[:, None]
-    pixels = lambda index: np.take(flat, index, axis=0)  # 3x faster than fancy indexing
-    top, bottom = pixels(i00), pixels(i00 + down)
-    top += (pixels(i00 + right) - top) * fx
-    bottom += (pixels(i00 + down + right) - bottom) * fx
-    return (top + (bottom - top) * fy).reshape(image.shape)
+        rows = (np.arange(h) - (h - 1) / 2 - shift[0])[:, None]
+        cols = (np.arange(w) - (w - 1) / 2 - shift[1])[None, :]
+        y = np.clip(inverse[0, 0] * rows + inverse[0, 1] * cols + (h - 1) / 2, 0, h - 1).ravel()
+        x = np.clip(inverse[1, 0] * rows + inverse[1, 1] * cols + (w - 1) / 2, 0, w - 1).ravel()
+        index = np.rint(y).astype(np.int64) * w + np.rint(x).astype(np.int64)
+        return np.take(image.reshape(h * w, channels), index, axis=0).reshape(image.shape)
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    offset = centre - inverse @ (centre + np.asarray(shift, np.float64))  # source = inverse @ output + offset
+    if all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, channels)):
+        return np.repeat(_bilinear_plane(image[..., 0], inverse, offset)[..., None], channels, axis=2)
+    return np.stack([_bilinear_plane(image[..., c], inverse, offset) for c in range(channels)], axis=-1)
+
+
+def _bilinear_plane(plane: np.ndarray, inverse: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """(H, W) plane read bilinearly at source (row, col) = inverse @ (row, col) + offset of each output pixel, as
+    float32, clamping to the edge: PIL's affine transform of the plane padded by edge replication to cover the
+    corners' source coordinates (an affine map's extremes), so its fill colour is never read."""
+    h, w = plane.shape
+    corners = inverse @ np.array([[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]], np.float64) + offset[:, None]
+    pad = int(math.ceil(max(0.0, -corners.min(), corners[0].max() - (h - 1), corners[1].max() - (w - 1)))) + 1
+    padded = np.pad(plane.astype(np.float32, copy=False), pad, mode="edge")
+    # PIL maps output pixel centres (x + 0.5, y + 0.5) to source (a (x + .5) + b (y + .5) + c, d (x + .5) + ...) and
+    # samples with pixel centres at + 0.5: the source column in padded pixel coordinates is
+    # inverse[1, 1] x + inverse[1, 0] y + offset[1] + pad, and the row likewise.
+    a, b, d, e = inverse[1, 1], inverse[1, 0], inverse[0, 1], inverse[0, 0]
+    coefficients = (a, b, offset[1] + pad + 0.5 - 0.5 * (a + b), d, e, offset[0] + pad + 0.5 - 0.5 * (d + e))
+    warped = Image.fromarray(padded).transform((w, h), Image.Transform.AFFINE, coefficients,
+                                               resample=Image.Resampling.BILINEAR)  # float32 -> mode "F"
+    return np.asarray(warped)
 
 
 @dataclasses.dataclass

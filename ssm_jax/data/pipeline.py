@@ -1,4 +1,4 @@
-"""grain input pipelines: source -> decode/resize/normalise -> shard -> shuffle -> repeat -> augment -> batch.
+"""grain input pipelines: source -> decode/resize -> shard -> shuffle -> repeat -> augment -> normalise -> batch.
 
 ``make_pipeline`` returns a ``grain.IterDataset``; ``iter()`` of it is a ``grain.DatasetIterator`` whose
 ``get_state()`` / ``set_state()`` save and restore the position, so a resumed run continues at the same
@@ -14,15 +14,18 @@ Sharding: process ``shard_index`` of ``shard_count`` (default ``jax.process_inde
 reads every ``shard_count``-th example; for training every shard gets the same length (the remainder
 is dropped) so all processes run the same number of steps. Training shuffles with ``seed`` and reshuffles
 every epoch, repeating ``num_epochs`` times (None: forever) and dropping the last partial batch;
-evaluation reads each example once in order. Augmentations (``ssm_jax.data.augment``) run in a fixed order,
-each only when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine),
-so turning one on leaves the others' draws as they were. ``class_balance`` > 0 (training only) draws the examples
-from one endless stream per class instead of one shuffled pass over all of them (``class_balanced``), so the rare
-classes of a defect dataset are seen more often; an epoch stays ``len(source)`` examples. ``num_workers > 0``
-decodes in that many worker processes (``mp_prefetch``; in training each worker batches every
-``num_workers``-th example of the shuffled stream, so the order is deterministic for a given seed and worker
-count but changes with the worker count; in evaluation the workers decode single examples and this process
-batches them in order, as without workers); otherwise
+evaluation reads each example once in order. Augmentations (``ssm_jax.data.augment``) run in a fixed order, each only
+when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine), so turning
+one on leaves the others' draws as they were. They act on the decoded uint8 pixels and the image is normalised after
+them, so flips and rotations move a quarter of the bytes and the warp interpolates one channel of a grayscale image
+rather than three normalised ones (``augment.warp_affine``): with the ELPV recipe's augmentations, 1.4 times the
+images a second (``python -m benchmarks.input_pipeline --augment``, README). ``class_balance`` > 0 (training only)
+draws the examples from one endless stream per class instead of one shuffled pass over all of them
+(``class_balanced``), so the rare classes of a defect dataset are seen more often; an epoch stays ``len(source)``
+examples. ``num_workers > 0`` decodes in that many worker processes (``mp_prefetch``; in training each worker batches
+every ``num_workers``-th example of the shuffled stream, so the order is deterministic for a given seed and worker
+count but changes with the worker count; in evaluation the workers decode single examples and this process batches
+them in order, as without workers); otherwise
 ``num_threads`` threads prefetch examples in this process and one more thread assembles the next
 ``prefetch_batches`` batches, so ``next()`` returns at once while the train step runs: without it, batching 32
 cached 64 px images took the training loop's thread 10-40 ms a step, 17-19 s of waiting over the ``:cpu`` ELPV
@@ -55,8 +58,16 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 (..., 3) -> float32, ImageNet mean/std."""
-    return (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    """uint8 pixels (..., 3), or float32 ones on the same 0-255 scale (a warped image) -> float32, ImageNet mean/std."""
+    out = image.astype(np.float32)  # a copy even of float32 input; the steps below run in place on it, with the
+    out /= 255.0                     # same results as the expression (x / 255 - mean) / std and one allocation
+    out -= IMAGENET_MEAN
+    out /= IMAGENET_STD
+    return out
+
+
+def _normalize_image(ex: dict) -> dict:
+    return {**ex, "image": normalize(ex["image"])}
 
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -102,7 +113,7 @@ class Decode:
                 self._decoded[index] = ex  # dict assignment is atomic: prefetch threads may share this
         if ex is _CORRUPT:
             return None
-        out = {"image": normalize(ex["image"]), "label": np.int32(ex["label"]), "index": np.int64(index)}
+        out = {"image": ex["image"], "label": np.int32(ex["label"]), "index": np.int64(index)}
         if self.source.task == ANOMALY:
             out["mask"] = ex["mask"][..., None].astype(np.float32)
             out["has_mask"] = np.bool_(ex["has_mask"])
@@ -180,6 +191,7 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
         ds = ds.random_map(RandomRot90(), seed=seed + 2)
     if any(affine):
         ds = ds.random_map(RandomAffine(*affine), seed=seed + 3)
+    ds = ds.map(_normalize_image)
     ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
     if num_workers > 0:
         from absl import flags  # grain's workers read absl flags; outside an absl app they are unparsed

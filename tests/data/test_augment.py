@@ -45,6 +45,44 @@ def test_affine_scale_is_about_the_centre():
     assert (out[4, 4, 0], out[4, 6, 0], out[4, 8, 0]) == (1.0, 0.0, 2.0)
 
 
+def _reference_bilinear(image, degrees, scale, shift):
+    """float64 NumPy: each output pixel o reads c + R(theta)^-1 (o - c - shift) / scale, clamped to the image, and
+    interpolates its four neighbours (the last row and column their own neighbours)."""
+    h, w, _ = image.shape
+    theta = np.radians(degrees)
+    inverse = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]]) / scale
+    r, c = np.meshgrid(np.arange(h) - (h - 1) / 2 - shift[0], np.arange(w) - (w - 1) / 2 - shift[1], indexing="ij")
+    y = np.clip(inverse[0, 0] * r + inverse[0, 1] * c + (h - 1) / 2, 0, h - 1)
+    x = np.clip(inverse[1, 0] * r + inverse[1, 1] * c + (w - 1) / 2, 0, w - 1)
+    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (y - y0)[..., None], (x - x0)[..., None]
+    px = image.astype(np.float64)
+    top = px[y0, x0] * (1 - fx) + px[y0, x1] * fx
+    bottom = px[y1, x0] * (1 - fx) + px[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+@pytest.mark.parametrize("shape", [(24, 24, 3), (17, 13, 1), (9, 30, 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_bilinear_affine_matches_a_float64_reference(shape, dtype):
+    """Random rotations (any angle), scales and shifts, so the edge padding is exercised in every direction."""
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(8):
+        image = (rng.integers(0, 256, shape) if dtype == np.uint8 else rng.standard_normal(shape)).astype(dtype)
+        args = (rng.uniform(-180, 180), rng.uniform(0.5, 1.5), tuple(rng.uniform(-8, 8, 2)))
+        out = warp_affine(image, *args)
+        assert out.shape == shape and out.dtype == np.float32
+        tolerance = 1e-4 * (255 if dtype == np.uint8 else 1)  # float32 resampling against float64
+        np.testing.assert_allclose(out, _reference_bilinear(image, *args), atol=tolerance)
+
+
+def test_bilinear_affine_warps_a_grayscale_image_once_with_the_same_values():
+    gray = np.random.default_rng(0).integers(0, 256, (20, 20, 1), dtype=np.uint8)
+    out = warp_affine(np.repeat(gray, 3, axis=2), 7.0, 1.1, (1.5, -2.0))
+    np.testing.assert_array_equal(out, np.repeat(warp_affine(gray, 7.0, 1.1, (1.5, -2.0)), 3, axis=2))
+
+
 def test_random_affine_keeps_shapes_dtypes_label_and_binary_mask():
     ex = _example(size=16)
     transform = RandomAffine(10.0, 0.1, 0.1)
