@@ -68,10 +68,12 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--num-images", type=int, default=256)
+    p.add_argument("--root", default=None, help="an ELPV folder (labels.csv, images/; e.g. an unpacked pack) "
+                   "instead of the elpv-dataset package's")
     p.add_argument("--augment", action="store_true", help="add the ELPV gpu recipe's flips, rotations and warp")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        source = (get_source("elpv", None, "all") if args.source == "elpv"
+        source = (get_source("elpv", args.root, "all") if args.source == "elpv"
                   else get_source("folder", jpeg_tree(tmp, args.num_images), "all"))
         print(f"source={args.source} ({len(source)} images)  size={args.image_size}  batch={args.batch_size}  "
               f"augment={args.augment}  cpus={os.cpu_count()}")
