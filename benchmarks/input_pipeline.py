@@ -1,6 +1,6 @@
 """Input-pipeline throughput: images/second decoded + resized + normalised + batched, per worker count.
 
-    python -m benchmarks.input_pipeline --workers 0,1,2 [--source elpv|jpeg] [--image-size 256] [--augment]
+    python -m benchmarks.input_pipeline --workers 0,1,2 [--source elpv|jpeg] [--root DIR] [--image-size 256] [--augment]
 
 ``elpv`` reads the packaged ELPV cells (300x300 grayscale PNG); ``jpeg`` writes ``--num-images`` 512x512
 RGB JPEG crops of scikit-image textures to a temporary class-per-folder tree first. Workers 0 means

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ssm_jax.data import augment
 from ssm_jax.data.augment import RandomAffine, RandomRot90, check_affine, warp_affine
 
 
@@ -77,10 +78,17 @@ def test_bilinear_affine_matches_a_float64_reference(shape, dtype):
         np.testing.assert_allclose(out, _reference_bilinear(image, *args), atol=tolerance)
 
 
-def test_bilinear_affine_warps_a_grayscale_image_once_with_the_same_values():
+def test_bilinear_affine_warps_a_grayscale_image_once_with_the_same_values(monkeypatch):
     gray = np.random.default_rng(0).integers(0, 256, (20, 20, 1), dtype=np.uint8)
+    single = warp_affine(gray, 7.0, 1.1, (1.5, -2.0))
+    planes, real = [], augment._bilinear_plane
+    monkeypatch.setattr(augment, "_bilinear_plane", lambda plane, *a: planes.append(plane) or real(plane, *a))
     out = warp_affine(np.repeat(gray, 3, axis=2), 7.0, 1.1, (1.5, -2.0))
-    np.testing.assert_array_equal(out, np.repeat(warp_affine(gray, 7.0, 1.1, (1.5, -2.0)), 3, axis=2))
+    np.testing.assert_array_equal(out, np.repeat(single, 3, axis=2))
+    assert len(planes) == 1
+    colour = np.concatenate([gray, gray, 255 - gray], axis=2)
+    warp_affine(colour, 7.0, 1.1, (1.5, -2.0))
+    assert len(planes) == 4  # channels that differ are warped one by one
 
 
 def test_random_affine_keeps_shapes_dtypes_label_and_binary_mask():
