@@ -8,7 +8,7 @@ decoding in this process with ``--threads`` threads; per-core rates divide by ma
 "decoding" times batches with the decoded-image cache off (every epoch decodes again); "cached" times batches
 after one whole epoch with the cache on (what later epochs of a training run cost when the images fit in memory).
 ``--augment`` adds the ELPV ``:gpu`` recipe's training augmentations (both flips, 90-degree rotations and the
-affine warp ``RECIPE_AFFINE``), which run on every read, cached or not.
+affine warp, read from ``configs/memorymamba_elpv.py``), which run on every read, cached or not.
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ import time
 import numpy as np
 from PIL import Image
 
+from configs import memorymamba_elpv
 from ssm_jax.data import get_source, make_pipeline
 from ssm_jax.data.synthetic import TEXTURES, texture, random_view
-
-
-RECIPE_AFFINE = (3.0, 0.05, 0.02)  # configs/memorymamba_elpv.py's gpu variant
 
 
 def jpeg_tree(directory: str, num_images: int) -> str:
@@ -39,7 +37,11 @@ def jpeg_tree(directory: str, num_images: int) -> str:
 
 
 def augmentations(on: bool) -> dict:
-    return {"flips": ("horizontal", "vertical"), "rot90": True, "affine": RECIPE_AFFINE} if on else {}
+    """The ELPV ``:gpu`` recipe's augmentation arguments of ``make_pipeline``, read from its config, or none."""
+    if not on:
+        return {}
+    data = memorymamba_elpv.get_config("gpu").data
+    return {"flips": tuple(data.flips), "rot90": data.rot90, "affine": tuple(data.affine)}
 
 
 def measure(source, workers: int, args, cached: bool) -> float:

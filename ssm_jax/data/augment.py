@@ -79,7 +79,7 @@ def warp_affine(image: np.ndarray, degrees: float, scale: float, shift: tuple[fl
     # Output pixel o comes from c + R(theta)^-1 (o - c - shift) / scale, in (row, column) coordinates with rows
     # pointing down, where R(theta) = [[cos, -sin], [sin, cos]] turns counter-clockwise as displayed.
     inverse = np.array([[cos, sin], [-sin, cos]]) / scale
-    if nearest:
+    if nearest:  # coordinates in the centred form, whose rounding at exact half-pixel ties masks have always had
         rows = (np.arange(h) - (h - 1) / 2 - shift[0])[:, None]
         cols = (np.arange(w) - (w - 1) / 2 - shift[1])[None, :]
         y = np.clip(inverse[0, 0] * rows + inverse[0, 1] * cols + (h - 1) / 2, 0, h - 1).ravel()

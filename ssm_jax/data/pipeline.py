@@ -58,9 +58,10 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 pixels (..., 3), or float32 ones on the same 0-255 scale (a warped image) -> float32, ImageNet mean/std."""
-    out = image.astype(np.float32)  # a copy even of float32 input; the steps below run in place on it, with the
-    out /= 255.0                     # same results as the expression (x / 255 - mean) / std and one allocation
+    """uint8 pixels (..., 3), or float32 ones on the same 0-255 scale (a warped image) -> float32, ImageNet mean/std:
+    (x / 255 - mean) / std, computed in place on one copy."""
+    out = image.astype(np.float32)
+    out /= 255.0
     out -= IMAGENET_MEAN
     out /= IMAGENET_STD
     return out
