@@ -42,6 +42,7 @@ no result: every epoch yields the same arrays, in the same order and with the sa
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import warnings
 from typing import Sequence
@@ -65,6 +66,20 @@ def normalize(image: np.ndarray) -> np.ndarray:
     out -= IMAGENET_MEAN
     out /= IMAGENET_STD
     return out
+
+
+def finish_shared_memory() -> None:
+    """Unlinks the worker batches' shared memory that grain still has queued for its background thread.
+
+    Batches from worker processes arrive in shared memory that grain unlinks on a thread pool when they are freed;
+    at exit multiprocessing stops that pool with unlinks still queued, and Python's resource tracker then warns of
+    "leaked shared_memory objects" (and removes them). Run at exit once a pipeline with workers was made."""
+    cls = grain.multiprocessing.SharedMemoryArray
+    pool = getattr(cls, "_del_thread_pool", None)  # grain's own attribute; absent in other versions: nothing to do
+    if pool is not None:
+        cls._del_thread_pool = None  # arrays freed from here on unlink at once
+        pool.close()
+        pool.join()
 
 
 def _normalize_image(ex: dict) -> dict:
@@ -200,6 +215,8 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         workers = grain.MultiprocessingOptions(num_workers=num_workers)
+        atexit.unregister(finish_shared_memory)  # once however many pipelines; registered after multiprocessing's
+        atexit.register(finish_shared_memory)  # own exit handler, so it runs before that stops grain's pool
         if train:  # each worker batches its own every num_workers-th example
             return ids.batch(batch_size, drop_remainder=True).mp_prefetch(workers)
         # Evaluation: the workers decode, this process batches, so every batch but the last is full and in order
