@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import signal
 import warnings
 from typing import Sequence
 
@@ -80,6 +81,14 @@ def finish_shared_memory() -> None:
         cls._del_thread_pool = None  # arrays freed from here on unlink at once
         pool.close()
         pool.join()
+
+
+def _leave_sigterm_to_the_main_process(worker_index: int, worker_count: int) -> None:
+    """Worker processes ignore SIGTERM, which a scheduler or ``timeout`` sends to the whole process group: the main
+    process checkpoints, then stops them; killed mid-batch they would leave its shared memory to the resource
+    tracker, with the same leak warning."""
+    del worker_index, worker_count
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _normalize_image(ex: dict) -> dict:
@@ -218,10 +227,10 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
         atexit.unregister(finish_shared_memory)  # once however many pipelines; registered after multiprocessing's
         atexit.register(finish_shared_memory)  # own exit handler, so it runs before that stops grain's pool
         if train:  # each worker batches its own every num_workers-th example
-            return ids.batch(batch_size, drop_remainder=True).mp_prefetch(workers)
+            return ids.batch(batch_size, drop_remainder=True).mp_prefetch(workers, _leave_sigterm_to_the_main_process)
         # Evaluation: the workers decode, this process batches, so every batch but the last is full and in order
         # (per-worker batches would each end short: the evaluation loop counts full batches).
-        return ids.mp_prefetch(workers).batch(batch_size, drop_remainder=False)
+        return ids.mp_prefetch(workers, _leave_sigterm_to_the_main_process).batch(batch_size, drop_remainder=False)
     ids = ids.batch(batch_size, drop_remainder=train)
     if prefetch_batches > 0:  # its iterator's state counts the batches handed out, not those made ahead
         ids = grain.experimental.ThreadPrefetchIterDataset(ids, prefetch_buffer_size=prefetch_batches)

@@ -149,28 +149,38 @@ def test_eval_with_worker_processes_gives_full_batches_in_order(folder):
 
 
 _READ_WITH_WORKERS = """
-import sys
+import os, signal, sys
 from ssm_jax.data import get_source, make_pipeline
+
+stop = []
 
 
 def read(train):
     src = get_source("folder", sys.argv[1], "all")
     it = iter(make_pipeline(src, batch_size=2, image_size=64, train=train, num_workers=2, num_threads=2))
-    return len([next(it) for _ in range(4)])
+    batches = [next(it) for _ in range(4)]
+    if sys.argv[2] == "sigterm":  # as a scheduler stops a job: SIGTERM to the process group, workers included
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        os.killpg(0, signal.SIGTERM)
+        while not stop:
+            batches.append(next(it))
+    return len(batches)
 
 
 if __name__ == "__main__":
-    print(read(True), read(False))
+    print(read(True) >= 4, read(False) >= 4)
 """
 
 
-def test_worker_batches_leave_no_shared_memory_at_exit(replica_root):
+@pytest.mark.parametrize("how", ["to_the_end", "sigterm"])
+def test_worker_batches_leave_no_shared_memory_at_exit(replica_root, how):
     """A process that read batches from worker processes exits without the resource tracker's "leaked
-    shared_memory objects" warning (grain's queued unlinks are finished at exit)."""
-    run = subprocess.run([sys.executable, "-c", _READ_WITH_WORKERS, os.path.join(replica_root, "folder")],
-                         capture_output=True, text=True, timeout=300)
+    shared_memory objects" warning: grain's queued unlinks are finished at exit, and the workers leave a SIGTERM
+    sent to the whole process group to the main process, which stops them cleanly."""
+    run = subprocess.run([sys.executable, "-c", _READ_WITH_WORKERS, os.path.join(replica_root, "folder"), how],
+                         capture_output=True, text=True, timeout=300, start_new_session=True)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["4", "4"]
+    assert run.stdout.split() == ["True", "True"]
     assert "leaked shared_memory" not in run.stderr, run.stderr
 
 
