@@ -23,6 +23,7 @@ def evaluate(config, workdir, predict_dir):
 
 
 def main(argv):
+    cli.use_deterministic_ops(_CONFIG.value)
     cli.run(argv, evaluate, _CONFIG.value, _WORKDIR.value, _PREDICT_DIR.value)
 
 

@@ -12,6 +12,7 @@ _CONFIG, _WORKDIR = cli.define_run_flags("Directory for checkpoints, metrics.jso
 
 
 def main(argv):
+    cli.use_deterministic_ops(_CONFIG.value)
     cli.run(argv, train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 

@@ -67,9 +67,13 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     ``init_from`` (classification and pretraining runs): the workdir of another run whose matching parameters start
     this one, e.g. a masked-image pretraining run; top-level parameter names in ``init_exclude`` stay fresh
     (``ssm_jax/training/init_from.py``).
+
+    ``deterministic`` makes XLA's GPU programs run-to-run deterministic (``cli.use_deterministic_ops``): the same
+    seed then gives the same numbers on the same GPU, and a resumed run those of an uninterrupted one. It costs speed.
     """
     defaults = {"epochs": 10, "batch_size": 64, "eval_batch_size": 64, "log_every": 10, "checkpoint_every": 200,
-                "max_to_keep": 3, "max_steps": -1, "grad_accum_steps": 1, "init_from": "", "init_exclude": ("head",)}
+                "max_to_keep": 3, "max_steps": -1, "grad_accum_steps": 1, "init_from": "", "init_exclude": ("head",),
+                "deterministic": False}
     return ml_collections.ConfigDict({**defaults, **overrides})
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
 import jax
 from absl import app, flags, logging
+from jax._src import xla_bridge
 from ml_collections import config_flags
 
 from ssm_jax.training.checkpoint import CheckpointError
@@ -58,6 +60,25 @@ def define_run_flags(workdir_help: str):
     workdir = flags.DEFINE_string("workdir", None, workdir_help)
     flags.mark_flags_as_required(["config", "workdir"])
     return config, workdir
+
+
+DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def use_deterministic_ops(config) -> None:
+    """With ``config.train.deterministic``, add XLA's flag for run-to-run deterministic GPU programs to ``XLA_FLAGS``.
+
+    GPU runs of one seed otherwise differ: XLA autotunes convolutions and matmuls afresh in each process and some
+    reductions use atomics, so the sums' order changes; the differences grow over training. The flag keeps to
+    deterministic algorithms and turns autotuning off (slower; the Pallas scan uses no atomics and needs nothing).
+    XLA reads its flags once, when JAX first starts a backend, hence a process-level setting called before that.
+    """
+    if not config.train.get("deterministic", False) or DETERMINISTIC_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError("train.deterministic must be applied before JAX starts its backends; "
+                           f"set XLA_FLAGS={DETERMINISTIC_FLAG} in the environment instead")
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DETERMINISTIC_FLAG}".strip()
 
 
 def _drop_closed_loop_callbacks(unraisable) -> None:

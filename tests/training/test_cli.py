@@ -1,5 +1,6 @@
 """The CLI wrapper's exits: bad input is one message with code 1, a run stopped by SIGTERM exits with code 143."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -79,3 +80,37 @@ def test_a_mistyped_config_key_is_one_line_naming_it(override, expected, tmp_pat
     assert len(lines) == 1 and lines[0].startswith(f"error: unknown config key in {override.split('=')[0]!r}: "), lines
     assert expected in lines[0]
     assert not any(tmp_path.iterdir())  # nothing written for a run that never started
+
+
+_DETERMINISTIC = """
+import os, sys
+import jax
+from ssm_jax.training import cli
+config, _ = cli.define_run_flags("")
+cli.parse_flags(["train.py", "--config=configs/resnet_elpv.py:cpu", "--workdir=unused"] + sys.argv[1:])
+cli.use_deterministic_ops(config.value)
+print(os.environ.get("XLA_FLAGS"), "|", float(jax.numpy.ones(3).sum()))
+"""
+
+
+@pytest.mark.parametrize("override, flags", [
+    ("--config.train.deterministic=True", "--xla_cpu_enable_fast_math=false --xla_gpu_deterministic_ops=true"),
+    ("--config.train.deterministic=False", "--xla_cpu_enable_fast_math=false"),
+])
+def test_deterministic_adds_xla_flag_to_the_users_before_jax_starts(override, flags):
+    """The override reaches XLA_FLAGS beside the user's own flags, and XLA accepts it when its backend starts."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    run = subprocess.run([sys.executable, "-c", _DETERMINISTIC, override], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=pathlib.Path(__file__).parents[2])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[-2] == f"{flags} | 3.0"
+
+
+def test_deterministic_after_jax_started_is_refused_unless_already_set(monkeypatch):
+    jax.numpy.ones(1).block_until_ready()  # this process's backend is running
+    config = types.SimpleNamespace(train={"deterministic": True})
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with pytest.raises(RuntimeError, match="set XLA_FLAGS=--xla_gpu_deterministic_ops=true in the environment"):
+        cli.use_deterministic_ops(config)
+    monkeypatch.setenv("XLA_FLAGS", cli.DETERMINISTIC_FLAG)
+    cli.use_deterministic_ops(config)  # already in force: nothing to do
