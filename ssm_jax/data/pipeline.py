@@ -85,8 +85,8 @@ def finish_shared_memory() -> None:
 
 def _leave_sigterm_to_the_main_process(worker_index: int, worker_count: int) -> None:
     """Worker processes ignore SIGTERM, which a scheduler or ``timeout`` sends to the whole process group: the main
-    process checkpoints, then stops them; killed mid-batch they would leave its shared memory to the resource
-    tracker, with the same leak warning."""
+    process checkpoints, then stops them; killed mid-batch they would leave that batch's shared memory to the
+    resource tracker, with the same leak warning."""
     del worker_index, worker_count
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

@@ -8,7 +8,7 @@ import sys
 
 import jax
 from absl import app, flags, logging
-from jax._src import xla_bridge
+from jax._src import xla_bridge  # backends_are_initialized: JAX has no public way to ask
 from ml_collections import config_flags
 
 from ssm_jax.training.checkpoint import CheckpointError
