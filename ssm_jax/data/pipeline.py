@@ -83,12 +83,13 @@ def finish_shared_memory() -> None:
         pool.join()
 
 
-def _leave_sigterm_to_the_main_process(worker_index: int, worker_count: int) -> None:
-    """Worker processes ignore SIGTERM, which a scheduler or ``timeout`` sends to the whole process group: the main
-    process checkpoints, then stops them; killed mid-batch they would leave that batch's shared memory to the
-    resource tracker, with the same leak warning."""
+def _workers_ignore_stop_signals(worker_index: int, worker_count: int) -> None:
+    """Worker processes ignore SIGTERM and SIGINT, which a scheduler, ``timeout`` or Ctrl-C send to the whole process
+    group: the main process checkpoints (or unwinds), then grain stops them. Killed mid-batch they would leave that
+    batch's shared memory to the resource tracker, with the same leak warning, and print a traceback each."""
     del worker_index, worker_count
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _normalize_image(ex: dict) -> dict:
@@ -227,10 +228,10 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
         atexit.unregister(finish_shared_memory)  # once however many pipelines; registered after multiprocessing's
         atexit.register(finish_shared_memory)  # own exit handler, so it runs before that stops grain's pool
         if train:  # each worker batches its own every num_workers-th example
-            return ids.batch(batch_size, drop_remainder=True).mp_prefetch(workers, _leave_sigterm_to_the_main_process)
+            return ids.batch(batch_size, drop_remainder=True).mp_prefetch(workers, _workers_ignore_stop_signals)
         # Evaluation: the workers decode, this process batches, so every batch but the last is full and in order
         # (per-worker batches would each end short: the evaluation loop counts full batches).
-        return ids.mp_prefetch(workers, _leave_sigterm_to_the_main_process).batch(batch_size, drop_remainder=False)
+        return ids.mp_prefetch(workers, _workers_ignore_stop_signals).batch(batch_size, drop_remainder=False)
     ids = ids.batch(batch_size, drop_remainder=train)
     if prefetch_batches > 0:  # its iterator's state counts the batches handed out, not those made ahead
         ids = grain.experimental.ThreadPrefetchIterDataset(ids, prefetch_buffer_size=prefetch_batches)

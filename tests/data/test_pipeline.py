@@ -159,9 +159,10 @@ def read(train):
     src = get_source("folder", sys.argv[1], "all")
     it = iter(make_pipeline(src, batch_size=2, image_size=64, train=train, num_workers=2, num_threads=2))
     batches = [next(it) for _ in range(4)]
-    if sys.argv[2] == "sigterm":  # as a scheduler stops a job: SIGTERM to the process group, workers included
-        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-        os.killpg(0, signal.SIGTERM)
+    if sys.argv[2] != "to_the_end":  # as a scheduler or Ctrl-C stop a job: a signal to the process group
+        signum = getattr(signal, sys.argv[2])
+        signal.signal(signum, lambda *_: stop.append(1))
+        os.killpg(0, signum)
         while not stop:
             batches.append(next(it))
     return len(batches)
@@ -172,11 +173,11 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how", ["to_the_end", "sigterm"])
+@pytest.mark.parametrize("how", ["to_the_end", "SIGTERM", "SIGINT"])
 def test_worker_batches_leave_no_shared_memory_at_exit(replica_root, how):
     """A process that read batches from worker processes exits without the resource tracker's "leaked
-    shared_memory objects" warning: grain's queued unlinks are finished at exit, and the workers leave a SIGTERM
-    sent to the whole process group to the main process, which stops them cleanly."""
+    shared_memory objects" warning: grain's queued unlinks are finished at exit, and the workers leave a SIGTERM or
+    SIGINT sent to the whole process group to the main process, which stops them cleanly."""
     run = subprocess.run([sys.executable, "-c", _READ_WITH_WORKERS, os.path.join(replica_root, "folder"), how],
                          capture_output=True, text=True, timeout=300, start_new_session=True)
     assert run.returncode == 0, run.stderr
