@@ -18,8 +18,6 @@ from ssm_jax.training.preemption import Preempted
 
 # Errors that mean "fix the input", shown as one message instead of a traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, CheckpointError, NonFiniteLossError)
-# Exit status of a run stopped by SIGTERM after checkpointing (128 + 15, the shell's convention for SIGTERM).
-PREEMPTED_EXIT_CODE = 143
 
 
 def _unknown_key_message(argv: list[str], err: Exception) -> str | None:
@@ -105,7 +103,7 @@ def out_of_memory_message(err: Exception) -> str:
 def run(argv: list[str], fn, *args):
     """Body of a CLI ``main``: quiet logging, join a multi-process job, run ``fn``; bad input exits with code 1
     and its message instead of a traceback, as does running out of accelerator memory (with what to change); a
-    run stopped by SIGTERM (checkpointed) exits with code 143."""
+    run stopped on request (checkpointed) exits with the shell's code for the signal: 143 SIGTERM, 130 Ctrl-C."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
@@ -121,4 +119,4 @@ def run(argv: list[str], fn, *args):
         sys.exit(f"error: {out_of_memory_message(err)}")
     except Preempted as err:
         print(err, file=sys.stderr, flush=True)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(err.exit_code)

@@ -5,9 +5,9 @@ A task supplies ``train_step(state, batch) -> (state, metrics)`` and a batch ite
 
 One step stays queued: step n is dispatched, then the loop waits for step n - 1 to finish and fetches the batch of
 step n + 1 while step n computes. Checkpoints are written in the background while the next steps run; the last
-one, and one still being written when the loop stops (error, Ctrl-C), is waited for. Asked to stop (SIGTERM: a
-cluster's preemption or time limit, ``timeout``), the loop checkpoints the step it is on and raises ``Preempted``
-(``ssm_jax.training.preemption``), so the same command resumes there. Each logged line also says
+one, and one still being written when the loop stops (an error, a second Ctrl-C), is waited for. Asked to stop
+(SIGTERM: a cluster's preemption or time limit, ``timeout``; or Ctrl-C), the loop checkpoints the step it is on and
+raises ``Preempted`` (``ssm_jax.training.preemption``), so the same command resumes there. Each logged line also says
 where the time went since the last one (``LoopClock``): ``data_wait_s`` (seconds blocked on the input pipeline),
 ``max_pause_s`` (the longest time between two finished steps, checkpoints included), ``images_per_s`` (without
 the first step) and, on the first line of a run, ``compile_s`` (the first step: tracing, compiling, running it).
@@ -33,6 +33,7 @@ quiet; it is shared, and other jobs' load doubled them at times):
 from __future__ import annotations
 
 import math
+import signal
 import time
 from typing import Callable, Iterator
 
@@ -169,8 +170,8 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
                     last_saved = done
                 if stopping:
                     bar.close()
-                    raise Preempted(done, checkpointer.directory)
-    finally:  # also on an error or Ctrl-C: the checkpoint being written completes, so a rerun resumes from it
+                    raise Preempted(done, checkpointer.directory, stop.signum or signal.SIGTERM)
+    finally:  # also on an error or a second Ctrl-C: the checkpoint being written completes, so a rerun resumes from it
         checkpointer.wait_until_finished()
     bar.close()
     return state

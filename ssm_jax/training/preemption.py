@@ -1,9 +1,10 @@
-"""Stop a training run cleanly when it is asked to (SIGTERM): checkpoint at the next step, then exit.
+"""Stop a training run cleanly when it is asked to (SIGTERM, Ctrl-C): checkpoint at the next step, then exit.
 
 Cluster schedulers (SLURM on preemption or at the time limit, Kubernetes on eviction), ``timeout`` and ``kill``
-send SIGTERM and kill the process a grace period later. Without a handler the steps since the last periodic
-checkpoint are lost; with it the loop finishes the step it is on, saves a checkpoint there and raises
-``Preempted``, and the same command resumes from that step with the same result.
+send SIGTERM and kill the process a grace period later; a person at the terminal presses Ctrl-C (SIGINT). Without a
+handler the steps since the last periodic checkpoint are lost; with it the loop finishes the step it is on, saves a
+checkpoint there and raises ``Preempted``, and the same command resumes from that step with the same result. A
+second Ctrl-C interrupts at once.
 
 In a multi-process job every process must save at the same step (the save is collective), so the decision is
 JAX's preemption sync point (``multihost_utils.reached_preemption_sync_point``): JAX's coordination service
@@ -13,6 +14,7 @@ notices SIGTERM on any process and all of them agree on a step. One process alon
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 import jax
@@ -20,41 +22,51 @@ from jax.experimental import multihost_utils
 
 
 class Preempted(Exception):
-    """The run stopped on request after checkpointing ``step``; rerunning the same command resumes there."""
+    """The run stopped on request after checkpointing ``step``; rerunning the same command resumes there.
+    ``exit_code`` is the shell's for the signal: 143 for SIGTERM, 130 for Ctrl-C."""
 
-    def __init__(self, step: int, directory):
-        super().__init__(f"stopped on request (SIGTERM) after step {step}; its checkpoint is in {directory}: run the "
-                         f"same command again to resume from it")
+    def __init__(self, step: int, directory, signum: int = signal.SIGTERM):
+        super().__init__(f"stopped on request ({signal.Signals(signum).name}) after step {step}; its checkpoint is "
+                         f"in {directory}: run the same command again to resume from it")
         self.step = step
+        self.exit_code = 128 + signum
 
 
 class StopRequest:
     """Context manager: while active, ``requested(step)`` says whether the run should checkpoint and stop now.
 
-    Called once per step, at the same steps on every process. One process: SIGTERM sets a flag (the previous
-    handler is restored on exit; off the main thread, where Python cannot install handlers, nothing is watched).
-    Several processes: JAX's preemption sync point decides.
+    Called once per step, at the same steps on every process. One process: SIGTERM or a first Ctrl-C sets
+    ``signum`` (a second Ctrl-C raises ``KeyboardInterrupt``; SIGINT is left alone where it is ignored, as in a
+    background job; the previous handlers are restored on exit; off the main thread, where Python cannot install
+    handlers, nothing is watched). Several processes: JAX's preemption sync point decides, on SIGTERM.
     """
 
     def __init__(self):
-        self._flag = False
-        self._previous = None
+        self.signum = None
+        self._previous = {}
 
     def __enter__(self):
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+            watched = [signal.SIGTERM] + [signal.SIGINT] * (signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+            self._previous = {signum: signal.signal(signum, self._on_signal) for signum in watched}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
         return False
 
     def _on_signal(self, signum, frame):
-        self._flag = True
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: checkpointing after this step, then stopping; press Ctrl-C again to stop at once "
+                  "(losing the steps since the last checkpoint)", file=sys.stderr, flush=True)
+        if self.signum is None:
+            self.signum = signum
 
     def requested(self, step: int) -> bool:
         if jax.process_count() > 1:
             return multihost_utils.reached_preemption_sync_point(step)
-        return self._flag
+        return self.signum is not None

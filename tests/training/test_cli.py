@@ -1,7 +1,9 @@
-"""The CLI wrapper's exits: bad input is one message with code 1, a run stopped by SIGTERM exits with code 143."""
+"""The CLI wrapper's exits: bad input is one message with code 1, a run stopped by SIGTERM exits with code 143
+(130 for Ctrl-C)."""
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import types
@@ -23,11 +25,12 @@ def test_bad_input_exits_with_its_message():
     assert exit_info.value.code == "error: config.data.root=/nope: no such folder"
 
 
-def test_a_stopped_run_exits_with_143_and_says_how_to_resume(capsys):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_run_exits_with_the_signals_code_and_says_how_to_resume(capsys, signum, code):
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(["train.py"], _raise, Preempted(40, "runs/x/checkpoints"))
-    assert exit_info.value.code == cli.PREEMPTED_EXIT_CODE == 143
-    assert "after step 40; its checkpoint is in runs/x/checkpoints: run the same command again" in \
+        cli.run(["train.py"], _raise, Preempted(40, "runs/x/checkpoints", signum))
+    assert exit_info.value.code == code
+    assert f"({signum.name}) after step 40; its checkpoint is in runs/x/checkpoints: run the same command again" in \
         capsys.readouterr().err
 
 

@@ -131,21 +131,48 @@ def test_an_interrupted_run_waits_for_its_checkpoint(tmp_path):
     assert world.events[-5:] == ["save 2 2", "fetch 2", "dispatch 2", "fetch 3", "saved"]
 
 
-def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
-    world = Scripted()
-
-    def sigterm_at_step_3(state, batch):
+def _signal_at_step_3(world, *signums):
+    def step(state, batch):
         if state.step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # handled: the step still runs
+            for signum in signums:
+                os.kill(os.getpid(), signum)
         return Scripted.train_step(world, state, batch)
+    return step
 
-    world.train_step = sigterm_at_step_3
-    with pytest.raises(Preempted, match="after step 4; its checkpoint is in ckpt") as stopped:
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_checkpoints_the_current_step_and_stops(tmp_path, capsys, signum):
+    world = Scripted()
+    world.train_step = _signal_at_step_3(world, signum)  # handled: the step still runs
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    with pytest.raises(Preempted, match=f"{signum.name}.* after step 4; its checkpoint is in ckpt") as stopped:
         _run(world, tmp_path, total_steps=10, log_every=10, checkpoint_every=100)
-    assert stopped.value.step == 4
+    assert stopped.value.step == 4 and stopped.value.exit_code == 128 + signum
     assert world.events[world.events.index("dispatch 3"):] == ["dispatch 3", "wait 2", "wait 3", "log 4",
                                                                 "save 4 4 and wait", "saved"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+    assert {s: signal.getsignal(s) for s in previous} == previous  # the previous handlers are back
+    assert ("press Ctrl-C again to stop at once" in capsys.readouterr().err) == (signum == signal.SIGINT)
+
+
+def test_a_second_ctrl_c_interrupts_at_once_keeping_the_last_checkpoint(tmp_path):
+    world = Scripted()
+    world.train_step = _signal_at_step_3(world, signal.SIGINT, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        _run(world, tmp_path, total_steps=10, log_every=10, checkpoint_every=2)
+    assert "save 4 4 and wait" not in world.events and world.events[-1] == "saved"  # step 2's save completed
+
+
+def test_ctrl_c_is_left_alone_where_it_is_ignored(tmp_path):
+    """A background job ignores SIGINT; the loop does not start to watch it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        world = Scripted()
+        world.train_step = _signal_at_step_3(world, signal.SIGINT)
+        _run(world, tmp_path, total_steps=6, log_every=10, checkpoint_every=100)  # runs to the end, no Preempted
+        assert world.events[-2:] == ["save 6 6 and wait", "saved"]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_background_save_keeps_the_state_it_was_given(tmp_path):
