@@ -47,7 +47,9 @@ class StopRequest:
 
     def __enter__(self):
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            watched = [signal.SIGTERM] + [signal.SIGINT] * (signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+            watched = [signal.SIGTERM]
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored in a background job: left so
+                watched.append(signal.SIGINT)
             self._previous = {signum: signal.signal(signum, self._on_signal) for signum in watched}
         return self
 
