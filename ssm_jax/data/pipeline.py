@@ -69,7 +69,11 @@ def normalize(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def finish_shared_memory() -> None:
+def _normalize_image(ex: dict) -> dict:
+    return {**ex, "image": normalize(ex["image"])}
+
+
+def _finish_shared_memory() -> None:
     """Unlinks the worker batches' shared memory that grain still has queued for its background thread.
 
     Batches from worker processes arrive in shared memory that grain unlinks on a thread pool when they are freed;
@@ -90,10 +94,6 @@ def _workers_ignore_stop_signals(worker_index: int, worker_count: int) -> None:
     del worker_index, worker_count
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _normalize_image(ex: dict) -> dict:
-    return {**ex, "image": normalize(ex["image"])}
 
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -225,8 +225,8 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         workers = grain.MultiprocessingOptions(num_workers=num_workers)
-        atexit.unregister(finish_shared_memory)  # once however many pipelines; registered after multiprocessing's
-        atexit.register(finish_shared_memory)  # own exit handler, so it runs before that stops grain's pool
+        atexit.unregister(_finish_shared_memory)  # once however many pipelines; registered after multiprocessing's
+        atexit.register(_finish_shared_memory)  # own exit handler, so it runs before that stops grain's pool
         if train:  # each worker batches its own every num_workers-th example
             return ids.batch(batch_size, drop_remainder=True).mp_prefetch(workers, _workers_ignore_stop_signals)
         # Evaluation: the workers decode, this process batches, so every batch but the last is full and in order

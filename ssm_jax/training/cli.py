@@ -71,7 +71,7 @@ def use_deterministic_ops(config) -> None:
     deterministic algorithms and turns autotuning off (slower; the Pallas scan uses no atomics and needs nothing).
     XLA reads its flags once, when JAX first starts a backend, hence a process-level setting called before that.
     """
-    if not config.train.get("deterministic", False) or DETERMINISTIC_FLAG in os.environ.get("XLA_FLAGS", ""):
+    if not config.train.deterministic or DETERMINISTIC_FLAG in os.environ.get("XLA_FLAGS", ""):
         return
     if xla_bridge.backends_are_initialized():
         raise RuntimeError("train.deterministic must be applied before JAX starts its backends; "

@@ -33,7 +33,6 @@ quiet; it is shared, and other jobs' load doubled them at times):
 from __future__ import annotations
 
 import math
-import signal
 import time
 from typing import Callable, Iterator
 
@@ -170,7 +169,7 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
                     last_saved = done
                 if stopping:
                     bar.close()
-                    raise Preempted(done, checkpointer.directory, stop.signum or signal.SIGTERM)
+                    raise Preempted(done, checkpointer.directory, stop.signum)
     finally:  # also on an error or a second Ctrl-C: the checkpoint being written completes, so a rerun resumes from it
         checkpointer.wait_until_finished()
     bar.close()

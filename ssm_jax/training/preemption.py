@@ -25,7 +25,7 @@ class Preempted(Exception):
     """The run stopped on request after checkpointing ``step``; rerunning the same command resumes there.
     ``exit_code`` is the shell's for the signal: 143 for SIGTERM, 130 for Ctrl-C."""
 
-    def __init__(self, step: int, directory, signum: int = signal.SIGTERM):
+    def __init__(self, step: int, directory, signum: int):
         super().__init__(f"stopped on request ({signal.Signals(signum).name}) after step {step}; its checkpoint is "
                          f"in {directory}: run the same command again to resume from it")
         self.step = step
@@ -69,6 +69,6 @@ class StopRequest:
             self.signum = signum
 
     def requested(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return multihost_utils.reached_preemption_sync_point(step)
+        if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+            self.signum = signal.SIGTERM  # what JAX's coordination service watches
         return self.signum is not None

@@ -9,6 +9,7 @@ import sys
 import types
 
 import jax
+import ml_collections
 import pytest
 
 from ssm_jax.training import cli
@@ -111,7 +112,7 @@ def test_deterministic_adds_xla_flag_to_the_users_before_jax_starts(override, fl
 
 def test_deterministic_after_jax_started_is_refused_unless_already_set(monkeypatch):
     jax.numpy.ones(1).block_until_ready()  # this process's backend is running
-    config = types.SimpleNamespace(train={"deterministic": True})
+    config = ml_collections.ConfigDict({"train": {"deterministic": True}})
     monkeypatch.setenv("XLA_FLAGS", "")
     with pytest.raises(RuntimeError, match="set XLA_FLAGS=--xla_gpu_deterministic_ops=true in the environment"):
         cli.use_deterministic_ops(config)
