@@ -1,8 +1,8 @@
 """grain input pipelines: source -> decode/resize -> shard -> shuffle -> repeat -> augment -> normalise -> batch.
 
-``make_pipeline`` returns a ``grain.IterDataset``; ``iter()`` of it is a ``grain.DatasetIterator`` whose
-``get_state()`` / ``set_state()`` save and restore the position, so a resumed run continues at the same
-batch (store the state in the checkpoint). Batches are dicts of numpy arrays:
+``make_pipeline`` returns an iterable (``Batches`` for training, a ``grain.IterDataset`` for evaluation); ``iter()``
+of it gives an iterator whose ``get_state()`` / ``set_state()`` save and restore the position, so a resumed run
+continues at the same batch (store the state in the checkpoint). Batches are dicts of numpy arrays:
 
 * ``image`` float32 (B, H, W, 3), NHWC, normalised with the ImageNet mean/std;
 * ``label`` int32 (B,); ``index`` int64 (B,), the example's position in the source (look up
@@ -22,14 +22,15 @@ rather than three normalised ones (``augment.warp_affine``): with the ELPV recip
 images a second (``python -m benchmarks.input_pipeline --augment``, README). ``class_balance`` > 0 (training only)
 draws the examples from one endless stream per class instead of one shuffled pass over all of them
 (``class_balanced``), so the rare classes of a defect dataset are seen more often; an epoch stays ``len(source)``
-examples. ``num_workers > 0`` decodes in that many worker processes (``mp_prefetch``; in training each worker batches
-every ``num_workers``-th example of the shuffled stream, so the order is deterministic for a given seed and worker
-count but changes with the worker count; in evaluation the workers decode single examples and this process batches
-them in order, as without workers); otherwise
-``num_threads`` threads prefetch examples in this process and one more thread assembles the next
-``prefetch_batches`` batches, so ``next()`` returns at once while the train step runs: without it, batching 32
-cached 64 px images took the training loop's thread 10-40 ms a step, 17-19 s of waiting over the ``:cpu`` ELPV
-run (its ``data_wait_s``), 4-6 s with it.
+examples. ``num_workers > 0`` decodes in that many worker processes (``mp_prefetch``). Training batch k is the k-th
+``batch_size`` examples of the shuffled stream whatever the worker count: each worker makes every
+``num_workers``-th batch whole, so one seed gives the same run with any ``num_workers``, and the saved position is
+a batch count that a run resumed with another worker count reads back (``Batches``). Evaluation, and training with
+``skip_corrupt`` (whose batches close over skipped examples), decode single examples in the workers (or in
+``num_threads`` threads of this process) and batch them here in order. Without workers, training batches are made
+in up to ``prefetch_batches`` threads, ahead of ``next()``, which then returns at once while the train step runs:
+batching 32 cached 64 px images in the training loop's thread took it 10-40 ms a step, 17-19 s of waiting over the
+``:cpu`` ELPV run (its ``data_wait_s``), 4-6 s ahead of it.
 
 Caching: a training pipeline that reads its data more than once keeps every decoded, resized image (uint8, and
 masks as bool) in memory after its first read when they fit in ``cache_bytes`` per process (workers each hold their
@@ -175,9 +176,9 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
                   shard_count: int | None = None, num_workers: int = 0, num_threads: int = 8,
                   prefetch_buffer_size: int = 64, skip_corrupt: bool = False,
                   cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch_batches: int = 2,
-                  class_balance: float = 0.0) -> grain.IterDataset:
+                  class_balance: float = 0.0) -> Batches | grain.IterDataset:
     """The pipeline of the module docstring; ``cache_bytes`` (0: never) bounds the decoded-image cache and
-    ``prefetch_batches`` (0: none) the batches made ahead in a background thread. ``rot90`` rotates by a random
+    ``prefetch_batches`` (0: none) the batches made ahead of ``next()``. ``rot90`` rotates by a random
     multiple of 90 degrees and ``affine`` = (max_degrees, max_scale, max_translate) warps slightly (zeros: off).
     ``class_balance`` in [0, 1] is ``class_balanced``'s power for training (0: off, one shuffled pass an epoch)."""
     unknown = [f for f in flips if f not in FLIPS]
@@ -218,21 +219,96 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     if any(affine):
         ds = ds.random_map(RandomAffine(*affine), seed=seed + 3)
     ds = ds.map(_normalize_image)
+    workers = _worker_options(num_workers)
+    if train and not skip_corrupt:  # fixed batches of the example stream, whatever the worker count
+        return Batches(ds.batch(batch_size, drop_remainder=True), batch_size, num_threads, prefetch_batches, workers)
+    # Evaluation, or training that may skip examples: the workers decode single examples and this process batches
+    # them in order, so every batch but the last is full (the evaluation loop counts full batches).
     ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
-    if num_workers > 0:
-        from absl import flags  # grain's workers read absl flags; outside an absl app they are unparsed
-
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        workers = grain.MultiprocessingOptions(num_workers=num_workers)
-        atexit.unregister(_finish_shared_memory)  # once however many pipelines; registered after multiprocessing's
-        atexit.register(_finish_shared_memory)  # own exit handler, so it runs before that stops grain's pool
-        if train:  # each worker batches its own every num_workers-th example
-            return ids.batch(batch_size, drop_remainder=True).mp_prefetch(workers, _workers_ignore_stop_signals)
-        # Evaluation: the workers decode, this process batches, so every batch but the last is full and in order
-        # (per-worker batches would each end short: the evaluation loop counts full batches).
-        return ids.mp_prefetch(workers, _workers_ignore_stop_signals).batch(batch_size, drop_remainder=False)
+    if workers is not None:
+        ids = ids.mp_prefetch(workers, _workers_ignore_stop_signals)
     ids = ids.batch(batch_size, drop_remainder=train)
-    if prefetch_batches > 0:  # its iterator's state counts the batches handed out, not those made ahead
+    if prefetch_batches > 0 and workers is None:  # its iterator's state counts the batches handed out
         ids = grain.experimental.ThreadPrefetchIterDataset(ids, prefetch_buffer_size=prefetch_batches)
     return ids
+
+
+def _worker_options(num_workers: int) -> grain.MultiprocessingOptions | None:
+    if num_workers <= 0:
+        return None
+    from absl import flags  # grain's workers read absl flags; outside an absl app they are unparsed
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    atexit.unregister(_finish_shared_memory)  # once however many pipelines; registered after multiprocessing's
+    atexit.register(_finish_shared_memory)  # own exit handler, so it runs before that stops grain's pool
+    return grain.MultiprocessingOptions(num_workers=num_workers)
+
+
+@dataclasses.dataclass
+class Batches:
+    """Training batches, batch k the k-th ``batch_size`` examples of the shuffled stream. The batches are made whole
+    in ``num_threads`` threads (at most ``prefetch_batches`` ahead) of this process or of each worker, worker i making
+    every i-th: the same batches with any worker count, and a position that is one number, so a run resumes with
+    another ``num_workers`` (a cluster node with other cores) and gets the same result."""
+
+    batches: grain.MapDataset
+    batch_size: int
+    num_threads: int
+    prefetch_batches: int
+    workers: grain.MultiprocessingOptions | None
+
+    def __iter__(self) -> "BatchIterator":
+        return BatchIterator(self)
+
+    def open(self, start: int) -> grain.DatasetIterator:
+        threads = max(1, min(self.num_threads, self.prefetch_batches))
+        ids = self.batches[start:].to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                                     prefetch_buffer_size=self.prefetch_batches))
+        return iter(ids if self.workers is None else ids.mp_prefetch(self.workers, _workers_ignore_stop_signals))
+
+
+class BatchIterator:
+    """Iterates ``Batches`` from batch ``next_batch``; ``get_state()`` / ``set_state()`` save and restore that one
+    number (the loop keeps it in the checkpoint). Worker processes start at the first ``next()``, after a restore."""
+
+    def __init__(self, batches: Batches):
+        self._batches, self._next, self._iterator = batches, 0, None
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> dict:
+        if self._iterator is None:
+            self._iterator = self._batches.open(self._next)
+        batch = next(self._iterator)
+        self._next += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"next_batch": self._next}
+
+    def set_state(self, state: dict) -> None:
+        self.close()
+        self._next = batch_position(state, self._batches.batch_size)
+
+    def close(self) -> None:
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+
+
+def batch_position(state: dict, batch_size: int) -> int:
+    """The next batch that a saved data state names: this module's ``{"next_batch": k}``, or the grain iterator state
+    that checkpoints held before it (examples handed out: ``next_index`` of one process, or summed over the workers'
+    states, whose batches were grouped differently: those resume at the same count, with a warning)."""
+    if "next_batch" in state:
+        return int(state["next_batch"])
+    if "next_index" in state:
+        return int(state["next_index"]) // batch_size
+    if "iterators_in_use_states" in state:
+        warnings.warn("this checkpoint's data position was saved by an earlier ssm_jax, whose data workers grouped "
+                      "examples into batches by worker count: resuming at the same number of batches, but the "
+                      "examples of the rest of this epoch are not exactly those the run would have seen", stacklevel=2)
+        return sum(int(s["next_index"]) for s in state["iterators_in_use_states"]) // batch_size
+    raise ValueError(f"data state {state!r} is not a training pipeline's position; expected {{'next_batch': k}}")

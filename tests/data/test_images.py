@@ -63,3 +63,24 @@ def test_pipeline_raises_or_skips_corrupt(replica):
     assert sum(len(b["label"]) for b in batches) == len(src) - 1
     skipped = src.records.index(next(r for r in src if r.path == path))
     assert skipped not in np.concatenate([b["index"] for b in batches])
+
+
+def test_training_skips_corrupt_images_in_full_batches_and_resumes(replica):
+    root = replica("folder")
+    path = _corrupt_one(root)
+    src = get_source("folder", root, "all")
+    kw = dict(batch_size=2, image_size=8, train=True, shard_index=0, shard_count=1, num_epochs=1, num_threads=1)
+    with pytest.raises(CorruptImageError, match="b/001.png"):
+        list(make_pipeline(src, **kw))
+    with pytest.warns(UserWarning, match="skipped 1 corrupt"):
+        batches = list(make_pipeline(src, skip_corrupt=True, **kw))
+        it = iter(make_pipeline(src, skip_corrupt=True, **kw))
+        first = next(it)["index"].tolist()
+        state = it.get_state()
+        resumed = iter(make_pipeline(src, skip_corrupt=True, **kw))
+        resumed.set_state(state)
+        rest = [b["index"].tolist() for b in resumed]
+    skipped = src.records.index(next(r for r in src if r.path == path))
+    assert [len(b["index"]) for b in batches] == [2] * 4  # 8 of 9 readable, in full batches
+    assert sorted(np.concatenate([b["index"] for b in batches]).tolist()) == sorted(set(range(9)) - {skipped})
+    assert [first] + rest == [b["index"].tolist() for b in batches]
