@@ -247,10 +247,10 @@ def _worker_options(num_workers: int) -> grain.MultiprocessingOptions | None:
 
 @dataclasses.dataclass
 class Batches:
-    """Training batches, batch k the k-th ``batch_size`` examples of the shuffled stream. The batches are made whole
-    in ``num_threads`` threads (at most ``prefetch_batches`` ahead) of this process or of each worker, worker i making
-    every i-th: the same batches with any worker count, and a position that is one number, so a run resumes with
-    another ``num_workers`` (a cluster node with other cores) and gets the same result."""
+    """Training batches, batch k the k-th ``batch_size`` examples of the shuffled stream, each made whole by one
+    thread (up to ``num_threads``, at most ``prefetch_batches`` ahead) of this process or of a worker, of N workers
+    each making every N-th batch: the same batches with any worker count, and a position that is one number, so a
+    run resumes with another ``num_workers`` (a cluster node with other cores) and gets the same result."""
 
     batches: grain.MapDataset
     batch_size: int
