@@ -117,7 +117,8 @@ def test_training_batches_are_the_same_with_any_worker_count(folder, class_balan
     """Each worker makes whole batches of the one shuffled, augmented stream: a seed gives the same run with 0, 2 or
     3 workers (grain's per-worker batching grouped the examples by worker count)."""
     kw = {**KW, "batch_size": 2, "seed": 3, "flips": ("horizontal",), "rot90": True, "class_balance": class_balance}
-    want = [next(it) for it in [iter(make_pipeline(folder, **kw))] for _ in range(6)]
+    serial = iter(make_pipeline(folder, **kw))
+    want = [next(serial) for _ in range(6)]
     for workers in (2, 3):
         it = iter(make_pipeline(folder, **{**kw, "num_workers": workers}))
         for w in want:
