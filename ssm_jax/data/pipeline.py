@@ -1,7 +1,7 @@
 """grain input pipelines: source -> decode/resize -> shard -> shuffle -> repeat -> augment -> normalise -> batch.
 
-``make_pipeline`` returns an iterable (``Batches`` for training, a ``grain.IterDataset`` for evaluation); ``iter()``
-of it gives an iterator whose ``get_state()`` / ``set_state()`` save and restore the position, so a resumed run
+``make_pipeline`` returns an iterable (``Batches`` for training, ``ExampleBatches`` for evaluation); ``iter()`` of it
+gives an iterator whose ``get_state()`` / ``set_state()`` save and restore the position, so a resumed run
 continues at the same batch (store the state in the checkpoint). Batches are dicts of numpy arrays:
 
 * ``image`` float32 (B, H, W, 3), NHWC, normalised with the ImageNet mean/std;
@@ -47,6 +47,7 @@ import atexit
 import dataclasses
 import signal
 import warnings
+import weakref
 from typing import Sequence
 
 import grain
@@ -74,18 +75,41 @@ def _normalize_image(ex: dict) -> dict:
     return {**ex, "image": normalize(ex["image"])}
 
 
-def _finish_shared_memory() -> None:
-    """Unlinks the worker batches' shared memory that grain still has queued for its background thread.
+_OPEN_ITERATORS = weakref.WeakSet()  # every pipeline iterator made, until freed
+_HELD_BATCH_ARRAYS = weakref.WeakValueDictionary()  # id -> a worker batch's shared-memory array handed out
+
+
+def _tidy_at_exit() -> None:
+    """Closes the pipeline iterators still open and frees the worker batches' shared memory, while the modules
+    that grain's finalisers need are still there.
 
     Batches from worker processes arrive in shared memory that grain unlinks on a thread pool when they are freed;
     at exit multiprocessing stops that pool with unlinks still queued, and Python's resource tracker then warns of
-    "leaked shared_memory objects" (and removes them). Run at exit once a pipeline with workers was made."""
+    "leaked shared_memory objects" (and removes them). A script that leaves an iterator open or keeps a batch in a
+    global would also have grain's finalisers run after their module is torn down, each printing a traceback."""
+    for iterator in list(_OPEN_ITERATORS):
+        iterator.close()
     cls = grain.multiprocessing.SharedMemoryArray
     pool = getattr(cls, "_del_thread_pool", None)  # grain's own attribute; absent in other versions: nothing to do
     if pool is not None:
         cls._del_thread_pool = None  # arrays freed from here on unlink at once
         pool.close()
         pool.join()
+    held = list(_HELD_BATCH_ARRAYS.values())
+    for array in held:
+        array.shm.unlink()  # the mapping stays valid until the process ends
+    if held:
+        cls.__del__ = _leave_mapped  # their finaliser would run after its module is gone
+
+
+def _leave_mapped(array) -> None:
+    """``SharedMemoryArray``'s finaliser once its shared memory was unlinked at exit: the mapping ends with the
+    process."""
+
+
+def _register_tidy_at_exit() -> None:
+    atexit.unregister(_tidy_at_exit)  # once however many pipelines; registered after multiprocessing's own exit
+    atexit.register(_tidy_at_exit)  # handler (imported by grain), so it runs before that stops grain's pool
 
 
 def _workers_ignore_stop_signals(worker_index: int, worker_count: int) -> None:
@@ -176,7 +200,7 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
                   shard_count: int | None = None, num_workers: int = 0, num_threads: int = 8,
                   prefetch_buffer_size: int = 64, skip_corrupt: bool = False,
                   cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch_batches: int = 2,
-                  class_balance: float = 0.0) -> Batches | grain.IterDataset:
+                  class_balance: float = 0.0) -> Batches | ExampleBatches:
     """The pipeline of the module docstring; ``cache_bytes`` (0: never) bounds the decoded-image cache and
     ``prefetch_batches`` (0: none) the batches made ahead of ``next()``. ``rot90`` rotates by a random
     multiple of 90 degrees and ``affine`` = (max_degrees, max_scale, max_translate) warps slightly (zeros: off).
@@ -220,6 +244,7 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
         ds = ds.random_map(RandomAffine(*affine), seed=seed + 3)
     ds = ds.map(_normalize_image)
     workers = _worker_options(num_workers)
+    _register_tidy_at_exit()
     if train and not skip_corrupt:  # fixed batches of the example stream, whatever the worker count
         return Batches(ds.batch(batch_size, drop_remainder=True), batch_size, num_threads, prefetch_batches, workers)
     # Evaluation, or training that may skip examples: the workers decode single examples and this process batches
@@ -230,7 +255,46 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     ids = ids.batch(batch_size, drop_remainder=train)
     if prefetch_batches > 0 and workers is None:  # its iterator's state counts the batches handed out
         ids = grain.experimental.ThreadPrefetchIterDataset(ids, prefetch_buffer_size=prefetch_batches)
-    return ids
+    return ExampleBatches(ids)
+
+
+@dataclasses.dataclass
+class ExampleBatches:
+    """Batches assembled here from single examples (evaluation, ``skip_corrupt`` training)."""
+
+    dataset: grain.IterDataset
+
+    def __iter__(self) -> "ExampleBatchIterator":
+        return ExampleBatchIterator(iter(self.dataset))
+
+
+class ExampleBatchIterator:
+    """grain's iterator of ``ExampleBatches``, with its ``get_state()`` / ``set_state()``. ``close()`` lets go of it,
+    so that grain finalises it at once (at exit too, if a script left it open) rather than after its modules are
+    gone."""
+
+    def __init__(self, iterator: grain.DatasetIterator):
+        self._iterator = iterator
+        _OPEN_ITERATORS.add(self)
+
+    def __iter__(self) -> "ExampleBatchIterator":
+        return self
+
+    def __next__(self) -> dict:
+        if self._iterator is None:
+            raise StopIteration
+        return next(self._iterator)
+
+    def get_state(self) -> dict:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._iterator.set_state(state)
+
+    def close(self) -> None:
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
 
 
 def _worker_options(num_workers: int) -> grain.MultiprocessingOptions | None:
@@ -240,8 +304,6 @@ def _worker_options(num_workers: int) -> grain.MultiprocessingOptions | None:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-    atexit.unregister(_finish_shared_memory)  # once however many pipelines; registered after multiprocessing's
-    atexit.register(_finish_shared_memory)  # own exit handler, so it runs before that stops grain's pool
     return grain.MultiprocessingOptions(num_workers=num_workers)
 
 
@@ -274,6 +336,7 @@ class BatchIterator:
 
     def __init__(self, batches: Batches):
         self._batches, self._next, self._iterator = batches, 0, None
+        _OPEN_ITERATORS.add(self)
 
     def __iter__(self) -> "BatchIterator":
         return self
@@ -283,6 +346,9 @@ class BatchIterator:
             self._iterator = self._batches.open(self._next)
         batch = next(self._iterator)
         self._next += 1
+        for array in batch.values():
+            if isinstance(array, grain.multiprocessing.SharedMemoryArray):
+                _HELD_BATCH_ARRAYS[id(array)] = array
         return batch
 
     def get_state(self) -> dict:

@@ -241,6 +241,30 @@ def test_class_balanced_passes_over_each_class_reshuffled():
     assert [again[k] for k in range(40)] == [stream[k] for k in range(40)] != [other[k] for k in range(40)]
 
 
+_HOLD_AT_EXIT = """
+import sys
+from ssm_jax.data import get_source, make_pipeline
+
+if __name__ == "__main__":  # a prototyping script: iterators left open and batches kept in globals at exit
+    src = get_source("folder", sys.argv[1], "all")
+    kept = []
+    for workers in (0, 2):
+        for train in (True, False):
+            it = iter(make_pipeline(src, batch_size=2, image_size=64, train=train, num_workers=workers, num_threads=2))
+            kept.append((it, next(it)))
+    print(len(kept))
+"""
+
+
+def test_a_script_that_holds_iterators_and_batches_exits_quietly(replica_root):
+    """Left open, grain's iterators and its workers' shared-memory batches would be finalised after their modules
+    are torn down: a traceback each and the resource tracker's leak warning. They are closed and unlinked at exit."""
+    run = subprocess.run([sys.executable, "-c", _HOLD_AT_EXIT, os.path.join(replica_root, "folder")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.split() == ["4"], run.stderr
+    assert "Exception ignored" not in run.stderr and "leaked" not in run.stderr, run.stderr
+
+
 @pytest.fixture
 def imbalanced(folder):
     """21 examples: the folder replica's first class 6 times over (18), two of the second, one of the third."""
