@@ -258,45 +258,6 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     return ExampleBatches(ids)
 
 
-@dataclasses.dataclass
-class ExampleBatches:
-    """Batches assembled here from single examples (evaluation, ``skip_corrupt`` training)."""
-
-    dataset: grain.IterDataset
-
-    def __iter__(self) -> "ExampleBatchIterator":
-        return ExampleBatchIterator(iter(self.dataset))
-
-
-class ExampleBatchIterator:
-    """grain's iterator of ``ExampleBatches``, with its ``get_state()`` / ``set_state()``. ``close()`` lets go of it,
-    so that grain finalises it at once (at exit too, if a script left it open) rather than after its modules are
-    gone."""
-
-    def __init__(self, iterator: grain.DatasetIterator):
-        self._iterator = iterator
-        _OPEN_ITERATORS.add(self)
-
-    def __iter__(self) -> "ExampleBatchIterator":
-        return self
-
-    def __next__(self) -> dict:
-        if self._iterator is None:
-            raise StopIteration
-        return next(self._iterator)
-
-    def get_state(self) -> dict:
-        return self._iterator.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self._iterator.set_state(state)
-
-    def close(self) -> None:
-        if self._iterator is not None:
-            self._iterator.close()
-            self._iterator = None
-
-
 def _worker_options(num_workers: int) -> grain.MultiprocessingOptions | None:
     if num_workers <= 0:
         return None
@@ -332,7 +293,8 @@ class Batches:
 
 class BatchIterator:
     """Iterates ``Batches`` from batch ``next_batch``; ``get_state()`` / ``set_state()`` save and restore that one
-    number (the loop keeps it in the checkpoint). Worker processes start at the first ``next()``, after a restore."""
+    number (the loop keeps it in the checkpoint). Worker processes start at the first ``next()``, after a restore;
+    ``close()`` stops them and lets go of grain's iterator (at exit too, if a script left it open)."""
 
     def __init__(self, batches: Batches):
         self._batches, self._next, self._iterator = batches, 0, None
@@ -378,3 +340,42 @@ def batch_position(state: dict, batch_size: int) -> int:
                       "examples of the rest of this epoch are not exactly those the run would have seen", stacklevel=2)
         return sum(int(s["next_index"]) for s in state["iterators_in_use_states"]) // batch_size
     raise ValueError(f"data state {state!r} is not a training pipeline's position; expected {{'next_batch': k}}")
+
+
+@dataclasses.dataclass
+class ExampleBatches:
+    """Batches assembled here from single examples (evaluation, ``skip_corrupt`` training)."""
+
+    dataset: grain.IterDataset
+
+    def __iter__(self) -> "ExampleBatchIterator":
+        return ExampleBatchIterator(iter(self.dataset))
+
+
+class ExampleBatchIterator:
+    """grain's iterator of ``ExampleBatches``, with its ``get_state()`` / ``set_state()``. ``close()`` lets go of it,
+    so that grain finalises it at once (at exit too, if a script left it open) rather than after its modules are
+    gone."""
+
+    def __init__(self, iterator: grain.DatasetIterator):
+        self._iterator = iterator
+        _OPEN_ITERATORS.add(self)
+
+    def __iter__(self) -> "ExampleBatchIterator":
+        return self
+
+    def __next__(self) -> dict:
+        if self._iterator is None:
+            raise StopIteration
+        return next(self._iterator)
+
+    def get_state(self) -> dict:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._iterator.set_state(state)
+
+    def close(self) -> None:
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
