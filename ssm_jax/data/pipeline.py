@@ -268,6 +268,28 @@ def _worker_options(num_workers: int) -> grain.MultiprocessingOptions | None:
     return grain.MultiprocessingOptions(num_workers=num_workers)
 
 
+class _PipelineIterator:
+    """An iterator of ``make_pipeline``'s that holds grain's. ``close()`` stops it (and its workers) and lets go of
+    grain's iterator, so that grain finalises it at once: at exit too, if a script left it open, rather than after
+    grain's modules are torn down."""
+
+    def __init__(self, iterator: grain.DatasetIterator | None):
+        self._iterator, self._closed = iterator, False
+        _OPEN_ITERATORS.add(self)
+
+    def __iter__(self):
+        return self
+
+    def _release(self) -> None:
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+
+    def close(self) -> None:
+        self._closed = True
+        self._release()
+
+
 @dataclasses.dataclass
 class Batches:
     """Training batches, batch k the k-th ``batch_size`` examples of the shuffled stream, each made whole by one
@@ -291,19 +313,17 @@ class Batches:
         return iter(ids if self.workers is None else ids.mp_prefetch(self.workers, _workers_ignore_stop_signals))
 
 
-class BatchIterator:
+class BatchIterator(_PipelineIterator):
     """Iterates ``Batches`` from batch ``next_batch``; ``get_state()`` / ``set_state()`` save and restore that one
-    number (the loop keeps it in the checkpoint). Worker processes start at the first ``next()``, after a restore;
-    ``close()`` stops them and lets go of grain's iterator (at exit too, if a script left it open)."""
+    number (the loop keeps it in the checkpoint). Worker processes start at the first ``next()``, after a restore."""
 
     def __init__(self, batches: Batches):
-        self._batches, self._next, self._iterator = batches, 0, None
-        _OPEN_ITERATORS.add(self)
-
-    def __iter__(self) -> "BatchIterator":
-        return self
+        super().__init__(None)
+        self._batches, self._next = batches, 0
 
     def __next__(self) -> dict:
+        if self._closed:
+            raise StopIteration
         if self._iterator is None:
             self._iterator = self._batches.open(self._next)
         batch = next(self._iterator)
@@ -317,13 +337,8 @@ class BatchIterator:
         return {"next_batch": self._next}
 
     def set_state(self, state: dict) -> None:
-        self.close()
+        self._release()  # reopened from the restored batch at the next next()
         self._next = batch_position(state, self._batches.batch_size)
-
-    def close(self) -> None:
-        if self._iterator is not None:
-            self._iterator.close()
-            self._iterator = None
 
 
 def batch_position(state: dict, batch_size: int) -> int:
@@ -352,20 +367,11 @@ class ExampleBatches:
         return ExampleBatchIterator(iter(self.dataset))
 
 
-class ExampleBatchIterator:
-    """grain's iterator of ``ExampleBatches``, with its ``get_state()`` / ``set_state()``. ``close()`` lets go of it,
-    so that grain finalises it at once (at exit too, if a script left it open) rather than after its modules are
-    gone."""
-
-    def __init__(self, iterator: grain.DatasetIterator):
-        self._iterator = iterator
-        _OPEN_ITERATORS.add(self)
-
-    def __iter__(self) -> "ExampleBatchIterator":
-        return self
+class ExampleBatchIterator(_PipelineIterator):
+    """grain's iterator of ``ExampleBatches``, with its ``get_state()`` / ``set_state()``."""
 
     def __next__(self) -> dict:
-        if self._iterator is None:
+        if self._closed:
             raise StopIteration
         return next(self._iterator)
 
@@ -374,8 +380,3 @@ class ExampleBatchIterator:
 
     def set_state(self, state: dict) -> None:
         self._iterator.set_state(state)
-
-    def close(self) -> None:
-        if self._iterator is not None:
-            self._iterator.close()
-            self._iterator = None

@@ -136,6 +136,8 @@ def test_training_resumes_with_another_worker_count(folder, saved_with, resumed_
     assert state == {"next_batch": 2}
     rest = _indices(it, 3)
     it.close()
+    with pytest.raises(StopIteration):  # closed: its workers are not started again
+        next(it)
     resumed = iter(make_pipeline(folder, **{**kw, "num_workers": resumed_with}))
     resumed.set_state(state)
     assert _indices(resumed, 3) == rest
