@@ -25,7 +25,6 @@ import argparse
 import fnmatch
 import json
 import math
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +93,8 @@ def summarize(runs: list, keys: list[str] | None = None, evaluation: str = "eval
 
 
 def spread(values: list[float]) -> dict:
-    """{mean, sd, values}; sd (sample) is None for one value."""
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+    """{mean, sd, values}; sd (sample) is None for one value; NaN where a run has NaN (an undefined metric)."""
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
             "values": values}
 
 
@@ -116,12 +115,13 @@ def student_t_sf2(t: float, df: float) -> float:
 
 
 def welch(a: list[float], b: list[float]) -> dict:
-    """Welch's two-sample test of mean(a) - mean(b): {diff, t, df, p}; t, df and p are NaN when both spreads are 0."""
+    """Welch's two-sample test of mean(a) - mean(b): {diff, t, df, p}; t, df and p are NaN when both spreads are 0
+    or a value is NaN (an undefined metric)."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"welch: needs at least two runs a side, got {len(a)} and {len(b)}")
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    if va + vb == 0:
+    va, vb = float(np.var(a, ddof=1)) / len(a), float(np.var(b, ddof=1)) / len(b)
+    diff = float(np.mean(a)) - float(np.mean(b))
+    if not va + vb > 0:
         return {"diff": diff, "t": math.nan, "df": math.nan, "p": math.nan}
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     t = diff / math.sqrt(va + vb)

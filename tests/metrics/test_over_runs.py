@@ -47,6 +47,23 @@ def test_anomaly_layout_and_undefined_metrics(tmp_path):
     assert np.isnan(rows["mean.pixel_aupro"]["mean"])
 
 
+def test_undefined_metric_in_several_runs_is_nan_not_an_error(tmp_path, capsys):
+    """An image metric of a category whose test images are all one class is written as null; over several runs it
+    must give NaN for that metric and still summarise and compare the others."""
+    paths = []
+    for i, auroc in enumerate((0.6, 0.62, 0.61, 0.55, 0.56)):
+        path = tmp_path / f"m{i}.json"
+        path.write_text(json.dumps({"mean": {"i_auroc": auroc, "i_ap": None if i != 1 else 0.8}, "num_images": 9}))
+        paths.append(str(path))
+    rows = {r["key"]: r for r in over_runs.summarize(paths[:3])}
+    assert np.isnan(rows["mean.i_ap"]["mean"]) and np.isnan(rows["mean.i_ap"]["sd"])
+    assert rows["mean.i_auroc"]["sd"] == pytest.approx(statistics.stdev([0.6, 0.62, 0.61]))
+    over_runs.main([*paths[:3], "--against", *paths[3:]])
+    table = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert table["| mean.i_ap"].endswith("| n/a | n/a |")
+    assert table["| mean.i_auroc"].startswith("| mean.i_auroc | 61.0 ± 1.0 | 55.5 ± 0.7 | +5.5 |")
+
+
 def test_runs_that_cannot_be_compared_are_refused(tmp_path):
     a = _classification_run(tmp_path, "a", 0.7, (0.9, 0.1))
     b = _classification_run(tmp_path, "b", 0.7, (0.9, 0.1), num_images=602)
