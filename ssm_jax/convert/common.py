@@ -8,9 +8,9 @@ missing, unexpected and mis-shaped key at once, so a wrong checkpoint fails with
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import re
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -19,7 +19,9 @@ import numpy as np
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-WRAPPER_KEYS = ("state_dict", "net", "model")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "net", "model")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DDP, torch.compile, Lightning: dropped when on every key
+UNSAFE_LOAD_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # torch's own opt-in to unpickling arbitrary objects
 LIST_LIMIT = 20
 
 
@@ -82,28 +84,32 @@ def _section(title: str, items: list[str]) -> str:
     return f"{len(items)} {title}:{shown}{more}"
 
 
-def _to_numpy(key: str, value: Any) -> np.ndarray:
+def _to_numpy(key: str, value: Any, source: str) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor; torch is imported already if one exists
         value = value.detach().cpu()
         return (value.float() if value.is_floating_point() else value).numpy()
     array = np.asarray(value)
     if array.dtype.kind not in "biufc":  # bool, int, uint, float, complex
-        raise ValueError(f"state dict entry {key!r} is not a numeric array: {type(value).__name__}")
+        raise ValueError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor; expected a state dict "
+                         f"of tensors, or one under {' / '.join(repr(k) for k in WRAPPER_KEYS)}")
     return array
 
 
 def _torch_load(path: Path):
+    """The object in a torch file, unpickling tensors and plain containers only: anything else would run code from
+    the file, so it is refused unless the user opts in with torch's own ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``."""
     try:
         import torch
     except ImportError as e:
         raise ImportError(f'loading {path} needs PyTorch: pip install -e ".[torch]"') from e
+    trusted = os.environ.get(UNSAFE_LOAD_ENV, "").lower() in ("1", "true", "y", "yes")
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:  # non-tensor objects (e.g. argparse.Namespace beside the weights)
-            warnings.warn(f"{path} holds objects other than tensors; loading it with weights_only=False, which "
-                          "runs the pickled code: only do this for files you trust", stacklevel=3)
-            return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as e:  # weights_only met another object (a pickled module, argparse.Namespace)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} holds Python objects besides tensors ({first}); loading them would run code from "
+                         f"the file. If you trust it, rerun with {UNSAFE_LOAD_ENV}=1 in the environment, or save "
+                         f"its state_dict alone with torch.save") from e
     except Exception as e:
         raise ValueError(f"cannot read {path} as a PyTorch checkpoint (truncated or corrupt?): "
                          f"{type(e).__name__}: {e}") from e
@@ -117,23 +123,33 @@ def _npz_load(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"cannot read {path} as .npz (truncated or corrupt?): {type(e).__name__}: {e}") from e
 
 
+def _state_dict_of(value):
+    """A whole pickled ``torch.nn.Module`` (``torch.save(model)``) stands for its state dict."""
+    return value.state_dict() if callable(getattr(value, "state_dict", None)) else value
+
+
 def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
     """A flat {torch key: numpy array} from a checkpoint file (.pth/.pt/.bin via torch, .npz) or a dict.
 
-    Unwraps ``{'net' | 'state_dict' | 'model': state_dict, ...}`` (training checkpoints, e.g. MambaAD's) and strips
-    DDP's leading ``module.``. Floating tensors become float32; integer tensors stay integer.
+    Unwraps ``{'state_dict' | 'model_state_dict' | 'net' | 'model': state_dict, ...}`` (training checkpoints, e.g.
+    MambaAD's) and a whole pickled module, and strips the prefixes that wrapping a model puts on every key: DDP's
+    ``module.`` (also where only some keys have it), ``torch.compile``'s ``_orig_mod.``, Lightning's ``model.``.
+    Floating tensors become float32; integer tensors stay integer.
     """
-    state = path_or_state_dict
+    state, source = path_or_state_dict, "state dict"
     if not isinstance(state, Mapping):
         path = Path(state)
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint file at {path}")
-        state = _npz_load(path) if path.suffix == ".npz" else _torch_load(path)
+        state, source = (_npz_load(path) if path.suffix == ".npz" else _state_dict_of(_torch_load(path))), str(path)
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-    while wrapper := next((k for k in WRAPPER_KEYS if isinstance(state.get(k), Mapping)), None):
-        state = state[wrapper]
-    return {key.removeprefix("module."): _to_numpy(key, value) for key, value in state.items()}
+    while wrapper := next((k for k in WRAPPER_KEYS if isinstance(_state_dict_of(state.get(k)), Mapping)), None):
+        state = _state_dict_of(state[wrapper])
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    while prefix := next((p for p in WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)), None):
+        state = {key.removeprefix(prefix): value for key, value in state.items()}
+    return {key: _to_numpy(key, value, source) for key, value in state.items()}
 
 
 def convert_state_dict(state: dict[str, np.ndarray], rules: Sequence[Rule], template, *,

@@ -11,6 +11,7 @@ The released Real-IAD weight has 3x3 and 5x5 conv branches and a bare 7x7 conv t
 
 from __future__ import annotations
 
+import difflib
 import re
 import warnings
 from collections import Counter
@@ -79,12 +80,23 @@ MAMBAAD_RULES = _ENCODER + _BOTTLENECK + _DECODER
 MAMBAAD_IGNORE = [r".*num_batches_tracked", r".*\.scans\.index_flat(_inv)?"]
 
 
+def _entry(state, key: str) -> np.ndarray:
+    """``state[key]``, a key the architecture is read from; its absence names the key and the checkpoint's closest
+    keys beside it (e.g. another VMamba version's names)."""
+    if key not in state:
+        scope = key.rsplit(".", 1)[0] + "."
+        closest = difflib.get_close_matches(key, [k for k in state if k.startswith(scope)], n=3, cutoff=0.0)
+        raise ValueError(f"not an official MambaAD state dict: it has no {key}, from which the architecture is read"
+                         f"{f'; its closest keys there: {closest}' if closest else ''}")
+    return state[key]
+
+
 def _encoder_arch(state) -> str:
     """The ResNet arch whose stage 1-3 block counts and block kind match ``net_t.*``."""
     blocks = Counter(m.groups() for k in state if (m := re.match(r"net_t\.layer(\d)\.(\d+)\.", k)))
     counts = tuple(len({j for (s, j) in blocks if s == str(stage)}) for stage in (1, 2, 3))
     bottleneck = "net_t.layer1.0.conv3.weight" in state
-    width = state["net_t.layer1.0.conv1.weight"].shape[0] if bottleneck else 64
+    width = _entry(state, "net_t.layer1.0.conv1.weight").shape[0] if bottleneck else 64
     for arch, (kind, layers, width_per_group) in RESNET_ARCHS.items():
         if (kind == "bottleneck") == bottleneck and tuple(layers[:3]) == counts and \
                 (not bottleneck or width == width_per_group):
@@ -100,7 +112,7 @@ def _decoder_layout(state) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if stages != list(range(len(stages))) or not stages:
         raise ValueError(f"net_s.layers_up.* has stages {stages}; expected 0, 1, 2, 3")
     depths = tuple(len({(j, i) for s, j, i in blocks if s == stage}) for stage in stages)
-    dims = tuple(state[f"net_s.layers_up.{s}.blocks.0.smm_blocks.0.ln_1.weight"].shape[0] for s in stages)
+    dims = tuple(_entry(state, f"net_s.layers_up.{s}.blocks.0.smm_blocks.0.ln_1.weight").shape[0] for s in stages)
     return dims, depths
 
 
@@ -139,9 +151,8 @@ def convert_mambaad(state: dict[str, np.ndarray]) -> tuple[ml_collections.Config
                          "(its {'net': ...} dict) or its state_dict")
     dims, depths = _decoder_layout(state)
     ssm = "net_s.layers_up.0.blocks.0.smm_blocks.0.self_attention."
-    d_inner, d_state = state[ssm + "A_logs"].shape[0] // state[ssm + "x_proj_weight"].shape[0], \
-        state[ssm + "A_logs"].shape[1]
-    directions = state[ssm + "x_proj_weight"].shape[0]
+    a_logs, x_proj = _entry(state, ssm + "A_logs"), _entry(state, ssm + "x_proj_weight")
+    d_inner, d_state, directions = a_logs.shape[0] // x_proj.shape[0], a_logs.shape[1], x_proj.shape[0]
     config = mambaad_model_config(encoder=_encoder_arch(state), decoder_dims=dims, decoder_depths=depths,
                                   d_state=int(d_state), ssm_ratio=d_inner / dims[0], directions=int(directions),
                                   scan_method=_scan_method(state, int(directions)),

@@ -47,6 +47,7 @@ from ssm_jax.nn.resample import gaussian_blur, upsample_bilinear_align_corners
 from ssm_jax.nn.ss2d import SS2D
 
 _LN_EPS = 1e-5
+ENCODER_STAGES = (1, 2, 3)  # the frozen ResNet's stages whose features the decoder reconstructs
 _trunc_normal_02 = nn.initializers.truncated_normal(0.02)
 
 
@@ -275,7 +276,7 @@ class MambaAD(nn.Module):
         if self.encoder not in RESNET_ARCHS:
             raise ValueError(f"unknown MambaAD encoder {self.encoder!r}; valid: {sorted(RESNET_ARCHS)}")
         block, layers, width = RESNET_ARCHS[self.encoder]
-        encoder = ResNet(block, layers, width, (1, 2, 3), self.dtype, name="encoder")
+        encoder = ResNet(block, layers, width, ENCODER_STAGES, self.dtype, name="encoder")
         feats = [jax.lax.stop_gradient(f) for f in encoder(images, train=False)]
         x = MFFBottleneck(self.decoder_dims[0], dtype=self.dtype, name="bottleneck")(feats, train)
         decoded = MambaDecoder(self.decoder_dims, self.decoder_depths, self.d_state, self.ssm_ratio, self.drop_path,

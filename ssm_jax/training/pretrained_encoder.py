@@ -9,7 +9,8 @@ import os
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from ssm_jax.convert import from_torch
+from ssm_jax.convert import ConversionError, load_state_dict
+from ssm_jax.convert.resnet import convert_resnet
 
 
 def _matching(own: dict, loaded: dict, where: str) -> dict:
@@ -25,13 +26,18 @@ def _matching(own: dict, loaded: dict, where: str) -> dict:
     return unflatten_dict({k: jnp.asarray(loaded_flat[k], v.dtype) for k, v in own_flat.items()})
 
 
-def read_encoder_weights(arch: str, path: str) -> dict:
-    """Flax variables (params, batch_stats) of a torchvision/timm ``arch`` checkpoint at ``path``."""
+def read_encoder_weights(arch: str, path: str, last_stage: int = 4) -> dict:
+    """Flax variables (params, batch_stats) of stages 1 to ``last_stage`` (those the model's encoder builds) of a
+    torchvision/timm ``arch`` checkpoint at ``path``; later stages are ignored and may be absent (a cut backbone)."""
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config.model.encoder_weights={path!r}: no such file; expected a torchvision/timm "
                                 f"{arch} state_dict (.pth/.pt or .npz)")
-    return from_torch(arch, path)[1]
+    try:
+        return convert_resnet(load_state_dict(path), arch, out_stages=(last_stage,))[1]
+    except ConversionError as err:
+        raise ValueError(f"config.model.encoder_weights={path!r} does not hold the {arch} stages 1-{last_stage} that "
+                         f"this encoder needs: {err}") from err
 
 
 def with_encoder(variables: dict, encoder: dict, where: str) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 from ssm_jax import viz
 from ssm_jax.losses import feature_mse_loss
 from ssm_jax.metrics import anomaly_metrics_by_category
-from ssm_jax.models.mambaad import anomaly_map_from_features
+from ssm_jax.models.mambaad import ENCODER_STAGES, anomaly_map_from_features
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
@@ -48,7 +48,7 @@ def warn_if_random_encoder(config) -> None:
 def create_state(model, tx, rng, image_size: int, mesh, encoder_weights: str = "") -> TrainState:
     """Initialise on one image, put the pretrained encoder in (``encoder_weights``, a torchvision/timm checkpoint of
     ``model.encoder``, read first so a bad path fails fast), replicate over the mesh."""
-    encoder = read_encoder_weights(model.encoder, encoder_weights) if encoder_weights else None
+    encoder = read_encoder_weights(model.encoder, encoder_weights, max(ENCODER_STAGES)) if encoder_weights else None
     if encoder is None:
         return state_lib.create_state(model, tx, rng, image_size, mesh)
     where = f"{model.encoder} checkpoint {encoder_weights}"

@@ -149,7 +149,8 @@ def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weight
     With ``bank_from_checkpoint`` the bank is left as zeros of its shape, for a state that a checkpoint restore
     fills (a resumed run, ``eval.py``): building it costs two encoder passes over the training set (about 65 s at
     full size on a GPU) that the restore would overwrite."""
-    encoder = read_encoder_weights(model.encoder, encoder_weights) if encoder_weights else None
+    encoder = (read_encoder_weights(model.encoder, encoder_weights, max(model.feature_layers)) if encoder_weights
+               else None)
     layout = bank_layout(model, image_size, len(bank_source), bank, seed)
     model = model.clone(bank_size=layout.size)
 

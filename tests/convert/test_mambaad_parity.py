@@ -78,6 +78,11 @@ def test_wrong_keys_are_named(official):
     misshaped = {**state, "mff_oce.convf.bias": torch.zeros(7)}
     with pytest.raises(ConversionError, match=r"mff_oce\.convf\.bias: \(7,\)"):
         from_torch("mambaad", misshaped)
+    ssm = "net_s.layers_up.0.blocks.0.smm_blocks.0.self_attention."
+    renamed = {(k.replace("x_proj_weight", "x_proj.0.weight") if k.startswith(ssm) else k): v for k, v in state.items()}
+    with pytest.raises(ValueError, match=rf"no {ssm}x_proj_weight, from which the architecture is read.*"
+                                         rf"x_proj\.0\.weight"):  # e.g. another VMamba version's key names
+        from_torch("mambaad", renamed)
 
 
 def test_a_scan_order_we_do_not_have_is_refused(official):

@@ -96,20 +96,37 @@ def test_load_from_pth_file(resnet18, tmp_path):
     assert_same_variables(from_torch("resnet18", str(path))[1], expected)
 
 
-def test_load_wrapped_checkpoint_with_objects(resnet18, tmp_path):
-    """A training checkpoint {'net': state_dict, ...} holding a non-tensor object loads with a warning."""
+def test_checkpoint_with_objects_is_refused_unless_trusted(resnet18, tmp_path, monkeypatch):
+    """A file holding pickled objects besides tensors would run code when loaded: refused, naming the file and the
+    opt-in; with torch's own opt-in set it loads, a whole pickled module (``torch.save(model)``) too."""
     state, expected = resnet18
-    path = tmp_path / "checkpoint.pth"
+    path, whole = tmp_path / "checkpoint.pth", tmp_path / "whole.pth"
     torch.save({"net": state, "epoch": 3, "args": argparse.Namespace(lr=1e-3)}, path)
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        assert_same_variables(from_torch("resnet18", path)[1], expected)
+    torch.save({"model": torch_resnet("resnet18")}, whole)
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    for refused in (path, whole):
+        with pytest.raises(ValueError, match=f"{refused.name} holds Python objects besides tensors.*"
+                                             f"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"):
+            from_torch("resnet18", refused)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    assert_same_variables(from_torch("resnet18", path)[1], expected)
+    assert_same_variables(from_torch("resnet18", whole)[1], expected)
 
 
-def test_load_wrapped_dict_and_ddp_prefix(resnet18):
+def test_load_wrapped_dict_and_wrapper_prefixes(resnet18, tmp_path):
+    """The wrappers training code puts around weights: checkpoint dicts, DDP, torch.compile, Lightning."""
     state, expected = resnet18
     assert_same_variables(from_torch("resnet18", {"net": state, "epoch": 3})[1], expected)
     assert_same_variables(from_torch("resnet18", {"state_dict": state})[1], expected)
-    assert_same_variables(from_torch("resnet18", {f"module.{k}": v for k, v in state.items()})[1], expected)
+    for prefix in ("module.", "_orig_mod.", "model.", "model._orig_mod.", "module._orig_mod."):
+        assert_same_variables(from_torch("resnet18", {f"{prefix}{k}": v for k, v in state.items()})[1], expected)
+    path = tmp_path / "tutorial.pth"  # PyTorch's tutorial checkpoint
+    torch.save({"epoch": 3, "model_state_dict": state, "optimizer_state_dict": {"param_groups": []}}, path)
+    assert_same_variables(from_torch("resnet18", path)[1], expected)
+    assert set(load_state_dict({"model.a": np.ones(1), "b": np.ones(1)})) == {"model.a", "b"}  # not on every key
+    torch.save({"weights": {"conv1.weight": "not a tensor"}}, path)
+    with pytest.raises(ValueError, match=r"tutorial.pth: entry 'weights' is a dict, not a tensor"):
+        load_state_dict(path)
 
 
 def test_load_npz(resnet18, tmp_path):

@@ -141,6 +141,17 @@ def test_pretrained_encoder_is_loaded_without_layer4(tmp_path):
     np.testing.assert_array_equal(params["layer3_1"]["conv2"]["kernel"],
                                   expected["params"]["layer3_1"]["conv2"]["kernel"])
     np.testing.assert_array_equal(stats["bn1"]["mean"], expected["batch_stats"]["bn1"]["mean"])
+    cut = tmp_path / "resnet18_to_layer3.pth"  # a backbone saved without the stage MambaAD does not use
+    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith(("layer4.", "fc."))}, cut)
+    state = reconstruction.create_state(run.build_model(config), tx, jax.random.PRNGKey(0), 64, make_mesh(),
+                                        encoder_weights=str(cut))
+    np.testing.assert_array_equal(_params(state)["encoder"]["layer3_1"]["conv2"]["kernel"],
+                                  params["layer3_1"]["conv2"]["kernel"])
+    wrong = tmp_path / "resnet50.pth"
+    torch.save(TorchResNet("bottleneck", (3, 4, 6, 3)).state_dict(), wrong)
+    with pytest.raises(ValueError, match=r"encoder_weights='.*resnet50.pth' does not hold the resnet18 stages 1-3"):
+        reconstruction.create_state(run.build_model(config), tx, jax.random.PRNGKey(0), 64, make_mesh(),
+                                    encoder_weights=str(wrong))
 
 
 def test_missing_encoder_weights_is_a_one_line_error(tmp_path):
