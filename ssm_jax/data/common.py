@@ -90,11 +90,22 @@ def require_file(path: str, expected: str) -> str:
     return path
 
 
+def is_hidden(name: str) -> bool:
+    """A name that is never data: hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``, the ``._x.png``
+    resource forks macOS writes beside every file on some drives) and the ``__MACOSX`` folder of a Mac-made zip."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def subdirs(directory: str) -> list[str]:
+    """Sorted names of the folders directly inside ``directory``, hidden ones left out."""
+    return sorted(d for d in os.listdir(directory) if not is_hidden(d) and os.path.isdir(os.path.join(directory, d)))
+
+
 def list_images(directory: str, extensions: Sequence[str] = images.IMAGE_EXTENSIONS) -> list[str]:
-    """Sorted image files (by extension, case-insensitive) directly inside ``directory``."""
+    """Sorted image files (by extension, case-insensitive) directly inside ``directory``, hidden ones left out."""
     exts = tuple(e.lower() for e in extensions)
     return sorted(os.path.join(directory, f) for f in os.listdir(directory)
-                  if f.lower().endswith(exts) and os.path.isfile(os.path.join(directory, f)))
+                  if f.lower().endswith(exts) and not is_hidden(f) and os.path.isfile(os.path.join(directory, f)))
 
 
 def require_images(directory: str, expected: str, extensions: Sequence[str] = images.IMAGE_EXTENSIONS) -> list[str]:

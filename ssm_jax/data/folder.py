@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from ssm_jax.data.common import Record, Source, require_dir, require_images
+from ssm_jax.data.common import Record, Source, require_dir, require_images, subdirs
 from ssm_jax.data.split import take_split
 
 
@@ -32,7 +32,7 @@ def class_folders(root: str, class_names: Sequence[str] | None, dataset: str) ->
     """{class: sorted image paths} for ``root/<class>/``; checks every class folder and that it is not empty."""
     require_dir(root, f"the {dataset} dataset root with one folder per class")
     if class_names is None:
-        class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        class_names = subdirs(root)
         if not class_names:
             raise ValueError(f"{dataset} root {root!r} has no class folders; expected root/<class>/<images>")
     missing = [c for c in class_names if not os.path.isdir(os.path.join(root, c))]

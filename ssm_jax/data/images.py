@@ -1,7 +1,8 @@
 """Image and mask decoding with PIL: one colour rule for every dataset, clear errors for bad files.
 
 Colour rule (``strict=False``): grayscale (``L``, ``1``) is replicated to three channels; 16/32-bit
-grayscale (``I;16``, ``I``) is scaled to 8 bits by its type's full range first; palette (``P``) images
+unsigned grayscale (``I;16``, ``I``) is scaled to 8 bits by its type's full range first (signed and floating-point
+TIFFs have no such range, so they are refused by name: convert them first); palette (``P``) images
 are expanded through their palette; alpha (``RGBA``, ``LA``, ``PA``) is dropped, not composited;
 ``CMYK``/``YCbCr`` are converted by PIL. With ``strict=True`` anything not already ``RGB`` raises.
 """
@@ -18,6 +19,11 @@ class CorruptImageError(ValueError):
     """An image file that PIL cannot open or fully decode (unreadable, truncated, not an image)."""
 
 
+def _too_large(path: str) -> ValueError:
+    return ValueError(f"image {path!r} is larger than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a guard "
+                      f"against decompression bombs): resize it, or raise PIL.Image.MAX_IMAGE_PIXELS")
+
+
 def _decode(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
@@ -25,8 +31,18 @@ def _decode(path: str) -> Image.Image:
             return img
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path!r} does not exist") from None
+    except Image.DecompressionBombError as e:
+        raise _too_large(path) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CorruptImageError(f"cannot decode image {path!r} (corrupt or truncated?): {e}") from e
+
+
+def _signed_or_float(img: Image.Image) -> bool:
+    """Floating-point pixels, or integers a TIFF's SampleFormat tag marks as signed (PIL reads int16 as mode I)."""
+    if img.mode == "F":
+        return True
+    sample_format = getattr(img, "tag_v2", {}).get(339, 1) if img.mode.startswith("I") else 1
+    return (sample_format[0] if isinstance(sample_format, tuple) else sample_format) in (2, 3)
 
 
 def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False) -> Image.Image:
@@ -35,6 +51,9 @@ def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False) -> Im
         return img
     if strict:
         raise ValueError(f"image {path!r} has mode {img.mode!r}; expected an RGB image (strict=True)")
+    if _signed_or_float(img):
+        raise ValueError(f"image {path!r} has signed or floating-point pixels (mode {img.mode!r}), which have no "
+                         f"fixed range to scale to 8 bits; expected 8- or 16-bit unsigned images: convert it first")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         bits = 16 if img.mode.startswith("I;16") else 32
         arr = np.asarray(img).astype(np.uint64) >> (bits - 8)
@@ -59,6 +78,8 @@ def image_size(path: str) -> tuple[int, int]:
             return img.size
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path!r} does not exist") from None
+    except Image.DecompressionBombError as e:
+        raise _too_large(path) from e
     except (UnidentifiedImageError, OSError) as e:
         raise CorruptImageError(f"cannot read image header of {path!r}: {e}") from e
 

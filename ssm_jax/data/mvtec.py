@@ -17,20 +17,16 @@ import os
 from typing import Sequence
 
 from ssm_jax.data.common import ANOMALY, Record, Source, check_split, list_images, require_dir, require_images, \
-    select_categories
+    select_categories, subdirs
 
 CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
               "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
 
 
-def _subdirs(path: str) -> list[str]:
-    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-
-
 def _test_records(cat_dir: str, category: str) -> list[Record]:
     test_dir = require_dir(os.path.join(cat_dir, "test"), "test/<defect>/ folders (MVTec AD layout)")
     records = []
-    for defect in _subdirs(test_dir):
+    for defect in subdirs(test_dir):
         files = require_images(os.path.join(test_dir, defect), f"test images of defect {defect!r}")
         if defect == "good":
             records += [Record(p, 0, category, "good") for p in files]
@@ -54,7 +50,7 @@ def mvtec_source(root: str, split: str = "train", *, categories: str | Sequence[
     check_split(split, ("train", "test"))
     require_dir(root, "the MVTec AD root with one folder per category")
     records = []
-    for category in select_categories(_subdirs(root), categories, "MVTec AD", root):
+    for category in select_categories(subdirs(root), categories, "MVTec AD", root):
         cat_dir = os.path.join(root, category)
         if split == "train":
             files = require_images(os.path.join(cat_dir, "train", "good"), "normal training images")

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ssm_jax.data.common import ANOMALY, Record, Source, check_split, list_images, require_dir, require_images, \
-    select_categories
+    select_categories, subdirs
 
 CATEGORIES = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire")
 
@@ -53,11 +53,11 @@ def mvtec3d_source(root: str, split: str = "train", *, categories: str | Sequenc
                    with_xyz: bool = False, strict: bool = False) -> Source:
     check_split(split, ("train", "validation", "test"))
     require_dir(root, "the MVTec 3D-AD root with one folder per category")
-    available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    available = subdirs(root)
     records = []
     for category in select_categories(available, categories, "MVTec 3D-AD", root):
         split_dir = require_dir(os.path.join(root, category, split), f"{split}/<defect>/ folders")
-        defects = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+        defects = subdirs(split_dir)
         if not defects:
             raise ValueError(f"MVTec 3D-AD folder {split_dir!r} is empty; expected <defect>/rgb/ folders")
         for defect in defects:

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ssm_jax.data import elpv, get_source, images
+from ssm_jax.data.common import is_hidden
 
 SPLITS = {
     "elpv": ("all",), "elpv_ad": ("train", "test"), "folder": ("all",), "neu": ("all",), "gc10": ("all",),
@@ -60,8 +61,11 @@ def dataset_files(dataset: str, root: str) -> tuple[list[str], list[str], list[s
             image_files.add(_relative(record.path, root))
             if record.mask_path is not None:
                 mask_files.add(_relative(record.mask_path, root))
-    metadata = [os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files
-                if f.lower().endswith(METADATA_EXTENSIONS)]
+    metadata = []
+    for directory, folders, files in os.walk(root, followlinks=True):  # a linked folder is the loader's too
+        folders[:] = [f for f in folders if not is_hidden(f)]
+        metadata += [os.path.relpath(os.path.join(directory, f), root) for f in files
+                     if f.lower().endswith(METADATA_EXTENSIONS) and not is_hidden(f)]
     return sorted(image_files), sorted(mask_files - image_files), sorted(metadata)
 
 

@@ -20,12 +20,15 @@ import json
 import os
 from typing import Sequence
 
-from ssm_jax.data.common import ANOMALY, Record, Source, check_split, require_dir, select_categories
+from ssm_jax.data.common import ANOMALY, Record, Source, check_split, is_hidden, require_dir, select_categories
 
 
 def _load_json(path: str, split: str) -> tuple[str, list[dict]]:
-    with open(path) as f:
-        doc = json.load(f)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            doc = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"Real-IAD meta file {path!r} is not valid UTF-8 JSON (truncated or corrupt?): {e}") from e
     if split not in doc:
         raise ValueError(f"Real-IAD meta file {path!r} has no {split!r} list; expected keys 'meta', 'train', 'test'")
     return doc.get("meta", {}).get("normal_class", "OK"), doc[split]
@@ -51,7 +54,7 @@ def realiad_source(root: str, split: str = "train", *, categories: str | Sequenc
     check_split(split, ("train", "test"))
     jdir = require_dir(os.path.join(root, json_dir), "Real-IAD meta files <category>.json")
     idir = require_dir(os.path.join(root, image_dir), "Real-IAD images, one folder per category")
-    available = sorted(f[:-5] for f in os.listdir(jdir) if f.endswith(".json"))
+    available = sorted(f[:-5] for f in os.listdir(jdir) if f.endswith(".json") and not is_hidden(f))
     records = []
     for category in select_categories(available, categories, "Real-IAD", jdir):
         json_path = os.path.join(jdir, category + ".json")

@@ -26,7 +26,7 @@ COLUMNS = ("object", "split", "label", "image", "mask")
 
 def read_split_csv(csv_path: str) -> list[dict]:
     require_file(csv_path, "the VisA split file split_csv/1cls.csv (object,split,label,image,mask)")
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:

@@ -15,7 +15,7 @@ import ml_collections
 
 from ssm_jax import viz
 from ssm_jax.data import SOURCES, get_source, make_pipeline
-from ssm_jax.data.common import Record, Source
+from ssm_jax.data.common import Record, Source, is_hidden
 from ssm_jax.data.images import IMAGE_EXTENSIONS
 from ssm_jax.models.mambaad import build_mambaad
 from ssm_jax.models.memorymamba import build_memorymamba
@@ -294,7 +294,8 @@ class Experiment:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"--predict_dir {folder} is not a directory of images")
-        paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                       and not any(is_hidden(part) for part in p.relative_to(folder).parts))
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
         source = Source([Record(p, 0) for p in paths], self.train_source.class_names, task=self.train_source.task)

@@ -117,3 +117,35 @@ def test_mvtec3d_xyz_on_request(replica_root):
     assert len(src) == 2 * PER_CLASS
     xyz = load_xyz(src[0].xyz_path)
     assert xyz.shape == (16, 16, 3) and xyz.dtype == np.float32
+
+
+def test_files_a_mac_or_a_spreadsheet_adds_are_not_data(replica):
+    """macOS writes ``._<name>`` resource forks beside every file on some drives and ``__MACOSX/`` into zips;
+    Finder ``.DS_Store``, Jupyter ``.ipynb_checkpoints/``; Excel saves CSV with a byte-order mark. None is a
+    category, an image or a meta file, and the sources read as without them."""
+    expected = {}
+    for name in ("mvtec", "visa", "realiad", "mvtec3d"):
+        root = replica(name)
+        expected[name] = [(r.path, r.label, r.mask_path) for r in get_source(name, root, "test")]
+        for directory, _, files in list(os.walk(root)):
+            for f in files:
+                with open(os.path.join(directory, "._" + f), "wb") as out:
+                    out.write(b"\x00\x05\x16\x07 AppleDouble")
+            open(os.path.join(directory, ".DS_Store"), "wb").close()
+        for hidden in ("__MACOSX", ".ipynb_checkpoints"):
+            os.makedirs(os.path.join(root, hidden, "train", "good"))
+        if name == "visa":
+            csv = os.path.join(root, "split_csv", "1cls.csv")
+            text = open(csv, encoding="utf-8").read()
+            open(csv, "w", encoding="utf-8").write("\ufeff" + text)
+        got = [(r.path, r.label, r.mask_path) for r in get_source(name, root, "test")]
+        assert got == expected[name], name
+
+
+def test_corrupt_realiad_meta_file_is_named(replica):
+    root = replica("realiad")
+    path = os.path.join(root, "realiad_jsons", "pcb.json")
+    text = open(path).read()
+    open(path, "w").write(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"pcb.json' is not valid UTF-8 JSON"):
+        get_source("realiad", root, "test")

@@ -24,6 +24,17 @@ def test_replica_counts_labels_and_split(replica_root, name, reg, num_classes):
     assert paths(get_source(reg, root, "train", seed=0)) == paths(train)
 
 
+def test_hidden_files_and_folders_are_neither_images_nor_classes(replica):
+    root = replica("folder")
+    before = [(r.path, r.label) for r in get_source("folder", root, "all").records]
+    for name in sorted(os.listdir(root)):
+        for f in os.listdir(os.path.join(root, name)):
+            open(os.path.join(root, name, "._" + f), "wb").close()  # macOS resource forks
+    for hidden in ("__MACOSX", ".ipynb_checkpoints"):
+        os.makedirs(os.path.join(root, hidden))
+    assert [(r.path, r.label) for r in get_source("folder", root, "all").records] == before
+
+
 def test_class_names_follow_the_layout(replica_root):
     assert get_source("gc10", os.path.join(replica_root, "gc10"), "all").class_names == list(gc10.CLASS_NAMES)
     src = get_source("neu", os.path.join(replica_root, "neu"), "all")

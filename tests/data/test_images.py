@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from ssm_jax.data import CorruptImageError, get_source, load_image, make_pipeline
+from ssm_jax.data.images import image_size
 
 
 def _save(path, arr, mode):
@@ -21,6 +22,23 @@ def test_grayscale_and_rgba_follow_the_rule(tmp_path):
     assert (load_image(rgba) == 9).all()  # alpha dropped, not composited
     assert (load_image(str(g16)) == 128).all()  # 16-bit scaled to 8 bits
     assert load_image(gray, size=8).shape == (8, 8, 3)
+
+
+def test_signed_float_and_huge_images_are_refused_by_name(tmp_path, monkeypatch):
+    """Signed and floating-point TIFFs have no range to scale to 8 bits (they decoded black before); an image over
+    PIL's pixel limit is named rather than raising PIL's own error."""
+    ramp = np.linspace(0, 30000, 20).reshape(4, 5)
+    for name, dtype in (("s16.tif", np.int16), ("f32.tif", np.float32)):
+        Image.fromarray(ramp.astype(dtype)).save(tmp_path / name)
+        with pytest.raises(ValueError, match=rf"{name}' has signed or floating-point pixels"):
+            load_image(str(tmp_path / name))
+    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "u16.tif")
+    assert load_image(str(tmp_path / "u16.tif")).max() == 30000 >> 8
+    big = _save(tmp_path / "big.png", np.zeros((40, 40), np.uint8), "L")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL raises above twice the limit
+    for read in (load_image, image_size):
+        with pytest.raises(ValueError, match=r"big.png' is larger than PIL's limit of 100 pixels"):
+            read(big)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA"])

@@ -2,6 +2,7 @@
 the same decoded uint8 pixels and binary masks; metadata copied byte for byte; one-line CLI errors."""
 
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -64,6 +65,10 @@ def test_modes_and_metadata(replica_root, tmp_path):
     assert image.endswith(".JPG")  # name kept, content PNG, colour kept
     with Image.open(image) as img:
         assert img.format == "PNG" and img.mode == "RGB"
+    linked = str(tmp_path / "linked")  # split_csv shared between copies through a link: packed as the loader reads it
+    shutil.copytree(root, linked, ignore=shutil.ignore_patterns("split_csv"))
+    os.symlink(os.path.join(root, "split_csv"), os.path.join(linked, "split_csv"))
+    assert csv in pack.dataset_files("visa", linked)[2]
     gc10 = str(tmp_path / "gc10.zip")
     pack.pack("gc10", os.path.join(replica_root, "gc10"), SIZE, gc10, progress=False)
     with zipfile.ZipFile(gc10) as zf, Image.open(zf.open(zf.namelist()[0])) as img:
