@@ -1,6 +1,8 @@
 """Pack a dataset, resized, into one zip small enough to ship to a remote machine.
 
-``python -m ssm_jax.data.pack --dataset NAME [--root DIR] --size S --out FILE.zip [--verify]`` writes a
+``python -m ssm_jax.data.pack --dataset NAME [--root DIR] [--source KEY=VALUE ...] --size S --out FILE.zip
+[--verify]`` (``--source``: the loader's options, as ``config.data.source`` names them, e.g. Real-IAD's
+``image_dir=realiad_256``) writes a
 stored (uncompressed) zip whose top level is a copy of the dataset's root: the images and masks that the
 loader's records reference (all splits) plus the metadata files under the root (``.csv``, ``.json``,
 ``.txt``, copied as they are). Unzipped (``unpack``), the folder is a root the same loader reads, giving the
@@ -16,6 +18,7 @@ extension (loaders find files by name, PIL decodes by content). MVTec 3D-AD poin
 from __future__ import annotations
 
 import argparse
+import ast
 import io
 import os
 import sys
@@ -52,12 +55,13 @@ def default_root(dataset: str, root: str | None) -> str:
     return root
 
 
-def dataset_files(dataset: str, root: str) -> tuple[list[str], list[str], list[str]]:
-    """(images, masks, metadata files) of ``dataset`` under ``root``, as sorted paths relative to ``root``."""
+def dataset_files(dataset: str, root: str, source: dict | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(images, masks, metadata files) of ``dataset`` under ``root`` (read with loader options ``source``), as
+    sorted paths relative to ``root``."""
     _check_dataset(dataset)
     image_files, mask_files = set(), set()
     for split in SPLITS[dataset]:
-        for record in get_source(dataset, root, split):
+        for record in get_source(dataset, root, split, **(source or {})):
             image_files.add(_relative(record.path, root))
             if record.mask_path is not None:
                 mask_files.add(_relative(record.mask_path, root))
@@ -107,16 +111,17 @@ def _write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
     zf.writestr(zipfile.ZipInfo(name.replace(os.sep, "/"), date_time=_DATE), data, zipfile.ZIP_STORED)
 
 
-def pack(dataset: str, root: str | None, size: int, out: str, progress: bool = True, fmt: str = "png") -> int:
+def pack(dataset: str, root: str | None, size: int, out: str, progress: bool = True, fmt: str = "png",
+         source: dict | None = None) -> int:
     """Writes the packed zip to ``out``; returns the number of files in it. ``fmt``: "png", or "webp" (lossless
-    WebP, about 20% smaller on noisy images such as ELPV's)."""
+    WebP, about 20% smaller on noisy images such as ELPV's); ``source``: the loader's options."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if size < MIN_SIZE:
         raise ValueError(f"--size {size} is too small; expected at least {MIN_SIZE}")
     _check_dataset(dataset)
     root = default_root(dataset, root)
-    image_files, mask_files, metadata = dataset_files(dataset, root)
+    image_files, mask_files, metadata = dataset_files(dataset, root, source)
     jobs = [(f, packed_image) for f in image_files] + [(f, packed_mask) for f in mask_files]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     try:
@@ -139,15 +144,15 @@ def unpack(zip_path: str, dest: str) -> str:
     return dest
 
 
-def verify(dataset: str, root: str | None, zip_path: str) -> dict[str, int]:
+def verify(dataset: str, root: str | None, zip_path: str, source: dict | None = None) -> dict[str, int]:
     """Unpacks into a temporary folder and checks each split has the same records; returns the counts."""
-    root = default_root(dataset, root)
+    root, source = default_root(dataset, root), source or {}
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
         packed_root = unpack(zip_path, tmp)
         for split in SPLITS[dataset]:
-            original = [_key(r, root) for r in get_source(dataset, root, split)]
-            packed = [_key(r, packed_root) for r in get_source(dataset, packed_root, split)]
+            original = [_key(r, root) for r in get_source(dataset, root, split, **source)]
+            packed = [_key(r, packed_root) for r in get_source(dataset, packed_root, split, **source)]
             if packed != original:
                 raise ValueError(f"packed {split!r} split differs: {len(packed)} records, "
                                  f"expected {len(original)} as in {root!r}")
@@ -160,10 +165,23 @@ def _key(record, root: str) -> tuple:
     return os.path.relpath(record.path, root), record.label, record.category, record.defect, mask, record.subset
 
 
+def source_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value): a Python literal (``seed=1``, ``categories=['pcb']``) or else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}; expected KEY=VALUE, a loader option such as image_dir=realiad_256")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ssm_jax.data.pack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help=f"one of {sorted(SPLITS)}")
     parser.add_argument("--root", default=None, help="dataset root (default for elpv: the installed package)")
+    parser.add_argument("--source", type=source_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="a loader option, as config.data.source names it (repeatable)")
     parser.add_argument("--size", type=int, required=True, help="side S of the stored S x S images")
     parser.add_argument("--out", required=True, help="zip file to write")
     parser.add_argument("--format", default="png", choices=FORMATS, help="lossless encoding of the stored images")
@@ -171,13 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        n = pack(args.dataset, args.root, args.size, args.out, fmt=args.format)
+        n = pack(args.dataset, args.root, args.size, args.out, fmt=args.format, source=dict(args.source))
         mib = os.path.getsize(args.out) / 2**20
         print(f"wrote {args.out}: {n} files, {mib:.1f} MiB in {time.perf_counter() - start:.0f} s")
         if args.verify:
-            counts = verify(args.dataset, args.root, args.out)
+            counts = verify(args.dataset, args.root, args.out, dict(args.source))
             print("verified: " + ", ".join(f"{split} {n} records" for split, n in counts.items()))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, TypeError) as e:  # TypeError: a --source option the loader lacks
         sys.exit(f"error: {e}")
 
 

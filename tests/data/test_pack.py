@@ -140,3 +140,18 @@ def test_corrupt_image_leaves_no_zip(replica, tmp_path):
     with pytest.raises(SystemExit, match="cannot decode image"):
         pack.main(["--dataset", "mvtec", "--root", root, "--size", "8", "--out", str(out)])
     assert not out.exists()
+
+
+def test_loader_options_on_the_command_line(replica, tmp_path, capsys):
+    """Real-IAD ships its images at several resolutions, one folder each; the loader's option picks one."""
+    root = replica("realiad")
+    os.rename(os.path.join(root, "realiad_1024"), os.path.join(root, "realiad_256"))
+    out = str(tmp_path / "realiad.zip")
+    pack.main(["--dataset", "realiad", "--root", root, "--source", "image_dir=realiad_256", "--size", "16",
+               "--out", out, "--verify"])
+    assert "verified: train" in capsys.readouterr().out
+    assert get_source("realiad", pack.unpack(out, str(tmp_path / "r")), "test", image_dir="realiad_256")
+    with pytest.raises(SystemExit, match="error: .*unexpected keyword argument 'image_folder'"):
+        pack.main(["--dataset", "realiad", "--root", root, "--source", "image_folder=x", "--size", "16",
+                   "--out", out])
+    assert pack.source_option("categories=['pcb']") == ("categories", ["pcb"])
