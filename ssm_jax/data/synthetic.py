@@ -174,6 +174,9 @@ def synthetic_source(root: str | None = None, split: str = "train", *, bases=TEX
     unknown = [b for b in bases if b not in TEXTURES + ("elpv",)]
     if unknown:
         raise ValueError(f"unknown synthetic bases {unknown}; expected some of {TEXTURES + ('elpv',)}")
+    unknown = [d for d in defect_types if d not in DEFECT_TYPES]
+    if unknown or not defect_types:
+        raise ValueError(f"synthetic defect_types {list(defect_types)}: expected one or more of {list(DEFECT_TYPES)}")
     split_id = 0 if split == "train" else 1
     rng = np.random.default_rng([seed, split_id])
     elpv_paths = [r.path for r in elpv.elpv_ad_source(root, split, seed=seed).records if r.label == 0] \

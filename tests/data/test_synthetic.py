@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ssm_jax.data import draw_defect, get_source
-from ssm_jax.data.synthetic import DEFECT_TYPES
+from ssm_jax.data.synthetic import DEFECT_TYPES, TEXTURES, synthetic_source
 
 
 @pytest.mark.parametrize("kind", DEFECT_TYPES)
@@ -25,3 +25,9 @@ def test_source_is_seeded_and_masks_match_labels():
         assert (a["mask"].sum() > 0) == bool(r.label) and a["has_mask"]
     with pytest.raises(ValueError, match="unknown synthetic bases"):
         get_source("synthetic", None, "test", bases=("marble",))
+
+
+@pytest.mark.parametrize("bad", [("scratch", "dent"), ()])
+def test_unknown_defect_types_are_refused_up_front(bad):
+    with pytest.raises(ValueError, match=r"synthetic defect_types .*expected one or more of \['scratch'"):
+        synthetic_source(split="test", bases=TEXTURES[:1], num_test=4, defect_types=bad)
