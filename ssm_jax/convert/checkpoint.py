@@ -83,6 +83,7 @@ def convert_to_workdir(kind: str, checkpoint, workdir, config):
     ``workdir``: ``checkpoints/<step>``, ``config.json`` and an empty ``metrics.jsonl``. Returns (the config
     written, the step)."""
     check_kind(kind)
+    workdir = Path(workdir).expanduser()
     check_no_checkpoints(workdir)
     model_config, variables = from_torch(kind, checkpoint)
     config = with_model(config, kind, model_config)

@@ -332,12 +332,13 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, bina
     out.parent.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
     flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
-    lines = [",".join(["path", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags))]
-    for r in np.argsort(predictions["indices"], kind="stable"):
-        row = predictions["probs"][r]
-        lines.append(",".join([source[int(predictions["indices"][r])].path, names[int(np.argmax(row))],
-                               f"{row.max():.4f}"] + [f"{p:.4f}" for p in row] + [str(v[r]) for v in flags.values()]))
-    out.write_text("\n".join(lines) + "\n")
+    with out.open("w", newline="") as f:  # csv quotes a path with a comma, as predictions.csv does
+        writer = csv.writer(f)
+        writer.writerow(["path", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags))
+        for r in np.argsort(predictions["indices"], kind="stable"):
+            row = predictions["probs"][r]
+            writer.writerow([source[int(predictions["indices"][r])].path, names[int(np.argmax(row))],
+                             f"{row.max():.4f}"] + [f"{p:.4f}" for p in row] + [str(v[r]) for v in flags.values()])
     return out
 
 

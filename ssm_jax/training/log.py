@@ -25,10 +25,22 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def trim_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` (written by a run that died before its next checkpoint)."""
+        """Drop lines logged after ``step`` (written by a run that died before its next checkpoint), and a last line
+        cut short by that death; a damaged line before the last is an error naming it."""
         if jax.process_index() != 0 or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        lines = [line for line in self.path.read_text().splitlines() if line]
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                if number == len(lines):
+                    break
+                raise ValueError(f"{self.path} line {number} is not a JSON record ({err}); expected one "
+                                 f"{{\"step\": ..., ...}} per line: mend or remove that line to resume") from err
+            if record["step"] <= step:
+                kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: dict) -> None:

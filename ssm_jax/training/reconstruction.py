@@ -213,9 +213,11 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_
     out_dir.mkdir(parents=True, exist_ok=True)
     order = np.argsort(predictions["indices"], kind="stable")
     out = out_dir / f"predict_{name}.csv"
-    lines = ["path,score"] + [f"{source[int(predictions['indices'][r])].path},{predictions['scores'][r]:.6g}"
-                              for r in order]
-    out.write_text("\n".join(lines) + "\n")
+    with out.open("w", newline="") as f:  # csv quotes a path with a comma, as scores.csv does
+        writer = csv.writer(f)
+        writer.writerow(["path", "score"])
+        writer.writerows([source[int(predictions["indices"][r])].path, f"{predictions['scores'][r]:.6g}"]
+                         for r in order)
     top = np.argsort(-predictions["scores"], kind="stable")[:num_overlays]
     save_overlays(source, predictions, top, out_dir / f"predict_{name}.png", with_masks=False)
     return out

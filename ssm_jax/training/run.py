@@ -22,6 +22,7 @@ from ssm_jax.models.memorymamba import build_memorymamba
 from ssm_jax.models.resnet_classifier import build_resnet_classifier
 from ssm_jax.models.snarm import build_snarm
 from ssm_jax.training import classification, pretraining, reconstruction, residual
+from ssm_jax.training import tta as tta_lib
 from ssm_jax.training.accumulate import check_grad_accum
 from ssm_jax.training.checkpoint import Checkpointer, has_checkpoint, model_fingerprint
 from ssm_jax.training.log import MetricsLog, write_config
@@ -62,7 +63,9 @@ def _classifier_kwargs(config, resuming: bool) -> dict:
 
 
 def _check_classes(config, train_source) -> None:
-    """The classifier's class count and its binary report's first positive class against the dataset's classes."""
+    """The classifier's class count and its binary report's first positive class against the dataset's classes,
+    and its evaluation's test-time augmentation, so that a typo is named before training rather than after."""
+    tta_lib.check_mode(config.eval.tta)
     names = list(train_source.class_names)
     if config.model.num_classes != len(names):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset {config.data.name!r} "
@@ -74,6 +77,17 @@ def _check_classes(config, train_source) -> None:
     if not 0.0 <= threshold <= 1.0 or (threshold and not config.eval.binary_from):
         raise ValueError(f"config.eval.flag_threshold={threshold} must be 0 (off) or a probability in (0, 1] with "
                          f"config.eval.binary_from naming the group it flags (now {config.eval.binary_from})")
+
+
+COUNTS = ("epochs", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "max_to_keep")
+
+
+def _check_counts(train) -> None:
+    """``config.train`` fields that must be at least 1: 0 would divide by zero or, for ``max_to_keep``, delete every
+    checkpoint the run writes, the last included."""
+    bad = [f"train.{name}={train[name]}" for name in COUNTS if train[name] < 1]
+    if bad:
+        raise ValueError(f"config.{', config.'.join(bad)}: expected at least 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +198,8 @@ class Experiment:
     def __init__(self, config, workdir):
         if config.task not in TASKS:
             raise ValueError(f"config.task={config.task!r}; valid: {', '.join(TASKS)}")
-        self.config, self.workdir = config, Path(workdir)
+        self.config, self.workdir = config, Path(workdir).expanduser()  # "--workdir=~/x": the shell leaves ~ as is
+        _check_counts(config.train)
         self.mesh = make_mesh()
         check_batch_size(config.train.batch_size, self.mesh)
         check_grad_accum(config.train.batch_size, config.train.grad_accum_steps, self.mesh)
@@ -227,7 +242,6 @@ class Experiment:
     def train(self):
         """Train to ``total_steps``, resuming from the workdir's latest checkpoint when there is one."""
         config = self.config
-        write_config(self.workdir, config)
         log = MetricsLog(self.workdir)
         # closing: stops the data workers and frees the shared-memory batches they made ahead, on every way out
         # (finished, SIGTERM, error); otherwise they outlive training and Python warns of leaked shared memory.
@@ -240,6 +254,7 @@ class Experiment:
                 _say(f"resuming from step {extra['step']} of {self.total_steps} ({self.checkpointer.directory})")
             else:
                 self.family.on_fresh_start(config)
+            write_config(self.workdir, config)  # after the restore: a refused resume keeps the config that wrote it
             frozen = count_params({k: v for k, v in self.state.params.items() if k in self.family.frozen})
             _say(f"{config.model.name}: {count_params(self.state.params):,} parameters"
                  f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "

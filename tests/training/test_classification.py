@@ -255,9 +255,10 @@ def test_flag_threshold_reaches_evaluation_and_folder_predictions_through_the_ex
     assert summary["binary"]["at_flag_threshold"]["threshold"] == 0.5
     folder = tmp_path / "new"
     _cells(folder, np.zeros(3, np.int64))
+    (folder / "cell2.png").rename(folder / "cell 2, left.png")  # a comma in a name is quoted, not a new column
     with experiment.predict_folder(folder).open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3
+    assert len(rows) == 3 and rows[0]["path"] == str(folder / "cell 2, left.png") and None not in rows[0]
     for r in rows:  # probabilities to 4 decimals: the flag follows their sum, away from the cut's rounding
         group = float(r["p_b"]) + float(r["p_c"])
         assert abs(group - 0.5) < 2e-4 or int(r["flagged"]) == (group >= 0.5)
@@ -353,3 +354,28 @@ def test_resnet_classifier_trains_evaluates_and_resumes_with_its_batch_statistic
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(started.model_state), trained.model_state)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(started.params["encoder"]), trained.params["encoder"])
     assert not np.allclose(np.asarray(started.params["head"]["kernel"]), trained.params["head"]["kernel"])
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("eval", "tta", "flip", r"config\.eval\.tta='flip'; valid"),
+    ("train", "max_to_keep", 0, r"config\.train\.max_to_keep=0: expected at least 1"),
+    ("train", "checkpoint_every", 0, r"config\.train\.checkpoint_every=0: expected at least 1"),
+    ("train", "epochs", 0, r"config\.train\.epochs=0: expected at least 1"),
+])
+def test_settings_that_would_fail_after_training_are_named_before_it(tiny_config, tmp_path, section, key, value,
+                                                                     message):
+    """A typo in the evaluation's test-time augmentation used to surface only once training ended; max_to_keep 0
+    let orbax delete every checkpoint, the last included; a zero count divided by zero."""
+    config = tiny_config()
+    with config.unlocked():
+        config[section][key] = value
+    with pytest.raises(ValueError, match=message):
+        run.Experiment(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_workdir_with_a_tilde_is_the_home_folder(tiny_config, tmp_path, monkeypatch):
+    """``--workdir=~/runs/x``: the shell does not expand ~ after =, so the run does."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    experiment = run.Experiment(tiny_config(), "~/runs/x")
+    assert experiment.workdir == tmp_path / "runs" / "x" and (tmp_path / "runs" / "x" / "checkpoints").is_dir()

@@ -13,6 +13,7 @@ import pytest
 
 from ssm_jax.training import classification, run
 from ssm_jax.training.checkpoint import CheckpointError
+from ssm_jax.training.log import MetricsLog
 from ssm_jax.training.loop import NonFiniteLossError
 from ssm_jax.training.mesh import make_mesh, shard_batch
 from ssm_jax.training.preemption import Preempted
@@ -48,6 +49,8 @@ def test_resume_after_crash_and_sigterm_equals_uninterrupted(tiny_config, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run.Experiment(config, tmp_path / "resumed").train()
     monkeypatch.undo()
+    with (tmp_path / "resumed/metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "loss": 0.')  # a line the crash cut short: dropped on resume
     crash_during_step(monkeypatch, classification, step=2, sigterm=True)  # resumed at 3: SIGTERM during step 5
     with pytest.raises(Preempted) as stopped:
         run.Experiment(config, tmp_path / "resumed").train()
@@ -160,6 +163,17 @@ def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
         other.model.dims = (16,)
     with pytest.raises(CheckpointError, match="holds a checkpoint of model 'memorymamba'.*different parameter tree"):
         run.Experiment(other, tmp_path).train()
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["dims"] != [16]  # the config that wrote it
+
+
+def test_damaged_metrics_log_line_is_named(tmp_path):
+    log = MetricsLog(tmp_path)
+    for step in (1, 2, 3):
+        log.write(step, {"loss": 1.0 / step})
+    lines = log.path.read_text().splitlines()
+    log.path.write_text("\n".join([lines[0], lines[1][:9], lines[2]]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a JSON record"):
+        log.trim_after(3)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # reads in flight, see cli.run
