@@ -148,7 +148,8 @@ class Decode:
             ex = self.source.load(self.source[index], self.image_size)
         except CorruptImageError as e:
             if not self.skip_corrupt:
-                raise
+                raise CorruptImageError(f"{e}; to go on without such files, set skip_corrupt "
+                                        f"(--config.data.skip_corrupt=True, which a rerun resumes with)") from e
             self.skipped += 1
             warnings.warn(f"skip_corrupt: skipped {self.skipped} corrupt image(s) so far; last: {e}", stacklevel=3)
             return _CORRUPT
@@ -354,7 +355,8 @@ def batch_position(state: dict, batch_size: int) -> int:
                       "examples into batches by worker count: resuming at the same number of batches, but the "
                       "examples of the rest of this epoch are not exactly those the run would have seen", stacklevel=2)
         return sum(int(s["next_index"]) for s in state["iterators_in_use_states"]) // batch_size
-    raise ValueError(f"data state {state!r} is not a training pipeline's position; expected {{'next_batch': k}}")
+    raise ValueError(f"data state {str(state)[:200]!r} is not a training pipeline's position; expected "
+                     f"{{'next_batch': k}} (was it saved with skip_corrupt, which the run must then keep?)")
 
 
 @dataclasses.dataclass
@@ -379,4 +381,12 @@ class ExampleBatchIterator(_PipelineIterator):
         return self._iterator.get_state()
 
     def set_state(self, state: dict) -> None:
-        self._iterator.set_state(state)
+        """grain's state; or training's ``{"next_batch": k}`` (a run saved without ``skip_corrupt``, resumed with it
+        after a corrupt file stopped it), reached by reading the first k batches again."""
+        if "next_batch" not in state:
+            self._iterator.set_state(state)
+            return
+        warnings.warn(f"this checkpoint's data position was saved without skip_corrupt: reading its first "
+                      f"{state['next_batch']} batches again to reach it", stacklevel=2)
+        for _ in range(int(state["next_batch"])):
+            next(self._iterator)

@@ -102,3 +102,25 @@ def test_training_skips_corrupt_images_in_full_batches_and_resumes(replica):
     assert [len(b["index"]) for b in batches] == [2] * 4  # 8 of 9 readable, in full batches
     assert sorted(np.concatenate([b["index"] for b in batches]).tolist()) == sorted(set(range(9)) - {skipped})
     assert [first] + rest == [b["index"].tolist() for b in batches]
+
+
+def test_a_run_saved_without_skip_corrupt_resumes_with_it(replica):
+    """A corrupt file stops a run; the error says how to go on; the rerun with skip_corrupt starts at the batch the
+    checkpoint names (the same batches as before when nothing in them is corrupt)."""
+    root = replica("folder")
+    src = get_source("folder", root, "all")
+    kw = dict(batch_size=2, image_size=8, train=True, shard_index=0, shard_count=1, num_epochs=1, num_threads=1,
+              flips=("horizontal",))
+    fixed = iter(make_pipeline(src, **kw))
+    seen = [next(fixed) for _ in range(2)]
+    state = fixed.get_state()
+    rest = [b["index"].tolist() for b in fixed]
+    fixed.close()
+    resumed = iter(make_pipeline(src, skip_corrupt=True, **kw))
+    with pytest.warns(UserWarning, match="saved without skip_corrupt: reading its first 2 batches again"):
+        resumed.set_state(state)
+    assert [b["index"].tolist() for b in resumed][: len(rest)] == rest
+    assert seen[0]["index"].tolist() != rest[0]
+    _corrupt_one(root)
+    with pytest.raises(CorruptImageError, match=r"b/001.png.*--config.data.skip_corrupt=True"):
+        list(make_pipeline(get_source("folder", root, "all"), **kw))
