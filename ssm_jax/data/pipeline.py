@@ -335,7 +335,7 @@ class BatchIterator(_PipelineIterator):
         return batch
 
     def get_state(self) -> dict:
-        return {"next_batch": self._next}
+        return {"next_batch": self._next, "batch_size": self._batches.batch_size}
 
     def set_state(self, state: dict) -> None:
         self._release()  # reopened from the restored batch at the next next()
@@ -343,11 +343,18 @@ class BatchIterator(_PipelineIterator):
 
 
 def batch_position(state: dict, batch_size: int) -> int:
-    """The next batch that a saved data state names: this module's ``{"next_batch": k}``, or the grain iterator state
-    that checkpoints held before it (examples handed out: ``next_index`` of one process, or summed over the workers'
-    states, whose batches were grouped differently: those resume at the same count, with a warning)."""
+    """The next batch that a saved data state names: this module's ``{"next_batch": k, "batch_size": b}`` (saved
+    with another batch size: the batch holding example k b of the stream, with a warning), or the grain iterator
+    state that checkpoints held before it (examples handed out: ``next_index`` of one process, or summed over the
+    workers' states, whose batches were grouped differently: those resume at the same count, with a warning)."""
     if "next_batch" in state:
-        return int(state["next_batch"])
+        saved = int(state.get("batch_size", batch_size))
+        if saved != batch_size:
+            warnings.warn(f"this checkpoint was written with batches of {saved} examples per process, resumed with "
+                          f"{batch_size}: training goes on from example {int(state['next_batch']) * saved} of the "
+                          f"data stream, with a learning-rate schedule and batches that differ from the run's "
+                          f"own", stacklevel=2)
+        return int(state["next_batch"]) * saved // batch_size
     if "next_index" in state:
         return int(state["next_index"]) // batch_size
     if "iterators_in_use_states" in state:
