@@ -29,6 +29,7 @@ from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
 from ssm_jax.training.optim import count_params, make_optimizer
+from ssm_jax.training.workdir_lock import workdir_lock
 
 MODELS = {"memorymamba": build_memorymamba, "resnet": build_resnet_classifier, "mambaad": build_mambaad,
           "snarm": build_snarm}
@@ -324,7 +325,8 @@ class Experiment:
 
 
 def train_and_evaluate(config, workdir) -> dict:
-    """What ``train.py`` runs: train (resuming if possible), then evaluate on the test split."""
-    experiment = Experiment(config, workdir)
-    experiment.train()
-    return experiment.evaluate()
+    """What ``train.py`` runs: train (resuming if possible), then evaluate on the test split; one run per workdir."""
+    with workdir_lock(workdir):
+        experiment = Experiment(config, workdir)
+        experiment.train()
+        return experiment.evaluate()
