@@ -41,15 +41,29 @@ def _unknown_key_message(argv: list[str], err: Exception) -> str | None:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing that turns an unknown ``--config.*`` key into a one-line error (exit code 2)."""
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
+        getattr(flags.FLAGS["config"].value, "task", None)  # ml_collections defers a load error to first use
+        return remaining
+    except OSError as err:  # the file is missing or get_config() raised: ml_collections' report, less its frames
+        sys.exit(f"error: cannot load the --config file: {config_load_error(str(err))}")
     except (AttributeError, KeyError) as err:
         message = _unknown_key_message(argv, err)
         if message is None:
             raise
         sys.exit(f"error: {message}")
     except flags.Error as err:
-        sys.exit(f"error: {err}\nusage: {argv[0]} --config=configs/<model>_<dataset>.py --workdir=DIR "
+        lines = str(err).strip().splitlines()
+        if any(line.startswith("Traceback") for line in lines):  # get_config() raised: say what, not where
+            lines = [lines[0], lines[-1]]
+        sys.exit(f"error: {' '.join(lines)}\nusage: {argv[0]} --config=configs/<model>_<dataset>.py --workdir=DIR "
                  f"[--config.section.key=value ...]")
+
+
+def config_load_error(report: str) -> str:
+    """The lines of ml_collections' load-failure report that say what failed: the paths tried and their errors."""
+    lines = [line.strip() for line in report.strip().splitlines()]
+    tried = [line for line in lines[1:] if line and not line.startswith("Attempted")]
+    return "; ".join(tried) or lines[0]
 
 
 def define_run_flags(workdir_help: str):

@@ -31,6 +31,7 @@ from ssm_jax.training.mesh import check_batch_size, make_mesh
 from ssm_jax.training.optim import count_params, make_optimizer
 from ssm_jax.training.workdir_lock import workdir_lock
 
+DTYPES = ("float32", "bfloat16")  # activations; parameters and the scan's state stay float32
 MODELS = {"memorymamba": build_memorymamba, "resnet": build_resnet_classifier, "mambaad": build_mambaad,
           "snarm": build_snarm}
 
@@ -178,6 +179,8 @@ def build_model(config):
     """The model named by ``config.model.name`` (its other fields are the model's own)."""
     if config.model.name not in MODELS:
         raise ValueError(f"config.model.name={config.model.name!r}; valid: {', '.join(MODELS)}")
+    if config.model.get("dtype", "float32") not in DTYPES:
+        raise ValueError(f"config.model.dtype={config.model.dtype!r}; valid: {', '.join(DTYPES)}")
     fields = {k: v for k, v in config.model.items() if k != "name"}
     return MODELS[config.model.name](ml_collections.ConfigDict(fields))
 
@@ -318,7 +321,8 @@ class Experiment:
         predictions = self._predict(source)
         out = None
         if jax.process_index() == 0:
-            out = self.family.module.write_folder_predictions(predictions, source, self.eval_dir, folder.name,
+            out = self.family.module.write_folder_predictions(predictions, source, self.eval_dir,
+                                                              folder.resolve().name,  # "." names its folder too
                                                               **self.family.output_kwargs(self.config))
             _say(f"predicted {len(paths)} images -> {out}")
         return out

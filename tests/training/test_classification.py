@@ -379,3 +379,11 @@ def test_workdir_with_a_tilde_is_the_home_folder(tiny_config, tmp_path, monkeypa
     monkeypatch.setenv("HOME", str(tmp_path))
     experiment = run.Experiment(tiny_config(), "~/runs/x")
     assert experiment.workdir == tmp_path / "runs" / "x" and (tmp_path / "runs" / "x" / "checkpoints").is_dir()
+
+
+def test_an_unknown_activation_dtype_is_named(tiny_config, tmp_path):
+    config = tiny_config()
+    with config.unlocked():
+        config.model.dtype = "bf16"
+    with pytest.raises(ValueError, match=r"config\.model\.dtype='bf16'; valid: float32, bfloat16"):
+        run.Experiment(config, tmp_path)

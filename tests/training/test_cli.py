@@ -86,6 +86,20 @@ def test_a_mistyped_config_key_is_one_line_naming_it(override, expected, tmp_pat
     assert not any(tmp_path.iterdir())  # nothing written for a run that never started
 
 
+@pytest.mark.parametrize("config, expected", [
+    ("configs/no_such_config.py", "error: cannot load the --config file: configs/no_such_config.py; [Errno 2] No "
+                                  "such file or directory"),
+    ("configs/memorymamba_elpv.py:bogus", "Error whilst parsing config file: ValueError: unknown variant 'bogus' of "
+                                          "memorymamba_elpv; valid: gpu, cpu, mim, mim_cpu"),
+])
+def test_a_config_file_that_does_not_load_is_one_message(config, expected, tmp_path):
+    root = pathlib.Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "train.py", f"--config={config}", f"--workdir={tmp_path}"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert expected in done.stderr.strip().splitlines()[0]
+
+
 _DETERMINISTIC = """
 import os, sys
 import jax
