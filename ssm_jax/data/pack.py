@@ -1,12 +1,11 @@
 """Pack a dataset, resized, into one zip small enough to ship to a remote machine.
 
 ``python -m ssm_jax.data.pack --dataset NAME [--root DIR] [--source KEY=VALUE ...] --size S --out FILE.zip
-[--verify]`` (``--source``: the loader's options, as ``config.data.source`` names them, e.g. Real-IAD's
-``image_dir=realiad_256``) writes a
-stored (uncompressed) zip whose top level is a copy of the dataset's root: the images and masks that the
-loader's records reference (all splits) plus the metadata files under the root (``.csv``, ``.json``,
-``.txt``, copied as they are). Unzipped (``unpack``), the folder is a root the same loader reads, giving the
-same records (relative paths, labels, categories, defects).
+[--verify]`` writes a stored (uncompressed) zip whose top level is a copy of the dataset's root (read with the
+loader's options ``--source``, as ``config.data.source`` names them, e.g. ``image_dir=realiad_256``): the images
+and masks that the loader's records reference (all splits) plus the metadata files under the root (``.csv``,
+``.json``, ``.txt``, copied as they are). Unzipped (``unpack``), the folder is a root the same loader reads, giving
+the same records (relative paths, labels, categories, defects).
 
 Each image is stored as the pipeline would decode it at ``S`` (``images.load_image``: colour rule, then PIL
 bilinear), so reading the packed copy at ``S`` gives the same uint8 pixels; images whose channels are equal

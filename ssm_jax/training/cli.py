@@ -39,13 +39,14 @@ def _unknown_key_message(argv: list[str], err: Exception) -> str | None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns an unknown ``--config.*`` key into a one-line error (exit code 2)."""
+    """absl flag parsing that turns an unknown ``--config.*`` key, or a config file that does not load, into a
+    one-line error (exit code 1)."""
     try:
         remaining = flags.FLAGS(argv)
         getattr(flags.FLAGS["config"].value, "task", None)  # ml_collections defers a load error to first use
         return remaining
     except OSError as err:  # the file is missing or get_config() raised: ml_collections' report, less its frames
-        sys.exit(f"error: cannot load the --config file: {config_load_error(str(err))}")
+        sys.exit(f"error: cannot load the --config file: {_config_load_error(str(err))}")
     except (AttributeError, KeyError) as err:
         message = _unknown_key_message(argv, err)
         if message is None:
@@ -59,7 +60,7 @@ def parse_flags(argv: list[str]) -> list[str]:
                  f"[--config.section.key=value ...]")
 
 
-def config_load_error(report: str) -> str:
+def _config_load_error(report: str) -> str:
     """The lines of ml_collections' load-failure report that say what failed: the paths tried and their errors."""
     lines = [line.strip() for line in report.strip().splitlines()]
     tried = [line for line in lines[1:] if line and not line.startswith("Attempted")]
