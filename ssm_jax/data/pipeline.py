@@ -247,7 +247,8 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     workers = _worker_options(num_workers)
     _register_tidy_at_exit()
     if train and not skip_corrupt:  # fixed batches of the example stream, whatever the worker count
-        return Batches(ds.batch(batch_size, drop_remainder=True), batch_size, num_threads, prefetch_batches, workers)
+        return Batches(ds.batch(batch_size, drop_remainder=True), batch_size, len(shard), num_threads,
+                       prefetch_batches, workers)
     # Evaluation, or training that may skip examples: the workers decode single examples and this process batches
     # them in order, so every batch but the last is full (the evaluation loop counts full batches).
     ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
@@ -300,6 +301,7 @@ class Batches:
 
     batches: grain.MapDataset
     batch_size: int
+    examples: int  # in an epoch of this process's shard
     num_threads: int
     prefetch_batches: int
     workers: grain.MultiprocessingOptions | None
@@ -335,18 +337,23 @@ class BatchIterator(_PipelineIterator):
         return batch
 
     def get_state(self) -> dict:
-        return {"next_batch": self._next, "batch_size": self._batches.batch_size}
+        return {"next_batch": self._next, "batch_size": self._batches.batch_size, "examples": self._batches.examples}
 
     def set_state(self, state: dict) -> None:
         self._release()  # reopened from the restored batch at the next next()
-        self._next = batch_position(state, self._batches.batch_size)
+        self._next = batch_position(state, self._batches.batch_size, self._batches.examples)
 
 
-def batch_position(state: dict, batch_size: int) -> int:
-    """The next batch that a saved data state names: this module's ``{"next_batch": k, "batch_size": b}`` (saved
-    with another batch size: the batch holding example k b of the stream, with a warning), or the grain iterator
-    state that checkpoints held before it (examples handed out: ``next_index`` of one process, or summed over the
-    workers' states, whose batches were grouped differently: those resume at the same count, with a warning)."""
+def batch_position(state: dict, batch_size: int, examples: int | None = None) -> int:
+    """The next batch that a saved data state names: this module's ``{"next_batch": k, "batch_size": b, "examples":
+    n}`` (saved with another batch size: the batch holding example k b of the stream; saved over another number of
+    training examples: the same batch; each with a warning), or the grain iterator state that checkpoints held before
+    it (examples handed out: ``next_index`` of one process, or summed over the workers' states, whose batches were
+    grouped differently: those resume at the same count, with a warning)."""
+    if "examples" in state and examples is not None and int(state["examples"]) != examples:
+        warnings.warn(f"this checkpoint's run trained on {state['examples']} examples per process, this one has "
+                      f"{examples}: is it the same data? The shuffled order from here on is not the run's own",
+                      stacklevel=2)
     if "next_batch" in state:
         saved = int(state.get("batch_size", batch_size))
         if saved != batch_size:

@@ -324,7 +324,7 @@ class Experiment:
             out = self.family.module.write_folder_predictions(predictions, source, self.eval_dir,
                                                               folder.resolve().name,  # "." names its folder too
                                                               **self.family.output_kwargs(self.config))
-            _say(f"predicted {len(paths)} images -> {out}")
+            _say(f"predicted {len(predictions['indices'])} images -> {out}")  # skip_corrupt leaves some out
         return out
 
 

@@ -133,7 +133,7 @@ def test_training_resumes_with_another_worker_count(folder, saved_with, resumed_
     it = iter(make_pipeline(folder, **{**kw, "num_workers": saved_with}))
     _indices(it, 2)
     state = it.get_state()
-    assert state == {"next_batch": 2, "batch_size": 2}
+    assert state == {"next_batch": 2, "batch_size": 2, "examples": len(folder)}
     rest = _indices(it, 3)
     it.close()
     with pytest.raises(StopIteration):  # closed: its workers are not started again
@@ -150,6 +150,8 @@ def test_batch_position_reads_the_grain_states_of_older_checkpoints():
     with pytest.warns(UserWarning, match="written with batches of 8 examples per process, resumed with 4: training "
                                          "goes on from example 56"):
         assert batch_position({"next_batch": 7, "batch_size": 8}, 4) == 14
+    with pytest.warns(UserWarning, match="trained on 100 examples per process, this one has 90: is it the same data"):
+        assert batch_position({"next_batch": 7, "batch_size": 4, "examples": 100}, 4, 90) == 7
     assert batch_position({"next_index": 24}, 8) == 3  # one process: examples handed out
     workers = {"iterators_in_use_indices": [0, 1], "iterators_in_use_states": [{"next_index": 16}, {"next_index": 8}]}
     with pytest.warns(UserWarning, match="earlier ssm_jax"):
