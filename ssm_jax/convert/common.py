@@ -128,6 +128,15 @@ def _state_dict_of(value):
     return value.state_dict() if callable(getattr(value, "state_dict", None)) else value
 
 
+def _wrapped(state: Mapping) -> Mapping | None:
+    """The state dict under the first of ``WRAPPER_KEYS`` that holds one, else None."""
+    for key in WRAPPER_KEYS:
+        inner = _state_dict_of(state.get(key))
+        if isinstance(inner, Mapping):
+            return inner
+    return None
+
+
 def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
     """A flat {torch key: numpy array} from a checkpoint file (.pth/.pt/.bin via torch, .npz) or a dict.
 
@@ -144,8 +153,8 @@ def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
         state, source = (_npz_load(path) if path.suffix == ".npz" else _state_dict_of(_torch_load(path))), str(path)
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-    while wrapper := next((k for k in WRAPPER_KEYS if isinstance(_state_dict_of(state.get(k)), Mapping)), None):
-        state = _state_dict_of(state[wrapper])
+    while (inner := _wrapped(state)) is not None:
+        state = inner
     state = {key.removeprefix("module."): value for key, value in state.items()}
     while prefix := next((p for p in WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)), None):
         state = {key.removeprefix(prefix): value for key, value in state.items()}

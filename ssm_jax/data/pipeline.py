@@ -257,7 +257,7 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     ids = ids.batch(batch_size, drop_remainder=train)
     if prefetch_batches > 0 and workers is None:  # its iterator's state counts the batches handed out
         ids = grain.experimental.ThreadPrefetchIterDataset(ids, prefetch_buffer_size=prefetch_batches)
-    return ExampleBatches(ids)
+    return ExampleBatches(ids, batch_size, len(shard))
 
 
 def _worker_options(num_workers: int) -> grain.MultiprocessingOptions | None:
@@ -378,13 +378,19 @@ class ExampleBatches:
     """Batches assembled here from single examples (evaluation, ``skip_corrupt`` training)."""
 
     dataset: grain.IterDataset
+    batch_size: int
+    examples: int  # in an epoch of this process's shard
 
     def __iter__(self) -> "ExampleBatchIterator":
-        return ExampleBatchIterator(iter(self.dataset))
+        return ExampleBatchIterator(self)
 
 
 class ExampleBatchIterator(_PipelineIterator):
     """grain's iterator of ``ExampleBatches``, with its ``get_state()`` / ``set_state()``."""
+
+    def __init__(self, batches: ExampleBatches):
+        super().__init__(iter(batches.dataset))
+        self._batches = batches
 
     def __next__(self) -> dict:
         if self._closed:
@@ -400,7 +406,8 @@ class ExampleBatchIterator(_PipelineIterator):
         if "next_batch" not in state:
             self._iterator.set_state(state)
             return
+        position = batch_position(state, self._batches.batch_size, self._batches.examples)
         warnings.warn(f"this checkpoint's data position was saved without skip_corrupt: reading its first "
-                      f"{state['next_batch']} batches again to reach it", stacklevel=2)
-        for _ in range(int(state["next_batch"])):
+                      f"{position} batches again to reach it", stacklevel=2)
+        for _ in range(position):
             next(self._iterator)

@@ -121,6 +121,10 @@ def test_a_run_saved_without_skip_corrupt_resumes_with_it(replica):
         resumed.set_state(state)
     assert [b["index"].tolist() for b in resumed][: len(rest)] == rest
     assert seen[0]["index"].tolist() != rest[0]
+    single = iter(make_pipeline(src, skip_corrupt=True, **{**kw, "batch_size": 1}))  # and with another batch size
+    with pytest.warns(UserWarning, match="reading its first 4 batches again"):
+        single.set_state(state)
+    assert [i for b in single for i in b["index"].tolist()][: 2 * len(rest)] == [i for b in rest for i in b]
     _corrupt_one(root)
     with pytest.raises(CorruptImageError, match=r"b/001.png.*--config.data.skip_corrupt=True"):
         list(make_pipeline(get_source("folder", root, "all"), **kw))
