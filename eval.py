@@ -14,8 +14,7 @@ _PREDICT_DIR = flags.DEFINE_string("predict_dir", None, "Predict every image und
 
 
 def evaluate(config, workdir, predict_dir):
-    experiment = Experiment(config, workdir)
-    experiment.restore_for_eval()
+    experiment = Experiment.for_eval(config, workdir)
     if predict_dir:
         experiment.predict_folder(predict_dir)
     else:

@@ -196,6 +196,11 @@ def _check_task(config, family: Family, train_source: Source) -> None:
     family.check(config, train_source)
 
 
+def _no_checkpoint(workdir: Path) -> str:
+    return (f"no checkpoint in {workdir.absolute() / 'checkpoints'}; train first with "
+            f"`python train.py --config=... --workdir={workdir}`")
+
+
 class Experiment:
     """Everything built from a config for one workdir: sources, mesh, model, state, checkpoints."""
 
@@ -282,11 +287,20 @@ class Experiment:
                 batches, num_examples=len(source),
                 local_batch=self.config.train.eval_batch_size // jax.process_count(), mesh=self.mesh)
 
+    @classmethod
+    def for_eval(cls, config, workdir) -> Experiment:
+        """The experiment with ``workdir``'s latest checkpoint restored. A workdir without one is refused before
+        anything is built or written: no empty ``checkpoints/`` left behind, no SNARM patch bank built first."""
+        if not has_checkpoint(Path(workdir).expanduser()):
+            raise FileNotFoundError(_no_checkpoint(Path(workdir).expanduser()))
+        experiment = cls(config, workdir)
+        experiment.restore_for_eval()
+        return experiment
+
     def restore_for_eval(self):
         restored = self.checkpointer.restore(self.state)
         if restored is None:
-            raise FileNotFoundError(f"no checkpoint in {self.checkpointer.directory}; train first with "
-                                    f"`python train.py --config=... --workdir={self.workdir}`")
+            raise FileNotFoundError(_no_checkpoint(self.workdir))
         self.state = restored[0]
 
     def evaluate(self) -> dict:

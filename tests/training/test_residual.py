@@ -183,3 +183,13 @@ def test_wrong_dataset_task_is_named(tmp_path):
     with pytest.raises(ValueError, match="config.task='residual' trains on anomaly datasets but 'elpv' is a "
                                          "classification dataset"):
         run.Experiment(finalize(config), tmp_path)
+
+
+def test_eval_of_a_workdir_without_checkpoint_builds_and_writes_nothing(tmp_path, monkeypatch):
+    """eval.py's path refuses a workdir that was never trained before building the model's state (SNARM would build
+    its bank over the training set first) and leaves no empty ``checkpoints/`` behind."""
+    monkeypatch.setattr(residual, "build_bank", lambda *args, **kwargs: pytest.fail("built a bank"))
+    for workdir in (tmp_path / "never_made", tmp_path):
+        with pytest.raises(FileNotFoundError, match=f"no checkpoint in {tmp_path}.*; train first"):
+            run.Experiment.for_eval(make_tiny_config(), workdir)
+    assert list(tmp_path.iterdir()) == []
