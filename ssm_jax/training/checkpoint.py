@@ -58,6 +58,13 @@ def _handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     return registry
 
 
+def read_error(err: Exception) -> str:
+    """An orbax read error in one line: its type and first line, without the spec of the array that tensorstore
+    appends (dozens of lines of JSON), at most 300 characters."""
+    reason = re.split(r"\n|See full TensorStore details", str(err), maxsplit=1)[0].strip().rstrip(".")
+    return f"{type(err).__name__}: " + (reason if len(reason) <= 300 else reason[:300] + " ...")
+
+
 class Checkpointer:
     """Save and restore (state, extra) pairs; keeps the newest ``max_to_keep`` steps."""
 
@@ -125,10 +132,7 @@ class Checkpointer:
         others = [s for s in self.all_steps() if s != step]
         hint = (f"earlier checkpoints: steps {others}; move {where} aside to resume from step {others[-1]}"
                 if others else "no earlier checkpoint exists; use a new --workdir to start over")
-        # the first line, before the spec of the array that tensorstore appends to its errors
-        reason = re.split(r"\n|See full TensorStore details", str(err), maxsplit=1)[0].strip().rstrip(".")
-        reason = reason if len(reason) <= 300 else reason[:300] + " ..."
-        return f"checkpoint {where} is unreadable (truncated or damaged?): {type(err).__name__}: {reason}. {hint}."
+        return f"checkpoint {where} is unreadable (truncated or damaged?): {read_error(err)}. {hint}."
 
     def close(self) -> None:
         self._manager.close()

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from ssm_jax.training.checkpoint import read_error
+
 WRAPPERS = ("backbone",)  # a pretraining model's name for the network it trains
 
 
@@ -36,7 +38,7 @@ def read_variables(workdir) -> dict:
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     except Exception as err:  # orbax raises several types for missing or damaged files
         raise ValueError(f"config.train.init_from={str(workdir)!r}: checkpoint {directory / str(step)} is "
-                         f"unreadable: {type(err).__name__}: {err}") from err
+                         f"unreadable (truncated or damaged?): {read_error(err)}") from err
     params = state.get("params") if isinstance(state, dict) else None
     if not isinstance(params, dict):
         raise ValueError(f"config.train.init_from={str(workdir)!r}: checkpoint {directory / str(step)} has no "

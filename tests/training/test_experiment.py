@@ -13,6 +13,7 @@ import pytest
 
 from ssm_jax.training import classification, run
 from ssm_jax.training.checkpoint import CheckpointError
+from ssm_jax.training.init_from import read_variables
 from ssm_jax.training.log import MetricsLog
 from ssm_jax.training.loop import NonFiniteLossError
 from ssm_jax.training.mesh import make_mesh, shard_batch
@@ -187,6 +188,9 @@ def test_truncated_checkpoint_gives_clear_error(tiny_config, tmp_path):
     with pytest.raises(CheckpointError, match=r"checkpoints/3 is unreadable .*no earlier checkpoint") as err:
         run.Experiment(config, tmp_path).train()
     assert "\n" not in str(err.value) and len(str(err.value)) < 800  # one line, not tensorstore's spec of the array
+    with pytest.raises(ValueError, match=r"init_from=.*checkpoints/3 is unreadable \(truncated") as err:
+        read_variables(tmp_path)  # another run starting from this one: the same one line
+    assert "\n" not in str(err.value) and len(str(err.value)) < 800
 
 
 def test_missing_dataset_names_the_path(tiny_config, tmp_path):
