@@ -5,8 +5,11 @@ state dict keys map onto ours by the table below. The architecture (encoder arch
 size, expansion, directions, conv-branch kernels) is read from the checkpoint's shapes, and the scan order from
 the index buffers the official code stores (``...scans.index_flat``), which must equal ours for the method found.
 
-The released Real-IAD weight has 3x3 and 5x5 conv branches and a bare 7x7 conv that the forward cannot use
-(lewandofskee/MambaAD#31); it loads as ``local_kernels=(3, 5)`` with the bare conv left out, and a warning says so.
+The released Real-IAD weight (lewandofskee/MambaAD#31) has the layout of ADer's ``ConvBNSSMBlock``
+(zhangzjn/ADer, ``model/mambaad.py``): 1x1 convs ``conv1b3``/``conv1a3`` and ``conv1b5``/``conv1a5``, depthwise
+``conv33``, ``conv55`` and ``conv77``, whose forward runs the 7x7 branch as ``conv1a3(conv77(conv1b3(x)))`` and the
+5x5 as ``conv1a5(conv55(conv1b5(x)))``, and never calls ``conv33``. It loads as those two branches,
+``local_kernels=(5, 7)``, with ``conv33`` left out, and a warning says so.
 """
 
 from __future__ import annotations
@@ -116,16 +119,38 @@ def _decoder_layout(state) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return dims, depths
 
 
+def _branch_kernels(state, prefix: str = "net_s.layers_up.0.blocks.0.") -> tuple[list[int], list[int]]:
+    """(kernels k with 1x1 wrappers conv1b{k}/conv1a{k}, kernels of the depthwise convs conv{k}{k})."""
+    found = {kind: sorted({int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + pattern, k))})
+             for kind, pattern in (("wrapped", r"conv1b(\d)\."), ("depthwise", r"conv(\d)\1\."))}
+    return found["wrapped"], found["depthwise"]
+
+
+def _from_ader_layout(state) -> dict:
+    """``state`` with ADer's ConvBNSSMBlock branches renamed to the ones its forward runs (``conv1b3 -> conv77 ->
+    conv1a3`` becomes the 7x7 branch) and its unused ``conv33`` dropped; other layouts unchanged."""
+    if _branch_kernels(state) != ([3, 5], [3, 5, 7]):
+        return state
+    warnings.warn("the checkpoint has the conv branches of ADer's ConvBNSSMBlock (as the released Real-IAD weight, "
+                  "lewandofskee/MambaAD#31), whose forward runs conv1a3(conv77(conv1b3(x))) and conv1a5(conv55("
+                  "conv1b5(x))) and never calls conv33: loaded as local_kernels=(5, 7), conv33 left out",
+                  stacklevel=3)
+    renamed = {}
+    for key, value in state.items():
+        if re.match(r"net_s\..*\.conv33\.", key):
+            continue
+        renamed[re.sub(r"^(net_s\..*\.conv1[ab])3\.", r"\g<1>7.", key)] = value
+    return renamed
+
+
 def _local_kernels(state) -> tuple[int, ...]:
-    """Kernels of the wrapped conv branches (conv1b{k} -> conv{k}{k} -> conv1a{k}); warns about bare convs."""
-    prefix = "net_s.layers_up.0.blocks.0."
-    wrapped = sorted({int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"conv1b(\d)\.", k))})
-    bare = sorted({int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"conv(\d)\1\.", k))}
-                  - set(wrapped))
-    if bare:
-        warnings.warn(f"the checkpoint has bare {', '.join(f'{k}x{k}' for k in bare)} depthwise convs without the "
-                      f"1x1 wrappers the forward needs (as in the released Real-IAD weight, lewandofskee/MambaAD#31); "
-                      f"they are left out and the model uses the wrapped branches {wrapped}", stacklevel=3)
+    """Kernels of the conv branches (conv1b{k} -> conv{k}{k} -> conv1a{k}); a depthwise conv without its 1x1
+    wrappers, or a wrapper without its depthwise conv, is a layout no published forward runs."""
+    wrapped, depthwise = _branch_kernels(state)
+    if wrapped != depthwise or not wrapped:
+        raise ValueError(f"the decoder's conv branches have 1x1 wrappers conv1b{{k}} for k in {wrapped} and depthwise "
+                         f"convs conv{{k}}{{k}} for k in {depthwise}: neither MambaAD's layout (5, 7 with both) nor "
+                         f"ADer's ConvBNSSMBlock (wrappers 3, 5; depthwise 3, 5, 7)")
     return tuple(wrapped)
 
 
@@ -149,6 +174,7 @@ def convert_mambaad(state: dict[str, np.ndarray]) -> tuple[ml_collections.Config
     if not any(k.startswith("net_s.") for k in state):
         raise ValueError("not a MambaAD state dict: no net_s.* (decoder) keys; expected the official checkpoint "
                          "(its {'net': ...} dict) or its state_dict")
+    state = _from_ader_layout(state)
     dims, depths = _decoder_layout(state)
     ssm = "net_s.layers_up.0.blocks.0.smm_blocks.0.self_attention."
     a_logs, x_proj = _entry(state, ssm + "A_logs"), _entry(state, ssm + "x_proj_weight")
@@ -159,6 +185,5 @@ def convert_mambaad(state: dict[str, np.ndarray]) -> tuple[ml_collections.Config
                                   local_kernels=_local_kernels(state))
     model = build_mambaad(config)
     template = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
-    bare = [rf"net_s\..*\.conv({k}){k}\..*" for k in range(2, 10) if k not in config.local_kernels]
-    variables = convert_state_dict(state, MAMBAAD_RULES, template, ignore=MAMBAAD_IGNORE + bare)
+    variables = convert_state_dict(state, MAMBAAD_RULES, template, ignore=MAMBAAD_IGNORE)
     return config, variables

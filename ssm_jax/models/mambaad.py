@@ -17,7 +17,7 @@ The structure, names and numerics follow the official code (lewandofskee/MambaAD
 * LSS module: cascaded HSS blocks ``x + DropPath(SS2D(LN(x)))`` in parallel with two conv branches
   [1x1 conv + IN + SiLU -> depthwise k x k + IN + SiLU -> 1x1 conv + IN + SiLU] for k in ``local_kernels`` (5, 7;
   IN = instance norm without affine parameters); concat (SSM, k=5, k=7) -> 1x1 conv -> + input. The released
-  Real-IAD checkpoint has 3x3 and 5x5 branches instead (lewandofskee/MambaAD#31): ``local_kernels=(3, 5)``.
+  Real-IAD checkpoint stores its 7x7 branch under other names (ADer's layout; ``ssm_jax.convert.mambaad``).
 * SS2D scans in ``directions`` (8) orders of ``scan_method`` ("hilbert"): the map, its transpose, rot90 and
   rot90 transposed, each forward then reversed (``ssm_jax.ssm.scan_orders``; on power-of-two squares the Hilbert
   curve equals the official ``numpy-hilbert-curve`` order).

@@ -2,6 +2,8 @@
 encoder features, decoder features and anomaly maps (tolerance: max |jax - torch| <= 1e-4 * max |torch|, the
 torch reference in float64, ours in float32), with Hilbert scans in 8 directions."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -94,19 +96,29 @@ def test_a_scan_order_we_do_not_have_is_refused(official):
         from_torch("mambaad", state)
 
 
-def test_released_realiad_layout_loads_with_3x3_and_5x5_branches():
-    """lewandofskee/MambaAD#31: wrapped 3x3 and 5x5 branches plus an unusable bare 7x7 conv."""
+def test_released_realiad_layout_runs_the_branches_aders_forward_runs():
+    """lewandofskee/MambaAD#31: the Real-IAD weight has ADer's ConvBNSSMBlock layout, whose forward runs
+    conv1a3(conv77(conv1b3(x))) and conv1a5(conv55(conv1b5(x))) and never calls conv33. The reference is the official
+    (5, 7) model with its 7x7 wrappers stored under ADer's names and a random, unused conv33 added."""
     torch.manual_seed(1)
-    model = randomize(TorchMambaAD(depths=(2, 2, 2, 2), base_size=SIZE // 32, kernels=(3, 5)), seed=1).double()
-    state = dict(model.state_dict())
-    state["net_s.layers_up.0.blocks.0.conv77.0.weight"] = torch.zeros(512, 1, 7, 7, dtype=torch.float64)
+    model = randomize(TorchMambaAD(depths=(2, 2, 2, 2), base_size=SIZE // 32, kernels=(5, 7)), seed=1).double()
+    state = {re.sub(r"\.conv1([ab])7\.", r".conv1\g<1>3.", k): v for k, v in model.state_dict().items()}
+    for key in [k for k in state if k.endswith(".conv77.0.weight")]:
+        state[key.replace(".conv77.", ".conv33.")] = torch.randn(state[key].shape[0], 1, 3, 3, dtype=torch.float64)
     images = torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)
     _, _, ref_maps = _run_torch(model, images)
-    with pytest.warns(UserWarning, match="MambaAD#31"):
+    with pytest.warns(UserWarning, match="ADer's ConvBNSSMBlock.*conv33 left out"):
         config, variables = from_torch("mambaad", state)
-    assert tuple(config.local_kernels) == (3, 5) and tuple(config.decoder_depths) == (2, 2, 2, 2)
+    assert tuple(config.local_kernels) == (5, 7) and tuple(config.decoder_depths) == (2, 2, 2, 2)
     maps, _ = anomaly_maps(config, variables, _nhwc(images).astype(np.float32))
     assert _rel(maps, ref_maps) < RTOL
+
+
+def test_conv_branches_of_no_known_layout_are_refused(official):
+    state = {k: v for k, v in official[0].state_dict().items() if ".conv1a7." not in k and ".conv1b7." not in k}
+    with pytest.raises(ValueError, match=r"wrappers conv1b\{k\} for k in \[5\] and depthwise convs conv\{k\}\{k\} "
+                                         r"for k in \[5, 7\]"):
+        from_torch("mambaad", state)
 
 
 def test_not_a_mambaad_checkpoint():
