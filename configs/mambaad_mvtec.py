@@ -1,7 +1,7 @@
 """MambaAD on MVTec AD, multi-class (all 15 categories, one model): `python train.py --config=configs/mambaad_mvtec.py`.
 
 The paper trains 1000 epochs on MVTec AD; the default here is 100 (ADer's benchmark length; 3,629 training
-images, ~22.6k steps at batch 16): pass ``--config.train.epochs=1000`` for the paper's run. The dataset is read
+images, ~22.7k steps at batch 16): pass ``--config.train.epochs=1000`` for the paper's run. The dataset is read
 from `config.data.root` (default `$SSM_JAX_DATA/mvtec` or `~/data/mvtec`); see `ssm_jax/data/mvtec.py` for the
 layout it expects. `--config.data.source.categories=bottle` trains on one category.
 """

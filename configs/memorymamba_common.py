@@ -1,4 +1,8 @@
-"""MemoryMamba configs: the model section and loss weights of paper 000 (eq. 25), shared by every dataset."""
+"""MemoryMamba configs shared by every dataset: the model section and the loss of paper 000 (eq. 25).
+
+The paper gives neither the loss weights (lambda_c, lambda_f), the contrastive margin (delta of eq. 23), the memory
+sizes used for its tables, the image size nor any augmentation; the values here are this project's (weights 0.1,
+margin 0.5, InfoNCE temperature 0.1, memories of 32 and 128 slots, 224 px, horizontal flips)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from ssm_jax.models.memorymamba import memorymamba_model_config
 
 def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_size: int = 224,
                        **source_kwargs) -> ml_collections.ConfigDict:
-    """A full MemoryMamba classification config at the paper's settings (tiny model, 224 px, batch 64)."""
+    """A full MemoryMamba classification config: the paper's optimiser settings and batch 64, the tiny model at 224
+    px (VMamba-T's depths and widths, this project's choice of size)."""
     config = ml_collections.ConfigDict()
     config.task = "classification"
     config.seed = 0
@@ -41,7 +46,8 @@ def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_s
 
 
 def apply_size(config: ml_collections.ConfigDict, size: str) -> None:
-    """Model sizes of the paper's tables: tiny / small / base (VMamba v0 depths and widths)."""
+    """Model sizes tiny / small / base: VMamba v0's depths and widths (the paper gives MemoryMamba's size nowhere;
+    its tables size only the VMamba baselines)."""
     sizes = {"tiny": ((2, 2, 9, 2), (96, 192, 384, 768)), "small": ((2, 2, 27, 2), (96, 192, 384, 768)),
              "base": ((2, 2, 27, 2), (128, 256, 512, 1024))}
     if size not in sizes:

@@ -22,7 +22,7 @@ from ssm_jax.data import make_pipeline
 from ssm_jax.training.checkpoint import Checkpointer, model_fingerprint
 from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.mesh import make_mesh, replicated_sharding
-from ssm_jax.training.optim import make_optimizer
+from ssm_jax.training.optim import make_optimizer, training_steps
 from ssm_jax.training.run import TASKS, build_model, load_source
 from ssm_jax.training.state import TrainState
 
@@ -66,9 +66,7 @@ def training_end(config) -> tuple[int, dict]:
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err}; the conversion lists the training split (it reads no image) to save the "
                                 f"checkpoint at the step training ends") from err
-    steps = config.train.epochs * (len(source) // config.train.batch_size)
-    if config.train.max_steps > 0:
-        steps = min(steps, config.train.max_steps)
+    steps = training_steps(config.train, len(source))
     data = config.data
     batches = iter(make_pipeline(source, batch_size=config.train.batch_size, image_size=data.image_size, train=True,
                                  seed=config.seed, flips=tuple(data.flips), num_workers=data.num_workers,

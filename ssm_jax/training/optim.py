@@ -1,5 +1,5 @@
-"""Optimizers from ``config.optim``: AdamW with linear warm-up then linear, cosine or step decay, as the papers use;
-optionally with frozen parameter subtrees."""
+"""Optimizers from ``config.optim``: AdamW (or Adam with L2 weight decay) with linear warm-up then linear, cosine or
+step decay, as the papers use; optionally with frozen parameter subtrees. And the step count of a run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,18 @@ from ssm_jax.training.layer_decay import check_layer_decay, scale_by_layer
 
 # Parameters that are never weight-decayed: SSM dynamics (A_logs, Ds), biases, norm scales.
 _NO_DECAY_NAMES = ("A_log", "A_logs", "D", "Ds", "bias", "scale")
+
+
+def training_steps(train, num_images: int) -> int:
+    """The steps of ``train.epochs`` passes over ``num_images`` at ``train.batch_size`` (the last batch rounded up,
+    as the stream of shuffled epochs runs on), at most ``train.max_steps`` when that is set. Counting only whole
+    batches per epoch would cut short a small training set: 114 images at batch 64 would be 10 steps for 10 epochs,
+    5.6 passes, and no warm-up step."""
+    if num_images < train.batch_size:
+        raise ValueError(f"the training set has {num_images} images, fewer than one batch of "
+                         f"train.batch_size={train.batch_size}")
+    steps = -(-train.epochs * num_images // train.batch_size)
+    return min(steps, train.max_steps) if train.max_steps > 0 else steps
 
 
 def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
@@ -55,7 +67,9 @@ def frozen_labels(params, frozen: Sequence[str]):
 
 
 def make_optimizer(optim, total_steps: int, frozen: Sequence[str] = ()) -> optax.GradientTransformation:
-    """The optimizer named by ``config.optim.name`` (adamw or adam), with optional global-norm clipping.
+    """The optimizer named by ``config.optim.name``, with optional global-norm clipping: ``adamw`` (weight decay
+    decoupled from the gradient, Loshchilov & Hutter) or ``adam`` (weight decay as an L2 term in the gradient, as
+    PyTorch's ``Adam(weight_decay=...)``; paper 000 names Adam with weight decay 0.01, which could be either).
 
     Top-level parameter subtrees named in ``frozen`` (e.g. a pretrained encoder) get zero updates: no gradient
     step and no weight decay, and no optimizer state; clipping sees only the trained parameters. With
@@ -69,8 +83,10 @@ def make_optimizer(optim, total_steps: int, frozen: Sequence[str] = ()) -> optax
     if optim.name == "adamw":
         tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
                          mask=weight_decay_mask)
-    elif optim.name == "adam":
-        tx = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    elif optim.name == "adam":  # PyTorch's Adam(weight_decay=...): an L2 term added to the gradient, then Adam
+        tx = optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
+                         optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
+                         optax.scale_by_learning_rate(schedule))
     else:
         raise ValueError(f"config.optim.name={optim.name!r}; valid: adamw, adam")
     if optim.grad_clip > 0:

@@ -28,7 +28,7 @@ from ssm_jax.training.checkpoint import Checkpointer, has_checkpoint, model_fing
 from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
-from ssm_jax.training.optim import count_params, make_optimizer
+from ssm_jax.training.optim import count_params, make_optimizer, training_steps
 from ssm_jax.training.workdir_lock import workdir_lock
 
 DTYPES = ("float32", "bfloat16")  # activations; parameters and the scan's state stay float32
@@ -223,13 +223,7 @@ class Experiment:
             raise ValueError(f"config.optim.sam_rho is a setting of {takers} runs, not of config.task={config.task!r}")
         self.train_source = load_source(config, "train")
         _check_task(config, self.family, self.train_source)
-        steps_per_epoch = len(self.train_source) // config.train.batch_size
-        if steps_per_epoch == 0:
-            raise ValueError(f"the training set has {len(self.train_source)} images, fewer than one batch of "
-                             f"train.batch_size={config.train.batch_size}")
-        self.total_steps = config.train.epochs * steps_per_epoch
-        if config.train.max_steps > 0:
-            self.total_steps = min(self.total_steps, config.train.max_steps)
+        self.total_steps = training_steps(config.train, len(self.train_source))
         self.model = build_model(config)
         tx = make_optimizer(config.optim, self.total_steps, frozen=self.family.frozen)
         # Whether a checkpoint will be restored over the new state: then the state only needs the right shapes.

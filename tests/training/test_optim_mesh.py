@@ -1,4 +1,5 @@
-"""Learning-rate schedule, weight-decay mask and batch-size checks against hand-computed values."""
+"""Learning-rate schedule, step count, weight-decay mask and batch-size checks against hand-computed values; Adam
+with L2 weight decay against PyTorch's."""
 
 import jax
 import ml_collections
@@ -7,7 +8,7 @@ import pytest
 
 from configs.common import optim_config
 from ssm_jax.training.mesh import check_batch_size, make_mesh
-from ssm_jax.training.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
+from ssm_jax.training.optim import learning_rate_schedule, make_optimizer, training_steps, weight_decay_mask
 
 
 def test_linear_warmup_then_linear_decay():
@@ -39,6 +40,46 @@ def test_decoupled_weight_decay_applies_to_kernels_only():
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
     np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def test_adam_adds_l2_weight_decay_to_the_gradient_as_pytorch_does():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    kernel, bias = rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal(2).astype(np.float32)
+    grads = [(rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal(2).astype(np.float32))
+             for _ in range(3)]
+    # PyTorch's Adam decays every tensor it is given: the bias goes in a group without decay, as ours masks it
+    t_kernel, t_bias = torch.tensor(kernel, requires_grad=True), torch.tensor(bias, requires_grad=True)
+    reference = torch.optim.Adam([{"params": [t_kernel], "weight_decay": 0.1}, {"params": [t_bias], "weight_decay": 0}],
+                                 lr=0.01, eps=1e-8)
+    tx = make_optimizer(optim_config(name="adam", lr=0.01, warmup_fraction=0.0, decay="constant", weight_decay=0.1), 10)
+    params = {"dense": {"kernel": kernel, "bias": bias}}
+    state = tx.init(params)
+    for g_kernel, g_bias in grads:
+        t_kernel.grad, t_bias.grad = torch.tensor(g_kernel), torch.tensor(g_bias)
+        reference.step()
+        updates, state = tx.update({"dense": {"kernel": g_kernel, "bias": g_bias}}, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    np.testing.assert_allclose(params["dense"]["kernel"], t_kernel.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params["dense"]["bias"], t_bias.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("epochs, images, batch, max_steps, steps", [
+    (10, 114, 64, -1, 18),     # 10 passes over a small set: 1,152 images, not 10 steps (640 images, 5.6 passes)
+    (10, 128, 64, -1, 20),     # whole batches: exact
+    (40, 1968, 64, -1, 1230),  # ELPV's training split, 40 epochs
+    (40, 1968, 64, 100, 100),  # max_steps caps it
+])
+def test_training_steps_cover_the_epochs(epochs, images, batch, max_steps, steps):
+    train = ml_collections.ConfigDict({"epochs": epochs, "batch_size": batch, "max_steps": max_steps})
+    assert training_steps(train, images) == steps
+    assert epochs * images <= steps * batch < epochs * images + batch or max_steps > 0
+
+
+def test_a_training_set_smaller_than_a_batch_is_named():
+    train = ml_collections.ConfigDict({"epochs": 10, "batch_size": 64, "max_steps": -1})
+    with pytest.raises(ValueError, match="the training set has 40 images, fewer than one batch of train.batch_size=64"):
+        training_steps(train, 40)
 
 
 def test_unknown_optimizer_is_named():
