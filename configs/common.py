@@ -11,6 +11,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from ssm_jax.training.optim import NO_DECAY_NAMES
+
 
 def default_data_root(dataset: str) -> str:
     """``$SSM_JAX_DATA/<dataset>`` if SSM_JAX_DATA is set, else ``~/data/<dataset>``."""
@@ -50,10 +52,11 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
     at the full rate (fine-tuning from ``train.init_from``; ``ssm_jax/training/layer_decay.py``); 1.0 is off.
     ``sam_rho`` > 0 (classifiers) takes each step's gradient at the worst point within that distance of the parameters
     (sharpness-aware minimisation, Foret et al. 2021: two forward-backward passes a step); 0 is off.
+    ``no_decay``: parameter names exempt from weight decay besides every 1-D tensor (``training.optim``).
     """
     defaults = {"name": "adamw", "lr": 2e-5, "end_lr": 0.0, "weight_decay": 0.01, "b1": 0.9, "b2": 0.999,
                 "eps": 1e-8, "warmup_fraction": 0.05, "decay": "linear", "step_fraction": 0.8, "step_factor": 0.1,
-                "grad_clip": 0.0, "ema_decay": 0.0, "layer_decay": 1.0, "sam_rho": 0.0}
+                "grad_clip": 0.0, "ema_decay": 0.0, "layer_decay": 1.0, "sam_rho": 0.0, "no_decay": NO_DECAY_NAMES}
     return ml_collections.ConfigDict({**defaults, **overrides})
 
 

@@ -1,7 +1,8 @@
 """MambaAD on Real-IAD, multi-class (all 30 objects, one model): `python train.py --config=configs/mambaad_realiad.py`.
 
-Images from ``realiad_1024/`` with the single-view ``realiad_jsons/`` split. Default 100 epochs (ADer's benchmark
-length; Real-IAD is large, so this is a long run: lower ``--config.train.epochs`` to fit a budget). The dataset is read
+Images from ``realiad_1024/`` with the ``realiad_jsons/`` split (the multi-view UIAD split; every view scored as an
+image). Default 100 epochs (ADer's benchmark length; the official config trains 1000; Real-IAD is large, so even 100
+is a long run: lower ``--config.train.epochs`` to fit a budget). The dataset is read
 from `config.data.root` (default `$SSM_JAX_DATA/realiad` or `~/data/realiad`); see `ssm_jax/data/realiad.py`.
 """
 

@@ -85,10 +85,17 @@ def image_size(path: str) -> tuple[int, int]:
 
 
 def load_mask(path: str, size: int | None = None) -> np.ndarray:
-    """Decodes a mask to float32 (H, W) in {0, 1}: any non-zero pixel is defective (MVTec 255, VisA 1)."""
+    """Decodes a mask to float32 (H, W) in {0, 1}: any non-zero pixel is defective (MVTec 255, VisA 1).
+
+    Resized as MambaAD's evaluation (ADer) does, so pixel metrics are taken on the same ground truth: binarised to
+    0/255, resized bilinearly (PIL, which averages over the footprint when shrinking), defective where the result
+    exceeds half (> 127). A defect thinner than about half a pixel at ``size`` then vanishes, as it does there.
+    """
     img = _decode(path)
     if img.mode not in ("L", "1", "P"):
         img = img.convert("L")
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.NEAREST)
-    return (np.asarray(img) > 0).astype(np.float32)
+    binary = np.asarray(img) > 0
+    if size is None or img.size == (size, size):
+        return binary.astype(np.float32)
+    resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize((size, size), Image.BILINEAR)
+    return (np.asarray(resized) > 127).astype(np.float32)

@@ -51,6 +51,12 @@ ENCODER_STAGES = (1, 2, 3)  # the frozen ResNet's stages whose features the deco
 _trunc_normal_02 = nn.initializers.truncated_normal(0.02)
 
 
+def depthwise_init(kernel: int):
+    """The official LSS init of a depthwise k x k conv: normal with std sqrt(2 / fan_out), torch's fan_out being
+    k * k * out_channels / groups = k * k (flax's ``fan_out`` would count every channel: 22x smaller at 512)."""
+    return nn.initializers.normal(float(np.sqrt(2.0 / (kernel * kernel))))
+
+
 def mambaad_model_config(**overrides) -> ml_collections.ConfigDict:
     """``config.model`` for MambaAD with the paper's defaults (ResNet34 encoder, depths 3-4-6-3, Hilbert x 8)."""
     defaults = {
@@ -127,7 +133,8 @@ class ConvBranch(nn.Module):
         c, k, p = x.shape[-1], self.kernel, self.kernel // 2
         conv = functools.partial(nn.Conv, kernel_init=conv_init, dtype=self.dtype)
         x = nn.silu(InstanceNorm()(conv(c, (1, 1), name="conv_in")(x)))
-        x = conv(c, (k, k), padding=((p, p), (p, p)), feature_group_count=c, use_bias=False, name="conv_dw")(x)
+        x = conv(c, (k, k), padding=((p, p), (p, p)), feature_group_count=c, use_bias=False,
+                 kernel_init=depthwise_init(k), name="conv_dw")(x)
         x = nn.silu(InstanceNorm()(x))
         return nn.silu(InstanceNorm()(conv(c, (1, 1), name="conv_out")(x)))
 
@@ -149,7 +156,7 @@ class HSSBlock(nn.Module):
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="ln_1")(x)
         y = SS2D(x.shape[-1], d_state=self.d_state, expand=self.ssm_ratio, scan_method=self.scan_method,
                  directions=self.directions, scan_impl=self.scan_impl, dense_init=_trunc_normal_02,
-                 dtype=self.dtype, fused_directions=self.fused_directions, name="self_attention")(y)
+                 conv_init=depthwise_init(3), dtype=self.dtype, fused_directions=self.fused_directions, name="self_attention")(y)
         return x + DropPath(self.drop_path, name="drop_path")(y, deterministic=not train)
 
 

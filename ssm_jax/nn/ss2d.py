@@ -37,7 +37,8 @@ class SS2D(nn.Module):
     (``benchmarks/ss2d_parts.py``, 2026-11-30); ``False`` gives the gathered path.
     Parameters are float32; ``dtype`` is the activation dtype. ``out_norm`` uses torch's LayerNorm epsilon (1e-5),
     as VMamba and MambaAD do, so converted weights give the same outputs; ``dense_init`` initialises in/out_proj
-    (MambaAD uses a truncated normal with std 0.02).
+    (MambaAD uses a truncated normal with std 0.02) and ``conv_init`` the depthwise conv (MambaAD: He normal over
+    the kernel's k x k taps).
     """
 
     d_model: int
@@ -51,6 +52,7 @@ class SS2D(nn.Module):
     dt_min: float = 1e-3
     dt_max: float = 0.1
     dense_init: Callable = nn.linear.default_kernel_init
+    conv_init: Callable = nn.linear.default_kernel_init
     dtype: Any = jnp.float32
     fused_directions: bool = True
 
@@ -58,7 +60,8 @@ class SS2D(nn.Module):
         d, k, n = int(self.expand * self.d_model), self.directions, self.d_state
         r = resolve_dt_rank(self.dt_rank, self.d_model)
         self.in_proj = nn.Dense(2 * d, use_bias=False, kernel_init=self.dense_init, dtype=self.dtype)
-        self.conv2d = nn.Conv(d, (self.d_conv, self.d_conv), padding="SAME", feature_group_count=d, dtype=self.dtype)
+        self.conv2d = nn.Conv(d, (self.d_conv, self.d_conv), padding="SAME", feature_group_count=d,
+                              kernel_init=self.conv_init, dtype=self.dtype)
         self.x_proj_weight = self.param("x_proj_weight", symmetric_uniform(d ** -0.5), (k, d, r + 2 * n))
         self.dt_projs_weight = self.param("dt_projs_weight", symmetric_uniform(r ** -0.5), (k, r, d))
         self.dt_projs_bias = self.param("dt_projs_bias", dt_bias_init(self.dt_min, self.dt_max), (k, d))

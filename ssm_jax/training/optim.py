@@ -3,6 +3,7 @@ step decay, as the papers use; optionally with frozen parameter subtrees. And th
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -11,8 +12,9 @@ import optax
 from ssm_jax.training.ema import check_decay, param_ema
 from ssm_jax.training.layer_decay import check_layer_decay, scale_by_layer
 
-# Parameters that are never weight-decayed: SSM dynamics (A_logs, Ds), biases, norm scales.
-_NO_DECAY_NAMES = ("A_log", "A_logs", "D", "Ds", "bias", "scale")
+# Parameters not weight-decayed by default (``config.optim.no_decay``): SSM dynamics (A_logs, Ds), biases, norm
+# scales, as VMamba trains; MambaAD's official code (ADer) decays every tensor but biases and 1-D ones.
+NO_DECAY_NAMES = ("A_log", "A_logs", "D", "Ds", "bias", "scale")
 
 
 def training_steps(train, num_images: int) -> int:
@@ -49,13 +51,14 @@ def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), decay], [warmup])
 
 
-def weight_decay_mask(params):
-    """True for parameters that get weight decay: matrices and kernels, not biases, norms or SSM dynamics.
+def weight_decay_mask(params, names: Sequence[str] = NO_DECAY_NAMES):
+    """True for parameters that get weight decay: tensors of two or more axes not named in ``names`` (by default
+    matrices and kernels, not biases, norms or SSM dynamics).
 
     A tree map, so subtrees another transform masked out (optax's empty ``MaskedNode``) pass through unchanged.
     """
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: getattr(path[-1], "key", None) not in _NO_DECAY_NAMES and x.ndim > 1, params)
+        lambda path, x: getattr(path[-1], "key", None) not in names and x.ndim > 1, params)
 
 
 def frozen_labels(params, frozen: Sequence[str]):
@@ -80,11 +83,12 @@ def make_optimizer(optim, total_steps: int, frozen: Sequence[str] = ()) -> optax
     check_decay(optim.ema_decay)
     check_layer_decay(optim.layer_decay)
     schedule = learning_rate_schedule(optim, total_steps)
+    mask = functools.partial(weight_decay_mask, names=tuple(optim.no_decay))
     if optim.name == "adamw":
         tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
-                         mask=weight_decay_mask)
+                         mask=mask)
     elif optim.name == "adam":  # PyTorch's Adam(weight_decay=...): an L2 term added to the gradient, then Adam
-        tx = optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
+        tx = optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=mask),
                          optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
                          optax.scale_by_learning_rate(schedule))
     else:

@@ -5,12 +5,29 @@ import pytest
 from PIL import Image
 
 from ssm_jax.data import CorruptImageError, get_source, load_image, make_pipeline
-from ssm_jax.data.images import image_size
+from ssm_jax.data.images import image_size, load_mask
 
 
 def _save(path, arr, mode):
     Image.fromarray(arr, mode).save(path)
     return str(path)
+
+
+def test_masks_shrink_as_mambaads_evaluation_resizes_them(tmp_path):
+    """ADer: 0/255, PIL bilinear, defective above half. A 1-px line at 1024 px is a quarter-covered row at 256 px
+    (dropped; nearest-neighbour sampling, which reads source rows 2, 6, ..., kept it whole); an aligned 16 x 16
+    block is an exact 4 x 4 block; a VisA mask (values 1) counts as 255."""
+    mask = np.zeros((1024, 1024), np.uint8)
+    mask[2, 100:900] = 255
+    mask[512:528, 512:528] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    small = load_mask(str(tmp_path / "m.png"), 256)
+    assert small.shape == (256, 256) and small.dtype == np.float32
+    assert small[:4].sum() == 0
+    block = np.zeros((256, 256), np.float32)
+    block[128:132, 128:132] = 1
+    np.testing.assert_array_equal(small, block)
+    np.testing.assert_array_equal(load_mask(str(tmp_path / "m.png")), mask > 0)  # no resize: as stored
 
 
 def test_grayscale_and_rgba_follow_the_rule(tmp_path):

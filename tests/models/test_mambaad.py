@@ -1,5 +1,5 @@
-"""MambaAD: shapes per stage, parameter count, frozen encoder gradients, scan-order and fused-directions
-switches, layout errors."""
+"""MambaAD: shapes per stage, parameter count, the official init of the LSS convs, frozen encoder gradients,
+scan-order and fused-directions switches, layout errors."""
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,22 @@ def tiny():
     images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     variables = jax.jit(model.init)(jax.random.key(0), images)
     return model, variables, images
+
+
+def test_depthwise_convs_start_as_the_official_lss_init(tiny):
+    """ADer's ConvBNSSMBlock._init_weights: every conv ~ N(0, 2 / fan_out), fan_out = k * k * out / groups, so a
+    depthwise k x k conv (the branches' and SS2D's) has std sqrt(2 / k^2) at any width; the 1x1 convs sqrt(2 / C)."""
+    params = jax.tree_util.tree_flatten_with_path(tiny[1]["params"]["decoder"])[0]
+    found = 0
+    for path, kernel in params:
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['kernel']") and ("conv_dw" in name or "conv2d" in name or "conv_in" in name):
+            k, _, _, out = kernel.shape
+            groups = out if kernel.shape[2] == 1 else 1
+            expected = np.sqrt(2.0 / (k * k * out / groups))
+            assert abs(float(np.std(kernel)) / expected - 1) < 0.15, (name, float(np.std(kernel)), expected)
+            found += 1
+    assert found >= 3 * 8  # every module's two depthwise convs, two 1x1 inputs and SS2D convs
 
 
 def test_gradients_reach_the_decoder_and_bottleneck_not_the_encoder(tiny):

@@ -33,6 +33,21 @@ def test_weight_decay_skips_biases_norms_and_ssm_dynamics():
                     "ss2d": {"A_logs": False, "Ds": False, "x_proj_weight": True}}
 
 
+def test_mambaad_decays_ssm_dynamics_as_ader_does():
+    """ADer decays every tensor but 1-D ones and biases, A_logs included; VMamba's default exempts A_logs."""
+    from configs.mambaad_common import mambaad_config
+    optim = mambaad_config("mvtec", "/nowhere", epochs=1).optim
+    assert optim.grad_clip == 5.0
+    params = {"ss2d": {"A_logs": np.ones((4, 2), np.float32), "Ds": np.ones(4, np.float32)},
+              "conv": {"kernel": np.ones((1, 1, 2, 2), np.float32), "bias": np.ones(2, np.float32)}}
+    assert weight_decay_mask(params, names=tuple(optim.no_decay)) == {
+        "ss2d": {"A_logs": True, "Ds": False}, "conv": {"kernel": True, "bias": False}}
+    tx = make_optimizer(optim, 10)
+    updates, _ = tx.update(jax.tree.map(np.zeros_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["ss2d"]["A_logs"], -optim.lr * 1e-4, rtol=1e-6)
+    np.testing.assert_array_equal(updates["ss2d"]["Ds"], 0.0)
+
+
 def test_decoupled_weight_decay_applies_to_kernels_only():
     tx = make_optimizer(optim_config(lr=0.1, warmup_fraction=0.0, decay="constant", weight_decay=0.5), 10)
     params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)}
