@@ -6,10 +6,13 @@ optimizer factory) at lr 1e-3 (the experiment's name), checkpoints evaluated up 
 most 1,000,000 patches thinned by a greedy coreset (100,000 rows for multi-class MVTec AD: ``coreset_ratio`` 0.1),
 maps blurred with sigma 4 and scored by the max of 16 x 16 average pooling (stride 2).
 Choices (the paper's training recipe was not available): 256 px and a frozen Wide-ResNet50 (layers 2+3, as
-PatchCore) instead of 392 px DINOv2; batch 16; weight decay 1e-4; cosine decay to lr / 10 without warm-up (the
+PatchCore) instead of 392 px DINOv2; the whole image is resized and scored, where the released preprocessing resizes
+to 448 and centre-crops 392 (images and masks, train and test: the outer 23% of each image, and any defect there, is
+not scored); batch 16; weight decay 1e-4; cosine decay to lr / 10 without warm-up (the
 released utilities hold a warm-up + cosine scheduler; its settings are unknown); no image augmentation; focal loss
 (gamma 2, alpha 0.25, RetinaNet's pairing) on every head, the selector's cross-entropy with weight 1; synthetic
-defects (pasted texture, DRAEM-style masks) in half of each batch, 0.5-10% of the image, opacity 0.5-1; each
+defects (another training image's content pasted through smooth-noise masks, ``ssm_jax/data/pasted_defects.py``,
+not the released offline generator) in half of each batch, 0.5-10% of the image, opacity 0.5-1; each
 training image's own patches left out of its bank search.
 Pass ImageNet weights with ``--config.model.encoder_weights=wide_resnet50_2.pth`` (a torchvision state_dict).
 """

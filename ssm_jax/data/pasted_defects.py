@@ -1,5 +1,10 @@
-"""Synthetic anomalies made on the accelerator, inside a jitted train step: foreign texture pasted through smooth
-random blobs (DRAEM-style Perlin masks; SNARM's released code pastes textures and image content the same way).
+"""Synthetic anomalies made on the accelerator, inside a jitted train step: content of another image of the batch
+pasted through smooth random blobs.
+
+This project's own generator, in the spirit of DRAEM's but not its copy, nor SNARM's: SNARM's released code makes two
+defective copies of each training image offline, with Perlin-noise masks (scales 2^0-2^5, rotated, thresholded at
+0.5, components over 250 px) filled with a DTD texture or the image's own content augmented and shuffled in an 8 x 8
+grid, at opacity 0.3-1; its training code, which would say how those copies are mixed in, is not released.
 
 ``paste_defects(images, key)`` returns defective images, their pixel masks and image labels. A fraction of the batch
 gets a defect: a mask from low-frequency noise (a random grid of 2 to 16 cells per side, cubic upsampling)
