@@ -40,10 +40,10 @@ def warn_if_random_encoder(config) -> None:
     arch = config.model.encoder
     if jax.process_index() == 0:
         print(f"warning: config.model.encoder_weights is empty, so the frozen {arch} encoder keeps its random "
-              f"initialisation and the detector will be weak. Pass ImageNet weights, e.g. timm's, which the "
-              f"official MambaAD configs load: torch.save(timm.create_model('{arch}', pretrained=True).state_dict(), "
-              f"'{arch}.pth') (or torchvision's) and --config.model.encoder_weights={arch}.pth", file=sys.stderr,
-              flush=True)
+              f"initialisation and the detector will be weak. Save ImageNet weights where you have them, e.g. "
+              f"torch.save(timm.create_model('{arch}', pretrained=True).state_dict(), '{arch}.pth') or "
+              f"torchvision.models.{arch}(weights='DEFAULT').state_dict() (README: which one the paper used), "
+              f"and pass --config.model.encoder_weights={arch}.pth", file=sys.stderr, flush=True)
 
 
 def create_state(model, tx, rng, image_size: int, mesh, encoder_weights: str = "") -> TrainState:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import os
 from pathlib import Path
 from types import ModuleType
@@ -196,6 +197,31 @@ def _check_task(config, family: Family, train_source: Source) -> None:
     family.check(config, train_source)
 
 
+def _with_saved_optimizer(config, workdir: Path):
+    """``config`` with the ``optim`` fields of the run's ``config.json`` where both have them. Evaluating, the
+    optimizer only shapes the saved state to restore (and with ``ema_decay`` says which parameters to evaluate), so
+    it must be the one the run trained with, even if the config file's defaults changed since (a clipping setting
+    added, say); a difference is said."""
+    path = workdir / "config.json"
+    try:
+        saved = json.loads(path.read_text()).get("optim") or {}
+    except (OSError, ValueError, AttributeError):  # no config.json (another tool's checkpoint): the config as given
+        return config
+    config, changed = config.copy_and_resolve_references(), []
+    for key, value in saved.items():
+        current = config.optim.get(key)
+        value = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+        if key in config.optim and value != current:
+            try:
+                config.optim[key] = value
+            except TypeError:
+                continue
+            changed.append(f"{key}={value!r} (the config says {current!r})")
+    if changed:
+        _say(f"evaluating with the optimizer settings the run trained with, from {path}: {', '.join(changed)}")
+    return config
+
+
 def _no_checkpoint(workdir: Path) -> str:
     return (f"no checkpoint in {workdir.absolute() / 'checkpoints'}; train first with "
             f"`python train.py --config=... --workdir={workdir}`")
@@ -284,10 +310,12 @@ class Experiment:
     @classmethod
     def for_eval(cls, config, workdir) -> Experiment:
         """The experiment with ``workdir``'s latest checkpoint restored. A workdir without one is refused before
-        anything is built or written: no empty ``checkpoints/`` left behind, no SNARM patch bank built first."""
-        if not has_checkpoint(Path(workdir).expanduser()):
-            raise FileNotFoundError(_no_checkpoint(Path(workdir).expanduser()))
-        experiment = cls(config, workdir)
+        anything is built or written: no empty ``checkpoints/`` left behind, no SNARM patch bank built first. The
+        optimizer settings are the training run's (``_with_saved_optimizer``)."""
+        workdir = Path(workdir).expanduser()
+        if not has_checkpoint(workdir):
+            raise FileNotFoundError(_no_checkpoint(workdir))
+        experiment = cls(_with_saved_optimizer(config, workdir), workdir)
         experiment.restore_for_eval()
         return experiment
 

@@ -215,3 +215,19 @@ def test_cli_rejects_unknown_config_key(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "learning_rate" in result.stderr and not (tmp_path / "checkpoints").exists()
+
+
+def test_eval_restores_with_the_optimizer_the_run_trained_with(tiny_config, tmp_path, capsys):
+    """A setting that changes the optimizer state's structure (gradient clipping, e.g. a config default added after
+    the run) does not stop eval.py: the run's config.json says how it trained, and the metrics are the run's."""
+    trained = run.Experiment(tiny_config(), tmp_path)
+    trained.train()
+    expected = trained.evaluate()
+    config = tiny_config()
+    config.optim.grad_clip = 5.0
+    with pytest.raises(CheckpointError, match="another structure"):
+        run.Experiment(config, tmp_path).restore_for_eval()
+    experiment = run.Experiment.for_eval(config, tmp_path)
+    assert "from " + str(tmp_path / "config.json") + ": grad_clip=0.0 (the config says 5.0)" in capsys.readouterr().out
+    assert experiment.config.optim.grad_clip == 0.0 and config.optim.grad_clip == 5.0
+    assert experiment.evaluate()["acc"] == expected["acc"]
