@@ -121,10 +121,11 @@ def _as_rgb(images):
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_images=8, alpha=0.5):
+def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_images=8, alpha=0.5, titles=None):
     """One row per image (the first ``max_images``): image | anomaly map over it | ground-truth contour (with
-    masks). Maps share one colour scale. Images NHWC in [0, 1] or uint8; maps and masks (N, H, W).
-    Size 3 inches per panel: (3 x columns) x (3 x rows)."""
+    masks). Maps share one colour scale, the map's own values (an image's score may pool them: SNARM averages
+    16 x 16 windows first). Images NHWC in [0, 1] or uint8; maps and masks (N, H, W); ``titles`` name each image
+    (default "image i"). Size 3 inches per panel: (3 x columns) x (3 x rows)."""
     images = _as_rgb(images)
     maps = np.asarray(maps, dtype=np.float64)
     if images.shape[0] == 0:
@@ -135,6 +136,8 @@ def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_image
         raise ValueError(f"masks must have the shape of maps {maps.shape}, got {np.shape(masks)}")
     if scores is not None and np.shape(scores) != maps.shape[:1]:
         raise ValueError(f"scores must have shape ({maps.shape[0]},), got {np.shape(scores)}")
+    if titles is not None and len(titles) != maps.shape[0]:
+        raise ValueError(f"need one title per image ({maps.shape[0]}), got {len(titles)}")
     rows, cols = min(images.shape[0], max_images), 2 if masks is None else 3
     low, high = maps[:rows].min(), maps[:rows].max()
     high = high if high > low else low + 1.0
@@ -142,7 +145,8 @@ def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_image
     axes = fig.subplots(rows, cols, squeeze=False)
     for i in range(rows):
         axes[i, 0].imshow(images[i])
-        axes[i, 0].set_title(f"image {i}" + ("" if scores is None else f"  score {float(scores[i]):.3g}"))
+        name = f"image {i}" if titles is None else titles[i]
+        axes[i, 0].set_title(name + ("" if scores is None else f"\nimage score {float(scores[i]):.3g}"), fontsize=8)
         axes[i, 1].imshow(images[i])
         heat = axes[i, 1].imshow(maps[i], cmap="jet", alpha=alpha, vmin=low, vmax=high)
         axes[i, 1].set_title("anomaly map")
@@ -154,7 +158,7 @@ def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_image
             axes[i, 2].set_title("ground truth")
         for ax in axes[i]:
             ax.set_axis_off()
-    fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.6, label="anomaly score")
+    fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.6, label="anomaly map value")
     return _save(fig, path)
 
 
@@ -208,7 +212,7 @@ def save_training_curves(metrics_jsonl_path, path):
         for key in keys:
             steps, values = series[key]
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
-        ax.set(xlabel="step", ylabel="loss" if kind == "loss" else "accuracy")
+        ax.set(xlabel="step", ylabel="loss" if kind == "loss" else "accuracy on training batches")
         ax.legend()
         ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -87,6 +87,8 @@ def test_anomaly_overlays_degenerate(tmp_path):
     assert _png_size(path) == (900, 300)
     with pytest.raises(ValueError, match=r"maps must have shape \(N, H, W\) = \(1, 16, 16\)"):
         viz.save_anomaly_overlays(images, np.zeros((1, 8, 8)), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match=r"need one title per image \(1\), got 2"):
+        viz.save_anomaly_overlays(images, np.zeros((1, 16, 16)), tmp_path / "bad.png", titles=["a", "b"])
 
 
 def test_masked_reconstructions(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -143,13 +144,29 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name) or "all"
 
 
-def save_overlays(source, predictions: dict, rows, path, with_masks: bool) -> Path:
-    """Anomaly-map overlays of prediction ``rows``, images reloaded from ``source`` at the maps' size (uint8)."""
+def _overlay_title(index: int, record, labelled: bool) -> str:
+    """``#<source index> <file name>`` and, for test images, the truth: "good" or the defect type."""
+    title = f"#{index} {_shorten(os.path.basename(record.path), 28)}"
+    if not labelled:
+        return title
+    truth = "good" if record.label == 0 else (record.defect or "anomalous")
+    return f"{title}\n{_shorten(truth, 32)}"
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def save_overlays(source, predictions: dict, rows, path, with_masks: bool, labelled: bool = True) -> Path:
+    """Anomaly-map overlays of prediction ``rows``, images reloaded from ``source`` at the maps' size (uint8),
+    each titled with its source index (``scores.csv``'s ``index``), file name and, if ``labelled``, its truth."""
     size = predictions["maps"].shape[1]
-    images = np.stack([source.load(source[int(predictions["indices"][r])], size)["image"] for r in rows])
+    indices = [int(predictions["indices"][r]) for r in rows]
+    images = np.stack([source.load(source[i], size)["image"] for i in indices])
     masks = predictions["masks"][rows] if with_masks else None
+    titles = [_overlay_title(i, source[i], labelled) for i in indices]
     return viz.save_anomaly_overlays(images, predictions["maps"][rows].astype(np.float32), path, masks=masks,
-                                     scores=predictions["scores"][rows], max_images=len(rows))
+                                     scores=predictions["scores"][rows], max_images=len(rows), titles=titles)
 
 
 def _percent(metrics: dict, key: str) -> str:
@@ -175,9 +192,10 @@ def metrics_table(summary: dict) -> str:
 
 
 def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16) -> dict:
-    """Under ``out_dir``: metrics.json (per category and mean), metrics.md, scores.csv, roc_pr.png and
-    overlays/<category>.png with ``num_overlays`` test images per category (anomalous ones first, then normal ones,
-    on one colour scale). Returns the metrics summary."""
+    """Under ``out_dir``: metrics.json (per category and mean), metrics.md, scores.csv (one row per test image, its
+    ``index`` in the test source: a synthetic set draws several defects on one file), roc_pr.png (image level, all
+    categories pooled) and overlays/<category>.png with ``num_overlays`` test images per category (anomalous ones
+    first, then normal ones, on one colour scale). Returns the metrics summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = np.argsort(predictions["indices"], kind="stable")  # source order, whatever the process count
@@ -195,10 +213,13 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16)
     (out_dir / "metrics.md").write_text(metrics_table(summary))
     with (out_dir / "scores.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "category", "defect", "label", "score"])
-        for record, category, label, score in zip(records, categories, labels, scores):
-            writer.writerow([record.path, category, record.defect, int(label), f"{score:.6g}"])
-    viz.save_roc_pr_curves(labels, scores, out_dir / "roc_pr.png")
+        writer.writerow(["index", "path", "category", "defect", "label", "score"])
+        for index, record, category, label, score in zip(predictions["indices"], records, categories, labels, scores):
+            writer.writerow([int(index), record.path, category, record.defect, int(label), f"{score:.6g}"])
+    names = sorted(set(categories))
+    pooled = (f"image level, the {len(names)} categories pooled (per category: metrics.md)" if len(names) > 1
+              else f"image level, {names[0]}")
+    viz.save_roc_pr_curves(labels, scores, out_dir / "roc_pr.png", title=pooled)
     annotated = {c for c, bad, m in zip(categories, labels, has_mask) if bad and m}
     for category, rows in overlay_rows(labels, categories, num_overlays).items():
         if len(rows):
@@ -220,7 +241,7 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_
         writer.writerows([source[int(predictions["indices"][r])].path, f"{predictions['scores'][r]:.6g}"]
                          for r in order)
     top = np.argsort(-predictions["scores"], kind="stable")[:num_overlays]
-    save_overlays(source, predictions, top, out_dir / f"predict_{name}.png", with_masks=False)
+    save_overlays(source, predictions, top, out_dir / f"predict_{name}.png", with_masks=False, labelled=False)
     return out
 
 

@@ -30,6 +30,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from ssm_jax.data import make_pipeline
 from ssm_jax.data.pasted_defects import paste_defects
@@ -154,9 +155,13 @@ def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weight
     layout = bank_layout(model, image_size, len(bank_source), bank, seed)
     model = model.clone(bank_size=layout.size)
 
-    def batches():
-        return iter(make_pipeline(bank_source, batch_size=batch_size, image_size=image_size, train=False, seed=seed,
-                                  shard_index=0, shard_count=1, num_workers=num_workers, skip_corrupt=skip_corrupt))
+    passes = iter(("bank: encoding the training images", "bank: gathering the chosen patches"))
+
+    def batches():  # a progress bar per pass over the training images (two when a coreset is drawn)
+        pipeline = make_pipeline(bank_source, batch_size=batch_size, image_size=image_size, train=False, seed=seed,
+                                 shard_index=0, shard_count=1, num_workers=num_workers, skip_corrupt=skip_corrupt)
+        return iter(tqdm(pipeline, total=-(-len(bank_source) // batch_size), desc=next(passes, "bank"), unit="batch",
+                         disable=jax.process_index() != 0, leave=False, dynamic_ncols=True))
 
     def prepare(variables):
         if encoder is not None:
@@ -204,11 +209,11 @@ def snarm_loss(outputs: dict, masks: jax.Array, loss_config) -> tuple[jax.Array,
                               loss_config.focal_alpha)
     selector = binary_focal_loss(outputs["selector"], cell_shares(masks, logits.shape[2:]), 0.0, -1.0)
     total = heads + loss_config.selector_weight * selector
-    return total, {"heads": heads, "selector": selector}
+    return total, {"loss_heads": heads, "loss_selector": selector}
 
 
 def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
-    """``(state, batch) -> (state, {"loss", "heads", "selector"})``: synthetic defects pasted into the batch, the
+    """``(state, batch) -> (state, {"loss", "loss_heads", "loss_selector"})``: synthetic defects pasted into the batch, the
     SNARM loss, batch statistics updated; jitted and sharded.
 
     With ``grad_accum_steps`` = k > 1 the batch is taken as k micro-batches in turn (``training.accumulate``), each

@@ -17,7 +17,7 @@ import ml_collections
 from ssm_jax import viz
 from ssm_jax.data import SOURCES, get_source, make_pipeline
 from ssm_jax.data.common import Record, Source, is_hidden
-from ssm_jax.data.images import IMAGE_EXTENSIONS
+from ssm_jax.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size
 from ssm_jax.models.mambaad import build_mambaad
 from ssm_jax.models.memorymamba import build_memorymamba
 from ssm_jax.models.resnet_classifier import build_resnet_classifier
@@ -353,6 +353,7 @@ class Experiment:
                        and not any(is_hidden(part) for part in p.relative_to(folder).parts))
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+        _warn_if_not_square(paths, self.config.data.image_size)
         source = Source([Record(p, 0) for p in paths], self.train_source.class_names, task=self.train_source.task)
         predictions = self._predict(source)
         out = None
@@ -362,6 +363,24 @@ class Experiment:
                                                               **self.family.output_kwargs(self.config))
             _say(f"predicted {len(predictions['indices'])} images -> {out}")  # skip_corrupt leaves some out
         return out
+
+
+def _warn_if_not_square(paths, size: int) -> None:
+    """Says how many images are not square: each is resized to ``size`` x ``size`` as the training images were,
+    squashing it, and so drawn in the overlays (read from the headers only; an unreadable file is left to the
+    prediction, which names it)."""
+    oblong = []
+    for path in paths:
+        try:
+            w, h = image_size(path)
+        except (CorruptImageError, ValueError):
+            continue
+        if w != h:
+            oblong.append((path, w, h))
+    if oblong and jax.process_index() == 0:
+        path, w, h = oblong[0]
+        _say(f"warning: {len(oblong)} of {len(paths)} images are not square (e.g. {path}, {w}x{h}); each is "
+             f"resized to {size}x{size} as the training images were, changing its proportions, and so shown")
 
 
 def train_and_evaluate(config, workdir) -> dict:

@@ -231,3 +231,16 @@ def test_eval_restores_with_the_optimizer_the_run_trained_with(tiny_config, tmp_
     assert "from " + str(tmp_path / "config.json") + ": grad_clip=0.0 (the config says 5.0)" in capsys.readouterr().out
     assert experiment.config.optim.grad_clip == 0.0 and config.optim.grad_clip == 5.0
     assert experiment.evaluate()["acc"] == expected["acc"]
+
+
+def test_predicting_oblong_images_says_they_are_squashed(tmp_path, capsys):
+    from PIL import Image
+    for name, size in (("a.png", (40, 20)), ("b.png", (30, 30)), ("c.png", (10, 50))):
+        Image.new("RGB", size).save(tmp_path / name)
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # left to the prediction, which names it
+    paths = sorted(str(p) for p in tmp_path.iterdir())
+    run._warn_if_not_square(paths, 64)
+    assert f"2 of 4 images are not square (e.g. {tmp_path / 'a.png'}, 40x20); each is resized to 64x64" in \
+        capsys.readouterr().out
+    run._warn_if_not_square([str(tmp_path / "b.png")], 64)
+    assert capsys.readouterr().out == ""

@@ -3,6 +3,7 @@ encoder, exact resume, evaluation outputs, folder prediction, pretrained encoder
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,11 @@ def test_evaluation_outputs_from_synthetic_predictions(tmp_path):
     with (tmp_path / "scores.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == paths and [r["category"] for r in rows] == ["mono"] * 3 + ["poly"] * 3
+    assert [r["index"] for r in rows] == ["0", "1", "2", "3", "4", "5"]  # ties a row to its overlay's "#i"
+    name = os.path.basename(paths[1])
+    assert reconstruction._overlay_title(1, records[1], labelled=True) == f"#1 {name}\ncrack"
+    assert reconstruction._overlay_title(0, records[0], labelled=True) == f"#0 {os.path.basename(paths[0])}\ngood"
+    assert reconstruction._overlay_title(1, records[1], labelled=False) == f"#1 {name}"  # --predict_dir: no truth
     assert [r["defect"] for r in rows][:2] == ["good", "crack"]
     assert json.loads((tmp_path / "metrics.json").read_text())["per_category"]["poly"]["i_auroc"] == 1.0
     assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["mono.png", "poly.png"]

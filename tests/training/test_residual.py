@@ -106,7 +106,7 @@ def test_training_lowers_loss_and_writes_outputs(trained):
     log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 7))
     first, last = log[0], log[-1]
-    assert last["loss"] < 0.9 * first["loss"] and last["heads"] < 0.7 * first["heads"], log
+    assert last["loss"] < 0.9 * first["loss"] and last["loss_heads"] < 0.7 * first["loss_heads"], log
     for name in ("config.json", "training_curves.png", "eval/metrics.json", "eval/metrics.md", "eval/scores.csv",
                  "eval/roc_pr.png", "eval/overlays/elpv.png"):
         assert (workdir / name).is_file(), name
@@ -147,16 +147,18 @@ def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypa
 
 
 @pytest.mark.slow  # SNARM trained end to end (the fixture): in the slow run, keeping CI's run short
-def test_bank_is_built_on_a_fresh_start_only(trained, tmp_path, monkeypatch):
+def test_bank_is_built_on_a_fresh_start_only(trained, tmp_path, monkeypatch, capfd):
     """A workdir with a checkpoint (resume, eval.py) takes the saved bank without building one first; the
-    evaluation after the restore gives the trained run's metrics."""
+    evaluation after the restore gives the trained run's metrics. A build shows a progress bar per pass."""
     _, straight, summary = trained
     calls, build = [], residual.build_bank
     monkeypatch.setattr(residual, "build_bank", lambda *args, **kwargs: calls.append(1) or build(*args, **kwargs))
     run.Experiment(straight.config, tmp_path)
     assert len(calls) == 1
+    shown = capfd.readouterr().err
+    assert "bank: encoding the training images" in shown and "bank: gathering the chosen patches" in shown
     restored = run.Experiment(straight.config, straight.workdir)
-    assert len(calls) == 1
+    assert len(calls) == 1 and "bank:" not in capfd.readouterr().err
     restored.restore_for_eval()
     for a, b in zip(jax.tree.leaves(_host(straight.state.model_state)),
                     jax.tree.leaves(_host(restored.state.model_state))):
@@ -170,7 +172,7 @@ def test_gradient_accumulation_step(trained):
     state = jax.tree.map(jnp.copy, experiment.state)  # the step donates its input state
     batch = shard_batch(next(iter(experiment.pipeline(experiment.train_source, train=True))), experiment.mesh)
     new, metrics = residual.make_train_step(experiment.config.loss, experiment.mesh, 2)(state, batch)
-    assert all(np.isfinite(float(v)) for v in metrics.values()) and set(metrics) == {"loss", "heads", "selector"}
+    assert all(np.isfinite(float(v)) for v in metrics.values()) and set(metrics) == {"loss", "loss_heads", "loss_selector"}
     before, after = _host(experiment.state.params), _host(new.params)
     for a, b in zip(jax.tree.leaves(before["encoder"]), jax.tree.leaves(after["encoder"])):
         np.testing.assert_array_equal(a, b)
