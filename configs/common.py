@@ -27,6 +27,8 @@ def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -
     ``affine`` = (max_degrees, max_scale, max_translate), a small random rotation, scale and shift (zeros: off).
     ``class_balance`` in [0, 1] (classification): training draws class c in proportion to n_c ** (1 - class_balance),
     so 1 shows every class equally often and 0 (off) reads each image once an epoch (``data.pipeline.class_balanced``).
+    ``center_crop`` c in (0, 1]: every image (and mask) is resized to image_size / c and its centre image_size kept,
+    in training, evaluation and prediction alike (1: the whole image; SNARM's released preprocessing: 0.875).
     """
     return ml_collections.ConfigDict({
         "name": name,
@@ -38,6 +40,7 @@ def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -
         "class_balance": 0.0,
         "skip_corrupt": False,
         "num_workers": 0,
+        "center_crop": 1.0,
         "source": dict(source_kwargs),
     })
 

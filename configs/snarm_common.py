@@ -6,9 +6,9 @@ optimizer factory) at lr 1e-3 (the experiment's name), checkpoints evaluated up 
 most 1,000,000 patches thinned by a greedy coreset (100,000 rows for multi-class MVTec AD: ``coreset_ratio`` 0.1),
 maps blurred with sigma 4 and scored by the max of 16 x 16 average pooling (stride 2).
 Choices (the paper's training recipe was not available): 256 px and a frozen Wide-ResNet50 (layers 2+3, as
-PatchCore) instead of 392 px DINOv2; the whole image is resized and scored, where the released preprocessing resizes
-to 448 and centre-crops 392 (images and masks, train and test: the outer 23% of each image, and any defect there, is
-not scored); batch 16; weight decay 1e-4; cosine decay to lr / 10 without warm-up (the
+PatchCore) instead of 392 px DINOv2, with the released crop kept for MVTec AD, VisA and MVTec 3D-AD (resized to
+256 / 0.875 = 293, the centre 256 kept, images and masks, train and test: ``data.center_crop`` 0.875; the outer 23%
+of each image is not scored; ELPV's cells are scored whole); batch 16; weight decay 1e-4; cosine decay to lr / 10 without warm-up (the
 released utilities hold a warm-up + cosine scheduler; its settings are unknown); no image augmentation; focal loss
 (gamma 2, alpha 0.25, RetinaNet's pairing) on every head, the selector's cross-entropy with weight 1; synthetic
 defects (another training image's content pasted through smooth-noise masks, ``ssm_jax/data/pasted_defects.py``,
@@ -26,6 +26,8 @@ from ssm_jax.models.snarm import snarm_model_config
 
 # The official command's --num-steps; configs train to this many steps (train.epochs is only an upper bound).
 STEPS = 40_000
+# The released preprocessing of MVTec AD, VisA and MVTec 3D-AD: resized to 448, the centre 392 kept.
+RELEASED_CROP = 392 / 448
 
 
 def snarm_config(dataset: str, root: str | None, *, image_size: int = 256,
@@ -43,6 +45,8 @@ def snarm_config(dataset: str, root: str | None, *, image_size: int = 256,
         "defects": {"fraction": 0.5, "area": (0.005, 0.1), "opacity": (0.5, 1.0)},
     })
     config.data = common.data_config(dataset, root, image_size, **source_kwargs)
+    if dataset in ("mvtec", "visa", "mvtec3d"):
+        config.data.center_crop = RELEASED_CROP
     config.data.flips = ()
     config.optim = common.optim_config(lr=1e-3, end_lr=1e-4, weight_decay=1e-4, warmup_fraction=0.0,
                                        decay="cosine")

@@ -11,7 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ssm_jax.data import SOURCES
-from ssm_jax.training.run import build_model
+from ssm_jax.training.run import build_model, load_source
 
 CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*_*.py")
                  if not p.stem.endswith("_common") and not p.stem.startswith("_"))
@@ -159,3 +159,13 @@ def test_elpv_classifier_also_reports_defective_as_p_at_least_one_half(variant):
     from ssm_jax.data.elpv import CLASS_NAMES
     config = importlib.import_module("configs.memorymamba_elpv").get_config(variant)
     assert CLASS_NAMES[config.eval.binary_from:] == ("p2_3", "p1")
+
+
+def test_snarm_keeps_the_released_centre_crop_on_its_datasets_and_a_bad_crop_is_named():
+    for name, crop in (("snarm_mvtec", 0.875), ("snarm_visa", 0.875), ("snarm_mvtec3d", 0.875),
+                       ("snarm_elpv", 1.0), ("mambaad_mvtec", 1.0)):
+        assert importlib.import_module(f"configs.{name}").get_config().data.center_crop == crop, name
+    config = importlib.import_module("configs.snarm_mvtec").get_config()
+    config.data.center_crop = 1.5
+    with pytest.raises(ValueError, match=r"config.data.center_crop=1.5 must lie in \(0, 1\]"):
+        load_source(config, "train")

@@ -43,12 +43,15 @@ class Source:
     ``task`` is "classification" or "anomaly"; ``class_names`` are the class names (classification) or
     ``["good", "anomalous"]`` (anomaly). ``load(record, size)`` returns a dict with ``image`` uint8
     (H, W, 3), ``label`` int and, for anomaly sources, ``mask`` float32 (H, W) and ``has_mask`` bool.
+    With ``center_crop`` c < 1 an image (and its mask) is resized to round(size / c) and its centre ``size`` x
+    ``size`` kept, as SNARM's released preprocessing does (448 then 392: c = 0.875).
     """
 
     records: Sequence[Record]
     class_names: Sequence[str]
     task: str = CLASSIFICATION
     strict: bool = False
+    center_crop: float = 1.0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -61,6 +64,15 @@ class Source:
         return np.array([r.label for r in self.records], dtype=np.int64)
 
     def load(self, record: Record, size: int | None = None) -> dict:
+        if size is None or self.center_crop == 1.0:
+            return self.decode(record, size)
+        outer = int(round(size / self.center_crop))
+        top = int(round((outer - size) / 2.0))  # torchvision's CenterCrop
+        return {k: v[top:top + size, top:top + size] if k in ("image", "mask") else v
+                for k, v in self.decode(record, outer).items()}
+
+    def decode(self, record: Record, size: int | None = None) -> dict:
+        """``load`` without the crop: the record's files resized to ``size`` x ``size``."""
         out = {"label": record.label}
         if self.task == ANOMALY and record.mask_path is not None:
             img_size = images.image_size(record.path)

@@ -156,7 +156,7 @@ class SyntheticSource(Source):
     seed: int = 0
     image_size: int = 256
 
-    def load(self, record: SyntheticRecord, size: int | None = None) -> dict:
+    def decode(self, record: SyntheticRecord, size: int | None = None) -> dict:
         size = size or self.image_size
         rng = np.random.default_rng([self.seed, record.key])
         image = random_view(_base(record.path), rng, size)

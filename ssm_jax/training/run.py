@@ -169,11 +169,15 @@ def load_source(config, split: str) -> Source:
     if unknown:
         raise ValueError(f"config.data.source has unknown keys {unknown} for dataset {data.name!r}; valid: {valid}")
     root = os.path.expanduser(data.root) if data.root else None
+    crop = data.get("center_crop", 1.0)
+    if not 0 < crop <= 1:
+        raise ValueError(f"config.data.center_crop={crop} must lie in (0, 1]: the share of each side kept (1: all)")
     try:
-        return get_source(data.name, root, split, **options)
+        source = get_source(data.name, root, split, **options)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err}. (config.data.root={root!r}: pass --config.data.root=DIR or set "
                                 f"$SSM_JAX_DATA to the folder holding '{data.name}')") from err
+    return dataclasses.replace(source, center_crop=crop) if crop != 1.0 else source
 
 
 def build_model(config):
@@ -354,7 +358,8 @@ class Experiment:
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
         _warn_if_not_square(paths, self.config.data.image_size)
-        source = Source([Record(p, 0) for p in paths], self.train_source.class_names, task=self.train_source.task)
+        source = Source([Record(p, 0) for p in paths], self.train_source.class_names, task=self.train_source.task,
+                        center_crop=self.train_source.center_crop)
         predictions = self._predict(source)
         out = None
         if jax.process_index() == 0:

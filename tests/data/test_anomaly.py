@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import shutil
 
@@ -6,6 +7,7 @@ import pytest
 from PIL import Image
 
 from ssm_jax.data import get_source, load_xyz
+from ssm_jax.data.images import load_image, load_mask
 
 from .conftest import PER_CLASS
 
@@ -149,3 +151,15 @@ def test_corrupt_realiad_meta_file_is_named(replica):
     open(path, "w").write(text[: len(text) // 2])
     with pytest.raises(ValueError, match=r"pcb.json' is not valid UTF-8 JSON"):
         get_source("realiad", root, "test")
+
+
+def test_center_crop_keeps_the_middle_of_image_and_mask_resized_larger(replica_root):
+    """center_crop c: resize to size / c, keep the centre size x size (torchvision's CenterCrop offsets), both."""
+    test = get_source("mvtec", os.path.join(replica_root, "mvtec"), "test")
+    cropped = dataclasses.replace(test, center_crop=0.8)  # 20 -> 25 px, offset round(2.5) = 2
+    record = next(r for r in test if r.label)
+    ex = cropped.load(record, 20)
+    np.testing.assert_array_equal(ex["image"], load_image(record.path, 25)[2:22, 2:22])
+    np.testing.assert_array_equal(ex["mask"], load_mask(record.mask_path, 25)[2:22, 2:22])
+    assert ex["label"] == 1 and ex["has_mask"]
+    np.testing.assert_array_equal(test.load(record, 20)["image"], load_image(record.path, 20))  # 1.0: no crop
