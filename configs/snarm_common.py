@@ -6,14 +6,14 @@ optimizer factory) at lr 1e-3 (the experiment's name), checkpoints evaluated up 
 most 1,000,000 patches thinned by a greedy coreset (100,000 rows for multi-class MVTec AD: ``coreset_ratio`` 0.1),
 maps blurred with sigma 4 and scored by the max of 16 x 16 average pooling (stride 2).
 Choices (the paper's training recipe was not available): 256 px and a frozen Wide-ResNet50 (layers 2+3, as
-PatchCore) instead of 392 px DINOv2, with the released crop kept for MVTec AD, VisA and MVTec 3D-AD (resized to
-256 / 0.875 = 293, the centre 256 kept, images and masks, train and test: ``data.center_crop`` 0.875; the outer 23%
-of each image is not scored; ELPV's cells are scored whole); batch 16; weight decay 1e-4; cosine decay to lr / 10 without warm-up (the
-released utilities hold a warm-up + cosine scheduler; its settings are unknown); no image augmentation; focal loss
-(gamma 2, alpha 0.25, RetinaNet's pairing) on every head, the selector's cross-entropy with weight 1; synthetic
-defects (another training image's content pasted through smooth-noise masks, ``ssm_jax/data/pasted_defects.py``,
-not the released offline generator) in half of each batch, 0.5-10% of the image, opacity 0.5-1; each
-training image's own patches left out of its bank search.
+PatchCore) instead of 392 px DINOv2, with the released crop kept for MVTec AD, VisA and MVTec 3D-AD (resized to 256
+/ 0.875 = 293, the centre 256 kept, images and masks, train and test: ``data.center_crop`` 0.875; the outer 23% of
+each image is not scored; ELPV's cells are scored whole); batch 16; weight decay 1e-4; cosine decay to lr / 10
+without warm-up (the released utilities hold a warm-up + cosine scheduler; its settings are unknown); no image
+augmentation; focal loss (gamma 2, alpha 0.25, RetinaNet's pairing) on every head, the selector's cross-entropy with
+weight 1; synthetic defects (another training image's content pasted through smooth-noise masks,
+``ssm_jax/data/pasted_defects.py``, not the released offline generator) in half of each batch, 0.5-10% of the image,
+opacity 0.5-1; each training image's own patches left out of its bank search.
 Pass ImageNet weights with ``--config.model.encoder_weights=wide_resnet50_2.pth`` (a torchvision state_dict).
 """
 

@@ -156,7 +156,8 @@ class HSSBlock(nn.Module):
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="ln_1")(x)
         y = SS2D(x.shape[-1], d_state=self.d_state, expand=self.ssm_ratio, scan_method=self.scan_method,
                  directions=self.directions, scan_impl=self.scan_impl, dense_init=_trunc_normal_02,
-                 conv_init=depthwise_init(3), dtype=self.dtype, fused_directions=self.fused_directions, name="self_attention")(y)
+                 conv_init=depthwise_init(3), dtype=self.dtype, fused_directions=self.fused_directions,
+                 name="self_attention")(y)
         return x + DropPath(self.drop_path, name="drop_path")(y, deterministic=not train)
 
 

@@ -83,7 +83,7 @@ def make_optimizer(optim, total_steps: int, frozen: Sequence[str] = ()) -> optax
     check_decay(optim.ema_decay)
     check_layer_decay(optim.layer_decay)
     schedule = learning_rate_schedule(optim, total_steps)
-    mask = functools.partial(weight_decay_mask, names=tuple(optim.no_decay))
+    mask = functools.partial(weight_decay_mask, names=tuple(optim.get("no_decay", NO_DECAY_NAMES)))
     if optim.name == "adamw":
         tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
                          mask=mask)

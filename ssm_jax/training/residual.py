@@ -213,8 +213,8 @@ def snarm_loss(outputs: dict, masks: jax.Array, loss_config) -> tuple[jax.Array,
 
 
 def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
-    """``(state, batch) -> (state, {"loss", "loss_heads", "loss_selector"})``: synthetic defects pasted into the batch, the
-    SNARM loss, batch statistics updated; jitted and sharded.
+    """``(state, batch) -> (state, {"loss", "loss_heads", "loss_selector"})``: synthetic defects pasted into the
+    batch, the SNARM loss, batch statistics updated; jitted and sharded.
 
     With ``grad_accum_steps`` = k > 1 the batch is taken as k micro-batches in turn (``training.accumulate``), each
     with its own defects and dropout, and their mean gradient makes one optimizer update; the heads' running batch

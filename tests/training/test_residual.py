@@ -172,7 +172,8 @@ def test_gradient_accumulation_step(trained):
     state = jax.tree.map(jnp.copy, experiment.state)  # the step donates its input state
     batch = shard_batch(next(iter(experiment.pipeline(experiment.train_source, train=True))), experiment.mesh)
     new, metrics = residual.make_train_step(experiment.config.loss, experiment.mesh, 2)(state, batch)
-    assert all(np.isfinite(float(v)) for v in metrics.values()) and set(metrics) == {"loss", "loss_heads", "loss_selector"}
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert set(metrics) == {"loss", "loss_heads", "loss_selector"}
     before, after = _host(experiment.state.params), _host(new.params)
     for a, b in zip(jax.tree.leaves(before["encoder"]), jax.tree.leaves(after["encoder"])):
         np.testing.assert_array_equal(a, b)
