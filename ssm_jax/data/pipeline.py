@@ -172,6 +172,17 @@ class Decode:
         return out
 
 
+def first_example(source: Source, image_size: int, skip_corrupt: bool = False) -> dict:
+    """The first example of ``source`` that decodes, as an evaluation batch of one (normalised): the layout a process
+    whose shard is exhausted, or was empty, pads with. Every process finds the same one."""
+    decode = Decode(source, image_size, skip_corrupt)
+    for index in range(len(source)):
+        example = decode(index)
+        if example is not None:
+            return {k: np.asarray(v)[None] for k, v in _normalize_image(example).items()}
+    raise CorruptImageError(f"none of the {len(source)} images to score decodes (skip_corrupt skipped them all)")
+
+
 def class_balanced(indices: np.ndarray, labels: np.ndarray, power: float, seed: int) -> grain.MapDataset:
     """An endless stream of ``indices``: each class's examples shuffled, reshuffled at every pass over that class,
     and the classes interleaved in shares proportional to n_c ** (1 - ``power``), n_c the class's count. ``power``
@@ -226,7 +237,7 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     cache = train and num_epochs != 1 and cached_bytes <= cache_bytes  # evaluation reads each image once
     # Over source indices rather than MapDataset.source(source): the batch then carries each example's index.
     shard = np.arange(len(source) // count * count if train else len(source))[index::count]
-    if len(shard) == 0:
+    if len(shard) == 0 and train:  # an evaluation shard may be empty: that process pads (training.gather)
         raise ValueError(f"shard {index} of {count} of a source with {len(source)} examples is empty")
     decode = Decode(source, image_size, skip_corrupt, cache)
     if train and class_balance:

@@ -190,10 +190,12 @@ def make_predict_step(mesh, tta: str = "none"):
                    out_shardings=batch_sharding(mesh))
 
 
-def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh) -> dict:
+def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,
+                    example: dict | None = None) -> dict:
     """Class probabilities ``probs``, ``labels`` and source ``indices`` of every example, from all processes."""
     return gather_predictions(state, predict_step, batches, num_examples=num_examples, local_batch=local_batch,
-                              mesh=mesh, keep=lambda batch: {"labels": batch["label"], "indices": batch["index"]})
+                              mesh=mesh, example=example,
+                              keep=lambda batch: {"labels": batch["label"], "indices": batch["index"]})
 
 
 MISTAKES_SHOWN = 16  # images in mistakes.png

@@ -113,10 +113,11 @@ def make_predict_step(mesh, loss_config):
                    out_shardings=batch_sharding(mesh))
 
 
-def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh) -> dict:
+def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,
+                    example: dict | None = None) -> dict:
     """The predict step's outputs and source ``indices`` of every example, from all processes."""
     return gather_predictions(state, predict_step, batches, num_examples=num_examples, local_batch=local_batch,
-                              mesh=mesh, keep=lambda batch: {"indices": batch["index"]})
+                              mesh=mesh, example=example, keep=lambda batch: {"indices": batch["index"]})
 
 
 def _display(normalised):

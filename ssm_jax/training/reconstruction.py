@@ -115,10 +115,11 @@ def host_fields(batch: dict) -> dict:
             "has_mask": batch["has_mask"]}
 
 
-def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh) -> dict:
+def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,
+                    example: dict | None = None) -> dict:
     """``maps``, ``scores``, ``labels``, ``masks`` (bool), ``has_mask`` and source ``indices`` of every example."""
     return gather_predictions(state, predict_step, batches, num_examples=num_examples, local_batch=local_batch,
-                              mesh=mesh, keep=host_fields)
+                              mesh=mesh, example=example, keep=host_fields)
 
 
 def overlay_rows(labels, categories, per_category: int) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ import ml_collections
 
 from ssm_jax import viz
 from ssm_jax.data import SOURCES, get_source, make_pipeline
+from ssm_jax.data.pipeline import first_example
 from ssm_jax.data.common import Record, Source, is_hidden
 from ssm_jax.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size
 from ssm_jax.models.mambaad import build_mambaad
@@ -305,11 +306,12 @@ class Experiment:
 
     def _predict(self, source) -> dict:
         module = self.family.module
+        example = first_example(source, self.config.data.image_size, self.config.data.skip_corrupt)
         with contextlib.closing(iter(self.pipeline(source, train=False))) as batches:
             return module.predict_dataset(
                 self.state, module.make_predict_step(self.mesh, **self.family.predict_kwargs(self.config)),
                 batches, num_examples=len(source),
-                local_batch=self.config.train.eval_batch_size // jax.process_count(), mesh=self.mesh)
+                local_batch=self.config.train.eval_batch_size // jax.process_count(), mesh=self.mesh, example=example)
 
     @classmethod
     def for_eval(cls, config, workdir) -> Experiment:
