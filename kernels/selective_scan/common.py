@@ -301,7 +301,7 @@ def store_channels(ref, p: Program, lay: Layout, value, index=()):
 
 def _tile(ref, p: Program, lay: Layout, index):
     index = tuple(jnp.asarray(i, jnp.int32) for i in index)  # interpret mode wants array indices
-    return ref.at[(*index, pl.ds(p.d0, lay.block_d), pl.ds(0, lay.state_pad))]
+    return ref.at[(*index, pl.ds(p.d0, lay.block_d), pl.ds(jnp.int32(0), lay.state_pad))]  # int32 under x64 too
 
 
 def load_matrix(ref, p: Program, lay: Layout, index=()):
@@ -334,12 +334,13 @@ def _lane_mask(p: Program, lay: Layout, here: At):
 
 def load_group_row(ref, p: Program, lay: Layout, here: At):
     """(state_pad,) row of grouped B or C (batch, L, G, N) at a step, for this program's group."""
-    return _load(ref.at[p.b, here.pos, p.group, pl.ds(0, lay.state_pad)], _lane_mask(p, lay, here))
+    return _load(ref.at[p.b, here.pos, p.group, pl.ds(jnp.int32(0), lay.state_pad)], _lane_mask(p, lay, here))
 
 
 def store_block_row(ref, p: Program, lay: Layout, here: At, value):
     """(state_pad,) per-block partial of dB or dC into (batch, L, n_blocks, N)."""
-    plgpu.store(ref.at[p.b, here.pos, p.block, pl.ds(0, lay.state_pad)], value, mask=_lane_mask(p, lay, here))
+    plgpu.store(ref.at[p.b, here.pos, p.block, pl.ds(jnp.int32(0), lay.state_pad)], value,
+                mask=_lane_mask(p, lay, here))
 
 
 def softplus(lay: Layout, x):

@@ -120,6 +120,25 @@ def test_gradients_match_sequential_scan(shape, opts, blocks):
         assert rel_err(g, w) < 1e-4, name
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_float32_scan_and_gradients_with_x64_enabled(grouped):
+    """A script that turns on jax_enable_x64 (for a float64 check elsewhere) keeps float32 scans working: every
+    index the kernels build is int32 (a literal 0 became int64 there and dynamic_slice refused the mix)."""
+    x = make_inputs(5, 1, 12, 4, 2 if grouped else 1, 3, z=True)
+    if not grouped:
+        x["B"], x["C"] = x["B"][:, :, 0], x["C"][:, :, 0]
+
+    def loss(impl, u):
+        y, last = ssm_scan(**dict(x, u=u), impl=impl, return_last_state=True)
+        return jnp.sum(y * y) + jnp.sum(last)
+
+    with jax.enable_x64(True):
+        got = jax.value_and_grad(functools.partial(loss, "pallas"))(x["u"])
+        want = jax.value_and_grad(functools.partial(loss, "sequential"))(x["u"])
+    assert got[1].dtype == jnp.float32
+    assert rel_err(got[0], want[0]) < 1e-5 and rel_err(got[1], want[1]) < 1e-4
+
+
 def test_dispatch_through_selective_scan():
     """impl="pallas" in the public API: ungrouped B, C go through validation into the kernel."""
     x = make_inputs(4, 2, 7, 4, 1, 4, z=True)
