@@ -71,6 +71,8 @@ class SS2D(nn.Module):
         self.out_proj = nn.Dense(self.d_model, use_bias=False, kernel_init=self.dense_init, dtype=self.dtype)
 
     def __call__(self, x):
+        if x.ndim != 4 or x.shape[-1] != self.d_model:
+            raise ValueError(f"SS2D: x has shape {x.shape}; expected (batch, height, width, d_model={self.d_model})")
         _, height, width, _ = x.shape
         x, z = jnp.split(self.in_proj(x), 2, axis=-1)
         x = nn.silu(self.conv2d(x))

@@ -233,16 +233,18 @@ def _no_checkpoint(workdir: Path) -> str:
 
 
 class Experiment:
-    """Everything built from a config for one workdir: sources, mesh, model, state, checkpoints."""
+    """Everything built from a config for one workdir: sources, mesh, model, state, checkpoints. With ``training``
+    False (``for_eval``) the training batch need not split over the devices: evaluation never feeds one."""
 
-    def __init__(self, config, workdir):
+    def __init__(self, config, workdir, training: bool = True):
         if config.task not in TASKS:
             raise ValueError(f"config.task={config.task!r}; valid: {', '.join(TASKS)}")
         self.config, self.workdir = config, Path(workdir).expanduser()  # "--workdir=~/x": the shell leaves ~ as is
         _check_counts(config.train)
         self.mesh = make_mesh()
-        check_batch_size(config.train.batch_size, self.mesh)
-        check_grad_accum(config.train.batch_size, config.train.grad_accum_steps, self.mesh)
+        if training:  # evaluation never splits a training batch over the devices
+            check_batch_size(config.train.batch_size, self.mesh)
+            check_grad_accum(config.train.batch_size, config.train.grad_accum_steps, self.mesh)
         check_batch_size(config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
         self.family = TASKS[config.task]
         if config.train.init_from and not self.family.init_from:
@@ -321,7 +323,7 @@ class Experiment:
         workdir = Path(workdir).expanduser()
         if not has_checkpoint(workdir):
             raise FileNotFoundError(_no_checkpoint(workdir))
-        experiment = cls(_with_saved_optimizer(config, workdir), workdir)
+        experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False)
         experiment.restore_for_eval()
         return experiment
 

@@ -110,3 +110,9 @@ def test_impls_agree_and_jit_vmap_grad():
     assert y_vmap.shape == xs.shape
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["params"]["A_logs"]).sum()) > 0
+
+
+def test_an_image_without_its_batch_axis_is_named():
+    with pytest.raises(ValueError, match=r"SS2D: x has shape \(6, 6, 8\); expected \(batch, height, width, "
+                                         r"d_model=8\)"):
+        SS2D(8, scan_impl="sequential").init(jax.random.key(0), jnp.ones((6, 6, 8)))

@@ -244,3 +244,13 @@ def test_predicting_oblong_images_says_they_are_squashed(tmp_path, capsys):
         capsys.readouterr().out
     run._warn_if_not_square([str(tmp_path / "b.png")], 64)
     assert capsys.readouterr().out == ""
+
+
+def test_eval_takes_any_training_batch_size_only_its_own_must_split_over_the_devices(tiny_config, tmp_path):
+    run.Experiment(tiny_config(max_steps=2), tmp_path).train()
+    config = tiny_config(max_steps=2, batch_size=6)  # 6 rows do not split over the 4 test devices
+    with pytest.raises(ValueError, match=r"train.batch_size=6 must be a multiple of the number of devices \(4\)"):
+        run.Experiment(config, tmp_path)
+    assert run.Experiment.for_eval(config, tmp_path).evaluate()["num_images"] > 0
+    with pytest.raises(ValueError, match=r"train.eval_batch_size=6 must be a multiple"):
+        run.Experiment.for_eval(tiny_config(max_steps=2, eval_batch_size=6), tmp_path)
