@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -191,7 +192,7 @@ def make_predict_step(mesh, tta: str = "none"):
 
 
 def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,
-                    example: dict | None = None) -> dict:
+                    example: Callable[[], dict] | None = None) -> dict:
     """Class probabilities ``probs``, ``labels`` and source ``indices`` of every example, from all processes."""
     return gather_predictions(state, predict_step, batches, num_examples=num_examples, local_batch=local_batch,
                               mesh=mesh, example=example,

@@ -26,24 +26,27 @@ def _padded(batch: dict | None, size: int, template: dict) -> tuple[dict, np.nda
 
 
 def gather_predictions(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,
-                       keep: Callable[[dict], dict], example: dict | None = None) -> dict:
+                       keep: Callable[[dict], dict], example: Callable[[], dict] | None = None) -> dict:
     """``predict_step(state, images) -> dict of arrays`` over every example of an evaluation iterator.
 
     Returns the step's outputs plus ``keep(batch)`` (host arrays taken from each input batch, e.g. labels and
     source indices), each concatenated over all batches of all processes in one order, padding rows dropped.
-    ``example`` (a batch like the iterator's, ``data.pipeline.first_example``) shapes the padding of a process that
-    has no batch at all: its shard was empty, or every image in it was skipped as corrupt.
+    ``example()`` (a batch like the iterator's, ``data.pipeline.first_example``) shapes the padding of a process
+    that has no batch at all (its shard was empty, or every image in it was skipped as corrupt); called only then.
     """
     per_process = -(-num_examples // jax.process_count())
     steps = -(-per_process // local_batch)
     gathered, valid_rows = {}, []
-    template = None if example is None else {"image": example["image"], **keep(example)}
+    template = None
     for _ in tqdm(range(steps), desc="eval", unit="batch", disable=jax.process_index() != 0, leave=False):
         batch = next(batches, None)
         host = None if batch is None else {"image": batch["image"], **keep(batch)}
+        if template is None and host is None:
+            if example is None:
+                raise ValueError("gather_predictions: this process has no batch to score and no example to pad with")
+            first = example()
+            host = {"image": first["image"][:0], **{k: v[:0] for k, v in keep(first).items()}}
         template = host if template is None else template
-        if template is None:
-            raise ValueError("gather_predictions: this process has no batch to score and no example to pad with")
         padded, valid = _padded(host, local_batch, template)
         outputs = predict_step(state, shard_batch({"image": padded.pop("image")}, mesh)["image"])
         for key, value in {**outputs, **padded}.items():

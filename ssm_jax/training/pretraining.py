@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +115,7 @@ def make_predict_step(mesh, loss_config):
 
 
 def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,
-                    example: dict | None = None) -> dict:
+                    example: Callable[[], dict] | None = None) -> dict:
     """The predict step's outputs and source ``indices`` of every example, from all processes."""
     return gather_predictions(state, predict_step, batches, num_examples=num_examples, local_batch=local_batch,
                               mesh=mesh, example=example, keep=lambda batch: {"indices": batch["index"]})

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +117,7 @@ def host_fields(batch: dict) -> dict:
 
 
 def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,
-                    example: dict | None = None) -> dict:
+                    example: Callable[[], dict] | None = None) -> dict:
     """``maps``, ``scores``, ``labels``, ``masks`` (bool), ``has_mask`` and source ``indices`` of every example."""
     return gather_predictions(state, predict_step, batches, num_examples=num_examples, local_batch=local_batch,
                               mesh=mesh, example=example, keep=host_fields)

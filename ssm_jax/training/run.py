@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -308,7 +309,8 @@ class Experiment:
 
     def _predict(self, source) -> dict:
         module = self.family.module
-        example = first_example(source, self.config.data.image_size, self.config.data.skip_corrupt)
+        data = self.config.data
+        example = functools.partial(first_example, source, data.image_size, data.skip_corrupt)  # called if needed
         with contextlib.closing(iter(self.pipeline(source, train=False))) as batches:
             return module.predict_dataset(
                 self.state, module.make_predict_step(self.mesh, **self.family.predict_kwargs(self.config)),

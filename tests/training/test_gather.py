@@ -40,11 +40,16 @@ def test_short_batches_before_the_end_are_refused():
 def test_a_process_with_nothing_to_score_pads_from_the_example():
     """An empty shard, or one whose every image was skipped as corrupt: this process still takes part in every
     step, padding in the example's layout, and contributes no row."""
-    example = next(_batches([1]))
+    calls = []
+    example = lambda: calls.append(1) or next(_batches([1]))  # noqa: E731
     out = gather_predictions(None, lambda state, images: {"mean": jnp.mean(images, axis=(1, 2, 3))}, iter([]),
                              num_examples=3, local_batch=4, mesh=make_mesh(), keep=lambda b: {"index": b["index"]},
                              example=example)
-    assert out["index"].shape == (0,) and out["mean"].shape == (0,)
+    assert out["index"].shape == (0,) and out["mean"].shape == (0,) and calls == [1]
+    full = gather_predictions(None, lambda state, images: {"mean": jnp.mean(images, axis=(1, 2, 3))},
+                              _batches([4, 2]), num_examples=6, local_batch=4, mesh=make_mesh(),
+                              keep=lambda b: {"index": b["index"]}, example=example)
+    assert full["index"].tolist() == list(range(6)) and calls == [1]  # a process with batches never reads it
     with pytest.raises(ValueError, match="no batch to score and no example to pad with"):
         _gather([], 3)
 
