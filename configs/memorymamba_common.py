@@ -9,7 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
-from ssm_jax.models.memorymamba import memorymamba_model_config
+from ssm_jax.models.memorymamba import memorymamba_model_config, memorymamba_presets
 
 
 def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_size: int = 224,
@@ -21,9 +21,8 @@ def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_s
     config.seed = 0
     config.model = memorymamba_model_config(num_classes)
     config.model.name = "memorymamba"
-    config.model.preset = None
-    config.model.depths = (2, 2, 9, 2)
-    config.model.dims = (96, 192, 384, 768)
+    del config.model["preset"]  # the size is the variant's (apply_size); depths and dims are set, so overridable
+    apply_size(config, "tiny")
     # label_smoothing (0: off), class_weights ("none", "balanced" = inverse class frequency of the training
     # split, or explicit "w0,w1,...") and ordinal (0: off; s > 0: soft labels exp(-s (k - y)^2) for ordered
     # classes) shape the cross-entropy term only. mixup_alpha / cutmix_alpha > 0 blend each training image with
@@ -48,8 +47,6 @@ def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_s
 def apply_size(config: ml_collections.ConfigDict, size: str) -> None:
     """Model sizes tiny / small / base: VMamba v0's depths and widths (the paper gives MemoryMamba's size nowhere;
     its tables size only the VMamba baselines)."""
-    sizes = {"tiny": ((2, 2, 9, 2), (96, 192, 384, 768)), "small": ((2, 2, 27, 2), (96, 192, 384, 768)),
-             "base": ((2, 2, 27, 2), (128, 256, 512, 1024))}
-    if size not in sizes:
-        raise ValueError(f"unknown model size {size!r}; valid: {', '.join(sizes)}")
-    config.model.depths, config.model.dims = sizes[size]
+    if size not in memorymamba_presets:
+        raise ValueError(f"unknown model size {size!r}; valid: {', '.join(memorymamba_presets)}")
+    config.model.depths, config.model.dims = (memorymamba_presets[size][key] for key in ("depths", "dims"))

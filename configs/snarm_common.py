@@ -48,8 +48,8 @@ def snarm_config(dataset: str, root: str | None, *, image_size: int = 256,
     if dataset in ("mvtec", "visa", "mvtec3d"):
         config.data.center_crop = RELEASED_CROP
     config.data.flips = ()
-    config.optim = common.optim_config(lr=1e-3, end_lr=1e-4, weight_decay=1e-4, warmup_fraction=0.0,
-                                       decay="cosine")
+    config.optim = common.optim_config(lr=1e-3, weight_decay=1e-4, warmup_fraction=0.0, decay="cosine")
+    config.optim.end_lr = config.optim.get_ref("lr") * 0.1  # follows --config.optim.lr unless set itself
     config.train = common.train_config(epochs=1000, max_steps=STEPS, batch_size=16, eval_batch_size=16,
                                        checkpoint_every=1000)
     # sigma: the map's Gaussian blur; score_pool / score_stride: the average pooling whose maximum is the image

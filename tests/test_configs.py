@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ssm_jax.data import SOURCES
+from ssm_jax.training.config_ranges import check_ranges
 from ssm_jax.training.run import build_model, load_source
 
 CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*_*.py")
@@ -146,12 +147,15 @@ def test_every_variant_takes_command_line_overrides(name, variant):
     work on every variant, as ``train.py`` parses them; the ``:mim`` variant once lost its placeholder in a copy."""
     path = str(Path(__file__).resolve().parents[1] / "configs" / f"{name}.py") + (f":{variant}" if variant else "")
     argv = ["train.py", f"--config={path}", "--config.data.root=/datasets/mine", "--config.seed=3",
-            "--config.train.epochs=2", "--config.optim.lr=0.001"]
+            "--config.train.epochs=2", "--config.optim.lr=0.002"]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
     values(argv)
     config = values.config
-    assert (config.data.root, config.seed, config.train.epochs, config.optim.lr) == ("/datasets/mine", 3, 2, 0.001)
+    assert (config.data.root, config.seed, config.train.epochs, config.optim.lr) == ("/datasets/mine", 3, 2, 0.002)
+    check_ranges(config)  # every shipped variant is inside the ranges a run checks first
+    if config.task == "residual":  # SNARM's cosine decay ends at lr / 10, also when lr is overridden
+        assert config.optim.end_lr == pytest.approx(2e-4)
 
 
 @pytest.mark.parametrize("variant", ["gpu", "cpu"])
@@ -169,3 +173,15 @@ def test_snarm_keeps_the_released_centre_crop_on_its_datasets_and_a_bad_crop_is_
     config.data.center_crop = 1.5
     with pytest.raises(ValueError, match=r"config.data.center_crop=1.5 must lie in \(0, 1\]"):
         load_source(config, "train")
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base"])
+def test_memorymamba_size_is_the_variant_and_depths_and_dims_override_it(size):
+    """The section once carried ``preset = None``: refused from the command line and ignored beside the depths and
+    dims the variant sets. The variant is the size; depths and dims are the fields to override."""
+    from ssm_jax.models.memorymamba import memorymamba_presets
+    model = importlib.import_module("configs.memorymamba_neu").get_config(size).model
+    assert "preset" not in model
+    assert (model.depths, model.dims) == (memorymamba_presets[size]["depths"], memorymamba_presets[size]["dims"])
+    assert build_model(importlib.import_module("configs.memorymamba_neu").get_config(size)).dims == model.dims
+

@@ -28,6 +28,7 @@ from ssm_jax.training import classification, pretraining, reconstruction, residu
 from ssm_jax.training import tta as tta_lib
 from ssm_jax.training.accumulate import check_grad_accum
 from ssm_jax.training.checkpoint import Checkpointer, has_checkpoint, model_fingerprint
+from ssm_jax.training.config_ranges import check_ranges
 from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
@@ -82,17 +83,6 @@ def _check_classes(config, train_source) -> None:
     if not 0.0 <= threshold <= 1.0 or (threshold and not config.eval.binary_from):
         raise ValueError(f"config.eval.flag_threshold={threshold} must be 0 (off) or a probability in (0, 1] with "
                          f"config.eval.binary_from naming the group it flags (now {config.eval.binary_from})")
-
-
-COUNTS = ("epochs", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "max_to_keep")
-
-
-def _check_counts(train) -> None:
-    """``config.train`` fields that must be at least 1: 0 would divide by zero or, for ``max_to_keep``, delete every
-    checkpoint the run writes, the last included."""
-    bad = [f"train.{name}={train[name]}" for name in COUNTS if train[name] < 1]
-    if bad:
-        raise ValueError(f"config.{', config.'.join(bad)}: expected at least 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +231,7 @@ class Experiment:
         if config.task not in TASKS:
             raise ValueError(f"config.task={config.task!r}; valid: {', '.join(TASKS)}")
         self.config, self.workdir = config, Path(workdir).expanduser()  # "--workdir=~/x": the shell leaves ~ as is
-        _check_counts(config.train)
+        check_ranges(config)
         self.mesh = make_mesh()
         if training:  # evaluation never splits a training batch over the devices
             check_batch_size(config.train.batch_size, self.mesh)
@@ -255,6 +245,10 @@ class Experiment:
         if config.optim.sam_rho and not self.family.sam:
             takers = " and ".join(name for name, family in TASKS.items() if family.sam)
             raise ValueError(f"config.optim.sam_rho is a setting of {takers} runs, not of config.task={config.task!r}")
+        if config.optim.get("layer_decay", 1.0) != 1.0 and config.model.name != "memorymamba":
+            raise ValueError(f"config.optim.layer_decay={config.optim.layer_decay} is a setting of MemoryMamba runs (it "
+                             f"numbers MemoryMamba's blocks), not of config.model.name={config.model.name!r}; leave it "
+                             f"1.0")
         self.train_source = load_source(config, "train")
         _check_task(config, self.family, self.train_source)
         self.total_steps = training_steps(config.train, len(self.train_source))

@@ -358,18 +358,33 @@ def test_resnet_classifier_trains_evaluates_and_resumes_with_its_batch_statistic
 
 @pytest.mark.parametrize("section, key, value, message", [
     ("eval", "tta", "flip", r"config\.eval\.tta='flip'; valid"),
-    ("train", "max_to_keep", 0, r"config\.train\.max_to_keep=0: expected at least 1"),
-    ("train", "checkpoint_every", 0, r"config\.train\.checkpoint_every=0: expected at least 1"),
-    ("train", "epochs", 0, r"config\.train\.epochs=0: expected at least 1"),
+    ("train", "max_to_keep", 0, r"config\.train\.max_to_keep=0: expected an integer >= 1"),
+    ("train", "checkpoint_every", 0, r"config\.train\.checkpoint_every=0: expected an integer >= 1"),
+    ("train", "epochs", 0, r"config\.train\.epochs=0: expected an integer >= 1"),
+    ("model", "d_state", 0, r"config\.model\.d_state=0: expected an integer >= 1"),
+    ("optim", "warmup_fraction", 5.0, r"config\.optim\.warmup_fraction=5\.0: expected a fraction in \[0, 1\]"),
 ])
 def test_settings_that_would_fail_after_training_are_named_before_it(tiny_config, tmp_path, section, key, value,
                                                                      message):
     """A typo in the evaluation's test-time augmentation used to surface only once training ended; max_to_keep 0
-    let orbax delete every checkpoint, the last included; a zero count divided by zero."""
+    let orbax delete every checkpoint, the last included; a zero count divided by zero; d_state 0 built an SSM
+    without state whose first checkpoint could not be written; a warm-up given as a percent trained silently."""
     config = tiny_config()
     with config.unlocked():
         config[section][key] = value
     with pytest.raises(ValueError, match=message):
+        run.Experiment(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_layer_decay_on_a_model_whose_blocks_it_cannot_number_is_named(tiny_config, tmp_path):
+    """It failed at the first step with "layer_ids: no layer for the parameters 'encoder'"."""
+    config = tiny_config()
+    with config.unlocked():
+        config.model = resnet_model_config(3, arch="resnet18")
+        config.model.name = "resnet"
+        config.optim.layer_decay = 0.75
+    with pytest.raises(ValueError, match=r"layer_decay=0.75 is a setting of MemoryMamba runs .*name='resnet'"):
         run.Experiment(config, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
