@@ -1,4 +1,5 @@
-"""MambaAD on MVTec AD, multi-class (all 15 categories, one model): `python train.py --config=configs/mambaad_mvtec.py`.
+"""MambaAD on MVTec AD, multi-class (all 15 categories, one model):
+`python train.py --config=configs/mambaad_mvtec.py --workdir=runs/mambaad_mvtec`.
 
 The paper trains 1000 epochs on MVTec AD; the default here is 100 (ADer's benchmark length; 3,629 training
 images, ~22.7k steps at batch 16): pass ``--config.train.epochs=1000`` for the paper's run. The dataset is read

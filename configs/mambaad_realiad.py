@@ -1,4 +1,5 @@
-"""MambaAD on Real-IAD, multi-class (all 30 objects, one model): `python train.py --config=configs/mambaad_realiad.py`.
+"""MambaAD on Real-IAD, multi-class (all 30 objects, one model):
+`python train.py --config=configs/mambaad_realiad.py --workdir=runs/mambaad_realiad`.
 
 Images from ``realiad_1024/`` with the ``realiad_jsons/`` split (the multi-view UIAD split; every view scored as an
 image). Default 100 epochs (ADer's benchmark length; the official config trains 1000; Real-IAD is large, so even 100

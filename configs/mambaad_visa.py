@@ -1,4 +1,5 @@
-"""MambaAD on VisA, multi-class (all 12 objects, one model): `python train.py --config=configs/mambaad_visa.py`.
+"""MambaAD on VisA, multi-class (all 12 objects, one model):
+`python train.py --config=configs/mambaad_visa.py --workdir=runs/mambaad_visa`.
 
 Split: VisA's ``split_csv/1cls.csv``. Default 100 epochs (ADer's benchmark length; the paper trains longer, as on
 MVTec AD: pass ``--config.train.epochs``). The dataset is read from `config.data.root` (default

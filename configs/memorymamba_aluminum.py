@@ -1,4 +1,5 @@
-"""MemoryMamba on ALUMINUM (paper 000): `python train.py --config=configs/memorymamba_aluminum.py[:tiny|small|base]`.
+"""MemoryMamba on ALUMINUM (paper 000):
+`python train.py --config=configs/memorymamba_aluminum.py[:tiny|small|base] --workdir=runs/memorymamba_aluminum`.
 
 The dataset is read from `config.data.root` (default `$SSM_JAX_DATA/aluminum` or `~/data/aluminum`); see
 `ssm_jax/data/aluminum.py` for the on-disk layout it expects.

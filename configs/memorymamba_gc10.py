@@ -1,4 +1,5 @@
-"""MemoryMamba on GC10 (paper 000): `python train.py --config=configs/memorymamba_gc10.py[:tiny|small|base]`.
+"""MemoryMamba on GC10 (paper 000):
+`python train.py --config=configs/memorymamba_gc10.py[:tiny|small|base] --workdir=runs/memorymamba_gc10`.
 
 The dataset is read from `config.data.root` (default `$SSM_JAX_DATA/gc10` or `~/data/gc10`); see
 `ssm_jax/data/gc10.py` for the on-disk layout it expects.

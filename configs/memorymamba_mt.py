@@ -1,4 +1,5 @@
-"""MemoryMamba on MT (paper 000): `python train.py --config=configs/memorymamba_mt.py[:tiny|small|base]`.
+"""MemoryMamba on MT (paper 000):
+`python train.py --config=configs/memorymamba_mt.py[:tiny|small|base] --workdir=runs/memorymamba_mt`.
 
 The dataset is read from `config.data.root` (default `$SSM_JAX_DATA/mt` or `~/data/mt`); see
 `ssm_jax/data/mt.py` for the on-disk layout it expects.

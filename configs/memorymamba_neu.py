@@ -1,4 +1,5 @@
-"""MemoryMamba on NEU (paper 000): `python train.py --config=configs/memorymamba_neu.py[:tiny|small|base]`.
+"""MemoryMamba on NEU (paper 000):
+`python train.py --config=configs/memorymamba_neu.py[:tiny|small|base] --workdir=runs/memorymamba_neu`.
 
 The dataset is read from `config.data.root` (default `$SSM_JAX_DATA/neu` or `~/data/neu`); see
 `ssm_jax/data/neu.py` for the on-disk layout it expects.

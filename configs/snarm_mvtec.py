@@ -1,5 +1,6 @@
 """SNARM on MVTec AD, multi-class (all 15 categories, one model and one bank):
-`python train.py --config=configs/snarm_mvtec.py --config.model.encoder_weights=wide_resnet50_2.pth`.
+``python train.py --config=configs/snarm_mvtec.py --workdir=runs/snarm_mvtec \
+--config.model.encoder_weights=wide_resnet50_2.pth``.
 
 The recipe is configs/snarm_common.py's (40,000 steps of batch 16; the bank keeps 10% of at most 1,000,000 training
 patches, i.e. 100,000 rows here). The dataset is read from `config.data.root` (default `$SSM_JAX_DATA/mvtec` or

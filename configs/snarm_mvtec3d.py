@@ -1,5 +1,5 @@
 """SNARM on MVTec 3D-AD, RGB images only, multi-class (all 10 categories, one model and one bank):
-`python train.py --config=configs/snarm_mvtec3d.py`.
+`python train.py --config=configs/snarm_mvtec3d.py --workdir=runs/snarm_mvtec3d`.
 
 Trained on the ``train`` split's good images (``validation`` is not used), tested on ``test``; recipe:
 configs/snarm_common.py. The dataset is read from `config.data.root` (default `$SSM_JAX_DATA/mvtec3d` or

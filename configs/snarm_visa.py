@@ -1,5 +1,5 @@
 """SNARM on VisA, multi-class (all 12 objects, one model and one bank):
-`python train.py --config=configs/snarm_visa.py`.
+`python train.py --config=configs/snarm_visa.py --workdir=runs/snarm_visa`.
 
 Split: VisA's ``split_csv/1cls.csv``; recipe: configs/snarm_common.py. The dataset is read from `config.data.root`
 (default `$SSM_JAX_DATA/visa` or `~/data/visa`; layout in `ssm_jax/data/visa.py`).
