@@ -50,8 +50,8 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
 
     ``decay`` is linear | cosine | constant | step; ``end_lr`` (the rate at the last step) is read by linear and
     cosine only, ``step_fraction`` / ``step_factor`` by "step" only (lr x step_factor from step_fraction of the run
-    on; MambaAD: x0.1 at 80%). ``ema_decay`` > 0 evaluates the
-    parameters' exponential moving average (debiased; ``ssm_jax/training/ema.py``) instead of the last step's.
+    on; MambaAD: x0.1 at 80%). ``ema_decay`` > 0 evaluates the parameters' exponential moving average (debiased;
+    ``ssm_jax/training/ema.py``) instead of the last step's.
     ``layer_decay`` < 1 trains each MemoryMamba block at that fraction of the rate of the block above it, the head
     at the full rate (fine-tuning from ``train.init_from``; ``ssm_jax/training/layer_decay.py``); 1.0 is off.
     ``sam_rho`` > 0 (classifiers) takes each step's gradient at the worst point within that distance of the parameters
