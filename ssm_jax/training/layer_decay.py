@@ -36,7 +36,8 @@ def layer_scales(params, decay: float) -> dict:
 
 
 def scale_by_layer(decay: float) -> optax.GradientTransformation:
-    """Multiplies each update by its layer's factor (module docstring); stateless."""
+    """Multiplies each update by its layer's factor (module docstring); stateless. ``init`` refuses parameters whose
+    layers it cannot number (another model than MemoryMamba)."""
     check_layer_decay(decay)
 
     def update(updates, state, params=None):
@@ -44,4 +45,12 @@ def scale_by_layer(decay: float) -> optax.GradientTransformation:
         scales = layer_scales(updates, decay)
         return jax.tree.map(lambda u, s: (u * s).astype(u.dtype), updates, scales), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    def init(params):  # the parameters' layers known at the start, not at the first step
+        try:
+            layer_ids(unstack_blocks(params))
+        except ValueError as err:
+            raise ValueError(f"config.optim.layer_decay={decay} numbers MemoryMamba's blocks, and this model's "
+                             f"parameters are not MemoryMamba's ({err}); leave it 1.0") from err
+        return optax.EmptyState()
+
+    return optax.GradientTransformation(init, update)

@@ -245,10 +245,6 @@ class Experiment:
         if config.optim.sam_rho and not self.family.sam:
             takers = " and ".join(name for name, family in TASKS.items() if family.sam)
             raise ValueError(f"config.optim.sam_rho is a setting of {takers} runs, not of config.task={config.task!r}")
-        if config.optim.get("layer_decay", 1.0) != 1.0 and config.model.name != "memorymamba":
-            raise ValueError(f"config.optim.layer_decay={config.optim.layer_decay} is a setting of MemoryMamba runs "
-                             f"(it numbers MemoryMamba's blocks), not of config.model.name={config.model.name!r}; "
-                             f"leave it 1.0")
         self.train_source = load_source(config, "train")
         _check_task(config, self.family, self.train_source)
         self.total_steps = training_steps(config.train, len(self.train_source))

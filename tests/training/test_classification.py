@@ -384,7 +384,7 @@ def test_layer_decay_on_a_model_whose_blocks_it_cannot_number_is_named(tiny_conf
         config.model = resnet_model_config(3, arch="resnet18")
         config.model.name = "resnet"
         config.optim.layer_decay = 0.75
-    with pytest.raises(ValueError, match=r"layer_decay=0.75 is a setting of MemoryMamba runs .*name='resnet'"):
+    with pytest.raises(ValueError, match=r"layer_decay=0.75 numbers MemoryMamba's blocks.*'encoder'.*leave it 1.0"):
         run.Experiment(config, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
