@@ -1,6 +1,7 @@
 """One training run per workdir: two would interleave their checkpoints and ``metrics.jsonl``. The lock is an
 advisory ``flock`` on ``<workdir>/.lock``, which the operating system releases when the process ends, however it
-ends (a crash or ``kill -9`` leaves no stale lock to clear by hand)."""
+ends (a crash or ``kill -9`` leaves no stale lock to clear by hand). A run that ends having written nothing (a
+config refused before anything is built) takes its lock file away, and the workdir too if the lock created it."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ import jax
 @contextlib.contextmanager
 def workdir_lock(workdir):
     """Holds ``<workdir>/.lock`` (in process 0 of a job) for the ``with`` block; raises ValueError naming the run
-    that holds it."""
+    that holds it. Leaves no ``.lock`` (nor a workdir it made) behind when the block wrote nothing beside it."""
     if jax.process_index() != 0:
         yield
         return
     path = Path(workdir).expanduser() / ".lock"
+    made_dir = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as f:
         try:
@@ -39,4 +41,8 @@ def workdir_lock(workdir):
         try:
             yield
         finally:
+            if [p.name for p in path.parent.iterdir()] == [path.name]:
+                path.unlink()
+                if made_dir:
+                    path.parent.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -36,3 +36,20 @@ def test_a_killed_run_leaves_no_lock(tmp_path):
         holder.wait()
     with workdir_lock(tmp_path):  # the operating system released the dead run's lock
         pass
+
+
+def test_a_run_that_wrote_nothing_leaves_no_workdir_behind(tmp_path):
+    with pytest.raises(RuntimeError, match="refused"):
+        with workdir_lock(tmp_path / "new"):
+            raise RuntimeError("config refused")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with workdir_lock(tmp_path / "empty"):
+        pass
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())  # the user's folder stays
+
+
+def test_a_run_that_wrote_keeps_its_workdir_and_lock_file(tmp_path):
+    with workdir_lock(tmp_path / "run"):
+        (tmp_path / "run" / "config.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "config.json"]
