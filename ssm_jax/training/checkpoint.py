@@ -20,6 +20,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: another model's, or unreadable."""
 
 
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint that could not be written. Orbax's writer threads of that save then wait on signals that never
+    come, for its 5-minute coordination timeout, before the process can end (``cli.run`` ends it at once)."""
+
+
 def model_fingerprint(model_name: str, params) -> dict:
     """Model name plus a hash of the parameter tree's paths, shapes and dtypes."""
     shapes = [(jax.tree_util.keystr(path), tuple(x.shape), str(x.dtype))
@@ -85,10 +90,17 @@ class Checkpointer:
         ``state`` (the caller may then donate its buffers) and write it in the background until
         ``wait_until_finished`` or the next save; an interrupted write leaves the previous checkpoint the latest."""
         extra = {**extra, "fingerprint": self.fingerprint, "step": int(step)}
-        self._manager.save(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
-                                                             extra=ocp.args.JsonSave(extra)))
-        if wait:
-            self.wait_until_finished()
+        try:
+            self._manager.save(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
+                                                                 extra=ocp.args.JsonSave(extra)))
+            if wait:
+                self.wait_until_finished()
+        except Exception as err:  # disk full, no permission, an array orbax cannot write, ...
+            kept = [s for s in self.all_steps() if s != step]
+            raise CheckpointSaveError(
+                f"could not write the checkpoint of step {step} to {self.directory}: {read_error(err)}. "
+                + (f"Checkpoints kept: steps {kept}; a rerun resumes from step {kept[-1]}." if kept
+                   else "No earlier checkpoint exists.")) from err
 
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()

@@ -11,7 +11,7 @@ from absl import app, flags, logging
 from jax._src import xla_bridge  # backends_are_initialized: JAX has no public way to ask
 from ml_collections import config_flags
 
-from ssm_jax.training.checkpoint import CheckpointError
+from ssm_jax.training.checkpoint import CheckpointError, CheckpointSaveError
 from ssm_jax.training.loop import NonFiniteLossError
 from ssm_jax.training.mesh import initialize_distributed
 from ssm_jax.training.preemption import Preempted
@@ -117,8 +117,9 @@ def out_of_memory_message(err: Exception) -> str:
 
 def run(argv: list[str], fn, *args):
     """Body of a CLI ``main``: quiet logging, join a multi-process job, run ``fn``; bad input exits with code 1
-    and its message instead of a traceback, as does running out of accelerator memory (with what to change); a
-    run stopped on request (checkpointed) exits with the shell's code for the signal: 143 SIGTERM, 130 Ctrl-C."""
+    and its message instead of a traceback, as does running out of accelerator memory (with what to change) or a
+    checkpoint that cannot be written (at once); a run stopped on request (checkpointed) exits with the shell's code
+    for the signal: 143 SIGTERM, 130 Ctrl-C."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
@@ -126,6 +127,10 @@ def run(argv: list[str], fn, *args):
     initialize_distributed()
     try:
         return fn(*args)
+    except CheckpointSaveError as err:  # without os._exit the failed save's threads hold the exit for 5 minutes
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     except USER_ERRORS as err:
         sys.exit(f"error: {err}")
     except jax.errors.JaxRuntimeError as err:

@@ -132,3 +132,26 @@ def test_deterministic_after_jax_started_is_refused_unless_already_set(monkeypat
         cli.use_deterministic_ops(config)
     monkeypatch.setenv("XLA_FLAGS", cli.DETERMINISTIC_FLAG)
     cli.use_deterministic_ops(config)  # already in force: nothing to do
+
+
+SAVE_AN_EMPTY_ARRAY = """
+import sys, jax.numpy as jnp
+from ssm_jax.training import cli
+from ssm_jax.training.checkpoint import Checkpointer
+fingerprint = {"model": "m", "params": "p", "num_params": 3}
+def save():
+    checkpointer = Checkpointer(sys.argv[1], fingerprint)
+    checkpointer.save(1, {"w": jnp.ones(3)}, {})
+    checkpointer.save(2, {"w": jnp.zeros((0, 3))}, {})  # orbax refuses zero-size arrays
+cli.run(["train.py"], save)
+"""
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_at_once_naming_what_is_kept(tmp_path):
+    """Orbax's threads of the failed save would otherwise hold the exit for its 5-minute timeout (300 s here)."""
+    done = subprocess.run([sys.executable, "-c", SAVE_AN_EMPTY_ARRAY, str(tmp_path)], capture_output=True, text=True,
+                          timeout=150, cwd=pathlib.Path(__file__).resolve().parents[2])
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"error: could not write the checkpoint of step 2 to {tmp_path / 'checkpoints'}: ValueError: Cannot " \
+           "save arrays with zero size" in done.stderr
+    assert "Checkpoints kept: steps [1]; a rerun resumes from step 1." in done.stderr
