@@ -26,10 +26,12 @@ def memorymamba_config(dataset: str, num_classes: int, root: str | None, image_s
     # label_smoothing (0: off), class_weights ("none", "balanced" = inverse class frequency of the training
     # split, or explicit "w0,w1,...") and ordinal (0: off; s > 0: soft labels exp(-s (k - y)^2) for ordered
     # classes) shape the cross-entropy term only. mixup_alpha / cutmix_alpha > 0 blend each training image with
-    # another and mix their labels (ssm_jax/training/mixing.py; 0: off, not in the paper).
+    # another and mix their labels (ssm_jax/training/mixing.py; 0: off, not in the paper). nce_similarity is eq. 24's
+    # sim(Z, M): "cos" (this project's default, bounded, so the temperature sets the logits' scale) or "dot" (the
+    # paper's example).
     config.loss = ml_collections.ConfigDict({"lambda_c": 0.1, "lambda_f": 0.1, "margin": 0.5, "temperature": 0.1,
-                                             "label_smoothing": 0.0, "class_weights": "none", "ordinal": 0.0,
-                                             "mixup_alpha": 0.0, "cutmix_alpha": 0.0})
+                                             "nce_similarity": "cos", "label_smoothing": 0.0, "class_weights": "none",
+                                             "ordinal": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0})
     config.data = common.data_config(dataset, root, image_size, **source_kwargs)
     config.optim = common.optim_config()
     config.train = common.train_config()

@@ -62,6 +62,9 @@ def memory_contrastive_loss(queries, labels, num_classes: int, margin: float):
     return jnp.sum(jnp.where(pairs, hinge, 0.0)) / jnp.maximum(jnp.sum(pairs), 1)
 
 
+NCE_SIMILARITIES = ("cos", "dot")
+
+
 def info_nce_loss(features, memory, temperature: float, similarity: str = "cos"):
     """InfoNCE between features Z and their memory representations M_hat (eq. 24), in-batch negatives.
 
@@ -72,8 +75,8 @@ def info_nce_loss(features, memory, temperature: float, similarity: str = "cos")
     """
     if features.shape != memory.shape:
         raise ValueError(f"info_nce_loss: features {features.shape} and memory {memory.shape} differ")
-    if similarity not in ("cos", "dot"):
-        raise ValueError(f"info_nce_loss: unknown similarity {similarity!r}; valid: cos, dot")
+    if similarity not in NCE_SIMILARITIES:
+        raise ValueError(f"info_nce_loss: unknown similarity {similarity!r}; valid: {', '.join(NCE_SIMILARITIES)}")
     batch, channels = features.shape[0], features.shape[-1]
     f = features.astype(jnp.float32).reshape(batch, -1, channels)
     m = memory.astype(jnp.float32).reshape(batch, -1, channels)
@@ -85,13 +88,15 @@ def info_nce_loss(features, memory, temperature: float, similarity: str = "cos")
 
 
 def memorymamba_loss(outputs, labels, lambda_c: float, lambda_f: float, margin: float, temperature: float,
-                     label_smoothing: float = 0.0, class_weights=None, ordinal: float = 0.0, ce_mix=None):
+                     label_smoothing: float = 0.0, class_weights=None, ordinal: float = 0.0, ce_mix=None,
+                     nce_similarity: str = "cos"):
     """Eq. 25: L = CE + lambda_c * L_contrastive + lambda_f * L_NCE, from MemoryMamba's output dict.
 
     The memory terms are averaged over the Mem-SSM blocks (each block has its own memories); a term whose
     memory is disabled (keys absent) is 0. ``label_smoothing``, ``class_weights`` and ``ordinal`` apply to CE only
     (see ``cross_entropy``). ``ce_mix`` = (labels_a, labels_b, lam), for mixed images (mixup, CutMix), makes CE
     lam CE(labels_a) + (1 - lam) CE(labels_b), while ``labels`` (one class per image) feed the memory terms.
+    ``nce_similarity`` is eq. 24's sim: "cos" or "dot" (the paper's example), see ``info_nce_loss``.
     Returns (total, {"cls", "contrastive", "nce", "total"}).
     """
     logits = outputs["logits"]
@@ -106,7 +111,7 @@ def memorymamba_loss(outputs, labels, lambda_c: float, lambda_f: float, margin: 
     contrastive = (sum(memory_contrastive_loss(q, labels, logits.shape[-1], margin) for q in queries)
                    / len(queries)) if queries else zero
     pairs = list(zip(outputs.get("fine_features", ()), outputs.get("fine_memory", ())))
-    nce = sum(info_nce_loss(z, m, temperature) for z, m in pairs) / len(pairs) if pairs else zero
+    nce = sum(info_nce_loss(z, m, temperature, nce_similarity) for z, m in pairs) / len(pairs) if pairs else zero
     total = cls + lambda_c * contrastive + lambda_f * nce
     return total, {"cls": cls, "contrastive": contrastive, "nce": nce, "total": total}
 

@@ -154,6 +154,13 @@ def test_memorymamba_loss_and_grads():
     np.testing.assert_allclose(smoothed_parts["cls"], smoothed_cls, rtol=RTOL)  # the options reach the CE term only
     np.testing.assert_allclose(smoothed, smoothed_cls + lam_c * con + lam_f * nce, rtol=RTOL)
 
+    dot_total, dot_parts = memorymamba_loss(outputs, jnp.asarray(labels), lam_c, lam_f, margin, tau,
+                                            nce_similarity="dot")  # eq. 24's example similarity reaches InfoNCE
+    dot_nce = np.mean([ref_info_nce(z, m, tau, "dot") for z, m in zip(outputs["fine_features"], outputs["fine_memory"])])
+    assert abs(dot_nce - nce) > 1e-3
+    np.testing.assert_allclose(dot_parts["nce"], dot_nce, rtol=RTOL)
+    np.testing.assert_allclose(dot_total, cls + lam_c * con + lam_f * dot_nce, rtol=RTOL)
+
     ablated = {"logits": outputs["logits"]}  # memories switched off: their terms are 0
     total, parts = memorymamba_loss(ablated, jnp.asarray(labels), lam_c, lam_f, margin, tau)
     assert float(parts["contrastive"]) == 0.0 and float(parts["nce"]) == 0.0

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_jax import viz
-from ssm_jax.losses import memorymamba_loss
+from ssm_jax.losses import NCE_SIMILARITIES, memorymamba_loss
 from ssm_jax.metrics import auroc, average_precision, binary_metrics, classification_metrics, operating_point
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
@@ -145,7 +145,8 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
                                             lambda_f=loss_config.lambda_f, margin=loss_config.margin,
                                             temperature=loss_config.temperature,
                                             label_smoothing=loss_config.label_smoothing,
-                                            class_weights=class_weights, ordinal=loss_config.ordinal, ce_mix=ce_mix)
+                                            class_weights=class_weights, ordinal=loss_config.ordinal, ce_mix=ce_mix,
+                                            nce_similarity=nce_similarity)
             return total, (outputs["logits"], parts, updates)
 
         (loss, (logits, parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -171,6 +172,10 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
     if not loss_config.ordinal >= 0:
         raise ValueError(f"loss.ordinal={loss_config.ordinal}; expected a value >= 0 (0: off; soft ordinal labels "
                          f"exp(-ordinal (k - y)^2) otherwise)")
+    nce_similarity = loss_config.get("nce_similarity", "cos")  # configs written before the field was added
+    if nce_similarity not in NCE_SIMILARITIES:
+        raise ValueError(f"loss.nce_similarity={nce_similarity!r}; expected one of {', '.join(NCE_SIMILARITIES)} "
+                         f"(InfoNCE's similarity, eq. 24)")
     replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
     return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)

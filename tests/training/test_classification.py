@@ -56,6 +56,13 @@ def test_bad_ordinal_is_named(tiny_config):
         classification.make_train_step(loss, make_mesh())
 
 
+def test_bad_nce_similarity_is_named(tiny_config):
+    loss = tiny_config().loss.copy_and_resolve_references()
+    loss.nce_similarity = "l2"
+    with pytest.raises(ValueError, match=r"loss\.nce_similarity='l2'; expected one of cos, dot"):
+        classification.make_train_step(loss, make_mesh())
+
+
 @pytest.mark.slow  # an end-to-end Experiment run
 def test_experiment_passes_training_set_weights_and_augmentations(tiny_config, tmp_path, monkeypatch):
     config = tiny_config(max_steps=2)
