@@ -8,9 +8,11 @@ step n + 1 while step n computes. Checkpoints are written in the background whil
 one, and one still being written when the loop stops (an error, a second Ctrl-C), is waited for. Asked to stop
 (SIGTERM: a cluster's preemption or time limit, ``timeout``; or Ctrl-C), the loop checkpoints the step it is on and
 raises ``Preempted`` (``ssm_jax.training.preemption``), so the same command resumes there. Each logged line also says
-where the time went since the last one (``LoopClock``): ``data_wait_s`` (seconds blocked on the input pipeline),
-``max_pause_s`` (the longest time between two finished steps, checkpoints included), ``images_per_s`` (without
-the first step) and, on the first line of a run, ``compile_s`` (the first step: tracing, compiling, running it).
+how many steps its means are over (``steps_averaged``: ``log_every``, fewer at a checkpoint between two log steps and
+at the end) and where the time went since the last one (``LoopClock``): ``data_wait_s`` (seconds blocked on the
+input pipeline), ``max_pause_s`` (the longest time between two finished steps, checkpoints included),
+``images_per_s`` (without the first step) and, on the first line of a run, ``compile_s`` (the first step: tracing,
+compiling, running it).
 
 Issue 13: the ``:cpu`` ELPV quick start took ~19 minutes on 2 cores, in bursts of ~10 fast steps and a ~13 s pause
 at each metrics flush. Profiled on this project's 2-core machine on 2026-11-23 (step times taken while it was
@@ -59,7 +61,8 @@ class PendingMetrics:
         self._steps.append((step, metrics))
 
     def flush(self, last_good_step: int | None, checkpoint_dir) -> dict:
-        """Fetch, check that every loss is finite, and return the mean of each metric over the pending steps."""
+        """Fetch, check that every loss is finite, and return the mean of each metric over the pending steps, with
+        their number (``steps_averaged``)."""
         fetched = jax.device_get(self._steps)
         self._steps = []
         for step, metrics in fetched:
@@ -72,7 +75,8 @@ class PendingMetrics:
                     f"activations (--config.model.dtype=float32).")
         if not fetched:
             return {}
-        return {k: sum(float(m[k]) for _, m in fetched) / len(fetched) for k in fetched[0][1]}
+        means = {k: sum(float(m[k]) for _, m in fetched) / len(fetched) for k in fetched[0][1]}
+        return {**means, "steps_averaged": len(fetched)}
 
 
 class LoopClock:

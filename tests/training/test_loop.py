@@ -205,6 +205,7 @@ def test_logged_timings_split_compile_data_wait_and_pauses(tmp_path):
     assert last["max_pause_s"] == pytest.approx(1.25) and last["data_wait_s"] == pytest.approx(0.25)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [3, 6, 7] and lines[0]["compile_s"] == pytest.approx(5.0)
+    assert [line["steps_averaged"] for line in lines] == [3, 3, 1]  # the last line's means are over step 7 alone
 
 
 def test_loop_clock_intervals_reset():
