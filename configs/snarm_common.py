@@ -53,8 +53,9 @@ def snarm_config(dataset: str, root: str | None, *, image_size: int = 256,
     config.train = common.train_config(epochs=1000, max_steps=STEPS, batch_size=16, eval_batch_size=16,
                                        checkpoint_every=1000)
     # sigma: the map's Gaussian blur; score_pool / score_stride: the average pooling whose maximum is the image
-    # score; num_overlays: test images per category in eval/overlays/.
-    config.eval = ml_collections.ConfigDict({"sigma": 4.0, "score_pool": 16, "score_stride": 2, "num_overlays": 16})
+    # score; num_overlays: test images per category in eval/overlays/; flag_threshold: as configs/mambaad_common.py.
+    config.eval = ml_collections.ConfigDict({"sigma": 4.0, "score_pool": 16, "score_stride": 2, "num_overlays": 16,
+                                             "flag_threshold": 0.0})
     return config
 
 

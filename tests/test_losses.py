@@ -156,7 +156,8 @@ def test_memorymamba_loss_and_grads():
 
     dot_total, dot_parts = memorymamba_loss(outputs, jnp.asarray(labels), lam_c, lam_f, margin, tau,
                                             nce_similarity="dot")  # eq. 24's example similarity reaches InfoNCE
-    dot_nce = np.mean([ref_info_nce(z, m, tau, "dot") for z, m in zip(outputs["fine_features"], outputs["fine_memory"])])
+    pairs = zip(outputs["fine_features"], outputs["fine_memory"])
+    dot_nce = np.mean([ref_info_nce(z, m, tau, "dot") for z, m in pairs])
     assert abs(dot_nce - nce) > 1e-3
     np.testing.assert_allclose(dot_parts["nce"], dot_nce, rtol=RTOL)
     np.testing.assert_allclose(dot_total, cls + lam_c * con + lam_f * dot_nce, rtol=RTOL)

@@ -3,9 +3,11 @@ F1-max, AU-PRO, mAD), in plain NumPy."""
 
 from ssm_jax.metrics.anomaly import anomaly_metrics, anomaly_metrics_by_category, aupro
 from ssm_jax.metrics.classification import binary_metrics, classification_metrics
-from ssm_jax.metrics.curves import auroc, average_precision, f1_max, operating_point, precision_recall_curve, roc_curve
+from ssm_jax.metrics.curves import (FALSE_ALARM_RATES, auroc, average_precision, f1_max, flag_rates, operating_point,
+                                    operating_points, precision_recall_curve, roc_curve)
 
 __all__ = [
+    "FALSE_ALARM_RATES",
     "anomaly_metrics",
     "anomaly_metrics_by_category",
     "aupro",
@@ -14,7 +16,9 @@ __all__ = [
     "binary_metrics",
     "classification_metrics",
     "f1_max",
+    "flag_rates",
     "operating_point",
+    "operating_points",
     "precision_recall_curve",
     "roc_curve",
 ]

@@ -99,6 +99,24 @@ def operating_point(labels, scores, max_fpr):
             "fpr": float(fpr[best])}
 
 
+FALSE_ALARM_RATES = (0.01, 0.05, 0.1)  # operating points reported: at most this share of the negatives flagged
+
+
+def operating_points(labels, scores, rates=FALSE_ALARM_RATES) -> dict:
+    """{"1%": operating_point(labels, scores, 0.01), ...} for each of ``rates``; each None when the labels hold one
+    class, where no cut is defined."""
+    both = np.unique(np.asarray(labels)).size == 2
+    return {f"{100 * r:g}%": operating_point(labels, scores, r) if both else None for r in rates}
+
+
+def flag_rates(flagged, positive, threshold: float) -> dict:
+    """{threshold, recall, fpr} of flagging at ``threshold``: the share of the positives flagged and of the negatives
+    (None for a group the labels lack)."""
+    flagged, positive = np.asarray(flagged, bool), np.asarray(positive, bool)
+    share = [float(flagged[group].mean()) if group.any() else None for group in (positive, ~positive)]
+    return {"threshold": threshold, "recall": share[0], "fpr": share[1]}
+
+
 def f1_max(labels, scores):
     """Maximum F1 score over all thresholds."""
     return f1max_from_counts(*binary_counts(*check_binary(labels, scores))[1:])

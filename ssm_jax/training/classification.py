@@ -14,7 +14,8 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import NCE_SIMILARITIES, memorymamba_loss
-from ssm_jax.metrics import auroc, average_precision, binary_metrics, classification_metrics, operating_point
+from ssm_jax.metrics import (auroc, average_precision, binary_metrics, classification_metrics, flag_rates,
+                             operating_points)
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
@@ -27,7 +28,6 @@ from ssm_jax.training import tta as tta_lib
 from ssm_jax.training.state import TrainState
 
 
-FALSE_ALARM_RATES = (0.01, 0.05, 0.1)  # operating points reported: at most this share of the rest flagged
 MIXING_STREAM = 1  # fold_in index of the mixing draws within a step's key
 
 
@@ -226,18 +226,11 @@ def _flag_column(probs, binary_from: int, threshold: float) -> dict:
     return {"flagged": (_group_probability(probs, binary_from) >= threshold).astype(np.int64)}
 
 
-def _flag_rates(flags, positive, threshold: float) -> dict:
-    """{threshold, recall, fpr} of flagging at ``threshold``: the positive group's share flagged and the rest's
-    (None for a group the test labels lack)."""
-    share = [float(flags[group].mean()) if group.any() else None for group in (positive, ~positive)]
-    return {"threshold": threshold, "recall": share[0], "fpr": share[1]}
-
-
 def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0,
                      flag_threshold: float = 0.0) -> dict:
     """Metrics JSON (with the ``tta`` it was predicted with; with ``binary_from`` > 0 also ``binary``, classes from that
     one on as the positive group: ``metrics.binary_metrics``, and AU-ROC, AP and the operating points at
-    ``FALSE_ALARM_RATES`` of the positive group's summed probability, drawn in ``binary_roc_pr.png``; with
+    ``metrics.FALSE_ALARM_RATES`` of the positive group's summed probability, drawn in ``binary_roc_pr.png``; with
     ``flag_threshold`` > 0 also ``at_flag_threshold``, the rates of flagging at it; when the records name subsets,
     ``per_subset``), per-class report, confusion-matrix PNG, the most confident mistakes' images (``mistakes.png``)
     and per-image predictions CSV under ``out_dir`` (with a ``flagged`` column when ``flag_threshold`` > 0 and a
@@ -263,7 +256,7 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
     flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
     if binary_from and flags:
         positive = np.asarray(predictions["labels"]) >= binary_from
-        summary["binary"]["at_flag_threshold"] = _flag_rates(flags["flagged"], positive, flag_threshold)
+        summary["binary"]["at_flag_threshold"] = flag_rates(flags["flagged"], positive, flag_threshold)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
     _save_mistakes(predictions, source, out_dir / "mistakes.png")
@@ -325,7 +318,7 @@ def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_pat
     hold one group; the ROC (those points marked) and PR curves to ``curves_path``."""
     positive, score, both = _two_groups(predictions["labels"], predictions["probs"], binary_from)
     group, rest = " + ".join(names[binary_from:]), " + ".join(names[:binary_from])
-    points = {f"{100 * r:g}%": operating_point(positive, score, r) if both else None for r in FALSE_ALARM_RATES}
+    points = operating_points(positive, score)
     viz.save_roc_pr_curves(positive, score, curves_path, title=f"{group} against {rest}, scored by p({group})",
                            operating_points=points if both else None)
     return {"auroc": auroc(positive, score) if both else None,

@@ -33,6 +33,7 @@ RANGES = {
     "nonnegative": (
         "optim.end_lr", "optim.weight_decay", "optim.grad_clip", "optim.step_factor", "loss.lambda_c", "loss.lambda_f",
         "loss.weight", "loss.selector_weight", "loss.margin", "loss.focal_gamma", "eval.sigma", "eval.num_overlays",
+        "eval.flag_threshold",
         "data.num_workers",
     ),
     "fraction": ("optim.warmup_fraction", "optim.step_fraction", "data.source.anomaly_fraction"),

@@ -17,7 +17,7 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import feature_mse_loss
-from ssm_jax.metrics import anomaly_metrics_by_category
+from ssm_jax.metrics import anomaly_metrics_by_category, flag_rates, operating_points
 from ssm_jax.models.mambaad import ENCODER_STAGES, anomaly_map_from_features
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
@@ -193,11 +193,17 @@ def metrics_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16) -> dict:
+def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16, flag_threshold: float = 0.0) -> dict:
     """Under ``out_dir``: metrics.json (per category and mean), metrics.md, scores.csv (one row per test image, its
     ``index`` in the test source: a synthetic set draws several defects on one file), roc_pr.png (image level, all
     categories pooled) and overlays/<category>.png with ``num_overlays`` test images per category (anomalous ones
-    first, then normal ones, on one colour scale). Returns the metrics summary."""
+    first, then normal ones, on one colour scale). Returns the metrics summary.
+
+    The summary's ``at_false_alarms`` holds the cuts on the image score an inspection line would pick:
+    ``metrics.operating_points`` (at most 1, 5, 10 % of the normal images flagged) over the categories pooled, and
+    per category when there are several; roc_pr.png marks the pooled ones. With ``flag_threshold`` > 0 an image is
+    flagged when its score reaches it: a ``flagged`` column in scores.csv and its recall and false alarms in
+    ``at_flag_threshold``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = np.argsort(predictions["indices"], kind="stable")  # source order, whatever the process count
@@ -210,18 +216,28 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16)
     metrics = anomaly_metrics_by_category(categories, labels, scores, masks=predictions["masks"] if pixel else None,
                                           maps=predictions["maps"] if pixel else None,
                                           has_mask=has_mask if pixel else None)
-    summary = {**metrics, "num_images": int(len(labels)), "num_anomalous": int(labels.sum())}
+    names = sorted(set(categories))
+    cuts = {"pooled": operating_points(labels, scores)}
+    if len(names) > 1:
+        in_category = np.array(categories)
+        cuts["per_category"] = {c: operating_points(labels[in_category == c], scores[in_category == c]) for c in names}
+    summary = {**metrics, "num_images": int(len(labels)), "num_anomalous": int(labels.sum()), "at_false_alarms": cuts}
+    flags = _flag_column(scores, flag_threshold)
+    if flags:
+        summary["at_flag_threshold"] = flag_rates(flags["flagged"], labels == 1, flag_threshold)
     (out_dir / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     (out_dir / "metrics.md").write_text(metrics_table(summary))
     with (out_dir / "scores.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "path", "category", "defect", "label", "score"])
-        for index, record, category, label, score in zip(predictions["indices"], records, categories, labels, scores):
-            writer.writerow([int(index), record.path, category, record.defect, int(label), f"{score:.6g}"])
-    names = sorted(set(categories))
+        writer.writerow(["index", "path", "category", "defect", "label", "score", *flags])
+        for row, (index, record, category, label, score) in enumerate(zip(predictions["indices"], records, categories,
+                                                                           labels, scores)):
+            writer.writerow([int(index), record.path, category, record.defect, int(label), f"{score:.6g}",
+                             *(int(v[row]) for v in flags.values())])
     pooled = (f"image level, the {len(names)} categories pooled (per category: metrics.md)" if len(names) > 1
               else f"image level, {names[0]}")
-    viz.save_roc_pr_curves(labels, scores, out_dir / "roc_pr.png", title=pooled)
+    points = cuts["pooled"] if cuts["pooled"]["1%"] is not None else None
+    viz.save_roc_pr_curves(labels, scores, out_dir / "roc_pr.png", title=pooled, operating_points=points)
     annotated = {c for c, bad, m in zip(categories, labels, has_mask) if bad and m}
     for category, rows in overlay_rows(labels, categories, num_overlays).items():
         if len(rows):
@@ -230,18 +246,26 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16)
     return summary
 
 
-def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_overlays: int = 16) -> Path:
-    """``predict_<name>.csv`` (path, score) in path order and ``predict_<name>.png``, overlays of the
-    ``num_overlays`` highest-scoring images; returns the CSV's path."""
+def _flag_column(scores, threshold: float) -> dict:
+    """{"flagged": 1 where the image score reaches ``threshold``, else 0} when flagging is on (> 0), else {}."""
+    return {"flagged": (np.asarray(scores) >= threshold).astype(np.int64)} if threshold else {}
+
+
+def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_overlays: int = 16,
+                             flag_threshold: float = 0.0) -> Path:
+    """``predict_<name>.csv`` (path, score, and with ``flag_threshold`` > 0 ``flagged``: 1 where the score reaches
+    it) in path order and ``predict_<name>.png``, overlays of the ``num_overlays`` highest-scoring images; returns
+    the CSV's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = np.argsort(predictions["indices"], kind="stable")
+    flags = _flag_column(predictions["scores"], flag_threshold)
     out = out_dir / f"predict_{name}.csv"
     with out.open("w", newline="") as f:  # csv quotes a path with a comma, as scores.csv does
         writer = csv.writer(f)
-        writer.writerow(["path", "score"])
-        writer.writerows([source[int(predictions["indices"][r])].path, f"{predictions['scores'][r]:.6g}"]
-                         for r in order)
+        writer.writerow(["path", "score", *flags])
+        writer.writerows([source[int(predictions["indices"][r])].path, f"{predictions['scores'][r]:.6g}",
+                          *(int(v[r]) for v in flags.values())] for r in order)
     top = np.argsort(-predictions["scores"], kind="stable")[:num_overlays]
     save_overlays(source, predictions, top, out_dir / f"predict_{name}.png", with_masks=False, labelled=False)
     return out
@@ -254,4 +278,13 @@ def format_report(summary: dict) -> str:
     rows = [*summary["per_category"].items(), ("mean", summary["mean"])]
     lines += [f"{name:<{width}}" + "".join(f"{_percent(m, key):>9}" for key, _ in COLUMNS) for name, m in rows]
     lines.append(f"{summary['num_images']} test images ({summary['num_anomalous']} anomalous)")
+    for rate, point in summary["at_false_alarms"]["pooled"].items():
+        if point is not None:
+            cut = "nothing" if point["threshold"] is None else f"score >= {point['threshold']:.6g}"
+            lines.append(f"  at most {rate} of normal images flagged: flag {cut}: recall {point['recall']:.4f}, "
+                         f"false alarms {point['fpr']:.4f}")
+    if "at_flag_threshold" in summary:
+        at = {k: "-" if v is None else f"{v:.4f}" for k, v in summary["at_flag_threshold"].items()}
+        lines.append(f"  at eval.flag_threshold: flag score >= {summary['at_flag_threshold']['threshold']:.6g}: "
+                     f"recall {at['recall']}, false alarms {at['fpr']}")
     return "\n".join(lines)

@@ -85,6 +85,11 @@ def _check_classes(config, train_source) -> None:
                          f"config.eval.binary_from naming the group it flags (now {config.eval.binary_from})")
 
 
+def _anomaly_output_kwargs(config) -> dict:
+    """The anomaly detectors' evaluation outputs: overlays per category and the image score that flags an image."""
+    return {"num_overlays": config.eval.num_overlays, "flag_threshold": config.eval.flag_threshold}
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A task family as the Experiment sees it: a module with the same seven functions (create_state,
@@ -128,16 +133,14 @@ TASKS = {
                       frozen=reconstruction.FROZEN,
                       state_kwargs=lambda config, resuming: {"encoder_weights": config.model.encoder_weights},
                       predict_kwargs=lambda config: {"sigma": config.eval.sigma},
-                      output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays},
-                      on_fresh_start=reconstruction.warn_if_random_encoder),
+                      output_kwargs=_anomaly_output_kwargs, on_fresh_start=reconstruction.warn_if_random_encoder),
     "residual": Family(residual, ("snarm",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                        frozen=residual.FROZEN, data_task="anomaly",
                        state_kwargs=lambda config, resuming: residual.state_kwargs(config, load_source(config, "train"),
                                                                              resuming),
                        predict_kwargs=lambda config: {"sigma": config.eval.sigma, "score_pool": config.eval.score_pool,
                                                       "score_stride": config.eval.score_stride},
-                       output_kwargs=lambda config: {"num_overlays": config.eval.num_overlays},
-                       on_fresh_start=residual.warn_if_random_encoder),
+                       output_kwargs=_anomaly_output_kwargs, on_fresh_start=residual.warn_if_random_encoder),
     "pretraining": Family(pretraining, ("memorymamba",), "metrics.json, reconstructions.png", data_task="any",
                           state_kwargs=lambda config, resuming: {"mask_patch": config.loss.mask_patch,
                                                                  **_init_kwargs(config, resuming)},

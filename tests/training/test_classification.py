@@ -277,7 +277,8 @@ def test_a_flag_threshold_without_a_group_or_outside_0_1_is_named_before_trainin
     config = tiny_config()
     with config.unlocked():
         config.eval.flag_threshold, config.eval.binary_from = threshold, binary_from
-    with pytest.raises(ValueError, match=r"config\.eval\.flag_threshold=-?[\d.]+ must be 0 \(off\) or a probability"):
+    expected = r"config\.eval\.flag_threshold=-?[\d.]+(: expected a value >= 0| must be 0 \(off\) or a probability)"
+    with pytest.raises(ValueError, match=expected):  # a negative one is refused with every anomaly score's
         run.Experiment(config, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 

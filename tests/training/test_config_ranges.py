@@ -13,7 +13,7 @@ def _config(**sections):
 def test_every_field_out_of_range_is_named_in_one_message():
     config = _config(model={"d_state": 0, "dims": (24, -48), "dropout": 1.0},
                      optim={"lr": -0.002, "warmup_fraction": 5.0, "b2": 0.999, "grad_clip": -1.0},
-                     eval={"score_pool": 0, "num_overlays": -1})
+                     eval={"score_pool": 0, "num_overlays": -1, "flag_threshold": -0.5})
     with pytest.raises(ValueError) as error:
         check_ranges(config)
     message = str(error.value)
@@ -24,9 +24,10 @@ def test_every_field_out_of_range_is_named_in_one_message():
                      "config.optim.warmup_fraction=5.0: expected a fraction in [0, 1]",
                      "config.optim.grad_clip=-1.0: expected a value >= 0",
                      "config.eval.score_pool=0: expected an integer >= 1",
-                     "config.eval.num_overlays=-1: expected a value >= 0"):
+                     "config.eval.num_overlays=-1: expected a value >= 0",
+                     "config.eval.flag_threshold=-0.5: expected a value >= 0"):
         assert expected in message
-    assert "b2" not in message and message.count("config.") == 8
+    assert "b2" not in message and message.count("config.") == 9
 
 
 @pytest.mark.parametrize("section, value", [

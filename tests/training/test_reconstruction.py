@@ -219,3 +219,61 @@ def test_overlay_rows_mix_anomalous_and_normal_deterministically():
     rows = reconstruction.overlay_rows(labels, categories, per_category=4)
     np.testing.assert_array_equal(rows["a"], [0, 7, 1, 6])  # 2 anomalous (spread), then 2 normal (spread)
     np.testing.assert_array_equal(rows["b"], [8, 9])  # no anomalous images: normals fill the quota
+
+
+def _reference_cut(labels, scores, max_fpr):
+    """The highest threshold of the most recall with at most ``max_fpr`` of the normals flagged, by trying every
+    score as the cut (float64, independent of ``metrics.curves``)."""
+    labels, scores = np.asarray(labels, bool), np.asarray(scores, np.float64)
+    best = (0.0, None)  # (recall, threshold): flagging nothing
+    for t in np.sort(np.unique(scores))[::-1]:
+        fpr, recall = np.mean(scores[~labels] >= t), np.mean(scores[labels] >= t)
+        if fpr <= max_fpr and recall > best[0]:
+            best = (recall, t)
+    return best
+
+
+def test_evaluation_reports_the_score_cuts_and_flags_images_at_a_threshold(tmp_path):
+    cells = synthetic_source(None, "test", bases=("elpv",), num_test=24, seed=0)
+    rng = np.random.default_rng(3)
+    labels = rng.permutation([0] * 14 + [1] * 10)
+    categories = ["mono"] * 12 + ["poly"] * 12
+    source = Source([Record(r.path, int(y), c, "crack" if y else "good", mask_path=None)
+                     for r, y, c in zip(cells.records, labels, categories)], ["good", "anomalous"], task=ANOMALY)
+    predictions = _fake_predictions(source)
+    predictions["has_mask"][:] = False
+    predictions["scores"] = (rng.normal(size=24) + 1.2 * predictions["labels"]).astype(np.float32)  # overlapping
+    threshold = float(np.sort(predictions["scores"])[12])
+    summary = reconstruction.write_evaluation(dict(predictions), source, tmp_path, num_overlays=2,
+                                              flag_threshold=threshold)
+
+    by_index = np.empty(24, np.float32)
+    by_index[predictions["indices"]] = predictions["scores"]
+    for name, keep in (("pooled", np.ones(24, bool)), ("mono", np.arange(24) < 12), ("poly", np.arange(24) >= 12)):
+        cuts = summary["at_false_alarms"]["pooled" if name == "pooled" else "per_category"]
+        cuts = cuts if name == "pooled" else cuts[name]
+        assert list(cuts) == ["1%", "5%", "10%"]
+        for rate, point in cuts.items():
+            recall, cut = _reference_cut(labels[keep], by_index[keep], float(rate[:-1]) / 100)
+            assert point["recall"] == pytest.approx(recall)
+            assert (point["threshold"] is None) if cut is None else point["threshold"] == pytest.approx(cut)
+    flagged = by_index >= threshold
+    assert summary["at_flag_threshold"] == {"threshold": threshold,
+                                            "recall": pytest.approx(flagged[labels == 1].mean()),
+                                            "fpr": pytest.approx(flagged[labels == 0].mean())}
+    with (tmp_path / "scores.csv").open() as f:
+        assert [int(r["flagged"]) for r in csv.DictReader(f)] == flagged.astype(int).tolist()
+    report = reconstruction.format_report(summary)
+    point = summary["at_false_alarms"]["pooled"]["10%"]
+    assert (f"at most 10% of normal images flagged: flag score >= {point['threshold']:.6g}: recall "
+            f"{point['recall']:.4f}") in report
+    assert f"at eval.flag_threshold: flag score >= {threshold:.6g}: recall {flagged[labels == 1].mean():.4f}" in report
+
+    out = reconstruction.write_folder_predictions(dict(predictions), source, tmp_path, "parts", num_overlays=2,
+                                                  flag_threshold=threshold)
+    with out.open() as f:
+        assert [int(r["flagged"]) for r in csv.DictReader(f)] == flagged.astype(int).tolist()
+    plain = reconstruction.write_evaluation(dict(predictions), source, tmp_path / "plain", num_overlays=2)
+    assert "at_flag_threshold" not in plain and "at eval.flag_threshold" not in reconstruction.format_report(plain)
+    with (tmp_path / "plain" / "scores.csv").open() as f:
+        assert "flagged" not in next(csv.reader(f))
