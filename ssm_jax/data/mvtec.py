@@ -9,6 +9,12 @@ Layout::
 
 Every defective test image must have its mask and every mask its image. ``categories=None`` loads all
 categories into one set (the multi-class setting of MambaAD); a name or list selects single classes.
+
+Your own parts in this layout (``configs/mambaad_folder.py``, ``configs/snarm_folder.py``) often have no masks, or
+masks for some defects only: ``require_masks=False`` takes a defective image without a mask (or a defect without
+its ``ground_truth`` folder) as annotated at image level only, scored by the image metrics; the pixel metrics
+then use the images that have masks. A mask must still have its image, and a file in ``ground_truth`` not named
+``<stem>_mask.png`` is refused rather than skipped.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leath
               "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
 
 
-def _test_records(cat_dir: str, category: str) -> list[Record]:
+def _test_records(cat_dir: str, category: str, require_masks: bool) -> list[Record]:
     test_dir = require_dir(os.path.join(cat_dir, "test"), "test/<defect>/ folders (MVTec AD layout)")
     records = []
     for defect in subdirs(test_dir):
@@ -31,22 +37,30 @@ def _test_records(cat_dir: str, category: str) -> list[Record]:
         if defect == "good":
             records += [Record(p, 0, category, "good") for p in files]
             continue
-        gt_dir = require_dir(os.path.join(cat_dir, "ground_truth", defect), f"masks of defect {defect!r}")
+        gt_dir = os.path.join(cat_dir, "ground_truth", defect)
+        if require_masks or os.path.isdir(gt_dir):
+            require_dir(gt_dir, f"masks of defect {defect!r}")
+            named = [f for f in list_images(gt_dir) if not f.endswith("_mask.png")]
+            if named:
+                raise ValueError(f"mask file {named[0]!r} is not named <image stem>_mask.png; expected e.g. "
+                                 f"{os.path.join(gt_dir, os.path.splitext(os.path.basename(files[0]))[0])}_mask.png")
         stems = {os.path.splitext(os.path.basename(p))[0]: p for p in files}
-        masks = {os.path.basename(p)[: -len("_mask.png")]: p for p in list_images(gt_dir, ("_mask.png",))}
+        masks = ({os.path.basename(p)[: -len("_mask.png")]: p for p in list_images(gt_dir, ("_mask.png",))}
+                 if os.path.isdir(gt_dir) else {})
         orphans = sorted(set(masks) - set(stems))
         if orphans:
             raise FileNotFoundError(f"mask {masks[orphans[0]]!r} has no image; "
                                     f"expected {os.path.join(test_dir, defect, orphans[0])}.png")
         for stem, path in sorted(stems.items()):
-            if stem not in masks:
-                raise FileNotFoundError(f"image {path!r} has no mask; expected {os.path.join(gt_dir, stem)}_mask.png")
-            records.append(Record(path, 1, category, defect, mask_path=masks[stem]))
+            if stem not in masks and require_masks:
+                raise FileNotFoundError(f"image {path!r} has no mask; expected {os.path.join(gt_dir, stem)}_mask.png "
+                                        f"(or pass require_masks=False: --config.data.source.require_masks=False)")
+            records.append(Record(path, 1, category, defect, mask_path=masks.get(stem)))
     return records
 
 
 def mvtec_source(root: str, split: str = "train", *, categories: str | Sequence[str] | None = None,
-                 strict: bool = False) -> Source:
+                 require_masks: bool = True, strict: bool = False) -> Source:
     check_split(split, ("train", "test"))
     require_dir(root, "the MVTec AD root with one folder per category")
     records = []
@@ -56,5 +70,5 @@ def mvtec_source(root: str, split: str = "train", *, categories: str | Sequence[
             files = require_images(os.path.join(cat_dir, "train", "good"), "normal training images")
             records += [Record(p, 0, category, "good") for p in files]
         else:
-            records += _test_records(cat_dir, category)
+            records += _test_records(cat_dir, category, require_masks)
     return Source(records, ["good", "anomalous"], task=ANOMALY, strict=strict)

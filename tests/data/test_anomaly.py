@@ -63,6 +63,28 @@ def test_mvtec_image_without_mask_and_mask_without_image(replica):
         get_source("mvtec", root, "test")
 
 
+def test_own_parts_without_masks_are_scored_at_image_level(replica):
+    """``require_masks=False`` (configs/mambaad_folder.py): a defect folder without ground truth, or one image without
+    its mask, is an anomalous image annotated at image level only; the masks present are still used and checked."""
+    root = replica("mvtec")
+    shutil.rmtree(os.path.join(root, "grid", "ground_truth", "crack"))
+    os.remove(os.path.join(root, "bottle", "ground_truth", "broken", "000_mask.png"))
+    with pytest.raises(FileNotFoundError, match=r"bottle/test/broken/000.png' has no mask; .*require_masks=False"):
+        get_source("mvtec", root, "test")
+    test = get_source("mvtec", root, "test", require_masks=False)
+    unmasked = sorted(os.path.relpath(r.path, root) for r in test if r.label and r.mask_path is None)
+    assert unmasked == [os.path.join("bottle", "test", "broken", "000.png")] + [
+        os.path.join("grid", "test", "crack", f"{i:03d}.png") for i in range(PER_CLASS)]
+    assert test.labels.sum() == 2 * 2 * PER_CLASS  # every defective image kept
+    by_path = {os.path.relpath(r.path, root): r for r in test}
+    assert not test.load(by_path[unmasked[0]])["has_mask"]
+    assert test.load(by_path[os.path.join("bottle", "test", "broken", "001.png")])["has_mask"]
+    stray = os.path.join(root, "grid", "ground_truth", "broken", "000.png")
+    shutil.copy(os.path.join(root, "grid", "ground_truth", "broken", "000_mask.png"), stray)
+    with pytest.raises(ValueError, match=r"mask file '.*broken/000.png' is not named <image stem>_mask.png"):
+        get_source("mvtec", root, "test", require_masks=False)
+
+
 def test_mvtec_empty_category(replica):
     root = replica("mvtec")
     shutil.rmtree(os.path.join(root, "bottle", "train", "good"))

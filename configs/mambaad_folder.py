@@ -1,0 +1,23 @@
+"""MambaAD on your own parts, laid out as MVTec AD under ``config.data.root`` (one folder per product):
+
+    <root>/<product>/train/good/*.png                      normal images to learn from
+    <root>/<product>/test/good/*.png                       normal test images
+    <root>/<product>/test/<defect>/*.png                   defective test images, one folder per defect type
+    <root>/<product>/ground_truth/<defect>/<stem>_mask.png optional pixel masks
+
+    python train.py --config=configs/mambaad_folder.py --workdir=runs/parts --config.data.root=/path/to/parts \
+        --config.model.encoder_weights=resnet34.pth
+
+Masks are optional (``data.source.require_masks`` False): a defective image without one is scored by the image
+metrics only. Every product folder is read into one model (MambaAD's multi-class setting);
+``--config.data.source.categories=<product>`` trains one. The recipe is MambaAD's on MVTec AD (256 px, 100 epochs).
+"""
+
+from configs import common
+from configs.mambaad_common import all_categories, mambaad_config
+
+
+def get_config():
+    config = mambaad_config("mvtec", common.default_data_root("parts"), epochs=100, categories=all_categories(),
+                            require_masks=False)
+    return common.finalize(config)
