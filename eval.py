@@ -14,7 +14,7 @@ _PREDICT_DIR = flags.DEFINE_string("predict_dir", None, "Predict every image und
 
 
 def evaluate(config, workdir, predict_dir):
-    experiment = Experiment.for_eval(config, workdir)
+    experiment = Experiment.for_eval(config, workdir, predict_only=bool(predict_dir))
     if predict_dir:
         experiment.predict_folder(predict_dir)
     else:

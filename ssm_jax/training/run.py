@@ -33,6 +33,7 @@ from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
 from ssm_jax.training.optim import count_params, make_optimizer, training_steps
+from ssm_jax.training.train_set import TrainSet, read_train_set, save_train_set
 from ssm_jax.training.workdir_lock import workdir_lock
 
 DTYPES = ("float32", "bfloat16")  # activations; parameters and the scan's state stay float32
@@ -52,7 +53,7 @@ def _no_step_kwargs(config, train_source) -> dict:
     return {}
 
 
-def _no_state_kwargs(config, resuming: bool) -> dict:
+def _no_state_kwargs(config, train_source, resuming: bool) -> dict:
     return {}
 
 
@@ -61,7 +62,7 @@ def _init_kwargs(config, resuming: bool) -> dict:
     return {"init_from": "" if resuming else config.train.init_from, "init_exclude": tuple(config.train.init_exclude)}
 
 
-def _classifier_kwargs(config, resuming: bool) -> dict:
+def _classifier_kwargs(config, train_source, resuming: bool) -> dict:
     """``_init_kwargs`` plus the ResNet classifier's pretrained backbone (``config.model.encoder_weights``), on a
     fresh start only: a resumed run restores its own."""
     weights = config.model.get("encoder_weights", "")
@@ -95,9 +96,10 @@ class Family:
     """A task family as the Experiment sees it: a module with the same seven functions (create_state,
     make_train_step, make_predict_step, predict_dataset, write_evaluation, write_folder_predictions,
     format_report), looked up at call time, plus what differs: its models, frozen parameters, extra arguments
-    taken from the config (``state_kwargs`` also from whether a checkpoint will be restored over the new state;
-    make_train_step's ``step_kwargs`` also from the training set, e.g. class weights), and
-    a check of the config against the training set. ``data_task`` is the task of the datasets it trains on, when
+    taken from the config (``state_kwargs`` also from the training split, a ``Source`` or, predicting, its
+    ``TrainSet``, and from whether a checkpoint will be restored over the new state; make_train_step's
+    ``step_kwargs`` also from the training set, e.g. class weights), and a check of the config against the
+    training set. ``data_task`` is the task of the datasets it trains on, when
     that is not its own name (SNARM's "residual" family reads "anomaly" datasets; "any": every dataset, labels
     unread, as masked-image pretraining)."""
 
@@ -105,8 +107,8 @@ class Family:
     models: tuple[str, ...]
     outputs: str
     frozen: tuple[str, ...] = ()
-    check: Callable[[ml_collections.ConfigDict, Source], None] = _no_check
-    state_kwargs: Callable[[ml_collections.ConfigDict, bool], dict] = _no_state_kwargs
+    check: Callable[[ml_collections.ConfigDict, Source | TrainSet], None] = _no_check
+    state_kwargs: Callable[[ml_collections.ConfigDict, Source | TrainSet, bool], dict] = _no_state_kwargs
     predict_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
     step_kwargs: Callable[[ml_collections.ConfigDict, Source], dict] = _no_step_kwargs
     output_kwargs: Callable[[ml_collections.ConfigDict], dict] = _no_kwargs
@@ -131,19 +133,19 @@ TASKS = {
                              eval_dir=classification.eval_dir_name),
     "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                       frozen=reconstruction.FROZEN,
-                      state_kwargs=lambda config, resuming: {"encoder_weights": config.model.encoder_weights},
+                      state_kwargs=lambda config, train_source, resuming: {
+                          "encoder_weights": config.model.encoder_weights},
                       predict_kwargs=lambda config: {"sigma": config.eval.sigma},
                       output_kwargs=_anomaly_output_kwargs, on_fresh_start=reconstruction.warn_if_random_encoder),
     "residual": Family(residual, ("snarm",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                        frozen=residual.FROZEN, data_task="anomaly",
-                       state_kwargs=lambda config, resuming: residual.state_kwargs(config, load_source(config, "train"),
-                                                                             resuming),
+                       state_kwargs=residual.state_kwargs,
                        predict_kwargs=lambda config: {"sigma": config.eval.sigma, "score_pool": config.eval.score_pool,
                                                       "score_stride": config.eval.score_stride},
                        output_kwargs=_anomaly_output_kwargs, on_fresh_start=residual.warn_if_random_encoder),
     "pretraining": Family(pretraining, ("memorymamba",), "metrics.json, reconstructions.png", data_task="any",
-                          state_kwargs=lambda config, resuming: {"mask_patch": config.loss.mask_patch,
-                                                                 **_init_kwargs(config, resuming)},
+                          state_kwargs=lambda config, train_source, resuming: {
+                              "mask_patch": config.loss.mask_patch, **_init_kwargs(config, resuming)},
                           predict_kwargs=lambda config: {"loss_config": config.loss}, init_from=True),
 }
 
@@ -228,9 +230,10 @@ def _no_checkpoint(workdir: Path) -> str:
 
 class Experiment:
     """Everything built from a config for one workdir: sources, mesh, model, state, checkpoints. With ``training``
-    False (``for_eval``) the training batch need not split over the devices: evaluation never feeds one."""
+    False (``for_eval``) the training batch need not split over the devices: evaluation never feeds one; with
+    ``train_set`` (a ``TrainSet``) the training split is not read."""
 
-    def __init__(self, config, workdir, training: bool = True):
+    def __init__(self, config, workdir, training: bool = True, train_set: TrainSet | None = None):
         if config.task not in TASKS:
             raise ValueError(f"config.task={config.task!r}; valid: {', '.join(TASKS)}")
         self.config, self.workdir = config, Path(workdir).expanduser()  # "--workdir=~/x": the shell leaves ~ as is
@@ -248,7 +251,7 @@ class Experiment:
         if config.optim.sam_rho and not self.family.sam:
             takers = " and ".join(name for name, family in TASKS.items() if family.sam)
             raise ValueError(f"config.optim.sam_rho is a setting of {takers} runs, not of config.task={config.task!r}")
-        self.train_source = load_source(config, "train")
+        self.train_source = train_set if train_set is not None else load_source(config, "train")
         _check_task(config, self.family, self.train_source)
         self.total_steps = training_steps(config.train, len(self.train_source))
         self.model = build_model(config)
@@ -257,7 +260,7 @@ class Experiment:
         resuming = has_checkpoint(self.workdir)
         self.state = self.family.module.create_state(self.model, tx, jax.random.PRNGKey(config.seed),
                                                      config.data.image_size, self.mesh,
-                                                     **self.family.state_kwargs(config, resuming))
+                                                     **self.family.state_kwargs(config, self.train_source, resuming))
         self.checkpointer = Checkpointer(self.workdir, model_fingerprint(config.model.name, self.state.params),
                                          config.train.max_to_keep)
 
@@ -285,6 +288,8 @@ class Experiment:
             else:
                 self.family.on_fresh_start(config)
             write_config(self.workdir, config)  # after the restore: a refused resume keeps the config that wrote it
+            if jax.process_index() == 0:
+                save_train_set(self.workdir, self.train_source)
             frozen = count_params({k: v for k, v in self.state.params.items() if k in self.family.frozen})
             _say(f"{config.model.name}: {count_params(self.state.params):,} parameters"
                  f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "
@@ -311,15 +316,20 @@ class Experiment:
                 local_batch=self.config.train.eval_batch_size // jax.process_count(), mesh=self.mesh, example=example)
 
     @classmethod
-    def for_eval(cls, config, workdir) -> Experiment:
+    def for_eval(cls, config, workdir, predict_only: bool = False) -> Experiment:
         """The experiment with ``workdir``'s latest checkpoint restored. A workdir without one is refused before
         anything is built or written: no empty ``checkpoints/`` left behind, no SNARM patch bank built first. The
-        optimizer settings are the training run's (``_with_saved_optimizer``)."""
+        optimizer settings are the training run's (``_with_saved_optimizer``). With ``predict_only`` (new images,
+        ``predict_folder``) the training split is taken from the run's ``train_set.json`` where it has one, so the
+        dataset need not be there; a run without one reads the dataset and, once restored, writes it."""
         workdir = Path(workdir).expanduser()
         if not has_checkpoint(workdir):
             raise FileNotFoundError(_no_checkpoint(workdir))
-        experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False)
+        train_set = read_train_set(workdir) if predict_only else None
+        experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False, train_set=train_set)
         experiment.restore_for_eval()
+        if train_set is None and read_train_set(workdir) is None and jax.process_index() == 0:
+            save_train_set(workdir, experiment.train_source)
         return experiment
 
     def restore_for_eval(self):

@@ -410,3 +410,28 @@ def test_an_unknown_activation_dtype_is_named(tiny_config, tmp_path):
         config.model.dtype = "bf16"
     with pytest.raises(ValueError, match=r"config\.model\.dtype='bf16'; valid: float32, bfloat16"):
         run.Experiment(config, tmp_path)
+
+
+def test_a_trained_run_predicts_new_images_where_its_training_data_is_not(tiny_config, tmp_path):
+    """An inspection station holds the run directory, not the dataset: ``train_set.json`` stands in for it."""
+    config = tiny_config(max_steps=2)
+    experiment = run.Experiment(config, tmp_path / "run")
+    experiment.train()
+    saved = json.loads((tmp_path / "run" / "train_set.json").read_text())
+    assert saved == {"task": "classification", "class_names": list(experiment.train_source.class_names),
+                     "num_images": len(experiment.train_source), "center_crop": 1.0}
+    folder = tmp_path / "new"
+    _cells(folder, np.zeros(3, np.int64))
+    expected = experiment.predict_folder(folder).read_text()
+    elsewhere = config.copy_and_resolve_references()
+    elsewhere.data.root = str(tmp_path / "not here")
+    station = run.Experiment.for_eval(elsewhere, tmp_path / "run", predict_only=True)
+    assert station.predict_folder(folder).read_text() == expected
+    with pytest.raises(FileNotFoundError, match="not here"):  # evaluating on the test split still reads the data
+        run.Experiment.for_eval(elsewhere, tmp_path / "run")
+    (tmp_path / "run" / "train_set.json").write_text('{"task": "classification"}')
+    with pytest.raises(ValueError, match=r"train_set.json is unreadable \(KeyError: 'class_names'\).*delete it"):
+        run.Experiment.for_eval(elsewhere, tmp_path / "run", predict_only=True)
+    (tmp_path / "run" / "train_set.json").unlink()  # a run trained before the file existed: read from the data once
+    run.Experiment.for_eval(config, tmp_path / "run", predict_only=True)
+    assert json.loads((tmp_path / "run" / "train_set.json").read_text()) == saved

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs.common import finalize
 from configs.snarm_common import snarm_config
@@ -164,6 +165,28 @@ def test_bank_is_built_on_a_fresh_start_only(trained, tmp_path, monkeypatch, cap
                     jax.tree.leaves(_host(restored.state.model_state))):
         np.testing.assert_array_equal(a, b)
     assert restored.evaluate()["mean"] == pytest.approx(summary["mean"], rel=1e-6)
+
+
+@pytest.mark.slow  # SNARM trained end to end (the fixture): in the slow run, keeping CI's run short
+def test_predicting_without_the_training_data_restores_the_bank_from_its_saved_size(trained, tmp_path, monkeypatch):
+    """The bank's row count follows the training split's size, which ``train_set.json`` keeps for prediction."""
+    _, straight, _ = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    test = run.load_source(straight.config, "test")
+    for i in range(3):
+        Image.fromarray(test.load(test[i], 64)["image"]).save(folder / f"cell{i}.png")
+    expected = straight.predict_folder(folder).read_text()
+
+    def no_data(config, split):
+        raise FileNotFoundError("the dataset is not on this machine")
+
+    monkeypatch.setattr(run, "load_source", no_data)
+    station = run.Experiment.for_eval(straight.config, straight.workdir, predict_only=True)
+    for a, b in zip(jax.tree.leaves(_host(straight.state.model_state)),
+                    jax.tree.leaves(_host(station.state.model_state))):
+        np.testing.assert_array_equal(a, b)
+    assert station.predict_folder(folder).read_text() == expected
 
 
 @pytest.mark.slow  # a second compile of the full train step
