@@ -13,6 +13,7 @@ import pytest
 from flax import linen as nn
 from PIL import Image
 
+from configs import from_run
 from ssm_jax.data import Record, Source
 from ssm_jax.models.resnet_classifier import resnet_model_config
 from ssm_jax.training import classification, run
@@ -435,3 +436,10 @@ def test_a_trained_run_predicts_new_images_where_its_training_data_is_not(tiny_c
     (tmp_path / "run" / "train_set.json").unlink()  # a run trained before the file existed: read from the data once
     run.Experiment.for_eval(config, tmp_path / "run", predict_only=True)
     assert json.loads((tmp_path / "run" / "train_set.json").read_text()) == saved
+
+    own = from_run.get_config(str(tmp_path / "run"))  # the run's config.json, without the config file or overrides
+    assert own.to_dict() == config.to_dict() and own.is_locked
+    again = run.Experiment.for_eval(own, tmp_path / "run", predict_only=True)
+    assert again.predict_folder(folder).read_text() == expected
+    with pytest.raises(FileNotFoundError, match=r"nowhere/config.json not found; expected the config.json"):
+        from_run.get_config(str(tmp_path / "nowhere"))
