@@ -117,6 +117,22 @@ def flag_rates(flagged, positive, threshold: float) -> dict:
     return {"threshold": threshold, "recall": share[0], "fpr": share[1]}
 
 
+def operating_point_lines(points: dict, at_flag: dict | None, score: str, digits: str = ".4f") -> list[str]:
+    """Report lines of ``operating_points``' cuts on ``score`` (its name in the text, e.g. "p(p1)" or "score") and,
+    given, of ``flag_rates``' at the configured threshold; thresholds printed with format ``digits``."""
+    lines = []
+    for rate, point in points.items():
+        if point is not None:
+            cut = "nothing" if point["threshold"] is None else f"{score} >= {point['threshold']:{digits}}"
+            lines.append(f"  at most {rate} false alarms: flag {cut}: recall {point['recall']:.4f}, "
+                         f"false alarms {point['fpr']:.4f}")
+    if at_flag is not None:
+        at = {k: "-" if at_flag[k] is None else f"{at_flag[k]:.4f}" for k in ("recall", "fpr")}
+        lines.append(f"  at eval.flag_threshold: flag {score} >= {at_flag['threshold']:{digits}}: "
+                     f"recall {at['recall']}, false alarms {at['fpr']}")
+    return lines
+
+
 def f1_max(labels, scores):
     """Maximum F1 score over all thresholds."""
     return f1max_from_counts(*binary_counts(*check_binary(labels, scores))[1:])

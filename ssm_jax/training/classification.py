@@ -15,7 +15,7 @@ import numpy as np
 from ssm_jax import viz
 from ssm_jax.losses import NCE_SIMILARITIES, memorymamba_loss
 from ssm_jax.metrics import (auroc, average_precision, binary_metrics, classification_metrics, flag_rates,
-                             operating_points)
+                             operating_point_lines, operating_points)
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
@@ -357,16 +357,8 @@ def format_report(summary: dict) -> str:
         lines.append(f"2 groups, positive = {', '.join(b['positive'])} ({b['num_positive']} images): accuracy "
                      f"{b['acc']:.4f}, precision {b['precision']:.4f}, recall {b['recall']:.4f}, f1 {b['f1']:.4f}"
                      f"{ranking}")
-        group = " + ".join(b["positive"])
-        for rate, point in b["at_false_alarms"].items():
-            if point is not None:
-                cut = "nothing" if point["threshold"] is None else f"p({group}) >= {point['threshold']:.4f}"
-                lines.append(f"  at most {rate} false alarms: flag {cut}: recall {point['recall']:.4f}, "
-                             f"false alarms {point['fpr']:.4f}")
-        if "at_flag_threshold" in b:
-            at = {k: "-" if v is None else f"{v:.4f}" for k, v in b["at_flag_threshold"].items()}
-            lines.append(f"  at eval.flag_threshold: flag p({group}) >= {at['threshold']}: recall {at['recall']}, "
-                         f"false alarms {at['fpr']}")
+        lines += operating_point_lines(b["at_false_alarms"], b.get("at_flag_threshold"),
+                                       f"p({' + '.join(b['positive'])})")
     for name, sub in summary.get("per_subset", {}).items():
         recall = " / ".join("-" if r is None else f"{r:.4f}" for r in sub["recall"].values())
         two = ""

@@ -17,7 +17,7 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import feature_mse_loss
-from ssm_jax.metrics import anomaly_metrics_by_category, flag_rates, operating_points
+from ssm_jax.metrics import anomaly_metrics_by_category, flag_rates, operating_point_lines, operating_points
 from ssm_jax.models.mambaad import ENCODER_STAGES, anomaly_map_from_features
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
@@ -278,13 +278,6 @@ def format_report(summary: dict) -> str:
     rows = [*summary["per_category"].items(), ("mean", summary["mean"])]
     lines += [f"{name:<{width}}" + "".join(f"{_percent(m, key):>9}" for key, _ in COLUMNS) for name, m in rows]
     lines.append(f"{summary['num_images']} test images ({summary['num_anomalous']} anomalous)")
-    for rate, point in summary["at_false_alarms"]["pooled"].items():
-        if point is not None:
-            cut = "nothing" if point["threshold"] is None else f"score >= {point['threshold']:.6g}"
-            lines.append(f"  at most {rate} of normal images flagged: flag {cut}: recall {point['recall']:.4f}, "
-                         f"false alarms {point['fpr']:.4f}")
-    if "at_flag_threshold" in summary:
-        at = {k: "-" if v is None else f"{v:.4f}" for k, v in summary["at_flag_threshold"].items()}
-        lines.append(f"  at eval.flag_threshold: flag score >= {summary['at_flag_threshold']['threshold']:.6g}: "
-                     f"recall {at['recall']}, false alarms {at['fpr']}")
+    lines += operating_point_lines(summary["at_false_alarms"]["pooled"], summary.get("at_flag_threshold"), "score",
+                                   ".6g")
     return "\n".join(lines)

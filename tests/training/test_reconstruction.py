@@ -265,7 +265,7 @@ def test_evaluation_reports_the_score_cuts_and_flags_images_at_a_threshold(tmp_p
         assert [int(r["flagged"]) for r in csv.DictReader(f)] == flagged.astype(int).tolist()
     report = reconstruction.format_report(summary)
     point = summary["at_false_alarms"]["pooled"]["10%"]
-    assert (f"at most 10% of normal images flagged: flag score >= {point['threshold']:.6g}: recall "
+    assert (f"at most 10% false alarms: flag score >= {point['threshold']:.6g}: recall "
             f"{point['recall']:.4f}") in report
     assert f"at eval.flag_threshold: flag score >= {threshold:.6g}: recall {flagged[labels == 1].mean():.4f}" in report
 
