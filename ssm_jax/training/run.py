@@ -99,9 +99,8 @@ class Family:
     taken from the config (``state_kwargs`` also from the training split, a ``Source`` or, predicting, its
     ``TrainSet``, and from whether a checkpoint will be restored over the new state; make_train_step's
     ``step_kwargs`` also from the training set, e.g. class weights), and a check of the config against the
-    training set. ``data_task`` is the task of the datasets it trains on, when
-    that is not its own name (SNARM's "residual" family reads "anomaly" datasets; "any": every dataset, labels
-    unread, as masked-image pretraining)."""
+    training set. ``data_task`` is the task of the datasets it trains on, when that is not its own name (SNARM's
+    "residual" family reads "anomaly" datasets; "any": every dataset, labels unread, as masked-image pretraining)."""
 
     module: ModuleType
     models: tuple[str, ...]
