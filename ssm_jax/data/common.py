@@ -78,8 +78,9 @@ class Source:
             img_size = images.image_size(record.path)
             mask_size = images.image_size(record.mask_path)
             if img_size != mask_size:
-                raise ValueError(f"mask {record.mask_path!r} is {mask_size[0]}x{mask_size[1]} but its image "
-                                 f"{record.path!r} is {img_size[0]}x{img_size[1]}; expected the same size")
+                raise images.CorruptImageError(f"mask {record.mask_path!r} is {mask_size[0]}x{mask_size[1]} but its "
+                                               f"image {record.path!r} is {img_size[0]}x{img_size[1]}; expected the "
+                                               f"same size")
         out["image"] = images.load_image(record.path, size, self.strict)
         if self.task == ANOMALY:
             h, w = out["image"].shape[:2]
@@ -124,7 +125,10 @@ def require_images(directory: str, expected: str, extensions: Sequence[str] = im
     """Like ``list_images`` but the directory must exist and hold at least one image."""
     files = list_images(require_dir(directory, expected), extensions)
     if not files:
-        raise ValueError(f"directory {directory!r} holds no images ({', '.join(extensions)}); expected {expected}")
+        inside = subdirs(directory)
+        nested = f" (its subfolders {inside[:3]} are not searched)" if inside else ""
+        raise ValueError(f"directory {directory!r} holds no images ({', '.join(extensions)}){nested}; "
+                         f"expected {expected}")
     return files
 
 

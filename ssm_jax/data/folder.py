@@ -2,7 +2,7 @@
 
 Layout::
 
-    root/<class_name>/*.{png,jpg,jpeg,bmp,tif,tiff}
+    root/<class_name>/*.{png,jpg,jpeg,bmp,tif,tiff,webp}
 
 Class names are the sorted folder names unless ``class_names`` fixes them (and their order = label ids);
 then every named folder must exist and hold images. The train/test split is ``stratified_split`` over

@@ -5,22 +5,29 @@ unsigned grayscale (``I;16``, ``I``) is scaled to 8 bits by its type's full rang
 TIFFs have no such range, so they are refused by name: convert them first); palette (``P``) images
 are expanded through their palette; alpha (``RGBA``, ``LA``, ``PA``) is dropped, not composited;
 ``CMYK``/``YCbCr`` are converted by PIL. With ``strict=True`` anything not already ``RGB`` raises.
+
+An EXIF orientation tag (phone and some camera exports) is applied, to images and masks alike, so a file is read
+as image viewers and annotation tools show it, and a mask drawn on what they show lines up with its image.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+ORIENTATION = 0x0112  # EXIF tag: 1 as stored; 5-8 transpose the stored width and height
+TRANSPOSED = (5, 6, 7, 8)
 
 
 class CorruptImageError(ValueError):
-    """An image file that PIL cannot open or fully decode (unreadable, truncated, not an image)."""
+    """An image file that cannot be used as it is: PIL cannot open or fully decode it (unreadable, truncated, not an
+    image), it is over PIL's size limit, its pixels have no fixed range (signed or floating-point), or its mask is
+    of another size. ``data.skip_corrupt`` goes on without such files."""
 
 
-def _too_large(path: str) -> ValueError:
-    return ValueError(f"image {path!r} is larger than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a guard "
+def _too_large(path: str) -> CorruptImageError:
+    return CorruptImageError(f"image {path!r} is larger than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a guard "
                       f"against decompression bombs): resize it, or raise PIL.Image.MAX_IMAGE_PIXELS")
 
 
@@ -28,7 +35,7 @@ def _decode(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img
+            return ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path!r} does not exist") from None
     except Image.DecompressionBombError as e:
@@ -52,7 +59,7 @@ def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False) -> Im
     if strict:
         raise ValueError(f"image {path!r} has mode {img.mode!r}; expected an RGB image (strict=True)")
     if _signed_or_float(img):
-        raise ValueError(f"image {path!r} has signed or floating-point pixels (mode {img.mode!r}), which have no "
+        raise CorruptImageError(f"image {path!r} has signed or floating-point pixels (mode {img.mode!r}), which have no "
                          f"fixed range to scale to 8 bits; expected 8- or 16-bit unsigned images: convert it first")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         bits = 16 if img.mode.startswith("I;16") else 32
@@ -72,10 +79,12 @@ def load_image(path: str, size: int | None = None, strict: bool = False) -> np.n
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(width, height) from the header only; raises CorruptImageError when unreadable."""
+    """(width, height) as decoded (EXIF orientation applied), from the header only; raises CorruptImageError when
+    unreadable."""
     try:
         with Image.open(path) as img:
-            return img.size
+            width, height = img.size
+            return (height, width) if img.getexif().get(ORIENTATION, 1) in TRANSPOSED else (width, height)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path!r} does not exist") from None
     except Image.DecompressionBombError as e:

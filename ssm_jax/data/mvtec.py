@@ -40,11 +40,18 @@ def _test_records(cat_dir: str, category: str, require_masks: bool) -> list[Reco
         gt_dir = os.path.join(cat_dir, "ground_truth", defect)
         if require_masks or os.path.isdir(gt_dir):
             require_dir(gt_dir, f"masks of defect {defect!r}")
-            named = [f for f in list_images(gt_dir) if not f.endswith("_mask.png")]
+            named = [f for f in list_images(gt_dir) if not f.lower().endswith("_mask.png")]
             if named:
-                raise ValueError(f"mask file {named[0]!r} is not named <image stem>_mask.png; expected e.g. "
+                raise ValueError(f"mask file {named[0]!r} is not named <image stem>_mask.png; expected PNG masks "
+                                 f"(lossless: JPEG's artefacts would mark pixels defective) such as "
                                  f"{os.path.join(gt_dir, os.path.splitext(os.path.basename(files[0]))[0])}_mask.png")
-        stems = {os.path.splitext(os.path.basename(p))[0]: p for p in files}
+        stems = {}
+        for path in files:  # a mask is matched by stem: 000.png and 000.jpg would share one
+            stem = os.path.splitext(os.path.basename(path))[0]
+            if stem in stems:
+                raise ValueError(f"test images {stems[stem]!r} and {path!r} share the stem {stem!r}; expected one "
+                                 f"image per stem, as its mask is found by it (<stem>_mask.png): rename one")
+            stems[stem] = path
         masks = ({os.path.basename(p)[: -len("_mask.png")]: p for p in list_images(gt_dir, ("_mask.png",))}
                  if os.path.isdir(gt_dir) else {})
         orphans = sorted(set(masks) - set(stems))
@@ -63,6 +70,9 @@ def mvtec_source(root: str, split: str = "train", *, categories: str | Sequence[
                  require_masks: bool = True, strict: bool = False) -> Source:
     check_split(split, ("train", "test"))
     require_dir(root, "the MVTec AD root with one folder per category")
+    if all(os.path.isdir(os.path.join(root, d)) for d in ("train", "test")):
+        raise FileNotFoundError(f"{root!r} holds train/ and test/ itself: it looks like one category's (product's) "
+                                f"folder; expected the folder above it, which holds one folder per category")
     records = []
     for category in select_categories(subdirs(root), categories, "MVTec AD", root):
         cat_dir = os.path.join(root, category)

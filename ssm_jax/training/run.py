@@ -171,8 +171,10 @@ def load_source(config, split: str) -> Source:
     try:
         source = get_source(data.name, root, split, **options)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err}. (config.data.root={root!r}: pass --config.data.root=DIR or set "
-                                f"$SSM_JAX_DATA to the folder holding '{data.name}')") from err
+        if root is not None and os.path.isdir(root):  # the root is there: the error names what is missing in it
+            raise
+        raise FileNotFoundError(f"{err}. (config.data.root={root!r}: pass --config.data.root=DIR, or set "
+                                f"$SSM_JAX_DATA to the folder holding the dataset's folder)") from err
     return dataclasses.replace(source, center_crop=crop) if crop != 1.0 else source
 
 
@@ -361,7 +363,7 @@ class Experiment:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"--predict_dir {folder} is not a directory of images")
-        paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+        paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                        and not any(is_hidden(part) for part in p.relative_to(folder).parts))
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")

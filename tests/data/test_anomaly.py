@@ -83,6 +83,25 @@ def test_own_parts_without_masks_are_scored_at_image_level(replica):
     shutil.copy(os.path.join(root, "grid", "ground_truth", "broken", "000_mask.png"), stray)
     with pytest.raises(ValueError, match=r"mask file '.*broken/000.png' is not named <image stem>_mask.png"):
         get_source("mvtec", root, "test", require_masks=False)
+    os.rename(stray, stray[:-len(".png")] + "_mask.PNG")  # any case, as image extensions
+    os.remove(os.path.join(root, "grid", "ground_truth", "broken", "000_mask.png"))
+    assert len(get_source("mvtec", root, "test", require_masks=False)) == len(test)
+
+
+def test_own_parts_layout_mistakes_are_named(replica):
+    root = replica("mvtec")
+    with pytest.raises(FileNotFoundError, match=r"bottle' holds train/ and test/ itself: it looks like one"):
+        get_source("mvtec", os.path.join(root, "bottle"), "train")
+    shutil.copy(os.path.join(root, "grid", "test", "crack", "000.png"),
+                os.path.join(root, "grid", "test", "crack", "000.jpg"))
+    with pytest.raises(ValueError, match=r"crack/000.jpg' and '.*crack/000.png' share the stem '000'"):
+        get_source("mvtec", root, "test", require_masks=False)
+    empty = os.path.join(root, "grid", "test", "crack")
+    shutil.rmtree(empty)
+    os.makedirs(os.path.join(empty, "2026-12-01"))
+    Image.new("RGB", (8, 8)).save(os.path.join(empty, "2026-12-01", "000.png"))
+    with pytest.raises(ValueError, match=r"crack' holds no images .*\(its subfolders \['2026-12-01'\] are not"):
+        get_source("mvtec", root, "test", require_masks=False)
 
 
 def test_mvtec_empty_category(replica):

@@ -47,14 +47,14 @@ def test_signed_float_and_huge_images_are_refused_by_name(tmp_path, monkeypatch)
     ramp = np.linspace(0, 30000, 20).reshape(4, 5)
     for name, dtype in (("s16.tif", np.int16), ("f32.tif", np.float32)):
         Image.fromarray(ramp.astype(dtype)).save(tmp_path / name)
-        with pytest.raises(ValueError, match=rf"{name}' has signed or floating-point pixels"):
+        with pytest.raises(CorruptImageError, match=rf"{name}' has signed or floating-point pixels"):
             load_image(str(tmp_path / name))
     Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "u16.tif")
     assert load_image(str(tmp_path / "u16.tif")).max() == 30000 >> 8
     big = _save(tmp_path / "big.png", np.zeros((40, 40), np.uint8), "L")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL raises above twice the limit
     for read in (load_image, image_size):
-        with pytest.raises(ValueError, match=r"big.png' is larger than PIL's limit of 100 pixels"):
+        with pytest.raises(CorruptImageError, match=r"big.png' is larger than PIL's limit of 100 pixels"):
             read(big)
 
 
@@ -63,6 +63,23 @@ def test_strict_rejects_non_rgb(tmp_path, mode):
     path = _save(tmp_path / "x.png", np.zeros((4, 4) if mode == "L" else (4, 4, 4), np.uint8), mode)
     with pytest.raises(ValueError, match=rf"x.png' has mode '{mode}'; expected an RGB image"):
         load_image(path, strict=True)
+
+
+def test_exif_orientation_is_applied_to_images_masks_and_their_sizes(tmp_path):
+    """A phone photo stored 6 wide and 4 high with orientation 6 (rotate 90 degrees clockwise to view) is read 4 wide
+    and 6 high, as viewers show it; its mask, drawn on what they show, lines up."""
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[0, :, 0] = 255  # the stored top row: the right-hand column once turned clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif.tobytes())
+    shown = np.rot90(stored, -1)  # clockwise
+    assert image_size(str(tmp_path / "photo.png")) == (4, 6)
+    np.testing.assert_array_equal(load_image(str(tmp_path / "photo.png")), shown)
+    Image.fromarray((shown[..., 0] > 0).astype(np.uint8) * 255).save(tmp_path / "photo_mask.png")
+    np.testing.assert_array_equal(load_mask(str(tmp_path / "photo_mask.png")), shown[..., 0] > 0)
+    Image.fromarray(stored[..., 0], "L").save(tmp_path / "tagged_mask.png", exif=exif.tobytes())
+    np.testing.assert_array_equal(load_mask(str(tmp_path / "tagged_mask.png")), shown[..., 0] > 0)
 
 
 def test_corrupt_and_truncated_files_name_the_path(tmp_path):
@@ -98,6 +115,22 @@ def test_pipeline_raises_or_skips_corrupt(replica):
     assert sum(len(b["label"]) for b in batches) == len(src) - 1
     skipped = src.records.index(next(r for r in src if r.path == path))
     assert skipped not in np.concatenate([b["index"] for b in batches])
+
+
+def test_skip_corrupt_also_skips_unusable_pixels_and_mismatched_masks(replica):
+    """A floating-point TIFF decodes, but has no range to scale; a mask of another size cannot be scored: both are
+    files skip_corrupt goes on without, not errors that stop a whole folder."""
+    root = replica("folder")
+    Image.fromarray(np.ones((8, 8), np.float32)).save(os.path.join(root, "a", "float.tif"))
+    src = get_source("folder", root, "all")
+    kw = dict(batch_size=4, image_size=8, train=False, shard_index=0, shard_count=1, num_threads=1)
+    with pytest.warns(UserWarning, match=r"skipped 1 corrupt image\(s\).*float.tif' has signed or floating-point"):
+        assert sum(len(b["label"]) for b in make_pipeline(src, skip_corrupt=True, **kw)) == len(src) - 1
+    root = replica("mvtec")
+    Image.new("L", (7, 7)).save(os.path.join(root, "bottle", "ground_truth", "broken", "000_mask.png"))
+    src = get_source("mvtec", root, "test", categories="bottle")
+    with pytest.warns(UserWarning, match=r"000_mask.png' is 7x7 but its image"):
+        assert sum(len(b["label"]) for b in make_pipeline(src, skip_corrupt=True, **kw)) == len(src) - 1
 
 
 def test_training_skips_corrupt_images_in_full_batches_and_resumes(replica):

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+from configs.mambaad_common import mambaad_config
+from ssm_jax.data import replicas
 from ssm_jax.training import classification, run
 from ssm_jax.training.checkpoint import CheckpointError
 from ssm_jax.training.init_from import read_variables
@@ -197,8 +199,13 @@ def test_missing_dataset_names_the_path(tiny_config, tmp_path):
     config = tiny_config()
     with config.unlocked():
         config.data.root = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*pass --config.data.root=DIR, or set \$SSM_JAX_DATA"):
         run.Experiment(config, tmp_path / "run")
+    mvtec = replicas.write_replica("mvtec", str(tmp_path), per_class=1)
+    parts = mambaad_config("mvtec", mvtec, epochs=1, categories="cable")
+    with pytest.raises(FileNotFoundError, match=r"categories \['cable'\] not found") as err:
+        run.load_source(parts, "train")  # the root is there: the message names what it lacks, without the hint
+    assert "SSM_JAX_DATA" not in str(err.value)
 
 
 def test_unknown_source_option_lists_valid_ones(tiny_config, tmp_path):
