@@ -59,8 +59,9 @@ def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False) -> Im
     if strict:
         raise ValueError(f"image {path!r} has mode {img.mode!r}; expected an RGB image (strict=True)")
     if _signed_or_float(img):
-        raise CorruptImageError(f"image {path!r} has signed or floating-point pixels (mode {img.mode!r}), which have no "
-                         f"fixed range to scale to 8 bits; expected 8- or 16-bit unsigned images: convert it first")
+        raise CorruptImageError(f"image {path!r} has signed or floating-point pixels (mode {img.mode!r}), which have "
+                                f"no fixed range to scale to 8 bits; expected 8- or 16-bit unsigned images: convert "
+                                f"it first")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         bits = 16 if img.mode.startswith("I;16") else 32
         arr = np.asarray(img).astype(np.uint64) >> (bits - 8)
