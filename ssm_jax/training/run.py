@@ -253,6 +253,8 @@ class Experiment:
             takers = " and ".join(name for name, family in TASKS.items() if family.sam)
             raise ValueError(f"config.optim.sam_rho is a setting of {takers} runs, not of config.task={config.task!r}")
         self.train_source = train_set if train_set is not None else load_source(config, "train")
+        # read before training, so a mistake in the test split's layout is named now, not after the last step
+        self.test_source = load_source(config, "test") if training else None
         _check_task(config, self.family, self.train_source)
         self.total_steps = training_steps(config.train, len(self.train_source))
         self.model = build_model(config)
@@ -341,7 +343,7 @@ class Experiment:
 
     def evaluate(self) -> dict:
         """Test-split metrics and pictures under ``<workdir>/eval``; prints the per-class / per-category report."""
-        source = load_source(self.config, "test")
+        source = self.test_source if self.test_source is not None else load_source(self.config, "test")
         predictions = self._predict(source)
         summary = {}
         if jax.process_index() == 0:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from configs.common import finalize
 from configs.mambaad_common import mambaad_config, set_batch_size
-from ssm_jax.data import Record, Source, synthetic_source
+from ssm_jax.data import Record, Source, replicas, synthetic_source
 from ssm_jax.data.common import ANOMALY
 from ssm_jax.training import reconstruction, run
 from ssm_jax.training.mesh import make_mesh
@@ -277,3 +277,14 @@ def test_evaluation_reports_the_score_cuts_and_flags_images_at_a_threshold(tmp_p
     assert "at_flag_threshold" not in plain and "at eval.flag_threshold" not in reconstruction.format_report(plain)
     with (tmp_path / "plain" / "scores.csv").open() as f:
         assert "flagged" not in next(csv.reader(f))
+
+
+def test_a_mistake_in_the_test_split_is_named_before_training(tmp_path):
+    """Not after the last step: the test split's layout is read when the run is built."""
+    root = replicas.write_replica("mvtec", str(tmp_path), per_class=2)
+    crack = os.path.join(root, "grid", "test", "crack")
+    os.rename(os.path.join(crack, "001.png"), os.path.join(crack, "901.png"))
+    config = mambaad_config("mvtec", root, epochs=1)
+    with pytest.raises(FileNotFoundError, match=r"crack/001_mask.png' has no image"):
+        run.Experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
