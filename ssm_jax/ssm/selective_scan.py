@@ -21,7 +21,9 @@ With ``order`` (G, L), the channels of group g (and B, C of group g) are scanned
 back at the positions: a 2-D map scanned in K directions at once, one group each, as SS2D does. The Pallas kernel
 visits the positions in place; the other implementations gather each group into its order and put y back.
 
-Arithmetic is float32 (float64 when the inputs are float64); the output has the dtype of ``u``.
+Arithmetic is float32 (float64 when the inputs are float64, except in ``pallas``, which is float32 whatever they
+are); the output has the dtype of ``u``. ``pallas`` has a reverse-mode rule (``jax.grad``, ``jax.vjp``) and no
+forward-mode one: ``jax.jvp``, ``jax.jacfwd`` and Hessians through the scan need one of the other implementations.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IMPLS = ("auto", "sequential", "associative", "chunked", "pallas")
 DEFAULT_CHUNK_SIZE = 64
@@ -217,6 +220,17 @@ def resolve_impl(impl: str) -> str:
 
 
 def _check_order(order, groups: int, length: int) -> jax.Array:
+    """Shape and dtype always; each row a permutation of 0..L-1 where ``order`` is known (not traced): a repeated or
+    out-of-range position would scan some steps twice and others never, or read outside the sequence."""
+    try:
+        rows = np.asarray(order)
+    except jax.errors.TracerArrayConversionError:  # an argument of a jitted function: its values are not known yet
+        rows = None
+    if rows is not None and rows.shape == (groups, length) and np.issubdtype(rows.dtype, np.integer):
+        bad = np.flatnonzero((np.sort(rows, axis=1) != np.arange(length)).any(axis=1))
+        if bad.size:
+            raise ValueError(f"selective_scan: `order` row {bad[0]} is not a permutation of 0..{length - 1} (each "
+                             f"position exactly once)")
     order = jnp.asarray(order)
     if order.shape != (groups, length) or not jnp.issubdtype(order.dtype, jnp.integer):
         raise ValueError(f"selective_scan: `order` has shape {order.shape} and dtype {order.dtype}, expected "
@@ -226,7 +240,7 @@ def _check_order(order, groups: int, length: int) -> jax.Array:
 
 def _in_order(x, order, groups: int):
     """(batch, L, G * k) or (batch, L, G, k) with group g's rows taken in the order order[g]."""
-    grouped = x.reshape(*x.shape[:2], groups, -1)
+    grouped = jnp.asarray(x).reshape(*x.shape[:2], groups, -1)
     return grouped[:, order.T, jnp.arange(groups)[None, :]].reshape(x.shape)
 
 
@@ -240,7 +254,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
       B, C: (batch, L, N), or grouped (batch, L, G, N) with G dividing D.
       D: optional (D,) skip; z: optional (batch, L, D) SiLU gate; delta_bias: optional (D,).
       delta_softplus: apply softplus to delta (+ bias).
-      return_last_state: also return the final state (batch, D, N), float32.
+      return_last_state: also return the final state (batch, D, N), float32 (float64 for float64 inputs, but from
+        ``pallas``).
       impl: one of ``IMPLS``; chunk_size: steps per chunk for ``chunked``.
       order: optional (G, L) integers, each row a permutation of 0..L-1: group g is scanned in the order
         order[g] (module docstring).
@@ -250,6 +265,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     impl = resolve_impl(impl)
     x = validate_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if x.u.shape[1] == 0:  # nothing to scan: the state stays zero
+        last = jnp.zeros((x.u.shape[0], x.u.shape[2], x.A.shape[1]), compute_dtype(x.u.dtype))
+        return (jnp.zeros(x.u.shape, x.u.dtype), last) if return_last_state else jnp.zeros(x.u.shape, x.u.dtype)
     groups = x.B.shape[2]
     if order is not None:
         order = _check_order(order, groups, x.u.shape[1])

@@ -56,3 +56,29 @@ def test_order_shape_and_dtype_are_checked():
         selective_scan(**x, order=ORDER[:, :8])
     with pytest.raises(ValueError, match="dtype float32"):
         selective_scan(**x, order=ORDER.astype(np.float32))
+
+
+@pytest.mark.parametrize("impl", ["sequential", "pallas"])
+def test_an_order_that_is_not_a_permutation_is_refused(impl):
+    """A repeated position scans a step twice and skips another; one out of range reads outside the sequence."""
+    x = inputs()
+    repeated, outside = ORDER.copy(), ORDER.copy()
+    repeated[2, 1] = repeated[2, 0]
+    outside[1, 0] = LENGTH + 5
+    for bad, row in ((repeated, 2), (outside, 1)):
+        with pytest.raises(ValueError, match=rf"`order` row {row} is not a permutation of 0..{LENGTH - 1}"):
+            selective_scan(**x, impl=impl, order=bad)
+
+
+def test_a_traced_order_with_numpy_inputs():
+    """An order passed into a jitted function is traced: the inputs, NumPy arrays, are gathered by it all the same."""
+    x = inputs()
+    y = jax.jit(lambda order: selective_scan(**x, delta_softplus=True, impl="sequential", order=order))(ORDER)
+    assert rel_err(y, reference(x)[0]) < 1e-5
+
+
+def test_an_empty_sequence_scans_to_nothing():
+    x = {k: v[:, :0] if k in ("u", "delta", "z", "B", "C") else v for k, v in inputs().items()}
+    for impl in ("sequential", "associative", "chunked", "pallas"):
+        y, last = selective_scan(**x, return_last_state=True, impl=impl)
+        assert y.shape == (BATCH, 0, DIM) and last.shape == (BATCH, DIM, N) and not np.asarray(last).any()
