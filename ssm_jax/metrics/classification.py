@@ -14,6 +14,7 @@ import numpy as np
 
 def _check_classes(values, name, num_classes):
     values = np.asarray(values)
+    values = values.astype(np.int64) if values.dtype == bool else values  # two classes as False / True
     if values.ndim != 1:
         hint = " (take the argmax of logits first)" if name == "predictions" and values.ndim == 2 else ""
         raise ValueError(f"{name} must have shape (N,){hint}, got {values.shape}")

@@ -109,10 +109,10 @@ def operating_points(labels, scores, rates=FALSE_ALARM_RATES) -> dict:
     return {f"{100 * r:g}%": operating_point(labels, scores, r) if both else None for r in rates}
 
 
-def flag_rates(flagged, positive, threshold: float) -> dict:
-    """{threshold, recall, fpr} of flagging at ``threshold``: the share of the positives flagged and of the negatives
-    (None for a group the labels lack)."""
-    flagged, positive = np.asarray(flagged, bool), np.asarray(positive, bool)
+def flag_rates(scores, positive, threshold: float) -> dict:
+    """{threshold, recall, fpr} of flagging ``scores >= threshold``: the share of the positives flagged and of the
+    negatives (None for a group the labels lack)."""
+    flagged, positive = np.asarray(scores) >= threshold, np.asarray(positive, bool)
     share = [float(flagged[group].mean()) if group.any() else None for group in (positive, ~positive)]
     return {"threshold": threshold, "recall": share[0], "fpr": share[1]}
 

@@ -279,6 +279,9 @@ class MambaAD(nn.Module):
         if len(self.decoder_dims) != 4 or len(self.decoder_depths) != 4:
             raise ValueError(f"MambaAD needs 4 decoder stages (H/32 -> H/4); got dims {tuple(self.decoder_dims)}, "
                              f"depths {tuple(self.decoder_depths)}")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"MambaAD: images have shape {tuple(images.shape)}, expected (batch, height, width, 3) "
+                             f"(NHWC, RGB)")
         if images.shape[1] % 32 or images.shape[2] % 32:
             raise ValueError(f"MambaAD needs image sides divisible by 32; got {images.shape[1]}x{images.shape[2]}")
         if self.encoder not in RESNET_ARCHS:
@@ -333,4 +336,7 @@ def anomaly_maps(config, variables, images, sigma: float = 4.0):
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"anomaly_maps: images have shape {images.shape}, expected (batch, height, width, 3)")
+    if "model" in config:
+        raise ValueError("anomaly_maps: pass the model section of a config (config.model), as from_torch returns it, "
+                         "not the whole config")
     return _jitted_maps(ml_collections.ConfigDict(config).to_json(), float(sigma))(variables, images)

@@ -263,6 +263,9 @@ class MemoryMamba(nn.Module):
             raise ValueError(f"MemoryMamba: unknown downsample {self.downsample!r}; valid: {', '.join(DOWNSAMPLES)}")
         if self.stem == "conv" and self.patch_size != 4:
             raise ValueError(f"MemoryMamba: stem 'conv' embeds 4 x 4 patches, got patch_size {self.patch_size}")
+        if images.ndim != 4:
+            raise ValueError(f"MemoryMamba: images have shape {tuple(images.shape)}, expected (batch, height, width, "
+                             f"channels) (NHWC)")
         images = images.astype(self.dtype)
         if self.stem == "conv":
             x = ConvStem(self.dims[0], dtype=self.dtype, name="patch_embed")(images)

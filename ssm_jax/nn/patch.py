@@ -18,6 +18,9 @@ class PatchEmbed(nn.Module):
     @nn.compact
     def __call__(self, x):
         p = self.patch_size
+        if x.shape[1] % p or x.shape[2] % p:  # a strided conv would drop the last rows and columns, defects and all
+            raise ValueError(f"PatchEmbed: image sides {x.shape[1]}x{x.shape[2]} are not multiples of the patch size "
+                             f"{p}; resize the images (config.data.image_size) or pick another patch size")
         x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj")(x)
         return nn.LayerNorm(dtype=self.dtype, name="norm")(x)
 

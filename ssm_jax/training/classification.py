@@ -256,7 +256,8 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
     flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
     if binary_from and flags:
         positive = np.asarray(predictions["labels"]) >= binary_from
-        summary["binary"]["at_flag_threshold"] = flag_rates(flags["flagged"], positive, flag_threshold)
+        summary["binary"]["at_flag_threshold"] = flag_rates(_group_probability(predictions["probs"], binary_from),
+                                                            positive, flag_threshold)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
     _save_mistakes(predictions, source, out_dir / "mistakes.png")

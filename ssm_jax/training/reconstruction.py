@@ -224,7 +224,7 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16,
     summary = {**metrics, "num_images": int(len(labels)), "num_anomalous": int(labels.sum()), "at_false_alarms": cuts}
     flags = _flag_column(scores, flag_threshold)
     if flags:
-        summary["at_flag_threshold"] = flag_rates(flags["flagged"], labels == 1, flag_threshold)
+        summary["at_flag_threshold"] = flag_rates(scores, labels == 1, flag_threshold)
     (out_dir / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     (out_dir / "metrics.md").write_text(metrics_table(summary))
     with (out_dir / "scores.csv").open("w", newline="") as f:

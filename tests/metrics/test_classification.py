@@ -33,6 +33,13 @@ def test_absent_class_does_not_enter_macro_average():
     assert result["per_class"]["f1"].tolist() == [1.0, 1.0, 0.0]
 
 
+def test_boolean_labels_are_two_classes():
+    got, ints = classification_metrics([True, False, True], [True, True, False], 2), classification_metrics(
+        [1, 0, 1], [1, 1, 0], 2)
+    assert got["acc"] == ints["acc"] == pytest.approx(1 / 3) and got["f1"] == ints["f1"]
+    np.testing.assert_array_equal(got["confusion"], ints["confusion"])
+
+
 def test_class_never_predicted_counts_zero():
     result = classification_metrics([0, 1], [0, 0], num_classes=2)
     assert result["precision"] == pytest.approx(0.25)  # (0.5 + 0) / 2

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ssm_jax.metrics import auroc, average_precision, f1_max, operating_point, precision_recall_curve, roc_curve
+from ssm_jax.metrics import (auroc, average_precision, f1_max, flag_rates, operating_point, precision_recall_curve,
+                             roc_curve)
 
 CASES = [(0, 20, 0.5, None), (1, 300, 0.1, 5), (2, 1000, 0.7, 20), (3, 5000, 0.02, None), (4, 2, 0.5, None)]
 
@@ -105,3 +106,10 @@ def test_known_values():
 def test_bad_inputs(labels, scores, match):
     with pytest.raises(ValueError, match=match):
         auroc(labels, scores)
+
+
+def test_flag_rates_flag_scores_at_the_threshold():
+    scores, positive = np.array([0.1, 0.2, 0.0, 0.9, 0.5]), np.array([0, 0, 1, 1, 1])
+    assert flag_rates(scores, positive, 0.5) == {"threshold": 0.5, "recall": pytest.approx(2 / 3), "fpr": 0.0}
+    assert flag_rates(scores, positive, 0.15) == {"threshold": 0.15, "recall": pytest.approx(2 / 3), "fpr": 0.5}
+    assert flag_rates(scores[2:], positive[2:], 0.5)["fpr"] is None  # no negatives to flag

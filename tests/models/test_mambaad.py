@@ -3,11 +3,12 @@ scan-order and fused-directions switches, layout errors."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from ssm_jax.models.mambaad import (anomaly_map_from_features, build_mambaad, drop_path_rates, lss_layout,
-                                    mambaad_model_config)
+from ssm_jax.models.mambaad import (anomaly_map_from_features, anomaly_maps, build_mambaad, drop_path_rates,
+                                    lss_layout, mambaad_model_config)
 
 TINY = dict(encoder="resnet18", decoder_dims=(64, 256, 128, 64), decoder_depths=(2, 2, 2, 2), scan_impl="sequential")
 
@@ -34,6 +35,16 @@ def tiny():
     images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     variables = jax.jit(model.init)(jax.random.key(0), images)
     return model, variables, images
+
+
+def test_images_not_nhwc_rgb_and_a_whole_config_are_named(tiny):
+    model, variables, images = tiny
+    with pytest.raises(ValueError, match=r"MambaAD: images have shape \(2, 3, 64, 64\), expected \(batch, height, "
+                                         r"width, 3\) \(NHWC, RGB\)"):
+        model.apply(variables, jnp.moveaxis(images, -1, 1))
+    config = ml_collections.ConfigDict({"model": mambaad_model_config(**TINY)})
+    with pytest.raises(ValueError, match=r"pass the model section of a config \(config.model\)"):
+        anomaly_maps(config, variables, images)
 
 
 def test_depthwise_convs_start_as_the_official_lss_init(tiny):

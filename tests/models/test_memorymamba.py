@@ -44,6 +44,13 @@ def test_output_shapes():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(jax.eval_shape(bf16.init, KEY, IMAGES)))
 
 
+def test_images_without_a_batch_axis_are_named():
+    model = _model()
+    with pytest.raises(ValueError, match=r"MemoryMamba: images have shape \(32, 32, 3\), expected \(batch, height, "
+                                         r"width, channels\) \(NHWC\)"):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.ones((32, 32, 3)))
+
+
 def test_jit_vmap_grad(params):
     m = _model(drop_path_rate=0.3)
     labels = jnp.array([1, 3])

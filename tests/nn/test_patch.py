@@ -4,6 +4,7 @@ against PyTorch; DropPath."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from ssm_jax.nn import ConvDownsample, ConvStem, DropPath, PatchEmbed, PatchMerging
@@ -22,6 +23,12 @@ def test_shapes():
     y, p = _shapes(PatchMerging(), jnp.ones((2, 4, 4, 2)))
     assert y == (2, 2, 2, 4) and p["reduction"]["kernel"] == (8, 4)
     assert _shapes(PatchMerging(out_dim=6), jnp.ones((2, 5, 7, 2)))[0] == (2, 3, 4, 6)  # odd sizes padded
+
+
+def test_patch_embed_refuses_sides_it_would_crop():
+    """A strided conv drops what is left over: 30 px in 4 x 4 patches would lose two rows and columns unseen."""
+    with pytest.raises(ValueError, match=r"image sides 30x32 are not multiples of the patch size 4"):
+        _shapes(PatchEmbed(8, patch_size=4), jnp.ones((1, 30, 32, 3)))
 
 
 def test_patch_merging_concatenation_order():
