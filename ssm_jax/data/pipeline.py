@@ -133,14 +133,14 @@ def decoded_bytes(num_examples: int, image_size: int, task: str) -> int:
 @dataclasses.dataclass
 class Decode:
     """Loads ``source[index]`` at ``image_size``; returns None (skipped) for a corrupt file when
-    ``skip_corrupt``, warning with the path and the running count of skipped files in this process.
+    ``skip_corrupt``, warning once per file with its path and the count of distinct files skipped in this process.
     With ``cache`` every decoded example is kept (compactly) after its first load and reused."""
 
     source: Source
     image_size: int
     skip_corrupt: bool = False
     cache: bool = False
-    skipped: int = 0
+    skipped: set = dataclasses.field(default_factory=set)  # indices of the files skipped
     _decoded: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def _load(self, index: int):
@@ -150,8 +150,10 @@ class Decode:
             if not self.skip_corrupt:
                 raise CorruptImageError(f"{e}; to go on without such files, set skip_corrupt "
                                         f"(--config.data.skip_corrupt=True, which a rerun resumes with)") from e
-            self.skipped += 1
-            warnings.warn(f"skip_corrupt: skipped {self.skipped} corrupt image(s) so far; last: {e}", stacklevel=3)
+            if index not in self.skipped:  # read again each epoch: said once
+                self.skipped.add(index)
+                warnings.warn(f"skip_corrupt: skipped {len(self.skipped)} corrupt image(s) so far; last: {e}",
+                              stacklevel=3)
             return _CORRUPT
         if "mask" in ex:
             ex["mask"] = ex["mask"] > 0  # {0, 1} float32 -> bool: a quarter of the memory, restored below

@@ -241,7 +241,7 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
     pred = predictions["probs"].argmax(-1)
     m = classification_metrics(predictions["labels"], pred, len(names))
     summary = {"acc": m["acc"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-               "num_images": int(len(pred)), "tta": tta,
+               "num_images": int(len(pred)), "num_unreadable": len(source) - int(len(pred)), "tta": tta,
                "per_class": {name: {k: float(m["per_class"][k][i]) for k in ("precision", "recall", "f1", "support")}
                              for i, name in enumerate(names)},
                "confusion": m["confusion"].tolist(), "class_names": names}
@@ -329,18 +329,25 @@ def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_pat
 def write_folder_predictions(predictions: dict, source, out_dir, name: str, binary_from: int = 0,
                              flag_threshold: float = 0.0) -> Path:
     """``predict_<name>.csv``: predicted class, confidence and every class probability per image, in path order;
-    with ``flag_threshold`` > 0 also ``flagged``, 1 where classes ``binary_from``.. together reach it."""
+    with ``flag_threshold`` > 0 also ``flagged``, 1 where classes ``binary_from``.. together reach it. An image
+    skipped as unreadable has its row, empty but for the path."""
     out = Path(out_dir) / f"predict_{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
     flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
+    header = ["path", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags)
+    row_of = {int(index): r for r, index in enumerate(predictions["indices"])}
     with out.open("w", newline="") as f:  # csv quotes a path with a comma, as predictions.csv does
         writer = csv.writer(f)
-        writer.writerow(["path", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags))
-        for r in np.argsort(predictions["indices"], kind="stable"):
+        writer.writerow(header)
+        for index, record in enumerate(source):
+            if index not in row_of:  # unreadable, skipped (data.skip_corrupt): an empty row, not a missing one
+                writer.writerow([record.path] + [""] * (len(header) - 1))
+                continue
+            r = row_of[index]
             row = predictions["probs"][r]
-            writer.writerow([source[int(predictions["indices"][r])].path, names[int(np.argmax(row))],
-                             f"{row.max():.4f}"] + [f"{p:.4f}" for p in row] + [str(v[r]) for v in flags.values()])
+            writer.writerow([record.path, names[int(np.argmax(row))], f"{row.max():.4f}"] + [f"{p:.4f}" for p in row]
+                            + [str(v[r]) for v in flags.values()])
     return out
 
 
@@ -351,7 +358,8 @@ def format_report(summary: dict) -> str:
         lines.append(f"{name:<24}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1']:>10.4f}{int(r['support']):>9}")
     lines.append(f"{'macro':<24}{summary['precision']:>10.4f}{summary['recall']:>10.4f}{summary['f1']:>10.4f}"
                  f"{summary['num_images']:>9}")
-    lines.append(f"accuracy {summary['acc']:.4f} on {summary['num_images']} test images")
+    unreadable = f" ({summary['num_unreadable']} unreadable, skipped)" if summary.get("num_unreadable") else ""
+    lines.append(f"accuracy {summary['acc']:.4f} on {summary['num_images']} test images{unreadable}")
     if "binary" in summary:
         b = summary["binary"]
         ranking = "" if b["auroc"] is None else f"; AU-ROC {b['auroc']:.4f}, AP {b['ap']:.4f}"

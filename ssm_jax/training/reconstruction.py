@@ -221,7 +221,8 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16,
     if len(names) > 1:
         in_category = np.array(categories)
         cuts["per_category"] = {c: operating_points(labels[in_category == c], scores[in_category == c]) for c in names}
-    summary = {**metrics, "num_images": int(len(labels)), "num_anomalous": int(labels.sum()), "at_false_alarms": cuts}
+    summary = {**metrics, "num_images": int(len(labels)), "num_unreadable": len(source) - int(len(labels)),
+               "num_anomalous": int(labels.sum()), "at_false_alarms": cuts}
     flags = _flag_column(scores, flag_threshold)
     if flags:
         summary["at_flag_threshold"] = flag_rates(scores, labels == 1, flag_threshold)
@@ -254,18 +255,22 @@ def _flag_column(scores, threshold: float) -> dict:
 def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_overlays: int = 16,
                              flag_threshold: float = 0.0) -> Path:
     """``predict_<name>.csv`` (path, score, and with ``flag_threshold`` > 0 ``flagged``: 1 where the score reaches
-    it) in path order and ``predict_<name>.png``, overlays of the ``num_overlays`` highest-scoring images; returns
-    the CSV's path."""
+    it) in path order, an image skipped as unreadable with an empty row, and ``predict_<name>.png``, overlays of the
+    ``num_overlays`` highest-scoring images; returns the CSV's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(predictions["indices"], kind="stable")
     flags = _flag_column(predictions["scores"], flag_threshold)
+    row_of = {int(index): r for r, index in enumerate(predictions["indices"])}
     out = out_dir / f"predict_{name}.csv"
     with out.open("w", newline="") as f:  # csv quotes a path with a comma, as scores.csv does
         writer = csv.writer(f)
         writer.writerow(["path", "score", *flags])
-        writer.writerows([source[int(predictions["indices"][r])].path, f"{predictions['scores'][r]:.6g}",
-                          *(int(v[r]) for v in flags.values())] for r in order)
+        for index, record in enumerate(source):
+            if index not in row_of:  # unreadable, skipped (data.skip_corrupt): an empty row, not a missing one
+                writer.writerow([record.path] + [""] * (1 + len(flags)))
+                continue
+            r = row_of[index]
+            writer.writerow([record.path, f"{predictions['scores'][r]:.6g}", *(int(v[r]) for v in flags.values())])
     top = np.argsort(-predictions["scores"], kind="stable")[:num_overlays]
     save_overlays(source, predictions, top, out_dir / f"predict_{name}.png", with_masks=False, labelled=False)
     return out
@@ -277,7 +282,8 @@ def format_report(summary: dict) -> str:
     lines = [f"{'category':<{width}}" + "".join(f"{header:>9}" for _, header in COLUMNS)]
     rows = [*summary["per_category"].items(), ("mean", summary["mean"])]
     lines += [f"{name:<{width}}" + "".join(f"{_percent(m, key):>9}" for key, _ in COLUMNS) for name, m in rows]
-    lines.append(f"{summary['num_images']} test images ({summary['num_anomalous']} anomalous)")
+    unreadable = f"; {summary['num_unreadable']} unreadable, skipped" if summary["num_unreadable"] else ""
+    lines.append(f"{summary['num_images']} test images ({summary['num_anomalous']} anomalous){unreadable}")
     lines += operating_point_lines(summary["at_false_alarms"]["pooled"], summary.get("at_flag_threshold"), "score",
                                    ".6g")
     return "\n".join(lines)

@@ -378,7 +378,9 @@ class Experiment:
             out = self.family.module.write_folder_predictions(predictions, source, self.eval_dir,
                                                               folder.resolve().name,  # "." names its folder too
                                                               **self.family.output_kwargs(self.config))
-            _say(f"predicted {len(predictions['indices'])} images -> {out}")  # skip_corrupt leaves some out
+            skipped = len(source) - len(predictions["indices"])  # data.skip_corrupt left them out
+            _say(f"predicted {len(predictions['indices'])} of {len(source)} images -> {out}"
+                 + (f" ({skipped} unreadable, skipped: empty rows)" if skipped else ""))
         return out
 
 

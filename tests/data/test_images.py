@@ -112,6 +112,11 @@ def test_pipeline_raises_or_skips_corrupt(replica):
         list(make_pipeline(src, **kw))
     with pytest.warns(UserWarning, match=r"skipped 1 corrupt image\(s\).*b/001.png"):
         batches = list(make_pipeline(src, skip_corrupt=True, num_threads=1, **kw))
+    with pytest.warns(UserWarning) as said:  # three epochs without the cache read the file three times
+        list(make_pipeline(src, skip_corrupt=True, num_threads=1, cache_bytes=0, **{**kw, "train": True,
+                                                                                      "num_epochs": 3}))
+    assert [str(w.message).split(";")[0] for w in said if "skip_corrupt" in str(w.message)] == [
+        "skip_corrupt: skipped 1 corrupt image(s) so far"]  # said once per file, not per reading
     assert sum(len(b["label"]) for b in batches) == len(src) - 1
     skipped = src.records.index(next(r for r in src if r.path == path))
     assert skipped not in np.concatenate([b["index"] for b in batches])

@@ -247,6 +247,13 @@ def test_flag_threshold_flags_the_group_in_both_csvs_and_scores_its_rates(tmp_pa
                                                   tmp_path / "eval", "cells", binary_from=2, flag_threshold=0.45)
     with out.open() as f:  # written in path order: predictions row r is image indices[r]
         assert [int(r["flagged"]) for r in csv.DictReader(f)] == [1, 0, 1, 0, 1, 0, 1, 0]
+    unread = {"probs": predictions["probs"][:7], "indices": np.arange(8)[::-1][:7].copy()}  # image 0 skipped
+    out = classification.write_folder_predictions(unread, source, tmp_path / "unread", "cells", binary_from=2,
+                                                  flag_threshold=0.45)
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [r.path for r in source.records]
+    assert set(rows[0].values()) == {source.records[0].path, ""} and rows[1]["flagged"] == "0"
     plain = classification.write_evaluation(predictions, source, tmp_path / "plain", binary_from=2)
     assert "at_flag_threshold" not in plain["binary"]
     assert "at eval.flag_threshold" not in classification.format_report(plain)

@@ -273,6 +273,18 @@ def test_evaluation_reports_the_score_cuts_and_flags_images_at_a_threshold(tmp_p
                                                   flag_threshold=threshold)
     with out.open() as f:
         assert [int(r["flagged"]) for r in csv.DictReader(f)] == flagged.astype(int).tolist()
+    unread = {k: v[1:] for k, v in predictions.items()}  # the first row's image was skipped as unreadable
+    missing = int(predictions["indices"][0])
+    summary = reconstruction.write_evaluation(unread, source, tmp_path / "unread", num_overlays=2)
+    assert summary["num_unreadable"] == 1
+    assert f"23 test images ({10 - labels[missing]} anomalous); 1 unreadable, skipped" in \
+        reconstruction.format_report(summary)
+    out = reconstruction.write_folder_predictions(unread, source, tmp_path / "unread", "parts", num_overlays=2,
+                                                  flag_threshold=threshold)
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [r.path for r in source.records]  # one row per image, in order
+    assert rows[missing]["score"] == rows[missing]["flagged"] == "" and all(r["score"] for r in rows[:missing])
     plain = reconstruction.write_evaluation(dict(predictions), source, tmp_path / "plain", num_overlays=2)
     assert "at_flag_threshold" not in plain and "at eval.flag_threshold" not in reconstruction.format_report(plain)
     with (tmp_path / "plain" / "scores.csv").open() as f:
