@@ -93,14 +93,15 @@ def mean_step_seconds(step, state, next_batch, steps: int, warmup: int):
     return state, (time.perf_counter() - start) / steps
 
 
-def measure(config, model, count: int, per_device_batch: int, source=None) -> dict:
-    """One table row: the train step on the first ``count`` devices; with ``source``, also fed by its pipeline."""
+def measure(config, model, count: int, per_device_batch: int, source=None, train_source=None) -> dict:
+    """One table row: the train step on the first ``count`` devices; with ``source``, also fed by its pipeline.
+    ``train_source``: the training split, for a state built from it (SNARM's bank); else None."""
     family, accum = TASKS[config.task], config.train.grad_accum_steps
     mesh = make_mesh(jax.devices()[:count])
     global_batch = count * per_device_batch
     state = family.module.create_state(model, make_optimizer(config.optim, 1000, frozen=family.frozen),
                                        jax.random.PRNGKey(config.seed), config.data.image_size, mesh,
-                                       **family.state_kwargs(config, False))
+                                       **family.state_kwargs(config, train_source, False))
     batches = None
     if source is not None:
         batches = iter(make_pipeline(source, batch_size=global_batch, image_size=config.data.image_size, train=True,
@@ -137,6 +138,7 @@ def run(config, counts: list[int], per_device_batch: int, pipeline: bool) -> lis
                          what=f"the global batch (--per_device_batch={per_device_batch} x {count} devices)")
     model = build_model(config)
     source = load_source(config, "train") if pipeline else None
+    train_source = source if source is not None or config.task != "residual" else load_source(config, "train")
     print(f"# {config.model.name}, {config.data.image_size} px, {per_device_batch} images per device"
           f"{f' in {config.train.grad_accum_steps} micro-batches' if config.train.grad_accum_steps > 1 else ''}; "
           f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}); mean of {_STEPS.value} steps; "
@@ -145,7 +147,7 @@ def run(config, counts: list[int], per_device_batch: int, pipeline: bool) -> lis
           + (f"{'fed step (ms)':>14}{'input':>10}" if pipeline else "") + "  memory", flush=True)
     rows = []
     for count in counts:
-        rows.append(measure(config, model, count, per_device_batch, source))
+        rows.append(measure(config, model, count, per_device_batch, source, train_source))
         add_efficiency(rows)
         print(format_row(rows[-1]), flush=True)
         if _JSON.value:  # row by row, so a run cut short (a device call's time limit) keeps what it measured
