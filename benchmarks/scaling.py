@@ -75,10 +75,12 @@ def add_efficiency(rows: list[dict]) -> list[dict]:
 
 
 def random_batch(config, size: int) -> dict:
-    """Standard-normal images and valid labels, as the train step reads them."""
+    """Standard-normal images, valid labels and example indices (SNARM's step reads them): a batch as the train step
+    reads it."""
     rng = np.random.default_rng(config.seed)
     image = rng.standard_normal((size, config.data.image_size, config.data.image_size, 3), dtype=np.float32)
-    return {"image": image, "label": rng.integers(0, config.model.get("num_classes", 1), size).astype(np.int32)}
+    return {"image": image, "label": rng.integers(0, config.model.get("num_classes", 1), size).astype(np.int32),
+            "index": np.arange(size, dtype=np.int64)}
 
 
 def mean_step_seconds(step, state, next_batch, steps: int, warmup: int):

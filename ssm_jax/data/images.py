@@ -31,11 +31,19 @@ def _too_large(path: str) -> CorruptImageError:
                       f"against decompression bombs): resize it, or raise PIL.Image.MAX_IMAGE_PIXELS")
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1: as stored), read without decoding the pixels: PIL's PNG ``getexif`` decodes the
+    whole image to look for an eXIf chunk after the pixel data, so a PNG counts only one found before it."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    return img.getexif().get(ORIENTATION, 1)
+
+
 def _decode(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
+            return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path!r} does not exist") from None
     except Image.DecompressionBombError as e:
@@ -85,7 +93,7 @@ def image_size(path: str) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            return (height, width) if img.getexif().get(ORIENTATION, 1) in TRANSPOSED else (width, height)
+            return (height, width) if _orientation(img) in TRANSPOSED else (width, height)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path!r} does not exist") from None
     except Image.DecompressionBombError as e:

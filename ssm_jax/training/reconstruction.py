@@ -237,7 +237,7 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16,
                              *(int(v[row]) for v in flags.values())])
     pooled = (f"image level, the {len(names)} categories pooled (per category: metrics.md)" if len(names) > 1
               else f"image level, {names[0]}")
-    points = cuts["pooled"] if cuts["pooled"]["1%"] is not None else None
+    points = None if None in cuts["pooled"].values() else cuts["pooled"]  # None: the test images are of one kind
     viz.save_roc_pr_curves(labels, scores, out_dir / "roc_pr.png", title=pooled, operating_points=points)
     annotated = {c for c, bad, m in zip(categories, labels, has_mask) if bad and m}
     for category, rows in overlay_rows(labels, categories, num_overlays).items():
