@@ -2,6 +2,10 @@
 
     python eval.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv
     python eval.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv --predict_dir=~/new_cells
+    python eval.py --config=configs/from_run.py:runs/elpv --workdir=runs/elpv --predict_dir=~/new_cells
+
+The last uses the run's own config.json; predicting reads the run's train_set.json, not the dataset, so a copy of
+the run directory is all an inspection station needs.
 """
 
 from absl import app, flags

@@ -186,9 +186,9 @@ def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weight
 def state_kwargs(config, train_source, resuming: bool = False) -> dict:
     """``create_state``'s keyword arguments from a config and its training split (a ``Source``, or with ``resuming``
     its ``TrainSet``: only its size shapes the bank); ``resuming``: a checkpoint will be restored into the state,
-    bank included, so the bank is not built."""
-    return {"encoder_weights": config.model.encoder_weights, "bank_source": train_source, "bank": config.bank,
-            "batch_size": config.train.eval_batch_size, "num_workers": config.data.num_workers,
+    encoder and bank included, so neither the encoder's weights file is read nor the bank built."""
+    return {"encoder_weights": "" if resuming else config.model.encoder_weights, "bank_source": train_source,
+            "bank": config.bank, "batch_size": config.train.eval_batch_size, "num_workers": config.data.num_workers,
             "skip_corrupt": config.data.skip_corrupt, "seed": config.seed, "bank_from_checkpoint": resuming}
 
 

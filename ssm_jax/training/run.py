@@ -132,8 +132,8 @@ TASKS = {
                              eval_dir=classification.eval_dir_name),
     "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                       frozen=reconstruction.FROZEN,
-                      state_kwargs=lambda config, train_source, resuming: {
-                          "encoder_weights": config.model.encoder_weights},
+                      state_kwargs=lambda config, train_source, resuming: {  # a checkpoint holds the encoder
+                          "encoder_weights": "" if resuming else config.model.encoder_weights},
                       predict_kwargs=lambda config: {"sigma": config.eval.sigma},
                       output_kwargs=_anomaly_output_kwargs, on_fresh_start=reconstruction.warn_if_random_encoder),
     "residual": Family(residual, ("snarm",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",

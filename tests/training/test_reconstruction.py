@@ -73,6 +73,16 @@ def test_training_lowers_loss_and_writes_outputs(trained):
     assert all(np.isfinite(float(r["score"])) for r in rows)
 
 
+def test_a_restored_run_does_not_read_the_encoder_weights_file(trained, tmp_path):
+    """The checkpoint holds the encoder: an inspection station (or a resume elsewhere) needs no resnet34.pth."""
+    _, experiment, _ = trained
+    config = experiment.config.copy_and_resolve_references()
+    config.model.encoder_weights = str(tmp_path / "not on this machine" / "resnet18.pth")
+    station = run.Experiment.for_eval(config, experiment.workdir, predict_only=True)
+    for a, b in zip(jax.tree.leaves(_params(experiment.state)), jax.tree.leaves(_params(station.state))):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_encoder_is_frozen_and_decoder_trained(trained):
     initial, experiment, _ = trained
     final = _params(experiment.state)
