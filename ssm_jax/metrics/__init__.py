@@ -3,8 +3,9 @@ F1-max, AU-PRO, mAD), in plain NumPy."""
 
 from ssm_jax.metrics.anomaly import anomaly_metrics, anomaly_metrics_by_category, aupro
 from ssm_jax.metrics.classification import binary_metrics, classification_metrics
-from ssm_jax.metrics.curves import (FALSE_ALARM_RATES, auroc, average_precision, f1_max, flag_rates, operating_point,
-                                    operating_point_lines, operating_points, precision_recall_curve, roc_curve)
+from ssm_jax.metrics.curves import (FALSE_ALARM_RATES, auroc, average_precision, f1_max, flag_column, flag_rates,
+                                    operating_point, operating_point_lines, operating_points, precision_recall_curve,
+                                    roc_curve)
 
 __all__ = [
     "FALSE_ALARM_RATES",
@@ -16,6 +17,7 @@ __all__ = [
     "binary_metrics",
     "classification_metrics",
     "f1_max",
+    "flag_column",
     "flag_rates",
     "operating_point",
     "operating_point_lines",

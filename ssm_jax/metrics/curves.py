@@ -109,6 +109,12 @@ def operating_points(labels, scores, rates=FALSE_ALARM_RATES) -> dict:
     return {f"{100 * r:g}%": operating_point(labels, scores, r) if both else None for r in rates}
 
 
+def flag_column(scores, threshold: float) -> dict:
+    """{"flagged": 1 where a score reaches ``threshold``, else 0} when flagging is on (``threshold`` > 0), else {}:
+    the column a results CSV gains."""
+    return {"flagged": (np.asarray(scores) >= threshold).astype(np.int64)} if threshold else {}
+
+
 def flag_rates(scores, positive, threshold: float) -> dict:
     """{threshold, recall, fpr} of flagging ``scores >= threshold``: the share of the positives flagged and of the
     negatives (None for a group the labels lack)."""

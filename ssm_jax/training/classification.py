@@ -14,11 +14,11 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import NCE_SIMILARITIES, memorymamba_loss
-from ssm_jax.metrics import (auroc, average_precision, binary_metrics, classification_metrics, flag_rates,
-                             operating_point_lines, operating_points)
+from ssm_jax.metrics import (auroc, average_precision, binary_metrics, classification_metrics, flag_column,
+                             flag_rates, operating_point_lines, operating_points)
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
-from ssm_jax.training.gather import gather_predictions
+from ssm_jax.training.gather import gather_predictions, rows_in_source_order
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
 from ssm_jax.training.pretrained_encoder import read_encoder_weights, with_encoder
 from ssm_jax.training import init_from as init_lib
@@ -220,10 +220,8 @@ def _two_groups(labels, probs, binary_from: int):
 
 
 def _flag_column(probs, binary_from: int, threshold: float) -> dict:
-    """{"flagged": 1 where the group's probability reaches ``threshold``, else 0} when flagging is on, else {}."""
-    if not threshold:
-        return {}
-    return {"flagged": (_group_probability(probs, binary_from) >= threshold).astype(np.int64)}
+    """``metrics.flag_column`` of the probability of classes ``binary_from``.."""
+    return flag_column(_group_probability(probs, binary_from), threshold)
 
 
 def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", binary_from: int = 0,
@@ -336,15 +334,13 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, bina
     names = list(source.class_names)
     flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
     header = ["path", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags)
-    row_of = {int(index): r for r, index in enumerate(predictions["indices"])}
     with out.open("w", newline="") as f:  # csv quotes a path with a comma, as predictions.csv does
         writer = csv.writer(f)
         writer.writerow(header)
-        for index, record in enumerate(source):
-            if index not in row_of:  # unreadable, skipped (data.skip_corrupt): an empty row, not a missing one
+        for record, r in rows_in_source_order(source, predictions["indices"]):
+            if r is None:  # unreadable, skipped (data.skip_corrupt): an empty row, not a missing one
                 writer.writerow([record.path] + [""] * (len(header) - 1))
                 continue
-            r = row_of[index]
             row = predictions["probs"][r]
             writer.writerow([record.path, names[int(np.argmax(row))], f"{row.max():.4f}"] + [f"{p:.4f}" for p in row]
                             + [str(v[r]) for v in flags.values()])

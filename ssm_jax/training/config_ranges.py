@@ -33,8 +33,7 @@ RANGES = {
     "nonnegative": (
         "optim.end_lr", "optim.weight_decay", "optim.grad_clip", "optim.step_factor", "loss.lambda_c", "loss.lambda_f",
         "loss.weight", "loss.selector_weight", "loss.margin", "loss.focal_gamma", "eval.sigma", "eval.num_overlays",
-        "eval.flag_threshold",
-        "data.num_workers",
+        "eval.flag_threshold", "data.num_workers",
     ),
     "fraction": ("optim.warmup_fraction", "optim.step_fraction", "data.source.anomaly_fraction"),
     "probability": ("optim.b1", "optim.b2", "model.drop_path", "model.dropout"),

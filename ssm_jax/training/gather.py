@@ -25,6 +25,13 @@ def _padded(batch: dict | None, size: int, template: dict) -> tuple[dict, np.nda
     return padded, np.arange(size) < n
 
 
+def rows_in_source_order(source, indices):
+    """(record, row) for every record of ``source`` in order, ``row`` being its row in predictions gathered with
+    ``indices`` (their source indices), or None for an image that has none (skipped as unreadable)."""
+    row_of = {int(index): row for row, index in enumerate(indices)}
+    return ((record, row_of.get(index)) for index, record in enumerate(source))
+
+
 def gather_predictions(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,
                        keep: Callable[[dict], dict], example: Callable[[], dict] | None = None) -> dict:
     """``predict_step(state, images) -> dict of arrays`` over every example of an evaluation iterator.

@@ -17,11 +17,12 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import feature_mse_loss
-from ssm_jax.metrics import anomaly_metrics_by_category, flag_rates, operating_point_lines, operating_points
+from ssm_jax.metrics import (anomaly_metrics_by_category, flag_column, flag_rates, operating_point_lines,
+                             operating_points)
 from ssm_jax.models.mambaad import ENCODER_STAGES, anomaly_map_from_features
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
-from ssm_jax.training.gather import gather_predictions
+from ssm_jax.training.gather import gather_predictions, rows_in_source_order
 from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
 from ssm_jax.training.pretrained_encoder import read_encoder_weights, with_encoder
 from ssm_jax.training import state as state_lib
@@ -223,7 +224,7 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16,
         cuts["per_category"] = {c: operating_points(labels[in_category == c], scores[in_category == c]) for c in names}
     summary = {**metrics, "num_images": int(len(labels)), "num_unreadable": len(source) - int(len(labels)),
                "num_anomalous": int(labels.sum()), "at_false_alarms": cuts}
-    flags = _flag_column(scores, flag_threshold)
+    flags = flag_column(scores, flag_threshold)
     if flags:
         summary["at_flag_threshold"] = flag_rates(scores, labels == 1, flag_threshold)
     (out_dir / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
@@ -247,11 +248,6 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16,
     return summary
 
 
-def _flag_column(scores, threshold: float) -> dict:
-    """{"flagged": 1 where the image score reaches ``threshold``, else 0} when flagging is on (> 0), else {}."""
-    return {"flagged": (np.asarray(scores) >= threshold).astype(np.int64)} if threshold else {}
-
-
 def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_overlays: int = 16,
                              flag_threshold: float = 0.0) -> Path:
     """``predict_<name>.csv`` (path, score, and with ``flag_threshold`` > 0 ``flagged``: 1 where the score reaches
@@ -259,17 +255,15 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_
     ``num_overlays`` highest-scoring images; returns the CSV's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    flags = _flag_column(predictions["scores"], flag_threshold)
-    row_of = {int(index): r for r, index in enumerate(predictions["indices"])}
+    flags = flag_column(predictions["scores"], flag_threshold)
     out = out_dir / f"predict_{name}.csv"
     with out.open("w", newline="") as f:  # csv quotes a path with a comma, as scores.csv does
         writer = csv.writer(f)
         writer.writerow(["path", "score", *flags])
-        for index, record in enumerate(source):
-            if index not in row_of:  # unreadable, skipped (data.skip_corrupt): an empty row, not a missing one
+        for record, r in rows_in_source_order(source, predictions["indices"]):
+            if r is None:  # unreadable, skipped (data.skip_corrupt): an empty row, not a missing one
                 writer.writerow([record.path] + [""] * (1 + len(flags)))
                 continue
-            r = row_of[index]
             writer.writerow([record.path, f"{predictions['scores'][r]:.6g}", *(int(v[r]) for v in flags.values())])
     top = np.argsort(-predictions["scores"], kind="stable")[:num_overlays]
     save_overlays(source, predictions, top, out_dir / f"predict_{name}.png", with_masks=False, labelled=False)

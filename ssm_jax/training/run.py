@@ -80,8 +80,8 @@ def _check_classes(config, train_source) -> None:
     if not 0 <= config.eval.binary_from < len(names):
         raise ValueError(f"config.eval.binary_from={config.eval.binary_from} must be 0 (off) or the index of the first "
                          f"positive class, 1..{len(names) - 1}, of {names}")
-    threshold = config.eval.flag_threshold
-    if not 0.0 <= threshold <= 1.0 or (threshold and not config.eval.binary_from):
+    threshold = config.eval.flag_threshold  # >= 0: config_ranges
+    if threshold > 1.0 or (threshold and not config.eval.binary_from):
         raise ValueError(f"config.eval.flag_threshold={threshold} must be 0 (off) or a probability in (0, 1] with "
                          f"config.eval.binary_from naming the group it flags (now {config.eval.binary_from})")
 
@@ -328,10 +328,11 @@ class Experiment:
         workdir = Path(workdir).expanduser()
         if not has_checkpoint(workdir):
             raise FileNotFoundError(_no_checkpoint(workdir))
-        train_set = read_train_set(workdir) if predict_only else None
-        experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False, train_set=train_set)
+        saved = read_train_set(workdir)
+        experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False,
+                         train_set=saved if predict_only else None)
         experiment.restore_for_eval()
-        if train_set is None and read_train_set(workdir) is None and jax.process_index() == 0:
+        if saved is None and jax.process_index() == 0:
             save_train_set(workdir, experiment.train_source)
         return experiment
 
