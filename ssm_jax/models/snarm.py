@@ -41,6 +41,7 @@ Choices (each a field of ``snarm_model_config``), where this code departs from o
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -298,17 +299,28 @@ def anomaly_map_from_logits(logits, out_size: tuple[int, int], sigma: float = 4.
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_maps(model: SNARM, out_size: tuple[int, int], sigma: float):
+def _jitted_maps(config_json: str, bank_size: int, out_size: tuple[int, int], sigma: float):
+    model = build_snarm(ml_collections.ConfigDict(json.loads(config_json))).clone(bank_size=bank_size)
+
     def run(variables, images):
         return anomaly_map_from_logits(model.apply(variables, images)["logits"], out_size, sigma)
 
     return jax.jit(run)
 
 
-def anomaly_maps(model: SNARM, variables, images, sigma: float = 4.0):
-    """(maps (B, H, W), scores (B,)) for ImageNet-normalised NHWC ``images`` from a SNARM ``model`` and its
-    ``variables`` (params, batch_stats and the filled ``bank``, e.g. a trained state's)."""
+def anomaly_maps(config, variables, images, sigma: float = 4.0):
+    """(maps (B, H, W), scores (B,)) for ImageNet-normalised NHWC ``images`` with a SNARM ``config`` (the model
+    section, e.g. a run's ``config.model`` or ``snarm_model_config(...)``) and its ``variables`` (params,
+    batch_stats and the filled ``bank``, e.g. a trained state's), as MambaAD's ``anomaly_maps`` takes them."""
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"anomaly_maps: images have shape {images.shape}, expected (batch, height, width, 3)")
-    return _jitted_maps(model, tuple(images.shape[1:3]), float(sigma))(variables, images)
+    if isinstance(config, nn.Module) or "model" in config:
+        raise ValueError("anomaly_maps: pass the model section of a config (config.model, or snarm_model_config()), "
+                         f"not {'a module' if isinstance(config, nn.Module) else 'the whole config'}")
+    if "bank" not in variables:
+        raise ValueError("anomaly_maps: variables have no 'bank' collection; expected a trained SNARM's variables "
+                         "(params, batch_stats and the bank of normal patch features)")
+    bank_size = int(np.shape(variables["bank"]["features"])[0])
+    return _jitted_maps(ml_collections.ConfigDict(config).to_json(), bank_size, tuple(images.shape[1:3]),
+                        float(sigma))(variables, images)

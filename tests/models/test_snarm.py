@@ -16,11 +16,15 @@ from ssm_jax.nn.mamba import MambaMixer
 from ssm_jax.ssm import scan_orders
 
 
-def tiny(**overrides):
+def tiny_config(**overrides):
     """ResNet18 features (32 channels) on 64 px images: an 8 x 8 map; 2 branches x 2 scans = 4 heads."""
     fields = dict(encoder="resnet18", feature_dim=32, embed_dim=16, depth=1, atrous_rates=(1, 2), directions=2,
                   scan_impl="sequential")
-    return build_snarm(snarm_model_config(**{**fields, **overrides})).clone(bank_size=40)
+    return snarm_model_config(**{**fields, **overrides})
+
+
+def tiny(**overrides):
+    return build_snarm(tiny_config(**overrides)).clone(bank_size=40)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +43,15 @@ def test_heads_and_ensemble_shapes(model_and_variables):
     out = jax.jit(model.apply)(variables, images)
     assert out["logits"].shape == (2, 4, 8, 8) and out["selector"].shape == (2, 8, 8)
     np.testing.assert_array_equal(np.asarray(out["references"]).sum((1, 2)), [48, 48])  # round(64 * 0.75)
-    maps, scores = anomaly_maps(model, variables, images)
+    maps, scores = anomaly_maps(tiny_config(), variables, images)
     assert maps.shape == (2, 64, 64) and scores.shape == (2,)
     assert np.all((np.asarray(maps) > 0) & (np.asarray(maps) < 1))  # a mean of sigmoids
+    np.testing.assert_allclose(maps, anomaly_map_from_logits(out["logits"], (64, 64))[0], rtol=1e-6, atol=1e-6)
+    for wrong, named in ((model, "not a module"), ({"model": tiny_config()}, "not the whole config")):
+        with pytest.raises(ValueError, match=named):
+            anomaly_maps(wrong, variables, images)
+    with pytest.raises(ValueError, match="no 'bank' collection"):
+        anomaly_maps(tiny_config(), {k: v for k, v in variables.items() if k != "bank"}, images)
     full = build_snarm(snarm_model_config(encoder="resnet18", feature_dim=32, scan_impl="sequential"))
     shapes = jax.eval_shape(full.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     assert len([k for k in shapes["params"]["decoder"]["branch0"] if k.endswith("_out")]) == 4  # 4 scans a branch
