@@ -66,10 +66,15 @@ class Source:
     def load(self, record: Record, size: int | None = None) -> dict:
         if size is None or self.center_crop == 1.0:
             return self.decode(record, size)
-        outer = int(round(size / self.center_crop))
-        top = int(round((outer - size) / 2.0))  # torchvision's CenterCrop
-        return {k: v[top:top + size, top:top + size] if k in ("image", "mask") else v
-                for k, v in self.decode(record, outer).items()}
+        return {k: crop_centre(v, size) if k in ("image", "mask") else v
+                for k, v in self.decode(record, resized_side(size, self.center_crop)).items()}
+
+    def load_array(self, array, size: int, name: str = "image") -> np.ndarray:
+        """Pixels in memory (``images.image_from_array``'s forms) as ``load`` gives a file of them: uint8
+        (size, size, 3), resized and centre-cropped alike."""
+        pixels = images.rgb_pixels(images.image_from_array(array, name), resized_side(size, self.center_crop), name,
+                                   self.strict)
+        return crop_centre(pixels, size)
 
     def decode(self, record: Record, size: int | None = None) -> dict:
         """``load`` without the crop: the record's files resized to ``size`` x ``size``."""
@@ -88,6 +93,17 @@ class Source:
             mask = images.load_mask(record.mask_path, size) if record.mask_path else np.zeros((h, w), np.float32)
             out.update(mask=mask, has_mask=has_mask)
         return out
+
+
+def resized_side(size: int, center_crop: float) -> int:
+    """The side an image is resized to before its centre ``size`` x ``size`` is kept (``Source.center_crop``)."""
+    return size if center_crop == 1.0 else int(round(size / center_crop))
+
+
+def crop_centre(array: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` of a square (side, side, ...) array, placed as torchvision's CenterCrop."""
+    top = int(round((array.shape[0] - size) / 2.0))
+    return array[top:top + size, top:top + size]
 
 
 def require_dir(path: str, expected: str) -> str:

@@ -79,12 +79,35 @@ def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False) -> Im
     return img.convert("RGB")
 
 
-def load_image(path: str, size: int | None = None, strict: bool = False) -> np.ndarray:
-    """Decodes ``path`` to uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
-    img = to_rgb(_decode(path), path, strict)
+def rgb_pixels(img: Image.Image, size: int | None = None, path: str = "<memory>", strict: bool = False) -> np.ndarray:
+    """``img`` after the colour rule as uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
+    img = to_rgb(img, path, strict)
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def load_image(path: str, size: int | None = None, strict: bool = False) -> np.ndarray:
+    """Decodes ``path`` to uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
+    return rgb_pixels(_decode(path), size, path, strict)
+
+
+def image_from_array(array, name: str = "image") -> Image.Image:
+    """A PIL image of pixels in memory, as a file of them would decode: (H, W) or (H, W, 1) grayscale, (H, W, 3)
+    RGB or (H, W, 4) RGBA, uint8 or uint16 (16-bit colour keeps its high byte, as PIL reads a 16-bit RGB PNG).
+    Anything else raises naming ``name`` and what was expected."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+        raise ValueError(f"{name} has shape {array.shape}; expected one image: (height, width) grayscale, or "
+                         f"(height, width, 3) RGB, or (height, width, 4) RGBA")
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{name} has dtype {array.dtype}; expected uint8 or uint16 pixels (a float image in [0, 1]: "
+                         f"(x * 255).round().astype(np.uint8))")
+    if array.dtype == np.uint16 and array.ndim == 3:
+        array = (array >> 8).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def image_size(path: str) -> tuple[int, int]:

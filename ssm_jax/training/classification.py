@@ -219,7 +219,7 @@ def _two_groups(labels, probs, binary_from: int):
     return positive, _group_probability(probs, binary_from), np.unique(positive).size == 2
 
 
-def _flag_column(probs, binary_from: int, threshold: float) -> dict:
+def group_flag_column(probs, binary_from: int, threshold: float) -> dict:
     """``metrics.flag_column`` of the probability of classes ``binary_from``.."""
     return flag_column(_group_probability(probs, binary_from), threshold)
 
@@ -251,7 +251,7 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
     has_subsets = bool((subsets != "").any())
     if has_subsets:
         summary["per_subset"] = _per_subset(predictions, pred, subsets, names, binary_from)
-    flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
+    flags = group_flag_column(predictions["probs"], binary_from, flag_threshold)
     if binary_from and flags:
         positive = np.asarray(predictions["labels"]) >= binary_from
         summary["binary"]["at_flag_threshold"] = flag_rates(_group_probability(predictions["probs"], binary_from),
@@ -332,7 +332,7 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, bina
     out = Path(out_dir) / f"predict_{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
-    flags = _flag_column(predictions["probs"], binary_from, flag_threshold)
+    flags = group_flag_column(predictions["probs"], binary_from, flag_threshold)
     header = ["path", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags)
     with out.open("w", newline="") as f:  # csv quotes a path with a comma, as predictions.csv does
         writer = csv.writer(f)

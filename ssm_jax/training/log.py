@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jax
+import ml_collections
 
 
 def write_config(workdir, config) -> None:
@@ -15,6 +16,29 @@ def write_config(workdir, config) -> None:
     path = Path(workdir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def _tuples(value):
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def read_config(workdir) -> ml_collections.ConfigDict:
+    """A run's ``config.json`` as the (locked) config it was written from; lists come back as tuples, as the config
+    files write them."""
+    path = Path(workdir).expanduser() / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; expected the config.json that train.py writes in its workdir")
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); expected the config.json that train.py writes") from err
+    config = ml_collections.ConfigDict(_tuples(values))
+    config.lock()
+    return config
 
 
 class MetricsLog:

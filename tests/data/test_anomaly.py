@@ -204,3 +204,6 @@ def test_center_crop_keeps_the_middle_of_image_and_mask_resized_larger(replica_r
     np.testing.assert_array_equal(ex["mask"], load_mask(record.mask_path, 25)[2:22, 2:22])
     assert ex["label"] == 1 and ex["has_mask"]
     np.testing.assert_array_equal(test.load(record, 20)["image"], load_image(record.path, 20))  # 1.0: no crop
+    pixels = np.asarray(Image.open(record.path).convert("RGB"))  # in memory (Predictor): resized and cropped alike
+    np.testing.assert_array_equal(cropped.load_array(pixels, 20), ex["image"])
+    np.testing.assert_array_equal(test.load_array(pixels, 20), load_image(record.path, 20))

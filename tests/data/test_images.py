@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from ssm_jax.data import CorruptImageError, get_source, load_image, make_pipeline
-from ssm_jax.data.images import image_size, load_mask
+from ssm_jax.data.images import image_from_array, image_size, load_mask, rgb_pixels
 
 
 def _save(path, arr, mode):
@@ -183,3 +183,22 @@ def test_a_run_saved_without_skip_corrupt_resumes_with_it(replica):
     _corrupt_one(root)
     with pytest.raises(CorruptImageError, match=r"b/001.png.*--config.data.skip_corrupt=True"):
         list(make_pipeline(get_source("folder", root, "all"), **kw))
+
+
+def test_arrays_become_the_images_their_files_decode_to(tmp_path):
+    """image_from_array: grayscale 8/16-bit, (H, W, 1), RGB and RGBA pixels give what a PNG of them loads as;
+    other dtypes and shapes are refused by name."""
+    rng = np.random.default_rng(0)
+    for pixels in (rng.integers(0, 256, (9, 7), dtype=np.uint8), rng.integers(0, 65536, (9, 7), dtype=np.uint16),
+                   rng.integers(0, 256, (9, 7, 3), dtype=np.uint8), rng.integers(0, 256, (9, 7, 4), dtype=np.uint8)):
+        Image.fromarray(pixels).save(tmp_path / "x.png")
+        np.testing.assert_array_equal(rgb_pixels(image_from_array(pixels), 5), load_image(str(tmp_path / "x.png"), 5))
+    gray = rng.integers(0, 256, (9, 7), dtype=np.uint8)
+    np.testing.assert_array_equal(rgb_pixels(image_from_array(gray[..., None])), rgb_pixels(image_from_array(gray)))
+    colour16 = rng.integers(0, 65536, (9, 7, 3), dtype=np.uint16)
+    np.testing.assert_array_equal(rgb_pixels(image_from_array(colour16)), (colour16 >> 8).astype(np.uint8))
+    for bad, message in ((np.zeros((4, 4), np.float64), "frame has dtype float64"),
+                         (np.zeros((4, 4), np.int64), "dtype int64"), (np.zeros((4, 4, 2), np.uint8), "shape"),
+                         (np.zeros(4, np.uint8), "shape"), (np.zeros((2, 4, 4, 3), np.uint8), "one image")):
+        with pytest.raises(ValueError, match=message):
+            image_from_array(bad, "frame")

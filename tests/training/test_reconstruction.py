@@ -17,6 +17,7 @@ from configs.common import finalize
 from configs.mambaad_common import mambaad_config, set_batch_size
 from ssm_jax.data import Record, Source, replicas, synthetic_source
 from ssm_jax.data.common import ANOMALY
+from ssm_jax.inference import Predictor
 from ssm_jax.training import reconstruction, run
 from ssm_jax.training.mesh import make_mesh
 from ssm_jax.training.optim import make_optimizer
@@ -113,6 +114,19 @@ def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypa
     stats = [jax.device_get(e.state.model_state) for e in (straight, resumed)]
     for a, b in zip(jax.tree.leaves(stats[0]), jax.tree.leaves(stats[1])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_predictor_gives_the_evaluations_scores_and_maps(trained, tmp_path):
+    """ssm_jax.inference.Predictor on the run's own test images, as arrays, against the evaluation's pipeline."""
+    _, experiment, _ = trained
+    source = experiment.test_source
+    expected = experiment._predict(source)
+    order = np.argsort(expected["indices"])
+    pixels = [source.load(record, 64)["image"] for record in source]
+    out = Predictor(experiment)(pixels)
+    np.testing.assert_allclose(out["scores"], expected["scores"][order], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["maps"], expected["maps"][order].astype(np.float32))
+    assert out["maps"].shape == (len(source), 64, 64) and "flagged" not in out
 
 
 @pytest.mark.slow  # a fourth MambaAD model built for folder prediction

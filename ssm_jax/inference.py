@@ -1,0 +1,113 @@
+"""A trained run in your own program: images in, predictions out, as ``eval.py --predict_dir`` makes them.
+
+    from ssm_jax.inference import Predictor
+    predictor = Predictor.from_run("runs/parts")        # config.json, train_set.json, the latest checkpoint
+    out = predictor([frame, "part_0412.png"])           # RGB or grayscale arrays (uint8/uint16) and image files
+    out["scores"], out["maps"], out.get("flagged")      # anomaly detectors (MambaAD, SNARM)
+    out["probs"], out["predicted"], out.get("flagged")  # classifiers; predictor.class_names names the columns
+
+A camera loop, a notebook or a line's service then needs neither the dataset nor the command the run was trained
+with: only the run directory (a copy is enough). Every image goes through what the evaluation does to a file: the
+colour rule of ``ssm_jax.data.images``, resizing to the run's size, its centre crop, ImageNet normalisation. So an
+image file and its pixels in memory give the same prediction, and the same as ``eval.py --predict_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ssm_jax.data import Record, Source
+from ssm_jax.data.pipeline import normalize
+from ssm_jax.metrics import flag_column
+from ssm_jax.training import classification
+from ssm_jax.training.log import read_config
+from ssm_jax.training.mesh import shard_batch
+from ssm_jax.training.run import Experiment
+
+
+class Predictor:
+    """Predictions of a restored ``Experiment`` for images given one call at a time (``from_run`` builds it).
+
+    ``predictor(images)`` takes a sequence of images, each an array or a path (or one array of several, (B, H, W)
+    or (B, H, W, C)), and returns NumPy arrays, one row per image in order:
+
+    * classifiers: ``probs`` (B, classes) float32, ``predicted`` (B,) the most probable class's index;
+    * anomaly detectors: ``scores`` (B,) float32 and ``maps`` (B, size, size) float32, the anomaly map over the
+      resized (and centre-cropped) image the model saw, on the evaluation's scale (float16 values, as eval keeps);
+    * with ``eval.flag_threshold`` set: ``flagged`` (B,) bool, as the ``flagged`` column of eval's CSVs.
+
+    Arrays are RGB (OpenCV's BGR frames: ``frame[..., ::-1]``), or grayscale. Up to ``train.eval_batch_size``
+    images go through the model at once, in one compiled program per batch length."""
+
+    def __init__(self, experiment: Experiment):
+        family = experiment.family
+        if experiment.config.task == "pretraining":
+            raise ValueError("a config.task='pretraining' run predicts no classes or anomalies; predict with a run "
+                             "fine-tuned from it (train.init_from)")
+        self.experiment, self.config = experiment, experiment.config
+        self.size = self.config.data.image_size
+        train_set = experiment.train_source
+        self.task, self.class_names = train_set.task, tuple(train_set.class_names)
+        self._source = Source([], self.class_names, task=self.task, center_crop=train_set.center_crop)
+        self._step = family.module.make_predict_step(experiment.mesh, **family.predict_kwargs(self.config))
+
+    @classmethod
+    def from_run(cls, workdir, overrides: dict | None = None) -> Predictor:
+        """The run in ``workdir`` at its latest checkpoint, with its own config (``config.json``); ``overrides``
+        changes fields by dotted name as ``--config.`` flags do, e.g. ``{"eval.flag_threshold": 0.31}``."""
+        if jax.process_count() > 1:
+            raise RuntimeError("Predictor runs in one process; a multi-process job predicts a folder with eval.py "
+                               "--predict_dir")
+        config = read_config(workdir)
+        try:
+            config.update_from_flattened_dict(dict(overrides or {}))
+        except (KeyError, TypeError, ValueError) as err:
+            reason = err.args[0] if isinstance(err, KeyError) else err
+            raise ValueError(f"overrides {dict(overrides)} do not fit the run's config.json ({workdir}): {reason}") \
+                from None
+        return cls(Experiment.for_eval(config, workdir, predict_only=True))
+
+    def pixels(self, image, name: str = "image") -> np.ndarray:
+        """One image (array or path) as the model sees it before normalisation: uint8 (size, size, 3)."""
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"{name}: image file {str(path)!r} does not exist")
+            return self._source.load(Record(str(path), 0), self.size)["image"]
+        return self._source.load_array(image, self.size, name)
+
+    def __call__(self, images) -> dict:
+        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim <= 2):
+            raise ValueError("Predictor takes a sequence of images (a list, or one array of them); for one image, "
+                             "pass [image]")
+        batch = np.stack([self.pixels(image, f"image {i}") for i, image in enumerate(images)]) if len(images) \
+            else np.zeros((0, self.size, self.size, 3), np.uint8)
+        chunk, devices = self.config.train.eval_batch_size, self.experiment.mesh.devices.size
+        outputs = []
+        for start in range(0, len(batch), chunk):
+            part = normalize(batch[start:start + chunk])
+            padding = -len(part) % devices
+            padded = np.concatenate([part, np.zeros((padding,) + part.shape[1:], part.dtype)])
+            out = self._step(self.experiment.state, shard_batch({"image": padded}, self.experiment.mesh)["image"])
+            outputs.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
+        return self._finish({k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs
+                            else self._empty())
+
+    def _empty(self) -> dict:
+        if self.task == "classification":
+            return {"probs": np.zeros((0, len(self.class_names)), np.float32)}
+        return {"scores": np.zeros((0,), np.float32), "maps": np.zeros((0, self.size, self.size), np.float32)}
+
+    def _finish(self, out: dict) -> dict:
+        threshold = self.config.eval.flag_threshold
+        if self.task == "classification":
+            out = {"probs": out["probs"].astype(np.float32), "predicted": np.argmax(out["probs"], -1)}
+            flags = classification.group_flag_column(out["probs"], self.config.eval.binary_from, threshold)
+        else:
+            out = {"scores": out["scores"].astype(np.float32), "maps": out["maps"].astype(np.float32)}
+            flags = flag_column(out["scores"], threshold)
+        return {**out, **{k: v.astype(bool) for k, v in flags.items()}}

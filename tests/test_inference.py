@@ -1,0 +1,98 @@
+"""Predictor: a trained run's predictions for files and arrays in a program, against eval.py's folder prediction
+(the input pipeline's path), for every image form it takes, in batches longer than the evaluation's, with flags, and
+bad input named."""
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssm_jax.data import replicas
+from ssm_jax.inference import Predictor
+from ssm_jax.training import run
+from tests.training.conftest import make_tiny_config
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny MemoryMamba classifier (3 classes, 16 px, 4 virtual devices) trained 8 steps."""
+    folder_root = replicas.write_replica("folder", str(tmp_path_factory.mktemp("data")), per_class=12)
+    workdir = tmp_path_factory.mktemp("run")
+    run.Experiment(make_tiny_config(folder_root), workdir).train()
+    return workdir
+
+
+def _forms(seed=0):
+    """Images of every form a camera or a file gives, none of them 16 px: name -> uint8/uint16 pixels."""
+    rng = np.random.default_rng(seed)
+    return {"rgb": rng.integers(0, 256, (40, 30, 3), dtype=np.uint8),
+            "gray": rng.integers(0, 256, (21, 21), dtype=np.uint8),
+            "gray16": rng.integers(0, 65536, (24, 24), dtype=np.uint16),
+            "rgba": rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)}
+
+
+def test_files_and_arrays_predict_as_eval_predicts_a_folder(workdir, tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    forms = _forms()
+    for name, pixels in forms.items():
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    csv_path = run.Experiment.for_eval(make_tiny_config("/nowhere"), workdir, predict_only=True).predict_folder(folder)
+    with open(csv_path) as f:
+        rows = {row["path"]: row for row in csv.DictReader(f)}
+    predictor = Predictor.from_run(workdir)
+    assert predictor.class_names == ("a", "b", "c") and predictor.task == "classification"
+    paths = [folder / f"{name}.png" for name in forms]
+    from_files = predictor(paths)
+    expected = np.array([[float(rows[str(p)][f"p_{c}"]) for c in "abc"] for p in paths])
+    np.testing.assert_allclose(from_files["probs"], expected, atol=6e-5)  # the CSV keeps 4 decimals
+    np.testing.assert_array_equal(from_files["predicted"], expected.argmax(-1))
+    from_arrays = predictor(list(forms.values()))
+    np.testing.assert_array_equal(from_arrays["probs"], from_files["probs"])  # the same pixels, the same way
+    gray3 = predictor([forms["gray"][..., None]])["probs"]  # (H, W, 1) is grayscale too
+    np.testing.assert_array_equal(gray3, from_files["probs"][1:2])
+
+
+def test_batches_longer_than_the_evaluations_split_and_pad_alike(workdir):
+    predictor = Predictor.from_run(workdir)
+    assert predictor.config.train.eval_batch_size == 8
+    images = np.random.default_rng(1).integers(0, 256, (11, 20, 20, 3), dtype=np.uint8)  # 8 + 3 (padded to 4)
+    together = predictor(images)
+    one_by_one = np.concatenate([predictor([image])["probs"] for image in images])
+    np.testing.assert_allclose(together["probs"], one_by_one, rtol=1e-6, atol=1e-7)
+    assert together["probs"].shape == (11, 3) and "flagged" not in together
+    empty = predictor([])
+    assert empty["probs"].shape == (0, 3) and empty["predicted"].shape == (0,)
+
+
+def test_overrides_flag_images_as_eval_does(workdir):
+    predictor = Predictor.from_run(workdir, {"eval.binary_from": 1, "eval.flag_threshold": 0.6})
+    out = predictor(list(_forms(2).values()))
+    np.testing.assert_array_equal(out["flagged"], out["probs"][:, 1:].sum(-1) >= 0.6)
+    assert out["flagged"].dtype == bool
+    with pytest.raises(ValueError, match="do not fit the run's config.json.*flag_treshold"):
+        Predictor.from_run(workdir, {"eval.flag_treshold": 0.6})
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((16, 16, 3), np.float32), "dtype float32; expected uint8 or uint16"),
+    (np.zeros((16, 16, 2), np.uint8), r"shape \(16, 16, 2\); expected one image"),
+    (np.zeros((0, 16), np.uint8), r"shape \(0, 16\)"),
+    ("/nowhere/part.png", "does not exist"),
+])
+def test_bad_images_are_named(workdir, image, message):
+    predictor = Predictor.from_run(workdir)
+    with pytest.raises((ValueError, FileNotFoundError), match=f"image 1: .*{message}|image 1 has {message}"):
+        predictor([np.zeros((16, 16), np.uint8), image])
+
+
+def test_one_image_not_in_a_list_and_runs_without_checkpoints_are_refused(workdir, tmp_path):
+    predictor = Predictor.from_run(workdir)
+    with pytest.raises(ValueError, match=r"pass \[image\]"):
+        predictor(np.zeros((16, 16), np.uint8))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Predictor.from_run(tmp_path)
+    (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        Predictor.from_run(tmp_path)
