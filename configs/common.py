@@ -29,6 +29,8 @@ def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -
     so 1 shows every class equally often and 0 (off) reads each image once an epoch (``data.pipeline.class_balanced``).
     ``center_crop`` c in (0, 1]: every image (and mask) is resized to image_size / c and its centre image_size kept,
     in training, evaluation and prediction alike (1: the whole image; SNARM's released preprocessing: 0.875).
+    ``bit_depth`` b (10, 12, 14) reads 16-bit grayscale files as b-bit camera data (values >> (b - 8)), which the
+    16-bit range (0: the file type's range) would load at 1/2^(16 - b) of its brightness; 8-bit files are unaffected.
     """
     return ml_collections.ConfigDict({
         "name": name,
@@ -41,6 +43,7 @@ def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -
         "skip_corrupt": False,
         "num_workers": 0,
         "center_crop": 1.0,
+        "bit_depth": 0,
         "source": dict(source_kwargs),
     })
 

@@ -52,7 +52,8 @@ class Predictor:
         self.size = self.config.data.image_size
         train_set = experiment.train_source
         self.task, self.class_names = train_set.task, tuple(train_set.class_names)
-        self._source = Source([], self.class_names, task=self.task, center_crop=train_set.center_crop)
+        self._source = Source([], self.class_names, task=self.task, center_crop=train_set.center_crop,
+                              bit_depth=train_set.bit_depth)
         self._step = family.module.make_predict_step(experiment.mesh, **family.predict_kwargs(self.config))
 
     @classmethod

@@ -3,6 +3,8 @@
 bad input named."""
 
 import csv
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -85,6 +87,17 @@ def test_bad_images_are_named(workdir, image, message):
     predictor = Predictor.from_run(workdir)
     with pytest.raises((ValueError, FileNotFoundError), match=f"image 1: .*{message}|image 1 has {message}"):
         predictor([np.zeros((16, 16), np.uint8), image])
+
+
+def test_a_station_reads_16_bit_frames_with_the_runs_bit_depth(workdir, tmp_path):
+    """The bit depth the run's training images were read with (train_set.json) applies to new frames too."""
+    station = tmp_path / "station"
+    shutil.copytree(workdir, station)
+    saved = json.loads((station / "train_set.json").read_text())
+    (station / "train_set.json").write_text(json.dumps({**saved, "bit_depth": 12}))
+    mono12 = np.random.default_rng(3).integers(0, 4096, (16, 16), dtype=np.uint16)
+    np.testing.assert_array_equal(Predictor.from_run(station).pixels(mono12)[..., 0], mono12 >> 4)
+    np.testing.assert_array_equal(Predictor.from_run(workdir).pixels(mono12)[..., 0], mono12 >> 8)
 
 
 def test_one_image_not_in_a_list_and_runs_without_checkpoints_are_refused(workdir, tmp_path):

@@ -44,7 +44,8 @@ class Source:
     ``["good", "anomalous"]`` (anomaly). ``load(record, size)`` returns a dict with ``image`` uint8
     (H, W, 3), ``label`` int and, for anomaly sources, ``mask`` float32 (H, W) and ``has_mask`` bool.
     With ``center_crop`` c < 1 an image (and its mask) is resized to round(size / c) and its centre ``size`` x
-    ``size`` kept, as SNARM's released preprocessing does (448 then 392: c = 0.875).
+    ``size`` kept, as SNARM's released preprocessing does (448 then 392: c = 0.875). ``bit_depth`` b > 0 reads
+    16/32-bit grayscale images as b-bit camera data (``images.to_rgb``).
     """
 
     records: Sequence[Record]
@@ -52,6 +53,7 @@ class Source:
     task: str = CLASSIFICATION
     strict: bool = False
     center_crop: float = 1.0
+    bit_depth: int = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -73,7 +75,7 @@ class Source:
         """Pixels in memory (``images.image_from_array``'s forms) as ``load`` gives a file of them: uint8
         (size, size, 3), resized and centre-cropped alike."""
         pixels = images.rgb_pixels(images.image_from_array(array, name), resized_side(size, self.center_crop), name,
-                                   self.strict)
+                                   self.strict, self.bit_depth)
         return crop_centre(pixels, size)
 
     def decode(self, record: Record, size: int | None = None) -> dict:
@@ -86,7 +88,7 @@ class Source:
                 raise images.CorruptImageError(f"mask {record.mask_path!r} is {mask_size[0]}x{mask_size[1]} but its "
                                                f"image {record.path!r} is {img_size[0]}x{img_size[1]}; expected the "
                                                f"same size")
-        out["image"] = images.load_image(record.path, size, self.strict)
+        out["image"] = images.load_image(record.path, size, self.strict, self.bit_depth)
         if self.task == ANOMALY:
             h, w = out["image"].shape[:2]
             has_mask = record.mask_path is not None or record.label == 0

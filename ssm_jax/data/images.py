@@ -1,8 +1,10 @@
 """Image and mask decoding with PIL: one colour rule for every dataset, clear errors for bad files.
 
 Colour rule (``strict=False``): grayscale (``L``, ``1``) is replicated to three channels; 16/32-bit
-unsigned grayscale (``I;16``, ``I``) is scaled to 8 bits by its type's full range first (signed and floating-point
-TIFFs have no such range, so they are refused by name: convert them first); palette (``P``) images
+unsigned grayscale (``I;16``, ``I``) is scaled to 8 bits first, by its type's full range or, with ``bit_depth`` b,
+by the camera's (values >> (b - 8), clipped: 12-bit sensor data stored in 16-bit files would otherwise load at
+1/16 of its brightness, in 16 grey levels); signed and floating-point TIFFs have no such range, so they are refused
+by name (convert them first); palette (``P``) images
 are expanded through their palette; alpha (``RGBA``, ``LA``, ``PA``) is dropped, not composited;
 ``CMYK``/``YCbCr`` are converted by PIL. With ``strict=True`` anything not already ``RGB`` raises.
 
@@ -11,6 +13,8 @@ as image viewers and annotation tools show it, and a mask drawn on what they sho
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -60,8 +64,27 @@ def _signed_or_float(img: Image.Image) -> bool:
     return (sample_format[0] if isinstance(sample_format, tuple) else sample_format) in (2, 3)
 
 
-def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False) -> Image.Image:
-    """Applies the module's colour rule; ``strict`` raises on anything but RGB."""
+_WARNED_LOW_BITS = []  # the warning below, once per process
+
+
+def _to_8_bits(img: Image.Image, path: str, bit_depth: int) -> Image.Image:
+    """A 16/32-bit grayscale image as 8-bit ``L``, scaled by ``bit_depth`` (0: its type's full range); warns once
+    when a 16-bit image read at its full range never reaches the 13th bit, as 12-bit camera data does."""
+    arr = np.asarray(img).astype(np.uint64)
+    bits = bit_depth or (16 if img.mode.startswith("I;16") else 32)
+    if not bit_depth and bits == 16 and 0 < arr.max() < 4096 and not _WARNED_LOW_BITS:
+        _WARNED_LOW_BITS.append(path)
+        warnings.warn(f"16-bit image {path!r} has no value above {arr.max()} (< 4096): camera data of 12 bits or "
+                      f"fewer? Scaled by the 16-bit range it loads at most {arr.max() >> 8} of 255 bright; set "
+                      f"data.bit_depth to the camera's bits (e.g. --config.data.bit_depth=12)", stacklevel=4)
+    return Image.fromarray(np.minimum(arr >> (bits - 8), 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False, bit_depth: int = 0) -> Image.Image:
+    """Applies the module's colour rule; ``strict`` raises on anything but RGB; ``bit_depth`` (0: the type's range)
+    scales 16/32-bit grayscale."""
+    if bit_depth and not 8 <= bit_depth <= 32:
+        raise ValueError(f"bit_depth={bit_depth}; expected 0 (the file type's range) or the camera's bits, 8..32")
     if img.mode == "RGB":
         return img
     if strict:
@@ -71,25 +94,24 @@ def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False) -> Im
                                 f"no fixed range to scale to 8 bits; expected 8- or 16-bit unsigned images: convert "
                                 f"it first")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        bits = 16 if img.mode.startswith("I;16") else 32
-        arr = np.asarray(img).astype(np.uint64) >> (bits - 8)
-        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+        img = _to_8_bits(img, path, bit_depth)
     if img.mode == "P":
         img = img.convert("RGBA")
     return img.convert("RGB")
 
 
-def rgb_pixels(img: Image.Image, size: int | None = None, path: str = "<memory>", strict: bool = False) -> np.ndarray:
+def rgb_pixels(img: Image.Image, size: int | None = None, path: str = "<memory>", strict: bool = False,
+               bit_depth: int = 0) -> np.ndarray:
     """``img`` after the colour rule as uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
-    img = to_rgb(img, path, strict)
+    img = to_rgb(img, path, strict, bit_depth)
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_image(path: str, size: int | None = None, strict: bool = False) -> np.ndarray:
+def load_image(path: str, size: int | None = None, strict: bool = False, bit_depth: int = 0) -> np.ndarray:
     """Decodes ``path`` to uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
-    return rgb_pixels(_decode(path), size, path, strict)
+    return rgb_pixels(_decode(path), size, path, strict, bit_depth)
 
 
 def image_from_array(array, name: str = "image") -> Image.Image:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import io
 import os
 import sys
@@ -94,9 +95,10 @@ def _encode(arr: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def packed_image(path: str, size: int, fmt: str = "png") -> bytes:
-    """``images.load_image(path, size)`` encoded losslessly; (H, W) grayscale when its three channels are equal."""
-    rgb = images.load_image(path, size)
+def packed_image(path: str, size: int, fmt: str = "png", bit_depth: int = 0) -> bytes:
+    """``images.load_image(path, size, bit_depth=...)`` encoded losslessly; (H, W) grayscale when its three channels
+    are equal."""
+    rgb = images.load_image(path, size, bit_depth=bit_depth)
     gray = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()
     return _encode(rgb[..., 0] if gray else rgb, fmt)
 
@@ -111,9 +113,10 @@ def _write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
 
 
 def pack(dataset: str, root: str | None, size: int, out: str, progress: bool = True, fmt: str = "png",
-         source: dict | None = None) -> int:
+         source: dict | None = None, bit_depth: int = 0) -> int:
     """Writes the packed zip to ``out``; returns the number of files in it. ``fmt``: "png", or "webp" (lossless
-    WebP, about 20% smaller on noisy images such as ELPV's); ``source``: the loader's options."""
+    WebP, about 20% smaller on noisy images such as ELPV's); ``source``: the loader's options; ``bit_depth``: as
+    ``config.data.bit_depth``, applied here since the packed images are 8-bit (train on them with the default 0)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if size < MIN_SIZE:
@@ -121,7 +124,8 @@ def pack(dataset: str, root: str | None, size: int, out: str, progress: bool = T
     _check_dataset(dataset)
     root = default_root(dataset, root)
     image_files, mask_files, metadata = dataset_files(dataset, root, source)
-    jobs = [(f, packed_image) for f in image_files] + [(f, packed_mask) for f in mask_files]
+    jobs = [(f, functools.partial(packed_image, bit_depth=bit_depth)) for f in image_files] + \
+        [(f, packed_mask) for f in mask_files]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     try:
         with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
@@ -184,11 +188,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, required=True, help="side S of the stored S x S images")
     parser.add_argument("--out", required=True, help="zip file to write")
     parser.add_argument("--format", default="png", choices=FORMATS, help="lossless encoding of the stored images")
+    parser.add_argument("--bit-depth", type=int, default=0, help="read 16-bit grayscale as this many bits of camera "
+                        "data, as config.data.bit_depth (0: the file type's range)")
     parser.add_argument("--verify", action="store_true", help="reload the packed copy and compare records")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        n = pack(args.dataset, args.root, args.size, args.out, fmt=args.format, source=dict(args.source))
+        n = pack(args.dataset, args.root, args.size, args.out, fmt=args.format, source=dict(args.source),
+                 bit_depth=args.bit_depth)
         mib = os.path.getsize(args.out) / 2**20
         print(f"wrote {args.out}: {n} files, {mib:.1f} MiB in {time.perf_counter() - start:.0f} s")
         if args.verify:

@@ -17,6 +17,7 @@ KINDS = {
     "nonnegative": (lambda v: v >= 0, "a value >= 0"),
     "fraction": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
     "probability": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "bits": (lambda v: isinstance(v, int) and (v == 0 or 8 <= v <= 32), "0 (the file type's range) or 8..32"),
 }
 
 RANGES = {
@@ -37,6 +38,7 @@ RANGES = {
     ),
     "fraction": ("optim.warmup_fraction", "optim.step_fraction", "data.source.anomaly_fraction"),
     "probability": ("optim.b1", "optim.b2", "model.drop_path", "model.dropout"),
+    "bits": ("data.bit_depth",),
 }
 
 

@@ -175,7 +175,7 @@ def load_source(config, split: str) -> Source:
             raise
         raise FileNotFoundError(f"{err}. (config.data.root={root!r}: pass --config.data.root=DIR, or set "
                                 f"$SSM_JAX_DATA to the folder holding the dataset's folder)") from err
-    return dataclasses.replace(source, center_crop=crop) if crop != 1.0 else source
+    return dataclasses.replace(source, center_crop=crop, bit_depth=data.get("bit_depth", 0))
 
 
 def build_model(config):
@@ -372,7 +372,7 @@ class Experiment:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
         _warn_if_not_square(paths, self.config.data.image_size)
         source = Source([Record(p, 0) for p in paths], self.train_source.class_names, task=self.train_source.task,
-                        center_crop=self.train_source.center_crop)
+                        center_crop=self.train_source.center_crop, bit_depth=self.train_source.bit_depth)
         predictions = self._predict(source)
         out = None
         if jax.process_index() == 0:

@@ -155,3 +155,21 @@ def test_loader_options_on_the_command_line(replica, tmp_path, capsys):
         pack.main(["--dataset", "realiad", "--root", root, "--source", "image_folder=x", "--size", "16",
                    "--out", out])
     assert pack.source_option("categories=['pcb']") == ("categories", ["pcb"])
+
+
+def test_camera_bit_depth_is_applied_when_packing(replica, tmp_path):
+    """``--bit-depth 12``: a 12-bit frame in a 16-bit file is packed as the pipeline reads it with data.bit_depth=12
+    (the packed copy is 8-bit, read with the default); a bit depth below 8 is refused and leaves no zip."""
+    root = replica("folder")
+    frame = sorted(get_source("folder", root, "all"), key=lambda r: r.path)[0].path
+    mono12 = np.random.default_rng(0).integers(0, 4096, Image.open(frame).size[::-1], dtype=np.uint16)
+    Image.fromarray(mono12).save(frame)
+    out = str(tmp_path / "parts.zip")
+    pack.main(["--dataset", "folder", "--root", root, "--size", "12", "--out", out, "--bit-depth", "12"])
+    packed = os.path.join(pack.unpack(out, str(tmp_path / "unpacked")), os.path.relpath(frame, root))
+    np.testing.assert_array_equal(load_image(packed), load_image(frame, 12, bit_depth=12))
+    assert load_image(packed).max() > load_image(frame, 12).max() * 8  # read by the 16-bit range it is near black
+    with pytest.raises(SystemExit, match="error: bit_depth=4; expected 0"):
+        pack.main(["--dataset", "folder", "--root", root, "--size", "12", "--out", str(tmp_path / "x.zip"),
+                   "--bit-depth", "4"])
+    assert not (tmp_path / "x.zip").exists()

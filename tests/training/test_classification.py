@@ -427,7 +427,7 @@ def test_a_trained_run_predicts_new_images_where_its_training_data_is_not(tiny_c
     experiment.train()
     saved = json.loads((tmp_path / "run" / "train_set.json").read_text())
     assert saved == {"task": "classification", "class_names": list(experiment.train_source.class_names),
-                     "num_images": len(experiment.train_source), "center_crop": 1.0}
+                     "num_images": len(experiment.train_source), "center_crop": 1.0, "bit_depth": 0}
     folder = tmp_path / "new"
     _cells(folder, np.zeros(3, np.int64))
     expected = experiment.predict_folder(folder).read_text()

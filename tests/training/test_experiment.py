@@ -208,6 +208,19 @@ def test_missing_dataset_names_the_path(tiny_config, tmp_path):
     assert "SSM_JAX_DATA" not in str(err.value)
 
 
+def test_the_data_sections_bit_depth_and_centre_crop_reach_the_source(tiny_config):
+    config = tiny_config()
+    plain = run.load_source(config, "train")
+    assert (plain.bit_depth, plain.center_crop) == (0, 1.0)
+    with config.unlocked():
+        config.data.bit_depth, config.data.center_crop = 12, 0.875
+    source = run.load_source(config, "train")
+    assert (source.bit_depth, source.center_crop) == (12, 0.875) and source.records == plain.records
+    config.data.bit_depth = 6
+    with pytest.raises(ValueError, match=r"config.data.bit_depth=6: expected 0 \(the file type's range\) or 8..32"):
+        run.Experiment(config, "/nowhere")
+
+
 def test_unknown_source_option_lists_valid_ones(tiny_config, tmp_path):
     config = tiny_config()
     with config.unlocked():
