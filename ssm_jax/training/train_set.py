@@ -2,8 +2,8 @@
 
 A trained model is often run where its training images are not (an inspection station). Prediction needs only
 the split's task, class names and size (SNARM's patch bank has a row count that follows it), its centre crop and
-the bit depth its 16-bit images were read with, so training writes them to ``<workdir>/train_set.json`` and ``eval.py --predict_dir`` reads them from there
-instead of the dataset.
+the bit depth its 16-bit images were read with, so training writes them to ``<workdir>/train_set.json`` and
+``eval.py --predict_dir`` and ``ssm_jax.inference.Predictor`` read them from there instead of the dataset.
 """
 
 from __future__ import annotations
