@@ -82,7 +82,9 @@ class Predictor:
         return self._source.load_array(image, self.size, name)
 
     def __call__(self, images) -> dict:
-        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim <= 2):
+        one_array = isinstance(images, np.ndarray) and (  # (H, W) or (H, W, C), not a batch of grayscale images
+            images.ndim <= 2 or images.ndim == 3 and images.shape[-1] in (1, 3, 4))
+        if isinstance(images, (str, os.PathLike)) or one_array:
             raise ValueError("Predictor takes a sequence of images (a list, or one array of them); for one image, "
                              "pass [image]")
         batch = np.stack([self.pixels(image, f"image {i}") for i, image in enumerate(images)]) if len(images) \

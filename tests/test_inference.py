@@ -102,8 +102,9 @@ def test_a_station_reads_16_bit_frames_with_the_runs_bit_depth(workdir, tmp_path
 
 def test_one_image_not_in_a_list_and_runs_without_checkpoints_are_refused(workdir, tmp_path):
     predictor = Predictor.from_run(workdir)
-    with pytest.raises(ValueError, match=r"pass \[image\]"):
-        predictor(np.zeros((16, 16), np.uint8))
+    for one in (np.zeros((16, 16), np.uint8), np.zeros((16, 16, 3), np.uint8), "part.png"):
+        with pytest.raises(ValueError, match=r"pass \[image\]"):
+            predictor(one)
     with pytest.raises(FileNotFoundError, match="config.json"):
         Predictor.from_run(tmp_path)
     (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
