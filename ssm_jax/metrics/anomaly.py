@@ -64,7 +64,8 @@ def _area_up_to(x, y, limit):
 
 
 def _pixel_counts(masks, maps):
-    """True positives, false positives and summed region overlaps (PRO) at the thresholds where curves bend.
+    """True positives, false positives and summed region overlaps (PRO) at the thresholds where curves bend, and
+    those thresholds (a pixel is predicted anomalous where its map value reaches one).
 
     Between two consecutive distinct scores of anomalous pixels only false positives change, so the ROC and PRO
     curves run flat there, those thresholds add nothing to AP and have a lower F1 than the run's first one.
@@ -85,7 +86,7 @@ def _pixel_counts(masks, maps):
     predicted = ranked.size - np.searchsorted(ranked, thresholds, side="left")
     tps = positive.size - np.searchsorted(positive, thresholds, side="left")
     overlap = np.concatenate([[0.0], np.cumsum(weights)])
-    return tps, predicted - tps, overlap[tps]
+    return tps, predicted - tps, overlap[tps], thresholds
 
 
 def _aupro_from_counts(fps, pro, fpr_limit):
@@ -115,7 +116,7 @@ def aupro(masks, maps, fpr_limit=FPR_LIMIT):
     """Normalised area under the per-region-overlap curve up to ``fpr_limit``; masks and maps (N, H, W)."""
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit must lie in (0, 1], got {fpr_limit}")
-    _, fps, pro = _pixel_counts(*_check_pixel(masks, maps))
+    _, fps, pro, _ = _pixel_counts(*_check_pixel(masks, maps))
     return _aupro_from_counts(fps, pro, fpr_limit)
 
 
@@ -125,10 +126,14 @@ def _image_metrics(labels, scores):
             "i_f1max": f1max_from_counts(tps, fps)}
 
 
-def _pixel_metrics(masks, maps):
-    tps, fps, pro = _pixel_counts(masks, maps)
-    return {"p_auroc": auroc_from_counts(tps, fps), "p_ap": ap_from_counts(tps, fps),
-            "p_f1max": f1max_from_counts(tps, fps), "p_aupro": _aupro_from_counts(fps, pro, FPR_LIMIT)}
+def _pixel_metrics(masks, maps, with_cut: bool = False):
+    """The four pixel metrics; ``with_cut`` adds ``p_f1max_threshold``, the map value whose cut (``maps >= t``
+    defective) gives ``p_f1max``."""
+    tps, fps, pro, thresholds = _pixel_counts(masks, maps)
+    f1 = 2 * tps / (tps + fps + tps[-1])
+    metrics = {"p_auroc": auroc_from_counts(tps, fps), "p_ap": ap_from_counts(tps, fps), "p_f1max": float(f1.max()),
+               "p_aupro": _aupro_from_counts(fps, pro, FPR_LIMIT)}
+    return {**metrics, "p_f1max_threshold": float(thresholds[np.argmax(f1)])} if with_cut else metrics
 
 
 def _with_mad(result):
@@ -175,8 +180,9 @@ def anomaly_metrics_by_category(categories, labels, scores, masks=None, maps=Non
     ``anomaly_metrics`` (NaN, with a warning naming the category, when its images are all of one class); pixel
     metrics over the rows whose ``has_mask`` (N,) is True (default all; False marks anomalous images without a
     pixel annotation), computed only when masks/maps are given and those masks hold both anomalous and normal
-    pixels; ``mad`` when all seven exist. ``mean`` averages each metric over the categories where it is a
-    number (NaN when none is), and its ``mad`` is the mean of the seven means.
+    pixels, with ``p_f1max_threshold``, the map value t whose cut ``map >= t`` gives ``p_f1max`` (the category's
+    best threshold for defect regions on these images); ``mad`` when all seven exist. ``mean`` averages each metric
+    over the categories where it is a number (NaN when none is), and its ``mad`` is the mean of the seven means.
     """
     labels = _check_labels(labels)
     n = labels.shape[0]
@@ -197,7 +203,7 @@ def anomaly_metrics_by_category(categories, labels, scores, masks=None, maps=Non
             rows = rows[has_mask[rows].astype(bool)]
             cat_masks = masks[rows]
             if (cat_masks != 0).any() and (cat_masks == 0).any():
-                result.update(_pixel_metrics(*_check_pixel(cat_masks, maps[rows])))
+                result.update(_pixel_metrics(*_check_pixel(cat_masks, maps[rows]), with_cut=True))
         per_category[name] = _with_mad(result)
     mean = {}
     for key in IMAGE_METRICS + PIXEL_METRICS:

@@ -280,4 +280,9 @@ def format_report(summary: dict) -> str:
     lines.append(f"{summary['num_images']} test images ({summary['num_anomalous']} anomalous){unreadable}")
     lines += operating_point_lines(summary["at_false_alarms"]["pooled"], summary.get("at_flag_threshold"), "score",
                                    ".6g")
+    cuts = [f"{name} {m['p_f1max_threshold']:.6g}" for name, m in summary["per_category"].items()
+            if "p_f1max_threshold" in m]
+    if cuts:
+        shown = ", ".join(cuts[:4]) + (f" and {len(cuts) - 4} more" if len(cuts) > 4 else "")
+        lines.append(f"defect regions, cut at pixel F1-max: map >= {shown} (p_f1max_threshold in metrics.json)")
     return "\n".join(lines)

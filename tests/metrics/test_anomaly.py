@@ -167,6 +167,14 @@ def _categories_case():
     return categories, labels, scores, masks, maps, has_mask
 
 
+def _best_cut(masks, maps):
+    """Brute force in float64: the largest map value t whose cut ``maps >= t`` has the largest pixel F1."""
+    masks, maps = masks.astype(bool).ravel(), maps.astype(np.float64).ravel()
+    f1 = {t: 2 * (masks & (maps >= t)).sum() / ((maps >= t).sum() + masks.sum()) for t in np.unique(maps)}
+    best = max(f1.values())
+    return max(t for t, v in f1.items() if v >= best - 1e-12)
+
+
 def test_by_category_matches_sklearn_per_category():
     categories, labels, scores, masks, maps, has_mask = _categories_case()
     out = anomaly_metrics_by_category(categories, labels, scores, masks, maps, has_mask)
@@ -178,6 +186,7 @@ def test_by_category_matches_sklearn_per_category():
         expected.update({k: v for k, v in _expected(labels[kept], scores[kept], masks[kept], maps[kept]).items()
                          if k.startswith("p_") or k == "mad"})
         expected["mad"] = np.mean([expected[k] for k in KEYS])
+        expected["p_f1max_threshold"] = _best_cut(masks[kept], maps[kept])  # where p_f1max's regions are cut
         _assert_close(out["per_category"][name], expected)
     means = {k: np.mean([out["per_category"][c][k] for c in "abc"]) for k in KEYS}
     _assert_close(out["mean"], {**means, "mad": np.mean(list(means.values()))})

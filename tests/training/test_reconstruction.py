@@ -215,7 +215,12 @@ def test_evaluation_outputs_from_synthetic_predictions(tmp_path):
     predictions["has_mask"][predictions["indices"] == 1] = True  # ... except mono's defect
     summary = reconstruction.write_evaluation(dict(predictions), source, tmp_path, num_overlays=2)
     assert summary["per_category"]["mono"]["p_auroc"] == pytest.approx(1.0)
-    assert "p_auroc" not in summary["per_category"]["poly"]
+    assert not {"p_auroc", "p_f1max_threshold"} & set(summary["per_category"]["poly"])
+    defect = predictions["maps"][predictions["indices"] == 1][0][predictions["masks"][predictions["indices"] == 1][0]]
+    cut = summary["per_category"]["mono"]["p_f1max_threshold"]
+    assert cut == float(defect.min())  # the highest cut keeping every defect pixel, and nothing else (F1 1)
+    assert f"defect regions, cut at pixel F1-max: map >= mono {cut:.6g} (p_f1max_threshold" in \
+        reconstruction.format_report(summary)
     table = (tmp_path / "metrics.md").read_text().splitlines()
     assert table[0] == ("| category | I-AUROC | I-AP | I-F1max | P-AUROC | P-AP | P-F1max | P-AUPRO | mAD |")
     assert table[2].startswith("| mono | 100.0 | 100.0 | 100.0 | 100.0 |")
