@@ -13,6 +13,7 @@ from PIL import Image
 
 from configs.common import finalize
 from configs.snarm_common import snarm_config
+from ssm_jax.inference import Predictor
 from ssm_jax.models.patch_bank import random_projection
 from ssm_jax.models.snarm import build_snarm, snarm_model_config
 from ssm_jax.training import residual, run
@@ -187,6 +188,8 @@ def test_predicting_without_the_training_data_restores_the_bank_from_its_saved_s
                     jax.tree.leaves(_host(station.state.model_state))):
         np.testing.assert_array_equal(a, b)
     assert station.predict_folder(folder).read_text() == expected
+    scores = Predictor.from_run(straight.workdir)(sorted(folder.iterdir()))["scores"]  # in a program, no data either
+    assert [f"{s:.6g}" for s in scores] == [line.split(",")[1] for line in expected.splitlines()[1:]]
 
 
 @pytest.mark.slow  # a second compile of the full train step
