@@ -29,6 +29,15 @@ from ssm_jax.training.mesh import shard_batch
 from ssm_jax.training.run import Experiment
 
 
+def _dotted(overrides: dict, prefix: str = ""):
+    """(dotted name, value) of every leaf of ``overrides``: {"eval": {"sigma": 2}} as {"eval.sigma": 2}."""
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 class Predictor:
     """Predictions of a restored ``Experiment`` for images given one call at a time (``from_run`` builds it).
 
@@ -59,17 +68,18 @@ class Predictor:
     @classmethod
     def from_run(cls, workdir, overrides: dict | None = None) -> Predictor:
         """The run in ``workdir`` at its latest checkpoint, with its own config (``config.json``); ``overrides``
-        changes fields by dotted name as ``--config.`` flags do, e.g. ``{"eval.flag_threshold": 0.31}``."""
+        changes fields by dotted name as ``--config.`` flags do, e.g. ``{"eval.flag_threshold": 0.31}`` (or nested,
+        ``{"eval": {"flag_threshold": 0.31}}``)."""
         if jax.process_count() > 1:
             raise RuntimeError("Predictor runs in one process; a multi-process job predicts a folder with eval.py "
                                "--predict_dir")
         config = read_config(workdir)
         try:
-            config.update_from_flattened_dict(dict(overrides or {}))
+            config.update_from_flattened_dict(dict(_dotted(overrides or {})))
         except (KeyError, TypeError, ValueError) as err:
             reason = err.args[0] if isinstance(err, KeyError) else err
-            raise ValueError(f"overrides {dict(overrides)} do not fit the run's config.json ({workdir}): {reason}") \
-                from None
+            raise ValueError(f"overrides {dict(overrides)} do not fit the run's config.json ({workdir}): "
+                             f"{reason}") from None
         return cls(Experiment.for_eval(config, workdir, predict_only=True))
 
     def pixels(self, image, name: str = "image") -> np.ndarray:
@@ -82,8 +92,9 @@ class Predictor:
         return self._source.load_array(image, self.size, name)
 
     def __call__(self, images) -> dict:
-        one_array = isinstance(images, np.ndarray) and (  # (H, W) or (H, W, C), not a batch of grayscale images
-            images.ndim <= 2 or images.ndim == 3 and images.shape[-1] in (1, 3, 4))
+        shape = getattr(images, "shape", None)  # any array type: NumPy, JAX, ...
+        one_array = shape is not None and (  # (H, W) or (H, W, C), not a batch of grayscale images
+            len(shape) <= 2 or len(shape) == 3 and shape[-1] in (1, 3, 4))
         if isinstance(images, (str, os.PathLike)) or one_array:
             raise ValueError("Predictor takes a sequence of images (a list, or one array of them); for one image, "
                              "pass [image]")

@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -75,6 +76,8 @@ def test_overrides_flag_images_as_eval_does(workdir):
     assert out["flagged"].dtype == bool
     with pytest.raises(ValueError, match="do not fit the run's config.json.*flag_treshold"):
         Predictor.from_run(workdir, {"eval.flag_treshold": 0.6})
+    nested = Predictor.from_run(workdir, {"eval": {"binary_from": 1, "flag_threshold": 0.6}})
+    np.testing.assert_array_equal(nested(list(_forms(2).values()))["flagged"], out["flagged"])
 
 
 @pytest.mark.parametrize("image, message", [
@@ -90,19 +93,26 @@ def test_bad_images_are_named(workdir, image, message):
 
 
 def test_a_station_reads_16_bit_frames_with_the_runs_bit_depth(workdir, tmp_path):
-    """The bit depth the run's training images were read with (train_set.json) applies to new frames too."""
+    """The bit depth the run's training images were read with (train_set.json) applies to new frames too, and
+    another one is refused rather than ignored."""
     station = tmp_path / "station"
     shutil.copytree(workdir, station)
-    saved = json.loads((station / "train_set.json").read_text())
-    (station / "train_set.json").write_text(json.dumps({**saved, "bit_depth": 12}))
+    for name, edit in (("train_set.json", lambda d: {**d, "bit_depth": 12}),  # as a run trained with bit_depth 12
+                       ("config.json", lambda d: {**d, "data": {**d["data"], "bit_depth": 12}})):
+        (station / name).write_text(json.dumps(edit(json.loads((station / name).read_text()))))
     mono12 = np.random.default_rng(3).integers(0, 4096, (16, 16), dtype=np.uint16)
     np.testing.assert_array_equal(Predictor.from_run(station).pixels(mono12)[..., 0], mono12 >> 4)
     np.testing.assert_array_equal(Predictor.from_run(workdir).pixels(mono12)[..., 0], mono12 >> 8)
+    with pytest.raises(ValueError, match=r"config.data.bit_depth=12 but the run .* trained on images read with "
+                                         r"bit_depth 0 \(its train_set.json\)"):
+        Predictor.from_run(workdir, {"data.bit_depth": 12})
+    with pytest.raises(ValueError, match=r"config.data.bit_depth=0 but .* bit_depth 12 .*--config.data.bit_depth=12"):
+        run.Experiment.for_eval(make_tiny_config("/nowhere"), station)  # evaluating, as predicting
 
 
 def test_one_image_not_in_a_list_and_runs_without_checkpoints_are_refused(workdir, tmp_path):
     predictor = Predictor.from_run(workdir)
-    for one in (np.zeros((16, 16), np.uint8), np.zeros((16, 16, 3), np.uint8), "part.png"):
+    for one in (np.zeros((16, 16), np.uint8), np.zeros((16, 16, 3), np.uint8), jnp.zeros((16, 16, 3)), "part.png"):
         with pytest.raises(ValueError, match=r"pass \[image\]"):
             predictor(one)
     with pytest.raises(FileNotFoundError, match="config.json"):

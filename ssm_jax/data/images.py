@@ -64,19 +64,31 @@ def _signed_or_float(img: Image.Image) -> bool:
     return (sample_format[0] if isinstance(sample_format, tuple) else sample_format) in (2, 3)
 
 
-_WARNED_LOW_BITS = []  # the warning below, once per process
+_WARNED_BITS = set()  # the two warnings below, each once per process
+
+
+def _warn_once(kind: str, message: str) -> None:
+    if kind not in _WARNED_BITS:
+        _WARNED_BITS.add(kind)
+        warnings.warn(message, stacklevel=5)
 
 
 def _to_8_bits(img: Image.Image, path: str, bit_depth: int) -> Image.Image:
-    """A 16/32-bit grayscale image as 8-bit ``L``, scaled by ``bit_depth`` (0: its type's full range); warns once
-    when a 16-bit image read at its full range never reaches the 13th bit, as 12-bit camera data does."""
+    """A 16/32-bit grayscale image as 8-bit ``L``, scaled by ``bit_depth`` (0: its type's full range). Warns once
+    when a 16-bit image read at its full range never reaches the 13th bit, as 12-bit camera data does, and once
+    when an image has values above ``bit_depth``'s range, which turn white."""
     arr = np.asarray(img).astype(np.uint64)
     bits = bit_depth or (16 if img.mode.startswith("I;16") else 32)
-    if not bit_depth and bits == 16 and 0 < arr.max() < 4096 and not _WARNED_LOW_BITS:
-        _WARNED_LOW_BITS.append(path)
-        warnings.warn(f"16-bit image {path!r} has no value above {arr.max()} (< 4096): camera data of 12 bits or "
-                      f"fewer? Scaled by the 16-bit range it loads at most {arr.max() >> 8} of 255 bright; set "
-                      f"data.bit_depth to the camera's bits (e.g. --config.data.bit_depth=12)", stacklevel=4)
+    top = int(arr.max())
+    if not bit_depth and bits == 16 and 0 < top < 4096:
+        _warn_once("low", f"16-bit image {path!r} has no value above {top} (< 4096): camera data of 12 bits or "
+                          f"fewer? Scaled by the 16-bit range it loads at most {top >> 8} of 255 bright; read it with "
+                          f"the camera's bits (config.data.bit_depth, e.g. 12; pack: --bit-depth 12)")
+    if bit_depth and top >> bit_depth:
+        _warn_once("high", f"image {path!r} has values up to {top}, beyond {bit_depth}-bit data (at most "
+                           f"{2 ** bit_depth - 1}), which turn white: its pixels fill more bits than bit_depth="
+                           f"{bit_depth} (16-bit data, or {bit_depth}-bit data stored in the high bits: read those "
+                           f"with bit_depth 0)")
     return Image.fromarray(np.minimum(arr >> (bits - 8), 255).astype(np.uint8), mode="L")
 
 

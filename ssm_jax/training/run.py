@@ -324,11 +324,18 @@ class Experiment:
         anything is built or written: no empty ``checkpoints/`` left behind, no SNARM patch bank built first. The
         optimizer settings are the training run's (``_with_saved_optimizer``). With ``predict_only`` (new images,
         ``predict_folder``) the training split is taken from the run's ``train_set.json`` where it has one, so the
-        dataset need not be there; a run without one reads the dataset and, once restored, writes it."""
+        dataset need not be there; a run without one reads the dataset and, once restored, writes it. A
+        ``data.bit_depth`` other than the one the run trained with is refused: the model knows its images at one."""
         workdir = Path(workdir).expanduser()
         if not has_checkpoint(workdir):
             raise FileNotFoundError(_no_checkpoint(workdir))
         saved = read_train_set(workdir)
+        bit_depth = config.data.get("bit_depth", 0)
+        if saved is not None and bit_depth != saved.bit_depth:
+            raise ValueError(f"config.data.bit_depth={bit_depth} but the run in {workdir} trained on images read with "
+                             f"bit_depth {saved.bit_depth} (its train_set.json); its images are read as in training: "
+                             f"pass --config.data.bit_depth={saved.bit_depth}, or --config=configs/from_run.py:"
+                             f"{workdir} (the run's own config)")
         experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False,
                          train_set=saved if predict_only else None)
         experiment.restore_for_eval()

@@ -207,18 +207,21 @@ def test_arrays_become_the_images_their_files_decode_to(tmp_path):
 
 def test_camera_data_of_fewer_bits_in_16_bit_files_reads_by_its_bit_depth(tmp_path, monkeypatch):
     """bit_depth b: 16-bit grayscale values >> (b - 8), clipped at 255; 0 (the file type's range) warns, once, of a
-    16-bit image whose values never reach 4096; 8-bit and RGB images are read as they are."""
-    monkeypatch.setattr(images, "_WARNED_LOW_BITS", [])
+    16-bit image whose values never reach 4096, and b of values beyond b bits (turned white); 8-bit and RGB images
+    are read as they are."""
+    monkeypatch.setattr(images, "_WARNED_BITS", set())
     twelve = np.array([[0, 15, 16, 1000], [2047, 4095, 4096, 65535]], np.uint16)  # the last two: beyond 12 bits
     path = _save(tmp_path / "mono12.png", twelve[:, :2].copy(), None)
-    with pytest.warns(UserWarning, match=r"no value above 4095 .*data.bit_depth"):
+    over = _save(tmp_path / "over.png", twelve, None)
+    with pytest.warns(UserWarning, match=r"no value above 4095 .*config.data.bit_depth, e.g. 12; pack: --bit-depth"):
         np.testing.assert_array_equal(load_image(path)[..., 0], twelve[:, :2] >> 8)
+    with pytest.warns(UserWarning, match=r"values up to 65535, beyond 12-bit data \(at most 4095\), which turn white"):
+        np.testing.assert_array_equal(load_image(over, bit_depth=12)[..., 0], np.minimum(twelve >> 4, 255))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_image(path)  # said once per process
+        load_image(path)  # each said once per process
+        load_image(over, bit_depth=12)
         np.testing.assert_array_equal(load_image(path, bit_depth=12)[..., 0], twelve[:, :2] >> 4)
-        over = _save(tmp_path / "over.png", twelve, None)
-        np.testing.assert_array_equal(load_image(over, bit_depth=12)[..., 0], np.minimum(twelve >> 4, 255))
         np.testing.assert_array_equal(load_image(over, bit_depth=16), load_image(over))
         gray8 = _save(tmp_path / "gray8.png", np.arange(8, dtype=np.uint8).reshape(2, 4), None)
         np.testing.assert_array_equal(load_image(gray8, bit_depth=12), load_image(gray8))
