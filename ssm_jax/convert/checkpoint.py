@@ -4,7 +4,9 @@
 ``train.py`` builds for the config (same model, optimizer with the frozen encoder, seed), with fresh optimizer
 moments: the official checkpoint's optimizer state is for torch's parameter layout. It is saved with the project's
 ``Checkpointer`` at the step the config's training ends, with a fresh data-iterator state, so ``train.py`` on the
-workdir resumes there, trains no step and evaluates. The training split is listed (never decoded) for that step.
+workdir resumes there, trains no step and evaluates. The training split is listed (never decoded) for that step,
+and kept in ``train_set.json``, so the run directory alone predicts new images (``eval.py --predict_dir``,
+``ssm_jax.inference.Predictor``) where the dataset is not.
 
 The converted architecture replaces ``config.model``'s fields; ``cli_overrides`` gives the ``--config.a.b=v`` flags
 that make ``eval.py`` build the same config from the config file.
@@ -25,6 +27,7 @@ from ssm_jax.training.mesh import make_mesh, replicated_sharding
 from ssm_jax.training.optim import make_optimizer, training_steps
 from ssm_jax.training.run import TASKS, build_model, load_source
 from ssm_jax.training.state import TrainState
+from ssm_jax.training.train_set import save_train_set
 
 # The kinds that are whole models eval.py can run, and the config.model fields each checkpoint determines.
 MODEL_FIELDS = {"mambaad": ("encoder", "decoder_dims", "decoder_depths", "d_state", "ssm_ratio", "directions",
@@ -58,14 +61,18 @@ def with_model(config, kind: str, model_config):
     return config
 
 
-def training_end(config) -> tuple[int, dict]:
-    """(the step ``train.py`` stops at, a fresh data-iterator state of the format its resume restores), as
-    ``Experiment`` computes them from the training split and its pipeline."""
+def training_split(config):
+    """The config's training split, listed (no image read)."""
     try:
-        source = load_source(config, "train")
+        return load_source(config, "train")
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err}; the conversion lists the training split (it reads no image) to save the "
                                 f"checkpoint at the step training ends") from err
+
+
+def training_end(config, source) -> tuple[int, dict]:
+    """(the step ``train.py`` stops at, a fresh data-iterator state of the format its resume restores), as
+    ``Experiment`` computes them from the training split ``source`` and its pipeline."""
     steps = training_steps(config.train, len(source))
     data = config.data
     batches = iter(make_pipeline(source, batch_size=config.train.batch_size, image_size=data.image_size, train=True,
@@ -78,14 +85,15 @@ def training_end(config) -> tuple[int, dict]:
 
 def convert_to_workdir(kind: str, checkpoint, workdir, config):
     """Convert ``checkpoint`` and save it as a finished run of ``config`` (model fields replaced) under
-    ``workdir``: ``checkpoints/<step>``, ``config.json`` and an empty ``metrics.jsonl``. Returns (the config
-    written, the step)."""
+    ``workdir``: ``checkpoints/<step>``, ``config.json``, ``train_set.json`` and an empty ``metrics.jsonl``. Returns
+    (the config written, the step)."""
     check_kind(kind)
     workdir = Path(workdir).expanduser()
     check_no_checkpoints(workdir)
     model_config, variables = from_torch(kind, checkpoint)
     config = with_model(config, kind, model_config)
-    steps, data_state = training_end(config)
+    source = training_split(config)
+    steps, data_state = training_end(config, source)
     tx = make_optimizer(config.optim, steps, frozen=TASKS[config.task].frozen)
     _, run_rng = jax.random.split(jax.random.PRNGKey(config.seed))  # as create_state splits it
     variables = dict(variables)
@@ -100,6 +108,7 @@ def convert_to_workdir(kind: str, checkpoint, workdir, config):
     checkpointer.save(steps, state, {"data": data_state})
     checkpointer.close()
     write_config(workdir, config)
+    save_train_set(workdir, source)
     MetricsLog(workdir).path.touch()  # no step was trained here; train.py plots the log it finds
     return config, steps
 

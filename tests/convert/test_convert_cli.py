@@ -5,6 +5,7 @@ that train.py treats as finished, and bad input fails with one clear error."""
 import contextlib
 import io
 import shlex
+import shutil
 from pathlib import Path
 
 import jax
@@ -14,6 +15,9 @@ import torch
 
 from ssm_jax.convert import from_torch
 from ssm_jax.convert.__main__ import main, parse
+from ssm_jax.data.pipeline import normalize
+from ssm_jax.inference import Predictor
+from ssm_jax.models.mambaad import anomaly_maps
 from ssm_jax.training import run
 from tests.convert.torch_mambaad import TorchMambaAD, randomize
 
@@ -70,7 +74,8 @@ def test_eval_restores_the_converted_weights(converted, expected):
     assert "--config.model.encoder=resnet18" in command and "--config.model.decoder_dims='(512, 256, 128, 64)'" in \
         command and "--config.model.decoder_depths" not in command  # 2-2-2-2 is the variant's own
     assert all(flag in command for flag in SMALL)
-    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl"]
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl",
+                                                         "train_set.json"]
     experiment = run.Experiment(_eval_config(command, workdir), workdir)
     experiment.restore_for_eval()
     params, stats = _params(experiment.state)
@@ -89,6 +94,27 @@ def test_train_on_the_converted_workdir_trains_no_step(converted, expected):
     assert int(experiment.state.step) == 4 and experiment.checkpointer.all_steps() == [4]
     jax.tree.map(np.testing.assert_array_equal, _params(experiment.state)[0], expected["params"])
     assert (workdir / "metrics.jsonl").read_text() == "" and (workdir / "training_curves.png").is_file()
+
+
+@pytest.mark.slow  # compiles MambaAD's predict step
+def test_the_converted_run_predicts_the_official_models_maps_without_the_data(converted, checkpoint, tmp_path,
+                                                                            monkeypatch):
+    """A station copy of the converted directory: Predictor (config.json, train_set.json, no dataset) against
+    anomaly_maps of the converted variables (maps are kept in float16, as eval keeps them)."""
+    workdir, _ = converted
+    station = tmp_path / "station"
+    shutil.copytree(workdir, station)
+
+    def no_data(config, split):
+        raise FileNotFoundError("the dataset is not on this machine")
+
+    monkeypatch.setattr(run, "load_source", no_data)
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    out = Predictor.from_run(station)(images)
+    model_config, variables = from_torch("mambaad", str(checkpoint))
+    maps, scores = anomaly_maps(model_config, variables, normalize(images))
+    np.testing.assert_allclose(out["scores"], scores, rtol=1e-5)
+    np.testing.assert_allclose(out["maps"], maps, rtol=1e-3, atol=1e-4)
 
 
 def _error(*argv) -> str:
