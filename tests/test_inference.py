@@ -2,6 +2,7 @@
 (the input pipeline's path), for every image form it takes, in batches longer than the evaluation's, with flags, and
 bad input named."""
 
+import argparse
 import csv
 import json
 import shutil
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import predict_latency
 from ssm_jax.data import replicas
 from ssm_jax.inference import Predictor
 from ssm_jax.training import run
@@ -120,3 +122,18 @@ def test_one_image_not_in_a_list_and_runs_without_checkpoints_are_refused(workdi
     (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         Predictor.from_run(tmp_path)
+
+
+def test_latency_benchmark_times_the_predictor_on_frames(workdir, tmp_path, capsys):
+    """benchmarks/predict_latency.py on the tiny run: one row per batch length, printed and appended as JSON."""
+    rows_path = tmp_path / "latency.jsonl"
+    predict_latency.main(["--run", str(workdir), "--batches", "1,5", "--calls", "2", "--frame", "40x30",
+                          "--json", str(rows_path)])
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert [(r["batch"], r["frame"], r["size"]) for r in rows] == [(1, "40x30", 16), (5, "40x30", 16)]
+    for row in rows:
+        assert row["call_ms"] > 0 and row["preprocess_ms"] > 0
+        assert row["images_per_s"] == pytest.approx(1e3 * row["batch"] / row["call_ms"])
+    assert "call ms" in capsys.readouterr().out
+    with pytest.raises(argparse.ArgumentTypeError, match="expected HEIGHTxWIDTH"):
+        predict_latency.frame_shape("1024")
