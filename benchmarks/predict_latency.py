@@ -39,7 +39,7 @@ def latency_rows(predictor, batches, calls: int, frame: tuple[int, int], seed: i
     rng = np.random.default_rng(seed)
     rows = []
     for batch in batches:
-        frames = rng.integers(0, 256, (batch, *frame), dtype=np.uint8)
+        frames = list(rng.integers(0, 256, (batch, *frame), dtype=np.uint8))  # as a camera loop collects them
         total = median_step_seconds(lambda: predictor(frames), lambda: None, calls, warmup=1)
         prepare = median_step_seconds(lambda: [predictor.pixels(f) for f in frames], lambda: None, calls, warmup=0)
         rows.append({"batch": batch, "frame": f"{frame[0]}x{frame[1]}", "size": predictor.size,

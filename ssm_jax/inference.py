@@ -38,11 +38,17 @@ def _dotted(overrides: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
+def _refuse_pretraining(task: str) -> None:
+    if task == "pretraining":
+        raise ValueError("a config.task='pretraining' run predicts no classes or anomalies; predict with a run "
+                         "fine-tuned from it (train.init_from)")
+
+
 class Predictor:
     """Predictions of a restored ``Experiment`` for images given one call at a time (``from_run`` builds it).
 
-    ``predictor(images)`` takes a sequence of images, each an array or a path (or one array of several, (B, H, W)
-    or (B, H, W, C)), and returns NumPy arrays, one row per image in order:
+    ``predictor(images)`` takes a sequence of images, each an array or a path (or one (B, H, W, C) array of
+    several), and returns NumPy arrays, one row per image in order:
 
     * classifiers: ``probs`` (B, classes) float32, ``predicted`` (B,) the most probable class's index;
     * anomaly detectors: ``scores`` (B,) float32 and ``maps`` (B, size, size) float32, the anomaly map over the
@@ -54,9 +60,7 @@ class Predictor:
 
     def __init__(self, experiment: Experiment):
         family = experiment.family
-        if experiment.config.task == "pretraining":
-            raise ValueError("a config.task='pretraining' run predicts no classes or anomalies; predict with a run "
-                             "fine-tuned from it (train.init_from)")
+        _refuse_pretraining(experiment.config.task)
         self.experiment, self.config = experiment, experiment.config
         self.size = self.config.data.image_size
         train_set = experiment.train_source
@@ -74,6 +78,7 @@ class Predictor:
             raise RuntimeError("Predictor runs in one process; a multi-process job predicts a folder with eval.py "
                                "--predict_dir")
         config = read_config(workdir)
+        _refuse_pretraining(config.task)
         try:
             config.update_from_flattened_dict(dict(_dotted(overrides or {})))
         except (KeyError, TypeError, ValueError) as err:
@@ -93,11 +98,9 @@ class Predictor:
 
     def __call__(self, images) -> dict:
         shape = getattr(images, "shape", None)  # any array type: NumPy, JAX, ...
-        one_array = shape is not None and (  # (H, W) or (H, W, C), not a batch of grayscale images
-            len(shape) <= 2 or len(shape) == 3 and shape[-1] in (1, 3, 4))
-        if isinstance(images, (str, os.PathLike)) or one_array:
-            raise ValueError("Predictor takes a sequence of images (a list, or one array of them); for one image, "
-                             "pass [image]")
+        if isinstance(images, (str, os.PathLike)) or (shape is not None and len(shape) != 4):
+            raise ValueError(f"Predictor takes a sequence of images: a list, or one (batch, height, width, channels) "
+                             f"array{'' if shape is None else f', not {tuple(shape)}'}; for one image, pass [image]")
         batch = np.stack([self.pixels(image, f"image {i}") for i, image in enumerate(images)]) if len(images) \
             else np.zeros((0, self.size, self.size, 3), np.uint8)
         chunk, devices = self.config.train.eval_batch_size, self.experiment.mesh.devices.size

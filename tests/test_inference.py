@@ -110,17 +110,39 @@ def test_a_station_reads_16_bit_frames_with_the_runs_bit_depth(workdir, tmp_path
         Predictor.from_run(workdir, {"data.bit_depth": 12})
     with pytest.raises(ValueError, match=r"config.data.bit_depth=0 but .* bit_depth 12 .*--config.data.bit_depth=12"):
         run.Experiment.for_eval(make_tiny_config("/nowhere"), station)  # evaluating, as predicting
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    Image.fromarray(mono12).save(folder / "mono12.png")
+    station_config = Predictor.from_run(station).config
+    csv_path = run.Experiment.for_eval(station_config, station, predict_only=True).predict_folder(folder)
+    with open(csv_path) as f:
+        row = next(csv.DictReader(f))
+    np.testing.assert_allclose([float(row[f"p_{c}"]) for c in "abc"],
+                               Predictor.from_run(station)([mono12])["probs"][0], atol=6e-5)  # read at 12 bits too
+    older = tmp_path / "older"  # trained before data.bit_depth: no train_set.json, so it read its images at 0
+    shutil.copytree(workdir, older)
+    (older / "train_set.json").unlink()
+    with pytest.raises(ValueError, match=r"config.data.bit_depth=12 but .* bit_depth 0"):
+        Predictor.from_run(older, {"data.bit_depth": 12})
+    assert not (older / "train_set.json").exists()
 
 
 def test_one_image_not_in_a_list_and_runs_without_checkpoints_are_refused(workdir, tmp_path):
     predictor = Predictor.from_run(workdir)
-    for one in (np.zeros((16, 16), np.uint8), np.zeros((16, 16, 3), np.uint8), jnp.zeros((16, 16, 3)), "part.png"):
+    for one in (np.zeros((16, 16), np.uint8), np.zeros((16, 16, 3), np.uint8), jnp.zeros((16, 16, 3)),
+                np.zeros((20, 16, 2), np.uint8), np.zeros((6, 16, 5), np.uint8), "part.png"):
         with pytest.raises(ValueError, match=r"pass \[image\]"):
             predictor(one)
+    gray_batch = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(predictor(gray_batch)["probs"], predictor(list(gray_batch[..., 0]))["probs"])
     with pytest.raises(FileNotFoundError, match="config.json"):
         Predictor.from_run(tmp_path)
     (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="checkpoint"):
+        Predictor.from_run(tmp_path)
+    config = json.loads((workdir / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "task": "pretraining"}))
+    with pytest.raises(ValueError, match="'pretraining' run predicts no classes"):  # named before any restore
         Predictor.from_run(tmp_path)
 
 

@@ -128,9 +128,11 @@ def load_image(path: str, size: int | None = None, strict: bool = False, bit_dep
 
 def image_from_array(array, name: str = "image") -> Image.Image:
     """A PIL image of pixels in memory, as a file of them would decode: (H, W) or (H, W, 1) grayscale, (H, W, 3)
-    RGB or (H, W, 4) RGBA, uint8 or uint16 (16-bit colour keeps its high byte, as PIL reads a 16-bit RGB PNG).
-    Anything else raises naming ``name`` and what was expected."""
+    RGB or (H, W, 4) RGBA, uint8 or uint16 of either byte order (16-bit colour keeps its high byte). Anything else
+    raises naming ``name`` and what was expected."""
     array = np.asarray(array)
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2:
+        array = array.astype(np.uint16)  # native byte order (a big-endian camera buffer from np.frombuffer)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:

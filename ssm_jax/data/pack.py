@@ -116,7 +116,9 @@ def pack(dataset: str, root: str | None, size: int, out: str, progress: bool = T
          source: dict | None = None, bit_depth: int = 0) -> int:
     """Writes the packed zip to ``out``; returns the number of files in it. ``fmt``: "png", or "webp" (lossless
     WebP, about 20% smaller on noisy images such as ELPV's); ``source``: the loader's options; ``bit_depth``: as
-    ``config.data.bit_depth``, applied here since the packed images are 8-bit (train on them with the default 0)."""
+    ``config.data.bit_depth``, applied here since the packed images are 8-bit; train on them with the same
+    ``data.bit_depth`` all the same (it leaves 8-bit files as they are), so the run records it and reads the camera's
+    16-bit frames alike when it predicts."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if size < MIN_SIZE:

@@ -35,6 +35,7 @@ from ssm_jax.metrics.curves import (
     auroc_from_counts,
     binary_counts,
     check_binary,
+    f1_from_counts,
     f1max_from_counts,
 )
 
@@ -130,7 +131,7 @@ def _pixel_metrics(masks, maps, with_cut: bool = False):
     """The four pixel metrics; ``with_cut`` adds ``p_f1max_threshold``, the map value whose cut (``maps >= t``
     defective) gives ``p_f1max``."""
     tps, fps, pro, thresholds = _pixel_counts(masks, maps)
-    f1 = 2 * tps / (tps + fps + tps[-1])
+    f1 = f1_from_counts(tps, fps)
     metrics = {"p_auroc": auroc_from_counts(tps, fps), "p_ap": ap_from_counts(tps, fps), "p_f1max": float(f1.max()),
                "p_aupro": _aupro_from_counts(fps, pro, FPR_LIMIT)}
     return {**metrics, "p_f1max_threshold": float(thresholds[np.argmax(f1)])} if with_cut else metrics

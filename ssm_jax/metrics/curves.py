@@ -40,9 +40,14 @@ def ap_from_counts(tps, fps):
     return float(np.sum(np.diff(tps, prepend=0) * (tps / (tps + fps))) / tps[-1])
 
 
+def f1_from_counts(tps, fps):
+    """F1 = 2TP / (2TP + FP + FN) at each threshold of cumulative counts (the last threshold takes everything)."""
+    return 2 * tps / (tps + fps + tps[-1])
+
+
 def f1max_from_counts(tps, fps):
-    """Largest F1 = 2TP / (2TP + FP + FN) over all thresholds."""
-    return float(np.max(2 * tps / (tps + fps + tps[-1])))
+    """Largest F1 over all thresholds."""
+    return float(np.max(f1_from_counts(tps, fps)))
 
 
 def check_binary(labels, scores, labels_name="labels", scores_name="scores"):

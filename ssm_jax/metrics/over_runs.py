@@ -67,10 +67,17 @@ def is_count(key: str) -> bool:
     return last.startswith("num_") or last == "support"
 
 
+def is_cut(key: str) -> bool:
+    """A threshold (``at_false_alarms.pooled.1%.threshold``, ``p_f1max_threshold``): a cut on one model's own score
+    scale, not a metric to average over runs; summarised only by a ``keys`` pattern that says "threshold"."""
+    last = key.rsplit(".", 1)[-1]
+    return last == "threshold" or last.endswith("_threshold")
+
+
 def summarize(runs: list, keys: list[str] | None = None, evaluation: str = "eval") -> list[dict]:
     """Rows of {key, mean, sd, values} (fractions, not percent) over ``runs`` (workdirs, read in their
-    ``evaluation`` folder, or metrics.json files) for the keys matching ``keys`` (fnmatch patterns; None: all); sd is
-    None for one run. Raises if the runs' counts differ."""
+    ``evaluation`` folder, or metrics.json files) for the keys matching ``keys`` (fnmatch patterns; None: all but
+    thresholds, ``is_cut``); sd is None for one run. Raises if the runs' counts differ."""
     if not runs:
         raise ValueError("over_runs: no runs given")
     paths = [metrics_path(r, evaluation) for r in runs]
@@ -84,7 +91,8 @@ def summarize(runs: list, keys: list[str] | None = None, evaluation: str = "eval
     # Keys from every run, not the first alone: a metric only a later run has is refused below as missing, whatever
     # the order the runs are given in.
     every_key = dict.fromkeys(k for f in flat for k in f)
-    names = [k for k in every_key if not is_count(k) and (keys is None or any(fnmatch.fnmatch(k, p) for p in keys))]
+    names = [k for k in every_key if not is_count(k) and any(  # a cut only where a pattern names thresholds
+        fnmatch.fnmatch(k, p) and (not is_cut(k) or "threshold" in p) for p in keys or ["*"])]
     missing = {str(p): [k for k in names if k not in f] for p, f in zip(paths, flat)}
     missing = {p: m for p, m in missing.items() if m}
     if missing:

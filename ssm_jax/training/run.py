@@ -331,11 +331,12 @@ class Experiment:
             raise FileNotFoundError(_no_checkpoint(workdir))
         saved = read_train_set(workdir)
         bit_depth = config.data.get("bit_depth", 0)
-        if saved is not None and bit_depth != saved.bit_depth:
+        trained = 0 if saved is None else saved.bit_depth  # a run without train_set.json predates data.bit_depth
+        if bit_depth != trained:
             raise ValueError(f"config.data.bit_depth={bit_depth} but the run in {workdir} trained on images read with "
-                             f"bit_depth {saved.bit_depth} (its train_set.json); its images are read as in training: "
-                             f"pass --config.data.bit_depth={saved.bit_depth}, or --config=configs/from_run.py:"
-                             f"{workdir} (the run's own config)")
+                             f"bit_depth {trained} (its train_set.json); its images are read as in training: pass "
+                             f"--config.data.bit_depth={trained}, or --config=configs/from_run.py:{workdir} (the "
+                             f"run's own config)")
         experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False,
                          train_set=saved if predict_only else None)
         experiment.restore_for_eval()

@@ -196,6 +196,9 @@ def test_arrays_become_the_images_their_files_decode_to(tmp_path):
         np.testing.assert_array_equal(rgb_pixels(image_from_array(pixels), 5), load_image(str(tmp_path / "x.png"), 5))
     gray = rng.integers(0, 256, (9, 7), dtype=np.uint8)
     np.testing.assert_array_equal(rgb_pixels(image_from_array(gray[..., None])), rgb_pixels(image_from_array(gray)))
+    gray16 = rng.integers(0, 65536, (9, 7), dtype=np.uint16)  # a big-endian buffer (np.frombuffer of a camera's)
+    np.testing.assert_array_equal(rgb_pixels(image_from_array(gray16.astype(">u2"))),
+                                  rgb_pixels(image_from_array(gray16)))
     colour16 = rng.integers(0, 65536, (9, 7, 3), dtype=np.uint16)
     np.testing.assert_array_equal(rgb_pixels(image_from_array(colour16)), (colour16 >> 8).astype(np.uint8))
     for bad, message in ((np.zeros((4, 4), np.float64), "frame has dtype float64"),

@@ -94,6 +94,21 @@ def test_entry_added_later_compares_on_the_keys_all_runs_have(tmp_path):
             over_runs.summarize(order, ["acc", "binary.*"])
 
 
+def test_thresholds_are_left_out_unless_asked_for(tmp_path):
+    """Cuts on a model's own scale (the false-alarm cuts, p_f1max_threshold, added later) are not averaged by
+    default, so runs evaluated before and after the threshold entry still summarise together."""
+    old = _classification_run(tmp_path, "old", 0.70, (0.9, 0.1))
+    new = _classification_run(tmp_path, "new", 0.74, (0.9, 0.2))
+    metrics = json.loads((new / "eval" / "metrics.json").read_text())
+    metrics["per_class"]["p1"]["p_f1max_threshold"] = 0.41
+    metrics["at_false_alarms"] = {"pooled": {"1%": {"threshold": 0.9, "recall": 0.3}}}
+    (new / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    keys = [r["key"] for r in over_runs.summarize([new])]
+    assert "at_false_alarms.pooled.1%.recall" in keys and not [k for k in keys if k.endswith("threshold")]
+    assert "per_class.p1.recall" in [r["key"] for r in over_runs.summarize([new, old], ["per_class.*"])]
+    assert [r["values"] for r in over_runs.summarize([new], ["*threshold"])] == [[0.41], [0.9]]
+
+
 def test_command_line_prints_the_table(tmp_path, capsys):
     runs = [str(_classification_run(tmp_path, f"s{i}", 0.7, (0.9, 0.1))) for i in range(2)]
     over_runs.main([*runs, "--keys", "acc"])
