@@ -24,6 +24,7 @@ from ssm_jax.data import Record, Source
 from ssm_jax.data.pipeline import normalize
 from ssm_jax.metrics import flag_column
 from ssm_jax.training import classification
+from ssm_jax.training.ema import eval_params
 from ssm_jax.training.log import read_config
 from ssm_jax.training.mesh import shard_batch
 from ssm_jax.training.run import Experiment
@@ -56,18 +57,21 @@ class Predictor:
     * with ``eval.flag_threshold`` set: ``flagged`` (B,) bool, as the ``flagged`` column of eval's CSVs.
 
     Arrays are RGB (OpenCV's BGR frames: ``frame[..., ::-1]``), or grayscale. Up to ``train.eval_batch_size``
-    images go through the model at once, in one compiled program per batch length."""
+    images go through the model at once, in one compiled program per batch length. Only the parameters evaluated
+    (the moving average with ``optim.ema_decay``) and the model's state are kept, not the optimizer's moments, so a
+    Predictor holds a third of a restored train state under Adam."""
 
     def __init__(self, experiment: Experiment):
         family = experiment.family
         _refuse_pretraining(experiment.config.task)
-        self.experiment, self.config = experiment, experiment.config
+        self.config, self.mesh = experiment.config, experiment.mesh
         self.size = self.config.data.image_size
         train_set = experiment.train_source
         self.task, self.class_names = train_set.task, tuple(train_set.class_names)
         self._source = Source([], self.class_names, task=self.task, center_crop=train_set.center_crop,
                               bit_depth=train_set.bit_depth)
-        self._step = family.module.make_predict_step(experiment.mesh, **family.predict_kwargs(self.config))
+        self._state = experiment.state.replace(params=eval_params(experiment.state), opt_state=())
+        self._step = family.module.make_predict_step(self.mesh, **family.predict_kwargs(self.config))
 
     @classmethod
     def from_run(cls, workdir, overrides: dict | None = None) -> Predictor:
@@ -85,7 +89,11 @@ class Predictor:
             reason = err.args[0] if isinstance(err, KeyError) else err
             raise ValueError(f"overrides {dict(overrides)} do not fit the run's config.json ({workdir}): "
                              f"{reason}") from None
-        return cls(Experiment.for_eval(config, workdir, predict_only=True))
+        experiment = Experiment.for_eval(config, workdir, predict_only=True)
+        try:
+            return cls(experiment)
+        finally:
+            experiment.checkpointer.close()  # restored: its manager's threads and the full train state can go
 
     def pixels(self, image, name: str = "image") -> np.ndarray:
         """One image (array or path) as the model sees it before normalisation: uint8 (size, size, 3)."""
@@ -103,13 +111,13 @@ class Predictor:
                              f"array{'' if shape is None else f', not {tuple(shape)}'}; for one image, pass [image]")
         batch = np.stack([self.pixels(image, f"image {i}") for i, image in enumerate(images)]) if len(images) \
             else np.zeros((0, self.size, self.size, 3), np.uint8)
-        chunk, devices = self.config.train.eval_batch_size, self.experiment.mesh.devices.size
+        chunk, devices = self.config.train.eval_batch_size, self.mesh.devices.size
         outputs = []
         for start in range(0, len(batch), chunk):
             part = normalize(batch[start:start + chunk])
             padding = -len(part) % devices
             padded = np.concatenate([part, np.zeros((padding,) + part.shape[1:], part.dtype)])
-            out = self._step(self.experiment.state, shard_batch({"image": padded}, self.experiment.mesh)["image"])
+            out = self._step(self._state, shard_batch({"image": padded}, self.mesh)["image"])
             outputs.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
         return self._finish({k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs
                             else self._empty())

@@ -9,6 +9,8 @@ import pytest
 from flax.training import train_state
 
 from configs.common import optim_config
+from ssm_jax.data.pipeline import normalize
+from ssm_jax.inference import Predictor
 from ssm_jax.training import classification, run
 from ssm_jax.training.checkpoint import CheckpointError
 from ssm_jax.training.ema import eval_params, param_ema
@@ -77,6 +79,11 @@ def test_evaluation_uses_the_average(folder_root, tmp_path):
 
     np.testing.assert_allclose(probs, with_params(eval_params(state)), rtol=1e-5, atol=1e-6)
     assert np.abs(probs - with_params(state.params)).max() > 1e-6
+    frames = np.random.default_rng(2).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    predictor = Predictor(experiment)  # keeps the average, not the optimizer's state that holds it
+    assert predictor._state.opt_state == ()
+    frame_probs = classification.make_predict_step(mesh)(state, shard_batch({"x": normalize(frames)}, mesh)["x"])
+    np.testing.assert_allclose(predictor(frames)["probs"], np.asarray(frame_probs["probs"]), rtol=1e-6, atol=1e-7)
 
 
 def test_turning_the_average_on_over_a_run_without_it_is_named(folder_root, tmp_path):
