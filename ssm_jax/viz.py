@@ -121,9 +121,10 @@ def _as_rgb(images):
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_images=8, alpha=0.5, titles=None):
-    """One row per image (the first ``max_images``): image | anomaly map over it | ground-truth contour (with
-    masks). Maps share one colour scale, the map's own values (an image's score may pool them: SNARM averages
+def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_images=8, alpha=0.5, titles=None,
+                          mask_title="ground truth"):
+    """One row per image (the first ``max_images``): image | anomaly map over it | the masks' contour, titled
+    ``mask_title`` (with masks: the ground truth, or defect regions cut from the maps). Maps share one colour scale, the map's own values (an image's score may pool them: SNARM averages
     16 x 16 windows first). Images NHWC in [0, 1] or uint8; maps and masks (N, H, W); ``titles`` name each image
     (default "image i"). Size 3 inches per panel: (3 x columns) x (3 x rows)."""
     images = _as_rgb(images)
@@ -155,7 +156,7 @@ def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_image
             axes[i, 2].imshow(images[i])
             if mask.any() and not mask.all():
                 axes[i, 2].contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=1.5)
-            axes[i, 2].set_title("ground truth")
+            axes[i, 2].set_title(mask_title)
         for ax in axes[i]:
             ax.set_axis_off()
     fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.6, label="anomaly map value")

@@ -2,6 +2,7 @@
 
 import json
 
+import matplotlib.axes
 import numpy as np
 import pytest
 from PIL import Image
@@ -79,6 +80,20 @@ def test_anomaly_overlays(tmp_path, with_masks, dtype):
     path = viz.save_anomaly_overlays(images, maps, tmp_path / "overlays.png", masks=masks, scores=maps.max((1, 2)),
                                      max_images=3)
     assert _png_size(path) == ((3 if with_masks else 2) * 300, 3 * 300)
+
+
+def test_anomaly_overlays_name_their_mask_column(tmp_path, monkeypatch):
+    """Ground truth by default; defect regions cut from the maps when the caller says so."""
+    titles = []
+    set_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, text, *a, **k: titles.append(text)
+                        or set_title(ax, text, *a, **k))
+    maps = np.random.default_rng(0).random((1, 16, 16))
+    for mask_title in (None, "defect regions"):
+        titles.clear()
+        kwargs = {} if mask_title is None else {"mask_title": mask_title}
+        viz.save_anomaly_overlays(np.zeros((1, 16, 16, 3)), maps, tmp_path / "o.png", masks=maps > 0.5, **kwargs)
+        assert titles[-1] == (mask_title or "ground truth")
 
 
 def test_anomaly_overlays_degenerate(tmp_path):
