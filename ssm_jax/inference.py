@@ -19,8 +19,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from PIL import Image
 
 from ssm_jax.data import Record, Source
+from ssm_jax.data.common import resized_side
 from ssm_jax.data.pipeline import normalize
 from ssm_jax.metrics import flag_column
 from ssm_jax.training import classification
@@ -103,6 +105,18 @@ class Predictor:
                 raise FileNotFoundError(f"{name}: image file {str(path)!r} does not exist")
             return self._source.load(Record(str(path), 0), self.size)["image"]
         return self._source.load_array(image, self.size, name)
+
+    def frame_map(self, anomaly_map, height: int, width: int) -> np.ndarray:
+        """One of ``maps`` (size, size) laid on its (height, width) frame, to draw on the frame itself: resized
+        (bilinear) over the part of the frame the model saw, NaN on the border a centre crop leaves unscored."""
+        outer = resized_side(self.size, self._source.center_crop)
+        start = int(round((outer - self.size) / 2.0))  # where crop_centre cuts the model's square from the resized
+        top, bottom = round(start * height / outer), round((start + self.size) * height / outer)
+        left, right = round(start * width / outer), round((start + self.size) * width / outer)
+        out = np.full((height, width), np.nan, np.float32)
+        scored = Image.fromarray(np.asarray(anomaly_map, np.float32), mode="F")
+        out[top:bottom, left:right] = np.asarray(scored.resize((right - left, bottom - top), Image.BILINEAR))
+        return out
 
     def __call__(self, images) -> dict:
         shape = getattr(images, "shape", None)  # any array type: NumPy, JAX, ...
