@@ -60,8 +60,9 @@ class Predictor:
 
     Arrays are RGB (OpenCV's BGR frames: ``frame[..., ::-1]``), or grayscale. Up to ``train.eval_batch_size``
     images go through the model at once, in one compiled program per batch length. Only the parameters evaluated
-    (the moving average with ``optim.ema_decay``) and the model's state are kept, not the optimizer's moments, so a
-    Predictor holds a third of a restored train state under Adam."""
+    (the moving average with ``optim.ema_decay``) and the model's state are kept, not the optimizer's state (under
+    Adam two moments per trained parameter: MemoryMamba's is a third of its train state, MambaAD's frozen encoder
+    has none, so a half)."""
 
     def __init__(self, experiment: Experiment):
         family = experiment.family
