@@ -224,6 +224,18 @@ def _with_saved_optimizer(config, workdir: Path):
     return config
 
 
+def _check_bit_depth(config, workdir: Path) -> None:
+    """Refuses a ``data.bit_depth`` other than the one ``workdir``'s run trained with (its ``train_set.json``; a run
+    without one predates the field and read at 0): the model knows its images at one."""
+    saved = read_train_set(workdir)
+    trained, bit_depth = 0 if saved is None else saved.bit_depth, config.data.get("bit_depth", 0)
+    if bit_depth != trained:
+        raise ValueError(f"config.data.bit_depth={bit_depth} but the run in {workdir} trained on images read with "
+                         f"bit_depth {trained} (its train_set.json); its images are read as in training: pass "
+                         f"--config.data.bit_depth={trained}, or --config=configs/from_run.py:{workdir} (the run's "
+                         f"own config)")
+
+
 def _no_checkpoint(workdir: Path) -> str:
     return (f"no checkpoint in {workdir.absolute() / 'checkpoints'}; train first with "
             f"`python train.py --config=... --workdir={workdir}`")
@@ -239,6 +251,8 @@ class Experiment:
             raise ValueError(f"config.task={config.task!r}; valid: {', '.join(TASKS)}")
         self.config, self.workdir = config, Path(workdir).expanduser()  # "--workdir=~/x": the shell leaves ~ as is
         check_ranges(config)
+        if has_checkpoint(self.workdir):  # resumed or evaluated: its images are read as it trained on them
+            _check_bit_depth(config, self.workdir)
         self.mesh = make_mesh()
         if training:  # evaluation never splits a training batch over the devices
             check_batch_size(config.train.batch_size, self.mesh)
@@ -324,19 +338,11 @@ class Experiment:
         anything is built or written: no empty ``checkpoints/`` left behind, no SNARM patch bank built first. The
         optimizer settings are the training run's (``_with_saved_optimizer``). With ``predict_only`` (new images,
         ``predict_folder``) the training split is taken from the run's ``train_set.json`` where it has one, so the
-        dataset need not be there; a run without one reads the dataset and, once restored, writes it. A
-        ``data.bit_depth`` other than the one the run trained with is refused: the model knows its images at one."""
+        dataset need not be there; a run without one reads the dataset and, once restored, writes it."""
         workdir = Path(workdir).expanduser()
         if not has_checkpoint(workdir):
             raise FileNotFoundError(_no_checkpoint(workdir))
         saved = read_train_set(workdir)
-        bit_depth = config.data.get("bit_depth", 0)
-        trained = 0 if saved is None else saved.bit_depth  # a run without train_set.json predates data.bit_depth
-        if bit_depth != trained:
-            raise ValueError(f"config.data.bit_depth={bit_depth} but the run in {workdir} trained on images read with "
-                             f"bit_depth {trained} (its train_set.json); its images are read as in training: pass "
-                             f"--config.data.bit_depth={trained}, or --config=configs/from_run.py:{workdir} (the "
-                             f"run's own config)")
         experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False,
                          train_set=saved if predict_only else None)
         experiment.restore_for_eval()

@@ -221,6 +221,15 @@ def test_the_data_sections_bit_depth_and_centre_crop_reach_the_source(tiny_confi
         run.Experiment(config, "/nowhere")
 
 
+def test_a_run_resumes_only_at_the_bit_depth_it_trained_with(tiny_config, tmp_path):
+    run.Experiment(tiny_config(max_steps=3), tmp_path).train()  # bit_depth 0, a checkpoint at step 3
+    config = tiny_config(max_steps=6)
+    with config.unlocked():
+        config.data.bit_depth = 12
+    with pytest.raises(ValueError, match=r"config.data.bit_depth=12 but the run .* read with bit_depth 0"):
+        run.Experiment(config, tmp_path)
+
+
 def test_unknown_source_option_lists_valid_ones(tiny_config, tmp_path):
     config = tiny_config()
     with config.unlocked():
