@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ssm_jax.data import Record, Source
-from ssm_jax.data.common import resized_side
+from ssm_jax.data.common import crop_start, resized_side
 from ssm_jax.data.pipeline import normalize
 from ssm_jax.metrics import flag_column
 from ssm_jax.training import classification
@@ -111,7 +111,7 @@ class Predictor:
         """One of ``maps`` (size, size) laid on its (height, width) frame, to draw on the frame itself: resized
         (bilinear) over the part of the frame the model saw, NaN on the border a centre crop leaves unscored."""
         outer = resized_side(self.size, self._source.center_crop)
-        start = int(round((outer - self.size) / 2.0))  # where crop_centre cuts the model's square from the resized
+        start = crop_start(outer, self.size)  # where crop_centre cuts the model's square from the resized image
         top, bottom = round(start * height / outer), round((start + self.size) * height / outer)
         left, right = round(start * width / outer), round((start + self.size) * width / outer)
         out = np.full((height, width), np.nan, np.float32)

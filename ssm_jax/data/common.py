@@ -102,9 +102,14 @@ def resized_side(size: int, center_crop: float) -> int:
     return size if center_crop == 1.0 else int(round(size / center_crop))
 
 
+def crop_start(side: int, size: int) -> int:
+    """Where the centre ``size`` of a ``side`` starts, placed as torchvision's CenterCrop."""
+    return int(round((side - size) / 2.0))
+
+
 def crop_centre(array: np.ndarray, size: int) -> np.ndarray:
-    """The centre ``size`` x ``size`` of a square (side, side, ...) array, placed as torchvision's CenterCrop."""
-    top = int(round((array.shape[0] - size) / 2.0))
+    """The centre ``size`` x ``size`` of a square (side, side, ...) array (``crop_start``)."""
+    top = crop_start(array.shape[0], size)
     return array[top:top + size, top:top + size]
 
 

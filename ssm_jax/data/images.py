@@ -31,8 +31,8 @@ class CorruptImageError(ValueError):
 
 
 def _too_large(path: str) -> CorruptImageError:
-    return CorruptImageError(f"image {path!r} is larger than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a guard "
-                      f"against decompression bombs): resize it, or raise PIL.Image.MAX_IMAGE_PIXELS")
+    return CorruptImageError(f"image {path!r} is larger than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a "
+                             f"guard against decompression bombs): resize it, or raise PIL.Image.MAX_IMAGE_PIXELS")
 
 
 def _orientation(img: Image.Image) -> int:

@@ -224,10 +224,9 @@ def _with_saved_optimizer(config, workdir: Path):
     return config
 
 
-def _check_bit_depth(config, workdir: Path) -> None:
-    """Refuses a ``data.bit_depth`` other than the one ``workdir``'s run trained with (its ``train_set.json``; a run
-    without one predates the field and read at 0): the model knows its images at one."""
-    saved = read_train_set(workdir)
+def _check_bit_depth(config, saved: TrainSet | None, workdir: Path) -> None:
+    """Refuses a ``data.bit_depth`` other than the one ``workdir``'s run trained with (``saved``, its
+    ``train_set.json``; a run without one predates the field and read at 0): the model knows its images at one."""
     trained, bit_depth = 0 if saved is None else saved.bit_depth, config.data.get("bit_depth", 0)
     if bit_depth != trained:
         raise ValueError(f"config.data.bit_depth={bit_depth} but the run in {workdir} trained on images read with "
@@ -251,8 +250,11 @@ class Experiment:
             raise ValueError(f"config.task={config.task!r}; valid: {', '.join(TASKS)}")
         self.config, self.workdir = config, Path(workdir).expanduser()  # "--workdir=~/x": the shell leaves ~ as is
         check_ranges(config)
-        if has_checkpoint(self.workdir):  # resumed or evaluated: its images are read as it trained on them
-            _check_bit_depth(config, self.workdir)
+        # Whether a checkpoint will be restored over the new state: then the state only needs the right shapes, and
+        # the run's images are read as it trained on them.
+        resuming = has_checkpoint(self.workdir)
+        if resuming:
+            _check_bit_depth(config, train_set if train_set is not None else read_train_set(self.workdir), self.workdir)
         self.mesh = make_mesh()
         if training:  # evaluation never splits a training batch over the devices
             check_batch_size(config.train.batch_size, self.mesh)
@@ -273,8 +275,6 @@ class Experiment:
         self.total_steps = training_steps(config.train, len(self.train_source))
         self.model = build_model(config)
         tx = make_optimizer(config.optim, self.total_steps, frozen=self.family.frozen)
-        # Whether a checkpoint will be restored over the new state: then the state only needs the right shapes.
-        resuming = has_checkpoint(self.workdir)
         self.state = self.family.module.create_state(self.model, tx, jax.random.PRNGKey(config.seed),
                                                      config.data.image_size, self.mesh,
                                                      **self.family.state_kwargs(config, self.train_source, resuming))
