@@ -142,8 +142,8 @@ class Checkpointer:
 
     def _unreadable(self, where: Path, step: int, err: Exception) -> str:
         others = [s for s in self.all_steps() if s != step]
-        hint = (f"earlier checkpoints: steps {others}; move {where} aside to resume from step {others[-1]}"
-                if others else "no earlier checkpoint exists; use a new --workdir to start over")
+        hint = (f"earlier checkpoints: steps {others}; move {where} aside to resume, evaluate or predict from step "
+                f"{others[-1]}" if others else "no earlier checkpoint exists; train again in a new --workdir")
         return f"checkpoint {where} is unreadable (truncated or damaged?): {read_error(err)}. {hint}."
 
     def close(self) -> None:

@@ -345,7 +345,11 @@ class Experiment:
         saved = read_train_set(workdir)
         experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False,
                          train_set=saved if predict_only else None)
-        experiment.restore_for_eval()
+        try:
+            experiment.restore_for_eval()
+        except Exception:
+            experiment.checkpointer.close()  # a long-lived caller (a Predictor's program) keeps no manager threads
+            raise
         if saved is None and jax.process_index() == 0:
             save_train_set(workdir, experiment.train_source)
         return experiment

@@ -14,7 +14,7 @@ import pytest
 from configs.mambaad_common import mambaad_config
 from ssm_jax.data import replicas
 from ssm_jax.training import classification, run
-from ssm_jax.training.checkpoint import CheckpointError
+from ssm_jax.training.checkpoint import Checkpointer, CheckpointError
 from ssm_jax.training.init_from import read_variables
 from ssm_jax.training.log import MetricsLog
 from ssm_jax.training.loop import NonFiniteLossError
@@ -180,7 +180,7 @@ def test_damaged_metrics_log_line_is_named(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # reads in flight, see cli.run
-def test_truncated_checkpoint_gives_clear_error(tiny_config, tmp_path):
+def test_truncated_checkpoint_gives_clear_error(tiny_config, tmp_path, monkeypatch):
     config = tiny_config(max_steps=3)
     run.Experiment(config, tmp_path).train()
     # orbax's data files cut short, its metadata intact: the failure comes from inside tensorstore's reads
@@ -193,6 +193,12 @@ def test_truncated_checkpoint_gives_clear_error(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"init_from=.*checkpoints/3 is unreadable \(truncated") as err:
         read_variables(tmp_path)  # another run starting from this one: the same one line
     assert "\n" not in str(err.value) and len(str(err.value)) < 800
+    closed = []
+    close = Checkpointer.close
+    monkeypatch.setattr(Checkpointer, "close", lambda self: closed.append(self.directory) or close(self))
+    with pytest.raises(CheckpointError, match=r"no earlier checkpoint exists; train again in a new --workdir"):
+        run.Experiment.for_eval(config, tmp_path)  # evaluating or predicting: its manager is closed, not left
+    assert closed == [tmp_path / "checkpoints"]
 
 
 def test_missing_dataset_names_the_path(tiny_config, tmp_path):
