@@ -45,7 +45,7 @@ class Source:
     (H, W, 3), ``label`` int and, for anomaly sources, ``mask`` float32 (H, W) and ``has_mask`` bool.
     With ``center_crop`` c < 1 an image (and its mask) is resized to round(size / c) and its centre ``size`` x
     ``size`` kept, as SNARM's released preprocessing does (448 then 392: c = 0.875). ``bit_depth`` b > 0 reads
-    16/32-bit grayscale images as b-bit camera data (``images.to_rgb``).
+    16/32-bit grayscale images, and 16-bit colour arrays, as b-bit camera data (``images.to_rgb``).
     """
 
     records: Sequence[Record]
@@ -74,7 +74,7 @@ class Source:
     def load_array(self, array, size: int, name: str = "image") -> np.ndarray:
         """Pixels in memory (``images.image_from_array``'s forms) as ``load`` gives a file of them: uint8
         (size, size, 3), resized and centre-cropped alike."""
-        pixels = images.rgb_pixels(images.image_from_array(array, name), resized_side(size, self.center_crop), name,
+        pixels = images.rgb_pixels(images.image_from_array(array, name, self.bit_depth), resized_side(size, self.center_crop), name,
                                    self.strict, self.bit_depth)
         return crop_centre(pixels, size)
 

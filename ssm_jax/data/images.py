@@ -3,8 +3,9 @@
 Colour rule (``strict=False``): grayscale (``L``, ``1``) is replicated to three channels; 16/32-bit
 unsigned grayscale (``I;16``, ``I``) is scaled to 8 bits first, by its type's full range or, with ``bit_depth`` b,
 by the camera's (values >> (b - 8), clipped: 12-bit sensor data stored in 16-bit files would otherwise load at
-1/16 of its brightness, in 16 grey levels); signed and floating-point TIFFs have no such range, so they are refused
-by name (convert them first); palette (``P``) images
+1/16 of its brightness, in 16 grey levels); 16-bit colour arrays in memory likewise, while 16-bit colour files,
+which PIL decodes to their high bytes, are read at the full range and refused under a ``bit_depth``; signed and
+floating-point TIFFs have no such range, so they are refused by name (convert them first); palette (``P``) images
 are expanded through their palette; alpha (``RGBA``, ``LA``, ``PA``) is dropped, not composited;
 ``CMYK``/``YCbCr`` are converted by PIL. With ``strict=True`` anything not already ``RGB`` raises.
 
@@ -30,6 +31,11 @@ class CorruptImageError(ValueError):
     of another size. ``data.skip_corrupt`` goes on without such files."""
 
 
+class BitDepthError(ValueError):
+    """Files that ``data.bit_depth`` cannot apply to (16-bit colour). Not a ``CorruptImageError``: skipping every
+    such file (``data.skip_corrupt``) would drop the whole dataset."""
+
+
 def _too_large(path: str) -> CorruptImageError:
     return CorruptImageError(f"image {path!r} is larger than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a "
                              f"guard against decompression bombs): resize it, or raise PIL.Image.MAX_IMAGE_PIXELS")
@@ -43,17 +49,34 @@ def _orientation(img: Image.Image) -> int:
     return img.getexif().get(ORIENTATION, 1)
 
 
-def _decode(path: str) -> Image.Image:
+def _decode(path: str, bit_depth: int = 0) -> Image.Image:
+    """The file's image, EXIF orientation applied; under ``bit_depth`` a 16-bit colour file is refused
+    (``_refuse_sixteen_bit_colour``)."""
     try:
         with Image.open(path) as img:
+            _refuse_sixteen_bit_colour(img, path, bit_depth)
             img.load()
             return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+    except BitDepthError:
+        raise
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path!r} does not exist") from None
     except Image.DecompressionBombError as e:
         raise _too_large(path) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CorruptImageError(f"cannot decode image {path!r} (corrupt or truncated?): {e}") from e
+
+
+def _refuse_sixteen_bit_colour(img: Image.Image, path: str, bit_depth: int) -> None:
+    """PIL decodes a colour file of 16 bits a channel (PNG, TIFF) to each value's high byte, so a ``bit_depth``
+    cannot apply to it: 12-bit colour data would load at 1/16 of its brightness. Read from the header, before
+    decoding."""
+    rawmodes = [t.args if isinstance(t.args, str) else t.args[0] for t in img.tile if t.args]
+    if bit_depth and img.mode in ("RGB", "RGBA") and any(isinstance(r, str) and ";16" in r for r in rawmodes):
+        raise BitDepthError(f"image {path!r} is 16-bit colour, which PIL decodes to 8 bits (each value's high byte), "
+                            f"so bit_depth={bit_depth} cannot apply to it; expected 8-bit colour or 16-bit grayscale "
+                            f"files: convert it (its values >> {bit_depth - 8} as 8-bit colour), or read it with "
+                            f"bit_depth 0 if its values fill 16 bits")
 
 
 def _signed_or_float(img: Image.Image) -> bool:
@@ -73,12 +96,12 @@ def _warn_once(kind: str, message: str) -> None:
         warnings.warn(message, stacklevel=5)
 
 
-def _to_8_bits(img: Image.Image, path: str, bit_depth: int) -> Image.Image:
-    """A 16/32-bit grayscale image as 8-bit ``L``, scaled by ``bit_depth`` (0: its type's full range). Warns once
-    when a 16-bit image read at its full range never reaches the 13th bit, as 12-bit camera data does, and once
-    when an image has values above ``bit_depth``'s range, which turn white."""
-    arr = np.asarray(img).astype(np.uint64)
-    bits = bit_depth or (16 if img.mode.startswith("I;16") else 32)
+def _scaled_to_8_bits(arr: np.ndarray, type_bits: int, path: str, bit_depth: int) -> np.ndarray:
+    """Unsigned pixels of a ``type_bits``-bit type as uint8, scaled by ``bit_depth`` (0: the type's full range).
+    Warns once when 16-bit pixels read at their full range never reach the 13th bit, as 12-bit camera data does,
+    and once when pixels have values above ``bit_depth``'s range, which turn white."""
+    arr = arr.astype(np.uint64)
+    bits = bit_depth or type_bits
     top = int(arr.max())
     if not bit_depth and bits == 16 and 0 < top < 4096:
         _warn_once("low", f"16-bit image {path!r} has no value above {top} (< 4096): camera data of 12 bits or "
@@ -89,7 +112,13 @@ def _to_8_bits(img: Image.Image, path: str, bit_depth: int) -> Image.Image:
                            f"{2 ** bit_depth - 1}), which turn white: its pixels fill more bits than bit_depth="
                            f"{bit_depth} (16-bit data, or {bit_depth}-bit data stored in the high bits: read those "
                            f"with bit_depth 0)")
-    return Image.fromarray(np.minimum(arr >> (bits - 8), 255).astype(np.uint8), mode="L")
+    return np.minimum(arr >> (bits - 8), 255).astype(np.uint8)
+
+
+def _to_8_bits(img: Image.Image, path: str, bit_depth: int) -> Image.Image:
+    """A 16/32-bit grayscale image as 8-bit ``L`` (``_scaled_to_8_bits``)."""
+    type_bits = 16 if img.mode.startswith("I;16") else 32
+    return Image.fromarray(_scaled_to_8_bits(np.asarray(img), type_bits, path, bit_depth), mode="L")
 
 
 def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False, bit_depth: int = 0) -> Image.Image:
@@ -123,12 +152,13 @@ def rgb_pixels(img: Image.Image, size: int | None = None, path: str = "<memory>"
 
 def load_image(path: str, size: int | None = None, strict: bool = False, bit_depth: int = 0) -> np.ndarray:
     """Decodes ``path`` to uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
-    return rgb_pixels(_decode(path), size, path, strict, bit_depth)
+    return rgb_pixels(_decode(path, bit_depth), size, path, strict, bit_depth)
 
 
-def image_from_array(array, name: str = "image") -> Image.Image:
+def image_from_array(array, name: str = "image", bit_depth: int = 0) -> Image.Image:
     """A PIL image of pixels in memory, as a file of them would decode: (H, W) or (H, W, 1) grayscale, (H, W, 3)
-    RGB or (H, W, 4) RGBA, uint8 or uint16 of either byte order (16-bit colour keeps its high byte). Anything else
+    RGB or (H, W, 4) RGBA, uint8 or uint16 of either byte order. 16-bit colour, which PIL cannot hold, is scaled to
+    8 bits here by ``bit_depth`` as 16-bit grayscale is later (0: the full range, its high byte). Anything else
     raises naming ``name`` and what was expected."""
     array = np.asarray(array)
     if array.dtype.kind == "u" and array.dtype.itemsize == 2:
@@ -142,7 +172,7 @@ def image_from_array(array, name: str = "image") -> Image.Image:
         raise ValueError(f"{name} has dtype {array.dtype}; expected uint8 or uint16 pixels (a float image in [0, 1]: "
                          f"(x * 255).round().astype(np.uint8))")
     if array.dtype == np.uint16 and array.ndim == 3:
-        array = (array >> 8).astype(np.uint8)
+        array = _scaled_to_8_bits(array, 16, name, bit_depth)
     return Image.fromarray(np.ascontiguousarray(array))
 
 

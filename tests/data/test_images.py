@@ -1,12 +1,15 @@
 import os
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from ssm_jax.data import CorruptImageError, get_source, images, load_image, make_pipeline
-from ssm_jax.data.images import image_from_array, image_size, load_mask, rgb_pixels
+from ssm_jax.data.common import Source
+from ssm_jax.data.images import BitDepthError, image_from_array, image_size, load_mask, rgb_pixels
 
 
 def _save(path, arr, mode):
@@ -230,3 +233,60 @@ def test_camera_data_of_fewer_bits_in_16_bit_files_reads_by_its_bit_depth(tmp_pa
         np.testing.assert_array_equal(load_image(gray8, bit_depth=12), load_image(gray8))
     with pytest.raises(ValueError, match="bit_depth=4; expected 0"):
         load_image(gray8, bit_depth=4)
+
+
+def _png_rgb16(path, rgb):
+    """A 16-bit RGB PNG written byte by byte (PIL cannot write one): IHDR, one unfiltered IDAT, IEND."""
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                + chunk(b"IEND", b""))
+    return str(path)
+
+
+def _tiff_rgb16(path, rgb):
+    """An uncompressed little-endian 16-bit RGB TIFF of one strip, written byte by byte."""
+    height, width, _ = rgb.shape
+    pixels = rgb.astype("<u2").tobytes()
+    tags = [(256, width), (257, height), (258, None), (259, 1), (262, 2), (273, None), (277, 3), (278, height),
+            (279, len(pixels)), (284, 1)]
+    bits_at = 8 + 2 + 12 * len(tags) + 4
+    entries = b""
+    for tag, value in tags:
+        if tag == 258:  # BitsPerSample: three SHORTs, stored after the directory
+            entries += struct.pack("<HHII", tag, 3, 3, bits_at)
+        elif tag in (273, 279):  # StripOffsets, StripByteCounts: LONG
+            entries += struct.pack("<HHII", tag, 4, 1, bits_at + 6 if tag == 273 else value)
+        else:
+            entries += struct.pack("<HHIHH", tag, 3, 1, value, 0)
+    with open(path, "wb") as f:
+        f.write(b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I3H", 0, 16, 16, 16) + pixels)
+    return str(path)
+
+
+def test_sixteen_bit_colour_reads_at_the_full_range_and_arrays_of_it_by_bit_depth(tmp_path, monkeypatch):
+    """16-bit colour files (PNG, TIFF), which PIL decodes to each value's high byte, read at the full range and are
+    refused by name under a bit_depth (not as corrupt: skip_corrupt would drop them all); 16-bit colour arrays in
+    memory are scaled by bit_depth as 16-bit grayscale files are."""
+    monkeypatch.setattr(images, "_WARNED_BITS", set())
+    rgb = np.random.default_rng(0).integers(0, 4096, (6, 5, 3)).astype(np.uint16)  # 12-bit colour data
+    for path in (_png_rgb16(tmp_path / "c16.png", rgb), _tiff_rgb16(tmp_path / "c16.tif", rgb)):
+        np.testing.assert_array_equal(load_image(path), rgb >> 8)
+        with pytest.raises(BitDepthError, match=r"c16\.(png|tif)' is 16-bit colour.*bit_depth=12 cannot apply") as err:
+            load_image(path, bit_depth=12)
+        assert not isinstance(err.value, CorruptImageError)
+    np.testing.assert_array_equal(rgb_pixels(image_from_array(rgb, bit_depth=12)), rgb >> 4)
+    np.testing.assert_array_equal(rgb_pixels(image_from_array(rgb, bit_depth=16)), rgb >> 8)
+    station = Source([], ["good"], bit_depth=12)  # what a Predictor reads arrays with
+    np.testing.assert_array_equal(station.load_array(rgb[:5], 5), rgb[:5] >> 4)
+    with pytest.warns(UserWarning, match=r"values up to 65535, beyond 12-bit data"):
+        over = rgb.copy()
+        over[0, 0, 1] = 65535
+        np.testing.assert_array_equal(rgb_pixels(image_from_array(over, bit_depth=12)), np.minimum(over >> 4, 255))
+    rgb8 = _save(tmp_path / "rgb8.png", (rgb >> 4).astype(np.uint8), None)
+    np.testing.assert_array_equal(load_image(rgb8, bit_depth=12), rgb >> 4)  # 8-bit colour: as it is
