@@ -9,20 +9,70 @@ Each function creates the parent folder and returns the path written.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib import font_manager, ft2font
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from ssm_jax.metrics.curves import auroc, average_precision, precision_recall_curve, roc_curve
 
 DPI = 100
 
 
+_CHARMAPS: dict[str, frozenset] = {}  # font file -> the code points it draws
+_WARNED_GLYPHS = set()  # the warning of characters no installed font has, once per process
+
+
+def _charmap(font_file: str) -> frozenset:
+    if font_file not in _CHARMAPS:
+        try:
+            _CHARMAPS[font_file] = frozenset(ft2font.FT2Font(font_file).get_charmap())
+        except (OSError, RuntimeError):  # a font file FreeType cannot read
+            _CHARMAPS[font_file] = frozenset()
+    return _CHARMAPS[font_file]
+
+
+def _fallback_fonts(fig) -> None:
+    """Gives each text of ``fig`` that its font cannot draw (file and class names in Chinese, Japanese, Korean, ...)
+    the installed fonts that have its characters, after its own (matplotlib's glyph-by-glyph fallback). What no
+    installed font has is named once per process, instead of matplotlib's warning per glyph and drawing."""
+    regular_first = sorted((f for f in font_manager.fontManager.ttflist if not f.name.startswith("Last Resort")),
+                           key=lambda f: (f.style != "normal", f.weight != 400))  # Last Resort: a box for all
+    for text in fig.findobj(Text):
+        content = text.get_text()
+        if content.isascii():
+            continue
+        own = font_manager.findfont(text.get_fontproperties())
+        left = {c for c in content if not c.isspace() and ord(c) not in _charmap(own)}
+        families = []
+        for font in regular_first:
+            if not left:
+                break
+            covered = {c for c in left if ord(c) in _charmap(font.fname)}
+            if covered:
+                families.append(font.name)
+                left -= covered
+        if families:
+            text.set_fontfamily([ft2font.FT2Font(own).family_name, *dict.fromkeys(families)])
+        if left and "glyphs" not in _WARNED_GLYPHS:
+            _WARNED_GLYPHS.add("glyphs")
+            warnings.warn(f"no installed font has the characters {''.join(sorted(left))!r} of {content!r}: "
+                          f"pictures draw them as boxes; install a font that has them (e.g. Noto Sans CJK for "
+                          f"Chinese, Japanese and Korean names), then delete matplotlib's font list "
+                          f"({matplotlib.get_cachedir()}/fontlist-*.json) so that it finds the font", stacklevel=4)
+
+
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    _fallback_fonts(fig)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")  # said once above
+        fig.savefig(path, format="png")
     return path
 
 

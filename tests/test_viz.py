@@ -1,13 +1,19 @@
 """Pictures are written as valid PNGs of the documented sizes, also for degenerate inputs."""
 
 import json
+import warnings
 
 import matplotlib.axes
 import numpy as np
 import pytest
+from matplotlib import font_manager
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 
 from ssm_jax import viz
+
+save = Figure.savefig
 
 
 def _png_size(path):
@@ -126,3 +132,27 @@ def test_training_curves(tmp_path):
     assert _png_size(viz.save_training_curves(log, tmp_path / "curves.png")) == (1100, 400)
     log.write_text(json.dumps({"step": 0, "lr": 1e-4}) + "\n")  # nothing to plot: a note
     assert _png_size(viz.save_training_curves(log, tmp_path / "none.png")) == (550, 400)
+
+
+def test_names_in_other_scripts_are_drawn_with_installed_fonts_or_named_once(tmp_path, monkeypatch):
+    """A character the default font lacks is drawn from an installed font that has it (matplotlib's own STIX fonts
+    have U+24B6, DejaVu Sans does not), without matplotlib's warnings; characters no installed font has (here, with
+    only DejaVu Sans installed: Chinese) are named in one warning per process, not one per glyph and picture."""
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kw: drawn.append(fig) or save(fig, *args, **kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        viz.save_confusion_matrix(np.eye(2), ["good", "\u24b6 scratch"], tmp_path / "cm.png")
+        viz.save_image_grid([np.zeros((8, 8, 3), np.uint8)], ["\u24b6.png"], tmp_path / "grid.png")
+    fallback = [t for fig in drawn for t in fig.findobj(Text) if "\u24b6" in t.get_text()]
+    assert {t.get_text() for t in fallback} == {"\u24b6 scratch", "\u24b6.png"}  # tick labels, a title
+    assert all(len(t.get_fontfamily()) > 1 for t in fallback)
+    monkeypatch.setattr(viz, "_WARNED_GLYPHS", set())
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [f for f in font_manager.fontManager.ttflist
+                                                             if f.name in ("DejaVu Sans", "Last Resort High-Efficiency")])
+    with pytest.warns(UserWarning, match=r"no installed font has the characters '划痕' .*Noto Sans CJK") as said:
+        viz.save_confusion_matrix(np.eye(2), ["good", "划痕"], tmp_path / "cm_zh.png")
+    assert len(said) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        viz.save_image_grid([np.zeros((8, 8, 3), np.uint8)], ["划痕/001.png"], tmp_path / "grid_zh.png")
