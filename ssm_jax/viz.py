@@ -245,7 +245,7 @@ def save_training_curves(metrics_jsonl_path, path):
     contains "loss" or "acc", each from the lines that have it; "step" is the x axis (line index if absent).
     Size 5.5 x 4 inches per panel drawn (one panel with a note when neither kind is logged)."""
     series = {}
-    lines = Path(metrics_jsonl_path).read_text().splitlines()
+    lines = Path(metrics_jsonl_path).read_text(encoding="utf-8").splitlines()
     for index, line in enumerate(filter(str.strip, lines)):
         record = json.loads(line)
         step = record.get("step", index)

@@ -42,7 +42,7 @@ def read_labels(root: str | None = None) -> tuple[list[str], np.ndarray, np.ndar
     require_dir(root, "the ELPV folder with labels.csv and images/")
     csv_path = require_file(os.path.join(root, "labels.csv"), "lines 'images/cellNNNN.png <probability> <type>'")
     paths, probs, types = [], [], []
-    with open(csv_path) as f:
+    with open(csv_path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -83,7 +83,7 @@ def _visa(root, rng, per_class, categories=("candle", "pcb1")):
             _mask(os.path.join(root, mask))
             rows.append([category, "test", "anomaly", image, mask])
     os.makedirs(os.path.join(root, "split_csv"), exist_ok=True)
-    with open(os.path.join(root, "split_csv", "1cls.csv"), "w", newline="") as f:
+    with open(os.path.join(root, "split_csv", "1cls.csv"), "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([["object", "split", "label", "image", "mask"]] + rows)
 
 
@@ -102,7 +102,7 @@ def _realiad(root, rng, per_class, categories=("audiojack", "pcb"), image_dir="r
             _mask(os.path.join(cat_dir, rel[:-4] + ".png"))
             doc["test"].append({"category": category, "anomaly_class": "AK", "image_path": rel,
                                 "mask_path": rel[:-4] + ".png"})
-        with open(os.path.join(root, "realiad_jsons", f"{category}.json"), "w") as f:
+        with open(os.path.join(root, "realiad_jsons", f"{category}.json"), "w", encoding="utf-8") as f:
             json.dump(doc, f)
 
 
@@ -129,7 +129,7 @@ def _elpv(root, rng, per_class):
                 rel = f"images/cell{len(lines) + 1:04d}.png"
                 _image(os.path.join(root, rel), rng, 60 + 40 * k, "L")
                 lines.append(f"{rel}  {p}  {t}")
-    with open(os.path.join(root, "labels.csv"), "w") as f:
+    with open(os.path.join(root, "labels.csv"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
 

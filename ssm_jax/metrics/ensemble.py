@@ -25,7 +25,7 @@ from ssm_jax.metrics.over_runs import evaluation_file
 
 def read_predictions(path: Path) -> dict:
     """{paths, labels (class names), classes, probs (N, classes)}, rows sorted by image path."""
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
         rows = sorted(reader, key=lambda r: r["path"])

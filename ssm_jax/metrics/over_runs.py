@@ -81,7 +81,7 @@ def summarize(runs: list, keys: list[str] | None = None, evaluation: str = "eval
     if not runs:
         raise ValueError("over_runs: no runs given")
     paths = [metrics_path(r, evaluation) for r in runs]
-    flat = [flatten(json.loads(p.read_text())) for p in paths]
+    flat = [flatten(json.loads(p.read_text(encoding="utf-8"))) for p in paths]
     for key in sorted({k for f in flat for k in f if is_count(k)}):
         # A count some runs lack (a metrics.json written before that entry existed) is not a disagreement; the
         # metrics beside it, if asked for, are refused below as missing.

@@ -256,10 +256,10 @@ def write_evaluation(predictions: dict, source, out_dir, tta: str = "none", bina
         positive = np.asarray(predictions["labels"]) >= binary_from
         summary["binary"]["at_flag_threshold"] = flag_rates(_group_probability(predictions["probs"], binary_from),
                                                             positive, flag_threshold)
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     viz.save_confusion_matrix(m["confusion"], names, out_dir / "confusion.png")
     _save_mistakes(predictions, source, out_dir / "mistakes.png")
-    with (out_dir / "predictions.csv").open("w", newline="") as f:
+    with (out_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         extra = {**flags, **({"subset": subsets} if has_subsets else {})}
         writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(extra))
@@ -334,7 +334,7 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, bina
     names = list(source.class_names)
     flags = group_flag_column(predictions["probs"], binary_from, flag_threshold)
     header = ["path", "prediction", "confidence"] + [f"p_{n}" for n in names] + list(flags)
-    with out.open("w", newline="") as f:  # csv quotes a path with a comma, as predictions.csv does
+    with out.open("w", newline="", encoding="utf-8") as f:  # csv quotes a path with a comma, as predictions.csv does
         writer = csv.writer(f)
         writer.writerow(header)
         for record, r in rows_in_source_order(source, predictions["indices"]):

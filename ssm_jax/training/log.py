@@ -15,7 +15,7 @@ def write_config(workdir, config) -> None:
         return
     path = Path(workdir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _tuples(value):
@@ -33,7 +33,7 @@ def read_config(workdir) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; expected the config.json that train.py writes in its workdir")
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); expected the config.json that train.py writes") from err
     config = ml_collections.ConfigDict(_tuples(values))
@@ -53,7 +53,7 @@ class MetricsLog:
         cut short by that death; a damaged line before the last is an error naming it."""
         if jax.process_index() != 0 or not self.path.exists():
             return
-        lines = [line for line in self.path.read_text().splitlines() if line]
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line]
         kept = []
         for number, line in enumerate(lines, start=1):
             try:
@@ -65,16 +65,16 @@ class MetricsLog:
                                  f"{{\"step\": ..., ...}} per line: mend or remove that line to resume") from err
             if record["step"] <= step:
                 kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def write(self, step: int, metrics: dict) -> None:
         if jax.process_index() != 0:
             return
         record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-        with self.path.open("a") as f:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]

@@ -141,7 +141,7 @@ def write_evaluation(predictions: dict, source, out_dir) -> dict:
     l1 = np.asarray(predictions["l1"], np.float64)
     summary = {"masked_l1": float(l1.mean()), "masked_l1_std": float(l1.std()), "num_images": int(len(l1)),
                "per_image": {source[int(i)].path: float(v) for i, v in zip(predictions["indices"], l1)}}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     save_reconstructions(predictions, out_dir / "reconstructions.png")
     return summary
 
@@ -153,7 +153,7 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str) -> P
     order = np.argsort(predictions["indices"], kind="stable")
     lines = ["path,masked_l1"] + [f"{source[int(predictions['indices'][r])].path},{predictions['l1'][r]:.5f}"
                                   for r in order]
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     save_reconstructions(predictions, out.with_suffix(".png"))
     return out
 

@@ -227,9 +227,9 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16,
     flags = flag_column(scores, flag_threshold)
     if flags:
         summary["at_flag_threshold"] = flag_rates(scores, labels == 1, flag_threshold)
-    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-    (out_dir / "metrics.md").write_text(metrics_table(summary))
-    with (out_dir / "scores.csv").open("w", newline="") as f:
+    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n", encoding="utf-8")
+    (out_dir / "metrics.md").write_text(metrics_table(summary), encoding="utf-8")
+    with (out_dir / "scores.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "path", "category", "defect", "label", "score", *flags])
         for row, (index, record, category, label, score) in enumerate(zip(predictions["indices"], records, categories,
@@ -257,7 +257,7 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_
     out_dir.mkdir(parents=True, exist_ok=True)
     flags = flag_column(predictions["scores"], flag_threshold)
     out = out_dir / f"predict_{name}.csv"
-    with out.open("w", newline="") as f:  # csv quotes a path with a comma, as scores.csv does
+    with out.open("w", newline="", encoding="utf-8") as f:  # csv quotes a path with a comma, as scores.csv does
         writer = csv.writer(f)
         writer.writerow(["path", "score", *flags])
         for record, r in rows_in_source_order(source, predictions["indices"]):

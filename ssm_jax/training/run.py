@@ -206,7 +206,7 @@ def _with_saved_optimizer(config, workdir: Path):
     added, say); a difference is said."""
     path = workdir / "config.json"
     try:
-        saved = json.loads(path.read_text()).get("optim") or {}
+        saved = json.loads(path.read_text(encoding="utf-8")).get("optim") or {}
     except (OSError, ValueError, AttributeError):  # no config.json (another tool's checkpoint): the config as given
         return config
     config, changed = config.copy_and_resolve_references(), []

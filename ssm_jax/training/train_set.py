@@ -33,7 +33,7 @@ def save_train_set(workdir, source) -> None:
     """Writes ``source``'s task, class names, size, centre crop and bit depth to ``<workdir>/train_set.json``."""
     record = {"task": source.task, "class_names": list(source.class_names), "num_images": len(source),
               "center_crop": source.center_crop, "bit_depth": source.bit_depth}
-    (Path(workdir) / FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (Path(workdir) / FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def read_train_set(workdir) -> TrainSet | None:
@@ -42,7 +42,7 @@ def read_train_set(workdir) -> TrainSet | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
         return TrainSet(record["task"], tuple(record["class_names"]), int(record["num_images"]),
                         float(record.get("center_crop", 1.0)), int(record.get("bit_depth", 0)))
     except (ValueError, KeyError, TypeError) as err:

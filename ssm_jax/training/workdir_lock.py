@@ -25,7 +25,7 @@ def workdir_lock(workdir):
     path = Path(workdir).expanduser() / ".lock"
     made_dir = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as f:
+    with path.open("a+", encoding="utf-8") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

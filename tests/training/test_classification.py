@@ -4,6 +4,9 @@ two-group report of ordered classes with its operating points and flagging thres
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -450,3 +453,27 @@ def test_a_trained_run_predicts_new_images_where_its_training_data_is_not(tiny_c
     assert again.predict_folder(folder).read_text() == expected
     with pytest.raises(FileNotFoundError, match=r"nowhere/config.json not found; expected the config.json"):
         from_run.get_config(str(tmp_path / "nowhere"))
+
+
+def test_outputs_are_utf_8_whatever_the_locale(tmp_path):
+    """Class names and paths in other scripts are written as UTF-8 where the locale's encoding cannot hold them
+    (Windows' cp1252; an ASCII locale here), not refused after the whole evaluation."""
+    script = tmp_path / "write.py"
+    script.write_text(
+        "import sys\n"
+        "import numpy as np\n"
+        "from ssm_jax.data import Record, Source\n"
+        "from ssm_jax.training import classification\n"
+        "source = Source([Record('\\u7ebfA/\\u5212\\u75d5_1.png', 1), Record('\\u7ebfA/ok_2.png', 0)],"
+        " ['\\u826f\\u54c1', '\\u5212\\u75d5'])\n"
+        "predictions = {'probs': np.array([[0.2, 0.8], [0.9, 0.1]], np.float32), 'indices': np.arange(2)}\n"
+        "classification.write_folder_predictions(predictions, source, sys.argv[1], 'line_a')\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
+                          encoding="utf-8", errors="replace")
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (tmp_path / "predict_line_a.csv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["path"], r["prediction"]) for r in rows] == [("线A/划痕_1.png", "划痕"), ("线A/ok_2.png", "良品")]
+    assert "p_良品" in rows[0]
