@@ -74,8 +74,8 @@ class Source:
     def load_array(self, array, size: int, name: str = "image") -> np.ndarray:
         """Pixels in memory (``images.image_from_array``'s forms) as ``load`` gives a file of them: uint8
         (size, size, 3), resized and centre-cropped alike."""
-        pixels = images.rgb_pixels(images.image_from_array(array, name, self.bit_depth), resized_side(size, self.center_crop), name,
-                                   self.strict, self.bit_depth)
+        image = images.image_from_array(array, name, self.bit_depth)
+        pixels = images.rgb_pixels(image, resized_side(size, self.center_crop), name, self.strict, self.bit_depth)
         return crop_centre(pixels, size)
 
     def decode(self, record: Record, size: int | None = None) -> dict:

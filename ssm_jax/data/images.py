@@ -4,9 +4,9 @@ Colour rule (``strict=False``): grayscale (``L``, ``1``) is replicated to three 
 unsigned grayscale (``I;16``, ``I``) is scaled to 8 bits first, by its type's full range or, with ``bit_depth`` b,
 by the camera's (values >> (b - 8), clipped: 12-bit sensor data stored in 16-bit files would otherwise load at
 1/16 of its brightness, in 16 grey levels); 16-bit colour arrays in memory likewise, while 16-bit colour files,
-which PIL decodes to their high bytes, are read at the full range and refused under a ``bit_depth``; signed and
-floating-point TIFFs have no such range, so they are refused by name (convert them first); palette (``P``) images
-are expanded through their palette; alpha (``RGBA``, ``LA``, ``PA``) is dropped, not composited;
+which PIL decodes to their high bytes, are read at the full range and refused under a ``bit_depth`` other than 16;
+signed and floating-point TIFFs have no such range, so they are refused by name (convert them first); palette
+(``P``) images are expanded through their palette; alpha (``RGBA``, ``LA``, ``PA``) is dropped, not composited;
 ``CMYK``/``YCbCr`` are converted by PIL. With ``strict=True`` anything not already ``RGB`` raises.
 
 An EXIF orientation tag (phone and some camera exports) is applied, to images and masks alike, so a file is read
@@ -15,6 +15,7 @@ as image viewers and annotation tools show it, and a mask drawn on what they sho
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -67,16 +68,26 @@ def _decode(path: str, bit_depth: int = 0) -> Image.Image:
         raise CorruptImageError(f"cannot decode image {path!r} (corrupt or truncated?): {e}") from e
 
 
+_SIXTEEN_BITS_DECODED_TO_8 = re.compile(r"(RGB|RGBA|RGBX|CMYK|LA);16[BLN]?")  # PIL's raw modes of such files
+
+
 def _refuse_sixteen_bit_colour(img: Image.Image, path: str, bit_depth: int) -> None:
-    """PIL decodes a colour file of 16 bits a channel (PNG, TIFF) to each value's high byte, so a ``bit_depth``
-    cannot apply to it: 12-bit colour data would load at 1/16 of its brightness. Read from the header, before
-    decoding."""
+    """PIL decodes a file of 16 bits a channel in colour, or in grayscale with alpha (PNG, TIFF), to each value's
+    high byte, so a ``bit_depth`` other than 16 cannot apply to it: 12-bit colour data would load at 1/16 of its
+    brightness. Read from the header, before decoding."""
     rawmodes = [t.args if isinstance(t.args, str) else t.args[0] for t in img.tile if t.args]
-    if bit_depth and img.mode in ("RGB", "RGBA") and any(isinstance(r, str) and ";16" in r for r in rawmodes):
-        raise BitDepthError(f"image {path!r} is 16-bit colour, which PIL decodes to 8 bits (each value's high byte), "
-                            f"so bit_depth={bit_depth} cannot apply to it; expected 8-bit colour or 16-bit grayscale "
-                            f"files: convert it (its values >> {bit_depth - 8} as 8-bit colour), or read it with "
+    sixteen = [r for r in rawmodes if isinstance(r, str) and _SIXTEEN_BITS_DECODED_TO_8.fullmatch(r)]
+    if bit_depth and bit_depth != 16 and sixteen:
+        kind = "16-bit grayscale with alpha" if sixteen[0].startswith("LA") else "16-bit colour"
+        raise BitDepthError(f"image {path!r} is {kind}, which PIL decodes to 8 bits (each value's high byte), so "
+                            f"bit_depth={bit_depth} cannot apply to it; expected 8-bit colour or 16-bit grayscale "
+                            f"files: convert it (its values >> {bit_depth - 8} as 8 bits a channel), or read it with "
                             f"bit_depth 0 if its values fill 16 bits")
+
+
+def _check_bit_depth(bit_depth: int) -> None:
+    if bit_depth and not 8 <= bit_depth <= 32:
+        raise ValueError(f"bit_depth={bit_depth}; expected 0 (the file type's range) or the camera's bits, 8..32")
 
 
 def _signed_or_float(img: Image.Image) -> bool:
@@ -124,8 +135,7 @@ def _to_8_bits(img: Image.Image, path: str, bit_depth: int) -> Image.Image:
 def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False, bit_depth: int = 0) -> Image.Image:
     """Applies the module's colour rule; ``strict`` raises on anything but RGB; ``bit_depth`` (0: the type's range)
     scales 16/32-bit grayscale."""
-    if bit_depth and not 8 <= bit_depth <= 32:
-        raise ValueError(f"bit_depth={bit_depth}; expected 0 (the file type's range) or the camera's bits, 8..32")
+    _check_bit_depth(bit_depth)
     if img.mode == "RGB":
         return img
     if strict:
@@ -152,6 +162,7 @@ def rgb_pixels(img: Image.Image, size: int | None = None, path: str = "<memory>"
 
 def load_image(path: str, size: int | None = None, strict: bool = False, bit_depth: int = 0) -> np.ndarray:
     """Decodes ``path`` to uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
+    _check_bit_depth(bit_depth)
     return rgb_pixels(_decode(path, bit_depth), size, path, strict, bit_depth)
 
 
@@ -160,6 +171,7 @@ def image_from_array(array, name: str = "image", bit_depth: int = 0) -> Image.Im
     RGB or (H, W, 4) RGBA, uint8 or uint16 of either byte order. 16-bit colour, which PIL cannot hold, is scaled to
     8 bits here by ``bit_depth`` as 16-bit grayscale is later (0: the full range, its high byte). Anything else
     raises naming ``name`` and what was expected."""
+    _check_bit_depth(bit_depth)
     array = np.asarray(array)
     if array.dtype.kind == "u" and array.dtype.itemsize == 2:
         array = array.astype(np.uint16)  # native byte order (a big-endian camera buffer from np.frombuffer)
@@ -172,7 +184,7 @@ def image_from_array(array, name: str = "image", bit_depth: int = 0) -> Image.Im
         raise ValueError(f"{name} has dtype {array.dtype}; expected uint8 or uint16 pixels (a float image in [0, 1]: "
                          f"(x * 255).round().astype(np.uint8))")
     if array.dtype == np.uint16 and array.ndim == 3:
-        array = _scaled_to_8_bits(array, 16, name, bit_depth)
+        array = _scaled_to_8_bits(array[..., :3], 16, name, bit_depth)  # alpha, dropped anyway, scales nothing
     return Image.fromarray(np.ascontiguousarray(array))
 
 

@@ -235,14 +235,15 @@ def test_camera_data_of_fewer_bits_in_16_bit_files_reads_by_its_bit_depth(tmp_pa
         load_image(gray8, bit_depth=4)
 
 
-def _png_rgb16(path, rgb):
-    """A 16-bit RGB PNG written byte by byte (PIL cannot write one): IHDR, one unfiltered IDAT, IEND."""
-    height, width, _ = rgb.shape
-    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+def _png16(path, pixels):
+    """A 16-bit RGB (3 channels) or grayscale-with-alpha (2) PNG written byte by byte (PIL cannot write one): IHDR,
+    one unfiltered IDAT, IEND."""
+    height, width, channels = pixels.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 2: 4}[channels], 0, 0, 0)
     with open(path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
                 + chunk(b"IEND", b""))
@@ -269,17 +270,42 @@ def _tiff_rgb16(path, rgb):
     return str(path)
 
 
+def _bmp565(path, pixels):
+    """A 16-bit RGB565 BMP (5-6-5 bit fields) written byte by byte: at most 6 bits a channel, not 16."""
+    height, width = pixels.shape
+    stride = (width * 2 + 3) & ~3
+    rows = b"".join(row.astype("<u2").tobytes().ljust(stride, b"\x00") for row in pixels[::-1])
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 16, 3, len(rows), 2835, 2835, 0, 0)
+    info += struct.pack("<III", 0xF800, 0x07E0, 0x001F)
+    with open(path, "wb") as f:
+        f.write(b"BM" + struct.pack("<IHHI", 14 + len(info) + len(rows), 0, 0, 14 + len(info)) + info + rows)
+    return str(path)
+
+
 def test_sixteen_bit_colour_reads_at_the_full_range_and_arrays_of_it_by_bit_depth(tmp_path, monkeypatch):
-    """16-bit colour files (PNG, TIFF), which PIL decodes to each value's high byte, read at the full range and are
-    refused by name under a bit_depth (not as corrupt: skip_corrupt would drop them all); 16-bit colour arrays in
-    memory are scaled by bit_depth as 16-bit grayscale files are."""
+    """16-bit colour files (PNG, TIFF) and 16-bit grayscale-with-alpha PNGs, which PIL decodes to each value's high
+    byte, read at the full range and are refused by name under a bit_depth other than 16 (not as corrupt:
+    skip_corrupt would drop them all); 16-bit colour arrays in memory are scaled by bit_depth as 16-bit grayscale
+    files are, their alpha left out; a 16-bit-a-pixel RGB565 BMP is 8-bit colour as before."""
     monkeypatch.setattr(images, "_WARNED_BITS", set())
     rgb = np.random.default_rng(0).integers(0, 4096, (6, 5, 3)).astype(np.uint16)  # 12-bit colour data
-    for path in (_png_rgb16(tmp_path / "c16.png", rgb), _tiff_rgb16(tmp_path / "c16.tif", rgb)):
+    for path in (_png16(tmp_path / "c16.png", rgb), _tiff_rgb16(tmp_path / "c16.tif", rgb)):
         np.testing.assert_array_equal(load_image(path), rgb >> 8)
+        np.testing.assert_array_equal(load_image(path, bit_depth=16), rgb >> 8)
         with pytest.raises(BitDepthError, match=r"c16\.(png|tif)' is 16-bit colour.*bit_depth=12 cannot apply") as err:
             load_image(path, bit_depth=12)
         assert not isinstance(err.value, CorruptImageError)
+    gray_alpha = _png16(tmp_path / "la16.png", np.dstack([rgb[..., 0], np.full((6, 5), 65535, np.uint16)]))
+    with pytest.raises(BitDepthError, match=r"la16\.png' is 16-bit grayscale with alpha"):
+        load_image(gray_alpha, bit_depth=12)
+    rgb565 = _bmp565(tmp_path / "rgb565.bmp", rgb[..., 0] * 16)
+    np.testing.assert_array_equal(load_image(rgb565, bit_depth=12), load_image(rgb565))
+    with pytest.raises(ValueError, match="bit_depth=4; expected 0"):
+        image_from_array(rgb, bit_depth=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an opaque alpha of 65535 is not a value beyond 12 bits
+        opaque = np.dstack([rgb, np.full((6, 5), 65535, np.uint16)])
+        np.testing.assert_array_equal(rgb_pixels(image_from_array(opaque, bit_depth=12)), rgb >> 4)
     np.testing.assert_array_equal(rgb_pixels(image_from_array(rgb, bit_depth=12)), rgb >> 4)
     np.testing.assert_array_equal(rgb_pixels(image_from_array(rgb, bit_depth=16)), rgb >> 8)
     station = Source([], ["good"], bit_depth=12)  # what a Predictor reads arrays with
