@@ -23,23 +23,25 @@ from ssm_jax.metrics.curves import auroc, average_precision, precision_recall_cu
 DPI = 100
 
 
-_CHARMAPS: dict[str, frozenset] = {}  # font file -> the code points it draws
+_CHARMAPS: dict[tuple, frozenset] = {}  # (font file, face in a collection) -> the code points it draws
 _WARNED_GLYPHS = set()  # the warning of characters no installed font has, once per process
 
 
-def _charmap(font_file: str) -> frozenset:
-    if font_file not in _CHARMAPS:
+def _charmap(font_file: str, face: int = 0) -> frozenset:
+    if (font_file, face) not in _CHARMAPS:
         try:
-            _CHARMAPS[font_file] = frozenset(ft2font.FT2Font(font_file).get_charmap())
+            _CHARMAPS[font_file, face] = frozenset(ft2font.FT2Font(font_file, face_index=face).get_charmap())
         except (OSError, RuntimeError):  # a font file FreeType cannot read
-            _CHARMAPS[font_file] = frozenset()
-    return _CHARMAPS[font_file]
+            _CHARMAPS[font_file, face] = frozenset()
+    return _CHARMAPS[font_file, face]
 
 
-def _fallback_fonts(fig) -> None:
+def _fallback_fonts(fig) -> bool:
     """Gives each text of ``fig`` that its font cannot draw (file and class names in Chinese, Japanese, Korean, ...)
     the installed fonts that have its characters, after its own (matplotlib's glyph-by-glyph fallback). What no
-    installed font has is named once per process, instead of matplotlib's warning per glyph and drawing."""
+    installed font has is named once per process, instead of matplotlib's warning per glyph and drawing; returns
+    whether there is any."""
+    undrawable = False
     regular_first = sorted((f for f in font_manager.fontManager.ttflist if not f.name.startswith("Last Resort")),
                            key=lambda f: (f.style != "normal", f.weight != 400))  # Last Resort: a box for all
     for text in fig.findobj(Text):
@@ -47,31 +49,36 @@ def _fallback_fonts(fig) -> None:
         if content.isascii():
             continue
         own = font_manager.findfont(text.get_fontproperties())
-        left = {c for c in content if not c.isspace() and ord(c) not in _charmap(own)}
+        drawn = _charmap(own, getattr(own, "face_index", 0))
+        left = {c: None for c in content if not c.isspace() and ord(c) not in drawn}  # in order of appearance
         families = []
         for font in regular_first:
             if not left:
                 break
-            covered = {c for c in left if ord(c) in _charmap(font.fname)}
+            covered = [c for c in left if ord(c) in _charmap(font.fname, font.index)]
             if covered:
                 families.append(font.name)
-                left -= covered
+                for c in covered:
+                    del left[c]
         if families:
-            text.set_fontfamily([ft2font.FT2Font(own).family_name, *dict.fromkeys(families)])
+            text.set_fontfamily([*text.get_fontfamily(), *dict.fromkeys(families)])
+        undrawable = undrawable or bool(left)
         if left and "glyphs" not in _WARNED_GLYPHS:
             _WARNED_GLYPHS.add("glyphs")
-            warnings.warn(f"no installed font has the characters {''.join(sorted(left))!r} of {content!r}: "
+            warnings.warn(f"no installed font has the characters {''.join(left)!r} of {content!r}: "
                           f"pictures draw them as boxes; install a font that has them (e.g. Noto Sans CJK for "
                           f"Chinese, Japanese and Korean names), then delete matplotlib's font list "
                           f"({matplotlib.get_cachedir()}/fontlist-*.json) so that it finds the font", stacklevel=4)
+    return undrawable
 
 
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _fallback_fonts(fig)
+    undrawable = _fallback_fonts(fig)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")  # said once above
+        if undrawable:  # said once in _fallback_fonts
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
         fig.savefig(path, format="png")
     return path
 

@@ -136,7 +136,7 @@ def test_training_curves(tmp_path):
 
 def test_names_in_other_scripts_are_drawn_with_installed_fonts_or_named_once(tmp_path, monkeypatch):
     """A character the default font lacks is drawn from an installed font that has it (matplotlib's own STIX fonts
-    have U+24B6, DejaVu Sans does not), without matplotlib's warnings; characters no installed font has (here, with
+    have U+24B6, DejaVu Sans does not), so matplotlib warns of no missing glyph; characters no installed font has (here, with
     only DejaVu Sans installed: Chinese) are named in one warning per process, not one per glyph and picture."""
     drawn = []
     monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kw: drawn.append(fig) or save(fig, *args, **kw))
@@ -146,7 +146,10 @@ def test_names_in_other_scripts_are_drawn_with_installed_fonts_or_named_once(tmp
         viz.save_image_grid([np.zeros((8, 8, 3), np.uint8)], ["\u24b6.png"], tmp_path / "grid.png")
     fallback = [t for fig in drawn for t in fig.findobj(Text) if "\u24b6" in t.get_text()]
     assert {t.get_text() for t in fallback} == {"\u24b6 scratch", "\u24b6.png"}  # tick labels, a title
-    assert all(len(t.get_fontfamily()) > 1 for t in fallback)
+    for text in fallback:  # its own family, then one that draws the character
+        family = text.get_fontfamily()
+        added = font_manager.findfont(font_manager.FontProperties(family=family[-1]), fallback_to_default=False)
+        assert len(family) > 1 and ord("\u24b6") in viz._charmap(added, added.face_index)
     monkeypatch.setattr(viz, "_WARNED_GLYPHS", set())
     monkeypatch.setattr(font_manager.fontManager, "ttflist", [f for f in font_manager.fontManager.ttflist
                                                              if f.name in ("DejaVu Sans", "Last Resort High-Efficiency")])
