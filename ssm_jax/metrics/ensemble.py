@@ -25,10 +25,14 @@ from ssm_jax.metrics.over_runs import evaluation_file
 
 def read_predictions(path: Path) -> dict:
     """{paths, labels (class names), classes, probs (N, classes)}, rows sorted by image path."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
-        rows = sorted(reader, key=lambda r: r["path"])
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
+            rows = sorted(reader, key=lambda r: r["path"])
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 ({e.reason} at byte {e.start}): written before 2026-12-05 under "
+                         f"another locale? Save it as UTF-8") from e
     if not classes or not rows or not {"path", "label"} <= set(rows[0]):
         raise ValueError(f"{path}: expected a header path,label,...,p_<class>... and one row per image")
     try:

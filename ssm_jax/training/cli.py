@@ -123,6 +123,8 @@ def run(argv: list[str], fn, *args):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
+    if hasattr(sys.stdout, "reconfigure"):  # a report's class names in a locale that cannot print them: escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     sys.unraisablehook = _drop_closed_loop_callbacks
     initialize_distributed()
     try:

@@ -16,7 +16,7 @@ def write_run(workdir, probs, labels, paths=None, evaluation="eval", classes=CLA
     out = workdir / evaluation
     out.mkdir(parents=True)
     paths = paths or [f"/data/cell{i:04d}.png" for i in range(len(labels))]
-    with (out / "predictions.csv").open("w", newline="") as f:
+    with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "prediction", "confidence"] + [f"p_{c}" for c in classes])
         for path, label, row in zip(paths, labels, probs):
@@ -101,3 +101,15 @@ def test_missing_predictions_name_what_was_expected(tmp_path, capsys):
     ensemble.main([str(run)])
     out = capsys.readouterr().out
     assert f"| {run} |" in out and "ensemble of 1: ACC" in out
+
+
+def test_predictions_in_another_encoding_are_named(tmp_path):
+    """A predictions.csv written under a Latin-1 locale (before its outputs were UTF-8) is named, not a bare
+    UnicodeDecodeError."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 4)
+    run = write_run(tmp_path / "old", random_probs(rng, 4)[:, :2], labels, classes=["bon", "d\u00e9faut"])
+    csv_path = run / "eval" / "predictions.csv"
+    csv_path.write_bytes(csv_path.read_text(encoding="utf-8").encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"old/eval/predictions.csv is not UTF-8 .*Save it as UTF-8"):
+        ensemble.main([str(run)])

@@ -456,8 +456,8 @@ def test_a_trained_run_predicts_new_images_where_its_training_data_is_not(tiny_c
 
 
 def test_outputs_are_utf_8_whatever_the_locale(tmp_path):
-    """Class names and paths in other scripts are written as UTF-8 where the locale's encoding cannot hold them
-    (Windows' cp1252; an ASCII locale here), not refused after the whole evaluation."""
+    """Class names and paths in other scripts are written as UTF-8 where the locale's encoding cannot hold them (an
+    ASCII locale here), not refused after the whole evaluation; train.py and eval.py print them escaped there."""
     script = tmp_path / "write.py"
     script.write_text(
         "import sys\n"
@@ -467,7 +467,9 @@ def test_outputs_are_utf_8_whatever_the_locale(tmp_path):
         "source = Source([Record('\\u7ebfA/\\u5212\\u75d5_1.png', 1), Record('\\u7ebfA/ok_2.png', 0)],"
         " ['\\u826f\\u54c1', '\\u5212\\u75d5'])\n"
         "predictions = {'probs': np.array([[0.2, 0.8], [0.9, 0.1]], np.float32), 'indices': np.arange(2)}\n"
-        "classification.write_folder_predictions(predictions, source, sys.argv[1], 'line_a')\n", encoding="utf-8")
+        "classification.write_folder_predictions(predictions, source, sys.argv[1], 'line_a')\n"
+        "from ssm_jax.training import cli\n"
+        "cli.run(['eval.py'], print, 'report: ' + source.class_names[1])\n", encoding="utf-8")
     env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0",
            "PYTHONPATH": os.getcwd()}
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
@@ -477,3 +479,4 @@ def test_outputs_are_utf_8_whatever_the_locale(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["path"], r["prediction"]) for r in rows] == [("线A/划痕_1.png", "划痕"), ("线A/ok_2.png", "良品")]
     assert "p_良品" in rows[0]
+    assert done.stdout.splitlines()[-1] == "report: \\u5212\\u75d5"
