@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         result = ensemble(args.runs, args.eval)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
+    if hasattr(sys.stdout, "reconfigure"):  # names a console or file encoding cannot hold (cp936, ASCII): escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     print(markdown(result, args.runs), end="")
 
 

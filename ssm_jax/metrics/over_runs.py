@@ -25,6 +25,7 @@ import argparse
 import fnmatch
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}")
     if not rows:
         raise SystemExit(f"no metric matches --keys={args.keys}")
+    if hasattr(sys.stdout, "reconfigure"):  # names a console or file encoding cannot hold (cp936, ASCII): escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     print(comparison_markdown(rows) if args.against else markdown(rows, args.runs), end="")
 
 

@@ -8,6 +8,8 @@ import functools
 import inspect
 import json
 import os
+import sys
+import unicodedata
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -175,6 +177,7 @@ def load_source(config, split: str) -> Source:
             raise
         raise FileNotFoundError(f"{err}. (config.data.root={root!r}: pass --config.data.root=DIR, or set "
                                 f"$SSM_JAX_DATA to the folder holding the dataset's folder)") from err
+    _refuse_undecodable([*source.class_names, *(r.path for r in source.records)], f"config.data.root={root!r}")
     return dataclasses.replace(source, center_crop=crop, bit_depth=data.get("bit_depth", 0))
 
 
@@ -235,6 +238,37 @@ def _check_bit_depth(config, saved: TrainSet | None, workdir: Path) -> None:
                          f"own config)")
 
 
+def _check_class_names(source, saved: TrainSet | None, workdir: Path) -> None:
+    """Refuses a dataset whose classes are not those ``workdir``'s run trained with, in their order (``saved``, its
+    ``train_set.json``): outputs are read by position, so a class folder added, renamed or removed would relabel
+    them all. Names compare in Unicode NFC form: a copy made on macOS stores them decomposed (NFD)."""
+    if saved is None or saved is source:
+        return
+    ours, theirs = ([unicodedata.normalize("NFC", n) for n in names] for names in (source.class_names,
+                                                                                   saved.class_names))
+    if ours != theirs:
+        hint = (" (the same names in another order: folder names stored decomposed, as a copy made on macOS stores "
+                "them, sort otherwise; rename the folders)" if sorted(ours) == sorted(theirs) else "")
+        raise ValueError(f"the dataset's classes {list(source.class_names)} are not the classes the run in {workdir} "
+                         f"trained with, in their order: {list(saved.class_names)} (its train_set.json){hint}; the "
+                         f"model's outputs are read by position, so its predictions would be scored against the "
+                         f"wrong classes: give the dataset the run's class folders")
+
+
+def _refuse_undecodable(names, what: str) -> None:
+    """File names the locale cannot decode (Python's file-system encoding ASCII, as under ``LC_ALL=C`` with
+    ``PYTHONUTF8=0``) are refused before anything is written: they cannot be written to a UTF-8 file or drawn, and
+    orbax cannot open a checkpoint under them."""
+    for name in names:
+        if not name.isascii():
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{what}: {name!r} holds bytes this locale cannot decode (Python's file-system "
+                                 f"encoding is {sys.getfilesystemencoding()}); run with a UTF-8 locale: export "
+                                 f"LANG=C.UTF-8, or PYTHONUTF8=1") from None
+
+
 def _no_checkpoint(workdir: Path) -> str:
     return (f"no checkpoint in {workdir.absolute() / 'checkpoints'}; train first with "
             f"`python train.py --config=... --workdir={workdir}`")
@@ -249,12 +283,14 @@ class Experiment:
         if config.task not in TASKS:
             raise ValueError(f"config.task={config.task!r}; valid: {', '.join(TASKS)}")
         self.config, self.workdir = config, Path(workdir).expanduser()  # "--workdir=~/x": the shell leaves ~ as is
+        _refuse_undecodable([str(self.workdir)], "--workdir")
         check_ranges(config)
         # Whether a checkpoint will be restored over the new state: then the state only needs the right shapes, and
         # the run's images are read as it trained on them.
         resuming = has_checkpoint(self.workdir)
+        saved = (train_set if train_set is not None else read_train_set(self.workdir)) if resuming else None
         if resuming:
-            _check_bit_depth(config, train_set if train_set is not None else read_train_set(self.workdir), self.workdir)
+            _check_bit_depth(config, saved, self.workdir)
         self.mesh = make_mesh()
         if training:  # evaluation never splits a training batch over the devices
             check_batch_size(config.train.batch_size, self.mesh)
@@ -269,6 +305,7 @@ class Experiment:
             takers = " and ".join(name for name, family in TASKS.items() if family.sam)
             raise ValueError(f"config.optim.sam_rho is a setting of {takers} runs, not of config.task={config.task!r}")
         self.train_source = train_set if train_set is not None else load_source(config, "train")
+        _check_class_names(self.train_source, saved, self.workdir)
         # read before training, so a mistake in the test split's layout is named now, not after the last step
         self.test_source = load_source(config, "test") if training else None
         _check_task(config, self.family, self.train_source)
@@ -388,6 +425,7 @@ class Experiment:
                        and not any(is_hidden(part) for part in p.relative_to(folder).parts))
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+        _refuse_undecodable(paths, f"--predict_dir {folder}")
         _warn_if_not_square(paths, self.config.data.image_size)
         source = Source([Record(p, 0) for p in paths], self.train_source.class_names, task=self.train_source.task,
                         center_crop=self.train_source.center_crop, bit_depth=self.train_source.bit_depth)

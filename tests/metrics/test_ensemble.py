@@ -2,6 +2,9 @@
 here with NumPy, the runs' own accuracies, and clear errors for runs that scored different images."""
 
 import csv
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -113,3 +116,15 @@ def test_predictions_in_another_encoding_are_named(tmp_path):
     csv_path.write_bytes(csv_path.read_text(encoding="utf-8").encode("latin-1"))
     with pytest.raises(SystemExit, match=r"old/eval/predictions.csv is not UTF-8 .*Save it as UTF-8"):
         ensemble.main([str(run)])
+
+
+def test_a_console_that_cannot_print_the_table_gets_it_escaped(tmp_path):
+    """Class names the output's encoding cannot hold (an ASCII console here) are escaped, not a failure."""
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 4, 6)
+    classes = ["ok", "\uae01\ud798", "p2", "p3"]
+    runs = [str(write_run(tmp_path / f"s{i}", random_probs(rng, 6), labels, classes=classes)) for i in range(2)]
+    done = subprocess.run([sys.executable, "-m", "ssm_jax.metrics.ensemble", *runs],
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"}, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"\\uae01\\ud798" in done.stdout

@@ -3,7 +3,10 @@ patterns, Welch's comparison against scipy, and runs that cannot be compared (ot
 missing files) refused by name."""
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -171,3 +174,14 @@ def test_command_line_compares_against_a_baseline(tmp_path, capsys):
     other = str(_classification_run(tmp_path, "other", 0.7, (0.9, 0.1), num_images=602))
     with pytest.raises(SystemExit, match="disagree on num_images"):
         over_runs.main([*runs, "--against", *base[:2], other])
+
+
+def test_a_console_that_cannot_print_the_table_gets_it_escaped(tmp_path):
+    """Run names (and the ±) that the output's encoding cannot hold, an ASCII console here (cp936 cannot print Korean
+    either), are escaped instead of failing after the table is computed."""
+    runs = [str(_classification_run(tmp_path, f"\uae01\ud798 s{i}", 0.7, (0.9, 0.1))) for i in range(2)]
+    done = subprocess.run([sys.executable, "-m", "ssm_jax.metrics.over_runs", *runs, "--keys", "acc"],
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"}, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"| acc | 70.0 \\xb1 0.0 | 70.0 | 70.0 |" in done.stdout
+    assert b"\\uae01\\ud798 s0" in done.stdout

@@ -2,14 +2,17 @@
 
 import json
 import multiprocessing
+import os
 import signal
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs.mambaad_common import mambaad_config
 from ssm_jax.data import replicas
@@ -20,6 +23,7 @@ from ssm_jax.training.log import MetricsLog
 from ssm_jax.training.loop import NonFiniteLossError
 from ssm_jax.training.mesh import make_mesh, shard_batch
 from ssm_jax.training.preemption import Preempted
+from tests.training.conftest import make_tiny_config
 from tests.training.crash import crash_during_step
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -289,3 +293,50 @@ def test_eval_takes_any_training_batch_size_only_its_own_must_split_over_the_dev
     assert run.Experiment.for_eval(config, tmp_path).evaluate()["num_images"] > 0
     with pytest.raises(ValueError, match=r"train.eval_batch_size=6 must be a multiple"):
         run.Experiment.for_eval(tiny_config(max_steps=2, eval_batch_size=6), tmp_path)
+
+
+def _class_folders(root, names, per_class=12, seed=0):
+    """root/<name>/i.png for each class name: 16 px images whose brightness follows the class."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(60 + 70 * k, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_evaluating_on_other_class_folders_is_refused(tmp_path):
+    """A run evaluated on a dataset whose class folders differ from those it trained with (one renamed), or come in
+    another order (the same names stored decomposed, as a copy made on macOS stores them, sort otherwise), is
+    refused: its outputs would be scored against the wrong classes."""
+    names = ["\u00d6l", "rost", "zink"]  # NFC "Öl" sorts last, its decomposed form "O\u0308l" first
+    trained = _class_folders(tmp_path / "nfc", names)
+    config = make_tiny_config(str(trained), max_steps=2)
+    run.Experiment(config, tmp_path / "run").train()
+    run.Experiment.for_eval(config, tmp_path / "run")  # the same folders: evaluates
+    renamed = _class_folders(tmp_path / "renamed", ["\u00d6l", "rost", "zinc"])
+    decomposed = _class_folders(tmp_path / "nfd", [unicodedata.normalize("NFD", n) for n in names])
+    for root, hint in ((renamed, ""), (decomposed, r".*the same names in another order")):
+        with config.unlocked():
+            config.data.root = str(root)
+        with pytest.raises(ValueError, match=r"the dataset's classes .* are not the classes the run in .* trained "
+                                             r"with, in their order: \['rost', 'zink', 'Öl'\]" + hint):
+            run.Experiment.for_eval(config, tmp_path / "run")
+
+
+def test_file_names_the_locale_cannot_decode_are_refused_before_anything_is_written(tmp_path):
+    """Under an ASCII file-system encoding (LC_ALL=C with PYTHONUTF8=0) a class folder named in Chinese is refused
+    when the dataset is read, saying how to run with a UTF-8 locale."""
+    _class_folders(tmp_path / "data", ["\u5212\u75d5", "ok", "stain"], per_class=4)
+    script = tmp_path / "load.py"
+    script.write_text("import sys\nfrom ssm_jax.training import run\nfrom tests.training.conftest import "
+                      "make_tiny_config\ntry:\n    run.load_source(make_tiny_config(sys.argv[1]), 'train')\n"
+                      "except ValueError as err:\n    print(err)\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "data")], env=env, capture_output=True,
+                          text=True, encoding="utf-8", errors="replace")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "holds bytes this locale cannot decode (Python's file-system encoding is ascii); run with a UTF-8 " \
+           "locale: export LANG=C.UTF-8, or PYTHONUTF8=1" in done.stdout
