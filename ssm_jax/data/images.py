@@ -33,8 +33,8 @@ class CorruptImageError(ValueError):
 
 
 class BitDepthError(ValueError):
-    """Files that ``data.bit_depth`` cannot apply to (16-bit colour). Not a ``CorruptImageError``: skipping every
-    such file (``data.skip_corrupt``) would drop the whole dataset."""
+    """Files that ``data.bit_depth`` cannot apply to (16 bits a channel in colour, or in grayscale with alpha). Not a
+    ``CorruptImageError``: skipping every such file (``data.skip_corrupt``) would drop the whole dataset."""
 
 
 def _too_large(path: str) -> CorruptImageError:
@@ -52,10 +52,10 @@ def _orientation(img: Image.Image) -> int:
 
 def _decode(path: str, bit_depth: int = 0) -> Image.Image:
     """The file's image, EXIF orientation applied; under ``bit_depth`` a 16-bit colour file is refused
-    (``_refuse_sixteen_bit_colour``)."""
+    (``_refuse_sixteen_bit_channels``)."""
     try:
         with Image.open(path) as img:
-            _refuse_sixteen_bit_colour(img, path, bit_depth)
+            _refuse_sixteen_bit_channels(img, path, bit_depth)
             img.load()
             return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
     except BitDepthError:
@@ -71,7 +71,7 @@ def _decode(path: str, bit_depth: int = 0) -> Image.Image:
 _SIXTEEN_BITS_DECODED_TO_8 = re.compile(r"(RGB|RGBA|RGBX|CMYK|LA);16[BLN]?")  # PIL's raw modes of such files
 
 
-def _refuse_sixteen_bit_colour(img: Image.Image, path: str, bit_depth: int) -> None:
+def _refuse_sixteen_bit_channels(img: Image.Image, path: str, bit_depth: int) -> None:
     """PIL decodes a file of 16 bits a channel in colour, or in grayscale with alpha (PNG, TIFF), to each value's
     high byte, so a ``bit_depth`` other than 16 cannot apply to it: 12-bit colour data would load at 1/16 of its
     brightness. Read from the header, before decoding."""
@@ -85,7 +85,7 @@ def _refuse_sixteen_bit_colour(img: Image.Image, path: str, bit_depth: int) -> N
                             f"bit_depth 0 if its values fill 16 bits")
 
 
-def _check_bit_depth(bit_depth: int) -> None:
+def _require_valid_bit_depth(bit_depth: int) -> None:
     if bit_depth and not 8 <= bit_depth <= 32:
         raise ValueError(f"bit_depth={bit_depth}; expected 0 (the file type's range) or the camera's bits, 8..32")
 
@@ -135,7 +135,7 @@ def _to_8_bits(img: Image.Image, path: str, bit_depth: int) -> Image.Image:
 def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False, bit_depth: int = 0) -> Image.Image:
     """Applies the module's colour rule; ``strict`` raises on anything but RGB; ``bit_depth`` (0: the type's range)
     scales 16/32-bit grayscale."""
-    _check_bit_depth(bit_depth)
+    _require_valid_bit_depth(bit_depth)
     if img.mode == "RGB":
         return img
     if strict:
@@ -162,7 +162,7 @@ def rgb_pixels(img: Image.Image, size: int | None = None, path: str = "<memory>"
 
 def load_image(path: str, size: int | None = None, strict: bool = False, bit_depth: int = 0) -> np.ndarray:
     """Decodes ``path`` to uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
-    _check_bit_depth(bit_depth)
+    _require_valid_bit_depth(bit_depth)
     return rgb_pixels(_decode(path, bit_depth), size, path, strict, bit_depth)
 
 
@@ -171,7 +171,7 @@ def image_from_array(array, name: str = "image", bit_depth: int = 0) -> Image.Im
     RGB or (H, W, 4) RGBA, uint8 or uint16 of either byte order. 16-bit colour, which PIL cannot hold, is scaled to
     8 bits here by ``bit_depth`` as 16-bit grayscale is later (0: the full range, its high byte). Anything else
     raises naming ``name`` and what was expected."""
-    _check_bit_depth(bit_depth)
+    _require_valid_bit_depth(bit_depth)
     array = np.asarray(array)
     if array.dtype.kind == "u" and array.dtype.itemsize == 2:
         array = array.astype(np.uint16)  # native byte order (a big-endian camera buffer from np.frombuffer)
