@@ -136,8 +136,9 @@ def test_training_curves(tmp_path):
 
 def test_names_in_other_scripts_are_drawn_with_installed_fonts_or_named_once(tmp_path, monkeypatch):
     """A character the default font lacks is drawn from an installed font that has it (matplotlib's own STIX fonts
-    have U+24B6, DejaVu Sans does not), so matplotlib warns of no missing glyph; characters no installed font has (here, with
-    only DejaVu Sans installed: Chinese) are named in one warning per process, not one per glyph and picture."""
+    have U+24B6, DejaVu Sans does not), so matplotlib warns of no missing glyph; characters no installed font has
+    (here, with only DejaVu Sans installed: Chinese) are named in one warning per process, not one per glyph and
+    picture."""
     drawn = []
     monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kw: drawn.append(fig) or save(fig, *args, **kw))
     with warnings.catch_warnings():
@@ -151,8 +152,9 @@ def test_names_in_other_scripts_are_drawn_with_installed_fonts_or_named_once(tmp
         added = font_manager.findfont(font_manager.FontProperties(family=family[-1]), fallback_to_default=False)
         assert len(family) > 1 and ord("\u24b6") in viz._charmap(added, added.face_index)
     monkeypatch.setattr(viz, "_WARNED_GLYPHS", set())
-    monkeypatch.setattr(font_manager.fontManager, "ttflist", [f for f in font_manager.fontManager.ttflist
-                                                             if f.name in ("DejaVu Sans", "Last Resort High-Efficiency")])
+    latin = ("DejaVu Sans", "Last Resort High-Efficiency")
+    only_latin = [f for f in font_manager.fontManager.ttflist if f.name in latin]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", only_latin)
     with pytest.warns(UserWarning, match=r"no installed font has the characters '划痕' .*Noto Sans CJK") as said:
         viz.save_confusion_matrix(np.eye(2), ["good", "划痕"], tmp_path / "cm_zh.png")
     assert len(said) == 1
