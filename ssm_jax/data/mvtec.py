@@ -20,6 +20,7 @@ then use the images that have masks. A mask must still have its image, and a fil
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 from ssm_jax.data.common import ANOMALY, Record, Source, check_split, list_images, require_dir, require_images, \
@@ -31,6 +32,10 @@ CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leath
 
 def _test_records(cat_dir: str, category: str, require_masks: bool) -> list[Record]:
     test_dir = require_dir(os.path.join(cat_dir, "test"), "test/<defect>/ folders (MVTec AD layout)")
+    if "good" not in subdirs(test_dir):  # said now, not as NaN image metrics after training
+        warnings.warn(f"category {category!r}: {test_dir} has no good/ folder, so every test image counts as "
+                      f"anomalous and its image metrics are undefined; normal test images go in "
+                      f"{os.path.join(test_dir, 'good')} (the folder name 'good' is fixed)", stacklevel=3)
     records = []
     for defect in subdirs(test_dir):
         files = require_images(os.path.join(test_dir, defect), f"test images of defect {defect!r}")

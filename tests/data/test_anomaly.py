@@ -104,6 +104,17 @@ def test_own_parts_layout_mistakes_are_named(replica):
         get_source("mvtec", root, "test", require_masks=False)
 
 
+def test_a_test_split_without_good_is_named_when_read(replica):
+    """Normal test images under another name (test/良品 instead of test/good) are named when the split is
+    read, before training, not as undefined image metrics after it."""
+    root = replica("mvtec")
+    os.rename(os.path.join(root, "grid", "test", "good"), os.path.join(root, "grid", "test", "良品"))
+    with pytest.warns(UserWarning, match=r"category 'grid': .*grid/test has no good/ folder, so every test image "
+                                         r"counts as anomalous .*normal test images go in .*grid/test/good"):
+        source = get_source("mvtec", root, "test", require_masks=False)
+    assert {r.category for r in source.records if r.label == 0} == {"bottle"}
+
+
 def test_mvtec_empty_category(replica):
     root = replica("mvtec")
     shutil.rmtree(os.path.join(root, "bottle", "train", "good"))
