@@ -41,13 +41,14 @@ def _fallback_fonts(fig) -> bool:
     the installed fonts that have its characters, after its own (matplotlib's glyph-by-glyph fallback). What no
     installed font has is named once per process, instead of matplotlib's warning per glyph and drawing; returns
     whether there is any."""
-    undrawable = False
+    undrawable, regular_first = False, None
     for text in fig.findobj(Text):
         content = text.get_text()
         if content.isascii():
             continue
-        regular_first = sorted((f for f in font_manager.fontManager.ttflist if not f.name.startswith("Last Resort")),
-                               key=lambda f: (f.style != "normal", f.weight != 400))  # Last Resort: a box for all
+        if regular_first is None:  # once a figure, and only for one with text outside ASCII
+            fonts = [f for f in font_manager.fontManager.ttflist if not f.name.startswith("Last Resort")]  # all boxes
+            regular_first = sorted(fonts, key=lambda f: (f.style != "normal", f.weight != 400))
         own = font_manager.findfont(text.get_fontproperties())
         drawn = _charmap(own, getattr(own, "face_index", 0))
         left = {c: None for c in content if not c.isspace() and ord(c) not in drawn}  # in order of appearance

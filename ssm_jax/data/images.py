@@ -78,6 +78,7 @@ def _refuse_sixteen_bit_channels(img: Image.Image, path: str, bit_depth: int) ->
     rawmodes = [t.args if isinstance(t.args, str) else t.args[0] for t in img.tile if t.args]
     sixteen = [r for r in rawmodes if isinstance(r, str) and _SIXTEEN_BITS_DECODED_TO_8.fullmatch(r)]
     if bit_depth and bit_depth != 16 and sixteen:
+        _require_valid_bit_depth(bit_depth)  # before it is read into the message (``to_rgb`` checks it later)
         kind = "16-bit grayscale with alpha" if sixteen[0].startswith("LA") else "16-bit colour"
         raise BitDepthError(f"image {path!r} is {kind}, which PIL decodes to 8 bits (each value's high byte), so "
                             f"bit_depth={bit_depth} cannot apply to it; expected 8-bit colour or 16-bit grayscale "
@@ -162,7 +163,6 @@ def rgb_pixels(img: Image.Image, size: int | None = None, path: str = "<memory>"
 
 def load_image(path: str, size: int | None = None, strict: bool = False, bit_depth: int = 0) -> np.ndarray:
     """Decodes ``path`` to uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
-    _require_valid_bit_depth(bit_depth)
     return rgb_pixels(_decode(path, bit_depth), size, path, strict, bit_depth)
 
 
@@ -171,7 +171,6 @@ def image_from_array(array, name: str = "image", bit_depth: int = 0) -> Image.Im
     RGB or (H, W, 4) RGBA, uint8 or uint16 of either byte order. 16-bit colour, which PIL cannot hold, is scaled to
     8 bits here by ``bit_depth`` as 16-bit grayscale is later (0: the full range, its high byte). Anything else
     raises naming ``name`` and what was expected."""
-    _require_valid_bit_depth(bit_depth)
     array = np.asarray(array)
     if array.dtype.kind == "u" and array.dtype.itemsize == 2:
         array = array.astype(np.uint16)  # native byte order (a big-endian camera buffer from np.frombuffer)
@@ -184,6 +183,7 @@ def image_from_array(array, name: str = "image", bit_depth: int = 0) -> Image.Im
         raise ValueError(f"{name} has dtype {array.dtype}; expected uint8 or uint16 pixels (a float image in [0, 1]: "
                          f"(x * 255).round().astype(np.uint8))")
     if array.dtype == np.uint16 and array.ndim == 3:
+        _require_valid_bit_depth(bit_depth)  # read here, before ``to_rgb`` checks it
         array = _scaled_to_8_bits(array[..., :3], 16, name, bit_depth)  # alpha, dropped anyway, scales nothing
     return Image.fromarray(np.ascontiguousarray(array))
 

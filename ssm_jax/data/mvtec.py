@@ -32,12 +32,13 @@ CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leath
 
 def _test_records(cat_dir: str, category: str, require_masks: bool) -> list[Record]:
     test_dir = require_dir(os.path.join(cat_dir, "test"), "test/<defect>/ folders (MVTec AD layout)")
-    if "good" not in subdirs(test_dir):  # said now, not as NaN image metrics after training
+    defects = subdirs(test_dir)
+    if "good" not in defects:  # said now, not as NaN image metrics after training
         warnings.warn(f"category {category!r}: {test_dir} has no good/ folder, so every test image counts as "
                       f"anomalous and its image metrics are undefined; normal test images go in "
                       f"{os.path.join(test_dir, 'good')} (the folder name 'good' is fixed)", stacklevel=3)
     records = []
-    for defect in subdirs(test_dir):
+    for defect in defects:
         files = require_images(os.path.join(test_dir, defect), f"test images of defect {defect!r}")
         if defect == "good":
             records += [Record(p, 0, category, "good") for p in files]
