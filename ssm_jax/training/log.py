@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+from ml_collections import config_dict
 
 
 def write_config(workdir, config) -> None:
@@ -18,17 +19,21 @@ def write_config(workdir, config) -> None:
     path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _tuples(value):
+def _as_written(value):
+    """JSON back into config values: lists as tuples, as the config files write them; None as a placeholder that the
+    command line can still set (``--config.data.source.categories=mono``), which a plain None refuses."""
     if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
+        return {k: _as_written(v) for k, v in value.items()}
     if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
+        return tuple(_as_written(v) for v in value)
+    if value is None:
+        return config_dict.placeholder(object)
     return value
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:
-    """A run's ``config.json`` as the (locked) config it was written from; lists come back as tuples, as the config
-    files write them."""
+    """A run's ``config.json`` as the (locked) config it was written from; lists come back as tuples, and fields that
+    were None stay overridable."""
     path = Path(workdir).expanduser() / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; expected the config.json that train.py writes in its workdir")
@@ -36,7 +41,7 @@ def read_config(workdir) -> ml_collections.ConfigDict:
         values = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); expected the config.json that train.py writes") from err
-    config = ml_collections.ConfigDict(_tuples(values))
+    config = ml_collections.ConfigDict(_as_written(values))
     config.lock()
     return config
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.mambaad_common import mambaad_config
+from configs.mambaad_common import all_categories, mambaad_config
 from ssm_jax.data import replicas
 from ssm_jax.training import classification, run
 from ssm_jax.training.checkpoint import Checkpointer, CheckpointError
@@ -181,6 +181,30 @@ def test_damaged_metrics_log_line_is_named(tmp_path):
     log.path.write_text("\n".join([lines[0], lines[1][:9], lines[2]]) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a JSON record"):
         log.trim_after(3)
+
+
+def test_a_runs_own_config_takes_overrides_of_fields_that_were_none(tmp_path):
+    """``configs/from_run.py`` through eval.py's flag parser: a field that was None in the run (every category, the
+    loader's default root) can still be set, as in the config file it was trained from."""
+    from configs import from_run
+    from ssm_jax.training.log import write_config
+    config = mambaad_config("mvtec", None, epochs=1, categories=all_categories())
+    write_config(tmp_path, config)
+    assert from_run.get_config(str(tmp_path)).to_dict() == config.to_dict()
+    script = ("import sys\nfrom ssm_jax.training import cli\nconfig, _ = cli.define_run_flags('')\n"
+              f"cli.parse_flags(['eval.py', '--config=configs/from_run.py:{tmp_path}', '--workdir=unused']"
+              " + sys.argv[1:])\n"
+              "c = config.value\nprint(repr(c.data.source.categories), repr(c.data.root), c.eval.flag_threshold)\n")
+
+    def parsed(*overrides):
+        done = subprocess.run([sys.executable, "-c", script, *overrides], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert parsed("--config.data.source.categories=bottle", f"--config.data.root={tmp_path}/mvtec",
+                  "--config.eval.flag_threshold=0.31") == f"'bottle' '{tmp_path}/mvtec' 0.31"
+    assert parsed("--config.data.source.categories=('bottle', 'cable')") == "('bottle', 'cable') None 0.0"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # reads in flight, see cli.run
