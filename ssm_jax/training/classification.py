@@ -14,8 +14,8 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import NCE_SIMILARITIES, memorymamba_loss
-from ssm_jax.metrics import (auroc, average_precision, binary_metrics, classification_metrics, flag_column,
-                             flag_rates, operating_point_lines, operating_points)
+from ssm_jax.metrics import (auroc, average_precision, binary_metrics, classification_metrics, display_width,
+                             flag_column, flag_rates, left_justified, operating_point_lines, operating_points)
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions, rows_in_source_order
@@ -349,11 +349,13 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, bina
 
 def format_report(summary: dict) -> str:
     """A per-class table for the terminal."""
-    lines = [f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+    width = max(24, *(display_width(name) + 2 for name in summary["per_class"]))
+    lines = [f"{left_justified('class', width)}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
     for name, r in summary["per_class"].items():
-        lines.append(f"{name:<24}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1']:>10.4f}{int(r['support']):>9}")
-    lines.append(f"{'macro':<24}{summary['precision']:>10.4f}{summary['recall']:>10.4f}{summary['f1']:>10.4f}"
-                 f"{summary['num_images']:>9}")
+        lines.append(f"{left_justified(name, width)}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1']:>10.4f}"
+                     f"{int(r['support']):>9}")
+    lines.append(f"{left_justified('macro', width)}{summary['precision']:>10.4f}{summary['recall']:>10.4f}"
+                 f"{summary['f1']:>10.4f}{summary['num_images']:>9}")
     unreadable = f" ({summary['num_unreadable']} unreadable, skipped)" if summary.get("num_unreadable") else ""
     lines.append(f"accuracy {summary['acc']:.4f} on {summary['num_images']} test images{unreadable}")
     if "binary" in summary:

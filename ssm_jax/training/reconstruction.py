@@ -17,8 +17,8 @@ import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.losses import feature_mse_loss
-from ssm_jax.metrics import (anomaly_metrics_by_category, flag_column, flag_rates, operating_point_lines,
-                             operating_points)
+from ssm_jax.metrics import (anomaly_metrics_by_category, display_width, flag_column, flag_rates, left_justified,
+                             operating_point_lines, operating_points)
 from ssm_jax.models.mambaad import ENCODER_STAGES, anomaly_map_from_features
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
@@ -272,10 +272,11 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, num_
 
 def format_report(summary: dict) -> str:
     """A per-category table for the terminal, metrics in percent ("–": no pixel annotations)."""
-    width = max(12, *(len(name) + 2 for name in summary["per_category"]))
-    lines = [f"{'category':<{width}}" + "".join(f"{header:>9}" for _, header in COLUMNS)]
+    width = max(12, *(display_width(name) + 2 for name in summary["per_category"]))
+    lines = [left_justified("category", width) + "".join(f"{header:>9}" for _, header in COLUMNS)]
     rows = [*summary["per_category"].items(), ("mean", summary["mean"])]
-    lines += [f"{name:<{width}}" + "".join(f"{_percent(m, key):>9}" for key, _ in COLUMNS) for name, m in rows]
+    lines += [left_justified(name, width) + "".join(f"{_percent(m, key):>9}" for key, _ in COLUMNS)
+              for name, m in rows]
     unreadable = f"; {summary['num_unreadable']} unreadable, skipped" if summary["num_unreadable"] else ""
     lines.append(f"{summary['num_images']} test images ({summary['num_anomalous']} anomalous){unreadable}")
     lines += operating_point_lines(summary["at_false_alarms"]["pooled"], summary.get("at_flag_threshold"), "score",
