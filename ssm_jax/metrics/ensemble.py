@@ -4,8 +4,9 @@
     python -m ssm_jax.metrics.ensemble runs/elpv_s* runs/rn34_s* --eval eval_tta_d4
 
 Each argument is a workdir (its ``eval/predictions.csv`` is read, as ``train.py`` and ``eval.py`` write it; ``--eval``
-names another of its evaluations) or a ``predictions.csv`` itself. The runs must have scored the same images with the
-same labels and classes; a mismatch is an error naming the run. Printed: each run's accuracy, then the ensemble's
+names another of its evaluations) or a ``predictions.csv`` itself. The runs must have scored the same images (paths
+compared below the folder each run's images share) with the same labels and classes; a mismatch is an error naming
+the run. Printed: each run's accuracy, then the ensemble's
 accuracy, macro F1 and per-class recall. Whether seeds or networks make different mistakes shows here: an ensemble no
 better than its best member says they miss the same images. The files hold probabilities to 4 decimals, so a near
 tie may break differently than in full precision.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +27,9 @@ from ssm_jax.metrics.over_runs import evaluation_file
 
 
 def read_predictions(path: Path) -> dict:
-    """{paths, labels (class names), classes, probs (N, classes)}, rows sorted by image path."""
+    """{paths, labels (class names), classes, probs (N, classes)}, rows sorted by image path; paths are relative to
+    the folder all of them share, so runs on copies of a dataset at different places (another machine, a packed copy
+    unpacked elsewhere) match."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -40,8 +44,9 @@ def read_predictions(path: Path) -> dict:
         probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: a probability column holds a non-number or is missing ({e})") from e
-    return {"paths": [r["path"] for r in rows], "labels": [r["label"] for r in rows], "classes": classes,
-            "probs": probs}
+    shared = os.path.commonpath([os.path.dirname(r["path"]) for r in rows])
+    return {"paths": [os.path.relpath(r["path"], shared) for r in rows], "labels": [r["label"] for r in rows],
+            "classes": classes, "probs": probs}
 
 
 def ensemble(runs: list, evaluation: str = "eval") -> dict:
@@ -54,8 +59,9 @@ def ensemble(runs: list, evaluation: str = "eval") -> dict:
     for run, other in zip(runs[1:], read[1:]):
         for key in ("classes", "paths", "labels"):
             if other[key] != first[key]:
-                raise ValueError(f"ensemble: {run} differs from {runs[0]} in its {key}; the runs must have scored "
-                                 f"the same images with the same classes")
+                below = " (below the folder they share)" if key == "paths" else ""
+                raise ValueError(f"ensemble: {run} differs from {runs[0]} in its {key}{below}; the runs must have "
+                                 f"scored the same images with the same classes")
     unknown = sorted(set(first["labels"]) - set(first["classes"]))
     if unknown:
         raise ValueError(f"ensemble: labels {unknown} in {runs[0]} are not among its classes {first['classes']}")

@@ -59,6 +59,23 @@ def test_rows_are_matched_by_image_path_not_by_order(tmp_path):
     assert result["accuracies"][0] == result["accuracies"][1] == result["metrics"]["acc"]
 
 
+def test_runs_on_copies_of_the_dataset_at_different_places_are_matched(tmp_path):
+    """A run on the GPU host's unpacked copy and one on the workstation's folder scored the same images."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 4, 6)
+    probs = [random_probs(rng, 6) for _ in range(2)]
+    names = [f"{'mono' if i % 2 else 'poly'}/cell{i:04d}.png" for i in range(6)]
+    a = write_run(tmp_path / "a", probs[0], labels, [f"/tmp/data/elpv_256/images/{n}" for n in names])
+    b = write_run(tmp_path / "b", probs[1], labels, [f"/home/qa/datasets/elpv/images/{n}" for n in names])
+    result = ensemble.ensemble([a, b])
+    expected = np.mean(((probs[0] + probs[1]) / 2).argmax(1) == labels)
+    assert result["metrics"]["acc"] == pytest.approx(expected)
+    c = write_run(tmp_path / "c", probs[1], labels, [f"/home/qa/datasets/elpv/images/{n}" for n in names[:5]]
+                  + ["/home/qa/datasets/elpv/images/poly/cell9999.png"])
+    with pytest.raises(ValueError, match=r"c differs from .*a in its paths \(below the folder they share\)"):
+        ensemble.ensemble([a, c])
+
+
 def test_another_evaluation_folder_and_a_file_are_read(tmp_path):
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 4, 10)
