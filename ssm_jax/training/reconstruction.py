@@ -144,7 +144,9 @@ def _spread(rows: np.ndarray, n: int) -> np.ndarray:
 
 
 def _file_name(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name) or "all"
+    """A category's overlay file name: the name as it is (spaces and any script kept, so "部品 A" and "部品_A" stay
+    apart), less the characters that Windows or a POSIX path refuses."""
+    return re.sub(r'[\x00-\x1f<>:"/\\|?*]', "_", name).rstrip(". ") or "all"
 
 
 def _overlay_title(index: int, record, labelled: bool) -> str:

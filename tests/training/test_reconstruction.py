@@ -242,6 +242,14 @@ def test_evaluation_outputs_from_synthetic_predictions(tmp_path):
     assert "poly" in report and "6 test images (3 anomalous)" in report
 
 
+def test_overlay_file_names_keep_the_category_name_less_what_file_systems_refuse():
+    """Spaces and other scripts stay (so "外壳 部品" and "外壳_部品" get two files); separators, Windows' reserved
+    characters and trailing dots or spaces become "_" or go."""
+    names = {"外壳 部品": "外壳 部品", "外壳_部品": "外壳_部品", "screw": "screw", 'a/b\\c:d*e?f"g<h>i|j': "a_b_c_d_e_f_g_h_i_j",
+             "tab\tname.": "tab_name", "": "all"}
+    assert {name: reconstruction._file_name(name) for name in names} == names
+
+
 def test_overlay_rows_mix_anomalous_and_normal_deterministically():
     labels = np.array([1, 0, 1, 1, 0, 0, 0, 1, 0, 0])
     categories = np.array(["a"] * 8 + ["b"] * 2)
