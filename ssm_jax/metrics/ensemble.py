@@ -6,10 +6,9 @@
 Each argument is a workdir (its ``eval/predictions.csv`` is read, as ``train.py`` and ``eval.py`` write it; ``--eval``
 names another of its evaluations) or a ``predictions.csv`` itself. The runs must have scored the same images (paths
 compared below the folder each run's images share) with the same labels and classes; a mismatch is an error naming
-the run. Printed: each run's accuracy, then the ensemble's
-accuracy, macro F1 and per-class recall. Whether seeds or networks make different mistakes shows here: an ensemble no
-better than its best member says they miss the same images. The files hold probabilities to 4 decimals, so a near
-tie may break differently than in full precision.
+the run. Printed: each run's accuracy, then the ensemble's accuracy, macro F1 and per-class recall. Whether seeds or
+networks make different mistakes shows here: an ensemble no better than its best member says they miss the same
+images. The files hold probabilities to 4 decimals, so a near tie may break differently than in full precision.
 """
 
 from __future__ import annotations
