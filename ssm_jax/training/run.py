@@ -35,6 +35,7 @@ from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
 from ssm_jax.training.optim import count_params, make_optimizer, training_steps
+from ssm_jax.training.state import abstract_state
 from ssm_jax.training.train_set import TrainSet, read_train_set, save_train_set
 from ssm_jax.training.workdir_lock import workdir_lock
 
@@ -312,9 +313,10 @@ class Experiment:
         self.total_steps = training_steps(config.train, len(self.train_source))
         self.model = build_model(config)
         tx = make_optimizer(config.optim, self.total_steps, frozen=self.family.frozen)
-        self.state = self.family.module.create_state(self.model, tx, jax.random.PRNGKey(config.seed),
-                                                     config.data.image_size, self.mesh,
-                                                     **self.family.state_kwargs(config, self.train_source, resuming))
+        create = functools.partial(self.family.module.create_state, self.model, tx, jax.random.PRNGKey(config.seed),
+                                   config.data.image_size, self.mesh,
+                                   **self.family.state_kwargs(config, self.train_source, resuming))
+        self.state = abstract_state(create, self.mesh) if resuming else create()  # resuming: the restore fills it
         self.checkpointer = Checkpointer(self.workdir, model_fingerprint(config.model.name, self.state.params),
                                          config.train.max_to_keep)
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax.training import train_state
 
-from ssm_jax.training.mesh import replicate
+from ssm_jax.training.mesh import replicate, replicated_sharding
 
 
 class TrainState(train_state.TrainState):
@@ -33,8 +33,11 @@ INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
 
 def init_variables(model, rng, image_size: int) -> dict:
-    """``model.init`` on one zero image (inference mode), compiled with ``INIT_COMPILER_OPTIONS``."""
+    """``model.init`` on one zero image (inference mode), compiled with ``INIT_COMPILER_OPTIONS``; traced as it is
+    under ``abstract_state``."""
     image = jnp.zeros((1, image_size, image_size, 3))
+    if isinstance(rng, jax.core.Tracer):
+        return model.init(rng, image, train=False)
     lowered = jax.jit(model.init, static_argnames="train").lower(rng, image, train=False)
     return lowered.compile(compiler_options=INIT_COMPILER_OPTIONS.get(jax.default_backend(), {}))(rng, image)
 
@@ -47,3 +50,12 @@ def create_state(model, tx, rng, image_size: int, mesh, prepare: Callable[[dict]
     params = variables.pop("params")
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables, rng=run_rng)
     return replicate(state, mesh)
+
+
+def abstract_state(create: Callable[[], TrainState], mesh) -> TrainState:
+    """The state ``create`` builds, as the shapes, dtypes and placement alone, with no initialisation compiled or run:
+    all a checkpoint restore needs (a resumed run, eval.py, a Predictor). The initialisation of a large network is
+    the slow part of starting from a checkpoint, and its arrays would sit beside the restored ones."""
+    sharding = replicated_sharding(mesh)
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                        jax.eval_shape(create))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from ssm_jax.training import state as state_lib
 from ssm_jax.training.mesh import make_mesh
@@ -43,3 +44,20 @@ def test_state_holds_params_model_state_and_its_own_key():
     for g, w in zip(jax.tree.leaves(state.params), jax.tree.leaves(variables["params"])):
         np.testing.assert_array_equal(g, w)
     np.testing.assert_array_equal(state.rng, run_rng)
+
+
+def test_abstract_state_is_the_states_shapes_and_placement_without_running_the_initialisation(monkeypatch):
+    """What a checkpoint restore is given: the same tree, shapes, dtypes and shardings as the built state (Adam's
+    moments, batch statistics, the step and key too), while nothing is compiled or run to make it."""
+    model, mesh, tx = ConvBatchNormHead(), make_mesh(), optax.adamw(1e-3)
+
+    def create():
+        return state_lib.create_state(model, tx, jax.random.PRNGKey(7), 8, mesh)
+
+    built = create()
+    monkeypatch.setattr(jax.stages.Lowered, "compile", lambda *args, **kwargs: pytest.fail("compiled"))
+    abstract = state_lib.abstract_state(create, mesh)
+    assert jax.tree.structure(abstract) == jax.tree.structure(built) and mesh.devices.size == 4
+    for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(built)):
+        assert isinstance(a, jax.ShapeDtypeStruct)
+        assert (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
