@@ -20,8 +20,9 @@ def write_config(workdir, config) -> None:
 
 
 def _as_written(value):
-    """JSON back into config values: lists as tuples, as the config files write them; None as a placeholder that the
-    command line can still set (``--config.data.source.categories=mono``), which a plain None refuses."""
+    """JSON back into config values: lists as tuples, as the config files write them; None as an empty field of
+    ml_collections' ``placeholder`` kind, as ``configs/common.py`` declares such fields, since only that kind takes a
+    command-line value (``--config.data.source.categories=mono``) where a plain None refuses one."""
     if isinstance(value, dict):
         return {k: _as_written(v) for k, v in value.items()}
     if isinstance(value, list):
