@@ -136,6 +136,13 @@ def _to_8_bits(img: Image.Image, path: str, bit_depth: int) -> Image.Image:
 def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False, bit_depth: int = 0) -> Image.Image:
     """Applies the module's colour rule; ``strict`` raises on anything but RGB; ``bit_depth`` (0: the type's range)
     scales 16/32-bit grayscale."""
+    img = _gray_or_rgb(img, path, strict, bit_depth)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _gray_or_rgb(img: Image.Image, path: str, strict: bool, bit_depth: int) -> Image.Image:
+    """The colour rule but for its last step: grayscale images (8-bit, bilevel, with alpha, 16/32-bit scaled to 8)
+    come out ``L``, to be replicated to three channels by ``to_rgb``; all others ``RGB``."""
     _require_valid_bit_depth(bit_depth)
     if img.mode == "RGB":
         return img
@@ -147,6 +154,8 @@ def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False, bit_d
                                 f"it first")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = _to_8_bits(img, path, bit_depth)
+    if img.mode in ("L", "1", "LA"):
+        return img if img.mode == "L" else img.convert("L")
     if img.mode == "P":
         img = img.convert("RGBA")
     return img.convert("RGB")
@@ -154,11 +163,13 @@ def to_rgb(img: Image.Image, path: str = "<memory>", strict: bool = False, bit_d
 
 def rgb_pixels(img: Image.Image, size: int | None = None, path: str = "<memory>", strict: bool = False,
                bit_depth: int = 0) -> np.ndarray:
-    """``img`` after the colour rule as uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``."""
-    img = to_rgb(img, path, strict, bit_depth)
+    """``img`` after the colour rule as uint8 (H, W, 3), optionally resized (bilinear) to ``size`` x ``size``.
+    Grayscale is resized before it is replicated to three channels: the same pixels, since bilinear resizing treats
+    each channel alone, for a third of the work (most inspection cameras are grayscale)."""
+    img = _gray_or_rgb(img, path, strict, bit_depth)
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
 
 def load_image(path: str, size: int | None = None, strict: bool = False, bit_depth: int = 0) -> np.ndarray:

@@ -189,6 +189,24 @@ def test_a_run_saved_without_skip_corrupt_resumes_with_it(replica):
         list(make_pipeline(get_source("folder", root, "all"), **kw))
 
 
+@pytest.mark.parametrize("side", [300, 64, 17])
+def test_grayscale_resized_before_it_becomes_rgb_gives_the_same_pixels(side):
+    """rgb_pixels resizes grayscale (8-bit, bilevel, with alpha, 16-bit) before replicating it to three channels:
+    exactly PIL's RGB-first resize, down (1024 x 1280 camera frames) and up."""
+    rng = np.random.default_rng(side)
+    gray = rng.integers(0, 256, (1024, 1280) if side == 300 else (40, 52), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, gray.shape, dtype=np.uint16)
+    alpha = rng.integers(0, 256, gray.shape, dtype=np.uint8)
+    cases = [(Image.fromarray(gray), gray), (Image.fromarray(gray > 127), np.where(gray > 127, 255, 0)),
+             (Image.fromarray(np.stack([gray, alpha], -1), "LA"), gray),
+             (Image.fromarray(gray16), gray16 >> 8)]
+    for img, eight_bits in cases:
+        rgb_first = Image.fromarray(np.repeat(eight_bits.astype(np.uint8)[..., None], 3, -1), "RGB")
+        expected = np.asarray(rgb_first.resize((side, side), Image.BILINEAR))
+        np.testing.assert_array_equal(rgb_pixels(img, side), expected, err_msg=img.mode)
+    assert rgb_pixels(Image.fromarray(gray), side).shape == (side, side, 3)
+
+
 def test_arrays_become_the_images_their_files_decode_to(tmp_path):
     """image_from_array: grayscale 8/16-bit, (H, W, 1), RGB and RGBA pixels give what a PNG of them loads as;
     other dtypes and shapes are refused by name."""
