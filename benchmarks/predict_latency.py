@@ -1,11 +1,12 @@
 """A trained run's prediction latency as a line sees it: ``ssm_jax.inference.Predictor`` on camera-sized frames.
 
-    python benchmarks/predict_latency.py --run runs/parts [--batches 1,8] [--calls 20] [--frame 1024x1280]
+    python benchmarks/predict_latency.py --run runs/parts [--batches 1,8] [--calls 20] [--frame 1024x1280] [--workers 8]
 
 Each row times ``predictor(frames)`` end to end (NumPy frames in, NumPy results out: resizing, normalisation, the
 transfer, the model and its maps), median over ``--calls`` after a compiling call, and, apart, the preprocessing
-alone (``predictor.pixels`` of every frame). Frames are random uint8 grayscale of ``--frame`` HxW (grayscale, as
-line cameras mostly are). Prints a table and appends each row as JSON to ``--json`` when given.
+alone (``predictor.pixels`` of every frame, one after another: one thread's work, which the Predictor spreads over
+``--workers`` threads). Frames are random uint8 grayscale of ``--frame`` HxW (grayscale, as line cameras mostly
+are). Prints a table and appends each row as JSON to ``--json`` when given.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", default="1,8", help="comma-separated batch lengths")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per batch length")
     parser.add_argument("--frame", type=frame_shape, default=(1024, 1280), help="HEIGHTxWIDTH of the frames")
+    parser.add_argument("--workers", type=int, help="threads preparing images (default: the cores, at most 8)")
     parser.add_argument("--json", help="append each row as a JSON line to this file")
     args = parser.parse_args(argv)
     import jax
@@ -60,16 +62,17 @@ def main(argv=None) -> None:
     from ssm_jax.inference import Predictor
 
     start = time.perf_counter()
-    predictor = Predictor.from_run(args.run)
+    predictor = Predictor.from_run(args.run, workers=args.workers)
     print(f"{args.run}: {predictor.config.model.name} at {predictor.size} px on {jax.devices()[0].device_kind}, "
-          f"restored in {time.perf_counter() - start:.1f} s")
+          f"restored in {time.perf_counter() - start:.1f} s; {predictor.workers} threads preparing images")
     print(f"{'batch':>6}{'frame':>12}{'call ms':>10}{'preprocess ms':>15}{'images/s':>10}")
     for row in latency_rows(predictor, [int(b) for b in args.batches.split(",")], args.calls, args.frame):
         print(f"{row['batch']:>6}{row['frame']:>12}{row['call_ms']:>10.1f}{row['preprocess_ms']:>15.1f}"
               f"{row['images_per_s']:>10.1f}", flush=True)
         if args.json:
             with open(args.json, "a") as f:
-                f.write(json.dumps({"run": args.run, "device": jax.devices()[0].device_kind, **row}) + "\n")
+                f.write(json.dumps({"run": args.run, "device": jax.devices()[0].device_kind,
+                                    "workers": predictor.workers, **row}) + "\n")
 
 
 if __name__ == "__main__":

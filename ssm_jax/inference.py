@@ -15,6 +15,7 @@ image file and its pixels in memory give the same prediction, and the same as ``
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -41,6 +42,19 @@ def _dotted(overrides: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
+def _fetched(count: int, out: dict) -> dict:
+    """A batch's results on the host, without the padding rows that filled the last batch across the devices."""
+    return {k: np.asarray(v)[:count] for k, v in out.items()}
+
+
+def _thread_count(workers: int | None) -> int:
+    """The threads preparing images: ``workers``, or None for the machine's cores, at most 8."""
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers={workers}; expected at least 1 thread preparing images")
+    return workers
+
+
 def _refuse_pretraining(task: str) -> None:
     if task == "pretraining":
         raise ValueError("a config.task='pretraining' run predicts no classes or anomalies; predict with a run "
@@ -59,12 +73,13 @@ class Predictor:
     * with ``eval.flag_threshold`` set: ``flagged`` (B,) bool, as the ``flagged`` column of eval's CSVs.
 
     Arrays are RGB (OpenCV's BGR frames: ``frame[..., ::-1]``), or grayscale. Up to ``train.eval_batch_size``
-    images go through the model at once, in one compiled program per batch length. Only the parameters evaluated
-    (the moving average with ``optim.ema_decay``) and the model's state are kept, not the optimizer's state (under
-    Adam two moments per trained parameter: MemoryMamba's is a third of its train state, MambaAD's frozen encoder
-    has none, so a half)."""
+    images go through the model at once, in one compiled program per batch length. Each batch's images are prepared
+    by ``workers`` threads (PIL resizes outside Python's lock), while the model runs on the batch before. Only the
+    parameters evaluated (the moving average with ``optim.ema_decay``) and the model's state are kept, not the
+    optimizer's state (under Adam two moments per trained parameter: MemoryMamba's is a third of its train state,
+    MambaAD's frozen encoder has none, so a half)."""
 
-    def __init__(self, experiment: Experiment):
+    def __init__(self, experiment: Experiment, workers: int | None = None):
         family = experiment.family
         _refuse_pretraining(experiment.config.task)
         self.config, self.mesh = experiment.config, experiment.mesh
@@ -75,15 +90,18 @@ class Predictor:
                               bit_depth=train_set.bit_depth)
         self._state = experiment.state.replace(params=eval_params(experiment.state), opt_state=())
         self._step = family.module.make_predict_step(self.mesh, **family.predict_kwargs(self.config))
+        self.workers = _thread_count(workers)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="predictor")
 
     @classmethod
-    def from_run(cls, workdir, overrides: dict | None = None) -> Predictor:
+    def from_run(cls, workdir, overrides: dict | None = None, workers: int | None = None) -> Predictor:
         """The run in ``workdir`` at its latest checkpoint, with its own config (``config.json``); ``overrides``
         changes fields by dotted name as ``--config.`` flags do, e.g. ``{"eval.flag_threshold": 0.31}`` (or nested,
-        ``{"eval": {"flag_threshold": 0.31}}``)."""
+        ``{"eval": {"flag_threshold": 0.31}}``). ``workers``: threads preparing images (None: the cores, at most 8)."""
         if jax.process_count() > 1:
             raise RuntimeError("Predictor runs in one process; a multi-process job predicts a folder with eval.py "
                                "--predict_dir")
+        workers = _thread_count(workers)  # before the restore, which takes seconds
         config = read_config(workdir)
         _refuse_pretraining(config.task)
         try:
@@ -94,7 +112,7 @@ class Predictor:
                              f"{reason}") from None
         experiment = Experiment.for_eval(config, workdir, predict_only=True)
         try:
-            return cls(experiment)
+            return cls(experiment, workers)
         finally:
             experiment.checkpointer.close()  # restored: its manager's threads and the full train state can go
 
@@ -124,18 +142,24 @@ class Predictor:
         if isinstance(images, (str, os.PathLike)) or (shape is not None and len(shape) != 4):
             raise ValueError(f"Predictor takes a sequence of images: a list, or one (batch, height, width, channels) "
                              f"array{'' if shape is None else f', not {tuple(shape)}'}; for one image, pass [image]")
-        batch = np.stack([self.pixels(image, f"image {i}") for i, image in enumerate(images)]) if len(images) \
-            else np.zeros((0, self.size, self.size, 3), np.uint8)
         chunk, devices = self.config.train.eval_batch_size, self.mesh.devices.size
-        outputs = []
-        for start in range(0, len(batch), chunk):
-            part = normalize(batch[start:start + chunk])
-            padding = -len(part) % devices
-            padded = np.concatenate([part, np.zeros((padding,) + part.shape[1:], part.dtype)])
-            out = self._step(self._state, shard_batch({"image": padded}, self.mesh)["image"])
-            outputs.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
+        named = [(image, f"image {i}") for i, image in enumerate(images)]
+        outputs, running = [], None  # one batch on the device while the next is prepared, at most two held there
+        for start in range(0, len(named), chunk):
+            part = self._prepared(named[start:start + chunk])
+            padded = np.concatenate([part, np.zeros((-len(part) % devices,) + part.shape[1:], part.dtype)])
+            dispatched = (len(part), self._step(self._state, shard_batch({"image": padded}, self.mesh)["image"]))
+            if running:
+                outputs.append(_fetched(*running))
+            running = dispatched
+        if running:
+            outputs.append(_fetched(*running))
         return self._finish({k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs
                             else self._empty())
+
+    def _prepared(self, named: list) -> np.ndarray:
+        """(image, name) pairs as one normalised batch, each image prepared by one of the pool's threads."""
+        return normalize(np.stack(list(self._pool.map(lambda pair: self.pixels(*pair), named))))
 
     def _empty(self) -> dict:
         if self.task == "classification":

@@ -71,6 +71,21 @@ def test_batches_longer_than_the_evaluations_split_and_pad_alike(workdir):
     assert empty["probs"].shape == (0, 3) and empty["predicted"].shape == (0,)
 
 
+def test_images_prepared_by_threads_predict_as_by_one(workdir):
+    """Three batches (8, 8, 3), prepared by three threads while the batch before runs: the results of one thread, in
+    order; a bad image in the second batch is named by its place in the call."""
+    images = list(np.random.default_rng(3).integers(0, 256, (19, 20, 20, 3), dtype=np.uint8))
+    images[4] = images[4][..., 0]  # grayscale among the colour frames
+    alone = Predictor.from_run(workdir, workers=1)(images)["probs"]
+    threaded = Predictor.from_run(workdir, workers=3)
+    np.testing.assert_array_equal(threaded(images)["probs"], alone)
+    assert alone.shape == (19, 3)
+    with pytest.raises(ValueError, match="image 9 has dtype float32"):
+        threaded([*images[:9], images[9].astype(np.float32), *images[10:]])
+    with pytest.raises(ValueError, match="workers=0; expected at least 1"):
+        Predictor.from_run(workdir, workers=0)
+
+
 def test_overrides_flag_images_as_eval_does(workdir):
     predictor = Predictor.from_run(workdir, {"eval.binary_from": 1, "eval.flag_threshold": 0.6})
     out = predictor(list(_forms(2).values()))
@@ -168,9 +183,10 @@ def test_latency_benchmark_times_the_predictor_on_frames(workdir, tmp_path, caps
     """benchmarks/predict_latency.py on the tiny run: one row per batch length, printed and appended as JSON."""
     rows_path = tmp_path / "latency.jsonl"
     predict_latency.main(["--run", str(workdir), "--batches", "1,5", "--calls", "2", "--frame", "40x30",
-                          "--json", str(rows_path)])
+                          "--workers", "2", "--json", str(rows_path)])
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
-    assert [(r["batch"], r["frame"], r["size"]) for r in rows] == [(1, "40x30", 16), (5, "40x30", 16)]
+    assert [(r["batch"], r["frame"], r["size"], r["workers"]) for r in rows] == [(1, "40x30", 16, 2),
+                                                                                 (5, "40x30", 16, 2)]
     for row in rows:
         assert row["call_ms"] > 0 and row["preprocess_ms"] > 0
         assert row["images_per_s"] == pytest.approx(1e3 * row["batch"] / row["call_ms"])
