@@ -19,6 +19,7 @@ ptxas info    : Function properties for selective_scan_bwd
 ptxas info    : Used 255 registers, used 1 barriers"""
 
 
+@pytest.mark.slow  # the kernels lowered for the GPU on the CPU: in the slow run, keeping CI's run short
 def test_captures_each_kernel_with_its_warps():
     """split lowers six kernels for forward+backward: summaries, the chain (one warp) and walks, forward warps then
     backward warps; four with the chain left to XLA."""
@@ -147,6 +148,7 @@ def test_loop_bounds_count_issue_and_mufu_clocks_over_every_warp(vmamba_forward)
     assert abs(third["issue"] - bounds["issue"]) < 1e-9 and abs(third["mufu"] - bounds["mufu"]) < 1e-9
 
 
+@pytest.mark.slow  # the kernels lowered for the GPU on the CPU: in the slow run, keeping CI's run short
 def test_paired_chunks_reach_the_forward_and_summary_walks_only():
     """``pair_chunks`` (config field pair) takes the forward walk and the adjoint summaries to two chunks a loop
     iteration and the segment-state kernel, which loads two chunks ahead, to three; the backward's walk, which loads a

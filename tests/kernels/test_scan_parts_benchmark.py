@@ -16,7 +16,7 @@ TWO_SEGMENTS = Shape("two segments", 1, 2 * SEGMENT, 16, 4)
 ORDER = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")  # selective_scan's float inputs
 
 
-@pytest.mark.parametrize("wide_forward", [False, True])
+@pytest.mark.parametrize("wide_forward", [False, pytest.param(True, marks=pytest.mark.slow)])  # True: the slow run
 def test_parts_compose_to_the_whole_scan(wide_forward, monkeypatch):
     """Also with the forward's channel blocks wider than the backward's (as on the GPU's larger grids), where the
     reductions must take the backward's blocks."""

@@ -42,10 +42,10 @@ def test_outputs_the_pixels_each_feature_cell_covers():
     model = _model()
     variables = jax.jit(model.init)(KEY, IMAGES)
     assert "mask_token" in variables["params"]["backbone"]  # created even without a mask, for every later step
-    out = model.apply(variables, IMAGES)
+    out = jax.jit(model.apply)(variables, IMAGES)
     assert out["reconstruction"].shape == IMAGES.shape and out["pixel_mask"].shape == (2, 32, 32)
-    features = model.apply(variables, IMAGES, method=lambda m, x: m.backbone(x, token_mask=jnp.zeros(
-        (2, 8, 8), bool))["feature_map"])
+    features = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.backbone(x, token_mask=jnp.zeros(
+        (2, 8, 8), bool))["feature_map"]))(variables, IMAGES)
     kernel, bias = (np.asarray(variables["params"]["decoder"][k]) for k in ("kernel", "bias"))
     block = (np.asarray(features)[1, 2, 3] @ kernel + bias).reshape(8, 8, 3)
     np.testing.assert_allclose(np.asarray(out["reconstruction"])[1, 16:24, 24:32], block, rtol=1e-4, atol=1e-5)
@@ -55,13 +55,14 @@ def test_mask_token_replaces_the_hidden_patches_only():
     model = _model()
     variables = jax.jit(model.init)(KEY, IMAGES)
     mask = jnp.zeros((2, 4, 4), bool).at[0, 1, 2].set(True)
-    plain, hidden = model.apply(variables, IMAGES), model.apply(variables, IMAGES, mask=mask)
+    apply = jax.jit(model.apply)
+    plain, hidden = apply(variables, IMAGES), apply(variables, IMAGES, mask=mask)
     assert np.asarray(hidden["pixel_mask"]).sum() == 64 and bool(hidden["pixel_mask"][0, 8, 16])
     assert not np.allclose(plain["reconstruction"][0], hidden["reconstruction"][0])  # the scan spreads it
     np.testing.assert_allclose(plain["reconstruction"][1], hidden["reconstruction"][1], rtol=1e-5, atol=1e-6)
     # With the hidden patches' pixels changed, the output is the same: the model never sees them.
     noise = IMAGES.at[0, 8:16, 16:24].add(5.0)
-    np.testing.assert_allclose(model.apply(variables, noise, mask=mask)["reconstruction"], hidden["reconstruction"],
+    np.testing.assert_allclose(apply(variables, noise, mask=mask)["reconstruction"], hidden["reconstruction"],
                                rtol=1e-5, atol=1e-5)
 
 
