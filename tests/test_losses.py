@@ -145,8 +145,9 @@ def test_memorymamba_loss_and_grads():
     np.testing.assert_allclose(total, cls + lam_c * con + lam_f * nce, rtol=RTOL)
 
     grads = jax.jit(jax.grad(lambda o: fn(o)[0]))(jax.tree.map(jnp.asarray, outputs))
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
-    assert float(jnp.abs(grads["coarse_queries"][0]).sum()) > 0 and float(jnp.abs(grads["fine_memory"][1]).sum()) > 0
+    grads = jax.device_get(grads)  # checked in NumPy: a jnp op per leaf shape would compile each
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    assert float(np.abs(grads["coarse_queries"][0]).sum()) > 0 and float(np.abs(grads["fine_memory"][1]).sum()) > 0
 
     smoothed, smoothed_parts = memorymamba_loss(outputs, jnp.asarray(labels), lam_c, lam_f, margin, tau, 0.1,
                                                 np.array([1.0, 2.0, 3.0, 0.5], np.float32))

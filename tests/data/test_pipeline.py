@@ -112,7 +112,7 @@ def _pairs(ds):
             yield (img, mask), int(idx)
 
 
-@pytest.mark.parametrize("class_balance", [0.0, 0.5])
+@pytest.mark.parametrize("class_balance", [pytest.param(0.0, marks=pytest.mark.slow), 0.5])  # ~18 s each
 def test_training_batches_are_the_same_with_any_worker_count(folder, class_balance):
     """Each worker makes whole batches of the one shuffled, augmented stream: a seed gives the same run with 0, 2 or
     3 workers (grain's per-worker batching grouped the examples by worker count)."""
@@ -127,7 +127,7 @@ def test_training_batches_are_the_same_with_any_worker_count(folder, class_balan
         it.close()
 
 
-@pytest.mark.parametrize("saved_with,resumed_with", [(2, 0), (0, 3), (2, 3)])
+@pytest.mark.parametrize("saved_with,resumed_with", [(2, 0), (0, 3), pytest.param(2, 3, marks=pytest.mark.slow)])
 def test_training_resumes_with_another_worker_count(folder, saved_with, resumed_with):
     kw = {**KW, "batch_size": 2, "seed": 3}
     it = iter(make_pipeline(folder, **{**kw, "num_workers": saved_with}))
@@ -208,7 +208,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how", ["to_the_end", "SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("how", ["to_the_end", "SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])  # ~20 s each
 def test_worker_batches_leave_no_shared_memory_at_exit(replica_root, how):
     """A process that read batches from worker processes exits without the resource tracker's "leaked
     shared_memory objects" warning: grain's queued unlinks are finished at exit, and the workers leave a SIGTERM or

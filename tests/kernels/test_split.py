@@ -72,6 +72,16 @@ CASES = [
 ]
 
 
+# The default run takes the gradients of the default walk (several segments, one, one chunk a segment) and of the
+# chain in XLA; each other option's gradient case is in the slow run (each compiles its kernels for 4-9 s here).
+GRADIENTS_BY_DEFAULT = {"all-options-groups-6-segments-odd-L", "plain-3-segments",
+                        "all-options-one-segment-serial-path", "all-options-delta-discretised-outside",
+                        "all-options-one-chunk-a-segment-paired", "one-segment-three-chunks-paired",
+                        "all-options-xla-chain-6-segments"}
+GRADIENT_CASES = [pytest.param(*case.values, id=case.id,
+                               marks=() if case.id in GRADIENTS_BY_DEFAULT else pytest.mark.slow) for case in CASES]
+
+
 def scan(impl, x, opts, blocks):
     kw = dict(delta_softplus=opts.get("delta_softplus", False), return_last_state=opts.get("return_last_state", False))
     if impl == "split":
@@ -92,7 +102,7 @@ def test_forward_matches_float64_reference(shape, opts, blocks):
     assert rel_err(out, y_ref) < 1e-5
 
 
-@pytest.mark.parametrize("shape,opts,blocks", CASES)
+@pytest.mark.parametrize("shape,opts,blocks", GRADIENT_CASES)
 def test_gradients_match_sequential_scan(shape, opts, blocks):
     """The differentiated forward's outputs (it also writes checkpoints) and every input's gradient."""
     x = make_inputs(2, *shape, **opts)  # absent options stay None: empty pytrees to jax.vjp

@@ -69,9 +69,10 @@ def test_jit_vmap_grad(params):
     np.testing.assert_allclose(per_image, logits, rtol=1e-5, atol=1e-6)
     assert bool(jnp.all(jnp.isfinite(logits))) and bool(jnp.isfinite(total))
     assert float(parts["cls"]) != float(cross_entropy(logits, labels))  # stochastic depth: on only in training
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    grads = jax.device_get(grads)  # checked in NumPy: a jnp op per leaf shape would compile each
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     for name in ("coarse_memory", "fine_memory", "fine_proj", "fusion", "ss2d"):  # every part is trained
-        assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads["stage1_block0"][name]))) > 0, name
+        assert float(sum(np.abs(g).sum() for g in jax.tree.leaves(grads["stage1_block0"][name]))) > 0, name
 
 
 @pytest.mark.parametrize("coarse,fine,fusion", [(True, True, True), (False, True, True), (True, False, True),

@@ -21,6 +21,7 @@ TINY = dict(depths=(1, 3), dims=(16, 32), d_state=2, coarse_size=8, fine_size=6,
 IMAGES = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
 LABELS = jnp.array([1, 3])
 TOL = dict(rtol=1e-5, atol=1e-6)
+stack, unstack = jax.jit(stack_blocks), jax.jit(unstack_blocks)  # eagerly, each leaf shape compiles on its own
 
 
 def _model(**overrides):
@@ -32,7 +33,7 @@ def params():
     """Per-block layout parameters of the tiny model (every layout/remat variant loads them, converted).
 
     Initialised in the scanned layout (compiles faster) and unstacked."""
-    return unstack_blocks(jax.jit(_model(scan_blocks=True).init)(KEY, IMAGES)["params"])
+    return unstack(jax.jit(_model(scan_blocks=True).init)(KEY, IMAGES)["params"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,9 +54,9 @@ def _run_fn(scan_blocks: bool, remat: str, with_eval: bool):
 
 def _run(params, scan_blocks: bool, remat: str = "none", with_eval: bool = False):
     """Outputs and gradients of a variant, with the gradient given back in the per-block layout."""
-    train_out, grads, *eval_out = _run_fn(scan_blocks, remat, with_eval)(stack_blocks(params) if scan_blocks
+    train_out, grads, *eval_out = _run_fn(scan_blocks, remat, with_eval)(stack(params) if scan_blocks
                                                                           else params)
-    return (train_out, unstack_blocks(grads) if scan_blocks else grads, *eval_out)
+    return (train_out, unstack(grads) if scan_blocks else grads, *eval_out)
 
 
 def _assert_trees_close(actual, expected, tol=TOL):
@@ -90,13 +91,13 @@ def test_remat_gives_the_same_outputs_and_gradients(params, scan_blocks):
 
 
 def test_layout_conversion_round_trip_is_exact(params):
-    stacked = stack_blocks(params)
+    stacked = stack(params)
     expected = jax.eval_shape(_model(scan_blocks=True).init, KEY, IMAGES)["params"]
     assert jax.tree.map(lambda a: a.shape, stacked) == jax.tree.map(lambda a: a.shape, expected)
     assert set(stacked) == {"patch_embed", "stage0_blocks", "stage1_downsample", "stage1_blocks", "norm", "head"}
     np.testing.assert_array_equal(stacked["stage1_blocks"]["linear_in"]["kernel"][2],
                                   params["stage1_block2"]["linear_in"]["kernel"])
-    for back, original in ((unstack_blocks(stacked), params), (stack_blocks(unstack_blocks(stacked)), stacked)):
+    for back, original in ((unstack(stacked), params), (stack(unstack(stacked)), stacked)):
         assert jax.tree.structure(back) == jax.tree.structure(original)
         jax.tree.map(np.testing.assert_array_equal, back, original)
 

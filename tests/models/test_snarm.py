@@ -96,18 +96,18 @@ def test_navigated_block_runs_the_mixer_on_non_references_only():
     refs[:, rng.choice(h * w, 10, replace=False)] = True
     sequence = navigation_sequences(jnp.asarray(refs), scan_orders("sweep", h, w, k), 10)
     block = NavigatedMambaBlock(scan_impl="sequential")
-    params = block.init(jax.random.key(0), hidden, None, sequence, h, w)["params"]
+    params = jax.jit(block.init, static_argnums=(4, 5))(jax.random.key(0), hidden, None, sequence, h, w)["params"]
     out, stream = block.apply({"params": params}, hidden, None, sequence, h, w)
     np.testing.assert_array_equal(np.asarray(stream), np.asarray(hidden))  # the first block's stream is its input
     normed = nn.RMSNorm(epsilon=1e-5).apply({"params": params["norm"]}, hidden)
     conv = nn.Conv(e, (3, 3), padding=((1, 1), (1, 1))).apply({"params": params["conv"]},
                                                               normed.reshape(b * k, h, w, e)).reshape(b, k, h * w, e)
-    mixer = MambaMixer(e, 4, 4, 2, scan_impl="sequential")
+    mix = jax.jit(MambaMixer(e, 4, 4, 2, scan_impl="sequential").apply)
     for bi in range(b):
         np.testing.assert_allclose(np.asarray(out[bi][:, refs[bi]]), np.asarray(conv[bi][:, refs[bi]]), rtol=1e-6)
         for ki in range(k):
             idx = np.asarray(sequence[bi, ki])
-            mixed = mixer.apply({"params": params["mixer"]}, conv[bi, ki][idx][None])[0]
+            mixed = mix({"params": params["mixer"]}, conv[bi, ki][idx][None])[0]
             np.testing.assert_allclose(np.asarray(out[bi, ki][idx]), np.asarray(mixed), rtol=1e-5, atol=1e-6)
 
 
@@ -163,12 +163,13 @@ def test_gradients_reach_the_heads_not_the_encoder(model_and_variables):
 
 
 def test_bad_settings_are_named():
+    """Named while tracing (``eval_shape``: nothing is compiled)."""
     images = jnp.zeros((1, 64, 64, 3))
     with pytest.raises(ValueError, match="unknown SNARM encoder 'vgg16'"):
-        tiny(encoder="vgg16").init(jax.random.key(0), images)
+        jax.eval_shape(tiny(encoder="vgg16").init, jax.random.key(0), images)
     with pytest.raises(ValueError, match="self_ratio=1.0 gives 64 reference patches of 64"):
-        tiny(self_ratio=1.0).init(jax.random.key(0), images)
+        jax.eval_shape(tiny(self_ratio=1.0).init, jax.random.key(0), images)
     with pytest.raises(ValueError, match="feature_dim=33 must be divisible by the 2 feature layers"):
-        tiny(feature_dim=33).init(jax.random.key(0), images)
+        jax.eval_shape(tiny(feature_dim=33).init, jax.random.key(0), images)
     with pytest.raises(ValueError, match=r"expected \(batch, height, width, 3\)"):
-        tiny().init(jax.random.key(0), jnp.zeros((64, 64, 3)))
+        jax.eval_shape(tiny().init, jax.random.key(0), jnp.zeros((64, 64, 3)))

@@ -108,8 +108,9 @@ def test_impls_agree_and_jit_vmap_grad():
     y_seq, y_vmap, grads = run(variables, xs)
     np.testing.assert_allclose(y_vmap[0], y_seq, rtol=1e-5, atol=1e-6)
     assert y_vmap.shape == xs.shape
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
-    assert float(jnp.abs(grads["params"]["A_logs"]).sum()) > 0
+    grads = jax.device_get(grads)  # checked in NumPy: a jnp op per leaf shape would compile each
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    assert float(np.abs(grads["params"]["A_logs"]).sum()) > 0
 
 
 def test_an_image_without_its_batch_axis_is_named():

@@ -1,4 +1,7 @@
-"""Every selective_scan impl against the float64 NumPy recurrence, forward and gradients, plus bad input."""
+"""Every selective_scan impl against the float64 NumPy recurrence, forward and gradients, plus bad input.
+
+The forward and gradient comparisons are jitted: run eagerly, each primitive compiles on its own, about four times the
+time on CPU. ``test_chunked_any_chunk_size`` and ``test_bfloat16_inputs_within_1e2`` call the scan eagerly."""
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +37,9 @@ def test_forward_matches_float64_reference(impl, case):
     args = _inputs(case)
     softplus = case[-1]
     y_ref, last_ref = selective_scan_numpy(**args, delta_softplus=softplus)
-    y, last = selective_scan(**{k: jnp.asarray(v) for k, v in args.items()}, delta_softplus=softplus,
-                             return_last_state=True, impl=impl, chunk_size=16)
+    scan = jax.jit(lambda a: selective_scan(**a, delta_softplus=softplus, return_last_state=True, impl=impl,
+                                            chunk_size=16))
+    y, last = scan({k: jnp.asarray(v) for k, v in args.items()})
     assert y.dtype == jnp.float32 and y.shape == y_ref.shape and last.shape == last_ref.shape
     assert rel_err(y, y_ref) < 1e-5
     assert rel_err(last, last_ref) < 1e-5
@@ -68,7 +72,7 @@ def test_gradients_match_finite_differences():
         for impl in IMPLS:
             def f(*xs, impl=impl):
                 return selective_scan(**dict(zip(names, xs)), delta_softplus=True, impl=impl, chunk_size=4)
-            check_grads(f, tuple(args.values()), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+            check_grads(jax.jit(f), tuple(args.values()), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[3]], ids=["plain", "groups", "bias"])
@@ -83,7 +87,8 @@ def test_gradients_agree_between_impls(case):
                                  return_last_state=True, chunk_size=16)
         return jnp.sum(y * weights) + jnp.sum(last)
 
-    grads = {impl: jax.grad(loss, argnums=tuple(range(1, len(names) + 1)))(impl, *args.values()) for impl in IMPLS}
+    grad = jax.jit(jax.grad(loss, argnums=tuple(range(1, len(names) + 1))), static_argnums=0)
+    grads = {impl: grad(impl, *args.values()) for impl in IMPLS}
     for impl in IMPLS[1:]:
         for name, g, g_ref in zip(names, grads[impl], grads["sequential"]):
             assert rel_err(g, g_ref) < 1e-4, (impl, name)

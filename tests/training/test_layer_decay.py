@@ -11,6 +11,7 @@ from ssm_jax.models.memorymamba import build_memorymamba, layer_ids, stack_block
 from ssm_jax.training.layer_decay import layer_scales
 from ssm_jax.training.optim import make_optimizer
 
+stack = jax.jit(stack_blocks)  # eagerly, each leaf shape's stack would compile on its own
 MODEL = dict(num_classes=3, depths=(1, 2, 1), dims=(8, 16, 16), d_state=1, expand=1, coarse_size=4, fine_size=4)
 
 
@@ -31,17 +32,17 @@ def test_layers_counted_over_stages_like_simmim():
 
 def test_stacked_layout_gets_the_same_scales_as_per_block():
     params = _params()
-    per_block = stack_blocks(layer_scales(params, 0.5))  # the per-block factors, stacked as the scan layout is
-    stacked = layer_scales(stack_blocks(params), 0.5)
+    per_block = stack(layer_scales(params, 0.5))  # the per-block factors, stacked as the scan layout is
+    stacked = layer_scales(stack(params), 0.5)
     assert jax.tree.structure(per_block) == jax.tree.structure(stacked)
-    for a, b, leaf in zip(jax.tree.leaves(per_block), jax.tree.leaves(stacked), jax.tree.leaves(stack_blocks(params))):
+    for a, b, leaf in zip(jax.tree.leaves(per_block), jax.tree.leaves(stacked), jax.tree.leaves(stack(params))):
         np.testing.assert_allclose(np.broadcast_to(a, leaf.shape), np.broadcast_to(b, leaf.shape), rtol=1e-7)
     np.testing.assert_allclose(np.ravel(stacked["stage1_blocks"]["norm"]["scale"]), [0.5 ** 3, 0.5 ** 2], rtol=1e-7)
 
 
 @pytest.mark.parametrize("stacked", [False, True])
 def test_updates_are_the_plain_optimizers_times_decay_to_the_distance_from_the_head(stacked):
-    params = stack_blocks(_params()) if stacked else _params()
+    params = stack(_params()) if stacked else _params()
     grads = jax.tree.map(lambda p: np.cos(p).astype(np.float32), params)
     base = optim_config(lr=1e-2, warmup_fraction=0.0, decay="constant", weight_decay=0.05, grad_clip=1.0)
     plain = make_optimizer(base, 10)
