@@ -29,17 +29,22 @@ def gathered_scan(x: dict, order: np.ndarray, last: bool):
     return ssm_scan(**x, delta_softplus=True, return_last_state=last, impl="sequential", order=order)
 
 
-@pytest.mark.parametrize("blocks", [dict(design="serial", block_d=2, chunk=4, prefetch_rows=False),
-                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=False),
-                                    dict(design="serial", block_d=2, chunk=4, prefetch_order=True, prefetch_rows=False),
-                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True,
-                                         prefetch_rows=False),
-                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True,
-                                         hoist_loads=True, prefetch_rows=False),
-                                    dict(design="serial", block_d=2, chunk=4, prefetch_rows=True),
-                                    dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=True)],
-                         ids=["serial", "split", "serial-prefetched", "split-prefetched", "split-prefetched-hoisted",
-                              "serial-rows-ahead", "split-rows-ahead"])
+# The default run takes the serial kernels both ways and split's default loads (rows ahead); each other load
+# placement of split, and the serial kernels with rows ahead, in the slow run (6-11 s each here).
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("blocks", [
+    pytest.param(dict(design="serial", block_d=2, chunk=4, prefetch_rows=False), id="serial"),
+    pytest.param(dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=False), id="split", marks=SLOW),
+    pytest.param(dict(design="serial", block_d=2, chunk=4, prefetch_order=True, prefetch_rows=False),
+                 id="serial-prefetched"),
+    pytest.param(dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True, prefetch_rows=False),
+                 id="split-prefetched", marks=SLOW),
+    pytest.param(dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True, hoist_loads=True,
+                      prefetch_rows=False), id="split-prefetched-hoisted", marks=SLOW),
+    pytest.param(dict(design="serial", block_d=2, chunk=4, prefetch_rows=True), id="serial-rows-ahead", marks=SLOW),
+    pytest.param(dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=True), id="split-rows-ahead")])
 def test_order_matches_gathered_scan_values_and_gradients(blocks):
     check_order(SHAPE, blocks)
 

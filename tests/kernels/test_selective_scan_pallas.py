@@ -87,8 +87,9 @@ GRAD_CASES = [
     pytest.param((1, 8, 6, 3, 4), dict(z=True, delta_softplus=True), dict(block_d=4, chunk=4),
                  id="gate-only-group-smaller-than-block"),
     pytest.param((2, 11, 6, 2, 5), ALL_OPTIONS, dict(block_d=2, chunk=4, delta_in_kernel=True),
-                 id="all-options-delta-discretised-in-kernel"),
-    pytest.param((2, 11, 8, 2, 5), ALL_OPTIONS, dict(block_d=(4, 2), chunk=4), id="forward-blocks-wider"),
+                 id="all-options-delta-discretised-in-kernel", marks=pytest.mark.slow),  # ~10 s each here
+    pytest.param((2, 11, 8, 2, 5), ALL_OPTIONS, dict(block_d=(4, 2), chunk=4), id="forward-blocks-wider",
+                 marks=pytest.mark.slow),
 ]
 
 

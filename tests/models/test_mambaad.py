@@ -63,6 +63,7 @@ def test_depthwise_convs_start_as_the_official_lss_init(tiny):
     assert found >= 3 * 8  # every module's two depthwise convs, two 1x1 inputs and SS2D convs
 
 
+@pytest.mark.slow  # ~40 s here; tests/training/test_reconstruction.py checks a trained run's frozen encoder by default
 def test_gradients_reach_the_decoder_and_bottleneck_not_the_encoder(tiny):
     model, variables, images = tiny
 
