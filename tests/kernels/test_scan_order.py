@@ -31,19 +31,18 @@ def gathered_scan(x: dict, order: np.ndarray, last: bool):
 
 # The default run takes the serial kernels both ways and split's default loads (rows ahead); each other load
 # placement of split, and the serial kernels with rows ahead, in the slow run (6-11 s each here).
-SLOW = pytest.mark.slow
-
-
 @pytest.mark.parametrize("blocks", [
     pytest.param(dict(design="serial", block_d=2, chunk=4, prefetch_rows=False), id="serial"),
-    pytest.param(dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=False), id="split", marks=SLOW),
+    pytest.param(dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=False), id="split",
+                 marks=pytest.mark.slow),
     pytest.param(dict(design="serial", block_d=2, chunk=4, prefetch_order=True, prefetch_rows=False),
                  id="serial-prefetched"),
     pytest.param(dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True, prefetch_rows=False),
-                 id="split-prefetched", marks=SLOW),
+                 id="split-prefetched", marks=pytest.mark.slow),
     pytest.param(dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_order=True, hoist_loads=True,
-                      prefetch_rows=False), id="split-prefetched-hoisted", marks=SLOW),
-    pytest.param(dict(design="serial", block_d=2, chunk=4, prefetch_rows=True), id="serial-rows-ahead", marks=SLOW),
+                      prefetch_rows=False), id="split-prefetched-hoisted", marks=pytest.mark.slow),
+    pytest.param(dict(design="serial", block_d=2, chunk=4, prefetch_rows=True), id="serial-rows-ahead",
+                 marks=pytest.mark.slow),
     pytest.param(dict(design="split", block_d=2, chunk=4, unroll=2, prefetch_rows=True), id="split-rows-ahead")])
 def test_order_matches_gathered_scan_values_and_gradients(blocks):
     check_order(SHAPE, blocks)
