@@ -16,6 +16,7 @@ as image viewers and annotation tools show it, and a mask drawn on what they sho
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -103,9 +104,13 @@ _WARNED_BITS = set()  # the two warnings below, each once per process
 
 
 def _warn_once(kind: str, message: str) -> None:
+    """Warns of ``kind`` once, naming the first caller outside this module (its call depth varies by entry point)."""
     if kind not in _WARNED_BITS:
         _WARNED_BITS.add(kind)
-        warnings.warn(message, stacklevel=5)
+        frame, level = sys._getframe(1), 2
+        while frame.f_back is not None and frame.f_code.co_filename == __file__:
+            frame, level = frame.f_back, level + 1
+        warnings.warn(message, stacklevel=level)
 
 
 def _scaled_to_8_bits(arr: np.ndarray, type_bits: int, path: str, bit_depth: int) -> np.ndarray:

@@ -237,10 +237,13 @@ def test_camera_data_of_fewer_bits_in_16_bit_files_reads_by_its_bit_depth(tmp_pa
     twelve = np.array([[0, 15, 16, 1000], [2047, 4095, 4096, 65535]], np.uint16)  # the last two: beyond 12 bits
     path = _save(tmp_path / "mono12.png", twelve[:, :2].copy(), None)
     over = _save(tmp_path / "over.png", twelve, None)
-    with pytest.warns(UserWarning, match=r"no value above 4095 .*config.data.bit_depth, e.g. 12; pack: --bit-depth"):
+    low_message = r"no value above 4095 .*config.data.bit_depth, e.g. 12; pack: --bit-depth"
+    with pytest.warns(UserWarning, match=low_message) as low:
         np.testing.assert_array_equal(load_image(path)[..., 0], twelve[:, :2] >> 8)
-    with pytest.warns(UserWarning, match=r"values up to 65535, beyond 12-bit data \(at most 4095\), which turn white"):
+    high_message = r"values up to 65535, beyond 12-bit data \(at most 4095\), which turn white"
+    with pytest.warns(UserWarning, match=high_message) as high:
         np.testing.assert_array_equal(load_image(over, bit_depth=12)[..., 0], np.minimum(twelve >> 4, 255))
+    assert [w.filename for w in (*low, *high)] == [__file__] * 2  # each names its caller, not the loader's internals
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_image(path)  # each said once per process
@@ -328,9 +331,10 @@ def test_sixteen_bit_colour_reads_at_the_full_range_and_arrays_of_it_by_bit_dept
     np.testing.assert_array_equal(rgb_pixels(image_from_array(rgb, bit_depth=16)), rgb >> 8)
     station = Source([], ["good"], bit_depth=12)  # what a Predictor reads arrays with
     np.testing.assert_array_equal(station.load_array(rgb[:5], 5), rgb[:5] >> 4)
-    with pytest.warns(UserWarning, match=r"values up to 65535, beyond 12-bit data"):
+    with pytest.warns(UserWarning, match=r"values up to 65535, beyond 12-bit data") as high:
         over = rgb.copy()
         over[0, 0, 1] = 65535
         np.testing.assert_array_equal(rgb_pixels(image_from_array(over, bit_depth=12)), np.minimum(over >> 4, 255))
+    assert high[0].filename == __file__  # from an array too, the caller is named
     rgb8 = _save(tmp_path / "rgb8.png", (rgb >> 4).astype(np.uint8), None)
     np.testing.assert_array_equal(load_image(rgb8, bit_depth=12), rgb >> 4)  # 8-bit colour: as it is
