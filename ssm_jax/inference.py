@@ -27,7 +27,7 @@ from ssm_jax.data.common import crop_start, resized_side
 from ssm_jax.data.pipeline import normalize
 from ssm_jax.metrics import flag_column
 from ssm_jax.training import classification
-from ssm_jax.training.ema import eval_params
+from ssm_jax.training.ema import evaluation_state
 from ssm_jax.training.log import read_config
 from ssm_jax.training.mesh import shard_batch
 from ssm_jax.training.run import Experiment
@@ -75,9 +75,8 @@ class Predictor:
     Arrays are RGB (OpenCV's BGR frames: ``frame[..., ::-1]``), or grayscale. Up to ``train.eval_batch_size``
     images go through the model at once, in one compiled program per batch length. Each batch's images are prepared
     by ``workers`` threads (PIL resizes outside Python's lock), while the model runs on the batch before. Only the
-    parameters evaluated (the moving average with ``optim.ema_decay``) and the model's state are kept, not the
-    optimizer's state (under Adam two moments per trained parameter: MemoryMamba's is a third of its train state,
-    MambaAD's frozen encoder has none, so a half)."""
+    parameters evaluated (the moving average with ``optim.ema_decay``) and the model's state are read from the
+    checkpoint and kept, not the optimizer's moments (``ema.evaluation_template``)."""
 
     def __init__(self, experiment: Experiment, workers: int | None = None):
         family = experiment.family
@@ -88,7 +87,7 @@ class Predictor:
         self.task, self.class_names = train_set.task, tuple(train_set.class_names)
         self._source = Source([], self.class_names, task=self.task, center_crop=train_set.center_crop,
                               bit_depth=train_set.bit_depth)
-        self._state = experiment.state.replace(params=eval_params(experiment.state), opt_state=())
+        self._state = evaluation_state(experiment.state)
         self._step = family.module.make_predict_step(self.mesh, **family.predict_kwargs(self.config))
         self.workers = _thread_count(workers)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="predictor")

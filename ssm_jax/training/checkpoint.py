@@ -70,6 +70,12 @@ def read_error(err: Exception) -> str:
     return f"{type(err).__name__}: " + (reason if len(reason) <= 300 else reason[:300] + " ...")
 
 
+def _abstract(leaf):
+    """A leaf of a restore template as its shape, dtype and sharding; ``ocp.PLACEHOLDER`` (a leaf not to read) as
+    it is."""
+    return leaf if leaf is ocp.PLACEHOLDER else ocp.utils.to_shape_dtype_struct(leaf)
+
+
 class Checkpointer:
     """Save and restore (state, extra) pairs; keeps the newest ``max_to_keep`` steps."""
 
@@ -125,7 +131,7 @@ class Checkpointer:
                 f"but this run builds {self.fingerprint['model']!r} ({self.fingerprint['num_params']} parameters) "
                 f"with a different parameter tree. Use a new --workdir, or the config that wrote this one "
                 f"(see {self.directory.parent / 'config.json'}).")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+        abstract = jax.tree.map(_abstract, state_template)
         try:
             restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
             restored = self._manager.restore(step, args=ocp.args.Composite(

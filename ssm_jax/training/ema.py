@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+import orbax.checkpoint as ocp
 
 
 class ParamEMAState(NamedTuple):
@@ -44,13 +45,33 @@ def param_ema(decay: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+def _average(opt_state) -> ParamEMAState | None:
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ParamEMAState))
+             if isinstance(s, ParamEMAState)]
+    return found[0] if found else None
+
+
+@jax.jit
+def _debiased(ema: ParamEMAState, params):
+    averaged = jax.tree.map(lambda e, p: (e / jnp.maximum(ema.norm, 1e-12)).astype(p.dtype), ema.ema, params)
+    return jax.tree.map(lambda a, p: jnp.where(ema.norm > 0, a, p), averaged, params)
+
+
 def eval_params(state):
     """The parameters to evaluate: the debiased average when the optimizer tracks one and has stepped, else
     ``state.params``."""
-    found = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, ParamEMAState))
-             if isinstance(s, ParamEMAState)]
-    if not found:
-        return state.params
-    ema = found[0]
-    averaged = jax.tree.map(lambda e, p: (e / jnp.maximum(ema.norm, 1e-12)).astype(p.dtype), ema.ema, state.params)
-    return jax.tree.map(lambda a, p: jnp.where(ema.norm > 0, a, p), averaged, state.params)
+    ema = _average(state.opt_state)
+    return state.params if ema is None else _debiased(ema, state.params)
+
+
+def evaluation_template(state):
+    """``state`` as a template to restore for evaluation: each optimizer-state leaf but the parameter average is
+    ``ocp.PLACEHOLDER``, which orbax leaves unread (under Adam, two moments per trained parameter)."""
+    return state.replace(opt_state=jax.tree.map(
+        lambda s: s if isinstance(s, ParamEMAState) else jax.tree.map(lambda _: ocp.PLACEHOLDER, s),
+        state.opt_state, is_leaf=lambda x: isinstance(x, ParamEMAState)))
+
+
+def evaluation_state(state):
+    """What evaluation runs: ``eval_params`` as the parameters and no optimizer state."""
+    return state.replace(params=eval_params(state), opt_state=())

@@ -31,6 +31,7 @@ from ssm_jax.training import tta as tta_lib
 from ssm_jax.training.accumulate import check_grad_accum
 from ssm_jax.training.checkpoint import Checkpointer, has_checkpoint, model_fingerprint
 from ssm_jax.training.config_ranges import check_ranges
+from ssm_jax.training.ema import evaluation_state, evaluation_template
 from ssm_jax.training.log import MetricsLog, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
@@ -394,10 +395,11 @@ class Experiment:
         return experiment
 
     def restore_for_eval(self):
-        restored = self.checkpointer.restore(self.state)
+        """The latest checkpoint's ``evaluation_state``, its optimizer moments left unread."""
+        restored = self.checkpointer.restore(evaluation_template(self.state))
         if restored is None:
             raise FileNotFoundError(_no_checkpoint(self.workdir))
-        self.state = restored[0]
+        self.state = evaluation_state(restored[0])
 
     def evaluate(self) -> dict:
         """Test-split metrics and pictures under ``<workdir>/eval``; prints the per-class / per-category report."""

@@ -1,10 +1,12 @@
 """Parameter moving average (``config.optim.ema_decay``): the debiased average against a float64 NumPy reference,
-frozen parameters unchanged, bad decays named, and evaluation using the average."""
+frozen parameters unchanged, bad decays named, evaluation using the average, and restoring for evaluation reading
+the average but not the optimizer's moments."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax.training import train_state
 
@@ -12,8 +14,8 @@ from configs.common import optim_config
 from ssm_jax.data.pipeline import normalize
 from ssm_jax.inference import Predictor
 from ssm_jax.training import classification, run
-from ssm_jax.training.checkpoint import CheckpointError
-from ssm_jax.training.ema import eval_params, param_ema
+from ssm_jax.training.checkpoint import Checkpointer, CheckpointError, model_fingerprint
+from ssm_jax.training.ema import eval_params, evaluation_state, evaluation_template, param_ema
 from ssm_jax.training.mesh import shard_batch
 from ssm_jax.training.optim import make_optimizer
 
@@ -53,6 +55,27 @@ def test_frozen_parameters_average_to_themselves_and_off_means_last_params():
     assert np.all(np.asarray(averaged["head"]["w"]) > np.asarray(state.params["head"]["w"]))  # lags the descent
     plain = _state(make_optimizer(optim_config(lr=0.1), 10), params).apply_gradients(grads=params)
     assert eval_params(plain) is plain.params
+
+
+def test_restoring_for_evaluation_reads_the_average_and_not_the_moments(tmp_path):
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    state = _state(optax.chain(optax.adam(0.1), param_ema(0.9)), params)
+    for _ in range(2):
+        state = state.apply_gradients(grads=jax.tree.map(jnp.ones_like, params))
+    checkpointer = Checkpointer(tmp_path, model_fingerprint("m", params))
+    checkpointer.save(2, state, {})
+    restored, _ = checkpointer.restore(evaluation_template(jax.tree.map(jnp.zeros_like, state)))
+    checkpointer.close()
+    adam, average = restored.opt_state
+    assert jax.tree.leaves(adam[0]) == [ocp.PLACEHOLDER] * 5  # count, mu and nu of w and b: left unread
+    for restored_leaf, saved_leaf in zip(jax.tree.leaves((restored.params, average)),
+                                         jax.tree.leaves((state.params, state.opt_state[1]))):
+        np.testing.assert_array_equal(restored_leaf, saved_leaf)
+    evaluated = evaluation_state(restored)
+    assert evaluated.opt_state == () and eval_params(evaluated) is evaluated.params
+    for key in params:
+        np.testing.assert_array_equal(evaluated.params[key], eval_params(state)[key])
+        assert not np.allclose(evaluated.params[key], state.params[key])  # the average, not the last parameters
 
 
 @pytest.mark.parametrize("decay", [1.0, -0.1])
