@@ -45,9 +45,12 @@ def param_ema(decay: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+def _is_average(node) -> bool:
+    return isinstance(node, ParamEMAState)
+
+
 def _average(opt_state) -> ParamEMAState | None:
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ParamEMAState))
-             if isinstance(s, ParamEMAState)]
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_average) if _is_average(s)]
     return found[0] if found else None
 
 
@@ -68,8 +71,8 @@ def evaluation_template(state):
     """``state`` as a template to restore for evaluation: each optimizer-state leaf but the parameter average is
     ``ocp.PLACEHOLDER``, which orbax leaves unread (under Adam, two moments per trained parameter)."""
     return state.replace(opt_state=jax.tree.map(
-        lambda s: s if isinstance(s, ParamEMAState) else jax.tree.map(lambda _: ocp.PLACEHOLDER, s),
-        state.opt_state, is_leaf=lambda x: isinstance(x, ParamEMAState)))
+        lambda s: s if _is_average(s) else jax.tree.map(lambda _: ocp.PLACEHOLDER, s), state.opt_state,
+        is_leaf=_is_average))
 
 
 def evaluation_state(state):
