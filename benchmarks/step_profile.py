@@ -1,0 +1,165 @@
+"""Where MemoryMamba's train step spends its device time: kernel time per model part, from one JAX profile.
+
+    python benchmarks/step_profile.py                                  # GPU: tiny, 224 px, batch 64, float32
+    python benchmarks/step_profile.py --dtype bfloat16 --top 30
+    python benchmarks/step_profile.py --image-size 32 --batch-size 2 --scan-impl sequential   # a quick CPU run
+
+Compiles ``train_throughput.py``'s step (the same config and random batch), runs it ``--warmup`` times, then records
+``--steps`` steps under ``jax.profiler.trace`` and reads the profile with ``jax.profiler.ProfileData``. Each kernel
+(on the CPU: each thunk) names the HLO instruction it ran (``hlo_op``); the compiled HLO's ``op_name`` metadata of
+that instruction names the Flax module and primitive that emitted it. Prints, per step: the wall time, the kernels'
+summed time (the GPU idles for the difference, between kernels), then the kernel time by part (the module path with
+stage and block indices dropped, forward or backward), by stage, and the ``--top`` instructions. A part is where
+the time goes, not what it costs alone: XLA fuses neighbours, and a fusion counts for the op it was named after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.train_throughput import bench_config, scan_patched  # noqa: E402
+from ssm_jax.training import classification  # noqa: E402
+from ssm_jax.training.mesh import make_mesh, shard_batch  # noqa: E402
+from ssm_jax.training.optim import make_optimizer  # noqa: E402
+from ssm_jax.training.run import build_model  # noqa: E402
+
+INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*?op_name="([^"]*)"', re.M)
+WRAPPER = re.compile(r"^(?:jit|jvp|transpose|vmap|remat|checkpoint|pjit)\((.*)\)$")
+STAGE_BLOCK = re.compile(r"^stage(\d+)_block\d+$")
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+    """Instruction name -> its ``op_name`` metadata, for every instruction of compiled HLO text that has one."""
+    return dict(INSTRUCTION.findall(hlo_text))
+
+
+def attribute(op_name: str) -> tuple[str, str, str]:
+    """(direction, part, stage) of an ``op_name``: direction is "backward" under a ``transpose(...)`` (the VJP),
+    else "forward"; part is the module path below the model with stage/block indices dropped, plus the primitive
+    ("ss2d/ss2d.scan_in_place/gather"); stage is "stageN" inside a block, else "-". Ops outside the model (the
+    loss, the optimizer update) keep their path without the ``jit(...)`` wrappers."""
+    op_name = op_name.split(";")[0]
+    direction = "backward" if "transpose(" in op_name else "forward"
+    parts, stage = [], "-"
+    for component in op_name.split("/"):
+        inner = WRAPPER.match(component)
+        while inner:  # jit(step), transpose(jvp(MemoryMamba)): keep only a module name inside
+            component = inner.group(1)
+            inner = WRAPPER.match(component)
+        block = STAGE_BLOCK.match(component)
+        if block:
+            stage = f"stage{block.group(1)}"
+            parts.append("block")
+        elif component and component not in ("step", "main", "MemoryMamba"):
+            parts.append(component)
+    return direction, "/".join(parts) or "(unnamed)", stage
+
+
+def device_events(profile) -> list[tuple[str, float]]:
+    """(hlo_op, microseconds) of every event that names an HLO instruction: the GPU planes' kernels where the
+    profile has a device plane, else the host's thunks (CPU backend)."""
+    device = [p for p in profile.planes if p.name.startswith("/device:")]
+    events = []
+    for plane in device or profile.planes:
+        for line in plane.lines:
+            if line.name in ("XLA Modules", "XLA Ops", "Steps"):  # derived lines: the kernels are on the streams
+                continue
+            for event in line.events:
+                stats = dict(event.stats)
+                if "hlo_op" in stats:
+                    events.append((str(stats["hlo_op"]), event.duration_ns / 1e3))
+    return events
+
+
+def table(title: str, totals: dict, steps: int, total_us: float, rows: int | None = None) -> str:
+    """One breakdown as text: a row per key, microseconds per step and share of the kernel time, largest first."""
+    lines = [f"\n{title}", f"{'us/step':>10}{'share':>8}  part"]
+    ordered = sorted(totals.items(), key=lambda kv: -kv[1])
+    for key, us in ordered[:rows]:
+        lines.append(f"{us / steps:>10.0f}{100 * us / total_us:>7.1f}%  {key}")
+    if rows is not None and len(ordered) > rows:
+        rest = sum(us for _, us in ordered[rows:])
+        lines.append(f"{rest / steps:>10.0f}{100 * rest / total_us:>7.1f}%  ({len(ordered) - rows} more)")
+    return "\n".join(lines)
+
+
+def breakdown(events: list[tuple[str, float]], names: dict[str, str], steps: int, top: int) -> str:
+    """The report's tables from the profile's events and the instructions' op names."""
+    by_part, by_stage, by_op = (collections.Counter() for _ in range(3))
+    for hlo_op, us in events:
+        op_name = names.get(hlo_op)
+        if op_name is None:
+            by_part["(no op_name: " + hlo_op.rstrip("0123456789.") + ")"] += us
+            by_op[hlo_op] += us
+            continue
+        direction, part, stage = attribute(op_name)
+        by_part[f"{direction:<9}{part}"] += us
+        by_stage[f"{direction:<9}{stage}"] += us
+        by_op[f"{hlo_op}  [{op_name.split(';')[0]}]"] += us
+    total = sum(us for _, us in events)
+    return "\n".join([table("by part", by_part, steps, total, 2 * top), table("by stage", by_stage, steps, total),
+                      table(f"top {top} instructions", by_op, steps, total, top)])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--scan-impl", default="auto", help="a selective_scan impl, or none (train_throughput.py)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--memory", default="on", choices=["on", "off"], help="MemoryMamba's memory modules")
+    parser.add_argument("--trace-dir", default=None, help="keep the profile here (default: a temporary folder)")
+    args = parser.parse_args()
+    config = bench_config(args.size, args)
+    mesh = make_mesh(None)
+    with scan_patched(args.scan_impl):
+        model = build_model(config)
+        size = config.data.image_size
+        state = classification.create_state(model, make_optimizer(config.optim, 1000), jax.random.PRNGKey(0), size,
+                                            mesh)
+        rng = np.random.default_rng(0)
+        batch = shard_batch({"image": rng.standard_normal((args.batch_size, size, size, 3), dtype=np.float32),
+                             "label": rng.integers(0, config.model.num_classes, args.batch_size).astype(np.int32)},
+                            mesh)
+        compiled = classification.make_train_step(config.loss, mesh).lower(state, batch).compile()
+    names = op_names(compiled.as_text())
+    for _ in range(args.warmup):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="step_profile_")
+    with jax.profiler.trace(trace_dir):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        wall = (time.perf_counter() - start) / args.steps
+    paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
+    if not paths:
+        raise SystemExit(f"step_profile.py: the profiler wrote no *.xplane.pb under {trace_dir}")
+    events = device_events(jax.profiler.ProfileData.from_file(paths[-1]))
+    kernel_us = sum(us for _, us in events) / args.steps
+    device = jax.devices()[0]
+    print(f"# {device.device_kind} ({device.platform}); {args.size}, {args.image_size} px, batch {args.batch_size}, "
+          f"scan {args.scan_impl}, memory {args.memory}, activations {args.dtype}; {args.steps} profiled steps")
+    print(f"step wall time {wall * 1e3:.2f} ms (profiler on); kernels {kernel_us / 1e3:.2f} ms a step in "
+          f"{len(events) // args.steps} launches; device idle between kernels {(wall * 1e6 - kernel_us) / 1e3:.2f} ms")
+    print(breakdown(events, names, args.steps, args.top), flush=True)
+
+
+if __name__ == "__main__":
+    main()

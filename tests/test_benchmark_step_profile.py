@@ -1,0 +1,56 @@
+"""``benchmarks/step_profile.py``: an ``op_name`` read as direction, part and stage; compiled HLO's instructions mapped
+to their op names; a real (CPU) profile's events named by instructions of the program it ran; the report's sums."""
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.step_profile import attribute, breakdown, device_events, op_names
+
+FORWARD = "jit(step)/jvp(MemoryMamba)/stage2_block4/ss2d/in_proj/dot_general"
+BACKWARD = "jit(step)/transpose(jvp(MemoryMamba))/stage0_block1/ss2d/selective_scan/pallas_call"
+HLO = f'''
+ENTRY %main.12 (p0: f32[8]) -> f32[] {{
+  %fusion.3 = f32[8]{{0}} fusion(%p0), kind=kLoop, calls=%fc.3, metadata={{op_name="{FORWARD}" source_line=3}}
+  ROOT %custom-call.7 = f32[] custom-call(%fusion.3), custom_call_target="t", metadata={{op_name="{BACKWARD}"}}
+  %copy.1 = f32[8]{{0}} copy(%p0)
+}}
+'''
+
+
+def test_an_op_name_reads_as_direction_part_and_stage():
+    assert attribute("jit(step)/jvp(MemoryMamba)/stage2_block4/ss2d/in_proj/dot_general") == (
+        "forward", "block/ss2d/in_proj/dot_general", "stage2")
+    assert attribute("jit(step)/transpose(jvp(MemoryMamba))/stage0_block1/fusion/mul") == (
+        "backward", "block/fusion/mul", "stage0")
+    assert attribute("jit(step)/transpose(jvp(MemoryMamba))/stage3_downsample/_pad") == (
+        "backward", "stage3_downsample/_pad", "-")
+    assert attribute("jit(step)/mul;jit(step)") == ("forward", "mul", "-")  # the optimizer: outside the model
+
+
+def test_compiled_instructions_map_to_their_op_names():
+    assert op_names(HLO) == {"fusion.3": FORWARD, "custom-call.7": BACKWARD}
+
+
+def test_breakdown_sums_each_part_per_step_and_keeps_unnamed_instructions():
+    events = [("fusion.3", 30.0), ("custom-call.7", 50.0), ("fusion.3", 10.0), ("copy.1", 10.0)]
+    report = breakdown(events, op_names(HLO), steps=2, top=5)
+    lines = report.splitlines()
+    assert "        25   50.0%  backward block/ss2d/selective_scan/pallas_call" in lines
+    assert "        20   40.0%  forward  block/ss2d/in_proj/dot_general" in lines
+    assert "         5   10.0%  (no op_name: copy)" in lines
+    assert "        25   50.0%  backward stage0" in lines
+
+
+def test_a_profile_names_the_instructions_of_the_program_it_ran(tmp_path):
+    step = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(axis=0))
+    x = jnp.ones((64, 64))
+    compiled = step.lower(x).compile()
+    compiled(x).block_until_ready()
+    with jax.profiler.trace(str(tmp_path)):
+        compiled(x).block_until_ready()
+    (path,) = tmp_path.glob("**/*.xplane.pb")
+    events = device_events(jax.profiler.ProfileData.from_file(str(path)))
+    instructions = set(op_names(compiled.as_text()))
+    ran = {hlo_op for hlo_op, _ in events}
+    assert ran & instructions, (ran, instructions)
+    assert all(us >= 0 for _, us in events)
