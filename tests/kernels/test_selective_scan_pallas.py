@@ -5,6 +5,7 @@ runs the kernel body as XLA ops."""
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -303,3 +304,38 @@ def test_auto_design_is_split_with_its_measured_blocks():
     assert _design(Tuning(block_d=(8, None)), u[:4, :49], B[:4, :49], A)[2].block_d == 8  # asked: kept
     assert (fwd_lay.block_d, bwd_lay.block_d) == (64, 16)
     assert (fwd_lay.segment, fwd_lay.chunk) == (bwd_lay.segment, bwd_lay.chunk) == (128, 2)
+
+
+def _softplus_passes(jaxpr) -> int:
+    """log1p equations outside the kernels (jax.nn.softplus computes one; the kernels' own are not counted)."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            continue
+        count += eqn.primitive.name == "log1p"
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            count += _softplus_passes(sub)
+    return count
+
+
+@pytest.mark.parametrize("dtype,delta_in_kernel,keeps", [(jnp.float32, None, True), (jnp.float32, False, True),
+                                                         (jnp.bfloat16, False, False),
+                                                         (jnp.float32, "forward", False)])
+def test_backward_reuses_the_forwards_discretised_delta(dtype, delta_in_kernel, keeps):
+    """float32 delta discretised outside the kernels in both halves of a differentiated scan: the forward's
+    softplus(delta + bias) is the backward's residual, so XLA computes it once per step, not twice; a bfloat16
+    delta is kept as given (its float32 discretisation would take twice its bytes) and recomputed, and
+    ``delta_in_kernel="forward"`` leaves the forward nothing to keep."""
+    x = make_inputs(6, 1, 8, 4, 1, 4, dtype=dtype, **ALL_OPTIONS)
+    given = ops._inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], None)
+    tuning = ops.Tuning(delta_in_kernel=ops.default_delta_in_kernel(dtype) if delta_in_kernel is None
+                        else delta_in_kernel)
+    assert ops._keeps_discretised(given, True, tuning) == keeps
+
+    def loss(delta):
+        y = selective_scan_pallas(**dict(x, delta=delta), delta_softplus=True, return_last_state=False,
+                                  interpret=True, delta_in_kernel=delta_in_kernel)
+        return jnp.sum(y.astype(jnp.float32))
+
+    passes = _softplus_passes(jax.make_jaxpr(jax.grad(loss))(x["delta"]).jaxpr)
+    assert passes == (1 if keeps or delta_in_kernel == "forward" else 2)
