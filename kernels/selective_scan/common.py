@@ -76,6 +76,9 @@ class Layout:
     # special-function pipe, which the states kernel keeps 73-78 % busy (ncu, NOTES.md "Sessions 37 and 38"). 0: none.
     poly_states: int = 0
     poly_walk: int = 0
+    # u holds one group's channels (batch, L, D / G), read by every group: channel g * D / G + j reads u[..., j]
+    # (SS2D scanning one map in K directions), so no K-fold copy of it is made or read back (``load_u_row``).
+    shared_u: bool = False
 
     @property
     def group_dim(self) -> int:
@@ -322,6 +325,13 @@ def load_row(ref, p: Program, lay: Layout, here: At):
     return _load(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], _row_mask(p, lay, here))
 
 
+def load_u_row(ref, p: Program, lay: Layout, here: At):
+    """(block_d,) channels of u at a step: the program's own, or with ``lay.shared_u`` the same offsets inside the
+    one group's channels u holds."""
+    d0 = p.d0 - p.group * lay.group_dim if lay.shared_u else p.d0
+    return _load(ref.at[p.b, here.pos, pl.ds(d0, lay.block_d)], _row_mask(p, lay, here))
+
+
 def store_row(ref, p: Program, lay: Layout, here: At, value):
     plgpu.store(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], value.astype(ref.dtype),
                 mask=_row_mask(p, lay, here))
@@ -390,7 +400,7 @@ class RawStep(NamedTuple):
 
 def load_raw_step(refs: dict, p: Program, lay: Layout, here: At) -> RawStep:
     """u, delta and B loaded at a step (``finish_step`` makes the ``Step``)."""
-    return RawStep(load_row(refs["u"], p, lay, here), load_row(refs["delta"], p, lay, here),
+    return RawStep(load_u_row(refs["u"], p, lay, here), load_row(refs["delta"], p, lay, here),
                    load_group_row(refs["B"], p, lay, here))
 
 

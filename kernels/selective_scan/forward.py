@@ -72,7 +72,7 @@ def forward(inputs: dict, lay: Layout, *, delta_softplus: bool, save: str, inter
     if save not in SAVE_MODES or (save == "last" and lay.segment):
         raise ValueError(f"save={save!r}, expected one of {SAVE_MODES} (not last with segments)")
     u = inputs["u"]
-    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
+    out_shape = [jax.ShapeDtypeStruct((lay.batch, lay.length, lay.dim), u.dtype)]
     if save != "none":
         n_saved = lay.n_chunks if save == "chunks" else 1
         out_shape.append(jax.ShapeDtypeStruct((lay.batch, n_saved, lay.dim, lay.d_state), F32))

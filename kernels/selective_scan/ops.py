@@ -205,17 +205,32 @@ def _with_poly_exp(lay, poly_exp: tuple[int, int] | None, dtype, warps: int, ptx
 REPLICATED = frozenset({"A", "D", "delta_bias", "order"})
 
 
+def _design_for(inputs: dict, tuning: Tuning, direction: str, interpret: bool):
+    """``_design`` for (per-device) kernel inputs, whose u may hold one group's channels for all of them
+    (``Layout.shared_u``): the layout counts delta's channels, in u's dtype."""
+    u, delta = inputs["u"], inputs["delta"]
+    full_u = jax.ShapeDtypeStruct(delta.shape, u.dtype)
+    *kernels, lay, fwd_warps, bwd_warps = _design(tuning, full_u, inputs["B"], inputs["A"], direction, interpret)
+    return (*kernels, dataclasses.replace(lay, shared_u=u.shape[2] != delta.shape[2]), fwd_warps, bwd_warps)
+
+
 def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
     """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
-    forward, _, lay, warps, _ = _design(tuning, inputs["u"], inputs["B"], inputs["A"], interpret=interpret)
+    forward, _, lay, warps, _ = _design_for(inputs, tuning, "forward", interpret)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
 def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
     """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
-    _, backward, lay, _, warps = _design(tuning, inputs["u"], inputs["B"], inputs["A"], direction="backward",
-                                         interpret=interpret)
+    _, backward, lay, _, warps = _design_for(inputs, tuning, "backward", interpret)
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
+
+
+def _u_grad(du, u):
+    """du in u's shape and dtype: the kernels give one per channel, which a shared u sums over the groups."""
+    if du.shape != u.shape:
+        du = du.astype(jnp.float32).reshape(*u.shape[:2], -1, u.shape[2]).sum(axis=2)
+    return du.astype(u.dtype)
 
 
 def _discretised_outside(inputs: dict, delta_softplus: bool, tuning: Tuning, direction: str) -> bool:
@@ -303,7 +318,7 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, tuning, residuals, c
                    REPLICATED)
     if _discretised_outside(given, delta_softplus, tuning, "backward"):
         g = _outer_delta_grads(g, given, inputs["delta"], delta_softplus)
-    return (g["du"], g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
+    return (_u_grad(g["du"], u), g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
             _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias), None)
 
 
@@ -354,7 +369,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
-      u, delta: (batch, L, D); A: (D, N); B, C: grouped (batch, L, G, N); D, delta_bias: (D,) or None;
+      u, delta: (batch, L, D), or u (batch, L, D / G) shared by the G groups (``Layout.shared_u``); A: (D, N);
+        B, C: grouped (batch, L, G, N); D, delta_bias: (D,) or None;
         z: (batch, L, D) or None.
       delta_softplus, return_last_state: as in ``selective_scan``.
       interpret: run the kernels in Pallas interpret mode (CPU, for tests).

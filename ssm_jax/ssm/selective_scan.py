@@ -69,6 +69,9 @@ def validate_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> ScanI
     if u.ndim != 3:
         raise ValueError(f"selective_scan: `u` has shape {tuple(u.shape)}, expected (batch, length, dim)")
     batch, length, dim = u.shape
+    shared_u = delta.ndim == 3 and tuple(delta.shape[:2]) == (batch, length) and delta.shape[2] > dim
+    if shared_u:  # u holds one group's channels; delta has them all (checked against the groups below)
+        dim = delta.shape[2]
     _expect("delta", delta, (batch, length, dim))
     if A.ndim != 2 or A.shape[0] != dim:
         raise ValueError(f"selective_scan: `A` has shape {tuple(A.shape)}, expected ({dim}, d_state)")
@@ -94,6 +97,10 @@ def validate_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> ScanI
     B, C = grouped
     if B.shape[2] != C.shape[2]:
         raise ValueError(f"selective_scan: `B` has {B.shape[2]} groups but `C` has {C.shape[2]}; expected equal")
+    if shared_u and u.shape[2] * B.shape[2] != dim:
+        raise ValueError(f"selective_scan: `u` has shape {tuple(u.shape)} and `delta` {tuple(delta.shape)}; expected "
+                         f"u with delta's shape, or shared by the {B.shape[2]} groups: "
+                         f"({batch}, {length}, {dim // B.shape[2]})")
     if D is not None:
         _expect("D", D, (dim,))
     if z is not None:
@@ -249,7 +256,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Selective scan with mamba_ssm ``selective_scan_ref`` semantics, (batch, length, channels) layout.
 
     Args:
-      u, delta: (batch, L, D) input and time step.
+      u, delta: (batch, L, D) input and time step; or u (batch, L, D / G) with grouped B and C, one input shared by
+        the G groups: channel g * D / G + j reads u[..., j] (SS2D's K directions over one map; the Pallas kernel
+        reads it in place, the others tile it).
       A: (D, N) real state matrix (negative for a stable scan).
       B, C: (batch, L, N), or grouped (batch, L, G, N) with G dividing D.
       D: optional (D,) skip; z: optional (batch, L, D) SiLU gate; delta_bias: optional (D,).
@@ -266,8 +275,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     impl = resolve_impl(impl)
     x = validate_inputs(u, delta, A, B, C, D, z, delta_bias)
     if x.u.shape[1] == 0:  # nothing to scan: the state stays zero
-        last = jnp.zeros((x.u.shape[0], x.u.shape[2], x.A.shape[1]), compute_dtype(x.u.dtype))
-        return (jnp.zeros(x.u.shape, x.u.dtype), last) if return_last_state else jnp.zeros(x.u.shape, x.u.dtype)
+        last = jnp.zeros((x.u.shape[0], x.delta.shape[2], x.A.shape[1]), compute_dtype(x.u.dtype))
+        y = jnp.zeros(x.delta.shape, x.u.dtype)
+        return (y, last) if return_last_state else y
     groups = x.B.shape[2]
     if order is not None:
         order = _check_order(order, groups, x.u.shape[1])
@@ -276,6 +286,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
         return selective_scan_pallas(*x, delta_softplus=delta_softplus, return_last_state=return_last_state,
                                      interpret=not _on_gpu(), order=order)
+    if x.u.shape != x.delta.shape:  # a u shared by the groups, as the kernel reads it: channel g * D/G + j is u[j]
+        x = x._replace(u=jnp.tile(x.u, (1, 1, groups)))
     if order is not None:
         x = x._replace(**{k: _in_order(getattr(x, k), order, groups) for k in ("u", "delta", "B", "C", "z")
                           if getattr(x, k) is not None})
