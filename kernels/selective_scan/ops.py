@@ -284,8 +284,8 @@ def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_las
 def _keeps_discretised(given: dict, delta_softplus: bool, tuning: Tuning) -> bool:
     """Whether the forward's discretised delta is the backward's residual, in place of delta: when both halves of
     a differentiated scan discretise outside the kernels and delta is float32 (kept, it takes delta's bytes). The
-    backward then skips recomputing it, an XLA pass over delta: 2.2 ms of MemoryMamba-tiny's 113 ms train step
-    (224 px, batch 64, float32; lent H100, ``benchmarks/step_profile.py``, session 56)."""
+    backward then skips recomputing it, an XLA pass over delta (MemoryMamba-tiny's train step spent 4.4 ms of 113 on
+    the two passes; 224 px, batch 64, float32; lent H100, ``benchmarks/step_profile.py``, session 56)."""
     return (given["delta"].dtype == jnp.float32 and _discretised_outside(given, delta_softplus, tuning, "forward")
             and _discretised_outside(given, delta_softplus, tuning, "backward"))
 

@@ -102,7 +102,7 @@ class SS2D(nn.Module):
     def scan_in_place(self, x, orders):
         """(B, L, d_inner) map in raster order -> (B, L, d_inner): each direction k projected and scanned in the
         order orders[k] where the map lies, the K outputs summed. The K directions read the one map x (a u shared
-        by the scan's groups), so no K-fold copy of it is made: 2.6 ms of MemoryMamba-tiny's 113 ms train step went
+        by the scan's groups), so no K-fold copy of it is made: 3.1 ms of MemoryMamba-tiny's 113 ms train step went
         to making and re-making that copy (224 px, batch 64, float32; lent H100, ``benchmarks/step_profile.py``)."""
         batch, length, d = x.shape
         k, r = orders.shape[0], self.dt_projs_weight.shape[1]
