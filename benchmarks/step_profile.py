@@ -8,9 +8,12 @@ Compiles ``train_throughput.py``'s step (the same config and random batch), runs
 ``--steps`` steps under ``jax.profiler.trace`` and reads the profile with ``jax.profiler.ProfileData``. Each kernel
 (on the CPU: each thunk) names the HLO instruction it ran (``hlo_op``); the compiled HLO's ``op_name`` metadata of
 that instruction names the Flax module and primitive that emitted it. Prints, per step: the wall time, the kernels'
-summed time (the GPU idles for the difference, between kernels), then the kernel time by part (the module path with
-stage and block indices dropped, forward or backward), by stage, and the ``--top`` instructions. A part is where
-the time goes, not what it costs alone: XLA fuses neighbours, and a fusion counts for the op it was named after.
+summed time (the GPU idles for the difference, between kernels; on the CPU thunks overlap, so it can be negative),
+then the kernel time by part (the module path with stage and block indices dropped, forward or backward), by stage,
+and the ``--top`` instructions. A part is where the time goes, not what it costs alone: XLA fuses neighbours, and a
+fusion counts for the op it was named after. XLA on a GPU runs most of a step's kernels inside command buffers (CUDA
+graphs), which the profile sees as one event each, named for no op: set ``XLA_FLAGS=--xla_gpu_enable_command_buffer=``
+to see the kernels themselves.
 """
 
 from __future__ import annotations
@@ -25,14 +28,9 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.train_throughput import bench_config, scan_patched  # noqa: E402
-from ssm_jax.training import classification  # noqa: E402
-from ssm_jax.training.mesh import make_mesh, shard_batch  # noqa: E402
-from ssm_jax.training.optim import make_optimizer  # noqa: E402
-from ssm_jax.training.run import build_model  # noqa: E402
+from benchmarks.train_throughput import bench_config, compiled_train_step, scan_patched  # noqa: E402
 
 INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*?op_name="([^"]*)"', re.M)
 WRAPPER = re.compile(r"^(?:jit|jvp|transpose|vmap|remat|checkpoint|pjit)\((.*)\)$")
@@ -125,18 +123,8 @@ def main():
     parser.add_argument("--memory", default="on", choices=["on", "off"], help="MemoryMamba's memory modules")
     parser.add_argument("--trace-dir", default=None, help="keep the profile here (default: a temporary folder)")
     args = parser.parse_args()
-    config = bench_config(args.size, args)
-    mesh = make_mesh(None)
     with scan_patched(args.scan_impl):
-        model = build_model(config)
-        size = config.data.image_size
-        state = classification.create_state(model, make_optimizer(config.optim, 1000), jax.random.PRNGKey(0), size,
-                                            mesh)
-        rng = np.random.default_rng(0)
-        batch = shard_batch({"image": rng.standard_normal((args.batch_size, size, size, 3), dtype=np.float32),
-                             "label": rng.integers(0, config.model.num_classes, args.batch_size).astype(np.int32)},
-                            mesh)
-        compiled = classification.make_train_step(config.loss, mesh).lower(state, batch).compile()
+        compiled, state, batch, _ = compiled_train_step(bench_config(args.size, args), args.batch_size)
     names = op_names(compiled.as_text())
     for _ in range(args.warmup):
         state, metrics = compiled(state, batch)

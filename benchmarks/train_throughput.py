@@ -46,21 +46,27 @@ def peak_memory(compiled) -> str:
     return f"{analysis.temp_size_in_bytes / 2**30:.2f} GiB (compiled temp)" if analysis else "n/a"
 
 
-def time_train_step(config, batch_size: int, steps: int, warmup: int = 1, devices=None) -> dict:
-    """train.py's jitted classification train step for ``config`` (forward, the eq. 25 loss, backward, AdamW) on
-    one batch of random images already on ``devices`` (default: all): parameter count, compile seconds, median step
-    seconds after ``warmup`` steps, images/s and peak memory."""
+def compiled_train_step(config, batch_size: int, devices=None):
+    """train.py's jitted classification train step for ``config`` (forward, the eq. 25 loss, backward, AdamW),
+    compiled for one batch of random images already on ``devices`` (default: all): (compiled step, initial state,
+    batch, compile seconds)."""
     mesh = make_mesh(devices)
     model = build_model(config)
     size = config.data.image_size
     state = classification.create_state(model, make_optimizer(config.optim, 1000), jax.random.PRNGKey(0), size, mesh)
-    params = count_params(state.params)  # before the steps: the train step donates its state
     rng = np.random.default_rng(0)
     batch = shard_batch({"image": rng.standard_normal((batch_size, size, size, 3), dtype=np.float32),
                          "label": rng.integers(0, config.model.num_classes, batch_size).astype(np.int32)}, mesh)
     start = time.perf_counter()
     compiled = classification.make_train_step(config.loss, mesh).lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
+    return compiled, state, batch, time.perf_counter() - start
+
+
+def time_train_step(config, batch_size: int, steps: int, warmup: int = 1, devices=None) -> dict:
+    """``compiled_train_step``'s step run on its batch: parameter count, compile seconds, median step seconds after
+    ``warmup`` steps, images/s and peak memory."""
+    compiled, state, batch, compile_s = compiled_train_step(config, batch_size, devices)
+    params = count_params(state.params)  # before the steps: the train step donates its state
     held = {"state": state, "metrics": None}
 
     def step():
