@@ -12,8 +12,9 @@ summed time (the GPU idles for the difference, between kernels; on the CPU thunk
 then the kernel time by part (the module path with stage and block indices dropped, forward or backward), by stage,
 and the ``--top`` instructions. A part is where the time goes, not what it costs alone: XLA fuses neighbours, and a
 fusion counts for the op it was named after. XLA on a GPU runs most of a step's kernels inside command buffers (CUDA
-graphs), which the profile sees as one event each, named for no op: set ``XLA_FLAGS=--xla_gpu_enable_command_buffer=``
-to see the kernels themselves.
+graphs), which the profile sees as one event each, named for no op; so this script turns them off
+(``--xla_gpu_enable_command_buffer=`` added to ``XLA_FLAGS``, unless they already set it or ``--command-buffers`` is
+given), which made MemoryMamba-tiny's step 1.7 % slower on an H100 (README, "Where the step's time goes").
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.train_throughput import bench_config, compiled_train_step, scan_patched  # noqa: E402
 
+COMMAND_BUFFERS_OFF = "--xla_gpu_enable_command_buffer="
 INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*?op_name="([^"]*)"', re.M)
 WRAPPER = re.compile(r"^(?:jit|jvp|transpose|vmap|remat|checkpoint|pjit)\((.*)\)$")
 STAGE_BLOCK = re.compile(r"^stage(\d+)_block\d+$")
@@ -110,6 +112,16 @@ def breakdown(events: list[tuple[str, float]], names: dict[str, str], steps: int
                       table(f"top {top} instructions", by_op, steps, total, top)])
 
 
+def rerun_without_command_buffers(keep: bool) -> None:
+    """Start this script again with ``COMMAND_BUFFERS_OFF`` in ``XLA_FLAGS`` (read when XLA starts, so it must be in
+    the environment before): unless ``keep``, or ``XLA_FLAGS`` already sets command buffers either way."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if keep or "xla_gpu_enable_command_buffer" in flags:
+        return
+    env = dict(os.environ, XLA_FLAGS=f"{flags} {COMMAND_BUFFERS_OFF}".strip())
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="tiny")
@@ -122,7 +134,10 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--memory", default="on", choices=["on", "off"], help="MemoryMamba's memory modules")
     parser.add_argument("--trace-dir", default=None, help="keep the profile here (default: a temporary folder)")
+    parser.add_argument("--command-buffers", action="store_true",
+                        help="leave XLA's command buffers on: the real step's time, its kernels unattributed")
     args = parser.parse_args()
+    rerun_without_command_buffers(args.command_buffers)
     with scan_patched(args.scan_impl):
         compiled, state, batch, _ = compiled_train_step(bench_config(args.size, args), args.batch_size)
     names = op_names(compiled.as_text())
@@ -143,7 +158,8 @@ def main():
     kernel_us = sum(us for _, us in events) / args.steps
     device = jax.devices()[0]
     print(f"# {device.device_kind} ({device.platform}); {args.size}, {args.image_size} px, batch {args.batch_size}, "
-          f"scan {args.scan_impl}, memory {args.memory}, activations {args.dtype}; {args.steps} profiled steps")
+          f"scan {args.scan_impl}, memory {args.memory}, activations {args.dtype}; {args.steps} profiled steps; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"step wall time {wall * 1e3:.2f} ms (profiler on); kernels {kernel_us / 1e3:.2f} ms a step in "
           f"{len(events) // args.steps} launches; device idle between kernels {(wall * 1e6 - kernel_us) / 1e3:.2f} ms")
     print(breakdown(events, names, args.steps, args.top), flush=True)

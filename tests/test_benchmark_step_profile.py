@@ -1,9 +1,12 @@
 """``benchmarks/step_profile.py``: an ``op_name`` read as direction, part and stage; compiled HLO's instructions mapped
-to their op names; a real (CPU) profile's events named by instructions of the program it ran; the report's sums."""
+to their op names; a real (CPU) profile's events named by instructions of the program it ran; the report's sums;
+the script restarting itself with XLA's command buffers off."""
 
 import jax
 import jax.numpy as jnp
+import pytest
 
+from benchmarks import step_profile
 from benchmarks.step_profile import attribute, breakdown, device_events, op_names
 
 FORWARD = "jit(step)/jvp(MemoryMamba)/stage2_block4/ss2d/in_proj/dot_general"
@@ -54,3 +57,14 @@ def test_a_profile_names_the_instructions_of_the_program_it_ran(tmp_path):
     ran = {hlo_op for hlo_op, _ in events}
     assert ran & instructions, (ran, instructions)
     assert all(us >= 0 for _, us in events)
+
+
+@pytest.mark.parametrize("flags,keep,restarts", [("--xla_cpu_enable_fast_math=false", False, True),
+                                                 ("", True, False),
+                                                 ("--xla_gpu_enable_command_buffer=FUSION", False, False)])
+def test_the_script_restarts_with_command_buffers_off_unless_told_otherwise(monkeypatch, flags, keep, restarts):
+    calls = []
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    monkeypatch.setattr(step_profile.os, "execve", lambda path, argv, env: calls.append(env["XLA_FLAGS"]))
+    step_profile.rerun_without_command_buffers(keep)
+    assert calls == ([f"{flags} --xla_gpu_enable_command_buffer=".strip()] if restarts else [])
