@@ -53,9 +53,10 @@ def _orders() -> np.ndarray:
 
 
 @pytest.mark.parametrize("per_group,kernel,order", [
-    (4, dict(design="split", block_d=2, chunk=4), None),                # blocks even inside each group
-    (3, dict(design="serial", block_d=2, chunk=4), None),               # the last block of a group half masked
-    (4, dict(design="split", block_d=(4, 2), chunk=4, unroll=2), "order"),  # SS2D's case: each group its order
+    pytest.param(4, dict(design="split", block_d=2, chunk=4), None, id="even-blocks",
+                 marks=pytest.mark.slow),  # ~17 s here, and even blocks are also the order case's
+    pytest.param(3, dict(design="serial", block_d=2, chunk=4), None, id="half-masked-blocks"),
+    pytest.param(4, dict(design="split", block_d=(4, 2), chunk=4, unroll=2), "order", id="ss2d-orders"),
 ])
 def test_pallas_gradients_equal_the_tiled_scans(per_group, kernel, order):
     from kernels.selective_scan import selective_scan_pallas
