@@ -31,7 +31,8 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.train_throughput import bench_config, compiled_train_step, scan_patched  # noqa: E402
+from benchmarks.train_throughput import (add_step_arguments, bench_config, compiled_train_step,  # noqa: E402
+                                         scan_patched)
 
 COMMAND_BUFFERS_OFF = "--xla_gpu_enable_command_buffer="
 INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*?op_name="([^"]*)"', re.M)
@@ -125,14 +126,10 @@ def rerun_without_command_buffers(keep: bool) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="tiny")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--scan-impl", default="auto", help="a selective_scan impl, or none (train_throughput.py)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--memory", default="on", choices=["on", "off"], help="MemoryMamba's memory modules")
+    add_step_arguments(parser)
     parser.add_argument("--trace-dir", default=None, help="keep the profile here (default: a temporary folder)")
     parser.add_argument("--command-buffers", action="store_true",
                         help="leave XLA's command buffers on: the real step's time, its kernels unattributed")

@@ -114,6 +114,15 @@ def bench_config(size: str, args):
     return config
 
 
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``bench_config`` reads, with the batch size: the step every MemoryMamba step benchmark builds."""
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--scan-impl", default="auto", help="a selective_scan impl, or none (train_throughput.py)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--memory", default="on", choices=["on", "off"], help="MemoryMamba's memory modules")
+
+
 def measure(size: str, args) -> dict:
     config = bench_config(size, args)
     with scan_patched(args.scan_impl):
@@ -123,12 +132,8 @@ def measure(size: str, args) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--scan-impl", default="auto", help="a selective_scan impl, or none (see above)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--memory", default="on", choices=["on", "off"], help="MemoryMamba's memory modules")
+    add_step_arguments(parser)
     args = parser.parse_args()
     device = jax.devices()[0]
     print(f"# {len(jax.devices())} x {device.device_kind} ({device.platform}); {args.image_size} px, global batch "
