@@ -96,6 +96,7 @@ def test_a_scan_order_we_do_not_have_is_refused(official):
         from_torch("mambaad", state)
 
 
+@pytest.mark.slow  # a second official model in float64; the default run compares the main layout
 def test_released_realiad_layout_runs_the_branches_aders_forward_runs():
     """lewandofskee/MambaAD#31: the Real-IAD weight has ADer's ConvBNSSMBlock layout, whose forward runs
     conv1a3(conv77(conv1b3(x))) and conv1a5(conv55(conv1b5(x))) and never calls conv33. The reference is the official

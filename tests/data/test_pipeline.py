@@ -208,7 +208,10 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how", ["to_the_end", "SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])  # ~20 s each
+# ~15 s each. By default SIGTERM alone: a script that ends normally is checked by
+# test_a_script_that_holds_iterators_and_batches_exits_quietly.
+@pytest.mark.parametrize("how", [pytest.param("to_the_end", marks=pytest.mark.slow), "SIGTERM",
+                                 pytest.param("SIGINT", marks=pytest.mark.slow)])
 def test_worker_batches_leave_no_shared_memory_at_exit(replica_root, how):
     """A process that read batches from worker processes exits without the resource tracker's "leaked
     shared_memory objects" warning: grain's queued unlinks are finished at exit, and the workers leave a SIGTERM or

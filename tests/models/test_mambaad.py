@@ -78,6 +78,7 @@ def test_gradients_reach_the_decoder_and_bottleneck_not_the_encoder(tiny):
     assert norm["decoder"] > 0.0 and norm["bottleneck"] > 0.0
 
 
+@pytest.mark.slow  # two decoders compiled; the orders themselves: tests/ssm/test_scan_orders.py, by default
 def test_scan_order_changes_outputs_not_shapes(tiny):
     _, variables, images = tiny
     outs = {m: jax.jit(build_mambaad(mambaad_model_config(**TINY, scan_method=m)).apply)(variables, images)["decoder"]

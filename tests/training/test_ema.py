@@ -109,6 +109,7 @@ def test_evaluation_uses_the_average(folder_root, tmp_path):
     np.testing.assert_allclose(predictor(frames)["probs"], np.asarray(frame_probs["probs"]), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # two training runs; the default run checks the average itself (float64, restore, freeze)
 def test_turning_the_average_on_over_a_run_without_it_is_named(folder_root, tmp_path):
     from tests.training.conftest import make_tiny_config
     run.Experiment(make_tiny_config(folder_root, max_steps=3), tmp_path).train()

@@ -104,6 +104,7 @@ def test_classification_accumulation_equals_big_batch_step(classifier, devices, 
     assert temp < (1 / accum + 0.25) * big_temp, (temp, big_temp)
 
 
+@pytest.mark.slow  # a third accumulated step compiled; the 4-device step above is the default run's check
 def test_weighted_smoothed_cross_entropy_accumulates_exactly(classifier):
     """Class weights and label smoothing keep the cross-entropy a mean of per-image terms, so accumulating
     micro-batches still gives the big-batch step."""

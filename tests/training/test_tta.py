@@ -63,6 +63,7 @@ def test_averaged_prediction_is_invariant_and_matches_host_views(experiment, mod
     assert np.abs(single - probs).max() > 1e-4  # the views do change the answer of an untrained model
 
 
+@pytest.mark.slow  # a training run and two evaluations; the averaged prediction itself is checked by default
 def test_evaluation_with_tta_writes_beside_the_plain_one(tiny_config, tmp_path):
     config = tiny_config(max_steps=4)
     plain = run.train_and_evaluate(config, tmp_path)
