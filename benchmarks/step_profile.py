@@ -123,6 +123,11 @@ def rerun_without_command_buffers(keep: bool) -> None:
     os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
 
 
+def progress(started: float, what: str) -> None:
+    """One line on stderr, with the seconds since ``started``: where a long run is, also when it is cut off."""
+    print(f"[{time.perf_counter() - started:6.0f} s] {what}", file=sys.stderr, flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="tiny")
@@ -135,13 +140,16 @@ def main():
                         help="leave XLA's command buffers on: the real step's time, its kernels unattributed")
     args = parser.parse_args()
     rerun_without_command_buffers(args.command_buffers)
+    started = time.perf_counter()
     with scan_patched(args.scan_impl):
-        compiled, state, batch, _ = compiled_train_step(bench_config(args.size, args), args.batch_size)
+        compiled, state, batch, compile_s = compiled_train_step(bench_config(args.size, args), args.batch_size)
+    progress(started, f"step compiled ({compile_s:.0f} s); {args.warmup} warm-up steps")
     names = op_names(compiled.as_text())
     for _ in range(args.warmup):
         state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="step_profile_")
+    progress(started, f"profiling {args.steps} steps into {trace_dir}")
     with jax.profiler.trace(trace_dir):
         start = time.perf_counter()
         for _ in range(args.steps):
@@ -151,6 +159,7 @@ def main():
     paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
     if not paths:
         raise SystemExit(f"step_profile.py: the profiler wrote no *.xplane.pb under {trace_dir}")
+    progress(started, f"reading the profile ({os.path.getsize(paths[-1]) / 2**20:.0f} MiB)")
     events = device_events(jax.profiler.ProfileData.from_file(paths[-1]))
     kernel_us = sum(us for _, us in events) / args.steps
     device = jax.devices()[0]

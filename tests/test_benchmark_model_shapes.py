@@ -3,6 +3,7 @@ timing of the models' stages), and the in-place inputs they build run through th
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks.scan import (MODEL_SHAPES, SHAPES, SMALL_MODEL_SHAPES, Shape, floor_target, forward_bytes, functions,
                              make_inputs, measure, print_peer_ratios, times_floor)
@@ -78,6 +79,7 @@ def test_peer_table_prints_mamba_ssms_floor_ratio_and_the_target(capsys):
     assert [float(c) for c in cells[4:6]] == [0.5, round(600 / 900, 2)]
 
 
+@pytest.mark.slow  # a timed scan and five more; SS2D's in-place scan against gathered directions: tests/nn
 def test_in_place_shape_measures_on_cpu_and_matches_the_gathered_scan():
     shape = SMALL_MODEL_SHAPES[0]
     row = measure("chunked", shape, jnp.float32, repeats=1)

@@ -1,0 +1,107 @@
+"""MemoryMamba's train step in this tree against another revision's, interleaved on one GPU in one call.
+
+    python benchmarks/train_ab.py export 0854248 .data/train_base        # here: the revision's code, for the device
+    python benchmarks/train_ab.py run .data/train_base --rounds 2 -- --sizes tiny --steps 30
+
+``export`` writes ``git archive REV`` of the code a step needs (benchmarks, configs, kernels, ssm_jax) to DIR; carry
+DIR to the GPU machine with the working tree. ``run`` runs ``train_throughput.py`` (the arguments after ``--``)
+``--rounds`` times in each tree, alternating: this tree, then DIR's, then this tree... A change to the step moves it
+by a few percent, and the same code read 529-556 images/s on two H100 leases (README, session 57): only runs in one
+call, interleaved, compare. Each run is its own process, with ``PYTHONPATH`` naming its tree, so it imports that
+tree's ``ssm_jax`` and ``kernels`` whatever is installed. Prints each run's row as it comes, then per size the
+median images/s of each tree and their ratio (above 1: this tree is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODE = ("benchmarks", "configs", "kernels", "ssm_jax")
+
+
+def export(rev: str, out_dir: str) -> None:
+    """Write revision ``rev``'s ``CODE`` folders to ``out_dir``. Exits naming a revision git lacks."""
+    done = subprocess.run(["git", "archive", "--format=tar", rev, *CODE], capture_output=True, cwd=REPO)
+    if done.returncode:
+        raise SystemExit(f"train_ab.py: git archive {rev} failed: {done.stderr.decode().strip()}")
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryFile() as archive:
+        archive.write(done.stdout)
+        archive.seek(0)
+        with tarfile.open(fileobj=archive) as tar:
+            tar.extractall(out_dir, filter="data")
+
+
+def rows(output: str) -> dict[str, float]:
+    """Size -> images/s from ``train_throughput.py``'s table (a row: size, params, compile, step, images/s, ...)."""
+    found = {}
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and not line.startswith("#") and fields[1].replace(",", "").isdigit():
+            found[fields[0]] = float(fields[4])
+    return found
+
+
+def run_tree(tree: str, throughput_args: list[str]) -> dict[str, float]:
+    """``train_throughput.py`` of ``tree`` with ``throughput_args`` in a process of its own; its rows."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, os.path.join(tree, "benchmarks", "train_throughput.py"), *throughput_args],
+                          cwd=tree, env=env, capture_output=True, text=True)
+    found = rows(done.stdout)
+    if done.returncode or not found:
+        raise SystemExit(f"train_ab.py: train_throughput.py in {tree} failed (exit {done.returncode}):\n"
+                         f"{done.stdout}{done.stderr[-3000:]}")
+    return found
+
+
+def interleave(base_dir: str, rounds: int, throughput_args: list[str], run=run_tree) -> dict[str, dict]:
+    """``rounds`` runs of each tree, this tree first, alternating; per label ("tree", "base"), size -> readings."""
+    if not os.path.isfile(os.path.join(base_dir, "benchmarks", "train_throughput.py")):
+        raise SystemExit(f"train_ab.py: {base_dir} has no benchmarks/train_throughput.py: run train_ab.py export REV "
+                         f"{base_dir} first (where the git checkout is) and carry {base_dir}")
+    readings = {"tree": {}, "base": {}}
+    for i in range(rounds):
+        for label, tree in (("tree", REPO), ("base", os.path.abspath(base_dir))):
+            for size, rate in run(tree, throughput_args).items():
+                readings[label].setdefault(size, []).append(rate)
+                print(f"round {i + 1}  {label:<5}{size:<7}{rate:10.1f} images/s", flush=True)
+    return readings
+
+
+def summary(readings: dict[str, dict]) -> str:
+    """Per size: each tree's median images/s and their ratio, this tree over the base."""
+    lines = [f"{'size':<7}{'tree':>10}{'base':>10}{'ratio':>8}  (median images/s; ratio above 1: the tree is faster)"]
+    for size, tree in readings["tree"].items():
+        mine, theirs = statistics.median(tree), statistics.median(readings["base"][size])
+        lines.append(f"{size:<7}{mine:10.1f}{theirs:10.1f}{mine / theirs:8.3f}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    exporting = commands.add_parser("export", help="write a revision's code to DIR")
+    exporting.add_argument("rev")
+    exporting.add_argument("dir")
+    running = commands.add_parser("run", help="time this tree against DIR's, interleaved")
+    running.add_argument("dir")
+    running.add_argument("--rounds", type=int, default=2)
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)  # after it: train_throughput.py's arguments
+    args = parser.parse_args(argv[:split])
+    if args.command == "export":
+        export(args.rev, args.dir)
+        print(f"wrote {', '.join(CODE)} of {args.rev} to {args.dir}")
+        return
+    print(summary(interleave(args.dir, args.rounds, argv[split + 1:])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""``benchmarks/train_ab.py``: a revision's code exported as git holds it, ``train_throughput.py``'s rows read back,
+the two trees run alternately, and the summary's medians and ratio."""
+
+import os
+import subprocess
+
+import pytest
+
+from benchmarks import train_ab
+
+TABLE = """# 1 x NVIDIA H100 80GB HBM3 (gpu); 224 px, global batch 64, scan auto, memory on, activations float32
+size         params  compile (s)   step (s)   images/s  peak memory
+tiny     40,195,972         51.6      0.114      561.0  27.41 GiB (device peak)
+small    49,000,000         47.0      0.200      320.0  40.00 GiB (device peak)
+"""
+
+
+def test_rows_are_read_from_the_throughput_table():
+    assert train_ab.rows(TABLE) == {"tiny": 561.0, "small": 320.0}
+    assert train_ab.rows("Traceback (most recent call last):\n  ...") == {}
+
+
+def test_export_writes_the_revisions_files(tmp_path):
+    train_ab.export("HEAD", str(tmp_path))
+    assert sorted(p for p in os.listdir(tmp_path)) == sorted(train_ab.CODE)
+    path = "benchmarks/train_throughput.py"
+    committed = subprocess.run(["git", "show", f"HEAD:{path}"], capture_output=True, text=True, cwd=train_ab.REPO)
+    assert (tmp_path / path).read_text() == committed.stdout
+
+
+def test_export_names_a_revision_git_lacks(tmp_path):
+    with pytest.raises(SystemExit, match="git archive no-such-revision failed"):
+        train_ab.export("no-such-revision", str(tmp_path))
+
+
+def test_trees_alternate_and_the_summary_compares_their_medians(tmp_path, capsys):
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "train_throughput.py").write_text("")
+    calls, rates = [], {train_ab.REPO: iter([100.0, 104.0, 96.0]), str(tmp_path): iter([90.0, 80.0, 100.0])}
+
+    def fake_run(tree, args):
+        calls.append((tree, tuple(args)))
+        return {"tiny": next(rates[tree])}
+
+    readings = train_ab.interleave(str(tmp_path), 3, ["--sizes", "tiny"], run=fake_run)
+    assert calls == [(train_ab.REPO, ("--sizes", "tiny")), (str(tmp_path), ("--sizes", "tiny"))] * 3
+    assert readings == {"tree": {"tiny": [100.0, 104.0, 96.0]}, "base": {"tiny": [90.0, 80.0, 100.0]}}
+    assert "round 2  base tiny         80.0 images/s" in capsys.readouterr().out
+    row = train_ab.summary(readings).splitlines()[1].split()
+    assert row == ["tiny", "100.0", "90.0", f"{100 / 90:.3f}"]
+
+
+def test_a_folder_without_an_export_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="has no benchmarks/train_throughput.py: run train_ab.py export REV"):
+        train_ab.interleave(str(tmp_path), 1, [])
