@@ -20,9 +20,7 @@ import importlib
 import json
 import os
 import re
-import subprocess
 import sys
-import tarfile
 import tempfile
 
 import jax
@@ -32,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from benchmarks.check_pallas import rel  # noqa: E402
 from benchmarks.kernel_configs import kernel_fns  # noqa: E402
-from benchmarks.rows import append_jsonl, select_shapes  # noqa: E402
+from benchmarks.rows import append_jsonl, extract_revision, select_shapes  # noqa: E402
 from benchmarks.scan import SHAPES, SMALL_SHAPES, copy_bandwidth, make_inputs, times_floor, warm_up  # noqa: E402
 from benchmarks.scan_tune import interleaved_ms  # noqa: E402
 
@@ -43,17 +41,10 @@ BASE = "base_kernels"
 def export(rev: str, out_dir: str) -> str:
     """Write revision ``rev``'s ``kernels/selective_scan`` to ``out_dir``/base_kernels/selective_scan, imports
     renamed to ``base_kernels.selective_scan``; returns the package's path. Exits naming a revision git lacks."""
-    done = subprocess.run(["git", "archive", "--format=tar", rev, PACKAGE], capture_output=True, cwd=REPO)
-    if done.returncode:
-        raise SystemExit(f"kernel_ab.py: git archive {rev} {PACKAGE} failed: {done.stderr.decode().strip()}")
     target = os.path.join(out_dir, BASE, "selective_scan")
-    os.makedirs(target, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        archive = os.path.join(tmp, "kernels.tar")
-        with open(archive, "wb") as f:
-            f.write(done.stdout)
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        extract_revision(rev, [PACKAGE], tmp, "kernel_ab.py")
+        os.makedirs(target, exist_ok=True)
         for name in os.listdir(os.path.join(tmp, PACKAGE)):
             with open(os.path.join(tmp, PACKAGE, name), encoding="utf-8") as f:
                 text = f.read()

@@ -19,24 +19,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CODE = ("benchmarks", "configs", "kernels", "ssm_jax")
+sys.path.insert(0, REPO)
+from benchmarks.rows import extract_revision  # noqa: E402
 
-
-def export(rev: str, out_dir: str) -> None:
-    """Write revision ``rev``'s ``CODE`` folders to ``out_dir``. Exits naming a revision git lacks."""
-    done = subprocess.run(["git", "archive", "--format=tar", rev, *CODE], capture_output=True, cwd=REPO)
-    if done.returncode:
-        raise SystemExit(f"train_ab.py: git archive {rev} failed: {done.stderr.decode().strip()}")
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.TemporaryFile() as archive:
-        archive.write(done.stdout)
-        archive.seek(0)
-        with tarfile.open(fileobj=archive) as tar:
-            tar.extractall(out_dir, filter="data")
+CODE = ("benchmarks", "configs", "kernels", "ssm_jax")  # what a train step imports
 
 
 def rows(output: str) -> dict[str, float]:
@@ -97,7 +85,7 @@ def main():
     split = argv.index("--") if "--" in argv else len(argv)  # after it: train_throughput.py's arguments
     args = parser.parse_args(argv[:split])
     if args.command == "export":
-        export(args.rev, args.dir)
+        extract_revision(args.rev, CODE, args.dir, "train_ab.py")
         print(f"wrote {', '.join(CODE)} of {args.rev} to {args.dir}")
         return
     print(summary(interleave(args.dir, args.rounds, argv[split + 1:])))

@@ -21,16 +21,16 @@ def test_rows_are_read_from_the_throughput_table():
 
 
 def test_export_writes_the_revisions_files(tmp_path):
-    train_ab.export("HEAD", str(tmp_path))
-    assert sorted(p for p in os.listdir(tmp_path)) == sorted(train_ab.CODE)
+    train_ab.extract_revision("HEAD", train_ab.CODE, str(tmp_path), "train_ab.py")
+    assert sorted(os.listdir(tmp_path)) == sorted(train_ab.CODE)
     path = "benchmarks/train_throughput.py"
     committed = subprocess.run(["git", "show", f"HEAD:{path}"], capture_output=True, text=True, cwd=train_ab.REPO)
     assert (tmp_path / path).read_text() == committed.stdout
 
 
 def test_export_names_a_revision_git_lacks(tmp_path):
-    with pytest.raises(SystemExit, match="git archive no-such-revision failed"):
-        train_ab.export("no-such-revision", str(tmp_path))
+    with pytest.raises(SystemExit, match="train_ab.py: git archive no-such-revision benchmarks configs kernels ssm_jax failed"):
+        train_ab.extract_revision("no-such-revision", train_ab.CODE, str(tmp_path), "train_ab.py")
 
 
 def test_trees_alternate_and_the_summary_compares_their_medians(tmp_path, capsys):

@@ -94,7 +94,7 @@ class _Tracked:
         self.iterator.close()
 
 
-@pytest.mark.slow  # three pipelines of worker processes; tests/data/test_pipeline.py checks their exits by default
+@pytest.mark.slow  # three pipelines of worker processes; the workers' own exits: tests/data/test_pipeline.py
 def test_data_workers_are_stopped_however_training_ends(tiny_config, tmp_path, monkeypatch):
     """Training (finished or stopped by SIGTERM) and evaluation close their pipelines: the data worker processes
     end, rather than outliving training (and leaving shared-memory batches for Python to warn about at exit)."""
