@@ -8,8 +8,8 @@ DIR to the GPU machine with the working tree. ``run`` runs ``train_throughput.py
 ``--rounds`` times in each tree, alternating: this tree, then DIR's, then this tree... A change to the step moves it
 by a few percent, and the same code read 529-556 images/s on two H100 leases (README, session 57): only runs in one
 call, interleaved, compare. Each run is its own process, with ``PYTHONPATH`` naming its tree, so it imports that
-tree's ``ssm_jax`` and ``kernels`` whatever is installed. Prints each run's row as it comes, then per size the
-median images/s of each tree and their ratio (above 1: this tree is faster).
+tree's ``ssm_jax`` and ``kernels`` whatever is installed. Passes each run's output on as it comes, with a line per
+run, then prints per size the median images/s of each tree and their ratio (above 1: this tree is faster).
 """
 
 from __future__ import annotations
@@ -38,14 +38,19 @@ def rows(output: str) -> dict[str, float]:
 
 
 def run_tree(tree: str, throughput_args: list[str]) -> dict[str, float]:
-    """``train_throughput.py`` of ``tree`` with ``throughput_args`` in a process of its own; its rows."""
+    """``train_throughput.py`` of ``tree`` with ``throughput_args`` in a process of its own, its output passed on as
+    it comes (a call cut off keeps what was printed); its rows."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, os.path.join(tree, "benchmarks", "train_throughput.py"), *throughput_args],
-                          cwd=tree, env=env, capture_output=True, text=True)
-    found = rows(done.stdout)
-    if done.returncode or not found:
-        raise SystemExit(f"train_ab.py: train_throughput.py in {tree} failed (exit {done.returncode}):\n"
-                         f"{done.stdout}{done.stderr[-3000:]}")
+    printed = []
+    with subprocess.Popen([sys.executable, os.path.join(tree, "benchmarks", "train_throughput.py"), *throughput_args],
+                          cwd=tree, env=env, stdout=subprocess.PIPE, text=True) as child:
+        for line in child.stdout:
+            print(f"    {line}", end="", flush=True)
+            printed.append(line)
+    found = rows("".join(printed))
+    if child.returncode or not found:
+        raise SystemExit(f"train_ab.py: train_throughput.py in {tree} failed (exit {child.returncode}); its output "
+                         "and errors are above")
     return found
 
 
