@@ -29,7 +29,8 @@ def test_export_writes_the_revisions_files(tmp_path):
 
 
 def test_export_names_a_revision_git_lacks(tmp_path):
-    with pytest.raises(SystemExit, match="train_ab.py: git archive no-such-revision benchmarks configs kernels ssm_jax failed"):
+    with pytest.raises(SystemExit,
+                       match="train_ab.py: git archive no-such-revision benchmarks configs kernels ssm_jax failed"):
         train_ab.extract_revision("no-such-revision", train_ab.CODE, str(tmp_path), "train_ab.py")
 
 
