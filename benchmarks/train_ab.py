@@ -28,7 +28,8 @@ CODE = ("benchmarks", "configs", "kernels", "ssm_jax")  # what a train step impo
 
 
 def rows(output: str) -> dict[str, float]:
-    """Size -> images/s from ``train_throughput.py``'s table (a row: size, params, compile, step, images/s, ...)."""
+    """Size -> images/s from ``train_throughput.py``'s printed table (a row: size, params, compile, step, images/s,
+    ...): the one output every revision's script has, older ones included."""
     found = {}
     for line in output.splitlines():
         fields = line.split()
