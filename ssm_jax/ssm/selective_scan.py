@@ -125,8 +125,22 @@ def discretize_delta(delta, delta_bias, delta_softplus, dtype):
     if delta_bias is not None:
         delta = delta + delta_bias.astype(dtype)
     if delta_softplus:
-        delta = jax.nn.softplus(delta)
+        delta = softplus(delta)
     return delta
+
+
+@jax.custom_jvp
+def softplus(x):
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), exact and stable for every x, with sigmoid(x) as its
+    derivative (also at 0, where max and abs have kinks). ``jax.nn.softplus`` is ``logaddexp(x, 0)``, whose NaN
+    guard (``x != x``, then a select) XLA compiled on a GPU as a pass of its own over delta."""
+    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return softplus(x), t * jax.nn.sigmoid(x)
 
 
 def expand_groups(x, dim: int):

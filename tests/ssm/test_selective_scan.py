@@ -132,3 +132,17 @@ def test_bad_input_names_the_argument(override, match):
 def test_unknown_impl_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown impl 'fast'.*sequential, associative, chunked, pallas"):
         selective_scan(**_inputs(CASES[0]), impl="fast")
+
+
+def test_softplus_matches_float64_over_the_whole_range():
+    """The scan's softplus (max(x, 0) + log1p(exp(-|x|))) against float64 log(1 + exp(x)) from -100 to 100, its
+    derivative against the float64 sigmoid (0.5 at 0, where max and abs have kinks), and inf and NaN passed on."""
+    from ssm_jax.ssm.selective_scan import softplus
+
+    x = np.concatenate([np.linspace(-100, 100, 2001), [0.0, 1e-8, -1e-8, 20.0, 88.0]]).astype(np.float32)
+    want = np.logaddexp(x.astype(np.float64), 0.0)
+    np.testing.assert_allclose(np.asarray(softplus(jnp.asarray(x))), want, rtol=2e-7, atol=1e-30)
+    slope = np.asarray(jax.vmap(jax.grad(softplus))(jnp.asarray(x)))
+    np.testing.assert_allclose(slope, 1 / (1 + np.exp(-x.astype(np.float64))), rtol=1e-6, atol=1e-30)
+    edge = np.asarray(softplus(jnp.asarray([np.inf, -np.inf, np.nan], jnp.float32)))
+    assert edge[0] == np.inf and edge[1] == 0 and np.isnan(edge[2])
