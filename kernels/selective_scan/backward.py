@@ -43,7 +43,7 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
         """A step's inputs: (u, delta, B), its C row, dy, and z (None without a gate)."""
         z = common.load_row(r["z"], p, lay, here) if "z" in r else None
         return (common.load_step(r, p, lay, here, bias, delta_softplus), common.load_group_row(r["C"], p, lay, here),
-                common.load_row(r["dy"], p, lay, here), z)
+                common.load_dy_row(r["dy"], p, lay, here), z)
 
     def chunk(c, heres, carry, _):
         h, dA, dskip, dbias = carry

@@ -79,6 +79,9 @@ class Layout:
     # u holds one group's channels (batch, L, D / G), read by every group: channel g * D / G + j reads u[..., j]
     # (SS2D scanning one map in K directions), so no K-fold copy of it is made or read back (``load_u_row``).
     shared_u: bool = False
+    # dy holds one group's channels, read by every group: y's gradient when the caller sums the groups' outputs
+    # (``selective_scan(sum_groups=True)``, SS2D merging its K directions), not broadcast K-fold (``load_dy_row``).
+    shared_dy: bool = False
 
     @property
     def group_dim(self) -> int:
@@ -325,11 +328,21 @@ def load_row(ref, p: Program, lay: Layout, here: At):
     return _load(ref.at[p.b, here.pos, pl.ds(p.d0, lay.block_d)], _row_mask(p, lay, here))
 
 
-def load_u_row(ref, p: Program, lay: Layout, here: At):
-    """(block_d,) channels of u at a step: the program's own, or with ``lay.shared_u`` the same offsets inside the
-    one group's channels u holds."""
-    d0 = p.d0 - p.group * lay.group_dim if lay.shared_u else p.d0
+def _load_shared_row(ref, p: Program, lay: Layout, here: At, shared: bool):
+    """(block_d,) channels of a (batch, L, D) array at a step, or of a (batch, L, D / G) one ``shared`` by the
+    groups: the same offsets inside the one group's channels it holds."""
+    d0 = p.d0 - p.group * lay.group_dim if shared else p.d0
     return _load(ref.at[p.b, here.pos, pl.ds(d0, lay.block_d)], _row_mask(p, lay, here))
+
+
+def load_u_row(ref, p: Program, lay: Layout, here: At):
+    """(block_d,) channels of u at a step, shared by the groups with ``lay.shared_u``."""
+    return _load_shared_row(ref, p, lay, here, lay.shared_u)
+
+
+def load_dy_row(ref, p: Program, lay: Layout, here: At):
+    """(block_d,) channels of y's gradient at a step, shared by the groups with ``lay.shared_dy``."""
+    return _load_shared_row(ref, p, lay, here, lay.shared_dy)
 
 
 def store_row(ref, p: Program, lay: Layout, here: At, value):

@@ -211,7 +211,9 @@ def _design_for(inputs: dict, tuning: Tuning, direction: str, interpret: bool):
     u, delta = inputs["u"], inputs["delta"]
     full_u = jax.ShapeDtypeStruct(delta.shape, u.dtype)
     *kernels, lay, fwd_warps, bwd_warps = _design(tuning, full_u, inputs["B"], inputs["A"], direction, interpret)
-    return (*kernels, dataclasses.replace(lay, shared_u=u.shape[2] != delta.shape[2]), fwd_warps, bwd_warps)
+    shared_dy = "dy" in inputs and inputs["dy"].shape[2] != delta.shape[2]
+    return (*kernels, dataclasses.replace(lay, shared_u=u.shape[2] != delta.shape[2], shared_dy=shared_dy), fwd_warps,
+            bwd_warps)
 
 
 def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
@@ -228,9 +230,20 @@ def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
 
 def _u_grad(du, u):
     """du in u's shape and dtype: the kernels give one per channel, which a shared u sums over the groups."""
-    if du.shape != u.shape:
-        du = du.astype(jnp.float32).reshape(*u.shape[:2], -1, u.shape[2]).sum(axis=2)
-    return du.astype(u.dtype)
+    return (_group_sum(du, du.shape[2] // u.shape[2]) if du.shape != u.shape else du).astype(u.dtype)
+
+
+def _group_sum(y, groups: int):
+    """(batch, L, D) -> (batch, L, D / G), in y's dtype: channel j the float32 sum of the groups' channels
+    g * D / G + j."""
+    return y.astype(jnp.float32).reshape(*y.shape[:2], groups, -1).sum(axis=2).astype(y.dtype)
+
+
+def _summed_output(out, groups: int, sum_groups: bool):
+    """y, or (y, last_state), with y's groups summed when ``sum_groups``."""
+    if not sum_groups:
+        return out
+    return (_group_sum(out[0], groups), out[1]) if isinstance(out, tuple) else _group_sum(out, groups)
 
 
 def _discretised_outside(inputs: dict, delta_softplus: bool, tuning: Tuning, direction: str) -> bool:
@@ -268,8 +281,11 @@ def sum_blocks(grads: dict, lay) -> dict:
     return {**grads, **{key: grads[key].reshape(shape).sum(axis=3) for key in ("dB", "dC")}}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
-def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13))
+def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning,
+          sum_groups):
+    """The kernels' y, or (y, last state); with ``sum_groups`` y's groups summed, and its gradient read by the
+    backward kernel as it comes, one group wide (``Layout.shared_dy``), not broadcast to every group."""
     save = "last" if return_last_state else "none"
     inputs, softplus = _kernel_inputs(_inputs(u, delta, A, B, C, D, z, delta_bias, order), delta_softplus, tuning,
                                       "inference")
@@ -277,8 +293,8 @@ def _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_las
                                        interpret=interpret), inputs, REPLICATED)
     if return_last_state:
         y, states = out
-        return y, states[:, 0]
-    return out
+        out = y, states[:, 0]
+    return _summed_output(out, B.shape[2], sum_groups)
 
 
 def _keeps_discretised(given: dict, delta_softplus: bool, tuning: Tuning) -> bool:
@@ -290,18 +306,19 @@ def _keeps_discretised(given: dict, delta_softplus: bool, tuning: Tuning) -> boo
             and _discretised_outside(given, delta_softplus, tuning, "backward"))
 
 
-def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning):
+def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning,
+              sum_groups):
     given = _inputs(u, delta, A, B, C, D, z, delta_bias, order)
     inputs, softplus = _kernel_inputs(given, delta_softplus, tuning, "forward")
     y, states = per_device(functools.partial(_forward, tuning=tuning, delta_softplus=softplus, save="chunks",
                                              interpret=interpret), inputs, REPLICATED)
-    out = (y, states[:, -1]) if return_last_state else y
+    out = _summed_output((y, states[:, -1]) if return_last_state else y, B.shape[2], sum_groups)
     if _keeps_discretised(given, delta_softplus, tuning):
         delta = inputs["delta"]
     return out, (u, delta, A, B, C, D, z, delta_bias, order, states)
 
 
-def _scan_bwd(delta_softplus, return_last_state, interpret, tuning, residuals, cotangent):
+def _scan_bwd(delta_softplus, return_last_state, interpret, tuning, sum_groups, residuals, cotangent):
     u, delta, A, B, C, D, z, delta_bias, order, states = residuals
     given = _inputs(u, delta, A, B, C, D, z, delta_bias, order)
     if _keeps_discretised(given, delta_softplus, tuning):  # the residual is softplus(delta + bias) already
@@ -328,7 +345,8 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 def _gated_outside(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret,
                    tuning):
     """The kernels without z, then y * silu(z) in XLA, in float32 (differentiated by JAX)."""
-    out = _scan(u, delta, A, B, C, D, None, delta_bias, order, delta_softplus, return_last_state, interpret, tuning)
+    out = _scan(u, delta, A, B, C, D, None, delta_bias, order, delta_softplus, return_last_state, interpret, tuning,
+                False)
     y, last = out if return_last_state else (out, None)
     y = finish_output(y.astype(jnp.float32), None, None, z, y.dtype)
     return (y, last) if return_last_state else y
@@ -340,7 +358,8 @@ def _scan_gate_in_forward(u, delta, A, B, C, D, z, delta_bias, order, delta_soft
     """``gate_in_kernel="forward"``: the forward walk gates y itself when no gradient is taken (no XLA pass over y
     and z); differentiated, the kernels run without z and XLA gates (``_gated_outside``), so the backward is the
     default's."""
-    return _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning)
+    return _scan(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state, interpret, tuning,
+                 False)
 
 
 def _scan_gate_in_forward_fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, return_last_state,
@@ -365,7 +384,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
                           hoist_loads: bool | None = None, delta_in_kernel: bool | str | None = None,
                           prefetch_order: bool | None = None, prefetch_rows: bool | None = None,
                           gate_in_kernel: bool | str | None = None, chain_in_kernel: bool | None = None,
-                          pair_chunks: bool | None = None, poly_exp: int | tuple[int, int] | None = None):
+                          pair_chunks: bool | None = None, poly_exp: int | tuple[int, int] | None = None,
+                          sum_groups: bool = False):
     """Selective scan on validated inputs (see ``ssm_jax.ssm.selective_scan``), fused in Pallas.
 
     Args:
@@ -421,9 +441,12 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         2^x) rather than ``ex2.approx`` on the special-function pipe; None, the default: on the GPU as measured by
         dtype (``POLY_EXP_BY_ITEMSIZE``), or none where a thread's decays do not come in whole packs; in interpret
         mode none. Interpret mode takes the polynomial for every decay of the kernels given a count.
+      sum_groups: y summed over the G groups, (batch, L, D / G), as in ``selective_scan``; the backward kernel then
+        reads y's gradient one group wide (``Layout.shared_dy``; with z gated outside the kernels, the sum follows
+        the gate and its gradient is broadcast to the groups in XLA).
 
     Returns:
-      y (batch, L, D) in u's dtype, or (y, last_state (batch, D, N) float32).
+      y (batch, L, D) in u's dtype (D / G channels with ``sum_groups``), or (y, last_state (batch, D, N) float32).
     """
     if order is not None:
         order = jnp.asarray(order)
@@ -457,5 +480,6 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
     args = (u, delta, A, B, C, D, z, delta_bias, order, bool(delta_softplus), bool(return_last_state),
             bool(interpret), tuning)
     if z is None or gate is True:
-        return _scan(*args)
-    return (_scan_gate_in_forward if gate == "forward" else _gated_outside)(*args)
+        return _scan(*args, bool(sum_groups))
+    return _summed_output((_scan_gate_in_forward if gate == "forward" else _gated_outside)(*args), B.shape[2],
+                          bool(sum_groups))

@@ -58,7 +58,7 @@ def _adjoint_kernel(*refs, names, lay: Layout, delta_softplus: bool):
         """A step's delta, output gradient, z (None without a gate) and C row as loaded; the step discretises and
         gates them where it runs (``common.RawStep`` says why)."""
         z = common.load_row(r["z"], p, lay, here) if "z" in r else None
-        return (common.load_row(r["delta"], p, lay, here), common.load_row(r["dy"], p, lay, here), z,
+        return (common.load_row(r["delta"], p, lay, here), common.load_dy_row(r["dy"], p, lay, here), z,
                 common.load_group_row(r["C"], p, lay, here))
 
     def chunk(c, heres, carry, loaded):

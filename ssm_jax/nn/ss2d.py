@@ -110,13 +110,14 @@ class SS2D(nn.Module):
     def scan_in_place(self, x, orders):
         """(B, L, d_inner) map in raster order -> (B, L, d_inner): each direction k projected and scanned in the
         order orders[k] where the map lies, the K outputs summed. The K directions read the one map x (a u shared
-        by the scan's groups), so no K-fold copy of it is made: 3.1 ms of MemoryMamba-tiny's 113 ms train step went
-        to making and re-making that copy (224 px, batch 64, float32; lent H100, ``benchmarks/step_profile.py``)."""
+        by the scan's groups) and the scan sums their outputs (``sum_groups``), so neither x nor y's gradient is
+        copied K-fold: on MemoryMamba-tiny's train step (224 px, batch 64, float32; lent H100,
+        ``benchmarks/step_profile.py``) the copy of x took 1.4 ms and the broadcast of y's gradient 1.6 ms."""
         batch, length, d = x.shape
         k, r = orders.shape[0], self.dt_projs_weight.shape[1]
         x_dbl = jnp.einsum("bld,kdc->blkc", x, self.x_proj_weight.astype(x.dtype))
         dts, Bs, Cs = jnp.split(x_dbl, [r, r + self.d_state], axis=-1)
         dts = dts.reshape(batch, length, k * r) @ block_diagonal(self.dt_projs_weight).astype(x.dtype)
-        y = selective_scan(x, dts, -jnp.exp(self.A_logs), Bs, Cs, D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1),
-                           delta_softplus=True, impl=self.scan_impl, order=orders)
-        return y.reshape(batch, length, k, d).sum(axis=2)
+        return selective_scan(x, dts, -jnp.exp(self.A_logs), Bs, Cs, D=self.Ds,
+                              delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True, impl=self.scan_impl,
+                              order=orders, sum_groups=True)

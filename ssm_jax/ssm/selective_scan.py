@@ -266,7 +266,7 @@ def _in_order(x, order, groups: int):
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, impl="auto", chunk_size=DEFAULT_CHUNK_SIZE, order=None):
+                   return_last_state=False, impl="auto", chunk_size=DEFAULT_CHUNK_SIZE, order=None, sum_groups=False):
     """Selective scan with mamba_ssm ``selective_scan_ref`` semantics, (batch, length, channels) layout.
 
     Args:
@@ -282,15 +282,20 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
       impl: one of ``IMPLS``; chunk_size: steps per chunk for ``chunked``.
       order: optional (G, L) integers, each row a permutation of 0..L-1: group g is scanned in the order
         order[g] (module docstring).
+      sum_groups: return y summed over the G groups of B and C, (batch, L, D / G): channel j is the sum of the
+        groups' channels g * D / G + j, added in float32 (SS2D's merge of its K directions). The Pallas backward
+        then reads y's gradient as it comes, one group wide, instead of a copy broadcast to every group.
 
     Returns:
-      y (batch, L, D) in u's dtype, or (y, last_state).
+      y (batch, L, D) in u's dtype (D / G channels with ``sum_groups``), or (y, last_state).
     """
     impl = resolve_impl(impl)
     x = validate_inputs(u, delta, A, B, C, D, z, delta_bias)
     if x.u.shape[1] == 0:  # nothing to scan: the state stays zero
         last = jnp.zeros((x.u.shape[0], x.delta.shape[2], x.A.shape[1]), compute_dtype(x.u.dtype))
-        y = jnp.zeros(x.delta.shape, x.u.dtype)
+        groups = x.B.shape[2]
+        y = jnp.zeros((*x.delta.shape[:2], x.delta.shape[2] // groups if sum_groups else x.delta.shape[2]),
+                      x.u.dtype)
         return (y, last) if return_last_state else y
     groups = x.B.shape[2]
     if order is not None:
@@ -299,7 +304,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         from kernels.selective_scan import selective_scan_pallas
 
         return selective_scan_pallas(*x, delta_softplus=delta_softplus, return_last_state=return_last_state,
-                                     interpret=not _on_gpu(), order=order)
+                                     interpret=not _on_gpu(), order=order, sum_groups=sum_groups)
     if x.u.shape != x.delta.shape:  # a u shared by the groups, as the kernel reads it: channel g * D/G + j is u[j]
         x = x._replace(u=jnp.tile(x.u, (1, 1, groups)))
     if order is not None:
@@ -319,5 +324,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     out = finish_output(y, x.u, x.D, x.z, x.u.dtype)
     if order is not None:
         out = _in_order(out, jnp.argsort(order, axis=1), groups)
+    if sum_groups:
+        out = out.astype(dtype).reshape(*out.shape[:2], groups, -1).sum(axis=2).astype(x.u.dtype)
     return (out, last) if return_last_state else out
 

@@ -117,3 +117,36 @@ def test_an_image_without_its_batch_axis_is_named():
     with pytest.raises(ValueError, match=r"SS2D: x has shape \(6, 6, 8\); expected \(batch, height, width, "
                                          r"d_model=8\)"):
         SS2D(8, scan_impl="sequential").init(jax.random.key(0), jnp.ones((6, 6, 8)))
+
+
+def _broadcasts(jaxpr) -> list[tuple]:
+    """Output shapes of every broadcast_in_dim outside the Pallas kernels, nested jaxprs included."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            continue
+        if eqn.primitive.name == "broadcast_in_dim":
+            shapes.append(tuple(eqn.outvars[0].aval.shape))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            shapes.extend(_broadcasts(sub))
+    return shapes
+
+
+def test_in_place_gradient_copies_neither_the_map_nor_ys_gradient_per_direction():
+    """With the Pallas scan the K directions read the one map (a shared u) and y's gradient one direction wide (the
+    scan sums the directions, ``sum_groups``): the gradient's program broadcasts no (batch, L, K, d) array; the
+    sequential scan, which tiles u, does."""
+    m = SS2D(D_MODEL, d_state=4, directions=4, scan_impl="pallas")
+    x = _inputs()
+    variables = jax.jit(m.init)(_key(5), x)
+    batch, length, k, d = x.shape[0], HEIGHT * WIDTH, 4, 2 * D_MODEL
+    xs = jnp.ones((batch, length, d))
+    orders = jnp.asarray(scan_orders("sweep", HEIGHT, WIDTH, k))
+
+    def k_fold(module):
+        loss = lambda v, xs: jnp.sum(jnp.sin(module.apply(v, xs, orders, method=SS2D.scan_in_place)))
+        jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(variables, xs).jaxpr
+        return [s for s in _broadcasts(jaxpr) if int(np.prod(s)) == batch * length * k * d]
+
+    assert k_fold(m) == []
+    assert k_fold(m.clone(scan_impl="sequential"))  # the check sees a K-fold copy where there is one

@@ -82,3 +82,5 @@ def test_an_empty_sequence_scans_to_nothing():
     for impl in ("sequential", "associative", "chunked", "pallas"):
         y, last = selective_scan(**x, return_last_state=True, impl=impl)
         assert y.shape == (BATCH, 0, DIM) and last.shape == (BATCH, DIM, N) and not np.asarray(last).any()
+        summed = selective_scan(**x, impl=impl, sum_groups=True)
+        assert summed.shape == (BATCH, 0, DIM // x["B"].shape[2])

@@ -3,6 +3,8 @@ on u tiled G times (sequential and Pallas also with bfloat16 activations), and t
 even and masked channel blocks, with and without an order) the gradients of the tiled scan, u's summed over the
 groups; a u of any other width is refused."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,3 +90,61 @@ def test_a_u_neither_full_nor_one_group_wide_is_refused():
     x = inputs(per_group=4)
     with pytest.raises(ValueError, match=r"`u` has shape \(2, 9, 2\).*shared by the 3 groups: \(2, 9, 4\)"):
         selective_scan(**dict(x, u=x["u"][:, :, :2]), impl="sequential")
+
+
+def summed(y) -> np.ndarray:
+    """(batch, L, G * d) -> (batch, L, d): the groups' outputs added, as ``sum_groups`` does."""
+    y = np.asarray(y, np.float64)
+    return y.reshape(*y.shape[:2], GROUPS, -1).sum(axis=2)
+
+
+@pytest.mark.parametrize("impl", ["sequential", "associative", "chunked", "pallas"])
+def test_sum_groups_matches_the_float64_recurrence_summed(impl):
+    """``sum_groups``: y is the float64 recurrence's summed over the groups, (batch, L, D / G); the last state is
+    every channel's, as without it."""
+    x = inputs(per_group=4)
+    y, last = selective_scan(**x, delta_softplus=True, return_last_state=True, impl=impl, chunk_size=4,
+                             sum_groups=True)
+    y_ref, last_ref = selective_scan_numpy(**tiled(x), delta_softplus=True)
+    assert y.shape == (BATCH, LENGTH, 4) and y.dtype == jnp.float32 and last.shape == (BATCH, GROUPS * 4, N)
+    assert rel_err(y, summed(y_ref)) < 1e-5 and rel_err(last, last_ref) < 1e-5
+
+
+@pytest.mark.parametrize("kernel,order,gate", [
+    pytest.param(dict(design="split", block_d=(4, 2), chunk=4, unroll=2), "order", None, id="ss2d-segments-orders"),
+    pytest.param(dict(design="serial", block_d=2, chunk=4), None, True, id="masked-blocks-gate-in-kernel"),
+    pytest.param(dict(design="split", block_d=2, chunk=4), None, "forward", id="gate-outside"),
+])
+def test_pallas_gradients_with_summed_groups_equal_the_sequential_scans(kernel, order, gate):
+    """The kernels reading y's gradient one group wide (``Layout.shared_dy``), without a gate as SS2D runs them (u
+    shared too; the split design's segment adjoints read it as well) and with the gate in the kernels (a full u,
+    3 channels a group: masked blocks), and the gate outside them (the sum after it, in XLA): the gradients of the
+    sequential scan summed by jnp."""
+    from kernels.selective_scan import selective_scan_pallas
+
+    per_group = 3 if kernel["design"] == "serial" else 4
+    x = {k: jnp.asarray(v) for k, v in inputs(per_group).items()}
+    if gate is True:
+        x["u"] = jnp.tile(x["u"], (1, 1, GROUPS))
+    names = ("u", "delta", "B", "C", "D", "delta_bias") + (("z",) if gate is not None else ())
+    order = _orders() if order else None
+    w = jax.random.normal(jax.random.key(2), (BATCH, LENGTH, per_group))
+
+    def loss(*args, reference):
+        a = dict(zip(names, args))
+        common = (a["u"], a["delta"], x["A"], a["B"], a["C"], a["D"], a.get("z"), a["delta_bias"])
+        if reference:
+            y = selective_scan(*common, delta_softplus=True, impl="sequential", order=order)
+            y = y.reshape(BATCH, LENGTH, GROUPS, per_group).sum(axis=2)
+        else:
+            y = selective_scan_pallas(*common, delta_softplus=True, return_last_state=False, interpret=True,
+                                      order=order, gate_in_kernel=gate, sum_groups=True, **kernel)
+        return jnp.sum(jnp.sin(y) * w)
+
+    args = [x[k] for k in names]
+    value, grads = jax.value_and_grad(functools.partial(loss, reference=False), range(len(names)))(*args)
+    value_ref, grads_ref = jax.value_and_grad(functools.partial(loss, reference=True), range(len(names)))(*args)
+    assert rel_err(value, value_ref) < 1e-5
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        assert g.shape == g_ref.shape, name
+        assert rel_err(g, g_ref) < 1e-4, name
