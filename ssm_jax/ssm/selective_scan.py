@@ -283,21 +283,20 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
       order: optional (G, L) integers, each row a permutation of 0..L-1: group g is scanned in the order
         order[g] (module docstring).
       sum_groups: return y summed over the G groups of B and C, (batch, L, D / G): channel j is the sum of the
-        groups' channels g * D / G + j, added in float32 (SS2D's merge of its K directions). The Pallas backward
-        then reads y's gradient as it comes, one group wide, instead of a copy broadcast to every group.
+        groups' channels g * D / G + j, added at the arithmetic's precision (SS2D's merge of its K directions).
+        The Pallas backward then reads y's gradient as it comes, one group wide, not broadcast to every group.
 
     Returns:
       y (batch, L, D) in u's dtype (D / G channels with ``sum_groups``), or (y, last_state).
     """
     impl = resolve_impl(impl)
     x = validate_inputs(u, delta, A, B, C, D, z, delta_bias)
+    groups = x.B.shape[2]
     if x.u.shape[1] == 0:  # nothing to scan: the state stays zero
         last = jnp.zeros((x.u.shape[0], x.delta.shape[2], x.A.shape[1]), compute_dtype(x.u.dtype))
-        groups = x.B.shape[2]
         y = jnp.zeros((*x.delta.shape[:2], x.delta.shape[2] // groups if sum_groups else x.delta.shape[2]),
                       x.u.dtype)
         return (y, last) if return_last_state else y
-    groups = x.B.shape[2]
     if order is not None:
         order = _check_order(order, groups, x.u.shape[1])
     if impl == "pallas":
