@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssm_jax.nn.init import dt_bias_init, s4d_real_log_init, symmetric_uniform
+from ssm_jax.nn.split_dense import SplitDense
 from ssm_jax.nn.ss2d import resolve_dt_rank
 from ssm_jax.ssm import selective_scan
 
@@ -35,7 +36,7 @@ class MambaMixer(nn.Module):
     def __call__(self, x):
         d, n = self.expand * self.d_model, self.d_state
         r = resolve_dt_rank(self.dt_rank, self.d_model)
-        x, z = jnp.split(nn.Dense(2 * d, use_bias=False, dtype=self.dtype, name="in_proj")(x), 2, axis=-1)
+        x, z = SplitDense((d, d), dtype=self.dtype, name="in_proj")(x)
         x = nn.Conv(d, (self.d_conv,), padding=[(self.d_conv - 1, 0)], feature_group_count=d, dtype=self.dtype,
                     name="conv1d")(x)
         x = nn.silu(x)

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssm_jax.nn.init import dt_bias_init, s4d_real_log_init, symmetric_uniform
+from ssm_jax.nn.split_dense import SplitDense
 from ssm_jax.ssm import cross_merge, cross_scan, scan_orders, selective_scan
 
 
@@ -67,7 +68,7 @@ class SS2D(nn.Module):
     def setup(self):
         d, k, n = int(self.expand * self.d_model), self.directions, self.d_state
         r = resolve_dt_rank(self.dt_rank, self.d_model)
-        self.in_proj = nn.Dense(2 * d, use_bias=False, kernel_init=self.dense_init, dtype=self.dtype)
+        self.in_proj = SplitDense((d, d), kernel_init=self.dense_init, dtype=self.dtype)
         self.conv2d = nn.Conv(d, (self.d_conv, self.d_conv), padding="SAME", feature_group_count=d,
                               kernel_init=self.conv_init, dtype=self.dtype)
         self.x_proj_weight = self.param("x_proj_weight", symmetric_uniform(d ** -0.5), (k, d, r + 2 * n))
@@ -82,7 +83,7 @@ class SS2D(nn.Module):
         if x.ndim != 4 or x.shape[-1] != self.d_model:
             raise ValueError(f"SS2D: x has shape {x.shape}; expected (batch, height, width, d_model={self.d_model})")
         _, height, width, _ = x.shape
-        x, z = jnp.split(self.in_proj(x), 2, axis=-1)
+        x, z = self.in_proj(x)
         x = nn.silu(self.conv2d(x))
         orders = scan_orders(self.scan_method, height, width, self.directions)
         if self.fused_directions:

@@ -25,7 +25,7 @@ def _inputs(seed=0, batch=2):
 def _per_direction(m: SS2D, x):
     """SS2D forward with one selective_scan call per direction, each with its slice of the stacked parameters."""
     _, height, width, _ = x.shape
-    xi, z = jnp.split(m.in_proj(x), 2, axis=-1)
+    xi, z = m.in_proj(x)
     xi = nn.silu(m.conv2d(xi))
     orders = scan_orders(m.scan_method, height, width, m.directions)
     xs = cross_scan(xi, orders)
