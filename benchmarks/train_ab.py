@@ -10,6 +10,12 @@ by a few percent, and the same code read 529-556 images/s on two H100 leases (RE
 call, interleaved, compare. Each run is its own process, with ``PYTHONPATH`` naming its tree, so it imports that
 tree's ``ssm_jax`` and ``kernels`` whatever is installed. Passes each run's output on as it comes, with a line per
 run, then prints per size the median images/s of each tree and their ratio (above 1: this tree is faster).
+
+Each tree's runs share a persistent compilation cache of their own (``JAX_COMPILATION_CACHE_DIR``, in a temporary
+folder; ``--no-cache`` compiles every run): the first run compiles the initialisation and the step (on a lent H100
+about 90 and 70 s, session 58, where a whole run took 2.5-3 minutes and a 2-round A/B outran its 10-minute call), the
+later ones load them. A tree's later runs then run the executables of its first, so the rounds sample the device's
+variation, not XLA's autotuning, and their "compile (s)" is the cache's load time.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -38,10 +45,14 @@ def rows(output: str) -> dict[str, float]:
     return found
 
 
-def run_tree(tree: str, throughput_args: list[str]) -> dict[str, float]:
+def run_tree(tree: str, throughput_args: list[str], cache_dir: str | None = None) -> dict[str, float]:
     """``train_throughput.py`` of ``tree`` with ``throughput_args`` in a process of its own, its output passed on as
-    it comes (a call cut off keeps what was printed); its rows."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")])))
+    it comes (a call cut off keeps what was printed), with JAX's persistent compilation cache in ``cache_dir`` (None:
+    none); its rows."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))
+    if cache_dir:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
     printed = []
     with subprocess.Popen([sys.executable, os.path.join(tree, "benchmarks", "train_throughput.py"), *throughput_args],
                           cwd=tree, env=env, stdout=subprocess.PIPE, text=True) as child:
@@ -55,15 +66,18 @@ def run_tree(tree: str, throughput_args: list[str]) -> dict[str, float]:
     return found
 
 
-def interleave(base_dir: str, rounds: int, throughput_args: list[str], run=run_tree) -> dict[str, dict]:
-    """``rounds`` runs of each tree, this tree first, alternating; per label ("tree", "base"), size -> readings."""
+def interleave(base_dir: str, rounds: int, throughput_args: list[str], run=run_tree,
+               cache_root: str | None = None) -> dict[str, dict]:
+    """``rounds`` runs of each tree, this tree first, alternating, each tree's with its own compilation cache under
+    ``cache_root`` (None: none); per label ("tree", "base"), size -> readings."""
     if not os.path.isfile(os.path.join(base_dir, "benchmarks", "train_throughput.py")):
         raise SystemExit(f"train_ab.py: {base_dir} has no benchmarks/train_throughput.py: run train_ab.py export REV "
                          f"{base_dir} first (where the git checkout is) and carry {base_dir}")
     readings = {"tree": {}, "base": {}}
     for i in range(rounds):
         for label, tree in (("tree", REPO), ("base", os.path.abspath(base_dir))):
-            for size, rate in run(tree, throughput_args).items():
+            cache_dir = os.path.join(cache_root, label) if cache_root else None
+            for size, rate in run(tree, throughput_args, cache_dir).items():
                 readings[label].setdefault(size, []).append(rate)
                 print(f"round {i + 1}  {label:<5}{size:<7}{rate:10.1f} images/s", flush=True)
     return readings
@@ -87,6 +101,7 @@ def main():
     running = commands.add_parser("run", help="time this tree against DIR's, interleaved")
     running.add_argument("dir")
     running.add_argument("--rounds", type=int, default=2)
+    running.add_argument("--no-cache", action="store_true", help="compile every run (no persistent cache)")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)  # after it: train_throughput.py's arguments
     args = parser.parse_args(argv[:split])
@@ -94,7 +109,8 @@ def main():
         extract_revision(args.rev, CODE, args.dir, "train_ab.py")
         print(f"wrote {', '.join(CODE)} of {args.rev} to {args.dir}")
         return
-    print(summary(interleave(args.dir, args.rounds, argv[split + 1:])))
+    cache_root = None if args.no_cache else tempfile.mkdtemp(prefix="train_ab_cache_")
+    print(summary(interleave(args.dir, args.rounds, argv[split + 1:], cache_root=cache_root)))
 
 
 if __name__ == "__main__":

@@ -39,12 +39,13 @@ def test_trees_alternate_and_the_summary_compares_their_medians(tmp_path, capsys
     (tmp_path / "benchmarks" / "train_throughput.py").write_text("")
     calls, rates = [], {train_ab.REPO: iter([100.0, 104.0, 96.0]), str(tmp_path): iter([90.0, 80.0, 100.0])}
 
-    def fake_run(tree, args):
-        calls.append((tree, tuple(args)))
+    def fake_run(tree, args, cache_dir):
+        calls.append((tree, tuple(args), cache_dir))
         return {"tiny": next(rates[tree])}
 
-    readings = train_ab.interleave(str(tmp_path), 3, ["--sizes", "tiny"], run=fake_run)
-    assert calls == [(train_ab.REPO, ("--sizes", "tiny")), (str(tmp_path), ("--sizes", "tiny"))] * 3
+    readings = train_ab.interleave(str(tmp_path), 3, ["--sizes", "tiny"], run=fake_run, cache_root="/c")
+    args = ("--sizes", "tiny")
+    assert calls == [(train_ab.REPO, args, "/c/tree"), (str(tmp_path), args, "/c/base")] * 3
     assert readings == {"tree": {"tiny": [100.0, 104.0, 96.0]}, "base": {"tiny": [90.0, 80.0, 100.0]}}
     assert "round 2  base tiny         80.0 images/s" in capsys.readouterr().out
     row = train_ab.summary(readings).splitlines()[1].split()
@@ -54,3 +55,17 @@ def test_trees_alternate_and_the_summary_compares_their_medians(tmp_path, capsys
 def test_a_folder_without_an_export_is_named(tmp_path):
     with pytest.raises(SystemExit, match="has no benchmarks/train_throughput.py: run train_ab.py export REV"):
         train_ab.interleave(str(tmp_path), 1, [])
+
+
+def test_a_run_gets_its_trees_code_and_only_the_cache_it_is_given(tmp_path, monkeypatch):
+    """``run_tree`` starts the tree's script with the tree first on ``PYTHONPATH`` and the cache folder it is given,
+    or none (a cache set outside is not passed on)."""
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "train_throughput.py").write_text(
+        "import os, sys\n"
+        "first = os.environ['PYTHONPATH'].split(os.pathsep)[0]\n"
+        "print('tiny', '1', '0.0', '0.1', 1.0 if first == os.getcwd() else 0.0)\n"
+        "print('small', '1', '0.0', '0.1', len(os.environ.get('JAX_COMPILATION_CACHE_DIR', '')))\n")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/somewhere/else")
+    assert train_ab.run_tree(str(tmp_path), [], "/c/base") == {"tiny": 1.0, "small": float(len("/c/base"))}
+    assert train_ab.run_tree(str(tmp_path), []) == {"tiny": 1.0, "small": 0.0}
