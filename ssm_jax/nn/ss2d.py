@@ -24,14 +24,6 @@ def resolve_dt_rank(dt_rank, d_model: int) -> int:
     return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
 
 
-def block_diagonal(w):
-    """(K, r, d) -> (K r, K d), w[k] the k-th diagonal block: the K directions' dt projections as one matmul with
-    no batch dimension, whose output is already the scan's (batch, L, K d) layout. A batched einsum over k wrote
-    its output direction-major, and XLA transposed it in a pass of its own."""
-    k, r, d = w.shape
-    return jnp.einsum("krd,kj->krjd", w, jnp.eye(k, dtype=w.dtype)).reshape(k * r, k * d)
-
-
 class SS2D(nn.Module):
     """(B, H, W, d_model) -> (B, H, W, d_model).
 
@@ -118,7 +110,7 @@ class SS2D(nn.Module):
         k, r = orders.shape[0], self.dt_projs_weight.shape[1]
         x_dbl = jnp.einsum("bld,kdc->blkc", x, self.x_proj_weight.astype(x.dtype))
         dts, Bs, Cs = jnp.split(x_dbl, [r, r + self.d_state], axis=-1)
-        dts = dts.reshape(batch, length, k * r) @ block_diagonal(self.dt_projs_weight).astype(x.dtype)
+        dts = jnp.einsum("blkr,krd->blkd", dts, self.dt_projs_weight.astype(x.dtype)).reshape(batch, length, k * d)
         return selective_scan(x, dts, -jnp.exp(self.A_logs), Bs, Cs, D=self.Ds,
                               delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True, impl=self.scan_impl,
                               order=orders, sum_groups=True)
