@@ -5,10 +5,11 @@
     python benchmarks/init_time.py --image-size 32 --rounds 1    # CPU: both rows take the same lowering there
 
 A training run that starts fresh initialises its parameters first (``training.state.init_variables``: the model's
-``init`` lowered, compiled and run); on a lent H100 that took about 60-115 s before the train step's own compile
-(``step_profile.py``'s progress lines, session 58), far longer than its arithmetic. XLA removes the forward pass from
-that program (only the parameters are returned): what it compiles is the threefry random bits of every parameter,
-which JAX lowers as unrolled rounds of 32-bit arithmetic. ``jax_threefry_gpu_kernel_lowering`` lowers each to one
+``init`` lowered, compiled and run); on a lent H100 that took 95 and 117 s for MemoryMamba-tiny before the train
+step's own compile (``step_profile.py``'s progress lines, session 58), far longer than its arithmetic. On this
+project's CPU XLA removed the forward pass from that program (only the parameters are returned; no dot or convolution
+was left): what it compiles is the threefry random bits of every parameter, which JAX lowers as unrolled rounds of
+32-bit arithmetic. ``jax_threefry_gpu_kernel_lowering`` lowers each to one
 call of a CUDA kernel instead, the same function. Each row is ``init_variables`` in a fresh process (no compilation
 cache), alternating "unrolled" (JAX's default) and "kernel" ``--rounds`` times; the table gives the seconds per run,
 the median per lowering, and whether every run gave the same parameters, bit for bit (a SHA-256 of all of them).
