@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from kernels.selective_scan import backward, forward, split
 from kernels.selective_scan.common import POLY_PACK, check_power_of_two, make_layout
 from kernels.selective_scan.per_device import per_device
-from ssm_jax.ssm.selective_scan import discretize_delta, finish_output
+from ssm_jax.ssm.selective_scan import discretize_delta, finish_output, group_sum
 
 # design -> (forward, backward, default chunk, default (forward, backward) block_d caps, forward warps, backward
 # warps)
@@ -230,20 +230,14 @@ def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
 
 def _u_grad(du, u):
     """du in u's shape and dtype: the kernels give one per channel, which a shared u sums over the groups."""
-    return (_group_sum(du, du.shape[2] // u.shape[2]) if du.shape != u.shape else du).astype(u.dtype)
-
-
-def _group_sum(y, groups: int):
-    """(batch, L, D) -> (batch, L, D / G), in y's dtype: channel j the float32 sum of the groups' channels
-    g * D / G + j."""
-    return y.astype(jnp.float32).reshape(*y.shape[:2], groups, -1).sum(axis=2).astype(y.dtype)
+    return (group_sum(du, du.shape[2] // u.shape[2]) if du.shape != u.shape else du).astype(u.dtype)
 
 
 def _summed_output(out, groups: int, sum_groups: bool):
     """y, or (y, last_state), with y's groups summed when ``sum_groups``."""
     if not sum_groups:
         return out
-    return (_group_sum(out[0], groups), out[1]) if isinstance(out, tuple) else _group_sum(out, groups)
+    return (group_sum(out[0], groups), out[1]) if isinstance(out, tuple) else group_sum(out, groups)
 
 
 def _discretised_outside(inputs: dict, delta_softplus: bool, tuning: Tuning, direction: str) -> bool:

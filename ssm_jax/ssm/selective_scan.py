@@ -143,6 +143,12 @@ def _softplus_jvp(primals, tangents):
     return softplus(x), t * jax.nn.sigmoid(x)
 
 
+def group_sum(y, groups: int, dtype=jnp.float32):
+    """(batch, L, D) -> (batch, L, D / G) in y's dtype: channel j the sum, added in ``dtype``, of the groups' channels
+    g * D / G + j (``sum_groups``; a shared u's gradient)."""
+    return y.astype(dtype).reshape(*y.shape[:2], groups, -1).sum(axis=2).astype(y.dtype)
+
+
 def expand_groups(x, dim: int):
     """(batch, L, G, N) -> (batch, L, dim, N): channel d reads group d // (dim // G)."""
     groups = x.shape[2]
@@ -324,6 +330,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if order is not None:
         out = _in_order(out, jnp.argsort(order, axis=1), groups)
     if sum_groups:
-        out = out.astype(dtype).reshape(*out.shape[:2], groups, -1).sum(axis=2).astype(x.u.dtype)
+        out = group_sum(out, groups, dtype)
     return (out, last) if return_last_state else out
 
