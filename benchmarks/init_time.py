@@ -5,14 +5,14 @@
     python benchmarks/init_time.py --image-size 32 --rounds 1    # CPU: both rows take the same lowering there
 
 A training run that starts fresh initialises its parameters first (``training.state.init_variables``: the model's
-``init`` lowered, compiled and run); on a lent H100 that took 95 and 117 s for MemoryMamba-tiny before the train
-step's own compile (``step_profile.py``'s progress lines, session 58), far longer than its arithmetic. On this
-project's CPU XLA removed the forward pass from that program (only the parameters are returned; no dot or convolution
-was left): what it compiles is the threefry random bits of every parameter, which JAX lowers as unrolled rounds of
-32-bit arithmetic. ``jax_threefry_gpu_kernel_lowering`` lowers each to one
-call of a CUDA kernel instead, the same function. Each row is ``init_variables`` in a fresh process (no compilation
-cache), alternating "unrolled" (JAX's default) and "kernel" ``--rounds`` times; the table gives the seconds per run,
-the median per lowering, and whether every run gave the same parameters, bit for bit (a SHA-256 of all of them).
+``init`` lowered, compiled and run). What that compiles is mostly the threefry random bits of every parameter (on
+this project's CPU XLA removed the forward pass from the program: no dot or convolution was left), which JAX lowers
+by default as unrolled rounds of 32-bit arithmetic; ``jax_threefry_gpu_kernel_lowering`` lowers each draw to one call
+of a CUDA kernel instead, the same function. ``init_variables`` takes the kernel since session 59, after this script
+read on a lent H100 (2026-12-06, tiny, one round): unrolled 105.1 s, kernel 19.2 s, the same parameters to the bit.
+Each row is ``init_variables`` in a fresh process (no compilation cache), alternating "unrolled"
+(``threefry_kernel=False``, JAX's default) and "kernel" ``--rounds`` times; the table gives the seconds per run, the
+median per lowering, and whether every run gave the same parameters, bit for bit (a SHA-256 of all of them).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from benchmarks.train_throughput import bench_config  # noqa: E402
 from ssm_jax.training.run import build_model  # noqa: E402
 from ssm_jax.training.state import init_variables  # noqa: E402
 
-LOWERINGS = {"unrolled": False, "kernel": True}  # -> jax_threefry_gpu_kernel_lowering
+LOWERINGS = {"unrolled": False, "kernel": True}  # -> init_variables(threefry_kernel=...)
 
 
 def digest(tree) -> str:
@@ -48,11 +48,11 @@ def digest(tree) -> str:
 
 def measure(size: str, image_size: int, lowering: str) -> dict:
     """``init_variables`` of MemoryMamba ``size`` with the threefry ``lowering``: seconds, parameter count, digest."""
-    jax.config.update("jax_threefry_gpu_kernel_lowering", LOWERINGS[lowering])
     args = types.SimpleNamespace(image_size=image_size, scan_impl="auto", dtype="float32", memory="on")
     model = build_model(bench_config(size, args))
     start = time.perf_counter()
-    variables = jax.block_until_ready(init_variables(model, jax.random.PRNGKey(0), image_size))
+    variables = jax.block_until_ready(init_variables(model, jax.random.PRNGKey(0), image_size,
+                                                      threefry_kernel=LOWERINGS[lowering]))
     seconds = time.perf_counter() - start
     params = sum(leaf.size for leaf in jax.tree.leaves(variables))
     return {"size": size, "lowering": lowering, "seconds": seconds, "params": params, "digest": digest(variables)}

@@ -32,13 +32,23 @@ class TrainState(train_state.TrainState):
 INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
 
-def init_variables(model, rng, image_size: int) -> dict:
+def init_variables(model, rng, image_size: int, threefry_kernel: bool = True) -> dict:
     """``model.init`` on one zero image (inference mode), compiled with ``INIT_COMPILER_OPTIONS``; traced as it is
-    under ``abstract_state``."""
+    under ``abstract_state``.
+
+    ``threefry_kernel`` lowers the random bits with ``jax_threefry_gpu_kernel_lowering`` (one CUDA kernel a draw
+    instead of unrolled rounds; the same function, and no effect off GPU): on a lent H100 MemoryMamba-tiny's init took
+    19.2 s instead of 105.1 s with the same parameters to the bit (``benchmarks/init_time.py``, 2026-12-06). The flag is
+    restored afterwards, so the rest of the program keeps JAX's default."""
     image = jnp.zeros((1, image_size, image_size, 3))
     if isinstance(rng, jax.core.Tracer):
         return model.init(rng, image, train=False)
-    lowered = jax.jit(model.init, static_argnames="train").lower(rng, image, train=False)
+    previous = jax.config.jax_threefry_gpu_kernel_lowering
+    jax.config.update("jax_threefry_gpu_kernel_lowering", threefry_kernel)
+    try:
+        lowered = jax.jit(model.init, static_argnames="train").lower(rng, image, train=False)
+    finally:
+        jax.config.update("jax_threefry_gpu_kernel_lowering", previous)
     return lowered.compile(compiler_options=INIT_COMPILER_OPTIONS.get(jax.default_backend(), {}))(rng, image)
 
 

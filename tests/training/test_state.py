@@ -61,3 +61,22 @@ def test_abstract_state_is_the_states_shapes_and_placement_without_running_the_i
     for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(built)):
         assert isinstance(a, jax.ShapeDtypeStruct)
         assert (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
+
+
+def test_init_lowers_the_random_bits_with_the_threefry_kernel_flag_and_restores_it():
+    """The flag is on while ``init`` is traced and lowered (the lowering is where it acts), off with
+    ``threefry_kernel=False``, and JAX's default again afterwards; the values are the same either way (off GPU the
+    flag changes nothing, and on GPU it is the same function: ``benchmarks/init_time.py``)."""
+    seen = []
+
+    class Recorder(ConvBatchNormHead):
+        def __call__(self, x, train: bool = False):
+            seen.append(jax.config.jax_threefry_gpu_kernel_lowering)
+            return super().__call__(x, train)
+
+    rng, default = jax.random.PRNGKey(3), jax.config.jax_threefry_gpu_kernel_lowering
+    on = state_lib.init_variables(Recorder(), rng, 8)
+    off = state_lib.init_variables(Recorder(), rng, 8, threefry_kernel=False)
+    assert seen == [True, False] and jax.config.jax_threefry_gpu_kernel_lowering == default is False
+    for a, b in zip(jax.tree.leaves(on), jax.tree.leaves(off)):
+        np.testing.assert_array_equal(a, b)
