@@ -75,7 +75,8 @@ def largest_difference(base, new) -> float:
 def compare(base_ops, new_ops, shape, dtype, *, rounds: int, calls: int, bandwidth: float, interpret: bool) -> dict:
     """One shape and dtype: both versions checked against each other, then timed interleaved (times in us)."""
     args, cotangent = make_inputs(shape, jnp.dtype(dtype))
-    (base_f, base_fb), (new_f, new_fb) = (kernel_fns({}, shape.order(), ops.selective_scan_pallas, interpret)
+    (base_f, base_fb), (new_f, new_fb) = (kernel_fns({}, scan=ops.selective_scan_pallas, interpret=interpret,
+                                                     **shape.scan_kwargs())
                                           for ops in (base_ops, new_ops))
     for fn in (base_f, new_f):
         warm_up(fn, *args, calls=1, seconds=0.0 if interpret else 1.0)

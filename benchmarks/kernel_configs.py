@@ -74,12 +74,17 @@ def config_width(texts) -> int:
     return max(len(text) for text in texts) + 2
 
 
-def kernel_fns(config: dict, order=None, scan=selective_scan_pallas, interpret: bool = False):
+def kernel_fns(config: dict, order=None, scan=selective_scan_pallas, interpret: bool = False,
+               sum_groups: bool = False):
     """Jitted forward and forward+backward of the Pallas scan with a config's keywords (softplus on, on a GPU unless
-    ``interpret``); ``scan``: another version's ``selective_scan_pallas`` (``kernel_ab.py``)."""
+    ``interpret``); ``scan``: another version's ``selective_scan_pallas`` (``kernel_ab.py``), which is given
+    ``sum_groups`` only when set (versions before it lack the keyword)."""
+    summed = {"sum_groups": True} if sum_groups else {}
+
     def forward(*args):
         x = validate_inputs(*args)
-        return scan(*x, delta_softplus=True, return_last_state=False, interpret=interpret, order=order, **config)
+        return scan(*x, delta_softplus=True, return_last_state=False, interpret=interpret, order=order, **summed,
+                    **config)
 
     def forward_backward(args, cotangent):
         y, vjp = jax.vjp(forward, *args)

@@ -87,11 +87,9 @@ def lowered_kernels(config: dict, shape, dtype=jnp.float32, forward_only: bool =
     with inputs of ``dtype`` (the state stays float32); ``forward_only``: the forward of inference (no gradient, so
     no checkpoints) alone."""
     args, cotangent = jax.eval_shape(lambda: make_inputs(shape, dtype))
-    order = shape.order()
-
     def forward(*a):
         return selective_scan_pallas(*validate_inputs(*a), delta_softplus=True, return_last_state=False,
-                                     interpret=False, order=order, **config)
+                                     interpret=False, **shape.scan_kwargs(), **config)
 
     def forward_backward(a, ct):
         y, vjp = jax.vjp(forward, *a)

@@ -66,7 +66,8 @@ class Shape(NamedTuple):
     d_state: int
     directions: int = 1
     in_place: int = 0  # K > 0: a square map of `length` positions scanned in place along K `method` orders, as
-    # SS2D runs with fused directions: `dim` holds the K directions' channels, B/C come in K groups, no gate z
+    # SS2D runs with fused directions: `dim` holds the K directions' channels, B/C come in K groups, no gate z, and
+    # u and y hold one direction's channels (``u_dim``: u shared by the groups, y summed over them)
     method: str = "sweep"
 
     @property
@@ -77,6 +78,16 @@ class Shape(NamedTuple):
     @property
     def groups(self) -> int:
         return self.in_place or 1
+
+    @property
+    def u_dim(self) -> int:
+        """Channels of u and y: in place, one direction's, u shared by the K groups and y summed over them
+        (``selective_scan(sum_groups=True)``, as SS2D scans); otherwise ``dim``."""
+        return self.dim // self.groups
+
+    def scan_kwargs(self) -> dict:
+        """``selective_scan``'s keywords for this shape besides its arrays: in place, the orders and the sum of y."""
+        return dict(order=self.order(), sum_groups=bool(self.in_place))
 
     def order(self):
         """(K, L) scan orders of an in-place shape (``selective_scan(order=)``), else None."""
@@ -117,24 +128,28 @@ SMALL_MODEL_SHAPES = (Shape("mm-tiny/small", 1, 8 * 8, 4 * 16, 16, in_place=4),)
 
 
 def make_inputs(shape: Shape, dtype, seed: int = 0):
-    """A Mamba layer's scan inputs (D, gate z unless in place, delta_bias; softplus is on), random and non-zero."""
+    """A Mamba layer's scan inputs (D, gate z unless in place, delta_bias; softplus is on), random and non-zero, and
+    a cotangent of y; in place, u and y have ``shape.u_dim`` channels."""
     k = jax.random.split(jax.random.PRNGKey(seed), 9)
     bld = (shape.rows, shape.length, shape.dim)
+    bl_u = (shape.rows, shape.length, shape.u_dim)
     bc = (shape.rows, shape.length, shape.groups, shape.d_state)
     normal = lambda key, s, scale=1.0: (scale * jax.random.normal(key, s)).astype(dtype)
-    args = (normal(k[0], bld), normal(k[1], bld, 0.5), -jnp.exp(jax.random.normal(k[2], (shape.dim, shape.d_state))),
+    args = (normal(k[0], bl_u), normal(k[1], bld, 0.5), -jnp.exp(jax.random.normal(k[2], (shape.dim, shape.d_state))),
             normal(k[3], bc), normal(k[4], bc), jax.random.normal(k[5], (shape.dim,)),
             None if shape.in_place else normal(k[6], bld), jax.random.normal(k[7], (shape.dim,)))
-    return args, normal(k[8], bld)
+    return args, normal(k[8], bl_u)
 
 
 def forward_bytes(shape: Shape, dtype) -> int:
-    """Fewest bytes the forward moves: u, delta, z (when gated), B, C, A, D, delta_bias read once, y written once."""
+    """Fewest bytes the forward moves: u, delta, z (when gated), B, C, A, D, delta_bias read once, y written once
+    (in place, u and y one direction wide)."""
     item = jnp.dtype(dtype).itemsize
     act = shape.rows * shape.length * shape.dim * item
+    u_or_y = shape.rows * shape.length * shape.u_dim * item
     bc = shape.rows * shape.length * shape.groups * shape.d_state * item
     params = shape.dim * shape.d_state * 4 + 2 * shape.dim * 4
-    return (3 if shape.in_place else 4) * act + 2 * bc + params
+    return (1 if shape.in_place else 2) * act + 2 * u_or_y + 2 * bc + params
 
 
 def times_floor(seconds: float, shape: Shape, dtype, bandwidth: float) -> float:
@@ -215,13 +230,13 @@ def peer_times(peer_dir: str, dtype, repeats: int) -> dict:
                          "fwd_bwd_batched": r["fwd_bwd_batched"]} for r in rows}
 
 
-def functions(impl: str, order=None):
+def functions(impl: str, order=None, sum_groups: bool = False):
     """Jitted forward and forward+backward of an impl, or of ``pallas:<config>`` (a scan_tune config)."""
     if impl.startswith("pallas:"):
-        return kernel_fns(parse_config(impl.split(":", 1)[1]), order)
+        return kernel_fns(parse_config(impl.split(":", 1)[1]), order, sum_groups=sum_groups)
 
     def forward(*args):
-        return selective_scan(*args, delta_softplus=True, impl=impl, order=order)
+        return selective_scan(*args, delta_softplus=True, impl=impl, order=order, sum_groups=sum_groups)
 
     def forward_backward(args, cotangent):
         y, vjp = jax.vjp(forward, *args)
@@ -233,7 +248,7 @@ def functions(impl: str, order=None):
 def measure(impl: str, shape: Shape, dtype, repeats: int) -> dict:
     """Forward and fwd+bwd time (s) and peak memory (bytes, or None) of one impl on one shape."""
     args, cotangent = make_inputs(shape, dtype)
-    forward, forward_backward = functions(impl, shape.order())
+    forward, forward_backward = functions(impl, **shape.scan_kwargs())
     on_gpu = jax.default_backend() == "gpu"
     warmup_s = WARMUP_S if on_gpu else 0.0
     row = {"fwd": median_time(forward, *args, repeats=repeats, warmup_s=warmup_s)}

@@ -119,7 +119,7 @@ def _ours(shape_name: str, dtype: str, config: str = ""):
     from benchmarks.scan import functions, make_inputs
     shape = _shape(shape_name)
     args, _ = make_inputs(shape, jnp.dtype(dtype))
-    return functions(f"pallas:{config}" if config else "pallas", shape.order())[0], args
+    return functions(f"pallas:{config}" if config else "pallas", **shape.scan_kwargs())[0], args
 
 
 def run_pallas(shape_name: str, dtype: str, calls: int, config: str = "") -> None:

@@ -54,11 +54,12 @@ def interleaved_ms(fns, args, calls: int, rounds: int) -> list[float]:
     return [1e3 * float(np.median(spent)) for spent in times]
 
 
-def check(forward, forward_backward, args, cotangent, order=None) -> dict:
+def check(forward, forward_backward, args, cotangent, order=None, sum_groups: bool = False) -> dict:
     """Relative errors against the ``chunked`` scan of y, alone and under differentiation (the kernels' paths
     differ), and of the worst gradient (absent inputs skipped)."""
     def reference(args, cotangent):
-        y, vjp = jax.vjp(lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked", order=order), *args)
+        y, vjp = jax.vjp(lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked", order=order,
+                                                       sum_groups=sum_groups), *args)
         return y, vjp(cotangent)
 
     y, grads = forward_backward(args, cotangent)
@@ -79,12 +80,12 @@ def measure_shape(shape, dtype, configs, args, bandwidth: float) -> list[dict]:
     rows, timed = [], []
     for text, config in configs:
         row = {"config": text, "shape": shape.name, "dtype": dtype}
-        forward, forward_backward = kernel_fns(config, shape.order())
+        forward, forward_backward = kernel_fns(config, **shape.scan_kwargs())
         try:
             warm_up(forward, *inputs, calls=1, seconds=args.warmup_s)
             warm_up(forward_backward, inputs, cotangent, calls=1, seconds=args.warmup_s)
             if args.check and dtype == "float32":
-                row.update(check(forward, forward_backward, inputs, cotangent, shape.order()))
+                row.update(check(forward, forward_backward, inputs, cotangent, **shape.scan_kwargs()))
             timed.append((row, forward, forward_backward))
         except Exception as e:  # a config that fails to compile or run is a result too
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"

@@ -32,16 +32,23 @@ def test_model_shapes_are_mambaads_decoder_stages_at_256_px():
     assert sorted(got) == sorted(expected)
 
 
-def test_in_place_inputs_have_grouped_b_c_no_gate_and_sweep_orders():
+def test_in_place_inputs_have_grouped_b_c_no_gate_sweep_orders_and_u_y_one_direction_wide():
+    """As SS2D calls the scan: u (batch, L, d_inner) shared by the K groups, y summed over them (so its cotangent is
+    one direction wide too), delta and the parameters K * d_inner wide."""
     shape = SMALL_MODEL_SHAPES[0]
     (u, delta, A, B, C, D, z, bias), cotangent = make_inputs(shape, jnp.float32)
     assert B.shape == C.shape == (shape.rows, shape.length, 4, shape.d_state) and z is None
-    np.testing.assert_array_equal(shape.order(), scan_orders("sweep", 8, 8, 4))
-    assert Shape("plain", 1, 64, 8, 4).order() is None
+    assert u.shape == cotangent.shape == (shape.rows, shape.length, shape.dim // 4) == (1, 64, 16)
+    assert delta.shape == (1, 64, 64) and A.shape[0] == D.shape[0] == bias.shape[0] == 64
+    kwargs = shape.scan_kwargs()
+    assert kwargs["sum_groups"] is True
+    np.testing.assert_array_equal(kwargs["order"], scan_orders("sweep", 8, 8, 4))
+    assert Shape("plain", 1, 64, 8, 4).scan_kwargs() == dict(order=None, sum_groups=False)
     gated = Shape("gated", shape.batch, shape.length, shape.dim, shape.d_state)  # z read, B/C in one group
     act = shape.rows * shape.length * shape.dim * 4
     extra_groups = 2 * shape.rows * shape.length * 3 * shape.d_state * 4  # B and C of 3 more groups
-    assert forward_bytes(gated, jnp.float32) - forward_bytes(shape, jnp.float32) == act - extra_groups
+    # gated: u, delta, z read and y written at full width; in place: delta at full width, u and y at a quarter
+    assert forward_bytes(gated, jnp.float32) - forward_bytes(shape, jnp.float32) == 4 * act - 1.5 * act - extra_groups
 
 
 def test_copy_floor_of_vmamba_64x64_counts_each_tensor_once():
@@ -85,18 +92,18 @@ def test_in_place_shape_measures_on_cpu_and_matches_the_gathered_scan():
     row = measure("chunked", shape, jnp.float32, repeats=1)
     assert row["fwd"] > 0 and row["fwd_bwd"] > 0
     args, _ = make_inputs(shape, jnp.float32)
-    in_place = selective_scan(*args, delta_softplus=True, impl="sequential", order=shape.order())
+    in_place = selective_scan(*args, delta_softplus=True, impl="sequential", **shape.scan_kwargs())
     u, delta, A, B, C, D, z, bias = args
     order = np.asarray(shape.order())
     k, d = 4, shape.dim // 4
     ys = []
-    for g in range(k):  # each direction gathered into its own scan, outputs put back in raster order
+    for g in range(k):  # each direction gathered from the one u into its own scan, put back in raster order
         take = lambda t: t[:, order[g]]
-        y = selective_scan(take(u[..., g * d:(g + 1) * d]), take(delta[..., g * d:(g + 1) * d]), A[g * d:(g + 1) * d],
+        y = selective_scan(take(u), take(delta[..., g * d:(g + 1) * d]), A[g * d:(g + 1) * d],
                            take(B[:, :, g]), take(C[:, :, g]), D[g * d:(g + 1) * d], None, bias[g * d:(g + 1) * d],
                            delta_softplus=True, impl="sequential")
         ys.append(np.asarray(y)[:, np.argsort(order[g])])
-    np.testing.assert_allclose(in_place, np.concatenate(ys, axis=-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(in_place, np.sum(ys, axis=0), rtol=1e-5, atol=1e-5)  # the directions summed
 
 
 def test_a_pallas_config_row_runs_that_kernel_config():
@@ -107,7 +114,7 @@ def test_a_pallas_config_row_runs_that_kernel_config():
     args, _ = make_inputs(gated, jnp.float32)
 
     def lowered(impl, shape, args):
-        forward, _ = functions(impl, shape.order())
+        forward, _ = functions(impl, **shape.scan_kwargs())
         return forward.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
     inside, outside = (lowered(f"pallas:split:16:0:1:1:4:::::{gate}", gated, args) for gate in (1, 0))

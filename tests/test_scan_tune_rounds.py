@@ -39,12 +39,12 @@ def test_measure_shape_times_checks_and_reports_a_failing_config(monkeypatch):
     """The wiring on CPU, with the ``sequential`` scan standing in for the GPU kernel and one config that fails:
     each config gets a row in order, the working one its times and its check against ``chunked``, the other its
     error; the working one also its forward over the copy floor at the bandwidth given."""
-    def fake_kernel_fns(config, order=None):
+    def fake_kernel_fns(config, order=None, sum_groups=False):
         if config["design"] == "broken":
             def fail(*args):
                 raise ValueError("no such design")
             return fail, fail
-        return functions("sequential", order)
+        return functions("sequential", order, sum_groups)
 
     monkeypatch.setattr(scan_tune, "kernel_fns", fake_kernel_fns)
     args = argparse.Namespace(warmup_s=0.0, check=True, calls=2, rounds=3)
