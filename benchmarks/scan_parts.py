@@ -15,8 +15,8 @@ a training step runs them:
   each), ``walk`` (the serial forward kernel per segment from
   that state: y and the checkpoints);
 * backward: ``adjoint summaries``, ``adjoint chain``, ``backward walk`` (the serial backward kernel per segment),
-  ``reductions`` (dA, dD, d delta_bias summed over segments and rows; dB, dC over channel blocks; the backward
-  walk takes ddelta and d delta_bias through the discretisation itself, ``Layout.outer_softplus``).
+  ``reductions`` (dA, dD, d delta_bias summed over segments and rows; dB, dC over channel blocks; ddelta and
+  d delta_bias through the discretisation).
 
 ``whole`` is the forward and the vector-Jacobian product of ``selective_scan(impl="pallas")``: the parts should
 add up to about it (they are launched separately, so a little more). ``ms`` is the median of ``--repeats`` waited
@@ -30,7 +30,6 @@ no summary passes and are refused.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import NamedTuple
@@ -78,13 +77,12 @@ def setup(shape: Shape, dtype, interpret: bool) -> Setup:
     u, delta, A, B, C, D, z, delta_bias = args
     tuning = ops.Tuning(delta_in_kernel=False)
     _, _, lay, fwd_warps, bwd_warps = ops._design(tuning, u, B, A, interpret=interpret)
+    bwd_lay = ops._design(tuning, u, B, A, direction="backward", interpret=interpret)[2]
     if not lay.segment:
         raise ValueError(f"{shape.name}: L = {shape.length} is one segment for the auto design; it has no summary "
                          f"passes")
     given = ops._inputs(u, delta, A, B, C, D, z, delta_bias, None)
     outside = ops._discretised_outside(given, True, tuning, "forward")
-    bwd_lay = dataclasses.replace(ops._design(tuning, u, B, A, direction="backward", interpret=interpret)[2],
-                                  outer_softplus=outside, outer_bias=outside and "delta_bias" in given)
     softplus = not outside
     return Setup(args, cotangent, tuning, lay, bwd_lay, given, outside,
                  dict(delta_softplus=softplus, interpret=interpret, num_warps=fwd_warps),
@@ -121,8 +119,10 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
     def backward_walk(inputs, h_in):
         return backward.backward(dict(inputs, h_in=h_in), bwd_lay, **bwd_kw)
 
-    def reductions(grads):
+    def reductions(grads, given, discretised):
         grads = ops.sum_blocks(split.sum_segments(grads, bwd_lay), bwd_lay)
+        if outside:
+            grads = ops._outer_delta_grads(grads, given, discretised, True)
         return {k: v.sum(0) if k in ("dA", "dD", "dbias") else v for k, v in grads.items()}
 
     def whole(args, cotangent):
@@ -145,9 +145,9 @@ def part_functions(shape: Shape, dtype, interpret: bool) -> dict:
         "adjoint summaries": (adjoint_summaries, (bwd_inputs,)),
         "adjoint chain": (adjoint_chain, (bwd_inputs, adjoint_total, adjoint_dsum)),
         "backward walk": (backward_walk, (bwd_inputs, h_adjoint)),
-        "reductions": (reductions, (grads,)),
+        "reductions": (reductions, (grads, given, inputs["delta"])),
         "whole": (whole, (args, cotangent)),
-        "outputs": (y, jax.jit(reductions)(grads)),
+        "outputs": (y, jax.jit(reductions)(grads, given, inputs["delta"])),
     }
 
 

@@ -89,8 +89,6 @@ def _kernel(*refs, names, out_names, lay: Layout, delta_softplus: bool):
             ddelta = step.u * hB + jnp.sum(hx * rates, axis=1) / common.LOG2E  # sum_n h x a A
             if delta_softplus:
                 ddelta = ddelta * common.sigmoid(lay, step.delta_pre)
-            elif lay.outer_softplus:
-                ddelta = ddelta * common.softplus_slope(lay, step.delta)
             if step.mask is not None:
                 ddelta = jnp.where(step.mask, ddelta, 0.0)
             dbias = dbias + ddelta
@@ -134,7 +132,7 @@ def backward(inputs: dict, lay: Layout, *, delta_softplus: bool, interpret: bool
         shapes["dz"] = jax.ShapeDtypeStruct(bld, inputs["z"].dtype)
     if "D" in inputs:
         shapes["dD"] = jax.ShapeDtypeStruct((rows, lay.dim), F32)
-    if "delta_bias" in inputs or lay.outer_bias:
+    if "delta_bias" in inputs:
         shapes["dbias"] = jax.ShapeDtypeStruct((rows, lay.dim), F32)
     names, out_names = tuple(inputs), tuple(shapes)
     lay = dataclasses.replace(lay, pair_chunks=False)  # its walk loads a step ahead inside the chunk, one chunk a loop

@@ -19,7 +19,6 @@ cross-merge). Only the positions move: steps, chunks, segments and checkpoints s
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -83,12 +82,6 @@ class Layout:
     # dy holds one group's channels, read by every group: y's gradient when the caller sums the groups' outputs
     # (``selective_scan(sum_groups=True)``, SS2D merging its K directions), not broadcast K-fold (``load_dy_row``).
     shared_dy: bool = False
-    # backward kernel given delta discretised outside it (softplus(delta + bias), ``ops._kernel_inputs``): return
-    # ddelta with respect to delta + bias, times softplus' slope 1 - e^-delta read from the discretised value
-    # (``outer_softplus``), and d delta_bias per row (``outer_bias``), where an XLA pass over ddelta and delta did
-    # both after the kernel (MemoryMamba-tiny's train step: 4.3 ms of 103.5; lent H100, session 59).
-    outer_softplus: bool = False
-    outer_bias: bool = False
 
     @property
     def group_dim(self) -> int:
@@ -540,16 +533,6 @@ def sigmoid(lay: Layout, x):
     """1 / (1 + e^-x) through ``exp2`` and ``reciprocal`` (two special-function instructions; ``jax.nn.sigmoid``
     lowers to libdevice's expf and a division)."""
     return reciprocal(lay, 1.0 + exp2(lay, -LOG2E * x))
-
-
-def softplus_slope(lay: Layout, delta):
-    """softplus'(x) = 1 - e^-softplus(x), from delta = softplus(x) >= 0 alone. For delta < 1/2 the series of
-    (1 - e^-d) / d to d^8 (truncation below 6e-10 relative; the subtraction would lose d's low bits), else
-    1 - 2^(-d log2 e), whose ``ex2`` error the subtraction at most 1.6-folds (e^-d / (1 - e^-d) at d = 1/2)."""
-    series = jnp.full_like(delta, 1 / math.factorial(9))
-    for k in range(8, -1, -1):  # Horner: sum_k (-d)^k / (k + 1)!
-        series = fma(lay, series, -delta, 1 / math.factorial(k + 1))
-    return jnp.where(delta < 0.5, series * delta, 1.0 - exp2(lay, -LOG2E * delta))
 
 
 def decay(lay: Layout, delta, rates, poly: int = 0):

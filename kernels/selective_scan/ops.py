@@ -222,12 +222,9 @@ def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
-def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret, outer: tuple[bool, bool] = (False, False)):
-    """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group. ``outer``:
-    (softplus, bias) applied to delta outside the kernels, whose gradients the kernel then takes as well
-    (``Layout.outer_softplus``, ``Layout.outer_bias``)."""
+def _backward(inputs: dict, tuning: Tuning, delta_softplus, interpret):
+    """The design's backward kernel on (per-device) inputs: gradients per batch row, dB and dC per group."""
     _, backward, lay, _, warps = _design_for(inputs, tuning, "backward", interpret)
-    lay = dataclasses.replace(lay, outer_softplus=outer[0], outer_bias=outer[1])
     return sum_blocks(backward(inputs, lay, delta_softplus=delta_softplus, interpret=interpret, num_warps=warps), lay)
 
 
@@ -258,6 +255,17 @@ def _kernel_inputs(inputs: dict, delta_softplus: bool, tuning: Tuning, direction
     kernel = {k: v for k, v in inputs.items() if k != "delta_bias"}
     kernel["delta"] = discretize_delta(inputs["delta"], inputs.get("delta_bias"), delta_softplus, jnp.float32)
     return kernel, False
+
+
+def _outer_delta_grads(grads: dict, given: dict, discretised, delta_softplus: bool) -> dict:
+    """ddelta (in delta's dtype) and d delta_bias (per batch row, as the kernels give it) through a discretisation
+    done outside the kernels, from their ddelta with respect to the ``discretised`` delta. softplus' derivative
+    is sigmoid(x) = 1 - exp(-softplus(x)), so x itself is not needed again."""
+    d = grads["ddelta"] * -jnp.expm1(-discretised) if delta_softplus else grads["ddelta"]
+    out = {**grads, "ddelta": d.astype(given["delta"].dtype)}
+    if "delta_bias" in given:
+        out["dbias"] = d.sum(axis=1)
+    return out
 
 
 def sum_blocks(grads: dict, lay) -> dict:
@@ -317,12 +325,12 @@ def _scan_bwd(delta_softplus, return_last_state, interpret, tuning, sum_groups, 
         inputs["dy"], inputs["dlast"] = dy.astype(u.dtype), dlast.astype(jnp.float32)
     else:
         inputs["dy"] = cotangent.astype(u.dtype)
-    outside = _discretised_outside(given, delta_softplus, tuning, "backward")  # the kernel reads softplus(delta + bias)
-    outer = (outside and delta_softplus, outside and "delta_bias" in given)
-    g = per_device(functools.partial(_backward, tuning=tuning, delta_softplus=softplus, interpret=interpret,
-                                     outer=outer), inputs, REPLICATED)
-    return (_u_grad(g["du"], u), g["ddelta"].astype(delta.dtype), _reduced(g, "dA", A), g["dB"].astype(B.dtype),
-            g["dC"].astype(C.dtype), _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias), None)
+    g = per_device(functools.partial(_backward, tuning=tuning, delta_softplus=softplus, interpret=interpret), inputs,
+                   REPLICATED)
+    if _discretised_outside(given, delta_softplus, tuning, "backward"):
+        g = _outer_delta_grads(g, given, inputs["delta"], delta_softplus)
+    return (_u_grad(g["du"], u), g["ddelta"], _reduced(g, "dA", A), g["dB"].astype(B.dtype), g["dC"].astype(C.dtype),
+            _reduced(g, "dD", D), g.get("dz"), _reduced(g, "dbias", delta_bias), None)
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -400,8 +408,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
       hoist_loads: issue every load of a chunk before its first store (more registers, one memory latency a chunk
         instead of one a step); None (default): in the forward kernels only, as measured (``HOIST_BY_DEFAULT``).
       delta_in_kernel: True applies delta_bias and softplus inside each kernel pass; False computes
-        softplus(delta + bias) once, in float32, before the kernels (the backward kernel still takes its gradient,
-        from the discretised delta: ``Layout.outer_softplus``); "forward" inside the forward kernels, and as False for the backward kernel; "inference" inside the forward kernels when no
+        softplus(delta + bias) once, in float32, before the kernels (and its gradient after them); "forward" inside
+        the forward kernels, and as False for the backward kernel; "inference" inside the forward kernels when no
         gradient is taken, and as False when one is; None (the default) "forward" for 16-bit inputs and
         "inference" for float32 (``DELTA_IN_KERNEL_BY_ITEMSIZE``). Discretised in or out of the kernels, y differs
         by the rounding of softplus (``common.softplus``).
