@@ -31,7 +31,8 @@ sys.path.insert(0, REPO)
 from benchmarks.check_pallas import rel  # noqa: E402
 from benchmarks.kernel_configs import kernel_fns  # noqa: E402
 from benchmarks.rows import append_jsonl, extract_revision, select_shapes  # noqa: E402
-from benchmarks.scan import SHAPES, SMALL_SHAPES, copy_bandwidth, make_inputs, times_floor, warm_up  # noqa: E402
+from benchmarks.scan import (MODEL_SHAPES, SHAPES, SMALL_MODEL_SHAPES, SMALL_SHAPES, copy_bandwidth,  # noqa: E402
+                             make_inputs, times_floor, warm_up)
 from benchmarks.scan_tune import interleaved_ms  # noqa: E402
 
 PACKAGE = "kernels/selective_scan"
@@ -104,8 +105,8 @@ def run(args) -> list[dict]:
     on_gpu = jax.default_backend() == "gpu"
     base_ops = load_base(args.base)
     new_ops = importlib.import_module("kernels.selective_scan.ops")
-    shapes = select_shapes(SHAPES if on_gpu else SMALL_SHAPES, args.shapes,
-                           default=None if on_gpu else SMALL_SHAPES[-1:])
+    shapes = select_shapes((*SHAPES, *MODEL_SHAPES) if on_gpu else (*SMALL_SHAPES, *SMALL_MODEL_SHAPES), args.shapes,
+                           default=SHAPES if on_gpu else SMALL_SHAPES[-1:])
     bandwidth = copy_bandwidth(2**30 if on_gpu else 2**24, repeats=5)
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s" + ("" if on_gpu else "; no GPU: interpret mode, not a timing"))
     print(f"{'shape':<14}{'dtype':<10}{'base fwd':>10}{'new fwd':>10}{'ratio':>8}{'base x':>8}{'new x':>8}"
@@ -129,7 +130,8 @@ def main() -> None:
     ex.add_argument("dir")
     go = sub.add_parser("run", help="time the working tree's kernels against the exported ones")
     go.add_argument("base", help="the DIR given to export")
-    go.add_argument("--shapes", help="comma-separated shape names (GPU default: all five of scan.py)")
+    go.add_argument("--shapes", help="comma-separated shape names (GPU default: the five generic ones of scan.py; "
+                                     "its model shapes by name)")
     go.add_argument("--dtypes", default="float32")
     go.add_argument("--rounds", type=int, default=7)
     go.add_argument("--calls", type=int, default=50)
