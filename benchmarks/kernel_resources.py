@@ -87,6 +87,7 @@ def lowered_kernels(config: dict, shape, dtype=jnp.float32, forward_only: bool =
     with inputs of ``dtype`` (the state stays float32); ``forward_only``: the forward of inference (no gradient, so
     no checkpoints) alone."""
     args, cotangent = jax.eval_shape(lambda: make_inputs(shape, dtype))
+
     def forward(*a):
         return selective_scan_pallas(*validate_inputs(*a), delta_softplus=True, return_last_state=False,
                                      interpret=False, **shape.scan_kwargs(), **config)

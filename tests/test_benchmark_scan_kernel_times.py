@@ -34,7 +34,8 @@ def test_pallas_mode_takes_a_scan_tune_config(monkeypatch):
     from benchmarks.scan_kernel_times import _ours
 
     asked = []
-    monkeypatch.setattr(benchmarks.scan, "functions", lambda impl, order=None, sum_groups=False: asked.append(impl) or (impl, None))
+    monkeypatch.setattr(benchmarks.scan, "functions",
+                        lambda impl, order=None, sum_groups=False: asked.append(impl) or (impl, None))
     forward, args = _ours("vmamba-64x64", "float32", "split:32/16:0:1:1::::::::1")
     assert forward == "pallas:split:32/16:0:1:1::::::::1" and args[0].shape == (8, 4096, 192)
     assert _ours("vmamba-64x64", "float32")[0] == "pallas" and asked == [forward, "pallas"]
