@@ -76,7 +76,8 @@ def test_init_lowers_the_random_bits_with_the_threefry_kernel_flag_and_restores_
 
     rng, default = jax.random.PRNGKey(3), jax.config.jax_threefry_gpu_kernel_lowering
     on = state_lib.init_variables(Recorder(), rng, 8)
+    assert jax.config.jax_threefry_gpu_kernel_lowering == default is False  # restored after the init
     off = state_lib.init_variables(Recorder(), rng, 8, threefry_kernel=False)
-    assert seen == [True, False] and jax.config.jax_threefry_gpu_kernel_lowering == default is False
+    assert seen == [True, False] and jax.config.jax_threefry_gpu_kernel_lowering is False
     for a, b in zip(jax.tree.leaves(on), jax.tree.leaves(off)):
         np.testing.assert_array_equal(a, b)
