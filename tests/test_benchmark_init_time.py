@@ -2,7 +2,6 @@
 lowering, which on a CPU give the same bits), the digest's sensitivity to one bit, and the summary's medians, ratio
 and agreement."""
 
-import jax
 import numpy as np
 import pytest
 
@@ -12,10 +11,8 @@ from configs.memorymamba_elpv import get_config
 
 @pytest.fixture
 def small_model(monkeypatch):
-    """The ``:cpu`` variant (64 px, depths 1-1-2) in place of a benchmark size; the lowering flag put back after."""
+    """The ``:cpu`` variant (64 px, depths 1-1-2) in place of a benchmark size."""
     monkeypatch.setattr(init_time, "bench_config", lambda size, args: get_config("cpu"))
-    yield
-    jax.config.update("jax_threefry_gpu_kernel_lowering", False)
 
 
 def test_either_lowering_initialises_the_same_parameters_on_a_cpu(small_model):
