@@ -40,7 +40,9 @@ def _median_rate(fn, batch: int, steps: int, sync) -> tuple[float, float]:
     return median, batch / median
 
 
-def ours(args) -> list[dict]:
+def compiled_train_step(image_size: int, batch_size: int, scan_impl: str, dtype: str):
+    """train.py's jitted MambaAD train step (the official recipe of ``configs/mambaad_common.py``), compiled for one
+    batch of random images on all devices: (compiled step, initial state, batch, compile seconds, config, mesh)."""
     import jax
 
     from configs.mambaad_common import mambaad_config, set_batch_size
@@ -49,19 +51,32 @@ def ours(args) -> list[dict]:
     from ssm_jax.training.optim import make_optimizer
     from ssm_jax.training.run import build_model
 
-    config = mambaad_config("synthetic", None, epochs=1, image_size=args.image_size)
-    set_batch_size(config, args.batch_size)
-    config.model.scan_impl, config.model.dtype = args.scan_impl, args.dtype
+    config = mambaad_config("synthetic", None, epochs=1, image_size=image_size)
+    set_batch_size(config, batch_size)
+    config.model.scan_impl, config.model.dtype = scan_impl, dtype
     mesh = make_mesh()
     model = build_model(config)
     state = reconstruction.create_state(model, make_optimizer(config.optim, 1000, frozen=reconstruction.FROZEN),
-                                        jax.random.PRNGKey(0), args.image_size, mesh)
+                                        jax.random.PRNGKey(0), image_size, mesh)
     rng = np.random.default_rng(0)
-    train_batch = shard_batch({"image": rng.standard_normal((args.batch_size, args.image_size, args.image_size, 3),
-                                                            dtype=np.float32)}, mesh)
+    batch = shard_batch({"image": rng.standard_normal((batch_size, image_size, image_size, 3), dtype=np.float32)},
+                        mesh)
+    start = time.perf_counter()
+    compiled = reconstruction.make_train_step(config.loss, mesh).lower(state, batch).compile()
+    return compiled, state, batch, time.perf_counter() - start, config, mesh
+
+
+def ours(args) -> list[dict]:
+    import jax
+
+    from ssm_jax.training import reconstruction
+    from ssm_jax.training.mesh import shard_batch
+
+    train_step, state, train_batch, _, config, mesh = compiled_train_step(args.image_size, args.batch_size,
+                                                                          args.scan_impl, args.dtype)
+    rng = np.random.default_rng(1)
     eval_images = shard_batch({"image": rng.standard_normal((args.eval_batch_size, args.image_size,
                                                              args.image_size, 3), dtype=np.float32)}, mesh)["image"]
-    train_step = reconstruction.make_train_step(config.loss, mesh).lower(state, train_batch).compile()
     predict_step = reconstruction.make_predict_step(mesh, config.eval.sigma)
     holder = {"state": state, "out": None}
 

@@ -1,10 +1,12 @@
-"""Where MemoryMamba's train step spends its device time: kernel time per model part, from one JAX profile.
+"""Where a model's train step spends its device time: kernel time per model part, from one JAX profile.
 
-    python benchmarks/step_profile.py                                  # GPU: tiny, 224 px, batch 64, float32
+    python benchmarks/step_profile.py                                  # GPU: MemoryMamba-tiny, 224 px, batch 64
     python benchmarks/step_profile.py --dtype bfloat16 --top 30
+    python benchmarks/step_profile.py --model mambaad                  # MambaAD's step, 256 px, batch 16
     python benchmarks/step_profile.py --image-size 32 --batch-size 2 --scan-impl sequential   # a quick CPU run
 
-Compiles ``train_throughput.py``'s step (the same config and random batch), runs it ``--warmup`` times, then records
+Compiles ``train_throughput.py``'s step (the same config and random batch; with ``--model mambaad``,
+``mambaad_throughput.py``'s), runs it ``--warmup`` times, then records
 ``--steps`` steps under ``jax.profiler.trace`` and reads the profile with ``jax.profiler.ProfileData``. Each kernel
 (on the CPU: each thunk) names the HLO instruction it ran (``hlo_op``); the compiled HLO's ``op_name`` metadata of
 that instruction names the Flax module and primitive that emitted it. Prints, per step: the wall time, the kernels'
@@ -31,13 +33,23 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import mambaad_throughput  # noqa: E402
 from benchmarks.train_throughput import (add_step_arguments, bench_config, compiled_train_step,  # noqa: E402
                                          scan_patched)
 
 COMMAND_BUFFERS_OFF = "--xla_gpu_enable_command_buffer="
 INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*?op_name="([^"]*)"', re.M)
 WRAPPER = re.compile(r"^(?:jit|jvp|transpose|vmap|remat|checkpoint|pjit)\((.*)\)$")
-STAGE_BLOCK = re.compile(r"^stage(\d+)_block\d+$")
+# Module names with an index: (pattern, stage label or None, the part's name). A block's index is dropped, so a
+# part sums over a stage's blocks; the stage table sums by the label.
+INDEXED = (
+    (re.compile(r"^stage(\d+)_block\d+$"), "stage{}", "block"),  # MemoryMamba
+    (re.compile(r"^layers_up_(\d+)_blocks_\d+$"), "layers_up_{}", "lss"),  # MambaAD's decoder: LSS modules
+    (re.compile(r"^layers_up_(\d+)_upsample$"), "layers_up_{}", "upsample"),
+    (re.compile(r"^smm_blocks_\d+$"), None, "hss"),  # an LSS module's HSS blocks
+    (re.compile(r"^layer(\d+)_\d+$"), "layer{}", "block"),  # a ResNet encoder's residual blocks
+)
+TOP_LEVEL = ("step", "main", "MemoryMamba", "MambaAD")
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
@@ -48,8 +60,9 @@ def op_names(hlo_text: str) -> dict[str, str]:
 def attribute(op_name: str) -> tuple[str, str, str]:
     """(direction, part, stage) of an ``op_name``: direction is "backward" under a ``transpose(...)`` (the VJP),
     else "forward"; part is the module path below the model with stage/block indices dropped, plus the primitive
-    ("ss2d/ss2d.scan_in_place/gather"); stage is "stageN" inside a block, else "-". Ops outside the model (the
-    loss, the optimizer update) keep their path without the ``jit(...)`` wrappers."""
+    ("ss2d/ss2d.scan_in_place/gather"); stage is the stage of the innermost indexed module (``INDEXED``: "stageN"
+    inside a MemoryMamba block, "layers_up_N" in MambaAD's decoder, "layerN" in its encoder), else "-". Ops outside
+    the model (the loss, the optimizer update) keep their path without the ``jit(...)`` wrappers."""
     op_name = op_name.split(";")[0]
     direction = "backward" if "transpose(" in op_name else "forward"
     parts, stage = [], "-"
@@ -58,11 +71,13 @@ def attribute(op_name: str) -> tuple[str, str, str]:
         while inner:  # jit(step), transpose(jvp(MemoryMamba)): keep only a module name inside
             component = inner.group(1)
             inner = WRAPPER.match(component)
-        block = STAGE_BLOCK.match(component)
-        if block:
-            stage = f"stage{block.group(1)}"
-            parts.append("block")
-        elif component and component not in ("step", "main", "MemoryMamba"):
+        for pattern, label, name in INDEXED:
+            indexed = pattern.match(component)
+            if indexed:
+                stage = label.format(*indexed.groups()) if label else stage
+                component = name
+                break
+        if component and component not in TOP_LEVEL:
             parts.append(component)
     return direction, "/".join(parts) or "(unnamed)", stage
 
@@ -128,13 +143,29 @@ def progress(started: float, what: str) -> None:
     print(f"[{time.perf_counter() - started:6.0f} s] {what}", file=sys.stderr, flush=True)
 
 
+# Each model's default image size and batch: the step its benchmarks and papers train.
+MODEL_DEFAULTS = {"memorymamba": (224, 64), "mambaad": (256, 16)}
+
+
+def model_step(args):
+    """(compiled train step, state, batch, compile seconds) of ``args.model``."""
+    args.image_size = args.image_size or MODEL_DEFAULTS[args.model][0]
+    args.batch_size = args.batch_size or MODEL_DEFAULTS[args.model][1]
+    if args.model == "mambaad":
+        scan_impl = "auto" if args.scan_impl == "none" else args.scan_impl  # "none": scan_patched swaps the scan
+        return mambaad_throughput.compiled_train_step(args.image_size, args.batch_size, scan_impl, args.dtype)[:4]
+    return compiled_train_step(bench_config(args.size, args), args.batch_size)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--model", default="memorymamba", choices=sorted(MODEL_DEFAULTS))
+    parser.add_argument("--size", default="tiny", help="MemoryMamba's size")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--top", type=int, default=25)
     add_step_arguments(parser)
+    parser.set_defaults(image_size=None, batch_size=None)  # the model's own (MODEL_DEFAULTS)
     parser.add_argument("--trace-dir", default=None, help="keep the profile here (default: a temporary folder)")
     parser.add_argument("--command-buffers", action="store_true",
                         help="leave XLA's command buffers on: the real step's time, its kernels unattributed")
@@ -142,7 +173,7 @@ def main():
     rerun_without_command_buffers(args.command_buffers)
     started = time.perf_counter()
     with scan_patched(args.scan_impl):
-        compiled, state, batch, compile_s = compiled_train_step(bench_config(args.size, args), args.batch_size)
+        compiled, state, batch, compile_s = model_step(args)
     progress(started, f"step compiled ({compile_s:.0f} s); {args.warmup} warm-up steps")
     names = op_names(compiled.as_text())
     for _ in range(args.warmup):
@@ -163,8 +194,9 @@ def main():
     events = device_events(jax.profiler.ProfileData.from_file(paths[-1]))
     kernel_us = sum(us for _, us in events) / args.steps
     device = jax.devices()[0]
-    print(f"# {device.device_kind} ({device.platform}); {args.size}, {args.image_size} px, batch {args.batch_size}, "
-          f"scan {args.scan_impl}, memory {args.memory}, activations {args.dtype}; {args.steps} profiled steps; "
+    model = f"MemoryMamba-{args.size}, memory {args.memory}" if args.model == "memorymamba" else "MambaAD"
+    print(f"# {device.device_kind} ({device.platform}); {model}, {args.image_size} px, batch {args.batch_size}, "
+          f"scan {args.scan_impl}, activations {args.dtype}; {args.steps} profiled steps; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"step wall time {wall * 1e3:.2f} ms (profiler on); kernels {kernel_us / 1e3:.2f} ms a step in "
           f"{len(events) // args.steps} launches; device idle between kernels {(wall * 1e6 - kernel_us) / 1e3:.2f} ms")
