@@ -355,9 +355,9 @@ def main() -> None:
     if args.one == "bandwidth":
         print(json.dumps({"bandwidth": copy_bandwidth(bandwidth_bytes, args.repeats)}))
         return
-    if args.one:
+    if args.one:  # a child of ``isolated``, which names its shape but not the parent's --shapes
         impl, name = args.one.rsplit("@", 1)
-        print(json.dumps(measure(impl, shapes[name], dtype, args.repeats)))
+        print(json.dumps(measure(impl, {s.name: s for s in generic + model}[name], dtype, args.repeats)))
         return
     impls = [i for i in args.impls.split(",") if i in IMPLS]
     impls += [f"pallas:{config}" for config in args.pallas_configs.split(",") if config]

@@ -1,12 +1,14 @@
 """benchmarks/scan.py's model shapes: they are the scans MemoryMamba-tiny and MambaAD run (so a timing of them is a
 timing of the models' stages), and the in-place inputs they build run through the scan with the orders SS2D uses."""
 
+import argparse
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from benchmarks.scan import (MODEL_SHAPES, SHAPES, SMALL_MODEL_SHAPES, Shape, floor_target, forward_bytes, functions,
-                             make_inputs, measure, print_peer_ratios, times_floor)
+                             isolated, make_inputs, measure, print_peer_ratios, times_floor)
 from ssm_jax.models.mambaad import mambaad_model_config
 from ssm_jax.models.memorymamba import memorymamba_presets
 from ssm_jax.ssm import scan_orders, selective_scan
@@ -105,6 +107,15 @@ def test_in_place_shape_measures_on_cpu_and_matches_the_gathered_scan():
                            delta_softplus=True, impl="sequential")
         ys.append(np.asarray(y)[:, np.argsort(order[g])])
     np.testing.assert_allclose(in_place, np.sum(ys, axis=0), rtol=1e-5, atol=1e-5)  # the directions summed
+
+
+def test_a_model_shape_is_measured_in_its_own_process():
+    """On the GPU every row runs in a child process (``isolated``), which is told the shape's name and not the
+    parent's ``--shapes``: it must find the model shapes too (the first GPU run of them failed with a KeyError)."""
+    args = argparse.Namespace(dtype="float32", repeats=1, small=True)
+    row = isolated(f"chunked@{SMALL_MODEL_SHAPES[0].name}", args)
+    assert "error" not in row, row
+    assert row["fwd"] > 0 and row["fwd_bwd_batched"] > 0
 
 
 def test_a_pallas_config_row_runs_that_kernel_config():
