@@ -6,7 +6,7 @@
     python benchmarks/scan.py --impls pallas --peer peer/mamba_ssm   # GPU: and mamba_ssm's CUDA kernel beside it
     python benchmarks/scan.py --impls pallas --pallas-configs split:16:0:1:1:4::::1 --peer peer/mamba_ssm
 
-Prints one row per impl x shape: forward and forward+backward time, one call at a time (median of repeats after
+Prints one row per impl x shape, each as soon as it is measured: forward and forward+backward time, one call at a time (median of repeats after
 warm-up calls, at least ``WARMUP_S`` seconds of them on GPU; each call pays the host's dispatch latency) and back
 to back (``b2b``: per call, median of repeats of ``BATCH_CALLS`` calls issued without waiting, the device's own rate
 as in training), peak memory, and for the back-to-back forward the floor = bytes it must move / copy bandwidth
@@ -289,7 +289,7 @@ def print_peer_ratios(rows, peer: dict, bandwidth: float, dtype) -> None:
     read from both (``floor_target``)."""
     print("\nours / mamba_ssm (same GPU, same call, timed alike; below 1 means ours is faster): one call at a time, "
           "then back to back; mamba_ssm's forward over the copy floor, and ours within 3x where it is within 10x")
-    width = impl_width(rows)
+    width = impl_width(impl for impl, _, _ in rows)
     print(f"{'impl':<{width}} {'shape':<16} {'peer fwd ms':>12} {'peer f+b ms':>12} {'fwd ratio':>10} "
           f"{'f+b ratio':>10} {'b2b peer fwd':>13} {'b2b peer f+b':>13} {'b2b fwd':>8} {'b2b f+b':>8} "
           f"{'peer/floor':>10} {'3x target':>13}")
@@ -306,29 +306,30 @@ def print_peer_ratios(rows, peer: dict, bandwidth: float, dtype) -> None:
               f"{peer_floor:10.1f} {floor_target(ours_floor, peer_floor):>13}")
 
 
-def impl_width(rows) -> int:
+def impl_width(impls) -> int:
     """Width of the impl column: 12, or the longest ``pallas:<config>`` label."""
-    return max([12] + [len(impl) for impl, _, _ in rows])
+    return max([12] + [len(impl) for impl in impls])
 
 
-def print_table(rows, bandwidth: float, dtype) -> None:
+def print_header(width: int, bandwidth: float, dtype) -> None:
     print(f"\ncopy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s; dtype {jnp.dtype(dtype).name}")
-    width = impl_width(rows)
     header = (f"{'impl':<{width}} {'shape (rows,L,D,N)':<32} {'fwd ms':>10} {'fwd+bwd ms':>11} {'b2b fwd':>10} "
               f"{'b2b f+b':>10} {'peak mem':>13} {'floor ms':>9} {'fwd GB/s':>9} {'fwd/floor':>9}")
     print(header)
-    print("-" * len(header))
-    for impl, shape, row in rows:
-        label = f"{shape.name} ({shape.rows},{shape.length},{shape.dim},{shape.d_state})"
-        floor_bytes = forward_bytes(shape, dtype)
-        floor = floor_bytes / bandwidth
-        if "error" in row:
-            print(f"{impl:<{width}} {label:<32} {row['error']}")
-            continue
-        fwd = row["fwd_batched"]
-        print(f"{impl:<{width}} {label:<32} {fmt_ms(row['fwd'])} {fmt_ms(row['fwd_bwd']):>11} {fmt_ms(fwd)} "
-              f"{fmt_ms(row['fwd_bwd_batched'])} {fmt_bytes(row['peak']):>13} {fmt_ms(floor):>9} "
-              f"{floor_bytes / fwd / 1e9:9.1f} {times_floor(fwd, shape, dtype, bandwidth):9.1f}")
+    print("-" * len(header), flush=True)
+
+
+def print_row(width: int, impl: str, shape: Shape, row: dict, bandwidth: float, dtype) -> None:
+    """One row of the table, printed as soon as it is measured: a run cut off keeps the rows it finished."""
+    label = f"{shape.name} ({shape.rows},{shape.length},{shape.dim},{shape.d_state})"
+    floor_bytes = forward_bytes(shape, dtype)
+    if "error" in row:
+        print(f"{impl:<{width}} {label:<32} {row['error']}", flush=True)
+        return
+    fwd = row["fwd_batched"]
+    print(f"{impl:<{width}} {label:<32} {fmt_ms(row['fwd'])} {fmt_ms(row['fwd_bwd']):>11} {fmt_ms(fwd)} "
+          f"{fmt_ms(row['fwd_bwd_batched'])} {fmt_bytes(row['peak']):>13} {fmt_ms(floor_bytes / bandwidth):>9} "
+          f"{floor_bytes / fwd / 1e9:9.1f} {times_floor(fwd, shape, dtype, bandwidth):9.1f}", flush=True)
 
 
 def main() -> None:
@@ -371,7 +372,8 @@ def main() -> None:
         bandwidth = result["bandwidth"]
     else:
         bandwidth = copy_bandwidth(bandwidth_bytes, args.repeats)
-    rows = []
+    rows, width = [], impl_width(impls)
+    print_header(width, bandwidth, dtype)
     for shape in shapes.values():
         for impl in impls:
             if on_gpu:
@@ -379,8 +381,7 @@ def main() -> None:
             else:
                 row = measure(impl, shape, dtype, args.repeats)
             rows.append((impl, shape, row))
-            print(f"  measured {impl} on {shape.name}", file=sys.stderr, flush=True)
-    print_table(rows, bandwidth, dtype)
+            print_row(width, impl, shape, row, bandwidth, dtype)
     if args.peer:
         print_peer_ratios(rows, peer_times(args.peer, dtype, args.repeats), bandwidth, dtype)
 

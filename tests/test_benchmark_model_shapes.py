@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.scan import (MODEL_SHAPES, SHAPES, SMALL_MODEL_SHAPES, Shape, floor_target, forward_bytes, functions,
-                             isolated, make_inputs, measure, print_peer_ratios, times_floor)
+                             isolated, make_inputs, measure, print_peer_ratios, print_row, times_floor)
 from ssm_jax.models.mambaad import mambaad_model_config
 from ssm_jax.models.memorymamba import memorymamba_presets
 from ssm_jax.ssm import scan_orders, selective_scan
@@ -87,6 +87,17 @@ def test_peer_table_prints_mamba_ssms_floor_ratio_and_the_target(capsys):
     assert cells[:2] == ["pallas", "vmamba-64x64"]
     assert cells[-2:] == ["6.9", "missed"]  # 240 us over 34.96 us; 120 us is 3.43x
     assert [float(c) for c in cells[4:6]] == [0.5, round(600 / 900, 2)]
+
+
+def test_a_row_prints_its_times_and_floor_ratio_or_its_error(capsys):
+    shape = next(s for s in SHAPES if s.name == "vmamba-64x64")
+    ours = dict(fwd=150e-6, fwd_bwd=600e-6, fwd_batched=120e-6, fwd_bwd_batched=500e-6, peak=2**20)
+    print_row(12, "pallas", shape, ours, 3e12, jnp.float32)
+    print_row(12, "chunked", shape, {"error": "OOM"}, 3e12, jnp.float32)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:2] == ["pallas", "vmamba-64x64"]
+    assert lines[0].split()[-1] == "3.4"  # 120 us over 34.96 us
+    assert lines[1].split()[0] == "chunked" and lines[1].endswith("OOM")
 
 
 @pytest.mark.slow  # a timed scan and five more; SS2D's in-place scan against gathered directions: tests/nn
