@@ -6,13 +6,13 @@
     python benchmarks/scan.py --impls pallas --peer peer/mamba_ssm   # GPU: and mamba_ssm's CUDA kernel beside it
     python benchmarks/scan.py --impls pallas --pallas-configs split:16:0:1:1:4::::1 --peer peer/mamba_ssm
 
-Prints one row per impl x shape, each as soon as it is measured: forward and forward+backward time, one call at a time (median of repeats after
-warm-up calls, at least ``WARMUP_S`` seconds of them on GPU; each call pays the host's dispatch latency) and back
-to back (``b2b``: per call, median of repeats of ``BATCH_CALLS`` calls issued without waiting, the device's own rate
-as in training), peak memory, and for the back-to-back forward the floor = bytes it must move / copy bandwidth
-measured in this run, the achieved GB/s (floor bytes / forward time) and time / floor. Peak memory is the device's
-peak_bytes_in_use on GPU before the back-to-back batches (one process per row, so rows don't see each other's peaks)
-and the compiled fwd+bwd temp size on CPU.
+Prints one row per impl x shape, each as soon as it is measured: forward and forward+backward time, one call at a
+time (median of repeats after warm-up calls, at least ``WARMUP_S`` seconds of them on GPU; each call pays the host's
+dispatch latency) and back to back (``b2b``: per call, median of repeats of ``BATCH_CALLS`` calls issued without
+waiting, the device's own rate as in training), peak memory, and for the back-to-back forward the floor = bytes it
+must move / copy bandwidth measured in this run, the achieved GB/s (floor bytes / forward time) and time / floor.
+Peak memory is the device's peak_bytes_in_use on GPU before the back-to-back batches (one process per row, so rows
+don't see each other's peaks) and the compiled fwd+bwd temp size on CPU.
 The copy bandwidth is that of a plain device-to-device copy, warmed up and timed back to back like the kernels.
 With ``--peer DIR`` (a copy of ``../shared/peer/mamba_ssm``; it builds mamba_ssm's CUDA kernel, about 2 minutes)
 the same call then times mamba_ssm on the same shapes and dtype both ways with the same host clock

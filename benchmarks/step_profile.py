@@ -148,7 +148,8 @@ MODEL_DEFAULTS = {"memorymamba": (224, 64), "mambaad": (256, 16)}
 
 
 def model_step(args):
-    """(compiled train step, state, batch, compile seconds) of ``args.model``."""
+    """(compiled train step, state, batch, compile seconds) of ``args.model``, after filling in the image size and
+    batch that were not given with the model's (``MODEL_DEFAULTS``), which the report prints."""
     args.image_size = args.image_size or MODEL_DEFAULTS[args.model][0]
     args.batch_size = args.batch_size or MODEL_DEFAULTS[args.model][1]
     if args.model == "mambaad":
