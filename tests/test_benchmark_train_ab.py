@@ -15,9 +15,18 @@ small    49,000,000         47.0      0.200      320.0  40.00 GiB (device peak)
 """
 
 
+MAMBAAD_ROWS = """ours (JAX, scan auto, float32)          train      batch 16       64.6 ms    247.6 images/s  (H100)
+ours (JAX, scan auto, float32)          inference  batch 32       27.7 ms   1155.5 images/s  (H100)
+"""
+
+
 def test_rows_are_read_from_the_throughput_table():
     assert train_ab.rows(TABLE) == {"tiny": 561.0, "small": 320.0}
     assert train_ab.rows("Traceback (most recent call last):\n  ...") == {}
+
+
+def test_rows_are_read_from_mambaad_throughputs_phases():
+    assert train_ab.rows(MAMBAAD_ROWS) == {"train": 247.6, "inference": 1155.5}
 
 
 def test_export_writes_the_revisions_files(tmp_path):
@@ -39,7 +48,8 @@ def test_trees_alternate_and_the_summary_compares_their_medians(tmp_path, capsys
     (tmp_path / "benchmarks" / "train_throughput.py").write_text("")
     calls, rates = [], {train_ab.REPO: iter([100.0, 104.0, 96.0]), str(tmp_path): iter([90.0, 80.0, 100.0])}
 
-    def fake_run(tree, args, cache_dir):
+    def fake_run(tree, args, cache_dir, script):
+        assert script == "train_throughput.py"
         calls.append((tree, tuple(args), cache_dir))
         return {"tiny": next(rates[tree])}
 
@@ -55,6 +65,19 @@ def test_trees_alternate_and_the_summary_compares_their_medians(tmp_path, capsys
 def test_a_folder_without_an_export_is_named(tmp_path):
     with pytest.raises(SystemExit, match="has no benchmarks/train_throughput.py: run train_ab.py export REV"):
         train_ab.interleave(str(tmp_path), 1, [])
+
+
+def test_the_script_asked_for_runs_in_both_trees(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "train_throughput.py").write_text("")
+    with pytest.raises(SystemExit, match="has no benchmarks/mambaad_throughput.py"):
+        train_ab.interleave(str(tmp_path), 1, [], script="mambaad_throughput.py")
+    (tmp_path / "benchmarks" / "mambaad_throughput.py").write_text("")
+    ran = []
+    readings = train_ab.interleave(str(tmp_path), 1, ["--impl", "ours"], script="mambaad_throughput.py",
+                                   run=lambda tree, args, cache_dir, script: ran.append(script) or {"train": 1.0})
+    assert ran == ["mambaad_throughput.py"] * 2
+    assert readings == {"tree": {"train": [1.0]}, "base": {"train": [1.0]}}
 
 
 def test_a_run_gets_its_trees_code_and_only_the_cache_it_is_given(tmp_path, monkeypatch):
