@@ -30,15 +30,22 @@ def test_an_op_name_reads_as_direction_part_and_stage():
     assert attribute("jit(step)/mul;jit(step)") == ("forward", "mul", "-")  # the optimizer: outside the model
 
 
-def test_mambaad_op_names_read_by_decoder_stage_with_block_indices_dropped():
-    assert attribute("jit(step)/transpose(jvp(MambaAD))/decoder/layers_up_2_blocks_1/smm_blocks_0/self_attention/"
-                     "pallas_call") == ("backward", "decoder/lss/hss/self_attention/pallas_call", "layers_up_2")
-    assert attribute("jit(step)/jvp(MambaAD)/decoder/layers_up_3_upsample/expand/dot_general") == (
-        "forward", "decoder/upsample/expand/dot_general", "layers_up_3")
-    assert attribute("jit(step)/jvp(MambaAD)/encoder/layer3_5/conv2/conv_general_dilated") == (
-        "forward", "encoder/block/conv2/conv_general_dilated", "layer3")
-    assert attribute("jit(step)/jvp(MambaAD)/bottleneck/bn_layer_0/conv1/conv_general_dilated") == (
-        "forward", "bottleneck/bn_layer_0/conv1/conv_general_dilated", "-")
+MAMBAAD = "jit(step)/jvp(MambaAD)"
+MAMBAAD_OP_NAMES = [  # (op_name, (direction, part, stage)): by decoder stage, block indices dropped
+    ("jit(step)/transpose(jvp(MambaAD))/decoder/layers_up_2_blocks_1/smm_blocks_0/self_attention/pallas_call",
+     ("backward", "decoder/lss/hss/self_attention/pallas_call", "layers_up_2")),
+    (f"{MAMBAAD}/decoder/layers_up_3_upsample/expand/dot_general",
+     ("forward", "decoder/upsample/expand/dot_general", "layers_up_3")),
+    (f"{MAMBAAD}/encoder/layer3_5/conv2/conv_general_dilated",
+     ("forward", "encoder/block/conv2/conv_general_dilated", "layer3")),
+    (f"{MAMBAAD}/bottleneck/bn_layer_0/conv1/conv_general_dilated",
+     ("forward", "bottleneck/bn_layer_0/conv1/conv_general_dilated", "-")),
+]
+
+
+@pytest.mark.parametrize("op_name,expected", MAMBAAD_OP_NAMES)
+def test_mambaad_op_names_read_by_decoder_stage_with_block_indices_dropped(op_name, expected):
+    assert attribute(op_name) == expected
 
 
 def test_compiled_instructions_map_to_their_op_names():
