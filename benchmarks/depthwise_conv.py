@@ -13,7 +13,8 @@ backward (README, "Where MambaAD's step goes"). The forms, all the same function
   fuses into elementwise passes and reductions instead of calling cuDNN.
 
 Each row: forward + gradients of x and w (``jax.grad`` of the output's sum), back to back (``batched_time``), and the
-largest gradient difference from ``nhwc``.
+largest gradient difference from ``nhwc``. Measured (H100, session 61): in fp32 the taps beat cuDNN's 7 x 7 on the two
+large stages (271 against 1,126 us at 64 px) but not inside MambaAD's step, where they were 0-3 % slower (README).
 """
 
 from __future__ import annotations
