@@ -14,7 +14,7 @@ backward (README, "Where MambaAD's step goes"). The forms, all the same function
 
 Each row: forward + gradients of x and w (``jax.grad`` of the output's sum), back to back (``batched_time``), and the
 largest gradient difference from ``nhwc``. Measured (H100, session 61): in fp32 the taps beat cuDNN's 7 x 7 on the two
-large stages (271 against 1,126 us at 64 px) but not inside MambaAD's step, where they were 0-3 % slower (README).
+large stages (271 against 1,126 us at 64 px) but not inside MambaAD's step, where they were 0-4 % slower (README).
 """
 
 from __future__ import annotations
@@ -89,12 +89,13 @@ def main() -> None:
         raise SystemExit(f"unknown forms {unknown}; valid: {', '.join(FORMS)}")
     print(f"# {jax.devices()[0].device_kind}; {args.dtype}; forward + dx + dw, back to back, us a call")
     print(f"{'shape (B,H,W,C)':<20} {'k':>2} {'form':<6} {'us':>10} {'max |grad - nhwc|':>18}", flush=True)
+    compiled = {name: gradients(FORMS[name]) for name in {"nhwc", *forms}}  # one jitted function a form, reused
     for batch, side, channels in SMALL_SHAPES if args.small else SHAPES:
         for k in (int(v) for v in args.kernels.split(",")):
             x, w = inputs(batch, side, channels, k, jnp.dtype(args.dtype))
-            reference = gradients(nhwc)(x, w)
+            reference = compiled["nhwc"](x, w)
             for name in forms:
-                fn = gradients(FORMS[name])
+                fn = compiled[name]
                 warm_up(fn, x, w, calls=2, seconds=1.0 if on_gpu else 0.0)
                 seconds = batched_time(fn, x, w, calls=args.calls, repeats=args.repeats)
                 error = max(float(jnp.max(jnp.abs(g.astype(jnp.float32) - r.astype(jnp.float32))))

@@ -89,18 +89,18 @@ def interleave(base_dir: str, rounds: int, throughput_args: list[str], run=run_t
     for i in range(rounds):
         for label, tree in (("tree", REPO), ("base", os.path.abspath(base_dir))):
             cache_dir = os.path.join(cache_root, label) if cache_root else None
-            for size, rate in run(tree, throughput_args, cache_dir, script).items():
-                readings[label].setdefault(size, []).append(rate)
-                print(f"round {i + 1}  {label:<5}{size:<7}{rate:10.1f} images/s", flush=True)
+            for row, rate in run(tree, throughput_args, cache_dir, script).items():
+                readings[label].setdefault(row, []).append(rate)
+                print(f"round {i + 1}  {label:<5}{row:<7}{rate:10.1f} images/s", flush=True)
     return readings
 
 
 def summary(readings: dict[str, dict]) -> str:
     """Per row (size or phase): each tree's median images/s and their ratio, this tree over the base."""
     lines = [f"{'row':<10}{'tree':>10}{'base':>10}{'ratio':>8}  (median images/s; ratio above 1: the tree is faster)"]
-    for size, tree in readings["tree"].items():
-        mine, theirs = statistics.median(tree), statistics.median(readings["base"][size])
-        lines.append(f"{size:<10}{mine:10.1f}{theirs:10.1f}{mine / theirs:8.3f}")
+    for row, tree in readings["tree"].items():
+        mine, theirs = statistics.median(tree), statistics.median(readings["base"][row])
+        lines.append(f"{row:<10}{mine:10.1f}{theirs:10.1f}{mine / theirs:8.3f}")
     return "\n".join(lines)
 
 
