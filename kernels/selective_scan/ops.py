@@ -1,21 +1,21 @@
 """``selective_scan_pallas``: the forward and backward kernels joined by ``jax.custom_vjp``.
 
 Designs (NOTES.md has their measurements, and those of the parallel-in-time tile designs, measured slower and
-removed): ``serial`` walks the steps one by one inside each program; ``split`` cuts the sequence into
-``chunk``-step segments walked by separate programs (``split.py``: segment summaries, a short scan over them, then
-the serial kernels per segment; a sequence of one segment runs the serial kernels alone). ``auto`` is ``split``
-with one warp per program, 16 channels a backward program and 32 a forward one (16 when that would leave the
-forward's grid short, ``split.WIDE_FORWARD_GRID``), 128-step segments (one segment when the grid is already full), a
-checkpoint every 2 steps inside segments (every 4 in a single one), the chain over segments as one kernel, the
-forward's loads hoisted and every load issued a chunk ahead, the gate in the forward walk when no gradient is
-taken and after the kernels when one is: the fastest Pallas design measured for forward+backward, and then for the
-forward alone, on the benchmark shapes (NOTES.md). Under differentiation the forward stores the
-state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
-Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
-device scans its own batch rows (``per_device``). delta reaches the backward kernel discretised, softplus(delta + bias)
-in float32 computed once in XLA, and the forward kernels too for float32 inputs when a gradient is taken; otherwise
-the forward kernels discretise it themselves (``DELTA_IN_KERNEL_BY_ITEMSIZE``), as measured. Compiled for an
-NVIDIA GPU, the kernels write their exponentials and multiply-adds as single PTX instructions (``Layout.ptx``).
+removed): ``serial`` walks the steps one by one inside each program; ``split`` cuts the sequence into ``chunk``-step
+segments walked by separate programs (``split.py``: segment summaries, a short scan over them, then the serial kernels
+per segment; a sequence of one segment runs the serial kernels alone). ``auto`` is ``split`` with one warp per
+program, 16 channels a backward program and 32 a forward one (16 when that would leave the forward's grid short:
+``split.WIDE_FORWARD_GRID``, ``WIDE_INFERENCE_GRID`` without a gradient), 128-step segments (one segment when the grid
+is already full), a checkpoint every 2 steps inside segments (every 4 in a single one), the chain over segments as one
+kernel, the forward's loads hoisted and every load issued a chunk ahead, the gate in the forward walk when no gradient
+is taken and after the kernels when one is: the fastest Pallas design measured for forward+backward, and then for the
+forward alone, on the benchmark shapes (NOTES.md). Under differentiation the forward stores the state every ``chunk``
+steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it. Without differentiation
+nothing but y (and the last state, when asked) is written. Under a context mesh each device scans its own batch rows
+(``per_device``). delta reaches the backward kernel discretised, softplus(delta + bias) in float32 computed once in
+XLA, and the forward kernels too for float32 inputs when a gradient is taken; otherwise the forward kernels discretise
+it themselves (``DELTA_IN_KERNEL_BY_ITEMSIZE``), as measured. Compiled for an NVIDIA GPU, the kernels write their
+exponentials and multiply-adds as single PTX instructions (``Layout.ptx``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ AUTO_DESIGN = "split"
 # ``hoist_loads`` left as None, by kernel: hoisted in both, the forward was 7-18 % faster on the four benchmark shapes
 # timed cleanly and forward+backward 3-38 % slower on all four, the backward's registers 168 -> 254 on vim-s (one
 # H200, NOTES.md, "Session 10").
-HOIST_BY_DEFAULT = {"forward": True, "backward": False}
+HOIST_BY_DEFAULT = {"inference": True, "forward": True, "backward": False}
 # Positions a chunk ahead (serial and split, with an ``order``): forward 13-25 % and forward+backward 6-9 % faster on
 # MemoryMamba's three in-place stage scans and ad-32, within 2 % on ad-64 (fp32; bf16 forward+backward 1-6 %
 # faster; one H200, NOTES.md, "Session 11").
@@ -148,8 +148,9 @@ def _ptx(interpret: bool) -> bool:
 
 def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
     """(forward, backward, layout, forward warps, backward warps) of a design for these inputs; the layout is the
-    ``direction`` kernel's ("forward" or "backward": they differ in ``hoist_loads`` by default), with inline PTX
-    unless ``interpret`` (``_ptx``)."""
+    ``direction`` kernel's ("inference", the forward when no gradient is taken, "forward" or "backward": the
+    forward's and backward's differ in ``hoist_loads`` by default, and a forward's channels a program depend on
+    whether it is differentiated), with inline PTX unless ``interpret`` (``_ptx``)."""
     design = AUTO_DESIGN if tuning.design == "auto" else tuning.design
     if design not in DESIGNS:
         raise ValueError(f"selective_scan_pallas: design={design!r}, expected auto or one of {sorted(DESIGNS)}")
@@ -180,9 +181,10 @@ def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
         lay = dataclasses.replace(lay, chain_kernel=chained)
     if tuning.num_warps is not None:
         fwd_warps, bwd_warps = tuning.num_warps
-    if direction == "forward":
+    if direction != "backward":
         wide = dataclasses.replace(lay, block_d=check_power_of_two("block_d", fwd_block))
-        if tuning.block_d[0] is not None or math.prod(wide.grid) >= split.WIDE_FORWARD_GRID:
+        threshold = split.WIDE_INFERENCE_GRID if direction == "inference" else split.WIDE_FORWARD_GRID
+        if tuning.block_d[0] is not None or math.prod(wide.grid) >= threshold:
             lay = wide
         lay = _with_poly_exp(lay, tuning.poly_exp, u.dtype, fwd_warps, _ptx(interpret))
     return fwd, bwd, dataclasses.replace(lay, ptx=_ptx(interpret)), fwd_warps, bwd_warps
@@ -217,8 +219,10 @@ def _design_for(inputs: dict, tuning: Tuning, direction: str, interpret: bool):
 
 
 def _forward(inputs: dict, tuning: Tuning, delta_softplus, save, interpret):
-    """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"."""
-    forward, _, lay, warps, _ = _design_for(inputs, tuning, "forward", interpret)
+    """The design's forward kernel on (per-device) inputs: y, or (y, states) when ``save`` is not "none"; with
+    ``save`` "chunks" (the backward's residual) in the differentiated forward's layout, else the inference one's."""
+    direction = "forward" if save == "chunks" else "inference"
+    forward, _, lay, warps, _ = _design_for(inputs, tuning, direction, interpret)
     return forward(inputs, lay, delta_softplus=delta_softplus, save=save, interpret=interpret, num_warps=warps)
 
 
@@ -392,7 +396,8 @@ def selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus
         by a scan over segments) or "auto" (``AUTO_DESIGN``).
       block_d: channels per program (power of two), or a (forward, backward) pair, either None for its default: the
         design's cap (32 serial; split 16 backward and ``split.WIDE_FORWARD`` forward, or 16 when the forward's grid
-        would fall below ``split.WIDE_FORWARD_GRID`` programs), or the channels per group rounded up to a power of
+        would fall below ``split.WIDE_FORWARD_GRID`` programs, ``split.WIDE_INFERENCE_GRID`` when no gradient is
+        taken), or the channels per group rounded up to a power of
         two when fewer.
       chunk: serial, time steps per checkpoint (default 16); split, time steps per segment (a power of two;
         default 128, or the whole sequence when the batch rows x channel blocks per device already number

@@ -2,6 +2,7 @@
 gradients, against the pure-JAX sequential scan (the split design: test_split.py). Shapes are small: interpret mode
 runs the kernel body as XLA ops."""
 
+import dataclasses
 import functools
 
 import jax
@@ -278,13 +279,15 @@ def test_auto_design_is_split_with_its_measured_blocks():
     blocks) grid has fewer than split.FULL_GRID programs; a short sequence (a 7x7 stage) or a full grid
     (MemoryMamba-tiny's first stage at batch 64: 64 x 48 programs) gets the serial layout, one program per (row,
     channel block). The forward takes 32 channels, with the same segments and checkpoints, unless that leaves it
-    fewer than split.WIDE_FORWARD_GRID programs (the 7x7 stage, and ad-32's 16 x 64). Loads are hoisted in the
-    forward kernel only; an order's positions are loaded a chunk ahead unless asked not to."""
+    fewer than split.WIDE_FORWARD_GRID programs (the 7x7 stage, and ad-32's 16 x 64); without a gradient
+    ("inference"), fewer than split.WIDE_INFERENCE_GRID (the 7x7 stage only). Loads are hoisted in the forward
+    kernels only; an order's positions are loaded a chunk ahead unless asked not to."""
     from kernels.selective_scan import split
     from kernels.selective_scan.ops import Tuning, _design
-    for rows, length, dim, segment, grid, forward_block in (
-            (32, 3136, 384, 128, (32, 24, 25), 32), (32, 49, 384, 0, (32, 24), 16), (64, 3136, 768, 0, (64, 48), 32),
-            (42, 3136, 768, 128, (42, 48, 25), 32), (16, 1024, 2048, 0, (16, 128), 16)):
+    for rows, length, dim, segment, grid, forward_block, inference_block in (
+            (32, 3136, 384, 128, (32, 24, 25), 32, 32), (32, 49, 384, 0, (32, 24), 16, 16),
+            (64, 3136, 768, 0, (64, 48), 32, 32), (42, 3136, 768, 128, (42, 48, 25), 32, 32),
+            (16, 1024, 2048, 0, (16, 128), 16, 32)):
         u, B, A = jnp.zeros((rows, length, dim)), jnp.zeros((rows, length, 1, 16)), jnp.zeros((dim, 16))
         fwd, bwd, lay, fwd_warps, bwd_warps = _design(Tuning(), u, B, A, direction="backward")
         assert (fwd, bwd) == (split.forward, split.backward)
@@ -292,10 +295,12 @@ def test_auto_design_is_split_with_its_measured_blocks():
         forward = _design(Tuning(), u, B, A)[2]
         assert (forward.block_d, forward.segment, forward.chunk) == (forward_block, lay.segment, lay.chunk)
         assert forward.hoist_loads and not lay.hoist_loads and forward.chain_kernel
+        inference = _design(Tuning(), u, B, A, direction="inference")[2]
+        assert inference == dataclasses.replace(forward, block_d=inference_block)
     assert _design(Tuning(chunk=256), u, B, A)[2].segment == 256  # an explicit segment length is kept
     for hoist in (False, True):
         assert {_design(Tuning(hoist_loads=hoist), u, B, A, direction=d)[2].hoist_loads
-                for d in ("forward", "backward")} == {hoist}
+                for d in ("inference", "forward", "backward")} == {hoist}
     assert _design(Tuning(), u, B, A)[2].prefetch_order
     assert not _design(Tuning(prefetch_order=False), u, B, A)[2].prefetch_order
     # A forward block of its own changes neither the segments nor the checkpoints, which both directions share.
@@ -305,6 +310,33 @@ def test_auto_design_is_split_with_its_measured_blocks():
     assert (fwd_lay.block_d, bwd_lay.block_d) == (64, 16)
     assert (fwd_lay.segment, fwd_lay.chunk) == (bwd_lay.segment, bwd_lay.chunk) == (128, 2)
 
+
+def _kernel_grids(jaxpr) -> list[tuple]:
+    """The grid of every Pallas kernel in a jaxpr, nested jaxprs included, in order."""
+    grids = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            grids.append(tuple(eqn.params["grid_mapping"].grid))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            grids.extend(_kernel_grids(sub))
+    return grids
+
+
+def test_only_a_forward_without_gradient_takes_the_inference_width():
+    """ad-32's scan (16 rows, 2,048 channels, one segment): at 32 channels its forward grid would have 1,024
+    programs, enough without a gradient (split.WIDE_INFERENCE_GRID), too few for the differentiated forward
+    (split.WIDE_FORWARD_GRID), which runs 16 channels like the backward."""
+    rows, length, dim, n = 16, 1024, 2048, 16
+    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((rows, length, dim), (rows, length, dim), (dim, n),
+                                                              (rows, length, 1, n), (rows, length, 1, n))]
+
+    def scan(u, delta, A, B, C):
+        return selective_scan_pallas(u, delta, A, B, C, None, None, None, delta_softplus=False,
+                                     return_last_state=False, interpret=True)
+
+    assert _kernel_grids(jax.make_jaxpr(scan)(*shapes).jaxpr) == [(rows, dim // 32)]
+    gradient = jax.make_jaxpr(jax.grad(lambda *x: scan(*x).sum()))(*shapes).jaxpr
+    assert _kernel_grids(gradient) == [(rows, dim // 16)] * 2  # forward, then backward
 
 def _softplus_passes(jaxpr) -> int:
     """log1p equations outside the kernels (jax.nn.softplus computes one; the kernels' own are not counted)."""
