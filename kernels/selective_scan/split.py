@@ -54,7 +54,8 @@ WIDE_FORWARD_GRID = 1536
 # The same threshold for a forward that takes no gradient (``ops._design``'s "inference"). Since the forward kernels'
 # later changes, ad-32's 1,024 programs at 32 channels ran that forward 12-13 % faster in fp32 and 17-18 % in bf16,
 # in two leases; forward+backward moved +0.8-1.0 % (fp32) and -1.4-1.9 % (bf16), and MambaAD's fp32 train step
-# 0.992x, its inference 1.015x (one H100 each, NOTES.md, "Session 62"): so a differentiated forward keeps 1,536.
+# 0.992x: so a differentiated forward keeps 1,536. With this rule MambaAD's inference at batch 16 ran 1.039x, its
+# training 1.001x (interleaved, one H100 each, NOTES.md, "Session 62").
 WIDE_INFERENCE_GRID = 1024
 
 
