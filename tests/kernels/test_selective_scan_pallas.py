@@ -6,7 +6,6 @@ import dataclasses
 import functools
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from kernels.selective_scan import ops, selective_scan_pallas
 from kernels.selective_scan.common import Layout
 from ssm_jax.ssm import selective_scan as ssm_scan
+from tests.jaxpr_equations import equations
 from tests.ssm.reference import rel_err as norm_rel_err
 from tests.ssm.reference import selective_scan_numpy
 
@@ -313,13 +313,7 @@ def test_auto_design_is_split_with_its_measured_blocks():
 
 def _kernel_grids(jaxpr) -> list[tuple]:
     """The grid of every Pallas kernel in a jaxpr, nested jaxprs included, in order."""
-    grids = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "pallas_call":
-            grids.append(tuple(eqn.params["grid_mapping"].grid))
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            grids.extend(_kernel_grids(sub))
-    return grids
+    return [tuple(eqn.params["grid_mapping"].grid) for eqn in equations(jaxpr) if eqn.primitive.name == "pallas_call"]
 
 
 def test_only_a_forward_without_gradient_takes_the_inference_width():
@@ -340,14 +334,7 @@ def test_only_a_forward_without_gradient_takes_the_inference_width():
 
 def _softplus_passes(jaxpr) -> int:
     """log1p equations outside the kernels (jax.nn.softplus computes one; the kernels' own are not counted)."""
-    count = 0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "pallas_call":
-            continue
-        count += eqn.primitive.name == "log1p"
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            count += _softplus_passes(sub)
-    return count
+    return sum(eqn.primitive.name == "log1p" for eqn in equations(jaxpr))
 
 
 @pytest.mark.parametrize("dtype,delta_in_kernel,keeps", [(jnp.float32, None, True), (jnp.float32, False, True),

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_jax.nn.split_dense import SplitDense
+from tests.jaxpr_equations import equations
 
 SIZES = (5, 3, 4)
 
@@ -48,12 +49,7 @@ def test_bfloat16_activations_keep_a_float32_parameter():
 
 
 def _primitives(jaxpr) -> set:
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            names |= _primitives(sub)
-    return names
+    return {eqn.primitive.name for eqn in equations(jaxpr)}
 
 
 def test_the_input_gradient_concatenates_nothing():

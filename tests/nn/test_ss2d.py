@@ -10,6 +10,7 @@ import pytest
 from ssm_jax.nn import SS2D
 from ssm_jax.ssm import cross_merge, cross_scan, scan_orders, selective_scan
 from tests.host_checks import finite_on_host
+from tests.jaxpr_equations import equations
 
 D_MODEL, HEIGHT, WIDTH = 8, 5, 6  # rectangular, so a transposed order cannot pass by symmetry
 
@@ -121,15 +122,7 @@ def test_an_image_without_its_batch_axis_is_named():
 
 def _broadcasts(jaxpr) -> list[tuple]:
     """Output shapes of every broadcast_in_dim outside the Pallas kernels, nested jaxprs included."""
-    shapes = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "pallas_call":
-            continue
-        if eqn.primitive.name == "broadcast_in_dim":
-            shapes.append(tuple(eqn.outvars[0].aval.shape))
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            shapes.extend(_broadcasts(sub))
-    return shapes
+    return [tuple(eqn.outvars[0].aval.shape) for eqn in equations(jaxpr) if eqn.primitive.name == "broadcast_in_dim"]
 
 
 def test_in_place_gradient_copies_neither_the_map_nor_ys_gradient_per_direction():
