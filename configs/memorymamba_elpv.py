@@ -127,7 +127,7 @@ import ml_collections
 from configs import common
 from configs.memorymamba_common import memorymamba_config
 
-VARIANTS = ("gpu", "cpu", "mim", "mim_cpu")
+VARIANTS = ("gpu", "cpu", "mim", "mim_cpu", "fractal", "fractal_cpu")
 
 
 def get_config(variant: str = "gpu"):
@@ -135,6 +135,8 @@ def get_config(variant: str = "gpu"):
         raise ValueError(f"unknown variant {variant!r} of memorymamba_elpv; valid: {', '.join(VARIANTS)}")
     if variant.startswith("mim"):
         return _pretraining(get_config("cpu" if variant == "mim_cpu" else "gpu"))
+    if variant.startswith("fractal"):
+        return _fractal_pretraining(get_config("cpu" if variant == "fractal_cpu" else "gpu"))
     config = memorymamba_config("elpv", 4, None, image_size=224, test_fraction=0.25, seed=0)
     config.data.flips = ("horizontal", "vertical")
     config.eval.binary_from = 2  # also functional (p 0, 1/3) / defective (p 2/3, 1): the 2-class task of many papers
@@ -173,4 +175,26 @@ def _pretraining(classifier):
         config.optim.warmup_fraction, config.optim.decay = 0.1, "cosine"
         config.train.epochs = 150 if config.data.image_size > 64 else 20  # over 100 and 200: README, ELPV results
         del config["eval"]
+    return config
+
+
+def _fractal_pretraining(classifier):
+    """Formula-driven pretraining (``ssm_jax.data.fractal``): the classifier config's network taught to tell 1,000
+    iterated function systems apart, no natural image seen, so its backbone starts that classifier as ``:mim``'s does.
+    At 128 px (64 for the ``cpu`` network) in bfloat16, since no parameter depends on the image size and the shapes
+    are what it learns; the renderer already draws each attractor at a random size and place, so no affine warp."""
+    config = copy.deepcopy(classifier)
+    small = classifier.data.image_size <= 64
+    with config.unlocked():
+        config.data.name = "fractal"
+        config.data.image_size = 64 if small else 128
+        config.data.source = {"num_classes": 1000, "per_class_train": 20 if small else 100, "per_class_test": 2,
+                              "perturbation": 0.05, "seed": 0}
+        config.data.affine = (0.0, 0.0, 0.0)
+        config.data.class_balance = 0.0
+        config.model.num_classes = 1000
+        config.model.dtype = "float32" if small else "bfloat16"
+        config.eval.binary_from = 0
+        config.optim.warmup_fraction, config.optim.decay = 0.05, "cosine"
+        config.train.epochs = 5
     return config

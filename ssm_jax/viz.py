@@ -21,6 +21,8 @@ from matplotlib.text import Text
 from ssm_jax.metrics.curves import auroc, average_precision, precision_recall_curve, roc_curve
 
 DPI = 100
+MAX_INCHES = 30  # a confusion matrix's side grows half an inch a class up to this (60 classes)
+MAX_NAMED = 60  # classes named on its axes; beyond, the ticks are the matrix indices
 
 
 _CHARMAPS: dict[tuple, frozenset] = {}  # (font file, face in a collection) -> the code points it draws
@@ -91,7 +93,8 @@ def _note(ax, text):
 
 def save_confusion_matrix(confusion, class_names, path, normalize=False):
     """Confusion matrix (rows true, columns predicted) with per-cell values; ``normalize`` divides each row by
-    its total (recall on the diagonal). Size (4 + K/2) x (3 + K/2) inches for K classes."""
+    its total (recall on the diagonal). Size (4 + K/2) x (3 + K/2) inches for K classes, at most ``MAX_INCHES``; the
+    values are written for up to 30 classes, the names for up to ``MAX_NAMED`` (e.g. a 1,000-class pretraining)."""
     confusion = np.asarray(confusion)
     k = confusion.shape[0]
     if confusion.shape != (k, k) or k == 0:
@@ -102,14 +105,16 @@ def save_confusion_matrix(confusion, class_names, path, normalize=False):
     if normalize:
         totals = values.sum(axis=1, keepdims=True)
         values = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
-    fig = Figure(figsize=(4 + k / 2, 3 + k / 2), dpi=DPI, layout="tight")  # constrained clips the colorbar here
+    side = min(k / 2, MAX_INCHES)
+    fig = Figure(figsize=(4 + side, 3 + side), dpi=DPI, layout="tight")  # constrained clips the colorbar here
     ax = fig.add_subplot()
     top = max(values.max(), 1e-12)
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=top)
     fig.colorbar(image, ax=ax)
-    ticks = np.arange(k)
-    ax.set_xticks(ticks, [str(name) for name in class_names], rotation=45, ha="right")
-    ax.set_yticks(ticks, [str(name) for name in class_names])
+    if k <= MAX_NAMED:
+        ticks = np.arange(k)
+        ax.set_xticks(ticks, [str(name) for name in class_names], rotation=45, ha="right")
+        ax.set_yticks(ticks, [str(name) for name in class_names])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= 30:

@@ -32,6 +32,14 @@ def test_confusion_matrix(tmp_path, k, normalize):
     assert _png_size(path) == ((4 + k / 2) * viz.DPI, (3 + k / 2) * viz.DPI)
 
 
+def test_confusion_matrix_of_many_classes_keeps_its_size_bounded(tmp_path):
+    """1,000 classes (a fractal pretraining's) would otherwise make a 504-inch figure, 50,400 pixels a side."""
+    k = 1000
+    confusion = np.random.default_rng(0).integers(0, 3, (k, k))
+    path = viz.save_confusion_matrix(confusion, [f"ifs_{i:04d}" for i in range(k)], tmp_path / "cm.png")
+    assert _png_size(path) == ((4 + viz.MAX_INCHES) * viz.DPI, (3 + viz.MAX_INCHES) * viz.DPI)
+
+
 def test_confusion_matrix_checks_names(tmp_path):
     with pytest.raises(ValueError, match="class_names must have 2 entries"):
         viz.save_confusion_matrix(np.eye(2), ["a"], tmp_path / "cm.png")

@@ -10,6 +10,7 @@ from ssm_jax.data.aluminum import aluminum_source
 from ssm_jax.data.common import Record, Source
 from ssm_jax.data.elpv import elpv_ad_source, elpv_source
 from ssm_jax.data.folder import folder_source
+from ssm_jax.data.fractal import fractal_source
 from ssm_jax.data.gc10 import gc10_source
 from ssm_jax.data.images import CorruptImageError, load_image, load_mask
 from ssm_jax.data.mt import mt_source
@@ -26,19 +27,20 @@ SOURCES = {
     "elpv": elpv_source, "elpv_ad": elpv_ad_source, "folder": folder_source, "neu": neu_source,
     "gc10": gc10_source, "mt": mt_source, "aluminum": aluminum_source, "mvtec": mvtec_source,
     "visa": visa_source, "realiad": realiad_source, "mvtec3d": mvtec3d_source, "synthetic": synthetic_source,
+    "fractal": fractal_source,
 }
 
 
 def get_source(name: str, root: str | None, split: str = "train", **kwargs) -> Source:
-    """The ``split`` of dataset ``name`` under ``root`` (None is allowed for elpv, elpv_ad and synthetic)."""
+    """The ``split`` of dataset ``name`` under ``root`` (None is allowed for elpv, elpv_ad, synthetic and fractal)."""
     if name not in SOURCES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(SOURCES)}")
-    if root is None and name not in ("elpv", "elpv_ad", "synthetic"):
+    if root is None and name not in ("elpv", "elpv_ad", "synthetic", "fractal"):
         raise ValueError(f"dataset {name!r} needs a root directory (config.data.root)")
     return SOURCES[name](root, split, **kwargs)
 
 
 __all__ = ["SOURCES", "get_source", "make_pipeline", "Record", "Source", "CorruptImageError", "load_image",
            "load_mask", "load_xyz", "stratified_split", "PAPER_SPLITS", "draw_defect", "elpv_source",
-           "elpv_ad_source", "folder_source", "neu_source", "gc10_source", "mt_source", "aluminum_source",
+           "elpv_ad_source", "folder_source", "fractal_source", "neu_source", "gc10_source", "mt_source", "aluminum_source",
            "mvtec_source", "visa_source", "realiad_source", "mvtec3d_source", "synthetic_source"]

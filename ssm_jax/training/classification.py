@@ -205,6 +205,7 @@ def predict_dataset(state, predict_step, batches, *, num_examples: int, local_ba
 
 
 MISTAKES_SHOWN = 16  # images in mistakes.png
+LISTED_CLASSES, LOWEST_LISTED = 50, 10  # the terminal's per-class table: all classes up to 50, else the 10 worst
 
 
 def _group_probability(probs, binary_from: int) -> np.ndarray:
@@ -348,10 +349,17 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, bina
 
 
 def format_report(summary: dict) -> str:
-    """A per-class table for the terminal."""
-    width = max(24, *(display_width(name) + 2 for name in summary["per_class"]))
+    """A per-class table for the terminal; past ``LISTED_CLASSES`` classes (a 1,000-class pretraining) only the
+    ``LOWEST_LISTED`` with the lowest F1, the rest being in metrics.json."""
+    rows = list(summary["per_class"].items())
+    if len(rows) > LISTED_CLASSES:
+        rows = sorted(rows, key=lambda row: row[1]["f1"])[:LOWEST_LISTED]
+    width = max(24, *(display_width(name) + 2 for name, _ in rows))
     lines = [f"{left_justified('class', width)}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
-    for name, r in summary["per_class"].items():
+    if len(rows) < len(summary["per_class"]):
+        lines.append(f"(the {len(rows)} of {len(summary['per_class'])} classes with the lowest f1; all of them in "
+                     f"metrics.json)")
+    for name, r in rows:
         lines.append(f"{left_justified(name, width)}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1']:>10.4f}"
                      f"{int(r['support']):>9}")
     lines.append(f"{left_justified('macro', width)}{summary['precision']:>10.4f}{summary['recall']:>10.4f}"

@@ -5,7 +5,7 @@ from ssm_jax.data import SOURCES, get_source
 
 def test_registry_names():
     assert set(SOURCES) == {"elpv", "elpv_ad", "folder", "neu", "gc10", "mt", "aluminum", "mvtec", "visa",
-                            "realiad", "mvtec3d", "synthetic"}
+                            "realiad", "mvtec3d", "synthetic", "fractal"}
 
 
 def test_errors():

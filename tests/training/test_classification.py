@@ -122,6 +122,21 @@ def test_evaluation_reports_two_groups_of_ordered_classes(tmp_path):
     assert not (tmp_path / "plain" / "binary_roc_pr.png").exists()
 
 
+def test_report_of_many_classes_lists_the_lowest_f1():
+    """Past LISTED_CLASSES classes the terminal gets the LOWEST_LISTED with the lowest f1, lowest first."""
+    k = classification.LISTED_CLASSES + 1
+    f1 = np.random.default_rng(0).permutation(k) / k
+    per_class = {f"c{i}": {"precision": f, "recall": f, "f1": f, "support": 2} for i, f in enumerate(f1)}
+    summary = {"per_class": per_class, "precision": 0.5, "recall": 0.5, "f1": 0.5, "num_images": 2 * k, "acc": 0.5}
+    listed = [line.split()[0] for line in classification.format_report(summary).splitlines()
+              if line.startswith("c") and not line.startswith("class")]
+    assert listed == [f"c{i}" for i in np.argsort(f1)[:classification.LOWEST_LISTED]]
+    del per_class[f"c{k - 1}"]
+    summary["per_class"] = per_class
+    assert len([line for line in classification.format_report(summary).splitlines() if line.startswith("c")
+                and not line.startswith("class")]) == k - 1
+
+
 def test_two_groups_ranked_by_the_positive_probability_against_sklearn(tmp_path):
     """AU-ROC and AP of p(class >= binary_from) summed over the positive classes, against scikit-learn on random
     probabilities; the curves are drawn; one group in the test labels leaves both undefined (None), not an error."""

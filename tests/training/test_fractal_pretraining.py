@@ -1,0 +1,41 @@
+"""Fractal pretraining end to end at CPU scale: ``memorymamba_elpv.py:fractal_cpu`` trains and evaluates on drawn
+classes, and its network starts the ELPV ``:cpu`` classifier (``config.train.init_from``) with a fresh head."""
+
+import importlib
+
+import jax
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+
+from ssm_jax.training import run
+from ssm_jax.training.init_from import read_variables
+
+
+def _flat(tree):
+    return {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(tree), sep="/").items()}
+
+
+@pytest.mark.slow  # a training run and a classifier's state: about a minute on two cores
+def test_fractal_pretraining_starts_the_elpv_classifier(tmp_path):
+    module = importlib.import_module("configs.memorymamba_elpv")
+    config = module.get_config("fractal_cpu")
+    config.data.source.num_classes = config.model.num_classes = 10
+    config.data.source.per_class_train = 4
+    config.train.update(max_steps=4, batch_size=8, eval_batch_size=8, checkpoint_every=2)
+    summary = run.train_and_evaluate(config, tmp_path / "fractal")
+    assert summary["num_images"] == 20 and 0 <= summary["acc"] <= 1  # two test draws of each of the ten classes
+    assert (tmp_path / "fractal" / "eval" / "confusion.png").is_file()
+    pretrained = _flat(read_variables(tmp_path / "fractal")["params"])
+
+    classifier = module.get_config("cpu")
+    fresh = _flat(run.Experiment(classifier, tmp_path / "fresh").state.params)
+    classifier.train.init_from = str(tmp_path / "fractal")
+    started = _flat(run.Experiment(classifier, tmp_path / "ft").state.params)
+    assert started.keys() == fresh.keys()
+    for name, value in started.items():
+        if name.startswith("head/"):
+            assert pretrained[name].shape[-1] == 10 and value.shape[-1] == 4
+            np.testing.assert_array_equal(value, fresh[name])
+        else:
+            np.testing.assert_array_equal(value, pretrained[name])
