@@ -24,12 +24,6 @@ POINTS_PER_PIXEL = 2     # points drawn per pixel of the image: 100,352 at 224 p
 MAX_GAIN = 0.95          # no map stretches any direction by more than this after perturbation (contraction)
 
 
-def sigma_factor(linear: np.ndarray) -> float:
-    """sum_i (s1_i + 2 s2_i) over the (n, 2, 2) linear parts' singular values s1 >= s2."""
-    s = np.linalg.svd(linear, compute_uv=False)
-    return float(np.sum(s[:, 0] + 2 * s[:, 1]))
-
-
 def _rotation(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s], [s, c]])
