@@ -184,9 +184,10 @@ def _pretraining(classifier):
 
 def _fractal_pretraining(classifier):
     """Formula-driven pretraining (``ssm_jax.data.fractal``): the classifier config's network taught to tell 1,000
-    iterated function systems apart (100 for the ``cpu`` network), no natural image seen, so its backbone starts that classifier as ``:mim``'s does.
-    At 128 px (64 for the ``cpu`` network) in bfloat16, since no parameter depends on the image size and the shapes
-    are what it learns; the renderer already draws each attractor at a random size and place, so no affine warp."""
+    iterated function systems apart (100 for the ``cpu`` network), no natural image seen, so that its backbone starts
+    that classifier as ``:mim``'s does. At 128 px in bfloat16 (64 px, float32 for the ``cpu`` network): no parameter
+    depends on the image size, and shapes are what it learns. The renderer already draws each attractor at a random
+    size and place, so there is no affine warp."""
     config = copy.deepcopy(classifier)
     small = classifier.data.image_size <= 64
     with config.unlocked():

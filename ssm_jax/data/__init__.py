@@ -42,5 +42,5 @@ def get_source(name: str, root: str | None, split: str = "train", **kwargs) -> S
 
 __all__ = ["SOURCES", "get_source", "make_pipeline", "Record", "Source", "CorruptImageError", "load_image",
            "load_mask", "load_xyz", "stratified_split", "PAPER_SPLITS", "draw_defect", "elpv_source",
-           "elpv_ad_source", "folder_source", "fractal_source", "neu_source", "gc10_source", "mt_source", "aluminum_source",
-           "mvtec_source", "visa_source", "realiad_source", "mvtec3d_source", "synthetic_source"]
+           "elpv_ad_source", "folder_source", "fractal_source", "neu_source", "gc10_source", "mt_source",
+           "aluminum_source", "mvtec_source", "visa_source", "realiad_source", "mvtec3d_source", "synthetic_source"]
