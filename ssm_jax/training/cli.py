@@ -104,15 +104,19 @@ def _drop_closed_loop_callbacks(unraisable) -> None:
 
 
 def out_of_memory_message(err: Exception) -> str:
-    """What ran out (XLA's first line) and the settings that trade memory for something else."""
+    """What ran out (XLA's first line) and the settings that trade memory for something else; with a share of the
+    GPU already set (several runs on one GPU), that share and what to do about it."""
     reason = str(err).strip().splitlines()[0].rstrip(".")
     reason = reason if len(reason) <= 300 else reason[:300] + " ..."
+    share = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
+    sharing = (f"This process had XLA_PYTHON_CLIENT_MEM_FRACTION={share} of the GPU's memory: with other runs on the "
+               "GPU, run fewer at once, each with a larger share (the shares summing to at most 0.9)" if share else
+               "Several processes on one GPU: JAX takes 75 % of its memory for each, so give each a share with "
+               "XLA_PYTHON_CLIENT_MEM_FRACTION (e.g. 0.45 for two) or set XLA_PYTHON_CLIENT_PREALLOCATE=false")
     return (f"the accelerator ran out of memory ({reason}). Checkpoints already written are kept. To fit the step: "
             "lower --config.train.batch_size, or keep the batch and raise "
             "--config.train.grad_accum_steps (the same update in smaller pieces), or, where the model's config has "
-            "them, set --config.model.remat=block or --config.model.dtype=bfloat16. Several processes on one GPU: "
-            "JAX takes 75 % of its memory for each, so give each a share with XLA_PYTHON_CLIENT_MEM_FRACTION "
-            "(e.g. 0.3 for three) or set XLA_PYTHON_CLIENT_PREALLOCATE=false")
+            f"them, set --config.model.remat=block or --config.model.dtype=bfloat16. {sharing}")
 
 
 def run(argv: list[str], fn, *args):

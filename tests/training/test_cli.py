@@ -62,6 +62,19 @@ def test_running_out_of_device_memory_is_one_message_saying_what_to_change():
         assert setting in message
 
 
+def test_out_of_memory_with_a_share_of_the_gpu_names_that_share(monkeypatch):
+    """Three runs at 0.3 of an 80 GB card each had 24 GB for a 26 GB step: the message says which share ran out."""
+    err = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 26.29GiB")
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    alone = cli.out_of_memory_message(err)
+    assert "give each a share with XLA_PYTHON_CLIENT_MEM_FRACTION" in alone and "had" not in alone
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.3")
+    shared = cli.out_of_memory_message(err)
+    assert "26.29GiB" in shared
+    assert "This process had XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 of the GPU's memory" in shared
+    assert "run fewer at once, each with a larger share" in shared
+
+
 def test_other_errors_keep_their_traceback():
     with pytest.raises(RuntimeError, match="bug"):
         cli.run(["train.py"], _raise, RuntimeError("bug"))
