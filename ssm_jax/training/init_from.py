@@ -2,10 +2,12 @@
 from a masked-image pretraining run (``training.pretraining``), or from a model trained on another dataset.
 
 Every parameter of the new model whose path and shape match one in the other run's latest checkpoint is copied, and
-so are the running statistics of batch-norm layers (the ResNet classifier's); a pretraining run's parameters are
-found under its ``backbone``. Parameters under a top-level name in ``exclude`` (default the classifier ``head``, whose
-classes differ between datasets) keep their fresh initialisation, as do the ones the other run lacks. The copy
-happens once, when a run starts from scratch; a resumed run restores its own checkpoint instead.
+so are the running statistics of batch-norm layers (the ResNet classifier's); a pretraining run keeps its network
+under ``backbone``, so a classifier finds its parameters there, and a pretraining run started from a classifier (say
+masked-image pretraining after ``:fractal``) finds the classifier's at the top. Parameters under a network's top-level
+name in ``exclude`` (default the classifier ``head``, whose classes differ between datasets) keep their fresh
+initialisation, as do the ones the other run lacks. The copy happens once, when a run starts from scratch; a resumed
+run restores its own checkpoint instead.
 """
 
 from __future__ import annotations
@@ -46,17 +48,26 @@ def read_variables(workdir) -> dict:
     return {**(state.get("model_state") or {}), "params": params}
 
 
+def _unwrapped(path: str) -> str:
+    """``path`` inside the network: without a leading name from ``WRAPPERS``."""
+    first, _, rest = path.partition("/")
+    return rest if first in WRAPPERS and rest else path
+
+
 def copy_matching(params: dict, source: dict, exclude=("head",)) -> tuple[dict, dict]:
-    """(``params`` with every entry matched in ``source`` replaced, report). Paths match as they are or under one of
-    ``WRAPPERS`` in ``source``; shapes must agree. The report counts copied, excluded, missing and mismatched
-    tensors (the latter three as path lists)."""
+    """(``params`` with every entry matched in ``source`` replaced, report). Paths match inside the network, where
+    either side may wrap it in one of ``WRAPPERS``; shapes must agree. The report counts copied, excluded, missing and
+    mismatched tensors (the latter three as path lists)."""
     own, theirs = flatten_dict(params, sep="/"), flatten_dict(source, sep="/")
+    by_inner = {_unwrapped(p): v for p, v in theirs.items()}
+    by_inner.update({p: v for p, v in theirs.items() if p == _unwrapped(p)})  # an unwrapped path wins a tie
     out, report = dict(own), {"copied": 0, "excluded": [], "missing": [], "mismatched": []}
     for path, value in own.items():
-        if path.split("/")[0] in exclude:
+        inner = _unwrapped(path)
+        if inner.split("/")[0] in exclude:
             report["excluded"].append(path)
             continue
-        found = next((theirs[p] for p in (path, *(f"{w}/{path}" for w in WRAPPERS)) if p in theirs), None)
+        found = by_inner.get(inner)
         if found is None:
             report["missing"].append(path)
         elif tuple(found.shape) != tuple(value.shape):

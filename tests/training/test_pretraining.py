@@ -104,6 +104,34 @@ def test_copy_matching_reports_what_it_left():
     assert report == {"copied": 1, "excluded": ["head/w"], "missing": [], "mismatched": ["b (5,) != (4,)"]}
 
 
+def test_copy_matching_into_a_wrapped_network_from_a_classifier():
+    """Pretraining started from a classifier (``:mim`` after ``:fractal``): the classifier's top-level parameters go
+    under the pretraining model's ``backbone``; its head stays excluded there, and the decoder is the model's own."""
+    params = {"backbone": {"a": {"w": np.zeros((2, 3))}, "head": {"w": np.zeros((3, 2))}}, "decoder": np.zeros(4)}
+    source = {"a": {"w": np.ones((2, 3))}, "head": {"w": np.ones((3, 2))}}
+    out, report = copy_matching(params, source)
+    np.testing.assert_array_equal(out["backbone"]["a"]["w"], np.ones((2, 3)))
+    np.testing.assert_array_equal(out["backbone"]["head"]["w"], np.zeros((3, 2)))
+    np.testing.assert_array_equal(out["decoder"], np.zeros(4))
+    assert report == {"copied": 1, "excluded": ["backbone/head/w"], "missing": ["decoder"], "mismatched": []}
+
+
+@pytest.mark.slow  # trains a classifier first: in the slow run, keeping CI's run short
+def test_pretraining_starts_from_a_classifier(folder_root, tmp_path):
+    classifier = tmp_path / "classifier"
+    run.train_and_evaluate(make_tiny_config(folder_root, max_steps=2), classifier)
+    trained = _flat(read_variables(classifier)["params"])
+    started = _flat(run.Experiment(pretraining_config(folder_root, init_from=str(classifier)),
+                                   tmp_path / "mim").state.params)
+    inside = {name.removeprefix("backbone/"): value for name, value in started.items() if name.startswith("backbone/")}
+    network = [name for name in trained if not name.startswith("head/")]
+    assert network and set(network) <= set(inside)
+    for name in network:
+        np.testing.assert_array_equal(inside[name], trained[name])
+    fresh = _flat(run.Experiment(pretraining_config(folder_root), tmp_path / "fresh").state.params)
+    assert all(np.array_equal(started[n], fresh[n]) for n in started if n.removeprefix("backbone/") not in network)
+
+
 def test_bad_init_from_is_named(folder_root, tmp_path):
     """A missing workdir, and a task that does not take init_from (refused before the path is read)."""
     with pytest.raises(FileNotFoundError, match="no checkpoints folder"):
