@@ -63,7 +63,7 @@ def test_running_out_of_device_memory_is_one_message_saying_what_to_change():
 
 
 def test_out_of_memory_with_a_share_of_the_gpu_names_that_share(monkeypatch):
-    """Three runs at 0.3 of an 80 GB card each had 24 GB for a 26 GB step: the message says which share ran out."""
+    """Three runs at 0.3 of an 80 GB card each had 24 GB for the step's 26 GB: the message says which share ran out."""
     err = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 26.29GiB")
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
     alone = cli.out_of_memory_message(err)
