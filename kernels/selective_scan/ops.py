@@ -1,22 +1,21 @@
 """``selective_scan_pallas``: the forward and backward kernels joined by ``jax.custom_vjp``.
 
-Designs (NOTES.md has their measurements, and those of the parallel-in-time tile designs, measured slower and
-removed): ``serial`` walks the steps one by one inside each program; ``split`` cuts the sequence into
-``chunk``-step segments walked by separate programs (``split.py``: segment summaries, a short scan over them, then
-the serial kernels per segment; a sequence of one segment runs the serial kernels alone). ``auto`` is ``split``
-with one warp per program, 16 channels a backward program and 32 a forward one (16 when that would leave the
-forward's grid short: ``split.WIDE_FORWARD_GRID``, ``WIDE_INFERENCE_GRID`` without a gradient), 128-step segments
-(one segment when the grid is already full), a checkpoint every 2 steps inside segments (every 4 in a single one),
-the chain over segments as one kernel, the
-forward's loads hoisted and every load issued a chunk ahead, the gate in the forward walk when no gradient is
-taken and after the kernels when one is: the fastest Pallas design measured for forward+backward, and then for the
-forward alone, on the benchmark shapes (NOTES.md). Under differentiation the forward stores the
-state every ``chunk`` steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it.
-Without differentiation nothing but y (and the last state, when asked) is written. Under a context mesh each
-device scans its own batch rows (``per_device``). delta reaches the backward kernel discretised, softplus(delta + bias)
-in float32 computed once in XLA, and the forward kernels too for float32 inputs when a gradient is taken; otherwise
-the forward kernels discretise it themselves (``DELTA_IN_KERNEL_BY_ITEMSIZE``), as measured. Compiled for an
-NVIDIA GPU, the kernels write their exponentials and multiply-adds as single PTX instructions (``Layout.ptx``).
+Designs (NOTES.md has their measurements, and those of the parallel-in-time tile designs, measured slower and removed):
+``serial`` walks the steps one by one inside each program; ``split`` cuts the sequence into ``chunk``-step segments
+walked by separate programs (``split.py``: segment summaries, a short scan over them, then the serial kernels per
+segment; a sequence of one segment runs the serial kernels alone). ``auto`` is ``split`` with one warp per program, 16
+channels a backward program and 32 a forward one (16 when that would leave the forward's grid short:
+``split.WIDE_FORWARD_GRID``, ``WIDE_INFERENCE_GRID`` without a gradient), 128-step segments (one segment when the grid
+is already full), a checkpoint every 2 steps inside segments (every 4 in a single one), the chain over segments as one
+kernel, the forward's loads hoisted and every load issued a chunk ahead, the gate in the forward walk when no gradient
+is taken and after the kernels when one is: the fastest Pallas design measured for forward+backward, and then for the
+forward alone, on the benchmark shapes (NOTES.md). Under differentiation the forward stores the state every ``chunk``
+steps (batch, n_chunks, D, N) as the residual; the backward restarts each chunk from it. Without differentiation nothing
+but y (and the last state, when asked) is written. Under a context mesh each device scans its own batch rows
+(``per_device``). delta reaches the backward kernel discretised, softplus(delta + bias) in float32 computed once in XLA,
+and the forward kernels too for float32 inputs when a gradient is taken; otherwise the forward kernels discretise it
+themselves (``DELTA_IN_KERNEL_BY_ITEMSIZE``), as measured. Compiled for an NVIDIA GPU, the kernels write their
+exponentials and multiply-adds as single PTX instructions (``Layout.ptx``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """A tiny MemoryMamba classification experiment on a replica class-per-folder dataset (3 classes, 16 px)."""
 
+import jax
+import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from configs.common import finalize
 from configs.memorymamba_common import memorymamba_config
@@ -29,3 +32,8 @@ def make_tiny_config(data_root: str, **train):
 def tiny_config(folder_root):
     """Returns a factory: tiny_config(**train_overrides) -> locked config."""
     return lambda **train: make_tiny_config(folder_root, **train)
+
+
+def flat_params(tree) -> dict:
+    """A parameter tree as {"a/b/kernel": host array}, for comparing two runs' tensors by path."""
+    return {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(tree), sep="/").items()}

@@ -3,17 +3,12 @@ classes, and its network starts the ELPV ``:cpu`` classifier (``config.train.ini
 
 import importlib
 
-import jax
 import numpy as np
 import pytest
-from flax.traverse_util import flatten_dict
 
 from ssm_jax.training import run
 from ssm_jax.training.init_from import read_variables
-
-
-def _flat(tree):
-    return {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(tree), sep="/").items()}
+from tests.training.conftest import flat_params
 
 
 @pytest.mark.slow  # a training run and a classifier's state: about a minute on two cores
@@ -26,12 +21,12 @@ def test_fractal_pretraining_starts_the_elpv_classifier(tmp_path):
     summary = run.train_and_evaluate(config, tmp_path / "fractal")
     assert summary["num_images"] == 20 and 0 <= summary["acc"] <= 1  # two test draws of each of the ten classes
     assert (tmp_path / "fractal" / "eval" / "confusion.png").is_file()
-    pretrained = _flat(read_variables(tmp_path / "fractal")["params"])
+    pretrained = flat_params(read_variables(tmp_path / "fractal")["params"])
 
     classifier = module.get_config("cpu")
-    fresh = _flat(run.Experiment(classifier, tmp_path / "fresh").state.params)
+    fresh = flat_params(run.Experiment(classifier, tmp_path / "fresh").state.params)
     classifier.train.init_from = str(tmp_path / "fractal")
-    started = _flat(run.Experiment(classifier, tmp_path / "ft").state.params)
+    started = flat_params(run.Experiment(classifier, tmp_path / "ft").state.params)
     assert started.keys() == fresh.keys()
     outputs = {name: (pretrained[name].shape, value.shape) for name, value in started.items()
                if name.startswith("head/") and pretrained[name].shape != value.shape}

@@ -5,16 +5,14 @@ written, a resumed run equals an uninterrupted one, and a classifier starts from
 import json
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
-from flax.traverse_util import flatten_dict
 
 from configs.common import finalize
 from ssm_jax.training import pretraining, run
 from ssm_jax.training.init_from import copy_matching, read_variables
-from tests.training.conftest import make_tiny_config
+from tests.training.conftest import flat_params, make_tiny_config
 from tests.training.crash import crash_during_step
 
 
@@ -24,10 +22,6 @@ def pretraining_config(data_root, **train):
     config.loss = ml_collections.ConfigDict({"mask_ratio": 0.5, "mask_patch": 8})
     del config["eval"]
     return finalize(config)
-
-
-def _flat(tree):
-    return {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(tree), sep="/").items()}
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +65,17 @@ def test_resumed_pretraining_equals_uninterrupted(folder_root, tmp_path, monkeyp
     monkeypatch.undo()
     resumed = run.Experiment(config, tmp_path / "resumed")
     resumed.train()
-    a, b = _flat(straight.state.params), _flat(resumed.state.params)
+    a, b = flat_params(straight.state.params), flat_params(resumed.state.params)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow  # on a pretraining run (the fixture): in the slow run, keeping CI's run short
 def test_classifier_starts_from_the_pretrained_backbone_with_a_fresh_head(pretrained, folder_root, tmp_path):
     workdir, _ = pretrained
-    backbone = _flat(read_variables(workdir)["params"]["backbone"])
-    fresh = _flat(run.Experiment(make_tiny_config(folder_root), tmp_path / "fresh").state.params)
-    started = _flat(run.Experiment(make_tiny_config(folder_root, init_from=str(workdir)), tmp_path / "ft").state.params)
+    backbone = flat_params(read_variables(workdir)["params"]["backbone"])
+    fresh = flat_params(run.Experiment(make_tiny_config(folder_root), tmp_path / "fresh").state.params)
+    started = flat_params(run.Experiment(make_tiny_config(folder_root, init_from=str(workdir)),
+                                         tmp_path / "ft").state.params)
     assert started.keys() == fresh.keys() and "mask_token" not in started
     moved = 0
     for name, value in started.items():
@@ -120,15 +115,15 @@ def test_copy_matching_into_a_wrapped_network_from_a_classifier():
 def test_pretraining_starts_from_a_classifier(folder_root, tmp_path):
     classifier = tmp_path / "classifier"
     run.train_and_evaluate(make_tiny_config(folder_root, max_steps=2), classifier)
-    trained = _flat(read_variables(classifier)["params"])
-    started = _flat(run.Experiment(pretraining_config(folder_root, init_from=str(classifier)),
-                                   tmp_path / "mim").state.params)
+    trained = flat_params(read_variables(classifier)["params"])
+    started = flat_params(run.Experiment(pretraining_config(folder_root, init_from=str(classifier)),
+                                         tmp_path / "mim").state.params)
     inside = {name.removeprefix("backbone/"): value for name, value in started.items() if name.startswith("backbone/")}
     network = [name for name in trained if not name.startswith("head/")]
     assert network and set(network) <= set(inside)
     for name in network:
         np.testing.assert_array_equal(inside[name], trained[name])
-    fresh = _flat(run.Experiment(pretraining_config(folder_root), tmp_path / "fresh").state.params)
+    fresh = flat_params(run.Experiment(pretraining_config(folder_root), tmp_path / "fresh").state.params)
     assert all(np.array_equal(started[n], fresh[n]) for n in started if n.removeprefix("backbone/") not in network)
 
 
