@@ -5,7 +5,7 @@
 
 Why: in MambaAD's train step on an H100 the 7 x 7 depthwise convolution's filter gradient (cuDNN's
 ``cudnn-conv-bw-filter``) took at least 2.7 ms of 59.5 ms of kernels, against 0.23 ms for the 5 x 5 one's whole
-backward (README, "Where MambaAD's step goes"). The forms, all the same function of (x, w):
+backward (docs/benchmarks.md, "Where MambaAD's step goes"). The forms, all the same function of (x, w):
 
 * ``nhwc``: ``lax.conv_general_dilated`` with ``feature_group_count=C`` in NHWC, as ``nn.Conv`` runs it (the model's);
 * ``nchw``: the same convolution on transposed operands (NCHW, OIHW), for which cuDNN may pick other algorithms;
@@ -14,7 +14,8 @@ backward (README, "Where MambaAD's step goes"). The forms, all the same function
 
 Each row: forward + gradients of x and w (``jax.grad`` of the output's sum), back to back (``batched_time``), and the
 largest gradient difference from ``nhwc``. Measured (H100, session 61): in fp32 the taps beat cuDNN's 7 x 7 on the two
-large stages (271 against 1,126 us at 64 px) but not inside MambaAD's step, where they were 0-4 % slower (README).
+large stages (271 against 1,126 us at 64 px) but not inside MambaAD's step, where they were 0-4 % slower
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ and the ``--top`` instructions. A part is where the time goes, not what it costs
 fusion counts for the op it was named after. XLA on a GPU runs most of a step's kernels inside command buffers (CUDA
 graphs), which the profile sees as one event each, named for no op; so this script turns them off
 (``--xla_gpu_enable_command_buffer=`` added to ``XLA_FLAGS``, unless they already set it or ``--command-buffers`` is
-given), which made MemoryMamba-tiny's step 1.7 % slower on an H100 (README, "Where the step's time goes").
+given), which made MemoryMamba-tiny's step 1.7 % slower on an H100 (docs/benchmarks.md, "Where the step's time goes").
 """
 
 from __future__ import annotations

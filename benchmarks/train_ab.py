@@ -8,11 +8,11 @@
 DIR to the GPU machine with the working tree. ``run`` runs ``--script`` (``train_throughput.py``, MemoryMamba's
 step, or ``mambaad_throughput.py``, MambaAD's train and inference steps; the arguments after ``--``)
 ``--rounds`` times in each tree, alternating: this tree, then DIR's, then this tree... A change to the step moves it
-by a few percent, and the same code read 529-556 images/s on two H100 leases (README, session 57): only runs in one
-call, interleaved, compare. Each run is its own process, with ``PYTHONPATH`` naming its tree, so it imports that
-tree's ``ssm_jax`` and ``kernels`` whatever is installed. Passes each run's output on as it comes, with a line per
-run, then prints per row (a size, or MambaAD's phase) the median images/s of each tree and their ratio (above 1: this
-tree is faster).
+by a few percent, and the same code read 529-556 images/s on two H100 leases (docs/benchmarks.md, session 57): only
+runs in one call, interleaved, compare. Each run is its own process, with ``PYTHONPATH`` naming its tree, so it
+imports that tree's ``ssm_jax`` and ``kernels`` whatever is installed. Passes each run's output on as it comes, with
+a line per run, then prints per row (a size, or MambaAD's phase) the median images/s of each tree and their ratio
+(above 1: this tree is faster).
 
 Each tree's runs share a persistent compilation cache of their own (``JAX_COMPILATION_CACHE_DIR``, in a temporary
 folder; ``--no-cache`` compiles every run): the first run compiles the initialisation and the step (on a lent H100
