@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_jax import viz
+from ssm_jax.data.images import CorruptImageError
 from ssm_jax.losses import NCE_SIMILARITIES, memorymamba_loss
 from ssm_jax.metrics import (auroc, average_precision, binary_metrics, classification_metrics, display_width,
                              flag_column, flag_rates, left_justified, operating_point_lines, operating_points)
@@ -205,6 +207,7 @@ def predict_dataset(state, predict_step, batches, *, num_examples: int, local_ba
 
 
 MISTAKES_SHOWN = 16  # images in mistakes.png
+FOLDER_SHOWN = 16  # images in predict_<name>.png
 LISTED_CLASSES, LOWEST_LISTED = 50, 10  # the terminal's per-class table: all classes up to 50, else the 10 worst
 
 
@@ -329,7 +332,8 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, bina
                              flag_threshold: float = 0.0) -> Path:
     """``predict_<name>.csv``: predicted class, confidence and every class probability per image, in path order;
     with ``flag_threshold`` > 0 also ``flagged``, 1 where classes ``binary_from``.. together reach it. An image
-    skipped as unreadable has its row, empty but for the path."""
+    skipped as unreadable has its row, empty but for the path. ``predict_<name>.png`` shows the images most worth a
+    look (``folder_picks``) under their predictions; returns the CSV's path."""
     out = Path(out_dir) / f"predict_{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     names = list(source.class_names)
@@ -345,7 +349,42 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str, bina
             row = predictions["probs"][r]
             writer.writerow([record.path, names[int(np.argmax(row))], f"{row.max():.4f}"] + [f"{p:.4f}" for p in row]
                             + [str(v[r]) for v in flags.values()])
+    _save_folder_picks(predictions, source, names, binary_from, flags, out.with_suffix(".png"))
     return out
+
+
+def folder_picks(probs, binary_from: int, count: int) -> np.ndarray:
+    """Positions of the ``count`` predictions most worth a look: with two groups (``binary_from`` > 0) the highest
+    p(classes ``binary_from``..), the likeliest defects, as an anomaly detector's folder shows its highest scores;
+    otherwise the least confident, where the model is least sure (ties: by position)."""
+    probs = np.asarray(probs, np.float64)
+    key = -_group_probability(probs, binary_from) if binary_from > 0 else probs.max(-1)
+    return np.argsort(key, kind="stable")[:count]
+
+
+def _save_folder_picks(predictions: dict, source, names: list, binary_from: int, flags: dict, path,
+                       count: int = FOLDER_SHOWN):
+    """``folder_picks``' images, titled file name, predicted class and confidence (with two groups also the group's
+    probability, and "flagged" where ``flags`` says so). The CSV holds the results: an image that cannot be read
+    again (moved since, or named in characters the locale cannot encode) is left out of the picture with a warning."""
+    probs = predictions["probs"]
+    group = " + ".join(names[binary_from:])
+    titles, images = [], []
+    for r in folder_picks(probs, binary_from, count):
+        record = source[int(predictions["indices"][r])]
+        try:
+            images.append(source.load(record)["image"])
+        except (CorruptImageError, FileNotFoundError) as e:
+            warnings.warn(f"{path.name} leaves out {record.path}: {e}", stacklevel=2)
+            continue
+        title = f"{Path(record.path).name}\n{names[probs[r].argmax()]} ({probs[r].max():.2f})"
+        if binary_from > 0:
+            title += f"\np({group}) {_group_probability(probs[r:r + 1], binary_from)[0]:.2f}"
+        if flags and flags["flagged"][r]:
+            title += ", flagged"
+        titles.append(title)
+    if images:
+        viz.save_image_grid(images, titles, path)
 
 
 def format_report(summary: dict) -> str:

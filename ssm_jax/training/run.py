@@ -421,7 +421,8 @@ class Experiment:
 
     def predict_folder(self, folder) -> Path:
         """Predictions for every image in ``folder`` (recursively) -> ``<eval_dir>/predict_<name>.csv``: class
-        probabilities (classification) or anomaly scores plus the top-scoring overlays (anomaly detection)."""
+        probabilities (classification) or anomaly scores (anomaly detection), and ``predict_<name>.png``, the
+        images most worth a look (the likeliest defects or least sure classes; the top-scoring overlays)."""
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"--predict_dir {folder} is not a directory of images")

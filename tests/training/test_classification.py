@@ -244,6 +244,47 @@ def test_mistakes_picture_shows_the_wrong_images_under_their_labels(tmp_path, mo
     assert not (tmp_path / "right" / "mistakes.png").exists()
 
 
+def test_folder_picks_are_the_likeliest_defects_or_the_least_sure():
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.3, 0.3, 0.2], [0.5, 0.1, 0.3, 0.1], [0.05, 0.05, 0.1, 0.8],
+                      [0.4, 0.3, 0.2, 0.1]])
+    # p(2/3) + p(1): 0.2 0.5 0.4 0.9 0.3 -> 3, 1, 2, 4, 0; the top class's probability: 0.7 0.3 0.5 0.8 0.4
+    assert classification.folder_picks(probs, 2, 16).tolist() == [3, 1, 2, 4, 0]
+    assert classification.folder_picks(probs, 2, 2).tolist() == [3, 1]
+    assert classification.folder_picks(probs, 0, 16).tolist() == [1, 4, 2, 0, 3]
+    assert classification.folder_picks(np.full((3, 2), 0.5), 0, 16).tolist() == [0, 1, 2]  # ties: by position
+
+
+def test_folder_picture_shows_the_picks_under_their_predictions(tmp_path, monkeypatch):
+    """predict_<name>.png holds folder_picks' images, read from the source through the predictions' indices, titled
+    name, predicted class and confidence, the group's probability with two groups and whether it is flagged."""
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.3, 0.3, 0.2], [0.5, 0.1, 0.3, 0.1], [0.05, 0.05, 0.1, 0.8],
+                      [0.4, 0.3, 0.2, 0.1]])
+    source = _cells(tmp_path / "cells", np.zeros(5, np.int64))
+    predictions = {"probs": probs, "indices": np.arange(5)[::-1].copy()}  # row r is image 4 - r
+    drawn = []
+    real_grid = classification.viz.save_image_grid
+
+    def recording_grid(images, titles, path, **kwargs):
+        drawn.append({"images": images, "titles": titles, "path": path})
+        return real_grid(images, titles, path, **kwargs)
+
+    monkeypatch.setattr(classification.viz, "save_image_grid", recording_grid)
+    out = classification.write_folder_predictions(predictions, source, tmp_path / "eval", "cells", binary_from=2,
+                                                  flag_threshold=0.45)
+    assert drawn[0]["titles"][:3] == ["cell1.png\np1 (0.80)\np(p2_3 + p1) 0.90, flagged",
+                                      "cell3.png\np1_3 (0.30)\np(p2_3 + p1) 0.50, flagged",
+                                      "cell2.png\np0 (0.50)\np(p2_3 + p1) 0.40"]
+    assert [int(img[0, 0, 0]) for img in drawn[0]["images"]] == [10, 30, 20, 0, 40]
+    assert drawn[0]["path"] == out.with_suffix(".png") and out.with_suffix(".png").stat().st_size > 0
+    classification.write_folder_predictions(predictions, source, tmp_path / "plain", "cells")
+    assert drawn[1]["titles"][:2] == ["cell3.png\np1_3 (0.30)", "cell0.png\np0 (0.40)"]
+    (tmp_path / "cells" / "cell3.png").unlink()  # moved after its prediction: the CSV has it, the picture not
+    with pytest.warns(UserWarning, match=r"predict_cells.png leaves out .*cell3.png: image file .* does not exist"):
+        out = classification.write_folder_predictions(predictions, source, tmp_path / "moved", "cells")
+    assert [t.split("\n")[0] for t in drawn[2]["titles"]] == ["cell0.png", "cell2.png", "cell4.png", "cell1.png"]
+    assert len(out.read_text().splitlines()) == 6
+
+
 def test_flag_threshold_flags_the_group_in_both_csvs_and_scores_its_rates(tmp_path):
     """eval.flag_threshold: 1 in a ``flagged`` column where p(class >= binary_from) reaches it, in predictions.csv
     and predict_<name>.csv, and that cut's recall and false alarms counted by hand; off (0), no column."""
@@ -289,9 +330,11 @@ def test_flag_threshold_reaches_evaluation_and_folder_predictions_through_the_ex
     folder = tmp_path / "new"
     _cells(folder, np.zeros(3, np.int64))
     (folder / "cell2.png").rename(folder / "cell 2, left.png")  # a comma in a name is quoted, not a new column
-    with experiment.predict_folder(folder).open() as f:
+    out = experiment.predict_folder(folder)
+    with out.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and rows[0]["path"] == str(folder / "cell 2, left.png") and None not in rows[0]
+    assert out.with_suffix(".png").stat().st_size > 0
     for r in rows:  # probabilities to 4 decimals: the flag follows their sum, away from the cut's rounding
         group = float(r["p_b"]) + float(r["p_c"])
         assert abs(group - 0.5) < 2e-4 or int(r["flagged"]) == (group >= 0.5)
