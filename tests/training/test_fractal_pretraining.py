@@ -12,7 +12,7 @@ from tests.training.conftest import flat_params
 
 
 @pytest.mark.slow  # a training run and a classifier's state: about a minute on two cores
-def test_fractal_pretraining_starts_the_elpv_classifier(tmp_path):
+def test_fractal_pretraining_starts_the_elpv_classifier(tmp_path, capsys):
     module = importlib.import_module("configs.memorymamba_elpv")
     config = module.get_config("fractal_cpu")
     config.data.source.num_classes = config.model.num_classes = 10
@@ -27,6 +27,8 @@ def test_fractal_pretraining_starts_the_elpv_classifier(tmp_path):
     fresh = flat_params(run.Experiment(classifier, tmp_path / "fresh").state.params)
     classifier.train.init_from = str(tmp_path / "fractal")
     started = flat_params(run.Experiment(classifier, tmp_path / "ft").state.params)
+    said = f"init_from {tmp_path / 'fractal'}: its own test accuracy {100 * summary['acc']:.2f} % on 20 images of 10"
+    assert said in capsys.readouterr().out
     assert started.keys() == fresh.keys()
     outputs = {name: (pretrained[name].shape, value.shape) for name, value in started.items()
                if name.startswith("head/") and pretrained[name].shape != value.shape}

@@ -11,7 +11,7 @@ import pytest
 
 from configs.common import finalize
 from ssm_jax.training import pretraining, run
-from ssm_jax.training.init_from import copy_matching, read_variables
+from ssm_jax.training.init_from import copy_matching, own_evaluation, read_variables
 from tests.training.conftest import flat_params, make_tiny_config
 from tests.training.crash import crash_during_step
 
@@ -125,6 +125,26 @@ def test_pretraining_starts_from_a_classifier(folder_root, tmp_path):
         np.testing.assert_array_equal(inside[name], trained[name])
     fresh = flat_params(run.Experiment(pretraining_config(folder_root), tmp_path / "fresh").state.params)
     assert all(np.array_equal(started[n], fresh[n]) for n in started if n.removeprefix("backbone/") not in network)
+
+
+def test_own_evaluation_says_what_the_source_run_scored(tmp_path):
+    """The line init_from prints about the run it copies from: a classifier's accuracy beside its largest class's
+    share of the test set, a pretraining's masked-pixel error, or that there is no evaluation yet."""
+    def run_with(name, summary):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "eval" / "metrics.json").write_text(json.dumps(summary))
+        return own_evaluation(tmp_path / name)
+
+    fractal = {"acc": 0.0075, "num_images": 2000, "per_class": {f"ifs_{i}": {"support": 2.0} for i in range(1000)}}
+    assert run_with("fractal", fractal) == ("its own test accuracy 0.75 % on 2,000 images of 1,000 classes (the "
+                                            "largest class alone: 0.10 %)")
+    elpv = {"acc": 0.7622, "num_images": 656,
+            "per_class": {c: {"support": n} for c, n in zip(("p0", "p1_3", "p2_3", "p1"), (377, 74, 27, 178))}}
+    assert run_with("elpv", elpv).endswith("76.22 % on 656 images of 4 classes (the largest class alone: 57.47 %)")
+    assert run_with("mim", {"masked_l1": 0.12563, "masked_l1_std": 0.07, "num_images": 656}) == (
+        "its own test masked-pixel error 0.1256 (L1, normalised units) on 656 images")
+    assert own_evaluation(tmp_path / "running") == (f"no evaluation of its own yet ({tmp_path / 'running' / 'eval'}"
+                                                    f"/metrics.json not found)")
 
 
 def test_bad_init_from_is_named(folder_root, tmp_path):
