@@ -110,10 +110,13 @@ def own_evaluation(workdir) -> str:
     path = Path(workdir).expanduser() / "eval" / "metrics.json"
     if not path.is_file():
         return f"no evaluation of its own yet ({path} not found)"
-    summary = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a line to read, not a reason to stop the run
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"its own evaluation {path} is unreadable ({err})"
     n = summary.get("num_images", 0)
     if "acc" in summary and summary.get("per_class") and n:
-        largest = max(c["support"] for c in summary["per_class"].values()) / n
+        largest = max(c.get("support", 0) for c in summary["per_class"].values()) / n
         return (f"its own test accuracy {100 * summary['acc']:.2f} % on {n:,} images of {len(summary['per_class']):,} "
                 f"classes (the largest class alone: {100 * largest:.2f} %)")
     if "masked_l1" in summary:

@@ -145,6 +145,9 @@ def test_own_evaluation_says_what_the_source_run_scored(tmp_path):
         "its own test masked-pixel error 0.1256 (L1, normalised units) on 656 images")
     assert own_evaluation(tmp_path / "running") == (f"no evaluation of its own yet ({tmp_path / 'running' / 'eval'}"
                                                     f"/metrics.json not found)")
+    (tmp_path / "mim" / "eval" / "metrics.json").write_text('{"masked_l1": 0.1')  # cut short: said, not raised
+    assert own_evaluation(tmp_path / "mim").startswith(f"its own evaluation {tmp_path / 'mim' / 'eval'}/metrics.json "
+                                                        f"is unreadable (")
 
 
 def test_bad_init_from_is_named(folder_root, tmp_path):
