@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -70,6 +71,21 @@ class Source:
             return self.decode(record, size)
         return {k: crop_centre(v, size) if k in ("image", "mask") else v
                 for k, v in self.decode(record, resized_side(size, self.center_crop)).items()}
+
+    def load_shown(self, indices: Sequence[int], picture: str, size: int | None = None) -> tuple[list[int], list]:
+        """The images of records ``indices`` for ``picture``, a view of results already written: (the positions in
+        ``indices`` kept, their images). A file that cannot be read again (moved since, or named in characters the
+        locale cannot encode) is left out with a warning, so a picture never stops a run after its results."""
+        kept, shown = [], []
+        for position, index in enumerate(indices):
+            record = self.records[index]
+            try:
+                shown.append(self.load(record, size)["image"])
+            except (images.CorruptImageError, FileNotFoundError) as err:
+                warnings.warn(f"{picture} leaves out {record.path}: {err}", stacklevel=2)
+                continue
+            kept.append(position)
+        return kept, shown
 
     def load_array(self, array, size: int, name: str = "image") -> np.ndarray:
         """Pixels in memory (``images.image_from_array``'s forms) as ``load`` gives a file of them: uint8

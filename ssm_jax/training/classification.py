@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_jax import viz
-from ssm_jax.data.images import CorruptImageError
 from ssm_jax.losses import NCE_SIMILARITIES, memorymamba_loss
 from ssm_jax.metrics import (auroc, average_precision, binary_metrics, classification_metrics, display_width,
                              flag_column, flag_rates, left_justified, operating_point_lines, operating_points)
@@ -308,10 +306,12 @@ def _save_mistakes(predictions: dict, source, path, count: int = MISTAKES_SHOWN)
     if not mistakes.size:
         return
     names, probs = list(source.class_names), predictions["probs"]
-    records = [source[int(predictions["indices"][i])] for i in mistakes]
-    titles = [f"{Path(r.path).name}\n{names[predictions['labels'][i]]} -> {names[probs[i].argmax()]} "
-              f"({probs[i].max():.2f})" for r, i in zip(records, mistakes)]
-    viz.save_image_grid([source.load(r)["image"] for r in records], titles, path)
+    indices = [int(predictions["indices"][i]) for i in mistakes]
+    kept, images = source.load_shown(indices, Path(path).name)
+    titles = [f"{Path(source[indices[k]].path).name}\n{names[predictions['labels'][i]]} -> {names[probs[i].argmax()]} "
+              f"({probs[i].max():.2f})" for k, i in zip(kept, mistakes[kept])]
+    if images:
+        viz.save_image_grid(images, titles, path)
 
 
 def _binary_ranking(predictions: dict, names: list, binary_from: int, curves_path) -> dict:
@@ -364,22 +364,18 @@ def folder_picks(probs, binary_from: int, count: int) -> np.ndarray:
 
 def _save_folder_picks(predictions: dict, source, names: list, binary_from: int, flags: dict, path,
                        count: int = FOLDER_SHOWN):
-    """``folder_picks``' images, titled file name, predicted class and confidence (with two groups also the group's
-    probability, and "flagged" where ``flags`` says so). The CSV holds the results: an image that cannot be read
-    again (moved since, or named in characters the locale cannot encode) is left out of the picture with a warning."""
+    """``folder_picks``' images (``Source.load_shown``), titled file name, predicted class and confidence (with two
+    groups also the group's probability, and "flagged" where ``flags`` says so)."""
     probs = predictions["probs"]
+    picks = folder_picks(probs, binary_from, count)
+    indices = [int(predictions["indices"][r]) for r in picks]
+    kept, images = source.load_shown(indices, path.name)
     group = " + ".join(names[binary_from:])
-    titles, images = [], []
-    for r in folder_picks(probs, binary_from, count):
-        record = source[int(predictions["indices"][r])]
-        try:
-            images.append(source.load(record)["image"])
-        except (CorruptImageError, FileNotFoundError) as e:
-            warnings.warn(f"{path.name} leaves out {record.path}: {e}", stacklevel=2)
-            continue
-        title = f"{Path(record.path).name}\n{names[probs[r].argmax()]} ({probs[r].max():.2f})"
+    titles = []
+    for k, r in zip(kept, picks[kept]):
+        title = f"{Path(source[indices[k]].path).name}\n{names[probs[r].argmax()]} ({probs[r].max():.2f})"
         if binary_from > 0:
-            title += f"\np({group}) {_group_probability(probs[r:r + 1], binary_from)[0]:.2f}"
+            title += f"\np({group}) {probs[r, binary_from:].sum():.2f}"
         if flags and flags["flagged"][r]:
             title += ", flagged"
         titles.append(title)

@@ -166,11 +166,14 @@ def save_overlays(source, predictions: dict, rows, path, with_masks: bool, label
     """Anomaly-map overlays of prediction ``rows``, images reloaded from ``source`` at the maps' size (uint8),
     each titled with its source index (``scores.csv``'s ``index``), file name and, if ``labelled``, its truth."""
     size = predictions["maps"].shape[1]
+    kept, images = source.load_shown([int(predictions["indices"][r]) for r in rows], Path(path).name, size)
+    if not images:
+        return Path(path)
+    rows = np.asarray(rows)[kept]
     indices = [int(predictions["indices"][r]) for r in rows]
-    images = np.stack([source.load(source[i], size)["image"] for i in indices])
     masks = predictions["masks"][rows] if with_masks else None
     titles = [_overlay_title(i, source[i], labelled) for i in indices]
-    return viz.save_anomaly_overlays(images, predictions["maps"][rows].astype(np.float32), path, masks=masks,
+    return viz.save_anomaly_overlays(np.stack(images), predictions["maps"][rows].astype(np.float32), path, masks=masks,
                                      scores=predictions["scores"][rows], max_images=len(rows), titles=titles)
 
 

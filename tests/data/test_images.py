@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ssm_jax.data import CorruptImageError, get_source, images, load_image, make_pipeline
-from ssm_jax.data.common import Source
+from ssm_jax.data.common import Record, Source
 from ssm_jax.data.images import BitDepthError, image_from_array, image_size, load_mask, rgb_pixels
 
 
@@ -84,6 +84,24 @@ def test_exif_orientation_is_applied_to_images_masks_and_their_sizes(tmp_path):
     np.testing.assert_array_equal(load_mask(str(tmp_path / "photo_mask.png")), shown[..., 0] > 0)
     Image.fromarray(stored[..., 0], "L").save(tmp_path / "tagged_mask.png", exif=exif.tobytes())
     np.testing.assert_array_equal(load_mask(str(tmp_path / "tagged_mask.png")), shown[..., 0] > 0)
+
+
+def test_pictures_leave_out_what_cannot_be_read_again(tmp_path):
+    """Source.load_shown, which every results picture reads its images through: a file moved or damaged since the
+    results were written is left out with a warning naming the picture and the file; the rest keep their order."""
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"p{i}.png")
+        Image.fromarray(np.full((6, 8), 40 * i, np.uint8)).save(paths[-1])
+    source = Source([Record(str(p), 0) for p in paths], ["good"])
+    paths[1].unlink()
+    paths[3].write_bytes(b"\x89PNG\r\n")
+    with pytest.warns(UserWarning) as caught:
+        kept, shown = source.load_shown([3, 2, 1, 0], "mistakes.png")
+    assert kept == [1, 3] and [int(img[0, 0, 0]) for img in shown] == [80, 0]
+    assert [str(w.message).split(":")[0] for w in caught] == [f"mistakes.png leaves out {paths[3]}",
+                                                             f"mistakes.png leaves out {paths[1]}"]
+    assert shown[0].shape == (6, 8, 3) and source.load_shown([0], "a.png", 4)[1][0].shape == (4, 4, 3)
 
 
 def test_corrupt_and_truncated_files_name_the_path(tmp_path):

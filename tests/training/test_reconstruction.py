@@ -144,6 +144,24 @@ def test_predict_folder_writes_scores_and_overlays(trained, tmp_path):
     assert (out.parent / "predict_cells.png").is_file()
 
 
+def test_folder_overlays_leave_out_an_image_moved_since_its_prediction(tmp_path, monkeypatch):
+    """The overlays read their images through ``Source.load_shown``: a file gone after its prediction is left out
+    with a warning and the other picked rows drawn; the CSV keeps its row."""
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 60 * i, np.uint8)).save(tmp_path / f"cell{i}.png")
+    cells = Source([Record(str(tmp_path / f"cell{i}.png"), 0) for i in range(3)], ["good", "anomalous"], task=ANOMALY)
+    (tmp_path / "cell1.png").unlink()
+    drawn = {}
+    monkeypatch.setattr(reconstruction.viz, "save_anomaly_overlays",
+                        lambda images, maps, path, **kw: drawn.update(images=images, scores=kw["scores"]))
+    predictions = {"scores": np.array([0.3, 0.9, 0.5]), "maps": np.zeros((3, 8, 8), np.float32),
+                   "indices": np.arange(3)}
+    with pytest.warns(UserWarning, match="predict_moved.png leaves out .*cell1.png"):
+        out = reconstruction.write_folder_predictions(predictions, cells, tmp_path, "moved", num_overlays=2)
+    assert len(out.read_text().splitlines()) == 4
+    assert drawn["scores"].tolist() == [0.5] and int(drawn["images"][0, 0, 0, 0]) == 120
+
+
 def test_pretrained_encoder_is_loaded_without_layer4(tmp_path):
     torch = pytest.importorskip("torch")
     from ssm_jax.convert import from_torch
