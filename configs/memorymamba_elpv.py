@@ -12,7 +12,8 @@ Variants (``--config=configs/memorymamba_elpv.py:<variant>``):
                  epochs of 100,000 drawings), whose workdir then starts the classifier as ``:mim``'s does. From
                  it the classifier scored 73.9 +- 0.9 % (1,200 steps, seeds 0-2, lent H100, 2026-12-06), between
                  scratch's 72.3 +- 0.8 % and ``:mim``'s 76.1 +- 0.8 % (docs/elpv_experiments.md). With the
-                 memory modules off it did not learn in its 3 epochs (0.75 %), a worse start than scratch.
+                 memory modules off it did not learn in its 3 epochs (0.75 %), a worse start than scratch; nor
+                 with them on and their losses off (``loss.lambda_c`` = ``lambda_f`` = 0: 0.10 %, chance).
   fractal_cpu    the same for the ``cpu`` variant's network, on 100 classes (64 px, float32, 200 drawings a class).
   cpu            a small model at 64 px that trains and evaluates in under 10 minutes on 2 CPU cores; an honest
                  but lower-accuracy baseline for machines without an accelerator. Its SS2D blocks have d_state 1
