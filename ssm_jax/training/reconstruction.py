@@ -166,11 +166,11 @@ def save_overlays(source, predictions: dict, rows, path, with_masks: bool, label
     """Anomaly-map overlays of prediction ``rows``, images reloaded from ``source`` at the maps' size (uint8),
     each titled with its source index (``scores.csv``'s ``index``), file name and, if ``labelled``, its truth."""
     size = predictions["maps"].shape[1]
-    kept, images = source.load_shown([int(predictions["indices"][r]) for r in rows], Path(path).name, size)
+    indices = [int(predictions["indices"][r]) for r in rows]
+    kept, images = source.load_shown(indices, Path(path).name, size)
     if not images:
         return Path(path)
-    rows = np.asarray(rows)[kept]
-    indices = [int(predictions["indices"][r]) for r in rows]
+    rows, indices = np.asarray(rows)[kept], [indices[k] for k in kept]
     masks = predictions["masks"][rows] if with_masks else None
     titles = [_overlay_title(i, source[i], labelled) for i in indices]
     return viz.save_anomaly_overlays(np.stack(images), predictions["maps"][rows].astype(np.float32), path, masks=masks,
