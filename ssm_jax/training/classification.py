@@ -19,7 +19,7 @@ from ssm_jax.metrics import (auroc, average_precision, binary_metrics, classific
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions, rows_in_source_order
-from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
+from ssm_jax.training.mesh import jit_predict, jit_train_step
 from ssm_jax.training.pretrained_encoder import read_encoder_weights, with_encoder
 from ssm_jax.training import init_from as init_lib
 from ssm_jax.training import state as state_lib
@@ -176,9 +176,7 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
     if nce_similarity not in NCE_SIMILARITIES:
         raise ValueError(f"loss.nce_similarity={nce_similarity!r}; expected one of {', '.join(NCE_SIMILARITIES)} "
                          f"(InfoNCE's similarity, eq. 24)")
-    replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
-    return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                   donate_argnums=0)
+    return jit_train_step(mesh, step)
 
 
 def make_predict_step(mesh, tta: str = "none"):
@@ -192,8 +190,7 @@ def make_predict_step(mesh, tta: str = "none"):
 
         return {"probs": tta_lib.mean_probs(logits, images, tta)}
 
-    return jax.jit(traced_on(mesh, predict), in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
-                   out_shardings=batch_sharding(mesh))
+    return jit_predict(mesh, predict)
 
 
 def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,

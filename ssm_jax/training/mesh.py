@@ -59,6 +59,21 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def jit_train_step(mesh: Mesh, step):
+    """``step(state, batch) -> (state, metrics)`` compiled for data parallelism: the state replicated, the batch split
+    along ``data``, the old state's buffers donated to the new one."""
+    replicated = replicated_sharding(mesh)
+    return jax.jit(traced_on(mesh, step), in_shardings=(replicated, batch_sharding(mesh)),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def jit_predict(mesh: Mesh, predict):
+    """``predict(state, batch) -> outputs`` compiled for data parallelism: the state replicated, the batch and the
+    outputs split along ``data``."""
+    return jax.jit(traced_on(mesh, predict), in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
+                   out_shardings=batch_sharding(mesh))
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
     """The global batch must split evenly over the devices and over the processes."""
     devices, processes = mesh.devices.size, jax.process_count()

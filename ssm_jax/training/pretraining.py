@@ -26,7 +26,7 @@ from ssm_jax.training import state as state_lib
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions
-from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
+from ssm_jax.training.mesh import jit_predict, jit_train_step
 from ssm_jax.training.state import TrainState
 
 MASK_STREAM = 2  # fold_in index of the mask draws within a step's key (dropout draws from the key itself)
@@ -78,9 +78,7 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
 
     check_grad_accum_steps(grad_accum_steps)
     check_loss_config(loss_config)
-    replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
-    return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                   donate_argnums=0)
+    return jit_train_step(mesh, step)
 
 
 def _pooled(x, factor: int):
@@ -110,8 +108,7 @@ def make_predict_step(mesh, loss_config):
                 "image": _pooled(images, pool), "reconstruction": _pooled(out["reconstruction"], pool),
                 "pixel_mask": _pooled(out["pixel_mask"], pool)}
 
-    return jax.jit(traced_on(mesh, predict), in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
-                   out_shardings=batch_sharding(mesh))
+    return jit_predict(mesh, predict)
 
 
 def predict_dataset(state, predict_step, batches, *, num_examples: int, local_batch: int, mesh,

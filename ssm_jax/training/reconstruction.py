@@ -23,7 +23,7 @@ from ssm_jax.models.mambaad import ENCODER_STAGES, anomaly_map_from_features
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
 from ssm_jax.training.gather import gather_predictions, rows_in_source_order
-from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
+from ssm_jax.training.mesh import jit_predict, jit_train_step
 from ssm_jax.training.pretrained_encoder import read_encoder_weights, with_encoder
 from ssm_jax.training import state as state_lib
 from ssm_jax.training.state import TrainState
@@ -88,14 +88,10 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
     def step(state: TrainState, batch):
         grads, metrics, updates = mean_over_micro_batches(
             lambda micro, rng: grads_and_updates(state, micro, rng), batch, state.step_rng(), grad_accum_steps, mesh)
-        model_state = {**state.model_state,
-                       **{name: {**state.model_state[name], **tree} for name, tree in updates.items()}}
-        return state.apply_gradients(grads=grads, model_state=model_state), metrics
+        return state.apply_gradients_and_updates(grads, updates), metrics
 
     check_grad_accum_steps(grad_accum_steps)
-    replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
-    return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                   donate_argnums=0)
+    return jit_train_step(mesh, step)
 
 
 def make_predict_step(mesh, sigma: float):
@@ -107,8 +103,7 @@ def make_predict_step(mesh, sigma: float):
         maps, scores = anomaly_map_from_features(outputs["encoder"], outputs["decoder"], images.shape[1:3], sigma)
         return {"maps": maps.astype(jnp.float16), "scores": scores}
 
-    return jax.jit(traced_on(mesh, predict), in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
-                   out_shardings=batch_sharding(mesh))
+    return jit_predict(mesh, predict)
 
 
 def host_fields(batch: dict) -> dict:

@@ -41,7 +41,7 @@ from ssm_jax.nn.resample import upsample_bilinear_align_corners
 from ssm_jax.training import state as state_lib
 from ssm_jax.training.accumulate import check_grad_accum_steps, mean_over_micro_batches
 from ssm_jax.training.ema import eval_params
-from ssm_jax.training.mesh import batch_sharding, replicated_sharding, traced_on
+from ssm_jax.training.mesh import jit_predict, jit_train_step
 from ssm_jax.training.pretrained_encoder import read_encoder_weights, with_encoder
 from ssm_jax.training.reconstruction import (FROZEN, format_report, predict_dataset, warn_if_random_encoder,
                                              write_evaluation, write_folder_predictions)
@@ -244,14 +244,10 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1):
         grads, metrics, updates = mean_over_micro_batches(
             lambda micro, rng: grads_and_updates(state, micro, rng), micro_batch, state.step_rng(),
             grad_accum_steps, mesh)
-        model_state = {**state.model_state,
-                       **{name: {**state.model_state[name], **tree} for name, tree in updates.items()}}
-        return state.apply_gradients(grads=grads, model_state=model_state), metrics
+        return state.apply_gradients_and_updates(grads, updates), metrics
 
     check_grad_accum_steps(grad_accum_steps)
-    replicated, sharded = replicated_sharding(mesh), batch_sharding(mesh)
-    return jax.jit(traced_on(mesh, step), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                   donate_argnums=0)
+    return jit_train_step(mesh, step)
 
 
 def make_predict_step(mesh, sigma: float, score_pool: int = 16, score_stride: int = 2):
@@ -262,5 +258,4 @@ def make_predict_step(mesh, sigma: float, score_pool: int = 16, score_stride: in
         maps, scores = anomaly_map_from_logits(outputs["logits"], images.shape[1:3], sigma, score_pool, score_stride)
         return {"maps": maps.astype(jnp.float16), "scores": scores}
 
-    return jax.jit(traced_on(mesh, predict), in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
-                   out_shardings=batch_sharding(mesh))
+    return jit_predict(mesh, predict)

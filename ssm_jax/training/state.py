@@ -24,6 +24,13 @@ class TrainState(train_state.TrainState):
     def step_rng(self) -> jax.Array:
         return jax.random.fold_in(self.rng, self.step)
 
+    def apply_gradients_and_updates(self, grads, updates: dict) -> "TrainState":
+        """One optimiser step on ``grads``, with the collections of ``updates`` merged into ``model_state`` one level
+        deep: a collection's subtrees that ``updates`` leaves out (a frozen encoder's statistics) stay as they are."""
+        model_state = {**self.model_state,
+                       **{name: {**self.model_state[name], **tree} for name, tree in updates.items()}}
+        return self.apply_gradients(grads=grads, model_state=model_state)
+
 
 # XLA options for compiling a model's initialisation, by backend. The init runs once, so its compile is what counts,
 # and on CPU most of that is the threefry random bits of each distinct parameter shape. The lowest backend
