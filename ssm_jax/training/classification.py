@@ -158,8 +158,7 @@ def make_train_step(loss_config, mesh, grad_accum_steps: int = 1, class_weights:
     def step(state: TrainState, batch):
         grads, metrics, updates = mean_over_micro_batches(
             lambda micro, rng: grads_and_metrics(state, micro, rng), batch, state.step_rng(), grad_accum_steps, mesh)
-        state = state.apply_gradients(grads=grads)
-        return state.replace(model_state={**state.model_state, **updates}), metrics
+        return state.apply_gradients_and_updates(grads, updates), metrics
 
     check_grad_accum_steps(grad_accum_steps)
     mixing_lib.check_alphas(loss_config.mixup_alpha, loss_config.cutmix_alpha)
