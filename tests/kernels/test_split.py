@@ -25,8 +25,8 @@ from kernels.selective_scan import selective_scan_pallas
 from kernels.selective_scan.common import Layout
 from kernels.selective_scan.split import default_segment, layout
 from ssm_jax.ssm import selective_scan as ssm_scan
-from tests.kernels.test_selective_scan_pallas import ALL_OPTIONS, make_inputs, rel_err
-from tests.ssm.reference import selective_scan_numpy
+from tests.kernels.test_selective_scan_pallas import (ALL_OPTIONS, assert_forward_matches_reference, make_inputs,
+                                                     rel_err)
 
 # (batch, length, dim, groups, d_state), options, kernel block sizes (chunk: steps per segment)
 CASES = [
@@ -92,14 +92,7 @@ def scan(impl, x, opts, blocks):
 @pytest.mark.parametrize("shape,opts,blocks", CASES)
 def test_forward_matches_float64_reference(shape, opts, blocks):
     x = make_inputs(0, *shape, **opts)
-    out = jax.jit(lambda x: scan("split", x, opts, blocks))(x)
-    y_ref, last_ref = selective_scan_numpy(**x, delta_softplus=opts.get("delta_softplus", False))
-    if opts.get("return_last_state"):
-        out, last = out
-        assert last.shape == last_ref.shape and last.dtype == jnp.float32
-        assert rel_err(last, last_ref) < 1e-5
-    assert out.shape == y_ref.shape and out.dtype == jnp.float32
-    assert rel_err(out, y_ref) < 1e-5
+    assert_forward_matches_reference(jax.jit(lambda x: scan("split", x, opts, blocks))(x), x, opts)
 
 
 @pytest.mark.parametrize("shape,opts,blocks", GRADIENT_CASES)
