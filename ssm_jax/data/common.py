@@ -171,11 +171,12 @@ def require_images(directory: str, expected: str, extensions: Sequence[str] = im
     return files
 
 
-def select_categories(available: Sequence[str], categories, dataset: str, root: str) -> list[str]:
-    """Single-class (a name), several (a list) or multi-class (None: all) category selection."""
+def select_categories(available: Sequence[str], categories, dataset: str, root: str, expected: str) -> list[str]:
+    """Single-class (a name), several (a list) or multi-class (None: all) category selection; ``expected`` says
+    what a category looks like under ``root``, for the error when there is none."""
     if categories is None:
         if not available:
-            raise ValueError(f"no {dataset} categories found under {root!r}")
+            raise ValueError(f"no {dataset} categories found under {root!r}; expected {expected}")
         return sorted(available)
     wanted = [categories] if isinstance(categories, str) else list(categories)
     missing = [c for c in wanted if c not in available]

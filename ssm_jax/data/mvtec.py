@@ -80,7 +80,8 @@ def mvtec_source(root: str, split: str = "train", *, categories: str | Sequence[
         raise FileNotFoundError(f"{root!r} holds train/ and test/ itself: it looks like one category's (product's) "
                                 f"folder; expected the folder above it, which holds one folder per category")
     records = []
-    for category in select_categories(subdirs(root), categories, "MVTec AD", root):
+    for category in select_categories(subdirs(root), categories, "MVTec AD", root,
+                                      "one folder per category, each with train/good/ and test/ (MVTec AD layout)"):
         cat_dir = os.path.join(root, category)
         if split == "train":
             files = require_images(os.path.join(cat_dir, "train", "good"), "normal training images")

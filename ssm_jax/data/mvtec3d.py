@@ -55,7 +55,8 @@ def mvtec3d_source(root: str, split: str = "train", *, categories: str | Sequenc
     require_dir(root, "the MVTec 3D-AD root with one folder per category")
     available = subdirs(root)
     records = []
-    for category in select_categories(available, categories, "MVTec 3D-AD", root):
+    for category in select_categories(available, categories, "MVTec 3D-AD", root,
+                                      "one folder per category, each with train/, validation/ and test/"):
         split_dir = require_dir(os.path.join(root, category, split), f"{split}/<defect>/ folders")
         defects = subdirs(split_dir)
         if not defects:

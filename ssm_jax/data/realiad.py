@@ -56,7 +56,8 @@ def realiad_source(root: str, split: str = "train", *, categories: str | Sequenc
     idir = require_dir(os.path.join(root, image_dir), "Real-IAD images, one folder per category")
     available = sorted(f[:-5] for f in os.listdir(jdir) if f.endswith(".json") and not is_hidden(f))
     records = []
-    for category in select_categories(available, categories, "Real-IAD", jdir):
+    for category in select_categories(available, categories, "Real-IAD", jdir,
+                                      "one <category>.json meta file per category"):
         json_path = os.path.join(jdir, category + ".json")
         normal_class, entries = _load_json(json_path, split)
         if not entries:

@@ -56,7 +56,8 @@ def visa_source(root: str, split: str = "train", *, categories: str | Sequence[s
     require_dir(root, "the VisA root with split_csv/ and one folder per object")
     csv_path = os.path.join(root, split_file)
     rows = read_split_csv(csv_path)
-    selected = set(select_categories(sorted({r["object"] for r in rows}), categories, "VisA", csv_path))
+    selected = set(select_categories(sorted({r["object"] for r in rows}), categories, "VisA", csv_path,
+                                     f"rows of {','.join(COLUMNS)}, one per image"))
     records = [_record(root, r, csv_path) for r in rows if r["split"] == split and r["object"] in selected]
     for category in sorted(selected - {r.category for r in records}):
         raise ValueError(f"VisA object {category!r} has no {split} rows in {csv_path!r}")

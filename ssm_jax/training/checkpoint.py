@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import jax
@@ -23,6 +24,24 @@ class CheckpointError(RuntimeError):
 class CheckpointSaveError(CheckpointError):
     """A checkpoint that could not be written. Orbax's writer threads of that save then wait on signals that never
     come, for its 5-minute coordination timeout, before the process can end (``cli.run`` ends it at once)."""
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """After orbax fails to read a damaged checkpoint, tensorstore's reads still in flight call back into the asyncio
+    loop it has closed; their "Event loop is closed" errors reach ``sys.unraisablehook`` as dozens of tracebacks
+    around the one ``CheckpointError``, in a script as in the CLI, and say nothing it does not. Wraps the hook in
+    place (once) to drop those and pass anything else on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable) -> None:
+        err = unraisable.exc_value
+        if not (isinstance(err, RuntimeError) and str(err) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
 
 
 def model_fingerprint(model_name: str, params) -> dict:
@@ -123,7 +142,7 @@ class Checkpointer:
         try:
             extra = self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
         except Exception as err:  # orbax raises several types for missing or damaged files
-            raise CheckpointError(self._unreadable(where, step, err)) from err
+            raise self._unreadable(where, step, err) from err
         saved = extra.get("fingerprint", {})
         if saved.get("model") != self.fingerprint["model"] or saved.get("params") != self.fingerprint["params"]:
             raise CheckpointError(
@@ -143,14 +162,16 @@ class Checkpointer:
                     f"differs: settings such as optim.ema_decay, optim.layer_decay, optim.grad_clip or optim.name "
                     f"changed since it was written). Resume with the config that wrote it (see "
                     f"{self.directory.parent / 'config.json'}), or use a new --workdir.") from err
-            raise CheckpointError(self._unreadable(where, step, err)) from err
+            raise self._unreadable(where, step, err) from err
         return restored["state"], extra
 
-    def _unreadable(self, where: Path, step: int, err: Exception) -> str:
+    def _unreadable(self, where: Path, step: int, err: Exception) -> CheckpointError:
+        """The error for a damaged checkpoint, naming the earlier ones; quiets the failed read's aftermath."""
+        _drop_closed_loop_callbacks()
         others = [s for s in self.all_steps() if s != step]
         hint = (f"earlier checkpoints: steps {others}; move {where} aside to resume, evaluate or predict from step "
                 f"{others[-1]}" if others else "no earlier checkpoint exists; train again in a new --workdir")
-        return f"checkpoint {where} is unreadable (truncated or damaged?): {read_error(err)}. {hint}."
+        return CheckpointError(f"checkpoint {where} is unreadable (truncated or damaged?): {read_error(err)}. {hint}.")
 
     def close(self) -> None:
         self._manager.close()

@@ -94,15 +94,6 @@ def use_deterministic_ops(config) -> None:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DETERMINISTIC_FLAG}".strip()
 
 
-def _drop_closed_loop_callbacks(unraisable) -> None:
-    """``sys.unraisablehook``: when orbax's restore fails on a damaged checkpoint, tensorstore's reads still in
-    flight call back into the asyncio loop it has closed; their "Event loop is closed" errors, dozens of tracebacks
-    around the one-line ``CheckpointError``, say nothing it does not. Anything else goes to the default hook."""
-    err = unraisable.exc_value
-    if not (isinstance(err, RuntimeError) and str(err) == "Event loop is closed"):
-        sys.__unraisablehook__(unraisable)
-
-
 def out_of_memory_message(err: Exception) -> str:
     """What ran out (XLA's first line) and the settings that trade memory for something else; with a share of the
     GPU already set (several runs on one GPU), that share and what to do about it."""
@@ -129,7 +120,6 @@ def run(argv: list[str], fn, *args):
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
     if hasattr(sys.stdout, "reconfigure"):  # a report's class names in a locale that cannot print them: escaped
         sys.stdout.reconfigure(errors="backslashreplace")
-    sys.unraisablehook = _drop_closed_loop_callbacks
     initialize_distributed()
     try:
         return fn(*args)

@@ -172,9 +172,8 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
                     checkpointer.save(done, state, {"data": batches.get_state()}, wait=done == total_steps or stopping)
                     last_saved = done
                 if stopping:
-                    bar.close()
                     raise Preempted(done, checkpointer.directory, stop.signum)
-    finally:  # also on an error or a second Ctrl-C: the checkpoint being written completes, so a rerun resumes from it
+    finally:  # also on an error or a second Ctrl-C: the bar ends its line before the error is printed, and the
+        bar.close()  # checkpoint being written completes, so a rerun resumes from it
         checkpointer.wait_until_finished()
-    bar.close()
     return state

@@ -1,5 +1,6 @@
 import dataclasses
 import os
+import re
 import shutil
 
 import numpy as np
@@ -50,6 +51,13 @@ def test_unknown_category(replica_root):
 def test_missing_root(tmp_path, name):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         get_source(name, str(tmp_path / "nowhere"), "test")
+
+
+@pytest.mark.parametrize("name,expected", [("mvtec", "one folder per category, each with train/good/ and test/"),
+                                           ("mvtec3d", "one folder per category, each with train/, validation/")])
+def test_an_empty_root_says_what_a_category_looks_like(tmp_path, name, expected):
+    with pytest.raises(ValueError, match=rf"no .* categories found under .*; expected {re.escape(expected)}"):
+        get_source(name, str(tmp_path), "test")
 
 
 def test_mvtec_image_without_mask_and_mask_without_image(replica):

@@ -131,6 +131,38 @@ def test_an_interrupted_run_waits_for_its_checkpoint(tmp_path):
     assert world.events[-5:] == ["save 2 2", "fetch 2", "dispatch 2", "fetch 3", "saved"]
 
 
+def test_a_failing_batch_ends_the_progress_bar_before_its_error_is_printed(tmp_path, monkeypatch):
+    """A corrupt image raises from the batch iterator mid-run: the bar is closed (its line ended) on the way out,
+    so the error that follows is on a line of its own, and the checkpoint being written still completes."""
+    world = Scripted()
+
+    class Bar:
+        def __init__(self, **kwargs):
+            pass
+
+        def update(self, n):
+            pass
+
+        def set_postfix(self, values):
+            pass
+
+        def close(self):
+            world.events.append("bar closed")
+
+    monkeypatch.setattr("ssm_jax.training.loop.tqdm", Bar)
+    fetch = Scripted.__next__
+
+    def corrupt_at_batch_3(self):
+        if self.fetched == 3:
+            raise ValueError("corrupt image")
+        return fetch(self)
+
+    monkeypatch.setattr(Scripted, "__next__", corrupt_at_batch_3)
+    with pytest.raises(ValueError, match="corrupt image"):
+        _run(world, tmp_path, total_steps=6, log_every=10, checkpoint_every=2)
+    assert world.events[-5:] == ["save 2 2", "fetch 2", "dispatch 2", "bar closed", "saved"]
+
+
 def _signal_at_step_3(world, *signums):
     def step(state, batch):
         if state.step == 3:
