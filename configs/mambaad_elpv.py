@@ -7,7 +7,7 @@ Variants (``--config=configs/mambaad_elpv.py:<variant>``):
   synthetic          dataset "synthetic" with ``bases=("elpv",)``: real defect-free ELPV cells with synthetic
                      defects (scratches, cracks, spots, holes, stains) and their masks, so all seven metrics.
   defects_cpu,       the same data at 64 px with a shallow decoder, batch 8 and 2 epochs: a smoke run for a CPU,
-  synthetic_cpu      not a benchmark (``defects_cpu``: 12 minutes on 2 cores, README).
+  synthetic_cpu      not a benchmark (``defects_cpu``: 3.5 minutes on 2 cores, README).
 
 The paper's recipe otherwise (configs/mambaad_common.py), trained 100 epochs (ADer's benchmark length; the paper
 uses 1000 on MVTec AD). Pass torchvision ImageNet weights for the encoder with
