@@ -26,11 +26,11 @@ class CheckpointSaveError(CheckpointError):
     come, for its 5-minute coordination timeout, before the process can end (``cli.run`` ends it at once)."""
 
 
-def _drop_closed_loop_callbacks() -> None:
+def drop_closed_loop_callbacks() -> None:
     """After orbax fails to read a damaged checkpoint, tensorstore's reads still in flight call back into the asyncio
     loop it has closed; their "Event loop is closed" errors reach ``sys.unraisablehook`` as dozens of tracebacks
-    around the one ``CheckpointError``, in a script as in the CLI, and say nothing it does not. Wraps the hook in
-    place (once) to drop those and pass anything else on."""
+    around the one error, in a script as in the CLI, and say nothing it does not. Called where a read fails; wraps the
+    hook in place (once) to drop those and pass anything else on."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop_callbacks", False):
         return
@@ -167,7 +167,7 @@ class Checkpointer:
 
     def _unreadable(self, where: Path, step: int, err: Exception) -> CheckpointError:
         """The error for a damaged checkpoint, naming the earlier ones; quiets the failed read's aftermath."""
-        _drop_closed_loop_callbacks()
+        drop_closed_loop_callbacks()
         others = [s for s in self.all_steps() if s != step]
         hint = (f"earlier checkpoints: steps {others}; move {where} aside to resume, evaluate or predict from step "
                 f"{others[-1]}" if others else "no earlier checkpoint exists; train again in a new --workdir")

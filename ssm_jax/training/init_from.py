@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from ssm_jax.training.checkpoint import read_error
+from ssm_jax.training.checkpoint import drop_closed_loop_callbacks, read_error
 
 WRAPPERS = ("backbone",)  # a pretraining model's name for the network it trains
 
@@ -40,6 +40,7 @@ def read_variables(workdir) -> dict:
     try:
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     except Exception as err:  # orbax raises several types for missing or damaged files
+        drop_closed_loop_callbacks()
         raise ValueError(f"config.train.init_from={str(workdir)!r}: checkpoint {directory / str(step)} is "
                          f"unreadable (truncated or damaged?): {read_error(err)}") from err
     params = state.get("params") if isinstance(state, dict) else None
