@@ -229,6 +229,17 @@ def _with_saved_optimizer(config, workdir: Path):
     return config
 
 
+def _trained_data_root(config, workdir: Path) -> str | None:
+    """The ``data.root`` that the run in ``workdir`` trained with (its ``config.json``), when ``config`` reads
+    another: where to look when an evaluation's data folder is missing (a config file's default root, say, where the
+    run was given ``--config.data.root``)."""
+    try:
+        trained = json.loads((workdir / "config.json").read_text(encoding="utf-8"))["data"]["root"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return trained if trained and trained != config.data.get("root") else None
+
+
 def _check_bit_depth(config, saved: TrainSet | None, workdir: Path) -> None:
     """Refuses a ``data.bit_depth`` other than the one ``workdir``'s run trained with (``saved``, its
     ``train_set.json``; a run without one predates the field and read at 0): the model knows its images at one."""
@@ -378,13 +389,21 @@ class Experiment:
         anything is built or written: no empty ``checkpoints/`` left behind, no SNARM patch bank built first. The
         optimizer settings are the training run's (``_with_saved_optimizer``). With ``predict_only`` (new images,
         ``predict_folder``) the training split is taken from the run's ``train_set.json`` where it has one, so the
-        dataset need not be there; a run without one reads the dataset and, once restored, writes it."""
+        dataset need not be there; a run without one reads the dataset and, once restored, writes it. A data folder
+        that is not there is named with the root the run trained with, where that is another."""
         workdir = Path(workdir).expanduser()
         if not has_checkpoint(workdir):
             raise FileNotFoundError(_no_checkpoint(workdir))
         saved = read_train_set(workdir)
-        experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False,
-                         train_set=saved if predict_only else None)
+        try:
+            experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False,
+                             train_set=saved if predict_only else None)
+        except FileNotFoundError as err:
+            trained = _trained_data_root(config, workdir)
+            if trained is None:
+                raise
+            raise FileNotFoundError(f"{err}; the run in {workdir} trained with --config.data.root={trained}: pass it, "
+                                    f"or --config=configs/from_run.py:{workdir} (the run's own config)") from err
         try:
             experiment.restore_for_eval()
         except Exception:

@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -350,6 +351,19 @@ def test_evaluating_on_other_class_folders_is_refused(tmp_path):
         with pytest.raises(ValueError, match=r"the dataset's classes .* are not the classes the run in .* trained "
                                              r"with, in their order: \['rost', 'zink', 'Öl'\]" + hint):
             run.Experiment.for_eval(config, tmp_path / "run")
+
+
+def test_evaluating_where_the_data_is_not_names_the_root_the_run_trained_with(tmp_path):
+    """eval.py with the config file alone, for a run given --config.data.root: the file's root does not exist, and
+    the error says where the run read its data and how to evaluate there."""
+    trained = _class_folders(tmp_path / "parts", ["a", "b", "c"])
+    config = make_tiny_config(str(trained), max_steps=2)
+    run.Experiment(config, tmp_path / "run").train()
+    with config.unlocked():
+        config.data.root = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=rf"nowhere.*; the run in .*run trained with --config.data.root="
+                                                rf"{re.escape(str(trained))}: pass it, or --config=configs/from_run"):
+        run.Experiment.for_eval(config, tmp_path / "run")
 
 
 def test_file_names_the_locale_cannot_decode_are_refused_before_anything_is_written(tmp_path):
