@@ -102,6 +102,11 @@ def _torch_load(path: Path):
         import torch
     except ImportError as e:
         raise ImportError(f'loading {path} needs PyTorch: pip install -e ".[torch]"') from e
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save's zip, or a legacy pickle
+        raise ValueError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}; torch.save writes a zip "
+                         f"archive or a pickle): expected the .pth / .pt file of a model's state_dict")
     trusted = os.environ.get(UNSAFE_LOAD_ENV, "").lower() in ("1", "true", "y", "yes")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)

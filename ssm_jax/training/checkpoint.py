@@ -149,7 +149,7 @@ class Checkpointer:
                 f"{where} holds a checkpoint of model {saved.get('model')!r} ({saved.get('num_params')} parameters), "
                 f"but this run builds {self.fingerprint['model']!r} ({self.fingerprint['num_params']} parameters) "
                 f"with a different parameter tree. Use a new --workdir, or the config that wrote this one "
-                f"(see {self.directory.parent / 'config.json'}).")
+                f"(--config=configs/from_run.py:{self.directory.parent} reads its config.json).")
         abstract = jax.tree.map(_abstract, state_template)
         try:
             restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)

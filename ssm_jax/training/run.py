@@ -108,7 +108,7 @@ class Family:
 
     module: ModuleType
     models: tuple[str, ...]
-    outputs: str
+    outputs: str  # the files an evaluation may write; its last line names those it wrote
     frozen: tuple[str, ...] = ()
     check: Callable[[ml_collections.ConfigDict, Source | TrainSet], None] = _no_check
     state_kwargs: Callable[[ml_collections.ConfigDict, Source | TrainSet, bool], dict] = _no_state_kwargs
@@ -125,8 +125,7 @@ class Family:
 
 TASKS = {
     "classification": Family(classification, ("memorymamba", "resnet"),
-                             "metrics.json, confusion.png, mistakes.png, predictions.csv, binary_roc_pr.png with "
-                             "eval.binary_from",
+                             "metrics.json, confusion.png, mistakes.png, predictions.csv, binary_roc_pr.png",
                              check=_check_classes, step_kwargs=classification.step_kwargs,
                              state_kwargs=_classifier_kwargs, init_from=True, sam=True,
                              predict_kwargs=classification.predict_kwargs,
@@ -322,7 +321,9 @@ class Experiment:
         # read before training, so a mistake in the test split's layout is named now, not after the last step
         self.test_source = load_source(config, "test") if training else None
         _check_task(config, self.family, self.train_source)
-        self.total_steps = training_steps(config.train, len(self.train_source))
+        # evaluating, the schedule only shapes the state to restore: a training set under one train.batch_size (a
+        # config file's default where the run was given a smaller batch) is no reason to refuse
+        self.total_steps = training_steps(config.train, len(self.train_source)) if training else 1
         self.model = build_model(config)
         tx = make_optimizer(config.optim, self.total_steps, frozen=self.family.frozen)
         create = functools.partial(self.family.module.create_state, self.model, tx, jax.random.PRNGKey(config.seed),
@@ -430,7 +431,8 @@ class Experiment:
             summary = module.write_evaluation(predictions, source, out_dir, **self.family.output_kwargs(self.config),
                                               **self.family.summary_kwargs(self.config))
             _say(module.format_report(summary))
-            _say(f"wrote {out_dir} ({self.family.outputs})")
+            written = [name for name in self.family.outputs.split(", ") if (out_dir / name).exists()]
+            _say(f"wrote {out_dir} ({', '.join(written)})")
         return summary
 
     @property
@@ -460,8 +462,10 @@ class Experiment:
                                                               folder.resolve().name,  # "." names its folder too
                                                               **self.family.output_kwargs(self.config))
             skipped = len(source) - len(predictions["indices"])  # data.skip_corrupt left them out
+            picture = out.with_suffix(".png")
             _say(f"predicted {len(predictions['indices'])} of {len(source)} images -> {out}"
-                 + (f" ({skipped} unreadable, skipped: empty rows)" if skipped else ""))
+                 + (f" ({skipped} unreadable, skipped: empty rows)" if skipped else "")
+                 + (f", {picture.name}" if picture.exists() else ""))
         return out
 
 

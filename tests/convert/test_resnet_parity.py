@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+from PIL import Image
 
 from ssm_jax.convert import ConversionError, from_torch, load_state_dict
 from ssm_jax.convert.resnet import convert_resnet
@@ -111,6 +112,14 @@ def test_checkpoint_with_objects_is_refused_unless_trusted(resnet18, tmp_path, m
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     assert_same_variables(from_torch("resnet18", path)[1], expected)
     assert_same_variables(from_torch("resnet18", whole)[1], expected)
+
+
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path):
+    """An image given as the checkpoint is not taken for a pickle with objects in it (torch's weights-only error)."""
+    image = tmp_path / "part.png"
+    Image.new("RGB", (8, 8)).save(image)
+    with pytest.raises(ValueError, match=r"part.png is not a PyTorch checkpoint \(it starts with b'\\x89PNG"):
+        from_torch("resnet18", image)
 
 
 def test_load_wrapped_dict_and_wrapper_prefixes(resnet18, tmp_path):

@@ -319,7 +319,8 @@ def test_flag_threshold_flags_the_group_in_both_csvs_and_scores_its_rates(tmp_pa
     assert "flagged" not in (tmp_path / "plain" / "predictions.csv").read_text().splitlines()[0]
 
 
-def test_flag_threshold_reaches_evaluation_and_folder_predictions_through_the_experiment(tiny_config, tmp_path):
+def test_flag_threshold_reaches_evaluation_and_folder_predictions_through_the_experiment(tiny_config, tmp_path,
+                                                                                         capsys):
     config = tiny_config(max_steps=2)
     with config.unlocked():
         config.eval.binary_from, config.eval.flag_threshold = 1, 0.5
@@ -330,11 +331,13 @@ def test_flag_threshold_reaches_evaluation_and_folder_predictions_through_the_ex
     folder = tmp_path / "new"
     _cells(folder, np.zeros(3, np.int64))
     (folder / "cell2.png").rename(folder / "cell 2, left.png")  # a comma in a name is quoted, not a new column
+    capsys.readouterr()
     out = experiment.predict_folder(folder)
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and rows[0]["path"] == str(folder / "cell 2, left.png") and None not in rows[0]
     assert out.with_suffix(".png").stat().st_size > 0
+    assert capsys.readouterr().out.strip().endswith(f"predicted 3 of 3 images -> {out}, predict_new.png")
     for r in rows:  # probabilities to 4 decimals: the flag follows their sum, away from the cut's rounding
         group = float(r["p_b"]) + float(r["p_c"])
         assert abs(group - 0.5) < 2e-4 or int(r["flagged"]) == (group >= 0.5)

@@ -170,7 +170,8 @@ def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
     other = tiny_config(max_steps=3)
     with other.unlocked():
         other.model.dims = (16,)
-    with pytest.raises(CheckpointError, match="holds a checkpoint of model 'memorymamba'.*different parameter tree"):
+    with pytest.raises(CheckpointError, match="holds a checkpoint of model 'memorymamba'.*different parameter tree.*"
+                                              f"--config=configs/from_run.py:{tmp_path} reads its config.json"):
         run.Experiment(other, tmp_path).train()
     assert json.loads((tmp_path / "config.json").read_text())["model"]["dims"] != [16]  # the config that wrote it
 
@@ -364,6 +365,22 @@ def test_evaluating_where_the_data_is_not_names_the_root_the_run_trained_with(tm
     with pytest.raises(FileNotFoundError, match=rf"nowhere.*; the run in .*run trained with --config.data.root="
                                                 rf"{re.escape(str(trained))}: pass it, or --config=configs/from_run"):
         run.Experiment.for_eval(config, tmp_path / "run")
+
+
+def test_evaluating_with_a_train_batch_larger_than_the_training_set(tmp_path, tiny_config, capsys):
+    """The train batch does not enter an evaluation: a config file's default batch, larger than the run's training
+    set (which trained at a smaller one), evaluates the run. Its last line names the files it wrote: without
+    eval.binary_from, no binary ROC."""
+    config = tiny_config(max_steps=2)
+    run.Experiment(config, tmp_path).train()
+    with config.unlocked():
+        config.train.batch_size = 64  # 27 training images
+    with pytest.raises(ValueError, match="fewer than one batch of train.batch_size=64"):
+        run.Experiment(config, tmp_path / "new")
+    capsys.readouterr()
+    assert run.Experiment.for_eval(config, tmp_path).evaluate()["num_images"] == 9
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"wrote {tmp_path / 'eval'} (metrics.json, confusion.png, mistakes.png, predictions.csv)")
 
 
 def test_file_names_the_locale_cannot_decode_are_refused_before_anything_is_written(tmp_path):
