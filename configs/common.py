@@ -6,11 +6,13 @@ changes only what its model or dataset needs. Configs are locked, so a mistyped 
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import ml_collections
 from ml_collections import config_dict
 
+from ssm_jax.data import SOURCES
 from ssm_jax.training.optim import NO_DECAY_NAMES
 
 
@@ -18,6 +20,15 @@ def default_data_root(dataset: str) -> str:
     """``$SSM_JAX_DATA/<dataset>`` if SSM_JAX_DATA is set, else ``~/data/<dataset>``."""
     base = os.environ.get("SSM_JAX_DATA") or os.path.join(os.path.expanduser("~"), "data")
     return os.path.join(base, dataset)
+
+
+def source_options(name: str, given: dict) -> dict:
+    """``config.data.source``: every option of dataset ``name``'s loader, so that any can be set on the command line
+    (``--config.data.source.sizes="(200, 100)"``); those not ``given`` are empty placeholders, which leave the
+    loader's default."""
+    loader = SOURCES.get(name)
+    options = [] if loader is None else [p for p in inspect.signature(loader).parameters if p not in ("root", "split")]
+    return {**{option: config_dict.placeholder(object) for option in options}, **given}
 
 
 def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -> ml_collections.ConfigDict:
@@ -44,7 +55,7 @@ def data_config(name: str, root: str | None, image_size: int, **source_kwargs) -
         "num_workers": 0,
         "center_crop": 1.0,
         "bit_depth": 0,
-        "source": dict(source_kwargs),
+        "source": source_options(name, source_kwargs),
     })
 
 

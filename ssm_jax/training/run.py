@@ -158,11 +158,12 @@ def _say(msg: str) -> None:
 
 
 def load_source(config, split: str) -> Source:
-    """The ``split`` of ``config.data``; unknown ``config.data.source`` options are named with the valid ones."""
+    """The ``split`` of ``config.data``; unknown ``config.data.source`` options are named with the valid ones, and
+    empty ones (None) leave the loader's defaults."""
     data = config.data
     if data.name not in SOURCES:
         raise ValueError(f"config.data.name={data.name!r}; valid: {', '.join(sorted(SOURCES))}")
-    options = dict(data.source)
+    options = {key: value for key, value in data.source.items() if value is not None}
     valid = [p for p in inspect.signature(SOURCES[data.name]).parameters if p not in ("root", "split")]
     unknown = sorted(set(options) - set(valid))
     if unknown:

@@ -100,6 +100,26 @@ def test_a_config_file_that_does_not_load_is_one_message(config, expected, tmp_p
     assert expected in done.stderr.strip().splitlines()[0]
 
 
+_SOURCE_OPTIONS = """
+import sys
+from ssm_jax.training import cli
+config, _ = cli.define_run_flags("")
+cli.parse_flags(["train.py", "--config=configs/memorymamba_folder.py", "--workdir=unused"] + sys.argv[1:])
+print(repr(config.value.data.source.sizes), repr(config.value.data.source.class_names))
+"""
+
+
+def test_any_option_of_the_datasets_loader_is_a_config_key():
+    """``folder_source``'s ``sizes`` and ``class_names``, which the folder config file does not set, are still
+    ``--config.data.source`` keys (empty ones leave the loader's defaults)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _SOURCE_OPTIONS, "--config.data.source.sizes=(20, 10)",
+                           "--config.data.source.class_names=('a', 'b')"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(20, 10) ('a', 'b')"
+
+
 _DETERMINISTIC = """
 import os, sys
 import jax
