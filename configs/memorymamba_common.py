@@ -52,3 +52,17 @@ def apply_size(config: ml_collections.ConfigDict, size: str) -> None:
     if size not in memorymamba_presets:
         raise ValueError(f"unknown model size {size!r}; valid: {', '.join(memorymamba_presets)}")
     config.model.depths, config.model.dims = (memorymamba_presets[size][key] for key in ("depths", "dims"))
+
+
+def apply_cpu(config: ml_collections.ConfigDict) -> None:
+    """A model and schedule for a CPU (ELPV's ``:cpu``, 5-10 minutes on 2 cores): 64 px, depths 1-1-2, widths
+    24-48-96, SS2D blocks with d_state 1 and expand 1 (3.8x faster there at the same accuracy: memorymamba_elpv's
+    docstring), memories of 16 and 32 slots, lr 2e-3, 10 epochs, batch 32."""
+    config.data.image_size = 64
+    config.model.depths, config.model.dims = (1, 1, 2), (24, 48, 96)
+    config.model.d_state, config.model.expand = 1, 1
+    config.model.coarse_size, config.model.fine_size = 16, 32
+    config.optim.lr = 2e-3
+    config.train.epochs = 10
+    config.train.batch_size = config.train.eval_batch_size = 32
+    config.train.checkpoint_every = 100

@@ -139,7 +139,7 @@ import copy
 import ml_collections
 
 from configs import common
-from configs.memorymamba_common import memorymamba_config
+from configs.memorymamba_common import apply_cpu, memorymamba_config
 
 VARIANTS = ("gpu", "cpu", "mim", "mim_cpu", "fractal", "fractal_cpu")
 
@@ -165,14 +165,7 @@ def get_config(variant: str = "gpu"):
     config.optim.grad_clip = 1.0
     config.train.epochs = 40
     if variant == "cpu":
-        config.data.image_size = 64
-        config.model.depths, config.model.dims = (1, 1, 2), (24, 48, 96)
-        config.model.d_state, config.model.expand = 1, 1
-        config.model.coarse_size, config.model.fine_size = 16, 32
-        config.optim.lr = 2e-3
-        config.train.epochs = 10
-        config.train.batch_size = config.train.eval_batch_size = 32
-        config.train.checkpoint_every = 100
+        apply_cpu(config)
     return common.finalize(config)
 
 

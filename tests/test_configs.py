@@ -207,3 +207,15 @@ def test_memorymamba_size_is_the_variant_and_depths_and_dims_override_it(size):
     assert (model.depths, model.dims) == (memorymamba_presets[size]["depths"], memorymamba_presets[size]["dims"])
     assert build_model(importlib.import_module("configs.memorymamba_neu").get_config(size)).dims == model.dims
 
+
+
+def test_the_folder_config_has_elpvs_cpu_network_as_its_cpu_variant():
+    """``memorymamba_folder.py:cpu``: a user's own folders on a machine without an accelerator get the network and
+    schedule measured on ELPV at CPU scale (one ``apply_cpu`` for both), not the 224 px tiny model."""
+    folder = importlib.import_module("configs.memorymamba_folder").get_config("cpu")
+    elpv = importlib.import_module("configs.memorymamba_elpv").get_config("cpu")
+    for path in ("data.image_size", "model.depths", "model.dims", "model.d_state", "model.expand", "model.coarse_size",
+                 "model.fine_size", "optim.lr", "train.epochs", "train.batch_size", "train.eval_batch_size"):
+        section, key = path.split(".")
+        assert folder[section][key] == elpv[section][key], path
+    assert folder.data.image_size == 64 and folder.data.name == "folder"
