@@ -6,13 +6,12 @@ changes only what its model or dataset needs. Configs are locked, so a mistyped 
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import ml_collections
 from ml_collections import config_dict
 
-from ssm_jax.data import SOURCES
+from ssm_jax.data import SOURCES, loader_options
 from ssm_jax.training.optim import NO_DECAY_NAMES
 
 
@@ -26,8 +25,7 @@ def source_options(name: str, given: dict) -> dict:
     """``config.data.source``: every option of dataset ``name``'s loader, so that any can be set on the command line
     (``--config.data.source.sizes="(200, 100)"``); those not ``given`` are empty placeholders, which leave the
     loader's default."""
-    loader = SOURCES.get(name)
-    options = [] if loader is None else [p for p in inspect.signature(loader).parameters if p not in ("root", "split")]
+    options = loader_options(name) if name in SOURCES else []
     return {**{option: config_dict.placeholder(object) for option in options}, **given}
 
 

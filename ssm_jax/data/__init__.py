@@ -6,6 +6,8 @@ batches. Nothing here downloads: every loader reads local files and names what i
 
 from __future__ import annotations
 
+import inspect
+
 from ssm_jax.data.aluminum import aluminum_source
 from ssm_jax.data.common import Record, Source
 from ssm_jax.data.elpv import elpv_ad_source, elpv_source
@@ -31,6 +33,11 @@ SOURCES = {
 }
 
 
+def loader_options(name: str) -> list[str]:
+    """The options of dataset ``name``'s loader, besides ``root`` and ``split``: what ``config.data.source`` holds."""
+    return [p for p in inspect.signature(SOURCES[name]).parameters if p not in ("root", "split")]
+
+
 def get_source(name: str, root: str | None, split: str = "train", **kwargs) -> Source:
     """The ``split`` of dataset ``name`` under ``root`` (None is allowed for elpv, elpv_ad, synthetic and fractal)."""
     if name not in SOURCES:
@@ -40,7 +47,7 @@ def get_source(name: str, root: str | None, split: str = "train", **kwargs) -> S
     return SOURCES[name](root, split, **kwargs)
 
 
-__all__ = ["SOURCES", "get_source", "make_pipeline", "Record", "Source", "CorruptImageError", "load_image",
-           "load_mask", "load_xyz", "stratified_split", "PAPER_SPLITS", "draw_defect", "elpv_source",
+__all__ = ["SOURCES", "get_source", "loader_options", "make_pipeline", "Record", "Source", "CorruptImageError",
+           "load_image", "load_mask", "load_xyz", "stratified_split", "PAPER_SPLITS", "draw_defect", "elpv_source",
            "elpv_ad_source", "folder_source", "fractal_source", "neu_source", "gc10_source", "mt_source",
            "aluminum_source", "mvtec_source", "visa_source", "realiad_source", "mvtec3d_source", "synthetic_source"]

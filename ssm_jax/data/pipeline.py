@@ -148,8 +148,9 @@ class Decode:
             ex = self.source.load(self.source[index], self.image_size)
         except CorruptImageError as e:
             if not self.skip_corrupt:
-                raise CorruptImageError(f"{e}; to go on without such files, set skip_corrupt (--config.data."
-                                        f"skip_corrupt=True; a stopped training run may resume with it)") from e
+                raise CorruptImageError(f"{e}; to go on without such files, set "
+                                        f"--config.data.skip_corrupt=True (a stopped training run may resume with it)"
+                                        ) from e
             if index not in self.skipped:  # read again each epoch: said once
                 self.skipped.add(index)
                 warnings.warn(f"skip_corrupt: skipped {len(self.skipped)} corrupt image(s) so far; last: {e}",

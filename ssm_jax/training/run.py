@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import inspect
 import json
 import os
 import sys
@@ -18,7 +17,7 @@ import jax
 import ml_collections
 
 from ssm_jax import viz
-from ssm_jax.data import SOURCES, get_source, make_pipeline
+from ssm_jax.data import SOURCES, get_source, loader_options, make_pipeline
 from ssm_jax.data.pipeline import first_example
 from ssm_jax.data.common import Record, Source, is_hidden
 from ssm_jax.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size
@@ -32,7 +31,7 @@ from ssm_jax.training.accumulate import check_grad_accum
 from ssm_jax.training.checkpoint import Checkpointer, has_checkpoint, model_fingerprint
 from ssm_jax.training.config_ranges import check_ranges
 from ssm_jax.training.ema import evaluation_state, evaluation_template
-from ssm_jax.training.log import MetricsLog, write_config
+from ssm_jax.training.log import MetricsLog, read_config, write_config
 from ssm_jax.training.loop import train_loop
 from ssm_jax.training.mesh import check_batch_size, make_mesh
 from ssm_jax.training.optim import count_params, make_optimizer, training_steps
@@ -164,7 +163,7 @@ def load_source(config, split: str) -> Source:
     if data.name not in SOURCES:
         raise ValueError(f"config.data.name={data.name!r}; valid: {', '.join(sorted(SOURCES))}")
     options = {key: value for key, value in data.source.items() if value is not None}
-    valid = [p for p in inspect.signature(SOURCES[data.name]).parameters if p not in ("root", "split")]
+    valid = loader_options(data.name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"config.data.source has unknown keys {unknown} for dataset {data.name!r}; valid: {valid}")
@@ -234,8 +233,8 @@ def _trained_data_root(config, workdir: Path) -> str | None:
     another: where to look when an evaluation's data folder is missing (a config file's default root, say, where the
     run was given ``--config.data.root``)."""
     try:
-        trained = json.loads((workdir / "config.json").read_text(encoding="utf-8"))["data"]["root"]
-    except (OSError, ValueError, KeyError, TypeError):
+        trained = read_config(workdir).data.get("root")
+    except (FileNotFoundError, ValueError, AttributeError):  # no config.json (another tool's checkpoint), or no data
         return None
     return trained if trained and trained != config.data.get("root") else None
 
