@@ -22,6 +22,12 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# PIL imports a format's plugin the first time it opens such a file. The pipeline decodes in several threads at once,
+# and concurrent first imports can hand a thread a plugin module still being initialised (CPython gh-83065, before
+# 3.14), whose format is not yet registered: a valid file then fails as "cannot identify image file" (seen once in
+# nine full-size ELPV runs on an H100, Python 3.12). So every plugin is loaded here, once, before any thread decodes.
+Image.init()
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ORIENTATION = 0x0112  # EXIF tag: 1 as stored; 5-8 transpose the stored width and height
 TRANSPOSED = (5, 6, 7, 8)

@@ -356,3 +356,20 @@ def test_sixteen_bit_colour_reads_at_the_full_range_and_arrays_of_it_by_bit_dept
     assert high[0].filename == __file__  # from an array too, the caller is named
     rgb8 = _save(tmp_path / "rgb8.png", (rgb >> 4).astype(np.uint8), None)
     np.testing.assert_array_equal(load_image(rgb8, bit_depth=12), rgb >> 4)  # 8-bit colour: as it is
+
+
+
+def test_every_pil_plugin_is_loaded_before_any_thread_decodes():
+    """Decoding threads must not import PIL's plugins lazily (a concurrent first import can leave a format
+    unregistered, and a valid file then fails to open): importing the module registers every format, checked in a
+    fresh interpreter, where nothing else has opened an image yet."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, PIL.Image as I; before = sorted(I.OPEN); import ssm_jax.data.images; "
+            "print(json.dumps([before, sorted(I.OPEN)]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = json.loads(run.stdout)
+    assert "PNG" not in before, "PIL registers PNG on import alone: this test no longer tells the change apart"
+    assert {"BMP", "JPEG", "PNG", "TIFF", "WEBP"} <= set(after)
