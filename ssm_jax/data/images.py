@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # PIL imports a format's plugin the first time it opens such a file. The pipeline decodes in several threads at once,
-# and concurrent first imports can hand a thread a plugin module still being initialised (CPython gh-83065, before
-# 3.14), whose format is not yet registered: a valid file then fails as "cannot identify image file" (seen once in
-# nine full-size ELPV runs on an H100, Python 3.12). So every plugin is loaded here, once, before any thread decodes.
+# and concurrent first imports can hand a thread a plugin module still being initialised (CPython gh-83065),
+# whose format is not yet registered, and a valid file then fails as "cannot identify image file" (the likely
+# cause of one such failure in nine full-size ELPV runs on an H100, Python 3.12). So every plugin is loaded here, once.
 Image.init()
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
