@@ -67,15 +67,20 @@ class ConversionError(ValueError):
     """A state dict that does not fill the Flax template: names every missing, unexpected and mis-shaped key."""
 
     def __init__(self, missing: Sequence[str] = (), unexpected: Sequence[str] = (), mismatched: Sequence[str] = (),
-                 duplicated: Sequence[str] = ()):
+                 duplicated: Sequence[str] = (), found: str = ""):
         self.missing, self.unexpected = list(missing), list(unexpected)
         self.mismatched, self.duplicated = list(mismatched), list(duplicated)
         sections = [("missing (Flax leaves no torch key fills)", self.missing),
                     ("unexpected (torch keys no rule or ignore pattern matches)", self.unexpected),
                     ("shape mismatches (key: torch shape -> transformed shape, expected flax shape)", self.mismatched),
                     ("filled more than once (flax path: torch keys)", self.duplicated)]
-        super().__init__("state dict does not match the Flax variables:\n" + "\n".join(
+        first = f"{found}; its " if found else ""  # what the keys say the checkpoint is, when that is known
+        super().__init__(f"{first}state dict does not match the Flax variables:\n" + "\n".join(
             _section(title, items) for title, items in sections if items))
+
+    def naming(self, what: str) -> ConversionError:
+        """The same error, first saying ``what`` the checkpoint holds (a reader's likely fix)."""
+        return ConversionError(self.missing, self.unexpected, self.mismatched, self.duplicated, found=what)
 
 
 def _section(title: str, items: list[str]) -> str:

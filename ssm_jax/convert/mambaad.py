@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from ssm_jax.convert.common import TRANSFORMS, Rule, batchnorm_rules, convert_state_dict
-from ssm_jax.convert.resnet import RESNET_RULES
+from ssm_jax.convert.resnet import RESNET_RULES, resnet_held
 from ssm_jax.models.mambaad import build_mambaad, mambaad_model_config
 from ssm_jax.models.resnet import RESNET_ARCHS
 from ssm_jax.ssm import METHODS, scan_orders
@@ -95,17 +94,12 @@ def _entry(state, key: str) -> np.ndarray:
 
 
 def _encoder_arch(state) -> str:
-    """The ResNet arch whose stage 1-3 block counts and block kind match ``net_t.*``."""
-    blocks = Counter(m.groups() for k in state if (m := re.match(r"net_t\.layer(\d)\.(\d+)\.", k)))
-    counts = tuple(len({j for (s, j) in blocks if s == str(stage)}) for stage in (1, 2, 3))
-    bottleneck = "net_t.layer1.0.conv3.weight" in state
-    width = _entry(state, "net_t.layer1.0.conv1.weight").shape[0] if bottleneck else 64
-    for arch, (kind, layers, width_per_group) in RESNET_ARCHS.items():
-        if (kind == "bottleneck") == bottleneck and tuple(layers[:3]) == counts and \
-                (not bottleneck or width == width_per_group):
-            return arch
-    raise ValueError(f"the encoder net_t.* (blocks per stage {counts}, "
-                     f"{'bottleneck' if bottleneck else 'basic'}) matches none of {sorted(RESNET_ARCHS)}")
+    """The ResNet arch of ``net_t.*``, read from its stages 1-3 (MambaAD's encoder stops there)."""
+    held, archs = resnet_held({key[len("net_t."):]: value for key, value in state.items() if key.startswith("net_t.")})
+    if len(archs) != 1:
+        raise ValueError(f"the encoder net_t.* is {held or 'no ResNet'}; expected the first stages of one of "
+                         f"{sorted(RESNET_ARCHS)}")
+    return archs[0]
 
 
 def _decoder_layout(state) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -172,8 +166,11 @@ def _scan_method(state, directions: int) -> str:
 def convert_mambaad(state: dict[str, np.ndarray]) -> tuple[ml_collections.ConfigDict, dict]:
     """(config.model, variables) for ``build_mambaad`` from an official MambaAD state dict."""
     if not any(k.startswith("net_s.") for k in state):
+        held = resnet_held(state)[0]
         raise ValueError("not a MambaAD state dict: no net_s.* (decoder) keys; expected the official checkpoint "
-                         "(its {'net': ...} dict) or its state_dict")
+                         "(its {'net': ...} dict) or its state_dict" + (
+                             f"; it holds {held}, an encoder: pass it as --config.model.encoder_weights" if held
+                             else ""))
     state = _from_ader_layout(state)
     dims, depths = _decoder_layout(state)
     ssm = "net_s.layers_up.0.blocks.0.smm_blocks.0.self_attention."

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssm_jax.convert.common import Rule, batchnorm_rules, convert_state_dict
-from ssm_jax.models.resnet import build_resnet
+from ssm_jax.convert.common import ConversionError, Rule, batchnorm_rules, convert_state_dict
+from ssm_jax.models.resnet import RESNET_ARCHS, build_resnet
 
 
 RESNET_RULES = [
@@ -36,5 +37,32 @@ def convert_resnet(state: dict[str, np.ndarray], arch: str, out_stages: Sequence
     state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     template = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
     unbuilt = [rf"layer{stage}\..*" for stage in range(max(out_stages) + 1, len(model.layers) + 1)]
-    variables = convert_state_dict(state, RESNET_RULES, template, ignore=RESNET_IGNORE + unbuilt)
+    try:
+        variables = convert_state_dict(state, RESNET_RULES, template, ignore=RESNET_IGNORE + unbuilt)
+    except ConversionError as err:
+        held, archs = resnet_held(state)
+        if held and arch not in archs:
+            raise err.naming(f"the checkpoint holds {held}, not a {arch}") from None
+        raise
     return ml_collections.ConfigDict({"arch": arch, "out_stages": tuple(out_stages)}), variables
+
+
+def resnet_held(state: Mapping[str, np.ndarray]) -> tuple[str, list[str]]:
+    """(what the torchvision-layout keys of ``state`` hold, e.g. "a resnet50 (bottleneck blocks, 3-4-6-3)", and the
+    ``RESNET_ARCHS`` that fit it), read from block indices and widths; ("", []) without ResNet stages. A backbone cut
+    after stage 3 fits every arch whose first three stages it matches."""
+    depths: dict[int, int] = {}
+    for key in state:
+        if match := re.fullmatch(r"layer(\d)\.(\d+)\.conv1\.weight", key):
+            depths[int(match[1])] = max(depths.get(int(match[1]), 0), int(match[2]) + 1)
+    if not depths:
+        return "", []
+    block = "bottleneck" if any(re.fullmatch(r"layer\d\.\d+\.conv3\.weight", key) for key in state) else "basic"
+    stages = tuple(depths[stage] for stage in sorted(depths))
+    first = state.get("layer1.0.conv1.weight")  # in a bottleneck of stage 1: width_per_group out channels
+    width = int(np.shape(first)[0]) if block == "bottleneck" and first is not None else 64
+    archs = [name for name, (kind, layers, width_per_group) in RESNET_ARCHS.items()
+             if kind == block and layers[:len(stages)] == stages and width_per_group == width]
+    layout = f"{block} blocks, {'-'.join(map(str, stages))}" + (f", width {width}" if width != 64 else "")
+    return (f"a {' or '.join(archs)} ({layout})" if archs else f"a ResNet of {layout} (none of "
+            f"{', '.join(RESNET_ARCHS)})"), archs

@@ -21,6 +21,7 @@ from ssm_jax.models import RESNET_ARCHS, build_resnet
 from ssm_jax.models.resnet_classifier import build_resnet_classifier, resnet_model_config
 from ssm_jax.training import classification
 from ssm_jax.training.mesh import make_mesh
+from ssm_jax.training.pretrained_encoder import read_encoder_weights
 from tests.convert.torch_resnet import TorchResNet
 
 RTOL = 1e-4
@@ -194,6 +195,34 @@ def test_each_problem_alone_raises(resnet18, edit, name):
     edit(state)
     with pytest.raises(ConversionError, match=name):
         from_torch("resnet18", state)
+
+
+@pytest.mark.parametrize("held, stages, arch, says", [
+    ("resnet50", 2, "resnet34", "a resnet50 (bottleneck blocks, 3-4), not a resnet34"),
+    ("resnet18", 4, "resnet34", "a resnet18 (basic blocks, 2-2-2-2), not a resnet34"),
+    ("wide_resnet50_2", 1, "resnet50", "a wide_resnet50_2 (bottleneck blocks, 3, width 128), not a resnet50"),
+])
+def test_a_checkpoint_of_another_resnet_says_which_it_holds(held, stages, arch, says):
+    with pytest.raises(ConversionError) as info:
+        from_torch(arch, torch_resnet(held, stages).state_dict())
+    assert str(info.value).startswith(f"the checkpoint holds {says}; its state dict does not match")
+
+
+def test_a_resnet_of_no_known_arch_is_described():
+    depths, bottleneck = (3, 4, 23, 3), np.zeros((64, 64, 1, 1), np.float32)  # ResNet-101's blocks
+    state = {f"layer{stage}.{block}.conv{conv}.weight": bottleneck for stage, count in enumerate(depths, start=1)
+             for block in range(count) for conv in (1, 2, 3)}
+    with pytest.raises(ConversionError, match=r"^the checkpoint holds a ResNet of bottleneck blocks, 3-4-23-3 \(none "
+                                              r"of resnet18, resnet34, resnet50, wide_resnet50_2\), not a resnet50;"):
+        from_torch("resnet50", state)
+
+
+def test_encoder_weights_of_another_resnet_say_which_it_holds(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(torch_resnet("resnet18", 2).state_dict(), path)
+    with pytest.raises(ValueError, match=r"resnet18.pth' does not hold the resnet34 stages 1-2 that this encoder "
+                                         r"needs: the checkpoint holds a resnet18 \(basic blocks, 2-2\)"):
+        read_encoder_weights("resnet34", str(path), last_stage=2)
 
 
 def test_long_problem_lists_are_cut():
