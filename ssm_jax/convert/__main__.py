@@ -27,15 +27,42 @@ from ml_collections import config_flags
 from ssm_jax.convert.checkpoint import cli_overrides, convert_to_workdir
 from ssm_jax.training import cli
 
-DEFAULT_CONFIG = "configs/mambaad_mvtec.py"
+DEFAULT_CONFIG = Path("configs/mambaad_mvtec.py")
 USAGE = ("usage: python -m ssm_jax.convert KIND CHECKPOINT WORKDIR [--config=configs/mambaad_mvtec.py[:variant]] "
          "[--config.section.key=value ...]")
+
+
+def default_config() -> str:
+    """``DEFAULT_CONFIG`` as written in the repository's root; elsewhere the one of the checkout this package is
+    installed from (editable installs), so that the command runs from any folder."""
+    beside_package = Path(__file__).resolve().parents[2] / DEFAULT_CONFIG
+    return str(beside_package if not DEFAULT_CONFIG.is_file() and beside_package.is_file() else DEFAULT_CONFIG)
+
+
+def _config_file(argv: list[str]) -> str:
+    """The file ``--config`` names in ``argv``, without its variant ('' when none is named)."""
+    for i, arg in enumerate(argv):
+        if match := re.fullmatch(r"--?config(?:=(.*))?", arg):
+            spec = match[1] if match[1] is not None else (argv[i + 1] if i + 1 < len(argv) else "")
+            return spec.split(":")[0]
+    return ""
+
+
+def _configs_importable(config_file: str) -> None:
+    """The config files import their folder as the package ``configs`` (``from configs import common``), found from
+    the repository's root only: run from elsewhere, the folder above the file's ``configs/`` joins the import path,
+    as train.py's own folder does for it."""
+    folder = Path(config_file).expanduser().resolve().parent
+    if config_file and folder.name == "configs" and (folder / "__init__.py").is_file() \
+            and str(folder.parent) not in sys.path:
+        sys.path.insert(0, str(folder.parent))
 
 
 def parse(argv: list[str]) -> tuple[list[str], str, ml_collections.ConfigDict]:
     """(positional arguments, the --config spec, the locked config with its overrides); flags may come anywhere."""
     if not any(re.match(r"--?config(=|$)", arg) for arg in argv[1:]):
-        argv = [argv[0], f"--config={DEFAULT_CONFIG}", *argv[1:]]  # first: overrides must follow it
+        argv = [argv[0], f"--config={default_config()}", *argv[1:]]  # first: overrides must follow it
+    _configs_importable(_config_file(argv[1:]))
     values = flags.FlagValues()
     try:
         holder = config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv, lock_config=True)
@@ -68,7 +95,8 @@ def main(argv: list[str]) -> None:
           f"config's training, so train.py on it only evaluates)")
     if any(o.startswith("--config.model.") for o in overrides):
         print("the checkpoint's architecture differs from the config file's: eval.py needs the overrides below")
-    print("evaluate with:\n  " + " ".join(["python eval.py", f"--config={shlex.quote(spec)}",
+    eval_script = Path("eval.py") if Path("eval.py").is_file() else Path(__file__).resolve().parents[2] / "eval.py"
+    print("evaluate with:\n  " + " ".join(["python", shlex.quote(str(eval_script)), f"--config={shlex.quote(spec)}",
                                           f"--workdir={shlex.quote(str(workdir))}", *overrides]))
 
 

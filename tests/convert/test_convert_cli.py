@@ -3,6 +3,7 @@ eval.py's path (``Experiment`` + ``restore_for_eval`` + ``evaluate``) restores b
 that train.py treats as finished, and bad input fails with one clear error."""
 
 import contextlib
+import os
 import io
 import shlex
 import shutil
@@ -146,3 +147,14 @@ def test_a_checkpoint_that_does_not_match_names_its_keys(checkpoint, tmp_path):
     message = _error("mambaad", path, tmp_path / "run", f"--config={CONFIG}")
     assert "layers_up_1_blocks_0/finalconv11/bias" in message and "extra_gate" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_runs_from_any_folder_with_the_repositorys_default_config(tmp_path):
+    """Outside the repository, the default config is the checkout's, and the config files' ``from configs import``
+    resolves: the run gets as far as reading the checkpoint."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "ssm_jax.convert", "mambaad", "none.pth", "run"], cwd=tmp_path,
+                         capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert run.returncode != 0 and "error: no checkpoint file at" in run.stderr, run.stderr[-2000:]
