@@ -153,8 +153,8 @@ class Decode:
                                         ) from e
             if index not in self.skipped:  # read again each epoch: said once
                 self.skipped.add(index)
-                warnings.warn(f"skip_corrupt: skipped {len(self.skipped)} corrupt image(s) so far; last: {e}",
-                              stacklevel=3)
+                # Located here: the callers above are grain's threads and workers, not the user's code.
+                warnings.warn(f"skip_corrupt: skipped {len(self.skipped)} corrupt image(s) so far; last: {e}")
             return _CORRUPT
         if "mask" in ex:
             ex["mask"] = ex["mask"] > 0  # {0, 1} float32 -> bool: a quarter of the memory, restored below

@@ -2,6 +2,7 @@ import os
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,8 +133,9 @@ def test_pipeline_raises_or_skips_corrupt(replica):
     kw = dict(batch_size=4, image_size=8, train=False, shard_index=0, shard_count=1)
     with pytest.raises(CorruptImageError, match="b/001.png"):
         list(make_pipeline(src, **kw))
-    with pytest.warns(UserWarning, match=r"skipped 1 corrupt image\(s\).*b/001.png"):
+    with pytest.warns(UserWarning, match=r"skipped 1 corrupt image\(s\).*b/001.png") as said:
         batches = list(make_pipeline(src, skip_corrupt=True, num_threads=1, **kw))
+    assert {Path(w.filename).name for w in said if "skip_corrupt" in str(w.message)} == {"pipeline.py"}  # not grain's
     with pytest.warns(UserWarning) as said:  # three epochs without the cache read the file three times
         list(make_pipeline(src, skip_corrupt=True, num_threads=1, cache_bytes=0, **{**kw, "train": True,
                                                                                       "num_epochs": 3}))
