@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ssm_jax.models.fields import model_fields, with_defaults
 from ssm_jax.models.resnet import RESNET_ARCHS, Block, ResNet, conv_init
 from ssm_jax.nn.drop import DropPath
 from ssm_jax.nn.resample import gaussian_blur, upsample_bilinear_align_corners
@@ -57,28 +58,30 @@ def depthwise_init(kernel: int):
     return nn.initializers.normal(float(np.sqrt(2.0 / (kernel * kernel))))
 
 
+# The paper's model: ResNet34 encoder, decoder depths 3-4-6-3, Hilbert scans in 8 directions. ``encoder_weights`` is
+# read by the training families (a torchvision/timm checkpoint for the frozen encoder), not by the module.
+MODEL_DEFAULTS = {
+    "encoder": "resnet34", "encoder_weights": "",
+    "decoder_dims": (512, 256, 128, 64), "decoder_depths": (3, 4, 6, 3), "d_state": 16, "ssm_ratio": 2.0,
+    "drop_path": 0.2, "scan_method": "hilbert", "directions": 8, "scan_impl": "auto", "local_kernels": (5, 7),
+    "fused_directions": True, "dtype": "float32",
+}
+
+
 def mambaad_model_config(**overrides) -> ml_collections.ConfigDict:
-    """``config.model`` for MambaAD with the paper's defaults (ResNet34 encoder, depths 3-4-6-3, Hilbert x 8)."""
-    defaults = {
-        "name": "mambaad", "encoder": "resnet34", "encoder_weights": "",
-        "decoder_dims": (512, 256, 128, 64), "decoder_depths": (3, 4, 6, 3), "d_state": 16, "ssm_ratio": 2.0,
-        "drop_path": 0.2, "scan_method": "hilbert", "directions": 8, "scan_impl": "auto", "local_kernels": (5, 7),
-        "fused_directions": True, "dtype": "float32",
-    }
-    return ml_collections.ConfigDict({**defaults, **overrides})
-
-
-def _dtype(name) -> Any:
-    return jnp.dtype(name) if isinstance(name, str) else name
+    """``config.model`` for MambaAD: ``MODEL_DEFAULTS`` with ``overrides`` (unknown ones refused) and its name."""
+    return with_defaults(MODEL_DEFAULTS, overrides, "mambaad_model_config", name="mambaad")
 
 
 def build_mambaad(config) -> "MambaAD":
-    """MambaAD from a ``config.model``-style mapping (see ``mambaad_model_config``); unknown fields are ignored."""
-    return MambaAD(encoder=config.encoder, decoder_dims=tuple(config.decoder_dims),
-                   decoder_depths=tuple(config.decoder_depths), d_state=config.d_state, ssm_ratio=config.ssm_ratio,
-                   drop_path=config.drop_path, scan_method=config.scan_method, directions=config.directions,
-                   scan_impl=config.scan_impl, local_kernels=tuple(config.get("local_kernels", (5, 7))),
-                   dtype=_dtype(config.dtype), fused_directions=bool(config.get("fused_directions", True)))
+    """MambaAD from ``config.model`` (or a model-level ConfigDict / dict; see ``mambaad_model_config``)."""
+    fields = model_fields(config, MODEL_DEFAULTS, "build_mambaad")
+    return MambaAD(encoder=fields["encoder"], decoder_dims=tuple(fields["decoder_dims"]),
+                   decoder_depths=tuple(fields["decoder_depths"]), d_state=fields["d_state"],
+                   ssm_ratio=fields["ssm_ratio"], drop_path=fields["drop_path"], scan_method=fields["scan_method"],
+                   directions=fields["directions"], scan_impl=fields["scan_impl"],
+                   local_kernels=tuple(fields["local_kernels"]), dtype=fields["dtype"],
+                   fused_directions=bool(fields["fused_directions"]))
 
 
 def _conv_bn_relu(x, features, kernel, stride, use_bias, name, train, dtype):

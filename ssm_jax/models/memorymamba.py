@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssm_jax.models.fields import model_fields, with_defaults
 from ssm_jax.nn import SS2D, ConvDownsample, ConvStem, Mlp, PatchEmbed, PatchMerging
 
 SIMILARITIES = ("cos", "l1", "l2")
@@ -266,6 +267,10 @@ class MemoryMamba(nn.Module):
         if images.ndim != 4:
             raise ValueError(f"MemoryMamba: images have shape {tuple(images.shape)}, expected (batch, height, width, "
                              f"channels) (NHWC)")
+        if images.shape[1] <= 4 < images.shape[3]:  # a few rows and many channels: channels come first
+            raise ValueError(f"MemoryMamba: images have shape {tuple(images.shape)}, which reads as (batch, channels, "
+                             f"height, width) (NCHW); expected (batch, height, width, channels) (NHWC): pass "
+                             f"images.transpose(0, 2, 3, 1)")
         images = images.astype(self.dtype)
         if self.stem == "conv":
             x = ConvStem(self.dims[0], dtype=self.dtype, name="patch_embed")(images)
@@ -318,10 +323,7 @@ class MemoryMamba(nn.Module):
 
 def memorymamba_model_config(num_classes: int, **overrides) -> ml_collections.ConfigDict:
     """A ``config.model`` ConfigDict with every field build_memorymamba reads, at its default."""
-    unknown = set(overrides) - set(MODEL_DEFAULTS)
-    if unknown:
-        raise ValueError(f"memorymamba_model_config: unknown fields {sorted(unknown)}")
-    return ml_collections.ConfigDict({"num_classes": num_classes, **MODEL_DEFAULTS, **overrides})
+    return with_defaults(MODEL_DEFAULTS, overrides, "memorymamba_model_config", num_classes=num_classes)
 
 
 def build_memorymamba(config) -> MemoryMamba:
@@ -338,14 +340,7 @@ def build_memorymamba(config) -> MemoryMamba:
     convert parameters of the default per-block layout); remat "none" | "block" (recompute each block's
     activations in the backward pass); dtype "float32" | "bfloat16" (activations; parameters stay float32).
     """
-    model = config.model if "model" in config else config
-    fields = dict(model.to_dict() if isinstance(model, ml_collections.ConfigDict) else model)
-    unknown = set(fields) - set(MODEL_DEFAULTS) - {"num_classes"}
-    if unknown:
-        raise ValueError(f"build_memorymamba: unknown config.model fields {sorted(unknown)}")
-    if "num_classes" not in fields:
-        raise ValueError("build_memorymamba: config.model.num_classes is required")
-    fields = {**MODEL_DEFAULTS, **fields}
+    fields = model_fields(config, MODEL_DEFAULTS, "build_memorymamba", required=("num_classes",))
     preset = fields.pop("preset")
     if preset is not None and preset not in memorymamba_presets:
         raise ValueError(f"build_memorymamba: unknown preset {preset!r}; valid: {', '.join(memorymamba_presets)}")
@@ -355,7 +350,6 @@ def build_memorymamba(config) -> MemoryMamba:
                 raise ValueError(f"build_memorymamba: set config.model.{key} or config.model.preset")
             fields[key] = memorymamba_presets[preset][key]
         fields[key] = tuple(int(v) for v in fields[key])
-    fields["dtype"] = jnp.dtype(fields["dtype"])
     return MemoryMamba(**fields)
 
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from ssm_jax.models.fields import model_fields, with_defaults
 from ssm_jax.models.resnet import RESNET_ARCHS, build_resnet
 
 MODEL_DEFAULTS = {"arch": "resnet34", "encoder_weights": "", "dtype": "float32"}
@@ -38,21 +39,13 @@ class ResNetClassifier(nn.Module):
 
 def resnet_model_config(num_classes: int, **overrides) -> ml_collections.ConfigDict:
     """A ``config.model`` ConfigDict with every field ``build_resnet_classifier`` reads, at its default."""
-    unknown = set(overrides) - set(MODEL_DEFAULTS)
-    if unknown:
-        raise ValueError(f"resnet_model_config: unknown fields {sorted(unknown)}")
-    return ml_collections.ConfigDict({"num_classes": num_classes, **MODEL_DEFAULTS, **overrides})
+    return with_defaults(MODEL_DEFAULTS, overrides, "resnet_model_config", num_classes=num_classes)
 
 
 def build_resnet_classifier(config) -> ResNetClassifier:
     """The classifier from a ``config.model``-style mapping: arch (``RESNET_ARCHS``), num_classes, dtype
     ("float32" | "bfloat16" activations; parameters stay float32). ``encoder_weights`` is read by the train state."""
-    fields = dict(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
-    unknown = set(fields) - set(MODEL_DEFAULTS) - {"num_classes"}
-    if unknown:
-        raise ValueError(f"build_resnet_classifier: unknown config.model fields {sorted(unknown)}; valid: "
-                         f"{sorted({'num_classes', *MODEL_DEFAULTS})}")
-    fields = {**MODEL_DEFAULTS, **fields}
+    fields = model_fields(config, MODEL_DEFAULTS, "build_resnet_classifier", required=("num_classes",))
     if fields["arch"] not in RESNET_ARCHS:
         raise ValueError(f"config.model.arch={fields['arch']!r}; valid: {', '.join(RESNET_ARCHS)}")
-    return ResNetClassifier(fields["arch"], int(fields["num_classes"]), jnp.dtype(fields["dtype"]))
+    return ResNetClassifier(fields["arch"], int(fields["num_classes"]), fields["dtype"])

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ssm_jax.models.fields import model_fields, with_defaults
 from ssm_jax.models.residuals import (ENCODINGS, channel_pool, encode_residual, inter_residuals, intra_residuals,
                                       reference_count, select_references)
 from ssm_jax.models.resnet import RESNET_ARCHS, ResNet
@@ -60,29 +61,30 @@ from ssm_jax.ssm import METHODS, scan_orders
 _EPS = 1e-5  # mamba_ssm's RMSNorm and torch's LayerNorm / BatchNorm defaults
 
 
+# The official code's head settings on a PatchCore-style ResNet feature extractor. ``encoder_weights`` is read by the
+# training family (a torchvision/timm checkpoint for the frozen encoder), not by the module.
+MODEL_DEFAULTS = {
+    "encoder": "wide_resnet50_2", "encoder_weights": "", "feature_layers": (2, 3),
+    "patch_size": 3, "feature_dim": 512, "num_neighbours": 3, "search_block": 2048,
+    "residual_encoding": "abs_square", "self_ratio": 0.75, "embed_dim": 128, "depth": 2, "d_state": 4,
+    "d_conv": 4, "expand": 2, "atrous_rates": (3, 6, 12, 24), "scan_method": "sweep", "directions": 4,
+    "dropout": 0.1, "scan_impl": "auto", "dtype": "float32",
+}
+
+
 def snarm_model_config(**overrides) -> ml_collections.ConfigDict:
-    """``config.model`` for SNARM: the official code's head settings, a PatchCore-style ResNet feature extractor."""
-    defaults = {
-        "name": "snarm", "encoder": "wide_resnet50_2", "encoder_weights": "", "feature_layers": (2, 3),
-        "patch_size": 3, "feature_dim": 512, "num_neighbours": 3, "search_block": 2048,
-        "residual_encoding": "abs_square", "self_ratio": 0.75, "embed_dim": 128, "depth": 2, "d_state": 4,
-        "d_conv": 4, "expand": 2, "atrous_rates": (3, 6, 12, 24), "scan_method": "sweep", "directions": 4,
-        "dropout": 0.1, "scan_impl": "auto", "dtype": "float32",
-    }
-    return ml_collections.ConfigDict({**defaults, **overrides})
+    """``config.model`` for SNARM: ``MODEL_DEFAULTS`` with ``overrides`` (unknown ones refused) and its name."""
+    return with_defaults(MODEL_DEFAULTS, overrides, "snarm_model_config", name="snarm")
 
 
 def build_snarm(config) -> "SNARM":
-    """SNARM from a ``config.model``-style mapping (see ``snarm_model_config``); unknown fields are ignored. The bank
-    has one placeholder row until the training family sizes it (``model.clone(bank_size=...)``)."""
-    return SNARM(encoder=config.encoder, feature_layers=tuple(config.feature_layers), patch_size=config.patch_size,
-                 feature_dim=config.feature_dim, num_neighbours=config.num_neighbours,
-                 search_block=config.search_block, residual_encoding=config.residual_encoding,
-                 self_ratio=config.self_ratio, embed_dim=config.embed_dim, depth=config.depth,
-                 d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
-                 atrous_rates=tuple(config.atrous_rates), scan_method=config.scan_method,
-                 directions=config.directions, dropout=config.dropout, scan_impl=config.scan_impl,
-                 dtype=jnp.dtype(config.dtype))
+    """SNARM from ``config.model`` (or a model-level ConfigDict / dict; see ``snarm_model_config``). The bank has one
+    placeholder row until the training family sizes it (``model.clone(bank_size=...)``)."""
+    fields = model_fields(config, MODEL_DEFAULTS, "build_snarm")
+    fields.pop("encoder_weights")
+    for key in ("feature_layers", "atrous_rates"):
+        fields[key] = tuple(fields[key])
+    return SNARM(**fields)
 
 
 def navigation_sequences(references: jax.Array, orders: np.ndarray, count: int) -> jax.Array:
@@ -278,7 +280,8 @@ class SNARM(nn.Module):
         features = self.patch_features(images)
         b, height, width, c = features.shape
         groups = None if query_groups is None else jnp.repeat(jnp.asarray(query_groups, jnp.int32), height * width)
-        inter = inter_residuals(features.reshape(-1, c), self.bank.value, min(self.num_neighbours, self.bank_size),
+        rows = self.bank.value.shape[0]  # the bank passed in, whatever ``bank_size`` (its shape at init) says
+        inter = inter_residuals(features.reshape(-1, c), self.bank.value, min(self.num_neighbours, rows),
                                 self.search_block, groups, None if groups is None else self.bank_image.value)
         return self.decoder(features, inter.reshape(features.shape), train)
 
@@ -321,6 +324,9 @@ def anomaly_maps(config, variables, images, sigma: float = 4.0):
     if "bank" not in variables:
         raise ValueError("anomaly_maps: variables have no 'bank' collection; expected a trained SNARM's variables "
                          "(params, batch_stats and the bank of normal patch features)")
+    if np.all(np.asarray(variables["bank"]["image_index"]) < 0):
+        raise ValueError("anomaly_maps: the bank holds no normal patches (only the placeholder that init leaves); "
+                         "expected a trained SNARM's variables, whose bank train.py fills from the training images")
     bank_size = int(np.shape(variables["bank"]["features"])[0])
     return _jitted_maps(ml_collections.ConfigDict(config).to_json(), bank_size, tuple(images.shape[1:3]),
                         float(sigma))(variables, images)

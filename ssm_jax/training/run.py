@@ -39,7 +39,6 @@ from ssm_jax.training.state import abstract_state
 from ssm_jax.training.train_set import TrainSet, read_train_set, save_train_set
 from ssm_jax.training.workdir_lock import workdir_lock
 
-DTYPES = ("float32", "bfloat16")  # activations; parameters and the scan's state stay float32
 MODELS = {"memorymamba": build_memorymamba, "resnet": build_resnet_classifier, "mambaad": build_mambaad,
           "snarm": build_snarm}
 
@@ -186,10 +185,7 @@ def build_model(config):
     """The model named by ``config.model.name`` (its other fields are the model's own)."""
     if config.model.name not in MODELS:
         raise ValueError(f"config.model.name={config.model.name!r}; valid: {', '.join(MODELS)}")
-    if config.model.get("dtype", "float32") not in DTYPES:
-        raise ValueError(f"config.model.dtype={config.model.dtype!r}; valid: {', '.join(DTYPES)}")
-    fields = {k: v for k, v in config.model.items() if k != "name"}
-    return MODELS[config.model.name](ml_collections.ConfigDict(fields))
+    return MODELS[config.model.name](config.model)
 
 
 def _check_task(config, family: Family, train_source: Source) -> None:

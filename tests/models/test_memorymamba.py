@@ -52,6 +52,14 @@ def test_images_without_a_batch_axis_are_named():
         jax.eval_shape(model.init, jax.random.key(0), jnp.ones((32, 32, 3)))
 
 
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_channels_first_images_are_named(stem):
+    """(2, 3, 32, 32) would otherwise read as 3 rows of 32 channels: the conv stem took it without a word."""
+    with pytest.raises(ValueError, match=r"images have shape \(2, 3, 32, 32\), which reads as \(batch, channels, "
+                                         r"height, width\) \(NCHW\).*transpose\(0, 2, 3, 1\)"):
+        jax.eval_shape(_model(stem=stem).init, KEY, jnp.ones((2, 3, 32, 32)))
+
+
 def test_jit_vmap_grad(params):
     m = _model(drop_path_rate=0.3)
     labels = jnp.array([1, 3])

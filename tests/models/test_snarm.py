@@ -173,3 +173,17 @@ def test_bad_settings_are_named():
         jax.eval_shape(tiny(feature_dim=33).init, jax.random.key(0), images)
     with pytest.raises(ValueError, match=r"expected \(batch, height, width, 3\)"):
         jax.eval_shape(tiny().init, jax.random.key(0), jnp.zeros((64, 64, 3)))
+
+
+def test_the_bank_passed_in_is_the_one_searched(model_and_variables):
+    """``bank_size`` only shapes the bank at init: a module built with another size applies the bank it is given
+    alike (before, it searched min(num_neighbours, bank_size) = 1 neighbour of a 40-row bank); a bank never filled
+    is refused by ``anomaly_maps`` instead of scoring images against zeros."""
+    model, variables, images = model_and_variables
+    unsized = build_snarm(tiny_config())
+    assert unsized.bank_size == 1 and model.bank_size == 40
+    np.testing.assert_array_equal(jax.jit(unsized.apply)(variables, images)["logits"],
+                                  jax.jit(model.apply)(variables, images)["logits"])
+    fresh = jax.jit(unsized.init)(jax.random.key(1), images)
+    with pytest.raises(ValueError, match="the bank holds no normal patches"):
+        anomaly_maps(tiny_config(), fresh, images)
