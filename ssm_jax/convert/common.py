@@ -116,10 +116,11 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as e:  # weights_only met another object (a pickled module, argparse.Namespace)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} holds Python objects besides tensors ({first}); loading them would run code from "
-                         f"the file. If you trust it, rerun with {UNSAFE_LOAD_ENV}=1 in the environment, or save "
-                         f"its state_dict alone with torch.save") from e
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"a pickled {found[1]}" if found else f"Python objects ({type(e).__name__})"
+        raise ValueError(f"{path} holds {what} besides tensors; loading it would run code from the file. If you "
+                         f"trust it, rerun with {UNSAFE_LOAD_ENV}=1 in the environment, or save the state dict "
+                         f"alone: torch.save(model.state_dict(), path)") from e
     except Exception as e:
         raise ValueError(f"cannot read {path} as a PyTorch checkpoint (truncated or corrupt?): "
                          f"{type(e).__name__}: {e}") from e
@@ -155,7 +156,10 @@ def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
     ``module.`` (also where only some keys have it), ``torch.compile``'s ``_orig_mod.``, Lightning's ``model.``.
     Floating tensors become float32; integer tensors stay integer.
     """
-    state, source = path_or_state_dict, "state dict"
+    state, source = _state_dict_of(path_or_state_dict), "state dict"  # a torch module stands for its state dict
+    if not isinstance(state, (Mapping, str, os.PathLike)):
+        raise TypeError(f"expected a checkpoint's path, a state dict or a torch module, got a "
+                        f"{type(state).__name__}")
     if not isinstance(state, Mapping):
         path = Path(state)
         if not path.is_file():

@@ -169,7 +169,7 @@ def convert_mambaad(state: dict[str, np.ndarray]) -> tuple[ml_collections.Config
         held = resnet_held(state)[0]
         raise ValueError("not a MambaAD state dict: no net_s.* (decoder) keys; expected the official checkpoint "
                          "(its {'net': ...} dict) or its state_dict" + (
-                             f"; it holds {held}, an encoder: pass it as --config.model.encoder_weights" if held
+                             f"; it holds {held}, an encoder: give its path as config.model.encoder_weights" if held
                              else ""))
     state = _from_ader_layout(state)
     dims, depths = _decoder_layout(state)

@@ -128,6 +128,6 @@ def test_not_a_mambaad_checkpoint():
     assert "encoder_weights" not in str(info.value)  # no ResNet stages: nothing more to say
     resnet18 = {f"layer{stage}.{block}.conv{conv}.weight": np.zeros((64, 64, 3, 3), np.float32)
                 for stage in (1, 2, 3, 4) for block in (0, 1) for conv in (1, 2)}
-    with pytest.raises(ValueError, match=r"it holds a resnet18 \(basic blocks, 2-2-2-2\), an encoder: pass it as "
-                                         r"--config.model.encoder_weights"):
+    with pytest.raises(ValueError, match=r"it holds a resnet18 \(basic blocks, 2-2-2-2\), an encoder: give its path "
+                                         r"as config.model.encoder_weights"):
         from_torch("mambaad", resnet18)

@@ -106,13 +106,23 @@ def test_checkpoint_with_objects_is_refused_unless_trusted(resnet18, tmp_path, m
     torch.save({"net": state, "epoch": 3, "args": argparse.Namespace(lr=1e-3)}, path)
     torch.save({"model": torch_resnet("resnet18")}, whole)
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    for refused in (path, whole):
-        with pytest.raises(ValueError, match=f"{refused.name} holds Python objects besides tensors.*"
-                                             f"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"):
+    for refused, held in ((path, "argparse.Namespace"), (whole, "tests.convert.torch_resnet.TorchResNet")):
+        with pytest.raises(ValueError, match=f"{refused.name} holds a pickled {held} besides tensors; .*"
+                                             f"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1") as info:
             from_torch("resnet18", refused)
+        assert "\x1b" not in str(info.value)  # none of torch's terminal colour codes
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     assert_same_variables(from_torch("resnet18", path)[1], expected)
     assert_same_variables(from_torch("resnet18", whole)[1], expected)
+
+
+def test_a_torch_module_stands_for_its_state_dict(resnet18):
+    state, expected = resnet18
+    model = torch_resnet("resnet18")
+    model.load_state_dict(state)
+    assert_same_variables(from_torch("resnet18", model)[1], expected)
+    with pytest.raises(TypeError, match="expected a checkpoint's path, a state dict or a torch module, got a list"):
+        from_torch("resnet18", [state])
 
 
 def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path):
