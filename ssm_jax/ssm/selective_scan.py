@@ -315,8 +315,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if order is not None:
         x = x._replace(**{k: _in_order(getattr(x, k), order, groups) for k in ("u", "delta", "B", "C", "z")
                           if getattr(x, k) is not None})
-    if impl == "chunked" and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"selective_scan: `chunk_size` is {chunk_size!r}, expected a positive int")
+    if impl == "chunked":
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ValueError(f"selective_scan: `chunk_size` is {chunk_size!r}, expected a positive int")
+        chunk_size = int(chunk_size)  # a NumPy integer (a value read from an array, a sweep's grid) too
     dtype = compute_dtype(x.u.dtype)
     delta_c = discretize_delta(x.delta, x.delta_bias, delta_softplus, dtype)
     args = (x.u.astype(dtype), delta_c, x.A.astype(dtype), x.B.astype(dtype), x.C.astype(dtype))

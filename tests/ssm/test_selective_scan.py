@@ -105,6 +105,21 @@ def test_jit_and_vmap():
     assert rel_err(vmapped[1], y_ref) < 1e-5
 
 
+def test_chunk_size_from_numpy_and_the_options_static_under_jit():
+    """A NumPy integer is a chunk size (a sweep's grid holds them); a bool or 0 is not. The options that are no arrays
+    jit as static arguments, as README's "Using the scan" shows."""
+    args = _inputs(CASES[2])
+    want = selective_scan(**args, delta_softplus=True, impl="chunked", chunk_size=8)
+    np.testing.assert_array_equal(selective_scan(**args, delta_softplus=True, impl="chunked",
+                                                 chunk_size=np.int64(8)), want)
+    for bad in (True, 0):
+        with pytest.raises(ValueError, match=f"`chunk_size` is {bad!r}, expected a positive int"):
+            selective_scan(**args, impl="chunked", chunk_size=bad)
+    scan = jax.jit(selective_scan, static_argnames=("delta_softplus", "return_last_state", "impl", "chunk_size",
+                                                    "sum_groups"))
+    assert rel_err(scan(**args, delta_softplus=True, impl="chunked", chunk_size=8), want) < 1e-6
+
+
 def test_auto_is_sequential_on_cpu():
     args = _inputs(CASES[0])
     assert np.array_equal(selective_scan(**args), selective_scan(**args, impl="sequential"))
