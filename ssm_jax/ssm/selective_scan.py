@@ -74,7 +74,9 @@ def validate_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> ScanI
         dim = delta.shape[2]
     _expect("delta", delta, (batch, length, dim))
     if A.ndim != 2 or A.shape[0] != dim:
-        raise ValueError(f"selective_scan: `A` has shape {tuple(A.shape)}, expected ({dim}, d_state)")
+        why = (f" (`delta` {tuple(delta.shape)} is wider than `u` {tuple(u.shape)}, which reads u as shared by B "
+               f"and C's groups: delta, A, D and z are then as wide as all groups)" if shared_u else "")
+        raise ValueError(f"selective_scan: `A` has shape {tuple(A.shape)}, expected ({dim}, d_state){why}")
     d_state = A.shape[1]
     grouped = []
     for name, x in (("B", B), ("C", C)):

@@ -148,3 +148,12 @@ def test_pallas_gradients_with_summed_groups_equal_the_sequential_scans(kernel, 
     for name, g, g_ref in zip(names, grads, grads_ref):
         assert g.shape == g_ref.shape, name
         assert rel_err(g, g_ref) < 1e-4, name
+
+
+def test_a_delta_wider_than_u_says_why_A_must_be_as_wide():
+    """u (2, 9, 4) and A sized to u's 4 channels, delta to 12: the error on A says that a delta wider than u reads u
+    as shared, not only that A should have 12 rows."""
+    x = inputs(per_group=4)
+    with pytest.raises(ValueError, match=r"`A` has shape \(4, 4\), expected \(12, d_state\) \(`delta` \(2, 9, 12\) is "
+                                         r"wider than `u` \(2, 9, 4\), which reads u as shared"):
+        selective_scan(**dict(x, A=x["A"][:4], D=None, z=None, delta_bias=None), impl="sequential")
