@@ -79,7 +79,7 @@ def snarm_model_config(**overrides) -> ml_collections.ConfigDict:
 
 def build_snarm(config) -> "SNARM":
     """SNARM from ``config.model`` (or a model-level ConfigDict / dict; see ``snarm_model_config``). The bank has one
-    placeholder row until the training family sizes it (``model.clone(bank_size=...)``)."""
+    zero row until the training family sizes it (``model.clone(bank_size=...)``)."""
     fields = model_fields(config, MODEL_DEFAULTS, "build_snarm")
     fields.pop("encoder_weights")
     for key in ("feature_layers", "atrous_rates"):
@@ -325,7 +325,7 @@ def anomaly_maps(config, variables, images, sigma: float = 4.0):
         raise ValueError("anomaly_maps: variables have no 'bank' collection; expected a trained SNARM's variables "
                          "(params, batch_stats and the bank of normal patch features)")
     if np.all(np.asarray(variables["bank"]["image_index"]) < 0):
-        raise ValueError("anomaly_maps: the bank holds no normal patches (only the placeholder that init leaves); "
+        raise ValueError("anomaly_maps: the bank holds no normal patches (only the zero row that init leaves); "
                          "expected a trained SNARM's variables, whose bank train.py fills from the training images")
     bank_size = int(np.shape(variables["bank"]["features"])[0])
     return _jitted_maps(ml_collections.ConfigDict(config).to_json(), bank_size, tuple(images.shape[1:3]),
