@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from ssm_jax.nn.init import dt_bias_init, s4d_real_log_init, symmetric_uniform
 from ssm_jax.nn.split_dense import SplitDense
 from ssm_jax.ssm import cross_merge, cross_scan, scan_orders, selective_scan
+from ssm_jax.ssm.scan_orders import DIRECTIONS
 
 
 def resolve_dt_rank(dt_rank, d_model: int) -> int:
@@ -58,6 +59,8 @@ class SS2D(nn.Module):
     fused_directions: bool = True
 
     def setup(self):
+        if self.directions not in DIRECTIONS:  # before the parameters: their shapes depend on it
+            raise ValueError(f"SS2D: directions={self.directions!r}; valid: {', '.join(map(str, DIRECTIONS))}")
         d, k, n = int(self.expand * self.d_model), self.directions, self.d_state
         r = resolve_dt_rank(self.dt_rank, self.d_model)
         self.in_proj = SplitDense((d, d), kernel_init=self.dense_init, dtype=self.dtype)

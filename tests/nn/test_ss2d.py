@@ -120,6 +120,14 @@ def test_an_image_without_its_batch_axis_is_named():
         SS2D(8, scan_impl="sequential").init(jax.random.key(0), jnp.ones((6, 6, 8)))
 
 
+def test_an_unknown_direction_count_is_named_before_the_parameters():
+    """directions=3 with parameters made for 4 was a shape error of Flax's on x_proj_weight, not this one."""
+    x = _inputs()
+    params = jax.eval_shape(SS2D(D_MODEL, scan_impl="sequential").init, _key(0), x)
+    with pytest.raises(ValueError, match=r"SS2D: directions=3; valid: 1, 2, 4, 8"):
+        jax.eval_shape(SS2D(D_MODEL, directions=3, scan_impl="sequential").apply, params, x)
+
+
 def _broadcasts(jaxpr) -> list[tuple]:
     """Output shapes of every broadcast_in_dim outside the Pallas kernels, nested jaxprs included."""
     return [tuple(eqn.outvars[0].aval.shape) for eqn in equations(jaxpr) if eqn.primitive.name == "broadcast_in_dim"]
