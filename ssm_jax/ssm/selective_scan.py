@@ -51,9 +51,9 @@ class ScanInputs(NamedTuple):
     delta_bias: jax.Array | None
 
 
-def _expect(name: str, x, shape: tuple) -> None:
+def _expect(name: str, x, shape: tuple, why: str = "") -> None:
     if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"selective_scan: `{name}` has shape {tuple(x.shape)}, expected {tuple(shape)}")
+        raise ValueError(f"selective_scan: `{name}` has shape {tuple(x.shape)}, expected {tuple(shape)}{why}")
 
 
 def _expect_float(name: str, x) -> None:
@@ -72,7 +72,7 @@ def validate_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> ScanI
     shared_u = delta.ndim == 3 and tuple(delta.shape[:2]) == (batch, length) and delta.shape[2] > dim
     if shared_u:  # u holds one group's channels; delta has them all (checked against the groups below)
         dim = delta.shape[2]
-    _expect("delta", delta, (batch, length, dim))
+    _expect("delta", delta, (batch, length, dim), ", the shape of `u` (both (batch, length, dim))")
     if A.ndim != 2 or A.shape[0] != dim:
         why = (f" (`delta` {tuple(delta.shape)} is wider than `u` {tuple(u.shape)}, which reads u as shared by B "
                f"and C's groups: delta, A, D and z are then as wide as all groups)" if shared_u else "")

@@ -129,6 +129,8 @@ def test_auto_is_sequential_on_cpu():
     "override, match",
     [
         (dict(delta=np.zeros((2, 16, 5), np.float32)), r"`delta` has shape \(2, 16, 5\), expected \(2, 17, 5\)"),
+        (dict(u=np.zeros((2, 5, 17), np.float32)),  # u transposed: delta is named, with the reason
+         r"`delta` has shape \(2, 17, 5\), expected \(2, 5, 17\), the shape of `u` \(both \(batch, length, dim\)\)"),
         (dict(A=np.zeros((4, 4), np.float32)), r"`A` has shape \(4, 4\), expected \(5, d_state\)"),
         (dict(B=np.zeros((2, 17, 3), np.float32)), r"`B` has shape \(2, 17, 3\), expected \(2, 17, 4\)"),
         (dict(C=np.zeros((2, 17, 2, 4), np.float32)), r"`C` has 2 groups, expected a divisor of dim=5"),
