@@ -73,11 +73,6 @@ def training_split(config):
 def training_end(config, source) -> tuple[int, dict]:
     """(the step ``train.py`` stops at, a fresh data-iterator state of the format its resume restores), as
     ``Experiment`` computes them from the training split ``source`` and its pipeline."""
-    if len(source) < config.train.batch_size:  # no step of training exists to save the checkpoint at
-        raise ValueError(f"the training split has {len(source)} images, fewer than one batch of "
-                         f"train.batch_size={config.train.batch_size}, so training would end at no step: pass "
-                         f"--config.train.batch_size={len(source)} (the checkpoint is saved where training would end; "
-                         f"evaluation does not depend on it)")
     steps = training_steps(config.train, len(source))
     data = config.data
     batches = iter(make_pipeline(source, batch_size=config.train.batch_size, image_size=data.image_size, train=True,

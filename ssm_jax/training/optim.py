@@ -24,7 +24,7 @@ def training_steps(train, num_images: int) -> int:
     5.6 passes, and no warm-up step."""
     if num_images < train.batch_size:
         raise ValueError(f"the training set has {num_images} images, fewer than one batch of "
-                         f"train.batch_size={train.batch_size}")
+                         f"train.batch_size={train.batch_size}: pass --config.train.batch_size={num_images} or less")
     steps = -(-train.epochs * num_images // train.batch_size)
     return min(steps, train.max_steps) if train.max_steps > 0 else steps
 

@@ -93,7 +93,8 @@ def test_training_steps_cover_the_epochs(epochs, images, batch, max_steps, steps
 
 def test_a_training_set_smaller_than_a_batch_is_named():
     train = ml_collections.ConfigDict({"epochs": 10, "batch_size": 64, "max_steps": -1})
-    with pytest.raises(ValueError, match="the training set has 40 images, fewer than one batch of train.batch_size=64"):
+    with pytest.raises(ValueError, match="the training set has 40 images, fewer than one batch of "
+                                         "train.batch_size=64: pass --config.train.batch_size=40 or less"):
         training_steps(train, 40)
 
 
