@@ -23,8 +23,8 @@ def default_data_root(dataset: str) -> str:
 
 def source_options(name: str, given: dict) -> dict:
     """``config.data.source``: every option of dataset ``name``'s loader, so that any can be set on the command line
-    (``--config.data.source.sizes="(200, 100)"``); those not ``given`` are empty placeholders, which leave the
-    loader's default."""
+    (``--config.data.source.sizes="(200, 100)"``); those not ``given`` hold None, typed by ml_collections so that
+    the command line may set them, and None leaves the loader's default."""
     options = loader_options(name) if name in SOURCES else []
     return {**{option: config_dict.placeholder(object) for option in options}, **given}
 

@@ -28,14 +28,15 @@ from ssm_jax.convert.checkpoint import cli_overrides, convert_to_workdir
 from ssm_jax.training import cli
 
 DEFAULT_CONFIG = Path("configs/mambaad_mvtec.py")
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository this package is installed from (editable installs)
 USAGE = ("usage: python -m ssm_jax.convert KIND CHECKPOINT WORKDIR [--config=configs/mambaad_mvtec.py[:variant]] "
          "[--config.section.key=value ...]")
 
 
 def default_config() -> str:
-    """``DEFAULT_CONFIG`` as written in the repository's root; elsewhere the one of the checkout this package is
-    installed from (editable installs), so that the command runs from any folder."""
-    beside_package = Path(__file__).resolve().parents[2] / DEFAULT_CONFIG
+    """``DEFAULT_CONFIG`` as written in the repository's root; elsewhere the ``CHECKOUT``'s, so that the command runs
+    from any folder."""
+    beside_package = CHECKOUT / DEFAULT_CONFIG
     return str(beside_package if not DEFAULT_CONFIG.is_file() and beside_package.is_file() else DEFAULT_CONFIG)
 
 
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> None:
           f"config's training, so train.py on it only evaluates)")
     if any(o.startswith("--config.model.") for o in overrides):
         print("the checkpoint's architecture differs from the config file's: eval.py needs the overrides below")
-    eval_script = Path("eval.py") if Path("eval.py").is_file() else Path(__file__).resolve().parents[2] / "eval.py"
+    eval_script = Path("eval.py") if Path("eval.py").is_file() else CHECKOUT / "eval.py"
     print("evaluate with:\n  " + " ".join(["python", shlex.quote(str(eval_script)), f"--config={shlex.quote(spec)}",
                                           f"--workdir={shlex.quote(str(workdir))}", *overrides]))
 
