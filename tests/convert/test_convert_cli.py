@@ -136,8 +136,8 @@ def test_bad_input_is_one_clear_error(checkpoint, converted, tmp_path):
     assert "unknown config key" in _error("mambaad", checkpoint, tmp_path / "a", f"--config={CONFIG}",
                                           "--config.model.depth=3")
     assert "expected KIND CHECKPOINT WORKDIR" in _error("mambaad", checkpoint, f"--config={CONFIG}")
-    assert "pass --config.train.batch_size=4 or less" in _error("mambaad", checkpoint, tmp_path / "a", f"--config={CONFIG}",
-                                                          "--config.data.source.num_train=4")
+    small = _error("mambaad", checkpoint, tmp_path / "a", f"--config={CONFIG}", "--config.data.source.num_train=4")
+    assert "pass --config.train.batch_size=4 or less" in small
 
 
 def test_a_checkpoint_that_does_not_match_names_its_keys(checkpoint, tmp_path):
