@@ -155,6 +155,14 @@ def _say(msg: str) -> None:
         print(msg, flush=True)
 
 
+def _empty_test_split(config) -> str:
+    """What to say of a test split without images (a ``test_fraction`` of 0, or a dataset too small to split)."""
+    given = {key: value for key, value in (config.data.get("source") or {}).items() if value is not None}
+    return (f"the test split of {config.data.name!r} at {config.data.root or 'its default root'} holds no images "
+            f"(config.data.source: {given}): a split by fraction tests round(images x test_fraction) of them, none "
+            f"with a fraction of 0 or with too few images")
+
+
 def load_source(config, split: str) -> Source:
     """The ``split`` of ``config.data``; unknown ``config.data.source`` options are named with the valid ones, and
     empty ones (None) leave the loader's defaults."""
@@ -316,6 +324,9 @@ class Experiment:
         _check_class_names(self.train_source, saved, self.workdir)
         # read before training, so a mistake in the test split's layout is named now, not after the last step
         self.test_source = load_source(config, "test") if training else None
+        if training and len(self.test_source) == 0:
+            _say(f"note: {_empty_test_split(config)}: this run trains and saves its checkpoints, and skips the "
+                 f"evaluation")
         _check_task(config, self.family, self.train_source)
         # evaluating, the schedule only shapes the state to restore: a training set under one train.batch_size (a
         # config file's default where the run was given a smaller batch) is no reason to refuse
@@ -420,6 +431,8 @@ class Experiment:
     def evaluate(self) -> dict:
         """Test-split metrics and pictures under ``<workdir>/eval``; prints the per-class / per-category report."""
         source = self.test_source if self.test_source is not None else load_source(self.config, "test")
+        if len(source) == 0:
+            raise ValueError(f"{_empty_test_split(self.config)}: nothing to evaluate")
         predictions = self._predict(source)
         summary = {}
         if jax.process_index() == 0:
@@ -488,4 +501,4 @@ def train_and_evaluate(config, workdir) -> dict:
     with workdir_lock(workdir):
         experiment = Experiment(config, workdir)
         experiment.train()
-        return experiment.evaluate()
+        return experiment.evaluate() if len(experiment.test_source) else {}

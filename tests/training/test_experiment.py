@@ -398,3 +398,18 @@ def test_file_names_the_locale_cannot_decode_are_refused_before_anything_is_writ
     assert done.returncode == 0, done.stderr[-2000:]
     assert "holds bytes this locale cannot decode (Python's file-system encoding is ascii); run with a UTF-8 " \
            "locale: export LANG=C.UTF-8, or PYTHONUTF8=1" in done.stdout
+
+
+def test_an_empty_test_split_trains_without_evaluation_and_eval_names_it(tiny_config, tmp_path, capsys):
+    """test_fraction 0 (train on every image) or a dataset too small to split: the run says so before its first step,
+    trains and checkpoints, and skips the evaluation instead of failing after the last step; evaluating it names the
+    empty split."""
+    config = tiny_config(max_steps=2)
+    with config.unlocked():
+        config.data.source.test_fraction = 0.0
+    assert run.train_and_evaluate(config, tmp_path) == {}
+    out = capsys.readouterr().out
+    assert "the test split of 'folder'" in out and "holds no images" in out and "skips the evaluation" in out
+    assert "2" in [p.name for p in (tmp_path / "checkpoints").iterdir()] and not (tmp_path / "eval").exists()
+    with pytest.raises(ValueError, match=r"holds no images .*test_fraction.*: nothing to evaluate"):
+        run.Experiment.for_eval(config, tmp_path).evaluate()
