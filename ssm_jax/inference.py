@@ -2,7 +2,7 @@
 
     from ssm_jax.inference import Predictor
     predictor = Predictor.from_run("runs/parts")        # config.json, train_set.json, the latest checkpoint
-    out = predictor([frame, "part_0412.png"])           # RGB or grayscale arrays (uint8/uint16) and image files
+    out = predictor([frame, "part_0412.png"])           # arrays (uint8/uint16), PIL images and image files
     out["scores"], out["maps"], out.get("flagged")      # anomaly detectors (MambaAD, SNARM)
     out["probs"], out["predicted"], out.get("flagged")  # classifiers; predictor.class_names names the columns
 

@@ -191,8 +191,11 @@ def load_image(path: str, size: int | None = None, strict: bool = False, bit_dep
 def image_from_array(array, name: str = "image", bit_depth: int = 0) -> Image.Image:
     """A PIL image of pixels in memory, as a file of them would decode: (H, W) or (H, W, 1) grayscale, (H, W, 3)
     RGB or (H, W, 4) RGBA, uint8 or uint16 of either byte order. 16-bit colour, which PIL cannot hold, is scaled to
-    8 bits here by ``bit_depth`` as 16-bit grayscale is later (0: the full range, its high byte). Anything else
-    raises naming ``name`` and what was expected."""
+    8 bits here by ``bit_depth`` as 16-bit grayscale is later (0: the full range, its high byte). A PIL image is
+    taken as its file would decode (EXIF orientation applied; palette and bilevel images through the colour rule,
+    not read as their indices). Anything else raises naming ``name`` and what was expected."""
+    if isinstance(array, Image.Image):
+        return ImageOps.exif_transpose(array) if _orientation(array) != 1 else array
     array = np.asarray(array)
     if array.dtype.kind == "u" and array.dtype.itemsize == 2:
         array = array.astype(np.uint16)  # native byte order (a big-endian camera buffer from np.frombuffer)

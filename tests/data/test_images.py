@@ -249,6 +249,27 @@ def test_arrays_become_the_images_their_files_decode_to(tmp_path):
             image_from_array(bad, "frame")
 
 
+def test_pil_images_become_what_their_files_decode_to(tmp_path):
+    """A PIL image passed in memory (a Predictor's input) is read as its file: a palette image by its colours, not
+    its indices; bilevel and EXIF-rotated images as decoded."""
+    rng = np.random.default_rng(0)
+    palette = Image.fromarray(rng.integers(0, 4, (9, 7), dtype=np.uint8), "P")
+    palette.putpalette([200, 10, 10, 0, 0, 0, 10, 250, 10, 90, 90, 240] + [0] * 756)
+    bilevel = Image.fromarray(rng.integers(0, 2, (9, 7), dtype=np.uint8).astype(bool))
+    rotated = Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    for name, img in (("palette.png", palette), ("bilevel.png", bilevel)):
+        img.save(tmp_path / name)
+    for name in ("palette.png", "bilevel.png", "rotated.jpg"):
+        with Image.open(tmp_path / name) as img:
+            np.testing.assert_array_equal(rgb_pixels(image_from_array(img), 5), load_image(str(tmp_path / name), 5),
+                                          err_msg=name)
+    assert rgb_pixels(image_from_array(palette))[0, 0].tolist() in ([200, 10, 10], [0, 0, 0], [10, 250, 10],
+                                                                    [90, 90, 240])
+
+
 def test_camera_data_of_fewer_bits_in_16_bit_files_reads_by_its_bit_depth(tmp_path, monkeypatch):
     """bit_depth b: 16-bit grayscale values >> (b - 8), clipped at 255; 0 (the file type's range) warns, once, of a
     16-bit image whose values never reach 4096, and b of values beyond b bits (turned white); 8-bit and RGB images
