@@ -94,16 +94,18 @@ class Source:
         pixels = images.rgb_pixels(image, resized_side(size, self.center_crop), name, self.strict, self.bit_depth)
         return crop_centre(pixels, size)
 
+    def check_mask_sizes(self) -> None:
+        """Every mask against its image, from the files' headers (milliseconds each): a run is told before training
+        rather than at its evaluation, where ``decode`` would stop on the first. Only an anomaly task reads masks."""
+        for record in self.records:
+            if self.task == ANOMALY and record.mask_path is not None:
+                _require_mask_size(record)
+
     def decode(self, record: Record, size: int | None = None) -> dict:
         """``load`` without the crop: the record's files resized to ``size`` x ``size``."""
         out = {"label": record.label}
         if self.task == ANOMALY and record.mask_path is not None:
-            img_size = images.image_size(record.path)
-            mask_size = images.image_size(record.mask_path)
-            if img_size != mask_size:
-                raise images.CorruptImageError(f"mask {record.mask_path!r} is {mask_size[0]}x{mask_size[1]} but its "
-                                               f"image {record.path!r} is {img_size[0]}x{img_size[1]}; expected the "
-                                               f"same size")
+            _require_mask_size(record)
         out["image"] = images.load_image(record.path, size, self.strict, self.bit_depth)
         if self.task == ANOMALY:
             h, w = out["image"].shape[:2]
@@ -111,6 +113,14 @@ class Source:
             mask = images.load_mask(record.mask_path, size) if record.mask_path else np.zeros((h, w), np.float32)
             out.update(mask=mask, has_mask=has_mask)
         return out
+
+
+def _require_mask_size(record: Record) -> None:
+    """Refuses a mask of another size than its image (CorruptImageError, which ``data.skip_corrupt`` skips)."""
+    img_size, mask_size = images.image_size(record.path), images.image_size(record.mask_path)
+    if img_size != mask_size:
+        raise images.CorruptImageError(f"mask {record.mask_path!r} is {mask_size[0]}x{mask_size[1]} but its image "
+                                       f"{record.path!r} is {img_size[0]}x{img_size[1]}; expected the same size")
 
 
 def resized_side(size: int, center_crop: float) -> int:

@@ -37,6 +37,12 @@ def _test_records(cat_dir: str, category: str, require_masks: bool) -> list[Reco
         warnings.warn(f"category {category!r}: {test_dir} has no good/ folder, so every test image counts as "
                       f"anomalous and its image metrics are undefined; normal test images go in "
                       f"{os.path.join(test_dir, 'good')} (the folder name 'good' is fixed)", stacklevel=3)
+    gt_root = os.path.join(cat_dir, "ground_truth")
+    stray = sorted(set(subdirs(gt_root)) - set(defects)) if os.path.isdir(gt_root) else []
+    if stray:  # a mask folder named otherwise than its defect's (scratches / scratch) would be passed over
+        warnings.warn(f"category {category!r}: {gt_root} has folders {stray} that match no test/<defect> folder "
+                      f"({', '.join(d for d in defects if d != 'good') or 'none'}), so their masks are not read; "
+                      f"expected ground_truth/<defect> named as test/<defect>", stacklevel=3)
     records = []
     for defect in defects:
         files = require_images(os.path.join(test_dir, defect), f"test images of defect {defect!r}")

@@ -335,6 +335,8 @@ class Experiment:
             _check_same_training_split(self.train_source, saved, self.workdir)
         # read before training, so a mistake in the test split's layout is named now, not after the last step
         self.test_source = load_source(config, "test") if training else None
+        if training and not config.data.skip_corrupt:
+            self.test_source.check_mask_sizes()
         if training and len(self.test_source) == 0:
             _say(f"note: {_empty_test_split(config)}: this run trains and saves its checkpoints, and skips the "
                  f"evaluation")

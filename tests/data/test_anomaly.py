@@ -140,6 +140,19 @@ def test_mask_size_mismatch(replica):
     bad = next(r for r in src if r.mask_path == mask)
     with pytest.raises(ValueError, match="000_mask.png.* is 7x7 but its image .*16x16"):
         src.load(bad)
+    with pytest.raises(ValueError, match="000_mask.png.* is 7x7 but its image .*16x16"):
+        src.check_mask_sizes()  # what a run calls before training
+    get_source("mvtec", root, "test", categories="grid").check_mask_sizes()
+
+
+def test_a_mask_folder_named_otherwise_than_its_defect_is_named(replica):
+    """ground_truth/scratches beside test/scratch: its masks would be passed over; the loader says so."""
+    root = replica("mvtec")
+    os.rename(os.path.join(root, "bottle", "ground_truth", "broken"), os.path.join(root, "bottle", "ground_truth",
+                                                                                   "Broken_large"))
+    with pytest.warns(UserWarning, match=r"folders \['Broken_large'\] that match no test/<defect> folder"):
+        src = get_source("mvtec", root, "test", categories="bottle", require_masks=False)
+    assert all(r.mask_path is None for r in src if r.defect == "broken")
 
 
 def test_visa_listed_files_must_exist(replica):

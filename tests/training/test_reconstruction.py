@@ -355,3 +355,8 @@ def test_a_mistake_in_the_test_split_is_named_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"crack/001_mask.png' has no image"):
         run.Experiment(config, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+    os.rename(os.path.join(crack, "901.png"), os.path.join(crack, "001.png"))
+    Image.new("L", (7, 7)).save(os.path.join(root, "grid", "ground_truth", "crack", "001_mask.png"))
+    with pytest.raises(ValueError, match=r"crack/001_mask.png' is 7x7 but its image .* is 16x16"):
+        run.Experiment(config, tmp_path / "run")  # a mask of another size too: read from the headers, before training
+    assert not (tmp_path / "run" / "checkpoints").exists()
