@@ -234,11 +234,16 @@ def load_mask(path: str, size: int | None = None) -> np.ndarray:
     Resized as MambaAD's evaluation (ADer) does, so pixel metrics are taken on the same ground truth: binarised to
     0/255, resized bilinearly (PIL, which averages over the footprint when shrinking), defective where the result
     exceeds half (> 127). A defect thinner than about half a pixel at ``size`` then vanishes, as it does there.
+    A mask whose alpha channel varies (an annotation tool's export: the defect drawn on a transparent layer) is read
+    by its alpha, whatever the colour under it; a palette mask by its indices (0: background, as VOC-style tools
+    write it).
     """
     img = _decode(path)
-    if img.mode not in ("L", "1", "P"):
-        img = img.convert("L")
-    binary = np.asarray(img) > 0
+    alpha = np.asarray(img.getchannel("A")) if img.mode in ("RGBA", "LA", "PA") else None
+    if alpha is not None and alpha.min() != alpha.max():
+        binary = alpha > 0
+    else:
+        binary = np.asarray(img if img.mode in ("L", "1", "P") else img.convert("L")) > 0
     if size is None or img.size == (size, size):
         return binary.astype(np.float32)
     resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize((size, size), Image.BILINEAR)

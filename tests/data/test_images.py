@@ -35,6 +35,22 @@ def test_masks_shrink_as_mambaads_evaluation_resizes_them(tmp_path):
     np.testing.assert_array_equal(load_mask(str(tmp_path / "m.png")), mask > 0)  # no resize: as stored
 
 
+def test_masks_drawn_on_a_transparent_layer_are_read_by_their_alpha(tmp_path):
+    """An annotation tool's RGBA export: the defect in alpha over black or white, or opaque red over transparent
+    black, gives the defect; an opaque mask (alpha constant) is read by its colour as before."""
+    defect = np.zeros((8, 8), bool)
+    defect[2:5, 3:6] = True
+    rgba = {"over_black": np.dstack([np.zeros((8, 8, 3), np.uint8), defect * np.uint8(255)]),
+            "over_white": np.dstack([np.full((8, 8, 3), 255, np.uint8), defect * np.uint8(255)]),
+            "red": np.dstack([defect[..., None] * np.array([255, 0, 0], np.uint8), defect * np.uint8(255)]),
+            "opaque": np.dstack([np.repeat(defect[..., None] * np.uint8(255), 3, -1), np.full((8, 8), 255, np.uint8)])}
+    for name, pixels in rgba.items():
+        Image.fromarray(pixels, "RGBA").save(tmp_path / f"{name}.png")
+        np.testing.assert_array_equal(load_mask(str(tmp_path / f"{name}.png")), defect, err_msg=name)
+    Image.fromarray(np.dstack([defect * np.uint8(255), defect * np.uint8(255)]), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(load_mask(str(tmp_path / "la.png")), defect)
+
+
 def test_grayscale_and_rgba_follow_the_rule(tmp_path):
     gray = _save(tmp_path / "g.png", np.full((4, 5), 77, np.uint8), "L")
     rgba = _save(tmp_path / "a.png", np.dstack([np.full((4, 5, 3), 9, np.uint8), np.zeros((4, 5), np.uint8)]), "RGBA")
