@@ -170,14 +170,28 @@ def list_images(directory: str, extensions: Sequence[str] = images.IMAGE_EXTENSI
                   if f.lower().endswith(exts) and not is_hidden(f) and os.path.isfile(os.path.join(directory, f)))
 
 
+def _images_below(directory: str, extensions: Sequence[str]) -> int:
+    """How many images ``directory`` and its subfolders hold, hidden files and folders left out."""
+    count = 0
+    for top, dirs, _ in os.walk(directory):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        count += len(list_images(top, extensions))
+    return count
+
+
 def require_images(directory: str, expected: str, extensions: Sequence[str] = images.IMAGE_EXTENSIONS) -> list[str]:
-    """Like ``list_images`` but the directory must exist and hold at least one image."""
+    """Like ``list_images`` but the directory must exist and hold at least one image; images in its subfolders,
+    which are not read, are warned of (a class folder with a ``lot_2024_01/`` inside would lose them unsaid)."""
     files = list_images(require_dir(directory, expected), extensions)
+    inside = subdirs(directory)
     if not files:
-        inside = subdirs(directory)
         nested = f" (its subfolders {inside[:3]} are not searched)" if inside else ""
         raise ValueError(f"directory {directory!r} holds no images ({', '.join(extensions)}){nested}; "
                          f"expected {expected}")
+    passed_over = sum(_images_below(os.path.join(directory, folder), extensions) for folder in inside)
+    if passed_over:
+        warnings.warn(f"{directory!r}: {passed_over} images in its subfolders {inside[:3]} are not read, only the "
+                      f"{len(files)} directly inside it ({expected}); move them up to use them", stacklevel=2)
     return files
 
 

@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -74,6 +75,20 @@ def test_empty_class_folder(replica):
         os.remove(os.path.join(cls, f))
     with pytest.raises(ValueError, match=r"aluminum/dent.*no images"):
         get_source("aluminum", root, "train")
+
+
+def test_images_in_a_class_folders_subfolders_are_warned_of(replica):
+    """Only a folder's own images are read: a lot's subfolder inside a class folder is named with its count, hidden
+    folders (a ``.thumbnails/``) are not counted."""
+    root = replica("folder")
+    before = len(get_source("folder", root, "all"))
+    cls = os.path.join(root, sorted(os.listdir(root))[0])
+    image = sorted(os.listdir(cls))[0]
+    for sub in ("lot_01", os.path.join("lot_01", "rework"), ".thumbnails"):
+        os.makedirs(os.path.join(cls, sub))
+        shutil.copy(os.path.join(cls, image), os.path.join(cls, sub, image))
+    with pytest.warns(UserWarning, match=r"2 images in its subfolders \['lot_01'\] are not read"):
+        assert len(get_source("folder", root, "all")) == before
 
 
 def test_mt_mask_without_image_and_image_without_mask(replica):
