@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import linecache
 import os
 import re
 import sys
+from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -16,8 +18,28 @@ from ssm_jax.training.loop import NonFiniteLossError
 from ssm_jax.training.mesh import initialize_distributed
 from ssm_jax.training.preemption import Preempted
 
-# Errors that mean "fix the input", shown as one message instead of a traceback.
+# Errors that mean "fix the input", shown as one message instead of a traceback when this project raised them
+# (``raised_by_project``): the same types from inside NumPy or JAX are a fault to trace, and keep their traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, CheckpointError, NonFiniteLossError)
+
+
+def raised_by_project(err: BaseException) -> bool:
+    """Whether ``err`` comes from a ``raise`` statement of this project's code (its innermost frame), where every
+    message of the ``USER_ERRORS`` types says what input to fix: the packages (installed or in the checkout) and,
+    beside the running script (train.py, eval.py), the config files. Not so an error from a library's Python code,
+    or from a compiled function the project called (NumPy's, whose innermost Python frame is the caller's)."""
+    installed, script = Path(__file__).resolve().parents[2], Path(sys.argv[0]).resolve().parent
+    project = tuple(str(folder / name) for folder, name in ((installed, "ssm_jax"), (installed, "kernels"),
+                                                            (script, "configs"), (script, "train.py"),
+                                                            (script, "eval.py")))
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return True
+    filename = tb.tb_frame.f_code.co_filename
+    return (str(Path(filename).resolve()).startswith(project)
+            and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise"))
 
 
 def _unknown_key_message(argv: list[str], err: Exception) -> str | None:
@@ -128,6 +150,8 @@ def run(argv: list[str], fn, *args):
         sys.stdout.flush()
         os._exit(1)
     except USER_ERRORS as err:
+        if not raised_by_project(err):
+            raise
         sys.exit(f"error: {err}")
     except jax.errors.JaxRuntimeError as err:
         if "RESOURCE_EXHAUSTED" not in str(err):

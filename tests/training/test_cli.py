@@ -9,8 +9,10 @@ import sys
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
+from ssm_jax.data.split import stratified_split
 from ssm_jax.training import cli
 from ssm_jax.training.preemption import Preempted
 
@@ -21,8 +23,14 @@ def _raise(err):
 
 def test_bad_input_exits_with_its_message():
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(["train.py"], _raise, ValueError("config.data.root=/nope: no such folder"))
-    assert exit_info.value.code == "error: config.data.root=/nope: no such folder"
+        cli.run(["train.py"], stratified_split, [0, 1], 2.0)  # the project's own check of its input
+    assert exit_info.value.code == "error: test_fraction 2.0 not in [0, 1]"
+
+
+def test_an_error_of_the_same_type_from_inside_a_library_keeps_its_traceback():
+    """A ValueError that NumPy raises (a fault in the code, not an input to fix) is not cut to its message."""
+    with pytest.raises(ValueError, match="need at least one array to concatenate"):
+        cli.run(["train.py"], np.concatenate, [])
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
