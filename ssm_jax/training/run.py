@@ -9,12 +9,14 @@ import json
 import os
 import sys
 import unicodedata
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
 import jax
 import ml_collections
+import numpy as np
 
 from ssm_jax import viz
 from ssm_jax.data import SOURCES, get_source, loader_options, make_pipeline
@@ -86,6 +88,11 @@ def _check_classes(config, train_source) -> None:
     if threshold > 1.0 or (threshold and not config.eval.binary_from):
         raise ValueError(f"config.eval.flag_threshold={threshold} must be 0 (off) or a probability in (0, 1] with "
                          f"config.eval.binary_from naming the group it flags (now {config.eval.binary_from})")
+    if isinstance(train_source, Source):  # a run built to predict reads no split
+        unseen = [names[c] for c in np.flatnonzero(np.bincount(train_source.labels, minlength=len(names)) == 0)]
+        if unseen:
+            warnings.warn(f"classes {unseen} have no training image (the split put all of theirs in the test set): "
+                          f"the model cannot learn them; add images of them", stacklevel=2)
 
 
 def _anomaly_output_kwargs(config) -> dict:

@@ -1,5 +1,6 @@
 """End-to-end training behaviour: learning, outputs, exact resume, multi-device equality, and bad input."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -413,3 +414,12 @@ def test_an_empty_test_split_trains_without_evaluation_and_eval_names_it(tiny_co
     assert "2" in [p.name for p in (tmp_path / "checkpoints").iterdir()] and not (tmp_path / "eval").exists()
     with pytest.raises(ValueError, match=r"holds no images .*test_fraction.*: nothing to evaluate"):
         run.Experiment.for_eval(config, tmp_path).evaluate()
+
+
+def test_a_class_without_training_images_is_warned_of(tiny_config):
+    """A class whose few images the split put in the test set cannot be learned: said before training."""
+    config = tiny_config()
+    train = run.load_source(config, "train")
+    without_c = dataclasses.replace(train, records=[r for r in train.records if r.label != 2])
+    with pytest.warns(UserWarning, match=r"classes \['c'\] have no training image"):
+        run._check_classes(config, without_c)
