@@ -20,6 +20,7 @@ import sys
 import warnings
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # PIL imports a format's plugin the first time it opens such a file. The pipeline decodes in several threads at once,
@@ -63,9 +64,11 @@ def _decode(path: str, bit_depth: int = 0) -> Image.Image:
     try:
         with Image.open(path) as img:
             _refuse_sixteen_bit_channels(img, path, bit_depth)
+            stored = _orientation(img)
             img.load()
+            _refuse_scrambled_tiff(img, path, stored)
             return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
-    except BitDepthError:
+    except (BitDepthError, CorruptImageError):
         raise
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path!r} does not exist") from None
@@ -73,6 +76,15 @@ def _decode(path: str, bit_depth: int = 0) -> Image.Image:
         raise _too_large(path) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CorruptImageError(f"cannot decode image {path!r} (corrupt or truncated?): {e}") from e
+
+
+def _refuse_scrambled_tiff(img: Image.Image, path: str, stored: int) -> None:
+    """Pillow 13 transposes a TIFF of EXIF orientation 5-8 itself while decoding it (the tag is gone afterwards),
+    which comes out right in colour but scrambled for one band (grayscale 8 or 16 bits): refused, not used."""
+    if img.format == "TIFF" and stored in TRANSPOSED and _orientation(img) == 1 and len(img.getbands()) == 1:
+        raise CorruptImageError(f"image {path!r} is a grayscale TIFF with EXIF orientation {stored} (transposed), "
+                                f"which PIL {PIL.__version__} decodes scrambled; expected it without that tag: save "
+                                f"it rotated upright, or as PNG")
 
 
 _SIXTEEN_BITS_DECODED_TO_8 = re.compile(r"(RGB|RGBA|RGBX|CMYK|LA);16[BLN]?")  # PIL's raw modes of such files
@@ -219,6 +231,8 @@ def image_size(path: str) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
+            if _orientation(img) in TRANSPOSED and img.format == "TIFF":  # Pillow 13 may have transposed it already
+                return _decode(path).size
             return (height, width) if _orientation(img) in TRANSPOSED else (width, height)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path!r} does not exist") from None

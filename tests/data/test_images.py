@@ -86,6 +86,27 @@ def test_strict_rejects_non_rgb(tmp_path, mode):
         load_image(path, strict=True)
 
 
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_tiffs_with_an_orientation_read_as_shown_or_are_refused(tmp_path, orientation):
+    """A TIFF with EXIF orientation: colour reads turned as viewers show it, with that size; grayscale either so or,
+    where PIL scrambles it (Pillow 13 for orientation 5-8), refused by name, never scrambled pixels."""
+    ramp = np.tile(np.linspace(0, 255, 6).astype(np.uint8), (4, 1))
+    turn = {3: 2, 6: -1, 8: 1}[orientation]  # quarter turns counter-clockwise, np.rot90's
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for name, stored in (("gray", ramp), ("rgb", np.dstack([ramp, 255 - ramp, ramp // 2]))):
+        path = str(tmp_path / f"{name}.tif")
+        Image.fromarray(stored).save(path, exif=exif)
+        shown = np.rot90(stored, turn)
+        try:
+            pixels = load_image(path)
+        except CorruptImageError as err:
+            assert name == "gray" and "grayscale TIFF with EXIF orientation" in str(err)
+            continue
+        np.testing.assert_array_equal(pixels if name == "rgb" else pixels[..., 0], shown, err_msg=name)
+        assert image_size(path) == (shown.shape[1], shown.shape[0]), name
+
+
 def test_exif_orientation_is_applied_to_images_masks_and_their_sizes(tmp_path):
     """A phone photo stored 6 wide and 4 high with orientation 6 (rotate 90 degrees clockwise to view) is read 4 wide
     and 6 high, as viewers show it; its mask, drawn on what they show, lines up."""
