@@ -261,15 +261,6 @@ def _check_bit_depth(config, saved: TrainSet | None, workdir: Path) -> None:
                          f"own config)")
 
 
-def _check_same_training_split(source, saved: TrainSet | None, workdir: Path) -> None:
-    """Refuses to resume ``workdir``'s run on a training split of another size than it trained on (``saved``): the
-    data order, the schedule and SNARM's patch bank were made for that one, so the result would not be the run's."""
-    if saved is not None and saved is not source and len(source) != len(saved):
-        raise ValueError(f"the training split has {len(source):,} images, but the run in {workdir} trained on "
-                         f"{len(saved):,} (its train_set.json), so it cannot resume with the same result: give it "
-                         f"those images, or train in a new --workdir")
-
-
 def _check_class_names(source, saved: TrainSet | None, workdir: Path) -> None:
     """Refuses a dataset whose classes are not those ``workdir``'s run trained with, in their order (``saved``, its
     ``train_set.json``): outputs are read by position, so a class folder added, renamed or removed would relabel
@@ -338,8 +329,6 @@ class Experiment:
             raise ValueError(f"config.optim.sam_rho is a setting of {takers} runs, not of config.task={config.task!r}")
         self.train_source = train_set if train_set is not None else load_source(config, "train")
         _check_class_names(self.train_source, saved, self.workdir)
-        if training:
-            _check_same_training_split(self.train_source, saved, self.workdir)
         # read before training, so a mistake in the test split's layout is named now, not after the last step
         self.test_source = load_source(config, "test") if training else None
         if training and not config.data.skip_corrupt:
@@ -353,7 +342,9 @@ class Experiment:
         self.total_steps = training_steps(config.train, len(self.train_source)) if training else 1
         self.model = build_model(config)
         tx = make_optimizer(config.optim, self.total_steps, frozen=self.family.frozen)
-        shaping = self.train_source if saved is None else saved  # a restore: the split the run trained on
+        # restoring, the state takes the shapes of the split the run trained on (SNARM's bank): images added since
+        # are read as new data (a resumed run warns that its data changed), not as a damaged checkpoint
+        shaping = self.train_source if saved is None else saved
         create = functools.partial(self.family.module.create_state, self.model, tx, jax.random.PRNGKey(config.seed),
                                    config.data.image_size, self.mesh,
                                    **self.family.state_kwargs(config, shaping, resuming))

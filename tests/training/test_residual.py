@@ -148,9 +148,9 @@ def test_resume_after_interrupt_equals_uninterrupted(trained, tmp_path, monkeypa
         np.testing.assert_array_equal(a, b)  # batch statistics and the bank
 
 
-def test_a_training_split_grown_since_the_run_evaluates_it_and_refuses_to_resume_it(trained):
+def test_a_training_split_grown_since_the_run_still_restores_it(trained):
     """Good parts added to the training folder after training: eval.py restores the run's bank, sized by the split it
-    trained on (train_set.json), instead of calling the checkpoint damaged; resuming on the new split is refused."""
+    trained on (train_set.json), instead of calling the checkpoint damaged."""
     _, straight, _ = trained
     grown = make_tiny_config()
     with grown.unlocked():
@@ -159,8 +159,6 @@ def test_a_training_split_grown_since_the_run_evaluates_it_and_refuses_to_resume
     for a, b in zip(jax.tree.leaves(_host(straight.state.model_state)),
                     jax.tree.leaves(_host(station.state.model_state))):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match=r"the training split has 24 images, but the run in .* trained on 16"):
-        run.Experiment(grown, straight.workdir)
 
 
 @pytest.mark.slow  # SNARM trained end to end (the fixture): in the slow run, keeping CI's run short
