@@ -190,7 +190,8 @@ def require_images(directory: str, expected: str, extensions: Sequence[str] = im
                          f"expected {expected}")
     passed_over = sum(_images_below(os.path.join(directory, folder), extensions) for folder in inside)
     if passed_over:
-        warnings.warn(f"{directory!r}: {passed_over} images in its subfolders {inside[:3]} are not read, only the "
+        found = "1 image" if passed_over == 1 else f"{passed_over} images"
+        warnings.warn(f"{directory!r}: {found} in its subfolders {inside[:3]} are not read, only the "
                       f"{len(files)} directly inside it ({expected}); move them up to use them", stacklevel=2)
     return files
 
