@@ -191,8 +191,8 @@ def require_images(directory: str, expected: str, extensions: Sequence[str] = im
     passed_over = sum(_images_below(os.path.join(directory, folder), extensions) for folder in inside)
     if passed_over:
         found = "1 image" if passed_over == 1 else f"{passed_over} images"
-        warnings.warn(f"{directory!r}: {found} in its subfolders {inside[:3]} are not read, only the "
-                      f"{len(files)} directly inside it ({expected}); move them up to use them", stacklevel=2)
+        warnings.warn(f"{directory!r}: {found} in its subfolders {inside[:3]} left unread; only the {len(files)} "
+                      f"directly inside it are read ({expected}): move them up to use them", stacklevel=2)
     return files
 
 

@@ -87,7 +87,7 @@ def test_images_in_a_class_folders_subfolders_are_warned_of(replica):
     for sub in ("lot_01", os.path.join("lot_01", "rework"), ".thumbnails"):
         os.makedirs(os.path.join(cls, sub))
         shutil.copy(os.path.join(cls, image), os.path.join(cls, sub, image))
-    with pytest.warns(UserWarning, match=r"2 images in its subfolders \['lot_01'\] are not read"):
+    with pytest.warns(UserWarning, match=r"2 images in its subfolders \['lot_01'\] left unread"):
         assert len(get_source("folder", root, "all")) == before
 
 
