@@ -170,13 +170,13 @@ def list_images(directory: str, extensions: Sequence[str] = images.IMAGE_EXTENSI
                   if f.lower().endswith(exts) and not is_hidden(f) and os.path.isfile(os.path.join(directory, f)))
 
 
-def _images_below(directory: str, extensions: Sequence[str]) -> int:
-    """How many images ``directory`` and its subfolders hold, hidden files and folders left out."""
-    count = 0
+def images_below(directory: str, extensions: Sequence[str] = images.IMAGE_EXTENSIONS) -> list[str]:
+    """Sorted image files in ``directory`` and all its subfolders, hidden files and folders left out."""
+    found = []
     for top, dirs, _ in os.walk(directory):
         dirs[:] = [d for d in dirs if not is_hidden(d)]
-        count += len(list_images(top, extensions))
-    return count
+        found += list_images(top, extensions)
+    return sorted(found)
 
 
 def require_images(directory: str, expected: str, extensions: Sequence[str] = images.IMAGE_EXTENSIONS) -> list[str]:
@@ -188,7 +188,7 @@ def require_images(directory: str, expected: str, extensions: Sequence[str] = im
         nested = f" (its subfolders {inside[:3]} are not searched)" if inside else ""
         raise ValueError(f"directory {directory!r} holds no images ({', '.join(extensions)}){nested}; "
                          f"expected {expected}")
-    passed_over = sum(_images_below(os.path.join(directory, folder), extensions) for folder in inside)
+    passed_over = sum(len(images_below(os.path.join(directory, folder), extensions)) for folder in inside)
     if passed_over:
         found = "1 image" if passed_over == 1 else f"{passed_over} images"
         warnings.warn(f"{directory!r}: {found} in its subfolders {inside[:3]} left unread; only the {len(files)} "

@@ -21,7 +21,7 @@ import numpy as np
 from ssm_jax import viz
 from ssm_jax.data import SOURCES, get_source, loader_options, make_pipeline
 from ssm_jax.data.pipeline import first_example
-from ssm_jax.data.common import Record, Source, is_hidden
+from ssm_jax.data.common import Record, Source, images_below
 from ssm_jax.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size
 from ssm_jax.models.mambaad import build_mambaad
 from ssm_jax.models.memorymamba import build_memorymamba
@@ -468,8 +468,7 @@ class Experiment:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"--predict_dir {folder} is not a directory of images")
-        paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                       and not any(is_hidden(part) for part in p.relative_to(folder).parts))
+        paths = images_below(str(folder))
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
         _refuse_undecodable(paths, f"--predict_dir {folder}")

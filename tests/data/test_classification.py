@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ssm_jax.data import gc10, get_source, mt, neu
+from ssm_jax.data.common import images_below
 from ssm_jax.data.images import load_image, load_mask
 
 from .conftest import PER_CLASS
@@ -114,3 +115,12 @@ def test_aluminum_needs_four_classes(replica):
     root = replica("folder")
     with pytest.raises(ValueError, match="expected 4 class folders"):
         get_source("aluminum", root, "train")
+
+
+def test_images_below_finds_every_image_of_a_tree_but_hidden_ones(tmp_path):
+    """What --predict_dir reads and the subfolder warning counts: images at any depth, sorted, none under a hidden
+    folder or hidden themselves, no other files."""
+    for name in ("b.png", "a/x.JPG", "a/deep/y.tif", ".cache/z.png", "a/.w.png", "a/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert images_below(str(tmp_path)) == [str(tmp_path / n) for n in ("a/deep/y.tif", "a/x.JPG", "b.png")]
