@@ -14,7 +14,8 @@ Your own parts in this layout (``configs/mambaad_folder.py``, ``configs/snarm_fo
 masks for some defects only: ``require_masks=False`` takes a defective image without a mask (or a defect without
 its ``ground_truth`` folder) as annotated at image level only, scored by the image metrics; the pixel metrics
 then use the images that have masks. A mask must still have its image, and a file in ``ground_truth`` not named
-``<stem>_mask.png`` is refused rather than skipped.
+``<stem>_mask.png`` is refused rather than skipped. A ``test/<defect>`` folder with no image yet (made ahead of its
+first defective part) is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import os
 import warnings
 from typing import Sequence
 
-from ssm_jax.data.common import ANOMALY, Record, Source, check_split, list_images, require_dir, require_images, \
-    select_categories, subdirs
+from ssm_jax.data.common import ANOMALY, Record, Source, check_split, images_below, list_images, require_dir, \
+    require_images, select_categories, subdirs
 
 CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
               "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
@@ -45,11 +46,15 @@ def _test_records(cat_dir: str, category: str, require_masks: bool) -> list[Reco
                       f"expected ground_truth/<defect> named as test/<defect>", stacklevel=3)
     records = []
     for defect in defects:
-        files = require_images(os.path.join(test_dir, defect), f"test images of defect {defect!r}")
+        defect_dir, gt_dir = os.path.join(test_dir, defect), os.path.join(gt_root, defect)
+        if not images_below(defect_dir) and not images_below(gt_dir):  # masks without images stay an error
+            warnings.warn(f"category {category!r}: {defect_dir} holds no images (a folder made ahead of its parts?), "
+                          f"so it is skipped", stacklevel=3)
+            continue
+        files = require_images(defect_dir, f"test images of defect {defect!r}")
         if defect == "good":
             records += [Record(p, 0, category, "good") for p in files]
             continue
-        gt_dir = os.path.join(cat_dir, "ground_truth", defect)
         if require_masks or os.path.isdir(gt_dir):
             require_dir(gt_dir, f"masks of defect {defect!r}")
             named = [f for f in list_images(gt_dir) if not f.lower().endswith("_mask.png")]

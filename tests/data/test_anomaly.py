@@ -112,6 +112,21 @@ def test_own_parts_layout_mistakes_are_named(replica):
         get_source("mvtec", root, "test", require_masks=False)
 
 
+def test_an_empty_defect_folder_is_skipped_with_a_warning(replica):
+    """A test/<defect> folder made ahead of its first defective part is passed over, said; one whose masks exist
+    but whose images are gone stays an error."""
+    root = replica("mvtec")
+    before = get_source("mvtec", root, "test", require_masks=False)
+    os.makedirs(os.path.join(root, "grid", "test", "dent"))
+    with pytest.warns(UserWarning, match=r"category 'grid': .*grid/test/dent holds no images .*so it is skipped"):
+        after = get_source("mvtec", root, "test")
+    assert [r.path for r in after.records] == [r.path for r in before.records]
+    for name in os.listdir(os.path.join(root, "grid", "test", "broken")):
+        os.remove(os.path.join(root, "grid", "test", "broken", name))
+    with pytest.raises(ValueError, match=r"broken' holds no images"):
+        get_source("mvtec", root, "test")
+
+
 def test_a_test_split_without_good_is_named_when_read(replica):
     """Normal test images under another name (test/良品 instead of test/good) are named when the split is
     read, before training, not as undefined image metrics after it."""
