@@ -187,7 +187,8 @@ def _as_rgb(images):
 def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_images=8, alpha=0.5, titles=None,
                           mask_title="ground truth"):
     """One row per image (the first ``max_images``): image | anomaly map over it | the masks' contour, titled
-    ``mask_title`` (with masks: the ground truth, or defect regions cut from the maps). Maps share one colour
+    ``mask_title`` (with masks: the ground truth, or defect regions cut from the maps; a list titles each image's
+    own, e.g. to tell a defective part annotated at image level only from a good one). Maps share one colour
     scale, the map's own values (an image's score may pool them: SNARM averages 16 x 16 windows first). Images NHWC
     in [0, 1] or uint8; maps and masks (N, H, W); ``titles`` name each image (default "image i"). Size 3 inches per
     panel: (3 x columns) x (3 x rows)."""
@@ -203,6 +204,9 @@ def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_image
         raise ValueError(f"scores must have shape ({maps.shape[0]},), got {np.shape(scores)}")
     if titles is not None and len(titles) != maps.shape[0]:
         raise ValueError(f"need one title per image ({maps.shape[0]}), got {len(titles)}")
+    mask_titles = [mask_title] * maps.shape[0] if isinstance(mask_title, str) else list(mask_title)
+    if len(mask_titles) != maps.shape[0]:
+        raise ValueError(f"need one mask title per image ({maps.shape[0]}) or one for all, got {len(mask_titles)}")
     rows, cols = min(images.shape[0], max_images), 2 if masks is None else 3
     low, high = maps[:rows].min(), maps[:rows].max()
     high = high if high > low else low + 1.0
@@ -220,7 +224,7 @@ def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_image
             axes[i, 2].imshow(images[i])
             if mask.any() and not mask.all():
                 axes[i, 2].contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=1.5)
-            axes[i, 2].set_title(mask_title)
+            axes[i, 2].set_title(mask_titles[i])
         for ax in axes[i]:
             ax.set_axis_off()
     fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.6, label="anomaly map value")

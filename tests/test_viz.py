@@ -108,6 +108,13 @@ def test_anomaly_overlays_name_their_mask_column(tmp_path, monkeypatch):
         kwargs = {} if mask_title is None else {"mask_title": mask_title}
         viz.save_anomaly_overlays(np.zeros((1, 16, 16, 3)), maps, tmp_path / "o.png", masks=maps > 0.5, **kwargs)
         assert titles[-1] == (mask_title or "ground truth")
+    titles.clear()
+    viz.save_anomaly_overlays(np.zeros((2, 16, 16, 3)), np.repeat(maps, 2, 0), tmp_path / "o.png",
+                              masks=np.zeros((2, 16, 16)), mask_title=["ground truth", "no mask"])
+    assert titles[2] == "ground truth" and titles[5] == "no mask"
+    with pytest.raises(ValueError, match=r"need one mask title per image \(2\) or one for all, got 1"):
+        viz.save_anomaly_overlays(np.zeros((2, 16, 16, 3)), np.repeat(maps, 2, 0), tmp_path / "o.png",
+                                  masks=np.zeros((2, 16, 16)), mask_title=["ground truth"])
 
 
 def test_anomaly_overlays_degenerate(tmp_path):

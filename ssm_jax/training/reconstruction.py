@@ -168,8 +168,13 @@ def save_overlays(source, predictions: dict, rows, path, with_masks: bool, label
     rows, indices = np.asarray(rows)[kept], [indices[k] for k in kept]
     masks = predictions["masks"][rows] if with_masks else None
     titles = [_overlay_title(i, source[i], labelled) for i in indices]
+    mask_titles = "ground truth"
+    if with_masks:  # a defective part annotated at image level only is not drawn as a clean one
+        unannotated = (predictions["labels"][rows] == 1) & ~np.asarray(predictions["has_mask"][rows], bool)
+        mask_titles = ["no mask (image-level label)" if u else "ground truth" for u in unannotated]
     return viz.save_anomaly_overlays(np.stack(images), predictions["maps"][rows].astype(np.float32), path, masks=masks,
-                                     scores=predictions["scores"][rows], max_images=len(rows), titles=titles)
+                                     scores=predictions["scores"][rows], max_images=len(rows), titles=titles,
+                                     mask_title=mask_titles)
 
 
 def _percent(metrics: dict, key: str) -> str:

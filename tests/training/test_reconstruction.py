@@ -162,6 +162,22 @@ def test_folder_overlays_leave_out_an_image_moved_since_its_prediction(tmp_path,
     assert drawn["scores"].tolist() == [0.5] and int(drawn["images"][0, 0, 0, 0]) == 120
 
 
+def test_overlays_tell_a_defect_without_mask_from_a_clean_part(tmp_path, monkeypatch):
+    """With masks drawn, a defective image annotated at image level only says so over its empty mask panel."""
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 60 * i, np.uint8)).save(tmp_path / f"part{i}.png")
+    parts = Source([Record(str(tmp_path / f"part{i}.png"), int(i > 0), defect=None if i == 0 else "dent")
+                    for i in range(3)], ["good", "anomalous"], task=ANOMALY)
+    drawn = {}
+    monkeypatch.setattr(reconstruction.viz, "save_anomaly_overlays", lambda *a, **kw: drawn.update(kw))
+    predictions = {"scores": np.array([0.1, 0.9, 0.5]), "maps": np.zeros((3, 8, 8), np.float32),
+                   "masks": np.zeros((3, 8, 8), bool), "labels": np.array([0, 1, 1]),
+                   "has_mask": np.array([False, True, False]), "indices": np.arange(3)}
+    predictions["masks"][1, 2:4, 2:4] = True
+    reconstruction.save_overlays(parts, predictions, [0, 1, 2], tmp_path / "o.png", with_masks=True)
+    assert drawn["mask_title"] == ["ground truth", "ground truth", "no mask (image-level label)"]
+
+
 def test_pretrained_encoder_is_loaded_without_layer4(tmp_path):
     torch = pytest.importorskip("torch")
     from ssm_jax.convert import from_torch
