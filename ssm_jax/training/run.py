@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import sys
@@ -479,7 +480,7 @@ class Experiment:
         out = None
         if jax.process_index() == 0:
             out = self.family.module.write_folder_predictions(predictions, source, self.eval_dir,
-                                                              folder.resolve().name,  # "." names its folder too
+                                                              _prediction_name(self.eval_dir, folder),
                                                               **self.family.output_kwargs(self.config))
             skipped = len(source) - len(predictions["indices"])  # data.skip_corrupt left them out
             picture = out.with_suffix(".png")
@@ -487,6 +488,31 @@ class Experiment:
                  + (f" ({skipped} unreadable, skipped: empty rows)" if skipped else "")
                  + (f", {picture.name}" if picture.exists() else ""))
         return out
+
+
+def _prediction_name(eval_dir: Path, folder: Path) -> str:
+    """``<name>`` of ``predict_<name>.csv`` for ``folder``: its own name ("." names its folder too), or ``<name>-2``,
+    ``-3``... where another folder of that name (line_1/2026-12-07 beside line_2/2026-12-07) holds it, so neither's
+    results are overwritten; the same folder again keeps its name. Who holds which: ``predict_folders.json``."""
+    index_path, where = eval_dir / "predict_folders.json", str(folder.resolve())
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
+    except ValueError:
+        index = None
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_path} is unreadable; expected the JSON object {{folder: name}} that eval.py "
+                         f"--predict_dir writes: delete it to start a new one")
+    name = index.get(where)
+    if name is None:  # a CSV from before the index was kept is held by an unknown folder: not overwritten either
+        base, held = Path(where).name or "root", set(index.values())
+        candidates = itertools.chain([base], (f"{base}-{n}" for n in itertools.count(2)))
+        name = next(c for c in candidates if c not in held and not (eval_dir / f"predict_{c}.csv").exists())
+        if name != base:
+            owner = next((f for f, n in index.items() if n == base), "a folder predicted before predict_folders.json")
+            _say(f"{folder} is predicted as predict_{name}.csv: predict_{base}.csv holds {owner}")
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        index_path.write_text(json.dumps({**index, where: name}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return name
 
 
 def _warn_if_not_square(paths, size: int) -> None:

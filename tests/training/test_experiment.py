@@ -423,3 +423,23 @@ def test_a_class_without_training_images_is_warned_of(tiny_config):
     without_c = dataclasses.replace(train, records=[r for r in train.records if r.label != 2])
     with pytest.warns(UserWarning, match=r"classes \['c'\] have no training image"):
         run._check_classes(config, without_c)
+
+
+def test_folders_of_one_name_are_predicted_into_files_of_their_own(tmp_path, capsys):
+    """line_1/2026-12-07 and line_2/2026-12-07 both end in 2026-12-07: the second is predict_2026-12-07-2.csv, so
+    the first's results stay; each folder keeps its name when predicted again, and a CSV written before the index
+    existed is not overwritten either."""
+    eval_dir = tmp_path / "run" / "eval"
+    first, second, third = (tmp_path / line / "2026-12-07" for line in ("line_1", "line_2", "line_3"))
+    assert run._prediction_name(eval_dir, first) == "2026-12-07"
+    assert run._prediction_name(eval_dir, second) == "2026-12-07-2"
+    assert f"predict_2026-12-07.csv holds {first}" in capsys.readouterr().out
+    assert run._prediction_name(eval_dir, first) == "2026-12-07"
+    assert run._prediction_name(eval_dir, tmp_path / "line_2" / "." / "2026-12-07") == "2026-12-07-2"
+    (eval_dir / "predict_cells.csv").write_text("path,score\n")  # from a version without the index
+    assert run._prediction_name(eval_dir, tmp_path / "cells") == "cells-2"
+    assert "holds a folder predicted before predict_folders.json" in capsys.readouterr().out
+    assert run._prediction_name(eval_dir, third) == "2026-12-07-3"
+    (eval_dir / "predict_folders.json").write_text("[")
+    with pytest.raises(ValueError, match=r"predict_folders.json is unreadable; expected the JSON object"):
+        run._prediction_name(eval_dir, first)
