@@ -10,9 +10,9 @@
 
 Masks are optional (``data.source.require_masks`` False): a defective image without one is scored by the image
 metrics only. A mask is the image's size; any non-zero pixel is defective (0/255 or 0/1; an RGBA export with a
-transparent background is read by its alpha). Every product folder is read into one model (MambaAD's multi-class
-setting); ``--config.data.source.categories=<product>`` trains one. The recipe is MambaAD's on MVTec AD (256 px,
-100 epochs).
+transparent background is read by its alpha, a palette one with black as its background). Every product folder is
+read into one model (MambaAD's multi-class setting); ``--config.data.source.categories=<product>`` trains one.
+The recipe is MambaAD's on MVTec AD (256 px, 100 epochs).
 """
 
 from configs import common

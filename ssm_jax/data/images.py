@@ -242,6 +242,14 @@ def image_size(path: str) -> tuple[int, int]:
         raise CorruptImageError(f"cannot read image header of {path!r}: {e}") from e
 
 
+def _palette_defects(img: Image.Image) -> np.ndarray:
+    """A palette mask's defective pixels: those of any index but the background's (``load_mask``)."""
+    indices = np.asarray(img)
+    colours = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)
+    black = [i for i in np.unique(indices) if i < len(colours) and not colours[i].any()]
+    return ~np.isin(indices, black) if black else indices > 0
+
+
 def load_mask(path: str, size: int | None = None) -> np.ndarray:
     """Decodes a mask to float32 (H, W) in {0, 1}: any non-zero pixel is defective (MVTec 255, VisA 1).
 
@@ -249,15 +257,17 @@ def load_mask(path: str, size: int | None = None) -> np.ndarray:
     0/255, resized bilinearly (PIL, which averages over the footprint when shrinking), defective where the result
     exceeds half (> 127). A defect thinner than about half a pixel at ``size`` then vanishes, as it does there.
     A mask whose alpha channel varies (an annotation tool's export: the defect drawn on a transparent layer) is read
-    by its alpha, whatever the colour under it; a palette mask by its indices (0: background, as VOC-style tools
-    write it).
+    by its alpha, whatever the colour under it; a palette mask by its indices, background being the black entries
+    it uses (a tool whose palette lists black anywhere), else index 0 (VOC-style tools: black there anyway).
     """
     img = _decode(path)
     alpha = np.asarray(img.getchannel("A")) if img.mode in ("RGBA", "LA", "PA") else None
     if alpha is not None and alpha.min() != alpha.max():
         binary = alpha > 0
+    elif img.mode == "P":
+        binary = _palette_defects(img)
     else:
-        binary = np.asarray(img if img.mode in ("L", "1", "P") else img.convert("L")) > 0
+        binary = np.asarray(img if img.mode in ("L", "1") else img.convert("L")) > 0
     if size is None or img.size == (size, size):
         return binary.astype(np.float32)
     resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize((size, size), Image.BILINEAR)

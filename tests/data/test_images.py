@@ -51,6 +51,20 @@ def test_masks_drawn_on_a_transparent_layer_are_read_by_their_alpha(tmp_path):
     np.testing.assert_array_equal(load_mask(str(tmp_path / "la.png")), defect)
 
 
+def test_palette_masks_take_black_as_background_wherever_the_palette_lists_it(tmp_path):
+    """VOC-style (index 0 black), black at index 1 under a white index 0, and a palette without black in use (index
+    0 the background) all read as the drawing looks."""
+    defect = np.zeros((6, 7), bool)
+    defect[1:4, 2:5] = True
+    for name, colours, background, drawn in (("voc", [0, 0, 0, 128, 0, 0], 0, 1),
+                                             ("black_at_1", [255, 255, 255, 0, 0, 0], 1, 0),
+                                             ("no_black", [255, 255, 255, 200, 0, 0], 0, 1)):
+        img = Image.fromarray(np.where(defect, drawn, background).astype(np.uint8), "P")
+        img.putpalette(colours + [0, 0, 0] * (256 - len(colours) // 3))  # unused entries black, as Pillow pads
+        img.save(tmp_path / f"{name}.png")
+        np.testing.assert_array_equal(load_mask(str(tmp_path / f"{name}.png")), defect, err_msg=name)
+
+
 def test_grayscale_and_rgba_follow_the_rule(tmp_path):
     gray = _save(tmp_path / "g.png", np.full((4, 5), 77, np.uint8), "L")
     rgba = _save(tmp_path / "a.png", np.dstack([np.full((4, 5, 3), 9, np.uint8), np.zeros((4, 5), np.uint8)]), "RGBA")
