@@ -98,7 +98,8 @@ the data wait was 6-7 s in a 5-minute run).
       --config.loss.lambda_f=0.0    # the memory modules kept, their InfoNCE loss off, at 64 px: 70.4 +- 1.1 % vs
                                     # 71.0 +- 1.8 %, macro F1 46.1 vs 50.5 %, p = 2/3 recall 1.2 vs 6.2 %; the
                                     # contrastive loss off (lambda_c=0.0): 70.6 %, 50.1 % (docs/elpv_experiments.md);
-                                    # at full size (:gpu) level with both off: 72.8 vs 72.7 %, macro F1 52.0 each
+                                    # at full size (:gpu), the same day: 72.8 vs 71.1 %, macro F1 52.0 vs 52.3 %;
+                                    # no loss setting moves it beyond chance (docs/elpv_experiments.md)
   python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv_no_class_balance_s$S --config.seed=$S \
       --config.data.class_balance=0     # every image once an epoch, the recipe before 2026-12-04 (above); 0.5 at
                                         # 64 px: 67.7 % accuracy, 52.0 % macro F1, p = 1/3 recall 52 %
