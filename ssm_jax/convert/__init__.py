@@ -15,6 +15,8 @@ model is one entry in ``CONVERTERS``.
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from typing import Callable
 
 import ml_collections
@@ -37,7 +39,12 @@ def from_torch(kind: str, path_or_state_dict) -> tuple[ml_collections.ConfigDict
     """(config, variables) of a ``kind`` model from a torch checkpoint path or state dict."""
     if kind not in CONVERTERS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {sorted(CONVERTERS)}")
-    return CONVERTERS[kind](load_state_dict(path_or_state_dict))
+    try:
+        return CONVERTERS[kind](load_state_dict(path_or_state_dict))
+    except ConversionError as err:  # name the file: a script converting several would not say which one failed
+        if isinstance(path_or_state_dict, (str, os.PathLike)):
+            raise err.of(str(Path(path_or_state_dict).expanduser())) from None
+        raise
 
 
 __all__ = ["CONVERTERS", "TRANSFORMS", "ConversionError", "MAMBAAD_RULES", "RESNET_RULES", "Rule", "convert_mambaad",

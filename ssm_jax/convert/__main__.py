@@ -59,10 +59,22 @@ def _configs_importable(config_file: str) -> None:
         sys.path.insert(0, str(folder.parent))
 
 
+def _config_first(argv: list[str]) -> list[str]:
+    """``argv`` with ``--config`` (and a value given apart) moved first: ml_collections reads overrides after it."""
+    rest = argv[1:]
+    for i, arg in enumerate(rest):
+        if re.match(r"--?config=", arg):
+            return [argv[0], arg, *rest[:i], *rest[i + 1:]]
+        if re.fullmatch(r"--?config", arg) and i + 1 < len(rest):
+            return [argv[0], arg, rest[i + 1], *rest[:i], *rest[i + 2:]]
+    return argv
+
+
 def parse(argv: list[str]) -> tuple[list[str], str, ml_collections.ConfigDict]:
     """(positional arguments, the --config spec, the locked config with its overrides); flags may come anywhere."""
     if not any(re.match(r"--?config(=|$)", arg) for arg in argv[1:]):
         argv = [argv[0], f"--config={default_config()}", *argv[1:]]  # first: overrides must follow it
+    argv = _config_first(argv)
     _configs_importable(_config_file(argv[1:]))
     values = flags.FlagValues()
     try:

@@ -8,18 +8,26 @@ missing, unexpected and mis-shaped key at once, so a wrong checkpoint fails with
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import re
+import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "net", "model")
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")  # timm's and common trainers' averaged copies
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
+                      "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                      "BOOL": np.bool_}
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DDP, torch.compile, Lightning: dropped when on every key
 UNSAFE_LOAD_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # torch's own opt-in to unpickling arbitrary objects
 LIST_LIMIT = 20
@@ -67,20 +75,38 @@ class ConversionError(ValueError):
     """A state dict that does not fill the Flax template: names every missing, unexpected and mis-shaped key."""
 
     def __init__(self, missing: Sequence[str] = (), unexpected: Sequence[str] = (), mismatched: Sequence[str] = (),
-                 duplicated: Sequence[str] = (), found: str = ""):
+                 duplicated: Sequence[str] = (), found: str = "", source: str = ""):
         self.missing, self.unexpected = list(missing), list(unexpected)
         self.mismatched, self.duplicated = list(mismatched), list(duplicated)
+        self.found, self.source = found, source
         sections = [("missing (Flax leaves no torch key fills)", self.missing),
                     ("unexpected (torch keys no rule or ignore pattern matches)", self.unexpected),
                     ("shape mismatches (key: torch shape -> transformed shape, expected flax shape)", self.mismatched),
                     ("filled more than once (flax path: torch keys)", self.duplicated)]
         first = f"{found}; its " if found else ""  # what the keys say the checkpoint is, when that is known
-        super().__init__(f"{first}state dict does not match the Flax variables:\n" + "\n".join(
-            _section(title, items) for title, items in sections if items))
+        whose = f"{source}: " if source else ""
+        super().__init__(f"{whose}{first}state dict does not match the Flax variables:\n" + "\n".join(
+            _section(title, items) for title, items in sections if items) + _prefix_hint(self.unexpected, self.missing))
 
     def naming(self, what: str) -> ConversionError:
         """The same error, first saying ``what`` the checkpoint holds (a reader's likely fix)."""
-        return ConversionError(self.missing, self.unexpected, self.mismatched, self.duplicated, found=what)
+        return ConversionError(self.missing, self.unexpected, self.mismatched, self.duplicated, what, self.source)
+
+    def of(self, source: str) -> ConversionError:
+        """The same error, naming the file (or object) the state dict came from."""
+        return ConversionError(self.missing, self.unexpected, self.mismatched, self.duplicated, self.found, source)
+
+
+def _prefix_hint(unexpected: list[str], missing: list[str]) -> str:
+    """Where every unexpected key starts with one name (``backbone.``, ``encoder.``) and leaves are missing, the
+    model likely sits under that name in a larger checkpoint: say so, with the line that takes it out."""
+    heads = {key.split(".", 1)[0] for key in unexpected if "." in key and " -> " not in key}
+    if not (missing and len(heads) == 1 and all("." in key for key in unexpected)):
+        return ""
+    head = heads.pop()
+    return (f"\nevery unexpected key starts with {head + '.'!r}: if the model sits under that name in this "
+            f"checkpoint, pass its part: {{k.removeprefix({head + '.'!r}): v for k, v in state.items() "
+            f"if k.startswith({head + '.'!r})}}")
 
 
 def _section(title: str, items: list[str]) -> str:
@@ -113,8 +139,17 @@ def _torch_load(path: Path):
         raise ValueError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}; torch.save writes a zip "
                          f"archive or a pickle): expected the .pth / .pt file of a model's state_dict")
     trusted = os.environ.get(UNSAFE_LOAD_ENV, "").lower() in ("1", "true", "y", "yes")
+    if head.startswith(b"PK\x03\x04") and _is_torchscript(path):
+        if trusted:
+            return torch.jit.load(path, map_location="cpu")
+        raise ValueError(f"{path} is a TorchScript archive (torch.jit.save); loading it runs its code. If you trust "
+                         f"it, rerun with {UNSAFE_LOAD_ENV}=1 in the environment, or save the state dict alone: "
+                         f"torch.save(torch.jit.load(path).state_dict(), 'weights.pth')")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except (ModuleNotFoundError, AttributeError) as e:  # trusted: a pickled object whose class is not importable here
+        raise ValueError(f"{path} holds a pickled object whose class cannot be imported here ({e}); save the state "
+                         f"dict alone where the model's code is: torch.save(model.state_dict(), path)") from e
     except pickle.UnpicklingError as e:  # weights_only met another object (a pickled module, argparse.Namespace)
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         what = f"a pickled {found[1]}" if found else f"Python objects ({type(e).__name__})"
@@ -126,12 +161,65 @@ def _torch_load(path: Path):
                          f"{type(e).__name__}: {e}") from e
 
 
+def _safetensors_load(path: Path) -> dict[str, np.ndarray]:
+    """A ``.safetensors`` file (Hugging Face's format: timm's hub weights), read with NumPy, no torch needed: an
+    8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then the bytes."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header, data = json.loads(f.read(size)), f.read()
+        entries = {name: (e["dtype"], tuple(e["shape"]), e["data_offsets"]) for name, e in header.items()
+                   if name != "__metadata__"}
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"cannot read {path} as safetensors (truncated or corrupt?): {type(e).__name__}: {e}") from e
+    out = {}
+    for name, (dtype, shape, (begin, end)) in entries.items():
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}; expected one of {sorted(SAFETENSORS_DTYPES)}")
+        if end > len(data) or end - begin != int(np.prod(shape)) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize:
+            raise ValueError(f"cannot read {path} as safetensors (truncated or corrupt?): tensor {name!r} needs bytes "
+                             f"{begin}-{end} for shape {shape} {dtype}; the file holds {len(data)} after its header")
+        array = np.frombuffer(data, np.dtype(SAFETENSORS_DTYPES[dtype]).newbyteorder("<"), offset=begin,
+                              count=int(np.prod(shape))).reshape(shape)
+        out[name] = array.astype(np.float32 if "F" in dtype else SAFETENSORS_DTYPES[dtype])  # a native-order copy
+    return out
+
+
+def _file_kind(path: Path) -> str:
+    """"npz", "safetensors" or "torch": by the suffix for the first two, else by the first bytes (weights files
+    are often renamed: an .npz or a safetensors file saved as .pth)."""
+    if path.suffix in (".npz", ".safetensors"):
+        return path.suffix[1:]
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "torch"  # torch.load names the damage
+        if names and all(name.endswith(".npy") for name in names):
+            return "npz"
+    return "torch"
+
+
 def _npz_load(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as archive:
             return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"cannot read {path} as .npz (truncated or corrupt?): {type(e).__name__}: {e}") from e
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit.save archive: a zip holding the model's code and ``constants.pkl``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
 
 
 def _state_dict_of(value):
@@ -148,8 +236,29 @@ def _wrapped(state: Mapping) -> Mapping | None:
     return None
 
 
+def _warn_of_ema(checkpoint: Mapping, source: str) -> None:
+    """A training checkpoint that also keeps an exponential moving average of the weights: the plain ones load."""
+    ema = next((key for key in EMA_KEYS if isinstance(_state_dict_of(checkpoint.get(key)), Mapping)), None)
+    if ema is not None:
+        warnings.warn(f"{source} also holds an averaged (EMA) copy of the weights under {ema!r}, not loaded; to load "
+                      f"it instead, pass that state dict: torch.load(path, map_location='cpu')[{ema!r}]", stacklevel=3)
+
+
+def _without_ddp_prefix(state: Mapping, source: str) -> dict:
+    """``state`` less DDP's ``module.`` wherever a key has it; a key then standing for another is an error."""
+    out, original = {}, {}
+    for key, value in state.items():
+        short = key.removeprefix("module.")
+        if short in out:
+            raise ValueError(f"{source}: keys {original[short]!r} and {key!r} both stand for {short!r} once DDP's "
+                             f"'module.' prefix is dropped; expected one copy of each weight")
+        out[short], original[short] = value, key
+    return out
+
+
 def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
-    """A flat {torch key: numpy array} from a checkpoint file (.pth/.pt/.bin via torch, .npz) or a dict.
+    """A flat {torch key: numpy array} from a checkpoint file (.pth/.pt/.bin via torch, .safetensors, .npz: told
+    apart by their contents) or a dict.
 
     Unwraps ``{'state_dict' | 'model_state_dict' | 'net' | 'model': state_dict, ...}`` (training checkpoints, e.g.
     MambaAD's) and a whole pickled module, and strips the prefixes that wrapping a model puts on every key: DDP's
@@ -161,15 +270,19 @@ def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
         raise TypeError(f"expected a checkpoint's path, a state dict or a torch module, got a "
                         f"{type(state).__name__}")
     if not isinstance(state, Mapping):
-        path = Path(state)
+        path = Path(state).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint file at {path}")
-        state, source = (_npz_load(path) if path.suffix == ".npz" else _state_dict_of(_torch_load(path))), str(path)
+        kind = _file_kind(path)
+        state = (_npz_load(path) if kind == "npz" else _safetensors_load(path) if kind == "safetensors"
+                 else _state_dict_of(_torch_load(path)))
+        source = str(path)
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     while (inner := _wrapped(state)) is not None:
+        _warn_of_ema(state, source)
         state = inner
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+    state = _without_ddp_prefix(state, source)
     while prefix := next((p for p in WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)), None):
         state = {key.removeprefix(prefix): value for key, value in state.items()}
     return {key: _to_numpy(key, value, source) for key, value in state.items()}

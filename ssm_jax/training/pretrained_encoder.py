@@ -28,13 +28,16 @@ def _matching(own: dict, loaded: dict, where: str) -> dict:
 
 def read_encoder_weights(arch: str, path: str, last_stage: int = 4) -> dict:
     """Flax variables (params, batch_stats) of stages 1 to ``last_stage`` (those the model's encoder builds) of a
-    torchvision/timm ``arch`` checkpoint at ``path``; later stages are ignored and may be absent (a cut backbone)."""
+    torchvision/timm ``arch`` checkpoint at ``path``; later stages are ignored and may be absent (a cut backbone).
+    An official MambaAD checkpoint serves too: its frozen encoder ``net_t.*`` is the ImageNet ResNet it started from."""
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config.model.encoder_weights={path!r}: no such file; expected a torchvision/timm "
                                 f"{arch} state_dict (.pth/.pt or .npz)")
     try:
-        return convert_resnet(load_state_dict(path), arch, out_stages=(last_stage,))[1]
+        state = load_state_dict(path)
+        prefix = "net_t." if "conv1.weight" not in state and "net_t.conv1.weight" in state else ""
+        return convert_resnet(state, arch, out_stages=(last_stage,), prefix=prefix)[1]
     except ConversionError as err:
         raise ValueError(f"config.model.encoder_weights={path!r} does not hold the {arch} stages 1-{last_stage} that "
                          f"this encoder needs: {err}") from err

@@ -3,6 +3,7 @@
 import sys
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 from flax.core import freeze
@@ -86,6 +87,54 @@ def test_load_npz_wrapped_and_prefixed(tmp_path):
     np.savez(path, **{"module.w": np.ones(2, np.float64), "module.n": np.arange(3)})
     assert set(load_state_dict(path)) == {"w", "n"}
     assert load_state_dict({"model": {"state_dict": {"module.w": np.ones(2)}}, "epoch": 1}).keys() == {"w"}
+
+
+def test_safetensors_and_renamed_files_load_by_their_contents(tmp_path):
+    """safetensors (written by Hugging Face's own library) with float16, bfloat16 and integer tensors, also when
+    named .pth; an .npz named .pth; a safetensors file cut short is named."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.standard_normal((3, 4)).astype(np.float16), "n": np.arange(5, dtype=np.int64),
+               "b": rng.standard_normal(6).astype(np.float32).astype(ml_dtypes.bfloat16)}
+    for name in ("weights.safetensors", "weights.pth"):
+        save_file(weights, str(tmp_path / name))
+        loaded = load_state_dict(tmp_path / name)
+        assert {k: v.dtype for k, v in loaded.items()} == {"w": np.float32, "n": np.int64, "b": np.float32}
+        for key, value in weights.items():
+            np.testing.assert_array_equal(loaded[key], value.astype(loaded[key].dtype))
+    with open(tmp_path / "arrays.pth", "wb") as f:
+        np.savez(f, w=np.ones(2))
+    assert load_state_dict(tmp_path / "arrays.pth")["w"].tolist() == [1.0, 1.0]
+    data = (tmp_path / "weights.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-4])
+    with pytest.raises(ValueError, match=r"cut.safetensors as safetensors \(truncated or corrupt\?\): tensor"):
+        load_state_dict(tmp_path / "cut.safetensors")
+
+
+def test_a_key_with_and_without_ddp_prefix_is_refused():
+    with pytest.raises(ValueError, match=r"keys 'conv.weight' and 'module.conv.weight' both stand for 'conv.weight'"):
+        load_state_dict({"conv.weight": np.ones(2), "module.conv.weight": np.zeros(2)})
+
+
+def test_an_ema_copy_beside_the_weights_is_said(tmp_path):
+    with pytest.warns(UserWarning, match=r"also holds an averaged \(EMA\) copy of the weights under "
+                                         r"'state_dict_ema', not loaded"):
+        loaded = load_state_dict({"state_dict": {"w": np.ones(2)}, "state_dict_ema": {"w": np.zeros(2)}})
+    assert loaded["w"].tolist() == [1.0, 1.0]
+
+
+def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    np.savez(tmp_path / "w.npz", w=np.ones(2))
+    assert set(load_state_dict("~/w.npz")) == {"w"}
+
+
+def test_a_model_under_one_prefix_is_pointed_out():
+    state = {"backbone." + key: value for key, value in _state().items()}
+    with pytest.raises(ConversionError, match=r"every unexpected key starts with 'backbone.': if the model sits "
+                                              r"under that name"):
+        convert_state_dict(state, RULES, TEMPLATE)
 
 
 def test_corrupt_and_missing_files(tmp_path):

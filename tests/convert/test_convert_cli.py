@@ -140,6 +140,14 @@ def test_bad_input_is_one_clear_error(checkpoint, converted, tmp_path):
     assert "pass --config.train.batch_size=4 or less" in small
 
 
+def test_overrides_may_come_before_the_config_flag(tmp_path):
+    """As the usage line reads, flags come in any order: an override before --config (either form) applies."""
+    for config_flag in ([f"--config={CONFIG}"], ["--config", CONFIG]):
+        argv = ["convert", "mambaad", "a.pth", str(tmp_path / "run"), "--config.train.epochs=3", *config_flag]
+        positional, _, config = parse(argv)
+        assert positional == ["mambaad", "a.pth", str(tmp_path / "run")] and config.train.epochs == 3
+
+
 def test_a_checkpoint_that_does_not_match_names_its_keys(checkpoint, tmp_path):
     state = torch.load(checkpoint)["net"]
     del state["net_s.layers_up.1.blocks.0.finalconv11.bias"]

@@ -5,6 +5,7 @@ measured error is below 1e-6 relative).
 """
 
 import argparse
+import sys
 import warnings
 
 import jax
@@ -114,6 +115,54 @@ def test_checkpoint_with_objects_is_refused_unless_trusted(resnet18, tmp_path, m
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     assert_same_variables(from_torch("resnet18", path)[1], expected)
     assert_same_variables(from_torch("resnet18", whole)[1], expected)
+
+
+def test_a_torchscript_archive_is_named_and_loads_when_trusted(resnet18, tmp_path, monkeypatch):
+    state, expected = resnet18
+    model = torch_resnet("resnet18")
+    model.load_state_dict(state)
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 32, 32)), path)
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    with pytest.raises(ValueError, match=r"scripted.pt is a TorchScript archive \(torch.jit.save\); loading it runs "
+                                         r"its code. If you trust it, rerun with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"):
+        from_torch("resnet18", path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    assert_same_variables(from_torch("resnet18", path)[1], expected)
+
+
+def test_a_trusted_module_whose_class_is_not_importable_is_named(tmp_path, monkeypatch):
+    """Loaded where the model's code is not: said as such, not as a truncated or corrupt file."""
+    (tmp_path / "lab_models_x1.py").write_text("import torch\nclass Net(torch.nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lab_models_x1
+
+    torch.save(lab_models_x1.Net(2, 3), tmp_path / "whole.pth")
+    monkeypatch.delitem(sys.modules, "lab_models_x1")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ValueError, match=r"whole.pth holds a pickled object whose class cannot be imported here "
+                                         r"\(No module named 'lab_models_x1'\); save the state dict alone"):
+        load_state_dict(tmp_path / "whole.pth")
+
+
+def test_a_mismatch_names_the_file(resnet18, tmp_path):
+    state, _ = resnet18
+    path = tmp_path / "line_3_encoder.pth"
+    torch.save({k: v for k, v in state.items() if k != "layer2.1.bn2.running_var"}, path)
+    with pytest.raises(ConversionError, match=r"^\S*line_3_encoder.pth: state dict does not match the Flax variables:"
+                                              r"\n1 missing .*\n  batch_stats/layer2_1/bn2/var"):
+        from_torch("resnet18", path)
+
+
+def test_encoder_weights_from_an_official_mambaad_checkpoint(tmp_path):
+    """Its frozen encoder ``net_t.*`` (the ImageNet ResNet MambaAD started from) serves as encoder_weights."""
+    plain, official = tmp_path / "resnet34.pth", tmp_path / "mambaad_mvtec.pth"
+    state = torch_resnet("resnet34", 3).state_dict()
+    torch.save(state, plain)
+    torch.save({"net": {**{f"net_t.{k}": v for k, v in state.items()}, "net_s.head.weight": torch.zeros(2)}}, official)
+    assert_same_variables(read_encoder_weights("resnet34", str(official), last_stage=3),
+                          read_encoder_weights("resnet34", str(plain), last_stage=3))
 
 
 def test_a_torch_module_stands_for_its_state_dict(resnet18):
