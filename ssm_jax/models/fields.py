@@ -13,7 +13,12 @@ DTYPES = ("float32", "bfloat16")  # activations; parameters and the scan's state
 
 def with_defaults(defaults: Mapping[str, Any], overrides: Mapping[str, Any], helper: str,
                   **required: Any) -> ml_collections.ConfigDict:
-    """A ``config.model`` of ``required`` and ``defaults`` updated by ``overrides``, none of them unknown."""
+    """A ``config.model`` of ``required`` and ``defaults`` updated by ``overrides``, none of them unknown; a
+    ``required`` field among them (a helper's own output passed back: ``name``) must keep its value."""
+    for key, value in required.items():
+        if key in overrides and overrides[key] != value:
+            raise ValueError(f"{helper}: {key}={overrides[key]!r}; this helper's models have {key}={value!r}")
+    overrides = {key: value for key, value in overrides.items() if key not in required}
     unknown = set(overrides) - set(defaults)
     if unknown:
         raise ValueError(f"{helper}: unknown fields {sorted(unknown)}; valid: {sorted(defaults)}")

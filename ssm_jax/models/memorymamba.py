@@ -131,7 +131,7 @@ class MemoryReader(nn.Module):
     def __call__(self, x):
         channels = x.shape[-1]
         query = Mlp(channels, self.size, dtype=self.dtype, name="query")(x)
-        bank = self.param("bank", nn.initializers.normal(0.02), (self.size, channels))
+        bank = self.param("bank", nn.initializers.normal(0.02), (self.size, channels), jnp.float32)
         weights = jax.nn.softmax(query.astype(jnp.float32), axis=-1).astype(self.dtype)
         return query, weights @ bank.astype(self.dtype), bank
 
@@ -148,7 +148,7 @@ class MemoryFusion(nn.Module):
     def __call__(self, z, memories: dict):
         pooled = jnp.mean(z.astype(jnp.float32), axis=(1, 2))
         for name, v in sorted(memories.items()):
-            gain = self.param(f"gain_{name}", nn.initializers.ones, (z.shape[-1],))
+            gain = self.param(f"gain_{name}", nn.initializers.ones, (z.shape[-1],), jnp.float32)
             beta = similarity(v.astype(jnp.float32), pooled, self.similarity)[:, None]
             z = z + (beta * gain * v)[:, None, None, :].astype(z.dtype)
         return z
@@ -280,7 +280,7 @@ class MemoryMamba(nn.Module):
             if token_mask.shape != x.shape[:3]:
                 raise ValueError(f"MemoryMamba: token_mask has shape {token_mask.shape}, expected the patch grid "
                                  f"{x.shape[:3]}")
-            token = self.param("mask_token", nn.initializers.normal(0.02), (self.dims[0],))
+            token = self.param("mask_token", nn.initializers.normal(0.02), (self.dims[0],), jnp.float32)
             x = jnp.where(token_mask[..., None], token.astype(x.dtype), x)
         total = sum(self.depths)
         drops = None  # per block (rate, key), sliced per stage; the same in both layouts

@@ -45,6 +45,6 @@ class MambaMixer(nn.Module):
         delta = nn.Dense(d, dtype=self.dtype, kernel_init=symmetric_uniform(r ** -0.5),
                          bias_init=dt_bias_init(self.dt_min, self.dt_max), name="dt_proj")(dt)
         A = -jnp.exp(self.param("A_log", s4d_real_log_init, (d, n)))
-        D = self.param("D", nn.initializers.ones, (d,))
+        D = self.param("D", nn.initializers.ones, (d,), jnp.float32)
         y = selective_scan(x, delta, A, B, C, D=D, z=z, delta_softplus=True, impl=self.scan_impl)
         return nn.Dense(self.d_model, use_bias=False, dtype=self.dtype, name="out_proj")(y)

@@ -23,6 +23,6 @@ class SplitDense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], sum(self.sizes)))
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], sum(self.sizes)), jnp.float32)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         return tuple(x @ block for block in jnp.split(kernel, np.cumsum(self.sizes)[:-1], axis=1))

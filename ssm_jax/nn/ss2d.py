@@ -70,7 +70,7 @@ class SS2D(nn.Module):
         self.dt_projs_weight = self.param("dt_projs_weight", symmetric_uniform(r ** -0.5), (k, r, d))
         self.dt_projs_bias = self.param("dt_projs_bias", dt_bias_init(self.dt_min, self.dt_max), (k, d))
         self.A_logs = self.param("A_logs", s4d_real_log_init, (k * d, n))
-        self.Ds = self.param("Ds", nn.initializers.ones, (k * d,))
+        self.Ds = self.param("Ds", nn.initializers.ones, (k * d,), jnp.float32)
         self.out_norm = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)
         self.out_proj = nn.Dense(self.d_model, use_bias=False, kernel_init=self.dense_init, dtype=self.dtype)
 
