@@ -63,8 +63,9 @@ def _expect_float(name: str, x) -> None:
 
 def validate_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> ScanInputs:
     """Check shapes and dtypes; return the inputs with B and C in grouped form (batch, L, G, N)."""
-    for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
-        if not hasattr(x, "shape"):
+    for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias)):
+        if x is not None and not hasattr(x, "shape"):
             raise ValueError(f"selective_scan: `{name}` must be an array, got {type(x).__name__}")
     if u.ndim != 3:
         raise ValueError(f"selective_scan: `u` has shape {tuple(u.shape)}, expected (batch, length, dim)")
@@ -250,7 +251,8 @@ def resolve_impl(impl: str) -> str:
 
 def _check_order(order, groups: int, length: int) -> jax.Array:
     """Shape and dtype always; each row a permutation of 0..L-1 where ``order`` is known (not traced): a repeated or
-    out-of-range position would scan some steps twice and others never, or read outside the sequence."""
+    out-of-range position would scan some steps twice and others never, or read outside the sequence. A traced
+    ``order`` (an argument of a jitted function) cannot be checked: close over it as a constant instead."""
     try:
         rows = np.asarray(order)
     except jax.errors.TracerArrayConversionError:  # an argument of a jitted function: its values are not known yet
@@ -289,7 +291,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         ``pallas``).
       impl: one of ``IMPLS``; chunk_size: steps per chunk for ``chunked``.
       order: optional (G, L) integers, each row a permutation of 0..L-1: group g is scanned in the order
-        order[g] (module docstring).
+        order[g] (module docstring). Checked where its values are known: under ``jax.jit`` close over it (a NumPy
+        array, e.g. from ``scan_orders``) rather than pass it as an argument, which goes unchecked.
       sum_groups: return y summed over the G groups of B and C, (batch, L, D / G): channel j is the sum of the
         groups' channels g * D / G + j, added at the arithmetic's precision (SS2D's merge of its K directions).
         The Pallas backward then reads y's gradient as it comes, one group wide, not broadcast to every group.
@@ -300,7 +303,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     impl = resolve_impl(impl)
     x = validate_inputs(u, delta, A, B, C, D, z, delta_bias)
     groups = x.B.shape[2]
-    if x.u.shape[1] == 0:  # nothing to scan: the state stays zero
+    if 0 in (x.u.shape[0], x.u.shape[1]):  # no row or no step: nothing to scan, the state stays zero
         last = jnp.zeros((x.u.shape[0], x.delta.shape[2], x.A.shape[1]), compute_dtype(x.u.dtype))
         y = jnp.zeros((*x.delta.shape[:2], x.delta.shape[2] // groups if sum_groups else x.delta.shape[2]),
                       x.u.dtype)

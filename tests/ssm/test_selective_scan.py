@@ -138,6 +138,8 @@ def test_auto_is_sequential_on_cpu():
         (dict(z=np.zeros((2, 17), np.float32)), r"`z` has shape \(2, 17\), expected \(2, 17, 5\)"),
         (dict(u=np.zeros((2, 17, 5), np.int32)), r"`u` has dtype int32, expected a floating dtype"),
         (dict(u=np.zeros((17, 5), np.float32)), r"`u` has shape \(17, 5\), expected \(batch, length, dim\)"),
+        (dict(D=1.0), r"`D` must be an array, got float"),
+        (dict(delta_bias=[0.0] * 5), r"`delta_bias` must be an array, got list"),
     ],
 )
 def test_bad_input_names_the_argument(override, match):

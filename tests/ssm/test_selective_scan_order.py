@@ -77,6 +77,15 @@ def test_a_traced_order_with_numpy_inputs():
     assert rel_err(y, reference(x)[0]) < 1e-5
 
 
+def test_an_order_closed_over_under_jit_is_checked():
+    """As README's recipe has it: a NumPy order captured by the jitted function is a constant, so it is checked."""
+    bad = ORDER.copy()
+    bad[0, 0] = LENGTH + 5
+    x = inputs()
+    with pytest.raises(ValueError, match=r"`order` row 0 is not a permutation"):
+        jax.jit(lambda u: selective_scan(**{**x, "u": u}, impl="sequential", order=bad))(x["u"])
+
+
 def test_an_empty_sequence_scans_to_nothing():
     x = {k: v[:, :0] if k in ("u", "delta", "z", "B", "C") else v for k, v in inputs().items()}
     for impl in ("sequential", "associative", "chunked", "pallas"):
@@ -84,3 +93,11 @@ def test_an_empty_sequence_scans_to_nothing():
         assert y.shape == (BATCH, 0, DIM) and last.shape == (BATCH, DIM, N) and not np.asarray(last).any()
         summed = selective_scan(**x, impl=impl, sum_groups=True)
         assert summed.shape == (BATCH, 0, DIM // x["B"].shape[2])
+
+
+def test_an_empty_batch_scans_to_nothing():
+    """No rows (a filtered batch came out empty): every impl, the Pallas kernel included, returns empty outputs."""
+    x = {k: v[:0] if k in ("u", "delta", "z", "B", "C") else v for k, v in inputs().items()}
+    for impl in ("sequential", "associative", "chunked", "pallas"):
+        y, last = selective_scan(**x, return_last_state=True, impl=impl, order=ORDER)
+        assert y.shape == (0, LENGTH, DIM) and last.shape == (0, DIM, N), impl
