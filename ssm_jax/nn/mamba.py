@@ -25,7 +25,7 @@ class MambaMixer(nn.Module):
     d_model: int
     d_state: int = 16
     d_conv: int = 4
-    expand: int = 2
+    expand: float = 2  # d_inner = int(expand * d_model), as mamba_ssm
     dt_rank: int | str = "auto"
     scan_impl: str = "auto"
     dt_min: float = 1e-3
@@ -34,7 +34,10 @@ class MambaMixer(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        d, n = self.expand * self.d_model, self.d_state
+        if x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"MambaMixer: input has shape {tuple(x.shape)}, expected (batch, length, "
+                             f"d_model={self.d_model}); a 2-D map goes through SS2D, or is flattened to a sequence")
+        d, n = int(self.expand * self.d_model), self.d_state
         r = resolve_dt_rank(self.dt_rank, self.d_model)
         x, z = SplitDense((d, d), dtype=self.dtype, name="in_proj")(x)
         x = nn.Conv(d, (self.d_conv,), padding=[(self.d_conv - 1, 0)], feature_group_count=d, dtype=self.dtype,

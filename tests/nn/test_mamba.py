@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ssm_jax.nn import MambaMixer
 
@@ -24,3 +25,12 @@ def test_mixer_causal_and_impls_agree():
     np.testing.assert_allclose(y_assoc, y_seq, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(y_changed[:, :7], y_assoc[:, :7], rtol=1e-6, atol=1e-7)  # causal
     assert not np.allclose(y_changed[:, 7:], y_assoc[:, 7:])
+
+
+def test_input_shape_is_checked_and_expand_may_be_fractional():
+    mixer = MambaMixer(8, d_state=2, expand=1.5, scan_impl="sequential")
+    variables = mixer.init(jax.random.key(0), jnp.ones((1, 5, 8)))
+    assert variables["params"]["A_log"].shape == (12, 2)
+    with pytest.raises(ValueError, match=r"MambaMixer: input has shape \(2, 3, 3, 8\), expected \(batch, length, "
+                                         r"d_model=8\)"):
+        mixer.apply(variables, jnp.ones((2, 3, 3, 8)))
