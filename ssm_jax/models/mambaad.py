@@ -290,17 +290,19 @@ class MambaAD(nn.Module):
         if self.encoder not in RESNET_ARCHS:
             raise ValueError(f"unknown MambaAD encoder {self.encoder!r}; valid: {sorted(RESNET_ARCHS)}")
         block, layers, width = RESNET_ARCHS[self.encoder]
+        for depth in self.decoder_depths:  # said before anything is traced
+            lss_layout(depth)
+        widths = tuple(64 * 2 ** stage * (4 if block == "bottleneck" else 1) for stage in (2, 1, 0))
+        if tuple(self.decoder_dims[1:]) != widths:
+            raise ValueError(f"MambaAD: decoder_dims {tuple(self.decoder_dims)} do not reconstruct the {self.encoder} "
+                             f"features ({widths[::-1]} channels at H/4, H/8, H/16); expected decoder_dims="
+                             f"({self.decoder_dims[0]}, {', '.join(map(str, widths))})")
         encoder = ResNet(block, layers, width, ENCODER_STAGES, self.dtype, name="encoder")
         feats = [jax.lax.stop_gradient(f) for f in encoder(images, train=False)]
         x = MFFBottleneck(self.decoder_dims[0], dtype=self.dtype, name="bottleneck")(feats, train)
         decoded = MambaDecoder(self.decoder_dims, self.decoder_depths, self.d_state, self.ssm_ratio, self.drop_path,
                                self.scan_method, self.directions, self.scan_impl, tuple(self.local_kernels),
                                self.dtype, self.fused_directions, name="decoder")(x, train)
-        for e, d in zip(feats, decoded):
-            if e.shape[-1] != d.shape[-1]:
-                raise ValueError(f"decoder output has {d.shape[-1]} channels but the {self.encoder} feature it "
-                                 f"reconstructs has {e.shape[-1]}; set decoder_dims[1:] to the encoder's stage "
-                                 f"widths reversed")
         return {"encoder": feats, "decoder": decoded}
 
 

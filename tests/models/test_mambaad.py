@@ -131,3 +131,23 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="unknown MambaAD encoder 'vgg16'"):
         jax.eval_shape(build_mambaad(mambaad_model_config(encoder="vgg16")).init, jax.random.key(0),
                        jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+
+
+def test_config_mistakes_are_named_before_any_layer_is_traced(monkeypatch):
+    """A bad depth of any stage, and decoder widths that do not fit the encoder (a resnet50 with the resnet34
+    defaults), are said with the tuple to set, before the encoder is traced (tens of seconds on a CPU at full size)."""
+    from ssm_jax.models import resnet
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the encoder was traced before the config was checked")
+
+    monkeypatch.setattr(resnet.ResNet, "__call__", not_reached)
+    images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    late_depth = build_mambaad(mambaad_model_config(**{**TINY, "decoder_depths": (2, 2, 2, 5)}))
+    with pytest.raises(ValueError, match=r"decoder depth 5 is not divisible by 3 or 2"):
+        jax.eval_shape(late_depth.init, jax.random.key(0), images)
+    bottleneck = build_mambaad(mambaad_model_config(**{**TINY, "encoder": "resnet50",
+                                                        "decoder_dims": (512, 256, 128, 64)}))
+    with pytest.raises(ValueError, match=r"decoder_dims \(512, 256, 128, 64\) do not reconstruct the resnet50 features "
+                                         r"\(\(256, 512, 1024\) channels .*expected decoder_dims=\(512, 1024, 512, 256\)"):
+        jax.eval_shape(bottleneck.init, jax.random.key(0), images)
