@@ -102,6 +102,9 @@ def reference_count(num_patches: int, ratio: float) -> int:
     """Python's ``round(num_patches * ratio)`` (as the official code), checked to leave the intra-residual defined
     (at least 2 references) and a sequence for the navigated Mamba (at least 1 non-reference patch)."""
     count = round(num_patches * ratio)
+    if num_patches < 3:
+        raise ValueError(f"the feature map has {num_patches} patch{'es' * (num_patches != 1)}; the intra-residual "
+                         f"needs at least 3 (2 references and a patch to compare): use larger images")
     if not 2 <= count <= num_patches - 1:
         raise ValueError(f"self_ratio={ratio} gives {count} reference patches of {num_patches}; need between 2 and "
                          f"{num_patches - 1} (raise or lower self_ratio, or use a larger feature map)")

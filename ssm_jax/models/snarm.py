@@ -279,6 +279,9 @@ class SNARM(nn.Module):
     def __call__(self, images, train: bool = False, query_groups=None):
         features = self.patch_features(images)
         b, height, width, c = features.shape
+        if query_groups is not None and jnp.shape(query_groups) != (b,):
+            raise ValueError(f"SNARM: query_groups has shape {jnp.shape(query_groups)}, expected ({b},): one bank "
+                             f"image_index per image, whose rows that image's search leaves out")
         groups = None if query_groups is None else jnp.repeat(jnp.asarray(query_groups, jnp.int32), height * width)
         rows = self.bank.value.shape[0]  # the bank passed in, whatever ``bank_size`` (its shape at init) says
         inter = inter_residuals(features.reshape(-1, c), self.bank.value, min(self.num_neighbours, rows),

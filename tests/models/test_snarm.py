@@ -173,6 +173,16 @@ def test_bad_settings_are_named():
         jax.eval_shape(tiny(feature_dim=33).init, jax.random.key(0), images)
     with pytest.raises(ValueError, match=r"expected \(batch, height, width, 3\)"):
         jax.eval_shape(tiny().init, jax.random.key(0), jnp.zeros((64, 64, 3)))
+    with pytest.raises(ValueError, match=r"the feature map has 1 patch; the intra-residual needs at least 3 .*use "
+                                         r"larger images"):
+        jax.eval_shape(tiny().init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_query_groups_of_another_length_are_named(model_and_variables):
+    model, variables, images = model_and_variables
+    with pytest.raises(ValueError, match=r"SNARM: query_groups has shape \(3,\), expected \(2,\): one bank "
+                                         r"image_index per image"):
+        model.apply(variables, images, query_groups=jnp.arange(3))
 
 
 def test_the_bank_passed_in_is_the_one_searched(model_and_variables):
