@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _EPS = 1e-8
 
@@ -21,10 +22,12 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0, class_weights=No
     target + e / K. ``class_weights`` (K,) multiplies each image's term by the weight of its class; the mean stays
     over images (not over the batch's summed weights, as PyTorch's weighted mean does), so micro-batch means still
     average to the batch mean (gradient accumulation) and weights whose mean over the training images is 1
-    (``"balanced"``) keep the loss scale.
+    (``"balanced"``) keep the loss scale. A label outside 0..K-1 is refused where its value is known, and gives a
+    NaN loss under ``jax.jit`` (never another class's term).
     """
+    _check_labels(logits, labels)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    labels = labels.astype(jnp.int32)
+    labels = jnp.asarray(labels).astype(jnp.int32)
     if ordinal:
         distance = jnp.arange(logp.shape[-1])[None, :] - labels[:, None]
         loss = -jnp.sum(jax.nn.softmax(-ordinal * distance.astype(jnp.float32) ** 2, axis=-1) * logp, axis=-1)
@@ -34,7 +37,25 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0, class_weights=No
         loss = (1 - label_smoothing) * loss - label_smoothing * jnp.mean(logp, axis=-1)
     if class_weights is not None:
         loss = loss * jnp.asarray(class_weights, jnp.float32)[labels]
-    return jnp.mean(loss)
+    in_range = (labels >= 0) & (labels < logp.shape[-1])  # -1 would otherwise index the last class
+    return jnp.mean(jnp.where(in_range, loss, jnp.nan))
+
+
+def _check_labels(logits, labels) -> None:
+    """Integer labels (B,) for logits (B, K); their range too where they are not traced."""
+    shape, dtype = jnp.shape(labels), jnp.result_type(labels)
+    if jnp.ndim(logits) != 2 or shape != jnp.shape(logits)[:1] or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"cross_entropy: labels of shape {shape} and dtype {dtype} for logits of shape "
+                         f"{jnp.shape(logits)}; expected integer class indices of shape (batch,) and logits "
+                         f"(batch, classes) (one-hot labels: labels.argmax(-1))")
+    try:
+        values = np.asarray(labels)
+    except jax.errors.TracerArrayConversionError:
+        return
+    outside = values[(values < 0) | (values >= logits.shape[-1])]
+    if outside.size:
+        raise ValueError(f"cross_entropy: label {int(outside[0])} is outside 0..{logits.shape[-1] - 1} (the logits' "
+                         f"{logits.shape[-1]} classes)")
 
 
 def _unit(x):

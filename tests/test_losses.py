@@ -211,3 +211,17 @@ def test_binary_focal_loss_matches_reference(gamma, alpha):
     assert grad[0] > 0 and grad[1] < 0
     with pytest.raises(ValueError, match="logits .* and targets .* differ"):
         binary_focal_loss(jnp.zeros(3), jnp.zeros(4))
+
+
+def test_labels_of_another_shape_or_range_are_named():
+    """One-hot labels, and -1 or K, are refused while known; under jit a label out of range gives a NaN loss, not
+    another class's term (-1 used to read the last class)."""
+    logits = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4)), jnp.float32)
+    with pytest.raises(ValueError, match=r"labels of shape \(2, 4\) and dtype float32 .*one-hot labels: "
+                                         r"labels.argmax\(-1\)"):
+        cross_entropy(logits, jax.nn.one_hot(jnp.array([0, 3]), 4))
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match=rf"label {bad} is outside 0..3"):
+            cross_entropy(logits, jnp.array([0, bad]))
+        assert np.isnan(jax.jit(cross_entropy)(logits, jnp.array([0, bad])))
+    assert np.isfinite(jax.jit(cross_entropy)(logits, jnp.array([0, 3])))
