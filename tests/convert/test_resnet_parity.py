@@ -117,6 +117,8 @@ def test_checkpoint_with_objects_is_refused_unless_trusted(resnet18, tmp_path, m
     assert_same_variables(from_torch("resnet18", whole)[1], expected)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")  # torch's, making the file
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_a_torchscript_archive_is_named_and_loads_when_trusted(resnet18, tmp_path, monkeypatch):
     state, expected = resnet18
     model = torch_resnet("resnet18")
