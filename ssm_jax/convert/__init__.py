@@ -35,12 +35,13 @@ CONVERTERS: dict[str, Converter] = {
 }
 
 
-def from_torch(kind: str, path_or_state_dict) -> tuple[ml_collections.ConfigDict, dict]:
-    """(config, variables) of a ``kind`` model from a torch checkpoint path or state dict."""
+def from_torch(kind: str, path_or_state_dict, **options) -> tuple[ml_collections.ConfigDict, dict]:
+    """(config, variables) of a ``kind`` model from a torch checkpoint path or state dict; ``options`` go to its
+    converter (a ResNet's ``out_stages``, e.g. (1, 2, 3) for a backbone cut after layer3, and ``prefix``)."""
     if kind not in CONVERTERS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {sorted(CONVERTERS)}")
     try:
-        return CONVERTERS[kind](load_state_dict(path_or_state_dict))
+        return CONVERTERS[kind](load_state_dict(path_or_state_dict), **options)
     except ConversionError as err:  # name the file: a script converting several would not say which one failed
         if isinstance(path_or_state_dict, (str, os.PathLike)):
             raise err.of(str(Path(path_or_state_dict).expanduser())) from None

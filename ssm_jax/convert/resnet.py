@@ -43,6 +43,11 @@ def convert_resnet(state: dict[str, np.ndarray], arch: str, out_stages: Sequence
         held, archs = resnet_held(state)
         if held and arch not in archs:
             raise err.naming(f"the checkpoint holds {held}, not a {arch}") from None
+        last = max((int(m[1]) for key in state if (m := re.match(r"layer(\d)\.", key))), default=0)
+        if held and 0 < last < max(out_stages):
+            raise err.naming(f"the checkpoint stops at layer{last} (a cut backbone): convert it with "
+                             f"out_stages={tuple(range(1, last + 1))}, e.g. from_torch({arch!r}, path, "
+                             f"out_stages={tuple(range(1, last + 1))})") from None
         raise
     return ml_collections.ConfigDict({"arch": arch, "out_stages": tuple(out_stages)}), variables
 

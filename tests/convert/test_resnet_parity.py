@@ -278,6 +278,21 @@ def test_a_resnet_of_no_known_arch_is_described():
         from_torch("resnet50", state)
 
 
+def test_a_cut_backbone_converts_with_its_stages_and_is_named_without_them():
+    """A timm ``features_only`` backbone cut after layer3: from_torch with out_stages (1, 2, 3) gives the full
+    network's first three stages; without them the error says where the file stops and what to pass."""
+    full = torch_resnet("resnet34").state_dict()
+    cut = {key: value for key, value in full.items() if not key.startswith(("layer4.", "fc."))}
+    config, variables = from_torch("resnet34", cut, out_stages=(1, 2, 3))
+    assert tuple(config.out_stages) == (1, 2, 3)
+    full_variables = from_torch("resnet34", full)[1]
+    for collection, tree in variables.items():
+        assert_same_variables(tree, {k: v for k, v in full_variables[collection].items() if k in tree})
+    with pytest.raises(ConversionError, match=r"^the checkpoint stops at layer3 \(a cut backbone\): convert it with "
+                                              r"out_stages=\(1, 2, 3\), e.g. from_torch\('resnet34', path, "):
+        from_torch("resnet34", cut)
+
+
 def test_encoder_weights_of_another_resnet_say_which_it_holds(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(torch_resnet("resnet18", 2).state_dict(), path)
