@@ -73,7 +73,8 @@ def test_parameters_stay_float32_with_x64_on(tmp_path):
         "                                             directions=2)),\n"
         "          build_snarm(snarm_model_config(encoder='resnet18', d_state=1))]\n"
         "trees = [jax.eval_shape(m.init, key, images) for m in models]\n"
-        "trees.append(jax.eval_shape(MambaMixer(8, d_state=2).init, key, jax.ShapeDtypeStruct((1, 5, 8), jnp.float32)))\n"
+        "sequence = jax.ShapeDtypeStruct((1, 5, 8), jnp.float32)\n"
+        "trees.append(jax.eval_shape(MambaMixer(8, d_state=2).init, key, sequence))\n"
         "wide = {jax.tree_util.keystr(p): x.dtype for tree in trees\n"
         "        for p, x in jax.tree_util.tree_leaves_with_path(tree) if x.dtype == jnp.float64}\n"
         "print(wide or 'all float32')\n")

@@ -148,6 +148,7 @@ def test_config_mistakes_are_named_before_any_layer_is_traced(monkeypatch):
         jax.eval_shape(late_depth.init, jax.random.key(0), images)
     bottleneck = build_mambaad(mambaad_model_config(**{**TINY, "encoder": "resnet50",
                                                         "decoder_dims": (512, 256, 128, 64)}))
-    with pytest.raises(ValueError, match=r"decoder_dims \(512, 256, 128, 64\) do not reconstruct the resnet50 features "
-                                         r"\(\(256, 512, 1024\) channels .*expected decoder_dims=\(512, 1024, 512, 256\)"):
+    with pytest.raises(ValueError, match=r"decoder_dims \(512, 256, 128, 64\) do not reconstruct the resnet50 "
+                                         r"features \(\(256, 512, 1024\) channels .*expected "
+                                         r"decoder_dims=\(512, 1024, 512, 256\)"):
         jax.eval_shape(bottleneck.init, jax.random.key(0), images)
