@@ -33,7 +33,7 @@ def read_encoder_weights(arch: str, path: str, last_stage: int = 4) -> dict:
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config.model.encoder_weights={path!r}: no such file; expected a torchvision/timm "
-                                f"{arch} state_dict (.pth/.pt or .npz)")
+                                f"{arch} state_dict (.pth/.pt, .safetensors or .npz)")
     try:
         state = load_state_dict(path)
         prefix = "net_t." if "conv1.weight" not in state and "net_t.conv1.weight" in state else ""
