@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from ssm_jax.models.fields import model_fields, with_defaults
-from ssm_jax.models.resnet import RESNET_ARCHS, Block, ResNet, conv_init
+from ssm_jax.models.resnet import RESNET_ARCHS, Block, ResNet, conv_init, stage_channels
 from ssm_jax.nn.drop import DropPath
 from ssm_jax.nn.resample import gaussian_blur, upsample_bilinear_align_corners
 from ssm_jax.nn.ss2d import SS2D
@@ -292,7 +292,7 @@ class MambaAD(nn.Module):
         block, layers, width = RESNET_ARCHS[self.encoder]
         for depth in self.decoder_depths:  # said before anything is traced
             lss_layout(depth)
-        widths = tuple(64 * 2 ** stage * (4 if block == "bottleneck" else 1) for stage in (2, 1, 0))
+        widths = stage_channels(self.encoder)[2::-1]  # the decoder's stages go H/16 -> H/4: layer3 -> layer1
         if tuple(self.decoder_dims[1:]) != widths:
             raise ValueError(f"MambaAD: decoder_dims {tuple(self.decoder_dims)} do not reconstruct the {self.encoder} "
                              f"features ({widths[::-1]} channels at H/4, H/8, H/16); expected decoder_dims="

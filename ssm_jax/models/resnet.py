@@ -24,6 +24,17 @@ RESNET_ARCHS = {
 
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
+
+def stage_planes(stage: int) -> int:
+    """A stage's block width before expansion: torchvision's 64, 128, 256, 512 for stages 1-4."""
+    return 64 * 2 ** (stage - 1)
+
+
+def stage_channels(arch: str) -> tuple[int, ...]:
+    """Output channels of each stage of ``arch`` (stage 1 first): its planes x the block's expansion."""
+    block, layers, _ = RESNET_ARCHS[arch]
+    return tuple(stage_planes(stage) * EXPANSION[block] for stage in range(1, len(layers) + 1))
+
 # torchvision's init: He normal (fan_out) for convs; BatchNorm scale 1, bias 0 (flax's defaults).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -95,10 +106,9 @@ class ResNet(nn.Module):
         x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=_pad(3))  # pads with -inf
         features = {}
         for stage in range(1, max(self.out_stages) + 1):
-            planes = 64 * 2 ** (stage - 1)
             for j in range(self.layers[stage - 1]):
                 stride = 2 if stage > 1 and j == 0 else 1
-                x = Block(self.block, planes, stride, self.width_per_group, self.dtype,
+                x = Block(self.block, stage_planes(stage), stride, self.width_per_group, self.dtype,
                           name=f"layer{stage}_{j}")(x, train)
             features[stage] = x
         return [features[s] for s in self.out_stages]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ssm_jax.models import RESNET_ARCHS, ResNet, build_resnet
+from ssm_jax.models.resnet import stage_channels
 
 KEY = jax.random.key(0, impl="rbg")  # threefry init compiles for seconds on CPU
 IMAGES = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), jnp.float32)
@@ -22,6 +23,7 @@ def test_stage_shapes(arch):
     assert [f.shape for f in features] == [(2, 64 // 2 ** (s + 1), 64 // 2 ** (s + 1), channels[s - 1])
                                            for s in (1, 2, 3, 4)]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+    assert stage_channels(arch) == tuple(f.shape[-1] for f in features)  # what MambaAD checks its decoder against
 
 
 def test_wide_bottleneck_width():
