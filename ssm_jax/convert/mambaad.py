@@ -38,7 +38,8 @@ def _nested(torch_prefix: str, scope: str, rules: list[Rule]) -> list[Rule]:
                  .replace("batch_stats/", f"batch_stats/{scope}/", 1), r.transform) for r in rules]
 
 
-_ENCODER = _nested(r"net_t\.", "encoder", RESNET_RULES)
+ENCODER_PREFIX = "net_t."  # the frozen ImageNet ResNet's keys in an official checkpoint
+_ENCODER = _nested(re.escape(ENCODER_PREFIX), "encoder", RESNET_RULES)
 _BOTTLENECK = _nested(r"mff_oce\.", "bottleneck", [
     Rule(r"conv(1|2|21|31|f)\.weight", "params/conv{1}/kernel", "conv"),
     Rule(r"conv(21|31|f)\.bias", "params/conv{1}/bias"),
@@ -95,7 +96,8 @@ def _entry(state, key: str) -> np.ndarray:
 
 def _encoder_arch(state) -> str:
     """The ResNet arch of ``net_t.*``, read from its stages 1-3 (MambaAD's encoder stops there)."""
-    held, archs = resnet_held({key[len("net_t."):]: value for key, value in state.items() if key.startswith("net_t.")})
+    held, archs = resnet_held({key.removeprefix(ENCODER_PREFIX): value for key, value in state.items()
+                               if key.startswith(ENCODER_PREFIX)})
     if len(archs) != 1:
         raise ValueError(f"the encoder net_t.* is {held or 'no ResNet'}; expected the first stages of one of "
                          f"{sorted(RESNET_ARCHS)}")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ssm_jax.convert import ConversionError, load_state_dict
+from ssm_jax.convert.mambaad import ENCODER_PREFIX
 from ssm_jax.convert.resnet import convert_resnet
 
 
@@ -36,7 +37,8 @@ def read_encoder_weights(arch: str, path: str, last_stage: int = 4) -> dict:
                                 f"{arch} state_dict (.pth/.pt, .safetensors or .npz)")
     try:
         state = load_state_dict(path)
-        prefix = "net_t." if "conv1.weight" not in state and "net_t.conv1.weight" in state else ""
+        official = "conv1.weight" not in state and f"{ENCODER_PREFIX}conv1.weight" in state  # a MambaAD checkpoint
+        prefix = ENCODER_PREFIX if official else ""
         return convert_resnet(state, arch, out_stages=(last_stage,), prefix=prefix)[1]
     except ConversionError as err:
         raise ValueError(f"config.model.encoder_weights={path!r} does not hold the {arch} stages 1-{last_stage} that "
