@@ -126,9 +126,10 @@ def _to_numpy(key: str, value: Any, source: str) -> np.ndarray:
     return array
 
 
-def _torch_load(path: Path):
+def _torch_load(path: Path, torchscript: bool = False):
     """The object in a torch file, unpickling tensors and plain containers only: anything else would run code from
-    the file, so it is refused unless the user opts in with torch's own ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``."""
+    the file (a ``torchscript`` archive always), so it is refused unless the user opts in with torch's own
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``."""
     try:
         import torch
     except ImportError as e:
@@ -139,7 +140,7 @@ def _torch_load(path: Path):
         raise ValueError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}; torch.save writes a zip "
                          f"archive or a pickle): expected the .pth / .pt file of a model's state_dict")
     trusted = os.environ.get(UNSAFE_LOAD_ENV, "").lower() in ("1", "true", "y", "yes")
-    if head.startswith(b"PK\x03\x04") and _is_torchscript(path):
+    if torchscript:
         if trusted:
             return torch.jit.load(path, map_location="cpu")
         raise ValueError(f"{path} is a TorchScript archive (torch.jit.save); loading it runs its code. If you trust "
@@ -186,8 +187,9 @@ def _safetensors_load(path: Path) -> dict[str, np.ndarray]:
 
 
 def _file_kind(path: Path) -> str:
-    """"npz", "safetensors" or "torch": by the suffix for the first two, else by the first bytes (weights files
-    are often renamed: an .npz or a safetensors file saved as .pth)."""
+    """"npz", "safetensors", "torchscript" or "torch": by the suffix for the first two, else by the first bytes and
+    a zip's member names (weights files are often renamed: an .npz or a safetensors file saved as .pth; a TorchScript
+    archive holds the model's code beside ``constants.pkl``)."""
     if path.suffix in (".npz", ".safetensors"):
         return path.suffix[1:]
     with open(path, "rb") as f:
@@ -202,6 +204,8 @@ def _file_kind(path: Path) -> str:
             return "torch"  # torch.load names the damage
         if names and all(name.endswith(".npy") for name in names):
             return "npz"
+        if any(name.endswith("/constants.pkl") for name in names):
+            return "torchscript"
     return "torch"
 
 
@@ -211,15 +215,6 @@ def _npz_load(path: Path) -> dict[str, np.ndarray]:
             return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"cannot read {path} as .npz (truncated or corrupt?): {type(e).__name__}: {e}") from e
-
-
-def _is_torchscript(path: Path) -> bool:
-    """A torch.jit.save archive: a zip holding the model's code and ``constants.pkl``."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/constants.pkl") for name in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
 
 
 def _state_dict_of(value):
@@ -275,7 +270,7 @@ def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
             raise FileNotFoundError(f"no checkpoint file at {path}")
         kind = _file_kind(path)
         state = (_npz_load(path) if kind == "npz" else _safetensors_load(path) if kind == "safetensors"
-                 else _state_dict_of(_torch_load(path)))
+                 else _state_dict_of(_torch_load(path, torchscript=kind == "torchscript")))
         source = str(path)
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
