@@ -97,8 +97,10 @@ class Source:
     def check_mask_sizes(self) -> None:
         """Every mask against its image, from the files' headers (milliseconds each): a run is told before training
         rather than at its evaluation, where ``decode`` would stop on the first. Only an anomaly task reads masks."""
+        if self.task != ANOMALY:
+            return
         for record in self.records:
-            if self.task == ANOMALY and record.mask_path is not None:
+            if record.mask_path is not None:
                 _require_mask_size(record)
 
     def decode(self, record: Record, size: int | None = None) -> dict:
