@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+import string
 import struct
 import warnings
 import zipfile
@@ -72,14 +73,20 @@ def batchnorm_rules(torch: str, flax: str) -> list[Rule]:
 
 
 class ConversionError(ValueError):
-    """A state dict that does not fill the Flax template: names every missing, unexpected and mis-shaped key."""
+    """A state dict that does not fill the Flax template: names every missing, unexpected and mis-shaped key.
+
+    ``missing`` holds Flax paths; ``expected_keys`` maps those of them that a rule can be read backwards for to the
+    torch key that would fill them, which the message shows beside the path."""
 
     def __init__(self, missing: Sequence[str] = (), unexpected: Sequence[str] = (), mismatched: Sequence[str] = (),
-                 duplicated: Sequence[str] = (), found: str = "", source: str = ""):
+                 duplicated: Sequence[str] = (), found: str = "", source: str = "",
+                 expected_keys: Mapping[str, str] | None = None):
         self.missing, self.unexpected = list(missing), list(unexpected)
         self.mismatched, self.duplicated = list(mismatched), list(duplicated)
-        self.found, self.source = found, source
-        sections = [("missing (Flax leaves no torch key fills)", self.missing),
+        self.found, self.source, self.expected_keys = found, source, dict(expected_keys or {})
+        missing_shown = [f"{path} (torch key {self.expected_keys[path]})" if path in self.expected_keys else path
+                         for path in self.missing]
+        sections = [("missing (Flax leaves no torch key fills)", missing_shown),
                     ("unexpected (torch keys no rule or ignore pattern matches)", self.unexpected),
                     ("shape mismatches (key: torch shape -> transformed shape, expected flax shape)", self.mismatched),
                     ("filled more than once (flax path: torch keys)", self.duplicated)]
@@ -88,13 +95,19 @@ class ConversionError(ValueError):
         super().__init__(f"{whose}{first}state dict does not match the Flax variables:\n" + "\n".join(
             _section(title, items) for title, items in sections if items) + _prefix_hint(self.unexpected, self.missing))
 
+    def _with(self, **changes) -> ConversionError:
+        fields = dict(missing=self.missing, unexpected=self.unexpected, mismatched=self.mismatched,
+                      duplicated=self.duplicated, found=self.found, source=self.source,
+                      expected_keys=self.expected_keys)
+        return ConversionError(**{**fields, **changes})
+
     def naming(self, what: str) -> ConversionError:
         """The same error, first saying ``what`` the checkpoint holds (a reader's likely fix)."""
-        return ConversionError(self.missing, self.unexpected, self.mismatched, self.duplicated, what, self.source)
+        return self._with(found=what)
 
     def of(self, source: str) -> ConversionError:
         """The same error, naming the file (or object) the state dict came from."""
-        return ConversionError(self.missing, self.unexpected, self.mismatched, self.duplicated, self.found, source)
+        return self._with(source=source)
 
 
 def _prefix_hint(unexpected: list[str], missing: list[str]) -> str:
@@ -326,5 +339,86 @@ def convert_state_dict(state: dict[str, np.ndarray], rules: Sequence[Rule], temp
     missing = [path for path in leaves if path not in filled]
     duplicated = [f"{path}: {', '.join(keys)}" for path, keys in filled.items() if len(keys) > 1]
     if missing or unexpected or mismatched or duplicated:
-        raise ConversionError(missing, unexpected, mismatched, duplicated)
+        expected = {path: key for path in missing if (key := torch_key_for(path, rules)) is not None}
+        raise ConversionError(missing, unexpected, mismatched, duplicated, expected_keys=expected)
     return unflatten_dict({tuple(path.split("/")): array for path, array in out.items()})
+
+
+def torch_key_for(path: str, rules: Sequence[Rule]) -> str | None:
+    """The torch key that the first rule able to would place at Flax ``path``, read backwards: the target's
+    ``{i}`` fields give the pattern's groups, and a pattern that is otherwise literal (escapes, groups,
+    backreferences) spells the key. None where no rule is literal enough (``conv\\d``: which digit?)."""
+    for rule in rules:
+        groups = _target_fields(rule.target, path)
+        key = None if groups is None else _spell(rule.pattern, groups)
+        if key is None or not (match := re.fullmatch(rule.pattern, key)):
+            continue
+        if rule.target.format(match.group(0), *match.groups(), **match.groupdict()) == path:
+            return key
+    return None
+
+
+def _target_fields(target: str, path: str) -> dict[str, str] | None:
+    """The values of ``target``'s fields (``{1}``, ``{name}``) that make it read ``path``, or None."""
+    regex, seen = "", set()
+    for literal, field, _, _ in string.Formatter().parse(target):
+        regex += re.escape(literal)
+        if field is not None:
+            name = f"f{field}" if field.isdigit() else field
+            regex += f"(?P={name})" if name in seen else f"(?P<{name}>[^/]+?)"
+            seen.add(name)
+    match = re.fullmatch(regex, path)
+    return None if match is None else {k.removeprefix("f") if k[1:].isdigit() else k: v
+                                       for k, v in match.groupdict().items()}
+
+
+def _spell(pattern: str, groups: Mapping[str, str]) -> str | None:
+    """The one string ``pattern`` matches when its capturing groups hold ``groups`` (by number, or by name), or None
+    where anything else in it could match more than one string."""
+    out, named, number, i = [], {}, 0, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            nxt = pattern[i + 1:i + 2]
+            if nxt.isdigit():
+                out.append(groups.get(nxt))
+            elif nxt.isalnum() or not nxt:
+                return None  # a class (\d, \w) or an anchor
+            else:
+                out.append(nxt)
+            i += 2
+        elif char == "(":
+            end = _closing(pattern, i)
+            head = re.match(r"\(\?P=(\w+)\)", pattern[i:end + 1])
+            if head:  # a named backreference
+                out.append(named.get(head.group(1)))
+            elif pattern.startswith("(?", i) and not pattern.startswith("(?P<", i):
+                return None  # non-capturing, lookaround or flags
+            else:
+                number += 1
+                name = re.match(r"\(\?P<(\w+)>", pattern[i:])
+                out.append(groups.get(str(number), groups.get(name.group(1)) if name else None))
+                if name:
+                    named[name.group(1)] = out[-1]
+                number += len(re.findall(r"(?<!\\)\((?!\?)|(?<!\\)\(\?P<", pattern[i + 1:end]))
+            i = end + 1
+        elif char in ".[]{}*+?|^$":
+            return None
+        else:
+            out.append(char)
+            i += 1
+    return None if any(part is None for part in out) else "".join(out)
+
+
+def _closing(pattern: str, start: int) -> int:
+    """The index of the parenthesis that closes the one at ``start``."""
+    depth, i = 0, start
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            i += 2
+            continue
+        depth += {"(": 1, ")": -1}.get(pattern[i], 0)
+        if depth == 0:
+            return i
+        i += 1
+    raise ValueError(f"unbalanced parenthesis in rule pattern {pattern!r}")

@@ -74,7 +74,8 @@ _DECODER = [
     Rule(_MODULE + r"\.conv1b(\d)\.0\.bias", _DEC + "_blocks_{2}/branch{3}/conv_in/bias"),
     Rule(_MODULE + r"\.conv1a(\d)\.0\.weight", _DEC + "_blocks_{2}/branch{3}/conv_out/kernel", "conv"),
     Rule(_MODULE + r"\.conv1a(\d)\.0\.bias", _DEC + "_blocks_{2}/branch{3}/conv_out/bias"),
-    Rule(_MODULE + r"\.conv(\d)\d\.0\.weight", _DEC + "_blocks_{2}/branch{3}/conv_dw/kernel", "conv"),
+    Rule(_MODULE + r"\.conv(?P<k>\d)(?P=k)\.0\.weight", _DEC + "_blocks_{2}/branch{3}/conv_dw/kernel",
+         "conv"),
     Rule(_MODULE + r"\.finalconv11\.weight", _DEC + "_blocks_{2}/finalconv11/kernel", "conv"),
     Rule(_MODULE + r"\.finalconv11\.bias", _DEC + "_blocks_{2}/finalconv11/bias"),
 ]

@@ -9,6 +9,7 @@ import pytest
 from flax.core import freeze
 
 from ssm_jax.convert import TRANSFORMS, ConversionError, Rule, convert_state_dict, load_state_dict
+from ssm_jax.convert.common import torch_key_for
 
 TEMPLATE = freeze({
     "params": {"blocks_0": {"proj": {"kernel": jax.ShapeDtypeStruct((3, 2), np.float32)},
@@ -59,6 +60,33 @@ def test_every_problem_in_one_error():
     assert info.value.unexpected == ["blocks.0.counter", "head.bias"]
     assert "blocks.0.proj.weight: (3, 3) -> (3, 3), expected (3, 2)" in message
     assert "blocks.0.conv.weight: (6,) -> conv failed" in message
+
+
+def test_missing_leaves_name_the_torch_key_that_would_fill_them():
+    state = _state()
+    del state["blocks.0.conv.weight"], state["step"]
+    with pytest.raises(ConversionError) as info:
+        convert_state_dict(state, RULES, TEMPLATE, ignore=[r".*counter"])
+    assert info.value.missing == ["params/blocks_0/conv/kernel", "state/step"]
+    assert info.value.expected_keys == {"params/blocks_0/conv/kernel": "blocks.0.conv.weight", "state/step": "step"}
+    assert "params/blocks_0/conv/kernel (torch key blocks.0.conv.weight)" in str(info.value)
+    assert info.value.of("a.pth").expected_keys == info.value.expected_keys  # kept when the file is named
+
+
+@pytest.mark.parametrize("rule, path, key", [
+    (Rule(r"layer(\d)\.(\d+)\.bn(\d)\.running_var", "batch_stats/layer{1}_{2}/bn{3}/var"),
+     "batch_stats/layer2_10/bn3/var", "layer2.10.bn3.running_var"),
+    (Rule(r"(in|out)_proj\.weight", "params/{1}/kernel"), "params/out/kernel", "out_proj.weight"),  # an alternation
+    (Rule(r"conv(\d)\1\.weight", "params/dw{1}/kernel"), "params/dw7/kernel", "conv77.weight"),  # a backreference
+    (Rule(r"b\.(?P<i>\d)\.c(?P=i)", "params/b{1}"), "params/b4", "b.4.c4"),  # a named one, its field by number
+    (Rule(r"((a)|b)x\.(\d)", "p/{1}/{3}"), "p/a/2", "ax.2"),  # groups inside a group are counted
+    (Rule(r"conv(\d)\d\.weight", "params/dw{1}/kernel"), "params/dw7/kernel", None),  # which second digit?
+    (Rule(r"(?:net\.)?head\.weight", "params/head/kernel"), "params/head/kernel", None),  # optional: which?
+    (Rule(r"x\.(\d+)", "params/y{1}"), "params/z3", None),  # the rule cannot write this path
+    (Rule(r"x\.(\d+)", "params/y{1}"), "params/yq", None),  # the pattern refuses what the path would give
+])
+def test_torch_key_for_reads_a_rule_backwards(rule, path, key):
+    assert torch_key_for(path, [rule]) == key
 
 
 def test_target_outside_the_template_and_duplicates():

@@ -4,12 +4,15 @@ torch reference in float64, ours in float32), with Hilbert scans in 8 directions
 
 import re
 
+import flax
 import jax
 import numpy as np
 import pytest
 import torch
 
 from ssm_jax.convert import ConversionError, from_torch
+from ssm_jax.convert.common import torch_key_for
+from ssm_jax.convert.mambaad import MAMBAAD_IGNORE, MAMBAAD_RULES
 from ssm_jax.models.mambaad import anomaly_maps, build_mambaad
 from tests.convert.torch_mambaad import TorchMambaAD, anomaly_map, randomize
 
@@ -57,6 +60,14 @@ def test_features_and_maps_match_the_official_model(official):
     assert maps.shape == (2, SIZE, SIZE)
     assert _rel(maps, ref_maps) < RTOL
     assert _rel(scores, ref_maps.reshape(2, -1).max(1)) < RTOL
+
+
+def test_every_flax_leaf_names_the_official_key_that_fills_it(official):
+    """Read backwards, the rules give each converted leaf exactly the official module's own key for it."""
+    state = official[0].state_dict()
+    _, variables = from_torch("mambaad", state)
+    keys = [torch_key_for("/".join(path), MAMBAAD_RULES) for path in flax.traverse_util.flatten_dict(variables)]
+    assert sorted(keys, key=str) == sorted(k for k in state if not any(re.fullmatch(p, k) for p in MAMBAAD_IGNORE))
 
 
 def test_checkpoint_file_with_ddp_prefix_loads(official, tmp_path):

@@ -5,9 +5,11 @@ measured error is below 1e-6 relative).
 """
 
 import argparse
+import re
 import sys
 import warnings
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,8 @@ import torch
 from PIL import Image
 
 from ssm_jax.convert import ConversionError, from_torch, load_state_dict
-from ssm_jax.convert.resnet import convert_resnet
+from ssm_jax.convert.common import torch_key_for
+from ssm_jax.convert.resnet import RESNET_IGNORE, RESNET_RULES, convert_resnet
 from ssm_jax.models import RESNET_ARCHS, build_resnet
 from ssm_jax.models.resnet_classifier import build_resnet_classifier, resnet_model_config
 from ssm_jax.training import classification
@@ -241,9 +244,20 @@ def test_conversion_errors_name_every_key(resnet18):
     with pytest.raises(ConversionError) as info:
         from_torch("resnet18", state)
     message = str(info.value)
-    assert "layer1_0/bn1/var" in message and info.value.missing == ["batch_stats/layer1_0/bn1/var"]
+    assert info.value.missing == ["batch_stats/layer1_0/bn1/var"]
+    assert "batch_stats/layer1_0/bn1/var (torch key layer1.0.bn1.running_var)" in message
     assert "layer1.0.extra.weight" in message and "layer1.7.conv1.weight" in message
     assert "layer2.0.conv1.weight: (128, 32, 3, 3) -> (3, 3, 32, 128), expected (3, 3, 64, 128)" in message
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_every_flax_leaf_names_the_torch_key_that_fills_it(arch):
+    """Read backwards, the rules give each converted leaf exactly the torch module's own key for it."""
+    state = torch_resnet(arch).state_dict()
+    _, variables = from_torch(arch, state)
+    paths = ["/".join(path) for path in flax.traverse_util.flatten_dict(variables)]
+    keys = [torch_key_for(path, RESNET_RULES) for path in paths]
+    assert sorted(keys, key=str) == sorted(k for k in state if not any(re.fullmatch(p, k) for p in RESNET_IGNORE))
 
 
 @pytest.mark.parametrize("edit, name", [
