@@ -44,6 +44,7 @@ no result: every epoch yields the same arrays, in the same order and with the sa
 from __future__ import annotations
 
 import atexit
+import gc
 import dataclasses
 import signal
 import warnings
@@ -86,20 +87,31 @@ def _tidy_at_exit() -> None:
     Batches from worker processes arrive in shared memory that grain unlinks on a thread pool when they are freed;
     at exit multiprocessing stops that pool with unlinks still queued, and Python's resource tracker then warns of
     "leaked shared_memory objects" (and removes them). A script that leaves an iterator open or keeps a batch in a
-    global would also have grain's finalisers run after their module is torn down, each printing a traceback."""
+    global (an evaluation's last batch, of one example, is a view of a worker's shared memory) would also have
+    grain's finalisers run after their module is torn down, each printing a traceback."""
     for iterator in list(_OPEN_ITERATORS):
         iterator.close()
+    gc.collect()  # grain's prefetch threads end a pass on an exception whose traceback holds their last example
     cls = grain.multiprocessing.SharedMemoryArray
     pool = getattr(cls, "_del_thread_pool", None)  # grain's own attribute; absent in other versions: nothing to do
     if pool is not None:
         cls._del_thread_pool = None  # arrays freed from here on unlink at once
         pool.close()
         pool.join()
-    held = list(_HELD_BATCH_ARRAYS.values())
-    for array in held:
-        array.shm.unlink()  # the mapping stays valid until the process ends
+    held = {array.shm.name: array.shm for array in list(_HELD_BATCH_ARRAYS.values())}
+    for shm in held.values():
+        shm.unlink()  # the mapping stays valid until the process ends
     if held:
         cls.__del__ = _leave_mapped  # their finaliser would run after its module is gone
+
+
+def _held(batch: dict) -> dict:
+    """``batch``, its arrays in worker processes' shared memory noted, so that they are unlinked at exit if a script
+    still holds them then."""
+    for array in batch.values():
+        if isinstance(array, grain.multiprocessing.SharedMemoryArray):
+            _HELD_BATCH_ARRAYS[id(array)] = array
+    return batch
 
 
 def _leave_mapped(array) -> None:
@@ -343,11 +355,8 @@ class BatchIterator(_PipelineIterator):
             raise StopIteration
         if self._iterator is None:
             self._iterator = self._batches.open(self._next)
-        batch = next(self._iterator)
+        batch = _held(next(self._iterator))
         self._next += 1
-        for array in batch.values():
-            if isinstance(array, grain.multiprocessing.SharedMemoryArray):
-                _HELD_BATCH_ARRAYS[id(array)] = array
         return batch
 
     def get_state(self) -> dict:
@@ -409,7 +418,7 @@ class ExampleBatchIterator(_PipelineIterator):
     def __next__(self) -> dict:
         if self._closed:
             raise StopIteration
-        return next(self._iterator)
+        return _held(next(self._iterator))  # a batch of one example is a view of the worker's shared memory
 
     def get_state(self) -> dict:
         return self._iterator.get_state()

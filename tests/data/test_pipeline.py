@@ -276,6 +276,40 @@ def test_a_script_that_holds_iterators_and_batches_exits_quietly(replica_root):
     assert "Exception ignored" not in run.stderr and "leaked" not in run.stderr, run.stderr
 
 
+_PASS_TO_THE_END = """
+import atexit, gc, os, sys
+
+
+def still_linked():  # registered first, so it runs after every other exit handler
+    import grain
+    arrays = [o for o in gc.get_objects() if isinstance(o, grain.multiprocessing.SharedMemoryArray)]
+    print(sum(os.path.exists("/dev/shm/" + a.shm.name.lstrip("/")) for a in arrays), flush=True)
+
+
+atexit.register(still_linked)
+from ssm_jax.data import get_source, make_pipeline
+
+if __name__ == "__main__":  # as eval.py: passes read to the end with workers
+    src = get_source("folder", sys.argv[1], "all")
+    for _ in range(2):
+        batches = list(make_pipeline(src, batch_size=2, image_size=64, train=False, num_workers=2, num_threads=2))
+    print(len(batches) > 0, flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="reads POSIX shared memory's folder, /dev/shm")
+def test_passes_read_to_the_end_leave_no_shared_memory_at_exit(replica_root):
+    """Once the exit handlers have run, no worker example's shared memory is left linked: neither the examples that
+    grain's prefetch threads keep in a reference cycle (the StopIteration that ends a pass holds each thread's last
+    one) nor a last batch of one example that the script still holds (a view of its worker's shared memory). Left
+    to the interpreter's teardown they printed "Exception ignored" tracebacks and the resource tracker's leak
+    warning."""
+    run = subprocess.run([sys.executable, "-c", _PASS_TO_THE_END, os.path.join(replica_root, "folder")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "0"], run.stdout + run.stderr
+
+
 @pytest.fixture
 def imbalanced(folder):
     """21 examples: the folder replica's first class 6 times over (18), two of the second, one of the third."""
