@@ -345,7 +345,7 @@ def convert_state_dict(state: dict[str, np.ndarray], rules: Sequence[Rule], temp
 
 
 def torch_key_for(path: str, rules: Sequence[Rule]) -> str | None:
-    """The torch key that the first rule able to would place at Flax ``path``, read backwards: the target's
+    """The torch key that would fill Flax ``path``, read backwards from the first rule that can: the target's
     ``{i}`` fields give the pattern's groups, and a pattern that is otherwise literal (escapes, groups,
     backreferences) spells the key. None where no rule is literal enough (``conv\\d``: which digit?)."""
     for rule in rules:

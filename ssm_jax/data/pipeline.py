@@ -44,8 +44,8 @@ no result: every epoch yields the same arrays, in the same order and with the sa
 from __future__ import annotations
 
 import atexit
-import gc
 import dataclasses
+import gc
 import signal
 import warnings
 import weakref
