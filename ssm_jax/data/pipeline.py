@@ -1,4 +1,4 @@
-"""grain input pipelines: source -> decode/resize -> shard -> shuffle -> repeat -> augment -> normalise -> batch.
+"""grain input pipelines: source -> decode/resize -> shuffle -> repeat -> augment -> normalise -> batch -> share.
 
 ``make_pipeline`` returns an iterable (``Batches`` for training, ``ExampleBatches`` for evaluation); ``iter()`` of it
 gives an iterator whose ``get_state()`` / ``set_state()`` save and restore the position, so a resumed run
@@ -10,11 +10,12 @@ continues at the same batch (store the state in the checkpoint). Batches are dic
 * anomaly sources add ``mask`` float32 (B, H, W, 1) in {0, 1} and ``has_mask`` bool (B,), False for
   anomalous images without a pixel annotation (their ``mask`` is zeros and must not be scored).
 
-Sharding: process ``shard_index`` of ``shard_count`` (default ``jax.process_index()/process_count()``)
-reads every ``shard_count``-th example; for training every shard gets the same length (the remainder
-is dropped) so all processes run the same number of steps. Training shuffles with ``seed`` and reshuffles
-every epoch, repeating ``num_epochs`` times (None: forever) and dropping the last partial batch;
-evaluation reads each example once in order. Augmentations (``ssm_jax.data.augment``) run in a fixed order, each only
+Sharding: process ``shard_index`` of ``shard_count`` (default ``jax.process_index()/process_count()``), P in
+all. Training draws one example stream for the whole run, whatever P: global batch k is the k-th ``batch_size`` x P
+examples of it, and each process makes its own ``batch_size`` of them, so a run gives the same batches (and resumes
+at the same one) on any number of processes. Training shuffles with ``seed`` and reshuffles every epoch, repeating
+``num_epochs`` times (None: forever) and dropping the last partial global batch; evaluation reads every P-th example
+once, in order (``training.gather`` puts them back in source order). Augmentations (``ssm_jax.data.augment``) run in a fixed order, each only
 when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine), so turning
 one on leaves the others' draws as they were. They act on the decoded uint8 pixels and the image is normalised after
 them, so flips and rotations move a quarter of the bytes and the warp interpolates one channel of a grayscale image
@@ -44,9 +45,13 @@ no result: every epoch yields the same arrays, in the same order and with the sa
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import gc
+import os
 import signal
+import threading
+import time
 import warnings
 import weakref
 from typing import Sequence
@@ -124,13 +129,44 @@ def _register_tidy_at_exit() -> None:
     atexit.register(_tidy_at_exit)  # handler (imported by grain), so it runs before that stops grain's pool
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _workers_ignore_stop_signals(worker_index: int, worker_count: int) -> None:
     """Worker processes ignore SIGTERM and SIGINT, which a scheduler, ``timeout`` or Ctrl-C send to the whole process
     group: the main process checkpoints (or unwinds), then grain stops them. Killed mid-batch they would leave that
-    batch's shared memory to the resource tracker, with the same leak warning, and print a traceback each."""
+    batch's shared memory to the resource tracker, with the same leak warning, and print a traceback each. They
+    start with the two blocked (``_stop_signals_held``), so a stop during their start-up is dropped here too. A
+    worker whose main process is gone (killed) exits: nothing else would stop it."""
     del worker_index, worker_count
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
+
+
+@contextlib.contextmanager
+def _stop_signals_held(workers: bool):
+    """While data workers start, SIGTERM and SIGINT wait blocked in this thread, and in the threads and processes it
+    starts meanwhile: a spawned worker re-imports the main module for seconds before it can ignore them, and a
+    stop to the process group would kill it then. Here they arrive once the workers are up. grain starts some
+    workers from threads of its own, which may not have the mask (seen with 2 workers: one of them); a stop that
+    kills one is told from a crash by ``training.loop.train_loop``."""
+    if not workers or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -248,19 +284,21 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
         if value < 0:
             raise ValueError(f"{name}={value}; expected >= 0 (0 turns it off)")
     index, count = _process_shard(shard_index, shard_count)
-    cached_bytes = decoded_bytes(-(-len(source) // count), image_size, source.task) * max(1, num_workers)
-    cache = train and num_epochs != 1 and cached_bytes <= cache_bytes  # evaluation reads each image once
     # Over source indices rather than MapDataset.source(source): the batch then carries each example's index.
-    shard = np.arange(len(source) // count * count if train else len(source))[index::count]
-    if len(shard) == 0 and train:  # an evaluation shard may be empty: that process pads (training.gather)
-        raise ValueError(f"shard {index} of {count} of a source with {len(source)} examples is empty")
+    # Training: all of them in every process (its stream is the run's); an evaluation shard may be empty: that
+    # process pads (training.gather).
+    examples = np.arange(len(source)) if train else np.arange(len(source))[index::count]
+    if len(examples) == 0 and train:
+        raise ValueError("the training source has no examples")
+    cached_bytes = decoded_bytes(len(examples), image_size, source.task) * max(1, num_workers)
+    cache = train and num_epochs != 1 and cached_bytes <= cache_bytes  # evaluation reads each image once
     decode = Decode(source, image_size, skip_corrupt, cache)
     if train and class_balance:
-        ds = class_balanced(shard, source.labels[shard], class_balance, seed).map(decode)
+        ds = class_balanced(examples, source.labels[examples], class_balance, seed).map(decode)
         if num_epochs is not None:
-            ds = ds[: len(shard) * num_epochs]
+            ds = ds[: len(examples) * num_epochs]
     else:
-        ds = grain.MapDataset.source(shard.tolist()).map(decode)
+        ds = grain.MapDataset.source(examples.tolist()).map(decode)
         if train:
             ds = ds.shuffle(seed=seed).repeat(num_epochs)
     if flips:
@@ -272,18 +310,25 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     ds = ds.map(_normalize_image)
     workers = _worker_options(num_workers)
     _register_tidy_at_exit()
-    if train and not skip_corrupt:  # fixed batches of the example stream, whatever the worker count
-        return Batches(ds.batch(batch_size, drop_remainder=True), batch_size, len(shard), num_threads,
-                       prefetch_batches, workers)
+    global_batch = batch_size * count if train else batch_size
+    if train and not skip_corrupt:  # fixed batches of the example stream, whatever the worker and process counts
+        if num_epochs is not None:
+            ds = ds[: len(ds) // global_batch * global_batch]  # whole global batches: every process as many steps
+        # this process's part of global batch k is the stream's (k P + index)-th run of batch_size examples
+        return Batches(ds.batch(batch_size, drop_remainder=True)[index::count], global_batch, len(examples),
+                       num_threads, prefetch_batches, workers)
     # Evaluation, or training that may skip examples: the workers decode single examples and this process batches
-    # them in order, so every batch but the last is full (the evaluation loop counts full batches).
+    # them in order, so every batch but the last is full (the evaluation loop counts full batches). Training's
+    # share of the stream is then every P-th example.
+    if train:
+        ds = ds[index::count]
     ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
     if workers is not None:
         ids = ids.mp_prefetch(workers, _workers_ignore_stop_signals)
     ids = ids.batch(batch_size, drop_remainder=train)
     if prefetch_batches > 0 and workers is None:  # its iterator's state counts the batches handed out
         ids = grain.experimental.ThreadPrefetchIterDataset(ids, prefetch_buffer_size=prefetch_batches)
-    return ExampleBatches(ids, batch_size, len(shard))
+    return ExampleBatches(ids, global_batch, len(examples), workers is not None)
 
 
 def _worker_options(num_workers: int) -> grain.MultiprocessingOptions | None:
@@ -320,14 +365,15 @@ class _PipelineIterator:
 
 @dataclasses.dataclass
 class Batches:
-    """Training batches, batch k the k-th ``batch_size`` examples of the shuffled stream, each made whole by one
-    thread (up to ``num_threads``, at most ``prefetch_batches`` ahead) of this process or of a worker, of N workers
-    each making every N-th batch: the same batches with any worker count, and a position that is one number, so a
-    run resumes with another ``num_workers`` (a cluster node with other cores) and gets the same result."""
+    """Training batches: this process's part of global batch k (the k-th ``batch_size`` examples of the run's
+    shuffled stream, over all processes), each made whole by one thread (up to ``num_threads``, at most
+    ``prefetch_batches`` ahead) of this process or of a worker, of N workers each making every N-th batch: the
+    same batches with any worker or process count, and a position that is one number, so a run resumes with
+    another ``num_workers`` (a cluster node with other cores) or on more or fewer nodes and gets the same result."""
 
-    batches: grain.MapDataset
-    batch_size: int
-    examples: int  # in an epoch of this process's shard
+    batches: grain.MapDataset  # this process's parts, in order
+    batch_size: int  # of a global batch
+    examples: int  # in an epoch of the run's stream
     num_threads: int
     prefetch_batches: int
     workers: grain.MultiprocessingOptions | None
@@ -353,11 +399,12 @@ class BatchIterator(_PipelineIterator):
     def __next__(self) -> dict:
         if self._closed:
             raise StopIteration
-        if self._iterator is None:
-            self._iterator = self._batches.open(self._next)
-        batch = _held(next(self._iterator))
+        with _stop_signals_held(self._iterator is None and self._batches.workers is not None):  # workers start
+            if self._iterator is None:
+                self._iterator = self._batches.open(self._next)
+            batch = next(self._iterator)
         self._next += 1
-        return batch
+        return _held(batch)
 
     def get_state(self) -> dict:
         return {"next_batch": self._next, "batch_size": self._batches.batch_size, "examples": self._batches.examples}
@@ -374,13 +421,13 @@ def batch_position(state: dict, batch_size: int, examples: int | None = None) ->
     it (examples handed out: ``next_index`` of one process, or summed over the workers' states, whose batches were
     grouped differently: those resume at the same count, with a warning)."""
     if "examples" in state and examples is not None and int(state["examples"]) != examples:
-        warnings.warn(f"this checkpoint's run trained on {state['examples']} examples per process, this one has "
+        warnings.warn(f"this checkpoint's run trained on {state['examples']} examples, this one has "
                       f"{examples}: is it the same data? The shuffled order from here on is not the run's own",
                       stacklevel=2)
     if "next_batch" in state:
         saved = int(state.get("batch_size", batch_size))
         if saved != batch_size:
-            warnings.warn(f"this checkpoint was written with batches of {saved} examples per process, resumed with "
+            warnings.warn(f"this checkpoint was written with batches of {saved} examples, resumed with "
                           f"{batch_size}: training goes on from example {int(state['next_batch']) * saved} of the "
                           f"data stream, with a learning-rate schedule and batches that differ from the run's "
                           f"own", stacklevel=2)
@@ -401,8 +448,9 @@ class ExampleBatches:
     """Batches assembled here from single examples (evaluation, ``skip_corrupt`` training)."""
 
     dataset: grain.IterDataset
-    batch_size: int
-    examples: int  # in an epoch of this process's shard
+    batch_size: int  # of a global batch when training
+    examples: int  # in an epoch of the run's stream when training, of this process's shard when evaluating
+    workers: bool = False  # made in worker processes
 
     def __iter__(self) -> "ExampleBatchIterator":
         return ExampleBatchIterator(self)
@@ -412,13 +460,17 @@ class ExampleBatchIterator(_PipelineIterator):
     """grain's iterator of ``ExampleBatches``, with its ``get_state()`` / ``set_state()``."""
 
     def __init__(self, batches: ExampleBatches):
-        super().__init__(iter(batches.dataset))
-        self._batches = batches
+        with _stop_signals_held(batches.workers):
+            super().__init__(iter(batches.dataset))
+        self._batches, self._started = batches, False
 
     def __next__(self) -> dict:
         if self._closed:
             raise StopIteration
-        return _held(next(self._iterator))  # a batch of one example is a view of the worker's shared memory
+        with _stop_signals_held(self._batches.workers and not self._started):  # workers start: as in BatchIterator
+            self._started = True
+            batch = next(self._iterator)
+        return _held(batch)  # a batch of one example is a view of the worker's shared memory
 
     def get_state(self) -> dict:
         return self._iterator.get_state()

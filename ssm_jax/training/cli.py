@@ -16,7 +16,7 @@ from ml_collections import config_flags
 from ssm_jax.training.checkpoint import CheckpointError, CheckpointSaveError
 from ssm_jax.training.loop import NonFiniteLossError
 from ssm_jax.training.mesh import initialize_distributed
-from ssm_jax.training.preemption import Preempted
+from ssm_jax.training.preemption import Preempted, StopSignal, raise_on_sigterm
 
 # Errors that mean "fix the input", shown as one message instead of a traceback when this project raised them
 # (``raised_by_project``): the same types from inside NumPy or JAX are a fault to trace, and keep their traceback.
@@ -135,14 +135,16 @@ def out_of_memory_message(err: Exception) -> str:
 def run(argv: list[str], fn, *args):
     """Body of a CLI ``main``: quiet logging, join a multi-process job, run ``fn``; bad input exits with code 1
     and its message instead of a traceback, as does running out of accelerator memory (with what to change) or a
-    checkpoint that cannot be written (at once); a run stopped on request (checkpointed) exits with the shell's code
-    for the signal: 143 SIGTERM, 130 Ctrl-C."""
+    checkpoint that cannot be written (at once); a run stopped on request (checkpointed, or outside the training loop,
+    where it unwinds so that its data workers stop too) exits with the shell's code for the signal: 143 SIGTERM, 130
+    Ctrl-C."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the progress bar
     if hasattr(sys.stdout, "reconfigure"):  # a report's class names in a locale that cannot print them: escaped
         sys.stdout.reconfigure(errors="backslashreplace")
     initialize_distributed()
+    raise_on_sigterm()
     try:
         return fn(*args)
     except CheckpointSaveError as err:  # without os._exit the failed save's threads hold the exit for 5 minutes
@@ -160,3 +162,8 @@ def run(argv: list[str], fn, *args):
     except Preempted as err:
         print(err, file=sys.stderr, flush=True)
         sys.exit(err.exit_code)
+    except (StopSignal, KeyboardInterrupt) as err:  # outside the training loop, or a second Ctrl-C in it
+        name, code = ("SIGTERM", err.exit_code) if isinstance(err, StopSignal) else ("Ctrl-C", 130)
+        print(f"\nstopped on request ({name}); the checkpoints already written are kept: run the same command "
+              "again to go on", file=sys.stderr, flush=True)
+        sys.exit(code)

@@ -37,7 +37,9 @@ def gather_predictions(state, predict_step, batches, *, num_examples: int, local
     """``predict_step(state, images) -> dict of arrays`` over every example of an evaluation iterator.
 
     Returns the step's outputs plus ``keep(batch)`` (host arrays taken from each input batch, e.g. labels and
-    source indices), each concatenated over all batches of all processes in one order, padding rows dropped.
+    source indices), each concatenated over all batches of all processes, padding rows dropped; in source order
+    when ``keep`` gives the source ``indices``, so that what is written from them does not depend on the process
+    count.
     ``example()`` (a batch like the iterator's, ``data.pipeline.first_example``) shapes the padding of a process
     that has no batch at all (its shard was empty, or every image in it was skipped as corrupt); called only then.
     """
@@ -64,4 +66,9 @@ def gather_predictions(state, predict_step, batches, *, num_examples: int, local
                            f"{local_batch} for {num_examples} examples; expected full batches of {local_batch} "
                            "(only the last may be short), else examples would go unscored")
     valid = np.concatenate(valid_rows)
-    return {k: np.concatenate(v)[valid] for k, v in gathered.items()}
+    out = {k: np.concatenate(v)[valid] for k, v in gathered.items()}
+    if "indices" in out:  # source order, whatever the process count (one process reads in order: no copy then)
+        order = np.argsort(out["indices"], kind="stable")
+        if np.any(order != np.arange(len(order))):
+            out = {k: v[order] for k, v in out.items()}
+    return out

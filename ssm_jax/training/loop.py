@@ -143,7 +143,12 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
         with StopRequest() as stop:
             for step in range(start, total_steps):
                 before = now()
-                batch = shard_batch(next(batches), mesh)
+                try:
+                    batch = shard_batch(next(batches), mesh)
+                except RuntimeError:  # a stop sent to the process group killed a data worker still starting
+                    if stop.signum is None or step != start:
+                        raise
+                    raise Preempted(step, checkpointer.directory, stop.signum) from None
                 dispatched = now()
                 clock.waited_for_data(dispatched - before)
                 state, metrics = train_step(state, batch)

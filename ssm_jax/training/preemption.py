@@ -26,10 +26,35 @@ class Preempted(Exception):
     ``exit_code`` is the shell's for the signal: 143 for SIGTERM, 130 for Ctrl-C."""
 
     def __init__(self, step: int, directory, signum: int):
-        super().__init__(f"stopped on request ({signal.Signals(signum).name}) after step {step}; its checkpoint is "
-                         f"in {directory}: run the same command again to resume from it")
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped on request ({name}) after step {step}; its checkpoint is in {directory}: run the "
+                         f"same command again to resume from it" if step else
+                         f"stopped on request ({name}) before the first step: run the same command again to start")
         self.step = step
         self.exit_code = 128 + signum
+
+
+class StopSignal(BaseException):
+    """SIGTERM outside the training loop (compiling, evaluating, building SNARM's bank), raised where the program is so
+    that it unwinds, stopping its data workers, instead of dying with them left behind. A ``BaseException``, like
+    ``KeyboardInterrupt``, so that no ``except Exception`` swallows it. ``exit_code`` 143."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def raise_on_sigterm() -> None:
+    """SIGTERM raises ``StopSignal`` from here on, where it would end the process at once: one process (a job of
+    several leaves SIGTERM to JAX's preemption service), the main thread, the default action in place.
+    ``StopRequest`` replaces it inside the training loop and puts it back after."""
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_stop_signal)
+
+
+def _raise_stop_signal(signum, frame):
+    raise StopSignal(signum)
 
 
 class StopRequest:

@@ -147,9 +147,8 @@ def write_folder_predictions(predictions: dict, source, out_dir, name: str) -> P
     """``predict_<name>.csv`` (each image's masked-pixel error, in path order) and ``predict_<name>.png``."""
     out = Path(out_dir) / f"predict_{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(predictions["indices"], kind="stable")
-    lines = ["path,masked_l1"] + [f"{source[int(predictions['indices'][r])].path},{predictions['l1'][r]:.5f}"
-                                  for r in order]
+    lines = ["path,masked_l1"] + [f"{source[int(i)].path},{l1:.5f}"
+                                  for i, l1 in zip(predictions["indices"], predictions["l1"])]
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     save_reconstructions(predictions, out.with_suffix(".png"))
     return out

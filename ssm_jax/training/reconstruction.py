@@ -212,9 +212,6 @@ def write_evaluation(predictions: dict, source, out_dir, num_overlays: int = 16,
     ``at_flag_threshold``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(predictions["indices"], kind="stable")  # source order, whatever the process count
-    if np.any(order != np.arange(len(order))):  # (one process reads in order: no copy of the maps)
-        predictions = {k: v[order] for k, v in predictions.items()}
     records = [source[int(i)] for i in predictions["indices"]]
     categories = [r.category or "all" for r in records]
     labels, scores, has_mask = predictions["labels"], predictions["scores"], predictions["has_mask"]

@@ -2,6 +2,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -144,13 +145,36 @@ def test_training_resumes_with_another_worker_count(folder, saved_with, resumed_
     resumed.close()
 
 
+@pytest.mark.parametrize("class_balance", [0.0, 0.5])
+def test_training_batches_are_the_same_with_any_process_count(folder, class_balance):
+    """Process p of P makes its part of every global batch of the run's one stream: the parts, side by side, are the
+    batches of a single process, augmentations included; the position is a global batch, so a run resumes on
+    another number of processes where it stopped; and a finite run gives every process as many batches."""
+    kw = {**KW, "seed": 3, "flips": ("horizontal",), "rot90": True, "class_balance": class_balance}
+    alone = iter(make_pipeline(folder, **{**kw, "batch_size": 6}))
+    want = [next(alone) for _ in range(4)]
+    for count in (2, 3):
+        parts = [iter(make_pipeline(folder, **{**kw, "batch_size": 6 // count, "shard_index": p, "shard_count": count}))
+                 for p in range(count)]
+        for w in want:
+            got = [next(it) for it in parts]
+            assert all(np.array_equal(np.concatenate([g[k] for g in got]), w[k]) for k in w), count
+        assert parts[1].get_state() == {"next_batch": 4, "batch_size": 6, "examples": len(folder)}
+    resumed = iter(make_pipeline(folder, **{**kw, "batch_size": 2, "shard_index": 1, "shard_count": 3}))
+    resumed.set_state({"next_batch": 2, "batch_size": 6, "examples": len(folder)})  # saved by 2 processes, or 1
+    assert np.array_equal(next(resumed)["index"], want[2]["index"][2:4])
+    finite = [list(make_pipeline(folder, **{**kw, "batch_size": 2, "num_epochs": 3, "shard_index": p,
+                                            "shard_count": 2})) for p in range(2)]
+    assert len(finite[0]) == len(finite[1]) == 3 * len(folder) // 4  # 27 examples: 6 whole global batches of 4
+
+
 def test_batch_position_reads_the_grain_states_of_older_checkpoints():
     assert batch_position({"next_batch": 7}, 4) == 7
     assert batch_position({"next_batch": 7, "batch_size": 4}, 4) == 7
-    with pytest.warns(UserWarning, match="written with batches of 8 examples per process, resumed with 4: training "
+    with pytest.warns(UserWarning, match="written with batches of 8 examples, resumed with 4: training "
                                          "goes on from example 56"):
         assert batch_position({"next_batch": 7, "batch_size": 8}, 4) == 14
-    with pytest.warns(UserWarning, match="trained on 100 examples per process, this one has 90: is it the same data"):
+    with pytest.warns(UserWarning, match="trained on 100 examples, this one has 90: is it the same data"):
         assert batch_position({"next_batch": 7, "batch_size": 4, "examples": 100}, 4, 90) == 7
     assert batch_position({"next_index": 24}, 8) == 3  # one process: examples handed out
     workers = {"iterators_in_use_indices": [0, 1], "iterators_in_use_states": [{"next_index": 16}, {"next_index": 8}]}
@@ -308,6 +332,51 @@ def test_passes_read_to_the_end_leave_no_shared_memory_at_exit(replica_root):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["True", "0"], run.stdout + run.stderr
+
+
+_STOPPED_WITH_WORKERS = """
+import multiprocessing, os, signal, sys
+from ssm_jax.data import get_source, make_pipeline
+from ssm_jax.training.preemption import StopSignal, raise_on_sigterm
+
+if __name__ == "__main__":  # as eval.py: an evaluation pass with workers, stopped (SIGTERM) or killed midway
+    raise_on_sigterm()
+    batches = iter(make_pipeline(get_source("folder", sys.argv[1], "all"), batch_size=2, image_size=64, train=False,
+                                 num_workers=2, num_threads=2))
+    next(batches)
+    print(*[p.pid for p in multiprocessing.active_children() if p.name.startswith("grain")], flush=True)
+    try:
+        os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+        for batch in batches:
+            pass
+    except StopSignal:
+        print("stopped", flush=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the workers' states from /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_workers_end_with_a_stopped_or_killed_evaluation(replica_root, how):
+    """Workers ignore the stop signals (the main process stops them), so a main process that SIGTERM ended at once
+    outside the training loop left them running forever. Now SIGTERM unwinds it (``raise_on_sigterm``), and
+    workers whose main process was killed exit by themselves."""
+    run = subprocess.run([sys.executable, "-c", _STOPPED_WITH_WORKERS, os.path.join(replica_root, "folder"), how],
+                         capture_output=True, text=True, timeout=120)  # left running, workers hold its pipes open
+    workers = [int(pid) for pid in run.stdout.split()[:2]]
+    assert len(workers) == 2, run.stdout + run.stderr
+    if how == "SIGTERM":
+        assert run.returncode == 0 and run.stdout.split()[2:] == ["stopped"], run.stderr
+    deadline = time.time() + 10
+    while any(map(_alive, workers)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, workers)), (how, [w for w in workers if _alive(w)])
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from ssm_jax.data.split import stratified_split
 from ssm_jax.training import cli
-from ssm_jax.training.preemption import Preempted
+from ssm_jax.training.preemption import Preempted, StopSignal, raise_on_sigterm
 
 
 def _raise(err):
@@ -40,6 +40,36 @@ def test_a_stopped_run_exits_with_the_signals_code_and_says_how_to_resume(capsys
     assert exit_info.value.code == code
     assert f"({signum.name}) after step 40; its checkpoint is in runs/x/checkpoints: run the same command again" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stop, code, name", [(StopSignal(signal.SIGTERM), 143, "SIGTERM"),
+                                              (KeyboardInterrupt(), 130, "Ctrl-C")])
+def test_a_run_stopped_outside_the_training_loop_exits_with_the_signals_code(capsys, stop, code, name):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(["eval.py"], _raise, stop)
+    assert exit_info.value.code == code
+    assert f"stopped on request ({name}); the checkpoints already written are kept" in capsys.readouterr().err
+
+
+def _terminated():
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # the handler runs between bytecodes
+        pass
+
+
+def test_sigterm_outside_the_training_loop_raises_where_the_program_is(capsys):
+    """So that the program unwinds (its data workers stopped) instead of dying at once; only where SIGTERM had its
+    default action."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(["eval.py"], _terminated)
+        assert exit_info.value.code == 143 and "stopped on request (SIGTERM)" in capsys.readouterr().err
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise_on_sigterm()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # a handler someone set is kept
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _allocate_a_terabyte():

@@ -32,6 +32,19 @@ def test_every_example_once_in_order_padding_dropped():
     np.testing.assert_allclose(out["mean"], np.arange(10))
 
 
+def test_rows_come_in_source_order_whatever_order_they_were_read_in():
+    """Processes read every P-th example, so gathered rows interleave shards; with source ``indices`` kept they are
+    put back in source order, each output row beside its own example."""
+    def shuffled():
+        for index in (np.array([7, 2, 9, 0]), np.array([4, 1, 8, 3]), np.array([6, 5])):
+            yield {"image": np.broadcast_to(index[:, None, None, None], (len(index), 2, 2, 1)).astype(np.float32),
+                   "index": index}
+    out = gather_predictions(None, lambda state, images: {"mean": jnp.mean(images, axis=(1, 2, 3))}, shuffled(),
+                             num_examples=10, local_batch=4, mesh=make_mesh(), keep=lambda b: {"indices": b["index"]})
+    np.testing.assert_array_equal(out["indices"], np.arange(10))
+    np.testing.assert_allclose(out["mean"], np.arange(10))
+
+
 def test_short_batches_before_the_end_are_refused():
     with pytest.raises(RuntimeError, match="still had batches after 3 steps of 4 for 10 examples"):
         _gather([3, 3, 3, 1], 10)

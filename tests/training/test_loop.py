@@ -186,6 +186,25 @@ def test_sigterm_or_ctrl_c_checkpoints_the_current_step_and_stops(tmp_path, caps
     assert ("press Ctrl-C again to stop at once" in capsys.readouterr().err) == (signum == signal.SIGINT)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, None])
+def test_a_stop_that_kills_a_starting_data_worker_stops_the_run_as_asked(tmp_path, monkeypatch, signum):
+    """The stop reaches the process group while the first batch's workers start: the one that could not ignore it yet
+    died, and grain says so; that is the stop, not a crash. Without a stop the same error is raised as it is."""
+    def worker_killed(self):
+        if signum is not None:
+            os.kill(os.getpid(), signum)
+        raise RuntimeError("Worker process was terminated unexpectedly with exit code -15.")
+
+    monkeypatch.setattr(Scripted, "__next__", worker_killed)
+    if signum is None:
+        with pytest.raises(RuntimeError, match="terminated unexpectedly"):
+            _run(Scripted(), tmp_path)
+        return
+    with pytest.raises(Preempted, match=f"{signum.name}.* before the first step: run the same command") as stopped:
+        _run(Scripted(), tmp_path)
+    assert stopped.value.exit_code == 128 + signum
+
+
 def test_a_second_ctrl_c_interrupts_at_once_keeping_the_last_checkpoint(tmp_path):
     world = Scripted()
     world.train_step = _signal_at_step_3(world, signal.SIGINT, signal.SIGINT)
