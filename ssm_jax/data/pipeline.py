@@ -15,8 +15,8 @@ all. Training draws one example stream for the whole run, whatever P: global bat
 examples of it, and each process makes its own ``batch_size`` of them, so a run gives the same batches (and resumes
 at the same one) on any number of processes. Training shuffles with ``seed`` and reshuffles every epoch, repeating
 ``num_epochs`` times (None: forever) and dropping the last partial global batch; evaluation reads every P-th example
-once, in order (``training.gather`` puts them back in source order). Augmentations (``ssm_jax.data.augment``) run in a fixed order, each only
-when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine), so turning
+once, in order (``training.gather`` puts them back in source order). Augmentations (``ssm_jax.data.augment``) run
+in a fixed order, each only when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine), so turning
 one on leaves the others' draws as they were. They act on the decoded uint8 pixels and the image is normalised after
 them, so flips and rotations move a quarter of the bytes and the warp interpolates one channel of a grayscale image
 rather than three normalised ones (``augment.warp_affine``): with the ELPV recipe's augmentations, 1.4 times the
