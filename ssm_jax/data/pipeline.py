@@ -16,8 +16,8 @@ examples of it, and each process makes its own ``batch_size`` of them, so a run 
 at the same one) on any number of processes. Training shuffles with ``seed`` and reshuffles every epoch, repeating
 ``num_epochs`` times (None: forever) and dropping the last partial global batch; evaluation reads every P-th example
 once, in order (``training.gather`` puts them back in source order). Augmentations (``ssm_jax.data.augment``) run
-in a fixed order, each only when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine), so turning
-one on leaves the others' draws as they were. They act on the decoded uint8 pixels and the image is normalised after
+in a fixed order, each only when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree
+rotations, + 3: affine), so turning one on leaves the others' draws as they were. They act on the decoded uint8 pixels and the image is normalised after
 them, so flips and rotations move a quarter of the bytes and the warp interpolates one channel of a grayscale image
 rather than three normalised ones (``augment.warp_affine``): with the ELPV recipe's augmentations, 1.4 times the
 images a second (``python -m benchmarks.input_pipeline --augment``, README). ``class_balance`` > 0 (training only)
