@@ -10,28 +10,27 @@ continues at the same batch (store the state in the checkpoint). Batches are dic
 * anomaly sources add ``mask`` float32 (B, H, W, 1) in {0, 1} and ``has_mask`` bool (B,), False for
   anomalous images without a pixel annotation (their ``mask`` is zeros and must not be scored).
 
-Sharding: process ``shard_index`` of ``shard_count`` (default ``jax.process_index()/process_count()``), P in
-all. Training draws one example stream for the whole run, whatever P: global batch k is the k-th ``batch_size`` x P
-examples of it, and each process makes its own ``batch_size`` of them, so a run gives the same batches (and resumes
-at the same one) on any number of processes. Training shuffles with ``seed`` and reshuffles every epoch, repeating
-``num_epochs`` times (None: forever) and dropping the last partial global batch; evaluation reads every P-th example
-once, in order (``training.gather`` puts them back in source order). Augmentations (``ssm_jax.data.augment``) run
-in a fixed order, each only when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree
-rotations, + 3: affine), so turning one on leaves the others' draws as they were. They act on the decoded uint8 pixels and the image is normalised after
-them, so flips and rotations move a quarter of the bytes and the warp interpolates one channel of a grayscale image
-rather than three normalised ones (``augment.warp_affine``): with the ELPV recipe's augmentations, 1.4 times the
-images a second (``python -m benchmarks.input_pipeline --augment``, README). ``class_balance`` > 0 (training only)
-draws the examples from one endless stream per class instead of one shuffled pass over all of them
-(``class_balanced``), so the rare classes of a defect dataset are seen more often; an epoch stays ``len(source)``
-examples. ``num_workers > 0`` decodes in that many worker processes (``mp_prefetch``). Training batch k is the k-th
-``batch_size`` examples of the shuffled stream whatever the worker count: each worker makes every
-``num_workers``-th batch whole, so one seed gives the same run with any ``num_workers``, and the saved position is
-a batch count that a run resumed with another worker count reads back (``Batches``). Evaluation, and training with
-``skip_corrupt`` (whose batches close over skipped examples), decode single examples in the workers (or in
-``num_threads`` threads of this process) and batch them here in order. Without workers, training batches are made
-in up to ``prefetch_batches`` threads, ahead of ``next()``, which then returns at once while the train step runs:
-batching 32 cached 64 px images in the training loop's thread took it 10-40 ms a step, 17-19 s of waiting over the
-``:cpu`` ELPV run (its ``data_wait_s``), 4-6 s ahead of it.
+Sharding: process ``shard_index`` of ``shard_count`` (default ``jax.process_index()/process_count()``), P in all.
+Training draws one example stream for the whole run, whatever P: global batch k is the k-th ``batch_size`` x P examples
+of it, and each process makes its own ``batch_size`` of them, so a run gives the same batches (and resumes at the same
+one) on any number of processes. Training shuffles with ``seed`` and reshuffles every epoch, repeating ``num_epochs``
+times (None: forever) and dropping the last partial global batch; evaluation reads every P-th example once, in order
+(``training.gather`` puts them back in source order). Augmentations (``ssm_jax.data.augment``) run in a fixed order,
+each only when asked for and each with its own seed (``seed`` + 1: flips, + 2: 90-degree rotations, + 3: affine), so
+turning one on leaves the others' draws as they were. They act on the decoded uint8 pixels and the image is normalised
+after them, so flips and rotations move a quarter of the bytes and the warp interpolates one channel of a grayscale
+image rather than three normalised ones (``augment.warp_affine``): with the ELPV recipe's augmentations, 1.4 times the
+images a second (``python -m benchmarks.input_pipeline --augment``, README). ``class_balance`` > 0 (training only) draws
+the examples from one endless stream per class instead of one shuffled pass over all of them (``class_balanced``), so
+the rare classes of a defect dataset are seen more often; an epoch stays ``len(source)`` examples. ``num_workers > 0``
+decodes in that many worker processes (``mp_prefetch``). Training batch k is the k-th ``batch_size`` examples of the
+shuffled stream whatever the worker count: each worker makes every ``num_workers``-th batch whole, so one seed gives the
+same run with any ``num_workers``, and the saved position is a batch count that a run resumed with another worker count
+reads back (``Batches``). Evaluation, and training with ``skip_corrupt`` (whose batches close over skipped examples),
+decode single examples in the workers (or in ``num_threads`` threads of this process) and batch them here in order.
+Without workers, training batches are made in up to ``prefetch_batches`` threads, ahead of ``next()``, which then
+returns at once while the train step runs: batching 32 cached 64 px images in the training loop's thread took it 10-40
+ms a step, 17-19 s of waiting over the ``:cpu`` ELPV run (its ``data_wait_s``), 4-6 s ahead of it.
 
 Caching: a training pipeline that reads its data more than once keeps every decoded, resized image (uint8, and
 masks as bool) in memory after its first read when they fit in ``cache_bytes`` per process (workers each hold their
