@@ -44,7 +44,6 @@ no result: every epoch yields the same arrays, in the same order and with the sa
 from __future__ import annotations
 
 import atexit
-import contextlib
 import dataclasses
 import gc
 import os
@@ -128,20 +127,15 @@ def _register_tidy_at_exit() -> None:
     atexit.register(_tidy_at_exit)  # handler (imported by grain), so it runs before that stops grain's pool
 
 
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
 def _workers_ignore_stop_signals(worker_index: int, worker_count: int) -> None:
     """Worker processes ignore SIGTERM and SIGINT, which a scheduler, ``timeout`` or Ctrl-C send to the whole process
     group: the main process checkpoints (or unwinds), then grain stops them. Killed mid-batch they would leave that
-    batch's shared memory to the resource tracker, with the same leak warning, and print a traceback each. They
-    start with the two blocked (``_stop_signals_held``), so a stop during their start-up is dropped here too. A
-    worker whose main process is gone (killed) exits: nothing else would stop it."""
+    batch's shared memory to the resource tracker, with the same leak warning, and print a traceback each. (A stop
+    while a worker still imports the main module, before this runs, kills it: ``training.loop.train_loop`` reads
+    that as the stop.) A worker whose main process is gone (killed) exits: nothing else would stop it."""
     del worker_index, worker_count
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
 
 
@@ -149,23 +143,6 @@ def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     while os.getppid() == parent:
         time.sleep(every_s)
     os._exit(1)
-
-
-@contextlib.contextmanager
-def _stop_signals_held(workers: bool):
-    """While data workers start, SIGTERM and SIGINT wait blocked in this thread, and in the threads and processes it
-    starts meanwhile: a spawned worker re-imports the main module for seconds before it can ignore them, and a
-    stop to the process group would kill it then. Here they arrive once the workers are up. grain starts some
-    workers from threads of its own, which may not have the mask (seen with 2 workers: one of them); a stop that
-    kills one is told from a crash by ``training.loop.train_loop``."""
-    if not workers or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -327,7 +304,7 @@ def make_pipeline(source: Source, *, batch_size: int, image_size: int = 256, tra
     ids = ids.batch(batch_size, drop_remainder=train)
     if prefetch_batches > 0 and workers is None:  # its iterator's state counts the batches handed out
         ids = grain.experimental.ThreadPrefetchIterDataset(ids, prefetch_buffer_size=prefetch_batches)
-    return ExampleBatches(ids, global_batch, len(examples), workers is not None)
+    return ExampleBatches(ids, global_batch, len(examples))
 
 
 def _worker_options(num_workers: int) -> grain.MultiprocessingOptions | None:
@@ -398,10 +375,9 @@ class BatchIterator(_PipelineIterator):
     def __next__(self) -> dict:
         if self._closed:
             raise StopIteration
-        with _stop_signals_held(self._iterator is None and self._batches.workers is not None):  # workers start
-            if self._iterator is None:
-                self._iterator = self._batches.open(self._next)
-            batch = next(self._iterator)
+        if self._iterator is None:
+            self._iterator = self._batches.open(self._next)
+        batch = next(self._iterator)
         self._next += 1
         return _held(batch)
 
@@ -449,7 +425,6 @@ class ExampleBatches:
     dataset: grain.IterDataset
     batch_size: int  # of a global batch when training
     examples: int  # in an epoch of the run's stream when training, of this process's shard when evaluating
-    workers: bool = False  # made in worker processes
 
     def __iter__(self) -> "ExampleBatchIterator":
         return ExampleBatchIterator(self)
@@ -459,17 +434,13 @@ class ExampleBatchIterator(_PipelineIterator):
     """grain's iterator of ``ExampleBatches``, with its ``get_state()`` / ``set_state()``."""
 
     def __init__(self, batches: ExampleBatches):
-        with _stop_signals_held(batches.workers):
-            super().__init__(iter(batches.dataset))
-        self._batches, self._started = batches, False
+        super().__init__(iter(batches.dataset))
+        self._batches = batches
 
     def __next__(self) -> dict:
         if self._closed:
             raise StopIteration
-        with _stop_signals_held(self._batches.workers and not self._started):  # workers start: as in BatchIterator
-            self._started = True
-            batch = next(self._iterator)
-        return _held(batch)  # a batch of one example is a view of the worker's shared memory
+        return _held(next(self._iterator))  # a batch of one example is a view of the worker's shared memory
 
     def get_state(self) -> dict:
         return self._iterator.get_state()
