@@ -144,11 +144,12 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
             for step in range(start, total_steps):
                 before = now()
                 try:
-                    batch = shard_batch(next(batches), mesh)
+                    host_batch = next(batches)
                 except RuntimeError:  # a stop sent to the process group killed a data worker still starting
                     if stop.signum is None or step != start:
                         raise
                     raise Preempted(step, checkpointer.directory, stop.signum) from None
+                batch = shard_batch(host_batch, mesh)
                 dispatched = now()
                 clock.waited_for_data(dispatched - before)
                 state, metrics = train_step(state, batch)
