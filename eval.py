@@ -8,6 +8,11 @@ The last uses the run's own config.json; predicting reads the run's train_set.js
 the run directory is all an inspection station needs.
 """
 
+import signal
+
+if __name__ == "__mp_main__":  # a data worker re-importing this script: a Ctrl-C sent to the whole process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # group is the main process's to act on; it stops the workers
+
 from absl import app, flags
 
 from ssm_jax.training import cli

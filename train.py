@@ -3,6 +3,11 @@
     python train.py --config=configs/memorymamba_elpv.py --workdir=runs/elpv [--config.optim.lr=1e-4 ...]
 """
 
+import signal
+
+if __name__ == "__mp_main__":  # a data worker re-importing this script: a Ctrl-C sent to the whole process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # group is the main process's to act on; it stops the workers
+
 from absl import app
 
 from ssm_jax.training import cli

@@ -130,9 +130,10 @@ def _register_tidy_at_exit() -> None:
 def _workers_ignore_stop_signals(worker_index: int, worker_count: int) -> None:
     """Worker processes ignore SIGTERM and SIGINT, which a scheduler, ``timeout`` or Ctrl-C send to the whole process
     group: the main process checkpoints (or unwinds), then grain stops them. Killed mid-batch they would leave that
-    batch's shared memory to the resource tracker, with the same leak warning, and print a traceback each. (A stop
-    while a worker still imports the main module, before this runs, kills it: ``training.loop.train_loop`` reads
-    that as the stop.) A worker whose main process is gone (killed) exits: nothing else would stop it."""
+    batch's shared memory to the resource tracker, with the same leak warning, and print a traceback each. (A
+    worker imports the main module before this runs: train.py and eval.py ignore SIGINT first thing there, and a
+    SIGTERM that kills a worker then is read by ``training.loop.train_loop`` as the stop.) A worker whose main
+    process is gone (killed) exits: nothing else would stop it."""
     del worker_index, worker_count
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

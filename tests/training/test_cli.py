@@ -1,11 +1,13 @@
 """The CLI wrapper's exits: bad input is one message with code 1, a run stopped by SIGTERM exits with code 143
 (130 for Ctrl-C)."""
 
+import ast
 import os
 import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import ml_collections
@@ -213,3 +215,55 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_at_once_naming_what_is
     assert f"error: could not write the checkpoint of step 2 to {tmp_path / 'checkpoints'}: ValueError: Cannot " \
            "save arrays with zero size" in done.stderr
     assert "Checkpoints kept: steps [1]; a rerun resumes from step 1." in done.stderr
+
+
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_a_data_worker_reimporting_the_script_ignores_ctrl_c_before_its_imports(script):
+    """A spawned data worker runs the main script again as ``__mp_main__``, 5-9 s of imports before the pipeline's
+    own code in it ignores the stop signals; a Ctrl-C to the process group then printed a KeyboardInterrupt
+    traceback in every worker. The script ignores it first thing, there and only there."""
+    body = ast.parse((_ROOT / script).read_text()).body
+    guard = next(i for i, node in enumerate(body) if isinstance(node, ast.If))
+    assert ast.unparse(body[guard].test) == "__name__ == '__mp_main__'"
+    assert [ast.unparse(node) for node in body[1:guard]] == ["import signal"]  # after the docstring, before the rest
+    probe = ("import runpy, signal, sys; runpy.run_path(sys.argv[1], run_name='__mp_main__'); "
+             "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    done = subprocess.run([sys.executable, "-c", probe, script], cwd=_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.split() == ["True"], done.stderr
+
+
+def _spawned_workers(parent: int) -> list:
+    """Pids of the spawned multiprocessing children of ``parent`` (not its resource tracker)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.slow  # ~60 s: a training run with two data workers
+def test_ctrl_c_while_data_workers_start_stops_the_run_without_tracebacks(folder_root, tmp_path):
+    run = subprocess.Popen(
+        [sys.executable, "train.py", "--config=configs/memorymamba_folder.py:cpu", f"--workdir={tmp_path}",
+         f"--config.data.root={folder_root}", "--config.model.num_classes=3", "--config.data.num_workers=2",
+         "--config.train.batch_size=8", "--config.train.max_steps=2"],
+        cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while not _spawned_workers(run.pid) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert _spawned_workers(run.pid), "no data worker started"
+    time.sleep(1.0)  # the workers are importing train.py now
+    os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C at a terminal: the whole process group
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "stopped on request (SIGINT)" in err
