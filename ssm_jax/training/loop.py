@@ -39,6 +39,8 @@ import time
 from typing import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
 from ssm_jax.training.checkpoint import Checkpointer
@@ -48,7 +50,37 @@ from ssm_jax.training.preemption import Preempted, StopRequest
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss, or the trained state, became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _where_to_resume(last_good_step: int | None, checkpoint_dir) -> str:
+    return (f"the last good checkpoint is step {last_good_step} in {checkpoint_dir}" if last_good_step is not None
+            else "no checkpoint was written yet")
+
+
+_ADVICE = ("Try a lower --config.optim.lr, gradient clipping (--config.optim.grad_clip=1.0) or float32 activations "
+           "(--config.model.dtype=float32).")
+
+
+@jax.jit
+def _all_finite(leaves) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
+
+
+def check_state_is_finite(state, step: int, last_good_step: int | None, checkpoint_dir) -> None:
+    """Raise ``NonFiniteLossError`` if a floating-point leaf of ``state`` (parameters, optimiser moments, batch
+    statistics) holds NaN or inf after ``step`` steps. A step's loss is computed before its update, so a finite loss
+    does not clear the state that a NaN gradient or an overflowing update left: this check runs before each
+    checkpoint, so that a saved state is never a diverged one. One reduction on the devices, one value fetched."""
+    leaves = [x for x in jax.tree.leaves(state) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not leaves:
+        return
+    finite = _all_finite(leaves)
+    if not bool(np.asarray(finite.addressable_data(0))):
+        raise NonFiniteLossError(
+            f"the trained state holds NaN or infinite values after step {step}, although the loss was finite (a "
+            f"gradient or an update was not); training stopped and {_where_to_resume(last_good_step, checkpoint_dir)}."
+            f" {_ADVICE}")
 
 
 class PendingMetrics:
@@ -67,12 +99,9 @@ class PendingMetrics:
         self._steps = []
         for step, metrics in fetched:
             if not math.isfinite(float(metrics["loss"])):
-                where = (f"the last good checkpoint is step {last_good_step} in {checkpoint_dir}"
-                         if last_good_step is not None else "no checkpoint was written yet")
                 raise NonFiniteLossError(
-                    f"loss is {float(metrics['loss'])} at step {step + 1}; training stopped and {where}. "
-                    f"Try a lower --config.optim.lr, gradient clipping (--config.optim.grad_clip=1.0) or float32 "
-                    f"activations (--config.model.dtype=float32).")
+                    f"loss is {float(metrics['loss'])} at step {step + 1}; training stopped and "
+                    f"{_where_to_resume(last_good_step, checkpoint_dir)}. {_ADVICE}")
         if not fetched:
             return {}
         means = {k: sum(float(m[k]) for _, m in fetched) / len(fetched) for k in fetched[0][1]}
@@ -123,8 +152,9 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
                on_log: Callable[[int, dict], None] | None = None, now: Callable[[], float] = time.perf_counter):
     """Run ``train_step`` from ``state.step`` to ``total_steps``; returns the final state.
 
-    Checkpoints every ``checkpoint_every`` steps and at the end, each after checking all losses since the last
-    one are finite, so a saved state is never a diverged one; ``now`` is the clock of the logged timings.
+    Checkpoints every ``checkpoint_every`` steps and at the end, each after checking that all losses since the last
+    one and the state itself are finite, so a saved state is never a diverged one; ``now`` is the clock of the
+    logged timings.
     """
     start = int(jax.device_get(state.step))
     clock = LoopClock(images_per_step, now)
@@ -174,6 +204,7 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
                     if on_log is not None:
                         on_log(done, means)
                 if save:
+                    check_state_is_finite(state, done, last_saved, checkpointer.directory)
                     # Written in the background while the next steps run; the last one is waited for.
                     checkpointer.save(done, state, {"data": batches.get_state()}, wait=done == total_steps or stopping)
                     last_saved = done

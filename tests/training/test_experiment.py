@@ -165,6 +165,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, mo
     assert experiment.checkpointer.all_steps() == [3]
 
 
+def test_parameters_gone_nan_under_a_finite_loss_are_not_saved(tiny_config, tmp_path, monkeypatch):
+    """As a NaN gradient leaves them: the loss of the step that broke them was computed before its update."""
+    config = tiny_config(max_steps=8, checkpoint_every=3)
+    real_make = classification.make_train_step
+
+    def nan_params_at_six(loss_config, mesh, *args, **kwargs):
+        step_fn = real_make(loss_config, mesh, *args, **kwargs)
+
+        def step(state, batch):
+            new_state, metrics = step_fn(state, batch)
+            if int(new_state.step) == 6:  # the step of a checkpoint: its loss is finite
+                new_state = new_state.replace(params=jax.tree.map(lambda p: p * np.nan, new_state.params))
+            return new_state, metrics
+
+        return step
+
+    monkeypatch.setattr(classification, "make_train_step", nan_params_at_six)
+    experiment = run.Experiment(config, tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"NaN or infinite values after step 6, .*last good checkpoint is "
+                                                 r"step 3"):
+        experiment.train()
+    assert experiment.checkpointer.all_steps() == [3]
+
+
 @pytest.mark.slow  # trains one model, then builds a second
 def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
     run.Experiment(tiny_config(max_steps=3), tmp_path).train()

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import pytest
 from ssm_jax.training import run
 from ssm_jax.training.checkpoint import Checkpointer
 from ssm_jax.training.log import MetricsLog
-from ssm_jax.training.loop import LoopClock, train_loop
+from ssm_jax.training.loop import LoopClock, NonFiniteLossError, train_loop
 from ssm_jax.training.preemption import Preempted
 from ssm_jax.training.mesh import make_mesh
 
@@ -283,3 +284,26 @@ def test_a_real_run_logs_its_timings(tiny_config, tmp_path):
     assert [line["step"] for line in lines] == [2, 4]
     assert lines[0]["compile_s"] > 0 and "compile_s" not in lines[1]
     assert all(line["data_wait_s"] >= 0 and line["max_pause_s"] > 0 and line["images_per_s"] > 0 for line in lines)
+
+
+class Weighted(NamedTuple):
+    """A state with a parameter, as a pytree: the loop checks it before each checkpoint."""
+    step: int
+    w: np.ndarray
+
+
+@pytest.mark.parametrize("every, expected", [(3, "after step 3, .*no checkpoint was written yet"),
+                                             (2, "after step 4, .*the last good checkpoint is step 2 in ckpt")])
+def test_a_state_gone_non_finite_under_a_finite_loss_is_never_saved(tmp_path, every, expected):
+    """A step's loss is computed before its update: the loss of step 3 is finite, the state it leaves is not."""
+    world = Scripted()
+
+    def train_step(state, batch):
+        _, metrics = Scripted.train_step(world, state, batch)
+        return Weighted(state.step + 1, state.w + (np.nan if state.step + 1 == 3 else 1.0)), metrics
+
+    with pytest.raises(NonFiniteLossError, match=f"NaN or infinite values {expected}"):
+        train_loop(Weighted(0, np.zeros(4, np.float32)), train_step, world, mesh=make_mesh(), total_steps=7,
+                   checkpointer=world, log=MetricsLog(tmp_path), log_every=10, checkpoint_every=every,
+                   images_per_step=BATCH, now=world.now)
+    assert [e for e in world.events if e.startswith("save ")] == ([] if every == 3 else ["save 2 2"])
