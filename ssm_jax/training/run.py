@@ -313,6 +313,7 @@ class Experiment:
         # the run's images are read as it trained on them.
         resuming = has_checkpoint(self.workdir)
         saved = (train_set if train_set is not None else read_train_set(self.workdir)) if resuming else None
+        self._saved_train_set = saved
         if resuming:
             _check_bit_depth(config, saved, self.workdir)
         self.mesh = make_mesh()
@@ -377,8 +378,8 @@ class Experiment:
             else:
                 self.family.on_fresh_start(config)
             write_config(self.workdir, config)  # after the restore: a refused resume keeps the config that wrote it
-            if jax.process_index() == 0:
-                save_train_set(self.workdir, self.train_source)
+            if jax.process_index() == 0 and self._saved_train_set is None:  # resumed, the record of the split that
+                save_train_set(self.workdir, self.train_source)  # shaped the state stays: eval.py shapes it alike
             frozen = count_params({k: v for k, v in self.state.params.items() if k in self.family.frozen})
             _say(f"{config.model.name}: {count_params(self.state.params):,} parameters"
                  f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "

@@ -4,6 +4,7 @@ defects: the loss falls, the encoder stays frozen, the bank is in the state and 
 the evaluation writes MambaAD's outputs."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -156,6 +157,23 @@ def test_a_training_split_grown_since_the_run_still_restores_it(trained):
     with grown.unlocked():
         grown.data.source.num_train = 24
     station = run.Experiment.for_eval(grown, straight.workdir)
+    for a, b in zip(jax.tree.leaves(_host(straight.state.model_state)),
+                    jax.tree.leaves(_host(station.state.model_state))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_resumed_on_a_grown_split_keeps_the_record_that_shaped_its_bank(trained, tmp_path):
+    """Training resumed after good parts were added keeps train_set.json as the bank was sized, so eval.py and
+    prediction still restore the run (a rewritten record sized the bank anew: "checkpoint ... unreadable")."""
+    _, straight, _ = trained
+    workdir = tmp_path / "run"
+    shutil.copytree(straight.workdir, workdir)
+    grown = make_tiny_config()
+    with grown.unlocked():
+        grown.data.source.num_train = 24
+    run.Experiment(grown, workdir).train()  # resumes at its last step
+    assert json.loads((workdir / "train_set.json").read_text())["num_images"] == 16
+    station = run.Experiment.for_eval(grown, workdir)
     for a, b in zip(jax.tree.leaves(_host(straight.state.model_state)),
                     jax.tree.leaves(_host(station.state.model_state))):
         np.testing.assert_array_equal(a, b)
