@@ -99,12 +99,16 @@ def _batch_rows(batch, layout: BankLayout) -> tuple[np.ndarray, np.ndarray]:
     return rows, np.flatnonzero(layout.kept[pos] == rows)
 
 
-def build_bank(features_fn, batches, layout: BankLayout, projection_dim: int | None = 128, seed: int = 0):
-    """(features (size, C) float32, image_index (size,) int32, rows (size,)): the coreset of the training patches.
+def build_bank(features_fn, batches, layout: BankLayout, projection_dim: int | None = 128, seed: int = 0,
+               missing_ok: bool = False):
+    """(features (size, C) float32, image_index (size,) int32, rows): the coreset of the training patches.
 
     ``features_fn(images) -> (B, h, w, C)`` on the device; ``batches()`` returns a fresh iterator over the normal
     training images (dicts with ``image`` and the source ``index``). Rows are in greedy selection order; ``rows``
-    are global patch indices (image index x h*w + position).
+    are the global patch indices drawn (image index x h*w + position). The batches must cover every training image
+    once, unless ``missing_ok`` (``data.skip_corrupt``: unreadable files are left out): then the bank draws from the
+    images read, and rows it has no patch for repeat the rows drawn, so that its size stays the layout's (the one a
+    resumed run or ``eval.py`` computes from the split's size).
     """
     if layout.size < layout.num_kept:
         project = jax.jit(lambda f: random_projection(f.reshape(-1, f.shape[-1]), projection_dim, seed)
@@ -114,31 +118,39 @@ def build_bank(features_fn, batches, layout: BankLayout, projection_dim: int | N
             rows, pos = _batch_rows(batch, layout)
             projected.append(np.asarray(project(features_fn(jnp.asarray(batch["image"]))))[pos])
             order.append(rows[pos])
-        order = np.concatenate(order)
-        if len(order) != layout.num_kept:
+        order = np.concatenate(order) if order else np.zeros(0, np.int64)
+        if len(order) != layout.num_kept and not (missing_ok and len(order)):
             raise ValueError(f"the training batches gave {len(order)} of the {layout.num_kept} patches the bank "
                              f"draws from; they must cover every training image once")
-        projected = np.concatenate(projected)[np.argsort(order, kind="stable")]
-        chosen = np.arange(layout.num_kept) if layout.kept is None else layout.kept
-        chosen = chosen[np.asarray(greedy_coreset(projected, layout.size, seed, projection_dim=None))]
+        sorting = np.argsort(order, kind="stable")
+        candidates, projected = order[sorting], np.concatenate(projected)[sorting]
+        chosen = candidates[np.asarray(greedy_coreset(projected, min(layout.size, len(candidates)), seed,
+                                                      projection_dim=None))]
     else:
         chosen = np.arange(layout.num_kept) if layout.kept is None else layout.kept
     slot = np.argsort(chosen, kind="stable")
     sorted_rows = chosen[slot]
     bank = np.zeros((layout.size, layout.channels), np.float32)
+    image_index = np.zeros(layout.size, np.int32)
+    image_index[:len(chosen)] = chosen // layout.rows_per_image
     filled = np.zeros(layout.size, bool)
     for batch in batches():
         rows = _batch_rows(batch, layout)[0]
-        where = np.minimum(np.searchsorted(sorted_rows, rows), layout.size - 1)
+        where = np.minimum(np.searchsorted(sorted_rows, rows), len(chosen) - 1)
         hit = np.flatnonzero(sorted_rows[where] == rows)
         if len(hit):
             flat = np.asarray(features_fn(jnp.asarray(batch["image"]))).reshape(-1, layout.channels)
             bank[slot[where[hit]]] = flat[hit]
             filled[slot[where[hit]]] = True
     if not filled.all():
-        raise ValueError(f"{int((~filled).sum())} bank rows were not produced by the training batches; the batches "
-                         f"must cover every training image once (source indices 0..{layout.num_images - 1})")
-    return jnp.asarray(bank), jnp.asarray(chosen // layout.rows_per_image, jnp.int32), chosen
+        if not (missing_ok and filled.any()):
+            raise ValueError(f"{int((~filled).sum())} bank rows were not produced by the training batches; the "
+                             f"batches must cover every training image once (source indices "
+                             f"0..{layout.num_images - 1})")
+        given, empty = np.flatnonzero(filled), np.flatnonzero(~filled)
+        repeated = given[np.arange(len(empty)) % len(given)]
+        bank[empty], image_index[empty] = bank[repeated], image_index[repeated]
+    return jnp.asarray(bank), jnp.asarray(image_index), chosen
 
 
 def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weights: str = "", bank_source=None,
@@ -173,7 +185,7 @@ def create_state(model: SNARM, tx, rng, image_size: int, mesh, *, encoder_weight
         # (wide_resnet50_2's features at 64 px, on the CPU: 2.4 s to compile against 1.8 s).
         features = functools.partial(jax.jit(functools.partial(model.apply, method=SNARM.patch_features)), variables)
         start = time.perf_counter()
-        rows, image_index, _ = build_bank(features, batches, layout, bank.projection_dim, seed)
+        rows, image_index, _ = build_bank(features, batches, layout, bank.projection_dim, seed, skip_corrupt)
         if jax.process_index() == 0:
             print(f"bank: {layout.size:,} of {layout.num_kept:,} patches ({layout.num_images} normal images, "
                   f"{layout.grid[0]}x{layout.grid[1]} each, {layout.channels} channels, "

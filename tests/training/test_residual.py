@@ -75,6 +75,35 @@ def test_full_bank_and_missing_images():
         residual.build_bank(lambda x: x, _feature_batches(features, np.arange(3), 4), layout)
 
 
+@pytest.mark.parametrize("size", [20, 160])  # a coreset, and every patch
+def test_unreadable_images_left_out_give_no_rows_and_the_bank_keeps_its_size(size):
+    """With ``data.skip_corrupt`` an unreadable training image never comes in a batch: the bank draws from the images
+    read (the coreset of their patches) and repeats rows where it has none, keeping the size eval.py computes."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((10, 4, 4, 12)).astype(np.float32)
+    rows = features.reshape(-1, 12)
+    layout = residual.BankLayout(10, (4, 4), 12, None, size)
+    read = np.array([0, 1, 2, 4, 5, 6, 7, 8, 9])  # image 3 left out
+    batches = _feature_batches(features, read, 3)
+    with pytest.raises(ValueError, match="must cover every training image once"):
+        residual.build_bank(lambda x: x, batches, layout, projection_dim=5, seed=1)
+    bank, image_index, chosen = residual.build_bank(lambda x: x, batches, layout, projection_dim=5, seed=1,
+                                                    missing_ok=True)
+    bank, image_index = np.asarray(bank), np.asarray(image_index)
+    assert bank.shape == (size, 12) and 3 not in image_index
+    candidates = (read[:, None] * 16 + np.arange(16)).reshape(-1)
+    if size < len(candidates):
+        projected = np.asarray(random_projection(rows[candidates], 5, seed=1))
+        start = int(np.flatnonzero(candidates == chosen[0])[0])
+        np.testing.assert_array_equal(chosen, candidates[_greedy_reference(projected, size, start)])
+        np.testing.assert_array_equal(bank, rows[chosen])
+    else:  # image 3's 16 rows repeat rows of the images read
+        np.testing.assert_array_equal(chosen, np.arange(160))
+        owner = [np.flatnonzero((rows == row).all(axis=1)) // 16 for row in bank]
+        assert all(len(o) == 1 and o[0] == i for o, i in zip(owner, image_index))
+        np.testing.assert_array_equal(bank[:48], rows[:48])
+
+
 def test_bank_layout():
     model = build_snarm(snarm_model_config(encoder="resnet18", feature_dim=32))
     bank = finalize(snarm_config("synthetic", None)).bank
