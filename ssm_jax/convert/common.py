@@ -13,7 +13,6 @@ import os
 import pickle
 import re
 import string
-import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -147,11 +146,6 @@ def _torch_load(path: Path, torchscript: bool = False):
         import torch
     except ImportError as e:
         raise ImportError(f'loading {path} needs PyTorch: pip install -e ".[torch]"') from e
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save's zip, or a legacy pickle
-        raise ValueError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}; torch.save writes a zip "
-                         f"archive or a pickle): expected the .pth / .pt file of a model's state_dict")
     trusted = os.environ.get(UNSAFE_LOAD_ENV, "").lower() in ("1", "true", "y", "yes")
     if torchscript:
         if trusted:
@@ -160,7 +154,8 @@ def _torch_load(path: Path, torchscript: bool = False):
                          f"it, rerun with {UNSAFE_LOAD_ENV}=1 in the environment, or save the state dict alone: "
                          f"torch.save(torch.jit.load(path).state_dict(), 'weights.pth')")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
+        with open(path, "rb") as f:  # a file, not its path: torch.load takes a path named .safetensors for one
+            return torch.load(f, map_location="cpu", weights_only=not trusted)
     except (ModuleNotFoundError, AttributeError) as e:  # trusted: a pickled object whose class is not importable here
         raise ValueError(f"{path} holds a pickled object whose class cannot be imported here ({e}); save the state "
                          f"dict alone where the model's code is: torch.save(model.state_dict(), path)") from e
@@ -177,14 +172,20 @@ def _torch_load(path: Path, torchscript: bool = False):
 
 def _safetensors_load(path: Path) -> dict[str, np.ndarray]:
     """A ``.safetensors`` file (Hugging Face's format: timm's hub weights), read with NumPy, no torch needed: an
-    8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then the bytes."""
+    8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then the bytes. A header
+    length the file cannot hold is refused before the header is read (it would ask for up to 2**64 bytes)."""
+    with open(path, "rb") as f:
+        size, total = int.from_bytes(f.read(8), "little"), os.fstat(f.fileno()).st_size
+        if 8 + size > total:
+            raise ValueError(f"cannot read {path} as safetensors: its first 8 bytes give a header length of {size}, "
+                             f"more than its {total} bytes hold; expected an 8-byte little-endian length, then that "
+                             f"many bytes of JSON header, then the tensors")
+        raw_header, data = f.read(size), f.read()
     try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header, data = json.loads(f.read(size)), f.read()
+        header = json.loads(raw_header)
         entries = {name: (e["dtype"], tuple(e["shape"]), e["data_offsets"]) for name, e in header.items()
                    if name != "__metadata__"}
-    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"cannot read {path} as safetensors (truncated or corrupt?): {type(e).__name__}: {e}") from e
     out = {}
     for name, (dtype, shape, (begin, end)) in entries.items():
@@ -200,26 +201,52 @@ def _safetensors_load(path: Path) -> dict[str, np.ndarray]:
 
 
 def _file_kind(path: Path) -> str:
-    """"npz", "safetensors", "torchscript" or "torch": by the suffix for the first two, else by the first bytes and
-    a zip's member names (weights files are often renamed: an .npz or a safetensors file saved as .pth; a TorchScript
-    archive holds the model's code beside ``constants.pkl``)."""
-    if path.suffix in (".npz", ".safetensors"):
-        return path.suffix[1:]
+    """"npz", "safetensors", "torchscript" or "torch", by the contents whatever the suffix: weights files are often
+    renamed (a .pth saved as .safetensors or .npz, or the other way)."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
+    if _is_safetensors(head, size):
         return "safetensors"
     if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except zipfile.BadZipFile:
-            return "torch"  # torch.load names the damage
-        if names and all(name.endswith(".npy") for name in names):
-            return "npz"
-        if any(name.endswith("/constants.pkl") for name in names):
-            return "torchscript"
-    return "torch"
+        return _zip_kind(path, size)
+    if head.startswith(b"\x80"):  # pickle's protocol opcode: torch.save's legacy format
+        return "torch"
+    raise _not_weights(path, size, f"it starts with {head[:8]!r}")
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """Whether ``head`` (a file's first 9 bytes) starts a safetensors file of ``size`` bytes: an 8-byte
+    little-endian header length the file can hold, then the JSON header's ``{``."""
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+
+
+def _zip_kind(path: Path, size: int) -> str:
+    """A zip archive's kind by its member names: an .npz holds .npy files, torch.save's zip ``<name>/data.pkl``,
+    and a TorchScript archive also ``<name>/constants.pkl`` beside the model's code."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"cannot read {path} ({size} bytes) as a zip archive (truncated or corrupt?): {e}; expected "
+                         f"torch.save's zip archive or an .npz") from e
+    if names and all(name.endswith(".npy") for name in names):
+        return "npz"
+    if any(name.endswith("/constants.pkl") for name in names):
+        return "torchscript"
+    if any(name.endswith("/data.pkl") for name in names):
+        return "torch"
+    shown = ", ".join(repr(name) for name in names[:3]) + (", ..." if len(names) > 3 else "")
+    raise _not_weights(path, size, f"a zip archive of {len(names)} members ({shown}), neither .npy files nor "
+                                   f"'<name>/data.pkl'")
+
+
+def _not_weights(path: Path, size: int, found: str) -> ValueError:
+    """The error for a file of none of the formats read here: what it holds instead, and those formats."""
+    return ValueError(f"{path} is not a PyTorch checkpoint ({found}; {size} bytes), nor a weights file of another "
+                      f"format read here: expected torch.save's zip archive (with '<name>/data.pkl') or pickle, a "
+                      f".safetensors file (an 8-byte little-endian header length, then a JSON header) or an .npz "
+                      f"(a zip archive of .npy files)")
 
 
 def _npz_load(path: Path) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ import pytest
 from flax.core import freeze
 
 from ssm_jax.convert import TRANSFORMS, ConversionError, Rule, convert_state_dict, load_state_dict
-from ssm_jax.convert.common import torch_key_for
+from ssm_jax.convert.common import _safetensors_load, torch_key_for
 
 TEMPLATE = freeze({
     "params": {"blocks_0": {"proj": {"kernel": jax.ShapeDtypeStruct((3, 2), np.float32)},
@@ -140,6 +140,36 @@ def test_safetensors_and_renamed_files_load_by_their_contents(tmp_path):
         load_state_dict(tmp_path / "cut.safetensors")
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_renamed_torch_checkpoint_loads_by_its_contents(tmp_path, legacy):
+    """torch.save's zip archive, or its legacy pickle, named .safetensors or .npz reads as the .pth it is: the
+    suffix is not trusted."""
+    torch = pytest.importorskip("torch")
+    state = {"conv.weight": torch.randn(2, 3, 3, 3), "bn.num_batches_tracked": torch.tensor(7)}
+    original = tmp_path / "weights.pth"
+    torch.save(state, original, _use_new_zipfile_serialization=not legacy)
+    expected = load_state_dict(original)
+    for name in ("renamed.safetensors", "renamed.npz"):
+        (tmp_path / name).write_bytes(original.read_bytes())
+        loaded = load_state_dict(tmp_path / name)
+        assert {k: v.dtype for k, v in loaded.items()} == {k: v.dtype for k, v in expected.items()}
+        for key, value in expected.items():
+            np.testing.assert_array_equal(loaded[key], value)
+
+
+def test_a_file_of_no_known_format_is_named(tmp_path):
+    """Random bytes named .safetensors: the file, its size and the formats expected, not a huge allocation; the
+    safetensors reader itself refuses a header length the file cannot hold."""
+    path = tmp_path / "noise.safetensors"
+    path.write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(ValueError, match=r"noise.safetensors is not a PyTorch checkpoint \(it starts with b'.*'; "
+                                         r"1000 bytes\), nor .*: expected torch.save's zip archive .* or an .npz"):
+        load_state_dict(path)
+    with pytest.raises(ValueError, match=r"cannot read \S*noise.safetensors as safetensors: its first 8 bytes give a "
+                                         r"header length of \d+, more than its 1000 bytes hold"):
+        _safetensors_load(path)
+
+
 def test_a_key_with_and_without_ddp_prefix_is_refused():
     with pytest.raises(ValueError, match=r"keys 'conv.weight' and 'module.conv.weight' both stand for 'conv.weight'"):
         load_state_dict({"conv.weight": np.ones(2), "module.conv.weight": np.zeros(2)})
@@ -178,7 +208,7 @@ def test_corrupt_and_missing_files(tmp_path):
 
 def test_missing_torch_is_named(tmp_path, monkeypatch):
     path = tmp_path / "weights.pth"
-    path.write_bytes(b"anything")
+    path.write_bytes(b"\x80\x02anything")  # a pickle's start, as torch.save's legacy format writes
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[torch\]"'):
         load_state_dict(path)
