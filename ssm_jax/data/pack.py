@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ssm_jax.data import elpv, get_source, images
+from ssm_jax.data import Source, elpv, get_source, images, loader_options
 from ssm_jax.data.common import is_hidden
 
 SPLITS = {
@@ -42,17 +42,18 @@ METADATA_EXTENSIONS = (".csv", ".json", ".txt")
 MIN_SIZE = 8
 FORMATS = ("png", "webp")
 _DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same dataset packs to the same bytes
+_TRAIN_SOURCE_FLAG = "--config.data.source."  # how train.py's flags name a loader option, in the loaders' advice
 
 
 def default_root(dataset: str, root: str | None) -> str:
-    """``root``, or the installed package's folder for elpv/elpv_ad; raises when there is none."""
+    """``root`` with ``~`` expanded (the shell leaves ``--root=~/x`` as is; train.py expands it too), or the
+    installed package's folder for elpv/elpv_ad; raises when there is none. A missing folder is the loader's to
+    report, as it says what layout it expected there (``_read``)."""
     if root is None:
         if dataset not in ("elpv", "elpv_ad"):
             raise ValueError(f"dataset {dataset!r} needs --root (the folder the loader reads)")
-        root = elpv.package_root()
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"root directory {root!r} not found")
-    return root
+        return elpv.package_root()
+    return os.path.expanduser(root)
 
 
 def dataset_files(dataset: str, root: str, source: dict | None = None) -> tuple[list[str], list[str], list[str]]:
@@ -61,7 +62,7 @@ def dataset_files(dataset: str, root: str, source: dict | None = None) -> tuple[
     _check_dataset(dataset)
     image_files, mask_files = set(), set()
     for split in SPLITS[dataset]:
-        for record in get_source(dataset, root, split, **(source or {})):
+        for record in _read(dataset, root, split, source or {}):
             image_files.add(_relative(record.path, root))
             if record.mask_path is not None:
                 mask_files.add(_relative(record.mask_path, root))
@@ -71,6 +72,39 @@ def dataset_files(dataset: str, root: str, source: dict | None = None) -> tuple[
         metadata += [os.path.relpath(os.path.join(directory, f), root) for f in files
                      if f.lower().endswith(METADATA_EXTENSIONS) and not is_hidden(f)]
     return sorted(image_files), sorted(mask_files - image_files), sorted(metadata)
+
+
+def _read(dataset: str, root: str, split: str, source: dict) -> Source:
+    """``get_source``, its errors in pack's terms (``_pack_terms``), and an option the loader lacks refused first."""
+    _check_source(dataset, source)
+    try:
+        return get_source(dataset, root, split, **source)
+    except (ValueError, FileNotFoundError) as err:
+        message = _pack_terms(str(err), dataset, root)
+        if message == str(err):
+            raise
+        raise type(err)(message) from err
+
+
+def _pack_terms(message: str, dataset: str, root: str) -> str:
+    """A loader's ``message`` for pack: the loaders are train.py's too, so their advice names a loader option as
+    ``--config.data.source.KEY=VALUE``, here ``--source KEY=VALUE``; and when ``root`` is not a directory, the
+    message (which says what the loader expected there) is said to be about ``--root``."""
+    message = message.replace(_TRAIN_SOURCE_FLAG, "--source ")
+    if not os.path.isdir(root):
+        message += f" (--root {root!r} is not a directory: pass --root DIR, the folder the {dataset!r} loader reads)"
+    return message
+
+
+def _check_source(dataset: str, source: dict) -> None:
+    """Refuses ``--source`` keys that ``dataset``'s loader lacks, naming the ones it has (its own TypeError names
+    neither the option list nor the flag)."""
+    valid = loader_options(dataset)
+    unknown = sorted(set(source) - set(valid))
+    if unknown:
+        keys = "key" if len(unknown) == 1 else "keys"
+        raise ValueError(f"unknown --source {keys} {', '.join(map(repr, unknown))} for dataset {dataset!r}; "
+                         f"expected one of {', '.join(map(repr, valid))}")
 
 
 def _check_dataset(dataset: str) -> None:
@@ -156,8 +190,8 @@ def verify(dataset: str, root: str | None, zip_path: str, source: dict | None = 
     with tempfile.TemporaryDirectory() as tmp:
         packed_root = unpack(zip_path, tmp)
         for split in SPLITS[dataset]:
-            original = [_key(r, root) for r in get_source(dataset, root, split, **source)]
-            packed = [_key(r, packed_root) for r in get_source(dataset, packed_root, split, **source)]
+            original = [_key(r, root) for r in _read(dataset, root, split, source)]
+            packed = [_key(r, packed_root) for r in _read(dataset, packed_root, split, source)]
             if packed != original:
                 raise ValueError(f"packed {split!r} split differs: {len(packed)} records, "
                                  f"expected {len(original)} as in {root!r}")
@@ -203,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.verify:
             counts = verify(args.dataset, args.root, args.out, dict(args.source))
             print("verified: " + ", ".join(f"{split} {n} records" for split, n in counts.items()))
-    except (ValueError, FileNotFoundError, TypeError) as e:  # TypeError: a --source option the loader lacks
+    except (ValueError, FileNotFoundError, TypeError) as e:  # TypeError: a --source value of the wrong type
         sys.exit(f"error: {e}")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssm_jax.data import elpv, get_source, pack, replicas
+from ssm_jax.data import elpv, get_source, loader_options, pack, replicas
 from ssm_jax.data.images import load_image
 
 SIZE = 12  # replicas are 16 x 16: every image is resized
@@ -151,10 +151,51 @@ def test_loader_options_on_the_command_line(replica, tmp_path, capsys):
                "--out", out, "--verify"])
     assert "verified: train" in capsys.readouterr().out
     assert get_source("realiad", pack.unpack(out, str(tmp_path / "r")), "test", image_dir="realiad_256")
-    with pytest.raises(SystemExit, match="error: .*unexpected keyword argument 'image_folder'"):
-        pack.main(["--dataset", "realiad", "--root", root, "--source", "image_folder=x", "--size", "16",
-                   "--out", out])
     assert pack.source_option("categories=['pcb']") == ("categories", ["pcb"])
+
+
+def test_unknown_loader_option_is_named_with_the_valid_ones(replica, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        pack.main(["--dataset", "folder", "--root", replica("folder"), "--source", "bogus=1", "--size", "8",
+                   "--out", str(tmp_path / "x.zip")])
+    message = str(e.value)
+    assert message.startswith("error: unknown --source key 'bogus' for dataset 'folder'; expected one of ")
+    assert all(repr(option) in message for option in loader_options("folder")) and "\n" not in message
+
+
+def test_loader_advice_is_given_in_pack_syntax(replica, tmp_path, capsys):
+    """The loaders are train.py's too: advice they give as --config.data.source.KEY=VALUE is pack's --source
+    KEY=VALUE, and following it works."""
+    root = replica("mvtec")
+    os.remove(os.path.join(root, "bottle", "ground_truth", "crack", "001_mask.png"))
+    argv = ["--dataset", "mvtec", "--root", root, "--size", "8", "--out", str(tmp_path / "x.zip")]
+    with pytest.raises(SystemExit) as e:
+        pack.main(argv)
+    assert "has no mask" in str(e.value) and "--config" not in str(e.value)
+    assert "(or pass require_masks=False: --source require_masks=False)" in str(e.value)
+    pack.main(argv + ["--source", "require_masks=False", "--verify"])
+    assert "verified: train" in capsys.readouterr().out
+
+
+def test_root_with_tilde_is_expanded(replica, tmp_path, monkeypatch, capsys):
+    """The shell leaves ~ as is in --root=~/x; pack expands it, as train.py does."""
+    root = replica("folder")
+    monkeypatch.setenv("HOME", os.path.dirname(root))
+    pack.main(["--dataset", "folder", f"--root=~/{os.path.basename(root)}", "--size", "8",
+               "--out", str(tmp_path / "x.zip"), "--verify"])
+    assert "verified: all" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dataset", sorted(pack.SPLITS))
+def test_missing_root_says_what_the_loader_expected(dataset, tmp_path):
+    """The loader describes the layout it expected at the root; pack adds that the root is --root's."""
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(SystemExit) as e:
+        pack.main(["--dataset", dataset, "--root", missing, "--size", "8", "--out", str(tmp_path / "x.zip")])
+    message = str(e.value)
+    assert message.startswith("error: directory ") and " not found; expected " in message
+    assert f"(--root {missing!r} is not a directory: pass --root DIR, the folder the {dataset!r} loader reads)" \
+        in message
 
 
 def test_camera_bit_depth_is_applied_when_packing(replica, tmp_path):
