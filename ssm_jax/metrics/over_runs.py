@@ -10,9 +10,11 @@
 
 Each argument is a workdir (its ``eval/metrics.json`` is read, as ``train.py`` and ``eval.py`` write it; ``--eval``
 names another of its evaluations, e.g. ``eval_tta_d4``, which ``--against`` runs use too unless given as files) or a
-``metrics.json`` itself. Fractions are printed in percent. Counts (``num_images``, ``support``, ...) must agree
-across the runs that have them: runs scored on different test sets are not comparable, so a mismatch is an error that
-names them.
+``metrics.json`` itself. Fractions are printed in percent; thresholds (cuts on a model's score scale) and errors in
+the data's units (pretraining's masked-pixel L1) as stored. Runs scored on different test sets are not comparable, so
+the test images each run scored (the paths in the ``predictions.csv`` or ``scores.csv`` beside its ``metrics.json``)
+and the counts (``num_images``, ``support``, ...) must agree across the runs that have them; a mismatch is an error
+that names the runs.
 
 ``--against`` compares with a baseline's runs (at least two a side): the difference of the means, Welch's t (the
 unequal-variance two-sample t statistic), its Welch-Satterthwaite degrees of freedom and the two-sided p-value, so
@@ -22,10 +24,13 @@ unequal-variance two-sample t statistic), its Welch-Satterthwaite degrees of fre
 from __future__ import annotations
 
 import argparse
+import csv
 import fnmatch
 import json
 import math
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +51,52 @@ def evaluation_file(run: str | Path, evaluation: str, name: str, writer: str = "
 def metrics_path(run: str | Path, evaluation: str = "eval") -> Path:
     """The metrics.json of a workdir's ``evaluation`` folder (``<run>/eval/metrics.json``) or the file itself."""
     return evaluation_file(run, evaluation, "metrics.json")
+
+
+PER_IMAGE_FILES = ("predictions.csv", "scores.csv")  # a classifier's, an anomaly detector's: a row per test image
+
+
+def per_image_file(metrics: Path) -> Path | None:
+    """The per-image file an evaluation wrote beside its ``metrics`` (``PER_IMAGE_FILES``); None where there is none
+    (a metrics.json copied alone, or an evaluation that writes none)."""
+    return next((metrics.parent / n for n in PER_IMAGE_FILES if (metrics.parent / n).is_file()), None)
+
+
+def scored_images(path: Path) -> list[str]:
+    """The sorted image paths of a per-image file's rows, relative to the folder they share, as
+    ``ensemble.read_predictions`` compares them: runs on copies of a dataset at different places match. A path
+    repeats where a synthetic test set draws several defects on one file."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            paths = [row["path"] for row in reader] if "path" in (reader.fieldnames or []) else None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8") from e
+    if paths is None:
+        raise ValueError(f"{path}: expected a header with a path column and one row per test image")
+    if not paths:
+        return []
+    shared = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return sorted(os.path.relpath(p, shared) for p in paths)
+
+
+def check_same_images(metrics: list[Path]) -> None:
+    """Raises if a run scored other test images than the first run with a per-image file; runs without one are
+    checked by their counts alone (``summarize``), which test sets of the same size pass."""
+    scored = [(f, scored_images(f)) for f in map(per_image_file, metrics) if f is not None]
+    for other, images in scored[1:]:
+        if images != scored[0][1]:
+            raise ValueError(different_images(*scored[0], other, images))
+
+
+def different_images(first: Path, ours: list[str], other: Path, theirs: list[str]) -> str:
+    """The error for two runs that scored different test images: how many of each are not the other's, and one."""
+    only_ours, only_theirs = Counter(ours) - Counter(theirs), Counter(theirs) - Counter(ours)
+    example = f"{min(only_ours)!r} only in the first" if only_ours else f"{min(only_theirs)!r} only in the second"
+    return (f"over_runs: {first} and {other} list different test images: {only_ours.total()} of the first's "
+            f"{len(ours)} are not among the second's {len(theirs)} and {only_theirs.total()} of the second's not among "
+            f"the first's (e.g. {example}; paths below the folder each file's images share); runs scored on different "
+            f"test sets are not comparable")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, float | int]:
@@ -75,13 +126,36 @@ def is_cut(key: str) -> bool:
     return last == "threshold" or last.endswith("_threshold")
 
 
+def is_fraction(key: str) -> bool:
+    """A share in [0, 1] (accuracy, recall, AU-ROC, false alarms, ...), printed in percent. Not one: a threshold
+    (``is_cut``) and pretraining's masked-pixel L1 (``masked_l1``, ``masked_l1_std``, ``per_image.<path>``), in the
+    data's normalised units; counts are not printed."""
+    return not (is_cut(key) or key.startswith(("masked_l1", "per_image.")))
+
+
+def unit(rows: list[dict]) -> str:
+    """The header's unit for ``rows``: percent where all are fractions (``is_fraction``), else what is stored."""
+    fractions = [is_fraction(row["key"]) for row in rows]
+    if all(fractions):
+        return "%"
+    return "%; thresholds and errors as stored" if any(fractions) else "as stored"
+
+
+def number(value: float, key: str, sign: str = "") -> str:
+    """``value`` of metric ``key`` as printed: a fraction in percent to 0.1, anything else as stored to 4 significant
+    digits (a threshold on a score scale may be 0.02 or 1,200); ``sign`` "+" signs a difference."""
+    return f"{100 * value:{sign}.1f}" if is_fraction(key) else f"{value:{sign}.4g}"
+
+
 def summarize(runs: list, keys: list[str] | None = None, evaluation: str = "eval") -> list[dict]:
     """Rows of {key, mean, sd, values} (fractions, not percent) over ``runs`` (workdirs, read in their
     ``evaluation`` folder, or metrics.json files) for the keys matching ``keys`` (fnmatch patterns; None: all but
-    thresholds, ``is_cut``); sd is None for one run. Raises if the runs' counts differ."""
+    thresholds, ``is_cut``); sd is None for one run. Raises if the runs' test images (``check_same_images``) or counts
+    differ."""
     if not runs:
         raise ValueError("over_runs: no runs given")
     paths = [metrics_path(r, evaluation) for r in runs]
+    check_same_images(paths)
     flat = [flatten(json.loads(p.read_text(encoding="utf-8"))) for p in paths]
     for key in sorted({k for f in flat for k in f if is_count(k)}):
         # A count some runs lack (a metrics.json written before that entry existed) is not a disagreement; the
@@ -148,27 +222,29 @@ def compare(runs: list, baseline: list, keys: list[str] | None = None, evaluatio
 
 
 def comparison_markdown(rows: list[dict]) -> str:
-    """A Markdown table, values in percent: metric | runs | baseline | difference | Welch's t (df) | p."""
-    header = "| metric | runs, mean ± sd (%) | baseline, mean ± sd (%) | difference | Welch's t (df) | p, two-sided |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    """A Markdown table, values in ``unit``: metric | runs | baseline | difference | Welch's t (df) | p."""
+    u = unit(rows)
+    lines = [f"| metric | runs, mean ± sd ({u}) | baseline, mean ± sd ({u}) | difference | Welch's t (df) | "
+             "p, two-sided |", "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
-        test = row["test"]
+        key, test = row["key"], row["test"]
         t = "n/a" if math.isnan(test["t"]) else f"{test['t']:.2f} ({test['df']:.1f})"
         p = "n/a" if math.isnan(test["p"]) else f"{test['p']:.3f}"
-        lines.append(f"| {row['key']} | {100 * row['mean']:.1f} ± {100 * row['sd']:.1f} | "
-                     f"{100 * row['base']['mean']:.1f} ± {100 * row['base']['sd']:.1f} | {100 * test['diff']:+.1f} | "
-                     f"{t} | {p} |")
+        lines.append(f"| {key} | {number(row['mean'], key)} ± {number(row['sd'], key)} | "
+                     f"{number(row['base']['mean'], key)} ± {number(row['base']['sd'], key)} | "
+                     f"{number(test['diff'], key, '+')} | {t} | {p} |")
     return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list[dict], runs: list) -> str:
-    """A Markdown table, values in percent: metric | mean ± sd | one column per run."""
-    lines = ["| metric | mean ± sd (%) | " + " | ".join(str(r) for r in runs) + " |",
+    """A Markdown table, values in ``unit``: metric | mean ± sd | one column per run."""
+    lines = [f"| metric | mean ± sd ({unit(rows)}) | " + " | ".join(str(r) for r in runs) + " |",
              "|---|---:|" + "---:|" * len(runs)]
     for row in rows:
-        spread = "" if row["sd"] is None else f" ± {100 * row['sd']:.1f}"
-        cells = " | ".join(f"{100 * v:.1f}" for v in row["values"])
-        lines.append(f"| {row['key']} | {100 * row['mean']:.1f}{spread} | {cells} |")
+        key = row["key"]
+        spread = "" if row["sd"] is None else f" ± {number(row['sd'], key)}"
+        cells = " | ".join(number(v, key) for v in row["values"])
+        lines.append(f"| {key} | {number(row['mean'], key)}{spread} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

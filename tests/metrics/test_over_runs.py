@@ -25,6 +25,17 @@ def _classification_run(root, name, acc, recalls, num_images=656):
     return run
 
 
+PER_IMAGE_ROWS = {"predictions.csv": ("path,label,prediction,confidence,p_p0,p_p1", "{path},p0,p0,0.9,0.9,0.1"),
+                  "scores.csv": ("index,path,category,defect,label,score", "{index},{path},all,good,0,0.5")}
+
+
+def _per_image_file(run, paths, name="predictions.csv"):
+    """The per-image file an evaluation writes beside metrics.json: ``paths`` and made-up predictions or scores."""
+    header, row = PER_IMAGE_ROWS[name]
+    lines = [header, *(row.format(index=i, path=p) for i, p in enumerate(paths))]
+    (run / "eval" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def test_mean_and_sample_sd_over_runs(tmp_path):
     accs, recalls = [0.70, 0.72, 0.69], [(0.9, 0.1), (0.95, 0.0), (0.85, 0.2)]
     runs = [_classification_run(tmp_path, f"s{i}", a, r) for i, (a, r) in enumerate(zip(accs, recalls))]
@@ -82,6 +93,35 @@ def test_runs_that_cannot_be_compared_are_refused(tmp_path):
         over_runs.summarize([a, c])
 
 
+def test_runs_scored_on_other_images_of_the_same_count_are_refused(tmp_path):
+    """Another split of one dataset (``data.source.seed``) has as many test images, so the counts agree; the paths in
+    predictions.csv / scores.csv tell the sets apart, a copy of the dataset elsewhere does not, and a run without the
+    file is left to the counts."""
+    images = [f"cells/{i}.png" for i in range(4)]
+    a, b, elsewhere, other, legacy = (_classification_run(tmp_path, n, 0.7, (0.9, 0.1), num_images=4)
+                                      for n in ("a", "b", "elsewhere", "other", "legacy"))
+    _per_image_file(a, [f"/data/elpv/{p}" for p in images])
+    _per_image_file(b, [f"/data/elpv/{p}" for p in reversed(images)])
+    _per_image_file(elsewhere, [f"/mnt/copy/elpv/{p}" for p in images])
+    _per_image_file(other, [f"/data/elpv/cells/{i}.png" for i in (0, 1, 7, 8)])
+    assert len(over_runs.summarize([a, b, elsewhere, legacy], ["acc"])[0]["values"]) == 4
+    refused = (r"over_runs: .*a.eval.predictions\.csv and .*other.eval.predictions\.csv list different test images: "
+               r"2 of the first's 4 are not among the second's 4 and 2 of the second's not among the first's "
+               r"\(e\.g\. '2\.png' only in the first; paths below the folder each file's images share\)")
+    with pytest.raises(ValueError, match=refused):
+        over_runs.summarize([a, legacy, other], ["acc"])
+    with pytest.raises(SystemExit, match="list different test images"):  # the baseline is read as the same set
+        over_runs.main([str(a), str(b), "--against", str(elsewhere), str(other), "--keys", "acc"])
+    ad, ad_other = (_classification_run(tmp_path, n, 0.7, (0.9, 0.1), num_images=3) for n in ("ad", "ad_other"))
+    _per_image_file(ad, ["/mvtec/bottle/good/0.png", "/mvtec/bottle/crack/1.png", "/mvtec/bottle/crack/1.png"],
+                    "scores.csv")  # a synthetic set: two defects drawn on one file
+    _per_image_file(ad_other, ["/mvtec/bottle/good/0.png", "/mvtec/bottle/good/0.png", "/mvtec/bottle/crack/1.png"],
+                    "scores.csv")
+    with pytest.raises(ValueError, match=r"scores\.csv list different test images: 1 of the first's 3 .* "
+                                         r"'crack/1\.png' only in the first"):
+        over_runs.summarize([ad, ad_other], ["acc"])
+
+
 def test_entry_added_later_compares_on_the_keys_all_runs_have(tmp_path):
     """A run evaluated after a new entry (``binary``, with its count) was added beside one evaluated before it: the
     shared metrics compare; the new entry's are refused as missing, not as other test data."""
@@ -110,6 +150,34 @@ def test_thresholds_are_left_out_unless_asked_for(tmp_path):
     assert "at_false_alarms.pooled.1%.recall" in keys and not [k for k in keys if k.endswith("threshold")]
     assert "per_class.p1.recall" in [r["key"] for r in over_runs.summarize([new, old], ["per_class.*"])]
     assert [r["values"] for r in over_runs.summarize([new], ["*threshold"])] == [[0.41], [0.9]]
+
+
+def test_thresholds_and_errors_are_printed_as_stored(tmp_path, capsys):
+    """A threshold is a cut on a model's score scale and pretraining's masked-pixel L1 an error in normalised units,
+    not fractions: printed as stored, not times 100 under "(%)", and the header says so."""
+    runs = []
+    for i, cut in enumerate((0.2566, 0.2466, 0.30, 0.31)):
+        run = _classification_run(tmp_path, f"s{i}", 0.7, (0.9, 0.1 * i))
+        metrics = json.loads((run / "eval" / "metrics.json").read_text())
+        metrics["per_class"]["p1"]["p_f1max_threshold"] = cut
+        (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+        runs.append(str(run))
+    over_runs.main([*runs[:2], "--keys", "*threshold"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| metric | mean ± sd (as stored) |")
+    assert lines[2] == "| per_class.p1.p_f1max_threshold | 0.2516 ± 0.007071 | 0.2566 | 0.2466 |"
+    over_runs.main([*runs[:2], "--keys", "per_class.p1.recall,*threshold"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| metric | mean ± sd (%; thresholds and errors as stored) |")
+    assert lines[2:] == ["| per_class.p1.recall | 5.0 ± 7.1 | 0.0 | 10.0 |",
+                         "| per_class.p1.p_f1max_threshold | 0.2516 ± 0.007071 | 0.2566 | 0.2466 |"]
+    over_runs.main([*runs[2:], "--against", *runs[:2], "--keys", "*threshold"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| metric | runs, mean ± sd (as stored) | baseline, mean ± sd (as stored) |")
+    assert lines[2].startswith("| per_class.p1.p_f1max_threshold | 0.305 ± 0.007071 | 0.2516 ± 0.007071 | +0.0534 |")
+    pretrained = tmp_path / "pretrained.json"
+    pretrained.write_text(json.dumps({"masked_l1": 0.4312, "masked_l1_std": 0.12, "num_images": 9}))
+    assert "| masked_l1 | 0.4312 | 0.4312 |" in over_runs.markdown(over_runs.summarize([pretrained]), ["p"])
 
 
 def test_command_line_prints_the_table(tmp_path, capsys):
