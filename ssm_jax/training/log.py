@@ -54,6 +54,11 @@ class MetricsLog:
         self.path = Path(workdir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def start_over(self) -> None:
+        """Drop every line: a run starting from step 0 where one died before its first checkpoint."""
+        if jax.process_index() == 0:
+            self.path.unlink(missing_ok=True)
+
     def trim_after(self, step: int) -> None:
         """Drop lines logged after ``step`` (written by a run that died before its next checkpoint), and a last line
         cut short by that death; a damaged line before the last is an error naming it."""

@@ -376,6 +376,7 @@ class Experiment:
                 log.trim_after(extra["step"])
                 _say(f"resuming from step {extra['step']} of {self.total_steps} ({self.checkpointer.directory})")
             else:
+                log.start_over()  # lines of a run here that died before its first checkpoint
                 self.family.on_fresh_start(config)
             write_config(self.workdir, config)  # after the restore: a refused resume keeps the config that wrote it
             if jax.process_index() == 0 and self._saved_train_set is None:  # resumed, the record of the split that

@@ -76,6 +76,20 @@ def test_resume_after_crash_and_sigterm_equals_uninterrupted(tiny_config, tmp_pa
     assert steps == list(range(1, 9))
 
 
+def test_a_run_that_died_before_its_first_checkpoint_logs_each_step_once(tiny_config, tmp_path, monkeypatch):
+    """Rerun after dying before its first checkpoint, a run starts afresh, and so does its metrics.jsonl (its lines
+    were appended after the dead run's, and training_curves.png drew both)."""
+    config = tiny_config(max_steps=4, checkpoint_every=3)
+    crash_during_step(monkeypatch, classification, step=3)  # dies during step 3: steps 1 and 2 logged, nothing saved
+    with pytest.raises(KeyboardInterrupt):
+        run.Experiment(config, tmp_path).train()
+    monkeypatch.undo()
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    run.Experiment(config, tmp_path).train()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
 class _Tracked:
     """An iterator that records whether it was closed, forwarding everything else to the pipeline's iterator."""
 
