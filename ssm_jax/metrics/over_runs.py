@@ -43,8 +43,10 @@ def evaluation_file(run: str | Path, evaluation: str, name: str, writer: str = "
     if path.is_dir():
         path = path / evaluation / name
     if not path.is_file():
+        others = sorted(p.parent.name for p in Path(run).glob(f"eval*/{name}")) if Path(run).is_dir() else []
+        hint = f"; it holds {', '.join(f'{o}/{name}' for o in others)}: pass --eval {others[0]}" if others else ""
         raise FileNotFoundError(f"{path}: not found; expected a workdir holding {evaluation}/{name} (written by "
-                                f"{writer}) or a {name} file")
+                                f"{writer}) or a {name} file{hint}")
     return path
 
 
