@@ -164,6 +164,6 @@ def run(argv: list[str], fn, *args):
         sys.exit(err.exit_code)
     except (StopSignal, KeyboardInterrupt) as err:  # outside the training loop, or a second Ctrl-C in it
         name, code = ("SIGTERM", err.exit_code) if isinstance(err, StopSignal) else ("Ctrl-C", 130)
-        print(f"\nstopped on request ({name}); the checkpoints already written are kept: run the same command "
+        print(f"\nstopped on request ({name}); any checkpoint already written is kept: run the same command "
               "again to go on", file=sys.stderr, flush=True)
         sys.exit(code)

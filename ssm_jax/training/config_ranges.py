@@ -18,6 +18,8 @@ KINDS = {
     "fraction": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
     "probability": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
     "bits": (lambda v: isinstance(v, int) and (v == 0 or 8 <= v <= 32), "0 (the file type's range) or 8..32"),
+    "limit": (lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= 1),
+              "-1 (no limit) or an integer >= 1"),
 }
 
 RANGES = {
@@ -39,6 +41,7 @@ RANGES = {
     "fraction": ("optim.warmup_fraction", "optim.step_fraction", "data.source.anomaly_fraction"),
     "probability": ("optim.b1", "optim.b2", "model.drop_path", "model.dropout"),
     "bits": ("data.bit_depth",),
+    "limit": ("train.max_steps",),  # 0 trained to the end of the schedule, as -1 does, where it read as no steps
 }
 
 

@@ -50,7 +50,7 @@ def test_a_run_stopped_outside_the_training_loop_exits_with_the_signals_code(cap
     with pytest.raises(SystemExit) as exit_info:
         cli.run(["eval.py"], _raise, stop)
     assert exit_info.value.code == code
-    assert f"stopped on request ({name}); the checkpoints already written are kept" in capsys.readouterr().err
+    assert f"stopped on request ({name}); any checkpoint already written is kept" in capsys.readouterr().err
 
 
 def _terminated():

@@ -35,6 +35,7 @@ def test_every_field_out_of_range_is_named_in_one_message():
     ({"model": {"d_state": True}}, "True"),     # and not a flag
     ({"optim": {"lr": float("nan")}}, "nan"),
     ({"data": {"source": {"anomaly_fraction": 1.5}}}, "1.5"),
+    ({"train": {"epochs": 1, "max_steps": 0}}, r"max_steps=0: expected -1 \(no limit\) or an integer >= 1"),
 ])
 def test_values_that_only_look_numeric_are_refused(section, value):
     with pytest.raises(ValueError, match=value):
@@ -47,3 +48,5 @@ def test_absent_fields_and_names_pass():
     check_ranges(_config(model={"dt_rank": "auto", "expand": 1, "drop_path": 0.0},
                          optim={"warmup_fraction": 1.0, "end_lr": 0.0, "b1": 0.0},
                          data={"num_workers": 0, "source": {}}))
+    check_ranges(_config(train={"epochs": 1, "max_steps": -1}))
+    check_ranges(_config(train={"epochs": 1, "max_steps": 1}))
