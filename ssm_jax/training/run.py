@@ -204,6 +204,41 @@ def build_model(config):
     return MODELS[config.model.name](config.model)
 
 
+def _family(config) -> Family:
+    """The task family that ``config.task`` names."""
+    if config.task not in TASKS:
+        raise ValueError(f"config.task={config.task!r}; valid: {', '.join(TASKS)}")
+    return TASKS[config.task]
+
+
+def _trained_as(workdir: Path) -> tuple[str, str] | None:
+    """The task and model name of the run in ``workdir`` (its ``config.json``), or None where it has none (a run
+    from before it was written, another tool's checkpoint) or one that names neither."""
+    try:
+        trained = read_config(workdir)
+        return trained.task, trained.model.name
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+
+
+def _check_same_run(config, workdir: Path) -> None:
+    """Refuses a config of another task or model than the run in ``workdir`` trained (its ``config.json``, else the
+    dataset task of its ``train_set.json``; a run with neither passes). Checked before anything else reads the run's
+    records: their checks (class names, bit depth) and notes (optimizer settings) would name a symptom of the wrong
+    config, or the wrong workdir, and not the cause."""
+    data_task, trained = _family(config).data_task or config.task, _trained_as(workdir)
+    advice = "pass the config that run was trained with"
+    if trained is not None and trained != (config.task, config.model.name):
+        raise ValueError(f"{workdir} holds a {trained[0]} run of model {trained[1]!r} (its config.json); this config "
+                         f"trains {config.model.name!r} for {config.task}: {advice} (--config=configs/from_run.py:"
+                         f"{workdir} reads its config.json), or another --workdir")
+    saved = read_train_set(workdir) if trained is None else None
+    if saved is not None and data_task not in ("any", saved.task):
+        raise ValueError(f"{workdir} holds a run on a {saved.task} dataset (its train_set.json); this config trains "
+                         f"{config.model.name!r} for {config.task}, on {data_task} datasets: {advice}, or another "
+                         f"--workdir")
+
+
 def _check_task(config, family: Family, train_source: Source) -> None:
     """The model and the dataset must suit ``config.task``, and the family's own check must pass."""
     if config.model.name not in family.models:
@@ -304,14 +339,15 @@ class Experiment:
     ``train_set`` (a ``TrainSet``) the training split is not read."""
 
     def __init__(self, config, workdir, training: bool = True, train_set: TrainSet | None = None):
-        if config.task not in TASKS:
-            raise ValueError(f"config.task={config.task!r}; valid: {', '.join(TASKS)}")
+        self.family = _family(config)
         self.config, self.workdir = config, Path(workdir).expanduser()  # "--workdir=~/x": the shell leaves ~ as is
         _refuse_undecodable([str(self.workdir)], "--workdir")
         check_ranges(config)
         # Whether a checkpoint will be restored over the new state: then the state only needs the right shapes, and
         # the run's images are read as it trained on them.
         resuming = has_checkpoint(self.workdir)
+        if resuming:
+            _check_same_run(config, self.workdir)
         saved = (train_set if train_set is not None else read_train_set(self.workdir)) if resuming else None
         self._saved_train_set = saved
         if resuming:
@@ -321,7 +357,6 @@ class Experiment:
             check_batch_size(config.train.batch_size, self.mesh)
             check_grad_accum(config.train.batch_size, config.train.grad_accum_steps, self.mesh)
         check_batch_size(config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
-        self.family = TASKS[config.task]
         if config.train.init_from and not self.family.init_from:
             takers = " and ".join(name for name, family in TASKS.items() if family.init_from)
             raise ValueError(f"config.train.init_from is a setting of {takers} runs, not of "
@@ -409,7 +444,8 @@ class Experiment:
     @classmethod
     def for_eval(cls, config, workdir, predict_only: bool = False) -> Experiment:
         """The experiment with ``workdir``'s latest checkpoint restored. A workdir without one is refused before
-        anything is built or written: no empty ``checkpoints/`` left behind, no SNARM patch bank built first. The
+        anything is built or written: no empty ``checkpoints/`` left behind, no SNARM patch bank built first; so is a
+        config of another task or model than the run's (``_check_same_run``), before its records are read. The
         optimizer settings are the training run's (``_with_saved_optimizer``). With ``predict_only`` (new images,
         ``predict_folder``) the training split is taken from the run's ``train_set.json`` where it has one, so the
         dataset need not be there; a run without one reads the dataset and, once restored, writes it. A data folder
@@ -417,6 +453,7 @@ class Experiment:
         workdir = Path(workdir).expanduser()
         if not has_checkpoint(workdir):
             raise FileNotFoundError(_no_checkpoint(workdir))
+        _check_same_run(config, workdir)
         saved = read_train_set(workdir)
         try:
             experiment = cls(_with_saved_optimizer(config, workdir), workdir, training=False,
