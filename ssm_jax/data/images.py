@@ -131,6 +131,14 @@ def _warn_once(kind: str, message: str) -> None:
         warnings.warn(message, stacklevel=level)
 
 
+def _set_when_training(read_with: int, advised: int) -> str:
+    """How to follow a warning's advice of bit depth ``advised`` where the image was read at ``read_with``: only by
+    training, since a run reads every image at the bit depth it trained with (eval.py and resuming refuse another)."""
+    return (f"bit depth is a training setting: a run reads every image (resumed, evaluating or predicting) at the one "
+            f"it trained with, so a run trained at {read_with} needs training anew: train.py --config=... "
+            f"--workdir=<a new one> --config.data.bit_depth={advised}")
+
+
 def _scaled_to_8_bits(arr: np.ndarray, type_bits: int, path: str, bit_depth: int) -> np.ndarray:
     """Unsigned pixels of a ``type_bits``-bit type as uint8, scaled by ``bit_depth`` (0: the type's full range).
     Warns once when 16-bit pixels read at their full range never reach the 13th bit, as 12-bit camera data does,
@@ -141,12 +149,13 @@ def _scaled_to_8_bits(arr: np.ndarray, type_bits: int, path: str, bit_depth: int
     if not bit_depth and bits == 16 and 0 < top < 4096:
         _warn_once("low", f"16-bit image {path!r} has no value above {top} (< 4096): camera data of 12 bits or "
                           f"fewer? Scaled by the 16-bit range it loads at most {top >> 8} of 255 bright; read it with "
-                          f"the camera's bits (config.data.bit_depth, e.g. 12; pack: --bit-depth 12)")
+                          f"the camera's bits (config.data.bit_depth, e.g. 12; pack: --bit-depth 12); "
+                          f"{_set_when_training(0, 12)}")
     if bit_depth and top >> bit_depth:
         _warn_once("high", f"image {path!r} has values up to {top}, beyond {bit_depth}-bit data (at most "
                            f"{2 ** bit_depth - 1}), which turn white: its pixels fill more bits than bit_depth="
                            f"{bit_depth} (16-bit data, or {bit_depth}-bit data stored in the high bits: read those "
-                           f"with bit_depth 0)")
+                           f"with bit_depth 0); {_set_when_training(bit_depth, 0)}")
     return np.minimum(arr >> (bits - 8), 255).astype(np.uint8)
 
 

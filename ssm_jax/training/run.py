@@ -127,6 +127,7 @@ class Family:
     data_task: str = ""
     init_from: bool = False  # whether create_state takes config.train.init_from
     sam: bool = False  # whether make_train_step takes config.optim.sam_rho (through step_kwargs)
+    folder_picture_as_stored: bool = False  # whether predict_<folder>.png draws the files as stored, not as resized
 
 
 TASKS = {
@@ -138,7 +139,7 @@ TASKS = {
                              output_kwargs=lambda config: {"binary_from": config.eval.binary_from,
                                                            "flag_threshold": config.eval.flag_threshold},
                              summary_kwargs=lambda config: {"tta": config.eval.tta},
-                             eval_dir=classification.eval_dir_name),
+                             eval_dir=classification.eval_dir_name, folder_picture_as_stored=True),
     "anomaly": Family(reconstruction, ("mambaad",), "metrics.json, metrics.md, scores.csv, roc_pr.png, overlays/",
                       frozen=reconstruction.FROZEN,
                       state_kwargs=lambda config, train_source, resuming: {  # a checkpoint holds the encoder
@@ -512,7 +513,7 @@ class Experiment:
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
         _refuse_undecodable(paths, f"--predict_dir {folder}")
-        _warn_if_not_square(paths, self.config.data.image_size)
+        _warn_if_not_square(paths, self.config.data.image_size, self.family.folder_picture_as_stored)
         source = Source([Record(p, 0) for p in paths], self.train_source.class_names, task=self.train_source.task,
                         center_crop=self.train_source.center_crop, bit_depth=self.train_source.bit_depth)
         predictions = self._predict(source)
@@ -554,10 +555,10 @@ def _prediction_name(eval_dir: Path, folder: Path) -> str:
     return name
 
 
-def _warn_if_not_square(paths, size: int) -> None:
+def _warn_if_not_square(paths, size: int, picture_as_stored: bool) -> None:
     """Says how many images are not square: each is resized to ``size`` x ``size`` as the training images were,
-    squashing it, and so drawn in the overlays (read from the headers only; an unreadable file is left to the
-    prediction, which names it)."""
+    squashing it, and so drawn in ``predict_<folder>.png`` unless it draws the files ``picture_as_stored`` (a
+    classifier's). Read from the headers only; an unreadable file is left to the prediction, which names it."""
     oblong = []
     for path in paths:
         try:
@@ -569,7 +570,8 @@ def _warn_if_not_square(paths, size: int) -> None:
     if oblong and jax.process_index() == 0:
         path, w, h = oblong[0]
         _say(f"warning: {len(oblong)} of {len(paths)} images are not square (e.g. {path}, {w}x{h}); each is "
-             f"resized to {size}x{size} as the training images were, changing its proportions, and so shown")
+             f"resized to {size}x{size} as the training images were, changing its proportions"
+             + ("; predict_<folder>.png shows the files as stored" if picture_as_stored else ", and so shown"))
 
 
 def train_and_evaluate(config, workdir) -> dict:

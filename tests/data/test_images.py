@@ -323,16 +323,19 @@ def test_pil_images_become_what_their_files_decode_to(tmp_path):
 
 def test_camera_data_of_fewer_bits_in_16_bit_files_reads_by_its_bit_depth(tmp_path, monkeypatch):
     """bit_depth b: 16-bit grayscale values >> (b - 8), clipped at 255; 0 (the file type's range) warns, once, of a
-    16-bit image whose values never reach 4096, and b of values beyond b bits (turned white); 8-bit and RGB images
-    are read as they are."""
+    16-bit image whose values never reach 4096, and b of values beyond b bits (turned white), each advising a new
+    run where the run at hand cannot take another bit depth; 8-bit and RGB images are read as they are."""
     monkeypatch.setattr(images, "_WARNED_BITS", set())
     twelve = np.array([[0, 15, 16, 1000], [2047, 4095, 4096, 65535]], np.uint16)  # the last two: beyond 12 bits
     path = _save(tmp_path / "mono12.png", twelve[:, :2].copy(), None)
     over = _save(tmp_path / "over.png", twelve, None)
-    low_message = r"no value above 4095 .*config.data.bit_depth, e.g. 12; pack: --bit-depth"
+    low_message = (r"no value above 4095 .*config.data.bit_depth, e.g. 12; pack: --bit-depth 12\); bit depth is a "
+                   r"training setting: .*predicting\) at the one it trained with, so a run trained at 0 needs training "
+                   r"anew: train.py .*--config.data.bit_depth=12$")  # the advice eval.py can follow: it takes no other
     with pytest.warns(UserWarning, match=low_message) as low:
         np.testing.assert_array_equal(load_image(path)[..., 0], twelve[:, :2] >> 8)
-    high_message = r"values up to 65535, beyond 12-bit data \(at most 4095\), which turn white"
+    high_message = (r"values up to 65535, beyond 12-bit data \(at most 4095\), which turn white.*read those with "
+                    r"bit_depth 0\); .*a run trained at 12 needs training anew: .*--config.data.bit_depth=0$")
     with pytest.warns(UserWarning, match=high_message) as high:
         np.testing.assert_array_equal(load_image(over, bit_depth=12)[..., 0], np.minimum(twelve >> 4, 255))
     assert [w.filename for w in (*low, *high)] == [__file__] * 2  # each names its caller, not the loader's internals

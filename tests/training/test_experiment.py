@@ -340,16 +340,20 @@ def test_eval_restores_with_the_optimizer_the_run_trained_with(tiny_config, tmp_
     assert experiment.evaluate()["acc"] == expected["acc"]
 
 
-def test_predicting_oblong_images_says_they_are_squashed(tmp_path, capsys):
+def test_predicting_oblong_images_says_they_are_squashed_and_how_the_picture_shows_them(tmp_path, capsys):
+    """Squashed, as an anomaly detector's overlays show them; a classifier's picture draws the files as stored."""
     from PIL import Image
     for name, size in (("a.png", (40, 20)), ("b.png", (30, 30)), ("c.png", (10, 50))):
         Image.new("RGB", size).save(tmp_path / name)
     (tmp_path / "broken.png").write_bytes(b"not a png")  # left to the prediction, which names it
     paths = sorted(str(p) for p in tmp_path.iterdir())
-    run._warn_if_not_square(paths, 64)
-    assert f"2 of 4 images are not square (e.g. {tmp_path / 'a.png'}, 40x20); each is resized to 64x64" in \
-        capsys.readouterr().out
-    run._warn_if_not_square([str(tmp_path / "b.png")], 64)
+    said = f"2 of 4 images are not square (e.g. {tmp_path / 'a.png'}, 40x20); each is resized to 64x64 as the " \
+           f"training images were, changing its proportions"
+    run._warn_if_not_square(paths, 64, run.TASKS["anomaly"].folder_picture_as_stored)
+    assert said + ", and so shown\n" in capsys.readouterr().out
+    run._warn_if_not_square(paths, 64, run.TASKS["classification"].folder_picture_as_stored)
+    assert said + "; predict_<folder>.png shows the files as stored\n" in capsys.readouterr().out
+    run._warn_if_not_square([str(tmp_path / "b.png")], 64, False)
     assert capsys.readouterr().out == ""
 
 
