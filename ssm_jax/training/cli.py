@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import linecache
 import os
 import re
@@ -42,8 +43,20 @@ def raised_by_project(err: BaseException) -> bool:
             and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise"))
 
 
-def _unknown_key_message(argv: list[str], err: Exception) -> str | None:
-    """Name the offending ``--config.a.b`` override, and ml_collections' closest valid key if it has one."""
+def _fields_at(config, path: list[str]) -> str:
+    """The fields of ``config`` at ``path`` (a section), listed for the message of a key that is not one of them;
+    empty where the section cannot be reached."""
+    node = config
+    for key in path:
+        node = node.get(key) if hasattr(node, "get") else None
+    if not hasattr(node, "keys"):
+        return ""
+    return f"; the fields there: {', '.join(sorted(node.keys()))}"
+
+
+def _unknown_key_message(argv: list[str], err: Exception, config=None) -> str | None:
+    """Name the offending ``--config.a.b`` override, ml_collections' closest valid key if it has one, and the
+    fields at that level of ``config`` (the loaded config file, where there is one)."""
     # ml_collections' message is the key, quoted, and with a close match a 'Did you mean "x" instead of "y"?' line
     found = re.search(r"\w+", str(err))
     if found is None:
@@ -55,9 +68,27 @@ def _unknown_key_message(argv: list[str], err: Exception) -> str | None:
         path = match.group(1).split(".") if match else []
         if key in path:
             hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
-            return (f"unknown config key in {arg.split('=')[0]!r}: there is no field {key!r} at that level{hint}; "
-                    "see the config file for the valid fields")
+            fields = _fields_at(config, path[:path.index(key)]) if config is not None else ""
+            return (f"unknown config key in {arg.split('=')[0]!r}: there is no field {key!r} at that level{hint}"
+                    f"{fields or '; see the config file for the valid fields'}")
     return None
+
+
+def _loaded_config(argv: list[str]):
+    """The ``--config`` file's config without the overrides (one of which failed, so ml_collections kept none), or
+    None where it cannot be had: read as ml_collections reads it, ``get_config()`` or ``get_config("<variant>")``
+    for ``--config=<file>:<variant>``."""
+    given = next((a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-config="))), None)
+    if given is None:
+        return None
+    file, _, variant = given.partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_config_for_the_message", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(variant) if variant else module.get_config()
+    except Exception:  # noqa: BLE001 - only a help for a message being built: any failure means no listing
+        return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -70,7 +101,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except OSError as err:  # the file is missing or get_config() raised: ml_collections' report, less its frames
         sys.exit(f"error: cannot load the --config file: {_config_load_error(str(err))}")
     except (AttributeError, KeyError) as err:
-        message = _unknown_key_message(argv, err)
+        message = _unknown_key_message(argv, err, _loaded_config(argv))
         if message is None:
             raise
         sys.exit(f"error: {message}")

@@ -112,7 +112,9 @@ def test_other_errors_keep_their_traceback():
 @pytest.mark.parametrize("override, expected", [
     ("--config.optim.lrr=1e-4", "there is no field 'lrr' at that level (did you mean 'lr'?)"),
     ("--config.optimm.lr=1e-4", "there is no field 'optimm' at that level (did you mean 'optim'?)"),
-    ("--config.nothing_like_it=1", "there is no field 'nothing_like_it' at that level; see the config file"),
+    ("--config.nothing_like_it=1", "there is no field 'nothing_like_it' at that level; the fields there: data, "
+                                   "eval, loss, model, optim, seed, task, train"),
+    ("--config.optim.lrr=1e-4", "; the fields there: b1, b2, decay, ema_decay, end_lr, eps,"),
 ])
 def test_a_mistyped_config_key_is_one_line_naming_it(override, expected, tmp_path):
     """Through train.py itself, so the error is the one ml_collections raises while absl parses the flags."""
