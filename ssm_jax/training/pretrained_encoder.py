@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -39,10 +40,15 @@ def read_encoder_weights(arch: str, path: str, last_stage: int = 4) -> dict:
         state = load_state_dict(path)
         official = "conv1.weight" not in state and f"{ENCODER_PREFIX}conv1.weight" in state  # a MambaAD checkpoint
         prefix = ENCODER_PREFIX if official else ""
-        return convert_resnet(state, arch, out_stages=(last_stage,), prefix=prefix)[1]
+        variables = convert_resnet(state, arch, out_stages=(last_stage,), prefix=prefix)[1]
     except ConversionError as err:
         raise ValueError(f"config.model.encoder_weights={path!r} does not hold the {arch} stages 1-{last_stage} that "
                          f"this encoder needs: {err}") from err
+    if jax.process_index() == 0:  # said as init_from says what it copied: which weights the frozen encoder runs with
+        values = sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
+        print(f"encoder: {arch} stages 1-{last_stage} read from {path}{' (its net_t.*)' if official else ''}, "
+              f"{values:,} parameters", flush=True)
+    return variables
 
 
 def with_encoder(variables: dict, encoder: dict, where: str) -> dict:

@@ -160,14 +160,19 @@ def test_a_mismatch_names_the_file(resnet18, tmp_path):
         from_torch("resnet18", path)
 
 
-def test_encoder_weights_from_an_official_mambaad_checkpoint(tmp_path):
-    """Its frozen encoder ``net_t.*`` (the ImageNet ResNet MambaAD started from) serves as encoder_weights."""
+def test_encoder_weights_from_an_official_mambaad_checkpoint(tmp_path, capsys):
+    """Its frozen encoder ``net_t.*`` (the ImageNet ResNet MambaAD started from) serves as encoder_weights; each read
+    says what was read from where."""
     plain, official = tmp_path / "resnet34.pth", tmp_path / "mambaad_mvtec.pth"
     state = torch_resnet("resnet34", 3).state_dict()
     torch.save(state, plain)
     torch.save({"net": {**{f"net_t.{k}": v for k, v in state.items()}, "net_s.head.weight": torch.zeros(2)}}, official)
     assert_same_variables(read_encoder_weights("resnet34", str(official), last_stage=3),
                           read_encoder_weights("resnet34", str(plain), last_stage=3))
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith(f"encoder: resnet34 stages 1-3 read from {official} (its net_t.*), ")
+    assert said[1].startswith(f"encoder: resnet34 stages 1-3 read from {plain}, ")
+    assert said[0].endswith(" parameters") and said[0].split(", ")[-1] == said[1].split(", ")[-1]
 
 
 def test_a_torch_module_stands_for_its_state_dict(resnet18):
