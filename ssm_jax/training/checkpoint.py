@@ -2,23 +2,29 @@
 
 The side-car holds the data iterator position and a fingerprint of the model (name and parameter shapes), so a
 rerun resumes exactly where it stopped, and a workdir holding another model's checkpoint is refused with a clear
-error instead of a shape mismatch deep inside orbax.
+error instead of a shape mismatch deep inside orbax. It also holds a checksum of each array of the state: orbax
+verifies none, and 16 zeroed bytes in a data file restored as 3,485 values of ~2e-38 in one kernel, found only when
+training later stopped on a NaN loss. A restore recomputes them on the arrays read and refuses a checkpoint whose
+arrays differ, naming the first; checkpoints written before (no checksums) restore unchecked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: another model's, or unreadable."""
+    """A checkpoint that cannot be used: another model's, unreadable, or with arrays other than those saved."""
 
 
 class CheckpointSaveError(CheckpointError):
@@ -26,22 +32,83 @@ class CheckpointSaveError(CheckpointError):
     come, for its 5-minute coordination timeout, before the process can end (``cli.run`` ends it at once)."""
 
 
-def drop_closed_loop_callbacks() -> None:
-    """After orbax fails to read a damaged checkpoint, tensorstore's reads still in flight call back into the asyncio
-    loop it has closed; their "Event loop is closed" errors reach ``sys.unraisablehook`` as dozens of tracebacks
-    around the one error, in a script as in the CLI, and say nothing it does not. Called where a read fails; wraps the
-    hook in place (once) to drop those and pass anything else on."""
+_failed_reads: set[str] = set()  # "<checkpoint>/" of each restore that failed in this process
+
+
+def _names_failed_read(err) -> bool:
+    """Whether ``err`` is an error of a read naming a checkpoint whose restore already failed: its other readers
+    fail alike, but nothing retrieves their errors, or they are closed mid-read (a tensorstore spec of dozens of
+    lines each)."""
+    return isinstance(err, Exception) and any(where in str(err) for where in _failed_reads)
+
+
+def _drop_failed_read_log(record: logging.LogRecord) -> bool:
+    """asyncio's "Task exception was never retrieved" of a failed restore's other readers."""
+    return not (record.exc_info and _names_failed_read(record.exc_info[1]))
+
+
+def drop_closed_loop_callbacks(where: Path | None = None) -> None:
+    """After orbax fails to read the damaged checkpoint ``where``, the reads still in flight fail or are closed too,
+    and their errors reach ``sys.unraisablehook`` ("Exception ignored in: <coroutine object ...>") and the asyncio
+    logger as dozens of tracebacks around the one error, in a script as in the CLI, saying nothing it does not.
+    Called where a read fails; wraps the hook in place and filters the logger (once) to drop those and pass anything
+    else on, such as errors of other checkpoints. Without ``where``, only the closed loop's errors are dropped."""
+    if where is not None:  # as given and with links resolved: tensorstore's messages may name either
+        _failed_reads.update({f"{where}{os.sep}", f"{where.resolve()}{os.sep}"})
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop_callbacks", False):
         return
 
     def hook(unraisable) -> None:
         err = unraisable.exc_value
-        if not (isinstance(err, RuntimeError) and str(err) == "Event loop is closed"):
+        closed_loop = isinstance(err, RuntimeError) and str(err) == "Event loop is closed"
+        if not (closed_loop or _names_failed_read(err)):
             previous(unraisable)
 
     hook.drops_closed_loop_callbacks = True
     sys.unraisablehook = hook
+    asyncio_log = logging.getLogger("asyncio")
+    if _drop_failed_read_log not in asyncio_log.filters:
+        asyncio_log.addFilter(_drop_failed_read_log)
+
+
+_WORDS = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint32}  # a value's bits: the words read of them
+
+
+def _checkable(x) -> bool:
+    """Whether ``x`` is a jax.Array of booleans, integers or floats whose bits split into unsigned words (not int4,
+    complex or PRNG keys; host values are not checked)."""
+    if not isinstance(x, jax.Array):
+        return False
+    numeric = jnp.issubdtype(x.dtype, jnp.integer) or jnp.issubdtype(x.dtype, jnp.floating)
+    return x.dtype == jnp.bool_ or (numeric and jax.dtypes.itemsize_bits(x.dtype) in _WORDS)
+
+
+@jax.jit
+def _checksum(x: jax.Array) -> jax.Array:
+    """``x``'s bits as unsigned integers (bf16 as uint16, float32 as uint32, ...; a 64-bit value as two words), each
+    times its odd row-major position number 1, 3, 5, ..., summed modulo 2**32. Integer sums are exact, so the result
+    is the same on any sharding or device count; a changed word, or two swapped ones, change it."""
+    if x.dtype == jnp.bool_:
+        words = x.astype(jnp.uint32)
+    else:
+        words = jax.lax.bitcast_convert_type(x, _WORDS[jax.dtypes.itemsize_bits(x.dtype)]).astype(jnp.uint32)
+    position = jnp.zeros(words.shape, jnp.uint32)
+    for axis, size in enumerate(words.shape):
+        position = position * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis)
+    return jnp.sum(words * (2 * position + 1), dtype=jnp.uint32)
+
+
+def checksums(tree) -> dict[str, list]:
+    """{leaf path ("params/encoder/conv1/kernel"): [dtype, checksum]} of the tree's arrays, computed on their devices
+    and fetched as replicated scalars, the same in every process of a multi-process run. One program per distinct
+    shape, dtype and sharding, compiled once a process; one program for the whole tree compiled a reduction per leaf,
+    twice as long. MambaAD on MVTec's state (1,362 arrays of 68 shapes, 300 MB) on the 2-core CPU: 5 s to compile,
+    then 0.1-0.2 s a call (2026-12-07)."""
+    named = [(jax.tree_util.keystr(path, simple=True, separator="/"), x)
+             for path, x in jax.tree_util.tree_leaves_with_path(tree) if _checkable(x)]
+    sums = jax.device_get([_checksum(x).addressable_data(0) for _, x in named])
+    return {name: [str(x.dtype), int(value)] for (name, x), value in zip(named, sums)}
 
 
 def model_fingerprint(model_name: str, params) -> dict:
@@ -113,9 +180,10 @@ class Checkpointer:
     def save(self, step: int, state, extra: dict, wait: bool = True) -> None:
         """With ``wait``, block until written, so a crash right after loses nothing saved. Without, only copy
         ``state`` (the caller may then donate its buffers) and write it in the background until
-        ``wait_until_finished`` or the next save; an interrupted write leaves the previous checkpoint the latest."""
-        extra = {**extra, "fingerprint": self.fingerprint, "step": int(step)}
+        ``wait_until_finished`` or the next save; an interrupted write leaves the previous checkpoint the latest.
+        The side-car gets each array's checksum (``checksums``), for ``restore`` to check."""
         try:
+            extra = {**extra, "fingerprint": self.fingerprint, "step": int(step), "checksums": checksums(state)}
             self._manager.save(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                                                  extra=ocp.args.JsonSave(extra)))
             if wait:
@@ -131,7 +199,8 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, state_template, step: int | None = None):
-        """Restore ``step`` (default latest) into the structure and shardings of ``state_template``.
+        """Restore ``step`` (default latest) into the structure and shardings of ``state_template``, and check the
+        arrays read against the checksums saved with them (``_check_arrays``).
 
         Returns (state, extra), or None when the workdir has no checkpoint yet.
         """
@@ -163,15 +232,35 @@ class Checkpointer:
                     f"changed since it was written). Resume with the config that wrote it (see "
                     f"{self.directory.parent / 'config.json'}), or use a new --workdir.") from err
             raise self._unreadable(where, step, err) from err
+        self._check_arrays(where, step, restored["state"], extra.get("checksums"))
         return restored["state"], extra
+
+    def _check_arrays(self, where: Path, step: int, state, saved: dict | None) -> None:
+        """Refuse ``state`` where an array's checksum differs from the one saved. Arrays restored as another dtype
+        than saved, or not restored (``ocp.PLACEHOLDER``), are not compared; a checkpoint written before checksums
+        were saved (``saved`` None) is not checked."""
+        if saved is None:
+            return
+        restored = checksums(state)
+        compared = [name for name, (dtype, _) in restored.items() if saved.get(name, [None])[0] == dtype]
+        differ = [name for name in compared if restored[name] != saved[name]]
+        if differ:
+            raise CheckpointError(
+                f"checkpoint {where} is damaged: {differ[0]} read back is not the array saved (checksum "
+                f"{restored[differ[0]][1]:#010x}, saved {saved[differ[0]][1]:#010x}; {len(differ)} of the "
+                f"{len(compared)} arrays read differ). {self._fall_back(where, step)}.")
+
+    def _fall_back(self, where: Path, step: int) -> str:
+        """What to do instead of using the damaged checkpoint ``where``: the earlier ones, if any."""
+        others = [s for s in self.all_steps() if s != step]
+        return (f"earlier checkpoints: steps {others}; move {where} aside to resume, evaluate or predict from step "
+                f"{others[-1]}" if others else "no earlier checkpoint exists; train again in a new --workdir")
 
     def _unreadable(self, where: Path, step: int, err: Exception) -> CheckpointError:
         """The error for a damaged checkpoint, naming the earlier ones; quiets the failed read's aftermath."""
-        drop_closed_loop_callbacks()
-        others = [s for s in self.all_steps() if s != step]
-        hint = (f"earlier checkpoints: steps {others}; move {where} aside to resume, evaluate or predict from step "
-                f"{others[-1]}" if others else "no earlier checkpoint exists; train again in a new --workdir")
-        return CheckpointError(f"checkpoint {where} is unreadable (truncated or damaged?): {read_error(err)}. {hint}.")
+        drop_closed_loop_callbacks(where)
+        return CheckpointError(f"checkpoint {where} is unreadable (truncated or damaged?): {read_error(err)}. "
+                               f"{self._fall_back(where, step)}.")
 
     def close(self) -> None:
         self._manager.close()
