@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import linecache
 import os
 import re
@@ -75,18 +74,13 @@ def _unknown_key_message(argv: list[str], err: Exception, config=None) -> str | 
 
 
 def _loaded_config(argv: list[str]):
-    """The ``--config`` file's config without the overrides (one of which failed, so ml_collections kept none), or
-    None where it cannot be had: read as ml_collections reads it, ``get_config()`` or ``get_config("<variant>")``
-    for ``--config=<file>:<variant>``."""
-    given = next((a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-config="))), None)
-    if given is None:
-        return None
-    file, _, variant = given.partition(":")
+    """The ``--config`` file's config without the overrides (one of which failed, so ml_collections kept none), read
+    by the flag's own parser; None where it cannot be had."""
+    pairs = zip(argv, argv[1:] + [None])  # --config=FILE, or --config FILE
+    given = next((a.split("=", 1)[1] if "=" in a else b for a, b in pairs
+                  if a.split("=")[0] in ("--config", "-config")), None)
     try:
-        spec = importlib.util.spec_from_file_location("_config_for_the_message", file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.get_config(variant) if variant else module.get_config()
+        return None if given is None else flags.FLAGS["config"].parser.parse(given)
     except Exception:  # noqa: BLE001 - only a help for a message being built: any failure means no listing
         return None
 
