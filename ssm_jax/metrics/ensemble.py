@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from ssm_jax.metrics.classification import classification_metrics
-from ssm_jax.metrics.over_runs import evaluation_file
+from ssm_jax.metrics.over_runs import below_shared_folder, evaluation_file
 
 
 def read_predictions(path: Path) -> dict:
@@ -43,8 +42,7 @@ def read_predictions(path: Path) -> dict:
         probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: a probability column holds a non-number or is missing ({e})") from e
-    shared = os.path.commonpath([os.path.dirname(r["path"]) for r in rows])
-    return {"paths": [os.path.relpath(r["path"], shared) for r in rows], "labels": [r["label"] for r in rows],
+    return {"paths": below_shared_folder([r["path"] for r in rows]), "labels": [r["label"] for r in rows],
             "classes": classes, "probs": probs}
 
 

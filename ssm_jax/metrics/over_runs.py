@@ -65,9 +65,8 @@ def per_image_file(metrics: Path) -> Path | None:
 
 
 def scored_images(path: Path) -> list[str]:
-    """The sorted image paths of a per-image file's rows, relative to the folder they share, as
-    ``ensemble.read_predictions`` compares them: runs on copies of a dataset at different places match. A path
-    repeats where a synthetic test set draws several defects on one file."""
+    """The sorted image paths of a per-image file's rows (``below_shared_folder``), as ``ensemble`` compares them. A
+    path repeats where a synthetic test set draws several defects on one file."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -76,10 +75,16 @@ def scored_images(path: Path) -> list[str]:
         raise ValueError(f"{path} is not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8") from e
     if paths is None:
         raise ValueError(f"{path}: expected a header with a path column and one row per test image")
+    return sorted(below_shared_folder(paths))
+
+
+def below_shared_folder(paths: list[str]) -> list[str]:
+    """``paths`` relative to the folder they all lie in, so that two runs on copies of a dataset at different places
+    list the same images."""
     if not paths:
         return []
     shared = os.path.commonpath([os.path.dirname(p) for p in paths])
-    return sorted(os.path.relpath(p, shared) for p in paths)
+    return [os.path.relpath(p, shared) for p in paths]
 
 
 def check_same_images(metrics: list[Path]) -> None:
