@@ -157,22 +157,26 @@ def test_four_device_step_equals_one_device_step(tiny_config, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
-    config = tiny_config(max_steps=8, checkpoint_every=3)
+def _steps_changed(monkeypatch, change):
+    """Make classification's train steps return ``change(new_state, metrics)`` in place of their own output."""
     real_make = classification.make_train_step
 
-    def nan_after_four(loss_config, mesh, *args, **kwargs):
+    def changed_make(loss_config, mesh, *args, **kwargs):
         step_fn = real_make(loss_config, mesh, *args, **kwargs)
+        return lambda state, batch: change(*step_fn(state, batch))
 
-        def step(state, batch):
-            new_state, metrics = step_fn(state, batch)
-            if int(new_state.step) >= 5:
-                metrics = {**metrics, "loss": metrics["loss"] * np.nan}
-            return new_state, metrics
+    monkeypatch.setattr(classification, "make_train_step", changed_make)
 
-        return step
 
-    monkeypatch.setattr(classification, "make_train_step", nan_after_four)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    config = tiny_config(max_steps=8, checkpoint_every=3)
+
+    def nan_loss_from_five(new_state, metrics):
+        if int(new_state.step) >= 5:
+            metrics = {**metrics, "loss": metrics["loss"] * np.nan}
+        return new_state, metrics
+
+    _steps_changed(monkeypatch, nan_loss_from_five)
     experiment = run.Experiment(config, tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5; .*last good checkpoint is step 3"):
         experiment.train()
@@ -182,20 +186,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, mo
 def test_parameters_gone_nan_under_a_finite_loss_are_not_saved(tiny_config, tmp_path, monkeypatch):
     """As a NaN gradient leaves them: the loss of the step that broke them was computed before its update."""
     config = tiny_config(max_steps=8, checkpoint_every=3)
-    real_make = classification.make_train_step
 
-    def nan_params_at_six(loss_config, mesh, *args, **kwargs):
-        step_fn = real_make(loss_config, mesh, *args, **kwargs)
+    def nan_params_at_six(new_state, metrics):
+        if int(new_state.step) == 6:  # the step of a checkpoint: its loss is finite
+            new_state = new_state.replace(params=jax.tree.map(lambda p: p * np.nan, new_state.params))
+        return new_state, metrics
 
-        def step(state, batch):
-            new_state, metrics = step_fn(state, batch)
-            if int(new_state.step) == 6:  # the step of a checkpoint: its loss is finite
-                new_state = new_state.replace(params=jax.tree.map(lambda p: p * np.nan, new_state.params))
-            return new_state, metrics
-
-        return step
-
-    monkeypatch.setattr(classification, "make_train_step", nan_params_at_six)
+    _steps_changed(monkeypatch, nan_params_at_six)
     experiment = run.Experiment(config, tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"NaN or infinite values after step 6, .*last good checkpoint is "
                                                  r"step 3"):
