@@ -1,0 +1,128 @@
+"""What a checkpoint costs a MemoryMamba training run: the loop's finiteness check, the side-car's checksums and
+orbax's write, each first (compiling) and then steady, and the wall time a background save adds to a run of steps.
+
+    python benchmarks/checkpoint_cost.py                                   # GPU: tiny, 224 px, batch 64
+    python benchmarks/checkpoint_cost.py --image-size 64 --batch-size 8    # CPU
+
+Before each checkpoint ``ssm_jax.training.loop`` checks the state finite and ``Checkpointer.save`` checksums every
+array (``ssm_jax.training.checkpoint.checksums``); both fetch a value, so the host waits for the queued steps there.
+``in a run`` times ``--steps`` steps dispatched as the loop does, with a background save (``wait=False``, the two
+checks first) after the middle step, against the same steps without one, over ``--repeats`` alternated pairs; the
+median difference is what one checkpoint adds to a run. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.train_throughput import add_step_arguments, bench_config, compiled_train_step  # noqa: E402
+from ssm_jax.training.checkpoint import Checkpointer, checksums  # noqa: E402
+from ssm_jax.training.loop import check_state_is_finite  # noqa: E402
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def first_and_steady(fn, repeats: int) -> tuple[float, float]:
+    """Seconds of ``fn()``'s first call, and the median of ``repeats`` more."""
+    first = seconds(fn)
+    return first, statistics.median(seconds(fn) for _ in range(repeats))
+
+
+class Run:
+    """The compiled train step on its batch, with the state it threads through (the step donates it)."""
+
+    def __init__(self, compiled, state, batch):
+        self.compiled, self.state, self.batch = compiled, state, batch
+
+    def steps(self, count: int, save=None) -> float:
+        """Seconds for ``count`` steps dispatched with one queued, as the loop does, ``save(state)`` after the middle
+        one, until the last step and any background write have finished."""
+        start = time.perf_counter()
+        metrics = None
+        for i in range(count):
+            self.state, step_metrics = self.compiled(self.state, self.batch)
+            if metrics is not None:
+                jax.block_until_ready(metrics)
+            metrics = step_metrics
+            if save is not None and i == count // 2:
+                save(self.state)
+        jax.block_until_ready((self.state, metrics))
+        if save is not None:
+            save.checkpointer.wait_until_finished()
+        return time.perf_counter() - start
+
+
+class Saver:
+    """The loop's save: the finiteness check, then ``Checkpointer.save`` at the next step number (in the background
+    unless ``wait``)."""
+
+    def __init__(self, checkpointer: Checkpointer):
+        self.checkpointer, self.step = checkpointer, 0
+
+    def __call__(self, state, wait: bool = False) -> None:
+        self.step += 1
+        check_state_is_finite(state, self.step, None, self.checkpointer.directory)
+        self.checkpointer.save(self.step, state, {}, wait=wait)
+
+
+def measure(args) -> list[tuple[str, str]]:
+    config = bench_config(args.size, args)
+    compiled, state, batch, _ = compiled_train_step(config, args.batch_size)
+    run = Run(compiled, state, batch)
+    run.steps(3)  # warm: the first steps' autotuning and allocations stay out of every row
+    leaves = jax.tree.leaves(run.state)
+    size_mb = sum(x.size * x.dtype.itemsize for x in leaves) / 2**20
+    distinct = len({(x.shape, x.dtype) for x in leaves})
+    rows = [("state", f"{len(leaves)} arrays of {distinct} shapes, {size_mb:,.0f} MiB")]
+    step_s = statistics.median(run.steps(1) for _ in range(args.repeats))
+    rows.append(("one train step (alone)", f"{step_s * 1e3:,.1f} ms"))
+    for name, fn in (("finiteness check", lambda: check_state_is_finite(run.state, 0, None, "-")),
+                     ("checksums", lambda: checksums(run.state))):
+        first, steady = first_and_steady(fn, args.repeats)
+        rows.append((name, f"first {first:.2f} s, then {steady * 1e3:,.1f} ms"))
+    with tempfile.TemporaryDirectory() as workdir:
+        checkpointer = Checkpointer(workdir, {"model": "benchmark"}, max_to_keep=2)
+        saver = Saver(checkpointer)
+        first, steady = first_and_steady(lambda: saver(run.state, wait=True), args.repeats)
+        rows.append(("save, waited for (both checks + write)", f"first {first:.2f} s, then {steady * 1e3:,.1f} ms"))
+        added = []
+        for _ in range(args.repeats):
+            without = run.steps(args.steps)
+            added.append(run.steps(args.steps, save=saver) - without)
+        checkpointer.close()
+    rows.append((f"added to {args.steps} steps by a background save",
+                 f"{statistics.median(added) * 1e3:,.1f} ms (= {statistics.median(added) / step_s:.2f} steps;"
+                 f" min {min(added) * 1e3:,.1f}, max {max(added) * 1e3:,.1f})"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
+    parser.add_argument("--steps", type=int, default=20, help="steps of each timed run (at least 2)")
+    parser.add_argument("--repeats", type=int, default=5)
+    add_step_arguments(parser)
+    args = parser.parse_args()
+    if args.steps < 2 or args.repeats < 1:
+        raise SystemExit(f"--steps {args.steps} --repeats {args.repeats}: expected --steps >= 2 and --repeats >= 1")
+    device = jax.devices()[0]
+    print(f"# {len(jax.devices())} x {device.device_kind} ({device.platform}); MemoryMamba-{args.size}, "
+          f"{args.image_size} px, batch {args.batch_size}, activations {args.dtype}", flush=True)
+    for name, value in measure(args):
+        print(f"{name:<45}{value}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
