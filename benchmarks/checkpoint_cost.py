@@ -4,11 +4,11 @@ orbax's write, each first (compiling) and then steady, and the wall time a backg
     python benchmarks/checkpoint_cost.py                                   # GPU: tiny, 224 px, batch 64
     python benchmarks/checkpoint_cost.py --image-size 64 --batch-size 8    # CPU
 
-Before each checkpoint ``ssm_jax.training.loop`` checks the state finite and ``Checkpointer.save`` checksums every
-array (``ssm_jax.training.checkpoint.checksums``); both fetch a value, so the host waits for the queued steps there.
-``in a run`` times ``--steps`` steps dispatched as the loop does, with a background save (``wait=False``, the two
-checks first) after the middle step, against the same steps without one, over ``--repeats`` alternated pairs; the
-median difference is what one checkpoint adds to a run. Prints a table.
+Before each checkpoint ``ssm_jax.training.loop`` checks the state finite, in the same pass as the checksums of every
+array that ``Checkpointer.save`` then writes (``ssm_jax.training.checkpoint.summarise``); that fetches values, so the
+host waits there for the queued steps. The last row times ``--steps`` steps dispatched as the loop does, with a
+background save (``wait=False``, the check first) after the middle step, against the same steps without one, over
+``--repeats`` alternated pairs; the median difference is what one checkpoint adds to a run. Prints a table.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.train_throughput import add_step_arguments, bench_config, compiled_train_step  # noqa: E402
-from ssm_jax.training.checkpoint import Checkpointer, checksums  # noqa: E402
+from ssm_jax.training.checkpoint import Checkpointer  # noqa: E402
 from ssm_jax.training.loop import check_state_is_finite  # noqa: E402
 
 
@@ -65,16 +65,16 @@ class Run:
 
 
 class Saver:
-    """The loop's save: the finiteness check, then ``Checkpointer.save`` at the next step number (in the background
-    unless ``wait``)."""
+    """The loop's save: the finiteness check, then ``Checkpointer.save`` of the checksums it computed at the next step
+    number (in the background unless ``wait``)."""
 
     def __init__(self, checkpointer: Checkpointer):
         self.checkpointer, self.step = checkpointer, 0
 
     def __call__(self, state, wait: bool = False) -> None:
         self.step += 1
-        check_state_is_finite(state, self.step, None, self.checkpointer.directory)
-        self.checkpointer.save(self.step, state, {}, wait=wait)
+        summary = check_state_is_finite(state, self.step, None, self.checkpointer.directory)
+        self.checkpointer.save(self.step, state, {}, wait=wait, summary=summary)
 
 
 def measure(args) -> list[tuple[str, str]]:
@@ -88,10 +88,8 @@ def measure(args) -> list[tuple[str, str]]:
     rows = [("state", f"{len(leaves)} arrays of {distinct} shapes, {size_mb:,.0f} MiB")]
     step_s = statistics.median(run.steps(1) for _ in range(args.repeats))
     rows.append(("one train step (alone)", f"{step_s * 1e3:,.1f} ms"))
-    for name, fn in (("finiteness check", lambda: check_state_is_finite(run.state, 0, None, "-")),
-                     ("checksums", lambda: checksums(run.state))):
-        first, steady = first_and_steady(fn, args.repeats)
-        rows.append((name, f"first {first:.2f} s, then {steady * 1e3:,.1f} ms"))
+    first, steady = first_and_steady(lambda: check_state_is_finite(run.state, 0, None, "-"), args.repeats)
+    rows.append(("finiteness check and checksums", f"first {first:.2f} s, then {steady * 1e3:,.1f} ms"))
     with tempfile.TemporaryDirectory() as workdir:
         checkpointer = Checkpointer(workdir, {"model": "benchmark"}, max_to_keep=2)
         saver = Saver(checkpointer)

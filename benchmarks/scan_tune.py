@@ -17,7 +17,8 @@ them in ``--rounds`` interleaved rounds, each round one batch of ``--calls`` bac
 dispatch overlaps the GPU work as in training), and prints per config the median over rounds of the forward and
 forward+backward milliseconds, the forward over its copy floor (``benchmarks.scan.times_floor``, at the copy
 bandwidth measured once at the start) and, with ``--check``, the relative error of y and the worst input gradient
-against the ``chunked`` scan. Interleaving puts a slow spell of the GPU or the host (another process on the
+against the ``chunked`` scan (``--forward-only``: the forward alone, as inference runs it, compiled, timed and
+checked without its gradient). Interleaving puts a slow spell of the GPU or the host (another process on the
 machine) into one round of every config instead of into every batch of one: timed one config after another, the
 first config of a shape ran forward+backward up to 4x slower than the same config timed last (sessions 12 and 13,
 NOTES.md). Rows print as each shape finishes; when the time budget is spent the remaining shapes are skipped and
@@ -27,6 +28,7 @@ said so. GPU only (interpret mode is not a timing).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -73,27 +75,44 @@ def check(forward, forward_backward, args, cotangent, order=None, sum_groups: bo
             "grad_err": errors[worst], "finite": finite}
 
 
+def reference_y(args, order=None, sum_groups: bool = False) -> jax.Array:
+    """y of the ``chunked`` scan, which ``check_forward`` compares with."""
+    return jax.jit(lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked", order=order,
+                                             sum_groups=sum_groups))(*args)
+
+
+def check_forward(forward, args, y_ref) -> dict:
+    """``check``'s relative error of y alone, for a forward timed without its gradient."""
+    y = forward(*args)
+    return {"fwd_err": rel(y, y_ref), "finite": bool(jnp.isfinite(y).all())}
+
+
 def measure_shape(shape, dtype, configs, args, bandwidth: float) -> list[dict]:
     """One row per config on one shape and dtype: its times (the forward also over its copy floor at ``bandwidth``
     bytes/s), its check, or the error it failed with."""
     inputs, cotangent = make_inputs(shape, jnp.dtype(dtype))
+    y_ref = (reference_y(inputs, **shape.scan_kwargs())
+             if args.forward_only and args.check and dtype == "float32" else None)
     rows, timed = [], []
     for text, config in configs:
         row = {"config": text, "shape": shape.name, "dtype": dtype}
         forward, forward_backward = kernel_fns(config, **shape.scan_kwargs())
         try:
             warm_up(forward, *inputs, calls=1, seconds=args.warmup_s)
-            warm_up(forward_backward, inputs, cotangent, calls=1, seconds=args.warmup_s)
+            if not args.forward_only:
+                warm_up(forward_backward, inputs, cotangent, calls=1, seconds=args.warmup_s)
             if args.check and dtype == "float32":
-                row.update(check(forward, forward_backward, inputs, cotangent, **shape.scan_kwargs()))
+                row.update(check_forward(forward, inputs, y_ref) if args.forward_only else
+                           check(forward, forward_backward, inputs, cotangent, **shape.scan_kwargs()))
             timed.append((row, forward, forward_backward))
         except Exception as e:  # a config that fails to compile or run is a result too
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         rows.append(row)
     if timed:
         fwd = interleaved_ms([f for _, f, _ in timed], inputs, calls=args.calls, rounds=args.rounds)
-        fwd_bwd = interleaved_ms([fb for _, _, fb in timed], (inputs, cotangent), calls=args.calls,
-                                 rounds=args.rounds)
+        fwd_bwd = ([math.nan] * len(timed) if args.forward_only else
+                   interleaved_ms([fb for _, _, fb in timed], (inputs, cotangent), calls=args.calls,
+                                  rounds=args.rounds))
         for (row, _, _), f, fb in zip(timed, fwd, fwd_bwd):
             row.update(fwd_ms=f, fwd_bwd_ms=fb, fwd_floor=times_floor(f / 1e3, shape, dtype, bandwidth))
     return rows
@@ -111,6 +130,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; later shapes are skipped")
     parser.add_argument("--json", help="append one JSON line per row to this file")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds; the median is kept")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="time the forward alone (no gradient): compiles half the programs; fwd+bwd prints nan")
     parser.add_argument("--warmup_s", type=float, default=1.0, help="seconds of warm-up calls before each timing")
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
@@ -130,8 +151,8 @@ def main() -> None:
                 continue
             for row in measure_shape(shape, dtype, configs, args, bandwidth):
                 note = row.get("error") or (f"y {row['fwd_err']:.1e} ({row['vjp_fwd_err']:.1e} differentiated), "
-                                            f"{row['worst_grad']} {row['grad_err']:.1e}"
-                                            if "fwd_err" in row else "")
+                                            f"{row['worst_grad']} {row['grad_err']:.1e}" if "grad_err" in row else
+                                            f"y {row['fwd_err']:.1e}" if "fwd_err" in row else "")
                 times = (f"{row['fwd_ms']:9.3f}{row['fwd_floor']:8.2f}{row['fwd_bwd_ms']:12.3f}" if "fwd_bwd_ms" in row
                          else " " * 29)
                 print(f"{row['config']:<{width}}{shape.name:<14}{dtype:<10}{times}  {note}", flush=True)

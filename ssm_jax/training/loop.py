@@ -39,11 +39,9 @@ import time
 from typing import Callable, Iterator
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
-from ssm_jax.training.checkpoint import Checkpointer
+from ssm_jax.training.checkpoint import Checkpointer, StateSummary, summarise
 from ssm_jax.training.log import MetricsLog
 from ssm_jax.training.mesh import shard_batch
 from ssm_jax.training.preemption import Preempted, StopRequest
@@ -62,25 +60,20 @@ _ADVICE = ("Try a lower --config.optim.lr, gradient clipping (--config.optim.gra
            "(--config.model.dtype=float32).")
 
 
-@jax.jit
-def _all_finite(leaves) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
-
-
-def check_state_is_finite(state, step: int, last_good_step: int | None, checkpoint_dir) -> None:
+def check_state_is_finite(state, step: int, last_good_step: int | None, checkpoint_dir) -> StateSummary:
     """Raise ``NonFiniteLossError`` if a floating-point leaf of ``state`` (parameters, optimiser moments, batch
-    statistics) holds NaN or inf after ``step`` steps. A step's loss is computed before its update, so a finite loss
-    does not clear the state that a NaN gradient or an overflowing update left: this check runs before each
-    checkpoint, so that a saved state is never a diverged one. One reduction on the devices, one value fetched."""
-    leaves = [x for x in jax.tree.leaves(state) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
-    if not leaves:
-        return
-    finite = _all_finite(leaves)
-    if not bool(np.asarray(finite.addressable_data(0))):
+    statistics) holds NaN or inf after ``step`` steps, naming the first. A step's loss is computed before its update,
+    so a finite loss does not clear the state that a NaN gradient or an overflowing update left: this check runs before
+    each checkpoint, so that a saved state is never a diverged one. Returns the state's summary, whose checksums the
+    checkpoint then saves: one pass over the state for both."""
+    summary = summarise(state)
+    if summary.non_finite:
+        more = len(summary.non_finite) - 1
         raise NonFiniteLossError(
             f"the trained state holds NaN or infinite values after step {step}, although the loss was finite (a "
-            f"gradient or an update was not); training stopped and {_where_to_resume(last_good_step, checkpoint_dir)}."
-            f" {_ADVICE}")
+            f"gradient or an update was not): {summary.non_finite[0]}{f' and {more} more arrays' if more else ''}; "
+            f"training stopped and {_where_to_resume(last_good_step, checkpoint_dir)}. {_ADVICE}")
+    return summary
 
 
 class PendingMetrics:
@@ -204,9 +197,10 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
                     if on_log is not None:
                         on_log(done, means)
                 if save:
-                    check_state_is_finite(state, done, last_saved, checkpointer.directory)
+                    summary = check_state_is_finite(state, done, last_saved, checkpointer.directory)
                     # Written in the background while the next steps run; the last one is waited for.
-                    checkpointer.save(done, state, {"data": batches.get_state()}, wait=done == total_steps or stopping)
+                    checkpointer.save(done, state, {"data": batches.get_state()}, wait=done == total_steps or stopping,
+                                      summary=summary)
                     last_saved = done
                 if stopping:
                     raise Preempted(done, checkpointer.directory, stop.signum)

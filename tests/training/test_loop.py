@@ -25,7 +25,7 @@ class Scripted:
     per batch fetched and, when a step is waited for, by ``compile_s`` (first step) or ``step_s`` (the others)."""
 
     def __init__(self, fetch_s=0.25, compile_s=5.0, step_s=1.0):
-        self.events, self.t = [], 0.0
+        self.events, self.summaries, self.t = [], [], 0.0
         self.fetch_s, self.compile_s, self.step_s = fetch_s, compile_s, step_s
         self.fetched = 0
 
@@ -54,8 +54,9 @@ class Scripted:
     def latest_step(self):
         return None
 
-    def save(self, step, state, extra, wait=True):
+    def save(self, step, state, extra, wait=True, summary=None):
         self.events.append(f"save {step} {extra['data']['fetched']}{' and wait' if wait else ''}")
+        self.summaries.append(summary)
 
     def wait_until_finished(self):
         self.events.append("saved")
@@ -289,11 +290,11 @@ def test_a_real_run_logs_its_timings(tiny_config, tmp_path):
 class Weighted(NamedTuple):
     """A state with a parameter, as a pytree: the loop checks it before each checkpoint."""
     step: int
-    w: np.ndarray
+    w: jax.Array
 
 
-@pytest.mark.parametrize("every, expected", [(3, "after step 3, .*no checkpoint was written yet"),
-                                             (2, "after step 4, .*the last good checkpoint is step 2 in ckpt")])
+@pytest.mark.parametrize("every, expected", [(3, "after step 3, .*: w; .*no checkpoint was written yet"),
+                                             (2, "after step 4, .*: w; .*the last good checkpoint is step 2 in ckpt")])
 def test_a_state_gone_non_finite_under_a_finite_loss_is_never_saved(tmp_path, every, expected):
     """A step's loss is computed before its update: the loss of step 3 is finite, the state it leaves is not."""
     world = Scripted()
@@ -303,7 +304,9 @@ def test_a_state_gone_non_finite_under_a_finite_loss_is_never_saved(tmp_path, ev
         return Weighted(state.step + 1, state.w + (np.nan if state.step + 1 == 3 else 1.0)), metrics
 
     with pytest.raises(NonFiniteLossError, match=f"NaN or infinite values {expected}"):
-        train_loop(Weighted(0, np.zeros(4, np.float32)), train_step, world, mesh=make_mesh(), total_steps=7,
+        train_loop(Weighted(0, jnp.zeros(4, jnp.float32)), train_step, world, mesh=make_mesh(), total_steps=7,
                    checkpointer=world, log=MetricsLog(tmp_path), log_every=10, checkpoint_every=every,
                    images_per_step=BATCH, now=world.now)
     assert [e for e in world.events if e.startswith("save ")] == ([] if every == 3 else ["save 2 2"])
+    # the checked state's checksums go to the save, which so does not compute them again
+    assert [list(summary.checksums) for summary in world.summaries] == ([] if every == 3 else [["w"]])
