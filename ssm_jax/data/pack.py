@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a loader option, as config.data.source names it (repeatable)")
     parser.add_argument("--size", type=int, required=True, help="side S of the stored S x S images")
     parser.add_argument("--out", required=True, help="zip file to write")
-    parser.add_argument("--format", default="png", choices=FORMATS, help="lossless encoding of the stored images")
+    parser.add_argument("--format", default="png", choices=FORMATS,
+                        help="lossless encoding of the stored images; webp keeps the files' names (.png, .jpg, ...), "
+                        "which the loaders find them by, so a viewer that goes by the name may not open them")
     parser.add_argument("--bit-depth", type=int, default=0, help="read 16-bit grayscale as this many bits of camera "
                         "data, as config.data.bit_depth (0: the file type's range)")
     parser.add_argument("--verify", action="store_true", help="reload the packed copy and compare records")
@@ -234,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
                  bit_depth=args.bit_depth)
         mib = os.path.getsize(args.out) / 2**20
         print(f"wrote {args.out}: {n} files, {mib:.1f} MiB in {time.perf_counter() - start:.0f} s")
+        if args.format == "webp":
+            print("the images hold lossless WebP under their own names (.png, .jpg, ...), as the loaders find them: "
+                  "this project reads them; a viewer that goes by the name may not")
         if args.verify:
             counts = verify(args.dataset, args.root, args.out, dict(args.source))
             print("verified: " + ", ".join(f"{split} {n} records" for split, n in counts.items()))

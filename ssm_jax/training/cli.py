@@ -54,8 +54,9 @@ def _fields_at(config, path: list[str]) -> str:
 
 
 def _unknown_key_message(argv: list[str], err: Exception, config=None) -> str | None:
-    """Name the offending ``--config.a.b`` override, ml_collections' closest valid key if it has one, and the
-    fields at that level of ``config`` (the loaded config file, where there is one)."""
+    """Name the offending ``--config.a.b`` override, ml_collections' closest valid key if it has one, the fields at
+    that level of ``config`` (the loaded config file, where there is one), and the config files beside it that have
+    the field (``eval.tta`` given to an anomaly detector's config: the classifiers')."""
     # ml_collections' message is the key, quoted, and with a close match a 'Did you mean "x" instead of "y"?' line
     found = re.search(r"\w+", str(err))
     if found is None:
@@ -68,21 +69,54 @@ def _unknown_key_message(argv: list[str], err: Exception, config=None) -> str | 
         if key in path:
             hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
             fields = _fields_at(config, path[:path.index(key)]) if config is not None else ""
+            elsewhere = _files_with_field(_config_arg(argv), path[:path.index(key) + 1]) if config is not None else ""
             return (f"unknown config key in {arg.split('=')[0]!r}: there is no field {key!r} at that level{hint}"
-                    f"{fields or '; see the config file for the valid fields'}")
+                    f"{fields or '; see the config file for the valid fields'}{elsewhere}")
     return None
+
+
+def _config_arg(argv: list[str]) -> str | None:
+    """The value of ``--config=FILE[:variant]`` or ``--config FILE[:variant]``; None without one."""
+    pairs = zip(argv, argv[1:] + [None])
+    return next((a.split("=", 1)[1] if "=" in a else b for a, b in pairs
+                 if a.split("=")[0] in ("--config", "-config")), None)
 
 
 def _loaded_config(argv: list[str]):
     """The ``--config`` file's config without the overrides (one of which failed, so ml_collections kept none), read
     by the flag's own parser; None where it cannot be had."""
-    pairs = zip(argv, argv[1:] + [None])  # --config=FILE, or --config FILE
-    given = next((a.split("=", 1)[1] if "=" in a else b for a, b in pairs
-                  if a.split("=")[0] in ("--config", "-config")), None)
+    given = _config_arg(argv)
     try:
         return None if given is None else flags.FLAGS["config"].parser.parse(given)
     except Exception:  # noqa: BLE001 - only a help for a message being built: any failure means no listing
         return None
+
+
+def _files_with_field(given: str | None, path: list[str]) -> str:
+    """For the message of a field the ``--config`` file lacks: the config files beside it (their default variant)
+    whose config has it, with their task ("; eval.tta is a field of memorymamba_elpv.py (classification), ...");
+    empty where none has it."""
+    if given is None:
+        return ""
+    holders = []
+    for sibling in sorted(Path(given.split(":")[0]).parent.glob("*.py")):
+        # A helper module is no config; ml_collections loads every file under one module name, so it would find the
+        # previous config's get_config there.
+        if "def get_config(" not in sibling.read_text(errors="replace"):
+            continue
+        try:
+            node = flags.FLAGS["config"].parser.parse(str(sibling))
+        except Exception:  # noqa: BLE001 - helpers, and from_run.py (which needs a run), are no configs to list
+            continue
+        task = node.get("task") if hasattr(node, "get") else None
+        for key in path:
+            node = node.get(key) if hasattr(node, "get") else None
+        if node is not None:
+            holders.append(f"{sibling.name} ({task})" if task else sibling.name)
+    if not holders:
+        return ""
+    shown = ", ".join(holders[:4]) + (f" and {len(holders) - 4} more" if len(holders) > 4 else "")
+    return f"; {'.'.join(path)} is a field of {shown}"
 
 
 def parse_flags(argv: list[str]) -> list[str]:

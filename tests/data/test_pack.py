@@ -186,6 +186,18 @@ def test_root_with_tilde_is_expanded(replica, tmp_path, monkeypatch, capsys):
     assert "verified: all" in capsys.readouterr().out
 
 
+def test_webp_says_the_files_keep_their_names(replica, tmp_path, capsys):
+    """WebP data under .png names opens in this project, not in a viewer that goes by the name: pack says so."""
+    root = replica("folder")
+    for fmt, said in (("png", False), ("webp", True)):
+        pack.main(["--dataset", "folder", "--root", root, "--size", "8", "--out", str(tmp_path / f"{fmt}.zip"),
+                   "--format", fmt])
+        assert ("lossless WebP under their own names" in capsys.readouterr().out) == said
+    with zipfile.ZipFile(tmp_path / "webp.zip") as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".png"))
+        assert zf.read(name)[8:12] == b"WEBP"
+
+
 @pytest.mark.parametrize("dataset", sorted(pack.SPLITS))
 def test_missing_root_says_what_the_loader_expected(dataset, tmp_path):
     """The loader describes the layout it expected at the root; pack adds that the root is --root's."""

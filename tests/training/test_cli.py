@@ -128,6 +128,25 @@ def test_a_mistyped_config_key_is_one_line_naming_it(override, expected, tmp_pat
     assert not any(tmp_path.iterdir())  # nothing written for a run that never started
 
 
+def test_a_field_of_another_task_names_the_configs_that_have_it(tmp_path):
+    """Test-time augmentation is a classifier's: given to an anomaly detector's eval.py, the message names the
+    classification configs beside it; a key no config has names none."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    lines = {}
+    for override in ("--config.eval.tta=d4", "--config.eval.nothing_like_it=1"):
+        done = subprocess.run([sys.executable, "eval.py", "--config=configs/mambaad_elpv.py:defects_cpu",
+                               f"--workdir={tmp_path}", override], cwd=root, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 1
+        lines[override] = done.stderr.strip().splitlines()
+    assert len(lines["--config.eval.tta=d4"]) == 1
+    assert ("; eval.tta is a field of memorymamba_aluminum.py (classification), memorymamba_elpv.py (classification)"
+            in lines["--config.eval.tta=d4"][0])
+    assert "memorymamba_common.py" not in lines["--config.eval.tta=d4"][0]  # a helper module, not a config
+    assert len(lines["--config.eval.nothing_like_it=1"]) == 1 and "is a field of" not in lines[
+        "--config.eval.nothing_like_it=1"][0]
+
+
 @pytest.mark.parametrize("config, expected", [
     ("configs/no_such_config.py", "error: cannot load the --config file: configs/no_such_config.py; [Errno 2] No "
                                   "such file or directory"),
