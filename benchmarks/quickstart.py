@@ -137,8 +137,10 @@ def run_seed(seed: int, workdir: Path, config: str, overrides: list[str]) -> dic
 
 
 def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+    """Mean ± sample standard deviation; the mean alone for one value, which has no spread to state."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -149,7 +151,7 @@ def print_table(rows: list[dict]) -> None:
         cells = [str(r["seed"])] + [f"{r[key]:.1f} s" for key, _ in COLUMNS]
         cells += [f"{100 * r['acc']:.2f}", f"{100 * r['f1']:.2f}", f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"]
         print("| " + " | ".join(cells) + " |")
-    cells = ["mean ± sd"] + [_mean_sd([r[key] for r in rows]) + " s" for key, _ in COLUMNS]
+    cells = ["mean ± sd" if len(rows) > 1 else "mean"] + [_mean_sd([r[key] for r in rows]) + " s" for key, _ in COLUMNS]
     cells += [_mean_sd([100 * r["acc"] for r in rows]), _mean_sd([100 * r["f1"] for r in rows]), ""]
     print("| " + " | ".join(cells) + " |")
 

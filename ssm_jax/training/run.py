@@ -159,6 +159,11 @@ TASKS = {
 }
 
 
+def _count(n: int, noun: str) -> str:
+    """"1 step", "3 steps"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _say(msg: str) -> None:
     if jax.process_index() == 0:
         print(msg, flush=True)
@@ -420,8 +425,9 @@ class Experiment:
             frozen = count_params({k: v for k, v in self.state.params.items() if k in self.family.frozen})
             _say(f"{config.model.name}: {count_params(self.state.params):,} parameters"
                  f"{f' ({frozen:,} frozen)' if frozen else ''}; {len(self.train_source)} training images; "
-                 f"{self.total_steps} steps of batch {config.train.batch_size} on {self.mesh.devices.size} "
-                 f"{jax.devices()[0].platform} device(s), {config.train.grad_accum_steps} micro-batch(es) per step")
+                 f"{_count(self.total_steps, 'step')} of batch {config.train.batch_size} on "
+                 f"{_count(self.mesh.devices.size, jax.devices()[0].platform + ' device')}, "
+                 f"{_count(config.train.grad_accum_steps, 'micro-batch')} per step")
             train_step = self.family.module.make_train_step(config.loss, self.mesh, config.train.grad_accum_steps,
                                                             **self.family.step_kwargs(config, self.train_source))
             self.state = train_loop(

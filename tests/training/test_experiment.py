@@ -482,3 +482,11 @@ def test_folders_of_one_name_are_predicted_into_files_of_their_own(tmp_path, cap
     (eval_dir / "predict_folders.json").write_text("[")
     with pytest.raises(ValueError, match=r"predict_folders.json is unreadable; expected the JSON object"):
         run._prediction_name(eval_dir, first)
+
+
+def test_the_run_summary_counts_in_the_singular_and_the_plural(tiny_config, tmp_path, capsys):
+    """"1 step of batch 8 on 1 cpu device": no "1 steps" or "device(s)"."""
+    run.Experiment(tiny_config(max_steps=1, checkpoint_every=1), tmp_path).train()
+    out = capsys.readouterr().out
+    assert f"; 1 step of batch 8 on {jax.device_count()} cpu device{'' if jax.device_count() == 1 else 's'}, " \
+           f"1 micro-batch per step" in out
