@@ -15,8 +15,10 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib import font_manager, ft2font
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator
 
 from ssm_jax.metrics.curves import auroc, average_precision, precision_recall_curve, roc_curve
 
@@ -110,7 +112,7 @@ def save_confusion_matrix(confusion, class_names, path, normalize=False):
     ax = fig.add_subplot()
     top = max(values.max(), 1e-12)
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=top)
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, ticks=None if normalize else MaxNLocator(integer=True))  # counts: no 0.5 of an image
     if k <= MAX_NAMED:
         ticks = np.arange(k)
         ax.set_xticks(ticks, [str(name) for name in class_names], rotation=45, ha="right")
@@ -184,6 +186,10 @@ def _as_rgb(images):
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 weights: an RGB image's gray under the anomaly map
+_MASK_FILL = ListedColormap(["lime"])
+
+
 def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_images=8, alpha=0.5, titles=None,
                           mask_title="ground truth"):
     """One row per image (the first ``max_images``): image | anomaly map over it | the masks' contour, titled
@@ -216,12 +222,15 @@ def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_image
         axes[i, 0].imshow(images[i])
         name = f"image {i}" if titles is None else titles[i]
         axes[i, 0].set_title(name + ("" if scores is None else f"\nimage score {float(scores[i]):.3g}"), fontsize=8)
-        axes[i, 1].imshow(images[i])
+        # The map over the image's luminance: over its colours the blend would take hues the colour bar lacks.
+        axes[i, 1].imshow(images[i] @ _LUMA, cmap="gray", vmin=0, vmax=1)
         heat = axes[i, 1].imshow(maps[i], cmap="jet", alpha=alpha, vmin=low, vmax=high)
         axes[i, 1].set_title("anomaly map")
         if masks is not None:
             mask = np.asarray(masks[i]) > 0
             axes[i, 2].imshow(images[i])
+            # Filled, so a mask over most of the image (or all of it) reads as the region, not as its holes' outline.
+            axes[i, 2].imshow(np.ma.masked_where(~mask, mask), cmap=_MASK_FILL, alpha=0.35, vmin=0, vmax=1)
             if mask.any() and not mask.all():
                 axes[i, 2].contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=1.5)
             axes[i, 2].set_title(mask_titles[i])

@@ -176,3 +176,32 @@ def test_names_in_other_scripts_are_drawn_with_installed_fonts_or_named_once(tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         viz.save_image_grid([np.zeros((8, 8, 3), np.uint8)], ["划痕/001.png"], tmp_path / "grid_zh.png")
+
+
+def test_confusion_counts_have_whole_numbers_on_the_colour_bar(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(viz, "_save", lambda fig, path: figures.append(fig) or path)
+    viz.save_confusion_matrix(np.array([[3, 1], [0, 2]]), ["a", "b"], tmp_path / "cm.png")
+    viz.save_confusion_matrix(np.array([[3, 1], [0, 2]]), ["a", "b"], tmp_path / "cm.png", normalize=True)
+    ticks = []
+    for fig in figures:
+        fig.canvas.draw()
+        ticks.append([t for t in fig.axes[1].get_yticks() if 0 <= t <= fig.axes[1].get_ylim()[1]])
+    assert ticks[0] and all(t == int(t) for t in ticks[0])  # matplotlib's own ticks there: 0.0, 0.5, ..., 3.0
+    assert any(t != int(t) for t in ticks[1])  # fractions of a row stay fractions
+
+
+def test_overlays_draw_the_map_over_gray_and_fill_the_masks(tmp_path, monkeypatch):
+    """The map over the image's luminance, whose blend keeps the colour bar's hues; a mask filled, so one covering
+    the whole image shows (it has no contour) and one covering most of it reads as the region, not its holes."""
+    drawn = {}  # axes -> the arrays drawn on it, in order
+    imshow = matplotlib.axes.Axes.imshow
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", lambda ax, x, *a, **k: drawn.setdefault(ax, []).append(x)
+                        or imshow(ax, x, *a, **k))
+    images = np.zeros((1, 8, 8, 3))
+    images[..., 0] = 1.0  # pure red
+    viz.save_anomaly_overlays(images, np.zeros((1, 8, 8)), tmp_path / "o.png", masks=np.ones((1, 8, 8), bool))
+    (image,), (gray, heat), (shown, fill) = drawn.values()
+    assert image.shape == shown.shape == (8, 8, 3) and heat.shape == (8, 8)
+    assert gray.shape == (8, 8) and np.allclose(gray, 0.299)  # red's luminance
+    assert np.ma.isMaskedArray(fill) and np.ma.count(fill) == 64  # every pixel of the all-anomalous mask filled
