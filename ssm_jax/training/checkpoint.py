@@ -52,8 +52,9 @@ def drop_closed_loop_callbacks(where: Path | None = None) -> None:
     """After orbax fails to read the damaged checkpoint ``where``, the reads still in flight fail or are closed too,
     and their errors reach ``sys.unraisablehook`` ("Exception ignored in: <coroutine object ...>") and the asyncio
     logger as dozens of tracebacks around the one error, in a script as in the CLI, saying nothing it does not.
-    Called where a read fails; wraps the hook in place and filters the logger (once) to drop those and pass anything
-    else on, such as errors of other checkpoints. Without ``where``, only the closed loop's errors are dropped."""
+    Called before a restore and where a read fails; wraps the hook in place and filters the logger (once) to drop
+    those and pass anything else on, such as errors of other checkpoints. Without ``where``, only the closed loop's
+    errors are dropped."""
     if where is not None:  # as given and with links resolved: tensorstore's messages may name either
         _failed_reads.update({f"{where}{os.sep}", f"{where.resolve()}{os.sep}"})
     previous = sys.unraisablehook
@@ -229,6 +230,7 @@ class Checkpointer:
         if step is None:
             return None
         where = self.directory / str(step)
+        drop_closed_loop_callbacks()  # now: a failing read's first callbacks into its closed loop come before it raises
         try:
             extra = self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
         except Exception as err:  # orbax raises several types for missing or damaged files
