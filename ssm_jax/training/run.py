@@ -160,7 +160,7 @@ TASKS = {
 
 
 def _count(n: int, noun: str) -> str:
-    """"1 step", "3 steps"."""
+    """``n`` and ``noun``, plural unless one: "1 step", "3 steps"."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
