@@ -47,7 +47,7 @@ def test_measure_shape_times_checks_and_reports_a_failing_config(monkeypatch):
         return functions("sequential", order, sum_groups)
 
     monkeypatch.setattr(scan_tune, "kernel_fns", fake_kernel_fns)
-    args = argparse.Namespace(warmup_s=0.0, check=True, calls=2, rounds=3)
+    args = argparse.Namespace(warmup_s=0.0, check=True, calls=2, rounds=3, forward_only=False)
     configs = [("seq", {"design": "sequential"}), ("broken", {"design": "broken"})]
     ok, broken = measure_shape(SMALL_SHAPES[4], "float32", configs, args, bandwidth=3e12)
     assert (ok["config"], ok["shape"], ok["dtype"]) == ("seq", "vmamba/small", "float32")
@@ -56,3 +56,21 @@ def test_measure_shape_times_checks_and_reports_a_failing_config(monkeypatch):
     assert abs(ok["fwd_floor"] - ok["fwd_ms"] / floor_ms) < 1e-9 * ok["fwd_floor"]
     assert ok["fwd_err"] < 1e-5 and ok["vjp_fwd_err"] < 1e-5 and ok["grad_err"] < 1e-4 and ok["finite"]
     assert broken["error"] == "ValueError: no such design" and "fwd_ms" not in broken
+
+
+def test_forward_only_times_and_checks_the_forward_without_compiling_its_gradient(monkeypatch):
+    """``--forward-only``: the forward's time and its y against ``chunked``; the gradient's function never runs."""
+    ran = []
+
+    def fake_kernel_fns(config, order=None, sum_groups=False):
+        forward, _ = functions("sequential", order, sum_groups)
+
+        def forward_backward(*args):
+            ran.append("gradient")
+        return forward, forward_backward
+
+    monkeypatch.setattr(scan_tune, "kernel_fns", fake_kernel_fns)
+    args = argparse.Namespace(warmup_s=0.0, check=True, calls=2, rounds=3, forward_only=True)
+    (row,) = measure_shape(SMALL_SHAPES[4], "float32", [("seq", {"design": "sequential"})], args, bandwidth=3e12)
+    assert row["fwd_ms"] > 0 and row["fwd_bwd_ms"] != row["fwd_bwd_ms"]  # nan: not timed
+    assert row["fwd_err"] < 1e-5 and row["finite"] and "grad_err" not in row and ran == []
