@@ -192,12 +192,12 @@ _MASK_FILL = ListedColormap(["lime"])
 
 def save_anomaly_overlays(images, maps, path, masks=None, scores=None, max_images=8, alpha=0.5, titles=None,
                           mask_title="ground truth"):
-    """One row per image (the first ``max_images``): image | anomaly map over it | the masks' contour, titled
-    ``mask_title`` (with masks: the ground truth, or defect regions cut from the maps; a list titles each image's
-    own, e.g. to tell a defective part annotated at image level only from a good one). Maps share one colour
-    scale, the map's own values (an image's score may pool them: SNARM averages 16 x 16 windows first). Images NHWC
-    in [0, 1] or uint8; maps and masks (N, H, W); ``titles`` name each image (default "image i"). Size 3 inches per
-    panel: (3 x columns) x (3 x rows)."""
+    """One row per image (the first ``max_images``): image | anomaly map over its gray | the masks, filled and
+    outlined, titled ``mask_title`` (with masks: the ground truth, or defect regions cut from the maps; a list titles
+    each image's own, e.g. to tell a defective part annotated at image level only from a good one). Maps share one
+    colour scale, the map's own values (an image's score may pool them: SNARM averages 16 x 16 windows first).
+    Images NHWC in [0, 1] or uint8; maps and masks (N, H, W); ``titles`` name each image (default "image i"). Size 3
+    inches per panel: (3 x columns) x (3 x rows)."""
     images = _as_rgb(images)
     maps = np.asarray(maps, dtype=np.float64)
     if images.shape[0] == 0:
