@@ -120,10 +120,36 @@ def summarise(tree) -> StateSummary:
     2026-12-07)."""
     named = [(jax.tree_util.keystr(path, simple=True, separator="/"), x)
              for path, x in jax.tree_util.tree_leaves_with_path(tree) if _checkable(x)]
-    summaries = jax.device_get([tuple(v.addressable_data(0) for v in _summary(x)) for _, x in named])
+    summaries = _fetch([_summary(x) for _, x in named])
     return StateSummary(checksums={name: [str(x.dtype), int(checksum)]
                                    for (name, x), (checksum, _) in zip(named, summaries)},
                         non_finite=[name for (name, _), (_, finite) in zip(named, summaries) if not finite])
+
+
+_STACK = 256  # (checksum, finite) pairs stacked by one program, whatever the state's size
+
+
+@jax.jit
+def _stacked(pairs):
+    return jnp.stack([checksum for checksum, _ in pairs]), jnp.stack([finite for _, finite in pairs])
+
+
+def _fetch(pairs: list) -> list[tuple[int, bool]]:
+    """The (checksum, finite) scalars of ``_summary``, stacked on their devices by ``_STACK`` (the last group padded
+    with its first pair, so no state compiles another program) and fetched together: fetched one by one,
+    MemoryMamba-tiny's 3,272 scalars took 0.4 s a save on an H100, 3.5 train steps."""
+    by_devices: dict[frozenset, list[int]] = {}
+    for i, (checksum, _) in enumerate(pairs):
+        by_devices.setdefault(frozenset(checksum.sharding.device_set), []).append(i)
+    groups = [members[start:start + _STACK] for members in by_devices.values()
+              for start in range(0, len(members), _STACK)]
+    stacks = [_stacked([pairs[i] for i in group] + [pairs[group[0]]] * (_STACK - len(group))) for group in groups]
+    host = jax.device_get([(sums.addressable_data(0), finite.addressable_data(0)) for sums, finite in stacks])
+    fetched: list = [None] * len(pairs)
+    for group, (sums, finite) in zip(groups, host):
+        for i, checksum, ok in zip(group, sums, finite):
+            fetched[i] = (int(checksum), bool(ok))
+    return fetched
 
 
 def checksums(tree) -> dict[str, list]:

@@ -250,8 +250,20 @@ def test_summarise_compiles_a_program_per_distinct_array_once_not_one_per_tree()
         summarise(other)
     finally:
         jax.monitoring.unregister_event_duration_listener(on_duration)
-    assert first_compiles <= 2 and len(compiled) == first_compiles
+    assert first_compiles <= 3 and len(compiled) == first_compiles  # two shapes' and the stacking's
     assert len(summary.checksums) == 40 and summary.non_finite == []
+
+
+def test_summarise_fetches_the_scalars_stacked_not_one_by_one(monkeypatch):
+    """3,272 scalars fetched one by one took 0.4 s a save on an H100 (3.5 train steps of MemoryMamba-tiny)."""
+    fetched = []
+    device_get = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda tree: fetched.append(len(jax.tree.leaves(tree))) or device_get(tree))
+    tree = {f"w{i}": jnp.full((3, 5), float(i)).at[0, 0].set(np.nan if i == 301 else 0.0) for i in range(600)}
+    summary = summarise(tree)
+    assert fetched == [2 * 3]  # (checksums, finite) of three stacks of 256
+    assert summary.non_finite == ["w301"]
+    assert summary.checksums == {name: checksums({"x": x})["x"] for name, x in tree.items()}  # each leaf alone
 
 
 def test_a_save_writes_the_checksums_of_the_summary_it_is_given(tmp_path):
