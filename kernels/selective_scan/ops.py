@@ -146,11 +146,12 @@ def _ptx(interpret: bool) -> bool:
     return not interpret and "rocm" not in jax.devices()[0].client.platform_version.lower()
 
 
-def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
+def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True, in_place=False):
     """(forward, backward, layout, forward warps, backward warps) of a design for these inputs; the layout is the
     ``direction`` kernel's ("inference", the forward when no gradient is taken, "forward" or "backward": the
     forward's and backward's differ in ``hoist_loads`` by default, and a forward's channels a program depend on
-    whether it is differentiated), with inline PTX unless ``interpret`` (``_ptx``)."""
+    whether it is differentiated, and without a gradient on the dtype and on whether the inputs are scanned
+    ``in_place``), with inline PTX unless ``interpret`` (``_ptx``)."""
     design = AUTO_DESIGN if tuning.design == "auto" else tuning.design
     if design not in DESIGNS:
         raise ValueError(f"selective_scan_pallas: design={design!r}, expected auto or one of {sorted(DESIGNS)}")
@@ -186,6 +187,9 @@ def _design(tuning: Tuning, u, B, A, direction="forward", interpret=True):
         threshold = split.WIDE_INFERENCE_GRID if direction == "inference" else split.WIDE_FORWARD_GRID
         if tuning.block_d[0] is not None or math.prod(wide.grid) >= threshold:
             lay = wide
+        if (design == "split" and direction == "inference" and tuning.block_d[0] is None
+                and split.widest_inference(lay, jnp.dtype(u.dtype).itemsize, in_place)):
+            lay = dataclasses.replace(lay, block_d=split.WIDEST_INFERENCE)
         lay = _with_poly_exp(lay, tuning.poly_exp, u.dtype, fwd_warps, _ptx(interpret))
     return fwd, bwd, dataclasses.replace(lay, ptx=_ptx(interpret)), fwd_warps, bwd_warps
 
@@ -212,7 +216,8 @@ def _design_for(inputs: dict, tuning: Tuning, direction: str, interpret: bool):
     (``Layout.shared_u``): the layout counts delta's channels, in u's dtype."""
     u, delta = inputs["u"], inputs["delta"]
     full_u = jax.ShapeDtypeStruct(delta.shape, u.dtype)
-    *kernels, lay, fwd_warps, bwd_warps = _design(tuning, full_u, inputs["B"], inputs["A"], direction, interpret)
+    *kernels, lay, fwd_warps, bwd_warps = _design(tuning, full_u, inputs["B"], inputs["A"], direction, interpret,
+                                                  in_place="order" in inputs)
     shared_dy = "dy" in inputs and inputs["dy"].shape[2] != delta.shape[2]
     return (*kernels, dataclasses.replace(lay, shared_u=u.shape[2] != delta.shape[2], shared_dy=shared_dy), fwd_warps,
             bwd_warps)

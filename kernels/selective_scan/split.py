@@ -15,6 +15,7 @@ pass; the backward adds a pass that reads delta, C, z and dy.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +58,22 @@ WIDE_FORWARD_GRID = 1536
 # 0.992x: so a differentiated forward keeps 1,536. With this rule MambaAD's inference at batch 16 ran 1.039x, its
 # training 1.001x (interleaved, one H100 each, NOTES.md, "Session 62").
 WIDE_INFERENCE_GRID = 1024
+# A forward that takes no gradient, in a 2-byte dtype, with the whole sequence in one segment and a row of u for each
+# batch row (not scanned in place), takes this many channels a program where that leaves it WIDE_FORWARD_GRID
+# programs. On 8-dir (bf16, 512 rows x 1,024 steps x 192 channels: 1,536 programs at 64) the forward was 5.1 and 5.5 %
+# faster in two leases of a lent H100 (2.88-2.91x the copy floor, against 3.05-3.07x). 64 lost or tied on every other
+# shape measured: segmented (vim-s +1.2 %, long -0.5 %, vmamba-64x64 +31 %), in place (mm-tiny-56 +32 %, ad-32
+# +38 %, mm-tiny-28 -3.3 %), and in float32 on all but ad-16 (NOTES.md, "Session 75").
+WIDEST_INFERENCE = 64
+
+
+def widest_inference(lay: Layout, itemsize: int, in_place: bool) -> bool:
+    """Whether an inference forward of ``lay`` (its 32-channel layout) takes ``WIDEST_INFERENCE`` channels: also only
+    where they divide a group's channels, so that no program is partly masked."""
+    if (itemsize != 2 or in_place or lay.segment or lay.block_d != WIDE_FORWARD
+            or lay.group_dim % WIDEST_INFERENCE):
+        return False
+    return math.prod(dataclasses.replace(lay, block_d=WIDEST_INFERENCE).grid) >= WIDE_FORWARD_GRID
 
 
 def default_segment(lay: Layout) -> int:

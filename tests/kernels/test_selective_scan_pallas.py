@@ -315,6 +315,40 @@ def test_auto_design_is_split_with_its_measured_blocks():
     assert (fwd_lay.segment, fwd_lay.chunk) == (bwd_lay.segment, bwd_lay.chunk) == (128, 2)
 
 
+def test_a_two_byte_one_segment_inference_takes_64_channels_where_measured_faster():
+    """split.WIDEST_INFERENCE: only a forward without gradient, bf16 or fp16, whole sequence in one segment, u a row
+    per batch row (not in place), 64 dividing a group's channels and leaving split.WIDE_FORWARD_GRID programs: 8-dir's
+    shape. Read from the layouts alone (shapes, no arrays)."""
+    from kernels.selective_scan import split
+    from kernels.selective_scan.ops import Tuning, _design
+
+    def inference_block(rows, length, dim, dtype=jnp.bfloat16, groups=1, in_place=False, direction="inference",
+                        tuning=Tuning()):
+        spec = jax.ShapeDtypeStruct
+        lay = _design(tuning, spec((rows, length, dim), dtype), spec((rows, length, groups, 16), dtype),
+                      spec((dim, 16), jnp.float32), direction=direction, in_place=in_place)[2]
+        return lay.block_d
+
+    assert inference_block(512, 1024, 192) == inference_block(512, 1024, 192, jnp.float16) == 64  # 1,536 programs
+    assert inference_block(256, 1024, 192) == 32  # 768 programs at 64
+    assert inference_block(512, 1024, 192, jnp.float32) == 32
+    assert inference_block(512, 1024, 192, direction="forward") == 32  # differentiated: training's, not measured
+    assert inference_block(512, 1024, 192, in_place=True) == 32
+    assert inference_block(512, 1024, 4 * 96, groups=4) == 32  # 64 would leave half of every second block masked
+    assert inference_block(32, 3136, 384) == 32  # segmented (vim-s)
+    assert inference_block(512, 1024, 192, tuning=Tuning(block_d=(32, None))) == 32  # asked: kept
+    assert inference_block(512, 1024, 192, tuning=Tuning(design="serial")) == 32
+    assert split.WIDEST_INFERENCE == 64
+
+
+def test_bfloat16_forward_at_64_channels_matches_the_float64_reference():
+    """The 64-channel programs the rule above picks, interpreted: one segment, bf16 inputs, all options."""
+    x = make_inputs(4, 2, 13, 128, 1, 16, dtype=jnp.bfloat16, **ALL_OPTIONS)
+    y, last = run_pallas(x, ALL_OPTIONS, design="split", block_d=(64, 16))
+    y_ref, last_ref = selective_scan_numpy(**x, delta_softplus=True)
+    assert y.dtype == jnp.bfloat16 and rel_err(y, y_ref) < 1e-2 and rel_err(last, last_ref) < 1e-2
+
+
 def _kernel_grids(jaxpr) -> list[tuple]:
     """The grid of every Pallas kernel in a jaxpr, nested jaxprs included, in order."""
     return [tuple(eqn.params["grid_mapping"].grid) for eqn in equations(jaxpr) if eqn.primitive.name == "pallas_call"]
