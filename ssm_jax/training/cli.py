@@ -137,6 +137,12 @@ def parse_flags(argv: list[str]) -> list[str]:
         lines = str(err).strip().splitlines()
         if any(line.startswith("Traceback") for line in lines):  # get_config() raised: say what, not where
             lines = [lines[0], lines[-1]]
+        given = _config_arg(argv) or ""
+        if ":" in given and "get_config() takes 0 positional arguments" in str(err):
+            file, variant = given.split(":", 1)
+            sys.exit(f"error: {file} has no variants, so not {variant!r}: use --config={file} and change what differs "
+                     f"with --config.* overrides (configs/memorymamba_folder.py:cpu and the ELPV configs' *_cpu "
+                     f"variants show the CPU settings)")
         sys.exit(f"error: {' '.join(lines)}\nusage: {argv[0]} --config=configs/<model>_<dataset>.py --workdir=DIR "
                  f"[--config.section.key=value ...]")
 
