@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from ssm_jax.models.fields import model_fields, with_defaults
-from ssm_jax.models.resnet import RESNET_ARCHS, Block, ResNet, conv_init, stage_channels
+from ssm_jax.models.resnet import RESNET_ARCHS, Block, ResNet, conv_init, normalised_images, stage_channels
 from ssm_jax.nn.drop import DropPath
 from ssm_jax.nn.resample import gaussian_blur, upsample_bilinear_align_corners
 from ssm_jax.nn.ss2d import SS2D
@@ -338,7 +338,7 @@ def _jitted_maps(config_json: str, sigma: float):
 def anomaly_maps(config, variables, images, sigma: float = 4.0):
     """(maps (B, H, W), scores (B,)) for ImageNet-normalised NHWC ``images`` with a MambaAD ``config`` (the model
     section, e.g. from ``ssm_jax.convert.from_torch("mambaad", ...)``) and its ``variables``."""
-    images = jnp.asarray(images, jnp.float32)
+    images = normalised_images(images, "anomaly_maps")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"anomaly_maps: images have shape {images.shape}, expected (batch, height, width, 3)")
     if "model" in config:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 RESNET_ARCHS = {
     "resnet18": ("basic", (2, 2, 2, 2), 64),
@@ -120,3 +121,23 @@ def build_resnet(arch: str, out_stages: Sequence[int] = (1, 2, 3), dtype: Any = 
         raise ValueError(f"unknown ResNet arch {arch!r}; valid: {sorted(RESNET_ARCHS)}")
     block, layers, width_per_group = RESNET_ARCHS[arch]
     return ResNet(block, layers, width_per_group, tuple(out_stages), dtype)
+
+
+# An ImageNet-normalised pixel lies in [-2.12, 2.64]; one of a 0-255 scale left unnormalised reaches far past this.
+_NORMALISED_BOUND = 10.0
+
+
+def normalised_images(images, caller: str) -> jax.Array:
+    """NHWC ``images`` as float32 for an ImageNet-normalised encoder, refusing what cannot be normalised pixels:
+    an integer or boolean array (raw pixels: they score, but wrongly), or values beyond +-10 (a 0-255 scale)."""
+    dtype = np.asarray(images).dtype if not hasattr(images, "dtype") else np.dtype(images.dtype)
+    advice = ("normalise them as training does, (x / 255 - mean) / std with ImageNet's mean and std "
+              "(ssm_jax.data.pipeline.normalize), or give raw pixels to a Predictor (ssm_jax.inference)")
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"{caller}: images are {dtype}, raw pixels; expected ImageNet-normalised float images: "
+                         f"{advice}")
+    images = jnp.asarray(images, jnp.float32)
+    if images.size and float(jnp.max(jnp.abs(images))) > _NORMALISED_BOUND:
+        raise ValueError(f"{caller}: images reach {float(jnp.max(jnp.abs(images))):.4g}, beyond the +-"
+                         f"{_NORMALISED_BOUND:g} of ImageNet-normalised pixels (a 0-255 scale?): {advice}")
+    return images

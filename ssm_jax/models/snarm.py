@@ -53,7 +53,7 @@ import numpy as np
 from ssm_jax.models.fields import model_fields, with_defaults
 from ssm_jax.models.residuals import (ENCODINGS, channel_pool, encode_residual, inter_residuals, intra_residuals,
                                       reference_count, select_references)
-from ssm_jax.models.resnet import RESNET_ARCHS, ResNet
+from ssm_jax.models.resnet import RESNET_ARCHS, ResNet, normalised_images
 from ssm_jax.nn.mamba import MambaMixer
 from ssm_jax.nn.resample import gaussian_blur, upsample_bilinear_align_corners
 from ssm_jax.ssm import METHODS, scan_orders
@@ -318,7 +318,7 @@ def anomaly_maps(config, variables, images, sigma: float = 4.0):
     """(maps (B, H, W), scores (B,)) for ImageNet-normalised NHWC ``images`` with a SNARM ``config`` (the model
     section, e.g. a run's ``config.model`` or ``snarm_model_config(...)``) and its ``variables`` (params,
     batch_stats and the filled ``bank``, e.g. a trained state's), as MambaAD's ``anomaly_maps`` takes them."""
-    images = jnp.asarray(images, jnp.float32)
+    images = normalised_images(images, "anomaly_maps")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"anomaly_maps: images have shape {images.shape}, expected (batch, height, width, 3)")
     if isinstance(config, nn.Module) or "model" in config:

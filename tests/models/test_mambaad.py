@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from ssm_jax.data.pipeline import normalize
 from ssm_jax.models.mambaad import (anomaly_map_from_features, anomaly_maps, build_mambaad, drop_path_rates,
                                     lss_layout, mambaad_model_config)
 
@@ -45,6 +46,21 @@ def test_images_not_nhwc_rgb_and_a_whole_config_are_named(tiny):
     config = ml_collections.ConfigDict({"model": mambaad_model_config(**TINY)})
     with pytest.raises(ValueError, match=r"pass the model section of a config \(config.model\)"):
         anomaly_maps(config, variables, images)
+
+
+def test_anomaly_maps_refuse_pixels_that_are_not_normalised(tiny):
+    """Raw pixels scored, wrongly, without a word: uint8 gave 0.345 where its normalised image gives 0.354."""
+    _, variables, images = tiny
+    config = mambaad_model_config(**TINY)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"anomaly_maps: images are uint8, raw pixels; expected ImageNet-normalised "
+                                         r"float images: normalise them"):
+        anomaly_maps(config, variables, pixels)
+    with pytest.raises(ValueError, match=r"anomaly_maps: images reach 25\d\.?\d*, beyond the \+-10 of "
+                                         r"ImageNet-normalised pixels \(a 0-255 scale\?\)"):
+        anomaly_maps(config, variables, pixels.astype(np.float32))
+    maps, scores = anomaly_maps(config, variables, normalize(pixels))
+    assert maps.shape == (2, 64, 64) and np.isfinite(np.asarray(scores)).all()
 
 
 def test_depthwise_convs_start_as_the_official_lss_init(tiny):

@@ -52,6 +52,8 @@ def test_heads_and_ensemble_shapes(model_and_variables):
             anomaly_maps(wrong, variables, images)
     with pytest.raises(ValueError, match="no 'bank' collection"):
         anomaly_maps(tiny_config(), {k: v for k, v in variables.items() if k != "bank"}, images)
+    with pytest.raises(ValueError, match="images are uint8, raw pixels; expected ImageNet-normalised"):
+        anomaly_maps(tiny_config(), variables, np.zeros((2, 64, 64, 3), np.uint8))
     full = build_snarm(snarm_model_config(encoder="resnet18", feature_dim=32, scan_impl="sequential"))
     shapes = jax.eval_shape(full.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     assert len([k for k in shapes["params"]["decoder"]["branch0"] if k.endswith("_out")]) == 4  # 4 scans a branch
