@@ -40,6 +40,12 @@ def convert_resnet(state: dict[str, np.ndarray], arch: str, out_stages: Sequence
     try:
         variables = convert_state_dict(state, RESNET_RULES, template, ignore=RESNET_IGNORE + unbuilt)
     except ConversionError as err:
+        heads = {key.split(".", 1)[0] for key in state}
+        if not prefix and {"net_t", "net_s"} <= heads:
+            raise err.naming(
+                f"the checkpoint is an official MambaAD one (net_t.*, net_s.*): from_torch('mambaad', path) converts "
+                f"the whole detector; its ImageNet encoder alone: from_torch({arch!r}, path, prefix='net_t.', "
+                f"out_stages=(1, 2, 3))") from None
         held, archs = resnet_held(state)
         if held and arch not in archs:
             raise err.naming(f"the checkpoint holds {held}, not a {arch}") from None

@@ -229,6 +229,11 @@ def test_encoder_under_prefix(resnet18):
     config, variables = convert_resnet(state, "resnet18", out_stages=(1, 2, 3), prefix="net_t.")
     assert not any(name.startswith("layer4") for name in variables["params"])
     assert_same_features(model, config, variables)
+    # Without the prefix the keys say what the checkpoint is: the error names both ways to convert it.
+    with pytest.raises(ConversionError, match=r"the checkpoint is an official MambaAD one \(net_t\.\*, net_s\.\*\): "
+                                              r"from_torch\('mambaad', path\) .* from_torch\('resnet18', path, "
+                                              r"prefix='net_t\.', out_stages=\(1, 2, 3\)\)"):
+        convert_resnet(state, "resnet18", out_stages=(1, 2, 3))
 
 
 def test_full_state_dict_into_shorter_encoder(resnet18):
