@@ -143,11 +143,13 @@ def save_roc_pr_curves(labels, scores, path, title=None, operating_points=None):
     fpr, tpr, _ = roc_curve(labels, scores)
     roc_ax.plot(fpr, tpr, label=f"AU-ROC = {auroc(labels, scores):.4f}")
     roc_ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
-    for i, (name, point) in enumerate((operating_points or {}).items()):
-        xy = point["fpr"], point["recall"]
+    shared: dict[tuple, list[str]] = {}  # cuts at one point (a small test split's 1 % and 5 %) get one label
+    for name, point in (operating_points or {}).items():
+        shared.setdefault((point["fpr"], point["recall"]), []).append(str(name))
+    for i, (xy, names) in enumerate(shared.items()):
         roc_ax.plot(*xy, "o", color="C3", markersize=4, label=None if i else "allowed false-positive rate: recall")
-        roc_ax.annotate(f"{name}: {100 * point['recall']:.1f} %", xy, xytext=(6, -10), textcoords="offset points",
-                        fontsize=8, color="C3")
+        roc_ax.annotate(f"{', '.join(names)}: {100 * xy[1]:.1f} %", xy, xytext=(6, -10 - 10 * i),  # staggered: near
+                        textcoords="offset points", fontsize=8, color="C3")  # points' labels do not overprint
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
     precision, recall, _ = precision_recall_curve(labels, scores)
     pr_ax.plot(np.append(0, recall), np.append(precision[0], precision), drawstyle="steps-pre",

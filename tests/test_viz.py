@@ -205,3 +205,16 @@ def test_overlays_draw_the_map_over_gray_and_fill_the_masks(tmp_path, monkeypatc
     assert image.shape == shown.shape == (8, 8, 3) and heat.shape == (8, 8)
     assert gray.shape == (8, 8) and np.allclose(gray, 0.299)  # red's luminance
     assert np.ma.isMaskedArray(fill) and np.ma.count(fill) == 64  # every pixel of the all-anomalous mask filled
+
+
+def test_cuts_at_one_roc_point_share_one_label(tmp_path, monkeypatch):
+    """A small test split puts the 1 % and 5 % cuts on one point: one label for both, not two overprinted."""
+    texts = []
+    annotate = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", lambda ax, text, *a, **k: texts.append(text)
+                        or annotate(ax, text, *a, **k))
+    points = {"1%": {"fpr": 0.0, "recall": 0.5}, "5%": {"fpr": 0.0, "recall": 0.5},
+              "10%": {"fpr": 0.25, "recall": 0.75}}
+    viz.save_roc_pr_curves([0, 1, 1, 0, 1, 0, 0, 1], [0.1, 0.9, 0.5, 0.3, 0.7, 0.6, 0.2, 0.4], tmp_path / "c.png",
+                           operating_points=points)
+    assert texts == ["1%, 5%: 50.0 %", "10%: 75.0 %"]
