@@ -226,8 +226,10 @@ def image_from_array(array, name: str = "image", bit_depth: int = 0) -> Image.Im
         raise ValueError(f"{name} has shape {array.shape}; expected one image: (height, width) grayscale, or "
                          f"(height, width, 3) RGB, or (height, width, 4) RGBA")
     if array.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{name} has dtype {array.dtype}; expected uint8 or uint16 pixels (a float image in [0, 1]: "
-                         f"(x * 255).round().astype(np.uint8))")
+        how = ("a float image in [0, 1]: (x * 255).round().astype(np.uint8)" if array.dtype.kind == "f" else
+               "integers of 0-255: x.astype(np.uint8); of 0-65535: x.astype(np.uint16)" if array.dtype.kind in "iu"
+               else "a mask: use (x * 255).astype(np.uint8) for an image of it")
+        raise ValueError(f"{name} has dtype {array.dtype}; expected uint8 or uint16 pixels ({how})")
     if array.dtype == np.uint16 and array.ndim == 3:
         _require_valid_bit_depth(bit_depth)  # read here, before ``to_rgb`` checks it
         array = _scaled_to_8_bits(array[..., :3], 16, name, bit_depth)  # alpha, dropped anyway, scales nothing

@@ -293,8 +293,10 @@ def test_arrays_become_the_images_their_files_decode_to(tmp_path):
                                   rgb_pixels(image_from_array(gray16)))
     colour16 = rng.integers(0, 65536, (9, 7, 3), dtype=np.uint16)
     np.testing.assert_array_equal(rgb_pixels(image_from_array(colour16)), (colour16 >> 8).astype(np.uint8))
-    for bad, message in ((np.zeros((4, 4), np.float64), "frame has dtype float64"),
-                         (np.zeros((4, 4), np.int64), "dtype int64"), (np.zeros((4, 4, 2), np.uint8), "shape"),
+    for bad, message in ((np.zeros((4, 4), np.float64), r"frame has dtype float64; .*\(a float image in \[0, 1\]"),
+                         (np.zeros((4, 4), np.int64), r"dtype int64; .*\(integers of 0-255: x.astype\(np.uint8\)"),
+                         (np.zeros((4, 4), bool), r"dtype bool; .*\(a mask: use"),
+                         (np.zeros((4, 4, 2), np.uint8), "shape"),
                          (np.zeros(4, np.uint8), "shape"), (np.zeros((2, 4, 4, 3), np.uint8), "one image")):
         with pytest.raises(ValueError, match=message):
             image_from_array(bad, "frame")
