@@ -130,14 +130,15 @@ _NORMALISED_BOUND = 10.0
 def normalised_images(images, caller: str) -> jax.Array:
     """NHWC ``images`` as float32 for an ImageNet-normalised encoder, refusing what cannot be normalised pixels:
     an integer or boolean array (raw pixels: they score, but wrongly), or values beyond +-10 (a 0-255 scale)."""
-    dtype = np.asarray(images).dtype if not hasattr(images, "dtype") else np.dtype(images.dtype)
+    dtype = images.dtype if hasattr(images, "dtype") else np.asarray(images).dtype
     advice = ("normalise them as training does, (x / 255 - mean) / std with ImageNet's mean and std "
               "(ssm_jax.data.pipeline.normalize), or give raw pixels to a Predictor (ssm_jax.inference)")
-    if not np.issubdtype(dtype, np.floating):
+    if not jnp.issubdtype(dtype, jnp.floating):  # jnp's: bfloat16 is a float too
         raise ValueError(f"{caller}: images are {dtype}, raw pixels; expected ImageNet-normalised float images: "
                          f"{advice}")
     images = jnp.asarray(images, jnp.float32)
-    if images.size and float(jnp.max(jnp.abs(images))) > _NORMALISED_BOUND:
-        raise ValueError(f"{caller}: images reach {float(jnp.max(jnp.abs(images))):.4g}, beyond the +-"
-                         f"{_NORMALISED_BOUND:g} of ImageNet-normalised pixels (a 0-255 scale?): {advice}")
+    peak = float(jnp.max(jnp.abs(images))) if images.size else 0.0
+    if peak > _NORMALISED_BOUND:
+        raise ValueError(f"{caller}: images reach {peak:.4g}, beyond the +-{_NORMALISED_BOUND:g} of "
+                         f"ImageNet-normalised pixels (a 0-255 scale?): {advice}")
     return images
