@@ -39,6 +39,12 @@ def _nested(torch_prefix: str, scope: str, rules: list[Rule]) -> list[Rule]:
 
 
 ENCODER_PREFIX = "net_t."  # the frozen ImageNet ResNet's keys in an official checkpoint
+
+
+def holds_official_encoder(state) -> bool:
+    """Whether a state dict is an official MambaAD checkpoint's, its ImageNet ResNet under ``net_t.``, rather than a
+    ResNet's own."""
+    return "conv1.weight" not in state and f"{ENCODER_PREFIX}conv1.weight" in state
 _ENCODER = _nested(re.escape(ENCODER_PREFIX), "encoder", RESNET_RULES)
 _BOTTLENECK = _nested(r"mff_oce\.", "bottleneck", [
     Rule(r"conv(1|2|21|31|f)\.weight", "params/conv{1}/kernel", "conv"),

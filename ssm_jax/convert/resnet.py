@@ -40,12 +40,12 @@ def convert_resnet(state: dict[str, np.ndarray], arch: str, out_stages: Sequence
     try:
         variables = convert_state_dict(state, RESNET_RULES, template, ignore=RESNET_IGNORE + unbuilt)
     except ConversionError as err:
-        heads = {key.split(".", 1)[0] for key in state}
-        if not prefix and {"net_t", "net_s"} <= heads:
+        from ssm_jax.convert.mambaad import ENCODER_PREFIX, holds_official_encoder  # it imports this module
+        if not prefix and holds_official_encoder(state):
             raise err.naming(
-                f"the checkpoint is an official MambaAD one (net_t.*, net_s.*): from_torch('mambaad', path) converts "
-                f"the whole detector; its ImageNet encoder alone: from_torch({arch!r}, path, prefix='net_t.', "
-                f"out_stages=(1, 2, 3))") from None
+                f"the checkpoint is an official MambaAD one (its encoder under {ENCODER_PREFIX!r}): from_torch("
+                f"'mambaad', path) converts the whole detector; its ImageNet encoder alone: from_torch({arch!r}, path, "
+                f"prefix={ENCODER_PREFIX!r}, out_stages=(1, 2, 3))") from None
         held, archs = resnet_held(state)
         if held and arch not in archs:
             raise err.naming(f"the checkpoint holds {held}, not a {arch}") from None

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ssm_jax.convert import ConversionError, load_state_dict
-from ssm_jax.convert.mambaad import ENCODER_PREFIX
+from ssm_jax.convert.mambaad import ENCODER_PREFIX, holds_official_encoder
 from ssm_jax.convert.resnet import convert_resnet
 
 
@@ -38,7 +38,7 @@ def read_encoder_weights(arch: str, path: str, last_stage: int = 4) -> dict:
                                 f"{arch} state_dict (.pth/.pt, .safetensors or .npz)")
     try:
         state = load_state_dict(path)
-        official = "conv1.weight" not in state and f"{ENCODER_PREFIX}conv1.weight" in state  # a MambaAD checkpoint
+        official = holds_official_encoder(state)
         prefix = ENCODER_PREFIX if official else ""
         variables = convert_resnet(state, arch, out_stages=(last_stage,), prefix=prefix)[1]
     except ConversionError as err:

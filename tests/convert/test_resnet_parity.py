@@ -230,9 +230,9 @@ def test_encoder_under_prefix(resnet18):
     assert not any(name.startswith("layer4") for name in variables["params"])
     assert_same_features(model, config, variables)
     # Without the prefix the keys say what the checkpoint is: the error names both ways to convert it.
-    with pytest.raises(ConversionError, match=r"the checkpoint is an official MambaAD one \(net_t\.\*, net_s\.\*\): "
-                                              r"from_torch\('mambaad', path\) .* from_torch\('resnet18', path, "
-                                              r"prefix='net_t\.', out_stages=\(1, 2, 3\)\)"):
+    with pytest.raises(ConversionError, match=r"the checkpoint is an official MambaAD one \(its encoder under "
+                                              r"'net_t\.'\): from_torch\('mambaad', path\) .* from_torch\("
+                                              r"'resnet18', path, prefix='net_t\.', out_stages=\(1, 2, 3\)\)"):
         convert_resnet(state, "resnet18", out_stages=(1, 2, 3))
 
 
