@@ -27,7 +27,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.train_throughput import add_step_arguments, bench_config, compiled_train_step  # noqa: E402
 from ssm_jax.training.checkpoint import Checkpointer  # noqa: E402
-from ssm_jax.training.loop import check_state_is_finite  # noqa: E402
+from ssm_jax.training.loop import check_state_is_finite, checked_save  # noqa: E402
 
 
 def seconds(fn) -> float:
@@ -62,16 +62,14 @@ class Run:
 
 
 class Saver:
-    """The loop's save: the finiteness check, then ``Checkpointer.save`` of the checksums it computed at the next step
-    number (in the background unless ``wait``)."""
+    """The loop's save (``checked_save``) at the next step number, in the background unless ``wait``."""
 
     def __init__(self, checkpointer: Checkpointer):
         self.checkpointer, self.step = checkpointer, 0
 
     def __call__(self, state, wait: bool = False) -> None:
         self.step += 1
-        summary = check_state_is_finite(state, self.step, None, self.checkpointer.directory)
-        self.checkpointer.save(self.step, state, {}, wait=wait, summary=summary)
+        checked_save(self.checkpointer, self.step, state, {}, wait=wait, last_good_step=None)
 
 
 def measure(args) -> list[tuple[str, str]]:

@@ -231,7 +231,7 @@ class Checkpointer:
         The side-car gets each array's checksum, for ``restore`` to check: from ``summary`` (``summarise(state)``,
         which a caller that checks the state first already has), else computed here."""
         try:
-            sums = (summary or summarise(state)).checksums
+            sums = (summary if summary is not None else summarise(state)).checksums
             extra = {**extra, "fingerprint": self.fingerprint, "step": int(step), "checksums": sums}
             self._manager.save(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                                                  extra=ocp.args.JsonSave(extra)))

@@ -76,6 +76,13 @@ def check_state_is_finite(state, step: int, last_good_step: int | None, checkpoi
     return summary
 
 
+def checked_save(checkpointer: Checkpointer, step: int, state, extra: dict, *, wait: bool,
+                 last_good_step: int | None) -> None:
+    """A checkpoint of ``state`` at ``step`` once ``check_state_is_finite`` passes, with the checksums it computed."""
+    summary = check_state_is_finite(state, step, last_good_step, checkpointer.directory)
+    checkpointer.save(step, state, extra, wait=wait, summary=summary)
+
+
 class PendingMetrics:
     """Per-step metrics kept until a flush, then fetched, checked and averaged together."""
 
@@ -197,10 +204,9 @@ def train_loop(state, train_step: Callable, batches: Iterator, *, mesh, total_st
                     if on_log is not None:
                         on_log(done, means)
                 if save:
-                    summary = check_state_is_finite(state, done, last_saved, checkpointer.directory)
                     # Written in the background while the next steps run; the last one is waited for.
-                    checkpointer.save(done, state, {"data": batches.get_state()}, wait=done == total_steps or stopping,
-                                      summary=summary)
+                    checked_save(checkpointer, done, state, {"data": batches.get_state()},
+                                 wait=done == total_steps or stopping, last_good_step=last_saved)
                     last_saved = done
                 if stopping:
                     raise Preempted(done, checkpointer.directory, stop.signum)
