@@ -42,12 +42,18 @@ def raised_by_project(err: BaseException) -> bool:
             and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise"))
 
 
-def _fields_at(config, path: list[str]) -> str:
-    """The fields of ``config`` at ``path`` (a section), listed for the message of a key that is not one of them;
-    empty where the section cannot be reached."""
+def _at(config, path: list[str]):
+    """The node of ``config`` at ``path`` (dotted keys); None where a key is missing."""
     node = config
     for key in path:
         node = node.get(key) if hasattr(node, "get") else None
+    return node
+
+
+def _fields_at(config, path: list[str]) -> str:
+    """The fields of ``config`` at ``path`` (a section), listed for the message of a key that is not one of them;
+    empty where the section cannot be reached."""
+    node = _at(config, path)
     if not hasattr(node, "keys"):
         return ""
     return f"; the fields there: {', '.join(sorted(node.keys()))}"
@@ -108,10 +114,8 @@ def _files_with_field(given: str | None, path: list[str]) -> str:
             node = flags.FLAGS["config"].parser.parse(str(sibling))
         except Exception:  # noqa: BLE001 - helpers, and from_run.py (which needs a run), are no configs to list
             continue
-        task = node.get("task") if hasattr(node, "get") else None
-        for key in path:
-            node = node.get(key) if hasattr(node, "get") else None
-        if node is not None:
+        task = _at(node, ["task"])
+        if _at(node, path) is not None:
             holders.append(f"{sibling.name} ({task})" if task else sibling.name)
     if not holders:
         return ""
