@@ -56,12 +56,16 @@ def interleaved_ms(fns, args, calls: int, rounds: int) -> list[float]:
     return [1e3 * float(np.median(spent)) for spent in times]
 
 
+def chunked(order=None, sum_groups: bool = False):
+    """The ``chunked`` scan of a shape's inputs, the reference of the checks."""
+    return lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked", order=order, sum_groups=sum_groups)
+
+
 def check(forward, forward_backward, args, cotangent, order=None, sum_groups: bool = False) -> dict:
     """Relative errors against the ``chunked`` scan of y, alone and under differentiation (the kernels' paths
     differ), and of the worst gradient (absent inputs skipped)."""
     def reference(args, cotangent):
-        y, vjp = jax.vjp(lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked", order=order,
-                                                       sum_groups=sum_groups), *args)
+        y, vjp = jax.vjp(chunked(order, sum_groups), *args)
         return y, vjp(cotangent)
 
     y, grads = forward_backward(args, cotangent)
@@ -75,14 +79,9 @@ def check(forward, forward_backward, args, cotangent, order=None, sum_groups: bo
             "grad_err": errors[worst], "finite": finite}
 
 
-def reference_y(args, order=None, sum_groups: bool = False) -> jax.Array:
-    """y of the ``chunked`` scan, which ``check_forward`` compares with."""
-    return jax.jit(lambda *a: selective_scan(*a, delta_softplus=True, impl="chunked", order=order,
-                                             sum_groups=sum_groups))(*args)
-
-
 def check_forward(forward, args, y_ref) -> dict:
-    """``check``'s relative error of y alone, for a forward timed without its gradient."""
+    """``check``'s relative error of y alone against ``y_ref`` (``chunked``'s), for a forward timed without its
+    gradient."""
     y = forward(*args)
     return {"fwd_err": rel(y, y_ref), "finite": bool(jnp.isfinite(y).all())}
 
@@ -91,7 +90,7 @@ def measure_shape(shape, dtype, configs, args, bandwidth: float) -> list[dict]:
     """One row per config on one shape and dtype: its times (the forward also over its copy floor at ``bandwidth``
     bytes/s), its check, or the error it failed with."""
     inputs, cotangent = make_inputs(shape, jnp.dtype(dtype))
-    y_ref = (reference_y(inputs, **shape.scan_kwargs())
+    y_ref = (jax.jit(chunked(**shape.scan_kwargs()))(*inputs)
              if args.forward_only and args.check and dtype == "float32" else None)
     rows, timed = [], []
     for text, config in configs:
