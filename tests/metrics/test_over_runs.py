@@ -256,7 +256,8 @@ def test_a_console_that_cannot_print_the_table_gets_it_escaped(tmp_path):
 
 
 def test_a_workdir_evaluated_only_with_test_time_augmentation_is_pointed_to_its_folder(tmp_path):
-    """train.py with --config.eval.tta=flips writes eval_tta_flips/ and no eval/: the error says which --eval to pass."""
+    """train.py with --config.eval.tta=flips writes eval_tta_flips/ and no eval/: the error says which --eval to
+    pass."""
     run = _classification_run(tmp_path, "s0", 0.7, (0.9, 0.1))
     (run / "eval").rename(run / "eval_tta_flips")
     with pytest.raises(FileNotFoundError, match=r"it holds eval_tta_flips/metrics.json: pass --eval eval_tta_flips$"):
