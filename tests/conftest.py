@@ -8,6 +8,7 @@ in new Experiments (new jitted closures, same programs), and compiling them domi
 """
 
 import os
+import signal
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -31,3 +32,14 @@ def compile_once(tmp_path_factory):
     for name, value in saved.items():
         jax.config.update(name, value)
     compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_put_back():
+    """Each test starts with the handlers the session had: ``cli.run`` installs a SIGTERM handler for the rest of its
+    process (``raise_on_sigterm``), which a later test in the same worker would otherwise meet (the resume test
+    asserts that the loop leaves SIGTERM at its default, and failed that way after an in-process ``cli.run``)."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
