@@ -29,7 +29,7 @@ def get_config(variant: str = "defects"):
         config = mambaad_config("synthetic", None, epochs=100, bases=("elpv",), num_train=1000, num_test=400,
                                 anomaly_fraction=0.5, seed=0)
     if variant.endswith("_cpu"):
-        apply_cpu(config, epochs=2)
+        apply_cpu(config)
         if variant == "synthetic_cpu":
             config.data.source.update(num_train=200, num_test=100)
     return common.finalize(config)

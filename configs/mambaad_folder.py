@@ -12,14 +12,22 @@ Masks are optional (``data.source.require_masks`` False): a defective image with
 metrics only. A mask is the image's size; any non-zero pixel is defective (0/255 or 0/1; an RGBA export with a
 transparent background is read by its alpha, a palette one with black as its background). Every product folder is
 read into one model (MambaAD's multi-class setting); ``--config.data.source.categories=<product>`` trains one.
-The recipe is MambaAD's on MVTec AD (256 px, 100 epochs).
+Variants: ``:gpu`` (default) is MambaAD's recipe on MVTec AD (256 px, 100 epochs); ``:cpu`` is a smoke run for a
+machine without an accelerator (the network and schedule of ``mambaad_elpv.py:defects_cpu``: 64 px, batch 8, 2
+epochs).
 """
 
 from configs import common
-from configs.mambaad_common import all_categories, mambaad_config
+from configs.mambaad_common import all_categories, apply_cpu, mambaad_config
+
+VARIANTS = ("gpu", "cpu")
 
 
-def get_config():
+def get_config(variant: str = "gpu"):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of mambaad_folder; valid: {', '.join(VARIANTS)}")
     config = mambaad_config("mvtec", common.default_data_root("parts"), epochs=100, categories=all_categories(),
                             require_masks=False)
+    if variant == "cpu":
+        apply_cpu(config)
     return common.finalize(config)

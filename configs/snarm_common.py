@@ -59,9 +59,10 @@ def snarm_config(dataset: str, root: str | None, *, image_size: int = 256,
     return config
 
 
-def apply_cpu(config: ml_collections.ConfigDict, max_steps: int) -> None:
+def apply_cpu(config: ml_collections.ConfigDict) -> None:
     """A CPU smoke run: 64 px, ResNet18 features (64 channels), one navigated block per branch, two branches
-    (dilation 1 and 2: the feature map is 8 x 8) with 4 scans each, batch 8, ``max_steps`` steps."""
+    (dilation 1 and 2: the feature map is 8 x 8) with 4 scans each, batch 8, 300 steps (ELPV's ``:defects_cpu`` and
+    the folder's ``:cpu``)."""
     config.data.image_size = 64
     config.model.update(encoder="resnet18", feature_dim=64, embed_dim=32, depth=1, atrous_rates=(1, 2))
-    config.train.update(max_steps=max_steps, batch_size=8, eval_batch_size=32, checkpoint_every=100, log_every=10)
+    config.train.update(max_steps=300, batch_size=8, eval_batch_size=32, checkpoint_every=100, log_every=10)

@@ -28,7 +28,7 @@ def get_config(variant: str = "defects"):
         config = snarm_config("synthetic", None, bases=("elpv",), num_train=1000, num_test=400, anomaly_fraction=0.5,
                               seed=0)
     if variant.endswith("_cpu"):
-        apply_cpu(config, max_steps=300)
+        apply_cpu(config)
         if variant == "synthetic_cpu":
             config.data.source.update(num_train=200, num_test=100)
     return common.finalize(config)

@@ -5,15 +5,23 @@ layout; pixel masks optional):
         --config.model.encoder_weights=wide_resnet50_2.pth
 
 The recipe is configs/snarm_common.py's, on whole images (``data.center_crop`` 1: the released 392-of-448 crop is
-for the benchmarks' centred objects, and would leave a defect near a part's edge unseen).
+for the benchmarks' centred objects, and would leave a defect near a part's edge unseen). Variants: ``:gpu``
+(default) is that recipe; ``:cpu`` is a smoke run for a machine without an accelerator (the network and schedule of
+``snarm_elpv.py:defects_cpu``: 64 px, ResNet18 features, batch 8, 300 steps; weights ``resnet18.pth``).
 """
 
 from configs import common
 from configs.mambaad_common import all_categories
-from configs.snarm_common import snarm_config
+from configs.snarm_common import apply_cpu, snarm_config
+
+VARIANTS = ("gpu", "cpu")
 
 
-def get_config():
+def get_config(variant: str = "gpu"):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of snarm_folder; valid: {', '.join(VARIANTS)}")
     config = snarm_config("mvtec", common.default_data_root("parts"), categories=all_categories(), require_masks=False)
     config.data.center_crop = 1.0
+    if variant == "cpu":
+        apply_cpu(config)
     return common.finalize(config)

@@ -2,6 +2,8 @@
 
 import importlib
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -11,7 +13,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from ssm_jax.data import SOURCES
+from ssm_jax.data import SOURCES, replicas
 from ssm_jax.training.config_ranges import check_ranges
 from ssm_jax.training.run import build_model, load_source
 
@@ -219,3 +221,26 @@ def test_the_folder_config_has_elpvs_cpu_network_as_its_cpu_variant():
         section, key = path.split(".")
         assert folder[section][key] == elpv[section][key], path
     assert folder.data.image_size == 64 and folder.data.name == "folder"
+
+
+@pytest.mark.parametrize("model", ["mambaad", "snarm"])
+def test_the_anomaly_folder_configs_have_elpvs_cpu_network_as_their_cpu_variant(model):
+    """``mambaad_folder.py:cpu`` and ``snarm_folder.py:cpu`` (once no variants at all): a user's own parts on a machine
+    without an accelerator get ELPV's ``:defects_cpu`` network, resolution and schedule."""
+    folder = importlib.import_module(f"configs.{model}_folder").get_config("cpu")
+    elpv = importlib.import_module(f"configs.{model}_elpv").get_config("defects_cpu")
+    for section in ("model", "optim", "train"):
+        assert folder[section].to_dict() == elpv[section].to_dict(), section
+    assert folder.data.image_size == elpv.data.image_size == 64 and folder.data.name == "mvtec"
+
+
+@pytest.mark.slow  # ~50 s (MambaAD) and ~30 s (SNARM): two steps and an evaluation each
+@pytest.mark.parametrize("model", ["mambaad", "snarm"])
+def test_the_anomaly_folder_configs_cpu_variant_trains(model, tmp_path):
+    root = replicas.write_replica("mvtec", str(tmp_path / "data"), per_class=2)
+    done = subprocess.run([sys.executable, "train.py", f"--config=configs/{model}_folder.py:cpu",
+                           f"--workdir={tmp_path / 'run'}", f"--config.data.root={root}", "--config.train.max_steps=2",
+                           "--config.train.batch_size=4"], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "eval" / "metrics.json").exists()

@@ -145,8 +145,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         if ":" in given and "get_config() takes 0 positional arguments" in str(err):
             file, variant = given.split(":", 1)
             sys.exit(f"error: {file} has no variants, so not {variant!r}: use --config={file} and change what differs "
-                     f"with --config.* overrides (configs/memorymamba_folder.py:cpu and the ELPV configs' *_cpu "
-                     f"variants show the CPU settings)")
+                     f"with --config.* overrides (configs/*_folder.py:cpu and the ELPV configs' *_cpu variants "
+                     f"show the CPU settings)")
         sys.exit(f"error: {' '.join(lines)}\nusage: {argv[0]} --config=configs/<model>_<dataset>.py --workdir=DIR "
                  f"[--config.section.key=value ...]")
 

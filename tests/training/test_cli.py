@@ -152,8 +152,8 @@ def test_a_field_of_another_task_names_the_configs_that_have_it(tmp_path):
                                   "such file or directory"),
     ("configs/memorymamba_elpv.py:bogus", "Error whilst parsing config file: ValueError: unknown variant 'bogus' of "
                                           "memorymamba_elpv; valid: gpu, cpu, mim, mim_cpu"),
-    ("configs/mambaad_folder.py:cpu", "error: configs/mambaad_folder.py has no variants, so not 'cpu': use "
-                                      "--config=configs/mambaad_folder.py and change what differs with --config.*"),
+    ("configs/mambaad_mvtec.py:cpu", "error: configs/mambaad_mvtec.py has no variants, so not 'cpu': use "
+                                     "--config=configs/mambaad_mvtec.py and change what differs with --config.*"),
 ])
 def test_a_config_file_that_does_not_load_is_one_message(config, expected, tmp_path):
     root = pathlib.Path(__file__).resolve().parents[2]
