@@ -122,6 +122,10 @@ class Predictor:
             if not path.is_file():
                 raise FileNotFoundError(f"{name}: image file {str(path)!r} does not exist")
             return self._source.load(Record(str(path), 0), self.size)["image"]
+        if not isinstance(image, Image.Image) and np.ndim(image) == 0:  # None, a number, bytes: no pixels, no path
+            raise ValueError(f"{name} is not an image (type {type(image).__name__}); expected a path to an image "
+                             f"file, or pixels: a (height, width) or (height, width, channels) uint8/uint16 array, or "
+                             f"a PIL image")
         return self._source.load_array(image, self.size, name)
 
     def frame_map(self, anomaly_map, height: int, width: int) -> np.ndarray:

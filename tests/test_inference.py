@@ -109,6 +109,16 @@ def test_bad_images_are_named(workdir, image, message):
         predictor([np.zeros((16, 16), np.uint8), image])
 
 
+def test_an_item_that_is_no_image_is_named_with_the_forms_expected(workdir):
+    """None, a number or bytes in the list: its index and the forms an image takes, not NumPy's "shape ()"."""
+    predictor = Predictor.from_run(workdir)
+    for item in (None, 3, b"\x89PNG"):
+        with pytest.raises(ValueError, match=rf"^image 1 is not an image \(type {type(item).__name__}\); expected a "
+                                             r"path to an image file, or pixels: a \(height, width\) or \(height, "
+                                             r"width, channels\) uint8/uint16 array"):
+            predictor([np.zeros((16, 16), np.uint8), item])
+
+
 def test_a_station_reads_16_bit_frames_with_the_runs_bit_depth(workdir, tmp_path):
     """The bit depth the run's training images were read with (train_set.json) applies to new frames too, and
     another one is refused rather than ignored."""
