@@ -130,7 +130,12 @@ class Predictor:
 
     def frame_map(self, anomaly_map, height: int, width: int) -> np.ndarray:
         """One of ``maps`` (size, size) laid on its (height, width) frame, to draw on the frame itself: resized
-        (bilinear) over the part of the frame the model saw, NaN on the border a centre crop leaves unscored."""
+        (bilinear) over the part of the frame the model saw, NaN on the border a centre crop leaves unscored. Only an
+        anomaly detector has maps: a classifier's run is refused rather than given back a map it never made."""
+        if self.task == "classification":
+            raise ValueError(f"frame_map needs an anomaly-detection run (MambaAD or SNARM), and this is a "
+                             f"{self.config.model.name} classifier: its predictions are per image ('probs' and "
+                             f"'predicted'), with no anomaly map to lay on a frame")
         outer = resized_side(self.size, self._source.center_crop)
         start = crop_start(outer, self.size)  # where crop_centre cuts the model's square from the resized image
         top, bottom = round(start * height / outer), round((start + self.size) * height / outer)

@@ -171,22 +171,12 @@ def test_one_image_not_in_a_list_and_runs_without_checkpoints_are_refused(workdi
         Predictor.from_run(tmp_path)
 
 
-def test_maps_are_laid_on_their_frames_where_the_model_saw_them(workdir, tmp_path):
-    """frame_map: the whole frame without a centre crop; with crop 0.8 at 16 px (resized to 20, rows and columns
-    2..18 kept) the map covers rows 4..36 and columns 6..54 of a 40 x 60 frame, NaN around."""
-    predictor = Predictor.from_run(workdir)
-    anomaly_map = np.random.default_rng(5).random((16, 16)).astype(np.float32)
-    expected = np.asarray(Image.fromarray(anomaly_map, mode="F").resize((30, 40), Image.BILINEAR))
-    np.testing.assert_array_equal(predictor.frame_map(anomaly_map, 40, 30), expected)
-    cropped = tmp_path / "cropped"
-    shutil.copytree(workdir, cropped)
-    saved = json.loads((cropped / "train_set.json").read_text())
-    (cropped / "train_set.json").write_text(json.dumps({**saved, "center_crop": 0.8}))
-    placed = Predictor.from_run(cropped).frame_map(np.ones((16, 16), np.float32), 40, 60)
-    scored = np.zeros((40, 60), bool)
-    scored[4:36, 6:54] = True
-    np.testing.assert_array_equal(np.isnan(placed), ~scored)
-    np.testing.assert_allclose(placed[scored], 1.0, rtol=1e-6)
+def test_frame_map_of_a_classifier_is_refused(workdir):
+    """A classifier makes no anomaly maps: frame_map says what it needs and what the classifier gives instead."""
+    with pytest.raises(ValueError, match=r"frame_map needs an anomaly-detection run \(MambaAD or SNARM\), and this is "
+                                         r"a memorymamba classifier: its predictions are per image \('probs' and "
+                                         r"'predicted'\)"):
+        Predictor.from_run(workdir).frame_map(np.zeros((16, 16), np.float32), 40, 30)
 
 
 def test_latency_benchmark_times_the_predictor_on_frames(workdir, tmp_path, capsys):

@@ -4,6 +4,7 @@ encoder, exact resume, evaluation outputs, folder prediction, pretrained encoder
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,24 @@ def test_predictor_gives_the_evaluations_scores_and_maps(trained, tmp_path):
     np.testing.assert_allclose(out["scores"], expected["scores"][order], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["maps"], expected["maps"][order].astype(np.float32))
     assert out["maps"].shape == (len(source), 64, 64) and "flagged" not in out
+
+
+def test_maps_are_laid_on_their_frames_where_the_model_saw_them(trained, tmp_path):
+    """frame_map: the whole frame without a centre crop; with crop 0.8 at 64 px (resized to 80, rows and columns
+    8..72 kept) the map covers rows 4..36 and columns 6..54 of a 40 x 60 frame, NaN around."""
+    workdir = trained[1].workdir
+    anomaly_map = np.random.default_rng(5).random((64, 64)).astype(np.float32)
+    expected = np.asarray(Image.fromarray(anomaly_map, mode="F").resize((30, 40), Image.BILINEAR))
+    np.testing.assert_array_equal(Predictor.from_run(workdir).frame_map(anomaly_map, 40, 30), expected)
+    cropped = tmp_path / "cropped"
+    shutil.copytree(workdir, cropped)
+    saved = json.loads((cropped / "train_set.json").read_text())
+    (cropped / "train_set.json").write_text(json.dumps({**saved, "center_crop": 0.8}))
+    placed = Predictor.from_run(cropped).frame_map(np.ones((64, 64), np.float32), 40, 60)
+    scored = np.zeros((40, 60), bool)
+    scored[4:36, 6:54] = True
+    np.testing.assert_array_equal(np.isnan(placed), ~scored)
+    np.testing.assert_allclose(placed[scored], 1.0, rtol=1e-6)
 
 
 @pytest.mark.slow  # a fourth MambaAD model built for folder prediction
