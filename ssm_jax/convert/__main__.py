@@ -9,8 +9,9 @@ KIND is ``mambaad``: the official lewandofskee/MambaAD checkpoint (its ``{'net':
 ResNet kinds are encoders, not runs: train with them as ``--config.model.encoder_weights=PATH``. The config
 (default configs/mambaad_mvtec.py, overridable as in train.py) gives the data, optimizer and training length; its
 model fields are replaced by the checkpoint's architecture. Writes WORKDIR/checkpoints/<last step> and
-WORKDIR/config.json (a WORKDIR that has checkpoints is refused), lists the training split (without decoding it) to
-know the last step, and prints the eval.py command, with the --config overrides the converted model needs.
+WORKDIR/config.json (a WORKDIR that has checkpoints is refused), lists the training split (without decoding it; the
+dataset must be there) to know the last step, and prints the eval.py command, with the --config overrides the
+converted model needs.
 """
 
 from __future__ import annotations

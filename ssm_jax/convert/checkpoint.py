@@ -62,12 +62,17 @@ def with_model(config, kind: str, model_config):
 
 
 def training_split(config):
-    """The config's training split, listed (no image read)."""
+    """The config's training split, listed (no image read). The run directory is made of it (the step its training
+    ends at, ``train_set.json``), so a dataset that is not there is named with why it is needed and what scores
+    images without it."""
     try:
         return load_source(config, "train")
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err}; the conversion lists the training split (it reads no image) to save the "
-                                f"checkpoint at the step training ends") from err
+        raise FileNotFoundError(
+            f"{err}; converting needs the training split listed (no image is read): the run's checkpoint is saved at "
+            f"the step its training ends (train.epochs x training images / train.batch_size) and its train_set.json "
+            f"records the split. Without the dataset, ssm_jax.convert.from_torch and "
+            f"ssm_jax.models.{config.model.name}.anomaly_maps score images with the checkpoint (README)") from err
 
 
 def training_end(config, source) -> tuple[int, dict]:

@@ -140,6 +140,19 @@ def test_bad_input_is_one_clear_error(checkpoint, converted, tmp_path):
     assert "pass --config.train.batch_size=4 or less" in small
 
 
+def test_a_dataset_that_is_not_there_is_named_with_why_and_what_works_without_it(checkpoint, tmp_path):
+    """The run directory is made of the training split (its last step, train_set.json): the missing folder, the flag,
+    the reason and the data-free way to score images are one message, and nothing is written."""
+    root = tmp_path / "not_here" / "mvtec"
+    message = _error("mambaad", checkpoint, tmp_path / "run", f"--config={ROOT / 'configs/mambaad_mvtec.py'}",
+                     f"--config.data.root={root}")
+    assert f"directory '{root}' not found" in message and "pass --config.data.root=DIR" in message
+    assert ("the run's checkpoint is saved at the step its training ends (train.epochs x training images / "
+            "train.batch_size) and its train_set.json records the split" in message)
+    assert "ssm_jax.convert.from_torch and ssm_jax.models.mambaad.anomaly_maps score images" in message
+    assert "\n" not in message and not (tmp_path / "run").exists()
+
+
 def test_overrides_may_come_before_the_config_flag(tmp_path):
     """As the usage line reads, flags come in any order: an override before --config (either form) applies."""
     for config_flag in ([f"--config={CONFIG}"], ["--config", CONFIG]):
