@@ -9,8 +9,9 @@ array that ``Checkpointer.save`` then writes (``ssm_jax.training.checkpoint.summ
 host waits there for the queued steps. Then, over ``--repeats`` rounds, a background save (``wait=False``, the
 check first) as the loop makes it: how long it holds the loop, and how much longer the ``--steps`` steps after it take
 than the same steps just before, while orbax writes. Their sum is what a checkpoint costs a run, where the write ends
-within those steps (the last row says how often it did not: then give more ``--steps``, as many as a run has between
-checkpoints). Prints a table.
+within those steps (the row says how often it did not: then give more ``--steps``, as many as a run has between
+checkpoints). The same again with ``train.checkpoint_in_thread`` (orbax's copy to the host in a worker thread, from a
+copy of the state on the devices). Prints a table.
 """
 
 from __future__ import annotations
@@ -90,19 +91,29 @@ def measure(args) -> list[tuple[str, str]]:
         saver = Saver(checkpointer)
         first, steady = first_and_steady(lambda: saver(run.state, wait=True), args.repeats)
         rows.append(("save, waited for (both checks + write)", f"first {first:.2f} s, then {steady * 1e3:,.1f} ms"))
-        blocked, slower, unfinished = [], [], 0
-        for _ in range(args.repeats):
-            without = run.steps(args.steps)
-            blocked.append(seconds(lambda: saver(run.state)))
-            slower.append(run.steps(args.steps) - without)
-            unfinished += seconds(checkpointer.wait_until_finished) > 0.01
+        rows += background_rows(run, saver, args, "")
         checkpointer.close()
-    rows.append(("a background save blocks the loop", f"{statistics.median(blocked) * 1e3:,.1f} ms"))
-    rows.append((f"then {args.steps} steps take longer by",
-                 f"{statistics.median(slower) * 1e3:,.1f} ms (min {min(slower) * 1e3:,.1f}, max "
-                 f"{max(slower) * 1e3:,.1f}); the write outlasted them {unfinished} of {args.repeats} times"
-                 + (": more --steps to see all it costs" if unfinished else "")))
+    with tempfile.TemporaryDirectory() as workdir:
+        checkpointer = Checkpointer(workdir, {"model": "benchmark"}, max_to_keep=2, in_thread=True)
+        rows += background_rows(run, Saver(checkpointer), args, " in a worker thread (checkpoint_in_thread)")
+        checkpointer.close()
     return rows
+
+
+def background_rows(run: Run, saver: Saver, args, how: str) -> list[tuple[str, str]]:
+    """Over ``args.repeats`` rounds, a background save as the loop makes it: how long it holds the loop, and how much
+    longer the ``args.steps`` steps after it take than the same steps just before."""
+    blocked, slower, unfinished = [], [], 0
+    for _ in range(args.repeats):
+        without = run.steps(args.steps)
+        blocked.append(seconds(lambda: saver(run.state)))
+        slower.append(run.steps(args.steps) - without)
+        unfinished += seconds(saver.checkpointer.wait_until_finished) > 0.01
+    return [(f"a background save{how} blocks the loop", f"{statistics.median(blocked) * 1e3:,.1f} ms"),
+            (f"then {args.steps} steps take longer by",
+             f"{statistics.median(slower) * 1e3:,.1f} ms (min {min(slower) * 1e3:,.1f}, max {max(slower) * 1e3:,.1f});"
+             f" the write outlasted them {unfinished} of {args.repeats} times"
+             + (": more --steps to see all it costs" if unfinished else ""))]
 
 
 def main() -> None:
@@ -118,8 +129,10 @@ def main() -> None:
     device = jax.devices()[0]
     print(f"# {len(jax.devices())} x {device.device_kind} ({device.platform}); MemoryMamba-{args.size}, "
           f"{args.image_size} px, batch {args.batch_size}, activations {args.dtype}", flush=True)
-    for name, value in measure(args):
-        print(f"{name:<45}{value}", flush=True)
+    rows = measure(args)
+    width = max(len(name) for name, _ in rows) + 2
+    for name, value in rows:
+        print(f"{name:<{width}}{value}", flush=True)
 
 
 if __name__ == "__main__":

@@ -89,10 +89,14 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
 
     ``deterministic`` makes XLA's GPU programs run-to-run deterministic (``cli.use_deterministic_ops``): the same
     seed then gives the same numbers on the same GPU, and a resumed run those of an uninterrupted one. It costs speed.
+
+    ``checkpoint_in_thread`` lets a checkpoint's copy to the host run in a worker thread beside the next steps, from
+    a copy of the state on the devices (``Checkpointer``'s ``in_thread``): the loop waits for the check and the
+    checksums only, for one more copy of the parameters and optimiser moments on the devices during the save.
     """
     defaults = {"epochs": 10, "batch_size": 64, "eval_batch_size": 64, "log_every": 10, "checkpoint_every": 200,
                 "max_to_keep": 3, "max_steps": -1, "grad_accum_steps": 1, "init_from": "", "init_exclude": ("head",),
-                "deterministic": False}
+                "deterministic": False, "checkpoint_in_thread": False}
     return ml_collections.ConfigDict({**defaults, **overrides})
 
 

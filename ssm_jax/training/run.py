@@ -393,7 +393,7 @@ class Experiment:
                                    **self.family.state_kwargs(config, shaping, resuming))
         self.state = abstract_state(create, self.mesh) if resuming else create()  # resuming: the restore fills it
         self.checkpointer = Checkpointer(self.workdir, model_fingerprint(config.model.name, self.state.params),
-                                         config.train.max_to_keep)
+                                         config.train.max_to_keep, config.train.get("checkpoint_in_thread", False))
 
     def pipeline(self, source, train: bool):
         data, per_process = self.config.data, jax.process_count()

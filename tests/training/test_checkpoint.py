@@ -17,7 +17,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ssm_jax.training.checkpoint import Checkpointer, CheckpointError, checksums, model_fingerprint, summarise
+from ssm_jax.training.checkpoint import (Checkpointer, CheckpointError, CheckpointSaveError, checksums, model_fingerprint,
+                                        summarise)
 from ssm_jax.training.ema import evaluation_template, param_ema
 from ssm_jax.training.state import TrainState
 
@@ -275,4 +276,38 @@ def test_a_save_writes_the_checksums_of_the_summary_it_is_given(tmp_path):
     checkpointer.save(3, state, {}, summary=other)
     with pytest.raises(CheckpointError, match=r"counts read back is not the array saved"):
         checkpointer.restore(jax.tree.map(jnp.zeros_like, state))
+    checkpointer.close()
+
+
+def test_a_save_in_the_worker_thread_holds_the_state_as_it_was_though_the_caller_deletes_it(tmp_path):
+    """``in_thread``: the loop's next step donates the state as soon as ``save`` returns, while orbax still copies it
+    in the worker thread; the save keeps a copy on the devices, so the checkpoint holds the values given."""
+    state = _random_state()
+    expected = jax.device_get(state)
+    checkpointer = Checkpointer(tmp_path, model_fingerprint("m", state), in_thread=True)
+    checkpointer.save(3, state, {"position": 5}, wait=False)
+    for leaf in jax.tree.leaves(state):
+        leaf.delete()  # what donation does to the caller's buffers
+    checkpointer.wait_until_finished()
+    restored, extra = checkpointer.restore(jax.tree.map(jnp.zeros_like, _random_state()))
+    assert extra["position"] == 5 and checkpointer.all_steps() == [3]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), expected)
+    checkpointer.close()
+
+
+def test_a_failed_save_in_the_worker_thread_is_raised_by_the_next_wait_naming_its_step(tmp_path, monkeypatch):
+    state = _random_state()
+    checkpointer = Checkpointer(tmp_path, model_fingerprint("m", state), in_thread=True)
+    checkpointer.save(2, state, {}, wait=False)
+    checkpointer.wait_until_finished()
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpointer._manager, "save", disk_full)
+    checkpointer.save(4, state, {}, wait=False)  # returns: the failure is the worker thread's
+    with pytest.raises(CheckpointSaveError, match=r"could not write the checkpoint of step 4 .*No space left on "
+                                                  r"device.*Checkpoints kept: steps \[2\]"):
+        checkpointer.wait_until_finished()
+    checkpointer.wait_until_finished()  # raised once, not again
     checkpointer.close()

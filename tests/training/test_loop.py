@@ -15,6 +15,7 @@ from ssm_jax.training.checkpoint import Checkpointer
 from ssm_jax.training.log import MetricsLog
 from ssm_jax.training.loop import LoopClock, NonFiniteLossError, train_loop
 from ssm_jax.training.preemption import Preempted
+from tests.training.conftest import flat_params
 from ssm_jax.training.mesh import make_mesh
 
 BATCH = 4
@@ -285,6 +286,24 @@ def test_a_real_run_logs_its_timings(tiny_config, tmp_path):
     assert [line["step"] for line in lines] == [2, 4]
     assert lines[0]["compile_s"] > 0 and "compile_s" not in lines[1]
     assert all(line["data_wait_s"] >= 0 and line["max_pause_s"] > 0 and line["images_per_s"] > 0 for line in lines)
+
+
+def test_a_run_checkpointing_in_a_worker_thread_saves_what_a_run_in_the_loops_thread_saves(tiny_config, tmp_path):
+    """``train.checkpoint_in_thread``: the loop donates the state at the step after each save while the worker thread
+    still has orbax copy it; every checkpoint still holds the state of its step, as the loop's own thread saves it."""
+    saved = {}
+    for in_thread in (False, True):
+        workdir = tmp_path / str(in_thread)
+        experiment = run.Experiment(tiny_config(max_steps=6, checkpoint_every=2, checkpoint_in_thread=in_thread),
+                                    workdir)
+        experiment.train()
+        checkpointer = experiment.checkpointer
+        assert checkpointer.all_steps() == [2, 4, 6]
+        saved[in_thread] = [flat_params(checkpointer.restore(experiment.state, step)[0].params) for step in (2, 4, 6)]
+    for threaded, direct in zip(saved[True], saved[False]):
+        assert threaded.keys() == direct.keys()
+        for key in direct:
+            np.testing.assert_array_equal(threaded[key], direct[key])
 
 
 class Weighted(NamedTuple):
