@@ -17,8 +17,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ssm_jax.training.checkpoint import (Checkpointer, CheckpointError, CheckpointSaveError, checksums, model_fingerprint,
-                                        summarise)
+from ssm_jax.training.checkpoint import (Checkpointer, CheckpointError, CheckpointSaveError, checksums,
+                                        model_fingerprint, summarise)
 from ssm_jax.training.ema import evaluation_template, param_ema
 from ssm_jax.training.state import TrainState
 
