@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import types
 
 import jax
@@ -253,6 +254,26 @@ def test_summarise_compiles_a_program_per_distinct_array_once_not_one_per_tree()
         jax.monitoring.unregister_event_duration_listener(on_duration)
     assert first_compiles <= 3 and len(compiled) == first_compiles  # two shapes' and the stacking's
     assert len(summary.checksums) == 40 and summary.non_finite == []
+
+
+def test_summarise_compiles_a_trees_new_programs_in_threads_and_each_once():
+    """A state's first save compiles a program per distinct array: in a pool of threads (XLA compiles outside the
+    GIL), and ``_summary`` then runs them without compiling them again."""
+    tree = {f"w{i}": jnp.full((7, 11 + i), float(i)) for i in range(6)}  # shapes no other test summarises
+    threads = []
+
+    def on_duration(event, _secs, **_):
+        if event.endswith("backend_compile_duration"):
+            threads.append(threading.current_thread().name)
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    try:
+        summary = summarise(tree)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+    assert sum(name.startswith("summary-compile") for name in threads) == 6
+    assert len(threads) <= 7  # and at most the stacking's program, in this thread
+    assert summary.checksums == {name: checksums({"x": x})["x"] for name, x in tree.items()}
 
 
 def test_summarise_fetches_the_scalars_stacked_not_one_by_one(monkeypatch):
