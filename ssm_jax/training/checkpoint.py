@@ -115,11 +115,11 @@ class StateSummary:
 def summarise(tree) -> StateSummary:
     """The checksums and non-finite leaves of the tree's arrays, computed on their devices and fetched as replicated
     scalars, the same in every process of a multi-process run. One program per distinct shape, dtype and sharding,
-    compiled once a process, several at a time (``_compile_new``). For MemoryMamba-tiny's state (1,636 arrays of 63 shapes, 460 MiB; ``python
-    benchmarks/checkpoint_cost.py``, 2026-12-07): on a lent H100 the first call took 9.4 s, then 121 ms, where a
-    finiteness check of its own and the checksums fetched one by one took 6.4 + 7.2 s, then 8 + 243 ms; on the 2-core
-    CPU (``--image-size 64 --batch-size 8``), before the stacked fetch, 10 s then 0.25 s, where that check compiled
-    as one program over the tree took 24 s."""
+    compiled once a process, several at a time (``_compile_new``). For MemoryMamba-tiny's state (1,636 arrays of 63
+    shapes, 460 MiB; ``python benchmarks/checkpoint_cost.py``, 2026-12-07): on a lent H100 the first call took 9.4
+    s, then 121 ms, where a finiteness check of its own and the checksums fetched one by one took 6.4 + 7.2 s, then
+    8 + 243 ms; on the 2-core CPU (``--image-size 64 --batch-size 8``), before the stacked fetch, 10 s then 0.25 s,
+    where that check compiled as one program over the tree took 24 s."""
     named = [(jax.tree_util.keystr(path, simple=True, separator="/"), x)
              for path, x in jax.tree_util.tree_leaves_with_path(tree) if _checkable(x)]
     _compile_new([x for _, x in named])
@@ -285,8 +285,6 @@ class Checkpointer:
             raise self._save_error(step, err) from err
 
     def _save_error(self, step: int, err: Exception) -> CheckpointSaveError:
-        if isinstance(err, CheckpointSaveError):  # the worker thread's, raised again by ``_join``
-            return err
         kept = [s for s in self.all_steps() if s != step]
         return CheckpointSaveError(
             f"could not write the checkpoint of step {step} to {self.directory}: {read_error(err)}. "
