@@ -234,9 +234,10 @@ class Checkpointer:
     """Save and restore (state, extra) pairs; keeps the newest ``max_to_keep`` steps.
 
     ``in_thread``: a save not waited for copies the state on its devices and hands the copy to orbax in a worker
-    thread, so the caller goes on (and may donate the state) while orbax takes it to the host, which otherwise holds
-    the caller: 1.4 s of a 1.6 s save of MemoryMamba-tiny's state on an H100 (``benchmarks/checkpoint_cost.py``). The
-    price is a second copy of the state on the devices until orbax has it."""
+    thread, so the caller goes on (and may donate the state) while orbax takes it to the host. Otherwise orbax's save,
+    which returns once it has, holds the caller: 1.4 s of the 1.6 s a save of MemoryMamba-tiny's state held the loop on
+    an H100 (``benchmarks/checkpoint_cost.py``). The price is a second copy of the state on the devices until orbax
+    has it."""
 
     def __init__(self, workdir, fingerprint: dict, max_to_keep: int = 3, in_thread: bool = False):
         self.directory = Path(workdir).absolute() / "checkpoints"
