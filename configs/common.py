@@ -100,6 +100,12 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({**defaults, **overrides})
 
 
+def check_variant(config_name: str, variant: str, valid) -> None:
+    """Refuse a ``--config=configs/<config_name>.py:<variant>`` that the file does not define, listing ``valid``."""
+    if variant not in valid:
+        raise ValueError(f"unknown variant {variant!r} of {config_name}; valid: {', '.join(valid)}")
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Lock the config so unknown keys (typos) raise instead of being silently added."""
     config.lock()

@@ -21,8 +21,7 @@ VARIANTS = ("defects", "synthetic", "defects_cpu", "synthetic_cpu")
 
 
 def get_config(variant: str = "defects"):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of mambaad_elpv; valid: {', '.join(VARIANTS)}")
+    common.check_variant("mambaad_elpv", variant, VARIANTS)
     if variant.startswith("defects"):
         config = mambaad_config("elpv_ad", None, epochs=100, test_normal_fraction=0.25, seed=0)
     else:

@@ -24,8 +24,7 @@ VARIANTS = ("gpu", "cpu")
 
 
 def get_config(variant: str = "gpu"):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of mambaad_folder; valid: {', '.join(VARIANTS)}")
+    common.check_variant("mambaad_folder", variant, VARIANTS)
     config = mambaad_config("mvtec", common.default_data_root("parts"), epochs=100, categories=all_categories(),
                             require_masks=False)
     if variant == "cpu":

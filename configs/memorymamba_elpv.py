@@ -147,8 +147,7 @@ VARIANTS = ("gpu", "cpu", "mim", "mim_cpu", "fractal", "fractal_cpu")
 
 
 def get_config(variant: str = "gpu"):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of memorymamba_elpv; valid: {', '.join(VARIANTS)}")
+    common.check_variant("memorymamba_elpv", variant, VARIANTS)
     if variant.startswith("mim"):
         return _pretraining(get_config("cpu" if variant == "mim_cpu" else "gpu"))
     if variant.startswith("fractal"):

@@ -39,8 +39,7 @@ ARCHS = {"gpu": "resnet34", "cpu": "resnet18"}
 
 
 def get_config(variant: str = "gpu"):
-    if variant not in ARCHS:
-        raise ValueError(f"unknown variant {variant!r} of resnet_elpv; valid: {', '.join(ARCHS)}")
+    common.check_variant("resnet_elpv", variant, ARCHS)
     config = memorymamba_elpv.get_config(variant)
     with config.unlocked():
         config.model = resnet_model_config(config.model.num_classes, arch=ARCHS[variant])

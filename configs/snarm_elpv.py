@@ -20,8 +20,7 @@ VARIANTS = ("defects", "synthetic", "defects_cpu", "synthetic_cpu")
 
 
 def get_config(variant: str = "defects"):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of snarm_elpv; valid: {', '.join(VARIANTS)}")
+    common.check_variant("snarm_elpv", variant, VARIANTS)
     if variant.startswith("defects"):
         config = snarm_config("elpv_ad", None, test_normal_fraction=0.25, seed=0)
     else:

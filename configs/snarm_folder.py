@@ -18,8 +18,7 @@ VARIANTS = ("gpu", "cpu")
 
 
 def get_config(variant: str = "gpu"):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of snarm_folder; valid: {', '.join(VARIANTS)}")
+    common.check_variant("snarm_folder", variant, VARIANTS)
     config = snarm_config("mvtec", common.default_data_root("parts"), categories=all_categories(), require_masks=False)
     config.data.center_crop = 1.0
     if variant == "cpu":
