@@ -140,8 +140,9 @@ def _compile_new(arrays: list) -> None:
     compiled."""
     new = {}
     for x in arrays:
-        new.setdefault((x.shape, x.dtype, x.sharding), x)
-    new = {key: x for key, x in new.items() if key not in _compiled}
+        key = (x.shape, x.dtype, x.sharding)
+        if key not in _compiled:
+            new.setdefault(key, x)
     if len(new) > 1:
         with concurrent.futures.ThreadPoolExecutor(min(_COMPILERS, len(new)), "summary-compile") as pool:
             list(pool.map(lambda x: _summary.lower(x).compile(), new.values()))
